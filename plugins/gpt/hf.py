@@ -1,0 +1,72 @@
+"""Hugging Face GPT-2 checkpoints (config.json + model.safetensors) as GPT2Config and GPT2Decoder weights."""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from .config import GPT2Config
+
+if TYPE_CHECKING:  # config_from_hf works without torch
+    from torch import Tensor
+
+# HF activation_function -> ours. gelu_new and gelu_pytorch_tanh are both the tanh approximation.
+ACTIVATIONS = {"gelu_new": "gelu-tanh", "gelu_pytorch_tanh": "gelu-tanh", "gelu": "gelu", "relu": "relu"}
+
+# HF's Conv1D stores its weight as (in, out); nn.Linear wants (out, in).
+CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+
+
+def config_from_hf(hf_config: dict) -> GPT2Config:
+    """A GPT2Config from a Hugging Face config.json; ValueError for what GPT2Decoder cannot represent."""
+    model_type = hf_config.get("model_type")
+    if model_type != "gpt2":
+        raise ValueError(f"the checkpoint is not GPT-2: its config.json has model_type {model_type!r}, "
+                         f"expected 'gpt2'")
+    activation = hf_config.get("activation_function", "gelu_new")
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"GPT-2 checkpoint uses activation_function {activation!r}; supported: "
+                         f"{', '.join(ACTIVATIONS)}")
+    n_embd = hf_config.get("n_embd", 768)
+    unsupported = {
+        "n_inner": hf_config.get("n_inner") not in (None, 4 * n_embd),
+        "scale_attn_weights": hf_config.get("scale_attn_weights", True) is not True,
+        "scale_attn_by_inverse_layer_idx": hf_config.get("scale_attn_by_inverse_layer_idx", False),
+        "add_cross_attention": hf_config.get("add_cross_attention", False),
+    }
+    for key, differs in unsupported.items():
+        if differs:
+            raise ValueError(f"GPT-2 checkpoint sets {key}={hf_config[key]!r}, which lmkit's gpt2 "
+                             f"decoder does not support")
+    return GPT2Config(
+        vocab_size=hf_config.get("vocab_size", 50257),
+        n_positions=hf_config.get("n_positions", 1024),
+        n_embd=n_embd,
+        n_layer=hf_config.get("n_layer", 12),
+        n_head=hf_config.get("n_head", 12),
+        dropout=hf_config.get("resid_pdrop", 0.1),
+        layer_norm_epsilon=hf_config.get("layer_norm_epsilon", 1e-5),
+        activation=ACTIVATIONS[activation],
+    )
+
+
+def state_dict_from_hf(tensors: dict[str, Tensor], config: GPT2Config) -> dict[str, Tensor]:
+    """GPT2Decoder's state dict from the tensors of a GPT2Model or GPT2LMHeadModel checkpoint.
+
+    Keys lose their `transformer.` prefix (GPT2LMHeadModel); the causal-mask buffers (attn.bias,
+    attn.masked_bias) and lm_head.weight (tied to wte) are dropped. Anything else is passed through,
+    so a strict load_state_dict names it.
+    """
+    state = {}
+    for key, tensor in tensors.items():
+        key = key.removeprefix("transformer.")
+        if key == "lm_head.weight" or key.endswith((".attn.bias", ".attn.masked_bias")):
+            continue
+        state[key] = tensor.t().contiguous() if key.endswith(CONV1D) else tensor
+    head = tensors.get("lm_head.weight")
+    if head is not None and "wte.weight" in state and not head.equal(state["wte.weight"]):
+        raise ValueError("the checkpoint's lm_head.weight differs from its wte.weight; lmkit's gpt2 "
+                         "decoder ties them, so it cannot load untied output embeddings")
+    expected = (config.vocab_size, config.n_embd)
+    if "wte.weight" in state and tuple(state["wte.weight"].shape) != expected:
+        raise ValueError(f"wte.weight is {tuple(state['wte.weight'].shape)} but the config says "
+                         f"(vocab_size, n_embd) = {expected}; config and weights are not from one checkpoint")
+    return state

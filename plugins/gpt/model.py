@@ -1,0 +1,96 @@
+"""GPT-2 (Radford et al. 2019): a pre-LN transformer decoder with learned positions and tied embeddings.
+
+What GPT-2 adds over GPT-1's decoder (all in openai/gpt-2 src/model.py): LayerNorm moved to the
+input of each sub-block plus a final LayerNorm, and residual projections initialised smaller by
+1/sqrt(number of residual layers). Parameter names match Hugging Face's GPT2Model, so its
+checkpoints load after transposing the Conv1D weights (see hf.py).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from lmkit.nn import Block, KVCache, self_attention_mask
+
+from .config import GPT2Config
+
+
+class GPT2Decoder(nn.Module):
+    def __init__(self, config: GPT2Config):
+        super().__init__()
+        self.config = config
+        self.wte = nn.Embedding(config.vocab_size, config.n_embd)
+        self.wpe = nn.Embedding(config.n_positions, config.n_embd)
+        self.drop = nn.Dropout(config.dropout)
+        self.h = nn.ModuleList(
+            Block(config.n_embd, config.n_head, causal=True, pre_ln=True, activation=config.activation,
+                  bias=config.bias, dropout=config.dropout, layer_norm_epsilon=config.layer_norm_epsilon)
+            for _ in range(config.n_layer)
+        )
+        self.ln_f = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon, bias=config.bias)
+        # No lm_head: the output projection is wte itself (see forward), so weights are stored once.
+
+        self.apply(self._init_weights)
+        nn.init.normal_(self.wpe.weight, std=0.01)  # openai/gpt-2 model.py: wpe 0.01, wte 0.02
+        # Each block adds two residual branches (attention and MLP) that end in a c_proj; scaling
+        # their init by 1/sqrt(2 * n_layer) keeps the residual stream's variance from growing with
+        # depth (GPT-2 §2.3).
+        for name, parameter in self.named_parameters():
+            if name.endswith("c_proj.weight"):
+                nn.init.normal_(parameter, std=0.02 / math.sqrt(2 * config.n_layer))
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+    @property
+    def max_positions(self) -> int:
+        return self.config.n_positions
+
+    def new_cache(self, batch_size: int, max_len: int | None = None) -> KVCache:
+        """An empty cache for `batch_size` rows and up to `max_len` positions (default: the context)."""
+        c = self.config
+        weight = self.wte.weight
+        return KVCache(c.n_layer, batch_size, c.n_head, max_len or c.n_positions, c.n_embd // c.n_head,
+                       device=weight.device, dtype=weight.dtype)
+
+    def hidden_states(self, input_ids: Tensor, cache: KVCache | None = None,
+                      attention_mask: Tensor | None = None, position_ids: Tensor | None = None) -> Tensor:
+        """The final hidden states, (B, T, n_embd), after ln_f; arguments as in `forward`."""
+        B, T = input_ids.shape
+        past = 0 if cache is None else cache.length
+        if past + T > self.max_positions:
+            raise ValueError(
+                f"GPT-2 reads at most {self.max_positions} positions (n_positions) but got {T} new "
+                f"tokens after {past} cached ones; truncate the input to its last "
+                f"{self.max_positions} tokens, or make a model with a larger n_positions"
+            )
+        if position_ids is None:
+            position_ids = torch.arange(past, past + T, device=input_ids.device)  # (T,), same for all rows
+        # (B, 1, T, past + T), or None where SDPA's is_causal (or no mask at all) is right
+        mask = self_attention_mask(attention_mask, T, past, causal=True, device=input_ids.device)
+        x = self.drop(self.wte(input_ids) + self.wpe(position_ids))  # (B, T, C)
+        for layer, block in enumerate(self.h):
+            x = block(x, mask, cache, layer)
+        if cache is not None:
+            cache.advance(T)
+        return self.ln_f(x)  # (B, T, C)
+
+    def forward(self, input_ids: Tensor, cache: KVCache | None = None, attention_mask: Tensor | None = None,
+                position_ids: Tensor | None = None) -> Tensor:
+        """Next-token logits, (B, T, vocab_size), for input_ids (B, T).
+
+        cache: the keys/values of earlier positions; the new ones are appended and cache.length
+            advances by T.
+        attention_mask: (B, past + T) bool, False at padding; with left padding, also pass
+            position_ids so every row's first real token gets position 0.
+        position_ids: (B, T); default past + arange(T).
+        """
+        h = self.hidden_states(input_ids, cache, attention_mask, position_ids)  # (B, T, C)
+        return F.linear(h, self.wte.weight)  # tied output embedding: (B, T, vocab_size)

@@ -1,0 +1,65 @@
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+
+import pytest
+
+from lmkit import cli
+from lmkit.registry import reset_host
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+TEST_PLUGINS = os.path.join(HERE, "plugins")
+
+
+@dataclass
+class Result:
+    code: int
+    out: str
+    err: str
+
+
+@pytest.fixture
+def run(capsys, monkeypatch):
+    """Run the CLI in-process, as `lmkit ARGS...`: (exit code, stdout, stderr)."""
+
+    def invoke(*args, env: dict | None = None) -> Result:
+        for key, value in (env or {}).items():
+            monkeypatch.setenv(key, value)
+        reset_host()
+        capsys.readouterr()
+        try:
+            cli.main([str(a) for a in args])
+            code = 0
+        except SystemExit as done:
+            code = done.code if isinstance(done.code, int) else 1
+        finally:
+            reset_host()
+        captured = capsys.readouterr()
+        return Result(code, captured.out, captured.err)
+
+    return invoke
+
+
+def run_subprocess(*args, env: dict | None = None, python_path: str | None = None, **kwargs) -> Result:
+    """Run `python -m lmkit ARGS...` in a fresh interpreter (start-up, entry points, isolation)."""
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("LMKIT_")}
+    if python_path:
+        environment["PYTHONPATH"] = python_path + os.pathsep + environment.get("PYTHONPATH", "")
+    environment.update(env or {})
+    done = subprocess.run([sys.executable, "-m", "lmkit", *map(str, args)], capture_output=True, text=True,
+                          env=environment, timeout=300, **kwargs)
+    return Result(done.returncode, done.stdout, done.stderr)
+
+
+@pytest.fixture(scope="session")
+def third_party_site(tmp_path_factory):
+    """The test plugins pip-installed (for real, with their entry points) into a private directory."""
+    target = tmp_path_factory.mktemp("site")
+    for name in ("lmkit-example", "lmkit-broken"):
+        subprocess.run(
+            [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
+             "--no-index", "--target", str(target), os.path.join(TEST_PLUGINS, name)],
+            check=True, capture_output=True, timeout=300,
+        )
+    return str(target)

@@ -1,0 +1,84 @@
+"""CLI conventions: fast start without torch, listings with --json, one-line errors and exit codes."""
+import json
+import subprocess
+import sys
+
+from conftest import run_subprocess
+
+
+def test_import_and_help_do_not_import_torch():
+    code = ("import sys, lmkit; from lmkit.cli import main\n"
+            "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+            "print('torch' in sys.modules, 'tokenizers' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip().splitlines()[-1] == "False False"
+
+
+def test_listings_do_not_import_torch():
+    code = ("import sys; from lmkit.cli import main\n"
+            "for args in (['plugins'], ['components', '--json'], ['presets']):\n"
+            "    try:\n        main(args)\n    except SystemExit:\n        pass\n"
+            "print('torch' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip().splitlines()[-1] == "False"
+
+
+def test_help_lists_the_commands():
+    result = run_subprocess("--help")
+    assert result.code == 0
+    for command in ("plugins", "components", "presets", "tokenizer", "compose", "show"):
+        assert command in result.out
+
+
+def test_version(run):
+    result = run("--version")
+    assert result.code == 0 and result.out.strip() == "lmkit, version 0.1.0"
+
+
+def test_plugins_lists_the_built_ins(run):
+    result = run("plugins", "--json")
+    assert result.code == 0
+    plugins = {p["name"]: p for p in json.loads(result.out)}
+    assert plugins["gpt"]["status"] == "ok" and "decoder:gpt2" in plugins["gpt"]["components"]
+    assert plugins["core"]["distribution"] == "lmkit"
+    assert "register_decoders" in plugins["gpt"]["hooks"]
+    table = run("plugins")
+    assert table.out.splitlines()[0].split() == ["NAME", "VERSION", "STATUS", "REGISTERS"]
+
+
+def test_components_with_their_option_schemas(run):
+    result = run("components", "--kind", "decoder", "--json")
+    rows = json.loads(result.out)
+    gpt2 = next(r for r in rows if r["name"] == "gpt2")
+    options = {o["name"]: o for o in gpt2["options"]}
+    assert options["n_layer"]["type"] == "an integer" and options["n_layer"]["default"] == 12
+    assert {r["kind"] for r in rows} == {"decoder"}
+    assert "bytelevel-bpe" in run("components", "--kind", "tokenizer").out
+
+
+def test_presets(run):
+    result = run("presets", "--json")
+    names = {p["name"] for p in json.loads(result.out)}
+    assert {"gpt2-small", "gpt2-medium", "gpt-mini"} <= names
+    assert "decoder=gpt2" in run("presets").out
+
+
+def test_usage_errors_exit_2(run):
+    result = run("components", "--kind", "decodr")
+    assert result.code == 2 and "Invalid value for '--kind'" in result.err
+    assert run("no-such-command").code == 2
+
+
+def test_errors_are_one_line_with_exit_1(run):
+    result = run("compose", "gpt-mni", "--out", "/nonexistent/x")
+    assert result.code == 1
+    assert result.err == ("error: 'gpt-mni' is neither a preset nor a .toml file (did you mean 'gpt-mini'?); "
+                          f"presets: {result.err.split('presets: ')[1]}")
+    assert result.err.count("\n") == 1 and result.out == ""
+
+
+def test_debug_shows_the_traceback():
+    plain = run_subprocess("show", "/nonexistent")
+    assert plain.code == 1 and "Traceback" not in plain.err
+    debug = run_subprocess("show", "/nonexistent", env={"LMKIT_DEBUG": "1"})
+    assert debug.code == 1 and "Traceback" in debug.err and "ArtifactError" in debug.err

@@ -1,0 +1,182 @@
+"""Model directories on disk: atomic writes, config.json, safetensors weights, no pickles."""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import struct
+import tempfile
+from collections.abc import Iterator
+
+from .errors import ArtifactError
+
+CONFIG = "config.json"
+WEIGHTS = "model.safetensors"
+TOKENIZER = "tokenizer.json"
+
+
+@contextlib.contextmanager
+def atomic_write(path: str, mode: str = "w") -> Iterator:
+    """Open a temporary file beside `path`; on success it replaces `path` in one rename."""
+    directory = os.path.dirname(os.path.abspath(path))
+    handle, temporary = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(handle, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as out:
+            yield out
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)
+        raise
+
+
+def atomic_write_json(path: str, data) -> None:
+    with atomic_write(path) as out:
+        json.dump(data, out, indent=2, sort_keys=False)
+        out.write("\n")
+
+
+@contextlib.contextmanager
+def staged_directory(out: str, force: bool = False) -> Iterator[str]:
+    """A temporary directory that becomes `out` only if the block succeeds.
+
+    `out` must not exist or be empty, unless `force` is set, in which case its old contents are
+    replaced at the end: a failure at any point leaves `out` as it was.
+    """
+    out = os.path.abspath(out)
+    if os.path.isfile(out):
+        raise ArtifactError(f"{out} is a file; give a directory path for --out")
+    if os.path.isdir(out) and os.listdir(out) and not force:
+        raise ArtifactError(f"{out} exists and is not empty; choose another --out or pass --force to replace it")
+    parent = os.path.dirname(out)
+    os.makedirs(parent, exist_ok=True)
+    stage = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.", suffix=".partial", dir=parent)
+    try:
+        yield stage
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    if os.path.isdir(out):
+        retired = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.", suffix=".old", dir=parent)
+        os.replace(out, os.path.join(retired, "old"))
+        os.replace(stage, out)
+        shutil.rmtree(retired, ignore_errors=True)
+    else:
+        os.replace(stage, out)
+
+
+# -- weights ---------------------------------------------------------------------------------------
+
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1,
+               "U8": 1, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1, "U16": 2, "U32": 4, "U64": 8}
+MAX_HEADER = 100 * 2**20
+
+
+def refuse_pickle(path: str) -> None:
+    """Refuse a file that is a pickle, whatever its name: unpickling runs arbitrary code."""
+    with open(path, "rb") as handle:
+        start = handle.read(4)
+    is_zip = start == b"PK\x03\x04"  # torch.save's default format is a zip holding a pickle
+    is_pickle = len(start) >= 2 and start[0] == 0x80 and 2 <= start[1] <= 5
+    if is_zip or is_pickle or path.endswith(PICKLE_SUFFIXES):
+        raise ArtifactError(
+            f"refusing {path}: it is a pickle ({'torch.save zip archive' if is_zip else 'Python pickle'}), "
+            "and loading a pickle can run arbitrary code; convert it to safetensors where you trust it "
+            "(safetensors.torch.save_file(torch.load(f, weights_only=True), 'model.safetensors'))"
+        )
+
+
+def read_safetensors_header(path: str) -> dict[str, dict]:
+    """Tensor name -> {"dtype", "shape"}, after checking that the file is whole and not a pickle.
+
+    Reads only the header, so it needs neither torch nor the memory for the weights.
+    """
+    if not os.path.isfile(path):
+        raise ArtifactError(f"{path} does not exist")
+    refuse_pickle(path)
+    size = os.path.getsize(path)
+    with open(path, "rb") as handle:
+        raw_length = handle.read(8)
+        if len(raw_length) < 8:
+            raise ArtifactError(f"{path} is truncated or not a safetensors file ({size} bytes); rewrite it")
+        (length,) = struct.unpack("<Q", raw_length)
+        if length > min(MAX_HEADER, size - 8):
+            raise ArtifactError(f"{path} is truncated or not a safetensors file (header of {length} bytes "
+                                f"in a file of {size}); rewrite it")
+        try:
+            header = json.loads(handle.read(length))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            raise ArtifactError(f"{path} is corrupt: its safetensors header is not JSON; rewrite it") from None
+    if not isinstance(header, dict):
+        raise ArtifactError(f"{path} is corrupt: its safetensors header is not a table; rewrite it")
+    header.pop("__metadata__", None)
+    data_size = size - 8 - length
+    tensors, end_of_data = {}, 0
+    for name, entry in header.items():
+        try:
+            dtype, shape, (begin, end) = entry["dtype"], entry["shape"], entry["data_offsets"]
+            count = 1
+            for dim in shape:
+                count *= int(dim)
+            expected = count * DTYPE_BYTES[dtype]
+        except (KeyError, TypeError, ValueError):
+            raise ArtifactError(f"{path} is corrupt: bad header entry for tensor '{name}'; rewrite it") from None
+        if end - begin != expected or begin < 0:
+            raise ArtifactError(f"{path} is corrupt: tensor '{name}' has {end - begin} bytes, "
+                                f"its shape needs {expected}; rewrite it")
+        end_of_data = max(end_of_data, end)
+        tensors[name] = {"dtype": dtype, "shape": list(shape)}
+    if end_of_data != data_size:
+        raise ArtifactError(f"{path} is truncated: its header describes {end_of_data} bytes of tensors "
+                            f"but the file holds {data_size}; restore it from a good copy or recompose")
+    return tensors
+
+
+def find_weights(directory: str) -> str:
+    """The model.safetensors of a model directory, refusing pickled checkpoints with the reason."""
+    path = os.path.join(directory, WEIGHTS)
+    if os.path.isfile(path):
+        return path
+    pickles = sorted(n for n in os.listdir(directory) if n.endswith(PICKLE_SUFFIXES))
+    if pickles:
+        refuse_pickle(os.path.join(directory, pickles[0]))
+    raise ArtifactError(f"{directory} has no {WEIGHTS}; compose or train a model there first")
+
+
+def parameter_counts(tensors: dict[str, dict]) -> dict[str, int]:
+    """Number of parameters per part of the composition (the first component of each name)."""
+    counts: dict[str, int] = {}
+    for name, entry in tensors.items():
+        part = name.split(".")[0]
+        if part == "objectives":
+            part = ".".join(name.split(".")[:2])
+        count = 1
+        for dim in entry["shape"]:
+            count *= dim
+        counts[part] = counts.get(part, 0) + count
+    return counts
+
+
+# -- config ----------------------------------------------------------------------------------------
+
+
+def read_config(directory: str) -> dict:
+    """config.json of a model directory, with one-line errors for what can be wrong."""
+    if not os.path.isdir(directory):
+        raise ArtifactError(f"{directory} is not a directory; give a model directory made by lmkit compose")
+    path = os.path.join(directory, CONFIG)
+    if not os.path.isfile(path):
+        raise ArtifactError(f"{directory} has no {CONFIG}: it is not an lmkit model directory "
+                            "(make one with lmkit compose, or lmkit import-hf for a Hugging Face checkpoint)")
+    try:
+        with open(path, encoding="utf-8") as handle:
+            config = json.load(handle)
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ArtifactError(f"{path} is not valid JSON ({error}); restore it or recompose the model") from None
+    if not isinstance(config, dict) or not isinstance(config.get("spec"), dict):
+        raise ArtifactError(f"{path} has no 'spec' table: it was not written by lmkit")
+    return config

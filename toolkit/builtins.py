@@ -1,0 +1,26 @@
+"""The components that belong to no single paper: tokenizers, objectives, decoding strategies.
+
+Registered through the `lmkit` entry-point group like any other plugin (entry point `core`).
+"""
+from .hookspecs import hookimpl
+
+
+@hookimpl
+def register_tokenizers(register):
+    register("bytelevel-bpe", "lmkit.tokenizers:ByteLevelBPE", options="lmkit.tokenizers:ByteLevelBPEOptions",
+             summary="byte-level BPE, no unknown tokens (GPT-2, RoBERTa)")
+    register("bpe", "lmkit.tokenizers:WordBPE", options="lmkit.tokenizers:WordBPEOptions",
+             summary="BPE with end-of-word markers (GPT)")
+    register("wordpiece", "lmkit.tokenizers:WordPiece", options="lmkit.tokenizers:WordPieceOptions",
+             summary="WordPiece with ## continuations (BERT)")
+    register("unigram", "lmkit.tokenizers:Unigram", options="lmkit.tokenizers:UnigramOptions",
+             summary="SentencePiece-style Unigram LM (T5, ALBERT)")
+    register("char", "lmkit.tokenizers:Character", options="lmkit.tokenizers:CharacterOptions",
+             summary="one token per character")
+
+
+@hookimpl
+def register_objectives(register):
+    register("causal-lm", "lmkit.objectives.causal_lm:CausalLM",
+             options="lmkit.objectives.options:CausalLMOptions",
+             summary="next-token cross-entropy (GPT family, LSTM LMs)")

@@ -1,0 +1,264 @@
+"""The `lmkit` command line.
+
+Results go to stdout, progress and logs to stderr. Errors are one line on stderr with exit status 1
+(2 for usage errors); LMKIT_DEBUG=1 shows the traceback instead. Torch is imported inside the
+commands that need it, never at start-up, so `lmkit --help` stays fast.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import click
+
+from . import __version__
+from .errors import LmkitError
+from .registry import KINDS, get_host
+
+
+def debug() -> bool:
+    return os.environ.get("LMKIT_DEBUG") == "1"
+
+
+def echo_json(data) -> None:
+    click.echo(json.dumps(data, indent=2))
+
+
+def echo_table(rows: list[dict], columns: list[str]) -> None:
+    """Aligned columns, the last one left ragged."""
+    if not rows:
+        return
+    widths = {c: max(len(c), *(len(str(r.get(c, ""))) for r in rows)) for c in columns[:-1]}
+    click.echo("  ".join(c.upper().ljust(widths.get(c, 0)) for c in columns).rstrip())
+    for row in rows:
+        click.echo("  ".join(str(row.get(c, "")).ljust(widths.get(c, 0)) for c in columns).rstrip())
+
+
+class LmkitGroup(click.Group):
+    """Lists commands in the order they were added (core first, then plugins)."""
+
+    def list_commands(self, ctx):
+        return list(self.commands)
+
+
+@click.group(cls=LmkitGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, "--version", "-V", prog_name="lmkit")
+def cli():
+    """Compose, train, run and export the classic language models.
+
+    Every model family is a plugin; `lmkit plugins` lists what is installed.
+    """
+
+
+# -- what is installed -----------------------------------------------------------------------------
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def plugins(as_json):
+    """Installed plugins: version, what they register, and load errors."""
+    host = get_host()
+    rows = [info.as_dict() for info in host.plugins.values()]
+    if as_json:
+        echo_json(rows)
+        return
+    for row in rows:
+        row["version"] = f"{row['distribution']} {row['version']}".strip()
+        row["registers"] = row["error"] if row["status"] != "ok" else ", ".join(row["components"]) or "-"
+    echo_table(rows, ["name", "version", "status", "registers"])
+
+
+@cli.command()
+@click.option("--kind", type=click.Choice(KINDS), help="Only components of this kind.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output, with each option schema.")
+def components(kind, as_json):
+    """Components that specs can name: tokenizers, encoders, decoders, objectives, ..."""
+    from .options import describe_options
+
+    host = get_host()
+    rows = []
+    for component_kind in [kind] if kind else KINDS:
+        for name, component in sorted(host.components[component_kind].items()):
+            row = {"kind": component_kind, "name": name, "plugin": component.plugin,
+                   "summary": component.summary}
+            if (component_kind, name) in host.conflicts:
+                row["conflict"] = host.conflicts[(component_kind, name)]
+            if as_json:
+                try:
+                    row["options"] = describe_options(component.options_class())
+                except Exception as error:  # noqa: BLE001 - one bad schema must not hide the rest
+                    row["options_error"] = str(error)
+            rows.append(row)
+    if as_json:
+        echo_json(rows)
+        return
+    for row in rows:
+        if "conflict" in row:
+            row["summary"] = f"CONFLICT: registered by {' and '.join(row['conflict'])}"
+    echo_table(rows, ["kind", "name", "plugin", "summary"])
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output, with each preset's spec.")
+def presets(as_json):
+    """Named compositions to start from (lmkit compose PRESET)."""
+    host = get_host()
+    rows = [{"name": p.name, "plugin": p.plugin, "summary": p.summary, "spec": p.spec}
+            for p in sorted(host.presets.values(), key=lambda p: p.name)]
+    if as_json:
+        echo_json(rows)
+        return
+    for row in rows:
+        parts = [f"{k}={row['spec'][k].get('type')}" for k in ("encoder", "decoder")
+                 if isinstance(row["spec"].get(k), dict)]
+        row["parts"] = " ".join(parts)
+    echo_table(rows, ["name", "plugin", "parts", "summary"])
+
+
+# -- tokenizers ------------------------------------------------------------------------------------
+
+
+@cli.group()
+def tokenizer():
+    """Train and inspect tokenizers (Hugging Face `tokenizers` format)."""
+
+
+@tokenizer.command("train")
+@click.argument("files", nargs=-1, required=True)
+@click.option("--kind", required=True, help="Tokenizer kind, e.g. bytelevel-bpe, bpe, wordpiece, unigram, char.")
+@click.option("--vocab-size", type=click.IntRange(min=1), help="Target vocabulary size.")
+@click.option("--set", "assignments", multiple=True, metavar="KEY=VALUE", help="Any other option of the kind.")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Directory to write.")
+@click.option("--force", is_flag=True, help="Replace a non-empty --out.")
+def tokenizer_train(files, kind, vocab_size, assignments, out, force):
+    """Train a tokenizer on text FILES (or directories of .txt files)."""
+    from .artifacts import staged_directory
+    from .options import build_options, parse_value
+
+    component = get_host().component("tokenizer", kind)
+    values = {}
+    for assignment in assignments:
+        key, sep, text = assignment.partition("=")
+        if not sep:
+            raise click.UsageError(f"--set {assignment!r}: expected KEY=VALUE")
+        values[key.strip()] = parse_value(text.strip())
+    if vocab_size is not None:
+        values["vocab_size"] = vocab_size
+    options = build_options(component.options_class(), values, f"tokenizer {kind}")
+    with staged_directory(out, force=force) as stage:
+        trained = component.load().train(list(files), options)
+        trained.save(stage)
+    click.echo(f"trained a {kind} tokenizer with {trained.vocab_size} tokens: {out}", err=True)
+    click.echo(out)
+
+
+@tokenizer.command("encode")
+@click.argument("path")
+@click.argument("text", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Print ids and tokens as JSON.")
+def tokenizer_encode(path, text, as_json):
+    """Encode TEXT (or stdin) with the tokenizer at PATH."""
+    from .tokenizers import load_tokenizer
+
+    loaded = load_tokenizer(path)
+    text = sys.stdin.read() if text is None else text
+    ids = loaded.encode(text)
+    if as_json:
+        echo_json({"ids": ids, "tokens": [loaded.id_to_token(i) for i in ids]})
+    else:
+        click.echo(" ".join(map(str, ids)))
+
+
+# -- models ----------------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.argument("source")
+@click.option("--set", "assignments", multiple=True, metavar="KEY=VALUE",
+              help="Override a spec value, e.g. decoder.n_layer=4 or tokenizer=tok/.")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Model directory to write.")
+@click.option("--force", is_flag=True, help="Replace a non-empty --out.")
+@click.option("--seed", default=0, show_default=True, help="Seed of the weight initialisation.")
+@click.option("--weights", type=click.Path(dir_okay=False), help="Start from these safetensors weights.")
+def compose(source, assignments, out, force, seed, weights):
+    """Build a model directory from a preset name or a spec .toml file."""
+    from .model import compose as compose_model
+
+    built = compose_model(source, list(assignments), out, force=force, seed=seed, weights=weights)
+    parts = ", ".join(f"{k}={v['type']}" for k, v in built["components"].items())
+    click.echo(f"composed {parts}: {out}", err=True)
+    click.echo(out)
+
+
+@cli.command()
+@click.argument("directory", type=click.Path())
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def show(directory, as_json):
+    """The resolved spec of a model directory and its parameter count per part."""
+    from .artifacts import find_weights, parameter_counts, read_config, read_safetensors_header
+
+    config = read_config(directory)
+    counts = parameter_counts(read_safetensors_header(find_weights(directory)))
+    summary = {"directory": directory, "lmkit_version": config.get("lmkit_version"),
+               "spec": config["spec"], "components": config.get("components", {}),
+               "plugins": config.get("plugins", {}), "parameters": {**counts, "total": sum(counts.values())}}
+    if as_json:
+        echo_json(summary)
+        return
+    click.echo(f"{directory}  (lmkit {summary['lmkit_version']})")
+    spec = config["spec"]
+    for key, value in spec.items():
+        if isinstance(value, list):
+            for item in value:
+                click.echo(f"  {key}: {_inline(item)}")
+        elif isinstance(value, dict):
+            click.echo(f"  {key}: {_inline(value)}")
+        else:
+            click.echo(f"  {key}: {value}")
+    click.echo("parameters:")
+    for part, count in summary["parameters"].items():
+        click.echo(f"  {part:<24} {count:>14,}")
+
+
+def _inline(table: dict) -> str:
+    return " ".join(f"{k}={json.dumps(v)}" if not isinstance(v, str) else f"{k}={v}" for k, v in table.items())
+
+
+# -- commands that live in their own modules -------------------------------------------------------
+# Each module imports only click at the top; torch and friends are imported inside the command.
+# (one line per module, added here)
+
+
+# -- entry point -----------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the CLI: plugin commands added, errors turned into one line and an exit status."""
+    try:
+        get_host().add_commands(cli)
+        cli.main(args=argv, prog_name="lmkit", standalone_mode=False)
+    except click.exceptions.Exit as done:
+        sys.exit(done.exit_code)
+    except click.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as error:  # usage errors: exit 2, with click's hint
+        if debug():
+            raise
+        error.show()
+        sys.exit(error.exit_code)
+    except LmkitError as error:
+        if debug():
+            raise
+        click.echo(f"error: {error}", err=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        sys.exit(130)
+    except Exception as error:  # noqa: BLE001
+        if debug():
+            raise
+        click.echo(f"internal error: {type(error).__name__}: {error} (set LMKIT_DEBUG=1 for the traceback; "
+                   "please report it)", err=True)
+        sys.exit(1)

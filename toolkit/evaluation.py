@@ -1,0 +1,78 @@
+"""Perplexity of a token stream with a sliding window, so long texts are scored with full context."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+@dataclass
+class Score:
+    nll: float  # nats, summed over the scored tokens
+    tokens: int  # tokens scored (every token of the stream but the first)
+    bytes: int | None = None  # UTF-8 bytes of the text the tokens came from
+
+    @property
+    def perplexity(self) -> float:
+        return math.exp(self.nll / self.tokens)
+
+    @property
+    def bits_per_token(self) -> float:
+        return self.nll / self.tokens / math.log(2)
+
+    @property
+    def bits_per_byte(self) -> float | None:
+        return self.nll / self.bytes / math.log(2) if self.bytes else None
+
+    def as_dict(self) -> dict:
+        return {"perplexity": self.perplexity, "bits_per_token": self.bits_per_token,
+                "bits_per_byte": self.bits_per_byte, "nll": self.nll, "tokens": self.tokens, "bytes": self.bytes}
+
+
+def windows(n_tokens: int, context: int, stride: int) -> list[tuple[int, int, int]]:
+    """(begin, end, first scored position) of each window; every token after the first is scored once.
+
+    A window reads `context` tokens but scores only those the previous window did not, so each
+    scored token sees at least `context - stride` tokens of left context (all of them near the start).
+    """
+    if not 0 < stride <= context:
+        raise ValueError(f"stride must be between 1 and the context ({context}), got {stride}")
+    spans, scored_until = [], 1
+    begin = 0
+    while scored_until < n_tokens:
+        end = min(begin + context, n_tokens)
+        spans.append((begin, end, scored_until))
+        scored_until = end
+        begin = min(begin + stride, max(n_tokens - context, 0)) if end < n_tokens else end
+    return spans
+
+
+@torch.inference_mode()
+def score_tokens(decoder, tokens: np.ndarray, context: int, stride: int, batch_size: int = 8,
+                 device: str = "cpu", progress: bool = False) -> Score:
+    """Total NLL of `tokens[1:]` given everything before each, within `context` tokens."""
+    from tqdm import tqdm
+
+    if len(tokens) < 2:
+        raise ValueError("need at least two tokens to score")
+    spans = windows(len(tokens), context, stride)
+    total = 0.0
+    bar = tqdm(total=len(tokens) - 1, unit="tok", disable=not progress, desc="eval", dynamic_ncols=True)
+    # Windows of one length are batched together; only the last one is usually shorter.
+    by_length: dict[int, list[tuple[int, int, int]]] = {}
+    for span in spans:
+        by_length.setdefault(span[1] - span[0], []).append(span)
+    for length, group in by_length.items():
+        for i in range(0, len(group), batch_size):
+            batch = group[i:i + batch_size]
+            ids = torch.from_numpy(np.stack([tokens[b:e] for b, e, _ in batch]).astype(np.int64)).to(device)
+            log_probs = F.log_softmax(decoder(ids[:, :-1]).float(), dim=-1)  # (N, L-1, V)
+            picked = log_probs.gather(-1, ids[:, 1:, None]).squeeze(-1)  # (N, L-1): log p(token t | < t)
+            for row, (begin, _, first) in enumerate(batch):
+                total -= picked[row, first - begin - 1:].sum().item()
+                bar.update(length - (first - begin))
+    bar.close()
+    return Score(nll=total, tokens=len(tokens) - 1)

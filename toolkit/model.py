@@ -1,0 +1,227 @@
+"""How a checked spec becomes a torch module, and how a model directory becomes one again."""
+from __future__ import annotations
+
+import os
+
+from . import __version__
+from .artifacts import (
+    CONFIG,
+    WEIGHTS,
+    atomic_write,
+    atomic_write_json,
+    find_weights,
+    read_config,
+    read_safetensors_header,
+)
+from .errors import ArtifactError, LmkitError, PluginError, SpecError, require_torch
+from .registry import PluginHost, get_host
+from .spec import ModelSpec, Part, resolve
+
+torch = require_torch("building a model")
+from torch import nn  # noqa: E402
+
+
+def build_part(part: Part | None) -> nn.Module | None:
+    if part is None:
+        return None
+    factory = part.component.load()
+    return factory(part.options) if part.options is not None else factory()
+
+
+class ComposedModel(nn.Module):
+    """An encoder and/or decoder with the objectives that train them, as one spec describes.
+
+    State-dict names start with the part they belong to (`decoder.h.0.attn.c_attn.weight`,
+    `objectives.masked-lm.dense.weight`), which is what `lmkit show` counts per part.
+    """
+
+    def __init__(self, spec: ModelSpec):
+        super().__init__()
+        self.spec = spec
+        self.encoder = build_part(spec.encoder)
+        self.decoder = build_part(spec.decoder)
+        self.objectives = nn.ModuleDict({part.type: build_part(part) for part in spec.objectives})
+
+    def loss(self, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
+        """The weighted sum of the objectives' losses, and each one's value for logging."""
+        if not self.spec.objectives:
+            raise SpecError("the spec has no objectives to train with; add e.g. [[objectives]] type = \"causal-lm\"")
+        total, parts = 0.0, {}
+        for part in self.spec.objectives:
+            value = self.objectives[part.type](self, batch)
+            parts[part.type] = value.detach()
+            total = total + part.weight * value
+        return total, parts
+
+
+def build_model(spec: ModelSpec, seed: int | None = 0) -> ComposedModel:
+    """A freshly initialised model; the same seed gives the same weights."""
+    if seed is not None:
+        torch.manual_seed(seed)
+    try:
+        return ComposedModel(spec)
+    except ImportError as error:
+        raise PluginError(f"a component of this spec failed to import: {error}") from None
+
+
+# -- saving ----------------------------------------------------------------------------------------
+
+
+def describe_build(spec: ModelSpec, host: PluginHost, tokenizer=None) -> dict:
+    """config.json: the resolved spec and where every part came from."""
+    components, plugins = {}, {}
+    for key, part in _named_parts(spec):
+        origin = host.provenance(part.component.plugin)
+        components[key] = {"type": part.type, "plugin": origin["plugin"]}
+        plugins[origin["plugin"]] = {k: v for k, v in origin.items() if k != "plugin"}
+    resolved = spec.to_dict()
+    if tokenizer is not None:
+        resolved["tokenizer"] = {"type": tokenizer.kind, "vocab_size": tokenizer.vocab_size}
+        component = host.components["tokenizer"].get(tokenizer.kind)
+        if component is not None:
+            origin = host.provenance(component.plugin)
+            components["tokenizer"] = {"type": tokenizer.kind, "plugin": origin["plugin"]}
+            plugins[origin["plugin"]] = {k: v for k, v in origin.items() if k != "plugin"}
+    else:
+        resolved.pop("tokenizer", None)
+    return {"lmkit_version": __version__, "spec": resolved, "components": components, "plugins": plugins}
+
+
+def _named_parts(spec: ModelSpec):
+    for key in ("encoder", "decoder", "decoding"):
+        part = getattr(spec, key)
+        if part is not None:
+            yield key, part
+    for part in spec.objectives:
+        yield f"objectives.{part.type}", part
+
+
+def save_weights(model: nn.Module, path: str, metadata: dict | None = None) -> None:
+    from safetensors.torch import save
+
+    state = {name: tensor.detach().contiguous().cpu() for name, tensor in model.state_dict().items()}
+    payload = save(state, metadata={"format": "pt", **(metadata or {})})
+    with atomic_write(path, "wb") as out:
+        out.write(payload)
+
+
+def save_model(directory: str, model: ComposedModel, host: PluginHost, tokenizer=None) -> None:
+    """Write a model directory (into a directory that is staged by the caller)."""
+    os.makedirs(directory, exist_ok=True)
+    save_weights(model, os.path.join(directory, WEIGHTS))
+    if tokenizer is not None:
+        tokenizer.save(directory)
+    atomic_write_json(os.path.join(directory, CONFIG), describe_build(model.spec, host, tokenizer))
+
+
+# -- loading ---------------------------------------------------------------------------------------
+
+
+def spec_from_config(config: dict, directory: str, host: PluginHost) -> ModelSpec:
+    """Rebuild the spec of a model directory, naming the plugin to install when one is missing."""
+    for key, origin in config.get("components", {}).items():
+        kind = "objective" if key.startswith("objectives.") else key
+        if origin.get("type") in host.components.get(kind, {}):
+            continue
+        plugin = config.get("plugins", {}).get(origin.get("plugin"), {})
+        loaded = host.plugins.get(origin.get("plugin", ""))
+        if loaded is not None and loaded.status == "error":
+            raise PluginError(f"{directory} needs {kind} '{origin.get('type')}' from plugin '{loaded.name}', "
+                              f"which failed to load: {loaded.error}")
+        if loaded is not None and loaded.status == "skipped":
+            raise PluginError(f"{directory} needs {kind} '{origin.get('type')}' from plugin '{loaded.name}', "
+                              "which LMKIT_LOAD_PLUGINS leaves out; add it there")
+        distribution = plugin.get("distribution") or origin.get("plugin")
+        raise PluginError(
+            f"{directory} needs {kind} '{origin.get('type')}' from plugin '{origin.get('plugin')}' "
+            f"({distribution} {plugin.get('version', '')}".rstrip() + f"), which is not installed; "
+            f"install it with: pip install {distribution}"
+        )
+    spec_table = dict(config["spec"])
+    tokenizer = spec_table.pop("tokenizer", None)
+    try:
+        spec = resolve(spec_table, host)
+    except LmkitError as error:
+        raise ArtifactError(f"{directory}/{CONFIG} no longer resolves: {error}") from None
+    spec.tokenizer = tokenizer
+    return spec
+
+
+def check_weights_match(model: nn.Module, tensors: dict[str, dict], path: str) -> None:
+    """Refuse weights that do not fit the spec, naming the first tensor that differs."""
+    expected = {name: list(t.shape) for name, t in model.state_dict().items()}
+    for name, shape in expected.items():
+        if name not in tensors:
+            raise ArtifactError(f"{path} does not match the spec: tensor '{name}' is missing")
+        if tensors[name]["shape"] != shape:
+            raise ArtifactError(f"{path} does not match the spec: tensor '{name}' has shape "
+                                f"{tensors[name]['shape']} in the file, the spec builds {shape}")
+    for name in tensors:
+        if name not in expected:
+            raise ArtifactError(f"{path} does not match the spec: the file has tensor '{name}', "
+                                "which the spec does not build")
+
+
+def load_weights(model: nn.Module, path: str) -> None:
+    from safetensors.torch import load_file
+
+    check_weights_match(model, read_safetensors_header(path), path)
+    model.load_state_dict(load_file(path), strict=True)
+
+
+def load_model(directory: str, host: PluginHost | None = None, device: str = "cpu"):
+    """(model, tokenizer or None, config) from a model directory written by lmkit."""
+    host = host or get_host()
+    config = read_config(directory)
+    spec = spec_from_config(config, directory, host)
+    weights = find_weights(directory)
+    model = build_model(spec, seed=None)
+    load_weights(model, weights)
+    model.to(device)
+    tokenizer = None
+    if os.path.isfile(os.path.join(directory, "tokenizer.json")):
+        from .tokenizers import load_tokenizer
+
+        tokenizer = load_tokenizer(directory)
+    return model, tokenizer, config
+
+
+
+# -- composing -------------------------------------------------------------------------------------
+
+
+def attach_tokenizer(spec: ModelSpec):
+    """Load the spec's tokenizer (if it names one) and size the embeddings to fit it."""
+    if not spec.tokenizer or "path" not in spec.tokenizer:
+        return None
+    from .tokenizers import load_tokenizer
+
+    tokenizer = load_tokenizer(spec.tokenizer["path"])
+    wanted = spec.tokenizer.get("type")
+    if wanted and wanted != tokenizer.kind:
+        raise SpecError(f"tokenizer: {spec.tokenizer['path']} is a {tokenizer.kind} tokenizer, "
+                        f"the spec asks for {wanted}; drop tokenizer.type or train a {wanted} tokenizer")
+    for key in ("encoder", "decoder"):
+        part = getattr(spec, key)
+        size = getattr(part.options, "vocab_size", None) if part is not None else None
+        if size is not None and size < tokenizer.vocab_size:
+            raise SpecError(f"{key}.vocab_size={size} is smaller than the tokenizer's {tokenizer.vocab_size} "
+                            f"tokens; set --set {key}.vocab_size={tokenizer.vocab_size} (or more)")
+    return tokenizer
+
+
+def compose(source: str, overrides: list[str], out: str, *, force: bool = False, seed: int = 0,
+            weights: str | None = None, host: PluginHost | None = None) -> dict:
+    """Resolve a preset or spec file with overrides and write a model directory to `out`."""
+    from .artifacts import staged_directory
+    from .spec import apply_overrides, load_source
+
+    host = host or get_host()
+    spec = resolve(apply_overrides(load_source(source, host), overrides), host)
+    tokenizer = attach_tokenizer(spec)
+    model = build_model(spec, seed)
+    if weights is not None:
+        load_weights(model, weights)
+    with staged_directory(out, force=force) as stage:
+        save_model(stage, model, host, tokenizer)
+    return describe_build(spec, host, tokenizer)

@@ -1,0 +1,84 @@
+"""Multi-head self-attention over torch's fused scaled_dot_product_attention (SDPA).
+
+Masks are boolean, True where a query may attend a key, broadcastable to (B, nh, T, S) with S
+the number of keys (cached + new). The mask is built once per forward pass by `self_attention_mask`
+and shared by every layer; when it would say nothing SDPA cannot say itself it is None, which
+lets SDPA pick its fastest (flash) kernel.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .cache import KVCache
+
+
+def self_attention_mask(padding: Tensor | None, T: int, past: int, *, causal: bool,
+                        device: torch.device | None = None) -> Tensor | None:
+    """The mask for T new queries after `past` cached positions, or None when SDPA needs none.
+
+    padding: (B, past + T) bool, True for real tokens and False for padding, or None.
+    None is returned without padding when the queries see every key (bidirectional, or a single
+    new token), or when SDPA's own is_causal is right (no past: its diagonal is top-left aligned,
+    so with past > 0 and T > 1 the mask has to be explicit: query i sees keys <= past + i).
+    """
+    if padding is None and (not causal or past == 0 or T == 1):
+        return None
+    S = past + T
+    if padding is not None and padding.size(1) != S:
+        raise ValueError(f"attention_mask covers {padding.size(1)} positions but there are {S} "
+                         f"({past} cached + {T} new); pass the mask of the whole sequence so far")
+    if padding is not None:
+        device = padding.device
+    keep = None if padding is None else padding[:, None, None, :].bool()  # (B, 1, 1, S)
+    if not causal:
+        return keep
+    query = torch.arange(past, S, device=device)[:, None]  # (T, 1) absolute positions
+    key = torch.arange(S, device=device)  # (S,)
+    allowed = key <= query  # (T, S)
+    if keep is not None:
+        # A left-padded query would see no key at all, and SDPA returns NaN for such a row, which
+        # then spreads through the values of later layers. Letting every query see itself keeps
+        # the padded rows finite; real tokens still never see padding.
+        allowed = (allowed & keep) | (key == query)  # (B, 1, T, S)
+    return allowed
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention with one fused q/k/v projection (GPT-2 names: c_attn, c_proj)."""
+
+    def __init__(self, n_embd: int, n_head: int, *, causal: bool, bias: bool = True, dropout: float = 0.0):
+        super().__init__()
+        if n_embd % n_head:
+            raise ValueError(f"n_embd ({n_embd}) must be a multiple of n_head ({n_head})")
+        self.n_head = n_head
+        self.n_embd = n_embd
+        self.causal = causal
+        self.dropout = dropout
+        self.c_attn = nn.Linear(n_embd, 3 * n_embd, bias=bias)
+        self.c_proj = nn.Linear(n_embd, n_embd, bias=bias)
+        self.resid_dropout = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor, mask: Tensor | None = None, cache: KVCache | None = None,
+                layer: int = 0) -> Tensor:
+        """x: (B, T, C); mask from `self_attention_mask`; `layer` is this layer's slot in `cache`."""
+        B, T, C = x.shape
+        hs = C // self.n_head
+        q, k, v = self.c_attn(x).split(self.n_embd, dim=2)  # 3 x (B, T, C)
+        q = q.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
+        k = k.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
+        v = v.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
+        past = 0
+        if cache is not None:
+            past = cache.length
+            k, v = cache.update(layer, k, v)  # (B, nh, past + T, hs)
+        if mask is None and self.causal and past > 0 and T > 1:
+            mask = self_attention_mask(None, T, past, causal=True, device=x.device)
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask,
+            dropout_p=self.dropout if self.training else 0.0,
+            is_causal=self.causal and mask is None and T > 1,
+        )  # (B, nh, T, hs)
+        y = y.transpose(1, 2).reshape(B, T, C)  # heads side by side again
+        return self.resid_dropout(self.c_proj(y))

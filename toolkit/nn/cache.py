@@ -1,0 +1,73 @@
+"""A preallocated key/value cache for autoregressive decoding.
+
+Keys and values of all layers live in two tensors allocated once, so a decoding step writes into
+them in place instead of growing them with torch.cat (which copies the whole past every token).
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+class KVCache:
+    """Keys and values of every layer of one decoder, for `batch_size` rows and `max_len` positions.
+
+    One forward pass writes the keys/values of its T new positions for each layer with
+    `update(layer, k, v)`, all at offset `length`, and then calls `advance(T)` once.
+    """
+
+    def __init__(self, n_layer: int, batch_size: int, n_head: int, max_len: int, head_dim: int,
+                 *, device: torch.device | str | None = None, dtype: torch.dtype | None = None):
+        shape = (n_layer, batch_size, n_head, max_len, head_dim)
+        # Positions past `length` are never read, so there is nothing to zero.
+        self.keys = torch.empty(shape, device=device, dtype=dtype)  # (L, B, nh, max_len, hs)
+        self.values = torch.empty(shape, device=device, dtype=dtype)  # (L, B, nh, max_len, hs)
+        self.length = 0  # positions filled so far, the same for every layer and row
+
+    @property
+    def batch_size(self) -> int:
+        return self.keys.size(1)
+
+    @property
+    def max_len(self) -> int:
+        return self.keys.size(3)
+
+    def update(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Store the new positions of `layer`; return its keys and values up to the new length.
+
+        k, v: (B, nh, T, hs). Returns views, (B, nh, length + T, hs), that share the cache's memory.
+        """
+        start, end = self.length, self.length + k.size(2)
+        if end > self.max_len:
+            raise ValueError(
+                f"the key/value cache holds {self.max_len} positions and {start} are used; "
+                f"{k.size(2)} more do not fit (make the cache with a larger max_len)"
+            )
+        self.keys[layer, :, :, start:end] = k
+        self.values[layer, :, :, start:end] = v
+        return self.keys[layer, :, :, :end], self.values[layer, :, :, :end]
+
+    def advance(self, n: int) -> None:
+        """Count `n` new positions as filled, once every layer has stored them."""
+        self.length += n
+
+    def crop(self, length: int) -> None:
+        """Forget every position from `length` on (e.g. tokens a draft model proposed)."""
+        if not 0 <= length <= self.length:
+            raise ValueError(f"cannot crop a cache of length {self.length} to {length}")
+        self.length = length
+
+    def reorder(self, rows: Tensor) -> None:
+        """Make row i hold what row rows[i] held, in every layer (beam search keeps the best beams).
+
+        rows: (B',) LongTensor. With B' == batch_size the filled part is permuted in place; another
+        B' (e.g. expanding each prompt into its beams after the prefill) reallocates the cache.
+        """
+        rows = rows.to(self.keys.device)
+        if rows.numel() == self.batch_size:
+            for cache in (self.keys, self.values):
+                filled = cache[:, :, :, : self.length]  # (L, B, nh, length, hs)
+                filled.copy_(filled.index_select(1, rows))
+        else:
+            self.keys = self.keys.index_select(1, rows)
+            self.values = self.values.index_select(1, rows)

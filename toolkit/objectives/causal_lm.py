@@ -1,0 +1,25 @@
+"""Next-token prediction, the objective of every autoregressive language model."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .options import CausalLMOptions
+
+
+class CausalLM(nn.Module):
+    """Next-token prediction: position t predicts token t+1 (Radford et al. 2018, eq. 1)."""
+
+    def __init__(self, options: CausalLMOptions):
+        super().__init__()
+        self.options = options
+
+    def forward(self, model, batch: dict) -> torch.Tensor:
+        input_ids = batch["input_ids"]  # (B, T)
+        logits = model.decoder(input_ids[:, :-1])  # (B, T-1, V)
+        targets = batch.get("labels", input_ids)[:, 1:]
+        return F.cross_entropy(
+            logits.reshape(-1, logits.size(-1)).float(), targets.reshape(-1),
+            ignore_index=-100, label_smoothing=self.options.label_smoothing,
+        )
