@@ -82,3 +82,44 @@ def test_debug_shows_the_traceback():
     assert plain.code == 1 and "Traceback" not in plain.err
     debug = run_subprocess("show", "/nonexistent", env={"LMKIT_DEBUG": "1"})
     assert debug.code == 1 and "Traceback" in debug.err and "ArtifactError" in debug.err
+
+
+def test_tokenizer_train_and_encode(run, tmp_path):
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "a.txt").write_text("the quick brown fox jumps over the lazy dog\n" * 50)
+    (corpus / "b.txt").write_text("a lazy dog sleeps in the sun all day long\n" * 50)
+    out = tmp_path / "tok"
+    result = run("tokenizer", "train", "--kind", "bytelevel-bpe", "--vocab-size", "300", corpus / "a.txt",
+                 corpus / "b.txt", "--out", out)
+    assert result.code == 0, result.err
+    assert result.out.strip() == str(out)
+    assert sorted(p.name for p in out.iterdir()) == ["tokenizer.json", "tokenizer_config.json"]
+    encoded = json.loads(run("tokenizer", "encode", out, "the lazy dog", "--json").out)
+    assert "".join(encoded["tokens"]).replace("Ġ", " ") == "the lazy dog"
+    char = run("tokenizer", "train", "--kind", "char", "--vocab-size", "40", corpus, "--out", tmp_path / "chars")
+    assert char.code == 0, char.err
+
+
+def test_tokenizer_bad_inputs_are_one_line_errors_and_write_nothing(run, tmp_path):
+    latin1 = tmp_path / "latin1.txt"
+    latin1.write_bytes("caf\xe9 au lait\n".encode("latin-1"))
+    empty = tmp_path / "empty.txt"
+    empty.write_text("  \n\n")
+    out = tmp_path / "tok"
+    cases = [
+        ([latin1], "latin1.txt is not UTF-8 text"),
+        ([empty], "empty"),
+        ([tmp_path / "missing.txt"], "missing.txt"),
+    ]
+    for files, message in cases:
+        result = run("tokenizer", "train", "--kind", "bytelevel-bpe", *files, "--out", out)
+        assert result.code == 1 and message in result.err and result.err.count("\n") == 1, result.err
+        assert not out.exists()
+    unknown = run("tokenizer", "train", "--kind", "bytelevel", empty, "--out", out)
+    assert unknown.code == 1 and "did you mean 'bytelevel-bpe'" in unknown.err
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "tokenizer.json").write_text('{"model": 3}')
+    result = run("tokenizer", "encode", bad, "text")
+    assert result.code == 1 and "is not a valid tokenizer file" in result.err and result.err.count("\n") == 1

@@ -26,11 +26,18 @@ def atomic_write(path: str, mode: str = "w") -> Iterator:
             yield out
             out.flush()
             os.fsync(out.fileno())
+        os.chmod(temporary, 0o666 & ~_umask())  # mkstemp makes it private; give it a normal file's mode
         os.replace(temporary, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temporary)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write_json(path: str, data) -> None:
@@ -54,6 +61,7 @@ def staged_directory(out: str, force: bool = False) -> Iterator[str]:
     parent = os.path.dirname(out)
     os.makedirs(parent, exist_ok=True)
     stage = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.", suffix=".partial", dir=parent)
+    os.chmod(stage, 0o777 & ~_umask())
     try:
         yield stage
     except BaseException:

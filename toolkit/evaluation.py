@@ -38,7 +38,7 @@ def windows(n_tokens: int, context: int, stride: int) -> list[tuple[int, int, in
     A window reads `context` tokens but scores only those the previous window did not, so each
     scored token sees at least `context - stride` tokens of left context (all of them near the start).
     """
-    if not 0 < stride <= context:
+    if not 0 < stride <= context or context < 2:
         raise ValueError(f"stride must be between 1 and the context ({context}), got {stride}")
     spans, scored_until = [], 1
     begin = 0
@@ -46,7 +46,9 @@ def windows(n_tokens: int, context: int, stride: int) -> list[tuple[int, int, in
         end = min(begin + context, n_tokens)
         spans.append((begin, end, scored_until))
         scored_until = end
-        begin = min(begin + stride, max(n_tokens - context, 0)) if end < n_tokens else end
+        # The next window starts at least one token before `end`, so its first scored token has
+        # context, and no later than needed for the last window to be full.
+        begin = min(begin + stride, end - 1, max(n_tokens - context, 0))
     return spans
 
 

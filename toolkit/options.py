@@ -33,7 +33,9 @@ def _describe(annotation) -> str:
         parts = [_describe(a) for a in typing.get_args(annotation) if a is not type(None)]
         return " or ".join(parts) + " (or unset)"
     if origin in (tuple, list):
-        return f"a list of {_describe(typing.get_args(annotation)[0])}s"
+        item = typing.get_args(annotation)[0]
+        return "a list of " + {int: "integers", float: "numbers", bool: "booleans", str: "strings"}.get(
+            item, f"({_describe(item)})")
     return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(
         annotation, getattr(annotation, "__name__", str(annotation))
     )

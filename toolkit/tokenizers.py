@@ -27,6 +27,7 @@ from typing import ClassVar
 
 from tokenizers import Regex, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from tokenizers import Tokenizer as HFTokenizer
+from tqdm import tqdm
 
 from .artifacts import TOKENIZER, atomic_write, atomic_write_json
 from .errors import ArtifactError, DataError, SpecError, did_you_mean, one_of
@@ -139,14 +140,15 @@ class UnigramOptions:
 
 @dataclass(frozen=True)
 class CharacterOptions:
-    max_chars: int = field(default=1000, metadata=_help("keep this many of the most frequent characters"))
+    vocab_size: int = field(default=1024, metadata=_help(
+        "special tokens plus the most frequent characters, up to this many tokens in all"))
     min_frequency: int = field(default=1, metadata=_help("fewest occurrences for a character to be kept"))
     special_tokens: tuple[str, ...] = field(default=("<pad>", "<unk>", "<|endoftext|>"),
                                             metadata=_help("added first, at ids 0, 1, ..."))
 
     def __post_init__(self):
         _check_special_tokens(self, unknown_token="<unk>")
-        _check_at_least("max_chars", self.max_chars, 1)
+        _check_at_least("vocab_size", self.vocab_size, len(self.special_tokens) + 1)
         _check_at_least("min_frequency", self.min_frequency, 1)
 
 
@@ -187,8 +189,8 @@ class Tokenizer:
     def token_to_id(self, token: str) -> int | None:
         return self.hf_tokenizer.token_to_id(token)
 
-    def id_to_token(self, id: int) -> str | None:
-        return self.hf_tokenizer.id_to_token(id)
+    def id_to_token(self, token_id: int) -> str | None:
+        return self.hf_tokenizer.id_to_token(token_id)
 
     @property
     def special_tokens(self) -> dict[str, str]:
@@ -326,8 +328,6 @@ def _text_files(paths) -> list[str]:
 
 def _check_corpus(paths, progress: bool) -> _Corpus:
     """Read every file once, in chunks: it must be UTF-8, and some of it must be more than spaces."""
-    from tqdm import tqdm
-
     files = _text_files(paths)
     lines, has_text = 0, False
     total = sum(os.path.getsize(path) for path in files)
@@ -370,7 +370,7 @@ def _check_corpus(paths, progress: bool) -> _Corpus:
 
 def _not_utf8(path: str, offset: int) -> DataError:
     return DataError(f"{path} is not UTF-8 text (invalid byte at offset {offset}); re-encode it as UTF-8, "
-                    "e.g. iconv -f latin1 -t utf-8")
+                     "e.g. iconv -f latin1 -t utf-8")
 
 
 class _TokenizerKind:
@@ -507,7 +507,7 @@ class Character(_TokenizerKind):
         hf_tokenizer.pre_tokenizer = pre_tokenizers.Split(Regex(EACH_CHARACTER), behavior="isolated")
         hf_tokenizer.decoder = decoders.Fuse()  # without a decoder, tokens are joined with spaces
         trainer = trainers.WordLevelTrainer(
-            vocab_size=len(options.special_tokens) + options.max_chars, min_frequency=options.min_frequency,
+            vocab_size=options.vocab_size, min_frequency=options.min_frequency,
             special_tokens=list(options.special_tokens), show_progress=progress)
         return hf_tokenizer, trainer
 
