@@ -123,3 +123,15 @@ def test_tokenizer_bad_inputs_are_one_line_errors_and_write_nothing(run, tmp_pat
     (bad / "tokenizer.json").write_text('{"model": 3}')
     result = run("tokenizer", "encode", bad, "text")
     assert result.code == 1 and "is not a valid tokenizer file" in result.err and result.err.count("\n") == 1
+
+
+def test_commands_that_need_torch_say_so_when_it_is_missing(tmp_path):
+    out = tmp_path / "m"
+    code = ("import sys; sys.modules['torch'] = None  # as if torch were not installed\n"
+            "from lmkit.cli import main\n"
+            f"main(['compose', 'gpt2-tiny', '--out', {str(out)!r}])")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 1
+    assert done.stderr == ("error: building a model needs PyTorch, which is not installed; install it with: "
+                           "pip install -c constraints.txt 'lmkit[torch]'\n")
+    assert not out.exists()

@@ -24,3 +24,13 @@ def register_objectives(register):
     register("causal-lm", "lmkit.objectives.causal_lm:CausalLM",
              options="lmkit.objectives.options:CausalLMOptions",
              summary="next-token cross-entropy (GPT family, LSTM LMs)")
+
+
+@hookimpl
+def register_decoding_strategies(register):
+    register("greedy", "lmkit.decoding.greedy:Greedy", options="lmkit.decoding.options:GreedyOptions",
+             summary="the most likely next token at every step")
+    register("beam", "lmkit.decoding.beam:BeamSearch", options="lmkit.decoding.options:BeamSearchOptions",
+             summary="beam search with transformers' hypothesis bookkeeping and length penalty")
+    register("sample", "lmkit.decoding.sampling:Sampling", options="lmkit.decoding.options:SamplingOptions",
+             summary="sampling with temperature, top-k and top-p (nucleus)")

@@ -11,11 +11,18 @@ def register_decoders(register):
              summary="pre-LN transformer decoder, learned positions, tied embeddings (GPT-2)")
 
 
+@hookimpl
+def register_exporters(register):
+    register("decoder.gpt2", "lmkit.plugins.gpt.export:export_plan",
+             summary="one decoder graph, KV cache in and out (optimum names)")
+
+
 def _preset(summary: str, **decoder) -> tuple[dict, str]:
     spec = {
         "tokenizer": {"type": "bytelevel-bpe"},
         "decoder": {"type": "gpt2", **decoder},
         "objectives": [{"type": "causal-lm", "weight": 1.0}],
+        "decoding": {"strategy": "greedy"},
     }
     return spec, summary
 

@@ -70,3 +70,19 @@ def state_dict_from_hf(tensors: dict[str, Tensor], config: GPT2Config) -> dict[s
         raise ValueError(f"wte.weight is {tuple(state['wte.weight'].shape)} but the config says "
                          f"(vocab_size, n_embd) = {expected}; config and weights are not from one checkpoint")
     return state
+
+
+def import_checkpoint(hf_config: dict, tensors: dict[str, Tensor]) -> tuple[dict, dict[str, Tensor]]:
+    """The spec table and the decoder's state dict of a Hugging Face GPT-2 checkpoint (`lmkit import-hf`).
+
+    ValueError, with the reason, for a checkpoint the gpt2 decoder cannot represent.
+    """
+    from lmkit.options import options_to_dict
+
+    config = config_from_hf(hf_config)
+    spec = {
+        "decoder": {"type": "gpt2", **options_to_dict(config)},
+        "objectives": [{"type": "causal-lm"}],
+        "decoding": {"strategy": "greedy"},  # what transformers' generate() does for GPT-2
+    }
+    return spec, state_dict_from_hf(tensors, config)

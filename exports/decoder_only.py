@@ -1,0 +1,136 @@
+"""The export plan of a decoder-only transformer with a key/value cache, for the families to reuse.
+
+Any decoder with lmkit's calling convention fits: `forward(input_ids, cache, attention_mask,
+position_ids) -> logits`, whose attention layers call `cache.update(layer, k, v)` and read
+`cache.length`. The graph gets the past keys/values as inputs and returns the full ones (past + new)
+as outputs, so one graph serves the prefill (fed a zero-length past) and every step after it:
+
+    inputs   input_ids (B, T) int64, attention_mask (B, past + T) int64, position_ids (B, T) int64,
+             past_key_values.{i}.key / .value (B, heads, past, head_dim)
+    outputs  logits (B, T, vocab), present.{i}.key / .value (B, heads, past + T, head_dim)
+
+These are optimum's names, so tools written for its exports (onnxruntime-genai, Triton clients) read ours.
+"""
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from lmkit.errors import LmkitError
+
+from .graphs import BATCH, DECODER_ONLY, PAST, SEQUENCE, TOTAL, ExportPlan, Graph, ShapeSet, TensorInfo
+
+# The shapes validation runs at: (batch, new tokens, past tokens), with padding on the first row
+# when batch > 1. Prefill and decoding step, batch 1 and 3, past 0 and 9, one and many new tokens.
+VALIDATION_SHAPES = ((1, 17, 0), (3, 17, 0), (3, 1, 9), (1, 17, 9))
+PADDING = 2  # left-padding positions on the first row of a batch
+EXAMPLE_SHAPE = (2, 3, 5)  # distinct sizes >= 2, so no symbolic axis is specialised or confused
+
+
+class ConcatCache:
+    """A stand-in for the decoder's KVCache during export: the past comes in, the presents go out.
+
+    `update` concatenates the new keys/values to the past ones given as graph inputs (instead of
+    writing into a preallocated buffer, which would bake its size into the graph) and records the
+    result as the layer's present.
+    """
+
+    def __init__(self, past: list[tuple[Tensor, Tensor]]):
+        self.past = past
+        self.presents: list[tuple[Tensor, Tensor] | None] = [None] * len(past)
+        self.length = past[0][0].shape[2]
+
+    def update(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        past_k, past_v = self.past[layer]
+        present = (torch.cat([past_k, k], dim=2), torch.cat([past_v, v], dim=2))
+        self.presents[layer] = present
+        return present
+
+    def advance(self, n: int) -> None:
+        """The length is the past's, known from the inputs; nothing to count."""
+
+
+class DecoderWithPast(nn.Module):
+    """forward(input_ids, attention_mask, position_ids, *past) -> (logits, *presents)."""
+
+    def __init__(self, decoder: nn.Module, n_layer: int):
+        super().__init__()
+        self.decoder = decoder
+        self.n_layer = n_layer
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor, position_ids: Tensor, *past: Tensor):
+        cache = ConcatCache([(past[2 * i], past[2 * i + 1]) for i in range(self.n_layer)])
+        # int64 in the graph, as optimum and onnxruntime-genai feed it; the decoder wants bool.
+        logits = self.decoder(input_ids, cache, attention_mask.bool(), position_ids)
+        return (logits, *(tensor for present in cache.presents for tensor in present))
+
+
+def decoder_only_plan(model: nn.Module, *, n_layer: int, n_head: int, head_dim: int, vocab_size: int,
+                      max_length: int | None) -> ExportPlan:
+    """The plan for `model.decoder`, whose cache has n_layer layers of (B, n_head, length, head_dim)."""
+    if getattr(model, "encoder", None) is not None:
+        raise LmkitError("this exporter writes decoder-only models, but the composition also has an "
+                         "encoder; an encoder-decoder export needs an exporter of its own")
+    decoder = model.decoder
+    module = DecoderWithPast(decoder, n_layer).eval()
+    cache_names = [(f"past_key_values.{i}.{part}", f"present.{i}.{part}")
+                   for i in range(n_layer) for part in ("key", "value")]
+    inputs = [
+        TensorInfo("input_ids", "int64", (BATCH, SEQUENCE)),
+        TensorInfo("attention_mask", "int64", (BATCH, TOTAL)),
+        TensorInfo("position_ids", "int64", (BATCH, SEQUENCE)),
+        *(TensorInfo(past, "float32", (BATCH, n_head, PAST, head_dim)) for past, _ in cache_names),
+    ]
+    outputs = [
+        TensorInfo("logits", "float32", (BATCH, SEQUENCE, vocab_size)),
+        *(TensorInfo(present, "float32", (BATCH, n_head, TOTAL, head_dim)) for _, present in cache_names),
+    ]
+    rng = np.random.default_rng(0)
+    shape_set = functools.partial(_inputs, module, rng, vocab_size=vocab_size, cache=(n_head, head_dim),
+                                  past_names=[past for past, _ in cache_names])
+    example = shape_set(*EXAMPLE_SHAPE)
+    graph = Graph(
+        name="model", module=module, inputs=inputs, outputs=outputs,
+        example=tuple(torch.from_numpy(example.inputs[t.name]) for t in inputs),
+        validation=[shape_set(*shape) for shape in _fit(VALIDATION_SHAPES, max_length)],
+        cache=cache_names,
+    )
+    dimensions = {"n_layer": n_layer, "n_head": n_head, "head_dim": head_dim, "vocab_size": vocab_size,
+                  "max_length": max_length}
+    return ExportPlan(DECODER_ONLY, [graph], dimensions)
+
+
+def _fit(shapes, max_length: int | None):
+    """The validation shapes, shortened where a model reads fewer positions than they need."""
+    for batch, new, past in shapes:
+        if max_length is not None and past + new > max_length:
+            new = min(new, max_length)
+            past = min(past, max_length - new)
+        yield batch, new, past
+
+
+@torch.no_grad()
+def _inputs(module: DecoderWithPast, rng: np.random.Generator, batch: int, new: int, past: int, *,
+            vocab_size: int, cache: tuple[int, int], past_names: list[str]) -> ShapeSet:
+    """Random tokens after a past computed by the model itself, so the cache holds real keys/values.
+
+    cache: (heads, head_dim) of every layer's keys and values. The first row of a batch starts
+    with padding, as a left-padded prompt does.
+    """
+    total = past + new
+    ids = rng.integers(0, vocab_size, size=(batch, total), dtype=np.int64)
+    mask = np.ones((batch, total), dtype=np.int64)
+    if batch > 1:
+        mask[0, :min(PADDING, total - 1)] = 0
+    positions = np.maximum(np.cumsum(mask, axis=1) - 1, 0)
+    past_values = [torch.zeros(batch, cache[0], 0, cache[1])] * len(past_names)
+    if past:
+        prefix = (torch.from_numpy(a[:, :past]) for a in (ids, mask, positions))
+        past_values = module(*prefix, *past_values)[1:]
+    inputs = {"input_ids": ids[:, past:], "attention_mask": mask, "position_ids": positions[:, past:]}
+    inputs.update((name, value.numpy()) for name, value in zip(past_names, past_values))
+    return ShapeSet(label={"batch_size": batch, "new_tokens": new, "past_tokens": past}, inputs=inputs,
+                    scored=mask[:, past:].astype(bool))

@@ -1,0 +1,153 @@
+"""`lmkit export`: a model directory to a validated ONNX export directory (or Triton repository).
+
+    load the model -> its exporter's plan -> torch.onnx per graph -> fp16 / int8 -> validation
+    against PyTorch -> tokenizer, Triton config -> manifest with the hash of every file
+
+Everything is written into a staging directory that becomes `out` only at the end, so an export
+that fails (validation included) leaves nothing behind.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+import tempfile
+
+from lmkit import __version__
+from lmkit.artifacts import atomic_write, atomic_write_json, staged_directory
+from lmkit.errors import LmkitError, MissingDependency, PluginError
+from lmkit.registry import Component, PluginHost, get_host
+
+from . import triton
+from .convert import DEFAULT_OPSET, export_graph
+from .graphs import ARCHITECTURES, ExportPlan
+from .manifest import FORMAT, FORMAT_VERSION, MANIFEST, describe_files
+from .precision import PRECISIONS, to_fp16, to_int8
+from .validation import THRESHOLDS, Threshold, validate
+
+LAYOUTS = ("onnx", "triton")
+QUANTIZATION = {"method": "dynamic", "weights": "int8", "per_channel": True,
+                "activations": "uint8, quantized at run time", "tool": "onnxruntime.quantization.quantize_dynamic"}
+
+
+def find_exporter(spec, host: PluginHost) -> Component:
+    """The exporter of a composition: its decoder's if it has one (it drives generation), else its encoder's."""
+    kind = "decoder" if spec.decoder is not None else "encoder"
+    part = getattr(spec, kind)
+    if part is None:
+        raise LmkitError("the model has neither an encoder nor a decoder: there is nothing to export")
+    name = f"{kind}.{part.type}"
+    if name not in host.components["exporter"]:
+        available = ", ".join(sorted(host.components["exporter"])) or "none"
+        raise PluginError(f"no plugin registers an exporter for {kind} '{part.type}' (exporter '{name}'); "
+                          f"exporters available: {available}")
+    return host.component("exporter", name)
+
+
+def export_model(model_dir: str, out: str, *, precision: str = "fp32", layout: str = "onnx",
+                 name: str | None = None, opset: int = DEFAULT_OPSET, threshold: Threshold | None = None,
+                 force: bool = False, host: PluginHost | None = None) -> dict:
+    """Export the model in `model_dir` to `out`; returns the manifest that was written.
+
+    precision: fp32, fp16 or int8 (dynamic quantization). layout: onnx (an export directory) or
+    triton (a model repository whose model folder `name` is the export directory). threshold: the
+    parity the export must reach, by default THRESHOLDS[precision].
+    """
+    _require("torch", "onnx", "onnxruntime", "onnxscript")
+    from lmkit.model import load_model
+
+    if precision not in PRECISIONS:
+        raise LmkitError(f"unknown precision '{precision}'; choose one of {', '.join(PRECISIONS)}")
+    if layout not in LAYOUTS:
+        raise LmkitError(f"unknown format '{layout}'; choose one of {', '.join(LAYOUTS)}")
+    host = host or get_host()
+    name = triton.check_name(name or _default_name(model_dir)) if layout == "triton" else None
+    model, tokenizer, config = load_model(model_dir, host)
+    model.eval()
+    exporter = find_exporter(model.spec, host)
+    plan: ExportPlan = exporter.load()(model)
+    if plan.architecture not in ARCHITECTURES:
+        raise LmkitError(f"exporter '{exporter.name}' made a '{plan.architecture}' export, which the lmkit "
+                         f"runtime cannot serve (it serves {', '.join(ARCHITECTURES)})")
+
+    # The Triton configuration is made before anything is written: a plan it cannot lay out stops here.
+    config_pbtxt = triton.config_pbtxt(name, plan.graphs, precision) if name else None
+
+    with staged_directory(out, force=force) as stage:
+        root = os.path.join(stage, name) if name else stage
+        files = {graph.name: triton.graph_file(graph) if name else f"{graph.name}.onnx" for graph in plan.graphs}
+        with tempfile.TemporaryDirectory(prefix=".lmkit-export-", dir=os.path.dirname(stage)) as work:
+            for graph in plan.graphs:
+                target = os.path.join(root, files[graph.name])
+                os.makedirs(os.path.dirname(target), exist_ok=True)
+                _write_graph(graph, target, precision, opset, work)
+        report = validate([(graph, os.path.join(root, files[graph.name])) for graph in plan.graphs],
+                          precision, threshold or THRESHOLDS[precision])
+        if tokenizer is not None:
+            tokenizer.save(root)
+        if config_pbtxt:
+            with atomic_write(os.path.join(root, "config.pbtxt")) as handle:
+                handle.write(config_pbtxt)
+        manifest = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "lmkit_version": __version__,
+            "created_with": _versions(),
+            "source": {key: config.get(key) for key in ("lmkit_version", "spec", "components", "plugins")},
+            "exporter": {"name": exporter.name, "plugin": exporter.plugin},
+            "architecture": plan.architecture,
+            "opset": opset,
+            "dtype": precision,
+            "quantization": QUANTIZATION if precision == "int8" else None,
+            "dimensions": plan.dimensions,
+            "graphs": {graph.name: graph.describe(files[graph.name]) for graph in plan.graphs},
+            "tokenizer": "tokenizer.json" if tokenizer is not None else None,
+            "special_tokens": {role: getattr(tokenizer, f"{role}_id", None) for role in ("bos", "eos", "pad")},
+            "generation": _generation_settings(config),
+            "validation": report,
+            "triton": {"name": name, "config": "config.pbtxt"} if name else None,
+            "files": describe_files(root),
+        }
+        atomic_write_json(os.path.join(root, MANIFEST), manifest)
+    return manifest
+
+
+def _require(*modules: str) -> None:
+    missing = [module for module in modules if importlib.util.find_spec(module) is None]
+    if missing:
+        raise MissingDependency(f"exporting needs {', '.join(missing)}, not installed here; install with: "
+                                "pip install -c constraints.txt 'lmkit[torch,onnx]'")
+
+
+def _write_graph(graph, target: str, precision: str, opset: int, work: str) -> None:
+    """Export `graph` to `target` in `precision`; an fp16 or int8 graph is converted from fp32 in `work`."""
+    if precision == "fp32":
+        export_graph(graph, target, opset)
+        return
+    fp32 = os.path.join(work, f"{graph.name}.fp32.onnx")
+    export_graph(graph, fp32, opset)
+    (to_fp16 if precision == "fp16" else to_int8)(fp32, target)
+
+
+def _generation_settings(config: dict) -> dict:
+    """The spec's decoding strategy and options; greedy with its defaults when the spec names none."""
+    decoding = dict(config["spec"].get("decoding") or {})
+    if decoding:
+        return {"strategy": decoding.pop("strategy"), "options": decoding}
+    from lmkit.decoding.options import GreedyOptions
+    from lmkit.options import options_to_dict
+
+    return {"strategy": "greedy", "options": options_to_dict(GreedyOptions())}
+
+
+def _default_name(model_dir: str) -> str:
+    """A Triton model name from the model directory's name (runs/m0 -> m0)."""
+    base = os.path.basename(os.path.normpath(model_dir)) or "model"
+    return "".join(c if c.isalnum() or c in "_.-" else "_" for c in base).lstrip(".-") or "model"
+
+
+def _versions() -> dict:
+    import onnx
+    import onnxruntime
+    import torch
+
+    return {"torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__}

@@ -1,0 +1,126 @@
+"""Parity of an exported graph with the PyTorch model it came from, measured at export time.
+
+Every graph runs in onnxruntime (CPU, default optimizations, as the runtime loads it) and in
+PyTorch (fp32) on the shape sets its exporter chose, unlike the example it was traced with. The
+figures go into the manifest; an export whose figures miss its dtype's threshold is not written.
+
+    fp32  every output within an absolute difference of 1e-4 of PyTorch's
+    fp16  top-1 agreement on the scores (logits) of at least 90%: half precision moves logits by
+          ~1e-3 relative, which flips only near-ties; less agreement means a broken conversion
+    int8  top-1 agreement of at least 50%: quantization error depends on the model, so the floor
+          only catches a collapse; the figure itself says how good it is
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from lmkit.errors import LmkitError
+
+from .graphs import Graph, ShapeSet
+
+
+@dataclass(frozen=True)
+class Threshold:
+    max_abs_diff: float | None = None
+    min_top1_agreement: float | None = None
+
+
+THRESHOLDS = {
+    "fp32": Threshold(max_abs_diff=1e-4),
+    "fp16": Threshold(min_top1_agreement=0.9),
+    "int8": Threshold(min_top1_agreement=0.5),
+}
+
+
+class ValidationError(LmkitError):
+    """An export differs from PyTorch by more than its threshold allows."""
+
+
+def validate(graphs: list[tuple[Graph, str]], precision: str, threshold: Threshold) -> dict:
+    """Run each (graph, onnx file) on its shape sets; the report for the manifest, or ValidationError."""
+    import onnxruntime as ort
+    import torch
+
+    results = []
+    for graph, path in graphs:
+        session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+        names = [t.name for t in graph.outputs]
+        for shape_set in graph.validation:
+            with torch.no_grad():
+                expected = graph.module(*(torch.from_numpy(shape_set.inputs[t.name]) for t in graph.inputs))
+            actual = session.run(names, shape_set.inputs)
+            results.append(_compare(graph, shape_set, names, [e.numpy() for e in expected], actual))
+    agreed, counted = (sum(r.agreement[i] for r in results if r.agreement) for i in (0, 1))
+    report = {
+        "reference": f"PyTorch {torch.__version__} fp32",
+        "runtime": f"onnxruntime {ort.__version__} CPUExecutionProvider",
+        "threshold": {key: value for key, value in asdict(threshold).items() if value is not None},
+        "max_abs_diff": max(r.worst for r in results),
+        "top1_agreement": agreed / counted if counted else None,
+        "shape_sets": [r.to_dict() for r in results],
+    }
+    _check(report, results, precision, threshold)
+    return report
+
+
+@dataclass
+class _Result:
+    graph: str
+    label: dict[str, int]
+    max_abs_diff: dict[str, float]  # by output, those that differ only by a layer number together
+    agreement: tuple[int, int] | None  # (positions whose top-1 token agrees, positions counted)
+
+    @property
+    def worst(self) -> float:
+        return max(self.max_abs_diff.values())
+
+    def to_dict(self) -> dict:
+        out = {"graph": self.graph, **self.label, "max_abs_diff": self.max_abs_diff}
+        if self.agreement is not None:
+            out["top1_agreement"] = self.agreement[0] / max(1, self.agreement[1])
+        return out
+
+    def describe(self) -> str:
+        return ", ".join(f"{key.replace('_', ' ')} {value}" for key, value in self.label.items())
+
+
+def _compare(graph: Graph, shape_set: ShapeSet, names: list[str], expected: list[np.ndarray],
+             actual: list[np.ndarray]) -> _Result:
+    result = _Result(graph.name, shape_set.label, {}, None)
+    for name, want, got in zip(names, expected, actual):
+        if want.shape != got.shape:
+            raise ValidationError(f"output '{name}' of graph '{graph.name}' has shape {list(got.shape)} in "
+                                  f"onnxruntime and {list(want.shape)} in PyTorch ({result.describe()})")
+        diff = float(np.abs(got.astype(np.float64) - want).max()) if want.size else 0.0
+        if not np.isfinite(diff):  # NaN or inf in one of them: as far off as can be
+            diff = float("inf")
+        group = re.sub(r"\.\d+\.", ".*.", name)  # present.0.key, present.1.key -> present.*.key
+        result.max_abs_diff[group] = max(result.max_abs_diff.get(group, 0.0), diff)
+    if graph.scores is not None:
+        index = names.index(graph.scores)
+        same = expected[index].argmax(-1) == actual[index].argmax(-1)
+        if shape_set.scored is not None:
+            same = same[shape_set.scored]
+        result.agreement = (int(same.sum()), int(same.size))
+    return result
+
+
+def _check(report: dict, results: list[_Result], precision: str, threshold: Threshold) -> None:
+    if threshold.max_abs_diff is not None:
+        worst = max(results, key=lambda r: r.worst)
+        if worst.worst > threshold.max_abs_diff:
+            output = max(worst.max_abs_diff, key=worst.max_abs_diff.get)
+            raise ValidationError(
+                f"the {precision} export differs from PyTorch by {worst.worst:.3g} on {output} "
+                f"({worst.describe()}), more than the {threshold.max_abs_diff:g} allowed; nothing was written"
+            )
+    agreement = report["top1_agreement"]
+    if threshold.min_top1_agreement is not None and agreement is not None:
+        if agreement < threshold.min_top1_agreement:
+            raise ValidationError(
+                f"the {precision} export picks PyTorch's top-1 token at {agreement:.1%} of positions, "
+                f"below the {threshold.min_top1_agreement:.0%} required; nothing was written"
+            )

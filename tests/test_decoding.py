@@ -1,0 +1,318 @@
+"""Decoding strategies over backends: greedy, beam search and sampling, cache, padding, limits."""
+import itertools
+import logging
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from lmkit.decoding.beam import BeamSearch  # noqa: E402
+from lmkit.decoding.common import PromptError, ban_repeated_ngrams, fit_prompts  # noqa: E402
+from lmkit.decoding.greedy import Greedy  # noqa: E402
+from lmkit.decoding.options import BeamSearchOptions, GreedyOptions, SamplingOptions  # noqa: E402
+from lmkit.decoding.sampling import Sampling, keep_top_k, keep_top_p  # noqa: E402
+from lmkit.decoding.torch_backend import TorchBackend  # noqa: E402
+from lmkit.errors import SpecError  # noqa: E402
+from lmkit.options import build_options  # noqa: E402
+from lmkit.plugins.gpt.config import GPT2Config  # noqa: E402
+from lmkit.plugins.gpt.model import GPT2Decoder  # noqa: E402
+
+PROMPTS = [[5, 17, 3, 40, 22], [9, 1, 33, 12, 7, 28, 45, 2, 19], [11, 4]]  # different lengths: left padding
+
+
+def tiny_decoder(vocab_size=50, n_positions=32, seed=0) -> GPT2Decoder:
+    """A random GPT-2 with weights large enough for peaked next-token distributions (no near-ties)."""
+    torch.manual_seed(seed)
+    model = GPT2Decoder(GPT2Config(vocab_size=vocab_size, n_positions=n_positions, n_embd=32, n_layer=2, n_head=4))
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.normal_(0.0, 0.3)
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def decoder():
+    return tiny_decoder()
+
+
+class FullSequenceBackend:
+    """The reference: no cache, the whole sequence through the decoder at every step."""
+
+    def __init__(self, decoder):
+        self.decoder = decoder
+        self.max_length = decoder.max_positions
+
+    def prefill(self, input_ids, attention_mask):
+        self.ids, self.mask = torch.from_numpy(input_ids), torch.from_numpy(attention_mask)
+        return self._last_logits()
+
+    def step(self, tokens, rows=None):
+        if rows is not None:
+            self.ids, self.mask = self.ids[torch.from_numpy(rows)], self.mask[torch.from_numpy(rows)]
+        self.ids = torch.cat([self.ids, torch.from_numpy(tokens)[:, None]], dim=1)
+        self.mask = torch.cat([self.mask, torch.ones(len(tokens), 1, dtype=torch.bool)], dim=1)
+        return self._last_logits()
+
+    @torch.no_grad()
+    def _last_logits(self):
+        positions = (self.mask.cumsum(1) - 1).clamp(min=0)
+        return self.decoder(self.ids, attention_mask=self.mask, position_ids=positions)[:, -1].numpy().copy()
+
+
+class Recording:
+    """A backend that keeps a copy of every logits array it returns, and counts the rows it computed."""
+
+    def __init__(self, backend):
+        self.backend = backend
+        self.max_length = backend.max_length
+        self.logits = []
+
+    def prefill(self, input_ids, attention_mask):
+        return self._keep(self.backend.prefill(input_ids, attention_mask))
+
+    def step(self, tokens, rows=None):
+        return self._keep(self.backend.step(tokens, rows))
+
+    def _keep(self, logits):
+        assert logits.dtype == np.float32
+        self.logits.append(logits.copy())
+        return logits
+
+
+def generate(strategy, decoder, prompts=PROMPTS, eos_id=None, **kwargs):
+    backend = TorchBackend(decoder, strategy.options.max_new_tokens)
+    return strategy.generate(backend, prompts, eos_id=eos_id, pad_id=0, **kwargs)
+
+
+def tokens(results):
+    return [r.tokens for r in results]
+
+
+def test_beam_width_one_is_greedy(decoder):
+    greedy = generate(Greedy(GreedyOptions(max_new_tokens=12)), decoder)
+    beam = generate(BeamSearch(BeamSearchOptions(max_new_tokens=12, num_beams=1)), decoder)
+    assert tokens(beam) == tokens(greedy)
+    for g, b in zip(greedy, beam):
+        assert b.score == pytest.approx(g.score, abs=1e-4)
+        assert b.normalized_score == pytest.approx(g.score / 12, abs=1e-4)  # length_penalty 1
+
+
+@torch.no_grad()
+def test_beam_search_finds_the_exhaustive_best():
+    # 6 tokens, 3 steps: 216 continuations. 36 beams keep every 2-token prefix, so beam search is exact,
+    # and its n-best list is the true ranking.
+    model = tiny_decoder(vocab_size=6, n_positions=16, seed=3)
+    prompt = [1, 4, 2]
+    continuations = torch.tensor(list(itertools.product(range(6), repeat=3)))  # (216, 3)
+    ids = torch.cat([torch.tensor(prompt).expand(len(continuations), -1), continuations], dim=1)
+    log_probs = torch.log_softmax(model(ids)[:, len(prompt) - 1:-1], dim=-1)  # (216, 3, 6)
+    totals = log_probs.gather(2, continuations[:, :, None])[:, :, 0].sum(1)
+    ranking = totals.argsort(descending=True)
+
+    options = BeamSearchOptions(max_new_tokens=3, num_beams=36, length_penalty=0.0, num_return_sequences=5)
+    result = generate(BeamSearch(options), model, [prompt])[0]
+    found = [result] + result.alternatives
+    assert [g.tokens for g in found] == continuations[ranking[:5]].tolist()
+    assert [g.score for g in found] == pytest.approx(totals[ranking[:5]].tolist(), abs=1e-4)
+    assert all(g.finish_reason == "length" for g in found)
+
+    narrow = generate(BeamSearch(BeamSearchOptions(max_new_tokens=3, num_beams=2, length_penalty=0.0)), model, [prompt])
+    assert narrow[0].score <= result.score + 1e-6
+
+
+@pytest.mark.parametrize("strategy", [Greedy(GreedyOptions(max_new_tokens=10)),
+                                      BeamSearch(BeamSearchOptions(max_new_tokens=10, num_beams=3))],
+                         ids=["greedy", "beam"])
+def test_cache_gives_the_tokens_and_logits_of_full_recomputation(decoder, strategy):
+    cached = Recording(TorchBackend(decoder, 10))
+    reference = Recording(FullSequenceBackend(decoder))
+    eos = 7
+    with_cache = strategy.generate(cached, PROMPTS, eos_id=eos, pad_id=0)
+    without = strategy.generate(reference, PROMPTS, eos_id=eos, pad_id=0)
+    assert tokens(with_cache) == tokens(without)
+    assert len(cached.logits) == len(reference.logits) > 1
+    for ours, theirs in zip(cached.logits, reference.logits):
+        np.testing.assert_allclose(ours, theirs, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("strategy", [Greedy(GreedyOptions(max_new_tokens=8)),
+                                      BeamSearch(BeamSearchOptions(max_new_tokens=8, num_beams=4,
+                                                                   num_return_sequences=2))],
+                         ids=["greedy", "beam"])
+def test_a_padded_batch_equals_prompts_one_by_one(decoder, strategy):
+    eos = 7
+    batched = generate(strategy, decoder, eos_id=eos)
+    alone = [generate(strategy, decoder, [prompt], eos_id=eos)[0] for prompt in PROMPTS]
+    assert tokens(batched) == tokens(alone)
+    for b, a in zip(batched, alone):
+        assert [x.tokens for x in b.alternatives] == [x.tokens for x in a.alternatives]
+        assert b.score == pytest.approx(a.score, abs=1e-4)
+
+
+def test_finished_rows_leave_the_batch(decoder):
+    plain = tokens(generate(Greedy(GreedyOptions(max_new_tokens=10)), decoder))
+    # An eos that ends the third prompt at step `end` and neither of the others before it.
+    end, eos = next((i, token) for i, token in enumerate(plain[2])
+                    if token not in plain[2][:i] + plain[0][:i + 1] + plain[1][:i + 1])
+    recorded = Recording(TorchBackend(decoder, 10))
+    results = Greedy(GreedyOptions(max_new_tokens=10)).generate(recorded, PROMPTS, eos_id=eos, pad_id=0)
+    assert results[2].finish_reason == "eos" and results[2].tokens == plain[2][:end]
+    assert [len(logits) for logits in recorded.logits][:end + 2] == [3] * (end + 1) + [2]
+
+
+def test_seeded_sampling_repeats_and_seeds_differ(decoder):
+    def sample(seed):
+        return tokens(generate(Sampling(SamplingOptions(max_new_tokens=15, seed=seed, temperature=1.5)), decoder))
+
+    assert sample(1) == sample(1)
+    assert sample(1) != sample(2)
+
+
+def test_top_k_one_sampling_is_greedy(decoder):
+    greedy = generate(Greedy(GreedyOptions(max_new_tokens=10)), decoder)
+    sampled = generate(Sampling(SamplingOptions(max_new_tokens=10, top_k=1, seed=0)), decoder)
+    assert tokens(sampled) == tokens(greedy)
+
+
+def test_top_p_keeps_the_smallest_set_that_reaches_p():
+    probs = np.array([[0.1, 0.5, 0.15, 0.25], [0.25, 0.25, 0.25, 0.25]], dtype=np.float32)
+    kept = lambda p: (keep_top_p(probs, p) > 0).tolist()  # noqa: E731
+    assert kept(0.4) == [[False, True, False, False], [True, True, False, False]]
+    assert kept(0.6) == [[False, True, False, True], [True, True, True, False]]
+    assert kept(0.75) == [[False, True, False, True], [True, True, True, False]]  # 0.5 + 0.25 reaches 0.75
+    assert kept(0.8) == [[False, True, True, True], [True, True, True, True]]
+    assert kept(1.0) == [[True, True, True, True], [True, True, True, True]]
+
+
+def test_top_k_keeps_the_k_largest():
+    logits = np.array([[1.0, 4.0, 3.0, 2.0]], dtype=np.float32)
+    assert np.isfinite(keep_top_k(logits, 2)).tolist() == [[False, True, True, False]]
+    assert np.isfinite(keep_top_k(logits, 9)).all()
+
+
+def test_sampling_follows_the_distribution():
+    sampling = Sampling(SamplingOptions(temperature=1.0))
+    logits = np.log(np.array([[0.2, 0.7, 0.1]], dtype=np.float32)).repeat(20000, axis=0)
+    counts = np.bincount(sampling.choose(logits, np.random.default_rng(0)), minlength=3) / 20000
+    np.testing.assert_allclose(counts, [0.2, 0.7, 0.1], atol=0.015)
+
+
+def test_eos_ends_a_row_without_the_eos_token(decoder):
+    plain = generate(Greedy(GreedyOptions(max_new_tokens=10)), decoder)[0]
+    eos = plain.tokens[3]
+    cut = generate(Greedy(GreedyOptions(max_new_tokens=10)), decoder, eos_id=eos)[0]
+    assert cut.finish_reason == "eos"
+    assert cut.tokens == plain.tokens[:plain.tokens.index(eos)]
+    assert plain.finish_reason == "length" and len(plain.tokens) == 10
+
+
+@pytest.mark.parametrize("strategy", [Greedy(GreedyOptions(max_new_tokens=10)),
+                                      Sampling(SamplingOptions(max_new_tokens=10, seed=4)),
+                                      BeamSearch(BeamSearchOptions(max_new_tokens=10, num_beams=1))],
+                         ids=["greedy", "sample", "beam"])
+def test_stop_sequences_stop_and_are_left_out(decoder, strategy):
+    plain = generate(strategy, decoder)
+    stop = plain[1].tokens[4:6]
+    results = generate(strategy, decoder, stop=[[49, 48, 47], stop])
+    first = next(i for i in range(len(plain[1].tokens)) if plain[1].tokens[i:i + 2] == stop)
+    assert results[1].finish_reason == "stop"
+    assert results[1].tokens == plain[1].tokens[:first]
+
+
+@pytest.mark.parametrize("strategy", [Greedy(GreedyOptions(max_new_tokens=10)),
+                                      Sampling(SamplingOptions(max_new_tokens=10, seed=4)),
+                                      BeamSearch(BeamSearchOptions(max_new_tokens=10))],
+                         ids=["greedy", "sample", "beam"])
+def test_streaming_sees_the_tokens_of_the_result(decoder, strategy):
+    plain = generate(strategy, decoder)
+    stop = [plain[0].tokens[5:8], plain[2].tokens[2:4]]
+    seen = {i: [] for i in range(len(PROMPTS))}
+    results = generate(strategy, decoder, eos_id=plain[1].tokens[6], stop=stop,
+                       on_token=lambda row, token: seen[row].append(token))
+    assert [seen[i] for i in range(len(PROMPTS))] == tokens(results)
+    if isinstance(strategy, Greedy):  # the others draw or search differently once a row has ended
+        assert {r.finish_reason for r in results} == {"eos", "stop"}
+
+
+def test_too_long_prompt_is_a_clear_error_and_truncation_keeps_the_end(decoder, caplog):
+    greedy = Greedy(GreedyOptions(max_new_tokens=10))
+    long_prompt = list(range(1, 41))  # 40 tokens, context 32
+    with pytest.raises(PromptError, match=r"^the prompt has 40 tokens but the model reads at most 32; "
+                                          r"shorten it or pass --truncate to keep its last 23$"):
+        generate(greedy, decoder, [long_prompt])
+
+    with caplog.at_level(logging.WARNING, logger="lmkit.decoding"):
+        fitted = fit_prompts([long_prompt, [1, 2]], 32, 10, truncate=True)
+    assert fitted == [long_prompt[-23:], [1, 2]]
+    assert "kept the last 23 of the 40 tokens of prompt 1" in caplog.text
+    result = generate(greedy, decoder, fitted)[0]
+    assert len(result.tokens) == 10 and result.tokens == generate(greedy, decoder, [long_prompt[-23:]])[0].tokens
+
+
+def test_prompt_and_new_tokens_beyond_the_context_stop_at_the_context(decoder, caplog):
+    with caplog.at_level(logging.WARNING, logger="lmkit.decoding"):
+        for strategy in (Greedy(GreedyOptions(max_new_tokens=10)), BeamSearch(BeamSearchOptions(max_new_tokens=10))):
+            result = generate(strategy, decoder, [list(range(1, 31))])[0]  # 30 + 3 - 1 = 32 positions
+            assert len(result.tokens) == 3 and result.finish_reason == "length"
+    assert "only 3 of the 10 new tokens fit the model's context of 32" in caplog.text
+    with pytest.raises(PromptError, match="has no tokens"):
+        generate(Greedy(), decoder, [[1], []])
+
+
+def test_ban_repeated_ngrams():
+    history = np.array([[1, 2, 3, 1, 2], [-1, -1, 4, 4, 4]])
+    scores = np.zeros((2, 6), dtype=np.float32)
+    ban_repeated_ngrams(scores, history, 3)
+    assert np.isinf(scores).tolist() == [[False, False, False, True, False, False],  # 1 2 -> 3 was seen
+                                         [False, False, False, False, True, False]]  # 4 4 -> 4 was seen
+    scores = np.zeros((2, 6), dtype=np.float32)
+    ban_repeated_ngrams(scores, history, 1)  # padding (-1) never bans the last token of the vocabulary
+    assert np.isinf(scores).tolist() == [[False, True, True, True, False, False],
+                                         [False, False, False, False, True, False]]
+
+
+@pytest.mark.parametrize("strategy", [Greedy(GreedyOptions(max_new_tokens=20, no_repeat_ngram_size=2)),
+                                      BeamSearch(BeamSearchOptions(max_new_tokens=20, no_repeat_ngram_size=2))],
+                         ids=["greedy", "beam"])
+def test_no_repeat_ngram_size_blocks_repeats(strategy):
+    model = tiny_decoder(vocab_size=12, seed=1)
+    prompts = [[3, 5, 3], [7]]
+    repeats = lambda seq: len(set(zip(seq, seq[1:]))) < len(seq) - 1  # noqa: E731
+    plain = generate(type(strategy)(type(strategy.options)(max_new_tokens=20)), model, prompts)
+    assert any(repeats(p + r.tokens) for p, r in zip(prompts, plain))  # the tiny model loops without it
+    for prompt, result in zip(prompts, generate(strategy, model, prompts)):
+        assert not repeats(prompt + result.tokens)
+        assert len(result.tokens) == 20
+
+
+def test_options_are_checked_with_one_line_errors():
+    with pytest.raises(ValueError, match="num_return_sequences must be between 1 and num_beams"):
+        BeamSearchOptions(num_beams=2, num_return_sequences=3)
+    with pytest.raises(ValueError, match="temperature must be positive"):
+        SamplingOptions(temperature=0)
+    with pytest.raises(ValueError, match=r"top_p must be in \(0, 1\]"):
+        SamplingOptions(top_p=1.5)
+    with pytest.raises(ValueError, match="max_new_tokens must be at least 1"):
+        GreedyOptions(max_new_tokens=0)
+    with pytest.raises(SpecError, match="^decoding: unknown option 'num_beams'"):
+        build_options(GreedyOptions, {"num_beams": 4}, "decoding")
+
+
+def test_strategies_are_registered_without_importing_numpy_or_torch():
+    code = ("import sys; from lmkit.registry import get_host; from lmkit.spec import resolve\n"
+            "spec = resolve({'decoder': {'type': 'gpt2'}, 'decoding': {'strategy': 'beam', 'num_beams': 5}}, "
+            "get_host())\n"
+            "assert spec.decoding.options.num_beams == 5\n"
+            "print(sorted(get_host().components['decoding']), 'torch' in sys.modules, 'numpy' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.split() == ["['beam',", "'greedy',", "'sample']", "False", "False"]
+
+
+def test_the_strategies_do_not_import_torch():
+    code = ("import sys; import lmkit.decoding.greedy, lmkit.decoding.beam, lmkit.decoding.sampling\n"
+            "print('torch' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "False"

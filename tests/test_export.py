@@ -1,0 +1,367 @@
+"""lmkit export / inspect and the runtime: parity, manifest, precision, Triton layout, untrusted directories."""
+import hashlib
+import json
+import os
+import random
+import re
+import shutil
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+onnx = pytest.importorskip("onnx")
+pytest.importorskip("onnxruntime")
+pytest.importorskip("onnxscript")
+
+import lmkit.exports  # noqa: E402
+from lmkit.decoding.beam import BeamSearch  # noqa: E402
+from lmkit.decoding.greedy import Greedy  # noqa: E402
+from lmkit.decoding.options import BeamSearchOptions, GreedyOptions  # noqa: E402
+from lmkit.decoding.torch_backend import TorchBackend  # noqa: E402
+from lmkit.errors import ArtifactError  # noqa: E402
+from lmkit.exports.export import export_model  # noqa: E402
+from lmkit.exports.manifest import MANIFEST  # noqa: E402
+from lmkit.exports.validation import THRESHOLDS, Threshold  # noqa: E402
+from lmkit.model import load_model  # noqa: E402
+
+PROMPTS = ["the cat sat on", "dog", "a mat ran far away quickly"]
+
+
+def make_tiny_gpt2(tmp_path_factory) -> str:
+    """A 2-layer, 64-wide GPT-2 over a 300-token BPE, its weights spread out so its outputs vary."""
+    from safetensors.torch import load_file, save_file
+
+    from lmkit.model import compose
+    from lmkit.tokenizers import ByteLevelBPE, ByteLevelBPEOptions
+
+    root = tmp_path_factory.mktemp("tiny")
+    rng = random.Random(0)
+    words = ["the", "cat", "dog", "sat", "on", "a", "mat", "ran", "far", "away", "quickly", "home"]
+    corpus = root / "text.txt"
+    corpus.write_text("\n".join(" ".join(rng.choice(words) for _ in range(12)) for _ in range(400)) + "\n")
+    tokenizer = ByteLevelBPE.train([str(corpus)], ByteLevelBPEOptions(vocab_size=300), progress=False)
+    tokenizer.save(str(root / "tok"))
+    overrides = ["decoder.n_layer=2", f"decoder.vocab_size={tokenizer.vocab_size}", f"tokenizer={root / 'tok'}"]
+    compose("gpt2-tiny", overrides, str(root / "init"))
+    # At initialisation every logit is within a hair of the others and greedy repeats one token;
+    # spread weights make the parity tests compare varied tokens and real ties are unlikely.
+    generator = torch.Generator().manual_seed(0)
+    weights = {name: tensor + 0.3 * torch.randn(tensor.shape, generator=generator)
+               for name, tensor in load_file(str(root / "init" / "model.safetensors")).items()}
+    save_file(weights, str(root / "weights.safetensors"))
+    compose("gpt2-tiny", overrides, str(root / "m0"), weights=str(root / "weights.safetensors"))
+    return str(root / "m0")
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return make_tiny_gpt2(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def exported(model_dir, tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("exports") / "m0")
+    export_model(model_dir, out)
+    return out
+
+
+def read_manifest(directory) -> dict:
+    with open(os.path.join(directory, MANIFEST)) as handle:
+        return json.load(handle)
+
+
+def write_manifest(directory, manifest: dict) -> None:
+    with open(os.path.join(directory, MANIFEST), "w") as handle:
+        json.dump(manifest, handle)
+
+
+def rehash(directory, name: str) -> None:
+    """Record a file's current hash in the manifest, as an attacker who rewrites both would."""
+    manifest = read_manifest(directory)
+    path = os.path.join(directory, name)
+    manifest["files"][name] = {"sha256": hashlib.sha256(open(path, "rb").read()).hexdigest(),
+                               "size": os.path.getsize(path)}
+    write_manifest(directory, manifest)
+
+
+@pytest.fixture
+def copy(exported, tmp_path):
+    """A private copy of the export to damage."""
+    target = str(tmp_path / "export")
+    shutil.copytree(exported, target)
+    return target
+
+
+# -- export and manifest -----------------------------------------------------------------------
+
+
+def test_fp32_export_has_a_complete_manifest(exported, model_dir):
+    manifest = read_manifest(exported)
+    assert sorted(os.listdir(exported)) == [MANIFEST, "model.onnx", "tokenizer.json", "tokenizer_config.json"]
+    assert manifest["format"] == "lmkit-onnx" and manifest["lmkit_version"] == "0.1.0"
+    assert (manifest["architecture"], manifest["dtype"], manifest["opset"]) == ("decoder-only", "fp32", 18)
+    assert manifest["exporter"] == {"name": "decoder.gpt2", "plugin": "gpt"}
+    graph = manifest["graphs"]["model"]
+    inputs = {t["name"]: t for t in graph["inputs"]}
+    outputs = {t["name"]: t for t in graph["outputs"]}
+    assert list(inputs)[:3] == ["input_ids", "attention_mask", "position_ids"]
+    assert inputs["attention_mask"]["shape"] == ["batch_size", "past_sequence_length + sequence_length"]
+    assert inputs["past_key_values.1.value"] == {"name": "past_key_values.1.value", "dtype": "float32",
+                                                 "shape": ["batch_size", 4, "past_sequence_length", 16]}
+    vocab = manifest["dimensions"]["vocab_size"]
+    assert outputs["logits"]["shape"] == ["batch_size", "sequence_length", vocab]
+    assert outputs["present.0.key"]["shape"] == ["batch_size", 4, "past_sequence_length + sequence_length", 16]
+    assert graph["cache"][1] == {"input": "past_key_values.0.value", "output": "present.0.value"}
+    assert manifest["special_tokens"] == {"bos": 0, "eos": 0, "pad": 0}  # <|endoftext|> plays every role
+    assert manifest["generation"] == {"strategy": "greedy",
+                                      "options": {"max_new_tokens": 50, "no_repeat_ngram_size": 0}}
+    for name, entry in manifest["files"].items():
+        data = open(os.path.join(exported, name), "rb").read()
+        assert entry == {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
+
+
+def test_parity_is_measured_on_three_shape_sets_and_within_1e_4(exported):
+    report = read_manifest(exported)["validation"]
+    shapes = {(s["batch_size"], s["new_tokens"], s["past_tokens"]) for s in report["shape_sets"]}
+    assert len(shapes) >= 3
+    assert {b for b, _, _ in shapes} == {1, 3} and {n for _, n, _ in shapes} == {1, 17}
+    assert {p for _, _, p in shapes} == {0, 9}
+    assert report["threshold"] == {"max_abs_diff": 1e-4}
+    assert 0 < report["max_abs_diff"] <= 1e-4
+    assert report["top1_agreement"] == 1.0
+    for shape_set in report["shape_sets"]:
+        assert set(shape_set["max_abs_diff"]) == {"logits", "present.*.key", "present.*.value"}
+
+
+def test_graph_has_symbolic_axes_and_stores_each_weight_once(exported, model_dir):
+    graph = onnx.load(os.path.join(exported, "model.onnx"))
+    dims = {v.name: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]
+            for v in [*graph.graph.input, *graph.graph.output]}
+    assert dims["input_ids"] == ["batch_size", "sequence_length"]
+    assert dims["present.1.key"] == ["batch_size", 4, "past_sequence_length + sequence_length", 16]
+    assert not any(node.metadata_props for node in graph.graph.node)  # no paths of the exporting machine
+    model, _, _ = load_model(model_dir)
+    weight_bytes = sum(p.numel() * 4 for p in model.parameters())
+    # The tied embedding (wte, also the output projection) is stored once.
+    assert os.path.getsize(os.path.join(exported, "model.onnx")) < 1.1 * weight_bytes
+
+
+def test_an_axis_fixed_by_the_exporter_stops_the_export(exported):
+    from lmkit.exports.convert import ExportError, name_dimensions
+    from lmkit.exports.graphs import Graph, TensorInfo
+
+    graph = onnx.load(os.path.join(exported, "model.onnx"))
+    graph.graph.input[0].type.tensor_type.shape.dim[1].dim_value = 3  # the example's length, baked in
+    manifest = read_manifest(exported)["graphs"]["model"]
+    plan = Graph("model", module=None, example=(), validation=[],
+                 inputs=[TensorInfo(t["name"], t["dtype"], tuple(t["shape"])) for t in manifest["inputs"]],
+                 outputs=[TensorInfo(t["name"], t["dtype"], tuple(t["shape"])) for t in manifest["outputs"]])
+    with pytest.raises(ExportError, match=r"input 'input_ids' axis 1 \(sequence_length\) was fixed to 3"):
+        name_dimensions(graph, plan)
+
+
+# -- the runtime against PyTorch ---------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def torch_model(model_dir):
+    model, tokenizer, _ = load_model(model_dir)
+    return model.eval(), tokenizer
+
+
+@pytest.mark.parametrize("search", [Greedy(GreedyOptions(max_new_tokens=12)),
+                                    BeamSearch(BeamSearchOptions(max_new_tokens=12, num_beams=4,
+                                                                 num_return_sequences=2))],
+                         ids=["greedy", "beam4"])
+def test_onnx_and_torch_backends_generate_the_same_tokens(exported, torch_model, search):
+    model, tokenizer = torch_model
+    prompts = [tokenizer.encode(text) for text in PROMPTS]  # different lengths: left padding
+    on_torch = search.generate(TorchBackend(model.decoder, 12), prompts, eos_id=tokenizer.eos_id, pad_id=None)
+    on_onnx = search.generate(lmkit.exports.load(exported).backend(), prompts, eos_id=tokenizer.eos_id,
+                              pad_id=None)
+    assert [g.to_dict()["tokens"] for g in on_onnx] == [g.to_dict()["tokens"] for g in on_torch]
+    assert [[a.tokens for a in g.alternatives] for g in on_onnx] == \
+        [[a.tokens for a in g.alternatives] for g in on_torch]
+    assert len({tuple(g.tokens) for g in on_onnx}) > 1  # not one repeated token for every prompt
+
+
+def test_ort_backend_logits_follow_torch_through_prefill_steps_and_reorders(exported, torch_model):
+    model, tokenizer = torch_model
+    from lmkit.decoding.common import left_pad
+
+    input_ids, mask = left_pad([tokenizer.encode(text) for text in PROMPTS], pad_id=0)
+    ort_backend, torch_backend = lmkit.exports.load(exported).backend(), TorchBackend(model.decoder, 8)
+    steps = [(np.array([5, 6, 7]), None), (np.array([8, 9, 10, 11]), np.array([2, 0, 0, 1])),
+             (np.array([12, 13]), np.array([3, 1]))]  # expand to 4 rows, then keep 2
+    np.testing.assert_allclose(ort_backend.prefill(input_ids, mask), torch_backend.prefill(input_ids, mask),
+                               atol=1e-4)
+    for tokens, rows in steps:
+        np.testing.assert_allclose(ort_backend.step(tokens, rows), torch_backend.step(tokens, rows), atol=1e-4)
+
+
+def test_generate_uses_the_manifest_settings_and_options(exported, torch_model):
+    _, tokenizer = torch_model
+    model = lmkit.exports.load(exported)
+    assert model.tokenizer.vocab_size == tokenizer.vocab_size and model.providers == ["CPUExecutionProvider"]
+    texts = model.generate(PROMPTS[:2], max_new_tokens=5)
+    beams = model.generate(PROMPTS[:2], strategy="beam", max_new_tokens=5, num_beams=4)
+    assert len(texts) == len(beams) == 2 and all(isinstance(text, str) and text for text in texts + beams)
+
+
+# -- precision and layouts ---------------------------------------------------------------------
+
+
+def test_int8_export_is_smaller_and_reports_top1_agreement(run, model_dir, exported, tmp_path):
+    out = tmp_path / "int8"
+    result = run("export", model_dir, "--out", out, "--quantize", "int8")
+    assert result.code == 0, result.err
+    assert result.out.strip() == str(out)
+    assert "top-1 agreement" in result.err
+    manifest = read_manifest(out)
+    assert manifest["dtype"] == "int8" and manifest["quantization"]["per_channel"] is True
+    report = manifest["validation"]
+    assert report["threshold"] == {"min_top1_agreement": 0.5}
+    assert 0.5 <= report["top1_agreement"] <= 1 and report["max_abs_diff"] > 0
+    assert os.path.getsize(out / "model.onnx") < 0.5 * os.path.getsize(os.path.join(exported, "model.onnx"))
+    ops = {node.op_type for node in onnx.load(str(out / "model.onnx")).graph.node}
+    assert {"MatMulInteger", "DynamicQuantizeLinear"} <= ops
+
+
+def test_fp16_triton_repository(run, model_dir, tmp_path):
+    repo = tmp_path / "triton"
+    result = run("export", model_dir, "--out", repo, "--dtype", "fp16", "--format", "triton", "--name", "tiny")
+    assert result.code == 0, result.err
+    assert sorted(os.listdir(repo)) == ["tiny"]
+    assert sorted(os.listdir(repo / "tiny")) == ["1", "config.pbtxt", MANIFEST, "tokenizer.json",
+                                                 "tokenizer_config.json"]
+    assert os.listdir(repo / "tiny" / "1") == ["model.onnx"]
+    manifest = read_manifest(repo / "tiny")
+    assert manifest["dtype"] == "fp16" and manifest["graphs"]["model"]["file"] == "1/model.onnx"
+    assert manifest["triton"] == {"name": "tiny", "config": "config.pbtxt"}
+    assert "config.pbtxt" in manifest["files"]
+    report = manifest["validation"]
+    assert report["top1_agreement"] >= 0.9 and 0 < report["max_abs_diff"] < 0.5
+    config = (repo / "tiny" / "config.pbtxt").read_text()
+    for line in ['name: "tiny"', 'platform: "onnxruntime_onnx"', "max_batch_size: 0", "kind: KIND_GPU",
+                 'name: "past_key_values.1.value"', "dims: [ -1, 4, -1, 16 ]", "data_type: TYPE_INT64",
+                 f"dims: [ -1, -1, {manifest['dimensions']['vocab_size']} ]"]:
+        assert line in config
+    graph = manifest["graphs"]["model"]
+    assert len(re.findall(r"^ *name: ", config, re.M)) == 1 + len(graph["inputs"]) + len(graph["outputs"])
+    assert lmkit.exports.load(str(repo / "tiny")).generate(["the cat"], max_new_tokens=3)
+    refused = run("inspect", repo)
+    assert refused.code == 1 and f"give {repo / 'tiny'}" in refused.err
+
+
+def test_inspect_describes_the_export(run, exported):
+    text = run("inspect", exported)
+    assert text.code == 0, text.err
+    for expected in ("decoder.gpt2", "dtype: fp32", "input_ids", "past_key_values.{0..1}.key",
+                     "present.{0..1}.value", "batch size 3, new tokens 1, past tokens 9", "top-1 agreement 100.0%",
+                     "model.onnx", "eos=0"):
+        assert expected in text.out
+    assert text.out.count(" ok\n") == 3
+    as_json = json.loads(run("inspect", exported, "--json").out)
+    assert as_json["graphs"] == read_manifest(exported)["graphs"]
+    assert {entry["status"] for entry in as_json["files"].values()} == {"ok"}
+
+
+def test_export_that_misses_its_threshold_writes_nothing(run, model_dir, tmp_path, monkeypatch):
+    monkeypatch.setitem(THRESHOLDS, "fp32", Threshold(max_abs_diff=1e-12))
+    result = run("export", model_dir, "--out", tmp_path / "exp")
+    assert result.code == 1
+    error = result.err.strip().splitlines()[-1]
+    assert error.startswith("error: the fp32 export differs from PyTorch by") and "nothing was written" in error
+    assert os.listdir(tmp_path) == []  # neither the export nor its staging or scratch directories
+
+
+def test_export_usage_errors(run, model_dir, tmp_path):
+    assert run("export", model_dir, "--out", tmp_path / "x", "--dtype", "fp16", "--quantize", "int8").code == 2
+    assert run("export", model_dir, "--out", tmp_path / "x", "--name", "m").code == 2
+    assert run("export", model_dir, "--out", tmp_path / "x", "--min-top1", "0.9").code == 2
+    assert os.listdir(tmp_path) == []
+
+
+# -- untrusted export directories --------------------------------------------------------------
+
+
+def test_a_changed_file_is_refused(run, copy):
+    with open(os.path.join(copy, "model.onnx"), "r+b") as handle:
+        handle.seek(-1, os.SEEK_END)
+        last = handle.read(1)
+        handle.seek(-1, os.SEEK_END)
+        handle.write(bytes([last[0] ^ 1]))
+    with pytest.raises(ArtifactError, match=r"model.onnx does not match its sha256 .* refusing"):
+        lmkit.exports.load(copy)
+    result = run("inspect", copy)
+    assert result.code == 1 and "model.onnx does not match its sha256" in result.err
+
+
+@pytest.mark.parametrize("where", ["files", "graph", "absolute", "tokenizer"])
+def test_a_manifest_name_outside_the_directory_is_refused(copy, tmp_path, where):
+    manifest = read_manifest(copy)
+    outside = tmp_path / "outside.onnx"
+    shutil.copy(os.path.join(copy, "model.onnx"), outside)
+    if where == "files":
+        manifest["files"]["../outside.onnx"] = manifest["files"]["model.onnx"]
+    elif where == "graph":
+        manifest["graphs"]["model"]["file"] = "../outside.onnx"
+        manifest["files"]["../outside.onnx"] = manifest["files"]["model.onnx"]
+    elif where == "absolute":
+        manifest["graphs"]["model"]["file"] = str(outside)
+    else:
+        manifest["tokenizer"] = "../../tokenizer.json"
+    write_manifest(copy, manifest)
+    with pytest.raises(ArtifactError, match="outside the export directory"):
+        lmkit.exports.load(copy)
+
+
+def test_a_symbolic_link_out_of_the_directory_is_refused(copy, tmp_path):
+    secret = tmp_path / "secret.json"
+    secret.write_text("{}")
+    os.remove(os.path.join(copy, "tokenizer_config.json"))
+    os.symlink(secret, os.path.join(copy, "tokenizer_config.json"))
+    rehash(copy, "tokenizer_config.json")
+    with pytest.raises(ArtifactError, match="resolves to .* outside the export directory"):
+        lmkit.exports.load(copy)
+
+
+@pytest.mark.parametrize("location", ["../weights.bin", "weights.bin"], ids=["escaping", "unlisted"])
+def test_external_data_must_be_a_listed_file_inside(copy, location):
+    from onnx import numpy_helper
+    from onnx.external_data_helper import set_external_data
+
+    path = os.path.join(copy, "model.onnx")
+    graph = onnx.load(path)
+    tensor = next(t for t in graph.graph.initializer if t.name == "decoder.wpe.weight")
+    with open(os.path.join(copy, location), "wb") as handle:
+        handle.write(numpy_helper.to_array(tensor).tobytes())
+    set_external_data(tensor, location=location)
+    tensor.ClearField("raw_data")
+    tensor.data_location = onnx.TensorProto.EXTERNAL
+    onnx.save(graph, path)
+    rehash(copy, "model.onnx")  # the manifest agrees with the graph: only the reference is wrong
+    expected = "outside the export directory" if location.startswith("..") else "does not list with a hash"
+    with pytest.raises(ArtifactError, match=expected):
+        lmkit.exports.load(copy)
+
+
+def test_a_file_the_runtime_reads_must_be_listed(copy):
+    manifest = read_manifest(copy)
+    del manifest["files"]["tokenizer_config.json"]  # it names the special tokens' roles
+    write_manifest(copy, manifest)
+    with pytest.raises(ArtifactError, match="tokenizer_config.json is not listed with a hash"):
+        lmkit.exports.load(copy)
+
+
+def test_a_damaged_manifest_is_refused_in_one_line(copy):
+    manifest = read_manifest(copy)
+    manifest["graphs"]["model"]["inputs"][0]["dtype"] = "object"
+    write_manifest(copy, manifest)
+    with pytest.raises(ArtifactError, match="malformed inputs"):
+        lmkit.exports.load(copy)
+    with open(os.path.join(copy, MANIFEST), "w") as handle:
+        handle.write("{not json")
+    with pytest.raises(ArtifactError, match="is not valid JSON"):
+        lmkit.exports.load(copy)

@@ -1,0 +1,84 @@
+"""An export runs where PyTorch is not installed: lmkit.exports, and the torch-free loop in docs/export.md."""
+import json
+import os
+import re
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("onnxruntime")
+pytest.importorskip("onnxscript")
+
+from test_export import make_tiny_gpt2  # noqa: E402 - the same tiny GPT-2 (tests/ is on sys.path)
+
+from lmkit.decoding.greedy import Greedy  # noqa: E402
+from lmkit.decoding.options import GreedyOptions  # noqa: E402
+from lmkit.decoding.torch_backend import TorchBackend  # noqa: E402
+from lmkit.exports.export import export_model  # noqa: E402
+from lmkit.model import load_model  # noqa: E402
+
+DOCS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs", "export.md")
+PROMPTS = ["the cat sat on", "dog"]
+# Any `import torch` in the child fails, as on a machine without PyTorch.
+NO_TORCH = "import sys\nsys.modules['torch'] = None\n"
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return make_tiny_gpt2(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def exported(model_dir, tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("exports") / "m0")
+    export_model(model_dir, out)
+    return out
+
+
+def torch_greedy(model_dir, prompts: list[list[int]], max_new_tokens: int) -> list[list[int]]:
+    model, tokenizer, _ = load_model(model_dir)
+    greedy = Greedy(GreedyOptions(max_new_tokens=max_new_tokens))
+    return [g.tokens for g in greedy.generate(TorchBackend(model.eval().decoder, max_new_tokens), prompts,
+                                              eos_id=tokenizer.eos_id, pad_id=None)]
+
+
+def run_without_torch(code: str) -> str:
+    done = subprocess.run([sys.executable, "-c", NO_TORCH + code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_an_export_loads_and_generates_without_torch(exported, model_dir):
+    out = run_without_torch(textwrap.dedent(f"""
+        import json
+        import lmkit.exports
+        from lmkit.decoding.greedy import Greedy
+        from lmkit.decoding.options import GreedyOptions
+
+        model = lmkit.exports.load({exported!r})
+        prompts = [model.tokenizer.encode(text) for text in {PROMPTS!r}]
+        greedy = Greedy(GreedyOptions(max_new_tokens=10))
+        generations = greedy.generate(model.backend(), prompts, eos_id=model.tokenizer.eos_id, pad_id=None)
+        texts = model.generate({PROMPTS!r}, max_new_tokens=10)
+        assert sys.modules["torch"] is None, "torch was imported"
+        print(json.dumps({{"prompts": prompts, "tokens": [g.tokens for g in generations], "texts": texts}}))
+    """))
+    result = json.loads(out)
+    expected = torch_greedy(model_dir, result["prompts"], 10)
+    assert result["tokens"] == expected
+    _, tokenizer, _ = load_model(model_dir)
+    assert result["texts"] == [tokenizer.decode(tokens) for tokens in expected]
+
+
+def test_the_torch_free_loop_in_the_docs_runs_and_matches_greedy(exported, model_dir):
+    with open(DOCS, encoding="utf-8") as handle:
+        blocks = re.findall(r"```python\n(.*?)```", handle.read(), re.S)
+    (loop,) = [block for block in blocks if block.startswith("# torch-free greedy loop")]
+    out = run_without_torch(loop.replace('"exp/m0"', repr(exported)))
+    _, tokenizer, _ = load_model(model_dir)
+    prompt = tokenizer.encode("the cat sat")
+    (tokens,) = torch_greedy(model_dir, [prompt], 20)
+    assert out.rstrip("\n") == tokenizer.decode(prompt + tokens)

@@ -1,0 +1,338 @@
+"""Training: the loss goes down, metrics and checkpoints are written, resume is exact, DDP matches one process."""
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from lmkit.errors import LmkitError
+from lmkit.training import TrainingError, build_optimizer, learning_rate, train
+from lmkit.training import checkpoint as checkpoint_module
+from lmkit.training import trainer as trainer_module
+from lmkit.training.arguments import TrainingArguments
+
+WORDS = ["the", "cat", "dog", "sat", "on", "a", "mat", "ran", "far", "away", "quickly", "home"]
+QUICK = dict(batch_size=4, seq_len=16, lr=3e-3, warmup=2, log_every=1, eval_every=0, eval_batches=2, progress=False)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("corpus")
+    rng = np.random.default_rng(0)
+    for index in range(4):
+        lines = (" ".join(rng.choice(WORDS, size=10)) for _ in range(150))
+        (folder / f"part{index}.txt").write_text("\n".join(lines) + "\n")
+    return str(folder)
+
+
+def compose_model(corpus, out, *overrides) -> str:
+    from lmkit.model import compose
+    from lmkit.tokenizers import ByteLevelBPE, ByteLevelBPEOptions
+
+    tokenizer_dir = os.path.join(os.path.dirname(out), "tokenizer")
+    if not os.path.isdir(tokenizer_dir):
+        ByteLevelBPE.train([corpus], ByteLevelBPEOptions(vocab_size=300), progress=False).save(tokenizer_dir)
+    compose("gpt2-tiny", ["decoder.n_layer=1", f"tokenizer={tokenizer_dir}", *overrides], out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def template(corpus, tmp_path_factory):
+    return compose_model(corpus, str(tmp_path_factory.mktemp("models") / "plain"))
+
+
+@pytest.fixture(scope="module")
+def dropout_template(corpus, tmp_path_factory):
+    """With dropout, an exact resume also needs the random generators restored."""
+    return compose_model(corpus, str(tmp_path_factory.mktemp("models") / "dropout"), "decoder.dropout=0.1")
+
+
+@pytest.fixture
+def copy_model(tmp_path):
+    def copy(source: str, name: str) -> str:
+        return shutil.copytree(source, str(tmp_path / name))
+
+    return copy
+
+
+def weights(model_dir: str) -> dict:
+    return load_file(os.path.join(model_dir, "model.safetensors"))
+
+
+def metrics(model_dir: str) -> list[dict]:
+    with open(os.path.join(model_dir, "metrics.jsonl")) as handle:
+        return [json.loads(line) for line in handle]
+
+
+def assert_same_tensors(a: dict, b: dict, exact: bool = True, atol: float = 0.0) -> None:
+    assert a.keys() == b.keys()
+    for name in a:
+        same = torch.equal(a[name], b[name]) if exact else torch.allclose(a[name], b[name], rtol=0, atol=atol)
+        assert same, f"{name} differs by {(a[name] - b[name]).abs().max().item()}"
+
+
+# -- pieces --------------------------------------------------------------------------------------------
+
+
+def test_schedule_warms_up_linearly_then_decays_to_the_floor():
+    rates = [learning_rate(step, lr=1.0, warmup=4, steps=20, min_lr_ratio=0.1) for step in range(20)]
+    assert rates[:4] == pytest.approx([0.2, 0.4, 0.6, 0.8])
+    assert rates[4] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(rates[4:], rates[5:]))
+    assert rates[-1] == pytest.approx(0.1, abs=0.01)
+    assert learning_rate(50, lr=1.0, warmup=4, steps=20, min_lr_ratio=0.1) == pytest.approx(0.1)
+
+
+def test_weight_decay_applies_to_matrices_only(template):
+    from lmkit.model import load_model
+
+    model, _, _ = load_model(template)
+    args = TrainingArguments(data=("x",), steps=1, batch_size=1, seq_len=8)
+    decayed, plain = build_optimizer(model, args, torch.device("cpu")).param_groups
+    assert decayed["weight_decay"] == 0.1 and plain["weight_decay"] == 0.0
+    assert all(p.dim() >= 2 for p in decayed["params"]) and all(p.dim() == 1 for p in plain["params"])
+    assert decayed["foreach"] is True
+    assert len(decayed["params"]) + len(plain["params"]) == len(list(model.parameters()))
+
+
+# -- training ------------------------------------------------------------------------------------------
+
+
+def test_training_lowers_the_loss_and_writes_metrics_and_a_checkpoint(template, corpus, copy_model):
+    model_dir = copy_model(template, "model")
+    before = weights(model_dir)
+    record = train(model_dir, corpus, **{**QUICK, "steps": 40, "batch_size": 8, "seq_len": 32, "log_every": 5,
+                                          "eval_every": 20, "save_every": 20})
+    records = metrics(model_dir)
+    assert [r["step"] for r in records] == list(range(5, 41, 5))
+    assert set(records[0]) == {"step", "loss", "lr", "tokens_per_s", "elapsed"}
+    evaluated = [r for r in records if "val_loss" in r]
+    assert [r["step"] for r in evaluated] == [20, 40]
+    assert evaluated[-1]["val_ppl"] == pytest.approx(math.exp(evaluated[-1]["val_loss"]))
+    assert records[-1]["loss"] < records[0]["loss"] - 1.0
+    assert evaluated[-1]["val_loss"] < math.log(300) - 1.0  # well below a uniform guess
+    assert record == records[-1]
+
+    assert {"model.safetensors", "optimizer.safetensors", "trainer_state.json", "metrics.jsonl"} <= set(
+        os.listdir(model_dir))
+    assert not [name for name in os.listdir(model_dir) if name.startswith(".")]
+    state = json.load(open(os.path.join(model_dir, "trainer_state.json")))
+    assert state["step"] == 40 and state["data"]["samples_seen"] == 40 * 8
+    assert state["arguments"]["data"] == [corpus] and state["arguments"]["seq_len"] == 32
+    assert len(state["rng"]) == 1 and state["spec"]["decoder"]["n_layer"] == 1
+    assert not torch.equal(weights(model_dir)["decoder.wte.weight"], before["decoder.wte.weight"])
+    optimizer = load_file(os.path.join(model_dir, "optimizer.safetensors"))
+    assert optimizer["decoder.wte.weight.exp_avg"].shape == before["decoder.wte.weight"].shape
+    assert optimizer["decoder.wte.weight.step"].item() == 40
+
+
+class Interrupted(Exception):
+    pass
+
+
+def interrupt_after_checkpoint(monkeypatch, at_step: int) -> None:
+    """Stop training right after the checkpoint of `at_step` is saved, as a crash would."""
+    save = trainer_module.save_checkpoint
+
+    def save_then_stop(directory, model, optimizer, names, state):
+        save(directory, model, optimizer, names, state)
+        if state["step"] == at_step:
+            raise Interrupted
+
+    monkeypatch.setattr(trainer_module, "save_checkpoint", save_then_stop)
+
+
+def test_resume_continues_bit_for_bit(dropout_template, corpus, copy_model, monkeypatch):
+    run = {**QUICK, "steps": 8, "save_every": 4, "eval_every": 4}
+    straight = copy_model(dropout_template, "straight")
+    train(straight, corpus, **run)
+
+    resumed = copy_model(dropout_template, "resumed")
+    interrupt_after_checkpoint(monkeypatch, at_step=4)
+    with pytest.raises(Interrupted):
+        train(resumed, corpus, **run)
+    monkeypatch.undo()
+    assert json.load(open(os.path.join(resumed, "trainer_state.json")))["step"] == 4
+    train(resumed, resume=True, progress=False)
+
+    assert_same_tensors(weights(resumed), weights(straight))
+    assert_same_tensors(load_file(os.path.join(resumed, "optimizer.safetensors")),
+                        load_file(os.path.join(straight, "optimizer.safetensors")))
+    assert [r["step"] for r in metrics(resumed)] == list(range(1, 9))
+    assert [r["loss"] for r in metrics(resumed)] == [r["loss"] for r in metrics(straight)]
+
+
+def test_a_crash_while_saving_leaves_the_last_checkpoint(template, corpus, copy_model, monkeypatch):
+    run = {**QUICK, "steps": 6, "save_every": 2}
+    straight = copy_model(template, "straight")
+    train(straight, corpus, **run)
+
+    # A failure while the second checkpoint is being written: the first stays as it was.
+    crashed = copy_model(template, "crashed")
+    write_optimizer, calls = checkpoint_module.save_optimizer_state, []
+
+    def fail_second_time(*args):
+        calls.append(1)
+        if len(calls) == 2:
+            raise OSError("disk full")
+        write_optimizer(*args)
+
+    monkeypatch.setattr(checkpoint_module, "save_optimizer_state", fail_second_time)
+    with pytest.raises(OSError, match="disk full"):
+        train(crashed, corpus, **run)
+    monkeypatch.undo()
+    assert json.load(open(os.path.join(crashed, "trainer_state.json")))["step"] == 2
+    assert os.path.isdir(os.path.join(crashed, ".checkpoint.partial"))  # the half-written one
+
+    # A crash after the checkpoint of step 4 is committed but before its files are moved into
+    # place: the next run moves them, and goes on from step 4.
+    install, calls = checkpoint_module.finish_interrupted_save, []
+
+    def crash_while_installing(directory):
+        calls.append(1)
+        if len(calls) == 1:
+            os.replace(os.path.join(directory, ".checkpoint.ready", "model.safetensors"),
+                       os.path.join(directory, "model.safetensors"))
+            raise KeyboardInterrupt
+        install(directory)
+
+    monkeypatch.setattr(checkpoint_module, "finish_interrupted_save", crash_while_installing)
+    with pytest.raises(KeyboardInterrupt):
+        train(crashed, resume=True, progress=False)
+    monkeypatch.undo()
+    assert json.load(open(os.path.join(crashed, "trainer_state.json")))["step"] == 2
+    train(crashed, resume=True, progress=False)
+
+    assert_same_tensors(weights(crashed), weights(straight))
+    assert not [name for name in os.listdir(crashed) if name.startswith(".checkpoint")]
+
+
+def test_gradient_accumulation_equals_a_bigger_batch(template, corpus, copy_model):
+    whole = copy_model(template, "whole")
+    train(whole, corpus, **{**QUICK, "steps": 3, "batch_size": 8})
+    accumulated = copy_model(template, "accumulated")
+    train(accumulated, corpus, **{**QUICK, "steps": 3, "batch_size": 4, "grad_accum": 2})
+    assert_same_tensors(weights(accumulated), weights(whole), exact=False, atol=1e-5)
+    assert [r["loss"] for r in metrics(accumulated)] == pytest.approx([r["loss"] for r in metrics(whole)], abs=1e-5)
+
+
+def test_two_processes_train_like_one(template, corpus, copy_model):
+    # Each process takes 4 of the 8 windows of a step, in two passes of 2; one process reads them in
+    # 2 passes of 4. Both evaluate on the same 8 windows.
+    arguments = ["--data", corpus, "--steps", "4", "--batch-size", "2", "--grad-accum", "4", "--seq-len", "16",
+                 "--lr", "3e-3", "--warmup", "2", "--log-every", "1", "--eval-every", "2", "--eval-batches", "4"]
+    one = copy_model(template, "one")
+    train(one, corpus, **{**QUICK, "steps": 4, "grad_accum": 2, "eval_every": 2})
+    two = copy_model(template, "two")
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("LMKIT_")}
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                           "-m", "lmkit", "train", two, *arguments],
+                          capture_output=True, text=True, env=environment, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.splitlines() == [two]  # only the first process reports
+    state = json.load(open(os.path.join(two, "trainer_state.json")))
+    assert state["world_size"] == 2 and len(state["rng"]) == 2
+    # The same windows, summed in another order: equal up to rounding.
+    assert_same_tensors(weights(two), weights(one), exact=False, atol=1e-5)
+    for a, b in zip(metrics(two), metrics(one), strict=True):
+        assert a["loss"] == pytest.approx(b["loss"], abs=1e-5)
+        assert a.get("val_loss") == pytest.approx(b.get("val_loss"), abs=1e-5)
+
+
+# -- what is refused -----------------------------------------------------------------------------------
+
+
+def refused(call, error=LmkitError) -> str:
+    with pytest.raises(error) as caught:
+        call()
+    assert "\n" not in str(caught.value)
+    return str(caught.value)
+
+
+def test_resume_refuses_what_would_not_continue_the_run(template, corpus, copy_model):
+    model_dir = copy_model(template, "model")
+    assert "has no trainer_state.json to resume from" in refused(lambda: train(model_dir, resume=True, steps=4))
+    train(model_dir, corpus, **{**QUICK, "steps": 2})
+    assert "already holds a training run; pass --resume" in refused(lambda: train(model_dir, corpus, **QUICK, steps=4))
+    assert "--batch-size 8 differs from the run being resumed (4)" in refused(
+        lambda: train(model_dir, resume=True, steps=4, batch_size=8))
+    assert "already at step 2 of 2" in refused(lambda: train(model_dir, resume=True))
+
+    config_path = os.path.join(model_dir, "config.json")
+    config = json.load(open(config_path))
+    config["spec"]["decoder"]["dropout"] = 0.1
+    json.dump(config, open(config_path, "w"))
+    message = refused(lambda: train(model_dir, resume=True, steps=4), TrainingError)
+    assert "config.json changed since step 2 was saved: decoder.dropout was 0.0, now 0.1" in message
+
+
+@pytest.mark.parametrize("arguments, message", [
+    (["--steps", "0"], "error: --steps must be at least 1, got 0"),
+    (["--batch-size", "-2"], "error: --batch-size must be at least 1, got -2"),
+    (["--lr", "0"], "error: --lr must be positive, got 0.0"),
+    (["--seq-len", "65"], "error: --seq-len 65 is beyond the model's context of 64 positions"),
+    (["--batch-size", "4000"], "error: a batch needs batch_size*grad_accum*(seq_len+1) = 4000*17"),
+    (["--device", "tpu:9"], "error: --device 'tpu:9' is not a device"),
+])
+def test_bad_arguments_are_one_line_errors(run, template, corpus, copy_model, arguments, message):
+    model_dir = copy_model(template, "model")
+    given = {"--steps": "2", "--batch-size": "2", "--seq-len": "16"}
+    given.update(zip(arguments[::2], arguments[1::2]))
+    result = run("train", model_dir, "--data", corpus, *[item for pair in given.items() for item in pair])
+    assert result.code == 1
+    assert result.err.splitlines()[-1].startswith(message), result.err
+
+
+def test_the_command_trains_and_resumes(run, template, corpus, copy_model):
+    model_dir = copy_model(template, "model")
+    first = run("train", model_dir, "--data", corpus, "--steps", "3", "--batch-size", "2", "--seq-len", "16",
+                "--eval-every", "0", "--log-every", "1")
+    assert first.code == 0 and first.out == model_dir + "\n"
+    assert first.err.splitlines()[-1].startswith("trained step 3: loss ")
+    again = run("train", model_dir, "--resume", "--steps", "5")
+    assert again.code == 0, again.err
+    assert [r["step"] for r in metrics(model_dir)] == [1, 2, 3, 4, 5]
+    assert "val_loss" in metrics(model_dir)[-1]  # the end of training always evaluates
+
+
+# -- plot ----------------------------------------------------------------------------------------------
+
+
+def write_metrics(model_dir) -> None:
+    os.makedirs(model_dir, exist_ok=True)
+    with open(os.path.join(model_dir, "metrics.jsonl"), "w") as out:
+        for step in range(10, 101, 10):
+            record = {"step": step, "loss": 5 / step ** 0.3, "lr": 1e-3, "tokens_per_s": 1000.0, "elapsed": step}
+            if step % 50 == 0:
+                record.update(val_loss=record["loss"] + 0.1, val_ppl=math.exp(record["loss"] + 0.1))
+            out.write(json.dumps(record) + "\n")
+        out.write('{"step": 110, "lo')  # a record cut short by a crash
+
+
+def test_plot_writes_a_png(run, tmp_path):
+    pytest.importorskip("matplotlib")
+    model_dir = str(tmp_path / "model")
+    write_metrics(model_dir)
+    result = run("plot", model_dir)
+    assert result.code == 0, result.err
+    assert result.out.strip() == os.path.join(model_dir, "metrics.png")
+    with open(result.out.strip(), "rb") as png:
+        assert png.read(8) == b"\x89PNG\r\n\x1a\n"
+    custom = run("plot", model_dir, "--out", str(tmp_path / "curves.png"))
+    assert custom.code == 0 and os.path.getsize(tmp_path / "curves.png") > 1000
+
+
+def test_plot_errors(run, tmp_path, monkeypatch):
+    assert run("plot", str(tmp_path)).err.startswith("error: ") and "has no metrics.jsonl" in run("plot", str(tmp_path)).err
+    write_metrics(str(tmp_path))
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if it were not installed
+    result = run("plot", str(tmp_path))
+    assert result.code == 1
+    assert result.err.strip() == ("error: lmkit plot needs matplotlib, which is not installed; install it with: "
+                                  "pip install 'lmkit[plot]'")

@@ -1,0 +1,54 @@
+"""`lmkit export`: a model directory to a validated ONNX export or Triton repository (click only at import)."""
+from __future__ import annotations
+
+import click
+
+
+@click.command("export")
+@click.argument("model_dir", type=click.Path(file_okay=False))
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Export directory to write.")
+@click.option("--dtype", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True,
+              help="Precision of the weights; fp16 is for GPU serving (inputs and outputs stay fp32).")
+@click.option("--quantize", type=click.Choice(["int8"]),
+              help="Dynamic int8 quantization, weights per channel: a smaller model for CPUs.")
+@click.option("--format", "layout", type=click.Choice(["onnx", "triton"]), default="onnx", show_default=True,
+              help="An export directory, or a Triton model repository (NAME/config.pbtxt, NAME/1/model.onnx).")
+@click.option("--name", help="Triton model name  [default: the name of MODEL_DIR]")
+@click.option("--opset", type=click.IntRange(min=18), help="ONNX opset  [default: 18]")
+@click.option("--atol", type=click.FloatRange(min=0), help="Largest difference from PyTorch an fp32 export may "
+              "have on any output  [default: 1e-4]")
+@click.option("--min-top1", type=click.FloatRange(0, 1), help="Smallest share of positions where an fp16 or "
+              "int8 export picks PyTorch's top-1 token  [default: 0.9 fp16, 0.5 int8]")
+@click.option("--force", is_flag=True, help="Replace a non-empty --out.")
+def export_command(model_dir, out, dtype, quantize, layout, name, opset, atol, min_top1, force):
+    """Export MODEL_DIR to ONNX, validated against PyTorch, with a manifest of hashes."""
+    from lmkit.exports.convert import DEFAULT_OPSET
+    from lmkit.exports.export import export_model
+    from lmkit.exports.validation import THRESHOLDS, Threshold
+
+    if quantize and dtype != "fp32":
+        raise click.UsageError("--quantize int8 starts from fp32 weights; leave out --dtype")
+    if name and layout != "triton":
+        raise click.UsageError("--name names a Triton model; add --format triton")
+    precision = quantize or dtype
+    if atol is not None and precision != "fp32":
+        raise click.UsageError("--atol bounds an fp32 export; an fp16 or int8 one is held to --min-top1")
+    if min_top1 is not None and precision == "fp32":
+        raise click.UsageError("--min-top1 is for fp16 and int8 exports; an fp32 one is held to --atol")
+    threshold = THRESHOLDS[precision]
+    if atol is not None:
+        threshold = Threshold(max_abs_diff=atol)
+    if min_top1 is not None:
+        threshold = Threshold(min_top1_agreement=min_top1)
+    click.echo(f"exporting {model_dir} ({precision}) ...", err=True)
+    manifest = export_model(model_dir, out, precision=precision, layout=layout, name=name,
+                            opset=opset or DEFAULT_OPSET, threshold=threshold, force=force)
+    report = manifest["validation"]
+    shapes = len(report["shape_sets"])
+    agreement = report["top1_agreement"]
+    click.echo(f"validated against PyTorch at {shapes} shape sets: max |difference| {report['max_abs_diff']:.2g}"
+               + (f", top-1 agreement {agreement:.1%}" if agreement is not None else ""), err=True)
+    size = sum(entry["size"] for entry in manifest["files"].values())
+    where = f"{out}/{manifest['triton']['name']}" if manifest["triton"] else out
+    click.echo(f"wrote {len(manifest['files']) + 1} files, {size / 1e6:.1f} MB: {where}", err=True)
+    click.echo(out)

@@ -1,0 +1,169 @@
+"""`lmkit generate`: continue prompts with a model directory's decoder (click only at import)."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import sys
+
+import click
+
+
+@click.command("generate")
+@click.argument("model_dir", type=click.Path(file_okay=False))
+@click.option("--prompt", "prompts", multiple=True, metavar="TEXT",
+              help="A prompt; repeat for a batch.  [default: one prompt per line of stdin]")
+@click.option("--strategy", help="greedy, beam, sample or another registered one.  [default: the model's, "
+                                 "else greedy]")
+@click.option("--max-new-tokens", type=int, help="Most tokens to add to each prompt.  [default: 50]")
+@click.option("--num-beams", type=int, help="beam: hypotheses kept per prompt.  [default: 4]")
+@click.option("--length-penalty", type=float, help="beam: scores are divided by length ** this.  [default: 1.0]")
+@click.option("--early-stopping/--no-early-stopping", default=None,
+              help="beam: stop once num_beams hypotheses have ended.  [default: no]")
+@click.option("--num-return-sequences", type=int, help="beam: best hypotheses to print.  [default: 1]")
+@click.option("--no-repeat-ngram-size", type=int, help="Never generate an n-gram of this size twice.")
+@click.option("--temperature", type=float, help="sample: below 1 sharpens, above 1 flattens.  [default: 1.0]")
+@click.option("--top-k", type=int, help="sample: among the k most likely tokens only.")
+@click.option("--top-p", type=float, help="sample: among the most likely tokens that make up this mass.")
+@click.option("--seed", type=int, help="sample: seed of the random choices.")
+@click.option("--stop", "stops", multiple=True, metavar="TEXT",
+              help="End a continuation where it produces this text's tokens (left out); repeatable.")
+@click.option("--stream/--no-stream", default=None,
+              help="Print the text as it is produced.  [default: on for a single prompt without --json]")
+@click.option("--json", "as_json", is_flag=True, help="Print tokens, text, score and finish reason as JSON.")
+@click.option("--truncate", is_flag=True, help="Keep the end of a prompt too long for the model's context.")
+@click.option("--device", default="auto", show_default=True, help="auto (cuda when there is one), cpu, cuda or cuda:N.")
+def generate_command(model_dir, prompts, strategy, stops, stream, as_json, truncate, device, **flags):
+    """Continue each prompt with the model in MODEL_DIR and print prompt and continuation.
+
+    The decoding flags override the model's decoding settings; each one belongs to the strategies
+    whose options have its name (--num-beams: beam).
+    """
+    from ..decoding.common import fit_prompts
+    from ..decoding.torch_backend import TorchBackend
+    from ..errors import ArtifactError, require_torch
+    from ..model import load_model
+    from ..registry import get_host
+
+    require_torch("lmkit generate")
+    from ..training.distributed import resolve_device
+
+    texts = list(prompts) or _stdin_prompts()
+    if stream and (as_json or len(texts) > 1):
+        raise click.UsageError("--stream prints one prompt's text as it is produced; give a single prompt "
+                               "and no --json")
+    stream = stream if stream is not None else len(texts) == 1 and not as_json
+    _show_warnings()
+
+    host = get_host()
+    device = resolve_device(device)
+    model, tokenizer, _ = load_model(model_dir, host, device=str(device))
+    if model.decoder is None:
+        raise ArtifactError(f"{model_dir} has no decoder to generate with (it is an encoder-only model)")
+    if tokenizer is None:
+        raise ArtifactError(f"{model_dir} has no tokenizer.json to read prompts with; compose the model with "
+                            "--set tokenizer=DIR")
+    given = {key: value for key, value in flags.items() if value is not None}
+    name, options = _decoding_options(model.spec.decoding, strategy, given, host)
+    decoding = host.component("decoding", name).load()(options)
+
+    stop = []
+    for text in stops:
+        if not text:
+            raise click.UsageError("--stop needs a non-empty text")
+        stop.append(tokenizer.encode(text))
+    # An empty prompt starts from the bos token, as GPT-2 was trained to (each document followed one).
+    ids = [prompt or ([tokenizer.bos_id] if tokenizer.bos_id is not None else [])
+           for prompt in tokenizer.encode_batch(texts)]
+    backend = TorchBackend(model.decoder, options.max_new_tokens, device=device)
+    if truncate:
+        ids = fit_prompts(ids, backend.max_length, options.max_new_tokens, truncate=True)
+    pad_id = tokenizer.pad_id if tokenizer.pad_id is not None else tokenizer.eos_id
+
+    printer = _TextStream(tokenizer, texts[0]) if stream else None
+    results = decoding.generate(backend, ids, eos_id=tokenizer.eos_id, pad_id=pad_id, stop=stop,
+                                on_token=printer)
+    if printer is not None:
+        printer.finish()
+
+    if as_json:
+        click.echo(json.dumps([{"prompt": text, **result.to_dict(tokenizer.decode)}
+                               for text, result in zip(texts, results)], indent=2))
+        return
+    outputs = [text + tokenizer.decode(generation.tokens)
+               for text, result in zip(texts, results) for generation in [result] + result.alternatives]
+    if printer is not None:
+        outputs = outputs[1:]  # already streamed
+    if outputs:
+        if printer is not None:
+            click.echo()
+        click.echo("\n\n".join(outputs))
+
+
+def _stdin_prompts() -> list[str]:
+    if sys.stdin.isatty():
+        raise click.UsageError("give --prompt TEXT, or prompts on stdin, one per line")
+    texts = [line.rstrip("\r\n") for line in sys.stdin if line.strip()]
+    if not texts:
+        raise click.UsageError("stdin holds no prompts; give one per line, or use --prompt TEXT")
+    return texts
+
+
+def _decoding_options(spec_decoding, strategy: str | None, given: dict, host):
+    """(strategy name, options): the model's settings for its strategy, overridden by the command line."""
+    from ..options import build_options, options_to_dict
+
+    name = strategy or (spec_decoding.type if spec_decoding is not None else "greedy")
+    options_class = host.component("decoding", name).options_class()
+    values = {}
+    if spec_decoding is not None and spec_decoding.type == name and spec_decoding.options is not None:
+        values = options_to_dict(spec_decoding.options)
+    for key in given:
+        if key not in _option_names(options_class):
+            takers = [other for other, component in sorted(host.components["decoding"].items())
+                      if key in _option_names(component.options_class())]
+            hint = f"; it is an option of {', '.join(takers)} (--strategy {takers[0]})" if takers else ""
+            raise click.UsageError(f"--{key.replace('_', '-')} does not apply to the {name} strategy{hint}")
+    return name, build_options(options_class, {**values, **given}, f"decoding {name}")
+
+
+def _option_names(options_class) -> set[str]:
+    return {f.name for f in dataclasses.fields(options_class)} if options_class is not None else set()
+
+
+class _TextStream:
+    """on_token for one prompt: prints the prompt, then new text as soon as it is whole characters."""
+
+    def __init__(self, tokenizer, prompt: str):
+        self.tokenizer = tokenizer
+        self.prompt = prompt  # printed with the first text, so an error before it prints nothing
+        self.tokens: list[int] = []
+        self.printed = 0  # characters of the continuation printed so far
+
+    def __call__(self, row: int, token: int) -> None:
+        self.tokens.append(token)
+        self._print(final=False)
+
+    def finish(self) -> None:
+        self._print(final=True)
+        click.echo()
+
+    def _print(self, final: bool) -> None:
+        text = self.tokenizer.decode(self.tokens)
+        if not final and text.endswith("\ufffd"):  # the first bytes of a character that spans tokens
+            return
+        click.echo(self.prompt + text[self.printed:], nl=False)
+        sys.stdout.flush()
+        self.prompt, self.printed = "", len(text)
+
+
+class _WarningsToStderr(logging.Handler):
+    def emit(self, record: logging.LogRecord) -> None:
+        click.echo(f"warning: {record.getMessage()}", err=True)
+
+
+def _show_warnings() -> None:
+    """Print lmkit's warnings (a truncated prompt, a continuation cut by the context) on stderr."""
+    logger = logging.getLogger("lmkit")
+    if not any(isinstance(handler, _WarningsToStderr) for handler in logger.handlers):
+        logger.addHandler(_WarningsToStderr(logging.WARNING))

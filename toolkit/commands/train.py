@@ -1,0 +1,53 @@
+"""`lmkit train`: train a model directory on text, or resume its run (click only at import)."""
+from __future__ import annotations
+
+import os
+
+import click
+
+
+@click.command("train")
+@click.argument("model_dir", type=click.Path(file_okay=False))
+@click.option("--data", multiple=True, metavar="PATH",
+              help="A text or .jsonl file, a directory of them, or a quoted glob; repeat for more.")
+@click.option("--val-data", multiple=True, metavar="PATH",
+              help="Held-out data to evaluate on  [default: the last --val-fraction of --data]")
+@click.option("--steps", type=int, help="Optimizer steps in all; on --resume it may be raised.")
+@click.option("--batch-size", type=int, help="Windows per forward pass, at most.")
+@click.option("--seq-len", type=int, help="Tokens each window predicts; at most the model's context.")
+@click.option("--lr", type=float, help="Peak learning rate.  [default: 3e-4]")
+@click.option("--warmup", type=int, help="Steps of linear warmup.  [default: 100]")
+@click.option("--min-lr-ratio", type=float, help="The cosine ends at lr times this.  [default: 0.1]")
+@click.option("--weight-decay", type=float, help="AdamW decay of matrices and embeddings.  [default: 0.1]")
+@click.option("--grad-clip", type=float, help="Max gradient norm; 0 turns clipping off.  [default: 1.0]")
+@click.option("--grad-accum", type=int,
+              help="Each step reads batch-size x grad-accum windows, split over the processes under torchrun "
+                   "(which then make fewer passes each).  [default: 1]")
+@click.option("--eval-every", type=int, help="Steps between validation losses; 0: at the end.  [default: 200]")
+@click.option("--eval-batches", type=int, help="Batches of fixed windows each evaluation reads.  [default: 20]")
+@click.option("--save-every", type=int, help="Steps between checkpoints; 0: at the end.  [default: 500]")
+@click.option("--log-every", type=int, help="Steps between metrics.jsonl records.  [default: 10]")
+@click.option("--bf16", is_flag=True, default=None, help="bfloat16 autocast for the forward pass.")
+@click.option("--seed", type=int, help="Seed of the data order and of dropout.  [default: 0]")
+@click.option("--val-fraction", type=float,
+              help="Share of --data held out for validation when there is no --val-data.  [default: 0.05]")
+@click.option("--text-field", help="The field of .jsonl records that holds the text.  [default: text]")
+@click.option("--device", help="auto (cuda when there is one), cpu, cuda or cuda:N.  [default: auto]")
+@click.option("--resume", is_flag=True, help="Continue the run saved in MODEL_DIR, with its arguments.")
+def train_command(model_dir, resume, **options):
+    """Train the model in MODEL_DIR on text; checkpoints and metrics.jsonl go into MODEL_DIR.
+
+    Run it under `torchrun --nproc-per-node N -m lmkit train ...` to train on N processes.
+    """
+    from ..training import train
+
+    given = {name: value for name, value in options.items() if value not in (None, ())}
+    record = train(model_dir, resume=resume, **given)
+    if os.environ.get("RANK", "0") != "0":  # under torchrun, the first process reports for all
+        return
+    if record:
+        summary = f"step {record['step']}: loss {record['loss']:.4f}"
+        if "val_loss" in record:
+            summary += f", val_loss {record['val_loss']:.4f} (perplexity {record['val_ppl']:.2f})"
+        click.echo(f"trained {summary}, {record['tokens_per_s']:,.0f} tokens/s: {model_dir}", err=True)
+    click.echo(model_dir)

@@ -1,0 +1,43 @@
+"""The Backend protocol: what a decoding strategy needs from a model.
+
+This is the contract between the strategies (greedy, beam search, sampling) and whatever runs the
+model: `TorchBackend` over a PyTorch decoder, and the onnxruntime session of an export. Everything
+crosses it as numpy arrays on the host, and nothing but next-token logits comes back, so a backend
+keeps its key/value cache (and attention mask) on its device and moves only the logits per step.
+"""
+from __future__ import annotations
+
+from typing import Protocol
+
+import numpy as np
+
+
+class Backend(Protocol):
+    """A model that extends a batch of sequences one token at a time, keeping its own cache.
+
+    max_length: the most positions the model reads (its context), padding included; None when it
+        has no limit (recurrent decoders).
+
+    prefill(input_ids, attention_mask) -> logits
+        input_ids: int64 (B, T), prompts left-padded to a common length T.
+        attention_mask: bool (B, T), False at padding. Rows start at position 0 at their first real
+            token, whatever the padding before it.
+        Starts a new cache for the B rows and returns float32 (B, V): the next-token logits at the
+        last position of every row.
+
+    step(tokens, rows=None) -> logits
+        tokens: int64 (B',), one new token per output row.
+        rows: int64 (B',) or None. Output row i continues what was row rows[i] before this call:
+            the backend first reorders its cache and attention mask by `rows` (beam search keeping
+            its best beams, B prompts expanding into B * num_beams beams, finished rows dropped),
+            then feeds `tokens`. None keeps the rows as they are.
+        Returns float32 (B', V): the next-token logits after each row's new token.
+
+    Both return arrays of their own, which the strategies may change in place.
+    """
+
+    max_length: int | None
+
+    def prefill(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray: ...
+
+    def step(self, tokens: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray: ...

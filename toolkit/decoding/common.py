@@ -1,0 +1,221 @@
+"""What the strategies share: results, fitting prompts into the context, padding, n-gram and stop checks.
+
+All numpy on the host, batched over rows: the per-row Python here runs only to build results and to
+stream tokens, never to pick them.
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..errors import LmkitError
+from .backend import Backend
+
+log = logging.getLogger(__name__)
+
+FINISH_REASONS = ("eos", "stop", "length")
+
+
+class PromptError(LmkitError):
+    """A prompt the model cannot take: empty, or longer than its context."""
+
+
+@dataclass
+class Generation:
+    """What one prompt produced."""
+
+    tokens: list[int]  # the new tokens, without the eos or stop sequence that ended them
+    score: float  # sum of the new tokens' log-probabilities (the ending eos or stop tokens included)
+    finish_reason: str  # "eos", "stop" (a stop sequence) or "length" (max_new_tokens or the context)
+    # Beam search only: score / generated_length ** length_penalty, what hypotheses are ranked by...
+    normalized_score: float | None = None
+    # ...and the next best hypotheses, best first, when more than one is asked for.
+    alternatives: list[Generation] = field(default_factory=list)
+
+    def to_dict(self, decode: Callable[[list[int]], str] | None = None) -> dict:
+        """Plain JSON values; with `decode` (a tokenizer's), the text of the tokens too."""
+        out = {"tokens": self.tokens, "score": self.score, "finish_reason": self.finish_reason}
+        if decode is not None:
+            out = {"text": decode(self.tokens), **out}
+        if self.normalized_score is not None:
+            out["normalized_score"] = self.normalized_score
+        if self.alternatives:
+            out["alternatives"] = [a.to_dict(decode) for a in self.alternatives]
+        return out
+
+
+# -- prompts ---------------------------------------------------------------------------------------
+
+
+def fit_prompts(prompts: Sequence[Sequence[int]], max_length: int | None, max_new_tokens: int, *,
+                truncate: bool = False) -> list[list[int]]:
+    """The prompts as lists of ints, checked against the model's context.
+
+    A prompt of n tokens followed by N new ones takes n + N - 1 positions: the last new token is
+    never fed back. A prompt longer than the context is an error, unless `truncate`, which keeps
+    the last max_length - N + 1 tokens of every prompt so all N new tokens fit. Without it, a
+    prompt that leaves room for fewer than N tokens generates fewer, with a warning.
+    """
+    prompts = [[int(token) for token in prompt] for prompt in prompts]
+    if not prompts:
+        raise PromptError("there are no prompts to generate from; give at least one")
+    label = (lambda i: "the prompt") if len(prompts) == 1 else (lambda i: f"prompt {i + 1}")
+    for i, prompt in enumerate(prompts):
+        if not prompt:
+            raise PromptError(f"{label(i)} has no tokens; give at least one (e.g. the tokenizer's bos token)")
+    if max_length is None:
+        return prompts
+    keep = max_length - max_new_tokens + 1  # the longest prompt that leaves room for every new token
+    for i, prompt in enumerate(prompts):
+        if truncate and len(prompt) > keep:
+            if keep < 1:
+                raise PromptError(f"max_new_tokens={max_new_tokens} leaves no room for a prompt in the "
+                                  f"model's context of {max_length} tokens; ask for at most {max_length}")
+            log.warning("kept the last %d of the %d tokens of %s, to leave room for %d new tokens in the "
+                        "model's context of %d", keep, len(prompt), label(i), max_new_tokens, max_length)
+            prompts[i] = prompt[-keep:]
+        elif len(prompt) > max_length:
+            raise PromptError(f"{label(i)} has {len(prompt)} tokens but the model reads at most {max_length}; "
+                              f"shorten it or pass --truncate to keep its last {max(keep, 1)}")
+    width = max(map(len, prompts))
+    if width + max_new_tokens - 1 > max_length:
+        log.warning("only %d of the %d new tokens fit the model's context of %d after a prompt of %d tokens; "
+                    "generation stops there (pass --truncate to shorten the prompt instead)",
+                    max_length - width + 1, max_new_tokens, max_length, width)
+    return prompts
+
+
+def new_token_room(width: int, max_length: int | None, max_new_tokens: int) -> int:
+    """How many tokens can follow prompts padded to `width` (see fit_prompts)."""
+    return max_new_tokens if max_length is None else min(max_new_tokens, max_length - width + 1)
+
+
+def left_pad(prompts: list[list[int]], pad_id: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """input_ids int64 (B, T) and attention_mask bool (B, T), padded on the left.
+
+    Left, so that every row's last token sits in the last column and new tokens go in one column.
+    """
+    width = max(map(len, prompts))
+    # Padding is masked out, so any id in the vocabulary will do when the tokenizer has no pad token.
+    input_ids = np.full((len(prompts), width), 0 if pad_id is None else pad_id, dtype=np.int64)
+    attention_mask = np.zeros((len(prompts), width), dtype=np.bool_)
+    for row, prompt in enumerate(prompts):
+        input_ids[row, width - len(prompt):] = prompt
+        attention_mask[row, width - len(prompt):] = True
+    return input_ids, attention_mask
+
+
+# -- scores ----------------------------------------------------------------------------------------
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    """Log-probabilities over the last axis, in the logits' dtype (float32, as transformers scores)."""
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+
+
+def top_k_indices(scores: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the k largest scores of each row, largest first: (R, N) -> (R, min(k, N))."""
+    if k < scores.shape[1]:
+        candidates = np.argpartition(-scores, k - 1, axis=1)[:, :k]  # the top k, unordered
+    else:
+        candidates = np.broadcast_to(np.arange(scores.shape[1]), scores.shape)
+    order = np.argsort(-np.take_along_axis(scores, candidates, axis=1), axis=1, kind="stable")
+    return np.take_along_axis(candidates, order, axis=1)
+
+
+def ban_repeated_ngrams(scores: np.ndarray, history: np.ndarray, n: int) -> None:
+    """Set to -inf, in place, the score of every token that would complete an n-gram seen before.
+
+    scores: (R, V); history: int64 (R, L), each row's tokens so far, -1 at padding. The last n - 1
+    tokens of a row are compared with every earlier window at once (as transformers'
+    NoRepeatNGramLogitsProcessor bans, but without a Python loop over rows).
+    """
+    if history.shape[1] < n:
+        return
+    windows = np.lib.stride_tricks.sliding_window_view(history, n, axis=1)  # (R, L - n + 1, n)
+    recent = history[:, history.shape[1] - n + 1:]  # (R, n - 1)
+    seen = (windows[:, :, :-1] == recent[:, None, :]).all(axis=2) & (windows >= 0).all(axis=2)
+    rows, starts = np.nonzero(seen)
+    scores[rows, windows[rows, starts, -1]] = -np.inf
+
+
+def stop_lengths(generated: np.ndarray, stop: list[list[int]] | None) -> np.ndarray:
+    """For each row of new tokens (R, t), the length of the stop sequence it ends with, or 0."""
+    lengths = np.zeros(generated.shape[0], dtype=np.int64)
+    for sequence in stop or ():
+        m = len(sequence)
+        if m <= generated.shape[1]:
+            ends = (generated[:, generated.shape[1] - m:] == sequence).all(axis=1)
+            lengths[ends & (lengths == 0)] = m
+    return lengths
+
+
+def partial_stop_length(tokens: np.ndarray, stop: list[list[int]] | None) -> int:
+    """How many of the last tokens could be the start of a stop sequence (so must not be streamed yet)."""
+    longest = 0
+    for sequence in stop or ():
+        for k in range(min(len(sequence) - 1, len(tokens)), longest, -1):
+            if list(tokens[len(tokens) - k:]) == list(sequence[:k]):
+                longest = k
+                break
+    return longest
+
+
+# -- the loop greedy search and sampling share -------------------------------------------------------
+
+
+def generate_token_by_token(backend: Backend, prompts: Sequence[Sequence[int]],
+                            choose: Callable[[np.ndarray], np.ndarray], *, max_new_tokens: int,
+                            no_repeat_ngram_size: int, eos_id: int | None, pad_id: int | None,
+                            stop: list[list[int]] | None, on_token: Callable[[int, int], None] | None
+                            ) -> list[Generation]:
+    """Extend every prompt with the tokens `choose` picks, one step for the whole batch at a time.
+
+    choose: float32 logits (R, V) -> int64 tokens (R,). A row that ends (eos, a stop sequence, the
+    length limit) leaves the batch, so the backend only ever computes rows still generating.
+    on_token(prompt_index, token_id) sees each token as soon as it cannot be part of a stop sequence.
+    """
+    stop = [list(map(int, sequence)) for sequence in stop or () if len(sequence)]
+    prompts = fit_prompts(prompts, backend.max_length, max_new_tokens)
+    input_ids, attention_mask = left_pad(prompts, pad_id)
+    n, width = input_ids.shape
+    steps = new_token_room(width, backend.max_length, max_new_tokens)
+    history = np.full((n, width + steps), -1, dtype=np.int64)  # the prompt (-1 at padding), then new tokens
+    history[:, :width] = np.where(attention_mask, input_ids, -1)
+    scores = np.zeros(n, dtype=np.float32)
+    results: list[Generation | None] = [None] * n
+    streamed = np.zeros(n, dtype=np.int64)  # new tokens already handed to on_token
+
+    active = np.arange(n)  # the prompts still generating, in the backend's row order
+    logits = backend.prefill(input_ids, attention_mask)
+    for t in range(steps):
+        log_probs = log_softmax(logits)  # the model's own, before any ban, for the score
+        if no_repeat_ngram_size:
+            ban_repeated_ngrams(logits, history[active, :width + t], no_repeat_ngram_size)
+        tokens = choose(logits)  # (R,)
+        scores[active] += np.take_along_axis(log_probs, tokens[:, None], axis=1)[:, 0]
+        history[active, width + t] = tokens
+        generated = history[active, width:width + t + 1]  # (R, t + 1)
+        ends_with_eos = tokens == eos_id if eos_id is not None else np.zeros(len(active), dtype=np.bool_)
+        stop_length = stop_lengths(generated, stop)
+        done = ends_with_eos | (stop_length > 0) | (t + 1 == steps)
+        for i in np.flatnonzero(done):
+            kept = t + 1 - (1 if ends_with_eos[i] else stop_length[i])
+            reason = "eos" if ends_with_eos[i] else "stop" if stop_length[i] else "length"
+            results[active[i]] = Generation(generated[i, :kept].tolist(), float(scores[active[i]]), reason)
+        if on_token is not None:
+            for i, prompt in enumerate(active):
+                ready = len(results[prompt].tokens) if done[i] else t + 1 - partial_stop_length(generated[i], stop)
+                for token in generated[i, streamed[prompt]:ready]:
+                    on_token(int(prompt), int(token))
+                streamed[prompt] = max(streamed[prompt], ready)
+        if done.all():
+            break
+        going_on = ~done
+        active = active[going_on]
+        logits = backend.step(tokens[going_on], np.flatnonzero(going_on) if done.any() else None)
+    return results

@@ -1,0 +1,26 @@
+"""Greedy search: the most likely next token, every step."""
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from .backend import Backend
+from .common import Generation, generate_token_by_token
+from .options import GreedyOptions
+
+
+class Greedy:
+    def __init__(self, options: GreedyOptions | None = None):
+        self.options = options or GreedyOptions()
+
+    def generate(self, backend: Backend, prompts: Sequence[Sequence[int]], *, eos_id: int | None,
+                 pad_id: int | None, stop: list[list[int]] | None = None,
+                 on_token: Callable[[int, int], None] | None = None) -> list[Generation]:
+        """One Generation per prompt; see Backend for what `backend` must provide."""
+        return generate_token_by_token(
+            backend, prompts, choose=lambda logits: logits.argmax(axis=1).astype(np.int64),
+            max_new_tokens=self.options.max_new_tokens,
+            no_repeat_ngram_size=self.options.no_repeat_ngram_size,
+            eos_id=eos_id, pad_id=pad_id, stop=stop, on_token=on_token,
+        )

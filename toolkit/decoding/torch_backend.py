@@ -1,0 +1,80 @@
+"""The PyTorch backend: any lmkit decoder, its key/value cache kept on its device.
+
+The decoder needs `forward(input_ids (B, T), cache, attention_mask (B, past + T) | None,
+position_ids (B, T) | None) -> logits (B, T, V)`, `new_cache(batch_size, max_len)` returning a cache
+with `reorder(rows)`, and optionally `max_positions`, its context length. Per step, the new tokens
+(and the rows to keep) go to the device and the logits come back: nothing else crosses.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+
+class TorchBackend:
+    """Runs `decoder` for a decoding strategy; see lmkit.decoding.backend.Backend for the contract.
+
+    max_new_tokens sizes the cache: prompt length + max_new_tokens positions, allocated once per prefill.
+    """
+
+    def __init__(self, decoder: nn.Module, max_new_tokens: int, device: torch.device | str | None = None):
+        if device is None:
+            device = next(decoder.parameters()).device
+        self.device = torch.device(device)
+        self.decoder = decoder.to(self.device).eval()  # dropout would make every run different
+        self.max_new_tokens = max_new_tokens
+        self.max_length = getattr(decoder, "max_positions", None)
+        self.cache = None
+        self.capacity = 0  # positions the cache holds
+        # With padding, the mask of everything fed so far (B, capacity) and each row's last position
+        # (B,); without, both stay None so the decoder takes its fast unmasked path.
+        self.attention_mask: torch.Tensor | None = None
+        self.positions: torch.Tensor | None = None
+        self.length = 0  # positions fed so far, padding included
+
+    @torch.inference_mode()
+    def prefill(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        B, T = input_ids.shape
+        capacity = T + self.max_new_tokens
+        if self.max_length is not None:
+            capacity = min(capacity, self.max_length)
+        self.cache, self.capacity = self.decoder.new_cache(B, capacity), capacity
+        self.length = T
+        ids = torch.from_numpy(input_ids).to(self.device)
+        mask = position_ids = self.attention_mask = self.positions = None
+        if not attention_mask.all():
+            mask = torch.from_numpy(attention_mask).to(self.device)
+            self.attention_mask = torch.zeros(B, capacity, dtype=torch.bool, device=self.device)
+            self.attention_mask[:, :T] = mask
+            # As transformers does for left padding: every row's first real token is at position 0.
+            position_ids = (mask.cumsum(1) - 1).clamp(min=0)
+            self.positions = position_ids[:, -1]
+        logits = self.decoder(ids, self.cache, attention_mask=mask, position_ids=position_ids)
+        return self._to_host(logits[:, -1])
+
+    @torch.inference_mode()
+    def step(self, tokens: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
+        if self.length == self.capacity:
+            raise ValueError(f"this TorchBackend was made for max_new_tokens={self.max_new_tokens}, and its "
+                             "cache is full; make it with the max_new_tokens of the strategy that uses it")
+        if rows is not None:
+            rows = torch.from_numpy(rows).to(self.device)
+            self.cache.reorder(rows)
+            if self.attention_mask is not None:
+                self.attention_mask = self.attention_mask[rows]
+                self.positions = self.positions[rows]
+        ids = torch.from_numpy(tokens).to(self.device)[:, None]  # (B', 1)
+        mask = position_ids = None
+        if self.attention_mask is not None:
+            self.attention_mask[:, self.length] = True
+            self.positions = self.positions + 1
+            mask, position_ids = self.attention_mask[:, :self.length + 1], self.positions[:, None]
+        logits = self.decoder(ids, self.cache, attention_mask=mask, position_ids=position_ids)
+        self.length += 1
+        return self._to_host(logits[:, -1])
+
+    @staticmethod
+    def _to_host(logits: torch.Tensor) -> np.ndarray:
+        """float32 (B, V) on the host, in one copy (of its own, so it does not pin the full logits)."""
+        return logits.to(device="cpu", dtype=torch.float32, copy=True).numpy()

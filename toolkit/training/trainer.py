@@ -1,0 +1,378 @@
+"""The training loop: AdamW, warmup and cosine decay, gradient accumulation and clipping, bf16
+autocast, periodic evaluation, metrics.jsonl, atomic checkpoints, exact resume and DDP.
+
+Each optimizer step reads one global batch of batch_size * grad_accum windows, the same windows
+however many processes share it: under torchrun each process takes a contiguous slice of it, in
+forward passes of at most batch_size windows. The loop never waits on the device except to log,
+evaluate or save, every `log_every`, `eval_every` and `save_every` steps.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import sys
+import time
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from .. import __version__
+from ..artifacts import atomic_write, read_config
+from ..data import (
+    TokenStream,
+    WindowSampler,
+    evaluation_windows,
+    load_tokens,
+    split_validation,
+    tokenizer_fingerprint,
+)
+from ..errors import DataError
+from ..model import ComposedModel, load_model
+from .arguments import TrainingArguments, TrainingError
+from .checkpoint import (
+    OPTIMIZER,
+    STATE,
+    STATE_FORMAT,
+    fingerprint,
+    finish_interrupted_save,
+    first_difference,
+    load_optimizer_state,
+    read_trainer_state,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
+from .distributed import Processes, processes, resolve_device
+from .schedule import learning_rate
+
+METRICS = "metrics.jsonl"
+
+
+class _Loss(nn.Module):
+    """The model's training loss as forward(): DDP synchronises gradients only through forward()."""
+
+    def __init__(self, model: ComposedModel):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.model.loss({"input_ids": input_ids})[0]
+
+
+def build_optimizer(model: nn.Module, args: TrainingArguments, device: torch.device) -> torch.optim.AdamW:
+    """AdamW with weight decay on matrices and embeddings only, not on biases and norm gains (nanoGPT)."""
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in parameters if p.dim() >= 2], "weight_decay": args.weight_decay},
+              {"params": [p for p in parameters if p.dim() < 2], "weight_decay": 0.0}]
+    # One kernel for all parameters: fused on CUDA, a multi-tensor (foreach) loop elsewhere.
+    fast = {"fused": True} if device.type == "cuda" else {"foreach": True}
+    return torch.optim.AdamW(groups, lr=args.lr, betas=(args.beta1, args.beta2), **fast)
+
+
+class Trainer:
+    """One training run of the model in a model directory: a fresh one, or one resumed from its checkpoint."""
+
+    def __init__(self, model_dir: str, args: TrainingArguments, procs: Processes, *,
+                 state: dict | None = None, progress: bool = True):
+        self.model_dir, self.args, self.procs = model_dir, args, procs
+        self.progress = progress and procs.is_main
+        self.device = resolve_device(args.device, procs.local_rank)
+        config = read_config(model_dir)
+        if state is not None:
+            _check_unchanged_spec(state, config["spec"], model_dir)
+        self.spec = config["spec"]
+        self.model, tokenizer, _ = load_model(model_dir, device=str(self.device))
+        if tokenizer is None:
+            raise TrainingError(f"{model_dir} has no tokenizer.json to tokenize the data with; compose the model "
+                                "with --set tokenizer=DIR")
+        self.tokenizer_hash = tokenizer_fingerprint(tokenizer)
+        if state is not None and state.get("tokenizer_sha256") != self.tokenizer_hash:
+            raise TrainingError(f"{model_dir}/tokenizer.json changed since step {state['step']} was saved; "
+                                "restore it to resume, or train a new model directory")
+        self._check_context()
+
+        with procs.main_first():  # rank 0 tokenizes; the others then read its cache
+            self.train_tokens, self.val_tokens = self._load_data(tokenizer)
+        self.sampler = WindowSampler(self.train_tokens, args.seq_len, args.seed)
+        self.eval_windows = evaluation_windows(self.val_tokens, args.seq_len, args.eval_batches * args.batch_size)
+        self.local_batch = self._share_of_batch()
+        # (offset in this process's slice, windows) of each forward pass of a step
+        self.micro_batches = [(start, min(args.batch_size, self.local_batch - start))
+                              for start in range(0, self.local_batch, args.batch_size)]
+
+        self.parameter_names = {p: name for name, p in self.model.named_parameters()}
+        self.optimizer = build_optimizer(self.model, args, self.device)
+        self.step, self.samples_seen, self.elapsed_before = 0, 0, 0.0
+        if state is None:
+            torch.manual_seed(args.seed + procs.rank)  # dropout masks differ between processes
+        else:
+            self._restore(state)
+        self.batch_loss: nn.Module = _Loss(self.model)
+        if procs.distributed:  # gradient_as_bucket_view: gradients live in DDP's all-reduce buffers, not copies
+            self.batch_loss = DistributedDataParallel(
+                self.batch_loss, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                gradient_as_bucket_view=True)
+        self.loss_sum = torch.zeros((), device=self.device)  # since the last log, summed without syncing
+        self.last_record: dict = {}
+
+    # -- setting up ----------------------------------------------------------------------------------
+
+    def _check_context(self) -> None:
+        stack = self.model.decoder if self.model.decoder is not None else self.model.encoder
+        limit = getattr(stack, "max_positions", None)
+        if limit is not None and self.args.seq_len > limit:
+            raise TrainingError(f"--seq-len {self.args.seq_len} is beyond the model's context of {limit} "
+                                f"positions; use --seq-len {limit} or less")
+
+    def _load_data(self, tokenizer) -> tuple[np.ndarray, np.ndarray]:
+        args = self.args
+
+        def load(paths, what: str) -> TokenStream:
+            stream = load_tokens(paths, tokenizer, text_field=args.text_field, progress=self.progress, what=what)
+            self._say(f"{what}: {len(stream.tokens):,} tokens in {stream.documents:,} documents"
+                      f"{' (cached)' if stream.from_cache else ''}")
+            return stream
+
+        stream = load(args.data, "training data")
+        if args.val_data:
+            train, val = stream.tokens, load(args.val_data, "validation data").tokens
+            if len(val) < args.seq_len + 1:
+                raise DataError(f"the validation data has {len(val):,} tokens, fewer than one window of "
+                                f"--seq-len + 1 = {args.seq_len + 1}; add validation data or lower --seq-len")
+        else:
+            train, val = split_validation(stream.tokens, args.val_fraction, args.seq_len)
+        needed = args.global_batch * (args.seq_len + 1)
+        if len(train) < needed:
+            raise DataError(f"a batch needs batch_size*grad_accum*(seq_len+1) = {args.global_batch}*"
+                            f"{args.seq_len + 1} = {needed:,} tokens but the training split has {len(train):,}; "
+                            "lower --batch-size/--seq-len or add data")
+        return train, val
+
+    def _share_of_batch(self) -> int:
+        world = self.procs.world_size
+        if self.args.global_batch % world:
+            raise TrainingError(f"the global batch (--batch-size x --grad-accum = {self.args.global_batch} windows) "
+                                f"does not split evenly over {world} processes; make it a multiple of {world}")
+        return self.args.global_batch // world
+
+    def _restore(self, state: dict) -> None:
+        self.step = state["step"]
+        self.samples_seen = state["data"]["samples_seen"]
+        self.elapsed_before = state["elapsed"]
+        optimizer_path = os.path.join(self.model_dir, OPTIMIZER)
+        if not os.path.isfile(optimizer_path):
+            raise TrainingError(f"{self.model_dir} has {STATE} but no {OPTIMIZER}; the checkpoint is incomplete "
+                                f"and cannot be resumed exactly")
+        load_optimizer_state(self.optimizer, self.parameter_names, optimizer_path)
+        rng = state["rng"]
+        if self.procs.rank < len(rng):
+            set_rng_state(rng[self.procs.rank], self.device)
+        else:  # resumed on more processes than saved: the new ones start their own streams
+            torch.manual_seed(self.args.seed + self.procs.rank)
+
+    # -- one step ------------------------------------------------------------------------------------
+
+    def _to_device(self, windows: np.ndarray) -> torch.Tensor:
+        batch = torch.from_numpy(windows)
+        if self.device.type == "cuda":
+            return batch.pin_memory().to(self.device, non_blocking=True)
+        return batch.to(self.device)
+
+    def _autocast(self):
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.args.bf16)
+
+    def _train_step(self) -> float:
+        """One optimizer step on the next global batch; returns its learning rate."""
+        args = self.args
+        lr = learning_rate(self.step, lr=args.lr, warmup=args.warmup, steps=args.steps,
+                           min_lr_ratio=args.min_lr_ratio)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        first = self.samples_seen + self.procs.rank * self.local_batch
+        for index, (offset, count) in enumerate(self.micro_batches):
+            input_ids = self._to_device(self.sampler.samples(first + offset, count))
+            # DDP averages gradients over processes in the backward pass; only the last pass of
+            # the step needs it, the others accumulate locally.
+            last = index == len(self.micro_batches) - 1
+            with contextlib.nullcontext() if last or not self.procs.distributed else self.batch_loss.no_sync():
+                with self._autocast():
+                    loss = self.batch_loss(input_ids)
+                # Weighed by its share of this process's windows, each pass adds its part of the
+                # gradient of the mean loss over all of them.
+                weighted = loss * (count / self.local_batch)
+                weighted.backward()
+            self.loss_sum += weighted.detach()
+        if args.grad_clip > 0:
+            nn.utils.clip_grad_norm_(self.model.parameters(), args.grad_clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        self.samples_seen += args.global_batch
+        return lr
+
+    @torch.no_grad()
+    def evaluate(self) -> float:
+        """Mean loss over the fixed validation windows (each process scores a share of them)."""
+        mine = np.array_split(np.arange(len(self.eval_windows)), self.procs.world_size)[self.procs.rank]
+        total = torch.zeros(2, device=self.device)  # loss summed over windows, windows
+        self.model.eval()
+        for start in range(0, len(mine), self.args.batch_size):
+            windows = self.eval_windows[mine[start:start + self.args.batch_size]]
+            with self._autocast():
+                loss, _ = self.model.loss({"input_ids": self._to_device(windows)})
+            total[0] += loss.float() * len(windows)
+            total[1] += len(windows)
+        self.model.train()
+        self.procs.sum(total)
+        return (total[0] / total[1]).item()
+
+    # -- the loop ------------------------------------------------------------------------------------
+
+    def train(self) -> dict:
+        """Train up to `args.steps`; returns the last metrics record."""
+        from tqdm import tqdm
+
+        args = self.args
+        has_validation = len(self.eval_windows) > 0
+        metrics = self._open_metrics()
+        # disable=None: the bar is drawn only on a terminal; elsewhere each record is printed as a line.
+        bar = tqdm(total=args.steps, initial=self.step, desc="train", unit="step", dynamic_ncols=True,
+                   file=sys.stderr, disable=None if self.progress else True)
+        print_lines = self.progress and bar.disable
+        self.model.train()
+        started = interval_start = time.perf_counter()
+        steps_in_interval = 0
+        try:
+            while self.step < args.steps:
+                lr = self._train_step()
+                steps_in_interval += 1
+                bar.update(1)
+                finished = self.step == args.steps
+                evaluate = has_validation and (finished or (args.eval_every and self.step % args.eval_every == 0))
+                if self.step % args.log_every == 0 or evaluate or finished:
+                    # The first read of a device value since the last record: it waits for the steps.
+                    loss = self.procs.sum(self.loss_sum.clone()).item() / (steps_in_interval * self.procs.world_size)
+                    now = time.perf_counter()
+                    record = {"step": self.step, "loss": loss, "lr": lr,
+                              "tokens_per_s": steps_in_interval * args.global_batch * args.seq_len
+                              / max(now - interval_start, 1e-9),
+                              "elapsed": self.elapsed_before + now - started}
+                    if evaluate:
+                        record["val_loss"] = self.evaluate()
+                        record["val_ppl"] = math.exp(min(record["val_loss"], 700.0))  # no overflow early on
+                    self._log(record, metrics, bar, print_lines)
+                    self.loss_sum.zero_()
+                    steps_in_interval = 0
+                    interval_start = time.perf_counter()  # tokens/s leaves evaluation out
+                if finished or (args.save_every and self.step % args.save_every == 0):
+                    paused = time.perf_counter()
+                    self.save(self.elapsed_before + paused - started)
+                    interval_start += time.perf_counter() - paused  # and saving
+        finally:
+            bar.close()
+            if metrics is not None:
+                metrics.close()
+        return self.last_record
+
+    def save(self, elapsed: float) -> None:
+        """A checkpoint of this step; every process takes part (their RNG states), rank 0 writes."""
+        rng = self.procs.gather(rng_state(self.device))
+        if not self.procs.is_main:
+            return
+        state = {
+            "format": STATE_FORMAT,
+            "lmkit_version": __version__,
+            "step": self.step,
+            "arguments": self.args.to_dict(),
+            "data": {"samples_seen": self.samples_seen, "train_tokens": len(self.train_tokens),
+                     "val_tokens": len(self.val_tokens)},
+            "rng": rng,  # one entry per process, by rank
+            "world_size": self.procs.world_size,
+            "elapsed": elapsed,
+            "spec": self.spec,
+            "spec_sha256": fingerprint(self.spec),
+            "tokenizer_sha256": self.tokenizer_hash,
+            "metrics": self.last_record,
+        }
+        save_checkpoint(self.model_dir, self.model, self.optimizer, self.parameter_names, state)
+
+    # -- output --------------------------------------------------------------------------------------
+
+    def _say(self, message: str) -> None:
+        if self.progress:
+            from tqdm import tqdm
+
+            tqdm.write(message, file=sys.stderr)
+
+    def _open_metrics(self):
+        """metrics.jsonl for appending, holding only the records up to the step training starts from."""
+        if not self.procs.is_main:
+            return None
+        path = os.path.join(self.model_dir, METRICS)
+        kept = []
+        if self.step and os.path.isfile(path):
+            with open(path, encoding="utf-8") as handle:
+                for line in handle:
+                    with contextlib.suppress(json.JSONDecodeError):  # a line cut short by a crash
+                        if json.loads(line)["step"] <= self.step:
+                            kept.append(line if line.endswith("\n") else line + "\n")
+        with atomic_write(path) as out:  # records after the checkpoint belong to steps that are redone
+            out.writelines(kept)
+        return open(path, "a", encoding="utf-8")
+
+    def _log(self, record: dict, metrics, bar, print_lines: bool) -> None:
+        self.last_record = record
+        if metrics is None:
+            return
+        metrics.write(json.dumps(record) + "\n")
+        metrics.flush()
+        shown = {"loss": f"{record['loss']:.4f}", "lr": f"{record['lr']:.2e}",
+                 "tok/s": f"{record['tokens_per_s']:,.0f}"}
+        if "val_loss" in record:
+            shown["val"] = f"{record['val_loss']:.4f}"
+        bar.set_postfix(shown, refresh=False)
+        if print_lines:
+            self._say(f"step {record['step']}/{self.args.steps}  " + "  ".join(f"{k} {v}" for k, v in shown.items()))
+
+
+def _check_unchanged_spec(state: dict, spec: dict, model_dir: str) -> None:
+    if state.get("spec_sha256") == fingerprint(spec):
+        return
+    where, then, now = first_difference(state.get("spec"), spec) or ("spec", "?", "?")
+    raise TrainingError(f"{model_dir}/config.json changed since step {state['step']} was saved: {where} was "
+                        f"{json.dumps(then)}, now {json.dumps(now)}; restore it to resume, or train the new spec "
+                        "without --resume in a fresh model directory")
+
+
+def train(model_dir: str, data=None, *, resume: bool = False, progress: bool = True, **arguments) -> dict:
+    """Train the model in `model_dir` and return the last metrics record.
+
+    `data` (paths) and `arguments` are TrainingArguments fields: steps, batch_size, seq_len, lr, ...
+    With resume=True the run saved in model_dir goes on from its last checkpoint, with the arguments
+    it was started with; only `steps` may be raised (and `device` changed). Under torchrun every
+    process calls this, and they train together.
+    """
+    model_dir = os.fspath(model_dir)
+    if data is not None:
+        arguments["data"] = data
+    with processes() as procs:
+        read_config(model_dir)  # a clear error for a directory that is not a model
+        with procs.main_first():  # one process finishes a save a crash interrupted
+            if procs.is_main:
+                finish_interrupted_save(model_dir)
+        if resume:
+            state = read_trainer_state(model_dir)
+            args = TrainingArguments.from_dict(state["arguments"]).resumed_with(arguments, state["step"])
+        else:
+            if os.path.isfile(os.path.join(model_dir, STATE)):
+                raise TrainingError(f"{model_dir} already holds a training run; pass --resume to continue it, "
+                                    f"or delete its {STATE} and {OPTIMIZER} to start a new run from its weights")
+            state, args = None, TrainingArguments.from_dict(arguments)
+        return Trainer(model_dir, args, procs, state=state, progress=progress).train()
+
+
+__all__ = ["Trainer", "TrainingArguments", "build_optimizer", "train"]
