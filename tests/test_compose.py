@@ -194,3 +194,17 @@ def test_bad_model_directories_on_the_cli(run, tmp_path):
     (tmp_path / "config.json").write_text("{not json")
     result = run("show", tmp_path)
     assert result.code == 1 and "config.json is not valid JSON" in result.err
+
+
+def test_a_safetensors_file_whose_header_length_looks_like_a_pickle_opcode_loads(tmp_path):
+    """A header of 640 bytes starts the file with 0x80 0x02, the opening of a protocol-2 pickle."""
+    import struct
+
+    from safetensors.torch import load_file
+
+    header = json.dumps({"x": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}).encode().ljust(640)
+    path = tmp_path / "model.safetensors"
+    path.write_bytes(struct.pack("<Q", len(header)) + header + struct.pack("<f", 1.5))
+    assert path.read_bytes()[:2] == b"\x80\x02"
+    assert read_safetensors_header(str(path)) == {"x": {"dtype": "F32", "shape": [1]}}
+    assert load_file(str(path))["x"].item() == 1.5

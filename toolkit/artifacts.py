@@ -87,8 +87,10 @@ MAX_HEADER = 100 * 2**20
 def refuse_pickle(path: str) -> None:
     """Refuse a file that is a pickle, whatever its name: unpickling runs arbitrary code."""
     with open(path, "rb") as handle:
-        start = handle.read(4)
-    is_zip = start == b"PK\x03\x04"  # torch.save's default format is a zip holding a pickle
+        start = handle.read(9)
+    if start[8:9] == b"{":  # a safetensors file: 8 bytes of header length, then the JSON header
+        return
+    is_zip = start[:4] == b"PK\x03\x04"  # torch.save's default format is a zip holding a pickle
     is_pickle = len(start) >= 2 and start[0] == 0x80 and 2 <= start[1] <= 5
     if is_zip or is_pickle or path.endswith(PICKLE_SUFFIXES):
         raise ArtifactError(

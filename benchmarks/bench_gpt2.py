@@ -1,0 +1,160 @@
+"""GPT-2 in lmkit against Hugging Face transformers and plain PyTorch eager, side by side in one run.
+
+    python benchmarks/bench_gpt2.py [--threads 2] [--repeats 5] [--quick]
+
+Both models get the same config and the same weights (transformers' random init, converted).
+Times are medians over repeats; ratios > 1 mean lmkit is faster. "eager" is decoding without a
+key/value cache (the whole sequence re-run for every token, as nanoGPT's generate does), the
+baseline a cache has to beat. Nothing here is asserted: the figures are printed for the notes.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import numpy as np
+import torch
+
+from lmkit.decoding.beam import BeamSearch
+from lmkit.decoding.greedy import Greedy
+from lmkit.decoding.options import BeamSearchOptions, GreedyOptions
+from lmkit.decoding.torch_backend import TorchBackend
+from lmkit.plugins.gpt.config import GPT2Config
+from lmkit.plugins.gpt.hf import config_from_hf, state_dict_from_hf
+from lmkit.plugins.gpt.model import GPT2Decoder
+
+SIZES = {
+    "gpt-mini": dict(n_layer=6, n_embd=384, n_head=6, vocab_size=8192, n_positions=256),
+    "gpt2-small": dict(n_layer=12, n_embd=768, n_head=12, vocab_size=50257, n_positions=1024),
+}
+
+
+def median_time(function, repeats: int, warmup: int = 1) -> float:
+    for _ in range(warmup):
+        function()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        function()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def pair(size: str):
+    """(lmkit GPT2Decoder, transformers GPT2LMHeadModel) with identical weights, dropout off."""
+    import transformers
+
+    torch.manual_seed(0)
+    hf_config = transformers.GPT2Config(**SIZES[size], resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+    hf = transformers.GPT2LMHeadModel(hf_config).eval()
+    config = config_from_hf(hf_config.to_dict())
+    ours = GPT2Decoder(GPT2Config(**{**config.__dict__, "dropout": 0.0}))
+    ours.load_state_dict(state_dict_from_hf(hf.state_dict(), config))
+    return ours.eval(), hf
+
+
+def bandwidth_bytes_per_s() -> float:
+    """Memory read bandwidth, from summing a tensor far larger than the caches."""
+    big = torch.ones(64 * 2**20)  # 256 MB of float32
+    seconds = median_time(lambda: big.sum(), repeats=5)
+    return big.numel() * 4 / seconds
+
+
+def bench_training(size: str, batch: int, seq: int, repeats: int) -> dict:
+    ours, hf = pair(size)
+    ours.train(), hf.train()
+    ids = torch.randint(0, SIZES[size]["vocab_size"], (batch, seq + 1))
+
+    def step_ours(optimizer=torch.optim.AdamW(ours.parameters(), lr=1e-4, foreach=True)):
+        logits = ours(ids[:, :-1])
+        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), ids[:, 1:].reshape(-1))
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    def step_hf(optimizer=torch.optim.AdamW(hf.parameters(), lr=1e-4, foreach=True)):
+        loss = hf(ids[:, :-1], labels=ids[:, :-1]).loss  # transformers shifts labels itself
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    tokens = batch * seq
+    ours_s, hf_s = median_time(step_ours, repeats), median_time(step_hf, repeats)
+    return {"lmkit tok/s": tokens / ours_s, "transformers tok/s": tokens / hf_s, "ratio": hf_s / ours_s}
+
+
+def lmkit_generate(decoder, prompt: list[int], new_tokens: int, beams: int = 1):
+    backend = TorchBackend(decoder, new_tokens)
+    if beams == 1:
+        strategy = Greedy(GreedyOptions(max_new_tokens=new_tokens))
+    else:
+        strategy = BeamSearch(BeamSearchOptions(max_new_tokens=new_tokens, num_beams=beams))
+    return strategy.generate(backend, [prompt], eos_id=None, pad_id=0)[0].tokens
+
+
+@torch.inference_mode()
+def eager_generate(decoder, prompt: list[int], new_tokens: int):
+    ids = torch.tensor([prompt])
+    for _ in range(new_tokens):
+        next_token = decoder(ids)[:, -1].argmax(-1, keepdim=True)
+        ids = torch.cat([ids, next_token], dim=1)
+    return ids[0, len(prompt):].tolist()
+
+
+@torch.inference_mode()
+def hf_generate(hf, prompt: list[int], new_tokens: int, beams: int = 1):
+    ids = torch.tensor([prompt])
+    out = hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens, min_new_tokens=new_tokens,
+                      do_sample=False, num_beams=beams, pad_token_id=0, eos_token_id=None)
+    return out[0, len(prompt):].tolist()
+
+
+def bench_decoding(size: str, repeats: int, new_tokens: int, beams: int = 1, eager: bool = True) -> dict:
+    ours, hf = pair(size)
+    prompt = torch.randint(0, SIZES[size]["vocab_size"], (16,)).tolist()
+    ours_s = median_time(lambda: lmkit_generate(ours, prompt, new_tokens, beams), repeats)
+    hf_s = median_time(lambda: hf_generate(hf, prompt, new_tokens, beams), repeats)
+    same = lmkit_generate(ours, prompt, new_tokens, beams) == hf_generate(hf, prompt, new_tokens, beams)
+    row = {"lmkit ms/token": 1e3 * ours_s / new_tokens, "transformers ms/token": 1e3 * hf_s / new_tokens,
+           "ratio": hf_s / ours_s, "same tokens": same}
+    if eager and beams == 1:
+        eager_s = median_time(lambda: eager_generate(ours, prompt, new_tokens), max(1, repeats // 2))
+        row["eager ms/token"] = 1e3 * eager_s / new_tokens
+        row["ratio vs eager"] = eager_s / ours_s
+    return row
+
+
+def show(title: str, row: dict) -> None:
+    cells = [f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()]
+    print(f"{title:<44} " + " | ".join(cells), flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--quick", action="store_true", help="gpt-mini only, fewer repeats")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    np.random.seed(0)
+    repeats = 3 if args.quick else args.repeats
+    print(f"torch {torch.__version__}, {args.threads} threads, medians of {repeats}")
+
+    show("train gpt-mini 8x256 (fwd+bwd+AdamW)", bench_training("gpt-mini", 8, 256, repeats))
+    show("greedy gpt-mini b1, 64 tokens", bench_decoding("gpt-mini", repeats, 64))
+    show("beam-8 gpt-mini, 64 tokens", bench_decoding("gpt-mini", repeats, 64, beams=8))
+    show("greedy gpt-mini b1, 32 tokens", bench_decoding("gpt-mini", repeats, 32, eager=False))
+    show("greedy gpt-mini b1, 240 tokens (context 256)", bench_decoding("gpt-mini", max(1, repeats // 2), 240, eager=False))
+    if args.quick:
+        return
+    small = bench_decoding("gpt2-small", repeats, 32, eager=False)
+    weights = sum(p.numel() * p.element_size() for p in pair("gpt2-small")[0].parameters())
+    floor_ms = 1e3 * weights / bandwidth_bytes_per_s()
+    small["bandwidth floor ms/token"] = floor_ms
+    small["lmkit / floor"] = small["lmkit ms/token"] / floor_ms
+    show("greedy gpt2-small b1, 32 tokens", small)
+
+
+if __name__ == "__main__":
+    main()
