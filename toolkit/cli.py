@@ -227,25 +227,18 @@ def _inline(table: dict) -> str:
 
 # -- commands that live in their own modules -------------------------------------------------------
 # Each module imports only click at the top; torch and friends are imported inside the command.
-# (one line per module, added here)
+from .commands.demo import demo_command  # noqa: E402
+from .commands.evaluate import eval_command  # noqa: E402
+from .commands.export import export_command  # noqa: E402
+from .commands.generate import generate_command  # noqa: E402
+from .commands.import_hf import import_hf_command  # noqa: E402
+from .commands.inspect_export import inspect_command  # noqa: E402
+from .commands.plot import plot_command  # noqa: E402
 from .commands.train import train_command  # noqa: E402
 
-cli.add_command(train_command)
-from .commands.plot import plot_command  # noqa: E402
-
-cli.add_command(plot_command)
-from .commands.generate import generate_command  # noqa: E402
-
-cli.add_command(generate_command)
-from .commands.import_hf import import_hf_command  # noqa: E402
-
-cli.add_command(import_hf_command)
-from .commands.export import export_command  # noqa: E402
-
-cli.add_command(export_command)
-from .commands.inspect_export import inspect_command  # noqa: E402
-
-cli.add_command(inspect_command)
+for _command in (demo_command, train_command, eval_command, generate_command, plot_command, import_hf_command,
+                 export_command, inspect_command):
+    cli.add_command(_command)
 
 
 # -- entry point -----------------------------------------------------------------------------------
