@@ -62,25 +62,33 @@ def bandwidth_bytes_per_s() -> float:
 
 
 def bench_training(size: str, batch: int, seq: int, repeats: int) -> dict:
+    """One optimizer step as lmkit's Trainer takes it (objective, clipping, its AdamW) and as HF's model does."""
+    from lmkit.model import ComposedModel
+    from lmkit.registry import get_host
+    from lmkit.spec import resolve
+    from lmkit.training import TrainingArguments, build_optimizer
+
     ours, hf = pair(size)
-    ours.train(), hf.train()
+    spec = resolve({"decoder": {"type": "gpt2", **SIZES[size], "dropout": 0.0},
+                    "objectives": [{"type": "causal-lm"}]}, get_host())
+    model = ComposedModel(spec)
+    model.decoder.load_state_dict(ours.state_dict())
+    model.train(), hf.train()
+    args = TrainingArguments(data=("unused",), steps=1, batch_size=batch, seq_len=seq)
+    ours_optimizer = build_optimizer(model, args, torch.device("cpu"))
+    hf_optimizer = torch.optim.AdamW(hf.parameters(), lr=args.lr, betas=(args.beta1, args.beta2), foreach=True)
     ids = torch.randint(0, SIZES[size]["vocab_size"], (batch, seq + 1))
 
-    def step_ours(optimizer=torch.optim.AdamW(ours.parameters(), lr=1e-4, foreach=True)):
-        logits = ours(ids[:, :-1])
-        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), ids[:, 1:].reshape(-1))
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
-    def step_hf(optimizer=torch.optim.AdamW(hf.parameters(), lr=1e-4, foreach=True)):
-        loss = hf(ids[:, :-1], labels=ids[:, :-1]).loss  # transformers shifts labels itself
-        loss.backward()
+    def step(module, optimizer, loss_of):
+        loss_of().backward()
+        torch.nn.utils.clip_grad_norm_(module.parameters(), 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
     tokens = batch * seq
-    ours_s, hf_s = median_time(step_ours, repeats), median_time(step_hf, repeats)
+    ours_s = median_time(lambda: step(model, ours_optimizer, lambda: model.loss({"input_ids": ids})[0]), repeats)
+    # transformers shifts the labels itself
+    hf_s = median_time(lambda: step(hf, hf_optimizer, lambda: hf(ids[:, :-1], labels=ids[:, :-1]).loss), repeats)
     return {"lmkit tok/s": tokens / ours_s, "transformers tok/s": tokens / hf_s, "ratio": hf_s / ours_s}
 
 

@@ -269,7 +269,7 @@ def train_and_save(kind: str, files, out) -> None:
 
 def test_non_utf8_file_is_named_with_the_offset(tmp_path):
     bad = tmp_path / "latin.txt"
-    bad.write_bytes("kalo mine\n".encode() * 200_000 + "caf\xe9\n".encode("latin-1"))
+    bad.write_bytes(b"kalo mine\n" * 200_000 + "caf\xe9\n".encode("latin-1"))
     with pytest.raises(DataError) as error:
         train_and_save("char", [str(bad)], tmp_path / "out")
     check_one_line(error, str(bad), "not UTF-8", f"offset {10 * 200_000 + 3}", "iconv")

@@ -139,9 +139,9 @@ def report(summary: dict) -> None:
     lines += [
         "",
         f"written to {out} in {summary['seconds']:.0f} s:",
-        f"  corpus/      train.jsonl, valid.jsonl, source.json (the chain itself)",
-        f"  tokenizer/   tokenizer.json",
-        f"  model/       config.json, model.safetensors, metrics.jsonl, trainer state",
+        "  corpus/      train.jsonl, valid.jsonl, source.json (the chain itself)",
+        "  tokenizer/   tokenizer.json",
+        "  model/       config.json, model.safetensors, metrics.jsonl, trainer state",
         "",
         "try next:",
         f"  lmkit show {out}/model",
