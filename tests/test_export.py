@@ -365,3 +365,13 @@ def test_a_damaged_manifest_is_refused_in_one_line(copy):
         handle.write("{not json")
     with pytest.raises(ArtifactError, match="is not valid JSON"):
         lmkit.exports.load(copy)
+
+
+@pytest.mark.parametrize("flags", [["--strategy", "greedy"], ["--strategy", "beam", "--num-beams", "4"]])
+def test_lmkit_generate_on_an_export_matches_the_model_directory(run, exported, model_dir, flags):
+    args = ["--prompt", PROMPTS[0], "--prompt", PROMPTS[1], "--max-new-tokens", "8", "--json", *flags]
+    on_torch = run("generate", model_dir, *args)
+    on_onnx = run("generate", exported, *args)
+    assert on_torch.code == on_onnx.code == 0, on_onnx.err
+    tokens = [[r["tokens"] for r in json.loads(result.out)] for result in (on_torch, on_onnx)]
+    assert tokens[0] == tokens[1] and all(len(t) > 0 for t in tokens[0])

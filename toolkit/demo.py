@@ -12,7 +12,6 @@ import time
 from dataclasses import dataclass
 
 import click
-import numpy as np
 
 
 @dataclass(frozen=True)
@@ -33,23 +32,6 @@ def say(message: str) -> None:
     click.secho(message, err=True, bold=True)
 
 
-def floor_and_score(model, tokenizer, source, valid_path: str, context: int):
-    """(model Score, the true NLL of the same documents) on the held-out split."""
-    import json
-
-    from .data import load_tokens
-    from .evaluation import score_tokens
-
-    stream = load_tokens(valid_path, tokenizer, what="validation data")
-    # A leading end-of-text makes the first document's first token predicted like every other one.
-    tokens = np.concatenate([[tokenizer.eos_id], np.asarray(stream.tokens, dtype=np.int64)])
-    score = score_tokens(model.decoder, tokens, context=context, stride=context // 2)
-    index = {word: i for i, word in enumerate(source.words)}
-    with open(valid_path, encoding="utf-8") as handle:
-        documents = [[index[w] for w in json.loads(line)["text"].split()] for line in handle]
-    return score, sum(source.nll(d) for d in documents)
-
-
 def prepare_directory(out: str, force: bool) -> None:
     """An empty `out`; the files inside are written atomically one by one, and paths in the training
     state point here, so the demo writes in place rather than staging and renaming."""
@@ -68,6 +50,7 @@ def prepare_directory(out: str, force: bool) -> None:
 
 def run_demo(out: str, size: DemoSize = DemoSize(), seed: int = 0, force: bool = False) -> dict:
     from .decoding.torch_backend import TorchBackend
+    from .evaluation import score_against_source
     from .model import compose, load_model
     from .registry import get_host
     from .synthetic import MarkovSource, write_corpus
@@ -99,9 +82,9 @@ def run_demo(out: str, size: DemoSize = DemoSize(), seed: int = 0, force: bool =
     say("4/5  scoring the held-out documents against the entropy floor")
     model, tokenizer, _ = load_model(model_dir)
     model.eval()
-    score, true_nll = floor_and_score(model, tokenizer, source, os.path.join(corpus, "valid.jsonl"),
-                                      size.seq_len)
-    floor = math.exp(true_nll / score.tokens)
+    score, true_nll = score_against_source(model.decoder, tokenizer, source, os.path.join(corpus, "valid.jsonl"),
+                                           size.seq_len)
+    floor = math.exp(sum(true_nll) / score.tokens)
 
     say("5/5  generating from the first two words of a held-out document")
     prompt = " ".join(source.text(source.sample(1, seed=seed + 7)[0]).split()[:2])

@@ -78,3 +78,22 @@ def score_tokens(decoder, tokens: np.ndarray, context: int, stride: int, batch_s
                 bar.update(length - (first - begin))
     bar.close()
     return Score(nll=total, tokens=len(tokens) - 1)
+
+
+def score_against_source(decoder, tokenizer, source, documents_path: str, context: int) -> tuple[Score, list[float]]:
+    """The model's Score on a .jsonl file written by lmkit.synthetic, and each document's true NLL.
+
+    A leading end-of-text makes the first document's first token predicted like every other one,
+    so the model scores exactly the tokens of every document and of its end, as the source does.
+    """
+    import json
+
+    from .data import load_tokens
+
+    stream = load_tokens(documents_path, tokenizer, what="held-out documents")
+    tokens = np.concatenate([[tokenizer.eos_id], np.asarray(stream.tokens, dtype=np.int64)])
+    score = score_tokens(decoder, tokens, context=context, stride=context // 2)
+    index = {word: i for i, word in enumerate(source.words)}
+    with open(documents_path, encoding="utf-8") as handle:
+        documents = [[index[w] for w in json.loads(line)["text"].split()] for line in handle]
+    return score, [source.nll(d) for d in documents]

@@ -36,17 +36,16 @@ import click
 def generate_command(model_dir, prompts, strategy, stops, stream, as_json, truncate, device, **flags):
     """Continue each prompt with the model in MODEL_DIR and print prompt and continuation.
 
+    MODEL_DIR is a model directory (run with PyTorch) or an export directory from `lmkit export`
+    (run with onnxruntime, without PyTorch); the decoding strategies are the same code for both.
+
     The decoding flags override the model's decoding settings; each one belongs to the strategies
     whose options have its name (--num-beams: beam).
     """
-    from ..decoding.common import fit_prompts
-    from ..decoding.torch_backend import TorchBackend
-    from ..errors import ArtifactError, require_torch
-    from ..model import load_model
-    from ..registry import get_host
+    import os
 
-    require_torch("lmkit generate")
-    from ..training.distributed import resolve_device
+    from ..decoding.common import fit_prompts
+    from ..registry import get_host
 
     texts = list(prompts) or _stdin_prompts()
     if stream and (as_json or len(texts) > 1):
@@ -56,15 +55,13 @@ def generate_command(model_dir, prompts, strategy, stops, stream, as_json, trunc
     _show_warnings()
 
     host = get_host()
-    device = resolve_device(device)
-    model, tokenizer, _ = load_model(model_dir, host, device=str(device))
-    if model.decoder is None:
-        raise ArtifactError(f"{model_dir} has no decoder to generate with (it is an encoder-only model)")
-    if tokenizer is None:
-        raise ArtifactError(f"{model_dir} has no tokenizer.json to read prompts with; compose the model with "
-                            "--set tokenizer=DIR")
+    if os.path.isfile(os.path.join(model_dir, "lmkit-onnx.json")):
+        model = _ExportedDecoder(model_dir, device)
+    else:
+        model = _TorchDecoder(model_dir, device, host)
+    tokenizer = model.tokenizer
     given = {key: value for key, value in flags.items() if value is not None}
-    name, options = _decoding_options(model.spec.decoding, strategy, given, host)
+    name, options = _decoding_options(model.decoding, strategy, given, host)
     decoding = host.component("decoding", name).load()(options)
 
     stop = []
@@ -75,7 +72,7 @@ def generate_command(model_dir, prompts, strategy, stops, stream, as_json, trunc
     # An empty prompt starts from the bos token, as GPT-2 was trained to (each document followed one).
     ids = [prompt or ([tokenizer.bos_id] if tokenizer.bos_id is not None else [])
            for prompt in tokenizer.encode_batch(texts)]
-    backend = TorchBackend(model.decoder, options.max_new_tokens, device=device)
+    backend = model.backend(options.max_new_tokens)
     if truncate:
         ids = fit_prompts(ids, backend.max_length, options.max_new_tokens, truncate=True)
     pad_id = tokenizer.pad_id if tokenizer.pad_id is not None else tokenizer.eos_id
@@ -109,26 +106,68 @@ def _stdin_prompts() -> list[str]:
     return texts
 
 
-def _decoding_options(spec_decoding, strategy: str | None, given: dict, host):
+def _decoding_options(default: tuple[str, dict] | None, strategy: str | None, given: dict, host):
     """(strategy name, options): the model's settings for its strategy, overridden by the command line."""
-    from ..options import build_options, options_to_dict
 
-    name = strategy or (spec_decoding.type if spec_decoding is not None else "greedy")
+    from ..options import build_options
+
+    name = strategy or (default[0] if default is not None else "greedy")
     options_class = host.component("decoding", name).options_class()
-    values = {}
-    if spec_decoding is not None and spec_decoding.type == name and spec_decoding.options is not None:
-        values = options_to_dict(spec_decoding.options)
+    values = dict(default[1]) if default is not None and default[0] == name else {}
+    accepted = {f.name for f in dataclasses.fields(options_class)}
     for key in given:
-        if key not in _option_names(options_class):
+        if key not in accepted:
             takers = [other for other, component in sorted(host.components["decoding"].items())
-                      if key in _option_names(component.options_class())]
+                      if key in {f.name for f in dataclasses.fields(component.options_class())}]
             hint = f"; it is an option of {', '.join(takers)} (--strategy {takers[0]})" if takers else ""
             raise click.UsageError(f"--{key.replace('_', '-')} does not apply to the {name} strategy{hint}")
     return name, build_options(options_class, {**values, **given}, f"decoding {name}")
 
 
-def _option_names(options_class) -> set[str]:
-    return {f.name for f in dataclasses.fields(options_class)} if options_class is not None else set()
+class _TorchDecoder:
+    """A model directory: its decoder on `device`, run by TorchBackend."""
+
+    def __init__(self, model_dir: str, device: str, host):
+        from ..errors import ArtifactError, require_torch
+
+        require_torch("lmkit generate on a model directory")
+        from ..model import load_model
+        from ..options import options_to_dict
+        from ..training.distributed import resolve_device
+
+        self.device = resolve_device(device)
+        model, self.tokenizer, _ = load_model(model_dir, host, device=str(self.device))
+        if model.decoder is None:
+            raise ArtifactError(f"{model_dir} has no decoder to generate with (it is an encoder-only model)")
+        if self.tokenizer is None:
+            raise ArtifactError(f"{model_dir} has no tokenizer.json to read prompts with; compose the model with "
+                                "--set tokenizer=DIR")
+        self.decoder = model.decoder
+        decoding = model.spec.decoding
+        self.decoding = None if decoding is None else (decoding.type, options_to_dict(decoding.options))
+
+    def backend(self, max_new_tokens: int):
+        from ..decoding.torch_backend import TorchBackend
+
+        return TorchBackend(self.decoder, max_new_tokens, device=self.device)
+
+
+class _ExportedDecoder:
+    """An export directory (lmkit-onnx.json): its onnxruntime session, run by OrtBackend; no torch."""
+
+    def __init__(self, export_dir: str, device: str):
+        from ..errors import ArtifactError
+        from ..exports import load
+
+        self.exported = load(export_dir, device="auto" if device == "auto" else device.split(":")[0])
+        self.tokenizer = self.exported.tokenizer
+        if self.tokenizer is None:
+            raise ArtifactError(f"{export_dir} has no tokenizer to read prompts with; export a model that has one")
+        generation = self.exported.generation
+        self.decoding = (generation["strategy"], generation.get("options", {}))
+
+    def backend(self, max_new_tokens: int):
+        return self.exported.backend()
 
 
 class _TextStream:

@@ -1,0 +1,28 @@
+"""Write docs/cli.md from the commands' own --help texts (tests/test_docs.py checks it is current).
+
+    python docs/cli_reference.py > docs/cli.md
+"""
+import click
+
+from lmkit.cli import cli
+
+
+def walk(command: click.Command, path: list[str]):
+    yield path, command
+    if isinstance(command, click.Group):
+        for name in command.list_commands(click.Context(command)):
+            yield from walk(command.commands[name], [*path, name])
+
+
+def reference() -> str:
+    parts = ["# CLI reference", "", "Generated from `--help` by `python docs/cli_reference.py > docs/cli.md`.", ""]
+    for path, command in walk(cli, ["lmkit"]):
+        with click.Context(command, info_name=" ".join(path), terminal_width=100, max_content_width=100,
+                           help_option_names=["-h", "--help"]) as ctx:
+            text = command.get_help(ctx)
+        parts += [f"## {' '.join(path)}", "", "```", text, "```", ""]
+    return "\n".join(parts)
+
+
+if __name__ == "__main__":
+    print(reference(), end="")
