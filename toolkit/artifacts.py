@@ -174,6 +174,15 @@ def parameter_counts(tensors: dict[str, dict]) -> dict[str, int]:
 # -- config ----------------------------------------------------------------------------------------
 
 
+def read_json(path: str, remedy: str):
+    """The contents of a JSON file, or a one-line error that it is not valid JSON and what to do."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return json.load(handle)
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ArtifactError(f"{path} is not valid JSON ({error}); {remedy}") from None
+
+
 def read_config(directory: str) -> dict:
     """config.json of a model directory, with one-line errors for what can be wrong."""
     if not os.path.isdir(directory):
@@ -182,11 +191,7 @@ def read_config(directory: str) -> dict:
     if not os.path.isfile(path):
         raise ArtifactError(f"{directory} has no {CONFIG}: it is not an lmkit model directory "
                             "(make one with lmkit compose, or lmkit import-hf for a Hugging Face checkpoint)")
-    try:
-        with open(path, encoding="utf-8") as handle:
-            config = json.load(handle)
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ArtifactError(f"{path} is not valid JSON ({error}); restore it or recompose the model") from None
+    config = read_json(path, "restore it or recompose the model")
     if not isinstance(config, dict) or not isinstance(config.get("spec"), dict):
         raise ArtifactError(f"{path} has no 'spec' table: it was not written by lmkit")
     return config

@@ -63,6 +63,7 @@ def import_hf(src: str, out: str, *, force: bool = False, host=None) -> dict:
 
 
 def _read_hf_config(src: str) -> dict:
+    from ..artifacts import read_json
     from ..errors import ArtifactError, one_of
 
     if not os.path.isdir(src):
@@ -72,11 +73,7 @@ def _read_hf_config(src: str) -> dict:
     if not os.path.isfile(path):
         raise ArtifactError(f"{src} has no config.json: it is not a Hugging Face model directory (what "
                             "save_pretrained writes)")
-    try:
-        with open(path, encoding="utf-8") as handle:
-            config = json.load(handle)
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ArtifactError(f"{path} is not valid JSON ({error}); restore it from the checkpoint") from None
+    config = read_json(path, "restore it from the checkpoint")
     if not isinstance(config, dict):
         raise ArtifactError(f"{path} is not a JSON object; restore it from the checkpoint")
     if "lmkit_version" in config:

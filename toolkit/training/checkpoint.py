@@ -23,7 +23,7 @@ import shutil
 
 import torch
 
-from ..artifacts import WEIGHTS, atomic_write, atomic_write_json, read_safetensors_header
+from ..artifacts import WEIGHTS, atomic_write, atomic_write_json, read_json, read_safetensors_header
 from ..errors import ArtifactError
 from ..model import save_weights
 from .arguments import TrainingError
@@ -76,11 +76,7 @@ def read_trainer_state(directory: str) -> dict:
     if not os.path.isfile(path):
         raise TrainingError(f"{directory} has no {STATE} to resume from: no checkpoint of a training run was "
                             "saved there; train it without --resume")
-    try:
-        with open(path, encoding="utf-8") as handle:
-            state = json.load(handle)
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ArtifactError(f"{path} is not valid JSON ({error}); the checkpoint cannot be resumed") from None
+    state = read_json(path, "the checkpoint cannot be resumed")
     if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
         raise ArtifactError(f"{path} is not an lmkit trainer state ({STATE_FORMAT}); the checkpoint cannot be "
                             "resumed")
