@@ -135,3 +135,16 @@ def test_commands_that_need_torch_say_so_when_it_is_missing(tmp_path):
     assert done.stderr == ("error: building a model needs PyTorch, which is not installed; install it with: "
                            "pip install -c constraints.txt 'lmkit[torch]'\n")
     assert not out.exists()
+
+
+def test_tokenizer_trains_on_the_text_field_of_jsonl(run, tmp_path):
+    records = [{"text": f"the quick brown fox number {i} jumps", "id": i} for i in range(200)]
+    data = tmp_path / "docs.jsonl"
+    data.write_text("".join(json.dumps(record) + "\n" for record in records))
+    out = tmp_path / "tok"
+    result = run("tokenizer", "train", "--kind", "wordpiece", "--vocab-size", "200", data, "--out", out)
+    assert result.code == 0, result.err
+    vocab = json.loads((out / "tokenizer.json").read_text())["model"]["vocab"]
+    assert "quick" in vocab and "text" not in vocab and '"' not in vocab  # the records' words, not their JSON
+    missing = run("tokenizer", "train", "--kind", "wordpiece", data, "--text-field", "body", "--out", tmp_path / "t2")
+    assert missing.code == 1 and "docs.jsonl:1 has no 'body' field" in missing.err

@@ -129,10 +129,11 @@ def tokenizer():
 @click.option("--kind", required=True, help="Tokenizer kind, e.g. bytelevel-bpe, bpe, wordpiece, unigram, char.")
 @click.option("--vocab-size", type=click.IntRange(min=1), help="Target vocabulary size.")
 @click.option("--set", "assignments", multiple=True, metavar="KEY=VALUE", help="Any other option of the kind.")
+@click.option("--text-field", default="text", show_default=True, help="The field of .jsonl records to read.")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Directory to write.")
 @click.option("--force", is_flag=True, help="Replace a non-empty --out.")
-def tokenizer_train(files, kind, vocab_size, assignments, out, force):
-    """Train a tokenizer on text FILES (or directories of .txt files)."""
+def tokenizer_train(files, kind, vocab_size, assignments, text_field, out, force):
+    """Train a tokenizer on FILES: text files, .jsonl files, or directories of them."""
     from .artifacts import staged_directory
     from .options import build_options, parse_value
 
@@ -147,7 +148,7 @@ def tokenizer_train(files, kind, vocab_size, assignments, out, force):
         values["vocab_size"] = vocab_size
     options = build_options(component.options_class(), values, f"tokenizer {kind}")
     with staged_directory(out, force=force) as stage:
-        trained = component.load().train(list(files), options)
+        trained = component.load().train(list(files), options, text_field=text_field)
         trained.save(stage)
     click.echo(f"trained a {kind} tokenizer with {trained.vocab_size} tokens: {out}", err=True)
     click.echo(out)

@@ -162,7 +162,7 @@ def _jsonl_documents(path: str, text_field: str) -> Iterator[str]:
         raise DataError(f"{path} cannot be read ({error.strerror}); check that it is a readable file") from None
 
 
-def _pieces(files: list[DataFile], text_field: str) -> Iterator[tuple[str, bool]]:
+def read_texts(files: list[DataFile], text_field: str = "text") -> Iterator[tuple[str, bool]]:
     """(text, ends a document) for all the data, in order; a document of only whitespace is left out."""
     for file in files:
         if file.jsonl:
@@ -183,7 +183,7 @@ def _pieces(files: list[DataFile], text_field: str) -> Iterator[tuple[str, bool]
 
 def text_bytes(paths: str | Iterable[str], *, text_field: str = "text") -> int:
     """UTF-8 bytes of the documents `load_tokens` reads from `paths`: what bits per byte divides by."""
-    return sum(len(text.encode("utf-8")) for text, _ in _pieces(find_data_files(paths), text_field))
+    return sum(len(text.encode("utf-8")) for text, _ in read_texts(find_data_files(paths), text_field))
 
 
 def _batched_by_size(pieces: Iterator[tuple[str, bool]], limit: int) -> Iterator[list[tuple[str, bool]]]:
@@ -284,7 +284,7 @@ def load_tokens(paths: str | Iterable[str], tokenizer, *, text_field: str = "tex
     # disable=None: the bar is drawn only on a terminal.
     with tqdm(total=total_bytes, desc="tokenizing", unit="B", unit_scale=True, leave=False, file=sys.stderr,
               disable=None if progress else True) as bar, atomic_write(tokens_path, "wb") as out:
-        for batch in _batched_by_size(_pieces(files, text_field), ENCODE_BATCH_BYTES):
+        for batch in _batched_by_size(read_texts(files, text_field), ENCODE_BATCH_BYTES):
             encoded = tokenizer.encode_batch([text for text, _ in batch])
             with_eos = []
             for ids, (_, ends_document) in zip(encoded, batch):

@@ -16,8 +16,6 @@ or a BERT vocab.txt. Nothing here imports torch, and nothing reads or writes pic
 """
 from __future__ import annotations
 
-import codecs
-import glob
 import json
 import os
 import sys
@@ -27,7 +25,6 @@ from typing import ClassVar
 
 from tokenizers import Regex, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from tokenizers import Tokenizer as HFTokenizer
-from tqdm import tqdm
 
 from .artifacts import TOKENIZER, atomic_write, atomic_write_json
 from .errors import ArtifactError, DataError, SpecError, did_you_mean, one_of
@@ -50,8 +47,7 @@ KNOWN_ROLE_TOKENS = {
 # Characters are split out one by one, newlines included; a plain "." would skip "\n".
 EACH_CHARACTER = r"[\s\S]"
 
-READ_CHUNK = 1 << 20  # bytes read at a time while checking the training text
-LINES_PER_BATCH = 1000  # lines handed to the trainer at a time; one call per line is slow
+TEXTS_PER_BATCH = 64  # documents or file segments handed to the trainer at a time
 
 
 # --- options ---------------------------------------------------------------------------------
@@ -269,108 +265,33 @@ def infer_roles(hf_tokenizer: HFTokenizer, kind: str) -> dict[str, str]:
 
 # --- training ------------------------------------------------------------------------------
 
-@dataclass
-class _Corpus:
-    """Training files that have been checked to be non-empty UTF-8 text."""
+def _training_texts(paths, text_field: str) -> tuple[list, int]:
+    """The data files and how many pieces of text they hold, after one checking read of them all.
 
-    files: list[str]
-    lines: int  # for the trainer's progress bar
+    The same reader as training data (lmkit.data): text files, directories, .jsonl records, with
+    the same one-line errors for text that is not UTF-8, missing fields and empty data.
+    """
+    from .data import find_data_files, read_texts
 
-    def batches(self) -> Iterator[list[str]]:
-        """The text, line by line with line endings kept (a char tokenizer learns "\\n" too)."""
-        batch = []
-        for path in self.files:
-            with open(path, encoding="utf-8-sig", newline="") as text:
-                for line in text:
-                    batch.append(line)
-                    if len(batch) == LINES_PER_BATCH:
-                        yield batch
-                        batch = []
-        if batch:
-            yield batch
-
-
-def _text_files(paths) -> list[str]:
-    """The files to train on: files as given, *.txt under directories, glob patterns expanded."""
-    if isinstance(paths, (str, os.PathLike)):
-        paths = [paths]
-    found, seen = [], set()
-
-    def add(path: str) -> None:
-        key = os.path.realpath(path)
-        if key not in seen:  # a file named twice, or also inside a named directory, counts once
-            seen.add(key)
-            found.append(path)
-
-    for path in map(os.fspath, paths):
-        if os.path.isdir(path):
-            inside = [p for p in sorted(glob.glob(os.path.join(glob.escape(path), "**", "*.txt"),
-                                                  recursive=True)) if os.path.isfile(p)]
-            if not inside:
-                raise DataError(f"{path} is a directory with no .txt files in it; put the training text "
-                                "in .txt files there or name the files themselves")
-            for file in inside:
-                add(file)
-        elif os.path.exists(path):
-            add(path)
-        elif any(character in path for character in "*?["):
-            matches = sorted(glob.glob(path, recursive=True))
-            if not matches:
-                raise DataError(f"{path} matches no files; check the pattern")
-            for match in _text_files(matches):
-                add(match)
-        else:
-            raise DataError(f"{path} does not exist; give text files or directories of .txt files")
-    if not found:
-        raise DataError("no training files were given; name text files or directories of .txt files")
-    return found
-
-
-def _check_corpus(paths, progress: bool) -> _Corpus:
-    """Read every file once, in chunks: it must be UTF-8, and some of it must be more than spaces."""
-    files = _text_files(paths)
-    lines, has_text = 0, False
-    total = sum(os.path.getsize(path) for path in files)
-    # disable=None: tqdm draws only on a terminal, as the trainer's own bars do.
-    with tqdm(total=total, desc="checking text", unit="B", unit_scale=True, leave=False,
-              file=sys.stderr, disable=None if progress else True) as bar:
-        for path in files:
-            decoder = codecs.getincrementaldecoder("utf-8")()
-            offset, last = 0, b""
-            try:
-                with open(path, "rb") as raw:
-                    while chunk := raw.read(READ_CHUNK):
-                        pending = len(decoder.getstate()[0])  # bytes of a character split by the chunk
-                        try:
-                            text = decoder.decode(chunk)
-                        except UnicodeDecodeError as error:
-                            raise _not_utf8(path, offset - pending + error.start) from None
-                        if offset == 0:
-                            text = text.removeprefix("\ufeff")  # a byte-order mark is not text
-                        if text and not text.isspace():
-                            has_text = True
-                        lines += chunk.count(b"\n")
-                        offset += len(chunk)
-                        last = chunk[-1:]
-                        bar.update(len(chunk))
-            except OSError as error:
-                raise DataError(f"{path} cannot be read ({error.strerror}); check that it is a readable "
-                                "file") from None
-            pending = len(decoder.getstate()[0])  # a character cut short by the end of the file
-            try:
-                decoder.decode(b"", final=True)
-            except UnicodeDecodeError as error:
-                raise _not_utf8(path, offset - pending + error.start) from None
-            lines += last not in (b"", b"\n")
-    if not has_text:
-        which = f"{files[0]} has" if len(files) == 1 else f"all {len(files)} files have"
+    files = find_data_files(paths)
+    pieces = sum(1 for _ in read_texts(files, text_field))
+    if not pieces:
+        which = f"{files[0].path} has" if len(files) == 1 else f"all {len(files)} files have"
         raise DataError(f"the training text is empty ({which} only whitespace); give files that contain text")
-    return _Corpus(files, lines)
+    return files, pieces
 
 
-def _not_utf8(path: str, offset: int) -> DataError:
-    return DataError(f"{path} is not UTF-8 text (invalid byte at offset {offset}); re-encode it as UTF-8, "
-                     "e.g. iconv -f latin1 -t utf-8")
+def _batches(files: list, text_field: str) -> Iterator[list[str]]:
+    from .data import read_texts
+
+    batch = []
+    for text, _ in read_texts(files, text_field):
+        batch.append(text)
+        if len(batch) == TEXTS_PER_BATCH:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
 
 
 class _TokenizerKind:
@@ -388,19 +309,19 @@ class _TokenizerKind:
         """Parts that need the trained ids, such as templates naming [CLS] and [SEP]."""
 
     @classmethod
-    def train(cls, files: list[str], options=None, progress: bool = True) -> Tokenizer:
-        """Train on text files (or directories of .txt files); the options default to the family's."""
+    def train(cls, files: list[str], options=None, progress: bool = True, text_field: str = "text") -> Tokenizer:
+        """Train on text or .jsonl files (or directories of them); the options default to the family's."""
         if options is None:
             options = cls.options_class()
         if not isinstance(options, cls.options_class):
             raise TypeError(f"{cls.name} tokenizers take {cls.options_class.__name__}, "
                             f"not {type(options).__name__}")
-        corpus = _check_corpus(files, progress)
+        data_files, pieces = _training_texts(files, text_field)
         # The trainer's bars go to stderr, but it ends each with a blank line on stdout, which would
         # corrupt output piped from there: it draws them only when both are terminals.
         hf_tokenizer, trainer = cls._blank(options, progress and sys.stdout.isatty() and sys.stderr.isatty())
         try:
-            hf_tokenizer.train_from_iterator(corpus.batches(), trainer, length=corpus.lines)
+            hf_tokenizer.train_from_iterator(_batches(data_files, text_field), trainer, length=pieces)
         except Exception as error:
             # The Unigram trainer refuses a vocabulary smaller than the text's alphabet; the message
             # is the only way to tell this error from others.
@@ -515,12 +436,13 @@ class Character(_TokenizerKind):
 TOKENIZER_KINDS = {kind.name: kind for kind in (ByteLevelBPE, WordBPE, WordPiece, Unigram, Character)}
 
 
-def train_tokenizer(kind: str, files: list[str], options=None, progress: bool = True) -> Tokenizer:
+def train_tokenizer(kind: str, files: list[str], options=None, progress: bool = True,
+                    text_field: str = "text") -> Tokenizer:
     """Train a tokenizer of the named kind ('bytelevel-bpe', 'bpe', 'wordpiece', 'unigram', 'char')."""
     if kind not in TOKENIZER_KINDS:
         raise SpecError(f"unknown tokenizer kind '{kind}'{did_you_mean(kind, TOKENIZER_KINDS)}; "
                         f"one of: {one_of(TOKENIZER_KINDS)}")
-    return TOKENIZER_KINDS[kind].train(files, options, progress)
+    return TOKENIZER_KINDS[kind].train(files, options, progress, text_field)
 
 
 def _set_byte_level_parts(hf_tokenizer: HFTokenizer) -> None:
