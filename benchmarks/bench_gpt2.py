@@ -41,6 +41,20 @@ def median_time(function, repeats: int, warmup: int = 1) -> float:
     return statistics.median(times)
 
 
+def interleaved(functions: dict, repeats: int) -> dict:
+    """Median seconds of each function, timed in turns (a, b, c, a, b, c, ...) after one warm-up each,
+    so that a change in the machine's load while the benchmark runs hits all of them alike."""
+    for function in functions.values():
+        function()
+    times = {name: [] for name in functions}
+    for _ in range(repeats):
+        for name, function in functions.items():
+            start = time.perf_counter()
+            function()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
 def pair(size: str):
     """(lmkit GPT2Decoder, transformers GPT2LMHeadModel) with identical weights, dropout off."""
     import transformers
@@ -86,10 +100,13 @@ def bench_training(size: str, batch: int, seq: int, repeats: int) -> dict:
         optimizer.zero_grad(set_to_none=True)
 
     tokens = batch * seq
-    ours_s = median_time(lambda: step(model, ours_optimizer, lambda: model.loss({"input_ids": ids})[0]), repeats)
-    # transformers shifts the labels itself
-    hf_s = median_time(lambda: step(hf, hf_optimizer, lambda: hf(ids[:, :-1], labels=ids[:, :-1]).loss), repeats)
-    return {"lmkit tok/s": tokens / ours_s, "transformers tok/s": tokens / hf_s, "ratio": hf_s / ours_s}
+    seconds = interleaved({
+        "lmkit": lambda: step(model, ours_optimizer, lambda: model.loss({"input_ids": ids})[0]),
+        # transformers shifts the labels itself
+        "transformers": lambda: step(hf, hf_optimizer, lambda: hf(ids[:, :-1], labels=ids[:, :-1]).loss),
+    }, repeats)
+    return {"lmkit tok/s": tokens / seconds["lmkit"], "transformers tok/s": tokens / seconds["transformers"],
+            "ratio": seconds["transformers"] / seconds["lmkit"]}
 
 
 def lmkit_generate(decoder, prompt: list[int], new_tokens: int, beams: int = 1):
@@ -121,15 +138,17 @@ def hf_generate(hf, prompt: list[int], new_tokens: int, beams: int = 1):
 def bench_decoding(size: str, repeats: int, new_tokens: int, beams: int = 1, eager: bool = True) -> dict:
     ours, hf = pair(size)
     prompt = torch.randint(0, SIZES[size]["vocab_size"], (16,)).tolist()
-    ours_s = median_time(lambda: lmkit_generate(ours, prompt, new_tokens, beams), repeats)
-    hf_s = median_time(lambda: hf_generate(hf, prompt, new_tokens, beams), repeats)
-    same = lmkit_generate(ours, prompt, new_tokens, beams) == hf_generate(hf, prompt, new_tokens, beams)
-    row = {"lmkit ms/token": 1e3 * ours_s / new_tokens, "transformers ms/token": 1e3 * hf_s / new_tokens,
-           "ratio": hf_s / ours_s, "same tokens": same}
+    functions = {"lmkit": lambda: lmkit_generate(ours, prompt, new_tokens, beams),
+                 "transformers": lambda: hf_generate(hf, prompt, new_tokens, beams)}
     if eager and beams == 1:
-        eager_s = median_time(lambda: eager_generate(ours, prompt, new_tokens), max(1, repeats // 2))
-        row["eager ms/token"] = 1e3 * eager_s / new_tokens
-        row["ratio vs eager"] = eager_s / ours_s
+        functions["eager"] = lambda: eager_generate(ours, prompt, new_tokens)
+    seconds = interleaved(functions, repeats)
+    same = lmkit_generate(ours, prompt, new_tokens, beams) == hf_generate(hf, prompt, new_tokens, beams)
+    row = {f"{name} ms/token": 1e3 * value / new_tokens for name, value in seconds.items()}
+    row["ratio"] = seconds["transformers"] / seconds["lmkit"]
+    if "eager" in seconds:
+        row["ratio vs eager"] = seconds["eager"] / seconds["lmkit"]
+    row["same tokens"] = same
     return row
 
 
