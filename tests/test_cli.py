@@ -148,3 +148,18 @@ def test_tokenizer_trains_on_the_text_field_of_jsonl(run, tmp_path):
     assert "quick" in vocab and "text" not in vocab and '"' not in vocab  # the records' words, not their JSON
     missing = run("tokenizer", "train", "--kind", "wordpiece", data, "--text-field", "body", "--out", tmp_path / "t2")
     assert missing.code == 1 and "docs.jsonl:1 has no 'body' field" in missing.err
+
+
+def test_compose_bad_specs_on_the_command_line(run, tmp_path):
+    spec = tmp_path / "model.toml"
+    spec.write_text("[decoder\ntype = gpt2\n")
+    cases = [
+        ([spec], "model.toml is not valid TOML"),
+        (["gpt2-tiny", "--set", "decoder.n_layer=two"], "decoder.n_layer: 'two' is not an integer"),
+        (["gpt2-tiny", "--set", "decoder.n_layers=2"], "did you mean 'n_layer'"),
+        (["gpt2-tiny", "--set", "encoder.type=bret"], "unknown encoder 'bret'"),
+    ]
+    for args, message in cases:
+        result = run("compose", *args, "--out", tmp_path / "m")
+        assert result.code == 1 and message in result.err and result.err.count("\n") == 1, result.err
+        assert not (tmp_path / "m").exists()
