@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import tempfile
+from collections.abc import Callable
 
 from lmkit import __version__
 from lmkit.artifacts import atomic_write, atomic_write_json, staged_directory
@@ -38,19 +39,23 @@ def find_exporter(spec, host: PluginHost) -> Component:
     name = f"{kind}.{part.type}"
     if name not in host.components["exporter"]:
         available = ", ".join(sorted(host.components["exporter"])) or "none"
-        raise PluginError(f"no plugin registers an exporter for {kind} '{part.type}' (exporter '{name}'); "
-                          f"exporters available: {available}")
+        plugin = host.describe(part.component.plugin) if part.component.plugin else "an unknown plugin"
+        raise PluginError(f"the {kind} '{part.type}' of {plugin} cannot be exported yet: no plugin registers an "
+                          f"exporter '{name}' (exporters available: {available}); the plugin adds one with the "
+                          "register_exporters hook, see docs/export.md")
     return host.component("exporter", name)
 
 
 def export_model(model_dir: str, out: str, *, precision: str = "fp32", layout: str = "onnx",
                  name: str | None = None, opset: int = DEFAULT_OPSET, threshold: Threshold | None = None,
-                 force: bool = False, host: PluginHost | None = None) -> dict:
+                 force: bool = False, host: PluginHost | None = None,
+                 progress: Callable[[str], None] | None = None) -> dict:
     """Export the model in `model_dir` to `out`; returns the manifest that was written.
 
     precision: fp32, fp16 or int8 (dynamic quantization). layout: onnx (an export directory) or
     triton (a model repository whose model folder `name` is the export directory). threshold: the
-    parity the export must reach, by default THRESHOLDS[precision].
+    parity the export must reach, by default THRESHOLDS[precision]. progress: told, in one line,
+    what is being exported once the model and its exporter are found (the slow part follows).
     """
     _require("torch", "onnx", "onnxruntime", "onnxscript")
     from lmkit.model import load_model
@@ -64,6 +69,8 @@ def export_model(model_dir: str, out: str, *, precision: str = "fp32", layout: s
     model, tokenizer, config = load_model(model_dir, host)
     model.eval()
     exporter = find_exporter(model.spec, host)
+    if progress is not None:
+        progress(f"exporting {model_dir} ({precision}) with {exporter.name} of {host.describe(exporter.plugin)} ...")
     plan: ExportPlan = exporter.load()(model)
     if plan.architecture not in ARCHITECTURES:
         raise LmkitError(f"exporter '{exporter.name}' made a '{plan.architecture}' export, which the lmkit "
@@ -115,7 +122,7 @@ def _require(*modules: str) -> None:
     missing = [module for module in modules if importlib.util.find_spec(module) is None]
     if missing:
         raise MissingDependency(f"exporting needs {', '.join(missing)}, not installed here; install with: "
-                                "pip install -c constraints.txt 'lmkit[torch,onnx]'")
+                                "pip install -c constraints.txt 'lmkit[torch,export,serve]'")
 
 
 def _write_graph(graph, target: str, precision: str, opset: int, work: str) -> None:

@@ -9,7 +9,7 @@ written by whoever wrote the rest. So before anything is parsed or run:
 - every external-data reference inside an ONNX graph must name a file the manifest lists, which
   rules out both escaping the directory and reading a file that was not hashed.
 
-Nothing here imports torch; onnx is needed only to look inside graphs.
+Nothing here imports torch; onnx is used to look inside graphs when it is installed (see check_graphs).
 """
 from __future__ import annotations
 
@@ -27,6 +27,8 @@ MANIFEST = "lmkit-onnx.json"
 FORMAT = "lmkit-onnx"
 FORMAT_VERSION = 1
 CHUNK = 1 << 20
+# The key of the external-data entry that names a tensor's file (onnx.external_data_helper).
+EXTERNAL_DATA_KEY = b"location"
 
 
 def safe_path(directory: str, name: object, what: str) -> str:
@@ -79,6 +81,8 @@ def read_manifest(directory: str) -> dict:
                   if os.path.isfile(os.path.join(directory, name, MANIFEST))]
         if models:  # a Triton repository: the manifest sits in the model's folder
             hint = f" (it looks like a Triton repository; give {os.path.join(directory, models[0])})"
+        elif os.path.isfile(os.path.join(directory, "config.json")):
+            hint = f" (it is a model directory: lmkit export {directory} --out DIR makes an export of it)"
         raise ArtifactError(f"{directory} has no {MANIFEST}: it is not an lmkit export{hint}")
     try:
         with open(path, encoding="utf-8") as handle:
@@ -172,17 +176,35 @@ def file_problem(directory: str, name: str, expected: dict) -> str | None:
     return None
 
 
-def check_external_data(directory: str, manifest: dict) -> None:
-    """Refuse a graph whose tensors read external data from a file the manifest does not list."""
+def check_graphs(directory: str, manifest: dict) -> dict[str, dict[str, int]]:
+    """Refuse a graph that reads external data from a file the manifest does not list; return opsets.
+
+    With the onnx package, every tensor of every graph is looked at. Without it (a serving install
+    is onnxruntime, numpy and tokenizers), a graph whose bytes never spell "location", the key every
+    external-data reference needs, has no external data, so it is safe; one that does is refused
+    unless onnx is installed to look closer. Returns graph name -> {opset domain: version}, empty
+    for a graph that was not parsed.
+    """
     try:
         import onnx
     except ImportError:
-        raise MissingDependency("checking an export's graphs needs the onnx package, which is not installed; "
-                                "install it with: pip install 'lmkit[onnx]'") from None
-
+        onnx = None
+    opsets = {}
     for graph_name, graph in manifest["graphs"].items():
         path = safe_path(directory, graph["file"], f"graph {graph_name!r}'s file")
-        model = onnx.load(path, load_external_data=False)
+        if onnx is None:
+            if _mentions(path, EXTERNAL_DATA_KEY):
+                raise MissingDependency(f"{directory}: {graph['file']} may keep tensors in external data files, which "
+                                        "only the onnx package can check before loading; install it with: "
+                                        "pip install onnx")
+            opsets[graph_name] = {}
+            continue
+        try:
+            model = onnx.load(path, load_external_data=False)
+        except Exception as error:  # noqa: BLE001 - protobuf's DecodeError and whatever onnx adds
+            raise ArtifactError(f"{directory}: {graph['file']} is not an ONNX model that onnx {onnx.__version__} "
+                                f"can read ({type(error).__name__}: {str(error)[:200]}); export the model again") from None
+        opsets[graph_name] = {entry.domain or "ai.onnx": entry.version for entry in model.opset_import}
         folder = os.path.dirname(graph["file"])
         for tensor in _tensors(model):
             if tensor.data_location != onnx.TensorProto.EXTERNAL:
@@ -195,6 +217,23 @@ def check_external_data(directory: str, manifest: dict) -> None:
                 raise ArtifactError(f"{directory}: tensor {tensor.name!r} in {graph['file']} reads external data "
                                     f"from {location!r}, which the manifest does not list with a hash; "
                                     "refusing to load it")
+    return opsets
+
+
+def check_external_data(directory: str, manifest: dict) -> None:
+    """check_graphs, for callers that want only the check."""
+    check_graphs(directory, manifest)
+
+
+def _mentions(path: str, word: bytes) -> bool:
+    """Whether the bytes of the file contain `word`, read in chunks."""
+    tail = b""
+    with open(path, "rb") as handle:
+        while chunk := handle.read(CHUNK):
+            if word in tail + chunk[:len(word) - 1] or word in chunk:
+                return True
+            tail = chunk[-(len(word) - 1):]
+    return False
 
 
 def _tensors(model) -> Iterator:

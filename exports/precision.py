@@ -5,7 +5,10 @@
           dtype. LayerNorm, Softmax and Pow stay fp32: accumulating a variance or a softmax sum in
           fp16 overflows (microsoft/onnxruntime#29034, #11384).
     int8  dynamic quantization: weights stored as int8, one scale per output channel, activations
-          quantized on the fly: a smaller model for CPUs and edge devices.
+          quantized on the fly: a smaller model for CPUs and edge devices. A weight the graph uses
+          transposed (a tied embedding as the output projection: MatMul(x, Transpose(wte))) gets a
+          transposed copy first, so its matrix product is quantized per channel like the others
+          instead of dequantizing the whole table to fp32 at every step.
 """
 from __future__ import annotations
 
@@ -25,9 +28,46 @@ def to_fp16(source: str, target: str) -> None:
 
 
 def to_int8(source: str, target: str) -> None:
+    import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
+    model = onnx.load(source)
+    untie_transposed_weights(model)
     # quantize_dynamic suggests its pre-processing on the root logger at WARNING; what that adds
     # (inferred shapes of intermediate values) the exported graph already carries.
     with quiet_loggers(""):
-        quantize_dynamic(source, target, weight_type=QuantType.QInt8, per_channel=True)
+        quantize_dynamic(model, target, weight_type=QuantType.QInt8, per_channel=True)
+
+
+def untie_transposed_weights(model) -> int:
+    """MatMul(x, Transpose(W)), W a 2-D initializer, becomes MatMul(x, W_T) with W_T an initializer of its own.
+
+    quantize_dynamic quantizes a MatMul whose weight is an initializer; behind a Transpose, the
+    weight stays as it is (an embedding quantized per tensor for its lookup), and onnxruntime
+    dequantizes all of it before every product. Returns how many products were changed.
+    """
+    from onnx import helper, numpy_helper
+
+    graph = model.graph
+    initializers = {tensor.name: tensor for tensor in graph.initializer}
+    producers = {output: node for node in graph.node for output in node.output}
+    changed = 0
+    for node in graph.node:
+        transpose = producers.get(node.input[1]) if node.op_type == "MatMul" and len(node.input) == 2 else None
+        if transpose is None or transpose.op_type != "Transpose" or transpose.input[0] not in initializers:
+            continue
+        weight = numpy_helper.to_array(initializers[transpose.input[0]])
+        perm = next((list(helper.get_attribute_value(a)) for a in transpose.attribute if a.name == "perm"), [1, 0])
+        if weight.ndim != 2 or perm != [1, 0]:
+            continue
+        name = f"{transpose.input[0]}_transposed"
+        if name not in initializers:
+            initializers[name] = numpy_helper.from_array(weight.T.copy(), name)
+            graph.initializer.append(initializers[name])
+        node.input[1] = name
+        changed += 1
+    used = {name for node in graph.node for name in node.input} | {output.name for output in graph.output}
+    unused = [node for node in graph.node if node.op_type == "Transpose" and not set(node.output) & used]
+    for node in unused:
+        graph.node.remove(node)
+    return changed

@@ -163,3 +163,9 @@ def test_compose_bad_specs_on_the_command_line(run, tmp_path):
         result = run("compose", *args, "--out", tmp_path / "m")
         assert result.code == 1 and message in result.err and result.err.count("\n") == 1, result.err
         assert not (tmp_path / "m").exists()
+
+
+def test_usage_errors_are_one_line_too(run):
+    result = run("compose", "gpt2-tiny")
+    assert result.code == 2
+    assert result.err == "error: Missing option '--out'. (see: lmkit compose --help)\n"

@@ -19,7 +19,7 @@ from lmkit.decoding.beam import BeamSearch  # noqa: E402
 from lmkit.decoding.greedy import Greedy  # noqa: E402
 from lmkit.decoding.options import BeamSearchOptions, GreedyOptions  # noqa: E402
 from lmkit.decoding.torch_backend import TorchBackend  # noqa: E402
-from lmkit.errors import ArtifactError  # noqa: E402
+from lmkit.errors import ArtifactError, LmkitError  # noqa: E402
 from lmkit.exports.export import export_model  # noqa: E402
 from lmkit.exports.manifest import MANIFEST  # noqa: E402
 from lmkit.exports.validation import THRESHOLDS, Threshold  # noqa: E402
@@ -174,24 +174,28 @@ def torch_model(model_dir):
                                     BeamSearch(BeamSearchOptions(max_new_tokens=12, num_beams=4,
                                                                  num_return_sequences=2))],
                          ids=["greedy", "beam4"])
-def test_onnx_and_torch_backends_generate_the_same_tokens(exported, torch_model, search):
+@pytest.mark.parametrize("io_binding", [False, True], ids=["session-run", "io-binding"])
+def test_onnx_and_torch_backends_generate_the_same_tokens(exported, torch_model, search, io_binding):
     model, tokenizer = torch_model
     prompts = [tokenizer.encode(text) for text in PROMPTS]  # different lengths: left padding
     on_torch = search.generate(TorchBackend(model.decoder, 12), prompts, eos_id=tokenizer.eos_id, pad_id=None)
-    on_onnx = search.generate(lmkit.exports.load(exported).backend(), prompts, eos_id=tokenizer.eos_id,
-                              pad_id=None)
+    backend = lmkit.exports.load(exported).backend(io_binding=io_binding)
+    assert (backend.binding is not None) == io_binding  # on the CPU, IO binding is used only when asked for
+    on_onnx = search.generate(backend, prompts, eos_id=tokenizer.eos_id, pad_id=None)
     assert [g.to_dict()["tokens"] for g in on_onnx] == [g.to_dict()["tokens"] for g in on_torch]
     assert [[a.tokens for a in g.alternatives] for g in on_onnx] == \
         [[a.tokens for a in g.alternatives] for g in on_torch]
     assert len({tuple(g.tokens) for g in on_onnx}) > 1  # not one repeated token for every prompt
 
 
-def test_ort_backend_logits_follow_torch_through_prefill_steps_and_reorders(exported, torch_model):
+@pytest.mark.parametrize("io_binding", [False, True], ids=["session-run", "io-binding"])
+def test_ort_backend_logits_follow_torch_through_prefill_steps_and_reorders(exported, torch_model, io_binding):
     model, tokenizer = torch_model
     from lmkit.decoding.common import left_pad
 
     input_ids, mask = left_pad([tokenizer.encode(text) for text in PROMPTS], pad_id=0)
-    ort_backend, torch_backend = lmkit.exports.load(exported).backend(), TorchBackend(model.decoder, 8)
+    ort_backend = lmkit.exports.load(exported).backend(io_binding=io_binding)
+    torch_backend = TorchBackend(model.decoder, 8)
     steps = [(np.array([5, 6, 7]), None), (np.array([8, 9, 10, 11]), np.array([2, 0, 0, 1])),
              (np.array([12, 13]), np.array([3, 1]))]  # expand to 4 rows, then keep 2
     np.testing.assert_allclose(ort_backend.prefill(input_ids, mask), torch_backend.prefill(input_ids, mask),
@@ -224,8 +228,16 @@ def test_int8_export_is_smaller_and_reports_top1_agreement(run, model_dir, expor
     assert report["threshold"] == {"min_top1_agreement": 0.5}
     assert 0.5 <= report["top1_agreement"] <= 1 and report["max_abs_diff"] > 0
     assert os.path.getsize(out / "model.onnx") < 0.5 * os.path.getsize(os.path.join(exported, "model.onnx"))
-    ops = {node.op_type for node in onnx.load(str(out / "model.onnx")).graph.node}
-    assert {"MatMulInteger", "DynamicQuantizeLinear"} <= ops
+    graph = onnx.load(str(out / "model.onnx")).graph
+    assert {"MatMulInteger", "DynamicQuantizeLinear"} <= {node.op_type for node in graph.node}
+    # The tied embedding's lookup dequantizes the rows it gathers; the output projection is a quantized
+    # product of its own (per channel), not the whole (vocab, width) table dequantized at every step.
+    initializers = {t.name: list(t.dims) for t in graph.initializer}
+    vocab = manifest["dimensions"]["vocab_size"]
+    tables = {name for name, dims in initializers.items() if vocab in dims and len(dims) == 2}
+    assert not [n for n in graph.node if n.op_type == "DequantizeLinear" and n.input[0] in tables]
+    (head,) = [n for n in graph.node if n.op_type == "MatMulInteger" and set(n.input) & tables]
+    assert initializers[head.input[1]] == [64, vocab] and initializers[head.input[3]] == [vocab]
 
 
 def test_fp16_triton_repository(run, model_dir, tmp_path):
@@ -375,3 +387,293 @@ def test_lmkit_generate_on_an_export_matches_the_model_directory(run, exported, 
     assert on_torch.code == on_onnx.code == 0, on_onnx.err
     tokens = [[r["tokens"] for r in json.loads(result.out)] for result in (on_torch, on_onnx)]
     assert tokens[0] == tokens[1] and all(len(t) > 0 for t in tokens[0])
+
+
+# -- execution providers -----------------------------------------------------------------------
+
+
+def one_line_error(result, code: int = 1) -> str:
+    """The error of a failed command: exactly one line on stderr, nothing on stdout."""
+    assert result.code == code, (result.code, result.err)
+    assert result.out == "" and result.err.count("\n") == 1 and result.err.startswith("error: "), result.err
+    return result.err
+
+
+GENERATE = ["--prompt", PROMPTS[0], "--max-new-tokens", "4", "--json"]
+
+
+def test_a_provider_this_onnxruntime_lacks_is_a_one_line_error(run, exported):
+    import onnxruntime
+
+    available = onnxruntime.get_available_providers()
+    if "CUDAExecutionProvider" in available:
+        pytest.skip("this onnxruntime has CUDA")
+    error = one_line_error(run("generate", exported, *GENERATE, "--provider", "CUDAExecutionProvider"))
+    assert f"execution provider CUDAExecutionProvider is not available in onnxruntime {onnxruntime.__version__}" \
+        in error and "install onnxruntime-gpu in place of onnxruntime" in error
+    error = one_line_error(run("generate", exported, *GENERATE, "--provider", "NoSuchExecutionProvider"))
+    assert "unknown execution provider 'NoSuchExecutionProvider'" in error
+    assert f"this onnxruntime has {', '.join(available)}" in error
+    typo = one_line_error(run("generate", exported, *GENERATE, "--provider", "CPUExecutionprovider"))
+    assert "did you mean 'CPUExecutionProvider'?" in typo
+
+
+def test_the_cpu_provider_can_be_forced_and_gives_the_same_tokens(run, exported):
+    forced = run("generate", exported, *GENERATE, "--provider", "CPUExecutionProvider")
+    default = run("generate", exported, *GENERATE)
+    assert forced.code == default.code == 0, forced.err
+    assert json.loads(forced.out) == json.loads(default.out)
+
+
+def test_provider_is_a_usage_error_for_a_model_directory_or_with_device(run, exported, model_dir):
+    on_torch = run("generate", model_dir, *GENERATE, "--provider", "CPUExecutionProvider")
+    assert on_torch.code == 2 and "--provider picks an onnxruntime execution provider for an export directory" \
+        in on_torch.err and "use --device" in on_torch.err
+    both = run("generate", exported, *GENERATE, "--provider", "CPUExecutionProvider", "--device", "cpu")
+    assert both.code == 2 and "give --device or --provider, not both" in both.err
+
+
+@pytest.fixture
+def cuda_that_does_not_start(monkeypatch):
+    """An onnxruntime that lists CUDA but, as onnxruntime-gpu without its libraries does, runs on the CPU."""
+    import onnxruntime
+
+    real = onnxruntime.InferenceSession
+    asked = []
+
+    def session(path, sess_options=None, providers=None):
+        asked.append(providers)
+        return real(path, sess_options=sess_options, providers=["CPUExecutionProvider"])
+
+    monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    monkeypatch.setattr(onnxruntime, "InferenceSession", session)
+    return asked
+
+
+def test_what_runs_is_checked_with_get_providers_not_trusted(exported, cuda_that_does_not_start, caplog):
+    from lmkit.errors import LmkitError
+
+    with pytest.raises(LmkitError, match="could not start CUDAExecutionProvider for .* and fell back to "
+                                         "CPUExecutionProvider"):
+        lmkit.exports.load(exported, provider="CUDAExecutionProvider")
+    with pytest.raises(LmkitError, match="could not start CUDAExecutionProvider .*cuDNN"):
+        lmkit.exports.load(exported, device="cuda:1")
+    assert cuda_that_does_not_start[-1] == [("CUDAExecutionProvider", {"device_id": 1}), "CPUExecutionProvider"]
+    with caplog.at_level("WARNING", logger="lmkit.exports"):
+        model = lmkit.exports.load(exported)  # auto: a warning, and the CPU
+    assert model.providers[0] == "CPUExecutionProvider" and "could not start CUDAExecutionProvider" in caplog.text
+    assert model.generate(["the cat"], max_new_tokens=2)
+
+
+def test_on_cuda_the_backend_keeps_the_cache_on_the_card_through_io_binding(exported):
+    class CudaSession:  # what the backend reads of a session that runs on CUDA card 1
+        def get_providers(self):
+            return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+
+        def get_provider_options(self):
+            return {"CUDAExecutionProvider": {"device_id": "1"}, "CPUExecutionProvider": {}}
+
+        def io_binding(self):
+            return "binding"
+
+    graph = read_manifest(exported)["graphs"]["model"]
+    backend = lmkit.exports.OrtBackend(CudaSession(), graph, 64)
+    assert (backend.binding, backend.device, backend.device_id) == ("binding", "cuda", 1)
+
+
+def test_two_onnxruntime_packages_at_once_are_reported(exported, monkeypatch, caplog):
+    from lmkit.exports import runtime
+
+    monkeypatch.setattr(runtime, "installed_runtimes", lambda: ["onnxruntime", "onnxruntime-gpu"])
+    with caplog.at_level("WARNING", logger="lmkit.exports"):
+        lmkit.exports.load(exported)
+    assert "onnxruntime and onnxruntime-gpu are all installed and overwrite each other's files" in caplog.text
+    assert "pip uninstall -y onnxruntime onnxruntime-gpu" in caplog.text
+
+
+# -- the same tokens as PyTorch and as transformers, through lmkit generate --------------------
+
+
+@pytest.fixture(scope="module")
+def gpt_mini(tmp_path_factory):
+    """(model directory, export directory) of a random gpt-mini (6 x 384) over a small trained BPE."""
+    from lmkit.model import compose
+    from lmkit.tokenizers import ByteLevelBPE, ByteLevelBPEOptions
+
+    root = tmp_path_factory.mktemp("gpt-mini")
+    rng = random.Random(1)
+    words = ["the", "cat", "dog", "sat", "on", "a", "mat", "ran", "far", "away", "quickly", "home"]
+    corpus = root / "text.txt"
+    corpus.write_text("\n".join(" ".join(rng.choice(words) for _ in range(12)) for _ in range(400)) + "\n")
+    tokenizer = ByteLevelBPE.train([str(corpus)], ByteLevelBPEOptions(vocab_size=300), progress=False)
+    tokenizer.save(str(root / "tok"))
+    compose("gpt-mini", [f"decoder.vocab_size={tokenizer.vocab_size}", f"tokenizer={root / 'tok'}"],
+            str(root / "model"))
+    export_model(str(root / "model"), str(root / "export"))
+    return str(root / "model"), str(root / "export")
+
+
+@pytest.mark.parametrize("flags", [["--strategy", "greedy"], ["--strategy", "beam", "--num-beams", "4"]],
+                         ids=["greedy", "beam4"])
+def test_gpt_mini_generates_the_same_tokens_from_its_export(run, gpt_mini, flags):
+    model_dir, export_dir = gpt_mini
+    args = [arg for text in PROMPTS for arg in ("--prompt", text)] + ["--max-new-tokens", "6", "--json", *flags]
+    on_torch, on_onnx = run("generate", model_dir, *args), run("generate", export_dir, *args)
+    assert on_torch.code == on_onnx.code == 0, on_onnx.err
+    tokens = [[output["tokens"] for output in json.loads(result.out)] for result in (on_torch, on_onnx)]
+    assert tokens[0] == tokens[1] and all(len(row) == 6 for row in tokens[1])
+
+
+@pytest.fixture(scope="module")
+def hf_gpt2(tmp_path_factory):
+    """(transformers model, its tokenizer, the export of its `lmkit import-hf`) of a random tiny GPT-2."""
+    transformers = pytest.importorskip("transformers")
+    from test_import_hf import EOT, gpt2_tokenizer
+
+    from lmkit.commands.import_hf import import_hf
+
+    root = tmp_path_factory.mktemp("hf-export")
+    tokenizer = transformers.PreTrainedTokenizerFast(tokenizer_object=gpt2_tokenizer(), bos_token=EOT,
+                                                     eos_token=EOT, unk_token=EOT)
+    tokenizer.save_pretrained(root / "hf")
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(vocab_size=len(tokenizer), n_positions=64, n_embd=64, n_layer=2, n_head=4,
+                                     bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id)
+    model = transformers.GPT2LMHeadModel(config).eval()
+    with torch.no_grad():  # peaked distributions, as in test_import_hf
+        for parameter in model.parameters():
+            parameter.add_(0.2 * torch.randn_like(parameter))
+    model.save_pretrained(root / "hf")
+    import_hf(str(root / "hf"), str(root / "model"))
+    export_model(str(root / "model"), str(root / "export"))
+    return model, tokenizer, str(root / "export")
+
+
+@pytest.mark.parametrize("flags, settings", [
+    (["--strategy", "greedy"], {"num_beams": 1}),
+    (["--strategy", "beam", "--num-beams", "4"], {"num_beams": 4, "length_penalty": 1.0, "early_stopping": False}),
+], ids=["greedy", "beam4"])
+def test_an_exported_transformers_gpt2_generates_what_transformers_does(run, hf_gpt2, flags, settings):
+    from test_import_hf import NEW_TOKENS, TEXTS, hf_generate
+
+    model, tokenizer, export_dir = hf_gpt2
+    prompts = [arg for text in TEXTS for arg in ("--prompt", text)]
+    result = run("generate", export_dir, *prompts, *flags, "--max-new-tokens", NEW_TOKENS, "--json")
+    assert result.code == 0, result.err
+    outputs = json.loads(result.out)
+    expected = [hf_generate(model, tokenizer.encode(text), tokenizer.eos_token_id, **settings) for text in TEXTS]
+    assert [output["tokens"] for output in outputs] == expected
+    assert len({tuple(tokens) for tokens in expected}) > 1
+
+
+# -- bad input: one line, a non-zero exit, nothing written ---------------------------------------
+
+
+def opset_99(directory):
+    path = os.path.join(directory, "model.onnx")
+    graph = onnx.load(path)
+    for entry in graph.opset_import:
+        if entry.domain in ("", "ai.onnx"):
+            entry.version = 99
+    onnx.save(graph, path)
+    rehash(directory, "model.onnx")
+    manifest = read_manifest(directory)
+    write_manifest(directory, {**manifest, "opset": 99})
+
+
+def not_onnx(directory):
+    with open(os.path.join(directory, "model.onnx"), "wb") as handle:
+        handle.write(b"not a protobuf at all" * 8)
+    rehash(directory, "model.onnx")
+
+
+def unparsable(directory):
+    with open(os.path.join(directory, MANIFEST), "w") as handle:
+        handle.write('{"format": "lmkit-onnx", ')
+
+
+def without(name):
+    return lambda directory: os.remove(os.path.join(directory, name))
+
+
+def changed(directory):
+    with open(os.path.join(directory, "tokenizer.json"), "a") as handle:
+        handle.write(" ")
+
+
+@pytest.mark.parametrize("damage, message", [
+    (unparsable, "lmkit-onnx.json is not valid JSON (Expecting property name"),
+    (without("model.onnx"), "model.onnx is missing; refusing to load a changed export"),
+    (without("tokenizer.json"), "tokenizer.json is missing; refusing to load a changed export"),
+    (changed, "tokenizer.json has {size} bytes, the manifest says {recorded}"),
+    (opset_99, "model.onnx is ONNX opset 99, which onnxruntime {version} cannot run (it runs opsets up to "),
+    (not_onnx, "model.onnx is not an ONNX model that onnx"),
+], ids=["manifest-not-json", "missing-graph", "missing-tokenizer", "changed", "opset", "not-onnx"])
+def test_a_damaged_export_is_refused_by_generate_in_one_line(run, copy, damage, message):
+    import onnxruntime
+
+    recorded = read_manifest(copy)["files"]["tokenizer.json"]["size"]
+    damage(copy)
+    error = one_line_error(run("generate", copy, *GENERATE))
+    assert message.format(version=onnxruntime.__version__, size=recorded + 1, recorded=recorded) in error
+
+
+def test_a_directory_that_is_neither_export_nor_model_is_refused(run, tmp_path, exported, model_dir):
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "readme.txt").write_text("hello")
+    error = one_line_error(run("generate", tmp_path / "notes", *GENERATE))
+    assert "is neither an export directory (no lmkit-onnx.json) nor a model directory (no config.json)" in error
+    repo = tmp_path / "repo"
+    shutil.copytree(exported, repo / "m0")
+    assert f"it looks like a Triton repository: give {repo / 'm0'}" in one_line_error(run("generate", repo, *GENERATE))
+    assert "is not a directory" in one_line_error(run("generate", tmp_path / "nothing", *GENERATE))
+    assert "has no lmkit-onnx.json: it is not an lmkit export" in one_line_error(run("inspect", tmp_path / "notes"))
+    model = tmp_path / "model"
+    shutil.copytree(model_dir, model)
+    assert f"(it is a model directory: lmkit export {model} --out DIR makes an export of it)" in \
+        one_line_error(run("inspect", model))
+
+
+def test_a_prompt_longer_than_the_exported_context(run, exported, model_dir):
+    long_prompt = " ".join(["cat"] * 80)  # more tokens than the 64 positions of the model
+    too_long = one_line_error(run("generate", exported, "--prompt", long_prompt, "--max-new-tokens", "4"))
+    assert "tokens but the model reads at most 64; shorten it or pass --truncate to keep its last 61" in too_long
+    args = ["--prompt", long_prompt, "--max-new-tokens", "4", "--truncate", "--json"]
+    cut, on_torch = run("generate", exported, *args), run("generate", model_dir, *args)
+    assert cut.code == on_torch.code == 0, cut.err
+    assert cut.err.startswith("warning: kept the last 61 of the ")
+    assert [r["tokens"] for r in json.loads(cut.out)] == [r["tokens"] for r in json.loads(on_torch.out)]
+    assert len(json.loads(cut.out)[0]["tokens"]) == 4
+
+
+def test_an_unknown_quantization_scheme_is_refused(run, model_dir, tmp_path):
+    result = run("export", model_dir, "--out", tmp_path / "x", "--quantize", "int4")
+    assert result.code == 2 and result.out == ""
+    assert result.err == "error: Invalid value for '--quantize': 'int4' is not 'int8'. (see: lmkit export --help)\n"
+    with pytest.raises(LmkitError, match="unknown precision 'int4'; choose one of fp32, fp16, int8"):
+        export_model(model_dir, str(tmp_path / "x"), precision="int4")
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_component_without_an_exporter_says_which_and_whose(model_dir, tmp_path):
+    from lmkit.errors import PluginError
+    from lmkit.registry import PluginHost
+
+    host = PluginHost()
+    del host.components["exporter"]["decoder.gpt2"]  # as a family that registers none would be
+    with pytest.raises(PluginError, match=r"^the decoder 'gpt2' of plugin 'gpt' \(lmkit 0.1.0\) cannot be exported "
+                                          r"yet: no plugin registers an exporter 'decoder.gpt2'"):
+        export_model(model_dir, str(tmp_path / "x"), host=host)
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_third_party_decoder_without_an_exporter_says_which_and_whose(third_party_site, tmp_path):
+    from conftest import run_subprocess
+
+    model = tmp_path / "bigram"
+    assert run_subprocess("compose", "bigram-tiny", "--out", model, python_path=third_party_site).code == 0
+    result = run_subprocess("export", model, "--out", tmp_path / "exp", python_path=third_party_site)
+    error = one_line_error(result)
+    assert "the decoder 'bigram' of plugin 'example' (lmkit-example 0.3.1) cannot be exported yet" in error
+    assert "exporters available: decoder.gpt2" in error
+    assert sorted(os.listdir(tmp_path)) == ["bigram"]

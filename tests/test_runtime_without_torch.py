@@ -1,4 +1,8 @@
-"""An export runs where PyTorch is not installed: lmkit.exports, and the torch-free loop in docs/export.md."""
+"""An export runs where PyTorch is not installed: lmkit.exports, lmkit generate, and the torch-free loop in docs/export.md.
+
+The children below run as on a serving install (lmkit[serve]: onnxruntime, numpy, tokenizers): any
+import of torch or onnx fails in them.
+"""
 import json
 import os
 import re
@@ -22,8 +26,8 @@ from lmkit.model import load_model  # noqa: E402
 
 DOCS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs", "export.md")
 PROMPTS = ["the cat sat on", "dog"]
-# Any `import torch` in the child fails, as on a machine without PyTorch.
-NO_TORCH = "import sys\nsys.modules['torch'] = None\n"
+# Any `import torch` or `import onnx` in the child fails, as on a serving machine.
+NO_TORCH = "import sys\nsys.modules['torch'] = None\nsys.modules['onnx'] = None\n"
 
 
 @pytest.fixture(scope="module")
@@ -45,8 +49,10 @@ def torch_greedy(model_dir, prompts: list[list[int]], max_new_tokens: int) -> li
                                               eos_id=tokenizer.eos_id, pad_id=None)]
 
 
-def run_without_torch(code: str) -> str:
+def run_without_torch(code: str, check: bool = True):
     done = subprocess.run([sys.executable, "-c", NO_TORCH + code], capture_output=True, text=True, timeout=120)
+    if not check:
+        return done
     assert done.returncode == 0, done.stderr
     return done.stdout
 
@@ -63,7 +69,7 @@ def test_an_export_loads_and_generates_without_torch(exported, model_dir):
         greedy = Greedy(GreedyOptions(max_new_tokens=10))
         generations = greedy.generate(model.backend(), prompts, eos_id=model.tokenizer.eos_id, pad_id=None)
         texts = model.generate({PROMPTS!r}, max_new_tokens=10)
-        assert sys.modules["torch"] is None, "torch was imported"
+        assert sys.modules["torch"] is None and sys.modules["onnx"] is None, "torch or onnx was imported"
         print(json.dumps({{"prompts": prompts, "tokens": [g.tokens for g in generations], "texts": texts}}))
     """))
     result = json.loads(out)
@@ -82,3 +88,48 @@ def test_the_torch_free_loop_in_the_docs_runs_and_matches_greedy(exported, model
     prompt = tokenizer.encode("the cat sat")
     (tokens,) = torch_greedy(model_dir, [prompt], 20)
     assert out.rstrip("\n") == tokenizer.decode(prompt + tokens)
+
+
+def test_lmkit_generate_runs_an_export_without_torch(exported, model_dir, run):
+    args = ["--prompt", "the cat sat on", "--prompt", "dog", "--strategy", "beam", "--num-beams", "4",
+            "--max-new-tokens", "6", "--json"]
+    done = run_without_torch(textwrap.dedent(f"""
+        from lmkit import cli
+        try:
+            cli.main(["generate", {exported!r}, *{args!r}])
+        finally:
+            assert sys.modules["torch"] is None and sys.modules["onnx"] is None, "torch or onnx was imported"
+    """), check=False)
+    assert done.returncode == 0, done.stderr
+    on_torch = run("generate", model_dir, *args)
+    assert on_torch.code == 0, on_torch.err
+    assert [r["tokens"] for r in json.loads(done.stdout)] == [r["tokens"] for r in json.loads(on_torch.out)]
+
+    on_model = run_without_torch(f"from lmkit import cli\ncli.main(['generate', {model_dir!r}, '--prompt', 'x'])",
+                                 check=False)
+    assert on_model.returncode == 1
+    assert on_model.stderr.startswith("error: lmkit generate on a model directory needs PyTorch, which is not installed")
+
+
+def test_without_onnx_a_graph_with_external_data_is_refused(exported, tmp_path):
+    import shutil
+
+    import onnx
+    from onnx.external_data_helper import convert_model_to_external_data
+
+    from lmkit.exports.manifest import MANIFEST, describe_files
+
+    copy = tmp_path / "external"
+    shutil.copytree(exported, copy)
+    graph = onnx.load(str(copy / "model.onnx"))
+    convert_model_to_external_data(graph, all_tensors_to_one_file=True, location="model.onnx.data")
+    onnx.save(graph, str(copy / "model.onnx"))
+    manifest = json.loads((copy / MANIFEST).read_text())
+    manifest["files"] = describe_files(str(copy))  # listed and hashed: with onnx, this export loads
+    (copy / MANIFEST).write_text(json.dumps(manifest))
+    import lmkit.exports
+
+    assert lmkit.exports.load(str(copy)).generate(["the cat"], max_new_tokens=2)
+    done = run_without_torch(f"import lmkit.exports\nlmkit.exports.load({str(copy)!r})", check=False)
+    assert done.returncode == 1
+    assert "model.onnx may keep tensors in external data files, which only the onnx package can check" in done.stderr

@@ -255,10 +255,16 @@ def main(argv: list[str] | None = None) -> None:
     except click.Abort:
         click.echo("aborted", err=True)
         sys.exit(130)
-    except click.ClickException as error:  # usage errors: exit 2, with click's hint
+    except click.UsageError as error:  # exit 2, in one line like every other error
         if debug():
             raise
-        error.show()
+        command = error.ctx.command_path if error.ctx is not None else "lmkit"
+        click.echo(f"error: {error.format_message()} (see: {command} --help)", err=True)
+        sys.exit(error.exit_code)
+    except click.ClickException as error:
+        if debug():
+            raise
+        click.echo(f"error: {error.format_message()}", err=True)
         sys.exit(error.exit_code)
     except LmkitError as error:
         if debug():

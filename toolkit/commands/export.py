@@ -40,9 +40,9 @@ def export_command(model_dir, out, dtype, quantize, layout, name, opset, atol, m
         threshold = Threshold(max_abs_diff=atol)
     if min_top1 is not None:
         threshold = Threshold(min_top1_agreement=min_top1)
-    click.echo(f"exporting {model_dir} ({precision}) ...", err=True)
     manifest = export_model(model_dir, out, precision=precision, layout=layout, name=name,
-                            opset=opset or DEFAULT_OPSET, threshold=threshold, force=force)
+                            opset=opset or DEFAULT_OPSET, threshold=threshold, force=force,
+                            progress=lambda line: click.echo(line, err=True))
     report = manifest["validation"]
     shapes = len(report["shape_sets"])
     agreement = report["top1_agreement"]

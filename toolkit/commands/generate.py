@@ -32,8 +32,13 @@ import click
               help="Print the text as it is produced.  [default: on for a single prompt without --json]")
 @click.option("--json", "as_json", is_flag=True, help="Print tokens, text, score and finish reason as JSON.")
 @click.option("--truncate", is_flag=True, help="Keep the end of a prompt too long for the model's context.")
-@click.option("--device", default="auto", show_default=True, help="auto (cuda when there is one), cpu, cuda or cuda:N.")
-def generate_command(model_dir, prompts, strategy, stops, stream, as_json, truncate, device, **flags):
+@click.option("--device", default="auto", show_default=True,
+              help="auto (cuda when PyTorch, or onnxruntime for an export, has it), cpu, cuda or cuda:N.")
+@click.option("--provider", metavar="NAME",
+              help="Export directories only: the onnxruntime execution provider to run on, e.g. "
+                   "CPUExecutionProvider or CUDAExecutionProvider, in place of --device; an error if it is not "
+                   "the one that runs.")
+def generate_command(model_dir, prompts, strategy, stops, stream, as_json, truncate, device, provider, **flags):
     """Continue each prompt with the model in MODEL_DIR and print prompt and continuation.
 
     MODEL_DIR is a model directory (run with PyTorch) or an export directory from `lmkit export`
@@ -42,11 +47,16 @@ def generate_command(model_dir, prompts, strategy, stops, stream, as_json, trunc
     The decoding flags override the model's decoding settings; each one belongs to the strategies
     whose options have its name (--num-beams: beam).
     """
-    import os
-
     from ..decoding.common import fit_prompts
     from ..registry import get_host
 
+    exported = _is_export(model_dir)
+    if provider is not None and not exported:
+        raise click.UsageError("--provider picks an onnxruntime execution provider for an export directory; "
+                               f"{model_dir} is a model directory, run with PyTorch: use --device")
+    if provider is not None and device != "auto":
+        raise click.UsageError("give --device or --provider, not both: --provider names the execution provider "
+                               "that takes the place of the device")
     texts = list(prompts) or _stdin_prompts()
     if stream and (as_json or len(texts) > 1):
         raise click.UsageError("--stream prints one prompt's text as it is produced; give a single prompt "
@@ -55,8 +65,8 @@ def generate_command(model_dir, prompts, strategy, stops, stream, as_json, trunc
     _show_warnings()
 
     host = get_host()
-    if os.path.isfile(os.path.join(model_dir, "lmkit-onnx.json")):
-        model = _ExportedDecoder(model_dir, device)
+    if exported:
+        model = _ExportedDecoder(model_dir, device, provider)
     else:
         model = _TorchDecoder(model_dir, device, host)
     tokenizer = model.tokenizer
@@ -95,6 +105,27 @@ def generate_command(model_dir, prompts, strategy, stops, stream, as_json, trunc
         if printer is not None:
             click.echo()
         click.echo("\n\n".join(outputs))
+
+
+def _is_export(directory: str) -> bool:
+    """True for an export directory, False for a model directory; a one-line error for anything else."""
+    import os
+
+    from ..artifacts import CONFIG
+    from ..errors import ArtifactError
+    from ..exports.manifest import MANIFEST
+
+    if not os.path.isdir(directory):
+        raise ArtifactError(f"{directory} is not a directory; give a model directory (lmkit compose, lmkit import-hf) "
+                            "or an export directory (lmkit export)")
+    if os.path.isfile(os.path.join(directory, MANIFEST)):
+        return True
+    if os.path.isfile(os.path.join(directory, CONFIG)):
+        return False
+    models = [name for name in sorted(os.listdir(directory)) if os.path.isfile(os.path.join(directory, name, MANIFEST))]
+    hint = f" (it looks like a Triton repository: give {os.path.join(directory, models[0])})" if models else ""
+    raise ArtifactError(f"{directory} is neither an export directory (no {MANIFEST}) nor a model directory (no "
+                        f"{CONFIG}){hint}; make one with lmkit export, or lmkit compose")
 
 
 def _stdin_prompts() -> list[str]:
@@ -155,11 +186,11 @@ class _TorchDecoder:
 class _ExportedDecoder:
     """An export directory (lmkit-onnx.json): its onnxruntime session, run by OrtBackend; no torch."""
 
-    def __init__(self, export_dir: str, device: str):
+    def __init__(self, export_dir: str, device: str, provider: str | None):
         from ..errors import ArtifactError
         from ..exports import load
 
-        self.exported = load(export_dir, device="auto" if device == "auto" else device.split(":")[0])
+        self.exported = load(export_dir, device=device, provider=provider)
         self.tokenizer = self.exported.tokenizer
         if self.tokenizer is None:
             raise ArtifactError(f"{export_dir} has no tokenizer to read prompts with; export a model that has one")

@@ -1,0 +1,233 @@
+"""Greedy decoding at batch 1 on onnxruntime (fp32 and int8) against PyTorch and transformers, in one run.
+
+    python benchmarks/bench_onnx.py [--sizes gpt-mini gpt2-small] [--threads 2] [--repeats 7]
+                                    [--new-tokens 64] [--work DIR]
+
+For each size, one random GPT-2 (transformers' initialisation, seed 0) is converted to an lmkit
+model directory and exported with `lmkit export` (fp32, and int8 with --quantize int8), so every
+contender runs the same weights:
+
+    ort-fp32   lmkit.exports + OrtBackend + lmkit's Greedy, fp32 export
+    ort-int8   the same on the int8 export
+    torch      lmkit's TorchBackend + Greedy (PyTorch fp32)
+    hf         transformers' GPT2LMHeadModel.generate (PyTorch fp32)
+
+Each run generates --new-tokens tokens after a 16-token prompt (prefill included); ms/token is the
+run's time over the new tokens, the median over --repeats runs. The contenders take turns, one run
+each per round in a shuffled order, so a slow spell of a shared machine hits them all alike. Ratios
+> 1 mean the first named is faster.
+
+Top-1 agreement: the share of positions where the export's most likely next token is PyTorch fp32's,
+over 32 prompts of 32 random tokens. A random model's logits are nearly flat (the two most likely
+tokens of gpt-mini are within 0.01 at a tenth of positions), so int8's rounding flips many of them;
+--trained and --texts measure it where it means something, on a trained model and held-out text.
+
+Threads: torch.set_num_threads(N) and onnxruntime's intra_op_num_threads = N. Nothing is
+asserted: the figures are printed for the notes. --work keeps the exports between runs.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import statistics
+import tempfile
+import time
+
+import numpy as np
+import torch
+
+import lmkit.exports
+from lmkit.decoding.greedy import Greedy
+from lmkit.decoding.options import GreedyOptions
+from lmkit.decoding.torch_backend import TorchBackend
+
+SIZES = {
+    "gpt-mini": dict(n_layer=6, n_embd=384, n_head=6, vocab_size=8192, n_positions=256),
+    "gpt2-small": dict(n_layer=12, n_embd=768, n_head=12, vocab_size=50257, n_positions=1024),
+}
+PROMPT_TOKENS = 16
+VALIDATION_PROMPTS, VALIDATION_TOKENS = 32, 32
+
+
+def build(size: str, work: str):
+    """(transformers model, lmkit model directory, fp32 export, int8 export), exporting what is not there yet."""
+    import transformers
+    from safetensors.torch import save_file
+
+    from lmkit.exports.export import export_model
+    from lmkit.exports.manifest import MANIFEST
+    from lmkit.model import compose
+    from lmkit.plugins.gpt.hf import config_from_hf, state_dict_from_hf
+
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(**SIZES[size], resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+                                      bos_token_id=0, eos_token_id=0)
+    hf = transformers.GPT2LMHeadModel(config).eval()
+    root = os.path.join(work, size)
+    model_dir = os.path.join(root, "model")
+    if not os.path.isfile(os.path.join(model_dir, "config.json")):
+        os.makedirs(root, exist_ok=True)
+        state = state_dict_from_hf(hf.state_dict(), config_from_hf(config.to_dict()))
+        weights = os.path.join(root, "weights.safetensors")
+        save_file({f"decoder.{name}": tensor.contiguous() for name, tensor in state.items()}, weights)
+        compose(size, ["decoder.dropout=0.0"], model_dir, weights=weights, force=True)
+    exports = {}
+    for precision in ("fp32", "int8"):
+        out = exports[precision] = os.path.join(root, precision)
+        if not os.path.isfile(os.path.join(out, MANIFEST)):
+            start = time.perf_counter()
+            manifest = export_model(model_dir, out, precision=precision, force=True)
+            size_mb = sum(entry["size"] for entry in manifest["files"].values()) / 1e6
+            report = manifest["validation"]
+            print(f"  exported {size} {precision} in {time.perf_counter() - start:.0f} s: {size_mb:.0f} MB, "
+                  f"max |difference| {report['max_abs_diff']:.2g}, top-1 agreement {report['top1_agreement']:.3f}",
+                  flush=True)
+    return hf, model_dir, exports["fp32"], exports["int8"]
+
+
+def session_options(threads: int):
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    return options
+
+
+def contenders(hf, model_dir: str, fp32: str, int8: str, new_tokens: int, threads: int) -> dict:
+    from lmkit.model import load_model
+
+    greedy = Greedy(GreedyOptions(max_new_tokens=new_tokens))
+    decoder = load_model(model_dir)[0].eval().decoder
+
+    def on_export(directory):
+        exported = lmkit.exports.load(directory, device="cpu", session_options=session_options(threads))
+        return lambda prompt: greedy.generate(exported.backend(), [prompt], eos_id=None, pad_id=0)[0].tokens
+
+    @torch.inference_mode()
+    def with_transformers(prompt):
+        ids = torch.tensor([prompt])
+        out = hf.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=new_tokens,
+                          min_new_tokens=new_tokens, pad_token_id=0, eos_token_id=None)
+        return out[0, len(prompt):].tolist()
+
+    return {
+        "ort-fp32": on_export(fp32),
+        "ort-int8": on_export(int8),
+        "torch": lambda prompt: greedy.generate(TorchBackend(decoder, new_tokens), [prompt], eos_id=None,
+                                                pad_id=0)[0].tokens,
+        "hf": with_transformers,
+    }
+
+
+def time_per_token(runs: dict, prompt: list[int], new_tokens: int, repeats: int) -> dict[str, float]:
+    """Median ms per new token of each contender, taking turns."""
+    for run in runs.values():
+        run(prompt)  # warm-up: first-call allocations, onnxruntime's first-run optimisations
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    order = list(runs.items())
+    shuffle = random.Random(0).shuffle
+    for _ in range(repeats):
+        shuffle(order)  # none always follows the same one (onnxruntime's and torch's threads spin a while)
+        for name, run in order:
+            start = time.perf_counter()
+            run(prompt)
+            times[name].append(1e3 * (time.perf_counter() - start) / new_tokens)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+@torch.inference_mode()
+def top1_agreement(model_dir: str, export: str, prompts: list[list[int]], threads: int) -> float:
+    """Share of the prompts' positions where the export's most likely next token is PyTorch fp32's."""
+    from lmkit.model import load_model
+
+    decoder = load_model(model_dir)[0].eval().decoder
+    exported = lmkit.exports.load(export, device="cpu", session_options=session_options(threads))
+    shapes = {tensor["name"]: tensor["shape"] for tensor in exported.graph["inputs"]}
+    empty = {pair["input"]: np.zeros([{"batch_size": 1, "past_sequence_length": 0}.get(size, size)
+                                      for size in shapes[pair["input"]]], dtype=np.float32)
+             for pair in exported.graph["cache"]}
+    agree = total = 0
+    for prompt in prompts:
+        expected = decoder(torch.tensor([prompt])).argmax(-1)[0].numpy()
+        (logits,) = exported.session.run(["logits"], {
+            "input_ids": np.array([prompt], dtype=np.int64), "attention_mask": np.ones((1, len(prompt)), dtype=np.int64),
+            "position_ids": np.arange(len(prompt), dtype=np.int64)[None], **empty})
+        agree += int((logits[0].argmax(-1) == expected).sum())
+        total += len(prompt)
+    return agree / total
+
+
+def random_prompts(vocab_size: int) -> list[list[int]]:
+    generator = torch.Generator().manual_seed(1)
+    return torch.randint(0, vocab_size, (VALIDATION_PROMPTS, VALIDATION_TOKENS), generator=generator).tolist()
+
+
+def trained_agreement(model_dir: str, texts: str, work: str, threads: int) -> None:
+    """int8 top-1 agreement of a trained model on held-out text (a .jsonl with "text" fields, or lines)."""
+    import json
+
+    from lmkit.exports.export import export_model
+    from lmkit.exports.manifest import MANIFEST
+    from lmkit.model import load_model
+
+    tokenizer = load_model(model_dir)[1]
+    with open(texts, encoding="utf-8") as handle:
+        lines = [line for line in handle if line.strip()]
+    documents = [json.loads(line)["text"] if texts.endswith(".jsonl") else line for line in lines]
+    context = load_model(model_dir)[0].decoder.config.n_positions
+    prompts = [ids[:context] for ids in (tokenizer.encode(text) for text in documents) if ids]
+    out = os.path.join(work, "trained-int8")
+    if not os.path.isfile(os.path.join(out, MANIFEST)):
+        export_model(model_dir, out, precision="int8", force=True)
+    share = top1_agreement(model_dir, out, prompts, threads)
+    print(f"trained {model_dir}: int8 top-1 agreement with torch fp32 over {sum(map(len, prompts))} positions of "
+          f"{len(prompts)} held-out texts: {share:.4f}", flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", nargs="+", default=list(SIZES), choices=list(SIZES))
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--new-tokens", type=int, default=64)
+    parser.add_argument("--work", help="keep the model directories and exports here (reused when present)")
+    parser.add_argument("--trained", metavar="MODEL_DIR", help="also measure int8 top-1 agreement on this trained "
+                        "model (e.g. lmkit demo's lmkit-demo/model) ...")
+    parser.add_argument("--texts", metavar="FILE", help="... over these held-out texts (.jsonl with a text field, "
+                        "or one per line; e.g. lmkit-demo/corpus/valid.jsonl)")
+    args = parser.parse_args()
+    if bool(args.trained) != bool(args.texts):
+        parser.error("--trained and --texts go together")
+    torch.set_num_threads(args.threads)
+    import onnxruntime
+    import transformers
+
+    print(f"torch {torch.__version__}, onnxruntime {onnxruntime.__version__}, transformers "
+          f"{transformers.__version__}; {args.threads} threads; greedy, batch 1, {PROMPT_TOKENS}-token prompt, "
+          f"{args.new_tokens} new tokens; medians of {args.repeats}", flush=True)
+    with tempfile.TemporaryDirectory(prefix="bench-onnx-") as scratch:
+        work = args.work or scratch
+        for size in args.sizes:
+            hf, model_dir, fp32, int8 = build(size, work)
+            runs = contenders(hf, model_dir, fp32, int8, args.new_tokens, args.threads)
+            prompt = torch.randint(0, SIZES[size]["vocab_size"], (PROMPT_TOKENS,),
+                                   generator=torch.Generator().manual_seed(0)).tolist()
+            tokens = {name: run(prompt) for name, run in runs.items()}
+            ms = time_per_token(runs, prompt, args.new_tokens, args.repeats)
+            same = tokens["ort-fp32"] == tokens["torch"] == tokens["hf"]
+            print(f"{size}: ms/token " + ", ".join(f"{name} {value:.2f}" for name, value in ms.items())
+                  + f"; fp32 tokens identical (ort, torch, hf): {same}")
+            print(f"{size}: speed-up  hf/ort-fp32 {ms['hf'] / ms['ort-fp32']:.2f}x, hf/ort-int8 "
+                  f"{ms['hf'] / ms['ort-int8']:.2f}x, torch/ort-fp32 {ms['torch'] / ms['ort-fp32']:.2f}x, "
+                  f"torch/ort-int8 {ms['torch'] / ms['ort-int8']:.2f}x")
+            prompts = random_prompts(SIZES[size]["vocab_size"])
+            print(f"{size}: top-1 agreement with torch fp32 over {VALIDATION_PROMPTS}x{VALIDATION_TOKENS} positions "
+                  f"of random tokens: ort-int8 {top1_agreement(model_dir, int8, prompts, args.threads):.4f}, "
+                  f"ort-fp32 {top1_agreement(model_dir, fp32, prompts, args.threads):.4f}", flush=True)
+        if args.trained:
+            trained_agreement(args.trained, args.texts, work, args.threads)
+
+if __name__ == "__main__":
+    main()
