@@ -176,3 +176,24 @@ def test_registering_the_plugin_does_not_import_torch():
     code = ("import sys, lmkit.plugins.gpt, lmkit.plugins.gpt.config; "
             "assert 'torch' not in sys.modules, 'torch was imported'")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_the_tied_output_projection_follows_the_embedding_and_stays_out_of_the_state_dict():
+    from lmkit.nn import TiedOutputProjection
+
+    torch.manual_seed(0)
+    embedding = torch.nn.Parameter(torch.randn(50, 8))
+    project = TiedOutputProjection()
+    h = torch.randn(1, 1, 8)
+    with torch.inference_mode():
+        first = project(h, embedding)  # decoding: the transposed copy
+    assert torch.allclose(first, h @ embedding.detach().t(), atol=1e-6)
+    with torch.no_grad():
+        embedding.mul_(2.0)  # as an optimizer step does, in place
+    with torch.inference_mode():
+        assert torch.allclose(project(h, embedding), 2 * first, atol=1e-6)
+    trained = project(torch.randn(4, 32, 8), embedding)  # training: the embedding itself, with gradients
+    trained.sum().backward()
+    assert embedding.grad is not None
+    decoder = GPT2Decoder(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=30, n_positions=8))
+    assert not any("lm_head" in name for name in decoder.state_dict())

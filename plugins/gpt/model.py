@@ -10,10 +10,9 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lmkit.nn import Block, KVCache, self_attention_mask
+from lmkit.nn import Block, KVCache, TiedOutputProjection, self_attention_mask
 
 from .config import GPT2Config
 
@@ -31,7 +30,8 @@ class GPT2Decoder(nn.Module):
             for _ in range(config.n_layer)
         )
         self.ln_f = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon, bias=config.bias)
-        # No lm_head: the output projection is wte itself (see forward), so weights are stored once.
+        # The output projection is wte itself, so its weights are stored once.
+        self.lm_head = TiedOutputProjection()
 
         self.apply(self._init_weights)
         nn.init.normal_(self.wpe.weight, std=0.01)  # openai/gpt-2 model.py: wpe 0.01, wte 0.02
@@ -93,4 +93,4 @@ class GPT2Decoder(nn.Module):
         position_ids: (B, T); default past + arange(T).
         """
         h = self.hidden_states(input_ids, cache, attention_mask, position_ids)  # (B, T, C)
-        return F.linear(h, self.wte.weight)  # tied output embedding: (B, T, vocab_size)
+        return self.lm_head(h, self.wte.weight)  # tied output embedding: (B, T, vocab_size)

@@ -2,7 +2,9 @@
 from .attention import SelfAttention, self_attention_mask
 from .blocks import MLP, Activation, Block, activation_module
 from .cache import KVCache
+from .tied import TiedOutputProjection
 
 __all__ = [
-    "MLP", "Activation", "Block", "KVCache", "SelfAttention", "activation_module", "self_attention_mask",
+    "MLP", "Activation", "Block", "KVCache", "SelfAttention", "TiedOutputProjection", "activation_module",
+    "self_attention_mask",
 ]

@@ -1,0 +1,33 @@
+"""The output layer of a model whose output embedding is its input embedding (GPT-2, BERT, T5)."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+class TiedOutputProjection:
+    """logits = h @ embedding.T, for a (vocab, n_embd) embedding matrix.
+
+    On the CPU, a product with only a few rows (decoding a token at a time) runs about twice as
+    fast against a contiguous (n_embd, vocab) copy as against the embedding itself: MKL's
+    matrix-vector kernel streams that layout better (2 threads: 6.4 against 12.5 ms for GPT-2's
+    50257 x 768). So under inference mode one transposed copy is kept, and made again whenever the
+    embedding changes; training, bigger batches and GPUs use the embedding as it is. It is a plain
+    object, not a Module, so the copy is never part of the state dict.
+    """
+
+    FEW_ROWS = 16
+
+    def __init__(self):
+        self._copy: Tensor | None = None
+        self._made_from: tuple | None = None
+
+    def __call__(self, h: Tensor, embedding: Tensor) -> Tensor:
+        rows = h.numel() // h.size(-1)
+        if h.device.type != "cpu" or rows > self.FEW_ROWS or not torch.is_inference_mode_enabled():
+            return F.linear(h, embedding)
+        source = (embedding.data_ptr(), embedding._version, embedding.dtype)
+        if source != self._made_from:
+            self._copy, self._made_from = embedding.detach().t().contiguous(), source
+        return h @ self._copy
