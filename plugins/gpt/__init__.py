@@ -1,6 +1,7 @@
-"""GPT-2 (Radford et al. 2019): the `gpt2` decoder and the presets built on it.
+"""GPT (Radford et al. 2018) and GPT-2 (2019): the `gpt` and `gpt2` decoders and the presets built on them.
 
-Only registration lives here, so loading the plugin does not import torch; the model is in model.py.
+Only registration lives here, so loading the plugin does not import torch; the models are in
+openai_gpt.py and model.py.
 """
 from lmkit.hookspecs import hookimpl
 
@@ -9,6 +10,9 @@ from lmkit.hookspecs import hookimpl
 def register_decoders(register):
     register("gpt2", "lmkit.plugins.gpt.model:GPT2Decoder", options="lmkit.plugins.gpt.config:GPT2Config",
              summary="pre-LN transformer decoder, learned positions, tied embeddings (GPT-2)")
+    register("gpt", "lmkit.plugins.gpt.openai_gpt:OpenAIGPTDecoder",
+             options="lmkit.plugins.gpt.config:OpenAIGPTConfig",
+             summary="post-LN transformer decoder, learned positions, tied embeddings (GPT, 2018)")
 
 
 @hookimpl
@@ -17,10 +21,11 @@ def register_exporters(register):
              summary="one decoder graph, KV cache in and out (optimum names)")
 
 
-def _preset(summary: str, **decoder) -> tuple[dict, str]:
+def _preset(summary: str, *, decoder_type: str = "gpt2", tokenizer: str = "bytelevel-bpe",
+            **decoder) -> tuple[dict, str]:
     spec = {
-        "tokenizer": {"type": "bytelevel-bpe"},
-        "decoder": {"type": "gpt2", **decoder},
+        "tokenizer": {"type": tokenizer},
+        "decoder": {"type": decoder_type, **decoder},
         "objectives": [{"type": "causal-lm", "weight": 1.0}],
         "decoding": {"strategy": "greedy"},
     }
@@ -38,8 +43,19 @@ PRESETS = {
                          vocab_size=512, n_positions=64, n_embd=64, n_layer=2, n_head=4),
 }
 
+# The original GPT: a (word-level) BPE tokenizer and the `gpt` decoder. Kept apart from PRESETS,
+# whose entries are all gpt2 options.
+OPENAI_GPT_PRESETS = {
+    "gpt": _preset("GPT (2018) 117M: 12 layers x 768, 12 heads, context 512, post-LN",
+                   decoder_type="gpt", tokenizer="bpe",
+                   vocab_size=40478, n_positions=512, n_embd=768, n_layer=12, n_head=12),
+    "gpt-tiny": _preset("a GPT (2018) for tests: 2 layers x 64, 4 heads, vocab 512, context 64",
+                        decoder_type="gpt", tokenizer="bpe",
+                        vocab_size=512, n_positions=64, n_embd=64, n_layer=2, n_head=4),
+}
+
 
 @hookimpl
 def register_presets(register):
-    for name, (spec, summary) in PRESETS.items():
+    for name, (spec, summary) in {**PRESETS, **OPENAI_GPT_PRESETS}.items():
         register(name, spec, summary=summary)

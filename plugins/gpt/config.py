@@ -37,3 +37,23 @@ class GPT2Config:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.layer_norm_epsilon <= 0:
             raise ValueError(f"layer_norm_epsilon must be positive, got {self.layer_norm_epsilon}")
+
+
+@dataclass(frozen=True)
+class OpenAIGPTConfig:
+    """The options of the original GPT decoder (Radford et al. 2018); names follow HF's OpenAIGPTConfig."""
+
+    # BPE with 40,000 merges; Hugging Face's released vocabulary has 40,478 entries.
+    vocab_size: int = 40478
+    n_positions: int = 512  # context length; positions are learned, so this is a hard limit
+    n_embd: int = 768
+    n_layer: int = 12
+    n_head: int = 12
+    dropout: float = 0.1  # embeddings, attention probabilities and residual branches (GPT §4.1)
+    layer_norm_epsilon: float = 1e-5
+    # openai/finetune-transformer-lm's gelu is the tanh approximation, and so is HF's afn="gelu"
+    # (ACT_FNS["gelu"] = gelu_new in modeling_openai.py).
+    activation: Literal["gelu-tanh", "gelu", "relu"] = "gelu-tanh"
+    bias: bool = True
+
+    __post_init__ = GPT2Config.__post_init__  # the same checks

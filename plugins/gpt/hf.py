@@ -1,9 +1,9 @@
-"""Hugging Face GPT-2 checkpoints (config.json + model.safetensors) as GPT2Config and GPT2Decoder weights."""
+"""Hugging Face GPT-2 and GPT (openai-gpt) checkpoints (config.json + model.safetensors) as lmkit configs and weights."""
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .config import GPT2Config
+from .config import GPT2Config, OpenAIGPTConfig
 
 if TYPE_CHECKING:  # config_from_hf works without torch
     from torch import Tensor
@@ -86,3 +86,67 @@ def import_checkpoint(hf_config: dict, tensors: dict[str, Tensor]) -> tuple[dict
         "decoding": {"strategy": "greedy"},  # what transformers' generate() does for GPT-2
     }
     return spec, state_dict_from_hf(tensors, config)
+
+
+# HF OpenAIGPT afn -> ours: its "gelu" is gelu_new, the tanh approximation (modeling_openai.ACT_FNS).
+OPENAI_GPT_ACTIVATIONS = {"gelu": "gelu-tanh", "relu": "relu"}
+
+
+def openai_gpt_config_from_hf(hf_config: dict) -> OpenAIGPTConfig:
+    """An OpenAIGPTConfig from a Hugging Face config.json (model_type "openai-gpt"); ValueError otherwise."""
+    model_type = hf_config.get("model_type")
+    if model_type != "openai-gpt":
+        raise ValueError(f"the checkpoint is not GPT: its config.json has model_type {model_type!r}, "
+                         f"expected 'openai-gpt'")
+    afn = hf_config.get("afn", "gelu")
+    if afn not in OPENAI_GPT_ACTIVATIONS:
+        raise ValueError(f"GPT checkpoint uses afn {afn!r}; supported: {', '.join(OPENAI_GPT_ACTIVATIONS)}")
+    if hf_config.get("tie_word_embeddings", True) is not True:
+        raise ValueError("GPT checkpoint sets tie_word_embeddings=False; lmkit's gpt decoder ties them")
+    return OpenAIGPTConfig(
+        vocab_size=hf_config.get("vocab_size", 40478),
+        n_positions=hf_config.get("n_positions", 512),
+        n_embd=hf_config.get("n_embd", 768),
+        n_layer=hf_config.get("n_layer", 12),
+        n_head=hf_config.get("n_head", 12),
+        dropout=hf_config.get("resid_pdrop", 0.1),
+        layer_norm_epsilon=hf_config.get("layer_norm_epsilon", 1e-5),
+        activation=OPENAI_GPT_ACTIVATIONS[afn],
+    )
+
+
+def openai_gpt_state_dict_from_hf(tensors: dict[str, Tensor], config: OpenAIGPTConfig) -> dict[str, Tensor]:
+    """OpenAIGPTDecoder's state dict from the tensors of an OpenAIGPTModel or OpenAIGPTLMHeadModel checkpoint.
+
+    As state_dict_from_hf: `transformer.` goes, Conv1D weights are transposed, the causal-mask
+    buffers (attn.bias) and the tied lm_head.weight are dropped. HF's ln_1/ln_2 are already
+    post-LN (after each residual sum), as in lmkit's Block(pre_ln=False), so they keep their names.
+    """
+    state = {}
+    for key, tensor in tensors.items():
+        key = key.removeprefix("transformer.")
+        if key in ("lm_head.weight", "position_ids") or key.endswith(".attn.bias"):
+            continue
+        state[key] = tensor.t().contiguous() if key.endswith(CONV1D) else tensor
+    head = tensors.get("lm_head.weight")
+    if head is not None and "tokens_embed.weight" in state and not head.equal(state["tokens_embed.weight"]):
+        raise ValueError("the checkpoint's lm_head.weight differs from its tokens_embed.weight; lmkit's gpt "
+                         "decoder ties them, so it cannot load untied output embeddings")
+    expected = (config.vocab_size, config.n_embd)
+    if "tokens_embed.weight" in state and tuple(state["tokens_embed.weight"].shape) != expected:
+        raise ValueError(f"tokens_embed.weight is {tuple(state['tokens_embed.weight'].shape)} but the config "
+                         f"says (vocab_size, n_embd) = {expected}; config and weights are not from one checkpoint")
+    return state
+
+
+def import_openai_gpt_checkpoint(hf_config: dict, tensors: dict[str, Tensor]) -> tuple[dict, dict[str, Tensor]]:
+    """The spec table and decoder state dict of a Hugging Face openai-gpt checkpoint (`lmkit import-hf`)."""
+    from lmkit.options import options_to_dict
+
+    config = openai_gpt_config_from_hf(hf_config)
+    spec = {
+        "decoder": {"type": "gpt", **options_to_dict(config)},
+        "objectives": [{"type": "causal-lm"}],
+        "decoding": {"strategy": "greedy"},
+    }
+    return spec, openai_gpt_state_dict_from_hf(tensors, config)

@@ -13,7 +13,8 @@ import os
 import click
 
 # Hugging Face model_type -> importer(hf_config, tensors) -> (spec table, decoder state dict)
-IMPORTERS = {"gpt2": "lmkit.plugins.gpt.hf:import_checkpoint"}
+IMPORTERS = {"gpt2": "lmkit.plugins.gpt.hf:import_checkpoint",
+             "openai-gpt": "lmkit.plugins.gpt.hf:import_openai_gpt_checkpoint"}
 
 SHARD_INDEX = "model.safetensors.index.json"
 
