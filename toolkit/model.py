@@ -170,14 +170,17 @@ def load_weights(model: nn.Module, path: str) -> None:
 
 
 def load_model(directory: str, host: PluginHost | None = None, device: str = "cpu"):
-    """(model, tokenizer or None, config) from a model directory written by lmkit."""
+    """(model, tokenizer or None, config) from a model directory written by lmkit.
+
+    The model comes in eval mode (no dropout), ready to run; the trainer switches it to training.
+    """
     host = host or get_host()
     config = read_config(directory)
     spec = spec_from_config(config, directory, host)
     weights = find_weights(directory)
     model = build_model(spec, seed=None)
     load_weights(model, weights)
-    model.to(device)
+    model.to(device).eval()
     tokenizer = None
     if os.path.isfile(os.path.join(directory, "tokenizer.json")):
         from .tokenizers import load_tokenizer
