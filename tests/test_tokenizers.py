@@ -364,3 +364,17 @@ def test_config_naming_a_token_outside_the_vocabulary_is_refused(trained, tmp_pa
 def test_importing_does_not_import_torch():
     code = "import sys, lmkit.tokenizers; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_gpt_style_vocab_and_merges_load_as_word_bpe(tmp_path):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("The cat sat on the mat, and the dog ran far away.\n" * 50)
+    trained = train_tokenizer("bpe", [str(corpus)], WordBPEOptions(vocab_size=120), progress=False)
+    folder = tmp_path / "openai-gpt"
+    folder.mkdir()
+    trained.hf_tokenizer.model.save(str(folder))  # vocab.json + merges.txt, as OpenAI's GPT shipped them
+    loaded = load_tokenizer(str(folder))
+    assert loaded.kind == "bpe" and loaded.unk_id == trained.unk_id
+    for text in ("the cat sat on the mat", "The dog ran far, far away!"):
+        assert loaded.encode(text) == trained.encode(text)
+        assert loaded.decode(loaded.encode(text)) == trained.decode(trained.encode(text))

@@ -366,9 +366,7 @@ class WordBPE(_TokenizerKind):
     def _blank(cls, options: WordBPEOptions, progress: bool):
         # Set up as transformers sets up OpenAIGPTTokenizerFast.
         hf_tokenizer = HFTokenizer(models.BPE(unk_token="<unk>", end_of_word_suffix="</w>"))
-        hf_tokenizer.normalizer = normalizers.BertNormalizer(lowercase=options.lowercase)
-        hf_tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-        hf_tokenizer.decoder = decoders.BPEDecoder(suffix="</w>")
+        _set_word_bpe_parts(hf_tokenizer, options.lowercase)
         # The trainer builds the model anew, so it needs the suffix too.
         trainer = trainers.BpeTrainer(
             vocab_size=options.vocab_size, min_frequency=options.min_frequency,
@@ -452,6 +450,12 @@ def _set_byte_level_parts(hf_tokenizer: HFTokenizer) -> None:
     hf_tokenizer.post_processor = processors.ByteLevel(trim_offsets=False)
 
 
+def _set_word_bpe_parts(hf_tokenizer: HFTokenizer, lowercase: bool) -> None:
+    hf_tokenizer.normalizer = normalizers.BertNormalizer(lowercase=lowercase)
+    hf_tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    hf_tokenizer.decoder = decoders.BPEDecoder(suffix="</w>")
+
+
 def _set_bert_parts(hf_tokenizer: HFTokenizer, lowercase: bool) -> None:
     hf_tokenizer.normalizer = normalizers.BertNormalizer(lowercase=lowercase)
     hf_tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
@@ -532,15 +536,35 @@ def _load_tokenizer_json(path: str, config_path: str | None) -> Tokenizer:
 
 
 def _load_gpt2_files(vocab_json: str, merges: str, config_path: str | None) -> Tokenizer:
+    """vocab.json + merges.txt: GPT-2's byte-level BPE, or GPT's BPE when its merges end words in `</w>`."""
     config = _read_config(config_path)
+    word_level = _merges_mark_word_ends(merges)
     try:
-        hf_tokenizer = HFTokenizer(models.BPE.from_file(vocab_json, merges))
+        if word_level:
+            model = models.BPE.from_file(vocab_json, merges, unk_token="<unk>", end_of_word_suffix="</w>")
+        else:
+            model = models.BPE.from_file(vocab_json, merges)
+        hf_tokenizer = HFTokenizer(model)
     except Exception as error:
         raise ArtifactError(f"{vocab_json} and {merges} are not a valid BPE vocabulary: {_short(error)}; "
                             "point at another tokenizer") from None
-    _set_byte_level_parts(hf_tokenizer)
+    if word_level:
+        _set_word_bpe_parts(hf_tokenizer, lowercase=config.get("do_lower_case", True))
+        kind = "bpe"
+    else:
+        _set_byte_level_parts(hf_tokenizer)
+        kind = "bytelevel-bpe"
     _mark_special(hf_tokenizer, config)
-    return Tokenizer(hf_tokenizer, "bytelevel-bpe", _roles(hf_tokenizer, "bytelevel-bpe", config))
+    return Tokenizer(hf_tokenizer, kind, _roles(hf_tokenizer, kind, config))
+
+
+def _merges_mark_word_ends(merges: str, lines: int = 2000) -> bool:
+    """Whether a merges.txt is GPT's (pieces that end a word carry `</w>`) rather than GPT-2's."""
+    try:
+        with open(merges, encoding="utf-8") as handle:
+            return any("</w>" in line for _, line in zip(range(lines), handle))
+    except (OSError, UnicodeDecodeError):
+        return False  # reported by from_file, with the file's name
 
 
 def _load_bert_vocab(vocab_txt: str, config_path: str | None) -> Tokenizer:
