@@ -63,3 +63,21 @@ def third_party_site(tmp_path_factory):
             check=True, capture_output=True, timeout=300,
         )
     return str(target)
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt2(tmp_path_factory) -> str:
+    """The tiny GPT-2 model directory the export tests share (see test_export.make_tiny_gpt2)."""
+    from test_export import make_tiny_gpt2
+
+    return make_tiny_gpt2(tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt2_export(tiny_gpt2, tmp_path_factory) -> str:
+    """Its fp32 export; tests that damage an export work on a copy."""
+    from lmkit.exports.export import export_model
+
+    out = str(tmp_path_factory.mktemp("exports") / "m0")
+    export_model(tiny_gpt2, out)
+    return out

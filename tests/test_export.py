@@ -55,15 +55,13 @@ def make_tiny_gpt2(tmp_path_factory) -> str:
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    return make_tiny_gpt2(tmp_path_factory)
+def model_dir(tiny_gpt2):
+    return tiny_gpt2
 
 
 @pytest.fixture(scope="module")
-def exported(model_dir, tmp_path_factory):
-    out = str(tmp_path_factory.mktemp("exports") / "m0")
-    export_model(model_dir, out)
-    return out
+def exported(tiny_gpt2_export):
+    return tiny_gpt2_export
 
 
 def read_manifest(directory) -> dict:

@@ -16,12 +16,10 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
 
-from test_export import make_tiny_gpt2  # noqa: E402 - the same tiny GPT-2 (tests/ is on sys.path)
 
 from lmkit.decoding.greedy import Greedy  # noqa: E402
 from lmkit.decoding.options import GreedyOptions  # noqa: E402
 from lmkit.decoding.torch_backend import TorchBackend  # noqa: E402
-from lmkit.exports.export import export_model  # noqa: E402
 from lmkit.model import load_model  # noqa: E402
 
 DOCS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs", "export.md")
@@ -31,15 +29,13 @@ NO_TORCH = "import sys\nsys.modules['torch'] = None\nsys.modules['onnx'] = None\
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    return make_tiny_gpt2(tmp_path_factory)
+def model_dir(tiny_gpt2):
+    return tiny_gpt2
 
 
 @pytest.fixture(scope="module")
-def exported(model_dir, tmp_path_factory):
-    out = str(tmp_path_factory.mktemp("exports") / "m0")
-    export_model(model_dir, out)
-    return out
+def exported(tiny_gpt2_export):
+    return tiny_gpt2_export
 
 
 def torch_greedy(model_dir, prompts: list[list[int]], max_new_tokens: int) -> list[list[int]]:

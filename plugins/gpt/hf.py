@@ -55,21 +55,8 @@ def state_dict_from_hf(tensors: dict[str, Tensor], config: GPT2Config) -> dict[s
     attn.masked_bias) and lm_head.weight (tied to wte) are dropped. Anything else is passed through,
     so a strict load_state_dict names it.
     """
-    state = {}
-    for key, tensor in tensors.items():
-        key = key.removeprefix("transformer.")
-        if key == "lm_head.weight" or key.endswith((".attn.bias", ".attn.masked_bias")):
-            continue
-        state[key] = tensor.t().contiguous() if key.endswith(CONV1D) else tensor
-    head = tensors.get("lm_head.weight")
-    if head is not None and "wte.weight" in state and not head.equal(state["wte.weight"]):
-        raise ValueError("the checkpoint's lm_head.weight differs from its wte.weight; lmkit's gpt2 "
-                         "decoder ties them, so it cannot load untied output embeddings")
-    expected = (config.vocab_size, config.n_embd)
-    if "wte.weight" in state and tuple(state["wte.weight"].shape) != expected:
-        raise ValueError(f"wte.weight is {tuple(state['wte.weight'].shape)} but the config says "
-                         f"(vocab_size, n_embd) = {expected}; config and weights are not from one checkpoint")
-    return state
+    return _decoder_state(tensors, config, embedding="wte.weight", model="gpt2",
+                          dropped=(".attn.bias", ".attn.masked_bias"))
 
 
 def import_checkpoint(hf_config: dict, tensors: dict[str, Tensor]) -> tuple[dict, dict[str, Tensor]]:
@@ -122,21 +109,8 @@ def openai_gpt_state_dict_from_hf(tensors: dict[str, Tensor], config: OpenAIGPTC
     buffers (attn.bias) and the tied lm_head.weight are dropped. HF's ln_1/ln_2 are already
     post-LN (after each residual sum), as in lmkit's Block(pre_ln=False), so they keep their names.
     """
-    state = {}
-    for key, tensor in tensors.items():
-        key = key.removeprefix("transformer.")
-        if key in ("lm_head.weight", "position_ids") or key.endswith(".attn.bias"):
-            continue
-        state[key] = tensor.t().contiguous() if key.endswith(CONV1D) else tensor
-    head = tensors.get("lm_head.weight")
-    if head is not None and "tokens_embed.weight" in state and not head.equal(state["tokens_embed.weight"]):
-        raise ValueError("the checkpoint's lm_head.weight differs from its tokens_embed.weight; lmkit's gpt "
-                         "decoder ties them, so it cannot load untied output embeddings")
-    expected = (config.vocab_size, config.n_embd)
-    if "tokens_embed.weight" in state and tuple(state["tokens_embed.weight"].shape) != expected:
-        raise ValueError(f"tokens_embed.weight is {tuple(state['tokens_embed.weight'].shape)} but the config "
-                         f"says (vocab_size, n_embd) = {expected}; config and weights are not from one checkpoint")
-    return state
+    return _decoder_state(tensors, config, embedding="tokens_embed.weight", model="gpt",
+                          dropped=(".attn.bias", "position_ids"))
 
 
 def import_openai_gpt_checkpoint(hf_config: dict, tensors: dict[str, Tensor]) -> tuple[dict, dict[str, Tensor]]:
@@ -150,3 +124,24 @@ def import_openai_gpt_checkpoint(hf_config: dict, tensors: dict[str, Tensor]) ->
         "decoding": {"strategy": "greedy"},
     }
     return spec, openai_gpt_state_dict_from_hf(tensors, config)
+
+
+def _decoder_state(tensors: dict[str, Tensor], config, *, embedding: str, model: str,
+                   dropped: tuple[str, ...]) -> dict[str, Tensor]:
+    """A GPT-style HF checkpoint as a decoder state dict: `transformer.` goes, Conv1D weights are
+    transposed, buffers ending in `dropped` and the tied lm_head.weight are left out."""
+    state = {}
+    for key, tensor in tensors.items():
+        key = key.removeprefix("transformer.")
+        if key == "lm_head.weight" or key.endswith(dropped):
+            continue
+        state[key] = tensor.t().contiguous() if key.endswith(CONV1D) else tensor
+    head = tensors.get("lm_head.weight")
+    if head is not None and embedding in state and not head.equal(state[embedding]):
+        raise ValueError(f"the checkpoint's lm_head.weight differs from its {embedding}; lmkit's {model} "
+                         "decoder ties them, so it cannot load untied output embeddings")
+    expected = (config.vocab_size, config.n_embd)
+    if embedding in state and tuple(state[embedding].shape) != expected:
+        raise ValueError(f"{embedding} is {tuple(state[embedding].shape)} but the config says "
+                         f"(vocab_size, n_embd) = {expected}; config and weights are not from one checkpoint")
+    return state

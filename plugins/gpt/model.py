@@ -17,7 +17,82 @@ from lmkit.nn import Block, KVCache, TiedOutputProjection, self_attention_mask
 from .config import GPT2Config
 
 
-class GPT2Decoder(nn.Module):
+class LearnedPositionDecoder(nn.Module):
+    """What GPT and GPT-2 share: token plus learned position embeddings, a stack of causal blocks
+    over a key/value cache, and logits from the tied token embedding.
+
+    A subclass builds its modules, under the names its Hugging Face checkpoints use, and says which
+    embeddings they are; `final_norm` is where GPT-2 adds its ln_f.
+    """
+
+    paper = "GPT"  # how errors name the model
+
+    def token_embedding(self) -> nn.Embedding:
+        raise NotImplementedError
+
+    def position_embedding(self) -> nn.Embedding:
+        raise NotImplementedError
+
+    def final_norm(self, x: Tensor) -> Tensor:
+        return x
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+    @property
+    def max_positions(self) -> int:
+        return self.config.n_positions
+
+    def new_cache(self, batch_size: int, max_len: int | None = None) -> KVCache:
+        """An empty cache for `batch_size` rows and up to `max_len` positions (default: the context)."""
+        c = self.config
+        weight = self.token_embedding().weight
+        return KVCache(c.n_layer, batch_size, c.n_head, max_len or c.n_positions, c.n_embd // c.n_head,
+                       device=weight.device, dtype=weight.dtype)
+
+    def hidden_states(self, input_ids: Tensor, cache: KVCache | None = None,
+                      attention_mask: Tensor | None = None, position_ids: Tensor | None = None) -> Tensor:
+        """The final hidden states, (B, T, n_embd); arguments as in `forward`."""
+        B, T = input_ids.shape
+        past = 0 if cache is None else cache.length
+        if past + T > self.max_positions:
+            raise ValueError(
+                f"{self.paper} reads at most {self.max_positions} positions (n_positions) but got {T} new "
+                f"tokens after {past} cached ones; truncate the input to its last "
+                f"{self.max_positions} tokens, or make a model with a larger n_positions"
+            )
+        if position_ids is None:
+            position_ids = torch.arange(past, past + T, device=input_ids.device)  # (T,), same for all rows
+        # (B, 1, T, past + T), or None where SDPA's is_causal (or no mask at all) is right
+        mask = self_attention_mask(attention_mask, T, past, causal=True, device=input_ids.device)
+        x = self.drop(self.token_embedding()(input_ids) + self.position_embedding()(position_ids))  # (B, T, C)
+        for layer, block in enumerate(self.h):
+            x = block(x, mask, cache, layer)
+        if cache is not None:
+            cache.advance(T)
+        return self.final_norm(x)  # (B, T, C)
+
+    def forward(self, input_ids: Tensor, cache: KVCache | None = None, attention_mask: Tensor | None = None,
+                position_ids: Tensor | None = None) -> Tensor:
+        """Next-token logits, (B, T, vocab_size), for input_ids (B, T).
+
+        cache: the keys/values of earlier positions; the new ones are appended and cache.length
+            advances by T.
+        attention_mask: (B, past + T) bool, False at padding; with left padding, also pass
+            position_ids so every row's first real token gets position 0.
+        position_ids: (B, T); default past + arange(T).
+        """
+        h = self.hidden_states(input_ids, cache, attention_mask, position_ids)  # (B, T, C)
+        return self.lm_head(h, self.token_embedding().weight)  # tied output embedding: (B, T, vocab_size)
+
+
+class GPT2Decoder(LearnedPositionDecoder):
+    paper = "GPT-2"
+
     def __init__(self, config: GPT2Config):
         super().__init__()
         self.config = config
@@ -42,55 +117,11 @@ class GPT2Decoder(nn.Module):
             if name.endswith("c_proj.weight"):
                 nn.init.normal_(parameter, std=0.02 / math.sqrt(2 * config.n_layer))
 
-    @staticmethod
-    def _init_weights(module: nn.Module) -> None:
-        if isinstance(module, (nn.Linear, nn.Embedding)):
-            nn.init.normal_(module.weight, std=0.02)
-        if isinstance(module, nn.Linear) and module.bias is not None:
-            nn.init.zeros_(module.bias)
+    def token_embedding(self) -> nn.Embedding:
+        return self.wte
 
-    @property
-    def max_positions(self) -> int:
-        return self.config.n_positions
+    def position_embedding(self) -> nn.Embedding:
+        return self.wpe
 
-    def new_cache(self, batch_size: int, max_len: int | None = None) -> KVCache:
-        """An empty cache for `batch_size` rows and up to `max_len` positions (default: the context)."""
-        c = self.config
-        weight = self.wte.weight
-        return KVCache(c.n_layer, batch_size, c.n_head, max_len or c.n_positions, c.n_embd // c.n_head,
-                       device=weight.device, dtype=weight.dtype)
-
-    def hidden_states(self, input_ids: Tensor, cache: KVCache | None = None,
-                      attention_mask: Tensor | None = None, position_ids: Tensor | None = None) -> Tensor:
-        """The final hidden states, (B, T, n_embd), after ln_f; arguments as in `forward`."""
-        B, T = input_ids.shape
-        past = 0 if cache is None else cache.length
-        if past + T > self.max_positions:
-            raise ValueError(
-                f"GPT-2 reads at most {self.max_positions} positions (n_positions) but got {T} new "
-                f"tokens after {past} cached ones; truncate the input to its last "
-                f"{self.max_positions} tokens, or make a model with a larger n_positions"
-            )
-        if position_ids is None:
-            position_ids = torch.arange(past, past + T, device=input_ids.device)  # (T,), same for all rows
-        # (B, 1, T, past + T), or None where SDPA's is_causal (or no mask at all) is right
-        mask = self_attention_mask(attention_mask, T, past, causal=True, device=input_ids.device)
-        x = self.drop(self.wte(input_ids) + self.wpe(position_ids))  # (B, T, C)
-        for layer, block in enumerate(self.h):
-            x = block(x, mask, cache, layer)
-        if cache is not None:
-            cache.advance(T)
-        return self.ln_f(x)  # (B, T, C)
-
-    def forward(self, input_ids: Tensor, cache: KVCache | None = None, attention_mask: Tensor | None = None,
-                position_ids: Tensor | None = None) -> Tensor:
-        """Next-token logits, (B, T, vocab_size), for input_ids (B, T).
-
-        cache: the keys/values of earlier positions; the new ones are appended and cache.length
-            advances by T.
-        attention_mask: (B, past + T) bool, False at padding; with left padding, also pass
-            position_ids so every row's first real token gets position 0.
-        position_ids: (B, T); default past + arange(T).
-        """
-        h = self.hidden_states(input_ids, cache, attention_mask, position_ids)  # (B, T, C)
-        return self.lm_head(h, self.wte.weight)  # tied output embedding: (B, T, vocab_size)
+    def final_norm(self, x: Tensor) -> Tensor:
+        return self.ln_f(x)  # pre-LN blocks leave the residual stream unnormalised
