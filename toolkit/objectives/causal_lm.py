@@ -15,6 +15,13 @@ class CausalLM(nn.Module):
         super().__init__()
         self.options = options
 
+    @classmethod
+    def batches(cls, context):
+        """Training reads windows of the tokenized text."""
+        from ..training.batches import TokenWindows
+
+        return TokenWindows(context)
+
     def forward(self, model, batch: dict) -> torch.Tensor:
         input_ids = batch["input_ids"]  # (B, T)
         logits = model.decoder(input_ids[:, :-1])  # (B, T-1, V)

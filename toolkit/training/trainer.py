@@ -22,17 +22,10 @@ from torch.nn.parallel import DistributedDataParallel
 
 from .. import __version__
 from ..artifacts import atomic_write, read_config
-from ..data import (
-    TokenStream,
-    WindowSampler,
-    evaluation_windows,
-    load_tokens,
-    split_validation,
-    tokenizer_fingerprint,
-)
-from ..errors import DataError
+from ..data import tokenizer_fingerprint
 from ..model import ComposedModel, load_model
 from .arguments import TrainingArguments, TrainingError
+from .batches import Batch, DataContext, batches_for
 from .checkpoint import (
     OPTIMIZER,
     STATE,
@@ -59,8 +52,8 @@ class _Loss(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        return self.model.loss({"input_ids": input_ids})[0]
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.model.loss(batch)[0]
 
 
 def build_optimizer(model: nn.Module, args: TrainingArguments, device: torch.device) -> torch.optim.AdamW:
@@ -93,12 +86,12 @@ class Trainer:
         if state is not None and state.get("tokenizer_sha256") != self.tokenizer_hash:
             raise TrainingError(f"{model_dir}/tokenizer.json changed since step {state['step']} was saved; "
                                 "restore it to resume, or train a new model directory")
-        self._check_context()
 
+        context = DataContext(self.model, tokenizer, args, [o["type"] for o in self.spec.get("objectives", [])],
+                              progress=self.progress, say=self._say)
         with procs.main_first():  # rank 0 tokenizes; the others then read its cache
-            self.train_tokens, self.val_tokens = self._load_data(tokenizer)
-        self.sampler = WindowSampler(self.train_tokens, args.seq_len, args.seed)
-        self.eval_windows = evaluation_windows(self.val_tokens, args.seq_len, args.eval_batches * args.batch_size)
+            self.data = batches_for(context)
+        self.eval_batches = self.data.validation()
         self.local_batch = self._share_of_batch()
         # (offset in this process's slice, windows) of each forward pass of a step
         self.micro_batches = [(start, min(args.batch_size, self.local_batch - start))
@@ -117,40 +110,10 @@ class Trainer:
                 self.batch_loss, device_ids=[self.device.index] if self.device.type == "cuda" else None,
                 gradient_as_bucket_view=True)
         self.loss_sum = torch.zeros((), device=self.device)  # since the last log, summed without syncing
+        self.tokens_seen = 0  # by this process since the last log
         self.last_record: dict = {}
 
     # -- setting up ----------------------------------------------------------------------------------
-
-    def _check_context(self) -> None:
-        stack = self.model.decoder if self.model.decoder is not None else self.model.encoder
-        limit = getattr(stack, "max_positions", None)
-        if limit is not None and self.args.seq_len > limit:
-            raise TrainingError(f"--seq-len {self.args.seq_len} is beyond the model's context of {limit} "
-                                f"positions; use --seq-len {limit} or less")
-
-    def _load_data(self, tokenizer) -> tuple[np.ndarray, np.ndarray]:
-        args = self.args
-
-        def load(paths, what: str) -> TokenStream:
-            stream = load_tokens(paths, tokenizer, text_field=args.text_field, progress=self.progress, what=what)
-            self._say(f"{what}: {len(stream.tokens):,} tokens in {stream.documents:,} documents"
-                      f"{' (cached)' if stream.from_cache else ''}")
-            return stream
-
-        stream = load(args.data, "training data")
-        if args.val_data:
-            train, val = stream.tokens, load(args.val_data, "validation data").tokens
-            if len(val) < args.seq_len + 1:
-                raise DataError(f"the validation data has {len(val):,} tokens, fewer than one window of "
-                                f"--seq-len + 1 = {args.seq_len + 1}; add validation data or lower --seq-len")
-        else:
-            train, val = split_validation(stream.tokens, args.val_fraction, args.seq_len)
-        needed = args.global_batch * (args.seq_len + 1)
-        if len(train) < needed:
-            raise DataError(f"a batch needs batch_size*grad_accum*(seq_len+1) = {args.global_batch}*"
-                            f"{args.seq_len + 1} = {needed:,} tokens but the training split has {len(train):,}; "
-                            "lower --batch-size/--seq-len or add data")
-        return train, val
 
     def _share_of_batch(self) -> int:
         world = self.procs.world_size
@@ -176,11 +139,11 @@ class Trainer:
 
     # -- one step ------------------------------------------------------------------------------------
 
-    def _to_device(self, windows: np.ndarray) -> torch.Tensor:
-        batch = torch.from_numpy(windows)
+    def _to_device(self, batch: Batch) -> dict[str, torch.Tensor]:
+        tensors = {name: torch.from_numpy(np.ascontiguousarray(array)) for name, array in batch.items()}
         if self.device.type == "cuda":
-            return batch.pin_memory().to(self.device, non_blocking=True)
-        return batch.to(self.device)
+            return {name: t.pin_memory().to(self.device, non_blocking=True) for name, t in tensors.items()}
+        return {name: t.to(self.device) for name, t in tensors.items()}
 
     def _autocast(self):
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.args.bf16)
@@ -194,13 +157,15 @@ class Trainer:
             group["lr"] = lr
         first = self.samples_seen + self.procs.rank * self.local_batch
         for index, (offset, count) in enumerate(self.micro_batches):
-            input_ids = self._to_device(self.sampler.samples(first + offset, count))
+            samples = self.data.train(first + offset, count)
+            self.tokens_seen += self.data.tokens(samples)
+            batch = self._to_device(samples)
             # DDP averages gradients over processes in the backward pass; only the last pass of
             # the step needs it, the others accumulate locally.
             last = index == len(self.micro_batches) - 1
             with contextlib.nullcontext() if last or not self.procs.distributed else self.batch_loss.no_sync():
                 with self._autocast():
-                    loss = self.batch_loss(input_ids)
+                    loss = self.batch_loss(batch)
                 # Weighed by its share of this process's windows, each pass adds its part of the
                 # gradient of the mean loss over all of them.
                 weighted = loss * (count / self.local_batch)
@@ -216,16 +181,15 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self) -> float:
-        """Mean loss over the fixed validation windows (each process scores a share of them)."""
-        mine = np.array_split(np.arange(len(self.eval_windows)), self.procs.world_size)[self.procs.rank]
-        total = torch.zeros(2, device=self.device)  # loss summed over windows, windows
+        """Mean loss over the fixed validation batches, weighed by their rows (each process scores a share)."""
+        total = torch.zeros(2, device=self.device)  # loss summed over rows, rows
         self.model.eval()
-        for start in range(0, len(mine), self.args.batch_size):
-            windows = self.eval_windows[mine[start:start + self.args.batch_size]]
+        for batch in self.eval_batches[self.procs.rank::self.procs.world_size]:
+            rows = len(next(iter(batch.values())))
             with self._autocast():
-                loss, _ = self.model.loss({"input_ids": self._to_device(windows)})
-            total[0] += loss.float() * len(windows)
-            total[1] += len(windows)
+                loss, _ = self.model.loss(self._to_device(batch))
+            total[0] += loss.float() * rows
+            total[1] += rows
         self.model.train()
         self.procs.sum(total)
         return (total[0] / total[1]).item()
@@ -237,7 +201,7 @@ class Trainer:
         from tqdm import tqdm
 
         args = self.args
-        has_validation = len(self.eval_windows) > 0
+        has_validation = len(self.eval_batches) > 0
         metrics = self._open_metrics()
         # disable=None: the bar is drawn only on a terminal; elsewhere each record is printed as a line.
         bar = tqdm(total=args.steps, initial=self.step, desc="train", unit="step", dynamic_ncols=True,
@@ -258,7 +222,7 @@ class Trainer:
                     loss = self.procs.sum(self.loss_sum.clone()).item() / (steps_in_interval * self.procs.world_size)
                     now = time.perf_counter()
                     record = {"step": self.step, "loss": loss, "lr": lr,
-                              "tokens_per_s": steps_in_interval * args.global_batch * args.seq_len
+                              "tokens_per_s": self.tokens_seen * self.procs.world_size
                               / max(now - interval_start, 1e-9),
                               "elapsed": self.elapsed_before + now - started}
                     if evaluate:
@@ -266,7 +230,7 @@ class Trainer:
                         record["val_ppl"] = math.exp(min(record["val_loss"], 700.0))  # no overflow early on
                     self._log(record, metrics, bar, print_lines)
                     self.loss_sum.zero_()
-                    steps_in_interval = 0
+                    steps_in_interval = self.tokens_seen = 0
                     interval_start = time.perf_counter()  # tokens/s leaves evaluation out
                 if finished or (args.save_every and self.step % args.save_every == 0):
                     paused = time.perf_counter()
@@ -288,8 +252,7 @@ class Trainer:
             "lmkit_version": __version__,
             "step": self.step,
             "arguments": self.args.to_dict(),
-            "data": {"samples_seen": self.samples_seen, "train_tokens": len(self.train_tokens),
-                     "val_tokens": len(self.val_tokens)},
+            "data": {"samples_seen": self.samples_seen, **self.data.describe()},
             "rng": rng,  # one entry per process, by rank
             "world_size": self.procs.world_size,
             "elapsed": elapsed,

@@ -1,0 +1,132 @@
+"""Where the trainer's batches come from: each objective says what data it reads.
+
+The trainer knows nothing of windows, sentence pairs or labelled examples. It asks the objectives
+of the model for a `Batches` (the first objective whose class has a `batches` classmethod makes
+it; objectives that only add a loss to the same data, like next-sentence prediction next to masked
+LM, define none) and reads training samples from it by index, which is what makes a resumed run
+read exactly the samples the interrupted one would have.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+from ..errors import DataError
+from .arguments import TrainingArguments, TrainingError
+
+Batch = dict[str, np.ndarray]
+
+
+class Batches(Protocol):
+    """An endless seeded stream of training samples, addressed by index, and fixed validation batches."""
+
+    def train(self, first: int, count: int) -> Batch:
+        """Samples first, ..., first + count - 1 of the stream, as arrays with `count` rows."""
+
+    def validation(self) -> list[Batch]:
+        """The held-out batches every evaluation reads, the same each time (empty: no validation)."""
+
+    def tokens(self, batch: Batch) -> int:
+        """How many tokens of `batch` the loss is computed over, for tokens/s."""
+
+    def describe(self) -> dict:
+        """Sizes of the data, saved with each checkpoint (e.g. train_tokens, val_tokens)."""
+
+
+@dataclass
+class DataContext:
+    """What an objective's `batches` gets to build its data from."""
+
+    model: object  # the ComposedModel being trained
+    tokenizer: object
+    args: TrainingArguments
+    objectives: list[str] = field(default_factory=list)  # the spec's objective types, in order
+    progress: bool = True
+    say: object = print  # say(message): a line on stderr, above the progress bar
+
+    def max_positions(self) -> int | None:
+        stack = self.model.decoder if self.model.decoder is not None else self.model.encoder
+        return getattr(stack, "max_positions", None)
+
+
+def batches_for(context: DataContext) -> Batches:
+    """The Batches of the model's objectives: all that define one must define the same."""
+    makers = {}
+    for name, objective in context.model.objectives.items():
+        maker = getattr(type(objective), "batches", None)
+        if maker is not None:
+            makers.setdefault(getattr(maker, "__func__", maker), name)
+    if not makers:
+        raise TrainingError(f"none of the objectives ({', '.join(context.objectives) or 'none'}) says what data "
+                            "it trains on; add one that does, e.g. causal-lm")
+    if len(makers) > 1:
+        names = list(makers.values())
+        raise TrainingError(f"objectives {names[0]} and {names[1]} read different kinds of data and cannot be "
+                            "trained together; keep one of them")
+    name = next(iter(makers.values()))
+    return context.model.objectives[name].batches(context)
+
+
+# -- token windows: language modelling on a stream of text --------------------------------------------
+
+
+class TokenWindows:
+    """Windows of seq_len + 1 tokens of the tokenized text (causal LM and everything that reads plain text)."""
+
+    def __init__(self, context: DataContext):
+        from ..data import WindowSampler
+
+        args = context.args
+        limit = context.max_positions()
+        if limit is not None and args.seq_len > limit:
+            raise TrainingError(f"--seq-len {args.seq_len} is beyond the model's context of {limit} "
+                                f"positions; use --seq-len {limit} or less")
+        self.seq_len, self.batch_size = args.seq_len, args.batch_size
+        self.eval_windows = args.eval_batches * args.batch_size
+        self.train_tokens, self.val_tokens = _load_token_split(context)
+        self.sampler = WindowSampler(self.train_tokens, args.seq_len, args.seed)
+
+    def train(self, first: int, count: int) -> Batch:
+        return {"input_ids": self.sampler.samples(first, count)}
+
+    def validation(self) -> list[Batch]:
+        from ..data import evaluation_windows
+
+        windows = evaluation_windows(self.val_tokens, self.seq_len, self.eval_windows)
+        return [{"input_ids": windows[i:i + self.batch_size]} for i in range(0, len(windows), self.batch_size)]
+
+    def tokens(self, batch: Batch) -> int:
+        return batch["input_ids"].shape[0] * self.seq_len
+
+    def describe(self) -> dict:
+        return {"train_tokens": len(self.train_tokens), "val_tokens": len(self.val_tokens)}
+
+
+def _load_token_split(context: DataContext) -> tuple[np.ndarray, np.ndarray]:
+    from ..data import load_tokens, split_validation
+
+    args = context.args
+
+    def load(paths, what: str):
+        stream = load_tokens(paths, context.tokenizer, text_field=args.text_field, progress=context.progress,
+                             what=what)
+        context.say(f"{what}: {len(stream.tokens):,} tokens in {stream.documents:,} documents"
+                    f"{' (cached)' if stream.from_cache else ''}")
+        return stream
+
+    stream = load(args.data, "training data")
+    if args.val_data:
+        train, val = stream.tokens, load(args.val_data, "validation data").tokens
+        if len(val) < args.seq_len + 1:
+            raise DataError(f"the validation data has {len(val):,} tokens, fewer than one window of "
+                            f"--seq-len + 1 = {args.seq_len + 1}; add validation data or lower --seq-len")
+    else:
+        train, val = split_validation(stream.tokens, args.val_fraction, args.seq_len)
+    needed = args.global_batch * (args.seq_len + 1)
+    if len(train) < needed:
+        raise DataError(f"a batch needs batch_size*grad_accum*(seq_len+1) = {args.global_batch}*"
+                        f"{args.seq_len + 1} = {needed:,} tokens but the training split has {len(train):,}; "
+                        "lower --batch-size/--seq-len or add data")
+    return train, val
