@@ -1,0 +1,139 @@
+"""`lmkit embed`: token states and sentence vectors of texts, as JSON or safetensors (click only at import)."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import click
+
+POOLINGS = ("mean", "cls", "last", "none")
+
+
+@click.command("embed")
+@click.argument("model_dir", type=click.Path(file_okay=False))
+@click.option("--text", "texts", multiple=True, metavar="TEXT", help="A text to embed; repeat for more.")
+@click.option("--input", "input_path", type=click.Path(dir_okay=False),
+              help="A file of texts: one per line, or .jsonl records with --text-field.  [default: stdin]")
+@click.option("--text-field", default="text", show_default=True, help="The field of .jsonl records to read.")
+@click.option("--pool", "pooling", type=click.Choice(POOLINGS), default="mean", show_default=True,
+              help="Sentence vector: mean of the token states, the stack's pooled output (cls), the last "
+                   "token's state, or none.")
+@click.option("--tokens", "with_tokens", is_flag=True, help="Also write each token's state.")
+@click.option("--out", type=click.Path(dir_okay=False),
+              help="Write to this .json or .safetensors file (atomically).  [default: JSON on stdout]")
+@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1), help="Texts per forward pass.")
+@click.option("--truncate", is_flag=True, help="Cut texts longer than the model's context instead of failing.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+def embed_command(model_dir, texts, input_path, text_field, pooling, with_tokens, out, batch_size, truncate,
+                  device):
+    """Embed texts with MODEL_DIR: each text's sentence vector and, with --tokens, its token states.
+
+    Encoders (BERT, CoVe) give their top-layer states, decoders (GPT) their final hidden states.
+    The safetensors output holds `pooled` (N, D) and, with --tokens, `token_states` (N, T, D) padded to
+    the longest text with `attention_mask` (N, T) and `input_ids` (N, T).
+    """
+    from ..errors import DataError, require_torch
+
+    if out is not None and not out.endswith((".json", ".safetensors")):
+        raise click.UsageError(f"--out {out}: the file name must end in .json or .safetensors, which picks the format")
+    if pooling == "none" and not with_tokens:
+        raise click.UsageError("--pool none with no --tokens leaves nothing to write; add --tokens or pick a pooling")
+    texts = list(texts) or _read_texts(input_path, text_field)
+    require_torch("lmkit embed")
+    from ..embedding import embed_texts
+    from ..errors import ArtifactError
+    from ..model import load_model
+    from ..training.distributed import resolve_device
+
+    resolved = resolve_device(device)
+    model, tokenizer, _ = load_model(model_dir, device=str(resolved))
+    if tokenizer is None:
+        raise ArtifactError(f"{model_dir} has no tokenizer.json to read the texts with")
+    stack = model.encoder if model.encoder is not None else model.decoder
+    limit = getattr(stack, "max_positions", None)
+    if limit is not None and not truncate:
+        for number, text in enumerate(texts, 1):
+            length = len(tokenizer.encode(text, add_special_tokens=True))
+            if length > limit:
+                raise DataError(f"text {number} is {length} tokens long, beyond the model's {limit} positions; "
+                                "shorten it or pass --truncate to keep its first tokens")
+    pooled, token_states, ids = embed_texts(model, tokenizer, texts, pooling=pooling, batch_size=batch_size,
+                                            max_length=limit, device=str(resolved), progress=True)
+    if out is not None and out.endswith(".safetensors"):
+        _write_safetensors(out, pooled, token_states if with_tokens else None, ids)
+    else:
+        records = []
+        for i, text in enumerate(texts):
+            record = {"text": text, "tokens": len(ids[i])}
+            if pooled is not None:
+                record["embedding"] = [round(float(x), 6) for x in pooled[i]]
+            if with_tokens:
+                record["input_ids"] = ids[i]
+                record["token_states"] = [[round(float(x), 6) for x in row] for row in token_states[i]]
+            records.append(record)
+        payload = json.dumps(records)
+        if out is None:
+            click.echo(payload)
+        else:
+            from ..artifacts import atomic_write
+
+            with atomic_write(out) as handle:
+                handle.write(payload + "\n")
+    if out is not None:
+        click.echo(f"embedded {len(texts)} texts: {out}", err=True)
+
+
+def _read_texts(path: str | None, text_field: str) -> list[str]:
+    from ..errors import DataError
+
+    if path is None:
+        if sys.stdin.isatty():
+            raise click.UsageError("give --text TEXT, --input FILE, or texts on stdin, one per line")
+        lines, source = sys.stdin.read().splitlines(), "stdin"
+    else:
+        if not os.path.isfile(path):
+            raise DataError(f"--input {path} does not exist")
+        with open(path, encoding="utf-8", errors="strict") as handle:
+            lines, source = handle.read().splitlines(), path
+    texts = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        if source.endswith(".jsonl"):
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise DataError(f"{source} line {number} is not valid JSON ({error.msg})") from None
+            if not isinstance(record, dict) or not isinstance(record.get(text_field), str):
+                raise DataError(f"{source} line {number} has no string field '{text_field}'; "
+                                "name the field with --text-field")
+            texts.append(record[text_field])
+        else:
+            texts.append(line)
+    if not texts:
+        raise DataError(f"{source} holds no texts; give one per line")
+    return texts
+
+
+def _write_safetensors(path: str, pooled, token_states, ids) -> None:
+    import numpy as np
+    from safetensors.numpy import save
+
+    from ..artifacts import atomic_write
+
+    tensors = {}
+    if pooled is not None:
+        tensors["pooled"] = np.ascontiguousarray(pooled, dtype=np.float32)
+    if token_states is not None:
+        width, dim = max(len(row) for row in ids), token_states[0].shape[-1]
+        states = np.zeros((len(ids), width, dim), dtype=np.float32)
+        mask = np.zeros((len(ids), width), dtype=np.int64)
+        input_ids = np.zeros((len(ids), width), dtype=np.int64)
+        for i, row in enumerate(ids):
+            states[i, :len(row)] = token_states[i]
+            mask[i, :len(row)] = 1
+            input_ids[i, :len(row)] = row
+        tensors.update(token_states=states, attention_mask=mask, input_ids=input_ids)
+    with atomic_write(path, "wb") as handle:
+        handle.write(save(tensors))
