@@ -24,6 +24,10 @@ def register_objectives(register):
     register("causal-lm", "lmkit.objectives.causal_lm:CausalLM",
              options="lmkit.objectives.options:CausalLMOptions",
              summary="next-token cross-entropy (GPT family, LSTM LMs)")
+    register("sequence-head", "lmkit.objectives.heads:SequenceHead",
+             options="lmkit.objectives.options:SequenceHeadOptions",
+             summary="a linear task head on sequence features: classification, similarity, regression, "
+                     "multiple choice (lmkit finetune)")
 
 
 @hookimpl

@@ -326,13 +326,39 @@ def _gather(tokens: np.ndarray, starts: np.ndarray, seq_len: int) -> np.ndarray:
     return tokens[starts[:, None] + np.arange(seq_len + 1)].astype(np.int64)
 
 
+class SeededOrder:
+    """Item indices of an endless stream of epochs, each a seeded permutation, addressed by sample index.
+
+    Sample i of the stream is order(epoch)[i % n] with epoch = i // n, so any stretch of samples can
+    be read without replaying the ones before it (which is what makes a resumed run exact).
+    """
+
+    def __init__(self, n: int, seed: int):
+        self.n, self.seed = n, seed
+        self._orders: dict[int, np.ndarray] = {}
+
+    def order(self, epoch: int) -> np.ndarray:
+        if epoch not in self._orders:
+            if len(self._orders) >= 2:  # a batch spans at most two epochs once the data holds a batch
+                self._orders.pop(min(self._orders))
+            self._orders[epoch] = np.random.default_rng([self.seed, epoch]).permutation(self.n)
+        return self._orders[epoch]
+
+    def indices(self, first: int, count: int) -> np.ndarray:
+        """(count,) int64: the items of samples first, ..., first + count - 1."""
+        epochs, positions = np.divmod(np.arange(first, first + count), self.n)
+        items = np.empty(count, dtype=np.int64)
+        for epoch in np.unique(epochs):
+            here = epochs == epoch
+            items[here] = self.order(int(epoch))[positions[here]]
+        return items
+
+
 class WindowSampler:
     """Windows of seq_len + 1 tokens in a seeded order, epoch after epoch, addressed by sample index.
 
     Window w covers tokens [w * seq_len, w * seq_len + seq_len], so consecutive windows share one
-    token: each token of the stream is predicted in exactly one window. Sample i of the endless
-    stream is window order(epoch)[i % n_windows] with epoch = i // n_windows, so any stretch of
-    samples can be read without replaying the ones before it.
+    token: each token of the stream is predicted in exactly one window.
     """
 
     def __init__(self, tokens: np.ndarray, seq_len: int, seed: int):
@@ -340,24 +366,14 @@ class WindowSampler:
         self.n_windows = max((len(tokens) - 1) // seq_len, 0)
         if self.n_windows == 0:
             raise ValueError(f"{len(tokens)} tokens hold no window of {seq_len + 1}")
-        self._orders: dict[int, np.ndarray] = {}
+        self.windows = SeededOrder(self.n_windows, seed)
 
     def order(self, epoch: int) -> np.ndarray:
-        if epoch not in self._orders:
-            if len(self._orders) >= 2:  # a batch spans at most two epochs once the data holds a batch
-                self._orders.pop(min(self._orders))
-            self._orders[epoch] = np.random.default_rng([self.seed, epoch]).permutation(self.n_windows)
-        return self._orders[epoch]
+        return self.windows.order(epoch)
 
     def samples(self, first: int, count: int) -> np.ndarray:
         """(count, seq_len + 1) int64: samples first, ..., first + count - 1 of the stream."""
-        index = np.arange(first, first + count)
-        epochs, positions = np.divmod(index, self.n_windows)
-        windows = np.empty(count, dtype=np.int64)
-        for epoch in np.unique(epochs):
-            here = epochs == epoch
-            windows[here] = self.order(int(epoch))[positions[here]]
-        return _gather(self.tokens, windows * self.seq_len, self.seq_len)
+        return _gather(self.tokens, self.windows.indices(first, count) * self.seq_len, self.seq_len)
 
 
 def evaluation_windows(tokens: np.ndarray, seq_len: int, count: int) -> np.ndarray:

@@ -23,9 +23,12 @@ class CausalLM(nn.Module):
         return TokenWindows(context)
 
     def forward(self, model, batch: dict) -> torch.Tensor:
-        input_ids = batch["input_ids"]  # (B, T)
+        input_ids = batch["input_ids"]  # (B, T), or (B, S, T): the S sequences of each task example
+        targets = batch.get("lm_labels", input_ids)  # -100 where nothing is predicted (padding)
+        if input_ids.dim() == 3:  # fine-tuning's auxiliary LM loss (GPT §3.2) reads every sequence
+            input_ids, targets = input_ids.flatten(0, 1), targets.flatten(0, 1)
         logits = model.decoder(input_ids[:, :-1])  # (B, T-1, V)
-        targets = batch.get("labels", input_ids)[:, 1:]
+        targets = targets[:, 1:]
         return F.cross_entropy(
             logits.reshape(-1, logits.size(-1)).float(), targets.reshape(-1),
             ignore_index=-100, label_smoothing=self.options.label_smoothing,

@@ -8,3 +8,30 @@ class CausalLMOptions:
     def __post_init__(self):
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+
+
+@dataclass(frozen=True)
+class SequenceHeadOptions:
+    """A task head: `lmkit finetune` fills these in from the pretrained model and the task file."""
+
+    hidden_size: int = 768  # width of the features the head reads (the stack's n_embd / hidden_size)
+    task: str = "classification"  # classification, similarity, regression or multiple-choice
+    num_labels: int = 2  # classes of a classification; 1 for regression and multiple choice
+    labels: tuple[str, ...] = ()  # the class names, index by index, so predictions can be named
+    dropout: float = 0.1  # on the features, before the linear layer (GPT: 0.1)
+
+    def __post_init__(self):
+        tasks = ("classification", "similarity", "regression", "multiple-choice")
+        if self.task not in tasks:
+            raise ValueError(f"task must be one of {', '.join(tasks)}, got {self.task!r}")
+        if self.hidden_size < 1:
+            raise ValueError(f"hidden_size must be positive, got {self.hidden_size}")
+        single = self.task in ("regression", "multiple-choice")
+        if single and self.num_labels != 1:
+            raise ValueError(f"a {self.task} head scores with one output; set num_labels = 1")
+        if not single and self.num_labels < 2:
+            raise ValueError(f"a {self.task} head needs num_labels >= 2, got {self.num_labels}")
+        if self.labels and len(self.labels) != self.num_labels:
+            raise ValueError(f"labels names {len(self.labels)} classes but num_labels is {self.num_labels}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")

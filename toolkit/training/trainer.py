@@ -70,7 +70,8 @@ class Trainer:
     """One training run of the model in a model directory: a fresh one, or one resumed from its checkpoint."""
 
     def __init__(self, model_dir: str, args: TrainingArguments, procs: Processes, *,
-                 state: dict | None = None, progress: bool = True):
+                 state: dict | None = None, progress: bool = True, batches=None):
+        """`batches(DataContext) -> Batches` makes the data; by default the model's objectives say what it is."""
         self.model_dir, self.args, self.procs = model_dir, args, procs
         self.progress = progress and procs.is_main
         self.device = resolve_device(args.device, procs.local_rank)
@@ -79,6 +80,7 @@ class Trainer:
             _check_unchanged_spec(state, config["spec"], model_dir)
         self.spec = config["spec"]
         self.model, tokenizer, _ = load_model(model_dir, device=str(self.device))
+        self.tokenizer = tokenizer
         if tokenizer is None:
             raise TrainingError(f"{model_dir} has no tokenizer.json to tokenize the data with; compose the model "
                                 "with --set tokenizer=DIR")
@@ -90,7 +92,7 @@ class Trainer:
         context = DataContext(self.model, tokenizer, args, [o["type"] for o in self.spec.get("objectives", [])],
                               progress=self.progress, say=self._say)
         with procs.main_first():  # rank 0 tokenizes; the others then read its cache
-            self.data = batches_for(context)
+            self.data = (batches or batches_for)(context)
         self.eval_batches = self.data.validation()
         self.local_batch = self._share_of_batch()
         # (offset in this process's slice, windows) of each forward pass of a step
@@ -194,6 +196,13 @@ class Trainer:
         self.procs.sum(total)
         return (total[0] / total[1]).item()
 
+    def validation_metrics(self) -> dict[str, float]:
+        """Metrics beyond the loss, added to each evaluation's record (fine-tuning: accuracy, F1, ...)."""
+        return {}
+
+    def after_evaluation(self, record: dict) -> None:
+        """Called with each evaluation's record (fine-tuning keeps its best checkpoint here)."""
+
     # -- the loop ------------------------------------------------------------------------------------
 
     def train(self) -> dict:
@@ -228,6 +237,8 @@ class Trainer:
                     if evaluate:
                         record["val_loss"] = self.evaluate()
                         record["val_ppl"] = math.exp(min(record["val_loss"], 700.0))  # no overflow early on
+                        record.update(self.validation_metrics())
+                        self.after_evaluation(record)
                     self._log(record, metrics, bar, print_lines)
                     self.loss_sum.zero_()
                     steps_in_interval = self.tokens_seen = 0

@@ -1,0 +1,74 @@
+"""`lmkit finetune`: train a task head on a pretrained model (click only at import)."""
+from __future__ import annotations
+
+import json
+
+import click
+
+TASK_KINDS = ("classification", "similarity", "regression", "multiple-choice")
+
+
+def _names(value: str | None) -> tuple[str, ...]:
+    return tuple(name.strip() for name in value.split(",") if name.strip()) if value else ()
+
+
+@click.command("finetune")
+@click.argument("pretrained", type=click.Path(file_okay=False))
+@click.option("--task", "kind", type=click.Choice(TASK_KINDS), required=True,
+              help="classification (one text, or an ordered pair: entailment), similarity (an unordered pair), "
+                   "regression, or multiple-choice (context, choices).")
+@click.option("--train", "train_path", required=True, type=click.Path(dir_okay=False),
+              help="Training examples: .jsonl, or .tsv with a header row.")
+@click.option("--dev", "dev_path", type=click.Path(dir_okay=False),
+              help="Dev examples, evaluated every --eval-every steps; the best step is kept in OUT/best.")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="The fine-tuned model directory.")
+@click.option("--labels", help="The label set, comma-separated, in index order.  [default: the training file's, sorted]")
+@click.option("--text-fields", help="The fields (or TSV columns) holding the text(s), comma-separated.  "
+                                    "[default: text, sentence, text_a,text_b, sentence1,sentence2, ...]")
+@click.option("--label-field", default="label", show_default=True, help="The field (or column) of the label.")
+@click.option("--aux-lm-weight", type=float,
+              help="λ of GPT's auxiliary language-model loss.  [default: 0.5 for a decoder, 0 for an encoder]")
+@click.option("--epochs", default=3.0, show_default=True, type=float, help="Passes over the training file.")
+@click.option("--steps", type=int, help="Optimizer steps, in place of --epochs.")
+@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1), help="Examples per step.")
+@click.option("--lr", default=6.25e-5, show_default=True, type=float, help="Peak learning rate (GPT's).")
+@click.option("--warmup-ratio", default=0.002, show_default=True, type=click.FloatRange(0, 1),
+              help="Share of the steps spent warming up (GPT: 0.2%).")
+@click.option("--max-length", type=click.IntRange(min=4), help="Tokens per sequence.  [default: the model's context]")
+@click.option("--truncate/--no-truncate", default=True, show_default=True,
+              help="Cut longer examples (longest text first) with a warning, or fail.")
+@click.option("--dropout", default=0.1, show_default=True, type=float, help="Dropout before the head.")
+@click.option("--eval-every", type=int, help="Steps between dev evaluations.  [default: one epoch]")
+@click.option("--seed", default=0, show_default=True, type=int, help="Seed of the head's init, order and dropout.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--force", is_flag=True, help="Replace --out if it exists.")
+@click.option("--json", "as_json", is_flag=True, help="Print the best dev record as JSON.")
+def finetune_command(pretrained, kind, train_path, dev_path, out, labels, text_fields, label_field, aux_lm_weight,
+                     epochs, steps, batch_size, lr, warmup_ratio, max_length, truncate, dropout, eval_every, seed,
+                     device, force, as_json):
+    """Fine-tune PRETRAINED on a labelled task file into OUT, with a linear head on its sequence features.
+
+    A decoder (GPT) reads GPT's input transformations (start text [delim text] extract) and adds the
+    auxiliary LM loss; an encoder (BERT) reads [CLS] a [SEP] b [SEP] and its pooled state. Metrics on
+    --dev: accuracy (plus F1 and Matthews correlation for two classes, macro F1 for more), Pearson and
+    Spearman for regression.
+    """
+    from ..errors import require_torch
+
+    require_torch("lmkit finetune")
+    from ..tasks.finetune import BEST, TaskOptions, finetune
+
+    options = TaskOptions(kind=kind, text_fields=_names(text_fields), label_field=label_field,
+                          labels=_names(labels), aux_lm_weight=aux_lm_weight, dropout=dropout, truncate=truncate)
+    record = finetune(pretrained, out, train_path, dev_path, options, epochs=epochs, steps=steps,
+                      batch_size=batch_size, max_length=max_length, lr=lr, warmup_ratio=warmup_ratio, seed=seed,
+                      eval_every=eval_every, device=device, force=force)
+    if as_json:
+        click.echo(json.dumps(record, indent=2))
+        return
+    shown = {k: v for k, v in record.items() if k in ("accuracy", "f1", "mcc", "macro_f1", "pearson", "spearman")}
+    if shown:
+        click.echo(f"best dev step {record['step']}: " + "  ".join(f"{k} {v:.4f}" for k, v in shown.items()))
+        click.echo(f"{out}/{BEST}")
+    else:
+        click.echo(out)

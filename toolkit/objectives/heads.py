@@ -1,0 +1,66 @@
+"""Task heads: a linear layer on each sequence's features, trained as an objective.
+
+The features are what the model's family reads a whole sequence into: a decoder's final state at
+GPT's extract token, an encoder's pooled [CLS] state. A batch holds B examples of S sequences each
+(input_ids (B, S, T)); the head turns the S feature vectors of an example into its scores.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .options import SequenceHeadOptions
+
+
+def sequence_features(model, batch: dict) -> Tensor:
+    """(B, S, H): the features of every sequence of the batch."""
+    input_ids = batch["input_ids"]  # (B, S, T)
+    B, S, T = input_ids.shape
+    flat_ids = input_ids.reshape(B * S, T)
+    if model.encoder is not None:
+        mask = batch["attention_mask"].reshape(B * S, T)
+        types = batch.get("token_type_ids")
+        hidden = model.encoder(flat_ids, attention_mask=mask,
+                               token_type_ids=None if types is None else types.reshape(B * S, T))
+        features = model.encoder.pooled(hidden) if hasattr(model.encoder, "pooled") else hidden[:, 0]
+    else:
+        # Right padding comes after the extract token, which causal attention keeps it from seeing.
+        hidden = model.decoder.hidden_states(flat_ids)  # (B*S, T, H)
+        extract = batch["extract_index"].reshape(B * S)
+        features = hidden[torch.arange(B * S, device=hidden.device), extract]
+    return features.reshape(B, S, -1)
+
+
+class SequenceHead(nn.Module):
+    """Classification, similarity, regression or multiple choice from sequence features."""
+
+    def __init__(self, options: SequenceHeadOptions):
+        super().__init__()
+        self.options = options
+        self.dropout = nn.Dropout(options.dropout)
+        self.score = nn.Linear(options.hidden_size, options.num_labels)
+        nn.init.normal_(self.score.weight, std=0.02)
+        nn.init.zeros_(self.score.bias)
+
+    def scores(self, model, batch: dict) -> Tensor:
+        """classification/similarity: (B, num_labels) logits; regression: (B,); multiple choice: (B, S)."""
+        features = self.dropout(sequence_features(model, batch))  # (B, S, H)
+        task = self.options.task
+        if task == "multiple-choice":
+            return self.score(features).squeeze(-1)  # one score per choice: (B, S)
+        # similarity: the two orders' features added (GPT §3.3); otherwise S is 1
+        logits = self.score(features.sum(1))  # (B, num_labels)
+        return logits.squeeze(-1) if task == "regression" else logits
+
+    def forward(self, model, batch: dict) -> Tensor:
+        scores = self.scores(model, batch)
+        if self.options.task == "regression":
+            return F.mse_loss(scores.float(), batch["labels"].float())
+        return F.cross_entropy(scores.float(), batch["labels"])
+
+    @torch.no_grad()
+    def predict(self, model, batch: dict) -> Tensor:
+        """The predicted class (or choice) index per example, or the predicted value for regression."""
+        scores = self.scores(model, batch)
+        return scores.float() if self.options.task == "regression" else scores.argmax(-1)

@@ -1,0 +1,257 @@
+"""`lmkit finetune`: a pretrained model, a task head on its features, and the shared trainer.
+
+The fine-tuned model is a composition like any other: the pretrained encoder or decoder, a
+`sequence-head` objective, and for a decoder GPT's auxiliary language-model loss as a `causal-lm`
+objective with weight λ (Radford et al. 2018, eq. 5: L3 = L2 + λ L1). Evaluation on the dev file
+reports the task's metrics, and the best checkpoint by the first of them is kept in OUT/best.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..artifacts import atomic_write_json, find_weights, read_config, staged_directory
+from ..errors import ArtifactError, DataError, LmkitError
+from ..registry import get_host
+from .formats import TaskData, read_task_file
+from .inputs import DecoderInputs, EncodedExample, EncoderInputs, add_markers, collate, encode_task
+from .metrics import task_metrics
+
+BEST = "best"
+RESULTS = "finetune.json"
+
+
+@dataclass(frozen=True)
+class TaskOptions:
+    kind: str = "classification"
+    text_fields: tuple[str, ...] = ()
+    label_field: str = "label"
+    labels: tuple[str, ...] = ()
+    aux_lm_weight: float | None = None  # λ; None: 0.5 for a decoder (GPT's value), 0 for an encoder
+    dropout: float = 0.1
+    truncate: bool = True  # cut examples longer than --max-length (with a warning) rather than fail
+
+
+# -- the model -------------------------------------------------------------------------------------
+
+
+def _stack_key(spec: dict) -> str:
+    if spec.get("encoder") is not None:
+        return "encoder"
+    if spec.get("decoder") is not None:
+        return "decoder"
+    raise ArtifactError("the model has neither an encoder nor a decoder to fine-tune")
+
+
+def prepare(pretrained: str, out: str, train: TaskData, options: TaskOptions, *, seed: int = 0,
+            force: bool = False) -> int | None:
+    """Write OUT: the pretrained stack with a fresh task head (and GPT's markers in the tokenizer).
+
+    Returns the positions the model reads, None when it has no limit.
+    """
+    from ..model import build_model, save_model
+    from ..spec import resolve
+    from ..tokenizers import load_tokenizer
+
+    host = get_host()
+    config = read_config(pretrained)
+    spec = {key: value for key, value in config["spec"].items() if key != "tokenizer"}
+    if not os.path.isfile(os.path.join(pretrained, "tokenizer.json")):
+        raise ArtifactError(f"{pretrained} has no tokenizer.json to read the task with")
+    tokenizer = load_tokenizer(pretrained)
+    key = _stack_key(spec)
+    stack = dict(spec[key])
+    if key == "decoder":
+        add_markers(tokenizer)  # learned from scratch during fine-tuning, as in GPT
+        if stack.get("vocab_size", tokenizer.vocab_size) < tokenizer.vocab_size:
+            stack["vocab_size"] = tokenizer.vocab_size
+    hidden = next((stack[name] for name in ("n_embd", "hidden_size", "d_model") if name in stack), None)
+    if hidden is None:
+        raise ArtifactError(f"{pretrained}: the {key} '{stack.get('type')}' names no width (n_embd or hidden_size) "
+                            "for a task head to read")
+    weight = options.aux_lm_weight if options.aux_lm_weight is not None else (0.5 if key == "decoder" else 0.0)
+    if weight < 0:
+        raise LmkitError(f"--aux-lm-weight must not be negative, got {weight}")
+    if weight > 0 and key != "decoder":
+        raise LmkitError("--aux-lm-weight adds GPT's language-model loss, which needs a decoder; this model is an "
+                         "encoder: leave it out")
+    single = train.kind in ("regression", "multiple-choice")
+    head = {"type": "sequence-head", "weight": 1.0, "hidden_size": hidden, "task": train.kind,
+            "num_labels": 1 if single else len(train.labels), "labels": list(train.labels),
+            "dropout": options.dropout}
+    spec[key] = stack
+    spec["objectives"] = [head] + ([{"type": "causal-lm", "weight": weight}] if weight > 0 else [])
+    resolved = resolve(spec, host)
+    model = build_model(resolved, seed)
+    transfer_weights(model, find_weights(pretrained))
+    with staged_directory(out, force=force) as stage:
+        save_model(stage, model, host, tokenizer)
+    stack = getattr(model, key)
+    return getattr(stack, "max_positions", None)
+
+
+def transfer_weights(model, path: str) -> None:
+    """The pretrained tensors into the new model; embeddings that grew keep their new rows' init."""
+    import torch
+    from safetensors.torch import load_file
+
+    pretrained = load_file(path)
+    with torch.no_grad():
+        for name, tensor in model.state_dict().items():
+            if name.startswith("objectives."):
+                continue  # the task head starts fresh; a pretraining head (MLM, NSP) is left behind
+            source = pretrained.get(name)
+            if source is None:
+                raise ArtifactError(f"{path} has no tensor '{name}' that the fine-tuned model needs")
+            if source.shape == tensor.shape:
+                tensor.copy_(source)
+            elif source.shape[1:] == tensor.shape[1:] and source.shape[0] < tensor.shape[0]:
+                tensor[:source.shape[0]] = source  # the vocabulary grew by the markers
+            else:
+                raise ArtifactError(f"{path}: tensor '{name}' has shape {list(source.shape)}, the fine-tuned model "
+                                    f"needs {list(tensor.shape)}")
+
+
+# -- the data --------------------------------------------------------------------------------------
+
+
+class TaskBatches:
+    """Labelled examples for the trainer: shuffled each epoch, padded per batch; the dev set in order."""
+
+    def __init__(self, train: list[EncodedExample], dev: list[EncodedExample], *, pad_id: int, batch_size: int,
+                 seed: int, regression: bool):
+        from ..data import SeededOrder
+
+        self.examples, self.dev = train, dev
+        self.pad_id, self.batch_size, self.regression = pad_id, batch_size, regression
+        self.order = SeededOrder(len(train), seed)
+
+    def train(self, first: int, count: int) -> dict[str, np.ndarray]:
+        return collate([self.examples[i] for i in self.order.indices(first, count)], self.pad_id, self.regression)
+
+    def validation(self) -> list[dict[str, np.ndarray]]:
+        return [collate(self.dev[i:i + self.batch_size], self.pad_id, self.regression)
+                for i in range(0, len(self.dev), self.batch_size)]
+
+    def tokens(self, batch: dict[str, np.ndarray]) -> int:
+        return int(batch["attention_mask"].sum())
+
+    def describe(self) -> dict:
+        return {"train_examples": len(self.examples), "val_examples": len(self.dev)}
+
+
+def task_batches(train: TaskData, dev: TaskData | None, options: TaskOptions):
+    """The Trainer's `batches` factory: encodes the task with the fine-tuned model's tokenizer."""
+
+    def make(context) -> TaskBatches:
+        args, tokenizer = context.args, context.tokenizer
+        inputs_class = EncoderInputs if context.model.encoder is not None else DecoderInputs
+        inputs = inputs_class(tokenizer, args.seq_len)
+        encoded = {}
+        for name, data in (("training", train), ("dev", dev)):
+            if data is None:
+                encoded[name] = []
+                continue
+            encoded[name], cut = encode_task(data, inputs)
+            if cut and not options.truncate:
+                raise DataError(f"{cut} examples of {data.path} are longer than --max-length {args.seq_len} tokens; "
+                                "raise --max-length, or leave out --no-truncate to cut the longest text first")
+            if cut:
+                context.say(f"warning: {cut} of {len(data.examples)} {name} examples were cut to --max-length "
+                            f"{args.seq_len} tokens")
+        pad = tokenizer.pad_id if tokenizer.pad_id is not None else 0
+        return TaskBatches(encoded["training"], encoded["dev"], pad_id=pad, batch_size=args.batch_size,
+                           seed=args.seed, regression=train.kind == "regression")
+
+    return make
+
+
+# -- training --------------------------------------------------------------------------------------
+
+
+def _fine_tuner_class():
+    import torch
+
+    from ..training.trainer import Trainer
+
+    class FineTuner(Trainer):
+        """The shared trainer, reporting the task's metrics on the dev set and keeping the best step."""
+
+        def __init__(self, *args, task: TaskData, **kwargs):
+            self.task, self.best = task, None
+            super().__init__(*args, **kwargs)
+
+        @torch.no_grad()
+        def validation_metrics(self) -> dict[str, float]:
+            head = self.model.objectives["sequence-head"]
+            self.model.eval()
+            predicted, gold = [], []
+            for batch in self.eval_batches:
+                with self._autocast():
+                    predicted.append(head.predict(self.model, self._to_device(batch)).float().cpu().numpy())
+                gold.append(batch["labels"])
+            self.model.train()
+            return task_metrics(self.task.kind, np.concatenate(predicted), np.concatenate(gold),
+                                len(self.task.labels))
+
+        def after_evaluation(self, record: dict) -> None:
+            metric = next(name for name in record if name in ("accuracy", "pearson"))
+            if self.best is not None and record[metric] <= self.best[metric] or not self.procs.is_main:
+                return
+            from ..model import save_model
+
+            self.best = dict(record)
+            with staged_directory(os.path.join(self.model_dir, BEST), force=True) as stage:
+                save_model(stage, self.model, get_host(), self.tokenizer)
+                atomic_write_json(os.path.join(stage, RESULTS), {"metric": metric, **self.best})
+
+    return FineTuner
+
+
+def finetune(pretrained: str, out: str, train_path: str, dev_path: str | None, options: TaskOptions, *,
+             epochs: float = 3.0, steps: int | None = None, batch_size: int = 32, max_length: int | None = None,
+             lr: float = 6.25e-5, warmup_ratio: float = 0.002, seed: int = 0, eval_every: int | None = None,
+             device: str = "auto", force: bool = False, progress: bool = True) -> dict:
+    """Fine-tune `pretrained` on a task file into `out`; returns the best dev record (or the last one)."""
+    from ..training.arguments import TrainingArguments
+    from ..training.distributed import processes
+
+    if os.path.abspath(pretrained) == os.path.abspath(out):
+        raise LmkitError("--out must be a new directory: fine-tuning leaves the pretrained model as it is")
+    train = read_task_file(train_path, options.kind, text_fields=options.text_fields,
+                           label_field=options.label_field, labels=options.labels)
+    dev = None
+    if dev_path is not None:
+        dev = read_task_file(dev_path, options.kind, text_fields=options.text_fields,
+                             label_field=options.label_field, labels=train.labels)
+    if train.kind == "multiple-choice" and dev is not None and len(dev.examples[0].choices) != len(
+            train.examples[0].choices):
+        raise DataError(f"{dev_path} has {len(dev.examples[0].choices)} choices per example, {train_path} has "
+                        f"{len(train.examples[0].choices)}; give both files the same number")
+    context = prepare(pretrained, out, train, options, seed=seed, force=force)
+    max_length = max_length or context
+    if context is not None and max_length > context:
+        raise LmkitError(f"--max-length {max_length} is beyond the model's {context} positions; give at most {context}")
+    if steps is None:
+        steps = max(1, math.ceil(epochs * len(train.examples) / batch_size))
+    per_epoch = max(1, math.ceil(len(train.examples) / batch_size))
+    args = TrainingArguments.from_dict({
+        "data": (train_path,), "val_data": (dev_path,) if dev_path else (), "steps": steps,
+        "batch_size": batch_size, "seq_len": max_length, "lr": lr, "warmup": int(warmup_ratio * steps),
+        "min_lr_ratio": 0.0, "weight_decay": 0.01, "eval_every": eval_every or per_epoch, "save_every": 0,
+        "log_every": min(10, per_epoch), "seed": seed, "device": device})
+    with processes() as procs:
+        tuner = _fine_tuner_class()(out, args, procs, progress=progress, task=train,
+                                    batches=task_batches(train, dev, options))
+        last = tuner.train()
+    return {**(tuner.best or last), "train_examples": len(train.examples),
+            "dev_examples": len(dev.examples) if dev else 0, "labels": list(train.labels)}
+
+
+def read_results(model_dir: str) -> dict:
+    with open(os.path.join(model_dir, BEST, RESULTS), encoding="utf-8") as handle:
+        return json.load(handle)
