@@ -28,6 +28,10 @@ def register_objectives(register):
              options="lmkit.objectives.options:SequenceHeadOptions",
              summary="a linear task head on sequence features: classification, similarity, regression, "
                      "multiple choice (lmkit finetune)")
+    register("token-head", "lmkit.objectives.heads:TokenHead", options="lmkit.objectives.options:TokenHeadOptions",
+             summary="a tag per token: NER, POS, chunking (lmkit finetune)")
+    register("span-head", "lmkit.objectives.heads:SpanHead", options="lmkit.objectives.options:SpanHeadOptions",
+             summary="answer start and end per token: extractive QA, SQuAD (lmkit finetune)")
 
 
 @hookimpl

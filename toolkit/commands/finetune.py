@@ -5,7 +5,8 @@ import json
 
 import click
 
-TASK_KINDS = ("classification", "similarity", "regression", "multiple-choice")
+TASK_KINDS = ("classification", "similarity", "regression", "multiple-choice", "token-classification",
+              "question-answering")
 
 
 def _names(value: str | None) -> tuple[str, ...]:
@@ -16,9 +17,11 @@ def _names(value: str | None) -> tuple[str, ...]:
 @click.argument("pretrained", type=click.Path(file_okay=False))
 @click.option("--task", "kind", type=click.Choice(TASK_KINDS), required=True,
               help="classification (one text, or an ordered pair: entailment), similarity (an unordered pair), "
-                   "regression, or multiple-choice (context, choices).")
+                   "regression, multiple-choice (context, choices), token-classification (CoNLL: NER, POS, "
+                   "chunking) or question-answering (SQuAD v1.1/v2.0, encoders only).")
 @click.option("--train", "train_path", required=True, type=click.Path(dir_okay=False),
-              help="Training examples: .jsonl, or .tsv with a header row.")
+              help="Training examples: .jsonl, or .tsv with a header row; CoNLL for token-classification, "
+                   "SQuAD .json for question-answering.")
 @click.option("--dev", "dev_path", type=click.Path(dir_okay=False),
               help="Dev examples, evaluated every --eval-every steps; the best step is kept in OUT/best.")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="The fine-tuned model directory.")
@@ -26,6 +29,8 @@ def _names(value: str | None) -> tuple[str, ...]:
 @click.option("--text-fields", help="The fields (or TSV columns) holding the text(s), comma-separated.  "
                                     "[default: text, sentence, text_a,text_b, sentence1,sentence2, ...]")
 @click.option("--label-field", default="label", show_default=True, help="The field (or column) of the label.")
+@click.option("--tag-column", default=-1, show_default=True, type=int,
+              help="token-classification: the CoNLL column of the tags (-1: the last).")
 @click.option("--aux-lm-weight", type=float,
               help="λ of GPT's auxiliary language-model loss.  [default: 0.5 for a decoder, 0 for an encoder]")
 @click.option("--epochs", default=3.0, show_default=True, type=float, help="Passes over the training file.")
@@ -43,7 +48,8 @@ def _names(value: str | None) -> tuple[str, ...]:
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--force", is_flag=True, help="Replace --out if it exists.")
 @click.option("--json", "as_json", is_flag=True, help="Print the best dev record as JSON.")
-def finetune_command(pretrained, kind, train_path, dev_path, out, labels, text_fields, label_field, aux_lm_weight,
+def finetune_command(pretrained, kind, train_path, dev_path, out, labels, text_fields, label_field, tag_column,
+                     aux_lm_weight,
                      epochs, steps, batch_size, lr, warmup_ratio, max_length, truncate, dropout, eval_every, seed,
                      device, force, as_json):
     """Fine-tune PRETRAINED on a labelled task file into OUT, with a linear head on its sequence features.
@@ -51,7 +57,7 @@ def finetune_command(pretrained, kind, train_path, dev_path, out, labels, text_f
     A decoder (GPT) reads GPT's input transformations (start text [delim text] extract) and adds the
     auxiliary LM loss; an encoder (BERT) reads [CLS] a [SEP] b [SEP] and its pooled state. Metrics on
     --dev: accuracy (plus F1 and Matthews correlation for two classes, macro F1 for more), Pearson and
-    Spearman for regression.
+    Spearman for regression, entity-level F1 for token classification, exact match and F1 for QA.
     """
     from ..errors import require_torch
 
@@ -59,14 +65,16 @@ def finetune_command(pretrained, kind, train_path, dev_path, out, labels, text_f
     from ..tasks.finetune import BEST, TaskOptions, finetune
 
     options = TaskOptions(kind=kind, text_fields=_names(text_fields), label_field=label_field,
-                          labels=_names(labels), aux_lm_weight=aux_lm_weight, dropout=dropout, truncate=truncate)
+                          labels=_names(labels), aux_lm_weight=aux_lm_weight, dropout=dropout, truncate=truncate,
+                          tag_column=tag_column)
     record = finetune(pretrained, out, train_path, dev_path, options, epochs=epochs, steps=steps,
                       batch_size=batch_size, max_length=max_length, lr=lr, warmup_ratio=warmup_ratio, seed=seed,
                       eval_every=eval_every, device=device, force=force)
     if as_json:
         click.echo(json.dumps(record, indent=2))
         return
-    shown = {k: v for k, v in record.items() if k in ("accuracy", "f1", "mcc", "macro_f1", "pearson", "spearman")}
+    names = ("entity_f1", "accuracy", "f1", "mcc", "macro_f1", "pearson", "spearman", "exact_match")
+    shown = {k: record[k] for k in names if k in record}
     if shown:
         click.echo(f"best dev step {record['step']}: " + "  ".join(f"{k} {v:.4f}" for k, v in shown.items()))
         click.echo(f"{out}/{BEST}")

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .options import SequenceHeadOptions
+from .options import SequenceHeadOptions, SpanHeadOptions, TokenHeadOptions
 
 
 def sequence_features(model, batch: dict) -> Tensor:
@@ -32,6 +32,22 @@ def sequence_features(model, batch: dict) -> Tensor:
     return features.reshape(B, S, -1)
 
 
+def token_features(model, batch: dict) -> Tensor:
+    """(B, T, H): the final state of every token of the batch."""
+    input_ids = batch["input_ids"]  # (B, T)
+    if model.encoder is not None:
+        return model.encoder(input_ids, attention_mask=batch["attention_mask"],
+                             token_type_ids=batch.get("token_type_ids"))
+    return model.decoder.hidden_states(input_ids)  # right padding: no real token sees it
+
+
+def _linear(hidden_size: int, outputs: int) -> nn.Linear:
+    layer = nn.Linear(hidden_size, outputs)
+    nn.init.normal_(layer.weight, std=0.02)
+    nn.init.zeros_(layer.bias)
+    return layer
+
+
 class SequenceHead(nn.Module):
     """Classification, similarity, regression or multiple choice from sequence features."""
 
@@ -39,9 +55,7 @@ class SequenceHead(nn.Module):
         super().__init__()
         self.options = options
         self.dropout = nn.Dropout(options.dropout)
-        self.score = nn.Linear(options.hidden_size, options.num_labels)
-        nn.init.normal_(self.score.weight, std=0.02)
-        nn.init.zeros_(self.score.bias)
+        self.score = _linear(options.hidden_size, options.num_labels)
 
     def scores(self, model, batch: dict) -> Tensor:
         """classification/similarity: (B, num_labels) logits; regression: (B,); multiple choice: (B, S)."""
@@ -64,3 +78,47 @@ class SequenceHead(nn.Module):
         """The predicted class (or choice) index per example, or the predicted value for regression."""
         scores = self.scores(model, batch)
         return scores.float() if self.options.task == "regression" else scores.argmax(-1)
+
+
+class TokenHead(nn.Module):
+    """A tag for every token; only tokens with a label (a word's first subword) count in the loss."""
+
+    def __init__(self, options: TokenHeadOptions):
+        super().__init__()
+        self.options = options
+        self.dropout = nn.Dropout(options.dropout)
+        self.score = _linear(options.hidden_size, options.num_labels)
+
+    def scores(self, model, batch: dict) -> Tensor:
+        return self.score(self.dropout(token_features(model, batch)))  # (B, T, num_labels)
+
+    def forward(self, model, batch: dict) -> Tensor:
+        scores = self.scores(model, batch)
+        return F.cross_entropy(scores.flatten(0, 1).float(), batch["labels"].flatten(), ignore_index=-100)
+
+    @torch.no_grad()
+    def predict(self, model, batch: dict) -> Tensor:
+        return self.scores(model, batch).argmax(-1)  # (B, T)
+
+
+class SpanHead(nn.Module):
+    """Start and end scores for every token; positions outside the context (and [CLS]) cannot answer."""
+
+    def __init__(self, options: SpanHeadOptions):
+        super().__init__()
+        self.options = options
+        self.dropout = nn.Dropout(options.dropout)
+        self.qa_outputs = _linear(options.hidden_size, 2)  # Hugging Face's name
+
+    def scores(self, model, batch: dict) -> Tensor:
+        logits = self.qa_outputs(self.dropout(token_features(model, batch))).float()  # (B, T, 2)
+        return logits.masked_fill(~batch["answerable"][:, :, None], -1e4)
+
+    def forward(self, model, batch: dict) -> Tensor:
+        logits = self.scores(model, batch)
+        start, end = logits.unbind(-1)  # (B, T) each
+        return (F.cross_entropy(start, batch["start_positions"]) + F.cross_entropy(end, batch["end_positions"])) / 2
+
+    @torch.no_grad()
+    def predict(self, model, batch: dict) -> Tensor:
+        return self.scores(model, batch)  # (B, T, 2): spans are chosen on the host, with the offsets

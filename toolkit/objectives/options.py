@@ -35,3 +35,37 @@ class SequenceHeadOptions:
             raise ValueError(f"labels names {len(self.labels)} classes but num_labels is {self.num_labels}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+
+
+@dataclass(frozen=True)
+class TokenHeadOptions:
+    """A tag per token (NER, POS, chunking)."""
+
+    hidden_size: int = 768
+    num_labels: int = 2
+    labels: tuple[str, ...] = ()  # the tag names, index by index
+    dropout: float = 0.1
+
+    def __post_init__(self):
+        if self.hidden_size < 1 or self.num_labels < 2:
+            raise ValueError(f"a token head needs hidden_size >= 1 and num_labels >= 2, got {self.hidden_size} "
+                             f"and {self.num_labels}")
+        if self.labels and len(self.labels) != self.num_labels:
+            raise ValueError(f"labels names {len(self.labels)} tags but num_labels is {self.num_labels}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+
+
+@dataclass(frozen=True)
+class SpanHeadOptions:
+    """Answer start and end scores per token (extractive QA, SQuAD)."""
+
+    hidden_size: int = 768
+    allow_no_answer: bool = False  # SQuAD v2.0: [CLS] stands for "no answer"
+    dropout: float = 0.1
+
+    def __post_init__(self):
+        if self.hidden_size < 1:
+            raise ValueError(f"hidden_size must be positive, got {self.hidden_size}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")

@@ -17,9 +17,8 @@ import numpy as np
 from ..artifacts import atomic_write_json, find_weights, read_config, staged_directory
 from ..errors import ArtifactError, DataError, LmkitError
 from ..registry import get_host
-from .formats import TaskData, read_task_file
-from .inputs import DecoderInputs, EncodedExample, EncoderInputs, add_markers, collate, encode_task
-from .metrics import task_metrics
+from .inputs import add_markers
+from .kinds import task_kind
 
 BEST = "best"
 RESULTS = "finetune.json"
@@ -34,6 +33,7 @@ class TaskOptions:
     aux_lm_weight: float | None = None  # λ; None: 0.5 for a decoder (GPT's value), 0 for an encoder
     dropout: float = 0.1
     truncate: bool = True  # cut examples longer than --max-length (with a warning) rather than fail
+    tag_column: int = -1  # token classification: the CoNLL column of the tags
 
 
 # -- the model -------------------------------------------------------------------------------------
@@ -47,7 +47,7 @@ def _stack_key(spec: dict) -> str:
     raise ArtifactError("the model has neither an encoder nor a decoder to fine-tune")
 
 
-def prepare(pretrained: str, out: str, train: TaskData, options: TaskOptions, *, seed: int = 0,
+def prepare(pretrained: str, out: str, kind, train, options: TaskOptions, *, seed: int = 0,
             force: bool = False) -> int | None:
     """Write OUT: the pretrained stack with a fresh task head (and GPT's markers in the tokenizer).
 
@@ -79,10 +79,8 @@ def prepare(pretrained: str, out: str, train: TaskData, options: TaskOptions, *,
     if weight > 0 and key != "decoder":
         raise LmkitError("--aux-lm-weight adds GPT's language-model loss, which needs a decoder; this model is an "
                          "encoder: leave it out")
-    single = train.kind in ("regression", "multiple-choice")
-    head = {"type": "sequence-head", "weight": 1.0, "hidden_size": hidden, "task": train.kind,
-            "num_labels": 1 if single else len(train.labels), "labels": list(train.labels),
-            "dropout": options.dropout}
+    head = {"type": kind.head, "weight": 1.0, "hidden_size": hidden, "dropout": options.dropout,
+            **kind.head_options(train)}
     spec[key] = stack
     spec["objectives"] = [head] + ([{"type": "causal-lm", "weight": weight}] if weight > 0 else [])
     resolved = resolve(spec, host)
@@ -122,19 +120,18 @@ def transfer_weights(model, path: str) -> None:
 class TaskBatches:
     """Labelled examples for the trainer: shuffled each epoch, padded per batch; the dev set in order."""
 
-    def __init__(self, train: list[EncodedExample], dev: list[EncodedExample], *, pad_id: int, batch_size: int,
-                 seed: int, regression: bool):
+    def __init__(self, train: list, dev: list, collate, *, pad_id: int, batch_size: int, seed: int):
         from ..data import SeededOrder
 
-        self.examples, self.dev = train, dev
-        self.pad_id, self.batch_size, self.regression = pad_id, batch_size, regression
+        self.examples, self.dev, self.collate = train, dev, collate
+        self.pad_id, self.batch_size = pad_id, batch_size
         self.order = SeededOrder(len(train), seed)
 
     def train(self, first: int, count: int) -> dict[str, np.ndarray]:
-        return collate([self.examples[i] for i in self.order.indices(first, count)], self.pad_id, self.regression)
+        return self.collate([self.examples[i] for i in self.order.indices(first, count)], self.pad_id)
 
     def validation(self) -> list[dict[str, np.ndarray]]:
-        return [collate(self.dev[i:i + self.batch_size], self.pad_id, self.regression)
+        return [self.collate(self.dev[i:i + self.batch_size], self.pad_id)
                 for i in range(0, len(self.dev), self.batch_size)]
 
     def tokens(self, batch: dict[str, np.ndarray]) -> int:
@@ -144,19 +141,17 @@ class TaskBatches:
         return {"train_examples": len(self.examples), "val_examples": len(self.dev)}
 
 
-def task_batches(train: TaskData, dev: TaskData | None, options: TaskOptions):
+def task_batches(kind, train, dev, options: TaskOptions):
     """The Trainer's `batches` factory: encodes the task with the fine-tuned model's tokenizer."""
 
     def make(context) -> TaskBatches:
         args, tokenizer = context.args, context.tokenizer
-        inputs_class = EncoderInputs if context.model.encoder is not None else DecoderInputs
-        inputs = inputs_class(tokenizer, args.seq_len)
         encoded = {}
         for name, data in (("training", train), ("dev", dev)):
             if data is None:
                 encoded[name] = []
                 continue
-            encoded[name], cut = encode_task(data, inputs)
+            encoded[name], cut = kind.encode(data, tokenizer, args.seq_len, context.model.encoder is not None)
             if cut and not options.truncate:
                 raise DataError(f"{cut} examples of {data.path} are longer than --max-length {args.seq_len} tokens; "
                                 "raise --max-length, or leave out --no-truncate to cut the longest text first")
@@ -164,8 +159,8 @@ def task_batches(train: TaskData, dev: TaskData | None, options: TaskOptions):
                 context.say(f"warning: {cut} of {len(data.examples)} {name} examples were cut to --max-length "
                             f"{args.seq_len} tokens")
         pad = tokenizer.pad_id if tokenizer.pad_id is not None else 0
-        return TaskBatches(encoded["training"], encoded["dev"], pad_id=pad, batch_size=args.batch_size,
-                           seed=args.seed, regression=train.kind == "regression")
+        return TaskBatches(encoded["training"], encoded["dev"], kind.collate, pad_id=pad,
+                           batch_size=args.batch_size, seed=args.seed)
 
     return make
 
@@ -181,25 +176,28 @@ def _fine_tuner_class():
     class FineTuner(Trainer):
         """The shared trainer, reporting the task's metrics on the dev set and keeping the best step."""
 
-        def __init__(self, *args, task: TaskData, **kwargs):
-            self.task, self.best = task, None
+        def __init__(self, *args, kind, dev, **kwargs):
+            self.kind, self.dev, self.best, self.metric = kind, dev, None, None
             super().__init__(*args, **kwargs)
 
         @torch.no_grad()
         def validation_metrics(self) -> dict[str, float]:
-            head = self.model.objectives["sequence-head"]
+            head = self.model.objectives[self.kind.head]
             self.model.eval()
-            predicted, gold = [], []
+            predicted = []
             for batch in self.eval_batches:
                 with self._autocast():
-                    predicted.append(head.predict(self.model, self._to_device(batch)).float().cpu().numpy())
-                gold.append(batch["labels"])
+                    prediction = head.predict(self.model, self._to_device(batch))
+                if prediction.is_floating_point():  # scores, maybe bf16, which numpy lacks
+                    prediction = prediction.float()
+                predicted.append(prediction.cpu().numpy())
             self.model.train()
-            return task_metrics(self.task.kind, np.concatenate(predicted), np.concatenate(gold),
-                                len(self.task.labels))
+            results = self.kind.metrics(predicted, self.eval_batches, self.data.dev, self.dev)
+            self.metric = next(iter(results))  # the first metric picks the best step
+            return results
 
         def after_evaluation(self, record: dict) -> None:
-            metric = next(name for name in record if name in ("accuracy", "pearson"))
+            metric = self.metric
             if self.best is not None and record[metric] <= self.best[metric] or not self.procs.is_main:
                 return
             from ..model import save_model
@@ -222,17 +220,14 @@ def finetune(pretrained: str, out: str, train_path: str, dev_path: str | None, o
 
     if os.path.abspath(pretrained) == os.path.abspath(out):
         raise LmkitError("--out must be a new directory: fine-tuning leaves the pretrained model as it is")
-    train = read_task_file(train_path, options.kind, text_fields=options.text_fields,
-                           label_field=options.label_field, labels=options.labels)
-    dev = None
-    if dev_path is not None:
-        dev = read_task_file(dev_path, options.kind, text_fields=options.text_fields,
-                             label_field=options.label_field, labels=train.labels)
-    if train.kind == "multiple-choice" and dev is not None and len(dev.examples[0].choices) != len(
+    kind = task_kind(options.kind, options)
+    train = kind.read(train_path)
+    dev = kind.read(dev_path, labels=train.labels) if dev_path is not None else None
+    if options.kind == "multiple-choice" and dev is not None and len(dev.examples[0].choices) != len(
             train.examples[0].choices):
         raise DataError(f"{dev_path} has {len(dev.examples[0].choices)} choices per example, {train_path} has "
                         f"{len(train.examples[0].choices)}; give both files the same number")
-    context = prepare(pretrained, out, train, options, seed=seed, force=force)
+    context = prepare(pretrained, out, kind, train, options, seed=seed, force=force)
     max_length = max_length or context
     if context is not None and max_length > context:
         raise LmkitError(f"--max-length {max_length} is beyond the model's {context} positions; give at most {context}")
@@ -245,8 +240,8 @@ def finetune(pretrained: str, out: str, train_path: str, dev_path: str | None, o
         "min_lr_ratio": 0.0, "weight_decay": 0.01, "eval_every": eval_every or per_epoch, "save_every": 0,
         "log_every": min(10, per_epoch), "seed": seed, "device": device})
     with processes() as procs:
-        tuner = _fine_tuner_class()(out, args, procs, progress=progress, task=train,
-                                    batches=task_batches(train, dev, options))
+        tuner = _fine_tuner_class()(out, args, procs, progress=progress, kind=kind, dev=dev,
+                                    batches=task_batches(kind, train, dev, options))
         last = tuner.train()
     return {**(tuner.best or last), "train_examples": len(train.examples),
             "dev_examples": len(dev.examples) if dev else 0, "labels": list(train.labels)}

@@ -1,0 +1,188 @@
+"""Extractive question answering: SQuAD v1.1/v2.0 files, answer spans as token positions and back
+to characters, exact match and F1 as the official SQuAD script computes them.
+
+An encoder reads `[CLS] question [SEP] context [SEP]`; a head scores each context token as the
+answer's start and end (BERT §4.2-4.3). An answer cut off by --max-length, and a v2.0 question with
+no answer, point at [CLS]; at prediction a v2.0 question has no answer when [CLS]'s score beats the
+best span's.
+"""
+from __future__ import annotations
+
+import collections
+import json
+import os
+import re
+import string
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import DataError
+
+MAX_ANSWER_TOKENS = 30  # the longest span considered at prediction (BERT's run_squad.py)
+
+
+@dataclass(frozen=True)
+class Question:
+    id: str
+    question: str
+    context: str
+    answers: tuple[tuple[str, int], ...]  # (text, character offset in context); empty: no answer (v2.0)
+
+
+@dataclass
+class QuestionData:
+    kind: str
+    examples: list[Question]
+    labels: tuple[str, ...]
+    path: str
+
+
+def read_squad(path: str) -> QuestionData:
+    """The questions of a SQuAD-format JSON file, each answer checked against its context."""
+    if not os.path.isfile(path):
+        raise DataError(f"task file {path} does not exist")
+    try:
+        with open(path, encoding="utf-8") as handle:
+            document = json.load(handle)
+    except json.JSONDecodeError as error:
+        raise DataError(f"{path} is not valid JSON (line {error.lineno}: {error.msg})") from None
+    if not isinstance(document, dict) or not isinstance(document.get("data"), list):
+        raise DataError(f'{path} is not a SQuAD file: it needs {{"data": [{{"paragraphs": [...]}}]}}')
+    questions = []
+    for article in document["data"]:
+        for paragraph in article.get("paragraphs", []):
+            context = paragraph.get("context")
+            if not isinstance(context, str) or not context:
+                raise DataError(f'{path}: a paragraph of "{article.get("title", "?")}" has no "context"')
+            for qa in paragraph.get("qas", []):
+                questions.append(_question(qa, context, path))
+    if not questions:
+        raise DataError(f"{path} holds no questions")
+    return QuestionData("question-answering", questions, (), path)
+
+
+def _question(qa: dict, context: str, path: str) -> Question:
+    qid = str(qa.get("id", "?"))
+    if not isinstance(qa.get("question"), str) or not qa["question"].strip():
+        raise DataError(f'{path}: question {qid} has no "question" text')
+    answers = []
+    for answer in [] if qa.get("is_impossible") else qa.get("answers", []):
+        text, start = answer.get("text"), answer.get("answer_start")
+        if not isinstance(text, str) or not isinstance(start, int):
+            raise DataError(f'{path}: question {qid} has an answer without "text" and "answer_start"')
+        if context[start:start + len(text)] != text:
+            found = context.find(text)
+            hint = f"; the text occurs at {found}" if found >= 0 else "; the text does not occur in the context"
+            raise DataError(f'{path}: question {qid}: answer "{text}" is not at answer_start {start} of its '
+                            f'context (which has "{context[start:start + len(text)]}" there){hint}')
+        answers.append((text, start))
+    if not answers and not qa.get("is_impossible"):
+        raise DataError(f'{path}: question {qid} has no answers and is not marked "is_impossible" (SQuAD v2.0)')
+    return Question(qid, qa["question"], context, tuple(answers))
+
+
+@dataclass
+class EncodedQuestion:
+    ids: list[int]
+    token_types: list[int]
+    offsets: list[tuple[int, int]]  # character span of each token in the context; (0, 0) elsewhere
+    context_tokens: list[bool]  # which tokens belong to the context
+    start: int  # the answer's first and last token, 0 ([CLS]) for no answer
+    end: int
+
+
+def encode_questions(data: QuestionData, tokenizer, max_length: int):
+    """Questions and contexts as one sequence each (the context cut to fit), with the answer's tokens."""
+    from tokenizers import Tokenizer as HFTokenizer
+
+    truncating = HFTokenizer.from_str(tokenizer.hf_tokenizer.to_str())
+    truncating.enable_truncation(max_length, strategy="only_second")
+    encoded, cut = [], 0
+    for question in data.examples:
+        encoding = truncating.encode(question.question, question.context, add_special_tokens=True)
+        in_context = [sequence == 1 for sequence in encoding.sequence_ids]
+        offsets = [tuple(span) if inside else (0, 0) for span, inside in zip(encoding.offsets, in_context)]
+        start = end = 0
+        if question.answers:
+            text, first = question.answers[0]
+            last = first + len(text)
+            tokens = [i for i, (a, b) in enumerate(offsets) if in_context[i] and a < last and b > first]
+            if tokens:
+                start, end = tokens[0], tokens[-1]
+            else:
+                cut += 1  # the answer lies beyond what fits: trained as no answer
+        encoded.append(EncodedQuestion(list(encoding.ids), list(encoding.type_ids), offsets, in_context, start, end))
+    return encoded, cut
+
+
+def collate_questions(questions: list[EncodedQuestion], pad_id: int) -> dict[str, np.ndarray]:
+    """(B, T) ids, mask, segment ids and which positions may answer (context and [CLS]); (B,) start, end."""
+    B, T = len(questions), max(len(q.ids) for q in questions)
+    input_ids = np.full((B, T), pad_id, dtype=np.int64)
+    token_type_ids = np.zeros((B, T), dtype=np.int64)
+    attention_mask = np.zeros((B, T), dtype=bool)
+    answerable = np.zeros((B, T), dtype=bool)
+    for b, q in enumerate(questions):
+        n = len(q.ids)
+        input_ids[b, :n], token_type_ids[b, :n], attention_mask[b, :n] = q.ids, q.token_types, True
+        answerable[b, :n] = q.context_tokens
+        answerable[b, 0] = True  # [CLS]: no answer
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids,
+            "answerable": answerable, "start_positions": np.array([q.start for q in questions], dtype=np.int64),
+            "end_positions": np.array([q.end for q in questions], dtype=np.int64)}
+
+
+def best_span(start_logits: np.ndarray, end_logits: np.ndarray, question: EncodedQuestion,
+              allow_no_answer: bool) -> tuple[int, int] | None:
+    """The first and last token of the best-scoring span of the context (None: no answer)."""
+    context = [i for i, inside in enumerate(question.context_tokens) if inside]
+    best, best_score = None, -np.inf
+    if context:
+        starts = sorted(context, key=lambda i: -start_logits[i])[:20]
+        ends = sorted(context, key=lambda i: -end_logits[i])[:20]
+        for s in starts:
+            for e in ends:
+                if s <= e < s + MAX_ANSWER_TOKENS and start_logits[s] + end_logits[e] > best_score:
+                    best, best_score = (s, e), start_logits[s] + end_logits[e]
+    if best is None or (allow_no_answer and start_logits[0] + end_logits[0] > best_score):
+        return None
+    return best
+
+
+def span_text(question: Question, encoded: EncodedQuestion, span) -> str:
+    if span is None:
+        return ""
+    return question.context[encoded.offsets[span[0]][0]:encoded.offsets[span[1]][1]]
+
+
+# -- the official SQuAD metrics ---------------------------------------------------------------------
+
+
+def normalize_answer(text: str) -> str:
+    """Lowercase, no punctuation, no articles, single spaces (SQuAD's evaluate-v2.0.py)."""
+    text = "".join(ch for ch in text.lower() if ch not in set(string.punctuation))
+    text = re.sub(r"\b(a|an|the)\b", " ", text)
+    return " ".join(text.split())
+
+
+def answer_f1(prediction: str, gold: str) -> float:
+    predicted, wanted = normalize_answer(prediction).split(), normalize_answer(gold).split()
+    if not predicted or not wanted:
+        return float(predicted == wanted)
+    common = sum((collections.Counter(predicted) & collections.Counter(wanted)).values())
+    if common == 0:
+        return 0.0
+    precision, recall = common / len(predicted), common / len(wanted)
+    return 2 * precision * recall / (precision + recall)
+
+
+def squad_metrics(predictions: list[str], questions: list[Question]) -> dict[str, float]:
+    """Exact match and F1, each the best over a question's gold answers ("" for no answer), averaged."""
+    exact = f1 = 0.0
+    for prediction, question in zip(predictions, questions):
+        golds = [text for text, _ in question.answers] or [""]
+        exact += max(float(normalize_answer(prediction) == normalize_answer(g)) for g in golds)
+        f1 += max(answer_f1(prediction, g) for g in golds)
+    n = max(len(questions), 1)
+    return {"exact_match": exact / n, "f1": f1 / n}

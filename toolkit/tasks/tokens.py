@@ -1,0 +1,145 @@
+"""Token classification (NER, POS, chunking): CoNLL files, word-to-subword labels, entity-level F1.
+
+A CoNLL file has one word per line with its columns separated by whitespace (the word first, the
+tag in `--tag-column`, the last by default) and a blank line between sentences; `-DOCSTART-` lines
+are skipped. A word's tag goes to its first subword token in an encoder, as in BERT's NER
+experiments (§5.3), and to its last in a left-to-right decoder, the first token that has read the
+whole word; the other subwords, and special tokens, are not scored (label -100).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import DataError
+
+
+@dataclass(frozen=True)
+class TaggedSentence:
+    words: tuple[str, ...]
+    tags: tuple[int, ...]  # indices into the tag names
+
+
+@dataclass
+class TaggedData:
+    kind: str
+    examples: list[TaggedSentence]
+    labels: tuple[str, ...]  # tag names
+    path: str
+
+
+def read_conll(path: str, *, tag_column: int = -1, labels: tuple[str, ...] = ()) -> TaggedData:
+    """Sentences of a CoNLL file; `labels` declares the tag set (else: the file's own, sorted)."""
+    if not os.path.isfile(path):
+        raise DataError(f"task file {path} does not exist")
+    sentences, words, tags, width = [], [], [], None
+    with open(path, encoding="utf-8") as handle:
+        for number, line in enumerate(handle, 1):
+            columns = line.split()
+            if not columns or columns[0] == "-DOCSTART-":
+                if words:
+                    sentences.append((tuple(words), tuple(tags), number))
+                words, tags = [], []
+                continue
+            if width is None:
+                width = len(columns)
+                if width < 2:
+                    raise DataError(f"{path} line {number} has one column; CoNLL lines hold a word and its tag")
+            if len(columns) != width:
+                raise DataError(f"{path} line {number} has {len(columns)} columns, the lines before have {width}; "
+                                "every line needs the same columns")
+            try:
+                tag = columns[tag_column]
+            except IndexError:
+                raise DataError(f"{path}: --tag-column {tag_column} is beyond the {width} columns") from None
+            words.append(columns[0])
+            tags.append((tag, number))
+    if words:
+        sentences.append((tuple(words), tuple(tags), None))
+    if not sentences:
+        raise DataError(f"{path} holds no sentences")
+    names = tuple(labels) or tuple(sorted({tag for _, tags, _ in sentences for tag, _ in tags}))
+    index = {name: i for i, name in enumerate(names)}
+    examples = []
+    for words, tags, _ in sentences:
+        for tag, number in tags:
+            if tag not in index:
+                raise DataError(f'{path} line {number}: tag "{tag}" is not one of the declared tags '
+                                f'({", ".join(names)}); fix it or declare it with --labels')
+        examples.append(TaggedSentence(words, tuple(index[tag] for tag, _ in tags)))
+    return TaggedData("token-classification", examples, names, path)
+
+
+@dataclass
+class EncodedSentence:
+    ids: list[int]
+    token_types: list[int]
+    labels: list[int]  # per token: the word's tag at its first subword, else -100
+    words: int  # words kept (the others were cut to fit)
+
+
+def encode_sentences(data: TaggedData, tokenizer, max_length: int, *, encoder: bool):
+    """Each sentence as token ids with per-token labels, and how many sentences lost words to fit."""
+    from tokenizers import Tokenizer as HFTokenizer
+
+    truncating = HFTokenizer.from_str(tokenizer.hf_tokenizer.to_str())
+    truncating.enable_truncation(max_length)
+    encoded, cut = [], 0
+    for sentence in data.examples:
+        encoding = truncating.encode(list(sentence.words), is_pretokenized=True, add_special_tokens=encoder)
+        words = encoding.word_ids
+        labels = []
+        for i, word in enumerate(words):
+            neighbour = words[i - 1] if encoder else (words[i + 1] if i + 1 < len(words) else None)
+            scored = word is not None and (word != neighbour or (encoder and i == 0))
+            labels.append(sentence.tags[word] if scored else -100)
+        kept = len({w for w in encoding.word_ids if w is not None})
+        cut += kept < len(sentence.words)
+        encoded.append(EncodedSentence(list(encoding.ids), list(encoding.type_ids), labels, kept))
+    return encoded, cut
+
+
+def collate_sentences(sentences: list[EncodedSentence], pad_id: int) -> dict[str, np.ndarray]:
+    """(B, T) ids, mask, segment ids, tag labels and LM labels, padded on the right."""
+    B, T = len(sentences), max(len(s.ids) for s in sentences)
+    input_ids = np.full((B, T), pad_id, dtype=np.int64)
+    token_type_ids = np.zeros((B, T), dtype=np.int64)
+    attention_mask = np.zeros((B, T), dtype=bool)
+    labels = np.full((B, T), -100, dtype=np.int64)
+    for b, sentence in enumerate(sentences):
+        n = len(sentence.ids)
+        input_ids[b, :n], token_type_ids[b, :n] = sentence.ids, sentence.token_types
+        attention_mask[b, :n], labels[b, :n] = True, sentence.labels
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids,
+            "labels": labels, "lm_labels": np.where(attention_mask, input_ids, -100)}
+
+
+# -- entity-level F1 (CoNLL-2003's conlleval, as seqeval computes it) --------------------------------
+
+
+def entities(tags: list[str]) -> set[tuple[str, int, int]]:
+    """(type, start, end) spans of a BIO (or IOB1) tag sequence; I- after O or another type starts one."""
+    spans, start, kind = set(), None, None
+    for i, tag in enumerate([*tags, "O"]):
+        prefix, _, label = tag.partition("-")
+        begins = prefix == "B" or (prefix == "I" and label != kind)
+        if kind is not None and (tag == "O" or begins):
+            spans.add((kind, start, i))
+            kind = None
+        if begins:
+            start, kind = i, label
+    return spans
+
+
+def entity_f1(predicted: list[list[str]], gold: list[list[str]]) -> dict[str, float]:
+    """Precision, recall and F1 over exact entity spans, summed over sentences."""
+    found = correct = wanted = 0
+    for p, g in zip(predicted, gold):
+        p_spans, g_spans = entities(p), entities(g)
+        found, wanted, correct = found + len(p_spans), wanted + len(g_spans), correct + len(p_spans & g_spans)
+    precision = correct / found if found else 0.0
+    recall = correct / wanted if wanted else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return {"entity_f1": f1, "entity_precision": precision, "entity_recall": recall}
