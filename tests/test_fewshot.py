@@ -144,23 +144,25 @@ def test_a_prompt_is_end_of_text_then_the_examples_then_the_context(tiny_gpt2):
     # the same item gets the same examples however many items are scored
     assert fewshot.build_prompts(items[:2], tokenizer, 64, examples=items, shots=2, seed=7,
                                  exclude_self=True)[1].prompt == prompted[1].prompt
-    assert fewshot.build_prompts(items, tokenizer, 64, shots=2, seed=8, exclude_self=True)[1].prompt != \
-        prompted[1].prompt or fewshot.build_prompts(items, tokenizer, 64, shots=2, seed=9,
-                                                    exclude_self=True)[1].prompt != prompted[1].prompt
+    other_seeds = {tuple(fewshot.build_prompts(items, tokenizer, 64, shots=2, seed=seed, exclude_self=True)[1].prompt)
+                   for seed in range(8, 12)}
+    assert len(other_seeds | {tuple(prompted[1].prompt)}) > 1
 
 
 def test_a_long_prompt_drops_the_oldest_examples_first_then_cuts_the_context_on_the_left(tiny_gpt2):
     _, tokenizer, _ = load_model(tiny_gpt2)
-    pool = [Item("the dog ran far away home " * 2, ("quickly",), 0, CLOZE, f"e{i}") for i in range(4)]
+    pool = [Item(f"the dog ran far away {word} home", ("quickly",), 0, CLOZE, word)
+            for word in ("cat", "mat", "sat", "on")]
     item = Item("the cat sat on a mat", ("home",), 0, CLOZE, "item")
     answer = tokenizer.encode(" home")
-    one_example = [tokenizer.eos_id, *tokenizer.encode(fewshot.render_example(pool[0]) + "\n\n" + item.context)]
+    chosen = fewshot.choose_examples(0, 4, 3, seed=0, exclude_self=False)
+    newest = pool[chosen[-1]]
+    one_example = [tokenizer.eos_id, *tokenizer.encode(fewshot.render_example(newest) + "\n\n" + item.context)]
     room = len(one_example) + len(answer) - 1  # exactly one example fits
     (p,) = fewshot.build_prompts([item], tokenizer, room, examples=pool, shots=3, seed=0)
-    assert (p.shots, p.truncated, p.prompt) == (1, False, one_example)
+    assert (p.shots, p.truncated) == (1, False)
+    assert tokenizer.decode(p.prompt) == tokenizer.decode(one_example)  # the last example is kept
     assert len(p.prompt) + len(p.answers[0]) - 1 <= room
-    chosen = fewshot.choose_examples(0, 4, 3, seed=0, exclude_self=False)
-    assert tokenizer.decode(p.prompt).startswith("<|endoftext|>" + pool[chosen[-1]].context)  # the newest kept
 
     context = tokenizer.encode(item.context)
     (p,) = fewshot.build_prompts([item], tokenizer, 4 + len(answer) - 1, examples=pool, shots=3, seed=0)
