@@ -22,7 +22,7 @@ TASK_ONLY = ("shots", "examples", "seed", "limit", "separator", "delimiter")
 @click.option("--limit", type=click.IntRange(min=1), help="Score only the first N task items.")
 @click.option("--separator", default="\\n\\n", show_default=True,
               help="Text between in-context examples and before the item (backslash escapes allowed).")
-@click.option("--delimiter", default=" ", show_default=True,
+@click.option("--delimiter", default=" ", show_default="a space",
               help="Text between a context and its answer, unless whitespace is already there.")
 @click.option("--stride", type=click.IntRange(min=1),
               help="Tokens between windows; each scored token sees at least context - stride before it.  "
