@@ -98,8 +98,10 @@ def test_items_of_each_kind_are_read_and_extra_fields_ignored(tmp_path):
         "",  # blank lines are skipped
         {"context": "the sea is", "answer": "blue"},
         {"text": "she opened the door with her key  "},
+        {"text": "two lines\nend"},
     ])
-    mc, cloze, text = fewshot.read_items(path)
+    mc, cloze, text, lines = fewshot.read_items(path)
+    assert (lines.context, lines.gold) == ("two lines", "end")
     assert (mc.kind, mc.answers, mc.gold, mc.where) == (MULTIPLE_CHOICE, ("blue", "red"), "red", f"{path} line 1")
     assert (cloze.kind, cloze.context, cloze.gold, cloze.where) == (CLOZE, "the sea is", "blue", f"{path} line 3")
     assert (text.context, text.gold) == ("she opened the door with her", "key")

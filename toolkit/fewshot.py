@@ -31,6 +31,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import sys
 from dataclasses import dataclass
 
@@ -134,11 +135,11 @@ def _cloze_from_text(text, where: str) -> Item:
     """LAMBADA's format: the answer is the text's last word, the context everything before it."""
     if not isinstance(text, str):
         raise DataError(f'{where}: "text" must be a string, got a {_type_name(text)}')
-    context, _, word = text.rstrip().rpartition(" ")
+    context, word = re.match(r"(.*?)\s*(\S*)\s*$", text, re.DOTALL).groups()
     if not context.strip() or not word:
         raise DataError(f'{where}: "text" needs at least two words, a context and the last word to predict')
-    # The space before the last word is the delimiter, which `continuation` puts back.
-    return Item(context.rstrip(), (word,), 0, CLOZE, where)
+    # The whitespace before the last word is the delimiter, which `continuation` puts back.
+    return Item(context, (word,), 0, CLOZE, where)
 
 
 def task_kind(items: list[Item]) -> str:
