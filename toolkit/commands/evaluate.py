@@ -1,47 +1,117 @@
-"""`lmkit eval`: perplexity, bits per token and bits per byte of a model on held-out text (click only at import)."""
+"""`lmkit eval`: perplexity of held-out text, or zero-/few-shot accuracy on a task file (click only at import)."""
 import click
+
+# Options that belong to one of the two modes; giving one in the other mode is an error, not a no-op.
+TEXT_ONLY = ("stride", "text_field")
+TASK_ONLY = ("shots", "examples", "seed", "limit", "separator", "delimiter")
 
 
 @click.command("eval")
 @click.argument("model_dir", type=click.Path(file_okay=False))
-@click.option("--data", "paths", multiple=True, required=True,
-              help="Text or .jsonl files, or directories of them; repeatable.")
+@click.option("--data", "paths", multiple=True,
+              help="Text or .jsonl files, or directories of them, to measure perplexity on; repeatable.")
+@click.option("--task", "task_path", metavar="FILE",
+              help="A .jsonl task file of multiple-choice or cloze items to measure accuracy on "
+                   "(see docs/evaluation.md); instead of --data.")
+@click.option("--shots", default=0, show_default=True, type=click.IntRange(min=0),
+              help="In-context examples before each task item.")
+@click.option("--examples", "examples_path", metavar="FILE",
+              help="A .jsonl file of items to draw the in-context examples from.  "
+                   "[default: the task file, never the item being scored]")
+@click.option("--seed", default=0, show_default=True, type=int, help="Which in-context examples each item gets.")
+@click.option("--limit", type=click.IntRange(min=1), help="Score only the first N task items.")
+@click.option("--separator", default="\\n\\n", show_default=True,
+              help="Text between in-context examples and before the item (backslash escapes allowed).")
+@click.option("--delimiter", default=" ", show_default="a space",
+              help="Text between a context and its answer, unless whitespace is already there.")
 @click.option("--stride", type=click.IntRange(min=1),
               help="Tokens between windows; each scored token sees at least context - stride before it.  "
                    "[default: half the context]")
-@click.option("--context", type=click.IntRange(min=2), help="Tokens per window.  [default: the model's context]")
-@click.option("--batch-size", default=8, show_default=True, type=click.IntRange(min=1), help="Windows per forward pass.")
+@click.option("--context", type=click.IntRange(min=2),
+              help="Tokens per window, or per task prompt and answer.  [default: the model's context]")
+@click.option("--batch-size", default=8, show_default=True, type=click.IntRange(min=1),
+              help="Windows, or task answers, per forward pass.")
 @click.option("--text-field", default="text", show_default=True, help="The field of .jsonl records to read.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def eval_command(model_dir, paths, stride, context, batch_size, text_field, device, as_json):
-    """Score MODEL_DIR on text with a sliding window, so long texts are scored with full context.
+@click.pass_context
+def eval_command(ctx, model_dir, paths, task_path, shots, examples_path, seed, limit, separator, delimiter,
+                 stride, context, batch_size, text_field, device, as_json):
+    """Score MODEL_DIR on text (--data) or on a task (--task).
 
-    Each document is preceded by the end-of-text token, as in training, so every token of it is scored.
+    With --data: perplexity, bits per token and bits per byte with a sliding window, so long texts
+    are scored with full context. Each document is preceded by the end-of-text token, as in
+    training, so every token of it is scored.
+
+    With --task: each item's answers are scored by their log-likelihood given the prompt (SHOTS
+    examples, then the item's context). Multiple choice reports accuracy by summed, per-token and
+    per-character log-likelihood; cloze (LAMBADA-style) reports greedy exact-match accuracy and the
+    answers' perplexity.
     """
-    import json
+    from ..errors import LmkitError
 
-    import numpy as np
+    if bool(paths) == bool(task_path):
+        raise LmkitError("give either --data (perplexity of text) or --task (accuracy on a task file), "
+                         "not " + ("both" if paths else "neither"))
+    given = {name for name in ctx.params
+             if ctx.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT}
+    wrong = [name for name in (TEXT_ONLY if task_path else TASK_ONLY) if name in given]
+    if wrong:
+        flag = "--" + wrong[0].replace("_", "-")
+        raise LmkitError(f"{flag} applies to {'--data' if task_path else '--task'} only; leave it out")
+    if task_path:
+        _evaluate_task(model_dir, task_path, shots=shots, examples_path=examples_path, seed=seed, limit=limit,
+                       separator=_unescape(separator), delimiter=_unescape(delimiter), context=context,
+                       batch_size=batch_size, device=device, as_json=as_json)
+    else:
+        _evaluate_text(model_dir, paths, stride=stride, context=context, batch_size=batch_size,
+                       text_field=text_field, device=device, as_json=as_json)
 
-    from ..data import load_tokens, text_bytes
-    from ..errors import ArtifactError, LmkitError, require_torch
+
+def _unescape(text: str) -> str:
+    r"""`\n`, `\t` and `\\` typed on a command line, as the characters they stand for."""
+    return text.replace("\\\\", "\0").replace("\\n", "\n").replace("\\t", "\t").replace("\0", "\\")
+
+
+def _load(model_dir, device, what):
+    """(model, tokenizer, device) of a model that can be scored left to right."""
+    from ..errors import ArtifactError, require_torch
 
     require_torch("lmkit eval")
-    from ..evaluation import score_tokens
     from ..model import load_model
     from ..training.distributed import resolve_device
 
     device = resolve_device(device)
     model, tokenizer, _ = load_model(model_dir, device=str(device))
     if model.decoder is None:
-        raise ArtifactError(f"{model_dir} has no decoder; perplexity needs a left-to-right language model")
+        raise ArtifactError(f"{model_dir} has no decoder; {what} needs a left-to-right language model")
     if tokenizer is None:
         raise ArtifactError(f"{model_dir} has no tokenizer.json to read the text with")
     model.eval()
+    return model, tokenizer, device
+
+
+def _window(model, context) -> int:
+    from ..errors import LmkitError
+
     limit = model.decoder.max_positions
-    context = context or limit
-    if context > limit:
+    if context and context > limit:
         raise LmkitError(f"--context {context} is beyond the model's {limit} positions; give at most {limit}")
+    return context or limit
+
+
+def _evaluate_text(model_dir, paths, *, stride, context, batch_size, text_field, device, as_json):
+    import json
+
+    import numpy as np
+
+    from ..data import load_tokens, text_bytes
+    from ..errors import LmkitError
+
+    model, tokenizer, device = _load(model_dir, device, "perplexity")
+    from ..evaluation import score_tokens
+
+    context = _window(model, context)
     stride = stride or max(context // 2, 1)
     if stride >= context:
         raise LmkitError(f"--stride {stride} must be smaller than --context {context}, so windows overlap")
@@ -59,3 +129,53 @@ def eval_command(model_dir, paths, stride, context, batch_size, text_field, devi
     click.echo(f"bits per byte   {score.bits_per_byte:.4f}")
     click.echo(f"tokens          {score.tokens:,} in {stream.documents:,} documents "
                f"(window {context}, stride {stride})")
+
+
+def _evaluate_task(model_dir, task_path, *, shots, examples_path, seed, limit, separator, delimiter, context,
+                   batch_size, device, as_json):
+    import json
+    import os
+
+    from .. import fewshot
+    from ..errors import LmkitError
+
+    # The task file is read and checked before the model is loaded: a typo costs no waiting.
+    items = fewshot.read_items(task_path)
+    kind = fewshot.task_kind(items)
+    same_file = examples_path is None or (os.path.exists(examples_path)
+                                          and os.path.samefile(examples_path, task_path))
+    pool = items if same_file else fewshot.read_items(examples_path, what="examples file")
+    available = len(pool) - 1 if same_file else len(pool)
+    if shots > available:
+        source = f"{task_path} has only {available} other items" if same_file else \
+            f"{examples_path} has only {available} items"
+        raise LmkitError(f"--shots {shots} needs {shots} in-context examples but {source}; "
+                         "give fewer --shots or a larger --examples file")
+    scored_items = items[:limit] if limit else items
+
+    model, tokenizer, device = _load(model_dir, device, "task evaluation")
+    window = _window(model, context)
+    prompted = fewshot.build_prompts(scored_items, tokenizer, window, examples=pool, shots=shots, seed=seed,
+                                     exclude_self=same_file, separator=separator, delimiter=delimiter)
+    scores = fewshot.score(model.decoder, prompted, batch_size=batch_size, device=str(device), progress=True)
+    result = {"task": task_path, **fewshot.summarize(prompted, scores), "shots": shots, "seed": seed,
+              "examples": task_path if same_file else examples_path, "context": window}
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+        return
+    shown = f"{shots}" if not shots else f"{shots} from {result['examples']}, seed {seed}"
+    click.echo(f"task            {task_path}: {kind}, {len(prompted):,} items")
+    click.echo(f"shots           {shown}")
+    if kind == fewshot.MULTIPLE_CHOICE:
+        click.echo(f"accuracy        {result['accuracy']:.2%}  by summed log-likelihood of each choice")
+        click.echo(f"  per token     {result['accuracy_per_token']:.2%}  by log-likelihood per answer token")
+        click.echo(f"  per char      {result['accuracy_per_char']:.2%}  by log-likelihood per answer character "
+                   "(lm-eval-harness acc_norm)")
+        click.echo(f"chance          {result['chance']:.2%}")
+    else:
+        click.echo(f"accuracy        {result['accuracy']:.2%}  greedy decoding gives the answer exactly")
+        click.echo(f"perplexity      {result['perplexity']:.4f}  per answer token "
+                   f"({result['answer_tokens']:,} tokens)")
+    if result["items_truncated"] or result["shots_used"] < shots:
+        click.echo(f"fitted          {window} positions: {result['shots_used']:.2f} examples per item on "
+                   f"average, {result['items_truncated']:,} items' contexts cut on the left")
