@@ -108,6 +108,18 @@ def test_the_cli_finetunes_from_a_tsv_file_and_reports_the_metrics(run, pretrain
     lines = [json.loads(line) for line in (tmp_path / "tuned" / "metrics.jsonl").read_text().splitlines()]
     assert any("accuracy" in line for line in lines)  # dev metrics go where a person can plot them
 
+    # lmkit predict on the best checkpoint: the same accuracy, and labels need not be there
+    result = run("predict", tmp_path / "tuned" / "best", "--data", tmp_path / "dev.tsv")
+    assert result.code == 0, result.err
+    predicted = [json.loads(line)["label"] for line in result.out.splitlines()]
+    gold = [row["label"] for row in rows[128:]]
+    assert np.mean([p == g for p, g in zip(predicted, gold)]) == pytest.approx(record["accuracy"])
+    assert f"accuracy {record['accuracy']:.4f}" in result.err
+    (tmp_path / "unlabelled.tsv").write_text("sentence\n" + "".join(f"{r['text']}\n" for r in rows[128:]))
+    result = run("predict", tmp_path / "tuned" / "best", "--data", tmp_path / "unlabelled.tsv")
+    assert result.code == 0 and [json.loads(line)["label"] for line in result.out.splitlines()] == predicted
+    assert result.err == ""
+
 
 def test_lambda_zero_leaves_the_lm_objective_out(pretrained, tmp_path):
     train_file = write_jsonl(tmp_path / "train.jsonl", make_task("classification", random.Random(3), 16))
@@ -252,3 +264,10 @@ def test_token_classification_learns_entities_with_a_gpt_decoder(run, pretrained
     assert record["labels"] == ["B-MOOD", "I-MOOD", "O"]
     # all-O scores entity F1 0 and accuracy about 0.6; telling B from I needs the word before
     assert record["entity_f1"] > 0.5 and record["accuracy"] > 0.85, record
+    words_only = "\n".join(line.split()[0] if line.strip() else "" for line in
+                           (tmp_path / "dev.conll").read_text().splitlines())
+    (tmp_path / "words.txt").write_text(words_only)
+    result = run("predict", tmp_path / "ner" / "best", "--data", tmp_path / "words.txt")
+    assert result.code == 0, result.err
+    first = json.loads(result.out.splitlines()[0])
+    assert len(first["words"]) == len(first["tags"]) and set(first["tags"]) <= {"B-MOOD", "I-MOOD", "O"}

@@ -40,8 +40,11 @@ class TaskData:
 
 
 def read_task_file(path: str, kind: str, *, text_fields: tuple[str, ...] = (), label_field: str = "label",
-                   labels: tuple[str, ...] = ()) -> TaskData:
-    """The examples of a .jsonl or .tsv task file; `labels` declares the label set (else: the file's own)."""
+                   labels: tuple[str, ...] = (), require_labels: bool = True) -> TaskData:
+    """The examples of a .jsonl or .tsv task file; `labels` declares the label set (else: the file's own).
+
+    With require_labels=False (prediction) an example may lack its label: it gets -1 (NaN for regression).
+    """
     if kind not in TASK_KINDS:
         raise DataError(f"unknown task kind '{kind}'; allowed: {', '.join(TASK_KINDS)}")
     if not os.path.isfile(path):
@@ -55,10 +58,14 @@ def read_task_file(path: str, kind: str, *, text_fields: tuple[str, ...] = (), l
     for line, record in records:
         where = f"{path} line {line}"
         if kind == "multiple-choice":
-            examples.append(_choice_example(record, where, label_field))
+            examples.append(_choice_example(record, where, label_field, require_labels))
             continue
         texts = tuple(_text(record, name, where) for name in fields)
         if label_field not in record or record[label_field] in ("", None):
+            if not require_labels:
+                raw_labels.append((where, None))
+                examples.append(Example(texts, 0))
+                continue
             raise DataError(f'{where} has no "{label_field}"; every example needs its label (name the field '
                             "with --label-field)")
         raw_labels.append((where, record[label_field]))
@@ -70,18 +77,21 @@ def read_task_file(path: str, kind: str, *, text_fields: tuple[str, ...] = (), l
                             "same number of choices")
         return TaskData(kind, examples, (), path)
     if kind == "regression":
-        values = [_real(value, where, label_field) for where, value in raw_labels]
+        values = [float("nan") if value is None else _real(value, where, label_field) for where, value in raw_labels]
         return TaskData(kind, [Example(e.texts, v) for e, v in zip(examples, values)], (), path)
-    names = tuple(labels) or tuple(sorted({_label_name(value) for _, value in raw_labels}))
+    names = tuple(labels) or tuple(sorted({_label_name(value) for _, value in raw_labels if value is not None}))
     index = {name: i for i, name in enumerate(names)}
     ids = []
     for where, value in raw_labels:
+        if value is None:
+            ids.append(-1)
+            continue
         name = _label_name(value)
         if name not in index:
             raise DataError(f'{where}: label "{name}" is not one of the declared labels ({", ".join(names)}); '
                             "fix the label or declare it with --labels")
         ids.append(index[name])
-    if len(names) < 2:
+    if len(names) < 2 and require_labels:
         raise DataError(f"{path} has a single label ({names[0]}); a classifier needs at least two, declare them "
                         "with --labels")
     return TaskData(kind, [Example(e.texts, i) for e, i in zip(examples, ids)], names, path)
@@ -137,7 +147,7 @@ def _text(record: dict, name: str, where: str) -> str:
     return value
 
 
-def _choice_example(record: dict, where: str, label_field: str) -> Example:
+def _choice_example(record: dict, where: str, label_field: str, require_labels: bool = True) -> Example:
     choices = record.get("choices")
     if not isinstance(choices, list) or len(choices) < 2 or not all(isinstance(c, str) and c for c in choices):
         raise DataError(f'{where}: "choices" must be a list of at least two non-empty strings')
@@ -145,6 +155,8 @@ def _choice_example(record: dict, where: str, label_field: str) -> Example:
     if not isinstance(context, str):
         raise DataError(f'{where}: "context" must be a string')
     label = record.get(label_field)
+    if label is None and not require_labels:
+        return Example((context,), -1, tuple(choices))
     if not isinstance(label, int) or isinstance(label, bool) or not 0 <= label < len(choices):
         raise DataError(f'{where}: "{label_field}" {json.dumps(label)} is not the index of one of the '
                         f'{len(choices)} choices; labels are 0-based indices into "choices"')

@@ -23,10 +23,10 @@ class SequenceKind:
     def __init__(self, name: str, options):
         self.name, self.options = name, options
 
-    def read(self, path: str, labels: tuple[str, ...] = ()):
+    def read(self, path: str, labels: tuple[str, ...] = (), require_labels: bool = True):
         o = self.options
         return read_task_file(path, self.name, text_fields=o.text_fields, label_field=o.label_field,
-                              labels=labels or o.labels)
+                              labels=labels or o.labels, require_labels=require_labels)
 
     def head_options(self, data) -> dict:
         single = self.name in ("regression", "multiple-choice")
@@ -43,6 +43,17 @@ class SequenceKind:
         gold = np.concatenate([batch["labels"] for batch in batches])
         return task_metrics(self.name, np.concatenate(predictions), gold, len(data.labels))
 
+    def outputs(self, predictions: list, batches: list[dict], encoded, data) -> list[dict]:
+        predicted = np.concatenate(predictions)
+        if self.name == "regression":
+            return [{"value": float(v)} for v in predicted]
+        if self.name == "multiple-choice":
+            return [{"choice": int(i)} for i in predicted]
+        return [{"label": data.labels[int(i)]} for i in predicted]
+
+    def labelled(self, data) -> bool:
+        return all(not (e.label == -1 or e.label != e.label) for e in data.examples)  # NaN: no regression label
+
 
 class TokenKind:
     """A tag per word, from CoNLL files: entity-level F1 (for BIO tags) and token accuracy."""
@@ -53,8 +64,9 @@ class TokenKind:
     def __init__(self, name: str, options):
         self.options = options
 
-    def read(self, path: str, labels: tuple[str, ...] = ()):
-        return tokens.read_conll(path, tag_column=self.options.tag_column, labels=labels or self.options.labels)
+    def read(self, path: str, labels: tuple[str, ...] = (), require_labels: bool = True):
+        return tokens.read_conll(path, tag_column=self.options.tag_column, labels=labels or self.options.labels,
+                                 require_labels=require_labels)
 
     def head_options(self, data) -> dict:
         return {"num_labels": len(data.labels), "labels": list(data.labels)}
@@ -77,6 +89,16 @@ class TokenKind:
         # entity F1 first: the best checkpoint is chosen by it
         return {**tokens.entity_f1(predicted_tags, gold_tags), "accuracy": right / max(total, 1)}
 
+    def outputs(self, predictions: list, batches: list[dict], encoded, data) -> list[dict]:
+        rows = [(row, labels) for predicted, batch in zip(predictions, batches)
+                for row, labels in zip(predicted, batch["labels"])]
+        return [{"words": list(sentence.words[:len(row[labels != -100])]),
+                 "tags": [data.labels[int(i)] for i in row[labels != -100]]}
+                for (row, labels), sentence in zip(rows, data.examples)]
+
+    def labelled(self, data) -> bool:
+        return all(tag >= 0 for sentence in data.examples for tag in sentence.tags)
+
 
 class QuestionKind:
     """Extractive QA from SQuAD v1.1/v2.0 files: exact match and F1 of the answer text."""
@@ -88,8 +110,8 @@ class QuestionKind:
         self.options = options
         self.allow_no_answer = False
 
-    def read(self, path: str, labels: tuple[str, ...] = ()):
-        data = qa.read_squad(path)
+    def read(self, path: str, labels: tuple[str, ...] = (), require_labels: bool = True):
+        data = qa.read_squad(path, require_labels)
         self.allow_no_answer |= any(not q.answers for q in data.examples)
         return data
 
@@ -112,6 +134,16 @@ class QuestionKind:
             span = qa.best_span(row[:, 0], row[:, 1], encoded_question, self.allow_no_answer)
             answers.append(qa.span_text(question, encoded_question, span))
         return qa.squad_metrics(answers, data.examples)
+
+    def outputs(self, predictions: list, batches: list[dict], encoded, data) -> list[dict]:
+        logits = [row for predicted in predictions for row in predicted]
+        return [{"id": question.id, "answer": qa.span_text(
+                    question, encoded_question, qa.best_span(row[:, 0], row[:, 1], encoded_question,
+                                                             self.allow_no_answer))}
+                for row, question, encoded_question in zip(logits, data.examples, encoded)]
+
+    def labelled(self, data) -> bool:
+        return False  # a question without answers may be unanswerable or unlabelled: no metrics from predict
 
 
 def task_kind(name: str, options):

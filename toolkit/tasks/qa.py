@@ -38,8 +38,11 @@ class QuestionData:
     path: str
 
 
-def read_squad(path: str) -> QuestionData:
-    """The questions of a SQuAD-format JSON file, each answer checked against its context."""
+def read_squad(path: str, require_labels: bool = True) -> QuestionData:
+    """The questions of a SQuAD-format JSON file, each answer checked against its context.
+
+    With require_labels=False (prediction) a question may come without answers.
+    """
     if not os.path.isfile(path):
         raise DataError(f"task file {path} does not exist")
     try:
@@ -56,13 +59,13 @@ def read_squad(path: str) -> QuestionData:
             if not isinstance(context, str) or not context:
                 raise DataError(f'{path}: a paragraph of "{article.get("title", "?")}" has no "context"')
             for qa in paragraph.get("qas", []):
-                questions.append(_question(qa, context, path))
+                questions.append(_question(qa, context, path, require_labels))
     if not questions:
         raise DataError(f"{path} holds no questions")
     return QuestionData("question-answering", questions, (), path)
 
 
-def _question(qa: dict, context: str, path: str) -> Question:
+def _question(qa: dict, context: str, path: str, require_labels: bool = True) -> Question:
     qid = str(qa.get("id", "?"))
     if not isinstance(qa.get("question"), str) or not qa["question"].strip():
         raise DataError(f'{path}: question {qid} has no "question" text')
@@ -77,7 +80,7 @@ def _question(qa: dict, context: str, path: str) -> Question:
             raise DataError(f'{path}: question {qid}: answer "{text}" is not at answer_start {start} of its '
                             f'context (which has "{context[start:start + len(text)]}" there){hint}')
         answers.append((text, start))
-    if not answers and not qa.get("is_impossible"):
+    if not answers and not qa.get("is_impossible") and require_labels:
         raise DataError(f'{path}: question {qid} has no answers and is not marked "is_impossible" (SQuAD v2.0)')
     return Question(qid, qa["question"], context, tuple(answers))
 

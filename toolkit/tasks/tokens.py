@@ -30,8 +30,12 @@ class TaggedData:
     path: str
 
 
-def read_conll(path: str, *, tag_column: int = -1, labels: tuple[str, ...] = ()) -> TaggedData:
-    """Sentences of a CoNLL file; `labels` declares the tag set (else: the file's own, sorted)."""
+def read_conll(path: str, *, tag_column: int = -1, labels: tuple[str, ...] = (),
+               require_labels: bool = True) -> TaggedData:
+    """Sentences of a CoNLL file; `labels` declares the tag set (else: the file's own, sorted).
+
+    With require_labels=False (prediction) a file of words alone is read too; its tags are -1.
+    """
     if not os.path.isfile(path):
         raise DataError(f"task file {path} does not exist")
     sentences, words, tags, width = [], [], [], None
@@ -45,13 +49,13 @@ def read_conll(path: str, *, tag_column: int = -1, labels: tuple[str, ...] = ())
                 continue
             if width is None:
                 width = len(columns)
-                if width < 2:
+                if width < 2 and require_labels:
                     raise DataError(f"{path} line {number} has one column; CoNLL lines hold a word and its tag")
             if len(columns) != width:
                 raise DataError(f"{path} line {number} has {len(columns)} columns, the lines before have {width}; "
                                 "every line needs the same columns")
             try:
-                tag = columns[tag_column]
+                tag = columns[tag_column] if width > 1 else None
             except IndexError:
                 raise DataError(f"{path}: --tag-column {tag_column} is beyond the {width} columns") from None
             words.append(columns[0])
@@ -60,15 +64,15 @@ def read_conll(path: str, *, tag_column: int = -1, labels: tuple[str, ...] = ())
         sentences.append((tuple(words), tuple(tags), None))
     if not sentences:
         raise DataError(f"{path} holds no sentences")
-    names = tuple(labels) or tuple(sorted({tag for _, tags, _ in sentences for tag, _ in tags}))
+    names = tuple(labels) or tuple(sorted({tag for _, tags, _ in sentences for tag, _ in tags if tag is not None}))
     index = {name: i for i, name in enumerate(names)}
     examples = []
     for words, tags, _ in sentences:
         for tag, number in tags:
-            if tag not in index:
+            if tag is not None and tag not in index:
                 raise DataError(f'{path} line {number}: tag "{tag}" is not one of the declared tags '
                                 f'({", ".join(names)}); fix it or declare it with --labels')
-        examples.append(TaggedSentence(words, tuple(index[tag] for tag, _ in tags)))
+        examples.append(TaggedSentence(words, tuple(-1 if tag is None else index[tag] for tag, _ in tags)))
     return TaggedData("token-classification", examples, names, path)
 
 

@@ -1,0 +1,36 @@
+"""`lmkit predict`: run a fine-tuned model's task head over a task file (click only at import)."""
+from __future__ import annotations
+
+import json
+
+import click
+
+
+@click.command("predict")
+@click.argument("model_dir", type=click.Path(file_okay=False))
+@click.option("--data", "path", required=True, type=click.Path(dir_okay=False),
+              help="Examples in the format the model was fine-tuned on (.jsonl, .tsv, CoNLL or SQuAD .json); "
+                   "labels are optional.")
+@click.option("--text-fields", help="The fields (or TSV columns) holding the text(s), comma-separated.")
+@click.option("--label-field", default="label", show_default=True, help="The field (or column) of the label.")
+@click.option("--tag-column", default=-1, show_default=True, type=int, help="CoNLL: the column of the tags.")
+@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1), help="Examples per pass.")
+@click.option("--max-length", type=click.IntRange(min=4), help="Tokens per sequence.  [default: the model's context]")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+def predict_command(model_dir, path, text_fields, label_field, tag_column, batch_size, max_length, device):
+    """Print one JSON line per example of --data with MODEL_DIR's prediction (label, value, choice, tags or
+    answer); when every example is labelled, the metrics go to stderr.
+    """
+    from ..errors import require_torch
+
+    require_torch("lmkit predict")
+    from ..tasks.predict import predict
+    from ..training.distributed import resolve_device
+
+    fields = tuple(f.strip() for f in text_fields.split(",") if f.strip()) if text_fields else ()
+    outputs, metrics = predict(model_dir, path, batch_size=batch_size, max_length=max_length, text_fields=fields,
+                               label_field=label_field, tag_column=tag_column, device=str(resolve_device(device)))
+    for output in outputs:
+        click.echo(json.dumps(output))
+    if metrics is not None:
+        click.echo("  ".join(f"{name} {value:.4f}" for name, value in metrics.items()), err=True)
