@@ -72,8 +72,8 @@ class GPT3Config(GPT2Config):
     # Query i attends keys i - band_width < j <= i: itself and the band_width - 1 positions before it.
     band_width: int = 256
     # Which layers are banded (0-based): "odd" (1, 3, 5, ...: dense first, alternating, as GPT-Neo),
-    # "even", "all", "none" (every layer dense: GPT-2), or a comma-separated list such as "1,2,5".
-    banded_layers: str = "odd"
+    # "even", "all", "none" (every layer dense: GPT-2), or the layers themselves: [1, 2, 5] or "1,2,5".
+    banded_layers: str | tuple[int, ...] = "odd"
 
     def __post_init__(self):
         super().__post_init__()
@@ -86,16 +86,17 @@ class GPT3Config(GPT2Config):
 
     def banded(self) -> tuple[bool, ...]:
         """For each layer, whether its attention is banded."""
-        scheme = self.banded_layers.strip().lower()
-        if scheme in BANDED_SCHEMES:
-            return tuple(BANDED_SCHEMES[scheme](layer) for layer in range(self.n_layer))
+        scheme = self.banded_layers
+        if isinstance(scheme, str) and scheme.strip().lower() in BANDED_SCHEMES:
+            return tuple(BANDED_SCHEMES[scheme.strip().lower()](layer) for layer in range(self.n_layer))
         try:
-            layers = {int(item) for item in scheme.split(",") if item.strip()}
+            layers = {int(item) for item in (scheme.split(",") if isinstance(scheme, str) else scheme)
+                      if str(item).strip()}
         except ValueError:
             layers = None
         if not layers or any(not 0 <= layer < self.n_layer for layer in layers):
-            raise ValueError(f"banded_layers must be one of {', '.join(BANDED_SCHEMES)} or a comma-separated "
-                             f"list of layers in 0..{self.n_layer - 1}, got '{self.banded_layers}'")
+            raise ValueError(f"banded_layers must be one of {', '.join(BANDED_SCHEMES)} or a list of layers "
+                             f"in 0..{self.n_layer - 1} ([1, 3] or '1,3'), got {self.banded_layers!r}")
         return tuple(layer in layers for layer in range(self.n_layer))
 
 
