@@ -80,7 +80,7 @@ def test_banded_scores_grow_as_t_times_w_not_t_squared():
     w = 256
     sizes = {T: band_attention_mask(None, T, 0, w).numel() for T in (1024, 2048, 4096, 8192)}
     assert all(size == T * 2 * w for T, size in sizes.items())
-    assert band_attention_mask(None, 8192, 0, w).shape == (1, 1, 32, 256, 512)
+    assert band_attention_mask(None, 8192, 0, w).shape == (1, 32, 1, 256, 512)  # (B, blocks, heads, w, 2w)
 
 
 # -- the gpt3 decoder ----------------------------------------------------------------------------------

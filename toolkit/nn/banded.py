@@ -4,7 +4,9 @@ Query i attends keys j with i - w < j <= i: itself and the w - 1 positions befor
 width, counts the query itself, as in openai/sparse_attention and GPT-Neo's window_size). A dense
 mask on the full (T, T) score matrix would give the same numbers at O(T^2) cost; here only the band
 is computed. The queries are cut into blocks of w, and block b attends a chunk of 2w keys, the block
-before it and its own, so SDPA runs on (nblocks, w, 2w) scores: O(T * w) time and memory.
+before it and its own, so SDPA runs on (nblocks, w, 2w) scores: O(T * w) time and memory. The blocks
+go into SDPA's batch axis (B * nblocks, nh, w, hs): 4-D inputs take its fused kernels, which on
+the CPU measured about 3x faster than the same work as 5-D tensors.
 
     keys     | window (w) | block 0 (w) | block 1 (w) | ...      the window: the w positions before
     block 0  |<------ chunk 0 -------->|                         the first query (from the cache,
@@ -34,8 +36,8 @@ def band_attention_mask(padding: Tensor | None, T: int, past: int, band_width: i
     """The mask of a banded layer for T new queries after `past` positions, or None if it needs none.
 
     padding: (B, past + T) bool, True for real tokens, or None.
-    Returns (B or 1, 1, nblocks, block, band_width + block) bool: for each block of queries, which keys
-    of its chunk (see the module docstring) it attends. block is band_width when T > band_width (the
+    Returns (B or 1, nblocks, 1, block, band_width + block) bool: for each block of queries, which keys
+    of its chunk (see the module docstring) it attends, the same for every head. block is band_width when T > band_width (the
     blocked form, O(T * w)), else T (one block: the queries and the w positions before them).
     None means "plain causal attention over the T new positions": nothing before them, no padding,
     and T <= band_width, so the band covers every key causal attention would see.
@@ -61,26 +63,26 @@ def band_attention_mask(padding: Tensor | None, T: int, past: int, band_width: i
     else:
         position = torch.arange(keys, device=device) + (past - w)  # absolute position of each key slot
         exists = (position >= 0)[None]  # (1, keys)
-    exists = chunks(exists[:, None, :, None], nblocks, w, block)[:, 0, :, :, 0]  # (B|1, nblocks, w + block)
+    exists = chunks(exists[:, None, :, None], nblocks, w, block)[:, :, 0, :, 0]  # (B|1, nblocks, w + block)
     r = torch.arange(block, device=device)[:, None]  # query offset in its block
     c = torch.arange(w + block, device=device)[None, :]  # key offset in its chunk; the query itself is r + w
     band = (c > r) & (c <= r + w)  # (block, w + block): i - w < j <= i
     # A query always sees itself: a padding query would otherwise see nothing, and SDPA's NaN for such
     # a row would spread to later layers. Real queries never see padding.
-    return (band & exists[:, None, :, None, :]) | (c == r + w)  # (B|1, 1, nblocks, block, w + block)
+    return (band & exists[:, :, None, None, :]) | (c == r + w)  # (B|1, nblocks, 1, block, w + block)
 
 
 def chunks(x: Tensor, nblocks: int, w: int, block: int) -> Tensor:
-    """The chunk of keys each query block attends: (B, nh, w + nblocks*block, hs) -> (B, nh, nblocks, w + block, hs).
+    """The chunk of keys each query block attends: (B, nh, w + nblocks*block, hs) -> (B, nblocks, nh, w + block, hs).
 
     One block (block = T): the whole sequence is the chunk. Blocks of w: chunk b is blocks b and
     b + 1 of the w-blocked keys (the window is block 0), so each key is copied twice, not w times.
     """
     if nblocks == 1:
-        return x[:, :, None]
+        return x[:, None]
     B, nh, _, hs = x.shape
-    blocked = x.reshape(B, nh, nblocks + 1, w, hs)
-    return torch.cat([blocked[:, :, :-1], blocked[:, :, 1:]], dim=3)  # (B, nh, nblocks, 2w, hs)
+    blocked = x.reshape(B, nh, nblocks + 1, w, hs).transpose(1, 2)  # (B, nblocks + 1, nh, w, hs)
+    return torch.cat([blocked[:, :-1], blocked[:, 1:]], dim=3)  # (B, nblocks, nh, 2w, hs)
 
 
 def banded_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, band_width: int,
@@ -96,16 +98,19 @@ def banded_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, band_
         k, v = k[:, :, k.size(2) - T:], v[:, :, v.size(2) - T:]
         return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=T > 1)
     w = band_width
-    nblocks, block = mask.size(2), mask.size(3)
+    nblocks, block = mask.size(1), mask.size(3)
     if nblocks == 1:  # one block: the queries and the window before them, (T, w + T) scores
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, :, 0], dropout_p=dropout_p)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, 0], dropout_p=dropout_p)
     pad = nblocks * block - T  # queries (and their keys) padded to whole blocks; cut off again below
     if pad:
         q, k, v = (F.pad(t, (0, 0, 0, pad)) for t in (q, k, v))
-    q = q.reshape(B, nh, nblocks, block, hs)
-    k, v = chunks(k, nblocks, w, block), chunks(v, nblocks, w, block)  # (B, nh, nblocks, w + block, hs)
-    y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)  # (B, nh, nblocks, block, hs)
-    return y.reshape(B, nh, nblocks * block, hs)[:, :, :T]
+    # Blocks into the batch axis: (B * nblocks, nh, block, hs) queries against (B * nblocks, nh, 2w, hs) keys.
+    q = q.reshape(B, nh, nblocks, block, hs).transpose(1, 2).reshape(B * nblocks, nh, block, hs)
+    k, v = (chunks(t, nblocks, w, block).reshape(B * nblocks, nh, w + block, hs) for t in (k, v))
+    mask = mask.expand(B, -1, -1, -1, -1).reshape(B * nblocks, 1, block, w + block)
+    y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)  # (B * nblocks, nh, block, hs)
+    y = y.view(B, nblocks, nh, block, hs).transpose(1, 2).reshape(B, nh, nblocks * block, hs)
+    return y[:, :, :T]
 
 
 class BandedSelfAttention(SelfAttention):
