@@ -11,14 +11,17 @@ three ways:
 
 Times are medians over repeats, timed in turns (dense, masked, banded, dense, ...) so that load on
 the machine hits all alike. Peak memory is the growth of the process's peak resident set
-(ru_maxrss) over one forward pass, in a fresh interpreter per layer and length, after the layer and
-its input exist: the layer's working memory (scores, masks, chunks), not its weights. Nothing is
-asserted: the figures are printed for the notes.
+(VmHWM) over one forward pass, in a fresh interpreter per layer and length, after the layer and
+its input exist and one warm-up pass has run: the layer's working memory (scores, masks, chunks,
+projections), not its weights. Linux only (it reads /proc/self). Nothing is asserted: the figures
+are printed for the notes.
 """
 from __future__ import annotations
 
 import argparse
+import gc
 import json
+import re
 import statistics
 import subprocess
 import sys
@@ -60,16 +63,28 @@ def interleaved(functions: dict, repeats: int) -> dict:
     return {name: statistics.median(values) for name, values in times.items()}
 
 
-def peak_memory_child(kind: str, T: int, threads: int) -> None:
-    """In a fresh interpreter: print the growth of the peak RSS, in bytes, over one forward pass."""
-    import resource
+def _status_kib(field: str) -> int:
+    """A field of /proc/self/status in KiB: VmRSS (resident now) or VmHWM (peak resident)."""
+    with open("/proc/self/status") as status:
+        return int(re.search(rf"{field}:\s+(\d+)", status.read()).group(1))
 
+
+def peak_memory_child(kind: str, T: int, threads: int) -> None:
+    """In a fresh interpreter: print how far the resident set rose above its level during one forward pass.
+
+    After a warm-up pass, the peak (VmHWM) is reset to the current resident set (Linux: write 5 to
+    /proc/self/clear_refs), so what it reaches next is this pass's working memory alone.
+    """
     torch.set_num_threads(threads)
     with torch.inference_mode():
         run = layer(kind, T)
-        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+        run()  # warm-up: one-time allocations (thread pools, kernels) are not the layer's
+        gc.collect()
+        with open("/proc/self/clear_refs", "w") as clear:
+            clear.write("5")
+        before = _status_kib("VmRSS")
         run()
-        after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        after = _status_kib("VmHWM")
     print(json.dumps({"bytes": (after - before) * 1024}))
 
 
