@@ -37,8 +37,9 @@ def band_attention_mask(padding: Tensor | None, T: int, past: int, band_width: i
 
     padding: (B, past + T) bool, True for real tokens, or None.
     Returns (B or 1, nblocks, 1, block, band_width + block) bool: for each block of queries, which keys
-    of its chunk (see the module docstring) it attends, the same for every head. block is band_width when T > band_width (the
-    blocked form, O(T * w)), else T (one block: the queries and the w positions before them).
+    of its chunk (see the module docstring) it attends, the same for every head. block is band_width
+    when T > band_width (the blocked form, O(T * w)), else T (one block: the queries and the w
+    positions before them).
     None means "plain causal attention over the T new positions": nothing before them, no padding,
     and T <= band_width, so the band covers every key causal attention would see.
     """
@@ -63,7 +64,11 @@ def band_attention_mask(padding: Tensor | None, T: int, past: int, band_width: i
     else:
         position = torch.arange(keys, device=device) + (past - w)  # absolute position of each key slot
         exists = (position >= 0)[None]  # (1, keys)
-    exists = chunks(exists[:, None, :, None], nblocks, w, block)[:, :, 0, :, 0]  # (B|1, nblocks, w + block)
+    if nblocks == 1:
+        exists = exists[:, None]  # (B|1, 1, w + T)
+    else:  # chunk b: blocks b and b + 1 of the keys (block 0 is the window)
+        blocked = exists.unflatten(1, (nblocks + 1, w))
+        exists = torch.cat([blocked[:, :-1], blocked[:, 1:]], dim=2)  # (B|1, nblocks, 2w)
     r = torch.arange(block, device=device)[:, None]  # query offset in its block
     c = torch.arange(w + block, device=device)[None, :]  # key offset in its chunk; the query itself is r + w
     band = (c > r) & (c <= r + w)  # (block, w + block): i - w < j <= i
@@ -72,45 +77,57 @@ def band_attention_mask(padding: Tensor | None, T: int, past: int, band_width: i
     return (band & exists[:, :, None, None, :]) | (c == r + w)  # (B|1, nblocks, 1, block, w + block)
 
 
-def chunks(x: Tensor, nblocks: int, w: int, block: int) -> Tensor:
-    """The chunk of keys each query block attends: (B, nh, w + nblocks*block, hs) -> (B, nblocks, nh, w + block, hs).
+def into_blocks(x: Tensor, out: Tensor) -> None:
+    """Copy x (B, nh, T, hs) into out (B, nblocks, nh, block, hs), block after block: one copy, no padding step.
 
-    One block (block = T): the whole sequence is the chunk. Blocks of w: chunk b is blocks b and
-    b + 1 of the w-blocked keys (the window is block 0), so each key is copied twice, not w times.
+    Slots of out past position T are left as they are (zeros, for a tensor made with new_zeros).
     """
-    if nblocks == 1:
-        return x[:, None]
-    B, nh, _, hs = x.shape
-    blocked = x.reshape(B, nh, nblocks + 1, w, hs).transpose(1, 2)  # (B, nblocks + 1, nh, w, hs)
-    return torch.cat([blocked[:, :-1], blocked[:, 1:]], dim=3)  # (B, nblocks, nh, 2w, hs)
+    B, nh, T, hs = x.shape
+    block = out.size(3)
+    full = T // block  # blocks x fills completely
+    out[:, :full] = x[:, :, :full * block].unflatten(2, (full, block)).transpose(1, 2)
+    if T % block:
+        out[:, full, :, :T % block] = x[:, :, full * block:]
 
 
 def banded_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, band_width: int,
                      dropout_p: float = 0.0) -> Tensor:
     """Banded causal attention of T queries: (B, nh, T, hs).
 
-    q: (B, nh, T, hs). k, v: (B, nh, w + T, hs), the band_width positions before the queries (the
-    window, whatever fills slots that do not exist) and then the queries' own; or, when mask is None,
-    anything that ends with the queries' own T. mask: from `band_attention_mask`.
+    q: (B, nh, T, hs). k, v: (B, nh, S, hs), the queries' own keys and values, preceded when S = w + T
+    by the band_width positions before them (the window; slots of positions that do not exist may
+    hold anything finite). mask: from `band_attention_mask`.
     """
     B, nh, T, hs = q.shape
+    w = band_width
     if mask is None:  # the band covers everything: dense causal attention, SDPA's fastest kernel
         k, v = k[:, :, k.size(2) - T:], v[:, :, v.size(2) - T:]
         return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=T > 1)
-    w = band_width
-    nblocks, block = mask.size(1), mask.size(3)
-    if nblocks == 1:  # one block: the queries and the window before them, (T, w + T) scores
+    nblocks = mask.size(1)
+    if nblocks == 1:  # one block: the queries against the window and themselves, (T, w + T) scores
+        if k.size(2) == T:  # no window given: nothing before the queries, which the mask leaves unread
+            k, v = (F.pad(t, (0, 0, w, 0)) for t in (k, v))
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, 0], dropout_p=dropout_p)
-    pad = nblocks * block - T  # queries (and their keys) padded to whole blocks; cut off again below
-    if pad:
-        q, k, v = (F.pad(t, (0, 0, 0, pad)) for t in (q, k, v))
-    # Blocks into the batch axis: (B * nblocks, nh, block, hs) queries against (B * nblocks, nh, 2w, hs) keys.
-    q = q.reshape(B, nh, nblocks, block, hs).transpose(1, 2).reshape(B * nblocks, nh, block, hs)
-    k, v = (chunks(t, nblocks, w, block).reshape(B * nblocks, nh, w + block, hs) for t in (k, v))
-    mask = mask.expand(B, -1, -1, -1, -1).reshape(B * nblocks, 1, block, w + block)
-    y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)  # (B * nblocks, nh, block, hs)
-    y = y.view(B, nblocks, nh, block, hs).transpose(1, 2).reshape(B, nh, nblocks * block, hs)
-    return y[:, :, :T]
+    # Blocks of w. Chunk b holds block b - 1 of the keys (the window for b = 0), then block b. Zeros
+    # where no position is (a missing window, past the end): masked, but they must not be NaN.
+    q_blocks = q.new_zeros(B, nblocks, nh, w, hs)
+    into_blocks(q, q_blocks)
+    chunked = []
+    for t in (k, v):
+        chunk = t.new_zeros(B, nblocks, nh, 2 * w, hs)
+        into_blocks(t[:, :, t.size(2) - T:], chunk[:, :, :, w:])
+        chunk[:, 1:, :, :w] = chunk[:, :-1, :, w:]
+        if t.size(2) > T:
+            chunk[:, 0, :, :w] = t[:, :, :w]
+        chunked.append(chunk.view(B * nblocks, nh, 2 * w, hs))
+    # The blocks go into SDPA's batch axis: (B * nblocks, nh, w, hs) queries, (B * nblocks, nh, 2w, hs) keys.
+    mask = mask.expand(B, -1, -1, -1, -1).reshape(B * nblocks, 1, w, 2 * w)
+    y = F.scaled_dot_product_attention(q_blocks.view(B * nblocks, nh, w, hs), *chunked, attn_mask=mask,
+                                       dropout_p=dropout_p)  # (B * nblocks, nh, w, hs)
+    del q_blocks, chunked
+    # Back to positions in one copy, (B, nblocks * w, nh, hs), returned as a (B, nh, T, hs) view.
+    y = y.view(B, nblocks, nh, w, hs).transpose(2, 3).reshape(B, nblocks * w, nh, hs)
+    return y[:, :T].transpose(1, 2)
 
 
 class BandedSelfAttention(SelfAttention):
@@ -132,9 +149,6 @@ class BandedSelfAttention(SelfAttention):
         q, k, v = self.heads(x)  # 3 x (B, nh, T, hs)
         if cache is not None:
             k, v = cache.update(layer, k, v)  # (B, nh, w + T, hs): the window, then the new positions
-        elif mask is not None:
-            # No cache, so nothing before the queries: an empty window, which the mask leaves unread.
-            k, v = (F.pad(t, (0, 0, self.band_width, 0)) for t in (k, v))  # (B, nh, w + T, hs)
         y = banded_attention(q, k, v, mask, self.band_width, self.dropout if self.training else 0.0)
         return self.output(y)  # (B, T, C)
 
