@@ -37,12 +37,12 @@ class ConcatCache:
     writing into a preallocated buffer, which would bake its size into the graph) and records the
     result as the layer's present.
 
-    windows: {layer: w} for layers that keep only their last w positions (GPT-3's banded layers,
-    see lmkit.nn.banded.BandedKVCache). Their past is always w positions (zeros before the first
+    length: the past's length (symbolic while tracing). windows: {layer: w} for layers that keep
+    only their last w positions (GPT-3's banded layers, see lmkit.nn.banded.BandedKVCache). Their past is always w positions (zeros before the first
     token), `update` returns the window followed by the new positions, and the present is the last w.
     """
 
-    def __init__(self, past: list[tuple[Tensor, Tensor]], length, windows: dict[int, int] | None = None):
+    def __init__(self, past: list[tuple[Tensor, Tensor]], length: int, windows: dict[int, int] | None = None):
         self.past = past
         self.presents: list[tuple[Tensor, Tensor] | None] = [None] * len(past)
         self.length = length

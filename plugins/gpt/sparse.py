@@ -43,8 +43,9 @@ class GPT3Decoder(GPT2Decoder):
 
     def layer_masks(self, attention_mask: Tensor | None, T: int, past: int, device: torch.device) -> list:
         """The causal mask for the dense layers and the band mask for the banded ones, each built once."""
-        dense = self_attention_mask(attention_mask, T, past, causal=True, device=device) \
-            if not all(self.banded) else None
-        band = band_attention_mask(attention_mask, T, past, self.config.band_width, device=device) \
-            if any(self.banded) else None
+        dense = band = None
+        if not all(self.banded):
+            dense = self_attention_mask(attention_mask, T, past, causal=True, device=device)
+        if any(self.banded):
+            band = band_attention_mask(attention_mask, T, past, self.config.band_width, device=device)
         return [band if banded else dense for banded in self.banded]
