@@ -36,18 +36,25 @@ class ConcatCache:
     `update` concatenates the new keys/values to the past ones given as graph inputs (instead of
     writing into a preallocated buffer, which would bake its size into the graph) and records the
     result as the layer's present.
+
+    length: the past's length (symbolic while tracing). windows: {layer: w} for layers that keep
+    only their last w positions (GPT-3's banded layers, see lmkit.nn.banded.BandedKVCache). Their past is always w positions (zeros before the first
+    token), `update` returns the window followed by the new positions, and the present is the last w.
     """
 
-    def __init__(self, past: list[tuple[Tensor, Tensor]]):
+    def __init__(self, past: list[tuple[Tensor, Tensor]], length: int, windows: dict[int, int] | None = None):
         self.past = past
         self.presents: list[tuple[Tensor, Tensor] | None] = [None] * len(past)
-        self.length = past[0][0].shape[2]
+        self.length = length
+        self.windows = windows or {}
 
     def update(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
         past_k, past_v = self.past[layer]
-        present = (torch.cat([past_k, k], dim=2), torch.cat([past_v, v], dim=2))
-        self.presents[layer] = present
-        return present
+        keys, values = torch.cat([past_k, k], dim=2), torch.cat([past_v, v], dim=2)
+        # A window layer's present is the last w of its w + T positions: from the T-th on.
+        new = k.size(2)
+        self.presents[layer] = (keys, values) if layer not in self.windows else (keys[:, :, new:], values[:, :, new:])
+        return keys, values
 
     def advance(self, n: int) -> None:
         """The length is the past's, known from the inputs; nothing to count."""
@@ -56,41 +63,55 @@ class ConcatCache:
 class DecoderWithPast(nn.Module):
     """forward(input_ids, attention_mask, position_ids, *past) -> (logits, *presents)."""
 
-    def __init__(self, decoder: nn.Module, n_layer: int):
+    def __init__(self, decoder: nn.Module, n_layer: int, windows: dict[int, int] | None = None):
         super().__init__()
         self.decoder = decoder
         self.n_layer = n_layer
+        self.windows = windows or {}
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor, position_ids: Tensor, *past: Tensor):
-        cache = ConcatCache([(past[2 * i], past[2 * i + 1]) for i in range(self.n_layer)])
+        pairs = [(past[2 * i], past[2 * i + 1]) for i in range(self.n_layer)]
+        full = [layer for layer in range(self.n_layer) if layer not in self.windows]
+        # The past length: a full layer's cache length, or with none, what the mask covers before the new tokens.
+        length = pairs[full[0]][0].shape[2] if full else attention_mask.shape[1] - input_ids.shape[1]
+        cache = ConcatCache(pairs, length, self.windows)
         # int64 in the graph, as optimum and onnxruntime-genai feed it; the decoder wants bool.
         logits = self.decoder(input_ids, cache, attention_mask.bool(), position_ids)
         return (logits, *(tensor for present in cache.presents for tensor in present))
 
 
 def decoder_only_plan(model: nn.Module, *, n_layer: int, n_head: int, head_dim: int, vocab_size: int,
-                      max_length: int | None) -> ExportPlan:
-    """The plan for `model.decoder`, whose cache has n_layer layers of (B, n_head, length, head_dim)."""
+                      max_length: int | None, windows: dict[int, int] | None = None) -> ExportPlan:
+    """The plan for `model.decoder`, whose cache has n_layer layers of (B, n_head, length, head_dim).
+
+    windows: {layer: w} for layers whose cache is a window of their last w positions (a fixed axis of
+    size w in and out, which the runtime starts as zeros); see ConcatCache.
+    """
+    windows = windows or {}
     if getattr(model, "encoder", None) is not None:
         raise LmkitError("this exporter writes decoder-only models, but the composition also has an "
                          "encoder; an encoder-decoder export needs an exporter of its own")
     decoder = model.decoder
-    module = DecoderWithPast(decoder, n_layer).eval()
+    module = DecoderWithPast(decoder, n_layer, windows).eval()
+    layers = [layer for layer in range(n_layer) for _ in ("key", "value")]
     cache_names = [(f"past_key_values.{i}.{part}", f"present.{i}.{part}")
                    for i in range(n_layer) for part in ("key", "value")]
     inputs = [
         TensorInfo("input_ids", "int64", (BATCH, SEQUENCE)),
         TensorInfo("attention_mask", "int64", (BATCH, TOTAL)),
         TensorInfo("position_ids", "int64", (BATCH, SEQUENCE)),
-        *(TensorInfo(past, "float32", (BATCH, n_head, PAST, head_dim)) for past, _ in cache_names),
+        *(TensorInfo(past, "float32", (BATCH, n_head, windows.get(layer, PAST), head_dim))
+          for layer, (past, _) in zip(layers, cache_names)),
     ]
     outputs = [
         TensorInfo("logits", "float32", (BATCH, SEQUENCE, vocab_size)),
-        *(TensorInfo(present, "float32", (BATCH, n_head, TOTAL, head_dim)) for _, present in cache_names),
+        *(TensorInfo(present, "float32", (BATCH, n_head, windows.get(layer, TOTAL), head_dim))
+          for layer, (_, present) in zip(layers, cache_names)),
     ]
     rng = np.random.default_rng(0)
     shape_set = functools.partial(_inputs, module, rng, vocab_size=vocab_size, cache=(n_head, head_dim),
-                                  past_names=[past for past, _ in cache_names])
+                                  past_names=[past for past, _ in cache_names],
+                                  past_lengths=[windows.get(layer, 0) for layer in layers])
     example = shape_set(*EXAMPLE_SHAPE)
     graph = Graph(
         name="model", module=module, inputs=inputs, outputs=outputs,
@@ -100,6 +121,8 @@ def decoder_only_plan(model: nn.Module, *, n_layer: int, n_head: int, head_dim: 
     )
     dimensions = {"n_layer": n_layer, "n_head": n_head, "head_dim": head_dim, "vocab_size": vocab_size,
                   "max_length": max_length}
+    if windows:  # which layers' cache is a window, and its size
+        dimensions["windows"] = {str(layer): w for layer, w in windows.items()}
     return ExportPlan(DECODER_ONLY, [graph], dimensions)
 
 
@@ -114,10 +137,12 @@ def _fit(shapes, max_length: int | None):
 
 @torch.no_grad()
 def _inputs(module: DecoderWithPast, rng: np.random.Generator, batch: int, new: int, past: int, *,
-            vocab_size: int, cache: tuple[int, int], past_names: list[str]) -> ShapeSet:
+            vocab_size: int, cache: tuple[int, int], past_names: list[str],
+            past_lengths: list[int] | None = None) -> ShapeSet:
     """Random tokens after a past computed by the model itself, so the cache holds real keys/values.
 
-    cache: (heads, head_dim) of every layer's keys and values. The first row of a batch starts
+    cache: (heads, head_dim) of every layer's keys and values. past_lengths: each cache input's
+    length before the first token (0, or a window's fixed size). The first row of a batch starts
     with padding, as a left-padded prompt does.
     """
     total = past + new
@@ -126,7 +151,7 @@ def _inputs(module: DecoderWithPast, rng: np.random.Generator, batch: int, new: 
     if batch > 1:
         mask[0, :min(PADDING, total - 1)] = 0
     positions = np.maximum(np.cumsum(mask, axis=1) - 1, 0)
-    past_values = [torch.zeros(batch, cache[0], 0, cache[1])] * len(past_names)
+    past_values = [torch.zeros(batch, cache[0], length, cache[1]) for length in past_lengths or [0] * len(past_names)]
     if past:
         prefix = (torch.from_numpy(a[:, :past]) for a in (ids, mask, positions))
         past_values = module(*prefix, *past_values)[1:]

@@ -1,7 +1,8 @@
-"""GPT (Radford et al. 2018) and GPT-2 (2019): the `gpt` and `gpt2` decoders and the presets built on them.
+"""GPT (Radford et al. 2018), GPT-2 (2019) and GPT-3 (2020): the `gpt`, `gpt2` and `gpt3` decoders and
+the presets built on them.
 
 Only registration lives here, so loading the plugin does not import torch; the models are in
-openai_gpt.py and model.py.
+openai_gpt.py, model.py and sparse.py.
 """
 from lmkit.hookspecs import hookimpl
 
@@ -10,6 +11,8 @@ from lmkit.hookspecs import hookimpl
 def register_decoders(register):
     register("gpt2", "lmkit.plugins.gpt.model:GPT2Decoder", options="lmkit.plugins.gpt.config:GPT2Config",
              summary="pre-LN transformer decoder, learned positions, tied embeddings (GPT-2)")
+    register("gpt3", "lmkit.plugins.gpt.sparse:GPT3Decoder", options="lmkit.plugins.gpt.config:GPT3Config",
+             summary="GPT-2's decoder with alternating dense and locally banded attention layers (GPT-3)")
     register("gpt", "lmkit.plugins.gpt.openai_gpt:OpenAIGPTDecoder",
              options="lmkit.plugins.gpt.config:OpenAIGPTConfig",
              summary="post-LN transformer decoder, learned positions, tied embeddings (GPT, 2018)")
@@ -19,6 +22,8 @@ def register_decoders(register):
 def register_exporters(register):
     register("decoder.gpt2", "lmkit.plugins.gpt.export:export_plan",
              summary="one decoder graph, KV cache in and out (optimum names)")
+    register("decoder.gpt3", "lmkit.plugins.gpt.export:gpt3_export_plan",
+             summary="one decoder graph, KV cache in and out; banded layers' cache is their last band_width positions")
 
 
 def _preset(summary: str, *, decoder_type: str = "gpt2", tokenizer: str = "bytelevel-bpe",
@@ -54,8 +59,18 @@ OPENAI_GPT_PRESETS = {
                         vocab_size=512, n_positions=64, n_embd=64, n_layer=2, n_head=4),
 }
 
+# GPT-3: the `gpt3` decoder, GPT-2's tokenizer. The paper gives no band width; 256 is GPT-Neo's.
+GPT3_PRESETS = {
+    "gpt3-small": _preset("GPT-3 Small 125M: 12 layers x 768, 12 heads, context 2048, odd layers banded (256)",
+                          decoder_type="gpt3", vocab_size=50257, n_positions=2048, n_embd=768, n_layer=12,
+                          n_head=12, band_width=256, banded_layers="odd"),
+    "gpt3-tiny": _preset("a GPT-3 for tests: 4 layers x 64, 4 heads, vocab 512, context 64, odd layers banded (8)",
+                         decoder_type="gpt3", vocab_size=512, n_positions=64, n_embd=64, n_layer=4, n_head=4,
+                         band_width=8, banded_layers="odd"),
+}
+
 
 @hookimpl
 def register_presets(register):
-    for name, (spec, summary) in {**PRESETS, **OPENAI_GPT_PRESETS}.items():
+    for name, (spec, summary) in {**PRESETS, **OPENAI_GPT_PRESETS, **GPT3_PRESETS}.items():
         register(name, spec, summary=summary)

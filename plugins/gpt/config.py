@@ -57,3 +57,52 @@ class OpenAIGPTConfig:
     bias: bool = True
 
     __post_init__ = GPT2Config.__post_init__  # the same checks
+
+
+@dataclass(frozen=True)
+class GPT3Config(GPT2Config):
+    """GPT-3 (Brown et al. 2020): GPT-2's decoder with dense and locally banded attention layers.
+
+    The paper says the layers alternate "dense and locally banded sparse attention patterns,
+    similar to the Sparse Transformer" and gives neither the band width nor which layers are
+    banded; the defaults follow GPT-Neo (window 256, layer 0 dense, then alternating).
+    """
+
+    n_positions: int = 2048  # GPT-3's context (Table 2.1: every size)
+    # Query i attends keys i - band_width < j <= i: itself and the band_width - 1 positions before it.
+    band_width: int = 256
+    # Which layers are banded (0-based): "odd" (1, 3, 5, ...: dense first, alternating, as GPT-Neo),
+    # "even", "all", "none" (every layer dense: GPT-2), or the layers themselves: [1, 2, 5] or "1,2,5".
+    banded_layers: str | tuple[int, ...] = "odd"
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.band_width < 1:
+            raise ValueError(f"band_width must be a positive integer, got {self.band_width}")
+        if self.band_width > self.n_positions:
+            raise ValueError(f"band_width ({self.band_width}) must be at most the context, n_positions "
+                             f"({self.n_positions}); a band as wide as the context is dense attention")
+        self.banded()  # raises on a bad banded_layers
+
+    def banded(self) -> tuple[bool, ...]:
+        """For each layer, whether its attention is banded."""
+        scheme = self.banded_layers
+        if isinstance(scheme, str) and scheme.strip().lower() in BANDED_SCHEMES:
+            return tuple(BANDED_SCHEMES[scheme.strip().lower()](layer) for layer in range(self.n_layer))
+        try:
+            layers = {int(item) for item in (scheme.split(",") if isinstance(scheme, str) else scheme)
+                      if str(item).strip()}
+        except ValueError:
+            layers = None
+        if not layers or any(not 0 <= layer < self.n_layer for layer in layers):
+            raise ValueError(f"banded_layers must be one of {', '.join(BANDED_SCHEMES)} or a list of layers "
+                             f"in 0..{self.n_layer - 1} ([1, 3] or '1,3'), got {self.banded_layers!r}")
+        return tuple(layer in layers for layer in range(self.n_layer))
+
+
+BANDED_SCHEMES = {
+    "odd": lambda layer: layer % 2 == 1,
+    "even": lambda layer: layer % 2 == 0,
+    "all": lambda layer: True,
+    "none": lambda layer: False,
+}

@@ -1,4 +1,4 @@
-"""How a GPT-2 decoder becomes ONNX: lmkit's decoder-only graph, with GPT-2's cache geometry."""
+"""How a GPT-2 or GPT-3 decoder becomes ONNX: lmkit's decoder-only graph, with their cache geometry."""
 from __future__ import annotations
 
 from lmkit.exports.decoder_only import decoder_only_plan
@@ -10,3 +10,18 @@ def export_plan(model) -> ExportPlan:
     return decoder_only_plan(model, n_layer=config.n_layer, n_head=config.n_head,
                              head_dim=config.n_embd // config.n_head, vocab_size=config.vocab_size,
                              max_length=config.n_positions)
+
+
+def gpt3_export_plan(model) -> ExportPlan:
+    """GPT-2's graph, where each banded layer's cache is a window of its last band_width positions.
+
+    The graph computes a banded layer on the window and the new tokens, (T, w + T) scores: O(w) per
+    generated token, while a prompt of T tokens costs O(T * (w + T)) (the blocked O(T * w) form
+    needs a branch on T, which a traced graph cannot take).
+    """
+    decoder = model.decoder
+    config = decoder.config
+    windows = {layer: config.band_width for layer, banded in enumerate(decoder.banded) if banded}
+    return decoder_only_plan(model, n_layer=config.n_layer, n_head=config.n_head,
+                             head_dim=config.n_embd // config.n_head, vocab_size=config.vocab_size,
+                             max_length=config.n_positions, windows=windows)

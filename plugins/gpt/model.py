@@ -67,14 +67,21 @@ class LearnedPositionDecoder(nn.Module):
             )
         if position_ids is None:
             position_ids = torch.arange(past, past + T, device=input_ids.device)  # (T,), same for all rows
-        # (B, 1, T, past + T), or None where SDPA's is_causal (or no mask at all) is right
-        mask = self_attention_mask(attention_mask, T, past, causal=True, device=input_ids.device)
+        masks = self.layer_masks(attention_mask, T, past, input_ids.device)
         x = self.drop(self.token_embedding()(input_ids) + self.position_embedding()(position_ids))  # (B, T, C)
-        for layer, block in enumerate(self.h):
+        for layer, (block, mask) in enumerate(zip(self.h, masks)):
             x = block(x, mask, cache, layer)
         if cache is not None:
             cache.advance(T)
         return self.final_norm(x)  # (B, T, C)
+
+    def layer_masks(self, attention_mask: Tensor | None, T: int, past: int, device: torch.device) -> list:
+        """Each layer's attention mask, built once per forward pass: here one causal mask for all.
+
+        (B, 1, T, past + T), or None where SDPA's is_causal (or no mask at all) is right.
+        """
+        mask = self_attention_mask(attention_mask, T, past, causal=True, device=device)
+        return [mask] * len(self.h)
 
     def forward(self, input_ids: Tensor, cache: KVCache | None = None, attention_mask: Tensor | None = None,
                 position_ids: Tensor | None = None) -> Tensor:
@@ -99,11 +106,7 @@ class GPT2Decoder(LearnedPositionDecoder):
         self.wte = nn.Embedding(config.vocab_size, config.n_embd)
         self.wpe = nn.Embedding(config.n_positions, config.n_embd)
         self.drop = nn.Dropout(config.dropout)
-        self.h = nn.ModuleList(
-            Block(config.n_embd, config.n_head, causal=True, pre_ln=True, activation=config.activation,
-                  bias=config.bias, dropout=config.dropout, layer_norm_epsilon=config.layer_norm_epsilon)
-            for _ in range(config.n_layer)
-        )
+        self.h = nn.ModuleList(self.make_block(config, layer) for layer in range(config.n_layer))
         self.ln_f = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon, bias=config.bias)
         # The output projection is wte itself, so its weights are stored once.
         self.lm_head = TiedOutputProjection()
@@ -116,6 +119,12 @@ class GPT2Decoder(LearnedPositionDecoder):
         for name, parameter in self.named_parameters():
             if name.endswith("c_proj.weight"):
                 nn.init.normal_(parameter, std=0.02 / math.sqrt(2 * config.n_layer))
+
+    def make_block(self, config: GPT2Config, layer: int, attention: nn.Module | None = None) -> Block:
+        """Block `layer` of the stack: pre-LN, with dense causal attention unless `attention` is given."""
+        return Block(config.n_embd, config.n_head, causal=True, pre_ln=True, activation=config.activation,
+                     bias=config.bias, dropout=config.dropout, layer_norm_epsilon=config.layer_norm_epsilon,
+                     attention=attention)
 
     def token_embedding(self) -> nn.Embedding:
         return self.wte

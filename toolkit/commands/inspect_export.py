@@ -68,7 +68,10 @@ def _grouped(tensors: list[dict]):
         groups.setdefault(key, []).append(int(layer.group(1)) if layer else -1)
     for (pattern, dtype, shape), layers in groups.items():
         if len(layers) > 1:
-            pattern = pattern.replace("{}", "{" + f"{min(layers)}..{max(layers)}" + "}")
+            # 0..11 for a run of layers; otherwise each, e.g. GPT-3's banded layers {1,3,5}
+            run = layers == list(range(min(layers), max(layers) + 1))
+            pattern = pattern.replace("{}", "{" + (f"{min(layers)}..{max(layers)}" if run
+                                                   else ",".join(map(str, layers))) + "}")
         elif layers[0] >= 0:
             pattern = pattern.replace("{}", str(layers[0]))
         yield pattern, dtype, shape

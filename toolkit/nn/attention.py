@@ -63,12 +63,8 @@ class SelfAttention(nn.Module):
     def forward(self, x: Tensor, mask: Tensor | None = None, cache: KVCache | None = None,
                 layer: int = 0) -> Tensor:
         """x: (B, T, C); mask from `self_attention_mask`; `layer` is this layer's slot in `cache`."""
-        B, T, C = x.shape
-        hs = C // self.n_head
-        q, k, v = self.c_attn(x).split(self.n_embd, dim=2)  # 3 x (B, T, C)
-        q = q.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
-        k = k.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
-        v = v.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
+        T = x.size(1)
+        q, k, v = self.heads(x)  # 3 x (B, nh, T, hs)
         past = 0
         if cache is not None:
             past = cache.length
@@ -80,5 +76,17 @@ class SelfAttention(nn.Module):
             dropout_p=self.dropout if self.training else 0.0,
             is_causal=self.causal and mask is None and T > 1,
         )  # (B, nh, T, hs)
-        y = y.transpose(1, 2).reshape(B, T, C)  # heads side by side again
+        return self.output(y)
+
+    def heads(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Queries, keys and values of x (B, T, C), split into heads: 3 x (B, nh, T, hs)."""
+        B, T, C = x.shape
+        hs = C // self.n_head
+        q, k, v = self.c_attn(x).split(self.n_embd, dim=2)  # 3 x (B, T, C)
+        return tuple(t.view(B, T, self.n_head, hs).transpose(1, 2) for t in (q, k, v))
+
+    def output(self, y: Tensor) -> Tensor:
+        """The heads' outputs (B, nh, T, hs) side by side again, projected back: (B, T, C)."""
+        B, nh, T, hs = y.shape
+        y = y.transpose(1, 2).reshape(B, T, nh * hs)
         return self.resid_dropout(self.c_proj(y))

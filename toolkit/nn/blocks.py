@@ -46,11 +46,13 @@ class Block(nn.Module):
 
     def __init__(self, n_embd: int, n_head: int, *, causal: bool, pre_ln: bool = True,
                  d_ff: int | None = None, activation: Activation = "gelu-tanh", bias: bool = True,
-                 dropout: float = 0.0, layer_norm_epsilon: float = 1e-5):
+                 dropout: float = 0.0, layer_norm_epsilon: float = 1e-5, attention: nn.Module | None = None):
         super().__init__()
         self.pre_ln = pre_ln
         self.ln_1 = nn.LayerNorm(n_embd, eps=layer_norm_epsilon, bias=bias)
-        self.attn = SelfAttention(n_embd, n_head, causal=causal, bias=bias, dropout=dropout)
+        # `attention` replaces the dense self-attention, e.g. with the banded one of GPT-3's sparse
+        # layers; it takes the same (x, mask, cache, layer) arguments.
+        self.attn = attention or SelfAttention(n_embd, n_head, causal=causal, bias=bias, dropout=dropout)
         self.ln_2 = nn.LayerNorm(n_embd, eps=layer_norm_epsilon, bias=bias)
         self.mlp = MLP(n_embd, d_ff or 4 * n_embd, activation=activation, bias=bias, dropout=dropout)
 

@@ -1,0 +1,242 @@
+"""Locally banded causal self-attention (Sparse Transformer's 'local' pattern) and its windowed cache.
+
+Query i attends keys j with i - w < j <= i: itself and the w - 1 positions before it (w, the band
+width, counts the query itself, as in openai/sparse_attention and GPT-Neo's window_size). A dense
+mask on the full (T, T) score matrix would give the same numbers at O(T^2) cost; here only the band
+is computed. The queries are cut into blocks of w, and block b attends a chunk of 2w keys, the block
+before it and its own, so SDPA runs on (nblocks, w, 2w) scores: O(T * w) time and memory. The blocks
+go into SDPA's batch axis (B * nblocks, nh, w, hs): 4-D inputs take its fused kernels, which on
+the CPU measured about 3x faster than the same work as 5-D tensors.
+
+    keys     | window (w) | block 0 (w) | block 1 (w) | ...      the window: the w positions before
+    block 0  |<------ chunk 0 -------->|                         the first query (from the cache,
+    block 1               |<------ chunk 1 -------->|            or nothing at all)
+
+In every chunk, query r of the block (r = 0..block-1) sits at key offset r + w, so the band is the
+same small mask for every block: r < c <= r + w. Which keys exist (the window of a short past,
+padding) is the only thing that differs from chunk to chunk.
+
+A banded layer never looks further back than w - 1 positions, so during generation its cache keeps
+only the last w positions (`BandedKVCache`): memory per layer stays flat however long the text.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .attention import SelfAttention
+from .cache import KVCache
+
+
+def band_attention_mask(padding: Tensor | None, T: int, past: int, band_width: int, *,
+                        device: torch.device | None = None) -> Tensor | None:
+    """The mask of a banded layer for T new queries after `past` positions, or None if it needs none.
+
+    padding: (B, past + T) bool, True for real tokens, or None.
+    Returns (B or 1, nblocks, 1, block, band_width + block) bool: for each block of queries, which keys
+    of its chunk (see the module docstring) it attends, the same for every head. block is band_width
+    when T > band_width (the blocked form, O(T * w)), else T (one block: the queries and the w
+    positions before them).
+    None means "plain causal attention over the T new positions": nothing before them, no padding,
+    and T <= band_width, so the band covers every key causal attention would see.
+    """
+    w = band_width
+    exporting = torch.compiler.is_exporting()
+    if not exporting and padding is None and past == 0 and T <= w:
+        return None
+    # Under torch.export, T is symbolic and cannot choose a branch: the one-block form is right for
+    # every T (it costs O(T * (w + T)), which for a decoding step, T = 1, is O(w)).
+    if exporting or T <= w:
+        block, nblocks = T, 1
+    else:
+        block, nblocks = w, -(-T // w)
+    keys = w + nblocks * block  # the window, then the new positions padded to whole blocks
+    if padding is not None:
+        device = padding.device
+        B = padding.size(0)
+        # Keys before position 0 (a past shorter than the window) and after the end do not exist.
+        padded = torch.cat([padding.new_zeros(B, w), padding.bool(),
+                            padding.new_zeros(B, nblocks * block - T)], dim=1)  # (B, w + past + nblocks*block)
+        exists = padded[:, padded.size(1) - keys:]  # (B, keys)
+    else:
+        position = torch.arange(keys, device=device) + (past - w)  # absolute position of each key slot
+        exists = (position >= 0)[None]  # (1, keys)
+    if nblocks == 1:
+        exists = exists[:, None]  # (B|1, 1, w + T)
+    else:  # chunk b: blocks b and b + 1 of the keys (block 0 is the window)
+        blocked = exists.unflatten(1, (nblocks + 1, w))
+        exists = torch.cat([blocked[:, :-1], blocked[:, 1:]], dim=2)  # (B|1, nblocks, 2w)
+    r = torch.arange(block, device=device)[:, None]  # query offset in its block
+    c = torch.arange(w + block, device=device)[None, :]  # key offset in its chunk; the query itself is r + w
+    band = (c > r) & (c <= r + w)  # (block, w + block): i - w < j <= i
+    # A query always sees itself: a padding query would otherwise see nothing, and SDPA's NaN for such
+    # a row would spread to later layers. Real queries never see padding.
+    return (band & exists[:, :, None, None, :]) | (c == r + w)  # (B|1, nblocks, 1, block, w + block)
+
+
+def into_blocks(x: Tensor, out: Tensor) -> None:
+    """Copy x (B, nh, T, hs) into out (B, nblocks, nh, block, hs), block after block: one copy, no padding step.
+
+    Slots of out past position T are left as they are (zeros, for a tensor made with new_zeros).
+    """
+    B, nh, T, hs = x.shape
+    block = out.size(3)
+    full = T // block  # blocks x fills completely
+    out[:, :full] = x[:, :, :full * block].unflatten(2, (full, block)).transpose(1, 2)
+    if T % block:
+        out[:, full, :, :T % block] = x[:, :, full * block:]
+
+
+def banded_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, band_width: int,
+                     dropout_p: float = 0.0) -> Tensor:
+    """Banded causal attention of T queries: (B, nh, T, hs).
+
+    q: (B, nh, T, hs). k, v: (B, nh, S, hs), the queries' own keys and values, preceded when S = w + T
+    by the band_width positions before them (the window; slots of positions that do not exist may
+    hold anything finite). mask: from `band_attention_mask`.
+    """
+    B, nh, T, hs = q.shape
+    w = band_width
+    if mask is None:  # the band covers everything: dense causal attention, SDPA's fastest kernel
+        k, v = k[:, :, k.size(2) - T:], v[:, :, v.size(2) - T:]
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=T > 1)
+    nblocks = mask.size(1)
+    if nblocks == 1:  # one block: the queries against the window and themselves, (T, w + T) scores
+        if k.size(2) == T:  # no window given: nothing before the queries, which the mask leaves unread
+            k, v = (F.pad(t, (0, 0, w, 0)) for t in (k, v))
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, 0], dropout_p=dropout_p)
+    # Blocks of w. Chunk b holds block b - 1 of the keys (the window for b = 0), then block b. Zeros
+    # where no position is (a missing window, past the end): masked, but they must not be NaN.
+    q_blocks = q.new_zeros(B, nblocks, nh, w, hs)
+    into_blocks(q, q_blocks)
+    chunked = []
+    for t in (k, v):
+        chunk = t.new_zeros(B, nblocks, nh, 2 * w, hs)
+        into_blocks(t[:, :, t.size(2) - T:], chunk[:, :, :, w:])
+        chunk[:, 1:, :, :w] = chunk[:, :-1, :, w:]
+        if t.size(2) > T:
+            chunk[:, 0, :, :w] = t[:, :, :w]
+        chunked.append(chunk.view(B * nblocks, nh, 2 * w, hs))
+    # The blocks go into SDPA's batch axis: (B * nblocks, nh, w, hs) queries, (B * nblocks, nh, 2w, hs) keys.
+    mask = mask.expand(B, -1, -1, -1, -1).reshape(B * nblocks, 1, w, 2 * w)
+    y = F.scaled_dot_product_attention(q_blocks.view(B * nblocks, nh, w, hs), *chunked, attn_mask=mask,
+                                       dropout_p=dropout_p)  # (B * nblocks, nh, w, hs)
+    del q_blocks, chunked
+    # Back to positions in one copy, (B, nblocks * w, nh, hs), returned as a (B, nh, T, hs) view.
+    y = y.view(B, nblocks, nh, w, hs).transpose(2, 3).reshape(B, nblocks * w, nh, hs)
+    return y[:, :T].transpose(1, 2)
+
+
+class BandedSelfAttention(SelfAttention):
+    """Causal self-attention over a band of `band_width` positions; same weights as SelfAttention.
+
+    mask: from `band_attention_mask` (not `self_attention_mask`). With a cache, `cache.update` must
+    return the band_width positions before the new ones and then theirs (BandedKVCache does).
+    """
+
+    def __init__(self, n_embd: int, n_head: int, band_width: int, *, bias: bool = True, dropout: float = 0.0):
+        super().__init__(n_embd, n_head, causal=True, bias=bias, dropout=dropout)
+        if band_width < 1:
+            raise ValueError(f"band_width must be a positive integer, got {band_width}")
+        self.band_width = band_width
+
+    def forward(self, x: Tensor, mask: Tensor | None = None, cache: KVCache | BandedKVCache | None = None,
+                layer: int = 0) -> Tensor:
+        """x: (B, T, C) -> (B, T, C); `layer` is this layer's slot in `cache`."""
+        q, k, v = self.heads(x)  # 3 x (B, nh, T, hs)
+        if cache is not None:
+            k, v = cache.update(layer, k, v)  # (B, nh, w + T, hs): the window, then the new positions
+        y = banded_attention(q, k, v, mask, self.band_width, self.dropout if self.training else 0.0)
+        return self.output(y)  # (B, T, C)
+
+
+class BandedKVCache:
+    """The key/value cache of a stack where some layers are banded: those keep only a window.
+
+    Dense layers keep every position, in a KVCache of max_len. A banded layer keeps the last
+    band_width positions, oldest first (slot s holds position length - w + s; slots before position 0
+    hold zeros and are masked), so its memory does not grow with the text. `update` on a banded layer
+    returns the window followed by the new positions, which is what BandedSelfAttention reads.
+
+    Same interface as KVCache: length, batch_size, max_len, update/advance, crop, reorder.
+    """
+
+    def __init__(self, banded: Sequence[bool], batch_size: int, n_head: int, max_len: int, head_dim: int,
+                 band_width: int, *, device: torch.device | str | None = None, dtype: torch.dtype | None = None):
+        self.band_width = band_width
+        # Each layer's index into the storage of its kind.
+        self.slot = [sum(1 for earlier in banded[:layer] if earlier == kind) for layer, kind in enumerate(banded)]
+        self.banded = list(banded)
+        self.dense = KVCache(self.banded.count(False), batch_size, n_head, max_len, head_dim,
+                             device=device, dtype=dtype)
+        shape = (self.banded.count(True), batch_size, n_head, band_width, head_dim)
+        # Zeros, not empty: slots of positions before 0 are masked, but a NaN in them would still
+        # turn into NaN through the zero attention weight.
+        self.window_keys = torch.zeros(shape, device=device, dtype=dtype)  # (Lb, B, nh, w, hs)
+        self.window_values = torch.zeros(shape, device=device, dtype=dtype)  # (Lb, B, nh, w, hs)
+        self.length = 0
+
+    @property
+    def batch_size(self) -> int:
+        return self.window_keys.size(1)
+
+    @property
+    def max_len(self) -> int:
+        return self.dense.max_len
+
+    def update(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Store the T new positions of `layer`, k, v: (B, nh, T, hs).
+
+        Dense layer: its keys/values up to the new length, (B, nh, length + T, hs), as KVCache.
+        Banded layer: the window before the new positions and then them, (B, nh, w + T, hs); the
+        window keeps the last w of these.
+        """
+        if not self.banded[layer]:
+            return self.dense.update(self.slot[layer], k, v)
+        if self.length + k.size(2) > self.max_len:  # the dense layers' limit, so that all layers agree
+            raise ValueError(f"the key/value cache holds {self.max_len} positions and {self.length} are used; "
+                             f"{k.size(2)} more do not fit (make the cache with a larger max_len)")
+        slot, w = self.slot[layer], self.band_width
+        keys = torch.cat([self.window_keys[slot], k], dim=2)  # (B, nh, w + T, hs)
+        values = torch.cat([self.window_values[slot], v], dim=2)
+        self.window_keys[slot] = keys[:, :, -w:]
+        self.window_values[slot] = values[:, :, -w:]
+        return keys, values
+
+    def advance(self, n: int) -> None:
+        """Count `n` new positions as filled, once every layer has stored them."""
+        self.length += n
+        self.dense.advance(n)
+
+    def crop(self, length: int) -> None:
+        """Forget every position from `length` on.
+
+        A banded layer's window has already dropped the positions before length - w, so cropping is
+        possible only while nothing has left the window (length so far <= band_width); otherwise it
+        raises ValueError (recompute from the tokens instead).
+        """
+        if not 0 <= length <= self.length:
+            raise ValueError(f"cannot crop a cache of length {self.length} to {length}")
+        drop = self.length - length
+        if drop and self.length > self.band_width:
+            raise ValueError(f"cannot crop a banded cache of length {self.length} to {length}: its banded "
+                             f"layers keep only the last {self.band_width} positions, and those before "
+                             f"{self.length - self.band_width} are gone")
+        if drop:
+            # Slide the window right by `drop`: slot s now holds what slot s - drop held.
+            for window in (self.window_keys, self.window_values):
+                window[:, :, :, drop:] = window[:, :, :, :-drop].clone()
+                window[:, :, :, :drop] = 0
+        self.dense.crop(length)
+        self.length = length
+
+    def reorder(self, rows: Tensor) -> None:
+        """Make row i hold what row rows[i] held, in every layer (beam search); rows: (B',) LongTensor."""
+        rows = rows.to(self.window_keys.device)
+        self.dense.reorder(rows)
+        # The windows are small (w positions), so a gather into new tensors is as good as in place.
+        self.window_keys = self.window_keys.index_select(1, rows)
+        self.window_values = self.window_values.index_select(1, rows)
