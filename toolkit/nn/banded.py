@@ -69,18 +69,20 @@ def band_attention_mask(padding: Tensor | None, T: int, past: int, band_width: i
     else:  # chunk b: blocks b and b + 1 of the keys (block 0 is the window)
         blocked = exists.unflatten(1, (nblocks + 1, w))
         exists = torch.cat([blocked[:, :-1], blocked[:, 1:]], dim=2)  # (B|1, nblocks, 2w)
-    r = torch.arange(block, device=device)[:, None]  # query offset in its block
-    c = torch.arange(w + block, device=device)[None, :]  # key offset in its chunk; the query itself is r + w
-    band = (c > r) & (c <= r + w)  # (block, w + block): i - w < j <= i
+    # Query r of a block sits at key offset r + w of its chunk and sees offsets c with r < c <= r + w
+    # (i - w < j <= i): the diagonals 1 to w of a (block, w + block) matrix.
+    ones = torch.ones(block, w + block, dtype=torch.bool, device=device)
+    band = ones.triu(1) & ones.tril(w)
+    itself = ones.triu(w) & ones.tril(w)  # c == r + w
     # A query always sees itself: a padding query would otherwise see nothing, and SDPA's NaN for such
     # a row would spread to later layers. Real queries never see padding.
-    return (band & exists[:, :, None, None, :]) | (c == r + w)  # (B|1, nblocks, 1, block, w + block)
+    return (band & exists[:, :, None, None, :]) | itself  # (B|1, nblocks, 1, block, w + block)
 
 
 def into_blocks(x: Tensor, out: Tensor) -> None:
     """Copy x (B, nh, T, hs) into out (B, nblocks, nh, block, hs), block after block: one copy, no padding step.
 
-    Slots of out past position T are left as they are (zeros, for a tensor made with new_zeros).
+    Slots of out past position T are set to zero.
     """
     B, nh, T, hs = x.shape
     block = out.size(3)
@@ -88,6 +90,7 @@ def into_blocks(x: Tensor, out: Tensor) -> None:
     out[:, :full] = x[:, :, :full * block].unflatten(2, (full, block)).transpose(1, 2)
     if T % block:
         out[:, full, :, :T % block] = x[:, :, full * block:]
+        out[:, full, :, T % block:] = 0  # past the end: masked, but it must not be NaN
 
 
 def banded_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, band_width: int,
@@ -110,15 +113,14 @@ def banded_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, band_
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, 0], dropout_p=dropout_p)
     # Blocks of w. Chunk b holds block b - 1 of the keys (the window for b = 0), then block b. Zeros
     # where no position is (a missing window, past the end): masked, but they must not be NaN.
-    q_blocks = q.new_zeros(B, nblocks, nh, w, hs)
+    q_blocks = q.new_empty(B, nblocks, nh, w, hs)
     into_blocks(q, q_blocks)
     chunked = []
     for t in (k, v):
-        chunk = t.new_zeros(B, nblocks, nh, 2 * w, hs)
+        chunk = t.new_empty(B, nblocks, nh, 2 * w, hs)
         into_blocks(t[:, :, t.size(2) - T:], chunk[:, :, :, w:])
         chunk[:, 1:, :, :w] = chunk[:, :-1, :, w:]
-        if t.size(2) > T:
-            chunk[:, 0, :, :w] = t[:, :, :w]
+        chunk[:, 0, :, :w] = t[:, :, :w] if t.size(2) > T else 0
         chunked.append(chunk.view(B * nblocks, nh, 2 * w, hs))
     # The blocks go into SDPA's batch axis: (B * nblocks, nh, w, hs) queries, (B * nblocks, nh, 2w, hs) keys.
     mask = mask.expand(B, -1, -1, -1, -1).reshape(B * nblocks, 1, w, 2 * w)
