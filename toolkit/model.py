@@ -21,10 +21,15 @@ torch = require_torch("building a model")
 from torch import nn  # noqa: E402
 
 
-def build_part(part: Part | None) -> nn.Module | None:
+def build_part(part: Part | None, model: nn.Module | None = None) -> nn.Module | None:
+    """The part's module. A factory with a `for_model(options, model)` classmethod is built by it, with
+    the model's stacks already in place: an objective's head sized to the encoder (BERT's masked LM)."""
     if part is None:
         return None
     factory = part.component.load()
+    for_model = getattr(factory, "for_model", None)
+    if for_model is not None and model is not None:
+        return for_model(part.options, model)
     return factory(part.options) if part.options is not None else factory()
 
 
@@ -40,7 +45,7 @@ class ComposedModel(nn.Module):
         self.spec = spec
         self.encoder = build_part(spec.encoder)
         self.decoder = build_part(spec.decoder)
-        self.objectives = nn.ModuleDict({part.type: build_part(part) for part in spec.objectives})
+        self.objectives = nn.ModuleDict({part.type: build_part(part, self) for part in spec.objectives})
 
     def loss(self, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
         """The weighted sum of the objectives' losses, and each one's value for logging."""
