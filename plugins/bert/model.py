@@ -39,7 +39,7 @@ class BertEncoder(nn.Module):
             config.vocab_size, config.embedding_size, config.max_position_embeddings, config.type_vocab_size,
             layer_norm_eps=config.layer_norm_eps, dropout=config.dropout,
             position_offset=getattr(config, "position_offset", 0))
-        self.encoder = BlockStack(config.num_hidden_layers, self._make_block, getattr(config, "sharing", "none"))
+        self.blocks = BlockStack(config.num_hidden_layers, self._make_block, getattr(config, "sharing", "none"))
         # BERT §3: the pooled representation of the sequence is tanh(W h_[CLS] + b).
         self.pooler = nn.Linear(config.hidden_size, config.hidden_size) if config.pooler else None
         self.apply(self._init_weights)
@@ -83,7 +83,7 @@ class BertEncoder(nn.Module):
         x = self.embed_tokens(input_ids, token_type_ids, attention_mask)  # (B, T, H)
         padding = None if attention_mask is None else attention_mask.bool()
         mask = self_attention_mask(padding, input_ids.size(1), 0, causal=False)  # (B, 1, 1, T) or None
-        return self.encoder(x, mask)  # (B, T, H)
+        return self.blocks(x, mask)  # (B, T, H)
 
     def pooled(self, hidden_states: Tensor) -> Tensor:
         """(B, T, H) -> (B, H): the pooler over the first token ([CLS], <s>), or that state itself
@@ -97,8 +97,8 @@ class BertEncoder(nn.Module):
 
     def parameters_without_sharing(self) -> int:
         """The parameter count the same encoder would have with no cross-layer sharing."""
-        stack = sum(p.numel() for p in self.encoder.parameters())
-        return sum(p.numel() for p in self.parameters()) - stack + self.encoder.parameters_without_sharing()
+        stack = sum(p.numel() for p in self.blocks.parameters())
+        return sum(p.numel() for p in self.parameters()) - stack + self.blocks.parameters_without_sharing()
 
 
 class AlbertEncoder(BertEncoder):
