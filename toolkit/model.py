@@ -132,7 +132,16 @@ def save_model(directory: str, model: ComposedModel, host: PluginHost, tokenizer
     save_weights(model, os.path.join(directory, WEIGHTS))
     if tokenizer is not None:
         tokenizer.save(directory)
-    atomic_write_json(os.path.join(directory, CONFIG), describe_build(model.spec, host, tokenizer))
+    config = describe_build(model.spec, host, tokenizer)
+    # A stack that shares parameters across layers (ALBERT) says how many it would have without
+    # sharing; `lmkit show` reports the difference.
+    unshared = {key: stack.parameters_without_sharing() for key in ("encoder", "decoder")
+                if (stack := getattr(model, key)) is not None and hasattr(stack, "parameters_without_sharing")}
+    unshared = {key: n for key, n in unshared.items()
+                if n != sum(p.numel() for p in getattr(model, key).parameters())}  # only where sharing saves
+    if unshared:
+        config["parameters_without_sharing"] = unshared
+    atomic_write_json(os.path.join(directory, CONFIG), config)
 
 
 # -- loading ---------------------------------------------------------------------------------------
