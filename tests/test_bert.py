@@ -295,7 +295,9 @@ def test_lmkit_embed_gives_token_states_and_pooled_vectors(models, tmp_path, run
     long_text = " ".join(["cat"] * 200)
     result = run("embed", models["bert"], "--text", long_text)
     assert result.code != 0 and "beyond the model's 128 positions" in result.err
-    assert run("embed", models["bert"], "--text", long_text, "--truncate").code == 0
+    result = run("embed", models["bert"], "--text", long_text, "--truncate", "--tokens")
+    assert result.code == 0 and "cut to the model's 128 positions" in result.err
+    assert json.loads(result.out)[0]["input_ids"][-1] == tokenizer.sep_id
 
 
 def test_spec_errors_are_one_line(models, tmp_path, run):

@@ -52,12 +52,15 @@ def embed_command(model_dir, texts, input_path, text_field, pooling, with_tokens
         raise ArtifactError(f"{model_dir} has no tokenizer.json to read the texts with")
     stack = model.encoder if model.encoder is not None else model.decoder
     limit = getattr(stack, "max_positions", None)
-    if limit is not None and not truncate:
+    if limit is not None:
         for number, text in enumerate(texts, 1):
             length = len(tokenizer.encode(text, add_special_tokens=True))
-            if length > limit:
+            if length > limit and not truncate:
                 raise DataError(f"text {number} is {length} tokens long, beyond the model's {limit} positions; "
                                 "shorten it or pass --truncate to keep its first tokens")
+            if length > limit:
+                click.echo(f"warning: text {number} is {length} tokens long; cut to the model's {limit} positions",
+                           err=True)
     pooled, token_states, ids = embed_texts(model, tokenizer, texts, pooling=pooling, batch_size=batch_size,
                                             max_length=limit, device=str(resolved), progress=True)
     if out is not None and out.endswith(".safetensors"):
