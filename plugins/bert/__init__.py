@@ -31,6 +31,13 @@ def register_objectives(register):
              summary="are the two segments in order or swapped, on the pooled [CLS] (ALBERT)")
 
 
+@hookimpl
+def register_exporters(register):
+    for encoder in ("bert", "albert", "roberta"):
+        register(f"encoder.{encoder}", "lmkit.plugins.bert.export:export_plan",
+                 summary="one encoder graph: hidden states, pooled output, pre-training head logits")
+
+
 def _preset(summary: str, encoder: str, tokenizer: str, objectives: list[str], **options) -> tuple[dict, str]:
     spec = {
         "tokenizer": {"type": tokenizer},
