@@ -44,7 +44,15 @@ def _common(hf_config: dict, family: str) -> dict:
 
 
 def _strip(tensors: dict, prefix: str) -> dict:
-    return {key.removeprefix(prefix): value for key, value in tensors.items()}
+    """Keys without the model prefix; LayerNorm gamma/beta (checkpoints converted from TensorFlow) as
+    weight/bias, which is how transformers renames them when it loads such a checkpoint."""
+    out = {}
+    for key, value in tensors.items():
+        key = key.removeprefix(prefix)
+        if key.endswith((".gamma", ".beta")):
+            key = key.rsplit(".", 1)[0] + (".weight" if key.endswith(".gamma") else ".bias")
+        out[key] = value
+    return out
 
 
 def _layer(state: dict, tensors: dict, source: str, target: str, names: dict, query: str) -> None:
