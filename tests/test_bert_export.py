@@ -49,7 +49,7 @@ def torch_vectors(model_dir: str, pooling: str) -> np.ndarray:
 
 def test_an_encoder_export_is_validated(fp32_export):
     _, manifest = fp32_export
-    assert manifest["architecture"] == "encoder"
+    assert manifest["architecture"] == "encoder-only"
     assert [t["name"] for t in manifest["graphs"]["model"]["outputs"]] == [
         "last_hidden_state", "pooler_output", "logits", "sentence_logits"]
     assert manifest["validation"]["max_abs_diff"] < 1e-4

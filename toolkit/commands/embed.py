@@ -50,7 +50,7 @@ def embed_command(model_dir, texts, input_path, text_field, pooling, with_tokens
 
         exported = load(model_dir, device=device)
         tokenizer, limit = exported.tokenizer, exported.max_length
-        if exported.architecture != "encoder":
+        if exported.architecture != "encoder-only":
             raise ArtifactError(f"{model_dir} is a {exported.architecture} export; lmkit embed runs encoder "
                                 "exports, or the model directory itself")
     else:
