@@ -18,7 +18,8 @@ import numpy as np
 # The architectures an export can have. The runtime serves those it has a backend for; a family that
 # brings a new one brings its exporter (a plugin) and the runtime backend that runs it (in exports/).
 DECODER_ONLY = "decoder-only"  # one graph, token ids + cache in, logits + cache out (GPT, LSTM LMs)
-ARCHITECTURES = (DECODER_ONLY,)
+ENCODER = "encoder-only"  # one graph, token ids + mask in, token states + pooled vector out (BERT family)
+ARCHITECTURES = (DECODER_ONLY, ENCODER)
 
 # The symbolic dimensions, named as optimum and onnxruntime-genai name them.
 BATCH = "batch_size"

@@ -20,7 +20,7 @@ import numpy as np
 
 from lmkit.errors import ArtifactError, LmkitError, MissingDependency
 
-from .graphs import BATCH, DECODER_ONLY, PAST
+from .graphs import BATCH, DECODER_ONLY, ENCODER, PAST
 from .manifest import check_graphs, read_manifest, safe_path, verify_files
 
 log = logging.getLogger(__name__)
@@ -167,19 +167,22 @@ class ExportedModel:
         manifest = read_manifest(directory)
         ort = _onnxruntime()
         wanted = providers_for(device, provider)  # before reading the graph: a wrong provider fails fast
-        if manifest.get("architecture") != DECODER_ONLY:
-            raise ArtifactError(f"{directory} is a '{manifest.get('architecture')}' export; this lmkit runtime "
-                                f"serves {DECODER_ONLY} exports")
+        architecture = manifest.get("architecture")
+        if architecture not in (DECODER_ONLY, ENCODER):
+            raise ArtifactError(f"{directory} is a '{architecture}' export; this lmkit runtime "
+                                f"serves {DECODER_ONLY} and {ENCODER} exports")
         verify_files(directory, manifest)
         opsets = check_graphs(directory, manifest)
         self.manifest = manifest
+        self.architecture = architecture
         if set(manifest["graphs"]) != {"model"}:
-            raise ArtifactError(f"{directory}: a {DECODER_ONLY} export has one graph, 'model'; this one has "
+            raise ArtifactError(f"{directory}: a {architecture} export has one graph, 'model'; this one has "
                                 f"{', '.join(manifest['graphs'])}")
         self.graph = manifest["graphs"]["model"]
         inputs, outputs = ({t["name"] for t in self.graph[side]} for side in ("inputs", "outputs"))
-        if "input_ids" not in inputs or "logits" not in outputs:
-            raise ArtifactError(f"{directory}: a {DECODER_ONLY} graph takes input_ids and returns logits; "
+        needed = ("input_ids", "logits") if architecture == DECODER_ONLY else ("input_ids", "last_hidden_state")
+        if needed[0] not in inputs or needed[1] not in outputs:
+            raise ArtifactError(f"{directory}: a {architecture} graph takes {needed[0]} and returns {needed[1]}; "
                                 "this one does not")
         self.tokenizer = self._tokenizer(directory, manifest)
         _check_one_runtime()
@@ -227,6 +230,9 @@ class ExportedModel:
 
     def backend(self, io_binding: bool | None = None) -> OrtBackend:
         """A fresh backend over this session, for lmkit.decoding's strategies (io_binding: see OrtBackend)."""
+        if self.architecture != DECODER_ONLY:
+            raise LmkitError(f"{self.directory} is an {self.architecture} export: it embeds (encode(), embed()) "
+                             "but does not generate")
         return OrtBackend(self.session, self.graph, self.max_length, io_binding)
 
     def generate(self, prompts: Sequence[str], strategy: str | None = None, **options) -> list[str]:
@@ -250,6 +256,63 @@ class ExportedModel:
         special = self.manifest["special_tokens"]
         generations = search.generate(self.backend(), tokens, eos_id=special.get("eos"), pad_id=special.get("pad"))
         return [self.tokenizer.decode(generation.tokens) for generation in generations]
+
+
+    def encode(self, input_ids: np.ndarray, attention_mask: np.ndarray,
+               token_type_ids: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """An encoder export's outputs by name (last_hidden_state, pooler_output, logits, ...) for a batch."""
+        if self.architecture != ENCODER:
+            raise LmkitError(f"{self.directory} is a {self.architecture} export; encode() runs {ENCODER} exports")
+        feeds = {"input_ids": np.asarray(input_ids, dtype=np.int64),
+                 "attention_mask": np.asarray(attention_mask, dtype=np.int64),
+                 "token_type_ids": (np.zeros_like(input_ids, dtype=np.int64) if token_type_ids is None
+                                    else np.asarray(token_type_ids, dtype=np.int64))}
+        names = [t["name"] for t in self.graph["outputs"]]
+        wanted = {t["name"] for t in self.graph["inputs"]}
+        return dict(zip(names, self.session.run(names, {k: v for k, v in feeds.items() if k in wanted})))
+
+    def embed(self, texts: Sequence[str], *, pooling: str = "mean", batch_size: int = 32,
+              max_length: int | None = None):
+        """As lmkit.embedding.embed_texts, without torch: (pooled (N, D) or None, token states per text, ids)."""
+        if self.tokenizer is None:
+            raise ArtifactError(f"{self.directory} has no tokenizer; encode the texts yourself and use encode()")
+        ids = [self.tokenizer.encode(text, add_special_tokens=True) for text in texts]
+        if max_length is not None:
+            sep = self.tokenizer.sep_id  # a cut text keeps its closing separator, as in embed_texts
+            ids = [row if len(row) <= max_length else
+                   row[:max_length - 1] + [sep] if sep is not None and row[-1] == sep else row[:max_length]
+                   for row in ids]
+        pad = self.tokenizer.pad_id if self.tokenizer.pad_id is not None else 0
+        pooled, token_states = [], []
+        for start in range(0, len(ids), batch_size):
+            rows = ids[start:start + batch_size]
+            width = max(len(row) for row in rows)
+            input_ids = np.full((len(rows), width), pad, dtype=np.int64)
+            mask = np.zeros((len(rows), width), dtype=np.int64)
+            for i, row in enumerate(rows):
+                input_ids[i, :len(row)] = row
+                mask[i, :len(row)] = 1
+            outputs = self.encode(input_ids, mask)
+            states = outputs["last_hidden_state"]
+            vectors = pool(states, mask, pooling, outputs.get("pooler_output"))
+            if vectors is not None:
+                pooled.append(vectors)
+            token_states.extend(states[i, :len(row)] for i, row in enumerate(rows))
+        return (np.concatenate(pooled) if pooled else None), token_states, ids
+
+
+def pool(states: np.ndarray, mask: np.ndarray, how: str, pooled: np.ndarray | None = None) -> np.ndarray | None:
+    """lmkit.embedding.pool in numpy: mean over real tokens, the pooled output (cls), the last real token."""
+    if how == "none":
+        return None
+    if how == "mean":
+        weights = mask.astype(states.dtype)[:, :, None]
+        return (states * weights).sum(1) / np.maximum(weights.sum(1), 1)
+    if how == "cls":
+        return pooled if pooled is not None else states[:, 0]
+    if how == "last":
+        return states[np.arange(len(states)), mask.sum(1) - 1]
+    raise LmkitError(f"unknown pooling {how!r}; allowed: mean, cls, last, none")
 
 
 def load(directory: str, device: str = "auto", provider: str | None = None, session_options=None) -> ExportedModel:

@@ -212,9 +212,9 @@ def without_config(checkpoint, directory):
     (directory / "weights.safetensors").write_bytes(b"")
 
 
-def bert(checkpoint, directory):
-    transformers.BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                            intermediate_size=64).save_pretrained(directory)
+def electra(checkpoint, directory):
+    transformers.ElectraConfig(vocab_size=50, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                               intermediate_size=64).save_pretrained(directory)
 
 
 def pickle_only(checkpoint, directory):
@@ -236,12 +236,12 @@ def other_sizes(checkpoint, directory):
 
 @pytest.mark.parametrize("make, message", [
     (without_config, "has no config.json: it is not a Hugging Face model directory"),
-    (bert, "holds a 'bert' model (config.json model_type); lmkit imports gpt2"),
+    (electra, "holds a 'electra' model (config.json model_type); lmkit imports albert, bert, gpt2"),
     (pickle_only, "pytorch_model.bin: it is a pickle (torch.save zip archive), and loading a pickle can run "
                   "arbitrary code; convert it to safetensors"),
-    (without_tokenizer, "has no tokenizer (tokenizer.json, or vocab.json with merges.txt)"),
+    (without_tokenizer, "has no tokenizer (tokenizer.json, vocab.txt, or vocab.json with merges.txt)"),
     (other_sizes, "wte.weight is (300, 64) but the config says (vocab_size, n_embd) = (300, 32)"),
-], ids=["no-config", "bert", "pickle", "no-tokenizer", "mismatch"])
+], ids=["no-config", "electra", "pickle", "no-tokenizer", "mismatch"])
 def test_bad_checkpoints_are_refused_in_one_line(checkpoint, tmp_path, run, make, message):
     source = tmp_path / "hf"
     source.mkdir()

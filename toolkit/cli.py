@@ -204,6 +204,11 @@ def show(directory, as_json):
     summary = {"directory": directory, "lmkit_version": config.get("lmkit_version"),
                "spec": config["spec"], "components": config.get("components", {}),
                "plugins": config.get("plugins", {}), "parameters": {**counts, "total": sum(counts.values())}}
+    # Parts that share parameters across layers (ALBERT): what the same part would have unshared.
+    unshared = {part: n for part, n in config.get("parameters_without_sharing", {}).items() if part in counts}
+    if unshared:
+        summary["parameters_without_sharing"] = unshared
+        summary["parameters_saved_by_sharing"] = {part: n - counts[part] for part, n in unshared.items()}
     if as_json:
         echo_json(summary)
         return
@@ -220,6 +225,9 @@ def show(directory, as_json):
     click.echo("parameters:")
     for part, count in summary["parameters"].items():
         click.echo(f"  {part:<24} {count:>14,}")
+    for part, saved in summary.get("parameters_saved_by_sharing", {}).items():
+        click.echo(f"cross-layer sharing saves {saved:,} parameters of the {part} "
+                   f"({unshared[part]:,} without sharing, {counts[part] / unshared[part]:.1%} of them kept)")
 
 
 def _inline(table: dict) -> str:

@@ -38,7 +38,11 @@ def embed_texts(model, tokenizer, texts: list[str], *, pooling: str = "mean", ba
 
     ids = [tokenizer.encode(text, add_special_tokens=True) for text in texts]
     if max_length is not None:
-        ids = [row[:max_length] for row in ids]
+        # A cut text keeps its closing separator ([SEP], </s>), as the encoder saw in training.
+        sep = getattr(tokenizer, "sep_id", None)
+        ids = [row if len(row) <= max_length else
+               row[:max_length - 1] + [sep] if sep is not None and row[-1] == sep else row[:max_length]
+               for row in ids]
     pad = tokenizer.pad_id if tokenizer.pad_id is not None else 0
     pooled, token_states = [], []
     for start in tqdm(range(0, len(ids), batch_size), desc="embed", unit="batch", disable=not progress or None):

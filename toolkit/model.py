@@ -21,10 +21,15 @@ torch = require_torch("building a model")
 from torch import nn  # noqa: E402
 
 
-def build_part(part: Part | None) -> nn.Module | None:
+def build_part(part: Part | None, model: nn.Module | None = None) -> nn.Module | None:
+    """The part's module. A factory with a `for_model(options, model)` classmethod is built by it, with
+    the model's stacks already in place: an objective's head sized to the encoder (BERT's masked LM)."""
     if part is None:
         return None
     factory = part.component.load()
+    for_model = getattr(factory, "for_model", None)
+    if for_model is not None and model is not None:
+        return for_model(part.options, model)
     return factory(part.options) if part.options is not None else factory()
 
 
@@ -40,7 +45,7 @@ class ComposedModel(nn.Module):
         self.spec = spec
         self.encoder = build_part(spec.encoder)
         self.decoder = build_part(spec.decoder)
-        self.objectives = nn.ModuleDict({part.type: build_part(part) for part in spec.objectives})
+        self.objectives = nn.ModuleDict({part.type: build_part(part, self) for part in spec.objectives})
 
     def loss(self, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
         """The weighted sum of the objectives' losses, and each one's value for logging."""
@@ -127,7 +132,16 @@ def save_model(directory: str, model: ComposedModel, host: PluginHost, tokenizer
     save_weights(model, os.path.join(directory, WEIGHTS))
     if tokenizer is not None:
         tokenizer.save(directory)
-    atomic_write_json(os.path.join(directory, CONFIG), describe_build(model.spec, host, tokenizer))
+    config = describe_build(model.spec, host, tokenizer)
+    # A stack that shares parameters across layers (ALBERT) says how many it would have without
+    # sharing; `lmkit show` reports the difference.
+    unshared = {key: stack.parameters_without_sharing() for key in ("encoder", "decoder")
+                if (stack := getattr(model, key)) is not None and hasattr(stack, "parameters_without_sharing")}
+    unshared = {key: n for key, n in unshared.items()
+                if n != sum(p.numel() for p in getattr(model, key).parameters())}  # only where sharing saves
+    if unshared:
+        config["parameters_without_sharing"] = unshared
+    atomic_write_json(os.path.join(directory, CONFIG), config)
 
 
 # -- loading ---------------------------------------------------------------------------------------

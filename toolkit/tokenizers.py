@@ -355,6 +355,10 @@ class ByteLevelBPE(_TokenizerKind):
             initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
         return hf_tokenizer, trainer
 
+    @classmethod
+    def _after_training(cls, hf_tokenizer: HFTokenizer) -> None:
+        _set_roberta_template(hf_tokenizer)
+
 
 class WordBPE(_TokenizerKind):
     """GPT: BPE inside words, whose last piece ends in `</w>`; decoding turns that back into a space."""
@@ -411,6 +415,10 @@ class Unigram(_TokenizerKind):
             vocab_size=options.vocab_size, special_tokens=list(options.special_tokens),
             unk_token="<unk>", show_progress=progress)
         return hf_tokenizer, trainer
+
+    @classmethod
+    def _after_training(cls, hf_tokenizer: HFTokenizer) -> None:
+        _set_bert_template(hf_tokenizer)  # ALBERT: [CLS] A [SEP], when the specials include them
 
 
 class Character(_TokenizerKind):
@@ -469,6 +477,15 @@ def _set_bert_template(hf_tokenizer: HFTokenizer) -> None:
     hf_tokenizer.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
         special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)])
+
+
+def _set_roberta_template(hf_tokenizer: HFTokenizer) -> None:
+    """RoBERTa's `<s> A </s>` and `<s> A </s></s> B </s>`, for a byte-level BPE with <s> and </s>."""
+    cls_id, sep_id = hf_tokenizer.token_to_id("<s>"), hf_tokenizer.token_to_id("</s>")
+    if cls_id is None or sep_id is None:
+        return
+    hf_tokenizer.post_processor = processors.RobertaProcessing(("</s>", sep_id), ("<s>", cls_id),
+                                                               trim_offsets=False, add_prefix_space=False)
 
 
 # --- loading -------------------------------------------------------------------------------
@@ -555,6 +572,8 @@ def _load_gpt2_files(vocab_json: str, merges: str, config_path: str | None) -> T
         _set_byte_level_parts(hf_tokenizer)
         kind = "bytelevel-bpe"
     _mark_special(hf_tokenizer, config)
+    if not word_level:
+        _set_roberta_template(hf_tokenizer)  # RoBERTa's vocab.json has <s> and </s>; GPT-2's has neither
     return Tokenizer(hf_tokenizer, kind, _roles(hf_tokenizer, kind, config))
 
 

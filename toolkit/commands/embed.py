@@ -30,6 +30,7 @@ def embed_command(model_dir, texts, input_path, text_field, pooling, with_tokens
     """Embed texts with MODEL_DIR: each text's sentence vector and, with --tokens, its token states.
 
     Encoders (BERT, CoVe) give their top-layer states, decoders (GPT) their final hidden states.
+    MODEL_DIR may also be an encoder's export directory (lmkit export), run on onnxruntime without torch.
     The safetensors output holds `pooled` (N, D) and, with --tokens, `token_states` (N, T, D) padded to
     the longest text with `attention_mask` (N, T) and `input_ids` (N, T).
     """
@@ -40,26 +41,44 @@ def embed_command(model_dir, texts, input_path, text_field, pooling, with_tokens
     if pooling == "none" and not with_tokens:
         raise click.UsageError("--pool none with no --tokens leaves nothing to write; add --tokens or pick a pooling")
     texts = list(texts) or _read_texts(input_path, text_field)
-    require_torch("lmkit embed")
-    from ..embedding import embed_texts
     from ..errors import ArtifactError
-    from ..model import load_model
-    from ..training.distributed import resolve_device
 
-    resolved = resolve_device(device)
-    model, tokenizer, _ = load_model(model_dir, device=str(resolved))
+    exported = None
+    if os.path.isfile(os.path.join(model_dir, "lmkit-onnx.json")):
+        # An export directory runs on onnxruntime, without torch (an encoder export: BERT family).
+        from lmkit.exports import load
+
+        exported = load(model_dir, device=device)
+        tokenizer, limit = exported.tokenizer, exported.max_length
+        if exported.architecture != "encoder-only":
+            raise ArtifactError(f"{model_dir} is a {exported.architecture} export; lmkit embed runs encoder "
+                                "exports, or the model directory itself")
+    else:
+        require_torch("lmkit embed")
+        from ..embedding import embed_texts
+        from ..model import load_model
+        from ..training.distributed import resolve_device
+
+        resolved = resolve_device(device)
+        model, tokenizer, _ = load_model(model_dir, device=str(resolved))
+        stack = model.encoder if model.encoder is not None else model.decoder
+        limit = getattr(stack, "max_positions", None)
     if tokenizer is None:
         raise ArtifactError(f"{model_dir} has no tokenizer.json to read the texts with")
-    stack = model.encoder if model.encoder is not None else model.decoder
-    limit = getattr(stack, "max_positions", None)
-    if limit is not None and not truncate:
+    if limit is not None:
         for number, text in enumerate(texts, 1):
             length = len(tokenizer.encode(text, add_special_tokens=True))
-            if length > limit:
+            if length > limit and not truncate:
                 raise DataError(f"text {number} is {length} tokens long, beyond the model's {limit} positions; "
                                 "shorten it or pass --truncate to keep its first tokens")
-    pooled, token_states, ids = embed_texts(model, tokenizer, texts, pooling=pooling, batch_size=batch_size,
-                                            max_length=limit, device=str(resolved), progress=True)
+            if length > limit:
+                click.echo(f"warning: text {number} is {length} tokens long; cut to the model's {limit} positions",
+                           err=True)
+    if exported is not None:
+        pooled, token_states, ids = exported.embed(texts, pooling=pooling, batch_size=batch_size, max_length=limit)
+    else:
+        pooled, token_states, ids = embed_texts(model, tokenizer, texts, pooling=pooling, batch_size=batch_size,
+                                                max_length=limit, device=str(resolved), progress=True)
     if out is not None and out.endswith(".safetensors"):
         _write_safetensors(out, pooled, token_states if with_tokens else None, ids)
     else:

@@ -12,9 +12,13 @@ import os
 
 import click
 
-# Hugging Face model_type -> importer(hf_config, tensors) -> (spec table, decoder state dict)
+# Hugging Face model_type -> importer(hf_config, tensors) -> (spec table, state dict). A decoder-only
+# spec's state dict is the decoder's; any other is the whole model's (encoder.*, objectives.*).
 IMPORTERS = {"gpt2": "lmkit.plugins.gpt.hf:import_checkpoint",
-             "openai-gpt": "lmkit.plugins.gpt.hf:import_openai_gpt_checkpoint"}
+             "openai-gpt": "lmkit.plugins.gpt.hf:import_openai_gpt_checkpoint",
+             "bert": "lmkit.plugins.bert.hf:import_bert",
+             "albert": "lmkit.plugins.bert.hf:import_albert",
+             "roberta": "lmkit.plugins.bert.hf:import_roberta"}
 
 SHARD_INDEX = "model.safetensors.index.json"
 
@@ -51,14 +55,16 @@ def import_hf(src: str, out: str, *, force: bool = False, host=None) -> dict:
             raise ArtifactError(f"{src}: {error}") from None
         table["name"] = os.path.basename(os.path.normpath(src))
         spec = resolve(table, host)
-        vocab_size = spec.decoder.options.vocab_size
+        stack = spec.encoder or spec.decoder
+        vocab_size = stack.options.vocab_size
         if tokenizer.vocab_size > vocab_size:
             raise ArtifactError(f"{src}: the tokenizer has {tokenizer.vocab_size} tokens but the model embeds "
                                 f"only {vocab_size}; the tokenizer belongs to another checkpoint")
         model = build_model(spec, seed=None)
-        check_weights_match(model.decoder, {name: {"shape": list(t.shape)} for name, t in state.items()},
-                            f"{src} (as the {spec.decoder.type} decoder)")
-        model.decoder.load_state_dict(state, strict=True)
+        target = model.decoder if spec.encoder is None else model
+        check_weights_match(target, {name: {"shape": list(t.shape)} for name, t in state.items()},
+                            f"{src} (as the {stack.type} {stack.kind})")
+        target.load_state_dict(state, strict=True)
         save_model(stage, model, host, tokenizer)
     return describe_build(spec, host, tokenizer)
 
@@ -115,11 +121,13 @@ def _find_weights(src: str) -> list[str]:
 def _tokenizer_path(src: str) -> str:
     from ..errors import ArtifactError
 
-    if os.path.isfile(os.path.join(src, "tokenizer.json")) or all(
+    if os.path.isfile(os.path.join(src, "tokenizer.json")) or os.path.isfile(os.path.join(src, "vocab.txt")) or all(
             os.path.isfile(os.path.join(src, name)) for name in ("vocab.json", "merges.txt")):
         return src
-    raise ArtifactError(f"{src} has no tokenizer (tokenizer.json, or vocab.json with merges.txt); save the "
-                        "checkpoint's tokenizer there too (tokenizer.save_pretrained)")
+    hint = (" (a SentencePiece spiece.model cannot be read without sentencepiece; save the tokenizer with "
+            "transformers, which also writes tokenizer.json)") if os.path.isfile(os.path.join(src, "spiece.model")) else ""
+    raise ArtifactError(f"{src} has no tokenizer (tokenizer.json, vocab.txt, or vocab.json with merges.txt){hint}; "
+                        "save the checkpoint's tokenizer there too (tokenizer.save_pretrained)")
 
 
 @click.command("import-hf")

@@ -1,0 +1,135 @@
+"""Options of the BERT, ALBERT and RoBERTa encoders and of their pre-training objectives (torch-free).
+
+Encoder field names are Hugging Face's (BertConfig, AlbertConfig, RobertaConfig: `hidden_size`,
+`num_hidden_layers`, ...), so an imported config.json maps field for field and users find the
+names they know. The encoders' width is `config.hidden_size`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+SHARINGS = ("none", "all", "attention", "ffn")
+
+
+@dataclass(frozen=True)
+class BertConfig:
+    vocab_size: int = 30522  # uncased WordPiece; a trained tokenizer's size replaces it when composed
+    hidden_size: int = 768
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 12
+    intermediate_size: int = 3072  # 4 x hidden_size
+    hidden_act: Literal["gelu", "gelu-tanh", "relu"] = "gelu"  # BERT uses the exact erf GELU
+    max_position_embeddings: int = 512  # learned positions: a hard limit on sequence length
+    type_vocab_size: int = 2  # segments A and B
+    # BERT §A.2: 0.1 on all layers; one rate serves embeddings, attention probabilities and
+    # residual branches (HF's hidden_dropout_prob and attention_probs_dropout_prob are both 0.1).
+    dropout: float = 0.1
+    layer_norm_eps: float = 1e-12  # google-research/bert modeling.py layer_norm
+    pooler: bool = True  # tanh(W h_[CLS]), what next-sentence prediction reads
+
+    def __post_init__(self):
+        for name in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+                     "intermediate_size", "max_position_embeddings"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
+        if self.type_vocab_size < 0:
+            raise ValueError(f"type_vocab_size must not be negative, got {self.type_vocab_size}")
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(f"hidden_size ({self.hidden_size}) must be divisible by num_attention_heads "
+                             f"({self.num_attention_heads}): each head gets hidden_size / heads dimensions")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.layer_norm_eps <= 0:
+            raise ValueError(f"layer_norm_eps must be positive, got {self.layer_norm_eps}")
+
+    @property
+    def embedding_size(self) -> int:
+        return self.hidden_size  # BERT embeds at full width; ALBERT factorises
+
+
+@dataclass(frozen=True)
+class AlbertConfig(BertConfig):
+    vocab_size: int = 30000  # SentencePiece
+    # Factorised embedding (ALBERT §3.1): tokens embed in E dimensions, projected up to H, so the
+    # embedding costs V*E + E*H instead of V*H.
+    embedding_size: int = 128
+    hidden_act: Literal["gelu", "gelu-tanh", "relu"] = "gelu-tanh"  # HF's gelu_new
+    dropout: float = 0.0  # ALBERT v2 trains without dropout
+    # Cross-layer parameter sharing (ALBERT §3.1, Table 4): all layers share everything (the
+    # default), only the attention, only the feed-forward network, or nothing.
+    sharing: Literal["none", "all", "attention", "ffn"] = "all"
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.embedding_size < 1:
+            raise ValueError(f"embedding_size must be a positive integer, got {self.embedding_size}")
+        if self.sharing not in SHARINGS:
+            raise ValueError(f"sharing must be one of {', '.join(SHARINGS)}, got {self.sharing!r}")
+
+
+@dataclass(frozen=True)
+class RobertaConfig(BertConfig):
+    vocab_size: int = 50265  # byte-level BPE, 50K merges
+    # fairseq numbers positions from pad_token_id + 1, so 514 rows give 512 usable positions.
+    max_position_embeddings: int = 514
+    pad_token_id: int = 1  # <s>=0, <pad>=1, </s>=2, <unk>=3 in fairseq's dictionary
+    type_vocab_size: int = 1  # no segment B: no NSP (RoBERTa §4.2)
+    layer_norm_eps: float = 1e-5
+    pooler: bool = False  # RobertaForMaskedLM has none; heads read the <s> state
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not 0 <= self.pad_token_id < self.max_position_embeddings - 1:
+            raise ValueError(f"pad_token_id must be in [0, max_position_embeddings - 1), got {self.pad_token_id}")
+
+    @property
+    def position_offset(self) -> int:
+        return self.pad_token_id + 1
+
+
+# -- objectives ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MaskedLMOptions:
+    # BERT §3.1 / create_pretraining_data.py: 15% of the tokens are picked, of which 80% become
+    # [MASK], 10% a random token and 10% stay as they are.
+    mask_prob: float = 0.15
+    mask_token_prob: float = 0.8
+    random_token_prob: float = 0.1
+    max_predictions: int = 0  # at most this many picks per sequence (BERT: 20 at length 128); 0: no cap
+    whole_word: bool = False  # pick whole words, all their pieces together (BERT's later release)
+    max_ngram: int = 1  # ALBERT §4.1: spans of n words, n <= max_ngram drawn with p(n) ~ 1/n
+    # A new mask every time a sequence is read (RoBERTa §4.1); False draws one mask per sequence
+    # for the whole run, as BERT's static pre-processing did.
+    dynamic: bool = True
+    # Data: sentence pairs when next-sentence or sentence-order is trained beside; else full
+    # sentences packed across documents (RoBERTa's FULL-SENTENCES), with a separator between them.
+    short_seq_prob: float = 0.0  # BERT: 0.1 of pairs aim at a shorter random length
+
+    def __post_init__(self):
+        for name in ("mask_prob", "mask_token_prob", "random_token_prob", "short_seq_prob"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        if self.mask_prob == 0:
+            raise ValueError("mask_prob must be above 0: masked LM needs tokens to predict")
+        if self.mask_token_prob + self.random_token_prob > 1.0:
+            raise ValueError(f"mask_token_prob + random_token_prob must be at most 1, got "
+                             f"{self.mask_token_prob} + {self.random_token_prob}")
+        if self.max_predictions < 0:
+            raise ValueError(f"max_predictions must not be negative, got {self.max_predictions}")
+        if self.max_ngram < 1:
+            raise ValueError(f"max_ngram must be at least 1, got {self.max_ngram}")
+
+
+@dataclass(frozen=True)
+class SentencePairOptions:
+    """Next-sentence prediction (BERT) and sentence-order prediction (ALBERT) read the same pairs."""
+
+    # The share of pairs that are negatives: a random next sentence (NSP) or a swapped pair (SOP).
+    negative_prob: float = 0.5
+
+    def __post_init__(self):
+        if not 0.0 <= self.negative_prob <= 1.0:
+            raise ValueError(f"negative_prob must be in [0, 1], got {self.negative_prob}")

@@ -1,0 +1,125 @@
+"""BERT (Devlin et al. 2019), ALBERT (Lan et al. 2020) and RoBERTa (Liu et al. 2019) encoders.
+
+All three are the same post-LN bidirectional transformer over lmkit's shared blocks; each paper is
+a small diff on BertEncoder:
+
+    BERT     token + segment + learned position embeddings, post-LN blocks, GELU, tanh pooler
+    ALBERT   embeddings of width E projected up to H (`embedding_hidden_mapping_in`), and blocks
+             shared across layers (lmkit.nn.BlockStack)
+    RoBERTa  positions numbered from pad_token_id + 1 (fairseq), one segment, no pooler by default
+
+The interface every encoder gives (task heads and the pre-training objectives rely on it):
+
+    encoder(input_ids, attention_mask=None, token_type_ids=None) -> hidden states (B, T, H)
+    encoder.pooled(hidden_states) -> (B, H)
+    encoder.embed(input_ids, attention_mask) -> {"token_states": (B, T, H), "pooled": (B, H)}
+    encoder.max_positions, encoder.config.hidden_size, encoder.word_embeddings() (the MLM decoder)
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from lmkit.nn import Block, self_attention_mask
+from lmkit.nn.embeddings import Embeddings
+from lmkit.nn.sharing import BlockStack
+
+from .config import AlbertConfig, BertConfig, RobertaConfig
+
+
+class BertEncoder(nn.Module):
+    """Embeddings, a stack of post-LN blocks, and the pooler."""
+
+    paper = "BERT"
+
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.config = config
+        self.embeddings = Embeddings(
+            config.vocab_size, config.embedding_size, config.max_position_embeddings, config.type_vocab_size,
+            layer_norm_eps=config.layer_norm_eps, dropout=config.dropout,
+            position_offset=getattr(config, "position_offset", 0))
+        self.blocks = BlockStack(config.num_hidden_layers, self._make_block, getattr(config, "sharing", "none"))
+        # BERT §3: the pooled representation of the sequence is tanh(W h_[CLS] + b).
+        self.pooler = nn.Linear(config.hidden_size, config.hidden_size) if config.pooler else None
+        self.apply(self._init_weights)
+
+    def _make_block(self) -> Block:
+        c = self.config
+        return Block(c.hidden_size, c.num_attention_heads, causal=False, pre_ln=False, d_ff=c.intermediate_size,
+                     activation=c.hidden_act, dropout=c.dropout, layer_norm_epsilon=c.layer_norm_eps)
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        # google-research/bert: truncated normal with std 0.02 (initializer_range) for every matrix.
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.trunc_normal_(module.weight, std=0.02, a=-0.04, b=0.04)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+    @property
+    def max_positions(self) -> int:
+        """Usable positions (RoBERTa: max_position_embeddings - pad_token_id - 1)."""
+        return self.embeddings.max_positions
+
+    def word_embeddings(self) -> nn.Embedding:
+        """The token embedding, (vocab_size, embedding_size): the masked-LM decoder is tied to it."""
+        return self.embeddings.word_embeddings
+
+    def embed_tokens(self, input_ids: Tensor, token_type_ids: Tensor | None,
+                     attention_mask: Tensor | None) -> Tensor:
+        return self.embeddings(input_ids, token_type_ids, attention_mask)  # (B, T, H)
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None,
+                token_type_ids: Tensor | None = None) -> Tensor:
+        """Top-layer hidden states (B, T, H) of input_ids (B, T).
+
+        attention_mask: (B, T), true (or 1) at real tokens and false at padding; None: no padding.
+        token_type_ids: (B, T) segment ids (0 for A, 1 for B); None: all 0.
+        """
+        if input_ids.size(1) > self.max_positions:
+            raise ValueError(f"{self.paper} reads at most {self.max_positions} tokens but got {input_ids.size(1)}; "
+                             "truncate the input (lmkit embed --truncate) or use a model with more positions")
+        x = self.embed_tokens(input_ids, token_type_ids, attention_mask)  # (B, T, H)
+        padding = None if attention_mask is None else attention_mask.bool()
+        mask = self_attention_mask(padding, input_ids.size(1), 0, causal=False)  # (B, 1, 1, T) or None
+        return self.blocks(x, mask)  # (B, T, H)
+
+    def pooled(self, hidden_states: Tensor) -> Tensor:
+        """(B, T, H) -> (B, H): the pooler over the first token ([CLS], <s>), or that state itself
+        when the encoder has no pooler (RoBERTa)."""
+        first = hidden_states[:, 0]
+        return first if self.pooler is None else torch.tanh(self.pooler(first))
+
+    def embed(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> dict[str, Tensor]:
+        states = self(input_ids, attention_mask)
+        return {"token_states": states, "pooled": self.pooled(states)}
+
+    def parameters_without_sharing(self) -> int:
+        """The parameter count the same encoder would have with no cross-layer sharing."""
+        stack = sum(p.numel() for p in self.blocks.parameters())
+        return sum(p.numel() for p in self.parameters()) - stack + self.blocks.parameters_without_sharing()
+
+
+class AlbertEncoder(BertEncoder):
+    """BERT with a factorised embedding and parameters shared across layers (ALBERT §3.1)."""
+
+    paper = "ALBERT"
+
+    def __init__(self, config: AlbertConfig):
+        super().__init__(config)
+        # E -> H: with E << H, the V x E table is the embedding's bulk instead of V x H.
+        self.embedding_hidden_mapping_in = nn.Linear(config.embedding_size, config.hidden_size)
+        self._init_weights(self.embedding_hidden_mapping_in)
+
+    def embed_tokens(self, input_ids, token_type_ids, attention_mask):
+        return self.embedding_hidden_mapping_in(super().embed_tokens(input_ids, token_type_ids, attention_mask))
+
+
+class RobertaEncoder(BertEncoder):
+    """BERT's encoder with fairseq's position numbering (from pad_token_id + 1) and, by default, no pooler."""
+
+    paper = "RoBERTa"
+
+    def __init__(self, config: RobertaConfig):
+        super().__init__(config)
