@@ -237,9 +237,10 @@ from .commands.import_hf import import_hf_command  # noqa: E402
 from .commands.inspect_export import inspect_command  # noqa: E402
 from .commands.plot import plot_command  # noqa: E402
 from .commands.train import train_command  # noqa: E402
+from .commands.translate import translate_command  # noqa: E402
 
 for _command in (demo_command, train_command, eval_command, generate_command, embed_command, plot_command,
-                 import_hf_command, export_command, inspect_command):
+                 import_hf_command, export_command, inspect_command, translate_command):
     cli.add_command(_command)
 
 

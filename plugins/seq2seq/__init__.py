@@ -15,7 +15,7 @@ def register_encoders(register):
     register("nmt-bilstm", "lmkit.plugins.seq2seq.model:LSTMEncoder",
              options="lmkit.plugins.seq2seq.config:NMTEncoderConfig",
              summary="2-layer bidirectional LSTM encoder, CoVe's MT-LSTM (McCann et al. 2017)")
-    register("cove", "lmkit.plugins.seq2seq.cove:CoVeEncoder", options="lmkit.plugins.seq2seq.cove:CoVeConfig",
+    register("cove", "lmkit.plugins.seq2seq.cove:CoVeEncoder", options="lmkit.plugins.seq2seq.config:CoVeConfig",
              summary="a trained NMT encoder, frozen: [embedding or GloVe; MT-LSTM state] per token (CoVe)")
 
 

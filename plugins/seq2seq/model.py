@@ -51,14 +51,20 @@ class LSTMEncoder(nn.Module):
         states, (h, c) = self.lstm(self.drop(self.embedding(input_ids)), lengths)
         return {"states": self.drop(states), "mask": mask, "h": h, "c": c}
 
-    def embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> dict:
-        """CoVe features: [word embedding; top-layer state] per token, in word order (B, S, E + D)."""
+    def embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+              word_vectors: torch.Tensor | None = None) -> dict:
+        """CoVe features: [word vector; top-layer state] per token, in word order (B, S, G + D).
+
+        The word vector is the model's own embedding, or a row of `word_vectors` (V, G) (GloVe in
+        McCann et al. 2017: [GloVe(w); CoVe(w)]).
+        """
         encoded = self(input_ids, attention_mask)
         states = encoded["states"]
         if self.config.reverse_source:
             lengths = encoded["mask"].sum(1)
             states = reverse_padded(states, lengths)
-        features = torch.cat([self.embedding(input_ids), states], dim=-1)
+        words = self.embedding(input_ids) if word_vectors is None else word_vectors[input_ids]
+        features = torch.cat([words.to(states.dtype), states], dim=-1)
         return {"token_states": features * encoded["mask"][..., None]}
 
 

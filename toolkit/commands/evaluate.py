@@ -14,12 +14,22 @@ import click
 @click.option("--text-field", default="text", show_default=True, help="The field of .jsonl records to read.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def eval_command(model_dir, paths, stride, context, batch_size, text_field, device, as_json):
+@click.option("--strategy", help="Translation models: greedy, beam or sample.  [default: the model's]")
+@click.option("--num-beams", type=int, help="Translation models, beam: hypotheses kept per sentence.")
+@click.option("--length-penalty", type=float, help="Translation models, beam: length normalisation exponent.")
+def eval_command(model_dir, paths, stride, context, batch_size, text_field, device, as_json, **decoding):
     """Score MODEL_DIR on text with a sliding window, so long texts are scored with full context.
 
     Each document is preceded by the end-of-text token, as in training, so every token of it is scored.
+    An encoder-decoder model (Seq2Seq, NMT) is scored on parallel text instead (--data SOURCE --data
+    TARGET, or .tsv files): corpus BLEU of its translations, with sacrebleu's signature.
     """
     import json
+
+    from .translate import evaluate_translation
+
+    if evaluate_translation(model_dir, paths, decoding, device=device, as_json=as_json):
+        return
 
     import numpy as np
 

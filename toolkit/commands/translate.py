@@ -36,14 +36,37 @@ def translate_command(model_dir, texts, input_path, strategy, batch_size, as_jso
     texts = list(texts) or _read_sources(input_path)
     given = {key: value for key, value in flags.items() if value is not None}
     results, tokenizer = translate_texts(model_dir, texts, strategy, given, batch_size=batch_size, device=device)
+    echo_translations(texts, results, tokenizer, as_json)
+
+
+def echo_translations(texts, results, tokenizer, as_json: bool) -> None:
+    """One translation per line (alternatives after it), or JSON with tokens and scores."""
+
+    def decode(ids):
+        return tokenizer.decode(ids, skip_special_tokens=True).strip()
+
     if as_json:
-        click.echo(json.dumps([{"source": text, **result.to_dict(
-            lambda ids: tokenizer.decode(ids, skip_special_tokens=True).strip())}
-            for text, result in zip(texts, results)], indent=2))
+        click.echo(json.dumps([{"source": text, **result.to_dict(decode)} for text, result in zip(texts, results)],
+                              indent=2))
         return
     for result in results:
         for generation in [result] + result.alternatives:
-            click.echo(tokenizer.decode(generation.tokens, skip_special_tokens=True).strip())
+            click.echo(decode(generation.tokens))
+
+
+def is_encoder_decoder(directory: str, exported: bool) -> bool:
+    """Whether a model or export directory translates (has an encoder and a decoder), without torch."""
+    import os
+
+    from ..artifacts import read_config
+
+    if exported:
+        from ..exports.manifest import MANIFEST
+
+        with open(os.path.join(directory, MANIFEST), encoding="utf-8") as handle:
+            return json.load(handle).get("architecture") == "encoder-decoder"
+    spec = read_config(directory).get("spec", {})
+    return bool(spec.get("encoder")) and bool(spec.get("decoder"))
 
 
 def translate_texts(model_dir: str, texts: list[str], strategy: str | None, given: dict, *, batch_size: int = 64,
@@ -85,3 +108,48 @@ def _read_sources(path: str | None) -> list[str]:
     if not lines:
         raise click.UsageError("the input holds no sentences; give one per line")
     return lines
+
+
+def evaluate_translation(model_dir: str, paths, decoding: dict, *, device: str, as_json: bool) -> bool:
+    """`lmkit eval` on an encoder-decoder model: print corpus BLEU and return True; False for other models."""
+    import os
+
+    from ..artifacts import CONFIG
+
+    exported = _looks_exported(model_dir)
+    if not exported and not os.path.isfile(os.path.join(model_dir, CONFIG)):
+        return False
+    if not is_encoder_decoder(model_dir, exported):
+        if any(value is not None for value in decoding.values()):
+            raise click.UsageError("--strategy, --num-beams and --length-penalty apply to translation models only")
+        return False
+    import time
+
+    from ..parallel import read_pairs
+    from ..translation import corpus_bleu
+
+    pairs = read_pairs(paths)
+    given = {key: value for key, value in decoding.items() if value is not None}
+    strategy = given.pop("strategy", None)
+    started = time.perf_counter()
+    results, tokenizer = translate_texts(model_dir, [s for s, _ in pairs], strategy, given, device=device)
+    hypotheses = [tokenizer.decode(r.tokens, skip_special_tokens=True).strip() for r in results]
+    score = corpus_bleu(hypotheses, [t for _, t in pairs])
+    seconds = time.perf_counter() - started
+    if as_json:
+        click.echo(json.dumps({**score.as_dict(), "seconds": seconds}, indent=2))
+    else:
+        click.echo(f"BLEU            {score.score:.2f}")
+        click.echo(f"signature       {score.signature}")
+        click.echo(f"precisions      {' / '.join(f'{p:.1f}' for p in score.precisions)}  "
+                   f"(brevity penalty {score.brevity_penalty:.3f})")
+        click.echo(f"sentences       {score.sentences:,} in {seconds:.1f} s")
+    return True
+
+
+def _looks_exported(directory: str) -> bool:
+    import os
+
+    from ..exports.manifest import MANIFEST
+
+    return os.path.isfile(os.path.join(directory, MANIFEST))
