@@ -45,9 +45,8 @@ class LSTMEncoder(nn.Module):
         else:
             mask = attention_mask.bool()
             lengths = mask.sum(1)
-        if self.config.reverse_source:
-            input_ids = reverse_padded(input_ids, lengths if lengths is not None
-                                       else torch.full((B,), S, device=input_ids.device))
+        if self.config.reverse_source:  # without padding a plain flip, which exports as one op
+            input_ids = input_ids.flip(1) if lengths is None else reverse_padded(input_ids, lengths)
         states, (h, c) = self.lstm(self.drop(self.embedding(input_ids)), lengths)
         return {"states": self.drop(states), "mask": mask, "h": h, "c": c}
 
