@@ -167,6 +167,8 @@ def test_bad_input_is_one_line_errors(run, task, untrained, tmp_path):
     assert "more than the model's maximum of 6" in message
     message = error("translate", untrained, "--text", "the cat", "--strategy", "beam", "--num-beams", 0)
     assert "num_beams must be at least 1" in message
+    message = error("compose", "nmt-tiny", "--set", "decoder.encoder_size=32", "--out", tmp_path / "bad")
+    assert "set --set decoder.encoder_size=64" in message
     tsv = tmp_path / "bad.tsv"
     tsv.write_text("the cat\tlo x\nno tab here\n", encoding="utf-8")
     assert "line 2 has no tab" in error("train", untrained, "--data", tsv, "--steps", 1, "--batch-size", 1,

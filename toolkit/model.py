@@ -41,6 +41,9 @@ class ComposedModel(nn.Module):
         self.encoder = build_part(spec.encoder)
         self.decoder = build_part(spec.decoder)
         self.objectives = nn.ModuleDict({part.type: build_part(part) for part in spec.objectives})
+        # A decoder that reads the encoder's states says whether these two fit (sizes), as a SpecError.
+        if self.encoder is not None and hasattr(self.decoder, "check_encoder"):
+            self.decoder.check_encoder(self.encoder)
 
     def loss(self, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
         """The weighted sum of the objectives' losses, and each one's value for logging."""

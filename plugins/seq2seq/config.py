@@ -75,10 +75,9 @@ class LSTMDecoderConfig:
     init_state: Literal["encoder", "zeros"] = "encoder"
     dropout: float = 0.0
     init_range: float = 0.08
-    max_target_len: int = 256  # longest translation, in tokens, that translate produces by default
 
     def __post_init__(self):
-        _check(self, ("vocab_size", "embed_dim", "hidden_size", "num_layers", "encoder_size", "max_target_len"))
+        _check(self, ("vocab_size", "embed_dim", "hidden_size", "num_layers", "encoder_size"))
         if self.attention not in ATTENTION:
             raise ValueError(f"attention must be one of {', '.join(ATTENTION)}, got {self.attention!r}")
         if self.input_feeding and self.attention == "none":

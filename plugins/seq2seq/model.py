@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lmkit.errors import SpecError
 from lmkit.nn.lstm import LSTMStack, reverse_padded, uniform_init_
 
 from .config import LSTMDecoderConfig, LSTMEncoderConfig
@@ -117,6 +118,13 @@ class LSTMDecoder(nn.Module):
         self.lm_head = nn.Linear(H, config.vocab_size)
         uniform_init_(self, config.init_range)
 
+    def check_encoder(self, encoder) -> None:
+        """The encoder's states must have the size this decoder's attention and bridge were built for."""
+        size = getattr(encoder, "output_size", None)
+        if size is not None and size != self.config.encoder_size:
+            raise SpecError(f"decoder.encoder_size is {self.config.encoder_size} but the encoder's states have {size} "
+                            f"dimensions (directions x hidden_size); set --set decoder.encoder_size={size}")
+
     def start(self, encoded: dict) -> dict:
         """The state before the first target token, from the encoder's output."""
         config = self.config
@@ -124,9 +132,6 @@ class LSTMDecoder(nn.Module):
         B, L, H = memory.shape[0], config.num_layers, config.hidden_size
         if config.init_state == "encoder":
             h, c = encoded["h"], encoded["c"]  # (L_enc, B, D)
-            if h.shape[-1] != config.encoder_size:
-                raise ValueError(f"the encoder's states have {h.shape[-1]} dimensions but decoder.encoder_size is "
-                                 f"{config.encoder_size}; set decoder.encoder_size={h.shape[-1]}")
             if h.shape[0] != L:  # unequal depths: every decoder layer starts from the encoder's top layer
                 h, c = h[-1:].expand(L, -1, -1), c[-1:].expand(L, -1, -1)
             if hasattr(self, "bridge"):
