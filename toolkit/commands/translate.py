@@ -56,15 +56,13 @@ def echo_translations(texts, results, tokenizer, as_json: bool) -> None:
 
 def is_encoder_decoder(directory: str, exported: bool) -> bool:
     """Whether a model or export directory translates (has an encoder and a decoder), without torch."""
-    import os
 
     from ..artifacts import read_config
 
     if exported:
-        from ..exports.manifest import MANIFEST
+        from ..exports.manifest import read_manifest
 
-        with open(os.path.join(directory, MANIFEST), encoding="utf-8") as handle:
-            return json.load(handle).get("architecture") == "encoder-decoder"
+        return read_manifest(directory).get("architecture") == "encoder-decoder"  # a damaged one: one line
     spec = read_config(directory).get("spec", {})
     return bool(spec.get("encoder")) and bool(spec.get("decoder"))
 
