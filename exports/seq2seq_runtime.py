@@ -79,7 +79,7 @@ class OrtSeq2SeqBackend:
 
 def load_translator(directory: str, device: str = "auto", provider: str | None = None):
     """The lmkit.translation.Translator of an encoder-decoder export directory (hashes checked first)."""
-    from lmkit.parallel import special_ids
+    from lmkit.parallel import source_pad_id
     from lmkit.translation import Translator
 
     manifest = read_manifest(directory)
@@ -97,9 +97,16 @@ def load_translator(directory: str, device: str = "auto", provider: str | None =
     tokenizer = ExportedModel._tokenizer(directory, manifest)
     if tokenizer is None:
         raise ArtifactError(f"{directory} has no tokenizer to read sources with")
+    target_tokenizer = None
+    if manifest.get("target_tokenizer"):
+        if manifest["target_tokenizer"] not in manifest["files"]:
+            raise ArtifactError(f"{directory}: the target tokenizer {manifest['target_tokenizer']!r} is not listed "
+                                "with a hash in the manifest; refusing to load it")
+        target_tokenizer = ExportedModel._tokenizer(directory, {"tokenizer": manifest["target_tokenizer"],
+                                                                "files": manifest["files"]})
     sessions = {name: ort.InferenceSession(safe_path(directory, graph["file"], "graph file"), providers=wanted)
                 for name, graph in graphs.items()}
-    backend = OrtSeq2SeqBackend(sessions["encoder"], sessions["decoder"], graphs, pad_id=special_ids(tokenizer)[2])
+    backend = OrtSeq2SeqBackend(sessions["encoder"], sessions["decoder"], graphs, pad_id=source_pad_id(tokenizer))
     generation = manifest["generation"]
     return Translator(tokenizer, backend, (generation["strategy"], generation.get("options", {})),
-                      manifest.get("dimensions", {}).get("max_source_len"))
+                      manifest.get("dimensions", {}).get("max_source_len"), target_tokenizer=target_tokenizer)

@@ -173,3 +173,41 @@ def test_bad_input_is_one_line_errors(run, task, untrained, tmp_path):
     tsv.write_text("the cat\tlo x\nno tab here\n", encoding="utf-8")
     assert "line 2 has no tab" in error("train", untrained, "--data", tsv, "--steps", 1, "--batch-size", 1,
                                         "--seq-len", 9)
+
+
+def test_each_side_can_have_its_own_tokenizer(run, task, tmp_path):
+    """--set tokenizer.target=DIR: the decoder reads and writes the target tokenizer's ids, everywhere."""
+    options = dict(min_frequency=1, special_tokens=("<pad>", "<unk>", "<s>", "</s>"))
+    sides = {}
+    for side, size in (("src", 120), ("tgt", 160)):
+        tokenizer = train_tokenizer("bpe", [task[f"train.{side}"]], WordBPEOptions(vocab_size=size, **options),
+                                    progress=False)
+        tokenizer.save(str(tmp_path / side))
+        sides[side] = tokenizer
+    model_dir = str(tmp_path / "m")
+    source_size, target_size = sides["src"].vocab_size, sides["tgt"].vocab_size
+
+    def compose_with(decoder_size):
+        return run("compose", "nmt-tiny", "--set", f"tokenizer={tmp_path / 'src'}", "--set",
+                   f"tokenizer.target={tmp_path / 'tgt'}", "--set", f"encoder.vocab_size={source_size}", "--set",
+                   f"decoder.vocab_size={decoder_size}", "--out", model_dir)
+
+    done = compose_with(target_size - 1)
+    assert done.code == 1 and f"decoder.vocab_size={target_size - 1} is smaller than the target tokenizer's" in done.err
+    done = compose_with(target_size)
+    assert done.code == 0, done.err
+    assert os.path.isfile(os.path.join(model_dir, "target_tokenizer", "tokenizer.json"))
+    with open(os.path.join(model_dir, "config.json"), encoding="utf-8") as handle:
+        assert json.load(handle)["spec"]["tokenizer"]["target"]["vocab_size"] == target_size
+    with one_thread():
+        done = run("train", model_dir, "--data", task["train.src"], "--data", task["train.tgt"], "--steps", 3,
+                   "--batch-size", 8, "--seq-len", 64, "--eval-every", 0)
+        assert done.code == 0, done.err
+        source = TASK.pairs(1, seed=3)[0][0]
+        want = run("translate", model_dir, "--text", source, "--json", "--max-new-tokens", 8)
+        export = str(tmp_path / "exp")
+        assert run("export", model_dir, "--out", export).code == 0
+        got = run("translate", export, "--text", source, "--json", "--max-new-tokens", 8)
+    want, got = json.loads(want.out)[0], json.loads(got.out)[0]
+    assert want["tokens"] == got["tokens"] and want["text"] == got["text"]
+    assert want["text"] == sides["tgt"].decode(want["tokens"], skip_special_tokens=True).strip()

@@ -1,5 +1,8 @@
 """Parallel text: sentence pairs for encoder-decoder models, read, checked, tokenized and batched.
 
+Both sides share the model's tokenizer.json, unless the model has its own target-side tokenizer
+(target_tokenizer/ in the model directory, composed with --set tokenizer.target=DIR).
+
 Two layouts, one sentence (pair) per line:
   - a source file and a target file, given in that order (`--data train.de --data train.en`),
     with the same number of lines;
@@ -76,11 +79,12 @@ def read_pairs(paths) -> list[tuple[str, str]]:
     return list(zip(sources, targets))
 
 
-def encode_pairs(pairs, tokenizer, max_len: int, where: str, flag: str = "--seq-len"
+def encode_pairs(pairs, tokenizer, max_len: int, where: str, flag: str = "--seq-len", target_tokenizer=None
                  ) -> list[tuple[list[int], list[int]]]:
-    """Token ids of each pair; a sentence longer than max_len tokens is an error naming its line."""
+    """Token ids of each pair (the targets with `target_tokenizer` when the sides have their own);
+    a sentence longer than max_len tokens is an error naming its pair."""
     sources = tokenizer.encode_batch([s for s, _ in pairs])
-    targets = tokenizer.encode_batch([t for _, t in pairs])
+    targets = (target_tokenizer or tokenizer).encode_batch([t for _, t in pairs])
     for number, (source, target) in enumerate(zip(sources, targets), 1):
         for side, ids in (("source", source), ("target", target)):
             if len(ids) > max_len:
@@ -102,8 +106,14 @@ def pad_sources(sources: list[list[int]], pad: int) -> tuple[np.ndarray, np.ndar
     return ids, mask
 
 
-def make_batch(pairs: list[tuple[list[int], list[int]]], bos: int, eos: int, pad: int) -> dict[str, np.ndarray]:
-    source_ids, source_mask = pad_sources([s for s, _ in pairs], pad)
+def source_pad_id(tokenizer) -> int:
+    """The id that pads sources: masked out, so any id of the source vocabulary will do."""
+    return tokenizer.pad_id if tokenizer.pad_id is not None else 0
+
+
+def make_batch(pairs: list[tuple[list[int], list[int]]], bos: int, eos: int, pad: int,
+               source_pad: int | None = None) -> dict[str, np.ndarray]:
+    source_ids, source_mask = pad_sources([s for s, _ in pairs], pad if source_pad is None else source_pad)
     width = max(len(t) for _, t in pairs) + 1
     target_ids = np.full((len(pairs), width), pad, dtype=np.int64)
     labels = np.full((len(pairs), width), -100, dtype=np.int64)
@@ -123,11 +133,15 @@ class ParallelText:
 
     def __init__(self, context):
         args = context.args
-        self.bos, self.eos, self.pad = special_ids(context.tokenizer)
+        target_tokenizer = getattr(context, "target_tokenizer", None)
+        self.bos, self.eos, self.pad = special_ids(target_tokenizer or context.tokenizer)
+        self.source_pad = source_pad_id(context.tokenizer)
         self.batch_size, self.seed = args.batch_size, args.seed
-        train = encode_pairs(read_pairs(args.data), context.tokenizer, args.seq_len, "training data")
+        train = encode_pairs(read_pairs(args.data), context.tokenizer, args.seq_len, "training data",
+                             target_tokenizer=target_tokenizer)
         if args.val_data:
-            val = encode_pairs(read_pairs(args.val_data), context.tokenizer, args.seq_len, "validation data")
+            val = encode_pairs(read_pairs(args.val_data), context.tokenizer, args.seq_len, "validation data",
+                               target_tokenizer=target_tokenizer)
         else:
             held = int(round(len(train) * args.val_fraction))
             train, val = (train[:-held], train[-held:]) if held else (train, [])
@@ -148,10 +162,10 @@ class ParallelText:
     def train(self, first: int, count: int) -> dict[str, np.ndarray]:
         N = len(self.train_pairs)
         picked = [self.train_pairs[self._order(i // N)[i % N]] for i in range(first, first + count)]
-        return make_batch(picked, self.bos, self.eos, self.pad)
+        return make_batch(picked, self.bos, self.eos, self.pad, self.source_pad)
 
     def validation(self) -> list[dict[str, np.ndarray]]:
-        return [make_batch(self.val_pairs[i:i + self.batch_size], self.bos, self.eos, self.pad)
+        return [make_batch(self.val_pairs[i:i + self.batch_size], self.bos, self.eos, self.pad, self.source_pad)
                 for i in range(0, len(self.val_pairs), self.batch_size)]
 
     def tokens(self, batch) -> int:

@@ -33,7 +33,10 @@ def encode_sources(tokenizer, texts: list[str], limit: int | None) -> list[list[
 
 
 def translate_ids(backend, decoding, tokenizer, sources: list[list[int]], batch_size: int = 64):
-    """One Generation per source, in order, generated batch_size sources at a time."""
+    """One Generation per source, in order, generated batch_size sources at a time.
+
+    tokenizer: the target side's (its <s>, </s> and padding drive the decoder).
+    """
     from .parallel import special_ids
 
     bos, eos, pad = special_ids(tokenizer)
@@ -54,14 +57,20 @@ class Translator:
     decoding: tuple[str, dict] | None  # the model's default strategy and its options
     max_source_len: int | None
     model: object = None  # the ComposedModel, for a model directory
+    target_tokenizer: object = None  # the target side's own tokenizer; None: both sides share `tokenizer`
+
+    @property
+    def output_tokenizer(self):
+        """The tokenizer of the translations: the target side's."""
+        return self.target_tokenizer or self.tokenizer
 
 
 def load_translator(model_dir: str, device: str = "auto") -> Translator:
     """The Translator of a model directory with an encoder and a decoder."""
     from .decoding.seq2seq_backend import Seq2SeqBackend
     from .errors import ArtifactError
-    from .model import load_model
-    from .parallel import special_ids
+    from .model import load_model, load_target_tokenizer
+    from .parallel import source_pad_id
     from .training.distributed import resolve_device
 
     resolved = resolve_device(device)
@@ -74,9 +83,9 @@ def load_translator(model_dir: str, device: str = "auto") -> Translator:
     from .options import options_to_dict
 
     decoding = model.spec.decoding
-    return Translator(tokenizer, Seq2SeqBackend(model, resolved, pad_id=special_ids(tokenizer)[2]),
+    return Translator(tokenizer, Seq2SeqBackend(model, resolved, pad_id=source_pad_id(tokenizer)),
                       None if decoding is None else (decoding.type, options_to_dict(decoding.options)),
-                      max_source_len(model), model)
+                      max_source_len(model), model, load_target_tokenizer(model_dir))
 
 
 @dataclass
@@ -106,8 +115,8 @@ def corpus_bleu(hypotheses: list[str], references: list[str]) -> BleuScore:
 
 def evaluate_bleu(translator: Translator, decoding, pairs: list[tuple[str, str]], batch_size: int = 64):
     """(BleuScore, translations) of the sources of `pairs` against their targets."""
-    tokenizer = translator.tokenizer
-    sources = encode_sources(tokenizer, [s for s, _ in pairs], translator.max_source_len)
-    results = translate_ids(translator.backend, decoding, tokenizer, sources, batch_size)
-    hypotheses = [tokenizer.decode(r.tokens, skip_special_tokens=True).strip() for r in results]
+    sources = encode_sources(translator.tokenizer, [s for s, _ in pairs], translator.max_source_len)
+    output = translator.output_tokenizer
+    results = translate_ids(translator.backend, decoding, output, sources, batch_size)
+    hypotheses = [output.decode(r.tokens, skip_special_tokens=True).strip() for r in results]
     return corpus_bleu(hypotheses, [t for _, t in pairs]), hypotheses

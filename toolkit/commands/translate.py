@@ -89,7 +89,8 @@ def translate_texts(model_dir: str, texts: list[str], strategy: str | None, give
     name, options = _decoding_options(translator.decoding, strategy, given, host)
     decoding = host.component("decoding", name).load()(options)
     sources = encode_sources(translator.tokenizer, texts, translator.max_source_len)
-    return translate_ids(translator.backend, decoding, translator.tokenizer, sources, batch_size), translator.tokenizer
+    output = translator.output_tokenizer
+    return translate_ids(translator.backend, decoding, output, sources, batch_size), output
 
 
 def _read_sources(path: str | None) -> list[str]:

@@ -90,8 +90,10 @@ class Trainer:
             raise TrainingError(f"{model_dir}/tokenizer.json changed since step {state['step']} was saved; "
                                 "restore it to resume, or train a new model directory")
 
+        from ..model import load_target_tokenizer
+
         context = DataContext(self.model, tokenizer, args, [o["type"] for o in self.spec.get("objectives", [])],
-                              progress=self.progress, say=self._say)
+                              progress=self.progress, say=self._say, target_tokenizer=load_target_tokenizer(model_dir))
         with procs.main_first():  # rank 0 tokenizes; the others then read its cache
             self.data = batches_for(context)
         self.eval_batches = self.data.validation()
