@@ -23,7 +23,7 @@ from torch.nn.parallel import DistributedDataParallel
 from .. import __version__
 from ..artifacts import atomic_write, read_config
 from ..data import tokenizer_fingerprint
-from ..model import ComposedModel, load_model
+from ..model import ComposedModel, load_model, load_target_tokenizer
 from .arguments import TrainingArguments, TrainingError
 from .batches import Batch, DataContext, batches_for
 from .checkpoint import (
@@ -86,14 +86,16 @@ class Trainer:
             raise TrainingError(f"{model_dir} has no tokenizer.json to tokenize the data with; compose the model "
                                 "with --set tokenizer=DIR")
         self.tokenizer_hash = tokenizer_fingerprint(tokenizer)
+        target_tokenizer = load_target_tokenizer(model_dir)
+        if target_tokenizer is not None:  # an encoder-decoder's own target side: a change to it counts too
+            self.tokenizer_hash += ":" + tokenizer_fingerprint(target_tokenizer)
         if state is not None and state.get("tokenizer_sha256") != self.tokenizer_hash:
-            raise TrainingError(f"{model_dir}/tokenizer.json changed since step {state['step']} was saved; "
+            which = "tokenizer.json" + (" or target_tokenizer/" if target_tokenizer is not None else "")
+            raise TrainingError(f"{model_dir}/{which} changed since step {state['step']} was saved; "
                                 "restore it to resume, or train a new model directory")
 
-        from ..model import load_target_tokenizer
-
         context = DataContext(self.model, tokenizer, args, [o["type"] for o in self.spec.get("objectives", [])],
-                              progress=self.progress, say=self._say, target_tokenizer=load_target_tokenizer(model_dir))
+                              progress=self.progress, say=self._say, target_tokenizer=target_tokenizer)
         with procs.main_first():  # rank 0 tokenizes; the others then read its cache
             self.data = batches_for(context)
         self.eval_batches = self.data.validation()
