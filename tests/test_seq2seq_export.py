@@ -86,3 +86,25 @@ def test_translate_on_the_export_is_token_identical_to_pytorch(run, exported, st
     done = run("generate", exported["nmt"][1], "--prompt", sources[0], *strategy, "--max-new-tokens", 40)
     assert done.code == 0, done.err
     assert done.out.strip() == texts["nmt"][0]
+
+
+def test_translating_an_export_needs_no_torch(exported):
+    import subprocess
+    import sys
+
+    model_dir, target = exported["nmt"]
+    source = TASK.pairs(1, seed=5)[0][0]
+    code = ("import sys; sys.modules['torch'] = None\n"  # any import of torch now fails
+            "from lmkit import cli\n"
+            f"cli.main(['translate', {target!r}, '--text', {source!r}, '--strategy', 'beam'])\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    from lmkit.decoding.beam import BeamSearch
+    from lmkit.decoding.options import BeamSearchOptions
+    from lmkit.translation import encode_sources, load_translator, translate_ids
+
+    translator = load_translator(model_dir, "cpu")
+    sources = encode_sources(translator.tokenizer, [source], None)
+    result = translate_ids(translator.backend, BeamSearch(BeamSearchOptions(num_beams=4, max_new_tokens=100)),
+                           translator.output_tokenizer, sources)[0]
+    assert done.stdout.strip() == translator.output_tokenizer.decode(result.tokens, skip_special_tokens=True).strip()
