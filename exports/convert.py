@@ -37,6 +37,13 @@ def export_graph(graph: Graph, path: str, opset: int = DEFAULT_OPSET) -> None:
     import torch
     from torch.export import Dim
 
+    if graph.exporter == "legacy":
+        _export_legacy(graph, path, opset)
+        model = onnx.load(path)
+        name_dimensions(model, graph)
+        strip_node_metadata(model)
+        onnx.save(model, path)
+        return
     dynamic = _dynamic_shapes(graph.module, [
         {axis: Dim.AUTO for axis, size in enumerate(t.shape) if isinstance(size, str)} for t in graph.inputs])
     weights = sum(p.numel() * p.element_size() for p in graph.module.parameters())
@@ -59,6 +66,24 @@ def export_graph(graph: Graph, path: str, opset: int = DEFAULT_OPSET) -> None:
     name_dimensions(model, graph)
     strip_node_metadata(model)
     onnx.save(model, path)  # external tensors, if any, stay as references to the data file written above
+
+
+def _export_legacy(graph: Graph, path: str, opset: int) -> None:
+    """The TorchScript tracer (dynamo=False), its dynamic axes named by the plan directly."""
+    import torch
+
+    axes = {t.name: {axis: size for axis, size in enumerate(t.shape) if isinstance(size, str)}
+            for t in [*graph.inputs, *graph.outputs]}
+    with contextlib.redirect_stdout(io.StringIO()), quiet_loggers("torch.onnx"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            torch.onnx.export(graph.module, graph.example, path, dynamo=False, opset_version=opset,
+                              input_names=[t.name for t in graph.inputs], output_names=[t.name for t in graph.outputs],
+                              dynamic_axes=axes, do_constant_folding=True)
+        except Exception as error:  # noqa: BLE001
+            message = " ".join(str(error).split("\n", 1)[0].split())[:300]
+            raise ExportError(f"torch.onnx (legacy) could not export graph '{graph.name}': {type(error).__name__}: "
+                              f"{message}") from error
 
 
 @contextlib.contextmanager

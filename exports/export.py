@@ -91,6 +91,11 @@ def export_model(model_dir: str, out: str, *, precision: str = "fp32", layout: s
                           precision, threshold or THRESHOLDS[precision])
         if tokenizer is not None:
             tokenizer.save(root)
+        from lmkit.model import TARGET_TOKENIZER, load_target_tokenizer
+
+        target_tokenizer = load_target_tokenizer(model_dir)  # an encoder-decoder's own target side
+        if target_tokenizer is not None:
+            target_tokenizer.save(os.path.join(root, TARGET_TOKENIZER))
         if config_pbtxt:
             with atomic_write(os.path.join(root, "config.pbtxt")) as handle:
                 handle.write(config_pbtxt)
@@ -108,6 +113,7 @@ def export_model(model_dir: str, out: str, *, precision: str = "fp32", layout: s
             "dimensions": plan.dimensions,
             "graphs": {graph.name: graph.describe(files[graph.name]) for graph in plan.graphs},
             "tokenizer": "tokenizer.json" if tokenizer is not None else None,
+            **({"target_tokenizer": f"{TARGET_TOKENIZER}/tokenizer.json"} if target_tokenizer is not None else {}),
             "special_tokens": {role: getattr(tokenizer, f"{role}_id", None) for role in ("bos", "eos", "pad")},
             "generation": _generation_settings(config),
             "validation": report,

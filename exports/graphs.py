@@ -19,7 +19,10 @@ import numpy as np
 # brings a new one brings its exporter (a plugin) and the runtime backend that runs it (in exports/).
 DECODER_ONLY = "decoder-only"  # one graph, token ids + cache in, logits + cache out (GPT, LSTM LMs)
 ENCODER = "encoder-only"  # one graph, token ids + mask in, token states + pooled vector out (BERT family)
-ARCHITECTURES = (DECODER_ONLY, ENCODER)
+# an encoder graph run once per source, and a decoder-step graph with its recurrent state in and out
+# (Seq2Seq, attentional NMT); served by lmkit.exports.seq2seq_runtime
+ENCODER_DECODER = "encoder-decoder"
+ARCHITECTURES = (DECODER_ONLY, ENCODER, ENCODER_DECODER)
 
 # The symbolic dimensions, named as optimum and onnxruntime-genai name them.
 BATCH = "batch_size"
@@ -79,6 +82,9 @@ class Graph:
     validation: list[ShapeSet]
     cache: list[tuple[str, str]] = field(default_factory=list)
     scores: str | None = "logits"
+    # dynamo (torch.export) or legacy (the TorchScript tracer, dynamo=False): dynamo fixes the time
+    # axis of a bidirectional LSTM to the example's length (pytorch/pytorch#191855), the tracer does not.
+    exporter: str = "dynamo"
 
     def describe(self, file: str) -> dict:
         """The graph's entry in the manifest."""

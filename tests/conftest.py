@@ -81,3 +81,20 @@ def tiny_gpt2_export(tiny_gpt2, tmp_path_factory) -> str:
     out = str(tmp_path_factory.mktemp("exports") / "m0")
     export_model(tiny_gpt2, out)
     return out
+
+
+@pytest.fixture(scope="session")
+def translation_task(tmp_path_factory) -> dict:
+    """The synthetic translation task's files and tokenizer (see test_seq2seq.make_task)."""
+    from test_seq2seq import make_task
+
+    return make_task(tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def trained_nmt(translation_task) -> tuple:
+    """(model directory, last metrics record) of a tiny NMT model trained on it, shared by the seq2seq,
+    CoVe and export tests."""
+    from test_seq2seq import train_nmt
+
+    return train_nmt(translation_task)

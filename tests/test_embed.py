@@ -39,7 +39,7 @@ def test_safetensors_output_holds_pooled_vectors_and_padded_token_states(run, ti
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--out", "x.npy"], "must end in .json or .safetensors"),
+    (["--out", "x.npy"], "must end in .json, .safetensors or .npz"),
     (["--pool", "none"], "leaves nothing to write"),
     (["--text", "word " * 200], "text 1 is"),
 ])

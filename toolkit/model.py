@@ -46,6 +46,9 @@ class ComposedModel(nn.Module):
         self.encoder = build_part(spec.encoder)
         self.decoder = build_part(spec.decoder)
         self.objectives = nn.ModuleDict({part.type: build_part(part, self) for part in spec.objectives})
+        # A decoder that reads the encoder's states says whether these two fit (sizes), as a SpecError.
+        if self.encoder is not None and hasattr(self.decoder, "check_encoder"):
+            self.decoder.check_encoder(self.encoder)
 
     def loss(self, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
         """The weighted sum of the objectives' losses, and each one's value for logging."""
@@ -88,7 +91,7 @@ def build_model(spec: ModelSpec, seed: int | None = 0) -> ComposedModel:
 # -- saving ----------------------------------------------------------------------------------------
 
 
-def describe_build(spec: ModelSpec, host: PluginHost, tokenizer=None) -> dict:
+def describe_build(spec: ModelSpec, host: PluginHost, tokenizer=None, target_tokenizer=None) -> dict:
     """config.json: the resolved spec and where every part came from."""
     components, plugins = {}, {}
     for key, part in _named_parts(spec):
@@ -98,6 +101,8 @@ def describe_build(spec: ModelSpec, host: PluginHost, tokenizer=None) -> dict:
     resolved = spec.to_dict()
     if tokenizer is not None:
         resolved["tokenizer"] = {"type": tokenizer.kind, "vocab_size": tokenizer.vocab_size}
+        if target_tokenizer is not None:
+            resolved["tokenizer"]["target"] = {"type": target_tokenizer.kind, "vocab_size": target_tokenizer.vocab_size}
         component = host.components["tokenizer"].get(tokenizer.kind)
         if component is not None:
             origin = host.provenance(component.plugin)
@@ -126,13 +131,19 @@ def save_weights(model: nn.Module, path: str, metadata: dict | None = None) -> N
         out.write(payload)
 
 
-def save_model(directory: str, model: ComposedModel, host: PluginHost, tokenizer=None) -> None:
+TARGET_TOKENIZER = "target_tokenizer"  # the folder of an encoder-decoder model's target-side tokenizer
+
+
+def save_model(directory: str, model: ComposedModel, host: PluginHost, tokenizer=None,
+               target_tokenizer=None) -> None:
     """Write a model directory (into a directory that is staged by the caller)."""
     os.makedirs(directory, exist_ok=True)
     save_weights(model, os.path.join(directory, WEIGHTS))
     if tokenizer is not None:
         tokenizer.save(directory)
-    config = describe_build(model.spec, host, tokenizer)
+    if target_tokenizer is not None:
+        target_tokenizer.save(os.path.join(directory, TARGET_TOKENIZER))
+    config = describe_build(model.spec, host, tokenizer, target_tokenizer)
     # A stack that shares parameters across layers (ALBERT) says how many it would have without
     # sharing; `lmkit show` reports the difference.
     unshared = {key: stack.parameters_without_sharing() for key in ("encoder", "decoder")
@@ -219,14 +230,33 @@ def load_model(directory: str, host: PluginHost | None = None, device: str = "cp
     return model, tokenizer, config
 
 
+def load_target_tokenizer(directory: str):
+    """The target-side tokenizer of an encoder-decoder model directory (or export directory), or None
+    when both sides share tokenizer.json."""
+    path = os.path.join(directory, TARGET_TOKENIZER)
+    if not os.path.isfile(os.path.join(path, "tokenizer.json")):
+        return None
+    from .tokenizers import load_tokenizer
+
+    return load_tokenizer(path)
+
 
 # -- composing -------------------------------------------------------------------------------------
 
 
 def attach_tokenizer(spec: ModelSpec):
     """Load the spec's tokenizer (if it names one) and size the embeddings to fit it."""
+    return attach_tokenizers(spec)[0]
+
+
+def attach_tokenizers(spec: ModelSpec):
+    """(tokenizer, target tokenizer or None): `tokenizer.target` names the target side's own tokenizer
+    for an encoder-decoder model; the decoder's vocabulary must then fit it, the encoder's the other."""
     if not spec.tokenizer or "path" not in spec.tokenizer:
-        return None
+        if spec.tokenizer and isinstance(spec.tokenizer.get("target"), str):
+            raise SpecError("tokenizer.target needs tokenizer.path too: give --set tokenizer=SOURCE_TOKENIZER "
+                            "before --set tokenizer.target=TARGET_TOKENIZER")
+        return None, None
     from .tokenizers import load_tokenizer
 
     tokenizer = load_tokenizer(spec.tokenizer["path"])
@@ -234,13 +264,21 @@ def attach_tokenizer(spec: ModelSpec):
     if wanted and wanted != tokenizer.kind:
         raise SpecError(f"tokenizer: {spec.tokenizer['path']} is a {tokenizer.kind} tokenizer, "
                         f"the spec asks for {wanted}; drop tokenizer.type or train a {wanted} tokenizer")
+    target = None
+    if isinstance(spec.tokenizer.get("target"), str):
+        if spec.encoder is None or spec.decoder is None:
+            raise SpecError("tokenizer.target is the target side's tokenizer of an encoder-decoder model; this "
+                            "spec does not have both an encoder and a decoder")
+        target = load_tokenizer(spec.tokenizer["target"])
     for key in ("encoder", "decoder"):
         part = getattr(spec, key)
         size = getattr(part.options, "vocab_size", None) if part is not None else None
-        if size is not None and size < tokenizer.vocab_size:
-            raise SpecError(f"{key}.vocab_size={size} is smaller than the tokenizer's {tokenizer.vocab_size} "
-                            f"tokens; set --set {key}.vocab_size={tokenizer.vocab_size} (or more)")
-    return tokenizer
+        side = target if key == "decoder" and target is not None else tokenizer
+        if size is not None and size < side.vocab_size:
+            raise SpecError(f"{key}.vocab_size={size} is smaller than the {'target ' if side is target else ''}"
+                            f"tokenizer's {side.vocab_size} tokens; set --set {key}.vocab_size={side.vocab_size} "
+                            "(or more)")
+    return tokenizer, target
 
 
 def compose(source: str, overrides: list[str], out: str, *, force: bool = False, seed: int = 0,
@@ -251,10 +289,10 @@ def compose(source: str, overrides: list[str], out: str, *, force: bool = False,
 
     host = host or get_host()
     spec = resolve(apply_overrides(load_source(source, host), overrides), host)
-    tokenizer = attach_tokenizer(spec)
+    tokenizer, target_tokenizer = attach_tokenizers(spec)
     model = build_model(spec, seed)
     if weights is not None:
         load_weights(model, weights)
     with staged_directory(out, force=force) as stage:
-        save_model(stage, model, host, tokenizer)
-    return describe_build(spec, host, tokenizer)
+        save_model(stage, model, host, tokenizer, target_tokenizer)
+    return describe_build(spec, host, tokenizer, target_tokenizer)

@@ -227,7 +227,7 @@ def _resolve_tokenizer(raw, host: PluginHost) -> dict | None:
         raw = {"path": raw}
     if not isinstance(raw, dict):
         raise SpecError(f"tokenizer: expected a table or a path, got {raw!r}")
-    allowed = ("type", "path", "vocab_size")
+    allowed = ("type", "path", "vocab_size", "target")
     for key in raw:
         if key not in allowed:
             raise SpecError(f"tokenizer: unknown key '{key}'{did_you_mean(key, allowed)}; "
@@ -236,6 +236,9 @@ def _resolve_tokenizer(raw, host: PluginHost) -> dict | None:
         host.component("tokenizer", raw["type"])
     if "path" in raw and not isinstance(raw["path"], str):
         raise SpecError(f"tokenizer.path: {raw['path']!r} is not a path")
+    if "target" in raw and not isinstance(raw["target"], (str, dict)):
+        raise SpecError(f"tokenizer.target: {raw['target']!r} is not a path (the target side's tokenizer, for "
+                        "encoder-decoder models)")
     return dict(raw)
 
 

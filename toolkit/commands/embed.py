@@ -25,19 +25,23 @@ POOLINGS = ("mean", "cls", "last", "none")
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1), help="Texts per forward pass.")
 @click.option("--truncate", is_flag=True, help="Cut texts longer than the model's context instead of failing.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--vectors", type=click.Path(dir_okay=False),
+              help="CoVe (an NMT model): GloVe-format word vectors to put before each encoder state, "
+                   "[GloVe(w); CoVe(w)], in place of the model's own embeddings.")
 def embed_command(model_dir, texts, input_path, text_field, pooling, with_tokens, out, batch_size, truncate,
-                  device):
+                  device, vectors):
     """Embed texts with MODEL_DIR: each text's sentence vector and, with --tokens, its token states.
 
     Encoders (BERT, CoVe) give their top-layer states, decoders (GPT) their final hidden states.
     MODEL_DIR may also be an encoder's export directory (lmkit export), run on onnxruntime without torch.
-    The safetensors output holds `pooled` (N, D) and, with --tokens, `token_states` (N, T, D) padded to
+    The safetensors (or numpy .npz) output holds `pooled` (N, D) and, with --tokens, `token_states` (N, T, D) padded to
     the longest text with `attention_mask` (N, T) and `input_ids` (N, T).
     """
     from ..errors import DataError, require_torch
 
-    if out is not None and not out.endswith((".json", ".safetensors")):
-        raise click.UsageError(f"--out {out}: the file name must end in .json or .safetensors, which picks the format")
+    if out is not None and not out.endswith((".json", ".safetensors", ".npz")):
+        raise click.UsageError(f"--out {out}: the file name must end in .json, .safetensors or .npz (numpy), which "
+                               "picks the format")
     if pooling == "none" and not with_tokens:
         raise click.UsageError("--pool none with no --tokens leaves nothing to write; add --tokens or pick a pooling")
     texts = list(texts) or _read_texts(input_path, text_field)
@@ -48,6 +52,8 @@ def embed_command(model_dir, texts, input_path, text_field, pooling, with_tokens
         # An export directory runs on onnxruntime, without torch (an encoder export: BERT family).
         from lmkit.exports import load
 
+        if vectors is not None:
+            raise click.UsageError("--vectors works on a model directory (CoVe), not on an export directory")
         exported = load(model_dir, device=device)
         tokenizer, limit = exported.tokenizer, exported.max_length
         if exported.architecture != "encoder-only":
@@ -62,6 +68,8 @@ def embed_command(model_dir, texts, input_path, text_field, pooling, with_tokens
         resolved = resolve_device(device)
         model, tokenizer, _ = load_model(model_dir, device=str(resolved))
         stack = model.encoder if model.encoder is not None else model.decoder
+        if vectors is not None:
+            model = _with_word_vectors(model, tokenizer, vectors, model_dir)
         limit = getattr(stack, "max_positions", None)
     if tokenizer is None:
         raise ArtifactError(f"{model_dir} has no tokenizer.json to read the texts with")
@@ -79,7 +87,7 @@ def embed_command(model_dir, texts, input_path, text_field, pooling, with_tokens
     else:
         pooled, token_states, ids = embed_texts(model, tokenizer, texts, pooling=pooling, batch_size=batch_size,
                                                 max_length=limit, device=str(resolved), progress=True)
-    if out is not None and out.endswith(".safetensors"):
+    if out is not None and out.endswith((".safetensors", ".npz")):
         _write_safetensors(out, pooled, token_states if with_tokens else None, ids)
     else:
         records = []
@@ -155,4 +163,26 @@ def _write_safetensors(path: str, pooled, token_states, ids) -> None:
             input_ids[i, :len(row)] = row
         tensors.update(token_states=states, attention_mask=mask, input_ids=input_ids)
     with atomic_write(path, "wb") as handle:
-        handle.write(save(tensors))
+        if path.endswith(".npz"):
+            np.savez(handle, **tensors)
+        else:
+            handle.write(save(tensors))
+
+
+def _with_word_vectors(model, tokenizer, path: str, model_dir: str):
+    """The model, with embed() giving [vectors(w); encoder state] (CoVe with GloVe)."""
+    import torch
+
+    encoder = model.encoder
+    if encoder is None or "word_vectors" not in getattr(encoder.embed, "__code__", object()).co_varnames:
+        raise click.UsageError(f"--vectors needs a model whose encoder puts word vectors before its states (an NMT "
+                               f"model for CoVe); {model_dir} has none")
+    from lmkit.plugins.seq2seq.cove import load_word_vectors
+
+    table = torch.from_numpy(load_word_vectors(path, tokenizer)).to(next(encoder.parameters()).device)
+
+    class WithVectors:
+        def embed(self, input_ids, attention_mask=None):
+            return encoder.embed(input_ids, attention_mask, word_vectors=table)
+
+    return WithVectors()

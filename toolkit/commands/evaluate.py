@@ -34,9 +34,12 @@ TASK_ONLY = ("shots", "examples", "seed", "limit", "separator", "delimiter")
 @click.option("--text-field", default="text", show_default=True, help="The field of .jsonl records to read.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--strategy", help="Translation models: greedy, beam or sample.  [default: the model's]")
+@click.option("--num-beams", type=int, help="Translation models, beam: hypotheses kept per sentence.")
+@click.option("--length-penalty", type=float, help="Translation models, beam: length normalisation exponent.")
 @click.pass_context
 def eval_command(ctx, model_dir, paths, task_path, shots, examples_path, seed, limit, separator, delimiter,
-                 stride, context, batch_size, text_field, device, as_json):
+                 stride, context, batch_size, text_field, device, as_json, **decoding):
     """Score MODEL_DIR on text (--data) or on a task (--task).
 
     With --data: perplexity, bits per token and bits per byte with a sliding window, so long texts
@@ -47,6 +50,9 @@ def eval_command(ctx, model_dir, paths, task_path, shots, examples_path, seed, l
     examples, then the item's context). Multiple choice reports accuracy by summed, per-token and
     per-character log-likelihood; cloze (LAMBADA-style) reports greedy exact-match accuracy and the
     answers' perplexity.
+
+    An encoder-decoder model (Seq2Seq, NMT) is scored on parallel text instead (--data SOURCE --data
+    TARGET, or .tsv files): corpus BLEU of its translations, with sacrebleu's signature.
     """
     from ..errors import LmkitError
 
@@ -59,6 +65,10 @@ def eval_command(ctx, model_dir, paths, task_path, shots, examples_path, seed, l
     if wrong:
         flag = "--" + wrong[0].replace("_", "-")
         raise LmkitError(f"{flag} applies to {'--data' if task_path else '--task'} only; leave it out")
+    from .translate import evaluate_translation
+
+    if not task_path and evaluate_translation(model_dir, paths, decoding, device=device, as_json=as_json):
+        return
     if task_path:
         _evaluate_task(model_dir, task_path, shots=shots, examples_path=examples_path, seed=seed, limit=limit,
                        separator=_unescape(separator), delimiter=_unescape(delimiter), context=context,

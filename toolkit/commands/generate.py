@@ -63,6 +63,13 @@ def generate_command(model_dir, prompts, strategy, stops, stream, as_json, trunc
                                "and no --json")
     stream = stream if stream is not None else len(texts) == 1 and not as_json
     _show_warnings()
+    from .translate import echo_translations, is_encoder_decoder, translate_texts
+
+    if is_encoder_decoder(model_dir, exported):  # the prompts are source sentences: translate them
+        given = {key: value for key, value in flags.items() if value is not None}
+        results, tokenizer = translate_texts(model_dir, texts, strategy, given, device=device)
+        echo_translations(texts, results, tokenizer, as_json)
+        return
 
     host = get_host()
     if exported:

@@ -9,12 +9,14 @@ import click
 @click.command("train")
 @click.argument("model_dir", type=click.Path(file_okay=False))
 @click.option("--data", multiple=True, metavar="PATH",
-              help="A text or .jsonl file, a directory of them, or a quoted glob; repeat for more.")
+              help="A text or .jsonl file, a directory of them, or a quoted glob; repeat for more. Translation "
+                   "models: a source file then a target file, or .tsv files of source<TAB>target lines.")
 @click.option("--val-data", multiple=True, metavar="PATH",
               help="Held-out data to evaluate on  [default: the last --val-fraction of --data]")
 @click.option("--steps", type=int, help="Optimizer steps in all; on --resume it may be raised.")
 @click.option("--batch-size", type=int, help="Windows per forward pass, at most.")
-@click.option("--seq-len", type=int, help="Tokens each window predicts; at most the model's context.")
+@click.option("--seq-len", type=int, help="Tokens each window predicts; at most the model's context. For "
+                                         "parallel text: the longest sentence, in tokens.")
 @click.option("--lr", type=float, help="Peak learning rate.  [default: 3e-4]")
 @click.option("--warmup", type=int, help="Steps of linear warmup.  [default: 100]")
 @click.option("--min-lr-ratio", type=float, help="The cosine ends at lr times this.  [default: 0.1]")
@@ -33,6 +35,15 @@ import click
               help="Share of --data held out for validation when there is no --val-data.  [default: 0.05]")
 @click.option("--text-field", help="The field of .jsonl records that holds the text.  [default: text]")
 @click.option("--device", help="auto (cuda when there is one), cpu, cuda or cuda:N.  [default: auto]")
+@click.option("--optimizer", type=click.Choice(["adamw", "sgd"]),
+              help="adamw, or plain SGD without momentum (Sutskever et al. 2014).  [default: adamw]")
+@click.option("--schedule", type=click.Choice(["cosine", "halving"]),
+              help="cosine: warmup then cosine decay; halving: constant, then halved every --halve-every steps "
+                   "from --halve-from on.  [default: cosine]")
+@click.option("--halve-from", type=int,
+              help="halving: the first halved step; 0: 2/3 of --steps (epoch 5 of 7.5).  [default: 0]")
+@click.option("--halve-every", type=int,
+              help="halving: steps between halvings; 0: 1/15 of --steps (half an epoch).  [default: 0]")
 @click.option("--resume", is_flag=True, help="Continue the run saved in MODEL_DIR, with its arguments.")
 def train_command(model_dir, resume, **options):
     """Train the model in MODEL_DIR on text; checkpoints and metrics.jsonl go into MODEL_DIR.

@@ -43,6 +43,11 @@ class TrainingArguments:
     val_fraction: float = 0.05
     text_field: str = "text"  # the field of a .jsonl record that holds the document
     device: str = "auto"  # auto: cuda when there is one, else cpu
+    # adamw, or plain SGD without momentum (Sutskever et al. 2014: lr 0.7, no weight decay)
+    optimizer: str = "adamw"
+    schedule: str = "cosine"  # cosine (warmup, then decay to min_lr_ratio) or halving (see schedule.py)
+    halve_from: int = 0  # halving: the first halved step; 0: 2/3 of the steps (epoch 5 of 7.5)
+    halve_every: int = 0  # halving: steps between halvings; 0: 1/15 of the steps (half an epoch)
 
     def __post_init__(self):
         for name in ("data", "val_data"):
@@ -52,7 +57,7 @@ class TrainingArguments:
         if not self.data:
             raise TrainingError("no training data given; pass --data with text or .jsonl files or directories")
         for name in ("steps", "batch_size", "seq_len", "grad_accum", "eval_batches", "log_every",
-                     "warmup", "eval_every", "save_every", "seed"):
+                     "warmup", "eval_every", "save_every", "seed", "halve_from", "halve_every"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool):
                 raise TrainingError(f"{flag(name)} must be an integer, got {value!r}")
@@ -63,7 +68,8 @@ class TrainingArguments:
         for name in ("steps", "batch_size", "seq_len", "grad_accum", "eval_batches", "log_every"):
             if getattr(self, name) < 1:
                 raise TrainingError(f"{flag(name)} must be at least 1, got {getattr(self, name)}")
-        for name in ("warmup", "eval_every", "save_every", "seed", "weight_decay", "grad_clip"):
+        for name in ("warmup", "eval_every", "save_every", "seed", "weight_decay", "grad_clip", "halve_from",
+                     "halve_every"):
             if getattr(self, name) < 0:
                 raise TrainingError(f"{flag(name)} must not be negative, got {getattr(self, name)}")
         if not self.lr > 0:
@@ -73,6 +79,10 @@ class TrainingArguments:
         for name in ("beta1", "beta2", "val_fraction"):
             if not 0 <= getattr(self, name) < 1:
                 raise TrainingError(f"{flag(name)} must be at least 0 and below 1, got {getattr(self, name)}")
+        if self.optimizer not in ("adamw", "sgd"):
+            raise TrainingError(f"--optimizer must be adamw or sgd, got {self.optimizer!r}")
+        if self.schedule not in ("cosine", "halving"):
+            raise TrainingError(f"--schedule must be cosine or halving, got {self.schedule!r}")
         if not self.text_field:
             raise TrainingError("--text-field must name a field of the .jsonl records, e.g. text")
 

@@ -45,6 +45,7 @@ class DataContext:
     objectives: list[str] = field(default_factory=list)  # the spec's objective types, in order
     progress: bool = True
     say: object = print  # say(message): a line on stderr, above the progress bar
+    target_tokenizer: object = None  # an encoder-decoder model's target-side tokenizer; None: `tokenizer`
 
     def max_positions(self) -> int | None:
         stack = self.model.decoder if self.model.decoder is not None else self.model.encoder

@@ -23,7 +23,7 @@ from torch.nn.parallel import DistributedDataParallel
 from .. import __version__
 from ..artifacts import atomic_write, read_config
 from ..data import tokenizer_fingerprint
-from ..model import ComposedModel, load_model
+from ..model import ComposedModel, load_model, load_target_tokenizer
 from .arguments import TrainingArguments, TrainingError
 from .batches import Batch, DataContext, batches_for
 from .checkpoint import (
@@ -40,7 +40,7 @@ from .checkpoint import (
     set_rng_state,
 )
 from .distributed import Processes, processes, resolve_device
-from .schedule import learning_rate
+from .schedule import rate_at
 
 METRICS = "metrics.jsonl"
 
@@ -56,13 +56,16 @@ class _Loss(nn.Module):
         return self.model.loss(batch)[0]
 
 
-def build_optimizer(model: nn.Module, args: TrainingArguments, device: torch.device) -> torch.optim.AdamW:
-    """AdamW with weight decay on matrices and embeddings only, not on biases and norm gains (nanoGPT)."""
+def build_optimizer(model: nn.Module, args: TrainingArguments, device: torch.device) -> torch.optim.Optimizer:
+    """AdamW with weight decay on matrices and embeddings only, not on biases and norm gains (nanoGPT);
+    or, with --optimizer sgd, plain SGD without momentum or decay (Sutskever et al. 2014)."""
     parameters = [p for p in model.parameters() if p.requires_grad]
-    groups = [{"params": [p for p in parameters if p.dim() >= 2], "weight_decay": args.weight_decay},
-              {"params": [p for p in parameters if p.dim() < 2], "weight_decay": 0.0}]
     # One kernel for all parameters: fused on CUDA, a multi-tensor (foreach) loop elsewhere.
     fast = {"fused": True} if device.type == "cuda" else {"foreach": True}
+    if args.optimizer == "sgd":
+        return torch.optim.SGD(parameters, lr=args.lr, momentum=0.0, **fast)
+    groups = [{"params": [p for p in parameters if p.dim() >= 2], "weight_decay": args.weight_decay},
+              {"params": [p for p in parameters if p.dim() < 2], "weight_decay": 0.0}]
     return torch.optim.AdamW(groups, lr=args.lr, betas=(args.beta1, args.beta2), **fast)
 
 
@@ -85,12 +88,16 @@ class Trainer:
             raise TrainingError(f"{model_dir} has no tokenizer.json to tokenize the data with; compose the model "
                                 "with --set tokenizer=DIR")
         self.tokenizer_hash = tokenizer_fingerprint(tokenizer)
+        target_tokenizer = load_target_tokenizer(model_dir)
+        if target_tokenizer is not None:  # an encoder-decoder's own target side: a change to it counts too
+            self.tokenizer_hash += ":" + tokenizer_fingerprint(target_tokenizer)
         if state is not None and state.get("tokenizer_sha256") != self.tokenizer_hash:
-            raise TrainingError(f"{model_dir}/tokenizer.json changed since step {state['step']} was saved; "
+            which = "tokenizer.json" + (" or target_tokenizer/" if target_tokenizer is not None else "")
+            raise TrainingError(f"{model_dir}/{which} changed since step {state['step']} was saved; "
                                 "restore it to resume, or train a new model directory")
 
         context = DataContext(self.model, tokenizer, args, [o["type"] for o in self.spec.get("objectives", [])],
-                              progress=self.progress, say=self._say)
+                              progress=self.progress, say=self._say, target_tokenizer=target_tokenizer)
         with procs.main_first():  # rank 0 tokenizes; the others then read its cache
             self.data = (batches or batches_for)(context)
         self.eval_batches = self.data.validation()
@@ -153,8 +160,7 @@ class Trainer:
     def _train_step(self) -> float:
         """One optimizer step on the next global batch; returns its learning rate."""
         args = self.args
-        lr = learning_rate(self.step, lr=args.lr, warmup=args.warmup, steps=args.steps,
-                           min_lr_ratio=args.min_lr_ratio)
+        lr = rate_at(self.step, args)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         first = self.samples_seen + self.procs.rank * self.local_batch

@@ -1,0 +1,83 @@
+"""Seq2Seq (Sutskever et al. 2014), attentional NMT (Bahdanau et al. 2015, Luong et al. 2015) and CoVe
+(McCann et al. 2017): LSTM encoders and decoders, the translation objective, and the presets.
+
+Only registration lives here, so loading the plugin does not import torch; the modules are in
+model.py, the LSTM stacks they share with other recurrent families in lmkit.nn.lstm.
+"""
+from lmkit.hookspecs import hookimpl
+
+
+@hookimpl
+def register_encoders(register):
+    register("seq2seq-lstm", "lmkit.plugins.seq2seq.model:LSTMEncoder",
+             options="lmkit.plugins.seq2seq.config:LSTMEncoderConfig",
+             summary="multi-layer LSTM encoder reading the source reversed (Sutskever et al. 2014)")
+    register("nmt-bilstm", "lmkit.plugins.seq2seq.model:LSTMEncoder",
+             options="lmkit.plugins.seq2seq.config:NMTEncoderConfig",
+             summary="2-layer bidirectional LSTM encoder, CoVe's MT-LSTM (McCann et al. 2017)")
+    register("cove", "lmkit.plugins.seq2seq.cove:CoVeEncoder", options="lmkit.plugins.seq2seq.config:CoVeConfig",
+             summary="a trained NMT encoder, frozen: [embedding or GloVe; MT-LSTM state] per token (CoVe)")
+
+
+@hookimpl
+def register_decoders(register):
+    register("seq2seq-lstm", "lmkit.plugins.seq2seq.model:LSTMDecoder",
+             options="lmkit.plugins.seq2seq.config:LSTMDecoderConfig",
+             summary="multi-layer LSTM decoder started from the encoder's final state (Sutskever et al. 2014)")
+    register("nmt-attention", "lmkit.plugins.seq2seq.model:LSTMDecoder",
+             options="lmkit.plugins.seq2seq.config:NMTDecoderConfig",
+             summary="LSTM decoder with attention (additive/general/dot) and input feeding (Bahdanau, Luong)")
+
+
+@hookimpl
+def register_objectives(register):
+    register("translation", "lmkit.plugins.seq2seq.objective:Translation",
+             options="lmkit.plugins.seq2seq.config:TranslationOptions",
+             summary="target cross-entropy given the source, teacher forcing, on parallel text")
+
+
+@hookimpl
+def register_exporters(register):
+    register("decoder.seq2seq-lstm", "lmkit.plugins.seq2seq.export:export_plan",
+             summary="an encoder graph and a decoder-step graph, LSTM state in and out")
+    register("decoder.nmt-attention", "lmkit.plugins.seq2seq.export:export_plan",
+             summary="an encoder graph and a decoder-step graph, LSTM state and encoder states in and out")
+
+
+def _preset(summary: str, encoder: dict, decoder: dict, tokenizer: str = "bpe", num_beams: int = 12
+            ) -> tuple[dict, str]:
+    spec = {
+        "tokenizer": {"type": tokenizer},
+        "encoder": encoder,
+        "decoder": decoder,
+        "objectives": [{"type": "translation", "weight": 1.0}],
+        "decoding": {"strategy": "beam", "num_beams": num_beams, "max_new_tokens": 100},
+    }
+    return spec, summary
+
+
+PRESETS = {
+    "seq2seq-wmt14": _preset(
+        "Sutskever et al. 2014: 4 layers x 1000 LSTM encoder (reversed source) and decoder, 160k/80k vocab",
+        {"type": "seq2seq-lstm"}, {"type": "seq2seq-lstm"}),
+    "seq2seq-tiny": _preset(
+        "a Seq2Seq for tests: 2 layers x 64, vocab 512",
+        {"type": "seq2seq-lstm", "vocab_size": 512, "embed_dim": 32, "hidden_size": 64, "num_layers": 2, "init_range": 0.3},
+        {"type": "seq2seq-lstm", "vocab_size": 512, "embed_dim": 32, "hidden_size": 64, "num_layers": 2,
+         "encoder_size": 64, "init_range": 0.3}, num_beams=4),
+    "nmt-cove": _preset(
+        "attentional NMT with CoVe's MT-LSTM: 2-layer BiLSTM 300 encoder, 2-layer LSTM 600 decoder, "
+        "general attention, input feeding",
+        {"type": "nmt-bilstm"}, {"type": "nmt-attention"}),
+    "nmt-tiny": _preset(
+        "an attentional NMT for tests: BiLSTM 2 x 32 encoder, LSTM 2 x 64 decoder, vocab 512",
+        {"type": "nmt-bilstm", "vocab_size": 512, "embed_dim": 32, "hidden_size": 32, "dropout": 0.0, "init_range": 0.3},
+        {"type": "nmt-attention", "vocab_size": 512, "embed_dim": 32, "hidden_size": 64, "encoder_size": 64,
+         "dropout": 0.0, "init_range": 0.3}, num_beams=4),
+}
+
+
+@hookimpl
+def register_presets(register):
+    for name, (spec, summary) in PRESETS.items():
+        register(name, spec, summary=summary)

@@ -1,0 +1,115 @@
+"""CoVe (McCann et al. 2017): the encoder of a trained NMT model as a frozen feature extractor.
+
+CoVe(w) is the top layer of the MT-LSTM over a sentence; downstream models read [GloVe(w); CoVe(w)].
+Here the word vectors are the NMT model's own embeddings, or GloVe-format vectors the user gives
+(one "word v_1 ... v_G" line per word; a token whose word is not in the file gets zeros, as in
+salesforce/cove). `CoVeEncoder` is the `cove` encoder other compositions build on:
+
+    [encoder]
+    type = "cove"
+    model = "runs/nmt"          # a model directory with an nmt-bilstm (or seq2seq-lstm) encoder
+    vectors = "glove.840B.300d.txt"   # optional
+    [tokenizer]
+    path = "runs/nmt"           # the NMT model's tokenizer: CoVe reads its token ids
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import torch
+from torch import nn
+
+from lmkit.errors import DataError, SpecError
+
+from .config import CoVeConfig
+
+
+def token_words(tokenizer) -> list[str]:
+    """The word each token id stands for: its string without subword markers (</w>, ##, Ġ, ▁)."""
+    words = []
+    for index in range(tokenizer.vocab_size):
+        token = tokenizer.hf_tokenizer.id_to_token(index) or ""
+        for marker in ("</w>",):
+            token = token.removesuffix(marker)
+        for marker in ("##", "\u0120", "\u2581"):
+            token = token.removeprefix(marker)
+        words.append(token)
+    return words
+
+
+def load_word_vectors(path: str, tokenizer) -> np.ndarray:
+    """float32 (V, G): the GloVe vector of each token's word, zeros for words the file lacks."""
+    if not os.path.isfile(path):
+        raise DataError(f"{path} is not a file; give word vectors in GloVe's text format (word v1 ... vN per line)")
+    wanted: dict[str, list[int]] = {}
+    for index, word in enumerate(token_words(tokenizer)):
+        wanted.setdefault(word, []).append(index)
+        if word.lower() != word:  # a cased token also takes the vector of its lowercase word
+            wanted.setdefault(word.lower(), []).append(index)
+    matrix, dim = None, None
+    with open(path, encoding="utf-8") as handle:
+        for number, line in enumerate(handle, 1):
+            parts = line.rstrip("\r\n").split(" ")
+            if len(parts) < 2:
+                raise DataError(f"{path} line {number} holds no vector; each line is a word and its numbers")
+            if dim is None:
+                dim = len(parts) - 1
+                matrix = np.zeros((tokenizer.vocab_size, dim), dtype=np.float32)
+            elif len(parts) - 1 != dim:
+                raise DataError(f"{path} line {number} has {len(parts) - 1} numbers but line 1 has {dim}; every "
+                                "vector must have the same dimension")
+            rows = wanted.get(parts[0])
+            if rows:
+                try:
+                    matrix[rows] = np.asarray(parts[1:], dtype=np.float32)
+                except ValueError:
+                    raise DataError(f"{path} line {number}: the vector of {parts[0]!r} is not all numbers") from None
+    if matrix is None:
+        raise DataError(f"{path} is empty; give word vectors in GloVe's text format")
+    return matrix
+
+
+def load_nmt_encoder(directory: str):
+    """The (frozen, eval-mode) encoder and tokenizer of an NMT model directory."""
+    from lmkit.model import load_model
+
+    model, tokenizer, _ = load_model(directory)
+    if model.encoder is None or not hasattr(model.encoder, "embed"):
+        raise SpecError(f"{directory} has no recurrent encoder to take CoVe features from; give an NMT model "
+                        "(e.g. composed from nmt-tiny or nmt-cove)")
+    encoder = model.encoder
+    encoder.requires_grad_(False)
+    return encoder.eval(), tokenizer
+
+
+class CoVeEncoder(nn.Module):
+    """A frozen NMT encoder: forward gives {"states": [word vector; CoVe] (B, S, G + D), "mask"}."""
+
+    def __init__(self, config: CoVeConfig):
+        super().__init__()
+        if not config.model:
+            raise SpecError("encoder.model: give the NMT model directory whose encoder CoVe uses")
+        self.config = config
+        self.mt_lstm, tokenizer = load_nmt_encoder(config.model)
+        vectors = load_word_vectors(config.vectors, tokenizer) if config.vectors else None
+        # Not saved with the model: it is the user's file, read again when the model is loaded.
+        self.register_buffer("word_vectors", None if vectors is None else torch.from_numpy(vectors),
+                             persistent=False)
+        words = vectors.shape[1] if vectors is not None else self.mt_lstm.config.embed_dim
+        self.output_size = words + self.mt_lstm.output_size
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.mt_lstm.eval()  # frozen: no dropout, whatever the model around it does
+        return self
+
+    def embed(self, input_ids, attention_mask=None) -> dict:
+        with torch.no_grad():
+            return self.mt_lstm.embed(input_ids, attention_mask, word_vectors=self.word_vectors)
+
+    def forward(self, input_ids, attention_mask=None) -> dict:
+        mask = (attention_mask.bool() if attention_mask is not None
+                else torch.ones_like(input_ids, dtype=torch.bool))
+        return {"states": self.embed(input_ids, attention_mask)["token_states"], "mask": mask}
+
