@@ -6,6 +6,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from test_finetune import conll_sentences  # noqa: E402  (GPT's and BERT's NER tests read the same data)
+
 from lmkit.model import compose, load_model  # noqa: E402
 from lmkit.tokenizers import WordPiece, WordPieceOptions  # noqa: E402
 
@@ -93,19 +95,7 @@ def test_multiple_choice(run, pretrained, tmp_path):
 def test_conll_named_entities(run, pretrained, tmp_path):
     rng = random.Random(4)
     for name, n in (("train.conll", 128), ("dev.conll", 32)):
-        lines = []
-        for _ in range(n):
-            previous = "O"
-            for _ in range(rng.randint(4, 9)):
-                if rng.random() < 0.4:
-                    tag = "I-MOOD" if previous != "O" else "B-MOOD"
-                    lines.append(f"{rng.choice(GOOD)} {tag}")
-                else:
-                    tag = "O"
-                    lines.append(f"{rng.choice(FILLER + BAD)} O")
-                previous = tag
-            lines.append("")
-        (tmp_path / name).write_text("\n".join(lines))
+        (tmp_path / name).write_text(conll_sentences(rng, n))
     record = finetune(run, pretrained, tmp_path, "token-classification", tmp_path / "train.conll",
                       tmp_path / "dev.conll", "--epochs", "5")
     assert record["entity_f1"] > 0.4 and record["accuracy"] > 0.8, record  # all-O: F1 0, accuracy ~0.6
