@@ -96,6 +96,9 @@ def export_model(model_dir: str, out: str, *, precision: str = "fp32", layout: s
         target_tokenizer = load_target_tokenizer(model_dir)  # an encoder-decoder's own target side
         if target_tokenizer is not None:
             target_tokenizer.save(os.path.join(root, TARGET_TOKENIZER))
+        from .heads import save_head
+
+        task_head = save_head(model, config["spec"], root)  # a fine-tuned encoder's head runs beside its graph
         if config_pbtxt:
             with atomic_write(os.path.join(root, "config.pbtxt")) as handle:
                 handle.write(config_pbtxt)
@@ -118,6 +121,7 @@ def export_model(model_dir: str, out: str, *, precision: str = "fp32", layout: s
             "generation": _generation_settings(config),
             "validation": report,
             "triton": {"name": name, "config": "config.pbtxt"} if name else None,
+            **({"task_head": task_head} if task_head is not None else {}),
             "files": describe_files(root),
         }
         atomic_write_json(os.path.join(root, MANIFEST), manifest)

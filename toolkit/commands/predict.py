@@ -20,16 +20,23 @@ import click
 def predict_command(model_dir, path, text_fields, label_field, tag_column, batch_size, max_length, device):
     """Print one JSON line per example of --data with MODEL_DIR's prediction (label, value, choice, tags or
     answer); when every example is labelled, the metrics go to stderr.
+
+    MODEL_DIR is a model directory made by lmkit finetune, or the export directory of a fine-tuned
+    encoder (BERT family), which runs on onnxruntime without torch.
     """
+    import os
+
     from ..errors import require_torch
-
-    require_torch("lmkit predict")
     from ..tasks.predict import predict
-    from ..training.distributed import resolve_device
 
+    if not os.path.isfile(os.path.join(model_dir, "lmkit-onnx.json")):  # an export runs without torch
+        require_torch("lmkit predict on a model directory")
+        from ..training.distributed import resolve_device
+
+        device = str(resolve_device(device))
     fields = tuple(f.strip() for f in text_fields.split(",") if f.strip()) if text_fields else ()
     outputs, metrics = predict(model_dir, path, batch_size=batch_size, max_length=max_length, text_fields=fields,
-                               label_field=label_field, tag_column=tag_column, device=str(resolve_device(device)))
+                               label_field=label_field, tag_column=tag_column, device=device)
     for output in outputs:
         click.echo(json.dumps(output))
     if metrics is not None:

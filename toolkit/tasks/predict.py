@@ -1,5 +1,13 @@
-"""Apply a fine-tuned model to a task file: a prediction per example, and the metrics when it is labelled."""
+"""Apply a fine-tuned model to a task file: a prediction per example, and the metrics when it is labelled.
+
+The model is a model directory (run with PyTorch) or an encoder's export directory (run on
+onnxruntime without torch, the head applied in numpy: lmkit.exports.heads).
+"""
 from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -10,41 +18,76 @@ from .kinds import task_kind
 HEADS = {"sequence-head": None, "token-head": "token-classification", "span-head": "question-answering"}
 
 
-def predict(model_dir: str, path: str, *, batch_size: int = 32, max_length: int | None = None,
-            text_fields: tuple[str, ...] = (), label_field: str = "label", tag_column: int = -1,
-            device: str = "cpu", progress: bool = True) -> tuple[list[dict], dict | None]:
-    """(one output per example, metrics or None) of the task head in model_dir."""
+@dataclass
+class Runner:
+    """What prediction needs of a model, whichever backend runs it."""
+
+    spec: dict
+    tokenizer: object
+    encoder: bool  # an encoder reads BERT's pair format, a decoder GPT's markers
+    max_length: int | None
+    predict: Callable[[dict], np.ndarray]  # a collated batch -> the head's predictions
+
+
+def torch_runner(model_dir: str, device: str) -> Runner:
     import torch
-    from tqdm import tqdm
 
     from ..model import load_model
 
     model, tokenizer, config = load_model(model_dir, device=device)
-    head_name = next((o["type"] for o in config["spec"].get("objectives", []) if o["type"] in HEADS), None)
-    if head_name is None:
+    head = next((model.objectives[o["type"]] for o in config["spec"].get("objectives", []) if o["type"] in HEADS),
+                None)
+    stack = model.encoder if model.encoder is not None else model.decoder
+
+    @torch.no_grad()
+    def run(batch: dict) -> np.ndarray:
+        tensors = {name: torch.from_numpy(np.ascontiguousarray(a)).to(device) for name, a in batch.items()}
+        prediction = head.predict(model, tensors)
+        return (prediction.float() if prediction.is_floating_point() else prediction).cpu().numpy()
+
+    return Runner(config["spec"], tokenizer, model.encoder is not None, getattr(stack, "max_positions", None), run)
+
+
+def export_runner(export_dir: str, device: str) -> Runner:
+    from lmkit.exports import load
+    from lmkit.exports.heads import ExportedHead
+
+    exported = load(export_dir, device=device)
+    head = ExportedHead(exported)
+    limit = exported.manifest.get("dimensions", {}).get("max_length")
+    return Runner(exported.manifest["source"]["spec"], exported.tokenizer, True, limit,
+                  lambda batch: head.predict(exported, batch))
+
+
+def predict(model_dir: str, path: str, *, batch_size: int = 32, max_length: int | None = None,
+            text_fields: tuple[str, ...] = (), label_field: str = "label", tag_column: int = -1,
+            device: str = "cpu", progress: bool = True) -> tuple[list[dict], dict | None]:
+    """(one output per example, metrics or None) of the task head in model_dir."""
+    from tqdm import tqdm
+
+    from lmkit.exports.manifest import MANIFEST
+
+    exported = os.path.isfile(os.path.join(model_dir, MANIFEST))
+    runner = export_runner(model_dir, device) if exported else torch_runner(model_dir, device)
+    part = next((o for o in runner.spec.get("objectives", []) if o["type"] in HEADS), None)
+    if part is None:
         raise ArtifactError(f"{model_dir} has no task head (sequence-head, token-head or span-head); make one with "
                             "lmkit finetune")
-    if tokenizer is None:
+    if runner.tokenizer is None:
         raise ArtifactError(f"{model_dir} has no tokenizer.json to read the examples with")
-    head = model.objectives[head_name]
-    labels = tuple(getattr(head.options, "labels", ()))
-    options = TaskOptions(kind=HEADS[head_name] or head.options.task, text_fields=text_fields,
+    labels = tuple(part.get("labels", ()))
+    options = TaskOptions(kind=HEADS[part["type"]] or part.get("task", "classification"), text_fields=text_fields,
                           label_field=label_field, labels=labels, tag_column=tag_column)
     kind = task_kind(options.kind, options)
-    kind.allow_no_answer = getattr(head.options, "allow_no_answer", False)
+    kind.allow_no_answer = part.get("allow_no_answer", False)
     data = kind.read(path, labels=labels, require_labels=False)
-    stack = model.encoder if model.encoder is not None else model.decoder
-    limit = getattr(stack, "max_positions", None)
+    limit = runner.max_length
     max_length = min(max_length or limit or 512, limit or 1 << 30)
-    encoded, _ = kind.encode(data, tokenizer, max_length, model.encoder is not None)
-    pad = tokenizer.pad_id if tokenizer.pad_id is not None else 0
+    encoded, _ = kind.encode(data, runner.tokenizer, max_length, runner.encoder)
+    pad = runner.tokenizer.pad_id if runner.tokenizer.pad_id is not None else 0
     batches = [kind.collate(encoded[i:i + batch_size], pad) for i in range(0, len(encoded), batch_size)]
-    predictions = []
-    with torch.no_grad():
-        for batch in tqdm(batches, desc="predict", unit="batch", disable=not progress or None):
-            tensors = {name: torch.from_numpy(np.ascontiguousarray(a)).to(device) for name, a in batch.items()}
-            prediction = head.predict(model, tensors)
-            predictions.append((prediction.float() if prediction.is_floating_point() else prediction).cpu().numpy())
+    predictions = [runner.predict(batch)
+                   for batch in tqdm(batches, desc="predict", unit="batch", disable=not progress or None)]
     outputs = kind.outputs(predictions, batches, encoded, data)
     metrics = kind.metrics(predictions, batches, encoded, data) if kind.labelled(data) else None
     return outputs, metrics

@@ -1,0 +1,80 @@
+"""A fine-tuned model's task head, run on an encoder export without torch.
+
+Every task head is one linear layer on what the encoder graph already returns (the pooled [CLS]
+state, or each token's state), so the export keeps the graph as it is and stores the layer beside
+it, `task_head.safetensors`, hashed in the manifest like every other file. These are the numpy
+twins of lmkit.objectives.heads; tests/test_finetune_export.py checks that they agree.
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from lmkit.errors import ArtifactError
+
+from .manifest import safe_path
+
+HEAD_FILE = "task_head.safetensors"
+HEAD_TYPES = ("sequence-head", "token-head", "span-head")
+LINEAR = {"sequence-head": "score", "token-head": "score", "span-head": "qa_outputs"}
+
+
+def head_part(spec: dict) -> dict | None:
+    """The spec's task-head objective, if it has one."""
+    return next((o for o in spec.get("objectives", []) if o.get("type") in HEAD_TYPES), None)
+
+
+def save_head(model, spec: dict, directory: str) -> dict | None:
+    """Write the task head's linear layer into the export directory; its manifest entry, or None."""
+    part = head_part(spec)
+    if part is None:
+        return None
+    from safetensors.numpy import save
+
+    from lmkit.artifacts import atomic_write
+
+    layer = getattr(model.objectives[part["type"]], LINEAR[part["type"]])
+    tensors = {"weight": layer.weight.detach().float().cpu().numpy(),
+               "bias": layer.bias.detach().float().cpu().numpy()}
+    with atomic_write(os.path.join(directory, HEAD_FILE), "wb") as handle:
+        handle.write(save(tensors))
+    return {"file": HEAD_FILE, **part}
+
+
+class ExportedHead:
+    """The task head of an export, applied to its encoder's outputs: predict(exported, batch) as in torch."""
+
+    def __init__(self, exported):
+        info = exported.manifest.get("task_head")
+        if info is None:
+            raise ArtifactError(f"{exported.directory} has no task head; export a model made by lmkit finetune")
+        if exported.architecture != "encoder-only":
+            raise ArtifactError(f"{exported.directory}: task heads run on encoder exports (BERT family); predict "
+                                "with a decoder's model directory instead")
+        from safetensors.numpy import load_file
+
+        tensors = load_file(safe_path(exported.directory, info["file"], "task head"))
+        self.info, self.weight, self.bias = info, tensors["weight"], tensors["bias"]
+
+    def _linear(self, features: np.ndarray) -> np.ndarray:
+        return features @ self.weight.T + self.bias
+
+    def predict(self, exported, batch: dict[str, np.ndarray]) -> np.ndarray:
+        kind = self.info["type"]
+        ids = batch["input_ids"]
+        if kind == "sequence-head":
+            B, S, T = ids.shape
+            outputs = exported.encode(ids.reshape(B * S, T), batch["attention_mask"].reshape(B * S, T),
+                                      batch["token_type_ids"].reshape(B * S, T))
+            features = outputs["pooler_output"].reshape(B, S, -1)
+            task = self.info.get("task", "classification")
+            if task == "multiple-choice":
+                return self._linear(features)[..., 0].argmax(-1)
+            scores = self._linear(features.sum(1))  # similarity: the two orders added, as in torch
+            return scores[:, 0] if task == "regression" else scores.argmax(-1)
+        states = exported.encode(ids, batch["attention_mask"], batch["token_type_ids"])["last_hidden_state"]
+        scores = self._linear(states)  # (B, T, labels) or (B, T, 2)
+        if kind == "token-head":
+            return scores.argmax(-1)
+        return np.where(batch["answerable"][:, :, None], scores, -1e4).astype(np.float32)

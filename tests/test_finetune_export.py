@@ -1,0 +1,60 @@
+"""A fine-tuned encoder's task head runs on its export without torch and predicts what PyTorch predicts."""
+import json
+import random
+import subprocess
+import sys
+
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("onnxruntime")
+pytest.importorskip("onnxscript")
+
+from test_finetune import conll_sentences  # noqa: E402
+from test_finetune_bert import mood_pair, pretrained, squad_file  # noqa: E402, F401  (the bert-tiny fixture)
+
+from lmkit.exports.export import export_model  # noqa: E402
+from lmkit.tasks.finetune import TaskOptions, finetune  # noqa: E402
+from lmkit.tasks.predict import predict  # noqa: E402
+
+NO_TORCH = "import sys\nsys.modules['torch'] = None\nsys.modules['onnx'] = None\n"
+
+
+def tasks(tmp_path):
+    """(kind, train file, test file) of a sequence, a token and a span task."""
+    rng = random.Random(7)
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps({"text_a": a, "text_b": b, "label": int(good >= 3)}) + "\n"
+                             for a, b, good in (mood_pair(rng) for _ in range(48))))
+    conll = tmp_path / "ner.conll"
+    conll.write_text(conll_sentences(rng, 32))
+    squad = squad_file(tmp_path / "squad.json", rng, 32, impossible_share=0.25)
+    return [("similarity", pairs), ("token-classification", conll), ("question-answering", squad)]
+
+
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_predictions_on_the_export_match_pytorch(pretrained, tmp_path, precision):  # noqa: F811
+    for kind, path in tasks(tmp_path):
+        tuned, exported = tmp_path / f"{kind}-model", tmp_path / f"{kind}-{precision}"
+        finetune(pretrained, str(tuned), str(path), None, TaskOptions(kind=kind), steps=12, batch_size=16, lr=2e-3,
+                 progress=False)
+        manifest = export_model(str(tuned), str(exported), precision=precision)
+        assert manifest["task_head"]["type"] in ("sequence-head", "token-head", "span-head")
+        assert "task_head.safetensors" in manifest["files"]  # hashed like the graph
+        expected, _ = predict(str(tuned), str(path), progress=False)
+        got, _ = predict(str(exported), str(path), progress=False)
+        agreement = sum(a == b for a, b in zip(expected, got)) / len(expected)
+        assert agreement >= (1.0 if precision == "fp32" else 0.85), (kind, agreement)
+
+
+def test_lmkit_predict_on_an_export_runs_without_torch(pretrained, tmp_path):  # noqa: F811
+    kind, path = tasks(tmp_path)[0]
+    finetune(pretrained, str(tmp_path / "tuned"), str(path), None, TaskOptions(kind=kind), steps=4, progress=False)
+    export_model(str(tmp_path / "tuned"), str(tmp_path / "exported"))
+    expected, _ = predict(str(tmp_path / "tuned"), str(path), progress=False)
+    child = NO_TORCH + "from lmkit.cli import main\nmain()\n"
+    result = subprocess.run([sys.executable, "-c", child, "predict", str(tmp_path / "exported"), "--data", str(path)],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert [json.loads(line) for line in result.stdout.splitlines()] == expected
+    assert "accuracy" in result.stderr  # labelled: the metrics follow
