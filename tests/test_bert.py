@@ -216,6 +216,11 @@ def test_encoder_interface_and_padding(models, family):
         features = encoder.embed(padded, mask)
     assert states.shape == (1, T, encoder.config.hidden_size)
     assert torch.allclose(states, states_padded[:, :T], atol=1e-5)
+    if family == "roberta":  # positions count real tokens (fairseq), so left padding changes nothing either
+        left = torch.cat([torch.full((1, 3), tokenizer.pad_id), ids], dim=1)
+        with torch.no_grad():
+            states_left = encoder(left, attention_mask=mask.flip(1))
+        assert torch.allclose(states, states_left[:, 3:], atol=1e-5)
     assert features["pooled"].shape == (1, encoder.config.hidden_size)
     assert torch.allclose(features["pooled"], encoder.pooled(states_padded))
     expected = {"bert": 128, "albert": 128, "roberta": 128}[family]  # roberta-tiny: 130 rows - offset 2
