@@ -245,6 +245,8 @@ def test_albert_sharing_stores_shared_parameters_once(models):
             assert not any(".h.1." in key for key in encoder.state_dict())
         assert encoder.embeddings.word_embeddings.weight.shape == (100, 8)  # V x E
         encoder(torch.randint(0, 100, (2, 5))).sum().backward()  # shared weights get gradients
+        if sharing == "attention":  # a conversion reaches the shared modules through layer 0
+            assert encoder.double()(torch.randint(0, 100, (2, 5))).dtype == torch.float64
     assert counts["all"] < counts["attention"] < counts["ffn"] < counts["none"]
     assert unshared == {counts["none"]}
 
