@@ -193,10 +193,20 @@ def test_full_sentences_are_packed_across_documents(models, corpus):
     assert set(batch) == {"input_ids", "token_type_ids", "attention_mask", "labels"}
 
 
-def test_documents_are_split_at_blank_lines(tmp_path):
+def test_documents_are_split_at_blank_lines_and_cached(tmp_path, models):
+    from lmkit.plugins.bert.data import load_corpus
+    from lmkit.tokenizers import load_tokenizer
+
     path = tmp_path / "docs.txt"
     path.write_text("one.\ntwo.\n\n\nthree.\n  \nfour.\nfive.")
     assert read_documents([str(path)]) == [["one.", "two."], ["three."], ["four.", "five."]]
+    tokenizer = load_tokenizer(models["bert"])
+    corpus = load_corpus([str(path)], tokenizer)
+    assert corpus.documents == 3 and len(corpus.offsets) == 6
+    assert list((tmp_path / ".lmkit-cache").glob("*.sentences.npz"))
+    cached = load_corpus([str(path)], tokenizer)
+    assert all(np.array_equal(getattr(corpus, name), getattr(cached, name))
+               for name in ("tokens", "word_start", "offsets", "doc_starts"))
 
 
 # -- encoders ----------------------------------------------------------------------------------------
