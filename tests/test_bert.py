@@ -193,10 +193,20 @@ def test_full_sentences_are_packed_across_documents(models, corpus):
     assert set(batch) == {"input_ids", "token_type_ids", "attention_mask", "labels"}
 
 
-def test_documents_are_split_at_blank_lines(tmp_path):
+def test_documents_are_split_at_blank_lines_and_cached(tmp_path, models):
+    from lmkit.plugins.bert.data import load_corpus
+    from lmkit.tokenizers import load_tokenizer
+
     path = tmp_path / "docs.txt"
     path.write_text("one.\ntwo.\n\n\nthree.\n  \nfour.\nfive.")
     assert read_documents([str(path)]) == [["one.", "two."], ["three."], ["four.", "five."]]
+    tokenizer = load_tokenizer(models["bert"])
+    corpus = load_corpus([str(path)], tokenizer)
+    assert corpus.documents == 3 and len(corpus.offsets) == 6
+    assert list((tmp_path / ".lmkit-cache").glob("*.sentences.npz"))
+    cached = load_corpus([str(path)], tokenizer)
+    assert all(np.array_equal(getattr(corpus, name), getattr(cached, name))
+               for name in ("tokens", "word_start", "offsets", "doc_starts"))
 
 
 # -- encoders ----------------------------------------------------------------------------------------
@@ -216,6 +226,11 @@ def test_encoder_interface_and_padding(models, family):
         features = encoder.embed(padded, mask)
     assert states.shape == (1, T, encoder.config.hidden_size)
     assert torch.allclose(states, states_padded[:, :T], atol=1e-5)
+    if family == "roberta":  # positions count real tokens (fairseq), so left padding changes nothing either
+        left = torch.cat([torch.full((1, 3), tokenizer.pad_id), ids], dim=1)
+        with torch.no_grad():
+            states_left = encoder(left, attention_mask=mask.flip(1))
+        assert torch.allclose(states, states_left[:, 3:], atol=1e-5)
     assert features["pooled"].shape == (1, encoder.config.hidden_size)
     assert torch.allclose(features["pooled"], encoder.pooled(states_padded))
     expected = {"bert": 128, "albert": 128, "roberta": 128}[family]  # roberta-tiny: 130 rows - offset 2
@@ -240,6 +255,8 @@ def test_albert_sharing_stores_shared_parameters_once(models):
             assert not any(".h.1." in key for key in encoder.state_dict())
         assert encoder.embeddings.word_embeddings.weight.shape == (100, 8)  # V x E
         encoder(torch.randint(0, 100, (2, 5))).sum().backward()  # shared weights get gradients
+        if sharing == "attention":  # a conversion reaches the shared modules through layer 0
+            assert encoder.double()(torch.randint(0, 100, (2, 5))).dtype == torch.float64
     assert counts["all"] < counts["attention"] < counts["ffn"] < counts["none"]
     assert unshared == {counts["none"]}
 

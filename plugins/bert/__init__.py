@@ -42,7 +42,11 @@ def _preset(summary: str, encoder: str, tokenizer: str, objectives: list[str], *
     spec = {
         "tokenizer": {"type": tokenizer},
         "encoder": {"type": encoder, **options},
-        "objectives": [{"type": name, "weight": 1.0} for name in objectives],
+        # BERT and ALBERT aim 10% of their pairs at a shorter random length (short_seq_prob, BERT's
+        # create_pretraining_data.py); RoBERTa always fills the sequence (§4.2).
+        "objectives": [{"type": name, "weight": 1.0,
+                        **({"short_seq_prob": 0.1} if name == "masked-lm" and len(objectives) > 1 else {})}
+                       for name in objectives],
     }
     return spec, summary
 

@@ -20,6 +20,8 @@ Nothing here imports torch: batches are numpy arrays.
 """
 from __future__ import annotations
 
+import dataclasses
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -94,15 +96,50 @@ def continuation_tokens(tokenizer) -> np.ndarray:
     return continues
 
 
+CACHE_FORMAT = "lmkit-sentences/1"  # bump when the way documents become a Corpus changes
+
+
+def load_corpus(paths, tokenizer, text_field: str = "text") -> Corpus:
+    """The tokenized documents of `paths`, from the cache beside the data when one matches.
+
+    The cache (`.lmkit-cache/<key>.sentences.npz`, plain arrays, read without pickle) is keyed by
+    the files' bytes and the tokenizer, as lmkit.data keys its token streams.
+    """
+    from lmkit.artifacts import atomic_write
+    from lmkit.data import _cache_directory, _content_key, find_data_files, tokenizer_fingerprint
+
+    paths = [paths] if isinstance(paths, str) else list(paths)
+    files = find_data_files(paths)
+    key = _content_key(files, text_field, f"{tokenizer_fingerprint(tokenizer)}\0{CACHE_FORMAT}")
+    path = os.path.join(_cache_directory(paths[0]), f"{key}.sentences.npz")
+    try:
+        with np.load(path, allow_pickle=False) as cached:
+            return Corpus(**{name: cached[name] for name in ("tokens", "word_start", "offsets", "doc_starts")})
+    except (OSError, ValueError, KeyError):
+        pass  # none yet, or cut short: tokenize again
+    corpus = tokenize_documents(read_documents(paths, text_field), tokenizer)
+    with atomic_write(path, "wb") as out:
+        np.savez(out, **dataclasses.asdict(corpus))
+    return corpus
+
+
+def split_documents(corpus: Corpus, first: int, last: int) -> Corpus:
+    """Documents first, ..., last - 1 of a corpus, as a corpus of their own."""
+    s0, s1 = corpus.doc_starts[first], corpus.doc_starts[last]
+    t0, t1 = corpus.offsets[s0], corpus.offsets[s1]
+    return Corpus(corpus.tokens[t0:t1], corpus.word_start[t0:t1], corpus.offsets[s0:s1 + 1] - t0,
+                  corpus.doc_starts[first:last + 1] - s0)
+
+
 def tokenize_documents(documents: list[list[str]], tokenizer) -> Corpus:
     sentences = [sentence for document in documents for sentence in document]
     encoded = tokenizer.encode_batch(sentences) if sentences else []
     lengths = np.array([len(ids) for ids in encoded], dtype=np.int64)
     tokens = np.fromiter((t for ids in encoded for t in ids), dtype=np.int64, count=int(lengths.sum()))
-    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
     word_start = ~continuation_tokens(tokenizer)[tokens]
     word_start[offsets[:-1][lengths > 0]] = True  # a sentence starts a word
-    doc_starts = np.concatenate([[0], np.cumsum([len(document) for document in documents])])
+    doc_starts = np.concatenate([[0], np.cumsum([len(document) for document in documents], dtype=np.int64)])
     return Corpus(tokens, word_start, offsets, doc_starts)
 
 
@@ -354,21 +391,20 @@ class PretrainingBatches:
         self.seq_len, self.batch_size, self.seed = args.seq_len, args.batch_size, args.seed
         self.eval_count = args.eval_batches * args.batch_size
 
-        documents = read_documents(args.data, args.text_field)
+        corpus = load_corpus(args.data, tokenizer, args.text_field)
+        n = corpus.documents
         if args.val_data:
-            held_out = read_documents(args.val_data, args.text_field)
-        else:
-            n_val = int(round(len(documents) * args.val_fraction)) if len(documents) > 1 else 0
-            n_val = min(max(n_val, 1 if args.val_fraction > 0 and len(documents) > 1 else 0), len(documents) - 1)
-            documents, held_out = documents[:len(documents) - n_val], documents[len(documents) - n_val:]
-        if not documents:
+            self.train_corpus, self.val_corpus = corpus, load_corpus(args.val_data, tokenizer, args.text_field)
+        else:  # the last val_fraction of the documents (at least one, when there are two or more)
+            n_val = min(max(int(round(n * args.val_fraction)), 1 if args.val_fraction > 0 else 0), max(n - 1, 0))
+            self.train_corpus = split_documents(corpus, 0, n - n_val)
+            self.val_corpus = split_documents(corpus, n - n_val, n) if n_val else None
+        if not self.train_corpus.documents:
             raise DataError("the training data holds no text; give files with one sentence per line")
-        self.train_corpus = tokenize_documents(documents, tokenizer)
         self.train_sequences = Sequences(self.train_corpus, self.seq_len, self.pairs, self.ids, self.options, self.seed,
                                          self.negative_prob)
         self.val_sequences = None
-        if held_out:
-            self.val_corpus = tokenize_documents(held_out, tokenizer)
+        if self.val_corpus is not None and self.val_corpus.documents:
             self.val_sequences = Sequences(self.val_corpus, self.seq_len, self.pairs, self.ids, self.options,
                                            self.seed, self.negative_prob)
         context.say(f"training data: {self.train_corpus.documents:,} documents, {len(self.train_corpus.tokens):,} "
