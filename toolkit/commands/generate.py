@@ -67,7 +67,7 @@ def generate_command(model_dir, prompts, strategy, stops, stream, as_json, trunc
 
     if is_encoder_decoder(model_dir, exported):  # the prompts are source sentences: translate them
         given = {key: value for key, value in flags.items() if value is not None}
-        results, tokenizer = translate_texts(model_dir, texts, strategy, given, device=device)
+        results, tokenizer = translate_texts(model_dir, texts, strategy, given, device=device, provider=provider)
         echo_translations(texts, results, tokenizer, as_json)
         return
 

@@ -68,7 +68,7 @@ def is_encoder_decoder(directory: str, exported: bool) -> bool:
 
 
 def translate_texts(model_dir: str, texts: list[str], strategy: str | None, given: dict, *, batch_size: int = 64,
-                    device: str = "auto"):
+                    device: str = "auto", provider: str | None = None):
     """(one Generation per text, tokenizer) from a model or export directory; `generate` shares it."""
     from ..registry import get_host
     from ..translation import encode_sources, translate_ids
@@ -78,7 +78,7 @@ def translate_texts(model_dir: str, texts: list[str], strategy: str | None, give
     if _is_export(model_dir):
         from ..exports.seq2seq_runtime import load_translator as load_exported
 
-        translator = load_exported(model_dir, device=device)
+        translator = load_exported(model_dir, device=device, provider=provider)
     else:
         from ..errors import require_torch
 
