@@ -61,6 +61,9 @@ def build(size: str, work: str, threads: int):
                   f"{report['max_abs_diff']:.2g}", flush=True)
         options = __import__("onnxruntime").SessionOptions()
         options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+        # onnxruntime's idle threads spin for a while after each run, which would slow down whichever
+        # contender runs next in the interleaved order; they sleep instead.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         exports[precision] = lmkit.exports.load(out, device="cpu", session_options=options)
     return hf, load_model(model_dir)[0].encoder, exports["fp32"], exports["int8"]
 
