@@ -146,11 +146,17 @@ def test_total_gradient_is_task_gradient_plus_lambda_times_lm_gradient(pretraine
         loss.backward()
         return parameter.grad.clone()
 
-    total = gradient(model.loss(batch)[0])
-    task = gradient(model.objectives["sequence-head"](model, batch))
-    lm = gradient(model.objectives["causal-lm"](model, batch))
+    # each its own copy of the batch: the objectives share one decoder pass per batch dictionary
+    total = gradient(model.loss(dict(batch))[0])
+    task = gradient(model.objectives["sequence-head"](model, dict(batch)))
+    lm = gradient(model.objectives["causal-lm"](model, dict(batch)))
     assert lm.abs().max() > 0 and task.abs().max() > 0
     torch.testing.assert_close(total, task + weight * lm, rtol=1e-4, atol=1e-6)
+    # the LM loss read from the head's decoder pass equals the LM loss of its own pass
+    shared = dict(batch)
+    model.objectives["sequence-head"](model, shared)
+    torch.testing.assert_close(model.objectives["causal-lm"](model, shared),
+                               model.objectives["causal-lm"](model, dict(batch)), rtol=1e-5, atol=1e-6)
 
 
 def test_gpt_input_transformations(pretrained):

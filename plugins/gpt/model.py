@@ -93,8 +93,11 @@ class LearnedPositionDecoder(nn.Module):
             position_ids so every row's first real token gets position 0.
         position_ids: (B, T); default past + arange(T).
         """
-        h = self.hidden_states(input_ids, cache, attention_mask, position_ids)  # (B, T, C)
-        return self.lm_head(h, self.token_embedding().weight)  # tied output embedding: (B, T, vocab_size)
+        return self.logits(self.hidden_states(input_ids, cache, attention_mask, position_ids))
+
+    def logits(self, hidden_states: Tensor) -> Tensor:
+        """Next-token logits from final hidden states: (B, T, C) -> (B, T, vocab_size)."""
+        return self.lm_head(hidden_states, self.token_embedding().weight)  # the tied output embedding
 
 
 class GPT2Decoder(LearnedPositionDecoder):

@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .heads import DECODER_STATES
 from .options import CausalLMOptions
 
 
@@ -27,7 +28,12 @@ class CausalLM(nn.Module):
         targets = batch.get("lm_labels", input_ids)  # -100 where nothing is predicted (padding)
         if input_ids.dim() == 3:  # fine-tuning's auxiliary LM loss (GPT §3.2) reads every sequence
             input_ids, targets = input_ids.flatten(0, 1), targets.flatten(0, 1)
-        logits = model.decoder(input_ids[:, :-1])  # (B, T-1, V)
+        if DECODER_STATES in batch and hasattr(model.decoder, "logits"):
+            # A task head already ran the decoder on these sequences. Causal attention makes the
+            # states of the first T-1 positions the same as those of input_ids[:, :-1] alone.
+            logits = model.decoder.logits(batch[DECODER_STATES][:, :-1])  # (B, T-1, V)
+        else:
+            logits = model.decoder(input_ids[:, :-1])  # (B, T-1, V)
         targets = targets[:, 1:]
         return F.cross_entropy(
             logits.reshape(-1, logits.size(-1)).float(), targets.reshape(-1),

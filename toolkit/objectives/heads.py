@@ -12,6 +12,18 @@ from torch import Tensor, nn
 
 from .options import SequenceHeadOptions, SpanHeadOptions, TokenHeadOptions
 
+DECODER_STATES = "_decoder_states"  # batch key; not data, set by whichever objective asks first
+
+
+def decoder_states(model, batch: dict) -> Tensor:
+    """The decoder's final hidden states of every sequence of a task batch, (B*S, T, H), computed once:
+    the task head and GPT's auxiliary LM loss read the same forward pass.
+    """
+    if DECODER_STATES not in batch:
+        input_ids = batch["input_ids"]
+        batch[DECODER_STATES] = model.decoder.hidden_states(input_ids.reshape(-1, input_ids.size(-1)))
+    return batch[DECODER_STATES]
+
 
 def sequence_features(model, batch: dict) -> Tensor:
     """(B, S, H): the features of every sequence of the batch."""
@@ -26,7 +38,7 @@ def sequence_features(model, batch: dict) -> Tensor:
         features = model.encoder.pooled(hidden) if hasattr(model.encoder, "pooled") else hidden[:, 0]
     else:
         # Right padding comes after the extract token, which causal attention keeps it from seeing.
-        hidden = model.decoder.hidden_states(flat_ids)  # (B*S, T, H)
+        hidden = decoder_states(model, batch)  # (B*S, T, H)
         extract = batch["extract_index"].reshape(B * S)
         features = hidden[torch.arange(B * S, device=hidden.device), extract]
     return features.reshape(B, S, -1)
@@ -38,7 +50,7 @@ def token_features(model, batch: dict) -> Tensor:
     if model.encoder is not None:
         return model.encoder(input_ids, attention_mask=batch["attention_mask"],
                              token_type_ids=batch.get("token_type_ids"))
-    return model.decoder.hidden_states(input_ids)  # right padding: no real token sees it
+    return decoder_states(model, batch)  # right padding: no real token sees it
 
 
 def _linear(hidden_size: int, outputs: int) -> nn.Linear:
