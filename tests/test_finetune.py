@@ -277,3 +277,40 @@ def test_token_classification_learns_entities_with_a_gpt_decoder(run, pretrained
     assert result.code == 0, result.err
     first = json.loads(result.out.splitlines()[0])
     assert len(first["words"]) == len(first["tags"]) and set(first["tags"]) <= {"B-MOOD", "I-MOOD", "O"}
+
+
+def test_an_interrupted_finetuning_run_resumes_bit_for_bit(run, pretrained, tmp_path, monkeypatch):
+    from safetensors.torch import load_file
+
+    import lmkit.training.trainer as trainer_module
+
+    rng = random.Random(6)
+    train_file = write_jsonl(tmp_path / "train.jsonl", make_task("classification", rng, 64))
+    dev_file = write_jsonl(tmp_path / "dev.jsonl", make_task("classification", rng, 32))
+    args = ["--task", "classification", "--train", train_file, "--dev", dev_file, "--epochs", "3",
+            "--batch-size", "16", "--lr", "2e-3"]
+    assert run("finetune", pretrained, *args, "--out", tmp_path / "straight").code == 0
+
+    class Interrupted(Exception):
+        pass
+
+    save = trainer_module.save_checkpoint
+
+    def save_then_stop(directory, *rest, **kwargs):
+        save(directory, *rest, **kwargs)
+        raise Interrupted  # a crash right after the first epoch's checkpoint
+
+    monkeypatch.setattr(trainer_module, "save_checkpoint", save_then_stop)
+    with pytest.raises(Interrupted):
+        finetune(pretrained, str(tmp_path / "resumed"), train_file, dev_file, TaskOptions(), epochs=3,
+                 batch_size=16, lr=2e-3, progress=False)
+    monkeypatch.undo()
+    result = run("finetune", "--resume", "--out", tmp_path / "resumed", "--json")
+    assert result.code == 0, result.err
+    straight, resumed = (load_file(str(tmp_path / name / "model.safetensors")) for name in ("straight", "resumed"))
+    assert all(torch.equal(straight[name], resumed[name]) for name in straight)
+    timeless = [{k: v for k, v in read_results(str(tmp_path / name)).items() if k not in ("tokens_per_s", "elapsed")}
+                for name in ("resumed", "straight")]
+    assert timeless[0] == timeless[1] and timeless[0]["step"] > 4  # the best step came after the interruption
+    wrong = run("finetune", pretrained, "--resume", "--out", tmp_path / "resumed")
+    assert wrong.code == 2 and "leave PRETRAINED, --task, --train and --dev out" in wrong.err

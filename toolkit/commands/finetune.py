@@ -14,12 +14,12 @@ def _names(value: str | None) -> tuple[str, ...]:
 
 
 @click.command("finetune")
-@click.argument("pretrained", type=click.Path(file_okay=False))
-@click.option("--task", "kind", type=click.Choice(TASK_KINDS), required=True,
+@click.argument("pretrained", type=click.Path(file_okay=False), required=False)
+@click.option("--task", "kind", type=click.Choice(TASK_KINDS),
               help="classification (one text, or an ordered pair: entailment), similarity (an unordered pair), "
                    "regression, multiple-choice (context, choices), token-classification (CoNLL: NER, POS, "
                    "chunking) or question-answering (SQuAD v1.1/v2.0, encoders only).")
-@click.option("--train", "train_path", required=True, type=click.Path(dir_okay=False),
+@click.option("--train", "train_path", type=click.Path(dir_okay=False),
               help="Training examples: .jsonl, or .tsv with a header row; CoNLL for token-classification, "
                    "SQuAD .json for question-answering.")
 @click.option("--dev", "dev_path", type=click.Path(dir_okay=False),
@@ -47,11 +47,14 @@ def _names(value: str | None) -> tuple[str, ...]:
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of the head's init, order and dropout.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--force", is_flag=True, help="Replace --out if it exists.")
+@click.option("--resume", is_flag=True,
+              help="Go on with the run in --out from its last checkpoint (saved at every evaluation); only --steps "
+                   "(raised) and --device may change.")
 @click.option("--json", "as_json", is_flag=True, help="Print the best dev record as JSON.")
 def finetune_command(pretrained, kind, train_path, dev_path, out, labels, text_fields, label_field, tag_column,
                      aux_lm_weight,
                      epochs, steps, batch_size, lr, warmup_ratio, max_length, truncate, dropout, eval_every, seed,
-                     device, force, as_json):
+                     device, force, resume, as_json):
     """Fine-tune PRETRAINED on a labelled task file into OUT, with a linear head on its sequence features.
 
     A decoder (GPT) reads GPT's input transformations (start text [delim text] extract) and adds the
@@ -62,14 +65,33 @@ def finetune_command(pretrained, kind, train_path, dev_path, out, labels, text_f
     from ..errors import require_torch
 
     require_torch("lmkit finetune")
-    from ..tasks.finetune import BEST, TaskOptions, finetune
+    from ..tasks.finetune import TaskOptions, finetune
+    from ..tasks.finetune import resume as resume_run
 
+    if resume:
+        if pretrained is not None or kind or train_path or dev_path:
+            raise click.UsageError("--resume goes on with the run in --out, with its own model and task files; "
+                                   "leave PRETRAINED, --task, --train and --dev out")
+        record = resume_run(out, steps=steps, device=None if device == "auto" else device)
+        _report(record, out, as_json)
+        return
+    missing = [flag for flag, value in (("PRETRAINED", pretrained), ("--task", kind), ("--train", train_path))
+               if value is None]
+    if missing:
+        raise click.UsageError(f"{', '.join(missing)} {'is' if len(missing) == 1 else 'are'} needed to start a "
+                               "fine-tuning run")
     options = TaskOptions(kind=kind, text_fields=_names(text_fields), label_field=label_field,
                           labels=_names(labels), aux_lm_weight=aux_lm_weight, dropout=dropout, truncate=truncate,
                           tag_column=tag_column)
     record = finetune(pretrained, out, train_path, dev_path, options, epochs=epochs, steps=steps,
                       batch_size=batch_size, max_length=max_length, lr=lr, warmup_ratio=warmup_ratio, seed=seed,
                       eval_every=eval_every, device=device, force=force)
+    _report(record, out, as_json)
+
+
+def _report(record: dict, out: str, as_json: bool) -> None:
+    from ..tasks.finetune import BEST
+
     if as_json:
         click.echo(json.dumps(record, indent=2))
         return

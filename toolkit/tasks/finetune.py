@@ -7,6 +7,7 @@ reports the task's metrics, and the best checkpoint by the first of them is kept
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -14,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..artifacts import atomic_write_json, find_weights, read_config, staged_directory
+from ..artifacts import atomic_write_json, find_weights, read_config, read_json, staged_directory
 from ..errors import ArtifactError, DataError, LmkitError
 from ..registry import get_host
 from .inputs import add_markers
@@ -22,6 +23,7 @@ from .kinds import task_kind
 
 BEST = "best"
 RESULTS = "finetune.json"
+TASK = "task.json"  # the task options of a run, which --resume reads back
 
 
 @dataclass(frozen=True)
@@ -179,6 +181,10 @@ def _fine_tuner_class():
         def __init__(self, *args, kind, dev, **kwargs):
             self.kind, self.dev, self.best, self.metric = kind, dev, None, None
             super().__init__(*args, **kwargs)
+            best = os.path.join(self.model_dir, BEST, RESULTS)
+            if kwargs.get("state") is not None and os.path.isfile(best):  # resumed: the step to beat
+                self.best = read_json(best, "delete the best/ folder to let the resumed run choose again")
+                self.metric = self.best.pop("metric")
 
         @torch.no_grad()
         def validation_metrics(self) -> dict[str, float]:
@@ -216,7 +222,6 @@ def finetune(pretrained: str, out: str, train_path: str, dev_path: str | None, o
              device: str = "auto", force: bool = False, progress: bool = True) -> dict:
     """Fine-tune `pretrained` on a task file into `out`; returns the best dev record (or the last one)."""
     from ..training.arguments import TrainingArguments
-    from ..training.distributed import processes
 
     if os.path.abspath(pretrained) == os.path.abspath(out):
         raise LmkitError("--out must be a new directory: fine-tuning leaves the pretrained model as it is")
@@ -237,10 +242,37 @@ def finetune(pretrained: str, out: str, train_path: str, dev_path: str | None, o
     args = TrainingArguments.from_dict({
         "data": (train_path,), "val_data": (dev_path,) if dev_path else (), "steps": steps,
         "batch_size": batch_size, "seq_len": max_length, "lr": lr, "warmup": int(warmup_ratio * steps),
-        "min_lr_ratio": 0.0, "weight_decay": 0.01, "eval_every": eval_every or per_epoch, "save_every": 0,
-        "log_every": min(10, per_epoch), "seed": seed, "device": device})
+        "min_lr_ratio": 0.0, "weight_decay": 0.01, "eval_every": eval_every or per_epoch,
+        "save_every": eval_every or per_epoch, "log_every": min(10, per_epoch), "seed": seed, "device": device})
+    atomic_write_json(os.path.join(out, TASK), dataclasses.asdict(options))
+    return _run(out, args, kind, train, dev, options, state=None, progress=progress)
+
+
+def resume(out: str, *, steps: int | None = None, device: str | None = None, progress: bool = True) -> dict:
+    """Go on with the fine-tuning run saved in `out` from its last checkpoint (every evaluation saves one)."""
+    from ..training.arguments import TrainingArguments
+    from ..training.checkpoint import read_trainer_state
+
+    if not os.path.isfile(os.path.join(out, TASK)):
+        raise LmkitError(f"{out} is not a fine-tuning run (no {TASK}); resume a plain training run with lmkit train "
+                         "--resume")
+    options = TaskOptions(**{key: tuple(value) if isinstance(value, list) else value
+                             for key, value in read_json(os.path.join(out, TASK), "restore it from the run's start, "
+                                                         "or fine-tune anew").items()})
+    state = read_trainer_state(out)
+    changes = {name: value for name, value in (("steps", steps), ("device", device)) if value is not None}
+    args = TrainingArguments.from_dict(state["arguments"]).resumed_with(changes, state["step"])
+    kind = task_kind(options.kind, options)
+    train = kind.read(args.data[0])
+    dev = kind.read(args.val_data[0], labels=train.labels) if args.val_data else None
+    return _run(out, args, kind, train, dev, options, state=state, progress=progress)
+
+
+def _run(out: str, args, kind, train, dev, options: TaskOptions, *, state: dict | None, progress: bool) -> dict:
+    from ..training.distributed import processes
+
     with processes() as procs:
-        tuner = _fine_tuner_class()(out, args, procs, progress=progress, kind=kind, dev=dev,
+        tuner = _fine_tuner_class()(out, args, procs, state=state, progress=progress, kind=kind, dev=dev,
                                     batches=task_batches(kind, train, dev, options))
         last = tuner.train()
     return {**(tuner.best or last), "train_examples": len(train.examples),
