@@ -58,3 +58,33 @@ def test_lmkit_predict_on_an_export_runs_without_torch(pretrained, tmp_path):  #
     assert result.returncode == 0, result.stderr
     assert [json.loads(line) for line in result.stdout.splitlines()] == expected
     assert "accuracy" in result.stderr  # labelled: the metrics follow
+
+
+@pytest.mark.parametrize("family", ["albert", "roberta"])
+def test_albert_and_roberta_fine_tune_and_serve_their_heads(family, tmp_path):
+    """The pair template, padding id and pooled state of each family reach the head, in torch and on the export."""
+    from lmkit.model import compose
+    from lmkit.tokenizers import ByteLevelBPE, ByteLevelBPEOptions, Unigram, UnigramOptions
+
+    rng = random.Random(8)
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(" ".join(a.split() + b.split()) for a, b, _ in (mood_pair(rng) for _ in range(200))))
+    if family == "albert":
+        tokenizer = Unigram.train([str(corpus)], UnigramOptions(
+            vocab_size=100, lowercase=True, special_tokens=("<pad>", "<unk>", "[CLS]", "[SEP]", "[MASK]")),
+            progress=False)
+    else:
+        tokenizer = ByteLevelBPE.train([str(corpus)], ByteLevelBPEOptions(
+            vocab_size=300, special_tokens=("<s>", "<pad>", "</s>", "<unk>", "<mask>")), progress=False)
+    tokenizer.save(str(tmp_path / "tok"))
+    compose(f"{family}-tiny", [f"tokenizer={tmp_path / 'tok'}", f"encoder.vocab_size={tokenizer.vocab_size}"],
+            str(tmp_path / "model"))
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps({"sentence1": a, "sentence2": b, "label": int(good >= 3)}) + "\n"
+                             for a, b, good in (mood_pair(rng) for _ in range(48))))
+    finetune(str(tmp_path / "model"), str(tmp_path / "tuned"), str(pairs), None, TaskOptions(), steps=4,
+             progress=False)
+    export_model(str(tmp_path / "tuned"), str(tmp_path / "exported"))
+    expected, metrics = predict(str(tmp_path / "tuned"), str(pairs), progress=False)
+    assert metrics is not None and {"accuracy", "f1", "mcc"} <= set(metrics)
+    assert predict(str(tmp_path / "exported"), str(pairs), progress=False)[0] == expected
