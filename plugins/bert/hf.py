@@ -98,6 +98,17 @@ def bert_config_from_hf(hf_config: dict, pooler: bool = True) -> BertConfig:
     return BertConfig(**_common(hf_config, "BERT"), pooler=pooler)
 
 
+def _encoder_state(tensors: dict[str, Tensor], layers: int, pooler: bool) -> dict[str, Tensor]:
+    """The encoder's part of the state dict: embeddings, layers and the pooler (if there is one)."""
+    state = {}
+    _embeddings(state, tensors)
+    _encoder_layers(state, tensors, layers)
+    if pooler:
+        state["encoder.pooler.weight"], state["encoder.pooler.bias"] = (tensors.pop("pooler.dense.weight"),
+                                                                        tensors.pop("pooler.dense.bias"))
+    return state
+
+
 def import_bert(hf_config: dict, tensors: dict[str, Tensor]) -> tuple[dict, dict[str, Tensor]]:
     """(spec table, ComposedModel state dict) of a BertForPreTraining / BertForMaskedLM / BertModel checkpoint."""
     from lmkit.options import options_to_dict
@@ -105,12 +116,7 @@ def import_bert(hf_config: dict, tensors: dict[str, Tensor]) -> tuple[dict, dict
     tensors = _strip(tensors, "bert.")
     pooler = "pooler.dense.weight" in tensors
     config = bert_config_from_hf(hf_config, pooler)
-    state = {}
-    _embeddings(state, tensors)
-    _encoder_layers(state, tensors, config.num_hidden_layers)
-    if pooler:
-        state["encoder.pooler.weight"], state["encoder.pooler.bias"] = (tensors.pop("pooler.dense.weight"),
-                                                                        tensors.pop("pooler.dense.bias"))
+    state = _encoder_state(tensors, config.num_hidden_layers, pooler)
     objectives = []
     if "cls.predictions.bias" in tensors:
         objectives.append({"type": "masked-lm"})
@@ -200,12 +206,7 @@ def import_roberta(hf_config: dict, tensors: dict[str, Tensor]) -> tuple[dict, d
     tensors = _strip(tensors, "roberta.")
     pooler = "pooler.dense.weight" in tensors
     config = roberta_config_from_hf(hf_config, pooler)
-    state = {}
-    _embeddings(state, tensors)
-    _encoder_layers(state, tensors, config.num_hidden_layers)
-    if pooler:
-        state["encoder.pooler.weight"], state["encoder.pooler.bias"] = (tensors.pop("pooler.dense.weight"),
-                                                                        tensors.pop("pooler.dense.bias"))
+    state = _encoder_state(tensors, config.num_hidden_layers, pooler)
     objectives = []
     if "lm_head.bias" in tensors:
         if config.hidden_act != "gelu":
