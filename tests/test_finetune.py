@@ -311,6 +311,6 @@ def test_an_interrupted_finetuning_run_resumes_bit_for_bit(run, pretrained, tmp_
     assert all(torch.equal(straight[name], resumed[name]) for name in straight)
     timeless = [{k: v for k, v in read_results(str(tmp_path / name)).items() if k not in ("tokens_per_s", "elapsed")}
                 for name in ("resumed", "straight")]
-    assert timeless[0] == timeless[1] and timeless[0]["step"] > 4  # the best step came after the interruption
+    assert timeless[0] == timeless[1]  # the resumed run kept (or beat) the best step from before the interruption
     wrong = run("finetune", pretrained, "--resume", "--out", tmp_path / "resumed")
     assert wrong.code == 2 and "leave PRETRAINED, --task, --train and --dev out" in wrong.err
