@@ -2,8 +2,8 @@
 
 Each objective holds its own head (`objectives.masked-lm.dense.weight`, ...), built for the encoder
 of the model it trains (`for_model`). Masked LM says what data training reads (`batches`); the
-sentence-pair objectives add a loss on the same batches. The encoder runs once per batch: its
-states are kept in the batch under ENCODER_STATES for the other objectives.
+sentence-pair objectives add a loss on the same batches. The encoder runs once per batch
+(lmkit.objectives.states): the objectives share its states.
 """
 from __future__ import annotations
 
@@ -13,18 +13,9 @@ from torch import Tensor, nn
 
 from lmkit.errors import SpecError
 from lmkit.nn import activation_module
+from lmkit.objectives.states import stack_states
 
 from .config import MaskedLMOptions, SentencePairOptions
-
-ENCODER_STATES = "_encoder_states"  # batch key; not data, set by whichever objective runs first
-
-
-def encoder_states(model, batch: dict) -> Tensor:
-    """The encoder's hidden states for the batch, (B, T, H), computed once."""
-    if ENCODER_STATES not in batch:
-        batch[ENCODER_STATES] = model.encoder(batch["input_ids"], batch.get("attention_mask"),
-                                              batch.get("token_type_ids"))
-    return batch[ENCODER_STATES]
 
 
 def _encoder(model):
@@ -71,7 +62,7 @@ class MaskedLM(nn.Module):
         return F.linear(h, model.encoder.word_embeddings().weight, self.bias)
 
     def forward(self, model, batch: dict) -> Tensor:
-        states = encoder_states(model, batch)  # (B, T, H)
+        states = stack_states(model, batch)  # (B, T, H)
         labels = batch["labels"]  # (B, T), -100 where nothing is predicted
         picked = labels != -100
         # Only the picked positions (15%) go through the vocabulary-sized product.
@@ -104,7 +95,7 @@ class SentencePairObjective(nn.Module):
     def forward(self, model, batch: dict) -> Tensor:
         if "sentence_label" not in batch:
             raise ValueError(f"{type(self).__name__} needs sentence pairs; train it with masked-lm, which makes them")
-        return F.cross_entropy(self.logits(model, encoder_states(model, batch)).float(), batch["sentence_label"])
+        return F.cross_entropy(self.logits(model, stack_states(model, batch)).float(), batch["sentence_label"])
 
 
 class NextSentencePrediction(SentencePairObjective):

@@ -5,8 +5,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .heads import DECODER_STATES
 from .options import CausalLMOptions
+from .states import decoder_states_if_computed
 
 
 class CausalLM(nn.Module):
@@ -28,10 +28,11 @@ class CausalLM(nn.Module):
         targets = batch.get("lm_labels", input_ids)  # -100 where nothing is predicted (padding)
         if input_ids.dim() == 3:  # fine-tuning's auxiliary LM loss (GPT §3.2) reads every sequence
             input_ids, targets = input_ids.flatten(0, 1), targets.flatten(0, 1)
-        if DECODER_STATES in batch and hasattr(model.decoder, "logits"):
+        states = decoder_states_if_computed(model, batch)
+        if states is not None and hasattr(model.decoder, "logits"):
             # A task head already ran the decoder on these sequences. Causal attention makes the
             # states of the first T-1 positions the same as those of input_ids[:, :-1] alone.
-            logits = model.decoder.logits(batch[DECODER_STATES][:, :-1])  # (B, T-1, V)
+            logits = model.decoder.logits(states[:, :-1])  # (B, T-1, V)
         else:
             logits = model.decoder(input_ids[:, :-1])  # (B, T-1, V)
         targets = targets[:, 1:]

@@ -11,46 +11,19 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .options import SequenceHeadOptions, SpanHeadOptions, TokenHeadOptions
-
-DECODER_STATES = "_decoder_states"  # batch key; not data, set by whichever objective asks first
-
-
-def decoder_states(model, batch: dict) -> Tensor:
-    """The decoder's final hidden states of every sequence of a task batch, (B*S, T, H), computed once:
-    the task head and GPT's auxiliary LM loss read the same forward pass.
-    """
-    if DECODER_STATES not in batch:
-        input_ids = batch["input_ids"]
-        batch[DECODER_STATES] = model.decoder.hidden_states(input_ids.reshape(-1, input_ids.size(-1)))
-    return batch[DECODER_STATES]
+from .states import stack_states
 
 
 def sequence_features(model, batch: dict) -> Tensor:
     """(B, S, H): the features of every sequence of the batch."""
-    input_ids = batch["input_ids"]  # (B, S, T)
-    B, S, T = input_ids.shape
-    flat_ids = input_ids.reshape(B * S, T)
+    B, S, _ = batch["input_ids"].shape
+    states = stack_states(model, batch)  # (B*S, T, H)
     if model.encoder is not None:
-        mask = batch["attention_mask"].reshape(B * S, T)
-        types = batch.get("token_type_ids")
-        hidden = model.encoder(flat_ids, attention_mask=mask,
-                               token_type_ids=None if types is None else types.reshape(B * S, T))
-        features = model.encoder.pooled(hidden) if hasattr(model.encoder, "pooled") else hidden[:, 0]
+        features = model.encoder.pooled(states) if hasattr(model.encoder, "pooled") else states[:, 0]
     else:
-        # Right padding comes after the extract token, which causal attention keeps it from seeing.
-        hidden = decoder_states(model, batch)  # (B*S, T, H)
         extract = batch["extract_index"].reshape(B * S)
-        features = hidden[torch.arange(B * S, device=hidden.device), extract]
+        features = states[torch.arange(B * S, device=states.device), extract]
     return features.reshape(B, S, -1)
-
-
-def token_features(model, batch: dict) -> Tensor:
-    """(B, T, H): the final state of every token of the batch."""
-    input_ids = batch["input_ids"]  # (B, T)
-    if model.encoder is not None:
-        return model.encoder(input_ids, attention_mask=batch["attention_mask"],
-                             token_type_ids=batch.get("token_type_ids"))
-    return decoder_states(model, batch)  # right padding: no real token sees it
 
 
 def _linear(hidden_size: int, outputs: int) -> nn.Linear:
@@ -102,7 +75,7 @@ class TokenHead(nn.Module):
         self.score = _linear(options.hidden_size, options.num_labels)
 
     def scores(self, model, batch: dict) -> Tensor:
-        return self.score(self.dropout(token_features(model, batch)))  # (B, T, num_labels)
+        return self.score(self.dropout(stack_states(model, batch)))  # (B, T, num_labels)
 
     def forward(self, model, batch: dict) -> Tensor:
         scores = self.scores(model, batch)
@@ -123,7 +96,7 @@ class SpanHead(nn.Module):
         self.qa_outputs = _linear(options.hidden_size, 2)  # Hugging Face's name
 
     def scores(self, model, batch: dict) -> Tensor:
-        logits = self.qa_outputs(self.dropout(token_features(model, batch))).float()  # (B, T, 2)
+        logits = self.qa_outputs(self.dropout(stack_states(model, batch))).float()  # (B, T, 2)
         return logits.masked_fill(~batch["answerable"][:, :, None], -1e4)
 
     def forward(self, model, batch: dict) -> Tensor:
