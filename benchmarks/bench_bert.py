@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import random
-import statistics
 import tempfile
 import time
 
 import numpy as np
 import torch
+from timing import interleaved  # benchmarks/timing.py
 
 SIZES = {  # all-MiniLM-L6-v2's shape, and BERT-Base
     "minilm": dict(num_hidden_layers=6, hidden_size=384, num_attention_heads=12, intermediate_size=1536),
@@ -88,21 +87,6 @@ def contenders(hf, encoder, fp32, int8, ids: np.ndarray, mask: np.ndarray) -> di
             "lmkit-ort-int8": lambda: int8.encode(ids, mask)["last_hidden_state"]}
 
 
-def interleaved(runs: dict, repeats: int) -> dict[str, float]:
-    """Median ms of each run, taking turns in a shuffled order after one warm-up each."""
-    for run in runs.values():
-        run()
-    times: dict[str, list[float]] = {name: [] for name in runs}
-    order = list(runs.items())
-    for _ in range(repeats):
-        random.Random(len(times["transformers"])).shuffle(order)
-        for name, run in order:
-            start = time.perf_counter()
-            run()
-            times[name].append(1e3 * (time.perf_counter() - start))
-    return {name: statistics.median(values) for name, values in times.items()}
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--threads", type=int, default=2)
@@ -124,7 +108,7 @@ def main() -> None:
                 mask[::2, TOKENS * 3 // 4:] = 0
             runs = contenders(hf, encoder, fp32, int8, ids, mask)
             reference = mean_pool(runs["transformers"](), mask)
-            times = interleaved(runs, args.repeats)
+            times = {name: 1e3 * seconds for name, seconds in interleaved(runs, args.repeats, shuffle=True).items()}
             for name, ms in times.items():
                 vectors = mean_pool(runs[name](), mask)
                 cosine = ((vectors * reference).sum(1) / np.linalg.norm(vectors, axis=1)

@@ -15,6 +15,7 @@ import time
 
 import numpy as np
 import torch
+from timing import interleaved  # benchmarks/timing.py
 
 from lmkit.decoding.beam import BeamSearch
 from lmkit.decoding.greedy import Greedy
@@ -39,20 +40,6 @@ def median_time(function, repeats: int, warmup: int = 1) -> float:
         function()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
-
-
-def interleaved(functions: dict, repeats: int) -> dict:
-    """Median seconds of each function, timed in turns (a, b, c, a, b, c, ...) after one warm-up each,
-    so that a change in the machine's load while the benchmark runs hits all of them alike."""
-    for function in functions.values():
-        function()
-    times = {name: [] for name in functions}
-    for _ in range(repeats):
-        for name, function in functions.items():
-            start = time.perf_counter()
-            function()
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def pair(size: str):

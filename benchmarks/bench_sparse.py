@@ -22,12 +22,11 @@ import argparse
 import gc
 import json
 import re
-import statistics
 import subprocess
 import sys
-import time
 
 import torch
+from timing import interleaved  # benchmarks/timing.py
 
 N_EMBD, N_HEAD, BAND = 768, 12, 256
 KINDS = ("dense", "masked", "banded")
@@ -48,19 +47,6 @@ def layer(kind: str, T: int):
         return lambda: attention(x)
     i, j = torch.arange(T)[:, None], torch.arange(T)[None, :]
     return lambda: attention(x, (j <= i) & (j > i - BAND))  # (T, T) mask, built per pass as a model would
-
-
-def interleaved(functions: dict, repeats: int) -> dict:
-    """Median seconds of each function, timed in turns after one warm-up each."""
-    for function in functions.values():
-        function()
-    times = {name: [] for name in functions}
-    for _ in range(repeats):
-        for name, function in functions.items():
-            start = time.perf_counter()
-            function()
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def _status_kib(field: str) -> int:
