@@ -1,3 +1,5 @@
+import contextlib
+import io
 import os
 import subprocess
 import sys
@@ -19,15 +21,15 @@ class Result:
     err: str
 
 
-@pytest.fixture
-def run(capsys, monkeypatch):
-    """Run the CLI in-process, as `lmkit ARGS...`: (exit code, stdout, stderr)."""
+# A child Python in which any import of torch or onnx fails, as on a serving install (lmkit[serve]).
+NO_TORCH = "import sys\nsys.modules['torch'] = None\nsys.modules['onnx'] = None\n"
 
-    def invoke(*args, env: dict | None = None) -> Result:
-        for key, value in (env or {}).items():
-            monkeypatch.setenv(key, value)
-        reset_host()
-        capsys.readouterr()
+
+def run_cli(*args) -> Result:
+    """Run the CLI in-process, as `lmkit ARGS...`: (exit code, stdout, stderr)."""
+    out, err = io.StringIO(), io.StringIO()
+    reset_host()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         try:
             cli.main([str(a) for a in args])
             code = 0
@@ -35,8 +37,17 @@ def run(capsys, monkeypatch):
             code = done.code if isinstance(done.code, int) else 1
         finally:
             reset_host()
-        captured = capsys.readouterr()
-        return Result(code, captured.out, captured.err)
+    return Result(code, out.getvalue(), err.getvalue())
+
+
+@pytest.fixture
+def run(monkeypatch):
+    """run_cli, with environment variables set for the one test (env={...})."""
+
+    def invoke(*args, env: dict | None = None) -> Result:
+        for key, value in (env or {}).items():
+            monkeypatch.setenv(key, value)
+        return run_cli(*args)
 
     return invoke
 

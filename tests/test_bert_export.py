@@ -11,11 +11,12 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
 
+from conftest import NO_TORCH  # noqa: E402
+
 from lmkit.exports.export import export_model  # noqa: E402
 from lmkit.model import compose  # noqa: E402
 
 TEXTS = ["the cat sat on the mat", "a big dog ran far away quickly", "home"]
-NO_TORCH = "import sys\nsys.modules['torch'] = None\nsys.modules['onnx'] = None\n"
 
 
 @pytest.fixture(scope="module")

@@ -10,14 +10,13 @@ pytest.importorskip("torch")
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
 
+from conftest import NO_TORCH  # noqa: E402
 from test_finetune import conll_sentences  # noqa: E402
 from test_finetune_bert import mood_pair, pretrained, squad_file  # noqa: E402, F401  (the bert-tiny fixture)
 
 from lmkit.exports.export import export_model  # noqa: E402
 from lmkit.tasks.finetune import TaskOptions, finetune  # noqa: E402
 from lmkit.tasks.predict import predict  # noqa: E402
-
-NO_TORCH = "import sys\nsys.modules['torch'] = None\nsys.modules['onnx'] = None\n"
 
 
 def tasks(tmp_path):

@@ -17,6 +17,8 @@ pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
 
 
+from conftest import NO_TORCH  # noqa: E402
+
 from lmkit.decoding.greedy import Greedy  # noqa: E402
 from lmkit.decoding.options import GreedyOptions  # noqa: E402
 from lmkit.decoding.torch_backend import TorchBackend  # noqa: E402
@@ -24,8 +26,6 @@ from lmkit.model import load_model  # noqa: E402
 
 DOCS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs", "export.md")
 PROMPTS = ["the cat sat on", "dog"]
-# Any `import torch` or `import onnx` in the child fails, as on a serving machine.
-NO_TORCH = "import sys\nsys.modules['torch'] = None\nsys.modules['onnx'] = None\n"
 
 
 @pytest.fixture(scope="module")

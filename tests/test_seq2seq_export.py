@@ -28,29 +28,10 @@ def exported(run, trained_nmt, translation_task, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def run(request):  # a module-scoped in-process CLI, as conftest's `run`
-    from conftest import Result
+def run():  # module-scoped: the module's export fixtures use it
+    from conftest import run_cli
 
-    from lmkit import cli
-    from lmkit.registry import reset_host
-
-    def invoke(*args):
-        import contextlib
-        import io
-
-        out, err = io.StringIO(), io.StringIO()
-        reset_host()
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            try:
-                cli.main([str(a) for a in args])
-                code = 0
-            except SystemExit as done:
-                code = done.code if isinstance(done.code, int) else 1
-            finally:
-                reset_host()
-        return Result(code, out.getvalue(), err.getvalue())
-
-    return invoke
+    return run_cli
 
 
 def test_the_export_has_two_validated_graphs(exported):
