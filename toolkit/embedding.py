@@ -31,8 +31,12 @@ def pool(features: dict, attention_mask: torch.Tensor, how: str) -> torch.Tensor
 
 @torch.no_grad()
 def embed_texts(model, tokenizer, texts: list[str], *, pooling: str = "mean", batch_size: int = 32,
-                max_length: int | None = None, device: str = "cpu", progress: bool = False):
-    """(pooled (N, D) or None, token states per text: a list of (T_i, D) arrays, token ids per text)."""
+                max_length: int | None = None, device: str = "cpu", progress: bool = False,
+                options: dict | None = None):
+    """(pooled (N, D) or None, token states per text: a list of (T_i, D) arrays, token ids per text).
+
+    options: passed to the stack's embed() (CoVe: word_vectors).
+    """
     import numpy as np
     from tqdm import tqdm
 
@@ -54,7 +58,7 @@ def embed_texts(model, tokenizer, texts: list[str], *, pooling: str = "mean", ba
             input_ids[i, :len(row)] = torch.tensor(row, dtype=torch.long)
             attention_mask[i, :len(row)] = True
         input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
-        features = model.embed(input_ids, attention_mask)
+        features = model.embed(input_ids, attention_mask, **(options or {}))
         vectors = pool(features, attention_mask, pooling)
         if vectors is not None:
             pooled.append(vectors.float().cpu().numpy())

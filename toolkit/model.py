@@ -61,18 +61,22 @@ class ComposedModel(nn.Module):
             total = total + part.weight * value
         return total, parts
 
-    def embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    def embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+              **options) -> dict[str, torch.Tensor]:
         """Features of each token, {"token_states": (B, T, D)}, plus "pooled" (B, D) where the stack has one.
 
         The encoder gives them when there is one (BERT, CoVe), else the decoder's final hidden states
         (GPT). A stack with its own idea of features (CoVe's [embedding; encoder state]) defines
-        `embed(input_ids, attention_mask)` returning the same dictionary.
+        `embed(input_ids, attention_mask, **options)` returning the same dictionary; `options` go to it
+        (CoVe's `word_vectors`).
         """
         stack = self.encoder if self.encoder is not None else self.decoder
         if stack is None:
             raise SpecError("the model has neither an encoder nor a decoder to embed with")
         if hasattr(stack, "embed"):
-            return stack.embed(input_ids, attention_mask)
+            return stack.embed(input_ids, attention_mask, **options)
+        if options:
+            raise SpecError(f"{type(stack).__name__} takes no embedding options ({', '.join(options)})")
         if hasattr(stack, "hidden_states"):
             return {"token_states": stack.hidden_states(input_ids, attention_mask=attention_mask)}
         raise SpecError(f"{type(stack).__name__} gives no features: it defines neither embed() nor hidden_states()")

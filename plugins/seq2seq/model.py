@@ -20,6 +20,8 @@ from .config import LSTMDecoderConfig, LSTMEncoderConfig
 class LSTMEncoder(nn.Module):
     """Token ids (B, S) -> states (B, S, D) with D = directions x hidden_size, and the final (h, c)."""
 
+    takes_word_vectors = True  # embed(word_vectors=...): [GloVe(w); CoVe(w)], for lmkit embed --vectors
+
     def __init__(self, config: LSTMEncoderConfig):
         super().__init__()
         self.config = config

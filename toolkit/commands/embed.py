@@ -67,9 +67,10 @@ def embed_command(model_dir, texts, input_path, text_field, pooling, with_tokens
 
         resolved = resolve_device(device)
         model, tokenizer, _ = load_model(model_dir, device=str(resolved))
+        options = {}  # for the stack's embed()
         stack = model.encoder if model.encoder is not None else model.decoder
         if vectors is not None:
-            model = _with_word_vectors(model, tokenizer, vectors, model_dir)
+            options["word_vectors"] = _word_vectors(model, tokenizer, vectors, model_dir)
         limit = getattr(stack, "max_positions", None)
     if tokenizer is None:
         raise ArtifactError(f"{model_dir} has no tokenizer.json to read the texts with")
@@ -86,7 +87,8 @@ def embed_command(model_dir, texts, input_path, text_field, pooling, with_tokens
         pooled, token_states, ids = exported.embed(texts, pooling=pooling, batch_size=batch_size, max_length=limit)
     else:
         pooled, token_states, ids = embed_texts(model, tokenizer, texts, pooling=pooling, batch_size=batch_size,
-                                                max_length=limit, device=str(resolved), progress=True)
+                                                max_length=limit, device=str(resolved), progress=True,
+                                                options=options)
     if out is not None and out.endswith((".safetensors", ".npz")):
         _write_safetensors(out, pooled, token_states if with_tokens else None, ids)
     else:
@@ -169,20 +171,15 @@ def _write_safetensors(path: str, pooled, token_states, ids) -> None:
             handle.write(save(tensors))
 
 
-def _with_word_vectors(model, tokenizer, path: str, model_dir: str):
-    """The model, with embed() giving [vectors(w); encoder state] (CoVe with GloVe)."""
+
+def _word_vectors(model, tokenizer, path: str, model_dir: str):
+    """The GloVe-format vectors at `path` as a table over the tokenizer's ids, for an encoder that takes one."""
     import torch
 
+    from ..word_vectors import load_word_vectors
+
     encoder = model.encoder
-    if encoder is None or "word_vectors" not in getattr(encoder.embed, "__code__", object()).co_varnames:
+    if encoder is None or not getattr(encoder, "takes_word_vectors", False):
         raise click.UsageError(f"--vectors needs a model whose encoder puts word vectors before its states (an NMT "
                                f"model for CoVe); {model_dir} has none")
-    from lmkit.plugins.seq2seq.cove import load_word_vectors
-
-    table = torch.from_numpy(load_word_vectors(path, tokenizer)).to(next(encoder.parameters()).device)
-
-    class WithVectors:
-        def embed(self, input_ids, attention_mask=None):
-            return encoder.embed(input_ids, attention_mask, word_vectors=table)
-
-    return WithVectors()
+    return torch.from_numpy(load_word_vectors(path, tokenizer)).to(next(encoder.parameters()).device)
