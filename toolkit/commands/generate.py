@@ -8,24 +8,37 @@ import sys
 
 import click
 
+# The decoding strategies' options, as `generate` and `translate` both take them; a flag belongs to
+# the strategies whose options have its name (--num-beams: beam).
+DECODING_FLAGS = (
+    click.option("--strategy", help="greedy, beam, sample or another registered one.  [default: the model's, "
+                                    "else greedy]"),
+    click.option("--max-new-tokens", type=int, help="Most tokens to add to each input.  [default: the model's, else 50]"),
+    click.option("--num-beams", type=int, help="beam: hypotheses kept per input.  [default: 4]"),
+    click.option("--length-penalty", type=float, help="beam: scores are divided by length ** this.  [default: 1.0]"),
+    click.option("--early-stopping/--no-early-stopping", default=None,
+                 help="beam: stop once num_beams hypotheses have ended.  [default: no]"),
+    click.option("--num-return-sequences", type=int, help="beam: best hypotheses to print.  [default: 1]"),
+    click.option("--no-repeat-ngram-size", type=int, help="Never generate an n-gram of this size twice."),
+    click.option("--temperature", type=float, help="sample: below 1 sharpens, above 1 flattens.  [default: 1.0]"),
+    click.option("--top-k", type=int, help="sample: among the k most likely tokens only."),
+    click.option("--top-p", type=float, help="sample: among the most likely tokens that make up this mass."),
+    click.option("--seed", type=int, help="sample: seed of the random choices."),
+)
+
+
+def decoding_flags(command):
+    """Add DECODING_FLAGS to a click command, in their order."""
+    for option in reversed(DECODING_FLAGS):
+        command = option(command)
+    return command
+
 
 @click.command("generate")
 @click.argument("model_dir", type=click.Path(file_okay=False))
 @click.option("--prompt", "prompts", multiple=True, metavar="TEXT",
               help="A prompt; repeat for a batch.  [default: one prompt per line of stdin]")
-@click.option("--strategy", help="greedy, beam, sample or another registered one.  [default: the model's, "
-                                 "else greedy]")
-@click.option("--max-new-tokens", type=int, help="Most tokens to add to each prompt.  [default: 50]")
-@click.option("--num-beams", type=int, help="beam: hypotheses kept per prompt.  [default: 4]")
-@click.option("--length-penalty", type=float, help="beam: scores are divided by length ** this.  [default: 1.0]")
-@click.option("--early-stopping/--no-early-stopping", default=None,
-              help="beam: stop once num_beams hypotheses have ended.  [default: no]")
-@click.option("--num-return-sequences", type=int, help="beam: best hypotheses to print.  [default: 1]")
-@click.option("--no-repeat-ngram-size", type=int, help="Never generate an n-gram of this size twice.")
-@click.option("--temperature", type=float, help="sample: below 1 sharpens, above 1 flattens.  [default: 1.0]")
-@click.option("--top-k", type=int, help="sample: among the k most likely tokens only.")
-@click.option("--top-p", type=float, help="sample: among the most likely tokens that make up this mass.")
-@click.option("--seed", type=int, help="sample: seed of the random choices.")
+@decoding_flags
 @click.option("--stop", "stops", multiple=True, metavar="TEXT",
               help="End a continuation where it produces this text's tokens (left out); repeatable.")
 @click.option("--stream/--no-stream", default=None,

@@ -6,22 +6,15 @@ import sys
 
 import click
 
+from .generate import decoding_flags
+
 
 @click.command("translate")
 @click.argument("model_dir", type=click.Path(file_okay=False))
 @click.option("--text", "texts", multiple=True, metavar="TEXT", help="A source sentence; repeat for a batch.")
 @click.option("--input", "input_path", type=click.Path(dir_okay=False),
               help="A file of source sentences, one per line.  [default: --text, else stdin]")
-@click.option("--strategy", help="greedy, beam or sample.  [default: the model's, else greedy]")
-@click.option("--max-new-tokens", type=int, help="Most tokens per translation.  [default: the model's]")
-@click.option("--num-beams", type=int, help="beam: hypotheses kept per sentence, 1 to 12 in the paper.")
-@click.option("--length-penalty", type=float,
-              help="beam: hypotheses are ranked by log-probability / length ** this.  [default: 1.0]")
-@click.option("--num-return-sequences", type=int, help="beam: best hypotheses to print.  [default: 1]")
-@click.option("--temperature", type=float, help="sample: below 1 sharpens, above 1 flattens.")
-@click.option("--top-k", type=int, help="sample: among the k most likely tokens only.")
-@click.option("--top-p", type=float, help="sample: among the most likely tokens that make up this mass.")
-@click.option("--seed", type=int, help="sample: seed of the random choices.")
+@decoding_flags
 @click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1),
               help="Sentences decoded together.")
 @click.option("--json", "as_json", is_flag=True, help="Print tokens, text and scores as JSON.")
