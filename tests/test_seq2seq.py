@@ -126,7 +126,7 @@ def test_train_command_on_tsv_with_sgd_and_halving(run, task, tmp_path):
     model_dir = compose_tiny(task, "sgd", "seq2seq-tiny")
     with one_thread():
         done = run("train", model_dir, "--data", tsv, "--steps", 6, "--batch-size", 8, "--seq-len", 40, "--lr", 0.7,
-                   "--warmup", 0, "--optimizer", "sgd", "--schedule", "halving", "--halve-from", 2, "--halve-every", 2,
+                   "--warmup", 0, "--optimizer", "sgd", "--schedule", "halving", "--schedule-set", "halve_from=2", "--schedule-set", "halve_every=2",
                    "--grad-clip", 5, "--log-every", 1, "--eval-every", 0)
     assert done.code == 0, done.err
     with open(os.path.join(model_dir, "metrics.jsonl"), encoding="utf-8") as handle:

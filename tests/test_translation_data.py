@@ -4,7 +4,7 @@ import pytest
 from lmkit.errors import DataError
 from lmkit.parallel import make_batch, read_pairs
 from lmkit.synthetic_translation import TranslationTask
-from lmkit.training.schedule import halving_rate
+from lmkit.plugins.seq2seq.training import halving_rate
 
 
 def test_files_and_tsv_give_the_same_pairs(tmp_path):
@@ -56,7 +56,7 @@ def test_resume_on_parallel_text_is_exact(translation_task, tmp_path):
                                         encoding="utf-8")
     arguments = dict(data=[tmp_path / "small.tsv"], batch_size=4, seq_len=64, lr=1e-2, warmup=0,
                      eval_every=0, save_every=0, progress=False, optimizer="sgd", schedule="halving",
-                     halve_from=2, halve_every=2)  # explicit: the default proportions depend on --steps
+                     schedule_options={"halve_from": 2, "halve_every": 2})  # explicit: the default proportions depend on --steps
     whole, halves = compose_tiny(task, "whole", "seq2seq-tiny"), compose_tiny(task, "halves", "seq2seq-tiny")
     with one_thread():
         train(whole, steps=6, **arguments)

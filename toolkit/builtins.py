@@ -1,4 +1,5 @@
-"""The components that belong to no single paper: tokenizers, objectives, decoding strategies.
+"""The components that belong to no single paper: tokenizers, objectives, decoding strategies,
+optimizers, schedules and task recipes.
 
 Registered through the `lmkit` entry-point group like any other plugin (entry point `core`).
 """
@@ -42,3 +43,23 @@ def register_decoding_strategies(register):
              summary="beam search with transformers' hypothesis bookkeeping and length penalty")
     register("sample", "lmkit.decoding.sampling:Sampling", options="lmkit.decoding.options:SamplingOptions",
              summary="sampling with temperature, top-k and top-p (nucleus)")
+
+
+@hookimpl
+def register_optimizers(register):
+    register("adamw", "lmkit.training.schedule:AdamW", options="lmkit.training.schedule:AdamWOptions",
+             summary="AdamW, decay on matrices and embeddings only (--beta1, --beta2, --weight-decay)")
+
+
+@hookimpl
+def register_schedules(register):
+    register("cosine", "lmkit.training.schedule:Cosine", options="lmkit.training.schedule:CosineOptions",
+             summary="linear warmup, then cosine decay to --lr x --min-lr-ratio (GPT-3 §B)")
+
+
+@hookimpl
+def register_task_recipes(register):
+    register("encoder", "lmkit.tasks.recipes:EncoderRecipe",
+             summary="the tokenizer's pair template ([CLS] a [SEP] b [SEP]), features from the pooled output (BERT)")
+    register("decoder", "lmkit.tasks.recipes:DecoderRecipe",
+             summary="GPT's start/delimiter/extract markers, features at the extract token, auxiliary LM loss")

@@ -9,6 +9,8 @@ Registering must stay cheap and must not import torch: a component is named by a
 `options` is the dataclass that declares the component's options (its schema: field names, types,
 defaults); a spec is validated against it before anything is built. Presets register a spec
 dictionary instead of a target. A hook may take fewer arguments than its spec, so specs can grow.
+
+What each registered target must be (its protocol) is written in `lmkit.contract`, beside this page.
 """
 import pluggy
 
@@ -49,6 +51,31 @@ def register_presets(register):
 @hookspec
 def register_exporters(register):
     """How an encoder or decoder becomes ONNX graphs: names, dynamic axes, cache layout."""
+
+
+@hookspec
+def register_export_runtimes(register):
+    """onnxruntime backends by export architecture (decoder-only, encoder-only, encoder-decoder)."""
+
+
+@hookspec
+def register_importers(register):
+    """Hugging Face checkpoint converters, by config.json model_type: register("gpt2", "pkg.hf:import_gpt2")."""
+
+
+@hookspec
+def register_optimizers(register):
+    """Optimizers that `--optimizer NAME` picks (AdamW, SGD, ...), with their options."""
+
+
+@hookspec
+def register_schedules(register):
+    """Learning-rate schedules that `--schedule NAME` picks (cosine, halving, slanted triangular, ...)."""
+
+
+@hookspec
+def register_task_recipes(register):
+    """How a kind of stack reads labelled examples for `lmkit finetune` (GPT's markers, BERT's [CLS])."""
 
 
 @hookspec

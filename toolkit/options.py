@@ -25,6 +25,17 @@ def parse_value(text: str) -> Any:
         return text
 
 
+def parse_assignments(assignments, flag: str) -> dict:
+    """{key: value} from KEY=VALUE assignments (`--schedule-set halve_every=100`), values as parse_value reads them."""
+    values = {}
+    for assignment in assignments:
+        key, sep, text = assignment.partition("=")
+        if not sep or not key.strip():
+            raise SpecError(f"{flag} {assignment!r}: expected key=value, e.g. {flag} name=4")
+        values[key.strip()] = parse_value(text.strip())
+    return values
+
+
 def _describe(annotation) -> str:
     origin = typing.get_origin(annotation)
     if origin is Literal:

@@ -35,6 +35,11 @@ COMPONENT_HOOKS = {
     "register_objectives": "objective",
     "register_decoding_strategies": "decoding",
     "register_exporters": "exporter",
+    "register_export_runtimes": "export-runtime",
+    "register_importers": "importer",
+    "register_optimizers": "optimizer",
+    "register_schedules": "schedule",
+    "register_task_recipes": "task-recipe",
 }
 KINDS = tuple(COMPONENT_HOOKS.values())
 
@@ -238,6 +243,23 @@ class PluginHost:
                 f"available: {one_of(registered)}{self._hint()}"
             )
         return registered[name]
+
+    def instantiate(self, kind: str, name: str, values: dict | None = None, where: str | None = None):
+        """The component `name` of `kind` built from its options (`values`, checked against its dataclass).
+
+        For parts the core builds as they are (optimizers, schedules, task recipes, strategies); model
+        parts go through lmkit.model.build_part. `where` is how errors name the options.
+        """
+        from .options import build_options
+
+        component = self.component(kind, name)
+        options_class = component.options_class()
+        where = where or f"{kind} {name}"
+        if options_class is None:
+            if values:
+                raise PluginError(f"{where} takes no options, got {', '.join(values)}")
+            return component.load()()
+        return component.load()(build_options(options_class, dict(values or {}), where))
 
     def preset(self, name: str) -> Preset:
         self._refuse_conflict("preset", name)

@@ -38,6 +38,13 @@ def register_exporters(register):
                  summary="one encoder graph: hidden states, pooled output, pre-training head logits")
 
 
+@hookimpl
+def register_importers(register):
+    register("bert", "lmkit.plugins.bert.hf:import_bert", summary="BertForPreTraining / BertModel checkpoints")
+    register("albert", "lmkit.plugins.bert.hf:import_albert", summary="AlbertForPreTraining / AlbertModel checkpoints")
+    register("roberta", "lmkit.plugins.bert.hf:import_roberta", summary="RobertaForMaskedLM / RobertaModel checkpoints")
+
+
 def _preset(summary: str, encoder: str, tokenizer: str, objectives: list[str], **options) -> tuple[dict, str]:
     spec = {
         "tokenizer": {"type": tokenizer},

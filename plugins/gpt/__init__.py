@@ -26,6 +26,13 @@ def register_exporters(register):
              summary="one decoder graph, KV cache in and out; banded layers' cache is their last band_width positions")
 
 
+@hookimpl
+def register_importers(register):
+    register("gpt2", "lmkit.plugins.gpt.hf:import_checkpoint", summary="GPT2LMHeadModel checkpoints")
+    register("openai-gpt", "lmkit.plugins.gpt.hf:import_openai_gpt_checkpoint",
+             summary="OpenAIGPTLMHeadModel checkpoints (GPT, 2018)")
+
+
 def _preset(summary: str, *, decoder_type: str = "gpt2", tokenizer: str = "bytelevel-bpe",
             **decoder) -> tuple[dict, str]:
     spec = {

@@ -60,7 +60,7 @@ def state_dict_from_hf(tensors: dict[str, Tensor], config: GPT2Config) -> dict[s
 
 
 def import_checkpoint(hf_config: dict, tensors: dict[str, Tensor]) -> tuple[dict, dict[str, Tensor]]:
-    """The spec table and the decoder's state dict of a Hugging Face GPT-2 checkpoint (`lmkit import-hf`).
+    """The spec table and the model's state dict of a Hugging Face GPT-2 checkpoint (`lmkit import-hf`).
 
     ValueError, with the reason, for a checkpoint the gpt2 decoder cannot represent.
     """
@@ -72,7 +72,7 @@ def import_checkpoint(hf_config: dict, tensors: dict[str, Tensor]) -> tuple[dict
         "objectives": [{"type": "causal-lm"}],
         "decoding": {"strategy": "greedy"},  # what transformers' generate() does for GPT-2
     }
-    return spec, state_dict_from_hf(tensors, config)
+    return spec, _as_model_state(state_dict_from_hf(tensors, config))
 
 
 # HF OpenAIGPT afn -> ours: its "gelu" is gelu_new, the tanh approximation (modeling_openai.ACT_FNS).
@@ -114,7 +114,7 @@ def openai_gpt_state_dict_from_hf(tensors: dict[str, Tensor], config: OpenAIGPTC
 
 
 def import_openai_gpt_checkpoint(hf_config: dict, tensors: dict[str, Tensor]) -> tuple[dict, dict[str, Tensor]]:
-    """The spec table and decoder state dict of a Hugging Face openai-gpt checkpoint (`lmkit import-hf`)."""
+    """The spec table and the model's state dict of a Hugging Face openai-gpt checkpoint (`lmkit import-hf`)."""
     from lmkit.options import options_to_dict
 
     config = openai_gpt_config_from_hf(hf_config)
@@ -123,7 +123,12 @@ def import_openai_gpt_checkpoint(hf_config: dict, tensors: dict[str, Tensor]) ->
         "objectives": [{"type": "causal-lm"}],
         "decoding": {"strategy": "greedy"},
     }
-    return spec, openai_gpt_state_dict_from_hf(tensors, config)
+    return spec, _as_model_state(openai_gpt_state_dict_from_hf(tensors, config))
+
+
+def _as_model_state(decoder_state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """An importer returns the composed model's state dict (lmkit.contract.Importer): the decoder's, prefixed."""
+    return {f"decoder.{name}": tensor for name, tensor in decoder_state.items()}
 
 
 def _decoder_state(tensors: dict[str, Tensor], config, *, embedding: str, model: str,

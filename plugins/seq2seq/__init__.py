@@ -44,6 +44,19 @@ def register_exporters(register):
              summary="an encoder graph and a decoder-step graph, LSTM state and encoder states in and out")
 
 
+@hookimpl
+def register_optimizers(register):
+    register("sgd", "lmkit.plugins.seq2seq.training:SGD", options="lmkit.plugins.seq2seq.training:SGDOptions",
+             summary="plain SGD, no weight decay (Sutskever et al. 2014: lr 0.7)")
+
+
+@hookimpl
+def register_schedules(register):
+    register("halving", "lmkit.plugins.seq2seq.training:Halving",
+             options="lmkit.plugins.seq2seq.training:HalvingOptions",
+             summary="constant, then halved every half epoch after 5 of 7.5 epochs (Sutskever et al. 2014)")
+
+
 def _preset(summary: str, encoder: dict, decoder: dict, tokenizer: str = "bpe", num_beams: int = 12
             ) -> tuple[dict, str]:
     spec = {

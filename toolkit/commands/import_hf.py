@@ -2,8 +2,8 @@
 
 The generic part lives here: reading config.json, finding safetensors weights (pickles are refused,
 never loaded), the tokenizer, and writing the model directory through the same code as `lmkit
-compose`. What is particular to a model type (its config and tensor names) is a function of its
-family, looked up by the `model_type` of config.json.
+compose`. What is particular to a model type (its config and tensor names) is an importer its family
+registers (the `register_importers` hook, lmkit.contract.Importer) under the `model_type` of config.json.
 """
 from __future__ import annotations
 
@@ -11,14 +11,6 @@ import json
 import os
 
 import click
-
-# Hugging Face model_type -> importer(hf_config, tensors) -> (spec table, state dict). A decoder-only
-# spec's state dict is the decoder's; any other is the whole model's (encoder.*, objectives.*).
-IMPORTERS = {"gpt2": "lmkit.plugins.gpt.hf:import_checkpoint",
-             "openai-gpt": "lmkit.plugins.gpt.hf:import_openai_gpt_checkpoint",
-             "bert": "lmkit.plugins.bert.hf:import_bert",
-             "albert": "lmkit.plugins.bert.hf:import_albert",
-             "roberta": "lmkit.plugins.bert.hf:import_roberta"}
 
 SHARD_INDEX = "model.safetensors.index.json"
 
@@ -31,7 +23,7 @@ def import_hf(src: str, out: str, *, force: bool = False, host=None) -> dict:
     """
     from ..artifacts import read_safetensors_header, staged_directory
     from ..errors import ArtifactError, require_torch
-    from ..registry import get_host, import_object
+    from ..registry import get_host
     from ..spec import resolve
     from ..tokenizers import load_tokenizer
 
@@ -41,7 +33,7 @@ def import_hf(src: str, out: str, *, force: bool = False, host=None) -> dict:
     from ..model import build_model, check_weights_match, describe_build, save_model
 
     host = host or get_host()
-    hf_config = _read_hf_config(src)
+    hf_config = _read_hf_config(src, host)
     weights = _find_weights(src)
     tokenizer = load_tokenizer(_tokenizer_path(src))
     with staged_directory(out, force=force) as stage:
@@ -50,7 +42,8 @@ def import_hf(src: str, out: str, *, force: bool = False, host=None) -> dict:
             read_safetensors_header(path)  # whole, and not a pickle in disguise
             tensors.update(load_file(path))
         try:
-            table, state = import_object(IMPORTERS[hf_config["model_type"]])(hf_config, tensors)
+            importer = host.component("importer", hf_config["model_type"]).load()
+            table, state = importer(hf_config, tensors)
         except ValueError as error:
             raise ArtifactError(f"{src}: {error}") from None
         table["name"] = os.path.basename(os.path.normpath(src))
@@ -61,15 +54,14 @@ def import_hf(src: str, out: str, *, force: bool = False, host=None) -> dict:
             raise ArtifactError(f"{src}: the tokenizer has {tokenizer.vocab_size} tokens but the model embeds "
                                 f"only {vocab_size}; the tokenizer belongs to another checkpoint")
         model = build_model(spec, seed=None)
-        target = model.decoder if spec.encoder is None else model
-        check_weights_match(target, {name: {"shape": list(t.shape)} for name, t in state.items()},
+        check_weights_match(model, {name: {"shape": list(t.shape)} for name, t in state.items()},
                             f"{src} (as the {stack.type} {stack.kind})")
-        target.load_state_dict(state, strict=True)
+        model.load_state_dict(state, strict=True)
         save_model(stage, model, host, tokenizer)
     return describe_build(spec, host, tokenizer)
 
 
-def _read_hf_config(src: str) -> dict:
+def _read_hf_config(src: str, host) -> dict:
     from ..artifacts import read_json
     from ..errors import ArtifactError, one_of
 
@@ -86,9 +78,11 @@ def _read_hf_config(src: str) -> dict:
     if "lmkit_version" in config:
         raise ArtifactError(f"{src} is already an lmkit model directory; use it as it is")
     model_type = config.get("model_type")
-    if model_type not in IMPORTERS:
+    importers = host.components["importer"]
+    if model_type not in importers:
         what = f"a '{model_type}' model" if model_type else "a model without a model_type"
-        raise ArtifactError(f"{src} holds {what} (config.json model_type); lmkit imports {one_of(IMPORTERS)}")
+        raise ArtifactError(f"{src} holds {what} (config.json model_type); lmkit imports "
+                            f"{one_of(importers)}")
     return config
 
 

@@ -35,23 +35,26 @@ import click
               help="Share of --data held out for validation when there is no --val-data.  [default: 0.05]")
 @click.option("--text-field", help="The field of .jsonl records that holds the text.  [default: text]")
 @click.option("--device", help="auto (cuda when there is one), cpu, cuda or cuda:N.  [default: auto]")
-@click.option("--optimizer", type=click.Choice(["adamw", "sgd"]),
-              help="adamw, or plain SGD without momentum (Sutskever et al. 2014).  [default: adamw]")
-@click.option("--schedule", type=click.Choice(["cosine", "halving"]),
-              help="cosine: warmup then cosine decay; halving: constant, then halved every --halve-every steps "
-                   "from --halve-from on.  [default: cosine]")
-@click.option("--halve-from", type=int,
-              help="halving: the first halved step; 0: 2/3 of --steps (epoch 5 of 7.5).  [default: 0]")
-@click.option("--halve-every", type=int,
-              help="halving: steps between halvings; 0: 1/15 of --steps (half an epoch).  [default: 0]")
+@click.option("--optimizer", metavar="NAME",
+              help="A registered optimizer (lmkit components --kind optimizer): adamw, sgd, ...  [default: adamw]")
+@click.option("--optimizer-set", "optimizer_options", multiple=True, metavar="KEY=VALUE",
+              help="An option of the optimizer, e.g. momentum=0.9; repeat for more.")
+@click.option("--schedule", metavar="NAME",
+              help="A registered learning-rate schedule (lmkit components --kind schedule): cosine, halving, ...  "
+                   "[default: cosine]")
+@click.option("--schedule-set", "schedule_options", multiple=True, metavar="KEY=VALUE",
+              help="An option of the schedule, e.g. halve_every=100; repeat for more.")
 @click.option("--resume", is_flag=True, help="Continue the run saved in MODEL_DIR, with its arguments.")
 def train_command(model_dir, resume, **options):
     """Train the model in MODEL_DIR on text; checkpoints and metrics.jsonl go into MODEL_DIR.
 
     Run it under `torchrun --nproc-per-node N -m lmkit train ...` to train on N processes.
     """
+    from ..options import parse_assignments
     from ..training import train
 
+    for name in ("optimizer_options", "schedule_options"):
+        options[name] = parse_assignments(options[name], "--" + name.replace("_options", "-set")) or None
     given = {name: value for name, value in options.items() if value not in (None, ())}
     record = train(model_dir, resume=resume, **given)
     if os.environ.get("RANK", "0") != "0":  # under torchrun, the first process reports for all

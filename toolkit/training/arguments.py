@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ..errors import LmkitError, did_you_mean, one_of
 
@@ -43,11 +43,11 @@ class TrainingArguments:
     val_fraction: float = 0.05
     text_field: str = "text"  # the field of a .jsonl record that holds the document
     device: str = "auto"  # auto: cuda when there is one, else cpu
-    # adamw, or plain SGD without momentum (Sutskever et al. 2014: lr 0.7, no weight decay)
+    # A registered optimizer and schedule (lmkit components --kind optimizer / schedule), with their options.
     optimizer: str = "adamw"
-    schedule: str = "cosine"  # cosine (warmup, then decay to min_lr_ratio) or halving (see schedule.py)
-    halve_from: int = 0  # halving: the first halved step; 0: 2/3 of the steps (epoch 5 of 7.5)
-    halve_every: int = 0  # halving: steps between halvings; 0: 1/15 of the steps (half an epoch)
+    schedule: str = "cosine"
+    optimizer_options: dict = field(default_factory=dict)
+    schedule_options: dict = field(default_factory=dict)
 
     def __post_init__(self):
         for name in ("data", "val_data"):
@@ -57,7 +57,7 @@ class TrainingArguments:
         if not self.data:
             raise TrainingError("no training data given; pass --data with text or .jsonl files or directories")
         for name in ("steps", "batch_size", "seq_len", "grad_accum", "eval_batches", "log_every",
-                     "warmup", "eval_every", "save_every", "seed", "halve_from", "halve_every"):
+                     "warmup", "eval_every", "save_every", "seed"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool):
                 raise TrainingError(f"{flag(name)} must be an integer, got {value!r}")
@@ -68,8 +68,7 @@ class TrainingArguments:
         for name in ("steps", "batch_size", "seq_len", "grad_accum", "eval_batches", "log_every"):
             if getattr(self, name) < 1:
                 raise TrainingError(f"{flag(name)} must be at least 1, got {getattr(self, name)}")
-        for name in ("warmup", "eval_every", "save_every", "seed", "weight_decay", "grad_clip", "halve_from",
-                     "halve_every"):
+        for name in ("warmup", "eval_every", "save_every", "seed", "weight_decay", "grad_clip"):
             if getattr(self, name) < 0:
                 raise TrainingError(f"{flag(name)} must not be negative, got {getattr(self, name)}")
         if not self.lr > 0:
@@ -79,12 +78,26 @@ class TrainingArguments:
         for name in ("beta1", "beta2", "val_fraction"):
             if not 0 <= getattr(self, name) < 1:
                 raise TrainingError(f"{flag(name)} must be at least 0 and below 1, got {getattr(self, name)}")
-        if self.optimizer not in ("adamw", "sgd"):
-            raise TrainingError(f"--optimizer must be adamw or sgd, got {self.optimizer!r}")
-        if self.schedule not in ("cosine", "halving"):
-            raise TrainingError(f"--schedule must be cosine or halving, got {self.schedule!r}")
+        self.build_optimizer(), self.build_schedule()  # unknown names and bad options fail here, in one line
         if not self.text_field:
             raise TrainingError("--text-field must name a field of the .jsonl records, e.g. text")
+
+    def build_optimizer(self):
+        """The registered optimizer --optimizer names, built from --optimizer-set (lmkit.contract.Optimizer)."""
+        return self._build("optimizer", self.optimizer, self.optimizer_options)
+
+    def build_schedule(self):
+        """The registered schedule --schedule names, built from --schedule-set (lmkit.contract.Schedule)."""
+        return self._build("schedule", self.schedule, self.schedule_options)
+
+    @staticmethod
+    def _build(kind: str, name: str, options: dict):
+        from ..registry import get_host
+
+        try:
+            return get_host().instantiate(kind, name, options, f"--{kind} {name}")
+        except LmkitError as error:
+            raise TrainingError(str(error)) from None
 
     @property
     def global_batch(self) -> int:
@@ -92,7 +105,7 @@ class TrainingArguments:
         return self.batch_size * self.grad_accum
 
     def to_dict(self) -> dict:
-        return {name: list(value) if isinstance(value, tuple) else value
+        return {name: list(value) if isinstance(value, tuple) else dict(value) if isinstance(value, dict) else value
                 for name, value in dataclasses.asdict(self).items()}
 
     @classmethod

@@ -1,7 +1,19 @@
-"""The learning-rate schedule: linear warmup, then cosine decay (as nanoGPT, after GPT-3 §B)."""
+"""Learning-rate schedules and optimizers that belong to no single paper (lmkit.contract.Schedule, Optimizer).
+
+Each is registered through the `register_schedules` / `register_optimizers` hooks (the core's in
+lmkit.builtins), built from its options dataclass, and asked for the rate of a step or for the
+torch optimizer. A family brings its own the same way (Sutskever et al.'s SGD and halving schedule
+live in the seq2seq plugin).
+"""
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+
+
+def warmup_rate(step: int, lr: float, warmup: int) -> float:
+    """The linear warmup every schedule starts with: lr (step + 1) / (warmup + 1) for the first `warmup` steps."""
+    return lr * (step + 1) / (warmup + 1)
 
 
 def learning_rate(step: int, *, lr: float, warmup: int, steps: int, min_lr_ratio: float) -> float:
@@ -12,35 +24,47 @@ def learning_rate(step: int, *, lr: float, warmup: int, steps: int, min_lr_ratio
     run continue exactly.
     """
     if step < warmup:
-        return lr * (step + 1) / (warmup + 1)
+        return warmup_rate(step, lr, warmup)
     progress = min((step - warmup) / max(steps - warmup, 1), 1.0)
     min_lr = lr * min_lr_ratio
     return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (lr - min_lr)
 
 
-SCHEDULES = ("cosine", "halving")
+@dataclass(frozen=True)
+class CosineOptions:
+    """Cosine decay takes --lr, --warmup and --min-lr-ratio; it has no options of its own."""
 
 
-def halving_rate(step: int, *, lr: float, warmup: int, steps: int, halve_from: int = 0,
-                 halve_every: int = 0) -> float:
-    """Sutskever et al. 2014 §3.4: a constant rate, halved every half epoch after 5 of 7.5 epochs.
+class Cosine:
+    """Linear warmup, then cosine decay to lr * min_lr_ratio (nanoGPT, after GPT-3 §B)."""
 
-    After the linear warmup the rate stays at `lr` until step `halve_from`, then halves every
-    `halve_every` steps. 0 takes the paper's proportions of the run: halve_from = 2/3 of the steps
-    (epoch 5 of 7.5), halve_every = 1/15 of them (half an epoch), so the last steps run at lr / 32.
-    """
-    if step < warmup:
-        return lr * (step + 1) / (warmup + 1)
-    halve_from = halve_from or round(steps * 2 / 3)
-    halve_every = halve_every or max(1, round(steps / 15))
-    if step < halve_from:
-        return lr
-    return lr * 0.5 ** ((step - halve_from) // halve_every + 1)
+    def __init__(self, options: CosineOptions | None = None):
+        self.options = options or CosineOptions()
+
+    def rate(self, step: int, args) -> float:
+        return learning_rate(step, lr=args.lr, warmup=args.warmup, steps=args.steps, min_lr_ratio=args.min_lr_ratio)
 
 
-def rate_at(step: int, args) -> float:
-    """The rate of optimizer step `step` under the schedule TrainingArguments `args` asks for."""
-    if args.schedule == "halving":
-        return halving_rate(step, lr=args.lr, warmup=args.warmup, steps=args.steps, halve_from=args.halve_from,
-                            halve_every=args.halve_every)
-    return learning_rate(step, lr=args.lr, warmup=args.warmup, steps=args.steps, min_lr_ratio=args.min_lr_ratio)
+@dataclass(frozen=True)
+class AdamWOptions:
+    """AdamW takes --lr, --beta1, --beta2 and --weight-decay; it has no options of its own."""
+
+
+class AdamW:
+    """AdamW with weight decay on matrices and embeddings only, not on biases and norm gains (nanoGPT)."""
+
+    def __init__(self, options: AdamWOptions | None = None):
+        self.options = options or AdamWOptions()
+
+    def build(self, model, args, device):
+        import torch
+
+        parameters = [p for p in model.parameters() if p.requires_grad]
+        groups = [{"params": [p for p in parameters if p.dim() >= 2], "weight_decay": args.weight_decay},
+                  {"params": [p for p in parameters if p.dim() < 2], "weight_decay": 0.0}]
+        return torch.optim.AdamW(groups, lr=args.lr, betas=(args.beta1, args.beta2), **fused_if_possible(device))
+
+
+def fused_if_possible(device) -> dict:
+    """One kernel for all parameters: fused on CUDA, a multi-tensor (foreach) loop elsewhere."""
+    return {"fused": True} if device.type == "cuda" else {"foreach": True}

@@ -40,7 +40,6 @@ from .checkpoint import (
     set_rng_state,
 )
 from .distributed import Processes, processes, resolve_device
-from .schedule import rate_at
 
 METRICS = "metrics.jsonl"
 
@@ -57,16 +56,8 @@ class _Loss(nn.Module):
 
 
 def build_optimizer(model: nn.Module, args: TrainingArguments, device: torch.device) -> torch.optim.Optimizer:
-    """AdamW with weight decay on matrices and embeddings only, not on biases and norm gains (nanoGPT);
-    or, with --optimizer sgd, plain SGD without momentum or decay (Sutskever et al. 2014)."""
-    parameters = [p for p in model.parameters() if p.requires_grad]
-    # One kernel for all parameters: fused on CUDA, a multi-tensor (foreach) loop elsewhere.
-    fast = {"fused": True} if device.type == "cuda" else {"foreach": True}
-    if args.optimizer == "sgd":
-        return torch.optim.SGD(parameters, lr=args.lr, momentum=0.0, **fast)
-    groups = [{"params": [p for p in parameters if p.dim() >= 2], "weight_decay": args.weight_decay},
-              {"params": [p for p in parameters if p.dim() < 2], "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=args.lr, betas=(args.beta1, args.beta2), **fast)
+    """The torch optimizer of the registered optimizer that args.optimizer names."""
+    return args.build_optimizer().build(model, args, device)
 
 
 class Trainer:
@@ -108,6 +99,7 @@ class Trainer:
 
         self.parameter_names = {p: name for name, p in self.model.named_parameters()}
         self.optimizer = build_optimizer(self.model, args, self.device)
+        self.schedule = args.build_schedule()
         self.step, self.samples_seen, self.elapsed_before = 0, 0, 0.0
         if state is None:
             torch.manual_seed(args.seed + procs.rank)  # dropout masks differ between processes
@@ -160,7 +152,7 @@ class Trainer:
     def _train_step(self) -> float:
         """One optimizer step on the next global batch; returns its learning rate."""
         args = self.args
-        lr = rate_at(self.step, args)
+        lr = self.schedule.rate(self.step, args)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         first = self.samples_seen + self.procs.rank * self.local_batch

@@ -1,0 +1,253 @@
+"""The family contract: what each kind of registered part must be, on one page.
+
+`hookspecs.py` says where a part is registered; this page says what the registered thing is. The
+core calls parts only through these protocols: it never probes a part for optional methods, and
+it never branches on a family. A new family (T5, GLM, ELMo, ...) is a plugin folder that registers
+parts meeting these protocols, plus shared blocks in `lmkit.nn`; `tests/test_conformance.py` holds
+every registered component to them through its tiny preset.
+
+Kinds of model, from which parts a spec names (`ModelKind`):
+
+    encoder          an encoder only (BERT, CoVe, ELMo): features, task heads
+    decoder          a decoder only (GPT, LSTM LMs): generation, features, task heads
+    encoder-decoder  both (Seq2Seq, NMT, T5): sequence-to-sequence generation; the encoder's
+                     features for task heads and embeddings
+
+Tensors are torch tensors; shapes use B (batch), T (positions), D (d_model), V (vocabulary).
+This module imports neither torch nor numpy: specs are checked, and plugins listed, without them.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol, runtime_checkable
+
+if TYPE_CHECKING:  # pragma: no cover
+    from torch import Tensor, nn
+
+    from .training.arguments import TrainingArguments
+
+ModelKind = Literal["encoder", "decoder", "encoder-decoder"]
+
+
+def model_kind(has_encoder: bool, has_decoder: bool) -> ModelKind:
+    """The kind of a composition from the stacks it has (a spec, a model, or an export's source spec)."""
+    if has_encoder and has_decoder:
+        return "encoder-decoder"
+    if has_encoder:
+        return "encoder"
+    if has_decoder:
+        return "decoder"
+    raise ValueError("the composition has neither an encoder nor a decoder")
+
+
+# -- stacks ----------------------------------------------------------------------------------------
+
+
+@dataclass
+class EncoderOutput:
+    """What every encoder returns, whatever its family (Hugging Face's BaseModelOutput names).
+
+    last_hidden_state: (B, T, D) the top layer's states, in word order.
+    attention_mask:    (B, T) bool, True at real tokens.
+    pooler_output:     (B, D) one vector per sequence, as the family defines it (BERT's tanh
+                       pooler over [CLS], RoBERTa's <s> state, a BiLSTM's two final states), or
+                       None where the family has none: heads then read the first position.
+    hidden_states:     every layer's states, embeddings first, each (B, T, D_l), for stacks whose
+                       users mix layers (ELMo's scalar mix); None where the stack does not keep them.
+    final_state:       recurrent encoders' last (h, c), each (layers, B, H), which a recurrent
+                       decoder may start from; None for other stacks.
+    """
+
+    last_hidden_state: Tensor
+    attention_mask: Tensor
+    pooler_output: Tensor | None = None
+    hidden_states: tuple[Tensor, ...] | None = None
+    final_state: tuple[Tensor, Tensor] | None = None
+
+
+@runtime_checkable
+class Stack(Protocol):
+    """What the core needs of every encoder and decoder module, before its kind-specific methods."""
+
+    d_model: int  # the width of the states (features) it gives
+    max_positions: int | None  # the longest input it reads, None when it has no limit (recurrent stacks)
+    task_recipe: ClassVar[str]  # the task recipe `lmkit finetune` uses on it ("encoder", "decoder", ...)
+    embed_options: ClassVar[tuple[str, ...]]  # keyword options its features() takes (CoVe: word_vectors)
+
+    def features(self, input_ids: Tensor, attention_mask: Tensor | None = None, **options) -> EncoderOutput:
+        """What `lmkit embed` returns for input_ids (B, T): token features and a pooled vector."""
+
+    def parameters_without_sharing(self) -> int:
+        """The parameter count without cross-layer sharing (ALBERT); the plain count for other stacks."""
+
+
+@runtime_checkable
+class Encoder(Stack, Protocol):
+    """A bidirectional stack: BERT's transformer, CoVe's BiLSTM, ELMo's biLM."""
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None,
+                token_type_ids: Tensor | None = None) -> EncoderOutput:
+        """input_ids (B, T), attention_mask (B, T) (1 at real tokens, right padding), token_type_ids
+        (B, T) segment ids, which a stack without segments ignores. Too long: ValueError naming the limit."""
+
+
+@runtime_checkable
+class CausalDecoder(Stack, Protocol):
+    """A decoder-only language model with a key/value (or recurrent) cache: GPT, LSTM LMs.
+
+    The cache (a `Cache`) is the decoder's own object; the core creates it, passes it back and
+    reorders it. With
+    left-padded prompts the caller gives attention_mask and position_ids (transformers' convention).
+    """
+
+    def new_cache(self, batch_size: int, max_len: int | None = None) -> Cache:
+        """An empty cache for batch_size rows and up to max_len positions (default: max_positions)."""
+
+    def hidden_states(self, input_ids: Tensor, cache: Cache | None = None, attention_mask: Tensor | None = None,
+                      position_ids: Tensor | None = None) -> Tensor:
+        """The final hidden states (B, T, D) of input_ids (B, T) after the cache's positions."""
+
+    def logits(self, hidden_states: Tensor) -> Tensor:
+        """(B, T, D) -> (B, T, V): the language-model head on hidden states."""
+
+    def forward(self, input_ids: Tensor, cache: Cache | None = None, attention_mask: Tensor | None = None,
+                position_ids: Tensor | None = None) -> Tensor:
+        """logits(hidden_states(...)): (B, T, V)."""
+
+
+@runtime_checkable
+class Cache(Protocol):
+    """A causal decoder's cache (lmkit.nn.KVCache, BandedKVCache, a recurrent state)."""
+
+    length: int  # positions it holds
+
+    def reorder(self, rows: Tensor) -> None:
+        """Keep rows `rows` (B',) in that order, in place: beams kept by beam search, finished rows dropped."""
+
+
+@runtime_checkable
+class Seq2SeqDecoder(Stack, Protocol):
+    """The decoder of an encoder-decoder model: it reads the encoder's output through its state.
+
+    The state is a dictionary of tensors, each with the batch on a known axis, so that beam search
+    reorders it by rows and an export feeds it from step to step.
+    """
+
+    def check_encoder(self, encoder: Encoder) -> None:
+        """Raise SpecError, naming the option to set, when the encoder's states do not fit this decoder."""
+
+    def decoder_start_token_id(self, tokenizer) -> int:
+        """The token the target side starts from: <s> (LSTM NMT), or pad (T5)."""
+
+    def start(self, encoded: EncoderOutput) -> dict[str, Tensor]:
+        """The state before the first target token."""
+
+    def forward(self, input_ids: Tensor, state: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+        """Target tokens (B, T) after the state -> logits (B, T, V) and the state after them."""
+
+    def reorder(self, state: dict[str, Tensor], rows: Tensor) -> dict[str, Tensor]:
+        """The state of rows `rows` (B',), in that order."""
+
+
+# -- training --------------------------------------------------------------------------------------
+
+
+@runtime_checkable
+class Objective(Protocol):
+    """A training loss: an nn.Module built from its options (or sized to the model by for_model)."""
+
+    @classmethod
+    def batches(cls, context) -> Any:
+        """The data it trains on, a lmkit.training.batches.Batches over the run's files (context)."""
+
+    @classmethod
+    def for_model(cls, options, model) -> nn.Module:
+        """The objective built for `model`, whose stacks exist already (BERT's MLM head tied to them)."""
+
+    def forward(self, model, batch: dict[str, Tensor]) -> Tensor:
+        """The scalar loss of one batch."""
+
+
+@runtime_checkable
+class Optimizer(Protocol):
+    """Built from its options dataclass; `lmkit train --optimizer NAME --optimizer-set k=v`."""
+
+    def build(self, model: nn.Module, args: TrainingArguments, device) -> Any:
+        """A torch.optim.Optimizer over the model's trainable parameters, at args.lr."""
+
+
+@runtime_checkable
+class Schedule(Protocol):
+    """A learning-rate schedule, built from its options; `lmkit train --schedule NAME --schedule-set k=v`."""
+
+    def rate(self, step: int, args: TrainingArguments) -> float:
+        """The rate of optimizer step `step` (0-based). It depends on the step alone, so resume is exact."""
+
+
+@runtime_checkable
+class TaskRecipe(Protocol):
+    """How a kind of stack is fine-tuned on labelled examples (`lmkit finetune`).
+
+    A recipe turns an example's text segments into the token sequences the stack reads, and the
+    stack's states into one feature vector per sequence.
+    """
+
+    name: str
+    default_lr: float  # the peak learning rate its papers fine-tune with
+
+    def prepare(self, tokenizer) -> bool:
+        """Make the tokenizer ready (GPT adds its markers); True when its vocabulary grew."""
+
+    def auxiliary_objectives(self, aux_lm_weight: float | None) -> list[dict]:
+        """Objectives trained beside the task head (GPT's λ-weighted LM loss), as spec tables."""
+
+    def encode(self, tokenizer, segments: tuple[str, ...], max_length: int) -> tuple[list[int], list[int], int, int]:
+        """(token ids, segment ids, the position features are read at, tokens cut) of one sequence."""
+
+    def states(self, model, input_ids: Tensor, attention_mask: Tensor, token_type_ids: Tensor | None) -> Tensor:
+        """The stack's states (N, T, D) of N right-padded sequences."""
+
+    def features(self, model, states: Tensor, extract_index: Tensor) -> Tensor:
+        """(N, T, D) -> (N, D): one vector per sequence."""
+
+
+# -- import and export -----------------------------------------------------------------------------
+
+
+@runtime_checkable
+class Importer(Protocol):
+    """A converter of one Hugging Face model_type, registered under that model_type.
+
+    Called with the checkpoint's config.json (a dict) and its tensors (name -> torch tensor); returns
+    an lmkit spec table (encoder/decoder/objectives in lmkit's option names) and the state dict of
+    the whole composed model. Raises ValueError, in one line, for a config it cannot convert.
+    """
+
+    def __call__(self, hf_config: dict, tensors: dict[str, Tensor]) -> tuple[dict, dict[str, Tensor]]: ...
+
+
+@runtime_checkable
+class ExportRuntime(Protocol):
+    """Runs one architecture of export with onnxruntime and numpy, without torch.
+
+    Registered under the architecture the manifest names; lmkit.exports.runtime.open_export finds it
+    there, so a family that brings a new architecture brings its runtime, not an edit to exports/.
+    """
+
+    def __init__(self, directory: str, manifest: dict, sessions: dict[str, Any], tokenizer,
+                 target_tokenizer=None): ...
+
+    def backend(self) -> Any:
+        """A lmkit.decoding Backend over the sessions (generation), or LmkitError if it does not generate."""
+
+    def encode(self, input_ids, attention_mask, token_type_ids=None) -> dict[str, Any]:
+        """The encoder's outputs by name (last_hidden_state, pooler_output, ...) for a batch of numpy ids."""
+
+
+def iter_protocols() -> Iterator[tuple[str, type]]:
+    """Every protocol of this page, by the component kind it governs (for docs and the conformance suite)."""
+    yield from (("encoder", Encoder), ("decoder", CausalDecoder), ("decoder (encoder-decoder)", Seq2SeqDecoder),
+                ("cache", Cache),
+                ("objective", Objective), ("optimizer", Optimizer), ("schedule", Schedule),
+                ("task-recipe", TaskRecipe), ("importer", Importer), ("export-runtime", ExportRuntime))

@@ -1,0 +1,82 @@
+"""Base classes that give every stack the parts of lmkit.contract a family rarely changes.
+
+A family subclasses `EncoderStack`, `CausalDecoderStack` or `Seq2SeqDecoderStack` and writes what
+its paper adds; the defaults here are what the core would otherwise have to guess: the features
+`lmkit embed` returns, the task recipe, the parameter count without sharing, the start token.
+"""
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from ..contract import EncoderOutput
+from ..errors import SpecError
+
+
+def _no_options(stack: nn.Module, options: dict) -> None:
+    if options:
+        raise SpecError(f"{type(stack).__name__} takes no embedding options ({', '.join(options)}); "
+                        f"it takes: {', '.join(stack.embed_options) or 'none'}")
+
+
+class _Stack(nn.Module):
+    d_model: int
+    max_positions: int | None = None
+    embed_options: ClassVar[tuple[str, ...]] = ()
+
+    def parameters_without_sharing(self) -> int:
+        """The plain parameter count; a stack that shares layers (ALBERT) says what sharing saves."""
+        return sum(p.numel() for p in self.parameters())
+
+
+class EncoderStack(_Stack):
+    """An encoder: forward(input_ids, attention_mask, token_type_ids) -> EncoderOutput."""
+
+    task_recipe: ClassVar[str] = "encoder"
+
+    def features(self, input_ids: Tensor, attention_mask: Tensor | None = None, **options) -> EncoderOutput:
+        """The encoder's output is its features."""
+        _no_options(self, options)
+        return self(input_ids, attention_mask)
+
+
+class CausalDecoderStack(_Stack):
+    """A decoder-only language model: new_cache, hidden_states, logits, forward."""
+
+    task_recipe: ClassVar[str] = "decoder"
+
+    def forward(self, input_ids: Tensor, cache=None, attention_mask: Tensor | None = None,
+                position_ids: Tensor | None = None) -> Tensor:
+        return self.logits(self.hidden_states(input_ids, cache, attention_mask, position_ids))
+
+    def features(self, input_ids: Tensor, attention_mask: Tensor | None = None, **options) -> EncoderOutput:
+        """The final hidden states of right-padded input_ids: causal attention keeps each real token from
+        seeing the padding after it, so no mask is needed."""
+        _no_options(self, options)
+        mask = (torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None
+                else attention_mask.bool())
+        return EncoderOutput(self.hidden_states(input_ids), mask)
+
+
+class Seq2SeqDecoderStack(_Stack):
+    """The decoder of an encoder-decoder model: start, forward(input_ids, state), reorder."""
+
+    task_recipe: ClassVar[str] = "encoder"  # classification reads the encoder's features
+    # The batch axis of each state tensor, which reorder selects on; a family fills in its own.
+    STATE_ROWS: ClassVar[dict[str, int]] = {}
+
+    def decoder_start_token_id(self, tokenizer) -> int:
+        """<s> when the tokenizer has one, else </s> (as GPT-2 starts from <|endoftext|>)."""
+        start = tokenizer.bos_id if tokenizer.bos_id is not None else tokenizer.eos_id
+        if start is None:
+            raise SpecError("the target tokenizer has neither <s> nor </s> to start a translation from; train "
+                            "one whose special tokens include them")
+        return start
+
+    def reorder(self, state: dict[str, Tensor], rows: Tensor) -> dict[str, Tensor]:
+        return {name: value.index_select(self.STATE_ROWS[name], rows) for name, value in state.items()}
+
+    def features(self, input_ids: Tensor, attention_mask: Tensor | None = None, **options) -> EncoderOutput:
+        raise SpecError("an encoder-decoder model embeds with its encoder; lmkit embed uses it")
