@@ -220,11 +220,6 @@ def check_graphs(directory: str, manifest: dict) -> dict[str, dict[str, int]]:
     return opsets
 
 
-def check_external_data(directory: str, manifest: dict) -> None:
-    """check_graphs, for callers that want only the check."""
-    check_graphs(directory, manifest)
-
-
 def _mentions(path: str, word: bytes) -> bool:
     """Whether the bytes of the file contain `word`, read in chunks."""
     tail = b""

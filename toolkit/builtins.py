@@ -25,6 +25,8 @@ def register_objectives(register):
     register("causal-lm", "lmkit.objectives.causal_lm:CausalLM",
              options="lmkit.objectives.options:CausalLMOptions",
              summary="next-token cross-entropy (GPT family, LSTM LMs)")
+    register("seq2seq", "lmkit.objectives.seq2seq:Seq2SeqLM", options="lmkit.objectives.options:Seq2SeqOptions",
+             summary="target cross-entropy given the source, teacher forcing (Seq2Seq, NMT, T5)")
     register("sequence-head", "lmkit.objectives.heads:SequenceHead",
              options="lmkit.objectives.options:SequenceHeadOptions",
              summary="a linear task head on sequence features: classification, similarity, regression, "

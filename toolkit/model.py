@@ -13,6 +13,7 @@ from .artifacts import (
     read_config,
     read_safetensors_header,
 )
+from .contract import EncoderOutput, model_kind
 from .errors import ArtifactError, LmkitError, PluginError, SpecError, require_torch
 from .registry import PluginHost, get_host
 from .spec import ModelSpec, Part, resolve
@@ -21,16 +22,18 @@ torch = require_torch("building a model")
 from torch import nn  # noqa: E402
 
 
-def build_part(part: Part | None, model: nn.Module | None = None) -> nn.Module | None:
-    """The part's module. A factory with a `for_model(options, model)` classmethod is built by it, with
-    the model's stacks already in place: an objective's head sized to the encoder (BERT's masked LM)."""
+def build_stack(part: Part | None) -> nn.Module | None:
+    """An encoder or decoder module from its options (lmkit.contract.Encoder, CausalDecoder, Seq2SeqDecoder)."""
     if part is None:
         return None
     factory = part.component.load()
-    for_model = getattr(factory, "for_model", None)
-    if for_model is not None and model is not None:
-        return for_model(part.options, model)
     return factory(part.options) if part.options is not None else factory()
+
+
+def build_objective(part: Part, model: nn.Module) -> nn.Module:
+    """An objective built for `model`, whose stacks are in place (lmkit.contract.Objective.for_model):
+    BERT's masked-LM head sized to and tied with the encoder."""
+    return part.component.load().for_model(part.options, model)
 
 
 class ComposedModel(nn.Module):
@@ -43,12 +46,13 @@ class ComposedModel(nn.Module):
     def __init__(self, spec: ModelSpec):
         super().__init__()
         self.spec = spec
-        self.encoder = build_part(spec.encoder)
-        self.decoder = build_part(spec.decoder)
-        self.objectives = nn.ModuleDict({part.type: build_part(part, self) for part in spec.objectives})
-        # A decoder that reads the encoder's states says whether these two fit (sizes), as a SpecError.
-        if self.encoder is not None and hasattr(self.decoder, "check_encoder"):
+        self.kind = model_kind(spec.encoder is not None, spec.decoder is not None)
+        self.encoder = build_stack(spec.encoder)
+        self.decoder = build_stack(spec.decoder)
+        # The decoder of an encoder-decoder says whether the encoder's states fit it, as a SpecError.
+        if self.kind == "encoder-decoder":
             self.decoder.check_encoder(self.encoder)
+        self.objectives = nn.ModuleDict({part.type: build_objective(part, self) for part in spec.objectives})
 
     def loss(self, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
         """The weighted sum of the objectives' losses, and each one's value for logging."""
@@ -61,25 +65,16 @@ class ComposedModel(nn.Module):
             total = total + part.weight * value
         return total, parts
 
-    def embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-              **options) -> dict[str, torch.Tensor]:
-        """Features of each token, {"token_states": (B, T, D)}, plus "pooled" (B, D) where the stack has one.
+    @property
+    def feature_stack(self) -> nn.Module:
+        """The stack that embeds and that task heads read: the encoder when there is one (BERT, CoVe, an
+        NMT model's encoder), else the decoder (GPT)."""
+        return self.encoder if self.encoder is not None else self.decoder
 
-        The encoder gives them when there is one (BERT, CoVe), else the decoder's final hidden states
-        (GPT). A stack with its own idea of features (CoVe's [embedding; encoder state]) defines
-        `embed(input_ids, attention_mask, **options)` returning the same dictionary; `options` go to it
-        (CoVe's `word_vectors`).
-        """
-        stack = self.encoder if self.encoder is not None else self.decoder
-        if stack is None:
-            raise SpecError("the model has neither an encoder nor a decoder to embed with")
-        if hasattr(stack, "embed"):
-            return stack.embed(input_ids, attention_mask, **options)
-        if options:
-            raise SpecError(f"{type(stack).__name__} takes no embedding options ({', '.join(options)})")
-        if hasattr(stack, "hidden_states"):
-            return {"token_states": stack.hidden_states(input_ids, attention_mask=attention_mask)}
-        raise SpecError(f"{type(stack).__name__} gives no features: it defines neither embed() nor hidden_states()")
+    def embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **options) -> EncoderOutput:
+        """The feature stack's features (lmkit.contract.Stack.features): token states (B, T, D) and, where the
+        family has one, a pooled vector (B, D). `options` go to the stack (CoVe's `word_vectors`)."""
+        return self.feature_stack.features(input_ids, attention_mask, **options)
 
 
 def build_model(spec: ModelSpec, seed: int | None = 0) -> ComposedModel:
@@ -150,10 +145,10 @@ def save_model(directory: str, model: ComposedModel, host: PluginHost, tokenizer
     config = describe_build(model.spec, host, tokenizer, target_tokenizer)
     # A stack that shares parameters across layers (ALBERT) says how many it would have without
     # sharing; `lmkit show` reports the difference.
-    unshared = {key: stack.parameters_without_sharing() for key in ("encoder", "decoder")
-                if (stack := getattr(model, key)) is not None and hasattr(stack, "parameters_without_sharing")}
+    stacks = {"encoder": model.encoder, "decoder": model.decoder}
+    unshared = {key: stack.parameters_without_sharing() for key, stack in stacks.items() if stack is not None}
     unshared = {key: n for key, n in unshared.items()
-                if n != sum(p.numel() for p in getattr(model, key).parameters())}  # only where sharing saves
+                if n != sum(p.numel() for p in stacks[key].parameters())}  # only where sharing saves
     if unshared:
         config["parameters_without_sharing"] = unshared
     atomic_write_json(os.path.join(directory, CONFIG), config)
@@ -246,11 +241,6 @@ def load_target_tokenizer(directory: str):
 
 
 # -- composing -------------------------------------------------------------------------------------
-
-
-def attach_tokenizer(spec: ModelSpec):
-    """Load the spec's tokenizer (if it names one) and size the embeddings to fit it."""
-    return attach_tokenizers(spec)[0]
 
 
 def attach_tokenizers(spec: ModelSpec):

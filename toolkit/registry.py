@@ -248,7 +248,7 @@ class PluginHost:
         """The component `name` of `kind` built from its options (`values`, checked against its dataclass).
 
         For parts the core builds as they are (optimizers, schedules, task recipes, strategies); model
-        parts go through lmkit.model.build_part. `where` is how errors name the options.
+        parts go through lmkit.model.build_stack and build_objective. `where` is how errors name the options.
         """
         from .options import build_options
 

@@ -20,7 +20,6 @@ options dataclass. Nothing here imports torch.
 from __future__ import annotations
 
 import copy
-import dataclasses
 import os
 from dataclasses import dataclass, field
 from typing import Any
@@ -271,9 +270,3 @@ def _resolve_part(kind: str, where: str, raw, host: PluginHost, *, weighted: boo
     else:
         options = build_options(options_class, values, where)
     return Part(kind, name, options, component, weight)
-
-
-def with_options(part: Part, **changes) -> Part:
-    """A copy of `part` with some options replaced (checked by the dataclass again)."""
-    options = dataclasses.replace(part.options, **changes)
-    return dataclasses.replace(part, options=options)

@@ -34,12 +34,13 @@ class EncoderGraph(nn.Module):
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor, token_type_ids: Tensor):
         model = self.model
-        states = model.encoder(input_ids, attention_mask.bool(), token_type_ids)  # (B, T, H)
-        outputs = [states, model.encoder.pooled(states)]
+        encoded = model.encoder(input_ids, attention_mask.bool(), token_type_ids)
+        states = encoded.last_hidden_state  # (B, T, H)
+        outputs = [states, encoded.pooler_output]
         if self.mlm:
             outputs.append(model.objectives["masked-lm"].logits(model, states))  # (B, T, V)
         if self.sentence:
-            outputs.append(model.objectives[self.sentence].logits(model, states))  # (B, 2)
+            outputs.append(model.objectives[self.sentence].logits(model, encoded))  # (B, 2)
         return tuple(outputs)
 
 

@@ -8,26 +8,25 @@ a small diff on BertEncoder:
              shared across layers (lmkit.nn.BlockStack)
     RoBERTa  positions numbered from pad_token_id + 1 (fairseq), one segment, no pooler by default
 
-The interface every encoder gives (task heads and the pre-training objectives rely on it):
-
-    encoder(input_ids, attention_mask=None, token_type_ids=None) -> hidden states (B, T, H)
-    encoder.pooled(hidden_states) -> (B, H)
-    encoder.embed(input_ids, attention_mask) -> {"token_states": (B, T, H), "pooled": (B, H)}
-    encoder.max_positions, encoder.config.hidden_size, encoder.word_embeddings() (the MLM decoder)
+Each is an lmkit.contract.Encoder: forward(input_ids, attention_mask, token_type_ids) returns an
+EncoderOutput whose pooler_output is the pooled [CLS] (RoBERTa: the <s> state); word_embeddings()
+is what the masked-LM decoder is tied to.
 """
 from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
 
+from lmkit.contract import EncoderOutput
 from lmkit.nn import Block, self_attention_mask
 from lmkit.nn.embeddings import Embeddings
 from lmkit.nn.sharing import BlockStack
+from lmkit.nn.stack import EncoderStack
 
 from .config import AlbertConfig, BertConfig, RobertaConfig
 
 
-class BertEncoder(nn.Module):
+class BertEncoder(EncoderStack):
     """Embeddings, a stack of post-LN blocks, and the pooler."""
 
     paper = "BERT"
@@ -71,8 +70,8 @@ class BertEncoder(nn.Module):
         return self.embeddings(input_ids, token_type_ids, attention_mask)  # (B, T, H)
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None,
-                token_type_ids: Tensor | None = None) -> Tensor:
-        """Top-layer hidden states (B, T, H) of input_ids (B, T).
+                token_type_ids: Tensor | None = None) -> EncoderOutput:
+        """Top-layer hidden states (B, T, H) and the pooled output (B, H) of input_ids (B, T).
 
         attention_mask: (B, T), true (or 1) at real tokens and false at padding; None: no padding.
         token_type_ids: (B, T) segment ids (0 for A, 1 for B); None: all 0.
@@ -83,17 +82,16 @@ class BertEncoder(nn.Module):
         x = self.embed_tokens(input_ids, token_type_ids, attention_mask)  # (B, T, H)
         padding = None if attention_mask is None else attention_mask.bool()
         mask = self_attention_mask(padding, input_ids.size(1), 0, causal=False)  # (B, 1, 1, T) or None
-        return self.blocks(x, mask)  # (B, T, H)
+        states = self.blocks(x, mask)  # (B, T, H)
+        if padding is None:
+            padding = torch.ones_like(input_ids, dtype=torch.bool)
+        return EncoderOutput(states, padding, self.pooled(states))
 
     def pooled(self, hidden_states: Tensor) -> Tensor:
         """(B, T, H) -> (B, H): the pooler over the first token ([CLS], <s>), or that state itself
         when the encoder has no pooler (RoBERTa)."""
         first = hidden_states[:, 0]
         return first if self.pooler is None else torch.tanh(self.pooler(first))
-
-    def embed(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> dict[str, Tensor]:
-        states = self(input_ids, attention_mask)
-        return {"token_states": states, "pooled": self.pooled(states)}
 
     def parameters_without_sharing(self) -> int:
         """The parameter count the same encoder would have with no cross-layer sharing."""

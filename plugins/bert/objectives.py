@@ -10,10 +10,12 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from lmkit.objectives.base import ObjectiveModule
 
 from lmkit.errors import SpecError
 from lmkit.nn import activation_module
-from lmkit.objectives.states import stack_states
+from lmkit.contract import EncoderOutput
+from lmkit.objectives.states import stack_output
 
 from .config import MaskedLMOptions, SentencePairOptions
 
@@ -24,7 +26,7 @@ def _encoder(model):
     return model.encoder
 
 
-class MaskedLM(nn.Module):
+class MaskedLM(ObjectiveModule):
     """Predict the picked tokens from the encoder states (BERT §3.1, Task #1).
 
     Head (google-research/bert `get_masked_lm_output`): dense + activation + LayerNorm, then the
@@ -62,7 +64,7 @@ class MaskedLM(nn.Module):
         return F.linear(h, model.encoder.word_embeddings().weight, self.bias)
 
     def forward(self, model, batch: dict) -> Tensor:
-        states = stack_states(model, batch)  # (B, T, H)
+        states = stack_output(model, batch).last_hidden_state  # (B, T, H)
         labels = batch["labels"]  # (B, T), -100 where nothing is predicted
         picked = labels != -100
         # Only the picked positions (15%) go through the vocabulary-sized product.
@@ -70,7 +72,7 @@ class MaskedLM(nn.Module):
         return F.cross_entropy(logits.float(), labels[picked])
 
 
-class SentencePairObjective(nn.Module):
+class SentencePairObjective(ObjectiveModule):
     """A two-way classifier on the pooled [CLS] state; reads `sentence_label` of MLM's pair batches."""
 
     def __init__(self, options: SentencePairOptions, hidden_size: int = 64, dropout: float = 0.0):
@@ -89,13 +91,13 @@ class SentencePairObjective(nn.Module):
                              "set encoder.pooler=true")
         return cls(options, config.hidden_size, config.dropout)
 
-    def logits(self, model, hidden_states: Tensor) -> Tensor:
-        return self.classifier(self.dropout(model.encoder.pooled(hidden_states)))  # (B, 2)
+    def logits(self, model, output: EncoderOutput) -> Tensor:
+        return self.classifier(self.dropout(output.pooler_output))  # (B, 2)
 
     def forward(self, model, batch: dict) -> Tensor:
         if "sentence_label" not in batch:
             raise ValueError(f"{type(self).__name__} needs sentence pairs; train it with masked-lm, which makes them")
-        return F.cross_entropy(self.logits(model, stack_states(model, batch)).float(), batch["sentence_label"])
+        return F.cross_entropy(self.logits(model, stack_output(model, batch)).float(), batch["sentence_label"])
 
 
 class NextSentencePrediction(SentencePairObjective):

@@ -1,5 +1,6 @@
 """Seq2Seq (Sutskever et al. 2014), attentional NMT (Bahdanau et al. 2015, Luong et al. 2015) and CoVe
-(McCann et al. 2017): LSTM encoders and decoders, the translation objective, and the presets.
+(McCann et al. 2017): LSTM encoders and decoders, Sutskever et al.'s SGD and halving schedule, and the
+presets; they train with the core's `seq2seq` objective.
 
 Only registration lives here, so loading the plugin does not import torch; the modules are in
 model.py, the LSTM stacks they share with other recurrent families in lmkit.nn.lstm.
@@ -30,13 +31,6 @@ def register_decoders(register):
 
 
 @hookimpl
-def register_objectives(register):
-    register("translation", "lmkit.plugins.seq2seq.objective:Translation",
-             options="lmkit.plugins.seq2seq.config:TranslationOptions",
-             summary="target cross-entropy given the source, teacher forcing, on parallel text")
-
-
-@hookimpl
 def register_exporters(register):
     register("decoder.seq2seq-lstm", "lmkit.plugins.seq2seq.export:export_plan",
              summary="an encoder graph and a decoder-step graph, LSTM state in and out")
@@ -63,7 +57,7 @@ def _preset(summary: str, encoder: dict, decoder: dict, tokenizer: str = "bpe", 
         "tokenizer": {"type": tokenizer},
         "encoder": encoder,
         "decoder": decoder,
-        "objectives": [{"type": "translation", "weight": 1.0}],
+        "objectives": [{"type": "seq2seq", "weight": 1.0}],
         "decoding": {"strategy": "beam", "num_beams": num_beams, "max_new_tokens": 100},
     }
     return spec, summary

@@ -103,15 +103,6 @@ class NMTDecoderConfig(LSTMDecoderConfig):
 
 
 @dataclass(frozen=True)
-class TranslationOptions:
-    label_smoothing: float = 0.0  # Sutskever et al. and Bahdanau et al. train with none
-
-    def __post_init__(self):
-        if not 0.0 <= self.label_smoothing < 1.0:
-            raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
-
-
-@dataclass(frozen=True)
 class CoVeConfig:
     model: str = ""  # the NMT model directory whose encoder gives the features
     vectors: str = ""  # a GloVe-format text file of word vectors; empty: the encoder's own embeddings

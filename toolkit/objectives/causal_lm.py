@@ -4,12 +4,13 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from .base import ObjectiveModule
 
 from .options import CausalLMOptions
 from .states import decoder_states_if_computed
 
 
-class CausalLM(nn.Module):
+class CausalLM(ObjectiveModule):
     """Next-token prediction: position t predicts token t+1 (Radford et al. 2018, eq. 1)."""
 
     def __init__(self, options: CausalLMOptions):
@@ -29,7 +30,7 @@ class CausalLM(nn.Module):
         if input_ids.dim() == 3:  # fine-tuning's auxiliary LM loss (GPT §3.2) reads every sequence
             input_ids, targets = input_ids.flatten(0, 1), targets.flatten(0, 1)
         states = decoder_states_if_computed(model, batch)
-        if states is not None and hasattr(model.decoder, "logits"):
+        if states is not None:
             # A task head already ran the decoder on these sequences. Causal attention makes the
             # states of the first T-1 positions the same as those of input_ids[:, :-1] alone.
             logits = model.decoder.logits(states[:, :-1])  # (B, T-1, V)

@@ -9,21 +9,23 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from .base import ObjectiveModule
 
 from .options import SequenceHeadOptions, SpanHeadOptions, TokenHeadOptions
-from .states import stack_states
+from .states import stack_output
 
 
-def sequence_features(model, batch: dict) -> Tensor:
-    """(B, S, H): the features of every sequence of the batch."""
+def _recipe(options):
+    from ..registry import get_host
+
+    return get_host().instantiate("task-recipe", options.recipe)
+
+
+def sequence_features(model, batch: dict, recipe) -> Tensor:
+    """(B, S, H): the features of every sequence of the batch, as the task recipe reads them."""
     B, S, _ = batch["input_ids"].shape
-    states = stack_states(model, batch)  # (B*S, T, H)
-    if model.encoder is not None:
-        features = model.encoder.pooled(states) if hasattr(model.encoder, "pooled") else states[:, 0]
-    else:
-        extract = batch["extract_index"].reshape(B * S)
-        features = states[torch.arange(B * S, device=states.device), extract]
-    return features.reshape(B, S, -1)
+    output = stack_output(model, batch, recipe)  # (B*S, T, H)
+    return recipe.features(output, batch["extract_index"].reshape(B * S)).reshape(B, S, -1)
 
 
 def _linear(hidden_size: int, outputs: int) -> nn.Linear:
@@ -33,18 +35,19 @@ def _linear(hidden_size: int, outputs: int) -> nn.Linear:
     return layer
 
 
-class SequenceHead(nn.Module):
+class SequenceHead(ObjectiveModule):
     """Classification, similarity, regression or multiple choice from sequence features."""
 
     def __init__(self, options: SequenceHeadOptions):
         super().__init__()
         self.options = options
+        self.recipe = _recipe(options)
         self.dropout = nn.Dropout(options.dropout)
         self.score = _linear(options.hidden_size, options.num_labels)
 
     def scores(self, model, batch: dict) -> Tensor:
         """classification/similarity: (B, num_labels) logits; regression: (B,); multiple choice: (B, S)."""
-        features = self.dropout(sequence_features(model, batch))  # (B, S, H)
+        features = self.dropout(sequence_features(model, batch, self.recipe))  # (B, S, H)
         task = self.options.task
         if task == "multiple-choice":
             return self.score(features).squeeze(-1)  # one score per choice: (B, S)
@@ -65,17 +68,19 @@ class SequenceHead(nn.Module):
         return scores.float() if self.options.task == "regression" else scores.argmax(-1)
 
 
-class TokenHead(nn.Module):
+class TokenHead(ObjectiveModule):
     """A tag for every token; only tokens with a label (a word's first subword) count in the loss."""
 
     def __init__(self, options: TokenHeadOptions):
         super().__init__()
         self.options = options
+        self.recipe = _recipe(options)
         self.dropout = nn.Dropout(options.dropout)
         self.score = _linear(options.hidden_size, options.num_labels)
 
     def scores(self, model, batch: dict) -> Tensor:
-        return self.score(self.dropout(stack_states(model, batch)))  # (B, T, num_labels)
+        states = stack_output(model, batch, self.recipe).last_hidden_state
+        return self.score(self.dropout(states))  # (B, T, num_labels)
 
     def forward(self, model, batch: dict) -> Tensor:
         scores = self.scores(model, batch)
@@ -86,17 +91,19 @@ class TokenHead(nn.Module):
         return self.scores(model, batch).argmax(-1)  # (B, T)
 
 
-class SpanHead(nn.Module):
+class SpanHead(ObjectiveModule):
     """Start and end scores for every token; positions outside the context (and [CLS]) cannot answer."""
 
     def __init__(self, options: SpanHeadOptions):
         super().__init__()
         self.options = options
+        self.recipe = _recipe(options)
         self.dropout = nn.Dropout(options.dropout)
         self.qa_outputs = _linear(options.hidden_size, 2)  # Hugging Face's name
 
     def scores(self, model, batch: dict) -> Tensor:
-        logits = self.qa_outputs(self.dropout(stack_states(model, batch))).float()  # (B, T, 2)
+        states = stack_output(model, batch, self.recipe).last_hidden_state
+        logits = self.qa_outputs(self.dropout(states)).float()  # (B, T, 2)
         return logits.masked_fill(~batch["answerable"][:, :, None], -1e4)
 
     def forward(self, model, batch: dict) -> Tensor:

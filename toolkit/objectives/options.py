@@ -11,10 +11,20 @@ class CausalLMOptions:
 
 
 @dataclass(frozen=True)
+class Seq2SeqOptions:
+    label_smoothing: float = 0.0  # Sutskever et al. and Bahdanau et al. train with none; T5 too
+
+    def __post_init__(self):
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+
+
+@dataclass(frozen=True)
 class SequenceHeadOptions:
     """A task head: `lmkit finetune` fills these in from the pretrained model and the task file."""
 
     hidden_size: int = 768  # width of the features the head reads (the stack's n_embd / hidden_size)
+    recipe: str = "encoder"  # the task recipe that reads examples and features (lmkit components --kind task-recipe)
     task: str = "classification"  # classification, similarity, regression or multiple-choice
     num_labels: int = 2  # classes of a classification; 1 for regression and multiple choice
     labels: tuple[str, ...] = ()  # the class names, index by index, so predictions can be named
@@ -42,6 +52,7 @@ class TokenHeadOptions:
     """A tag per token (NER, POS, chunking)."""
 
     hidden_size: int = 768
+    recipe: str = "encoder"
     num_labels: int = 2
     labels: tuple[str, ...] = ()  # the tag names, index by index
     dropout: float = 0.1
@@ -61,6 +72,7 @@ class SpanHeadOptions:
     """Answer start and end scores per token (extractive QA, SQuAD)."""
 
     hidden_size: int = 768
+    recipe: str = "encoder"
     allow_no_answer: bool = False  # SQuAD v2.0: [CLS] stands for "no answer"
     dropout: float = 0.1
 

@@ -1,4 +1,4 @@
-"""The hidden states of a batch, computed once for every objective that reads them.
+"""The stack's output for a batch, computed once for every objective that reads it.
 
 Objectives trained on the same batch often need the same forward pass of the model's stack:
 masked LM and next-sentence prediction, a task head and GPT's auxiliary LM loss. The first to ask
@@ -9,12 +9,15 @@ from __future__ import annotations
 
 from torch import Tensor
 
-STATES = "_stack_states"
+from ..contract import EncoderOutput
+
+STATES = "_stack_output"
 
 
-def stack_states(model, batch: dict) -> Tensor:
-    """(N, T, H): the final hidden states of the encoder (or else the decoder) for every sequence of the
-    batch, input_ids (..., T) read as N = prod(...) rows; attention_mask and token_type_ids alike.
+def stack_output(model, batch: dict, recipe=None) -> EncoderOutput:
+    """The output of the stack the task recipe reads (lmkit.contract.TaskRecipe.run; None: the encoder) for
+    every sequence of the batch, input_ids (..., T) read as N = prod(...) rows; attention_mask and
+    token_type_ids alike.
     """
     if STATES not in batch:
         T = batch["input_ids"].size(-1)
@@ -23,15 +26,17 @@ def stack_states(model, batch: dict) -> Tensor:
             value = batch.get(name)
             return None if value is None else value.reshape(-1, T)
 
-        if model.encoder is not None:
-            states = model.encoder(rows("input_ids"), attention_mask=rows("attention_mask"),
-                                   token_type_ids=rows("token_type_ids"))
-        else:  # right padding comes after every real token, which causal attention keeps it from seeing
-            states = model.decoder.hidden_states(rows("input_ids"))
-        batch[STATES] = states
+        run = recipe.run if recipe is not None else _run_encoder
+        batch[STATES] = run(model, rows("input_ids"), rows("attention_mask"), rows("token_type_ids"))
     return batch[STATES]
 
 
+def _run_encoder(model, input_ids, attention_mask, token_type_ids) -> EncoderOutput:
+    return model.encoder(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
+
+
 def decoder_states_if_computed(model, batch: dict) -> Tensor | None:
-    """The decoder's states of the batch when an objective already ran it (a decoder-only model), else None."""
-    return batch.get(STATES) if model.encoder is None else None
+    """The decoder's states (N, T, D) of the batch when an objective already ran it (a decoder-only model), else None."""
+    if model.encoder is not None or STATES not in batch:
+        return None
+    return batch[STATES].last_hidden_state

@@ -1,9 +1,8 @@
 """Where the trainer's batches come from: each objective says what data it reads.
 
 The trainer knows nothing of windows, sentence pairs or labelled examples. It asks the objectives
-of the model for a `Batches` (the first objective whose class has a `batches` classmethod makes
-it; objectives that only add a loss to the same data, like next-sentence prediction next to masked
-LM, define none) and reads training samples from it by index, which is what makes a resumed run
+of the model for a `Batches` (lmkit.contract.Objective.batches; objectives that only add a loss to
+the same data, like next-sentence prediction next to masked LM, return None) and reads training samples from it by index, which is what makes a resumed run
 read exactly the samples the interrupted one would have.
 """
 from __future__ import annotations
@@ -49,25 +48,27 @@ class DataContext:
 
     def max_positions(self) -> int | None:
         stack = self.model.decoder if self.model.decoder is not None else self.model.encoder
-        return getattr(stack, "max_positions", None)
+        return stack.max_positions
 
 
 def batches_for(context: DataContext) -> Batches:
     """The Batches of the model's objectives: all that define one must define the same."""
-    makers = {}
+    from ..objectives.base import ObjectiveModule
+
+    makers = {}  # the class that defines batches() -> the first objective that inherits it
     for name, objective in context.model.objectives.items():
-        maker = getattr(type(objective), "batches", None)
-        if maker is not None:
-            makers.setdefault(getattr(maker, "__func__", maker), name)
-    if not makers:
-        raise TrainingError(f"none of the objectives ({', '.join(context.objectives) or 'none'}) says what data "
-                            "it trains on; add one that does, e.g. causal-lm")
+        owner = next(cls for cls in type(objective).__mro__ if "batches" in vars(cls))
+        if owner is not ObjectiveModule:  # the default: this objective reads another's batches
+            makers.setdefault(owner, name)
     if len(makers) > 1:
         names = list(makers.values())
         raise TrainingError(f"objectives {names[0]} and {names[1]} read different kinds of data and cannot be "
                             "trained together; keep one of them")
-    name = next(iter(makers.values()))
-    return context.model.objectives[name].batches(context)
+    batches = next(iter(makers)).batches(context) if makers else None
+    if batches is None:
+        raise TrainingError(f"none of the objectives ({', '.join(context.objectives) or 'none'}) says what data "
+                            "it trains on; add one that does, e.g. causal-lm")
+    return batches
 
 
 # -- token windows: language modelling on a stream of text --------------------------------------------

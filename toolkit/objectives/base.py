@@ -1,0 +1,25 @@
+"""The base class of objectives: lmkit.contract.Objective with its defaults."""
+from __future__ import annotations
+
+from torch import nn
+
+
+class ObjectiveModule(nn.Module):
+    """A training loss. Subclasses define forward(model, batch) and, when they decide what data training
+    reads, the classmethod batches(context); one that only adds a loss to another's batches (next-sentence
+    prediction beside masked LM) keeps the default, None.
+    """
+
+    def __init__(self, options=None):
+        super().__init__()
+        self.options = options
+
+    @classmethod
+    def batches(cls, context):
+        """A lmkit.training.batches.Batches over the run's data, or None: this objective reads another's."""
+        return None
+
+    @classmethod
+    def for_model(cls, options, model) -> ObjectiveModule:
+        """The objective for `model`, whose stacks exist already; override to size a head to them."""
+        return cls(options)

@@ -1,0 +1,87 @@
+"""Task recipes: how a kind of stack is fine-tuned on labelled examples (lmkit.contract.TaskRecipe).
+
+A stack names its recipe (`task_recipe`, "encoder" or "decoder" from lmkit.nn.stack); the recipes
+are registered components (the `register_task_recipes` hook), so a family with its own way of
+reading examples (ULMFiT's concat pooling, say) registers one instead of editing the core.
+
+    encoder   BERT (Devlin et al. 2019, §4): the pair as the tokenizer's template makes it,
+              [CLS] a [SEP] b [SEP] with segment ids; features are the encoder's pooled output
+    decoder   GPT (Radford et al. 2018, §3.3): start a delim b extract, features at the extract
+              token, and the language-model loss kept as an auxiliary objective (λ = 0.5)
+"""
+from __future__ import annotations
+
+from ..contract import EncoderOutput
+from .inputs import DecoderInputs, EncoderInputs, add_markers
+
+
+class EncoderRecipe:
+    name = "encoder"
+    default_lr = 5e-5  # BERT §4: the best of {5e-5, 3e-5, 2e-5} on most GLUE tasks
+    bidirectional = True  # a position's state has read the tokens after it: tags go on a word's first piece
+
+    def prepare(self, tokenizer) -> bool:
+        return False
+
+    def auxiliary_objectives(self, aux_lm_weight: float | None) -> list[dict]:
+        if aux_lm_weight:
+            from ..errors import LmkitError
+
+            raise LmkitError("--aux-lm-weight adds GPT's language-model loss, which needs a decoder; this model "
+                             "is fine-tuned through its encoder: leave it out")
+        return []
+
+    def inputs(self, tokenizer, max_length: int) -> EncoderInputs:
+        return EncoderInputs(tokenizer, max_length)
+
+    def run(self, model, input_ids, attention_mask, token_type_ids) -> EncoderOutput:
+        return model.encoder(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
+
+    def features(self, output: EncoderOutput, extract_index):
+        """(N, D): the pooled output, or the first position's state where the encoder has no pooler."""
+        return output.pooler_output if output.pooler_output is not None else output.last_hidden_state[:, 0]
+
+
+class DecoderRecipe:
+    name = "decoder"
+    default_lr = 6.25e-5  # GPT §4.1
+    bidirectional = False  # causal: a word's tag goes on its last piece, the one that has read all of it
+    aux_lm_weight = 0.5  # λ, GPT §4.1
+
+    def prepare(self, tokenizer) -> bool:
+        return add_markers(tokenizer)  # learned from scratch during fine-tuning, as in GPT
+
+    def auxiliary_objectives(self, aux_lm_weight: float | None) -> list[dict]:
+        weight = self.aux_lm_weight if aux_lm_weight is None else aux_lm_weight
+        return [{"type": "causal-lm", "weight": weight}] if weight > 0 else []
+
+    def inputs(self, tokenizer, max_length: int) -> DecoderInputs:
+        return DecoderInputs(tokenizer, max_length)
+
+    def run(self, model, input_ids, attention_mask, token_type_ids) -> EncoderOutput:
+        # Right padding comes after every real token, which causal attention keeps it from seeing.
+        return model.decoder.features(input_ids, attention_mask)
+
+    def features(self, output: EncoderOutput, extract_index):
+        import torch
+
+        states = output.last_hidden_state
+        return states[torch.arange(states.size(0), device=states.device), extract_index]
+
+
+def recipe_for(stack):
+    """The task recipe a stack module names (its class attribute `task_recipe`)."""
+    from ..registry import get_host
+
+    return get_host().instantiate("task-recipe", stack.task_recipe)
+
+
+def task_stack_key(spec: dict) -> str:
+    """Which stack of a composition `lmkit finetune` trains a head on: the encoder when there is one."""
+    from ..errors import ArtifactError
+
+    if spec.get("encoder") is not None:
+        return "encoder"
+    if spec.get("decoder") is not None:
+        return "decoder"
+    raise ArtifactError("the model has neither an encoder nor a decoder to fine-tune")
