@@ -88,7 +88,7 @@ def decoder_only_plan(model: nn.Module, *, n_layer: int, n_head: int, head_dim: 
     size w in and out, which the runtime starts as zeros); see ConcatCache.
     """
     windows = windows or {}
-    if getattr(model, "encoder", None) is not None:
+    if model.kind != "decoder":
         raise LmkitError("this exporter writes decoder-only models, but the composition also has an "
                          "encoder; an encoder-decoder export needs an exporter of its own")
     decoder = model.decoder

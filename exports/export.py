@@ -32,8 +32,7 @@ QUANTIZATION = {"method": "dynamic", "weights": "int8", "per_channel": True,
 
 def find_exporter(spec, host: PluginHost) -> Component:
     """The exporter of a composition: its decoder's if it has one (it drives generation), else its encoder's."""
-    kind = "decoder" if spec.decoder is not None else "encoder"
-    part = getattr(spec, kind)
+    kind, part = ("decoder", spec.decoder) if spec.decoder is not None else ("encoder", spec.encoder)
     if part is None:
         raise LmkitError("the model has neither an encoder nor a decoder: there is nothing to export")
     name = f"{kind}.{part.type}"
@@ -117,7 +116,7 @@ def export_model(model_dir: str, out: str, *, precision: str = "fp32", layout: s
             "graphs": {graph.name: graph.describe(files[graph.name]) for graph in plan.graphs},
             "tokenizer": "tokenizer.json" if tokenizer is not None else None,
             **({"target_tokenizer": f"{TARGET_TOKENIZER}/tokenizer.json"} if target_tokenizer is not None else {}),
-            "special_tokens": {role: getattr(tokenizer, f"{role}_id", None) for role in ("bos", "eos", "pad")},
+            "special_tokens": _special_tokens(tokenizer),
             "generation": _generation_settings(config),
             "validation": report,
             "triton": {"name": name, "config": "config.pbtxt"} if name else None,
@@ -126,6 +125,12 @@ def export_model(model_dir: str, out: str, *, precision: str = "fp32", layout: s
         }
         atomic_write_json(os.path.join(root, MANIFEST), manifest)
     return manifest
+
+
+def _special_tokens(tokenizer) -> dict:
+    if tokenizer is None:
+        return {"bos": None, "eos": None, "pad": None}
+    return {"bos": tokenizer.bos_id, "eos": tokenizer.eos_id, "pad": tokenizer.pad_id}
 
 
 def _require(*modules: str) -> None:

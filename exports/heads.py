@@ -17,7 +17,6 @@ from .manifest import safe_path
 
 HEAD_FILE = "task_head.safetensors"
 HEAD_TYPES = ("sequence-head", "token-head", "span-head")
-LINEAR = {"sequence-head": "score", "token-head": "score", "span-head": "qa_outputs"}
 
 
 def head_part(spec: dict) -> dict | None:
@@ -34,7 +33,7 @@ def save_head(model, spec: dict, directory: str) -> dict | None:
 
     from lmkit.artifacts import atomic_write
 
-    layer = getattr(model.objectives[part["type"]], LINEAR[part["type"]])
+    layer = model.objectives[part["type"]].output_layer()
     tensors = {"weight": layer.weight.detach().float().cpu().numpy(),
                "bias": layer.bias.detach().float().cpu().numpy()}
     with atomic_write(os.path.join(directory, HEAD_FILE), "wb") as handle:

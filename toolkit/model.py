@@ -113,8 +113,7 @@ def describe_build(spec: ModelSpec, host: PluginHost, tokenizer=None, target_tok
 
 
 def _named_parts(spec: ModelSpec):
-    for key in ("encoder", "decoder", "decoding"):
-        part = getattr(spec, key)
+    for key, part in (("encoder", spec.encoder), ("decoder", spec.decoder), ("decoding", spec.decoding)):
         if part is not None:
             yield key, part
     for part in spec.objectives:
@@ -264,9 +263,11 @@ def attach_tokenizers(spec: ModelSpec):
             raise SpecError("tokenizer.target is the target side's tokenizer of an encoder-decoder model; this "
                             "spec does not have both an encoder and a decoder")
         target = load_tokenizer(spec.tokenizer["target"])
-    for key in ("encoder", "decoder"):
-        part = getattr(spec, key)
-        size = getattr(part.options, "vocab_size", None) if part is not None else None
+    from .options import options_to_dict
+
+    for key, part in (("encoder", spec.encoder), ("decoder", spec.decoder)):
+        # A stack sizes its embedding with the option of the shared vocabulary's name, vocab_size.
+        size = options_to_dict(part.options).get("vocab_size") if part is not None and part.options else None
         side = target if key == "decoder" and target is not None else tokenizer
         if size is not None and size < side.vocab_size:
             raise SpecError(f"{key}.vocab_size={size} is smaller than the {'target ' if side is target else ''}"

@@ -133,7 +133,7 @@ class ParallelText:
 
     def __init__(self, context):
         args = context.args
-        target_tokenizer = getattr(context, "target_tokenizer", None)
+        target_tokenizer = context.target_tokenizer
         self.bos, self.eos, self.pad = special_ids(target_tokenizer or context.tokenizer)
         self.source_pad = source_pad_id(context.tokenizer)
         self.batch_size, self.seed = args.batch_size, args.seed

@@ -10,15 +10,6 @@ from dataclasses import dataclass
 from .errors import DataError, LmkitError
 
 
-def is_encoder_decoder(model) -> bool:
-    return model.encoder is not None and model.decoder is not None and hasattr(model.decoder, "start")
-
-
-def max_source_len(model) -> int | None:
-    config = getattr(model.encoder, "config", None)
-    return getattr(config, "max_source_len", None)
-
-
 def encode_sources(tokenizer, texts: list[str], limit: int | None) -> list[list[int]]:
     """Token ids of each source text; an empty or too long one is a one-line error naming it."""
     sources = tokenizer.encode_batch(texts)
@@ -75,7 +66,7 @@ def load_translator(model_dir: str, device: str = "auto") -> Translator:
 
     resolved = resolve_device(device)
     model, tokenizer, _ = load_model(model_dir, device=str(resolved))
-    if not is_encoder_decoder(model):
+    if model.kind != "encoder-decoder":
         raise ArtifactError(f"{model_dir} is not an encoder-decoder model; translate needs an encoder and a "
                             "decoder (e.g. the seq2seq-tiny or nmt-tiny presets)")
     if tokenizer is None:
@@ -85,7 +76,7 @@ def load_translator(model_dir: str, device: str = "auto") -> Translator:
     decoding = model.spec.decoding
     return Translator(tokenizer, Seq2SeqBackend(model, resolved, pad_id=source_pad_id(tokenizer)),
                       None if decoding is None else (decoding.type, options_to_dict(decoding.options)),
-                      max_source_len(model), model, load_target_tokenizer(model_dir))
+                      model.encoder.max_positions, model, load_target_tokenizer(model_dir))
 
 
 @dataclass

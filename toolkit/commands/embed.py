@@ -67,11 +67,10 @@ def embed_command(model_dir, texts, input_path, text_field, pooling, with_tokens
 
         resolved = resolve_device(device)
         model, tokenizer, _ = load_model(model_dir, device=str(resolved))
-        options = {}  # for the stack's embed()
-        stack = model.encoder if model.encoder is not None else model.decoder
+        options = {}  # for the stack's features()
         if vectors is not None:
             options["word_vectors"] = _word_vectors(model, tokenizer, vectors, model_dir)
-        limit = getattr(stack, "max_positions", None)
+        limit = model.feature_stack.max_positions
     if tokenizer is None:
         raise ArtifactError(f"{model_dir} has no tokenizer.json to read the texts with")
     if limit is not None:
@@ -178,8 +177,8 @@ def _word_vectors(model, tokenizer, path: str, model_dir: str):
 
     from ..word_vectors import load_word_vectors
 
-    encoder = model.encoder
-    if encoder is None or not getattr(encoder, "takes_word_vectors", False):
+    stack = model.feature_stack
+    if "word_vectors" not in stack.embed_options:
         raise click.UsageError(f"--vectors needs a model whose encoder puts word vectors before its states (an NMT "
                                f"model for CoVe); {model_dir} has none")
-    return torch.from_numpy(load_word_vectors(path, tokenizer)).to(next(encoder.parameters()).device)
+    return torch.from_numpy(load_word_vectors(path, tokenizer)).to(next(stack.parameters()).device)

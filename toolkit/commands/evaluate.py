@@ -101,10 +101,15 @@ def _load(model_dir, device, what):
     return model, tokenizer, device
 
 
+RECURRENT_WINDOW = 1024  # tokens per window for a decoder without a position limit, unless --context says
+
+
 def _window(model, context) -> int:
     from ..errors import LmkitError
 
     limit = model.decoder.max_positions
+    if limit is None:  # a recurrent LM reads any length; windows keep memory bounded all the same
+        return context or RECURRENT_WINDOW
     if context and context > limit:
         raise LmkitError(f"--context {context} is beyond the model's {limit} positions; give at most {limit}")
     return context or limit

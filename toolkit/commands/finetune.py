@@ -36,7 +36,9 @@ def _names(value: str | None) -> tuple[str, ...]:
 @click.option("--epochs", default=3.0, show_default=True, type=float, help="Passes over the training file.")
 @click.option("--steps", type=int, help="Optimizer steps, in place of --epochs.")
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1), help="Examples per step.")
-@click.option("--lr", default=6.25e-5, show_default=True, type=float, help="Peak learning rate (GPT's).")
+@click.option("--lr", type=float,
+              help="Peak learning rate.  [default: the stack's recipe: 5e-5 for an encoder (BERT), 6.25e-5 for a "
+                   "decoder (GPT)]")
 @click.option("--warmup-ratio", default=0.002, show_default=True, type=click.FloatRange(0, 1),
               help="Share of the steps spent warming up (GPT: 0.2%).")
 @click.option("--max-length", type=click.IntRange(min=4), help="Tokens per sequence.  [default: the model's context]")

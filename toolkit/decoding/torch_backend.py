@@ -2,7 +2,7 @@
 
 The decoder needs `forward(input_ids (B, T), cache, attention_mask (B, past + T) | None,
 position_ids (B, T) | None) -> logits (B, T, V)`, `new_cache(batch_size, max_len)` returning a cache
-with `reorder(rows)`, and optionally `max_positions`, its context length. Per step, the new tokens
+with `reorder(rows)`, and `max_positions`, its context length or None (lmkit.contract.CausalDecoder). Per step, the new tokens
 (and the rows to keep) go to the device and the logits come back: nothing else crosses.
 """
 from __future__ import annotations
@@ -24,7 +24,7 @@ class TorchBackend:
         self.device = torch.device(device)
         self.decoder = decoder.to(self.device).eval()  # dropout would make every run different
         self.max_new_tokens = max_new_tokens
-        self.max_length = getattr(decoder, "max_positions", None)
+        self.max_length = decoder.max_positions
         self.cache = None
         self.capacity = 0  # positions the cache holds
         # With padding, the mask of everything fed so far (B, capacity) and each row's last position

@@ -15,6 +15,17 @@ from .options import SequenceHeadOptions, SpanHeadOptions, TokenHeadOptions
 from .states import stack_output
 
 
+class _Head(ObjectiveModule):
+    @classmethod
+    def for_model(cls, options, model):
+        """Sized to the features the model's feature stack gives (its d_model)."""
+        return cls(options, model.feature_stack.d_model)
+
+    def output_layer(self) -> nn.Linear:
+        """The head's one linear layer, which an export stores beside the encoder graph (lmkit.exports.heads)."""
+        return self.score
+
+
 def _recipe(options):
     from ..registry import get_host
 
@@ -28,22 +39,21 @@ def sequence_features(model, batch: dict, recipe) -> Tensor:
     return recipe.features(output, batch["extract_index"].reshape(B * S)).reshape(B, S, -1)
 
 
-def _linear(hidden_size: int, outputs: int) -> nn.Linear:
-    layer = nn.Linear(hidden_size, outputs)
+def _linear(d_model: int, outputs: int) -> nn.Linear:
+    layer = nn.Linear(d_model, outputs)
     nn.init.normal_(layer.weight, std=0.02)
     nn.init.zeros_(layer.bias)
     return layer
 
 
-class SequenceHead(ObjectiveModule):
+class SequenceHead(_Head):
     """Classification, similarity, regression or multiple choice from sequence features."""
 
-    def __init__(self, options: SequenceHeadOptions):
-        super().__init__()
-        self.options = options
+    def __init__(self, options: SequenceHeadOptions, d_model: int = 768):
+        super().__init__(options)
         self.recipe = _recipe(options)
         self.dropout = nn.Dropout(options.dropout)
-        self.score = _linear(options.hidden_size, options.num_labels)
+        self.score = _linear(d_model, options.num_labels)
 
     def scores(self, model, batch: dict) -> Tensor:
         """classification/similarity: (B, num_labels) logits; regression: (B,); multiple choice: (B, S)."""
@@ -68,15 +78,14 @@ class SequenceHead(ObjectiveModule):
         return scores.float() if self.options.task == "regression" else scores.argmax(-1)
 
 
-class TokenHead(ObjectiveModule):
+class TokenHead(_Head):
     """A tag for every token; only tokens with a label (a word's first subword) count in the loss."""
 
-    def __init__(self, options: TokenHeadOptions):
-        super().__init__()
-        self.options = options
+    def __init__(self, options: TokenHeadOptions, d_model: int = 768):
+        super().__init__(options)
         self.recipe = _recipe(options)
         self.dropout = nn.Dropout(options.dropout)
-        self.score = _linear(options.hidden_size, options.num_labels)
+        self.score = _linear(d_model, options.num_labels)
 
     def scores(self, model, batch: dict) -> Tensor:
         states = stack_output(model, batch, self.recipe).last_hidden_state
@@ -91,15 +100,17 @@ class TokenHead(ObjectiveModule):
         return self.scores(model, batch).argmax(-1)  # (B, T)
 
 
-class SpanHead(ObjectiveModule):
+class SpanHead(_Head):
     """Start and end scores for every token; positions outside the context (and [CLS]) cannot answer."""
 
-    def __init__(self, options: SpanHeadOptions):
-        super().__init__()
-        self.options = options
+    def __init__(self, options: SpanHeadOptions, d_model: int = 768):
+        super().__init__(options)
         self.recipe = _recipe(options)
         self.dropout = nn.Dropout(options.dropout)
-        self.qa_outputs = _linear(options.hidden_size, 2)  # Hugging Face's name
+        self.qa_outputs = _linear(d_model, 2)  # Hugging Face's name
+
+    def output_layer(self) -> nn.Linear:
+        return self.qa_outputs
 
     def scores(self, model, batch: dict) -> Tensor:
         states = stack_output(model, batch, self.recipe).last_hidden_state

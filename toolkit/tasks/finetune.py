@@ -1,9 +1,11 @@
 """`lmkit finetune`: a pretrained model, a task head on its features, and the shared trainer.
 
-The fine-tuned model is a composition like any other: the pretrained encoder or decoder, a
-`sequence-head` objective, and for a decoder GPT's auxiliary language-model loss as a `causal-lm`
-objective with weight λ (Radford et al. 2018, eq. 5: L3 = L2 + λ L1). Evaluation on the dev file
-reports the task's metrics, and the best checkpoint by the first of them is kept in OUT/best.
+The fine-tuned model is a composition like any other: the pretrained stack that gives features
+(the encoder when there is one, an encoder-decoder's included; else the decoder), a task head
+objective, and what the stack's task recipe adds (lmkit.tasks.recipes: for a decoder, GPT's
+auxiliary language-model loss as a `causal-lm` objective with weight λ, Radford et al. 2018, eq. 5:
+L3 = L2 + λ L1). Evaluation on the dev file reports the task's metrics, and the best checkpoint by
+the first of them is kept in OUT/best.
 """
 from __future__ import annotations
 
@@ -32,7 +34,7 @@ class TaskOptions:
     text_fields: tuple[str, ...] = ()
     label_field: str = "label"
     labels: tuple[str, ...] = ()
-    aux_lm_weight: float | None = None  # λ; None: 0.5 for a decoder (GPT's value), 0 for an encoder
+    aux_lm_weight: float | None = None  # λ; None: the recipe's (GPT's 0.5 for a decoder, none for an encoder)
     dropout: float = 0.1
     truncate: bool = True  # cut examples longer than --max-length (with a warning) rather than fail
     tag_column: int = -1  # token classification: the CoNLL column of the tags
@@ -41,23 +43,16 @@ class TaskOptions:
 # -- the model -------------------------------------------------------------------------------------
 
 
-def _stack_key(spec: dict) -> str:
-    if spec.get("encoder") is not None:
-        return "encoder"
-    if spec.get("decoder") is not None:
-        return "decoder"
-    raise ArtifactError("the model has neither an encoder nor a decoder to fine-tune")
-
-
 def prepare(pretrained: str, out: str, kind, train, options: TaskOptions, *, seed: int = 0,
-            force: bool = False) -> int | None:
-    """Write OUT: the pretrained stack with a fresh task head (and GPT's markers in the tokenizer).
+            force: bool = False):
+    """Write OUT: the pretrained stack with a fresh task head (and the recipe's changes to the tokenizer).
 
-    Returns the positions the model reads, None when it has no limit.
+    Returns (the stack's task recipe, the positions the model reads or None when it has no limit).
     """
     from ..model import build_model, save_model
     from ..spec import resolve
     from ..tokenizers import load_tokenizer
+    from .recipes import task_stack_key
 
     host = get_host()
     config = read_config(pretrained)
@@ -65,33 +60,27 @@ def prepare(pretrained: str, out: str, kind, train, options: TaskOptions, *, see
     if not os.path.isfile(os.path.join(pretrained, "tokenizer.json")):
         raise ArtifactError(f"{pretrained} has no tokenizer.json to read the task with")
     tokenizer = load_tokenizer(pretrained)
-    key = _stack_key(spec)
+    key = task_stack_key(spec)
+    # An encoder-decoder is fine-tuned through its encoder (CoVe's use of an NMT model): the decoder stays behind.
+    spec.pop("decoder" if key == "encoder" else "encoder", None)
+    spec.pop("decoding", None) if key == "encoder" else None
     stack = dict(spec[key])
-    if key == "decoder":
-        add_markers(tokenizer)  # learned from scratch during fine-tuning, as in GPT
-        if stack.get("vocab_size", tokenizer.vocab_size) < tokenizer.vocab_size:
-            stack["vocab_size"] = tokenizer.vocab_size
-    hidden = next((stack[name] for name in ("n_embd", "hidden_size", "d_model") if name in stack), None)
-    if hidden is None:
-        raise ArtifactError(f"{pretrained}: the {key} '{stack.get('type')}' names no width (n_embd or hidden_size) "
-                            "for a task head to read")
-    weight = options.aux_lm_weight if options.aux_lm_weight is not None else (0.5 if key == "decoder" else 0.0)
-    if weight < 0:
-        raise LmkitError(f"--aux-lm-weight must not be negative, got {weight}")
-    if weight > 0 and key != "decoder":
-        raise LmkitError("--aux-lm-weight adds GPT's language-model loss, which needs a decoder; this model is an "
-                         "encoder: leave it out")
-    head = {"type": kind.head, "weight": 1.0, "hidden_size": hidden, "dropout": options.dropout,
+    recipe = host.instantiate("task-recipe", host.component(key, stack["type"]).load().task_recipe)
+    if recipe.prepare(tokenizer) and stack.get("vocab_size", tokenizer.vocab_size) < tokenizer.vocab_size:
+        stack["vocab_size"] = tokenizer.vocab_size
+    if options.aux_lm_weight is not None and options.aux_lm_weight < 0:
+        raise LmkitError(f"--aux-lm-weight must not be negative, got {options.aux_lm_weight}")
+    # The head sizes itself to the stack's d_model (its for_model); the recipe names how it reads features.
+    head = {"type": kind.head, "weight": 1.0, "recipe": recipe.name, "dropout": options.dropout,
             **kind.head_options(train)}
     spec[key] = stack
-    spec["objectives"] = [head] + ([{"type": "causal-lm", "weight": weight}] if weight > 0 else [])
+    spec["objectives"] = [head, *recipe.auxiliary_objectives(options.aux_lm_weight)]
     resolved = resolve(spec, host)
     model = build_model(resolved, seed)
     transfer_weights(model, find_weights(pretrained))
     with staged_directory(out, force=force) as stage:
         save_model(stage, model, host, tokenizer)
-    stack = getattr(model, key)
-    return getattr(stack, "max_positions", None)
+    return recipe, model.feature_stack.max_positions
 
 
 def transfer_weights(model, path: str) -> None:
@@ -104,6 +93,7 @@ def transfer_weights(model, path: str) -> None:
         for name, tensor in model.state_dict().items():
             if name.startswith("objectives."):
                 continue  # the task head starts fresh; a pretraining head (MLM, NSP) is left behind
+            # (an encoder-decoder's decoder is left behind too: the fine-tuned model has none)
             source = pretrained.get(name)
             if source is None:
                 raise ArtifactError(f"{path} has no tensor '{name}' that the fine-tuned model needs")
@@ -153,7 +143,8 @@ def task_batches(kind, train, dev, options: TaskOptions):
             if data is None:
                 encoded[name] = []
                 continue
-            encoded[name], cut = kind.encode(data, tokenizer, args.seq_len, context.model.encoder is not None)
+            recipe = context.model.objectives[kind.head].recipe
+            encoded[name], cut = kind.encode(data, tokenizer, args.seq_len, recipe)
             if cut and not options.truncate:
                 raise DataError(f"{cut} examples of {data.path} are longer than --max-length {args.seq_len} tokens; "
                                 "raise --max-length, or leave out --no-truncate to cut the longest text first")
@@ -218,7 +209,7 @@ def _fine_tuner_class():
 
 def finetune(pretrained: str, out: str, train_path: str, dev_path: str | None, options: TaskOptions, *,
              epochs: float = 3.0, steps: int | None = None, batch_size: int = 32, max_length: int | None = None,
-             lr: float = 6.25e-5, warmup_ratio: float = 0.002, seed: int = 0, eval_every: int | None = None,
+             lr: float | None = None, warmup_ratio: float = 0.002, seed: int = 0, eval_every: int | None = None,
              device: str = "auto", force: bool = False, progress: bool = True) -> dict:
     """Fine-tune `pretrained` on a task file into `out`; returns the best dev record (or the last one)."""
     from ..training.arguments import TrainingArguments
@@ -232,7 +223,8 @@ def finetune(pretrained: str, out: str, train_path: str, dev_path: str | None, o
             train.examples[0].choices):
         raise DataError(f"{dev_path} has {len(dev.examples[0].choices)} choices per example, {train_path} has "
                         f"{len(train.examples[0].choices)}; give both files the same number")
-    context = prepare(pretrained, out, kind, train, options, seed=seed, force=force)
+    recipe, context = prepare(pretrained, out, kind, train, options, seed=seed, force=force)
+    lr = recipe.default_lr if lr is None else lr
     max_length = max_length or context
     if context is not None and max_length > context:
         raise LmkitError(f"--max-length {max_length} is beyond the model's {context} positions; give at most {context}")

@@ -8,7 +8,7 @@ import numpy as np
 from ..errors import LmkitError
 from . import qa, tokens
 from .formats import read_task_file
-from .inputs import DecoderInputs, EncoderInputs, collate, encode_task
+from .inputs import collate, encode_task
 from .metrics import task_metrics
 
 SEQUENCE_KINDS = ("classification", "similarity", "regression", "multiple-choice")
@@ -32,9 +32,8 @@ class SequenceKind:
         single = self.name in ("regression", "multiple-choice")
         return {"task": self.name, "num_labels": 1 if single else len(data.labels), "labels": list(data.labels)}
 
-    def encode(self, data, tokenizer, max_length: int, encoder: bool):
-        inputs = (EncoderInputs if encoder else DecoderInputs)(tokenizer, max_length)
-        return encode_task(data, inputs)
+    def encode(self, data, tokenizer, max_length: int, recipe):
+        return encode_task(data, recipe.inputs(tokenizer, max_length))
 
     def collate(self, encoded, pad_id: int) -> dict[str, np.ndarray]:
         return collate(encoded, pad_id, regression=self.name == "regression")
@@ -71,8 +70,8 @@ class TokenKind:
     def head_options(self, data) -> dict:
         return {"num_labels": len(data.labels), "labels": list(data.labels)}
 
-    def encode(self, data, tokenizer, max_length: int, encoder: bool):
-        return tokens.encode_sentences(data, tokenizer, max_length, encoder=encoder)
+    def encode(self, data, tokenizer, max_length: int, recipe):
+        return tokens.encode_sentences(data, tokenizer, max_length, encoder=recipe.bidirectional)
 
     def collate(self, encoded, pad_id: int) -> dict[str, np.ndarray]:
         return tokens.collate_sentences(encoded, pad_id)
@@ -118,8 +117,8 @@ class QuestionKind:
     def head_options(self, data) -> dict:
         return {"allow_no_answer": self.allow_no_answer}
 
-    def encode(self, data, tokenizer, max_length: int, encoder: bool):
-        if not encoder:
+    def encode(self, data, tokenizer, max_length: int, recipe):
+        if not recipe.bidirectional:
             raise LmkitError("extractive question answering reads [CLS] question [SEP] context [SEP] with an "
                              "encoder (BERT family); a decoder answers by generating: see lmkit eval --task")
         return qa.encode_questions(data, tokenizer, max_length)

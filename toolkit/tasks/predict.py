@@ -24,7 +24,6 @@ class Runner:
 
     spec: dict
     tokenizer: object
-    encoder: bool  # an encoder reads BERT's pair format, a decoder GPT's markers
     max_length: int | None
     predict: Callable[[dict], np.ndarray]  # a collated batch -> the head's predictions
 
@@ -37,7 +36,6 @@ def torch_runner(model_dir: str, device: str) -> Runner:
     model, tokenizer, config = load_model(model_dir, device=device)
     head = next((model.objectives[o["type"]] for o in config["spec"].get("objectives", []) if o["type"] in HEADS),
                 None)
-    stack = model.encoder if model.encoder is not None else model.decoder
 
     @torch.no_grad()
     def run(batch: dict) -> np.ndarray:
@@ -45,7 +43,7 @@ def torch_runner(model_dir: str, device: str) -> Runner:
         prediction = head.predict(model, tensors)
         return (prediction.float() if prediction.is_floating_point() else prediction).cpu().numpy()
 
-    return Runner(config["spec"], tokenizer, model.encoder is not None, getattr(stack, "max_positions", None), run)
+    return Runner(config["spec"], tokenizer, model.feature_stack.max_positions, run)
 
 
 def export_runner(export_dir: str, device: str) -> Runner:
@@ -55,7 +53,7 @@ def export_runner(export_dir: str, device: str) -> Runner:
     exported = load(export_dir, device=device)
     head = ExportedHead(exported)
     limit = exported.manifest.get("dimensions", {}).get("max_length")
-    return Runner(exported.manifest["source"]["spec"], exported.tokenizer, True, limit,
+    return Runner(exported.manifest["source"]["spec"], exported.tokenizer, limit,
                   lambda batch: head.predict(exported, batch))
 
 
@@ -83,7 +81,10 @@ def predict(model_dir: str, path: str, *, batch_size: int = 32, max_length: int 
     data = kind.read(path, labels=labels, require_labels=False)
     limit = runner.max_length
     max_length = min(max_length or limit or 512, limit or 1 << 30)
-    encoded, _ = kind.encode(data, runner.tokenizer, max_length, runner.encoder)
+    from ..registry import get_host
+
+    recipe = get_host().instantiate("task-recipe", part.get("recipe", "encoder"))
+    encoded, _ = kind.encode(data, runner.tokenizer, max_length, recipe)
     pad = runner.tokenizer.pad_id if runner.tokenizer.pad_id is not None else 0
     batches = [kind.collate(encoded[i:i + batch_size], pad) for i in range(0, len(encoded), batch_size)]
     predictions = [runner.predict(batch)
