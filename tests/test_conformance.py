@@ -1,0 +1,377 @@
+"""The family contract, checked on every registered stack through its tiny preset (lmkit.contract).
+
+Every encoder and decoder a plugin registers, built-in or third-party (the example plugin is
+installed for this module), must have a `*-tiny` preset; each tiny preset is then held to the same
+checks, chosen by the kind of model it composes (encoder, decoder, encoder-decoder):
+
+    every kind        save/load round trip, exact resume, finetune + predict + embed, export parity
+                      and a torch-free run of the export, a too-long input is a one-line error
+    decoder           cached equals uncached, left padding equals one-by-one, beam reorder, eval
+    encoder           padding changes no real token's state
+    encoder-decoder   batched equals one-by-one, beam reorder, eval (BLEU)
+
+A new family passes this file by registering parts that meet lmkit.contract and a tiny preset.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from conftest import NO_TORCH, run_cli  # noqa: E402
+
+from lmkit.registry import PluginHost, reset_host  # noqa: E402
+from lmkit.synthetic_translation import TranslationTask, write_task  # noqa: E402
+
+# The special tokens each tokenizer kind is trained with here: what the BERT family's templates,
+# the LSTM decoders' <s> ... </s> and GPT's markers need (a user trains the same for their model).
+SPECIALS = {
+    "bytelevel-bpe": ("<s>", "<pad>", "</s>", "<unk>", "<mask>", "<|endoftext|>"),
+    "bpe": ("<unk>", "<|endoftext|>", "<pad>", "<s>", "</s>", "_start_", "_delimiter_", "_classify_"),
+    "wordpiece": ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"),
+    "unigram": ("<pad>", "<unk>", "[CLS]", "[SEP]", "[MASK]", "<s>", "</s>"),
+    "char": ("<pad>", "<unk>", "<|endoftext|>", "<s>", "</s>"),
+}
+# Presets whose stack wraps another model directory: what to compose first, and the option to point at it.
+WRAPS = {"cove-tiny": ("nmt-tiny", "encoder.model")}
+TASK = TranslationTask(0, nouns=8, adjectives=5, verbs=5)
+LONG = " ".join(["the"] * 600)
+
+
+@pytest.fixture(scope="module")
+def host(third_party_site):
+    """The plugin host with the third-party example plugin installed, as a user would have it."""
+    sys.path.insert(0, third_party_site)
+    reset_host()
+    try:
+        yield PluginHost()
+    finally:
+        sys.path.remove(third_party_site)
+        reset_host()
+
+
+def tiny_presets() -> list[str]:
+    """The tiny presets of the built-in plugins (the third-party one is added by test_every_stack_...)."""
+    return sorted(name for name in PluginHost().presets if name.endswith("-tiny"))
+
+
+def stacks_of(host, preset: str) -> list[tuple[str, str]]:
+    spec = host.presets[preset].spec
+    return [(key, spec[key]["type"]) for key in ("encoder", "decoder") if spec.get(key)]
+
+
+def kind_of(host, preset: str) -> str:
+    keys = {key for key, _ in stacks_of(host, preset)}
+    return "encoder-decoder" if keys == {"encoder", "decoder"} else keys.pop()
+
+
+def test_every_stack_has_a_tiny_preset(host):
+    covered = {stack for preset in host.presets if preset.endswith("-tiny") for stack in stacks_of(host, preset)}
+    registered = {(kind, name) for kind in ("encoder", "decoder") for name in host.components[kind]}
+    missing = sorted(registered - covered)
+    print(f"\nconformance: {len(registered)} stacks registered, {len(registered & covered)} covered by "
+          f"{sum(p.endswith('-tiny') for p in host.presets)} tiny presets")
+    assert not missing, f"registered without a tiny preset: {missing}"
+    assert ("decoder", "bigram") in covered  # the third-party plugin is held to the contract too
+
+
+# -- the artifacts of each preset, made once ------------------------------------------------------
+
+
+class Artifacts:
+    """Directories made from one preset, on demand: data, tokenizer, composed, trained, exported."""
+
+    def __init__(self, root, host, preset: str, data: dict):
+        self.root, self.host, self.preset, self.data = root, host, preset, data
+        self.kind = kind_of(host, preset)
+        self._made: dict[str, str] = {}
+
+    def cli(self, *args):
+        result = run_cli(*args)
+        assert result.code == 0, f"lmkit {' '.join(map(str, args))}: {result.err}"
+        return result
+
+    def tokenizer(self) -> str:
+        spec = self.host.presets[self.preset].spec
+        kind = (spec.get("tokenizer") or {}).get("type", "bytelevel-bpe")
+        if kind not in self._made:
+            out = str(self.root / f"tok-{kind}")
+            vocab = 300 if kind == "bytelevel-bpe" else 200
+            specials = json.dumps(list(SPECIALS[kind]))
+            self.cli("tokenizer", "train", "--kind", kind, "--vocab-size", vocab, "--set", f"special_tokens={specials}",
+                     self.data["train.src"], self.data["train.tgt"], "--out", out)
+            self._made[kind] = out
+        return self._made[kind]
+
+    def composed(self) -> str:
+        if "composed" not in self._made:
+            out = str(self.root / "composed")
+            overrides = [f"tokenizer={self.tokenizer()}"]
+            spec = self.host.presets[self.preset].spec
+            for key in ("encoder", "decoder"):
+                if spec.get(key) and "vocab_size" in spec[key]:
+                    overrides.append(f"{key}.vocab_size=320")
+            if self.preset in WRAPS:
+                inner, option = WRAPS[self.preset]
+                inner_dir = Artifacts(self.root / inner, self.host, inner, self.data).trained()
+                overrides.append(f"{option}={json.dumps(inner_dir)}")
+            args = [x for o in overrides for x in ("--set", o)]
+            self.cli("compose", self.preset, *args, "--out", out)
+            self._made["composed"] = out
+        return self._made["composed"]
+
+    def train_args(self, steps: int) -> list:
+        data = (["--data", self.data["train.src"], "--data", self.data["train.tgt"]]
+                if self.kind == "encoder-decoder" else ["--data", self.data["documents"]])
+        return [*data, "--steps", steps, "--batch-size", 4, "--seq-len", 24, "--warmup", 0, "--eval-every", 0,
+                "--save-every", 0, "--log-every", 1, "--eval-batches", 1]
+
+    def trained(self) -> str:
+        if "trained" not in self._made:
+            out = str(self.root / "trained")
+            shutil.copytree(self.composed(), out)
+            self.cli("train", out, *self.train_args(4))
+            self._made["trained"] = out
+        return self._made["trained"]
+
+    def exported(self) -> str:
+        if "exported" not in self._made:
+            out = str(self.root / "exported")
+            self.cli("export", self.trained(), "--out", out)
+            self._made["exported"] = out
+        return self._made["exported"]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("conformance-data")
+    files = write_task(str(root), n_train=300, n_valid=20, task=TASK)
+    # Documents, one sentence per line, a blank line between documents (masked LM reads them so).
+    with open(files["train.src"], encoding="utf-8") as handle:
+        lines = handle.read().splitlines()
+    documents = root / "documents.txt"
+    documents.write_text("\n\n".join("\n".join(lines[i:i + 5]) for i in range(0, len(lines), 5)) + "\n")
+    labelled = root / "task.jsonl"
+    # A label the first word decides: learnable, but this file only checks that every stack fine-tunes.
+    labelled.write_text("".join(json.dumps({"text": line, "label": "a" if line.split()[0] < "m" else "b"}) + "\n"
+                                for line in lines[:48]))
+    return {**files, "documents": str(documents), "task": str(labelled)}
+
+
+@pytest.fixture(scope="module")
+def artifacts(host, data, tmp_path_factory):
+    made: dict[str, Artifacts] = {}
+
+    def get(preset: str) -> Artifacts:
+        if preset not in made:
+            made[preset] = Artifacts(tmp_path_factory.mktemp(preset), host, preset, data)
+        return made[preset]
+
+    return get
+
+
+PRESETS = [*tiny_presets(), "bigram-tiny"]
+
+
+def by_kind(*kinds: str) -> list:
+    host = PluginHost()
+    return [p for p in PRESETS if p == "bigram-tiny" and "decoder" in kinds
+            or p in host.presets and kind_of(host, p) in kinds]
+
+
+def load(directory: str):
+    from lmkit.model import load_model
+
+    return load_model(directory)
+
+
+# -- every kind -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_save_load_round_trip(preset, artifacts):
+    made = artifacts(preset)
+    model, tokenizer, _ = load(made.composed())
+    again, _, _ = load(made.composed())
+    ids = torch.tensor([tokenizer.encode("the first sentence of a test")[:10]])
+    with torch.no_grad():
+        a, b = model.embed(ids), again.embed(ids)
+    torch.testing.assert_close(a.last_hidden_state, b.last_hidden_state, rtol=0, atol=0)
+    assert a.last_hidden_state.shape[-1] == model.feature_stack.d_model
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_exact_resume(preset, artifacts, tmp_path):
+    from safetensors.torch import load_file
+
+    made = artifacts(preset)
+    whole, halves = str(tmp_path / "whole"), str(tmp_path / "halves")
+    shutil.copytree(made.composed(), whole)
+    shutil.copytree(made.composed(), halves)
+    made.cli("train", whole, *made.train_args(4))
+    made.cli("train", halves, *made.train_args(2))
+    made.cli("train", halves, "--resume", "--steps", 4)
+    a, b = load_file(f"{whole}/model.safetensors"), load_file(f"{halves}/model.safetensors")
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_finetune_predict_embed(preset, artifacts, data, tmp_path):
+    made = artifacts(preset)
+    out = str(tmp_path / "tuned")
+    made.cli("finetune", made.trained(), "--task", "classification", "--train", data["task"], "--dev", data["task"],
+             "--out", out, "--steps", 3, "--batch-size", 8, "--max-length", 24)
+    predicted = made.cli("predict", os.path.join(out, "best"), "--data", data["task"])
+    rows = [json.loads(line) for line in predicted.out.splitlines() if line.startswith("{")]
+    assert len(rows) == 48 and {row["label"] for row in rows} <= {"a", "b"}
+    embedded = made.cli("embed", made.trained(), "--text", "the first sentence", "--text", "a second one")
+    vectors = json.loads(embedded.out)
+    assert len(vectors) == 2 and len(vectors[0]["embedding"]) == load(made.trained())[0].feature_stack.d_model
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_too_long_input_is_one_line_error(preset, artifacts):
+    made = artifacts(preset)
+    model = load(made.composed())[0]
+    if model.feature_stack.max_positions is None and made.kind != "encoder-decoder":
+        pytest.skip("the stack reads any length")
+    command = {"decoder": ["generate", "--prompt"], "encoder": ["embed", "--text"],
+               "encoder-decoder": ["translate", "--text"]}[made.kind]
+    result = run_cli(command[0], made.composed(), command[1], LONG)
+    assert result.code != 0
+    assert len(result.err.strip().splitlines()) == 1 and "Traceback" not in result.err, result.err
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_export_parity_and_torch_free_run(preset, artifacts, tmp_path):
+    import subprocess
+
+    made = artifacts(preset)
+    exported = made.exported()
+    manifest = json.loads(open(os.path.join(exported, "lmkit-onnx.json")).read())
+    assert manifest["validation"]["passed"] is True
+    command = {"decoder": ["generate", "--prompt", "the first", "--max-new-tokens", "6", "--json"],
+               "encoder": ["embed", "--text", "the first sentence"],
+               "encoder-decoder": ["translate", "--text", "the first sentence", "--json"]}[made.kind]
+    torch_run = made.cli(command[0], made.trained(), *command[1:])
+    code = NO_TORCH + "from lmkit.cli import main\nmain()\n"
+    done = subprocess.run([sys.executable, "-c", code, command[0], exported, *command[1:]],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    if made.kind == "encoder":
+        np.testing.assert_allclose(json.loads(done.stdout)[0]["embedding"], json.loads(torch_run.out)[0]["embedding"],
+                                   atol=1e-4)
+    else:  # greedy (or the preset's beam) search gives the same tokens on both backends
+        assert [r["tokens"] for r in map(json.loads, done.stdout.splitlines())] == \
+               [r["tokens"] for r in map(json.loads, torch_run.out.splitlines())]
+
+
+# -- decoders -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("preset", by_kind("decoder"))
+def test_cached_equals_uncached(preset, artifacts):
+    decoder = load(artifacts(preset).trained())[0].decoder
+    ids = torch.randint(0, 300, (2, 9))
+    with torch.no_grad():
+        full = decoder(ids)
+        cache = decoder.new_cache(2, 9)
+        steps = [decoder(ids[:, :5], cache)] + [decoder(ids[:, t:t + 1], cache) for t in range(5, 9)]
+    torch.testing.assert_close(torch.cat(steps, dim=1), full, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("preset", by_kind("decoder"))
+def test_left_padding_equals_one_by_one(preset, artifacts):
+    from lmkit.decoding.greedy import Greedy
+    from lmkit.decoding.options import GreedyOptions
+    from lmkit.decoding.torch_backend import TorchBackend
+
+    decoder = load(artifacts(preset).trained())[0].decoder
+    prompts = [[5, 9, 14, 3, 7, 8], [11], [4, 4, 12]]
+    search = Greedy(GreedyOptions(max_new_tokens=5))
+    batched = search.generate(TorchBackend(decoder, 5), prompts, eos_id=None, pad_id=0)
+    alone = [search.generate(TorchBackend(decoder, 5), [p], eos_id=None, pad_id=0)[0] for p in prompts]
+    assert [g.tokens for g in batched] == [g.tokens for g in alone]
+
+
+@pytest.mark.parametrize("preset", by_kind("decoder"))
+def test_beam_reorder_moves_the_cache_with_its_rows(preset, artifacts):
+    decoder = load(artifacts(preset).trained())[0].decoder
+    ids = torch.randint(0, 300, (3, 6))
+    rows = torch.tensor([2, 0, 0])
+    with torch.no_grad():
+        cache = decoder.new_cache(3, 8)
+        decoder(ids[:, :5], cache)
+        cache.reorder(rows)
+        moved = decoder(ids[rows, 5:6], cache)
+        fresh = decoder(ids[rows])[:, 5:6]
+    torch.testing.assert_close(moved, fresh, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("preset", by_kind("decoder"))
+def test_eval_reports_perplexity(preset, artifacts, data):
+    made = artifacts(preset)
+    result = made.cli("eval", made.trained(), "--data", data["valid.src"], "--json")
+    record = json.loads(result.out)
+    assert np.isfinite(record["perplexity"]) and record["perplexity"] > 1
+
+
+# -- encoders -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("preset", by_kind("encoder"))
+def test_padding_changes_no_real_token(preset, artifacts):
+    model = load(artifacts(preset).trained())[0]
+    ids = torch.randint(5, 200, (1, 7))
+    padded = torch.cat([ids, torch.zeros(1, 4, dtype=torch.long)], dim=1)
+    mask = torch.cat([torch.ones(1, 7), torch.zeros(1, 4)], dim=1).bool()
+    with torch.no_grad():
+        alone = model.embed(ids).last_hidden_state
+        with_padding = model.embed(padded, mask).last_hidden_state[:, :7]
+    torch.testing.assert_close(with_padding, alone, rtol=1e-4, atol=1e-4)
+
+
+# -- encoder-decoders -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("preset", by_kind("encoder-decoder"))
+def test_batched_translation_equals_one_by_one(preset, artifacts, data):
+    made = artifacts(preset)
+    with open(data["valid.src"], encoding="utf-8") as handle:
+        sources = handle.read().splitlines()[:4]
+    texts = [x for s in sources for x in ("--text", s)]
+    batched = made.cli("translate", made.trained(), *texts, "--strategy", "beam", "--num-beams", 3, "--json")
+    alone = [made.cli("translate", made.trained(), "--text", s, "--strategy", "beam", "--num-beams", 3, "--json")
+             for s in sources]
+    assert [json.loads(line)["tokens"] for line in batched.out.splitlines()] == \
+           [json.loads(r.out.splitlines()[0])["tokens"] for r in alone]
+
+
+@pytest.mark.parametrize("preset", by_kind("encoder-decoder"))
+def test_decoder_state_reorder_moves_rows(preset, artifacts):
+    model = load(artifacts(preset).trained())[0]
+    source = torch.randint(5, 200, (3, 6))
+    target = torch.randint(5, 200, (3, 4))
+    rows = torch.tensor([1, 1, 0])
+    with torch.no_grad():
+        state = model.decoder.start(model.encoder(source))
+        _, state = model.decoder(target[:, :3], state)
+        moved, _ = model.decoder(target[rows, 3:], model.decoder.reorder(state, rows))
+        fresh, _ = model.decoder(target[rows], model.decoder.start(model.encoder(source[rows])))
+    torch.testing.assert_close(moved, fresh[:, 3:], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("preset", by_kind("encoder-decoder"))
+def test_eval_reports_bleu(preset, artifacts, data):
+    made = artifacts(preset)
+    result = made.cli("eval", made.trained(), "--data", data["valid.src"], "--data", data["valid.tgt"], "--json")
+    record = json.loads(result.out)
+    assert 0 <= record["bleu"] <= 100 and record["signature"].startswith("nrefs:1")
