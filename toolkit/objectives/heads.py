@@ -26,8 +26,8 @@ def sequence_features(model, batch: dict) -> Tensor:
     return features.reshape(B, S, -1)
 
 
-def _linear(hidden_size: int, outputs: int) -> nn.Linear:
-    layer = nn.Linear(hidden_size, outputs)
+def _linear(d_model: int, outputs: int) -> nn.Linear:
+    layer = nn.Linear(d_model, outputs)
     nn.init.normal_(layer.weight, std=0.02)
     nn.init.zeros_(layer.bias)
     return layer
@@ -40,7 +40,7 @@ class SequenceHead(nn.Module):
         super().__init__()
         self.options = options
         self.dropout = nn.Dropout(options.dropout)
-        self.score = _linear(options.hidden_size, options.num_labels)
+        self.score = _linear(options.d_model, options.num_labels)
 
     def scores(self, model, batch: dict) -> Tensor:
         """classification/similarity: (B, num_labels) logits; regression: (B,); multiple choice: (B, S)."""
@@ -72,7 +72,7 @@ class TokenHead(nn.Module):
         super().__init__()
         self.options = options
         self.dropout = nn.Dropout(options.dropout)
-        self.score = _linear(options.hidden_size, options.num_labels)
+        self.score = _linear(options.d_model, options.num_labels)
 
     def scores(self, model, batch: dict) -> Tensor:
         return self.score(self.dropout(stack_states(model, batch)))  # (B, T, num_labels)
@@ -93,7 +93,7 @@ class SpanHead(nn.Module):
         super().__init__()
         self.options = options
         self.dropout = nn.Dropout(options.dropout)
-        self.qa_outputs = _linear(options.hidden_size, 2)  # Hugging Face's name
+        self.qa_outputs = _linear(options.d_model, 2)  # Hugging Face's name
 
     def scores(self, model, batch: dict) -> Tensor:
         logits = self.qa_outputs(self.dropout(stack_states(model, batch))).float()  # (B, T, 2)

@@ -14,7 +14,7 @@ class CausalLMOptions:
 class SequenceHeadOptions:
     """A task head: `lmkit finetune` fills these in from the pretrained model and the task file."""
 
-    hidden_size: int = 768  # width of the features the head reads (the stack's n_embd / hidden_size)
+    d_model: int = 768  # width of the features the head reads: the stack module's d_model
     task: str = "classification"  # classification, similarity, regression or multiple-choice
     num_labels: int = 2  # classes of a classification; 1 for regression and multiple choice
     labels: tuple[str, ...] = ()  # the class names, index by index, so predictions can be named
@@ -24,8 +24,8 @@ class SequenceHeadOptions:
         tasks = ("classification", "similarity", "regression", "multiple-choice")
         if self.task not in tasks:
             raise ValueError(f"task must be one of {', '.join(tasks)}, got {self.task!r}")
-        if self.hidden_size < 1:
-            raise ValueError(f"hidden_size must be positive, got {self.hidden_size}")
+        if self.d_model < 1:
+            raise ValueError(f"d_model must be positive, got {self.d_model}")
         single = self.task in ("regression", "multiple-choice")
         if single and self.num_labels != 1:
             raise ValueError(f"a {self.task} head scores with one output; set num_labels = 1")
@@ -41,14 +41,14 @@ class SequenceHeadOptions:
 class TokenHeadOptions:
     """A tag per token (NER, POS, chunking)."""
 
-    hidden_size: int = 768
+    d_model: int = 768
     num_labels: int = 2
     labels: tuple[str, ...] = ()  # the tag names, index by index
     dropout: float = 0.1
 
     def __post_init__(self):
-        if self.hidden_size < 1 or self.num_labels < 2:
-            raise ValueError(f"a token head needs hidden_size >= 1 and num_labels >= 2, got {self.hidden_size} "
+        if self.d_model < 1 or self.num_labels < 2:
+            raise ValueError(f"a token head needs d_model >= 1 and num_labels >= 2, got {self.d_model} "
                              f"and {self.num_labels}")
         if self.labels and len(self.labels) != self.num_labels:
             raise ValueError(f"labels names {len(self.labels)} tags but num_labels is {self.num_labels}")
@@ -60,12 +60,12 @@ class TokenHeadOptions:
 class SpanHeadOptions:
     """Answer start and end scores per token (extractive QA, SQuAD)."""
 
-    hidden_size: int = 768
+    d_model: int = 768
     allow_no_answer: bool = False  # SQuAD v2.0: [CLS] stands for "no answer"
     dropout: float = 0.1
 
     def __post_init__(self):
-        if self.hidden_size < 1:
-            raise ValueError(f"hidden_size must be positive, got {self.hidden_size}")
+        if self.d_model < 1:
+            raise ValueError(f"d_model must be positive, got {self.d_model}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")

@@ -49,6 +49,20 @@ def _stack_key(spec: dict) -> str:
     raise ArtifactError("the model has neither an encoder nor a decoder to fine-tune")
 
 
+def _stack_width(key: str, stack: dict, host) -> int:
+    """The width of the states the stack returns (its module's d_model), which the task head reads.
+
+    The stack is built on the meta device: no memory, no initialisation, only its shapes.
+    """
+    import torch
+
+    from ..model import build_part
+    from ..spec import resolve
+
+    with torch.device("meta"):
+        return build_part(getattr(resolve({key: stack}, host), key)).d_model
+
+
 def prepare(pretrained: str, out: str, kind, train, options: TaskOptions, *, seed: int = 0,
             force: bool = False) -> int | None:
     """Write OUT: the pretrained stack with a fresh task head (and GPT's markers in the tokenizer).
@@ -71,17 +85,14 @@ def prepare(pretrained: str, out: str, kind, train, options: TaskOptions, *, see
         add_markers(tokenizer)  # learned from scratch during fine-tuning, as in GPT
         if stack.get("vocab_size", tokenizer.vocab_size) < tokenizer.vocab_size:
             stack["vocab_size"] = tokenizer.vocab_size
-    hidden = next((stack[name] for name in ("n_embd", "hidden_size", "d_model") if name in stack), None)
-    if hidden is None:
-        raise ArtifactError(f"{pretrained}: the {key} '{stack.get('type')}' names no width (n_embd or hidden_size) "
-                            "for a task head to read")
+    width = _stack_width(key, stack, host)
     weight = options.aux_lm_weight if options.aux_lm_weight is not None else (0.5 if key == "decoder" else 0.0)
     if weight < 0:
         raise LmkitError(f"--aux-lm-weight must not be negative, got {weight}")
     if weight > 0 and key != "decoder":
         raise LmkitError("--aux-lm-weight adds GPT's language-model loss, which needs a decoder; this model is an "
                          "encoder: leave it out")
-    head = {"type": kind.head, "weight": 1.0, "hidden_size": hidden, "dropout": options.dropout,
+    head = {"type": kind.head, "weight": 1.0, "d_model": width, "dropout": options.dropout,
             **kind.head_options(train)}
     spec[key] = stack
     spec["objectives"] = [head] + ([{"type": "causal-lm", "weight": weight}] if weight > 0 else [])
