@@ -165,6 +165,14 @@ def test_config_rejects_heads_that_do_not_divide_the_width():
         GPT2Config(d_model=100, n_heads=3)
 
 
+def test_d_ff_defaults_to_four_times_the_width_and_can_be_set():
+    assert GPT2Config(d_model=64, n_heads=4).d_ff == 256
+    model = GPT2Decoder(GPT2Config(vocab_size=30, max_positions=8, d_model=16, n_layers=1, n_heads=2, d_ff=24))
+    assert model.h[0].mlp.c_fc.weight.shape == (24, 16) and model.d_model == 16
+    with pytest.raises(ValueError, match="d_ff must be a positive integer"):
+        GPT2Config(d_ff=0)
+
+
 @pytest.mark.parametrize("name", sorted(gpt.PRESETS))
 def test_presets_are_valid_gpt2_options(name):
     spec, _ = gpt.PRESETS[name]
