@@ -26,8 +26,8 @@ from lmkit.plugins.gpt.hf import config_from_hf, state_dict_from_hf
 from lmkit.plugins.gpt.model import GPT2Decoder
 
 SIZES = {
-    "gpt-mini": dict(n_layer=6, n_embd=384, n_head=6, vocab_size=8192, n_positions=256),
-    "gpt2-small": dict(n_layer=12, n_embd=768, n_head=12, vocab_size=50257, n_positions=1024),
+    "gpt-mini": dict(n_layers=6, d_model=384, n_heads=6, vocab_size=8192, max_positions=256),
+    "gpt2-small": dict(n_layers=12, d_model=768, n_heads=12, vocab_size=50257, max_positions=1024),
 }
 
 

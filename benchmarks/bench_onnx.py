@@ -43,8 +43,8 @@ from lmkit.decoding.options import GreedyOptions
 from lmkit.decoding.torch_backend import TorchBackend
 
 SIZES = {
-    "gpt-mini": dict(n_layer=6, n_embd=384, n_head=6, vocab_size=8192, n_positions=256),
-    "gpt2-small": dict(n_layer=12, n_embd=768, n_head=12, vocab_size=50257, n_positions=1024),
+    "gpt-mini": dict(n_layers=6, d_model=384, n_heads=6, vocab_size=8192, max_positions=256),
+    "gpt2-small": dict(n_layers=12, d_model=768, n_heads=12, vocab_size=50257, max_positions=1024),
 }
 PROMPT_TOKENS = 16
 VALIDATION_PROMPTS, VALIDATION_TOKENS = 32, 32
@@ -176,7 +176,7 @@ def trained_agreement(model_dir: str, texts: str, work: str, threads: int) -> No
     with open(texts, encoding="utf-8") as handle:
         lines = [line for line in handle if line.strip()]
     documents = [json.loads(line)["text"] if texts.endswith(".jsonl") else line for line in lines]
-    context = load_model(model_dir)[0].decoder.config.n_positions
+    context = load_model(model_dir)[0].decoder.config.max_positions
     prompts = [ids[:context] for ids in (tokenizer.encode(text) for text in documents) if ids]
     out = os.path.join(work, "trained-int8")
     if not os.path.isfile(os.path.join(out, MANIFEST)):

@@ -55,7 +55,7 @@ def main() -> None:
     for name, (preset, overrides) in MODELS.items():
         model_dir = os.path.join(root, name.replace(" ", "_").replace(",", "").replace("(", "").replace(")", ""))
         sizes = ([f"encoder.hidden_size={args.hidden}", f"decoder.hidden_size={args.hidden}",
-                  f"decoder.encoder_size={args.hidden}"] if preset == "seq2seq-tiny" else [])
+                  f"decoder.d_encoder={args.hidden}"] if preset == "seq2seq-tiny" else [])
         compose(preset, [f"tokenizer={root}/tok", "encoder.vocab_size=200", "decoder.vocab_size=200", *sizes,
                          *overrides], model_dir, force=True)
         started = time.perf_counter()

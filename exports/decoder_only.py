@@ -63,15 +63,15 @@ class ConcatCache:
 class DecoderWithPast(nn.Module):
     """forward(input_ids, attention_mask, position_ids, *past) -> (logits, *presents)."""
 
-    def __init__(self, decoder: nn.Module, n_layer: int, windows: dict[int, int] | None = None):
+    def __init__(self, decoder: nn.Module, n_layers: int, windows: dict[int, int] | None = None):
         super().__init__()
         self.decoder = decoder
-        self.n_layer = n_layer
+        self.n_layers = n_layers
         self.windows = windows or {}
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor, position_ids: Tensor, *past: Tensor):
-        pairs = [(past[2 * i], past[2 * i + 1]) for i in range(self.n_layer)]
-        full = [layer for layer in range(self.n_layer) if layer not in self.windows]
+        pairs = [(past[2 * i], past[2 * i + 1]) for i in range(self.n_layers)]
+        full = [layer for layer in range(self.n_layers) if layer not in self.windows]
         # The past length: a full layer's cache length, or with none, what the mask covers before the new tokens.
         length = pairs[full[0]][0].shape[2] if full else attention_mask.shape[1] - input_ids.shape[1]
         cache = ConcatCache(pairs, length, self.windows)
@@ -80,9 +80,9 @@ class DecoderWithPast(nn.Module):
         return (logits, *(tensor for present in cache.presents for tensor in present))
 
 
-def decoder_only_plan(model: nn.Module, *, n_layer: int, n_head: int, head_dim: int, vocab_size: int,
+def decoder_only_plan(model: nn.Module, *, n_layers: int, n_heads: int, head_dim: int, vocab_size: int,
                       max_length: int | None, windows: dict[int, int] | None = None) -> ExportPlan:
-    """The plan for `model.decoder`, whose cache has n_layer layers of (B, n_head, length, head_dim).
+    """The plan for `model.decoder`, whose cache has n_layers layers of (B, n_heads, length, head_dim).
 
     windows: {layer: w} for layers whose cache is a window of their last w positions (a fixed axis of
     size w in and out, which the runtime starts as zeros); see ConcatCache.
@@ -92,24 +92,24 @@ def decoder_only_plan(model: nn.Module, *, n_layer: int, n_head: int, head_dim: 
         raise LmkitError("this exporter writes decoder-only models, but the composition also has an "
                          "encoder; an encoder-decoder export needs an exporter of its own")
     decoder = model.decoder
-    module = DecoderWithPast(decoder, n_layer, windows).eval()
-    layers = [layer for layer in range(n_layer) for _ in ("key", "value")]
+    module = DecoderWithPast(decoder, n_layers, windows).eval()
+    layers = [layer for layer in range(n_layers) for _ in ("key", "value")]
     cache_names = [(f"past_key_values.{i}.{part}", f"present.{i}.{part}")
-                   for i in range(n_layer) for part in ("key", "value")]
+                   for i in range(n_layers) for part in ("key", "value")]
     inputs = [
         TensorInfo("input_ids", "int64", (BATCH, SEQUENCE)),
         TensorInfo("attention_mask", "int64", (BATCH, TOTAL)),
         TensorInfo("position_ids", "int64", (BATCH, SEQUENCE)),
-        *(TensorInfo(past, "float32", (BATCH, n_head, windows.get(layer, PAST), head_dim))
+        *(TensorInfo(past, "float32", (BATCH, n_heads, windows.get(layer, PAST), head_dim))
           for layer, (past, _) in zip(layers, cache_names)),
     ]
     outputs = [
         TensorInfo("logits", "float32", (BATCH, SEQUENCE, vocab_size)),
-        *(TensorInfo(present, "float32", (BATCH, n_head, windows.get(layer, TOTAL), head_dim))
+        *(TensorInfo(present, "float32", (BATCH, n_heads, windows.get(layer, TOTAL), head_dim))
           for layer, (_, present) in zip(layers, cache_names)),
     ]
     rng = np.random.default_rng(0)
-    shape_set = functools.partial(_inputs, module, rng, vocab_size=vocab_size, cache=(n_head, head_dim),
+    shape_set = functools.partial(_inputs, module, rng, vocab_size=vocab_size, cache=(n_heads, head_dim),
                                   past_names=[past for past, _ in cache_names],
                                   past_lengths=[windows.get(layer, 0) for layer in layers])
     example = shape_set(*EXAMPLE_SHAPE)
@@ -119,7 +119,7 @@ def decoder_only_plan(model: nn.Module, *, n_layer: int, n_head: int, head_dim: 
         validation=[shape_set(*shape) for shape in _fit(VALIDATION_SHAPES, max_length)],
         cache=cache_names,
     )
-    dimensions = {"n_layer": n_layer, "n_head": n_head, "head_dim": head_dim, "vocab_size": vocab_size,
+    dimensions = {"n_layers": n_layers, "n_heads": n_heads, "head_dim": head_dim, "vocab_size": vocab_size,
                   "max_length": max_length}
     if windows:  # which layers' cache is a window, and its size
         dimensions["windows"] = {str(layer): w for layer, w in windows.items()}

@@ -109,4 +109,4 @@ def load_translator(directory: str, device: str = "auto", provider: str | None =
     backend = OrtSeq2SeqBackend(sessions["encoder"], sessions["decoder"], graphs, pad_id=source_pad_id(tokenizer))
     generation = manifest["generation"]
     return Translator(tokenizer, backend, (generation["strategy"], generation.get("options", {})),
-                      manifest.get("dimensions", {}).get("max_source_len"), target_tokenizer=target_tokenizer)
+                      manifest.get("dimensions", {}).get("max_positions"), target_tokenizer=target_tokenizer)

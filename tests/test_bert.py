@@ -16,7 +16,7 @@ from lmkit.training.batches import DataContext, batches_for  # noqa: E402
 
 WORDS = ("the cat dog sat on a mat ran far away quickly home under tree big small red blue green "
          "jumping unbelievable wonderful").split()
-TINY = ["encoder.num_hidden_layers=1", "encoder.hidden_size=32", "encoder.intermediate_size=64"]
+TINY = ["encoder.n_layers=1", "encoder.d_model=32", "encoder.d_ff=64"]
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +58,7 @@ def models(corpus, tmp_path_factory) -> dict[str, str]:
     for family, tokenizer in tokenizers.items():
         tokenizer.save(str(root / f"{family}-tokenizer"))
         out[family] = str(root / family)
-        layers = ["encoder.num_hidden_layers=2"] if family == "albert" else []  # 2 layers share one
+        layers = ["encoder.n_layers=2"] if family == "albert" else []  # 2 layers share one
         compose(f"{family}-tiny", [f"tokenizer={root / f'{family}-tokenizer'}", *TINY, *layers], out[family])
     return out
 
@@ -224,14 +224,14 @@ def test_encoder_interface_and_padding(models, family):
         states = encoder(ids)
         states_padded = encoder(padded, attention_mask=mask, token_type_ids=torch.zeros_like(padded))
         features = encoder.embed(padded, mask)
-    assert states.shape == (1, T, encoder.config.hidden_size)
+    assert states.shape == (1, T, encoder.config.d_model)
     assert torch.allclose(states, states_padded[:, :T], atol=1e-5)
     if family == "roberta":  # positions count real tokens (fairseq), so left padding changes nothing either
         left = torch.cat([torch.full((1, 3), tokenizer.pad_id), ids], dim=1)
         with torch.no_grad():
             states_left = encoder(left, attention_mask=mask.flip(1))
         assert torch.allclose(states, states_left[:, 3:], atol=1e-5)
-    assert features["pooled"].shape == (1, encoder.config.hidden_size)
+    assert features["pooled"].shape == (1, encoder.config.d_model)
     assert torch.allclose(features["pooled"], encoder.pooled(states_padded))
     expected = {"bert": 128, "albert": 128, "roberta": 128}[family]  # roberta-tiny: 130 rows - offset 2
     assert encoder.max_positions == expected
@@ -245,8 +245,8 @@ def test_albert_sharing_stores_shared_parameters_once(models):
 
     counts, unshared = {}, set()
     for sharing in ("none", "attention", "ffn", "all"):
-        encoder = AlbertEncoder(AlbertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=4,
-                                             num_attention_heads=4, intermediate_size=64, embedding_size=8,
+        encoder = AlbertEncoder(AlbertConfig(vocab_size=100, d_model=32, n_layers=4,
+                                             n_heads=4, d_ff=64, d_embed=8,
                                              sharing=sharing))
         counts[sharing] = sum(t.numel() for t in encoder.state_dict().values())
         assert counts[sharing] == sum(p.numel() for p in encoder.parameters())  # each tensor saved once

@@ -29,8 +29,8 @@ def bert(tmp_path_factory) -> str:
     rng = np.random.default_rng(0)
     corpus.write_text("\n".join(" ".join(rng.choice(words, 8)) for _ in range(200)))
     WordPiece.train([str(corpus)], WordPieceOptions(vocab_size=80), progress=False).save(str(root / "tok"))
-    compose("bert-tiny", [f"tokenizer={root / 'tok'}", "encoder.num_hidden_layers=1", "encoder.hidden_size=32",
-                          "encoder.intermediate_size=64"], str(root / "model"))
+    compose("bert-tiny", [f"tokenizer={root / 'tok'}", "encoder.n_layers=1", "encoder.d_model=32",
+                          "encoder.d_ff=64"], str(root / "model"))
     return str(root / "model")
 
 

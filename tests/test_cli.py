@@ -51,7 +51,8 @@ def test_components_with_their_option_schemas(run):
     rows = json.loads(result.out)
     gpt2 = next(r for r in rows if r["name"] == "gpt2")
     options = {o["name"]: o for o in gpt2["options"]}
-    assert options["n_layer"]["type"] == "an integer" and options["n_layer"]["default"] == 12
+    assert options["n_layers"]["type"] == "an integer" and options["n_layers"]["default"] == 12
+    assert options["d_ff"]["type"] == "an integer (or unset)" and options["d_ff"]["default"] is None
     assert {r["kind"] for r in rows} == {"decoder"}
     assert "bytelevel-bpe" in run("components", "--kind", "tokenizer").out
 
@@ -155,8 +156,8 @@ def test_compose_bad_specs_on_the_command_line(run, tmp_path):
     spec.write_text("[decoder\ntype = gpt2\n")
     cases = [
         ([spec], "model.toml is not valid TOML"),
-        (["gpt2-tiny", "--set", "decoder.n_layer=two"], "decoder.n_layer: 'two' is not an integer"),
-        (["gpt2-tiny", "--set", "decoder.n_layers=2"], "did you mean 'n_layer'"),
+        (["gpt2-tiny", "--set", "decoder.n_layers=two"], "decoder.n_layers: 'two' is not an integer"),
+        (["gpt2-tiny", "--set", "decoder.n_layer=2"], "did you mean 'n_layers'"),
         (["gpt2-tiny", "--set", "encoder.type=bret"], "unknown encoder 'bret'"),
     ]
     for args, message in cases:

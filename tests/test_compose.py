@@ -42,7 +42,7 @@ def model_dir(tokenizer_dir, vocab, tmp_path_factory):
     from lmkit.model import compose
 
     out = str(tmp_path_factory.mktemp("runs") / "m0")
-    compose("gpt2-tiny", ["decoder.n_layer=1", f"decoder.vocab_size={vocab}", f"tokenizer={tokenizer_dir}"], out)
+    compose("gpt2-tiny", ["decoder.n_layers=1", f"decoder.vocab_size={vocab}", f"tokenizer={tokenizer_dir}"], out)
     return out
 
 
@@ -51,7 +51,7 @@ def test_compose_writes_a_complete_model_directory(model_dir, vocab):
                                              "tokenizer_config.json"]
     config = json.load(open(os.path.join(model_dir, "config.json")))
     assert config["lmkit_version"] == "0.1.0"
-    assert config["spec"]["decoder"]["n_layer"] == 1
+    assert config["spec"]["decoder"]["n_layers"] == 1
     assert config["spec"]["tokenizer"] == {"type": "bytelevel-bpe", "vocab_size": vocab}
     assert config["components"]["decoder"] == {"type": "gpt2", "plugin": "gpt"}
     assert config["plugins"]["gpt"] == {"module": "lmkit.plugins.gpt", "distribution": "lmkit", "version": "0.1.0"}
@@ -103,7 +103,7 @@ def test_compose_cli_refuses_a_non_empty_directory_unless_forced(run, tokenizer_
 
 def test_a_failed_compose_writes_nothing(run, tmp_path):
     out = tmp_path / "never"
-    result = run("compose", "gpt2-tiny", "--set", "decoder.n_layer=x", "--out", out)
+    result = run("compose", "gpt2-tiny", "--set", "decoder.n_layers=x", "--out", out)
     assert result.code == 1 and not out.exists()
     assert [p for p in os.listdir(tmp_path) if p.startswith(".never")] == []
 
@@ -170,7 +170,7 @@ def test_a_pickle_handed_as_weights_to_compose(run, model_dir, tmp_path):
 def test_weights_that_do_not_match_the_spec_name_the_first_tensor(model_dir, vocab, tmp_path):
     target = copy_model(model_dir, tmp_path)
     config = json.load(open(target / "config.json"))
-    config["spec"]["decoder"]["n_embd"] = 32
+    config["spec"]["decoder"]["d_model"] = 32
     json.dump(config, open(target / "config.json", "w"))
     with pytest.raises(ArtifactError, match=rf"tensor 'decoder.wte.weight' has shape \[{vocab}, 64\] in the file, "
                                             rf"the spec builds \[{vocab}, 32\]"):

@@ -61,7 +61,7 @@ def test_a_classifier_trains_on_frozen_cove_features(trained_nmt, tmp_path):
     compose(str(spec), [], str(tmp_path / "cove"))
     model, tokenizer, _ = load_model(str(tmp_path / "cove"))
     cove = model.encoder
-    assert cove.output_size == EMBED + STATES
+    assert cove.d_model == EMBED + STATES
     assert not any(p.requires_grad for p in cove.parameters())
     frozen = {name: p.clone() for name, p in cove.state_dict().items()}
 
@@ -79,7 +79,7 @@ def test_a_classifier_trains_on_frozen_cove_features(trained_nmt, tmp_path):
         ids[i, :len(row)], mask[i, :len(row)] = torch.tensor(row), True
 
     torch.manual_seed(0)
-    classifier = torch.nn.Sequential(torch.nn.Linear(cove.output_size, 32), torch.nn.ReLU(), torch.nn.Linear(32, 2))
+    classifier = torch.nn.Sequential(torch.nn.Linear(cove.d_model, 32), torch.nn.ReLU(), torch.nn.Linear(32, 2))
     optimizer = torch.optim.Adam(classifier.parameters(), lr=1e-2)
     model.train()
     with one_thread():

@@ -23,10 +23,10 @@ from lmkit.plugins.gpt.model import GPT2Decoder  # noqa: E402
 PROMPTS = [[5, 17, 3, 40, 22], [9, 1, 33, 12, 7, 28, 45, 2, 19], [11, 4]]  # different lengths: left padding
 
 
-def tiny_decoder(vocab_size=50, n_positions=32, seed=0) -> GPT2Decoder:
+def tiny_decoder(vocab_size=50, max_positions=32, seed=0) -> GPT2Decoder:
     """A random GPT-2 with weights large enough for peaked next-token distributions (no near-ties)."""
     torch.manual_seed(seed)
-    model = GPT2Decoder(GPT2Config(vocab_size=vocab_size, n_positions=n_positions, n_embd=32, n_layer=2, n_head=4))
+    model = GPT2Decoder(GPT2Config(vocab_size=vocab_size, max_positions=max_positions, d_model=32, n_layers=2, n_heads=4))
     with torch.no_grad():
         for parameter in model.parameters():
             parameter.normal_(0.0, 0.3)
@@ -104,7 +104,7 @@ def test_beam_width_one_is_greedy(decoder):
 def test_beam_search_finds_the_exhaustive_best():
     # 6 tokens, 3 steps: 216 continuations. 36 beams keep every 2-token prefix, so beam search is exact,
     # and its n-best list is the true ranking.
-    model = tiny_decoder(vocab_size=6, n_positions=16, seed=3)
+    model = tiny_decoder(vocab_size=6, max_positions=16, seed=3)
     prompt = [1, 4, 2]
     continuations = torch.tensor(list(itertools.product(range(6), repeat=3)))  # (216, 3)
     ids = torch.cat([torch.tensor(prompt).expand(len(continuations), -1), continuations], dim=1)

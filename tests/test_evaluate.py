@@ -17,7 +17,7 @@ def model_dir(tmp_path_factory):
     corpus.write_text("the cat sat on the mat and the dog ran after it\n" * 200)
     ByteLevelBPE.train([str(corpus)], ByteLevelBPEOptions(vocab_size=300), progress=False).save(str(root / "tok"))
     out = str(root / "m")
-    compose("gpt2-tiny", [f"tokenizer={root / 'tok'}", "decoder.n_positions=32"], out)
+    compose("gpt2-tiny", [f"tokenizer={root / 'tok'}", "decoder.max_positions=32"], out)
     return out
 
 

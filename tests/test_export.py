@@ -42,7 +42,7 @@ def make_tiny_gpt2(tmp_path_factory) -> str:
     corpus.write_text("\n".join(" ".join(rng.choice(words) for _ in range(12)) for _ in range(400)) + "\n")
     tokenizer = ByteLevelBPE.train([str(corpus)], ByteLevelBPEOptions(vocab_size=300), progress=False)
     tokenizer.save(str(root / "tok"))
-    overrides = ["decoder.n_layer=2", f"decoder.vocab_size={tokenizer.vocab_size}", f"tokenizer={root / 'tok'}"]
+    overrides = ["decoder.n_layers=2", f"decoder.vocab_size={tokenizer.vocab_size}", f"tokenizer={root / 'tok'}"]
     compose("gpt2-tiny", overrides, str(root / "init"))
     # At initialisation every logit is within a hair of the others and greedy repeats one token;
     # spread weights make the parity tests compare varied tokens and real ties are unlikely.

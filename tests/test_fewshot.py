@@ -54,7 +54,7 @@ def make_models(root, family: str) -> tuple[str, str]:
     preset = {"gpt2": "gpt2-tiny", "gpt": "gpt-tiny"}[family]
     untrained, out = str(root / "untrained"), str(root / "trained")
     compose(preset, [f"tokenizer={root / 'tok'}", f"decoder.vocab_size={tokenizer.vocab_size}",
-                     "decoder.n_layer=1", "decoder.n_embd=32", "decoder.n_positions=48"], untrained)
+                     "decoder.n_layers=1", "decoder.d_model=32", "decoder.max_positions=48"], untrained)
     shutil.copytree(untrained, out)
     model, tokenizer, _ = load_model(out)
     stream = torch.tensor([t for d in documents for t in [*tokenizer.encode(d), tokenizer.eos_id]])
@@ -194,7 +194,7 @@ def test_each_answer_scores_its_log_likelihood_given_the_prompt_as_a_single_forw
         from lmkit.tokenizers import WordBPE, WordBPEOptions
         WordBPE.train([str(tmp_path / "c.txt")], WordBPEOptions(vocab_size=80), progress=False).save(
             str(tmp_path / "tok"))
-        compose("gpt-tiny", [f"tokenizer={tmp_path / 'tok'}", "decoder.n_layer=1"], model_dir)
+        compose("gpt-tiny", [f"tokenizer={tmp_path / 'tok'}", "decoder.n_layers=1"], model_dir)
         # spread the weights out so that answers differ and greedy matches happen by chance
         model, _, _ = load_model(model_dir)
         with torch.no_grad():

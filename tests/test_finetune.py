@@ -65,7 +65,7 @@ def pretrained(tmp_path_factory):
     WordBPE.train([str(corpus)], WordBPEOptions(vocab_size=120, min_frequency=1), progress=False).save(
         str(root / "tok"))
     model_dir = str(root / "gpt")
-    compose("gpt-tiny", [f"tokenizer={root / 'tok'}", "decoder.vocab_size=120", "decoder.n_positions=48"], model_dir)
+    compose("gpt-tiny", [f"tokenizer={root / 'tok'}", "decoder.vocab_size=120", "decoder.max_positions=48"], model_dir)
     train(model_dir, str(corpus), steps=60, batch_size=8, seq_len=32, warmup=5, lr=3e-3, eval_every=0,
           progress=False)
     return model_dir

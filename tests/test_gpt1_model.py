@@ -12,7 +12,7 @@ from lmkit.plugins.gpt.config import OpenAIGPTConfig  # noqa: E402
 from lmkit.plugins.gpt.hf import openai_gpt_config_from_hf, openai_gpt_state_dict_from_hf  # noqa: E402
 from lmkit.plugins.gpt.openai_gpt import OpenAIGPTDecoder  # noqa: E402
 
-TINY = OpenAIGPTConfig(vocab_size=300, n_positions=64, n_embd=64, n_layer=2, n_head=4, dropout=0.0)
+TINY = OpenAIGPTConfig(vocab_size=300, max_positions=64, d_model=64, n_layers=2, n_heads=4, dropout=0.0)
 
 
 @pytest.fixture
@@ -111,7 +111,7 @@ def test_gpt_has_117m_parameters_post_ln_and_no_final_norm():
 
 def test_init_is_normal_002():
     torch.manual_seed(0)
-    model = OpenAIGPTDecoder(OpenAIGPTConfig(vocab_size=1000, n_positions=128, n_embd=256, n_layer=2, n_head=8))
+    model = OpenAIGPTDecoder(OpenAIGPTConfig(vocab_size=1000, max_positions=128, d_model=256, n_layers=2, n_heads=8))
     for weight in (model.tokens_embed.weight, model.positions_embed.weight, model.h[1].mlp.c_proj.weight):
         assert weight.std().item() == pytest.approx(0.02, rel=0.05)
     assert not model.h[0].attn.c_proj.bias.any()
@@ -126,7 +126,7 @@ def test_presets_resolve():
         spec = resolve(dict(raw), host)
         assert spec.decoder.type == "gpt" and isinstance(spec.decoder.options, OpenAIGPTConfig), name
     options = resolve(dict(gpt.OPENAI_GPT_PRESETS["gpt"][0]), host).decoder.options
-    assert (options.n_layer, options.n_embd, options.n_head, options.n_positions, options.vocab_size) == \
+    assert (options.n_layers, options.d_model, options.n_heads, options.max_positions, options.vocab_size) == \
         (12, 768, 12, 512, 40478)
 
 
@@ -134,7 +134,7 @@ def test_compose_gpt_tiny_through_the_cli(run, tmp_path):
     result = run("compose", "gpt-tiny", "--out", tmp_path / "m")
     assert result.code == 0, result.err
     config = json.loads((tmp_path / "m" / "config.json").read_text())
-    assert config["spec"]["decoder"]["type"] == "gpt" and config["spec"]["decoder"]["n_layer"] == 2
+    assert config["spec"]["decoder"]["type"] == "gpt" and config["spec"]["decoder"]["n_layers"] == 2
     assert (tmp_path / "m" / "model.safetensors").exists()
 
 
@@ -154,7 +154,7 @@ def test_import_hf_reads_an_openai_gpt_checkpoint(run, tmp_path):
     tokenizer = WordBPE.train([str(corpus)], WordBPEOptions(vocab_size=120), progress=False)
     torch.manual_seed(0)
     hf = transformers.OpenAIGPTLMHeadModel(transformers.OpenAIGPTConfig(
-        n_layer=2, n_embd=32, n_head=4, vocab_size=tokenizer.vocab_size, n_positions=32)).eval()
+        n_layers=2, d_model=32, n_heads=4, vocab_size=tokenizer.vocab_size, max_positions=32)).eval()
     source = tmp_path / "hf"
     hf.save_pretrained(str(source))
     tokenizer.save(str(source))

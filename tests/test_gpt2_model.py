@@ -14,7 +14,7 @@ from lmkit.plugins.gpt.config import GPT2Config  # noqa: E402
 from lmkit.plugins.gpt.hf import config_from_hf, state_dict_from_hf  # noqa: E402
 from lmkit.plugins.gpt.model import GPT2Decoder  # noqa: E402
 
-TINY = GPT2Config(vocab_size=300, n_positions=64, n_embd=64, n_layer=2, n_head=4)
+TINY = GPT2Config(vocab_size=300, max_positions=64, d_model=64, n_layers=2, n_heads=4)
 
 
 @pytest.fixture
@@ -148,9 +148,9 @@ def test_gpt2_small_has_124m_parameters():
 
 def test_residual_projections_start_smaller():
     torch.manual_seed(0)
-    config = GPT2Config(vocab_size=1000, n_positions=128, n_embd=256, n_layer=8, n_head=8)
+    config = GPT2Config(vocab_size=1000, max_positions=128, d_model=256, n_layers=8, n_heads=8)
     model = GPT2Decoder(config)
-    residual = 0.02 / math.sqrt(2 * config.n_layer)
+    residual = 0.02 / math.sqrt(2 * config.n_layers)
     for block in model.h:
         for projection in (block.attn.c_proj, block.mlp.c_proj):
             assert projection.weight.std().item() == pytest.approx(residual, rel=0.05)
@@ -161,8 +161,16 @@ def test_residual_projections_start_smaller():
 
 
 def test_config_rejects_heads_that_do_not_divide_the_width():
-    with pytest.raises(ValueError, match="divisible by n_head"):
-        GPT2Config(n_embd=100, n_head=3)
+    with pytest.raises(ValueError, match="divisible by n_heads"):
+        GPT2Config(d_model=100, n_heads=3)
+
+
+def test_d_ff_defaults_to_four_times_the_width_and_can_be_set():
+    assert GPT2Config(d_model=64, n_heads=4).d_ff == 256
+    model = GPT2Decoder(GPT2Config(vocab_size=30, max_positions=8, d_model=16, n_layers=1, n_heads=2, d_ff=24))
+    assert model.h[0].mlp.c_fc.weight.shape == (24, 16) and model.d_model == 16
+    with pytest.raises(ValueError, match="d_ff must be a positive integer"):
+        GPT2Config(d_ff=0)
 
 
 @pytest.mark.parametrize("name", sorted(gpt.PRESETS))
@@ -195,5 +203,5 @@ def test_the_tied_output_projection_follows_the_embedding_and_stays_out_of_the_s
     trained = project(torch.randn(4, 32, 8), embedding)  # training: the embedding itself, with gradients
     trained.sum().backward()
     assert embedding.grad is not None
-    decoder = GPT2Decoder(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=30, n_positions=8))
+    decoder = GPT2Decoder(GPT2Config(n_layers=1, d_model=16, n_heads=2, vocab_size=30, max_positions=8))
     assert not any("lm_head" in name for name in decoder.state_dict())

@@ -84,7 +84,7 @@ def test_import_through_the_cli_writes_a_model_directory(checkpoint, tmp_path, r
     assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors", "tokenizer.json",
                                                      "tokenizer_config.json"]
     spec = json.loads((out / "config.json").read_text())["spec"]
-    assert spec["decoder"]["type"] == "gpt2" and spec["decoder"]["n_embd"] == 64
+    assert spec["decoder"]["type"] == "gpt2" and spec["decoder"]["d_model"] == 64
     assert spec["decoding"] == {"strategy": "greedy", "max_new_tokens": 50, "no_repeat_ngram_size": 0}
     assert spec["tokenizer"] == {"type": "bytelevel-bpe", "vocab_size": len(checkpoint[2])}
 

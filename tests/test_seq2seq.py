@@ -64,7 +64,7 @@ def trained(trained_nmt):
 
 def train_nmt(task) -> tuple[str, dict]:
     """nmt-tiny with one layer per side, trained on the synthetic task (15-25 s on 2 busy cores)."""
-    model_dir = compose_tiny(task, "nmt", "nmt-tiny", "encoder.num_layers=1", "decoder.num_layers=1")
+    model_dir = compose_tiny(task, "nmt", "nmt-tiny", "encoder.n_layers=1", "decoder.n_layers=1")
     started = time.perf_counter()
     with one_thread():
         record = train(model_dir, data=[task["train.src"], task["train.tgt"]],
@@ -139,7 +139,7 @@ def test_train_command_on_tsv_with_sgd_and_halving(run, task, tmp_path):
 
 @pytest.fixture(scope="module")
 def untrained(task):
-    return compose_tiny(task, "untrained", "nmt-tiny", "encoder.max_source_len=6")
+    return compose_tiny(task, "untrained", "nmt-tiny", "encoder.max_positions=6")
 
 
 def test_bad_input_is_one_line_errors(run, task, untrained, tmp_path):
@@ -167,8 +167,8 @@ def test_bad_input_is_one_line_errors(run, task, untrained, tmp_path):
     assert "more than the model's maximum of 6" in message
     message = error("translate", untrained, "--text", "the cat", "--strategy", "beam", "--num-beams", 0)
     assert "num_beams must be at least 1" in message
-    message = error("compose", "nmt-tiny", "--set", "decoder.encoder_size=32", "--out", tmp_path / "bad")
-    assert "set --set decoder.encoder_size=64" in message
+    message = error("compose", "nmt-tiny", "--set", "decoder.d_encoder=32", "--out", tmp_path / "bad")
+    assert "set --set decoder.d_encoder=64" in message
     tsv = tmp_path / "bad.tsv"
     tsv.write_text("the cat\tlo x\nno tab here\n", encoding="utf-8")
     assert "line 2 has no tab" in error("train", untrained, "--data", tsv, "--steps", 1, "--batch-size", 1,

@@ -19,7 +19,7 @@ from lmkit.plugins.gpt.config import GPT3Config  # noqa: E402
 from lmkit.plugins.gpt.sparse import GPT3Decoder  # noqa: E402
 
 W = 8  # the band width of the tiny models
-TINY = GPT3Config(vocab_size=300, n_positions=64, n_embd=32, n_layer=4, n_head=4, band_width=W)
+TINY = GPT3Config(vocab_size=300, max_positions=64, d_model=32, n_layers=4, n_heads=4, band_width=W)
 PROMPTS = ["the cat sat on", "dog", "a mat ran far away quickly"]
 
 
@@ -105,8 +105,8 @@ def random_ids(*shape):
 def test_layers_alternate_dense_and_banded(model):
     assert model.banded == (False, True, False, True)
     assert [type(block.attn).__name__ for block in model.h] == ["SelfAttention", "BandedSelfAttention"] * 2
-    assert GPT3Config(n_layer=4, banded_layers="even").banded() == (True, False, True, False)
-    assert GPT3Config(n_layer=4, banded_layers=(0, 3)).banded() == GPT3Config(n_layer=4, banded_layers="0,3").banded()
+    assert GPT3Config(n_layers=4, banded_layers="even").banded() == (True, False, True, False)
+    assert GPT3Config(n_layers=4, banded_layers=(0, 3)).banded() == GPT3Config(n_layers=4, banded_layers="0,3").banded()
 
 
 @torch.no_grad()
@@ -176,7 +176,7 @@ def test_gpt3_small_has_125m_parameters_and_the_presets_are_valid():
     with torch.device("meta"):
         model = GPT3Decoder(GPT3Config(**options))
     assert sum(p.numel() for p in model.parameters()) == 125_226_240  # GPT-3 Table 2.1: 125M
-    assert model.banded == (False, True) * 6 and model.config.n_positions == 2048
+    assert model.banded == (False, True) * 6 and model.config.max_positions == 2048
     for spec, _ in gpt.GPT3_PRESETS.values():
         GPT3Config(**{key: value for key, value in spec["decoder"].items() if key != "type"})
 
@@ -184,7 +184,7 @@ def test_gpt3_small_has_125m_parameters_and_the_presets_are_valid():
 @pytest.mark.parametrize("setting,message", [
     ("decoder.band_width=0", "error: decoder: band_width must be a positive integer, got 0"),
     ("decoder.band_width=-4", "error: decoder: band_width must be a positive integer, got -4"),
-    ("decoder.band_width=65", "error: decoder: band_width (65) must be at most the context, n_positions (64)"),
+    ("decoder.band_width=65", "error: decoder: band_width (65) must be at most the context, max_positions (64)"),
     ("decoder.banded_layers=[4]", "error: decoder: banded_layers must be one of odd, even, all, none or a list"),
 ])
 def test_a_bad_band_is_a_one_line_error(run, tmp_path, setting, message):
@@ -213,7 +213,7 @@ def tiny_gpt3(tmp_path_factory):
     corpus.write_text("\n".join(" ".join(rng.choice(words) for _ in range(12)) for _ in range(400)) + "\n")
     tokenizer = ByteLevelBPE.train([str(corpus)], ByteLevelBPEOptions(vocab_size=300), progress=False)
     tokenizer.save(str(root / "tok"))
-    overrides = ["decoder.n_layer=2", f"decoder.vocab_size={tokenizer.vocab_size}", f"tokenizer={root / 'tok'}"]
+    overrides = ["decoder.n_layers=2", f"decoder.vocab_size={tokenizer.vocab_size}", f"tokenizer={root / 'tok'}"]
     compose("gpt3-tiny", overrides, str(root / "init"))
     generator = torch.Generator().manual_seed(0)
     weights = {name: tensor + 0.3 * torch.randn(tensor.shape, generator=generator)

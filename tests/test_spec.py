@@ -19,16 +19,16 @@ def resolved(host, source="gpt2-tiny", *sets):
 def test_a_preset_resolves_to_checked_options(host):
     spec = resolved(host, "gpt-mini")
     assert spec.decoder.type == "gpt2"
-    assert (spec.decoder.options.n_layer, spec.decoder.options.n_embd, spec.decoder.options.n_head) == (6, 384, 6)
-    assert spec.decoder.options.vocab_size == 8192 and spec.decoder.options.n_positions == 256
+    assert (spec.decoder.options.n_layers, spec.decoder.options.d_model, spec.decoder.options.n_heads) == (6, 384, 6)
+    assert spec.decoder.options.vocab_size == 8192 and spec.decoder.options.max_positions == 256
     assert [(o.type, o.weight) for o in spec.objectives] == [("causal-lm", 1.0)]
 
 
 def test_overrides_are_typed(host):
-    spec = resolved(host, "gpt-mini", "decoder.n_layer=4", "decoder.layer_norm_epsilon=1e-6",
+    spec = resolved(host, "gpt-mini", "decoder.n_layers=4", "decoder.layer_norm_eps=1e-6",
                     "objectives.causal-lm.weight=0.5", "tokenizer=tok/")
-    assert spec.decoder.options.n_layer == 4
-    assert spec.decoder.options.layer_norm_epsilon == 1e-6
+    assert spec.decoder.options.n_layers == 4
+    assert spec.decoder.options.layer_norm_eps == 1e-6
     assert spec.objectives[0].weight == 0.5
     assert spec.tokenizer == {"path": "tok/"}
 
@@ -40,38 +40,38 @@ def test_parse_value_reads_toml_literals_and_falls_back_to_text():
 
 
 def test_to_dict_round_trips(host):
-    spec = resolved(host, "gpt2-tiny", "decoder.n_layer=3")
+    spec = resolved(host, "gpt2-tiny", "decoder.n_layers=3")
     again = resolve(spec.to_dict(), host)
     assert again.to_dict() == spec.to_dict()
 
 
 def test_a_toml_file_can_start_from_a_preset(host, tmp_path):
     path = tmp_path / "model.toml"
-    path.write_text('preset = "gpt2-tiny"\n[decoder]\nn_layer = 3\n')
+    path.write_text('preset = "gpt2-tiny"\n[decoder]\nn_layers = 3\n')
     spec = resolve(load_source(str(path), host), host)
-    assert spec.decoder.options.n_layer == 3 and spec.decoder.options.n_embd == 64
+    assert spec.decoder.options.n_layers == 3 and spec.decoder.options.d_model == 64
     assert spec.name == "gpt2-tiny"
 
 
 def test_a_full_toml_file(host, tmp_path):
     path = tmp_path / "model.toml"
-    path.write_text('[decoder]\ntype = "gpt2"\nn_layer = 1\nn_embd = 32\nn_head = 2\nvocab_size = 100\n'
-                    'n_positions = 16\n[[objectives]]\ntype = "causal-lm"\nweight = 2.0\n')
+    path.write_text('[decoder]\ntype = "gpt2"\nn_layers = 1\nd_model = 32\nn_heads = 2\nvocab_size = 100\n'
+                    'max_positions = 16\n[[objectives]]\ntype = "causal-lm"\nweight = 2.0\n')
     spec = resolve(load_source(str(path), host), host)
-    assert spec.decoder.options.n_embd == 32 and spec.objectives[0].weight == 2.0
+    assert spec.decoder.options.d_model == 32 and spec.objectives[0].weight == 2.0
 
 
 @pytest.mark.parametrize("sets, message", [
-    (["decoder.n_layr=4"], r"decoder: unknown option 'n_layr' \(did you mean 'n_layer'\?\); allowed: "),
-    (["decoder.n_layer=four"], r"decoder.n_layer: 'four' is not an integer"),
-    (["decoder.n_layer=2.5"], r"decoder.n_layer: 2.5 is not an integer"),
+    (["decoder.n_layr=4"], r"decoder: unknown option 'n_layr' \(did you mean 'n_layers'\?\); allowed: "),
+    (["decoder.n_layers=four"], r"decoder.n_layers: 'four' is not an integer"),
+    (["decoder.n_layers=2.5"], r"decoder.n_layers: 2.5 is not an integer"),
     (["decoder.activation=swish"], r"decoder.activation: 'swish' is not allowed; allowed: 'gelu-tanh'"),
     (["decoder.type=gtp2"], r"decoder.type: unknown decoder 'gtp2' \(did you mean 'gpt2'\?\)"),
-    (["decoder.n_head=5"], r"decoder: .*n_embd.*n_head"),
+    (["decoder.n_heads=5"], r"decoder: .*d_model.*n_heads"),
     (["objectives.causal-lm.weight=-1"], r"objectives\[0\].weight: -1 is not a non-negative number"),
     (["objectives.causal-lm.label_smothing=0.1"], r"did you mean 'label_smoothing'"),
     (["decodr.strategy=greedy"], r"--set decodr.strategy: unknown key 'decodr' \(did you mean 'decoder'\?\)"),
-    (["n_layer"], r"--set 'n_layer': expected key=value"),
+    (["n_layers"], r"--set 'n_layers': expected key=value"),
 ])
 def test_bad_overrides_name_the_field_the_value_and_what_is_allowed(host, sets, message):
     with pytest.raises(SpecError, match=message) as error:

@@ -38,7 +38,7 @@ def compose_model(corpus, out, *overrides) -> str:
     tokenizer_dir = os.path.join(os.path.dirname(out), "tokenizer")
     if not os.path.isdir(tokenizer_dir):
         ByteLevelBPE.train([corpus], ByteLevelBPEOptions(vocab_size=300), progress=False).save(tokenizer_dir)
-    compose("gpt2-tiny", ["decoder.n_layer=1", f"tokenizer={tokenizer_dir}", *overrides], out)
+    compose("gpt2-tiny", ["decoder.n_layers=1", f"tokenizer={tokenizer_dir}", *overrides], out)
     return out
 
 
@@ -125,7 +125,7 @@ def test_training_lowers_the_loss_and_writes_metrics_and_a_checkpoint(template, 
     state = json.load(open(os.path.join(model_dir, "trainer_state.json")))
     assert state["step"] == 40 and state["data"]["samples_seen"] == 40 * 8
     assert state["arguments"]["data"] == [corpus] and state["arguments"]["seq_len"] == 32
-    assert len(state["rng"]) == 1 and state["spec"]["decoder"]["n_layer"] == 1
+    assert len(state["rng"]) == 1 and state["spec"]["decoder"]["n_layers"] == 1
     assert not torch.equal(weights(model_dir)["decoder.wte.weight"], before["decoder.wte.weight"])
     optimizer = load_file(os.path.join(model_dir, "optimizer.safetensors"))
     assert optimizer["decoder.wte.weight.exp_avg"].shape == before["decoder.wte.weight"].shape

@@ -177,7 +177,7 @@ def tokenizer_encode(path, text, as_json):
 @cli.command()
 @click.argument("source")
 @click.option("--set", "assignments", multiple=True, metavar="KEY=VALUE",
-              help="Override a spec value, e.g. decoder.n_layer=4 or tokenizer=tok/.")
+              help="Override a spec value, e.g. decoder.n_layers=4 or tokenizer=tok/.")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Model directory to write.")
 @click.option("--force", is_flag=True, help="Replace a non-empty --out.")
 @click.option("--seed", default=0, show_default=True, help="Seed of the weight initialisation.")

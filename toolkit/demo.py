@@ -19,9 +19,9 @@ class DemoSize:
     train_documents: int = 6000
     valid_documents: int = 300
     vocab_size: int = 512
-    n_layer: int = 4
-    n_embd: int = 128
-    n_head: int = 4
+    n_layers: int = 4
+    d_model: int = 128
+    n_heads: int = 4
     seq_len: int = 128
     batch_size: int = 16
     steps: int = 600
@@ -69,10 +69,10 @@ def run_demo(out: str, size: DemoSize = DemoSize(), seed: int = 0, force: bool =
     ByteLevelBPE.train([os.path.join(corpus, "train.jsonl")],
                        ByteLevelBPEOptions(vocab_size=size.vocab_size), progress=False).save(tokenizer_dir)
 
-    say(f"3/5  training a GPT-2 ({size.n_layer} layers, {size.n_embd} wide) for {size.steps} steps")
+    say(f"3/5  training a GPT-2 ({size.n_layers} layers, {size.d_model} wide) for {size.steps} steps")
     compose("gpt-mini", [f"tokenizer={tokenizer_dir}", f"decoder.vocab_size={size.vocab_size}",
-                         f"decoder.n_layer={size.n_layer}", f"decoder.n_embd={size.n_embd}",
-                         f"decoder.n_head={size.n_head}", f"decoder.n_positions={size.seq_len}"],
+                         f"decoder.n_layers={size.n_layers}", f"decoder.d_model={size.d_model}",
+                         f"decoder.n_heads={size.n_heads}", f"decoder.max_positions={size.seq_len}"],
             model_dir, seed=seed)
     last = train(model_dir, [os.path.join(corpus, "train.jsonl")],
                  val_data=[os.path.join(corpus, "valid.jsonl")], steps=size.steps, batch_size=size.batch_size,

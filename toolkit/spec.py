@@ -7,7 +7,7 @@ A spec is a table (a TOML file, or a preset plus `--set key=value` overrides):
     path = "tok/"                        # a trained tokenizer (dir or file); `type` is read from it
     [decoder]                            # and/or [encoder]
     type = "gpt2"                        # a registered decoder; the other keys are its options
-    n_layer = 4
+    n_layers = 4
     [[objectives]]
     type = "causal-lm"
     weight = 1.0
@@ -140,7 +140,7 @@ def apply_overrides(raw: dict, assignments: list[str]) -> dict:
         key, sep, text = assignment.partition("=")
         key = key.strip()
         if not sep or not key:
-            raise SpecError(f"--set {assignment!r}: expected key=value, e.g. --set decoder.n_layer=4")
+            raise SpecError(f"--set {assignment!r}: expected key=value, e.g. --set decoder.n_layers=4")
         value = parse_value(text.strip())
         path = key.split(".")
         if path[0] not in TOP_LEVEL or path[0] == "preset":

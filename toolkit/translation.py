@@ -19,7 +19,7 @@ def encode_sources(tokenizer, texts: list[str], limit: int | None) -> list[list[
             raise DataError(f"{label(i)} is empty; give a sentence to translate")
         if limit is not None and len(ids) > limit:
             raise DataError(f"{label(i)} has {len(ids)} tokens, more than the model's maximum of {limit} "
-                            "(encoder.max_source_len); split the sentence")
+                            "(encoder.max_positions); split the sentence")
     return sources
 
 
@@ -46,7 +46,7 @@ class Translator:
     tokenizer: object
     backend: object  # a Backend with set_sources()
     decoding: tuple[str, dict] | None  # the model's default strategy and its options
-    max_source_len: int | None
+    max_positions: int | None
     model: object = None  # the ComposedModel, for a model directory
     target_tokenizer: object = None  # the target side's own tokenizer; None: both sides share `tokenizer`
 
@@ -106,7 +106,7 @@ def corpus_bleu(hypotheses: list[str], references: list[str]) -> BleuScore:
 
 def evaluate_bleu(translator: Translator, decoding, pairs: list[tuple[str, str]], batch_size: int = 64):
     """(BleuScore, translations) of the sources of `pairs` against their targets."""
-    sources = encode_sources(translator.tokenizer, [s for s, _ in pairs], translator.max_source_len)
+    sources = encode_sources(translator.tokenizer, [s for s, _ in pairs], translator.max_positions)
     output = translator.output_tokenizer
     results = translate_ids(translator.backend, decoding, output, sources, batch_size)
     hypotheses = [output.decode(r.tokens, skip_special_tokens=True).strip() for r in results]

@@ -59,31 +59,27 @@ def _preset(summary: str, encoder: str, tokenizer: str, objectives: list[str], *
 
 
 BERT, ALBERT, ROBERTA = ["masked-lm", "next-sentence"], ["masked-lm", "sentence-order"], ["masked-lm"]
-TINY = dict(num_hidden_layers=2, num_attention_heads=4, hidden_size=64, intermediate_size=256)
+TINY = dict(n_layers=2, n_heads=4, d_model=64, d_ff=256)
 
 PRESETS = {
     "bert-base": _preset("BERT-Base 110M: 12 layers x 768, 12 heads, 512 positions; MLM + NSP", "bert", "wordpiece",
                          BERT),
     "bert-large": _preset("BERT-Large 340M: 24 layers x 1024, 16 heads; MLM + NSP", "bert", "wordpiece", BERT,
-                          hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096),
+                          d_model=1024, n_layers=24, n_heads=16, d_ff=4096),
     "bert-tiny": _preset("a BERT for tests: 2 layers x 64, 4 heads, vocab 512, 128 positions; MLM + NSP",
-                         "bert", "wordpiece", BERT, vocab_size=512, max_position_embeddings=128, **TINY),
+                         "bert", "wordpiece", BERT, vocab_size=512, max_positions=128, **TINY),
     "albert-base": _preset("ALBERT-Base 12M: 12 layers x 768 sharing all parameters, E=128; MLM + SOP",
                            "albert", "unigram", ALBERT),
     "albert-large": _preset("ALBERT-Large 18M: 24 layers x 1024, 16 heads, E=128; MLM + SOP", "albert", "unigram",
-                            ALBERT, hidden_size=1024, num_hidden_layers=24, num_attention_heads=16,
-                            intermediate_size=4096),
+                            ALBERT, d_model=1024, n_layers=24, n_heads=16, d_ff=4096),
     "albert-tiny": _preset("an ALBERT for tests: 2 shared layers x 64, E=32, vocab 512; MLM + SOP",
-                           "albert", "unigram", ALBERT, vocab_size=512, max_position_embeddings=128,
-                           embedding_size=32, **TINY),
+                           "albert", "unigram", ALBERT, vocab_size=512, max_positions=128, d_embed=32, **TINY),
     "roberta-base": _preset("RoBERTa-Base 125M: BERT-Base with byte-level BPE 50K; MLM only, full sentences",
                             "roberta", "bytelevel-bpe", ROBERTA),
     "roberta-large": _preset("RoBERTa-Large 355M: 24 layers x 1024, 16 heads; MLM only", "roberta",
-                             "bytelevel-bpe", ROBERTA, hidden_size=1024, num_hidden_layers=24,
-                             num_attention_heads=16, intermediate_size=4096),
+                             "bytelevel-bpe", ROBERTA, d_model=1024, n_layers=24, n_heads=16, d_ff=4096),
     "roberta-tiny": _preset("a RoBERTa for tests: 2 layers x 64, vocab 512, 128 positions; MLM only",
-                            "roberta", "bytelevel-bpe", ROBERTA, vocab_size=512, max_position_embeddings=130,
-                            **TINY),
+                            "roberta", "bytelevel-bpe", ROBERTA, vocab_size=512, max_positions=130, **TINY),
 }
 
 

@@ -1,8 +1,8 @@
 """Options of the BERT, ALBERT and RoBERTa encoders and of their pre-training objectives (torch-free).
 
-Encoder field names are Hugging Face's (BertConfig, AlbertConfig, RobertaConfig: `hidden_size`,
-`num_hidden_layers`, ...), so an imported config.json maps field for field and users find the
-names they know. The encoders' width is `config.hidden_size`.
+Encoder field names are lmkit's one vocabulary across families (`d_model`, `n_layers`, `n_heads`,
+`d_ff`, `max_positions`, ...); Hugging Face's names live only in the importer, plugins/bert/hf.py.
+The encoders' width is `config.d_model`.
 """
 from __future__ import annotations
 
@@ -15,12 +15,12 @@ SHARINGS = ("none", "all", "attention", "ffn")
 @dataclass(frozen=True)
 class BertConfig:
     vocab_size: int = 30522  # uncased WordPiece; a trained tokenizer's size replaces it when composed
-    hidden_size: int = 768
-    num_hidden_layers: int = 12
-    num_attention_heads: int = 12
-    intermediate_size: int = 3072  # 4 x hidden_size
-    hidden_act: Literal["gelu", "gelu-tanh", "relu"] = "gelu"  # BERT uses the exact erf GELU
-    max_position_embeddings: int = 512  # learned positions: a hard limit on sequence length
+    d_model: int = 768
+    n_layers: int = 12
+    n_heads: int = 12
+    d_ff: int = 3072  # 4 x d_model
+    activation: Literal["gelu", "gelu-tanh", "relu"] = "gelu"  # BERT uses the exact erf GELU
+    max_positions: int = 512  # learned positions: a hard limit on sequence length
     type_vocab_size: int = 2  # segments A and B
     # BERT §A.2: 0.1 on all layers; one rate serves embeddings, attention probabilities and
     # residual branches (HF's hidden_dropout_prob and attention_probs_dropout_prob are both 0.1).
@@ -29,23 +29,22 @@ class BertConfig:
     pooler: bool = True  # tanh(W h_[CLS]), what next-sentence prediction reads
 
     def __post_init__(self):
-        for name in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
-                     "intermediate_size", "max_position_embeddings"):
+        for name in ("vocab_size", "d_model", "n_layers", "n_heads", "d_ff", "max_positions"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
         if self.type_vocab_size < 0:
             raise ValueError(f"type_vocab_size must not be negative, got {self.type_vocab_size}")
-        if self.hidden_size % self.num_attention_heads:
-            raise ValueError(f"hidden_size ({self.hidden_size}) must be divisible by num_attention_heads "
-                             f"({self.num_attention_heads}): each head gets hidden_size / heads dimensions")
+        if self.d_model % self.n_heads:
+            raise ValueError(f"d_model ({self.d_model}) must be divisible by n_heads "
+                             f"({self.n_heads}): each head gets d_model / n_heads dimensions")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.layer_norm_eps <= 0:
             raise ValueError(f"layer_norm_eps must be positive, got {self.layer_norm_eps}")
 
     @property
-    def embedding_size(self) -> int:
-        return self.hidden_size  # BERT embeds at full width; ALBERT factorises
+    def d_embed(self) -> int:
+        return self.d_model  # BERT embeds at full width; ALBERT factorises
 
 
 @dataclass(frozen=True)
@@ -53,8 +52,8 @@ class AlbertConfig(BertConfig):
     vocab_size: int = 30000  # SentencePiece
     # Factorised embedding (ALBERT §3.1): tokens embed in E dimensions, projected up to H, so the
     # embedding costs V*E + E*H instead of V*H.
-    embedding_size: int = 128
-    hidden_act: Literal["gelu", "gelu-tanh", "relu"] = "gelu-tanh"  # HF's gelu_new
+    d_embed: int = 128
+    activation: Literal["gelu", "gelu-tanh", "relu"] = "gelu-tanh"  # HF's gelu_new
     dropout: float = 0.0  # ALBERT v2 trains without dropout
     # Cross-layer parameter sharing (ALBERT §3.1, Table 4): all layers share everything (the
     # default), only the attention, only the feed-forward network, or nothing.
@@ -62,8 +61,8 @@ class AlbertConfig(BertConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        if self.embedding_size < 1:
-            raise ValueError(f"embedding_size must be a positive integer, got {self.embedding_size}")
+        if self.d_embed < 1:
+            raise ValueError(f"d_embed must be a positive integer, got {self.d_embed}")
         if self.sharing not in SHARINGS:
             raise ValueError(f"sharing must be one of {', '.join(SHARINGS)}, got {self.sharing!r}")
 
@@ -72,7 +71,7 @@ class AlbertConfig(BertConfig):
 class RobertaConfig(BertConfig):
     vocab_size: int = 50265  # byte-level BPE, 50K merges
     # fairseq numbers positions from pad_token_id + 1, so 514 rows give 512 usable positions.
-    max_position_embeddings: int = 514
+    max_positions: int = 514  # rows of the position table, the pad offset included: 512 usable
     pad_token_id: int = 1  # <s>=0, <pad>=1, </s>=2, <unk>=3 in fairseq's dictionary
     type_vocab_size: int = 1  # no segment B: no NSP (RoBERTa §4.2)
     layer_norm_eps: float = 1e-5
@@ -80,8 +79,8 @@ class RobertaConfig(BertConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        if not 0 <= self.pad_token_id < self.max_position_embeddings - 1:
-            raise ValueError(f"pad_token_id must be in [0, max_position_embeddings - 1), got {self.pad_token_id}")
+        if not 0 <= self.pad_token_id < self.max_positions - 1:
+            raise ValueError(f"pad_token_id must be in [0, max_positions - 1), got {self.pad_token_id}")
 
     @property
     def position_offset(self) -> int:

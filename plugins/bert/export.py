@@ -50,8 +50,8 @@ def export_plan(model) -> ExportPlan:
     module = EncoderGraph(model).eval()
     inputs = [TensorInfo(name, "int64", (BATCH, SEQUENCE)) for name in ("input_ids", "attention_mask",
                                                                          "token_type_ids")]
-    outputs = [TensorInfo("last_hidden_state", "float32", (BATCH, SEQUENCE, config.hidden_size)),
-               TensorInfo("pooler_output", "float32", (BATCH, config.hidden_size))]
+    outputs = [TensorInfo("last_hidden_state", "float32", (BATCH, SEQUENCE, config.d_model)),
+               TensorInfo("pooler_output", "float32", (BATCH, config.d_model))]
     if module.mlm:
         outputs.append(TensorInfo("logits", "float32", (BATCH, SEQUENCE, config.vocab_size)))
     if module.sentence:
@@ -78,6 +78,6 @@ def export_plan(model) -> ExportPlan:
         validation=[shape_set(batch, min(tokens, limit)) for batch, tokens in VALIDATION_SHAPES],
         scores="logits" if module.mlm else None,
     )
-    dimensions = {"max_length": limit, "hidden_size": config.hidden_size, "vocab_size": config.vocab_size,
+    dimensions = {"max_length": limit, "d_model": config.d_model, "vocab_size": config.vocab_size,
                   "type_vocab_size": config.type_vocab_size, "pooled": "pooler" if config.pooler else "first token"}
     return ExportPlan(ENCODER, [graph], dimensions)

@@ -35,10 +35,10 @@ def _common(hf_config: dict, family: str) -> dict:
     if hf_config.get("is_decoder") or hf_config.get("add_cross_attention"):
         raise ValueError(f"the {family} checkpoint is configured as a decoder; lmkit imports {family} encoders")
     return dict(
-        vocab_size=hf_config["vocab_size"], hidden_size=hf_config["hidden_size"],
-        num_hidden_layers=hf_config["num_hidden_layers"], num_attention_heads=hf_config["num_attention_heads"],
-        intermediate_size=hf_config["intermediate_size"], hidden_act=ACTIVATIONS[activation],
-        max_position_embeddings=hf_config["max_position_embeddings"],
+        vocab_size=hf_config["vocab_size"], d_model=hf_config["hidden_size"],
+        n_layers=hf_config["num_hidden_layers"], n_heads=hf_config["num_attention_heads"],
+        d_ff=hf_config["intermediate_size"], activation=ACTIVATIONS[activation],
+        max_positions=hf_config["max_position_embeddings"],
         type_vocab_size=hf_config.get("type_vocab_size", 2), dropout=hf_config.get("hidden_dropout_prob", 0.1),
         layer_norm_eps=hf_config.get("layer_norm_eps", 1e-12))
 
@@ -116,7 +116,7 @@ def import_bert(hf_config: dict, tensors: dict[str, Tensor]) -> tuple[dict, dict
     tensors = _strip(tensors, "bert.")
     pooler = "pooler.dense.weight" in tensors
     config = bert_config_from_hf(hf_config, pooler)
-    state = _encoder_state(tensors, config.num_hidden_layers, pooler)
+    state = _encoder_state(tensors, config.n_layers, pooler)
     objectives = []
     if "cls.predictions.bias" in tensors:
         objectives.append({"type": "masked-lm"})
@@ -130,8 +130,8 @@ def import_bert(hf_config: dict, tensors: dict[str, Tensor]) -> tuple[dict, dict
     return spec, _rest(tensors, state, "BERT")
 
 
-def _encoder_layers(state: dict, tensors: dict, n_layer: int) -> None:
-    for i in range(n_layer):
+def _encoder_layers(state: dict, tensors: dict, n_layers: int) -> None:
+    for i in range(n_layers):
         _layer(state, tensors, f"encoder.layer.{i}.", f"encoder.blocks.h.{i}.", BERT_LAYER, "attention.self")
 
 
@@ -156,7 +156,7 @@ def albert_config_from_hf(hf_config: dict, pooler: bool = True) -> AlbertConfig:
             raise ValueError(f"the ALBERT checkpoint sets {key}={hf_config[key]}; lmkit's albert encoder shares one "
                              "layer across all layers (num_hidden_groups=1, inner_group_num=1)")
     return AlbertConfig(**{**_common(hf_config, "ALBERT"), "layer_norm_eps": hf_config.get("layer_norm_eps", 1e-12)},
-                        embedding_size=hf_config.get("embedding_size", 128), sharing="all", pooler=pooler)
+                        d_embed=hf_config.get("embedding_size", 128), sharing="all", pooler=pooler)
 
 
 def import_albert(hf_config: dict, tensors: dict[str, Tensor]) -> tuple[dict, dict[str, Tensor]]:
@@ -206,12 +206,12 @@ def import_roberta(hf_config: dict, tensors: dict[str, Tensor]) -> tuple[dict, d
     tensors = _strip(tensors, "roberta.")
     pooler = "pooler.dense.weight" in tensors
     config = roberta_config_from_hf(hf_config, pooler)
-    state = _encoder_state(tensors, config.num_hidden_layers, pooler)
+    state = _encoder_state(tensors, config.n_layers, pooler)
     objectives = []
     if "lm_head.bias" in tensors:
-        if config.hidden_act != "gelu":
+        if config.activation != "gelu":
             raise ValueError(f"the RoBERTa checkpoint sets hidden_act={hf_config.get('hidden_act')!r}, but its "
-                             "masked-LM head always uses the exact GELU; lmkit's head follows hidden_act")
+                             "masked-LM head always uses the exact GELU; lmkit's head follows the encoder's activation")
         objectives.append({"type": "masked-lm"})
         _mlm_head(state, tensors, "lm_head.dense", "lm_head.layer_norm", "lm_head.bias", "lm_head.decoder")
     spec = {"encoder": {"type": "roberta", **options_to_dict(config)}, "objectives": objectives}

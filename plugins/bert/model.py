@@ -35,18 +35,18 @@ class BertEncoder(EncoderStack):
         super().__init__()
         self.config = config
         self.embeddings = Embeddings(
-            config.vocab_size, config.embedding_size, config.max_position_embeddings, config.type_vocab_size,
+            config.vocab_size, config.d_embed, config.max_positions, config.type_vocab_size,
             layer_norm_eps=config.layer_norm_eps, dropout=config.dropout,
             position_offset=getattr(config, "position_offset", 0))
-        self.blocks = BlockStack(config.num_hidden_layers, self._make_block, getattr(config, "sharing", "none"))
+        self.blocks = BlockStack(config.n_layers, self._make_block, getattr(config, "sharing", "none"))
         # BERT §3: the pooled representation of the sequence is tanh(W h_[CLS] + b).
-        self.pooler = nn.Linear(config.hidden_size, config.hidden_size) if config.pooler else None
+        self.pooler = nn.Linear(config.d_model, config.d_model) if config.pooler else None
         self.apply(self._init_weights)
 
     def _make_block(self) -> Block:
         c = self.config
-        return Block(c.hidden_size, c.num_attention_heads, causal=False, pre_ln=False, d_ff=c.intermediate_size,
-                     activation=c.hidden_act, dropout=c.dropout, layer_norm_epsilon=c.layer_norm_eps)
+        return Block(c.d_model, c.n_heads, causal=False, pre_ln=False, d_ff=c.d_ff,
+                     activation=c.activation, dropout=c.dropout, layer_norm_eps=c.layer_norm_eps)
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
@@ -58,11 +58,16 @@ class BertEncoder(EncoderStack):
 
     @property
     def max_positions(self) -> int:
-        """Usable positions (RoBERTa: max_position_embeddings - pad_token_id - 1)."""
+        """Usable positions (RoBERTa: config.max_positions - pad_token_id - 1)."""
         return self.embeddings.max_positions
 
+    @property
+    def d_model(self) -> int:
+        """The width of the hidden states the encoder returns."""
+        return self.config.d_model
+
     def word_embeddings(self) -> nn.Embedding:
-        """The token embedding, (vocab_size, embedding_size): the masked-LM decoder is tied to it."""
+        """The token embedding, (vocab_size, d_embed): the masked-LM decoder is tied to it."""
         return self.embeddings.word_embeddings
 
     def embed_tokens(self, input_ids: Tensor, token_type_ids: Tensor | None,
@@ -107,7 +112,7 @@ class AlbertEncoder(BertEncoder):
     def __init__(self, config: AlbertConfig):
         super().__init__(config)
         # E -> H: with E << H, the V x E table is the embedding's bulk instead of V x H.
-        self.embedding_hidden_mapping_in = nn.Linear(config.embedding_size, config.hidden_size)
+        self.embedding_hidden_mapping_in = nn.Linear(config.d_embed, config.d_model)
         self._init_weights(self.embedding_hidden_mapping_in)
 
     def embed_tokens(self, input_ids, token_type_ids, attention_mask):

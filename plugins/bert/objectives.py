@@ -34,13 +34,13 @@ class MaskedLM(ObjectiveModule):
     embedding the dense layer maps H down to E, the width of the embedding.
     """
 
-    def __init__(self, options: MaskedLMOptions, hidden_size: int = 64, embedding_size: int = 64,
+    def __init__(self, options: MaskedLMOptions, d_model: int = 64, d_embed: int = 64,
                  vocab_size: int = 512, activation: str = "gelu", layer_norm_eps: float = 1e-12):
         super().__init__()
         self.options = options
-        self.dense = nn.Linear(hidden_size, embedding_size)
+        self.dense = nn.Linear(d_model, d_embed)
         self.act = activation_module(activation)
-        self.LayerNorm = nn.LayerNorm(embedding_size, eps=layer_norm_eps)
+        self.LayerNorm = nn.LayerNorm(d_embed, eps=layer_norm_eps)
         self.bias = nn.Parameter(torch.zeros(vocab_size))
         nn.init.trunc_normal_(self.dense.weight, std=0.02, a=-0.04, b=0.04)
         nn.init.zeros_(self.dense.bias)
@@ -48,7 +48,7 @@ class MaskedLM(ObjectiveModule):
     @classmethod
     def for_model(cls, options: MaskedLMOptions, model) -> MaskedLM:
         config = _encoder(model).config
-        return cls(options, config.hidden_size, config.embedding_size, config.vocab_size, config.hidden_act,
+        return cls(options, config.d_model, config.d_embed, config.vocab_size, config.activation,
                    config.layer_norm_eps)
 
     @classmethod
@@ -75,11 +75,11 @@ class MaskedLM(ObjectiveModule):
 class SentencePairObjective(ObjectiveModule):
     """A two-way classifier on the pooled [CLS] state; reads `sentence_label` of MLM's pair batches."""
 
-    def __init__(self, options: SentencePairOptions, hidden_size: int = 64, dropout: float = 0.0):
+    def __init__(self, options: SentencePairOptions, d_model: int = 64, dropout: float = 0.0):
         super().__init__()
         self.options = options
         self.dropout = nn.Dropout(dropout)
-        self.classifier = nn.Linear(hidden_size, 2)
+        self.classifier = nn.Linear(d_model, 2)
         nn.init.trunc_normal_(self.classifier.weight, std=0.02, a=-0.04, b=0.04)
         nn.init.zeros_(self.classifier.bias)
 
@@ -89,7 +89,7 @@ class SentencePairObjective(ObjectiveModule):
         if not config.pooler:
             raise SpecError("objectives: next-sentence and sentence-order prediction read the pooled [CLS] state; "
                              "set encoder.pooler=true")
-        return cls(options, config.hidden_size, config.dropout)
+        return cls(options, config.d_model, config.dropout)
 
     def logits(self, model, output: EncoderOutput) -> Tensor:
         return self.classifier(self.dropout(output.pooler_output))  # (B, 2)

@@ -46,13 +46,13 @@ def _preset(summary: str, *, decoder_type: str = "gpt2", tokenizer: str = "bytel
 
 PRESETS = {
     "gpt2-small": _preset("GPT-2 124M: 12 layers x 768, 12 heads, context 1024",
-                          vocab_size=50257, n_positions=1024, n_embd=768, n_layer=12, n_head=12),
+                          vocab_size=50257, max_positions=1024, d_model=768, n_layers=12, n_heads=12),
     "gpt2-medium": _preset("GPT-2 355M: 24 layers x 1024, 16 heads, context 1024",
-                           vocab_size=50257, n_positions=1024, n_embd=1024, n_layer=24, n_head=16),
+                           vocab_size=50257, max_positions=1024, d_model=1024, n_layers=24, n_heads=16),
     "gpt-mini": _preset("a GPT-2 to train on one machine: 6 layers x 384, 6 heads, vocab 8192, context 256",
-                        vocab_size=8192, n_positions=256, n_embd=384, n_layer=6, n_head=6),
+                        vocab_size=8192, max_positions=256, d_model=384, n_layers=6, n_heads=6),
     "gpt2-tiny": _preset("a GPT-2 for tests: 2 layers x 64, 4 heads, vocab 512, context 64",
-                         vocab_size=512, n_positions=64, n_embd=64, n_layer=2, n_head=4),
+                         vocab_size=512, max_positions=64, d_model=64, n_layers=2, n_heads=4),
 }
 
 # The original GPT: a (word-level) BPE tokenizer and the `gpt` decoder. Kept apart from PRESETS,
@@ -60,19 +60,19 @@ PRESETS = {
 OPENAI_GPT_PRESETS = {
     "gpt": _preset("GPT (2018) 117M: 12 layers x 768, 12 heads, context 512, post-LN",
                    decoder_type="gpt", tokenizer="bpe",
-                   vocab_size=40478, n_positions=512, n_embd=768, n_layer=12, n_head=12),
+                   vocab_size=40478, max_positions=512, d_model=768, n_layers=12, n_heads=12),
     "gpt-tiny": _preset("a GPT (2018) for tests: 2 layers x 64, 4 heads, vocab 512, context 64",
                         decoder_type="gpt", tokenizer="bpe",
-                        vocab_size=512, n_positions=64, n_embd=64, n_layer=2, n_head=4),
+                        vocab_size=512, max_positions=64, d_model=64, n_layers=2, n_heads=4),
 }
 
 # GPT-3: the `gpt3` decoder, GPT-2's tokenizer. The paper gives no band width; 256 is GPT-Neo's.
 GPT3_PRESETS = {
     "gpt3-small": _preset("GPT-3 Small 125M: 12 layers x 768, 12 heads, context 2048, odd layers banded (256)",
-                          decoder_type="gpt3", vocab_size=50257, n_positions=2048, n_embd=768, n_layer=12,
-                          n_head=12, band_width=256, banded_layers="odd"),
+                          decoder_type="gpt3", vocab_size=50257, max_positions=2048, d_model=768, n_layers=12,
+                          n_heads=12, band_width=256, banded_layers="odd"),
     "gpt3-tiny": _preset("a GPT-3 for tests: 4 layers x 64, 4 heads, vocab 512, context 64, odd layers banded (8)",
-                         decoder_type="gpt3", vocab_size=512, n_positions=64, n_embd=64, n_layer=4, n_head=4,
+                         decoder_type="gpt3", vocab_size=512, max_positions=64, d_model=64, n_layers=4, n_heads=4,
                          band_width=8, banded_layers="odd"),
 }
 

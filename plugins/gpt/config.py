@@ -1,6 +1,7 @@
 """The options of the GPT-2 decoder (torch-free: specs are checked against it before anything is built).
 
-Names follow Hugging Face's GPT2Config, so an imported config.json maps field for field.
+Names are lmkit's one vocabulary across families (d_model, n_layers, n_heads, d_ff, max_positions);
+Hugging Face's names live only in the importer, plugins/gpt/hf.py.
 """
 from __future__ import annotations
 
@@ -13,44 +14,52 @@ class GPT2Config:
     # Byte-level BPE: 256 bytes + 50,000 merges + <|endoftext|> (GPT-2 §2.2). A trained tokenizer's
     # size replaces it when a model is composed.
     vocab_size: int = 50257
-    n_positions: int = 1024  # context length; positions are learned, so this is a hard limit
-    n_embd: int = 768
-    n_layer: int = 12
-    n_head: int = 12  # head size n_embd / n_head = 64 in every GPT-2 size
+    max_positions: int = 1024  # context length; positions are learned, so this is a hard limit
+    d_model: int = 768
+    n_layers: int = 12
+    n_heads: int = 12  # head size d_model / n_heads = 64 in every GPT-2 size
+    # Width of the feed-forward layer; unset means 4 x d_model, as in every GPT and GPT-2 size
+    # (GPT §4.1: "3072 dimensional inner states" at d_model 768). Set, it is resolved on construction.
+    d_ff: int | None = None
     # OpenAI's released GPT-2 code has no dropout; HF's config uses 0.1 for fine-tuning. One rate
     # serves embeddings, attention probabilities and residual branches.
     dropout: float = 0.0
-    layer_norm_epsilon: float = 1e-5  # openai/gpt-2 src/model.py norm()
+    layer_norm_eps: float = 1e-5  # openai/gpt-2 src/model.py norm()
     activation: Literal["gelu-tanh", "gelu", "relu"] = "gelu-tanh"  # GPT-2 uses the tanh approximation
     bias: bool = True  # False drops the biases of linears and LayerNorms (nanoGPT: a bit faster, no worse)
 
     def __post_init__(self):
-        for name in ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head"):
+        for name in ("vocab_size", "max_positions", "d_model", "n_layers", "n_heads"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
-        if self.n_embd % self.n_head:
+        if self.d_model % self.n_heads:
             raise ValueError(
-                f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head}): each head gets "
-                f"n_embd / n_head dimensions"
+                f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads}): each head gets "
+                f"d_model / n_heads dimensions"
             )
+        if self.d_ff is None:
+            object.__setattr__(self, "d_ff", 4 * self.d_model)  # frozen: resolved once, here
+        elif self.d_ff < 1:
+            raise ValueError(f"d_ff must be a positive integer, got {self.d_ff}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
-        if self.layer_norm_epsilon <= 0:
-            raise ValueError(f"layer_norm_epsilon must be positive, got {self.layer_norm_epsilon}")
+        if self.layer_norm_eps <= 0:
+            raise ValueError(f"layer_norm_eps must be positive, got {self.layer_norm_eps}")
 
 
 @dataclass(frozen=True)
 class OpenAIGPTConfig:
-    """The options of the original GPT decoder (Radford et al. 2018); names follow HF's OpenAIGPTConfig."""
+    """The options of the original GPT decoder (Radford et al. 2018)."""
 
     # BPE with 40,000 merges; Hugging Face's released vocabulary has 40,478 entries.
     vocab_size: int = 40478
-    n_positions: int = 512  # context length; positions are learned, so this is a hard limit
-    n_embd: int = 768
-    n_layer: int = 12
-    n_head: int = 12
+    max_positions: int = 512  # context length; positions are learned, so this is a hard limit
+    d_model: int = 768
+    n_layers: int = 12
+    n_heads: int = 12
+    d_ff: int | None = None  # unset: 4 x d_model (GPT §4.1: 3072 at 768)
     dropout: float = 0.1  # embeddings, attention probabilities and residual branches (GPT §4.1)
-    layer_norm_epsilon: float = 1e-5
+    layer_norm_eps: float = 1e-5
     # openai/finetune-transformer-lm's gelu is the tanh approximation, and so is HF's afn="gelu"
     # (ACT_FNS["gelu"] = gelu_new in modeling_openai.py).
     activation: Literal["gelu-tanh", "gelu", "relu"] = "gelu-tanh"
@@ -68,7 +77,7 @@ class GPT3Config(GPT2Config):
     banded; the defaults follow GPT-Neo (window 256, layer 0 dense, then alternating).
     """
 
-    n_positions: int = 2048  # GPT-3's context (Table 2.1: every size)
+    max_positions: int = 2048  # GPT-3's context (Table 2.1: every size)
     # Query i attends keys i - band_width < j <= i: itself and the band_width - 1 positions before it.
     band_width: int = 256
     # Which layers are banded (0-based): "odd" (1, 3, 5, ...: dense first, alternating, as GPT-Neo),
@@ -79,25 +88,25 @@ class GPT3Config(GPT2Config):
         super().__post_init__()
         if self.band_width < 1:
             raise ValueError(f"band_width must be a positive integer, got {self.band_width}")
-        if self.band_width > self.n_positions:
-            raise ValueError(f"band_width ({self.band_width}) must be at most the context, n_positions "
-                             f"({self.n_positions}); a band as wide as the context is dense attention")
+        if self.band_width > self.max_positions:
+            raise ValueError(f"band_width ({self.band_width}) must be at most the context, max_positions "
+                             f"({self.max_positions}); a band as wide as the context is dense attention")
         self.banded()  # raises on a bad banded_layers
 
     def banded(self) -> tuple[bool, ...]:
         """For each layer, whether its attention is banded."""
         scheme = self.banded_layers
         if isinstance(scheme, str) and scheme.strip().lower() in BANDED_SCHEMES:
-            return tuple(BANDED_SCHEMES[scheme.strip().lower()](layer) for layer in range(self.n_layer))
+            return tuple(BANDED_SCHEMES[scheme.strip().lower()](layer) for layer in range(self.n_layers))
         try:
             layers = {int(item) for item in (scheme.split(",") if isinstance(scheme, str) else scheme)
                       if str(item).strip()}
         except ValueError:
             layers = None
-        if not layers or any(not 0 <= layer < self.n_layer for layer in layers):
+        if not layers or any(not 0 <= layer < self.n_layers for layer in layers):
             raise ValueError(f"banded_layers must be one of {', '.join(BANDED_SCHEMES)} or a list of layers "
-                             f"in 0..{self.n_layer - 1} ([1, 3] or '1,3'), got {self.banded_layers!r}")
-        return tuple(layer in layers for layer in range(self.n_layer))
+                             f"in 0..{self.n_layers - 1} ([1, 3] or '1,3'), got {self.banded_layers!r}")
+        return tuple(layer in layers for layer in range(self.n_layers))
 
 
 BANDED_SCHEMES = {

@@ -7,9 +7,9 @@ from lmkit.exports.graphs import ExportPlan
 
 def export_plan(model) -> ExportPlan:
     config = model.decoder.config
-    return decoder_only_plan(model, n_layer=config.n_layer, n_head=config.n_head,
-                             head_dim=config.n_embd // config.n_head, vocab_size=config.vocab_size,
-                             max_length=config.n_positions)
+    return decoder_only_plan(model, n_layers=config.n_layers, n_heads=config.n_heads,
+                             head_dim=config.d_model // config.n_heads, vocab_size=config.vocab_size,
+                             max_length=config.max_positions)
 
 
 def gpt3_export_plan(model) -> ExportPlan:
@@ -22,6 +22,6 @@ def gpt3_export_plan(model) -> ExportPlan:
     decoder = model.decoder
     config = decoder.config
     windows = {layer: config.band_width for layer, banded in enumerate(decoder.banded) if banded}
-    return decoder_only_plan(model, n_layer=config.n_layer, n_head=config.n_head,
-                             head_dim=config.n_embd // config.n_head, vocab_size=config.vocab_size,
-                             max_length=config.n_positions, windows=windows)
+    return decoder_only_plan(model, n_layers=config.n_layers, n_heads=config.n_heads,
+                             head_dim=config.d_model // config.n_heads, vocab_size=config.vocab_size,
+                             max_length=config.max_positions, windows=windows)

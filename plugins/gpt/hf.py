@@ -25,9 +25,7 @@ def config_from_hf(hf_config: dict) -> GPT2Config:
     if activation not in ACTIVATIONS:
         raise ValueError(f"GPT-2 checkpoint uses activation_function {activation!r}; supported: "
                          f"{', '.join(ACTIVATIONS)}")
-    n_embd = hf_config.get("n_embd", 768)
     unsupported = {
-        "n_inner": hf_config.get("n_inner") not in (None, 4 * n_embd),
         "scale_attn_weights": hf_config.get("scale_attn_weights", True) is not True,
         "scale_attn_by_inverse_layer_idx": hf_config.get("scale_attn_by_inverse_layer_idx", False),
         "add_cross_attention": hf_config.get("add_cross_attention", False),
@@ -38,12 +36,13 @@ def config_from_hf(hf_config: dict) -> GPT2Config:
                              f"decoder does not support")
     return GPT2Config(
         vocab_size=hf_config.get("vocab_size", 50257),
-        n_positions=hf_config.get("n_positions", 1024),
-        n_embd=n_embd,
-        n_layer=hf_config.get("n_layer", 12),
-        n_head=hf_config.get("n_head", 12),
+        max_positions=hf_config.get("n_positions", 1024),
+        d_model=hf_config.get("n_embd", 768),
+        n_layers=hf_config.get("n_layer", 12),
+        n_heads=hf_config.get("n_head", 12),
+        d_ff=hf_config.get("n_inner"),  # None: 4 x n_embd, in HF as in lmkit
         dropout=hf_config.get("resid_pdrop", 0.1),
-        layer_norm_epsilon=hf_config.get("layer_norm_epsilon", 1e-5),
+        layer_norm_eps=hf_config.get("layer_norm_epsilon", 1e-5),
         activation=ACTIVATIONS[activation],
     )
 
@@ -92,12 +91,12 @@ def openai_gpt_config_from_hf(hf_config: dict) -> OpenAIGPTConfig:
         raise ValueError("GPT checkpoint sets tie_word_embeddings=False; lmkit's gpt decoder ties them")
     return OpenAIGPTConfig(
         vocab_size=hf_config.get("vocab_size", 40478),
-        n_positions=hf_config.get("n_positions", 512),
-        n_embd=hf_config.get("n_embd", 768),
-        n_layer=hf_config.get("n_layer", 12),
-        n_head=hf_config.get("n_head", 12),
+        max_positions=hf_config.get("n_positions", 512),
+        d_model=hf_config.get("n_embd", 768),
+        n_layers=hf_config.get("n_layer", 12),
+        n_heads=hf_config.get("n_head", 12),
         dropout=hf_config.get("resid_pdrop", 0.1),
-        layer_norm_epsilon=hf_config.get("layer_norm_epsilon", 1e-5),
+        layer_norm_eps=hf_config.get("layer_norm_epsilon", 1e-5),
         activation=OPENAI_GPT_ACTIVATIONS[afn],
     )
 
@@ -145,7 +144,7 @@ def _decoder_state(tensors: dict[str, Tensor], config, *, embedding: str, model:
     if head is not None and embedding in state and not head.equal(state[embedding]):
         raise ValueError(f"the checkpoint's lm_head.weight differs from its {embedding}; lmkit's {model} "
                          "decoder ties them, so it cannot load untied output embeddings")
-    expected = (config.vocab_size, config.n_embd)
+    expected = (config.vocab_size, config.d_model)
     if embedding in state and tuple(state[embedding].shape) != expected:
         raise ValueError(f"{embedding} is {tuple(state[embedding].shape)} but the config says "
                          f"(vocab_size, n_embd) = {expected}; config and weights are not from one checkpoint")

@@ -45,25 +45,30 @@ class LearnedPositionDecoder(nn.Module):
 
     @property
     def max_positions(self) -> int:
-        return self.config.n_positions
+        return self.config.max_positions
+
+    @property
+    def d_model(self) -> int:
+        """The width of the hidden states the stack returns."""
+        return self.config.d_model
 
     def new_cache(self, batch_size: int, max_len: int | None = None) -> KVCache:
         """An empty cache for `batch_size` rows and up to `max_len` positions (default: the context)."""
         c = self.config
         weight = self.token_embedding().weight
-        return KVCache(c.n_layer, batch_size, c.n_head, max_len or c.n_positions, c.n_embd // c.n_head,
+        return KVCache(c.n_layers, batch_size, c.n_heads, max_len or c.max_positions, c.d_model // c.n_heads,
                        device=weight.device, dtype=weight.dtype)
 
     def hidden_states(self, input_ids: Tensor, cache: KVCache | None = None,
                       attention_mask: Tensor | None = None, position_ids: Tensor | None = None) -> Tensor:
-        """The final hidden states, (B, T, n_embd); arguments as in `forward`."""
+        """The final hidden states, (B, T, d_model); arguments as in `forward`."""
         B, T = input_ids.shape
         past = 0 if cache is None else cache.length
         if past + T > self.max_positions:
             raise ValueError(
-                f"{self.paper} reads at most {self.max_positions} positions (n_positions) but got {T} new "
+                f"{self.paper} reads at most {self.max_positions} positions (max_positions) but got {T} new "
                 f"tokens after {past} cached ones; truncate the input to its last "
-                f"{self.max_positions} tokens, or make a model with a larger n_positions"
+                f"{self.max_positions} tokens, or make a model with a larger max_positions"
             )
         if position_ids is None:
             position_ids = torch.arange(past, past + T, device=input_ids.device)  # (T,), same for all rows
@@ -106,27 +111,28 @@ class GPT2Decoder(LearnedPositionDecoder):
     def __init__(self, config: GPT2Config):
         super().__init__()
         self.config = config
-        self.wte = nn.Embedding(config.vocab_size, config.n_embd)
-        self.wpe = nn.Embedding(config.n_positions, config.n_embd)
+        self.wte = nn.Embedding(config.vocab_size, config.d_model)
+        self.wpe = nn.Embedding(config.max_positions, config.d_model)
         self.drop = nn.Dropout(config.dropout)
-        self.h = nn.ModuleList(self.make_block(config, layer) for layer in range(config.n_layer))
-        self.ln_f = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon, bias=config.bias)
+        self.h = nn.ModuleList(self.make_block(config, layer) for layer in range(config.n_layers))
+        self.ln_f = nn.LayerNorm(config.d_model, eps=config.layer_norm_eps, bias=config.bias)
         # The output projection is wte itself, so its weights are stored once.
         self.lm_head = TiedOutputProjection()
 
         self.apply(self._init_weights)
         nn.init.normal_(self.wpe.weight, std=0.01)  # openai/gpt-2 model.py: wpe 0.01, wte 0.02
         # Each block adds two residual branches (attention and MLP) that end in a c_proj; scaling
-        # their init by 1/sqrt(2 * n_layer) keeps the residual stream's variance from growing with
+        # their init by 1/sqrt(2 * n_layers) keeps the residual stream's variance from growing with
         # depth (GPT-2 §2.3).
         for name, parameter in self.named_parameters():
             if name.endswith("c_proj.weight"):
-                nn.init.normal_(parameter, std=0.02 / math.sqrt(2 * config.n_layer))
+                nn.init.normal_(parameter, std=0.02 / math.sqrt(2 * config.n_layers))
 
     def make_block(self, config: GPT2Config, layer: int, attention: nn.Module | None = None) -> Block:
         """Block `layer` of the stack: pre-LN, with dense causal attention unless `attention` is given."""
-        return Block(config.n_embd, config.n_head, causal=True, pre_ln=True, activation=config.activation,
-                     bias=config.bias, dropout=config.dropout, layer_norm_epsilon=config.layer_norm_epsilon,
+        return Block(config.d_model, config.n_heads, causal=True, pre_ln=True, d_ff=config.d_ff,
+                     activation=config.activation,
+                     bias=config.bias, dropout=config.dropout, layer_norm_eps=config.layer_norm_eps,
                      attention=attention)
 
     def token_embedding(self) -> nn.Embedding:

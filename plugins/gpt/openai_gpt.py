@@ -21,13 +21,14 @@ class OpenAIGPTDecoder(LearnedPositionDecoder):
     def __init__(self, config: OpenAIGPTConfig):
         super().__init__()
         self.config = config
-        self.tokens_embed = nn.Embedding(config.vocab_size, config.n_embd)
-        self.positions_embed = nn.Embedding(config.n_positions, config.n_embd)
+        self.tokens_embed = nn.Embedding(config.vocab_size, config.d_model)
+        self.positions_embed = nn.Embedding(config.max_positions, config.d_model)
         self.drop = nn.Dropout(config.dropout)
         self.h = nn.ModuleList(
-            Block(config.n_embd, config.n_head, causal=True, pre_ln=False, activation=config.activation,
-                  bias=config.bias, dropout=config.dropout, layer_norm_epsilon=config.layer_norm_epsilon)
-            for _ in range(config.n_layer)
+            Block(config.d_model, config.n_heads, causal=True, pre_ln=False, d_ff=config.d_ff,
+                  activation=config.activation,
+                  bias=config.bias, dropout=config.dropout, layer_norm_eps=config.layer_norm_eps)
+            for _ in range(config.n_layers)
         )
         self.lm_head = TiedOutputProjection()  # the output projection is tokens_embed itself
         self.apply(self._init_weights)  # normal(0.02) for linears and embeddings, zero biases

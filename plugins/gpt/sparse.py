@@ -29,7 +29,7 @@ class GPT3Decoder(GPT2Decoder):
 
     def make_block(self, config: GPT3Config, layer: int, attention: nn.Module | None = None) -> Block:
         if config.banded()[layer]:
-            attention = BandedSelfAttention(config.n_embd, config.n_head, config.band_width, bias=config.bias,
+            attention = BandedSelfAttention(config.d_model, config.n_heads, config.band_width, bias=config.bias,
                                             dropout=config.dropout)
         return super().make_block(config, layer, attention)
 
@@ -38,7 +38,7 @@ class GPT3Decoder(GPT2Decoder):
         layers the last band_width."""
         c = self.config
         weight = self.wte.weight
-        return BandedKVCache(self.banded, batch_size, c.n_head, max_len or c.n_positions, c.n_embd // c.n_head,
+        return BandedKVCache(self.banded, batch_size, c.n_heads, max_len or c.max_positions, c.d_model // c.n_heads,
                              c.band_width, device=weight.device, dtype=weight.dtype)
 
     def layer_masks(self, attention_mask: Tensor | None, T: int, past: int, device: torch.device) -> list:

@@ -69,17 +69,17 @@ PRESETS = {
         {"type": "seq2seq-lstm"}, {"type": "seq2seq-lstm"}),
     "seq2seq-tiny": _preset(
         "a Seq2Seq for tests: 2 layers x 64, vocab 512",
-        {"type": "seq2seq-lstm", "vocab_size": 512, "embed_dim": 32, "hidden_size": 64, "num_layers": 2, "init_range": 0.3},
-        {"type": "seq2seq-lstm", "vocab_size": 512, "embed_dim": 32, "hidden_size": 64, "num_layers": 2,
-         "encoder_size": 64, "init_range": 0.3}, num_beams=4),
+        {"type": "seq2seq-lstm", "vocab_size": 512, "d_embed": 32, "hidden_size": 64, "n_layers": 2, "init_range": 0.3},
+        {"type": "seq2seq-lstm", "vocab_size": 512, "d_embed": 32, "hidden_size": 64, "n_layers": 2,
+         "d_encoder": 64, "init_range": 0.3}, num_beams=4),
     "nmt-cove": _preset(
         "attentional NMT with CoVe's MT-LSTM: 2-layer BiLSTM 300 encoder, 2-layer LSTM 600 decoder, "
         "general attention, input feeding",
         {"type": "nmt-bilstm"}, {"type": "nmt-attention"}),
     "nmt-tiny": _preset(
         "an attentional NMT for tests: BiLSTM 2 x 32 encoder, LSTM 2 x 64 decoder, vocab 512",
-        {"type": "nmt-bilstm", "vocab_size": 512, "embed_dim": 32, "hidden_size": 32, "dropout": 0.0, "init_range": 0.3},
-        {"type": "nmt-attention", "vocab_size": 512, "embed_dim": 32, "hidden_size": 64, "encoder_size": 64,
+        {"type": "nmt-bilstm", "vocab_size": 512, "d_embed": 32, "hidden_size": 32, "dropout": 0.0, "init_range": 0.3},
+        {"type": "nmt-attention", "vocab_size": 512, "d_embed": 32, "hidden_size": 64, "d_encoder": 64,
          "dropout": 0.0, "init_range": 0.3}, num_beams=4),
 }
 

@@ -27,32 +27,28 @@ def _check(config, positive: tuple[str, ...]) -> None:
 class LSTMEncoderConfig:
     # Sutskever et al. §3.1: 160k source words, 1000-d embeddings, 4 layers of 1000 cells.
     vocab_size: int = 160000
-    embed_dim: int = 1000
+    d_embed: int = 1000
     hidden_size: int = 1000  # per direction
-    num_layers: int = 4
+    n_layers: int = 4
     bidirectional: bool = False
     # Reversing the source (not the target) took BLEU from 25.9 to 30.6 (§3.3): the first target
     # words start next to the source words they translate.
     reverse_source: bool = True
     dropout: float = 0.0  # between layers and on the embeddings
     init_range: float = 0.08  # every parameter from U(-0.08, 0.08) (§3.4)
-    max_source_len: int = 256  # longest source sentence, in tokens, that translate accepts
+    max_positions: int = 256  # longest source sentence, in tokens, that translate accepts
 
     def __post_init__(self):
-        _check(self, ("vocab_size", "embed_dim", "hidden_size", "num_layers", "max_source_len"))
-
-    @property
-    def output_size(self) -> int:
-        return self.hidden_size * (2 if self.bidirectional else 1)
+        _check(self, ("vocab_size", "d_embed", "hidden_size", "n_layers", "max_positions"))
 
 
 @dataclass(frozen=True)
 class NMTEncoderConfig(LSTMEncoderConfig):
     # CoVe's MT-LSTM: LSTM(300, 300, num_layers=2, bidirectional=True) (salesforce/cove encoder.py).
     vocab_size: int = 32000
-    embed_dim: int = 300
+    d_embed: int = 300
     hidden_size: int = 300
-    num_layers: int = 2
+    n_layers: int = 2
     bidirectional: bool = True
     reverse_source: bool = False  # a bidirectional encoder reads both ways anyway
     dropout: float = 0.2
@@ -61,10 +57,10 @@ class NMTEncoderConfig(LSTMEncoderConfig):
 @dataclass(frozen=True)
 class LSTMDecoderConfig:
     vocab_size: int = 80000  # Sutskever et al.: 80k target words
-    embed_dim: int = 1000
+    d_embed: int = 1000
     hidden_size: int = 1000
-    num_layers: int = 4
-    encoder_size: int = 1000  # size of the encoder's states: hidden_size x its directions
+    n_layers: int = 4
+    d_encoder: int = 1000  # size of the encoder's states: hidden_size x its directions
     # none: the decoder sees the source only through its initial state (Sutskever et al.);
     # additive: v^T tanh(W q + U h_j) (Bahdanau et al.); general: q^T W h_j; dot: q^T h_j (Luong et al.).
     attention: Literal["none", "additive", "general", "dot"] = "none"
@@ -77,14 +73,14 @@ class LSTMDecoderConfig:
     init_range: float = 0.08
 
     def __post_init__(self):
-        _check(self, ("vocab_size", "embed_dim", "hidden_size", "num_layers", "encoder_size"))
+        _check(self, ("vocab_size", "d_embed", "hidden_size", "n_layers", "d_encoder"))
         if self.attention not in ATTENTION:
             raise ValueError(f"attention must be one of {', '.join(ATTENTION)}, got {self.attention!r}")
         if self.input_feeding and self.attention == "none":
             raise ValueError("input_feeding feeds the attentional vector back; it needs attention other than none")
-        if self.attention == "dot" and self.hidden_size != self.encoder_size:
-            raise ValueError(f"dot attention needs hidden_size ({self.hidden_size}) equal to encoder_size "
-                             f"({self.encoder_size}); use attention = \"general\"")
+        if self.attention == "dot" and self.hidden_size != self.d_encoder:
+            raise ValueError(f"dot attention needs hidden_size ({self.hidden_size}) equal to d_encoder "
+                             f"({self.d_encoder}); use attention = \"general\"")
 
 
 @dataclass(frozen=True)
@@ -92,10 +88,10 @@ class NMTDecoderConfig(LSTMDecoderConfig):
     # CoVe's MT decoder: 2-layer LSTM, input [z_{t-1}; h~_{t-1}], general attention,
     # h~_t = tanh(W2 [H^T a_t; h_t] + b2) (McCann et al. 2017 §3).
     vocab_size: int = 32000
-    embed_dim: int = 300
+    d_embed: int = 300
     hidden_size: int = 600
-    num_layers: int = 2
-    encoder_size: int = 600
+    n_layers: int = 2
+    d_encoder: int = 600
     attention: Literal["none", "additive", "general", "dot"] = "general"
     input_feeding: bool = True
     dropout: float = 0.2

@@ -49,8 +49,9 @@ class CoVeEncoder(nn.Module):
         # Not saved with the model: it is the user's file, read again when the model is loaded.
         self.register_buffer("word_vectors", None if vectors is None else torch.from_numpy(vectors),
                              persistent=False)
-        words = vectors.shape[1] if vectors is not None else self.mt_lstm.config.embed_dim
-        self.output_size = words + self.mt_lstm.output_size
+        words = vectors.shape[1] if vectors is not None else self.mt_lstm.config.d_embed
+        self.d_model = words + self.mt_lstm.d_model  # [word vector; CoVe] per token
+        self.max_positions = self.mt_lstm.max_positions
 
     def train(self, mode: bool = True):
         super().train(mode)

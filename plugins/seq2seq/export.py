@@ -57,8 +57,8 @@ class DecoderStep(nn.Module):
 def export_plan(model) -> ExportPlan:
     encoder, decoder = model.encoder, model.decoder
     config = decoder.config
-    L, H, V = config.num_layers, config.hidden_size, config.vocab_size
-    D = encoder.output_size
+    L, H, V = config.n_layers, config.hidden_size, config.vocab_size
+    D = encoder.d_model
     K = H if config.attention == "additive" else D
     attending, feeding = decoder.attending, config.input_feeding
 
@@ -114,6 +114,6 @@ def export_plan(model) -> ExportPlan:
                     for b, s in ((1, 1), (1, 11), (5, 4))],
         cache=cache, exporter="legacy")
     return ExportPlan(ENCODER_DECODER, [encoder_graph, decoder_graph],
-                      dimensions={"vocab_size": V, "max_source_len": encoder.config.max_source_len,
-                                  "num_layers": L, "hidden_size": H, "attention": config.attention,
+                      dimensions={"vocab_size": V, "max_positions": encoder.config.max_positions,
+                                  "n_layers": L, "hidden_size": H, "attention": config.attention,
                                   "input_feeding": feeding})

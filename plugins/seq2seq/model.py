@@ -25,15 +25,21 @@ class LSTMEncoder(nn.Module):
     def __init__(self, config: LSTMEncoderConfig):
         super().__init__()
         self.config = config
-        self.embedding = nn.Embedding(config.vocab_size, config.embed_dim)
-        self.lstm = LSTMStack(config.embed_dim, config.hidden_size, config.num_layers,
+        self.embedding = nn.Embedding(config.vocab_size, config.d_embed)
+        self.lstm = LSTMStack(config.d_embed, config.hidden_size, config.n_layers,
                               bidirectional=config.bidirectional, dropout=config.dropout)
         self.drop = nn.Dropout(config.dropout)
         uniform_init_(self, config.init_range)
 
     @property
-    def output_size(self) -> int:
+    def d_model(self) -> int:
+        """The width of the states it returns: hidden_size x directions."""
         return self.lstm.output_size
+
+    @property
+    def max_positions(self) -> int:
+        """The longest source it accepts (translate refuses longer ones)."""
+        return self.config.max_positions
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> dict:
         """attention_mask (B, S) bool, True at real tokens, which come first in each row (right padding).
@@ -108,30 +114,37 @@ class LSTMDecoder(nn.Module):
         self.config = config
         H = config.hidden_size
         self.attending = config.attention != "none"
-        self.embedding = nn.Embedding(config.vocab_size, config.embed_dim)
-        self.lstm = LSTMStack(config.embed_dim + (H if config.input_feeding else 0), H, config.num_layers,
+        self.embedding = nn.Embedding(config.vocab_size, config.d_embed)
+        self.lstm = LSTMStack(config.d_embed + (H if config.input_feeding else 0), H, config.n_layers,
                               dropout=config.dropout)
         if self.attending:
-            self.attention = Attention(config.attention, H, config.encoder_size)
-            self.combine = nn.Linear(config.encoder_size + H, H)  # h~ = tanh(W [c; h] + b)
-        if config.init_state == "encoder" and config.encoder_size != H:
-            self.bridge = nn.Linear(config.encoder_size, H)
+            self.attention = Attention(config.attention, H, config.d_encoder)
+            self.combine = nn.Linear(config.d_encoder + H, H)  # h~ = tanh(W [c; h] + b)
+        if config.init_state == "encoder" and config.d_encoder != H:
+            self.bridge = nn.Linear(config.d_encoder, H)
         self.drop = nn.Dropout(config.dropout)
         self.lm_head = nn.Linear(H, config.vocab_size)
         uniform_init_(self, config.init_range)
 
+    @property
+    def d_model(self) -> int:
+        """The width of the states it returns (h~ with attention, else the top layer's h): hidden_size."""
+        return self.config.hidden_size
+
+    max_positions = None  # a recurrent decoder has no position limit
+
     def check_encoder(self, encoder) -> None:
         """The encoder's states must have the size this decoder's attention and bridge were built for."""
-        size = getattr(encoder, "output_size", None)
-        if size is not None and size != self.config.encoder_size:
-            raise SpecError(f"decoder.encoder_size is {self.config.encoder_size} but the encoder's states have {size} "
-                            f"dimensions (directions x hidden_size); set --set decoder.encoder_size={size}")
+        size = getattr(encoder, "d_model", None)
+        if size is not None and size != self.config.d_encoder:
+            raise SpecError(f"decoder.d_encoder is {self.config.d_encoder} but the encoder's states have {size} "
+                            f"dimensions (directions x hidden_size); set --set decoder.d_encoder={size}")
 
     def start(self, encoded: dict) -> dict:
         """The state before the first target token, from the encoder's output."""
         config = self.config
         memory, mask = encoded["states"], encoded["mask"]
-        B, L, H = memory.shape[0], config.num_layers, config.hidden_size
+        B, L, H = memory.shape[0], config.n_layers, config.hidden_size
         if config.init_state == "encoder":
             h, c = encoded["h"], encoded["c"]  # (L_enc, B, D)
             if h.shape[0] != L:  # unequal depths: every decoder layer starts from the encoder's top layer

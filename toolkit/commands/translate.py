@@ -81,7 +81,7 @@ def translate_texts(model_dir: str, texts: list[str], strategy: str | None, give
         translator = load_translator(model_dir, device)
     name, options = _decoding_options(translator.decoding, strategy, given, host)
     decoding = host.component("decoding", name).load()(options)
-    sources = encode_sources(translator.tokenizer, texts, translator.max_source_len)
+    sources = encode_sources(translator.tokenizer, texts, translator.max_positions)
     output = translator.output_tokenizer
     return translate_ids(translator.backend, decoding, output, sources, batch_size), output
 

@@ -48,16 +48,16 @@ def self_attention_mask(padding: Tensor | None, T: int, past: int, *, causal: bo
 class SelfAttention(nn.Module):
     """Multi-head self-attention with one fused q/k/v projection (GPT-2 names: c_attn, c_proj)."""
 
-    def __init__(self, n_embd: int, n_head: int, *, causal: bool, bias: bool = True, dropout: float = 0.0):
+    def __init__(self, d_model: int, n_heads: int, *, causal: bool, bias: bool = True, dropout: float = 0.0):
         super().__init__()
-        if n_embd % n_head:
-            raise ValueError(f"n_embd ({n_embd}) must be a multiple of n_head ({n_head})")
-        self.n_head = n_head
-        self.n_embd = n_embd
+        if d_model % n_heads:
+            raise ValueError(f"d_model ({d_model}) must be a multiple of n_heads ({n_heads})")
+        self.n_heads = n_heads
+        self.d_model = d_model
         self.causal = causal
         self.dropout = dropout
-        self.c_attn = nn.Linear(n_embd, 3 * n_embd, bias=bias)
-        self.c_proj = nn.Linear(n_embd, n_embd, bias=bias)
+        self.c_attn = nn.Linear(d_model, 3 * d_model, bias=bias)
+        self.c_proj = nn.Linear(d_model, d_model, bias=bias)
         self.resid_dropout = nn.Dropout(dropout)
 
     def forward(self, x: Tensor, mask: Tensor | None = None, cache: KVCache | None = None,
@@ -81,9 +81,9 @@ class SelfAttention(nn.Module):
     def heads(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Queries, keys and values of x (B, T, C), split into heads: 3 x (B, nh, T, hs)."""
         B, T, C = x.shape
-        hs = C // self.n_head
-        q, k, v = self.c_attn(x).split(self.n_embd, dim=2)  # 3 x (B, T, C)
-        return tuple(t.view(B, T, self.n_head, hs).transpose(1, 2) for t in (q, k, v))
+        hs = C // self.n_heads
+        q, k, v = self.c_attn(x).split(self.d_model, dim=2)  # 3 x (B, T, C)
+        return tuple(t.view(B, T, self.n_heads, hs).transpose(1, 2) for t in (q, k, v))
 
     def output(self, y: Tensor) -> Tensor:
         """The heads' outputs (B, nh, T, hs) side by side again, projected back: (B, T, C)."""

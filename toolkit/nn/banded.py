@@ -139,8 +139,8 @@ class BandedSelfAttention(SelfAttention):
     return the band_width positions before the new ones and then theirs (BandedKVCache does).
     """
 
-    def __init__(self, n_embd: int, n_head: int, band_width: int, *, bias: bool = True, dropout: float = 0.0):
-        super().__init__(n_embd, n_head, causal=True, bias=bias, dropout=dropout)
+    def __init__(self, d_model: int, n_heads: int, band_width: int, *, bias: bool = True, dropout: float = 0.0):
+        super().__init__(d_model, n_heads, causal=True, bias=bias, dropout=dropout)
         if band_width < 1:
             raise ValueError(f"band_width must be a positive integer, got {band_width}")
         self.band_width = band_width
@@ -166,15 +166,15 @@ class BandedKVCache:
     Same interface as KVCache: length, batch_size, max_len, update/advance, crop, reorder.
     """
 
-    def __init__(self, banded: Sequence[bool], batch_size: int, n_head: int, max_len: int, head_dim: int,
+    def __init__(self, banded: Sequence[bool], batch_size: int, n_heads: int, max_len: int, head_dim: int,
                  band_width: int, *, device: torch.device | str | None = None, dtype: torch.dtype | None = None):
         self.band_width = band_width
         # Each layer's index into the storage of its kind.
         self.slot = [sum(1 for earlier in banded[:layer] if earlier == kind) for layer, kind in enumerate(banded)]
         self.banded = list(banded)
-        self.dense = KVCache(self.banded.count(False), batch_size, n_head, max_len, head_dim,
+        self.dense = KVCache(self.banded.count(False), batch_size, n_heads, max_len, head_dim,
                              device=device, dtype=dtype)
-        shape = (self.banded.count(True), batch_size, n_head, band_width, head_dim)
+        shape = (self.banded.count(True), batch_size, n_heads, band_width, head_dim)
         # Zeros, not empty: slots of positions before 0 are masked, but a NaN in them would still
         # turn into NaN through the zero attention weight.
         self.window_keys = torch.zeros(shape, device=device, dtype=dtype)  # (Lb, B, nh, w, hs)

@@ -25,12 +25,12 @@ def activation_module(name: Activation) -> nn.Module:
 class MLP(nn.Module):
     """Position-wise feed-forward network: widen to d_ff, activation, project back."""
 
-    def __init__(self, n_embd: int, d_ff: int, *, activation: Activation = "gelu-tanh", bias: bool = True,
+    def __init__(self, d_model: int, d_ff: int, *, activation: Activation = "gelu-tanh", bias: bool = True,
                  dropout: float = 0.0):
         super().__init__()
-        self.c_fc = nn.Linear(n_embd, d_ff, bias=bias)
+        self.c_fc = nn.Linear(d_model, d_ff, bias=bias)
         self.act = activation_module(activation)
-        self.c_proj = nn.Linear(d_ff, n_embd, bias=bias)
+        self.c_proj = nn.Linear(d_ff, d_model, bias=bias)
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -44,17 +44,17 @@ class Block(nn.Module):
     and so needs a final LayerNorm after the last block. pre_ln=False (GPT, BERT): LN(x + f(x)).
     """
 
-    def __init__(self, n_embd: int, n_head: int, *, causal: bool, pre_ln: bool = True,
+    def __init__(self, d_model: int, n_heads: int, *, causal: bool, pre_ln: bool = True,
                  d_ff: int | None = None, activation: Activation = "gelu-tanh", bias: bool = True,
-                 dropout: float = 0.0, layer_norm_epsilon: float = 1e-5, attention: nn.Module | None = None):
+                 dropout: float = 0.0, layer_norm_eps: float = 1e-5, attention: nn.Module | None = None):
         super().__init__()
         self.pre_ln = pre_ln
-        self.ln_1 = nn.LayerNorm(n_embd, eps=layer_norm_epsilon, bias=bias)
+        self.ln_1 = nn.LayerNorm(d_model, eps=layer_norm_eps, bias=bias)
         # `attention` replaces the dense self-attention, e.g. with the banded one of GPT-3's sparse
         # layers; it takes the same (x, mask, cache, layer) arguments.
-        self.attn = attention or SelfAttention(n_embd, n_head, causal=causal, bias=bias, dropout=dropout)
-        self.ln_2 = nn.LayerNorm(n_embd, eps=layer_norm_epsilon, bias=bias)
-        self.mlp = MLP(n_embd, d_ff or 4 * n_embd, activation=activation, bias=bias, dropout=dropout)
+        self.attn = attention or SelfAttention(d_model, n_heads, causal=causal, bias=bias, dropout=dropout)
+        self.ln_2 = nn.LayerNorm(d_model, eps=layer_norm_eps, bias=bias)
+        self.mlp = MLP(d_model, d_ff or 4 * d_model, activation=activation, bias=bias, dropout=dropout)
 
     def forward(self, x: Tensor, mask: Tensor | None = None, cache: KVCache | None = None,
                 layer: int = 0) -> Tensor:

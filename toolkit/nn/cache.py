@@ -16,9 +16,9 @@ class KVCache:
     `update(layer, k, v)`, all at offset `length`, and then calls `advance(T)` once.
     """
 
-    def __init__(self, n_layer: int, batch_size: int, n_head: int, max_len: int, head_dim: int,
+    def __init__(self, n_layers: int, batch_size: int, n_heads: int, max_len: int, head_dim: int,
                  *, device: torch.device | str | None = None, dtype: torch.dtype | None = None):
-        shape = (n_layer, batch_size, n_head, max_len, head_dim)
+        shape = (n_layers, batch_size, n_heads, max_len, head_dim)
         # Positions past `length` are never read, so there is nothing to zero.
         self.keys = torch.empty(shape, device=device, dtype=dtype)  # (L, B, nh, max_len, hs)
         self.values = torch.empty(shape, device=device, dtype=dtype)  # (L, B, nh, max_len, hs)

@@ -17,12 +17,12 @@ class Embeddings(nn.Module):
     than usable positions.
     """
 
-    def __init__(self, vocab_size: int, dim: int, n_positions: int, type_vocab_size: int, *,
+    def __init__(self, vocab_size: int, dim: int, max_positions: int, type_vocab_size: int, *,
                  layer_norm_eps: float = 1e-12, dropout: float = 0.0, position_offset: int = 0):
         super().__init__()
         self.position_offset = position_offset
         self.word_embeddings = nn.Embedding(vocab_size, dim)
-        self.position_embeddings = nn.Embedding(n_positions, dim)
+        self.position_embeddings = nn.Embedding(max_positions, dim)
         # type_vocab_size 0: no segment embeddings at all (RoBERTa keeps one, of a single type)
         self.token_type_embeddings = nn.Embedding(type_vocab_size, dim) if type_vocab_size else None
         self.LayerNorm = nn.LayerNorm(dim, eps=layer_norm_eps)

@@ -14,22 +14,22 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 
 class LSTMStack(nn.Module):
-    """num_layers LSTM layers; with bidirectional=True each layer's output is [forward; backward].
+    """n_layers LSTM layers; with bidirectional=True each layer's output is [forward; backward].
 
     input (B, T, input_size) -> outputs (B, T, num_directions * hidden_size), and the final state
-    (h, c), each (num_layers, B, num_directions * hidden_size): the two directions of a layer are
+    (h, c), each (n_layers, B, num_directions * hidden_size): the two directions of a layer are
     concatenated, which is the shape a decoder initialised from the encoder wants.
     """
 
-    def __init__(self, input_size: int, hidden_size: int, num_layers: int, *, bidirectional: bool = False,
+    def __init__(self, input_size: int, hidden_size: int, n_layers: int, *, bidirectional: bool = False,
                  dropout: float = 0.0):
         super().__init__()
-        self.hidden_size, self.num_layers, self.bidirectional = hidden_size, num_layers, bidirectional
+        self.hidden_size, self.n_layers, self.bidirectional = hidden_size, n_layers, bidirectional
         self.num_directions = 2 if bidirectional else 1
         # One nn.LSTM for all layers: cuDNN and the ONNX LSTM op run the layers back to back.
         # Dropout sits between layers only (Zaremba et al. 2014), as nn.LSTM applies it.
-        self.lstm = nn.LSTM(input_size, hidden_size, num_layers, batch_first=True, bidirectional=bidirectional,
-                            dropout=dropout if num_layers > 1 else 0.0)
+        self.lstm = nn.LSTM(input_size, hidden_size, n_layers, batch_first=True, bidirectional=bidirectional,
+                            dropout=dropout if n_layers > 1 else 0.0)
 
     @property
     def output_size(self) -> int:
@@ -39,7 +39,7 @@ class LSTMStack(nn.Module):
                 state: tuple[torch.Tensor, torch.Tensor] | None = None):
         """lengths (B,) int: real positions of each row (the rest is padding); None: every row is full.
 
-        state: (h, c) in nn.LSTM's layout (num_layers * num_directions, B, hidden_size), or None for zeros.
+        state: (h, c) in nn.LSTM's layout (n_layers * num_directions, B, hidden_size), or None for zeros.
         """
         B, T, _ = inputs.shape
         if lengths is None or bool((lengths == T).all()):
@@ -51,7 +51,7 @@ class LSTMStack(nn.Module):
         return outputs, (self.merge_directions(h), self.merge_directions(c))
 
     def step(self, x: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor]):
-        """One time step of a unidirectional stack: x (B, input_size), (h, c) each (num_layers, B, H).
+        """One time step of a unidirectional stack: x (B, input_size), (h, c) each (n_layers, B, H).
 
         The fused cell per layer (torch.lstm_cell, nn.LSTMCell's kernel) on nn.LSTM's own weights:
         a decoder with input feeding must run step by step, and a full nn.LSTM call per step costs
@@ -60,7 +60,7 @@ class LSTMStack(nn.Module):
         assert not self.bidirectional, "only a left-to-right stack can be stepped"
         h, c = state
         hs, cs = [], []
-        for layer in range(self.num_layers):
+        for layer in range(self.n_layers):
             if layer and self.training and self.lstm.dropout:
                 x = nn.functional.dropout(x, self.lstm.dropout, training=True)
             weights = [getattr(self.lstm, f"{name}_l{layer}") for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
@@ -71,7 +71,7 @@ class LSTMStack(nn.Module):
 
     def merge_directions(self, state: torch.Tensor) -> torch.Tensor:
         """(layers * directions, B, H) -> (layers, B, directions * H)."""
-        L, B, H = self.num_layers, state.shape[1], self.hidden_size
+        L, B, H = self.n_layers, state.shape[1], self.hidden_size
         return state.view(L, self.num_directions, B, H).permute(0, 2, 1, 3).reshape(L, B, self.num_directions * H)
 
 

@@ -23,14 +23,14 @@ SHARED_PARTS = {"none": (), "all": (), "attention": ("attn", "ln_1"), "ffn": ("m
 
 
 class BlockStack(nn.Module):
-    """n_layer blocks applied in turn, made by `make_block()`, sharing parameters as `sharing` says."""
+    """n_layers blocks applied in turn, made by `make_block()`, sharing parameters as `sharing` says."""
 
-    def __init__(self, n_layer: int, make_block: Callable[[], Block], sharing: Sharing = "none"):
+    def __init__(self, n_layers: int, make_block: Callable[[], Block], sharing: Sharing = "none"):
         super().__init__()
         if sharing not in SHARINGS:
             raise ValueError(f"unknown sharing {sharing!r}; allowed: {', '.join(SHARINGS)}")
-        self.n_layer, self.sharing = n_layer, sharing
-        self.h = nn.ModuleList(make_block() for _ in range(1 if sharing == "all" else n_layer))
+        self.n_layers, self.sharing = n_layers, sharing
+        self.h = nn.ModuleList(make_block() for _ in range(1 if sharing == "all" else n_layers))
         for block in self.h[1:]:
             for name in SHARED_PARTS[sharing]:
                 # Unregistered, so stored (and counted, and moved by .to()) once, through h.0;
@@ -42,12 +42,12 @@ class BlockStack(nn.Module):
         return self.h[0] if self.sharing == "all" else self.h[index]
 
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
-        """x: (B, T, C) -> (B, T, C), through n_layer layers."""
-        for index in range(self.n_layer):
+        """x: (B, T, C) -> (B, T, C), through n_layers layers."""
+        for index in range(self.n_layers):
             x = self.layer(index)(x, mask)
         return x
 
     def parameters_without_sharing(self) -> int:
         """The parameter count of the same stack with no sharing."""
         block = sum(p.numel() for p in self.h[0].parameters())
-        return block * self.n_layer
+        return block * self.n_layers

@@ -7,10 +7,10 @@ from torch import Tensor
 
 
 class TiedOutputProjection:
-    """logits = h @ embedding.T, for a (vocab, n_embd) embedding matrix.
+    """logits = h @ embedding.T, for a (vocab, d_model) embedding matrix.
 
     On the CPU, a product with only a few rows (decoding a token at a time) runs about twice as
-    fast against a contiguous (n_embd, vocab) copy as against the embedding itself: MKL's
+    fast against a contiguous (d_model, vocab) copy as against the embedding itself: MKL's
     matrix-vector kernel streams that layout better (2 threads: 6.4 against 12.5 ms for GPT-2's
     50257 x 768). So under inference mode one transposed copy is kept, and made again whenever the
     embedding changes; training, bigger batches and GPUs use the embedding as it is. It is a plain
