@@ -221,18 +221,19 @@ def test_encoder_interface_and_padding(models, family):
     padded = torch.cat([ids, torch.full((1, 3), tokenizer.pad_id)], dim=1)
     mask = torch.cat([torch.ones(1, T, dtype=torch.bool), torch.zeros(1, 3, dtype=torch.bool)], dim=1)
     with torch.no_grad():
-        states = encoder(ids)
-        states_padded = encoder(padded, attention_mask=mask, token_type_ids=torch.zeros_like(padded))
-        features = encoder.embed(padded, mask)
+        states = encoder(ids).last_hidden_state
+        features = encoder(padded, attention_mask=mask, token_type_ids=torch.zeros_like(padded))
+        states_padded = features.last_hidden_state
     assert states.shape == (1, T, encoder.config.d_model)
     assert torch.allclose(states, states_padded[:, :T], atol=1e-5)
     if family == "roberta":  # positions count real tokens (fairseq), so left padding changes nothing either
         left = torch.cat([torch.full((1, 3), tokenizer.pad_id), ids], dim=1)
         with torch.no_grad():
-            states_left = encoder(left, attention_mask=mask.flip(1))
+            states_left = encoder(left, attention_mask=mask.flip(1)).last_hidden_state
         assert torch.allclose(states, states_left[:, 3:], atol=1e-5)
-    assert features["pooled"].shape == (1, encoder.config.d_model)
-    assert torch.allclose(features["pooled"], encoder.pooled(states_padded))
+    assert features.pooler_output.shape == (1, encoder.d_model)
+    assert torch.allclose(features.pooler_output, encoder.pooled(states_padded))
+    assert features.attention_mask.tolist() == mask.tolist()
     expected = {"bert": 128, "albert": 128, "roberta": 128}[family]  # roberta-tiny: 130 rows - offset 2
     assert encoder.max_positions == expected
     with pytest.raises(ValueError, match=f"at most {expected} tokens"):
@@ -254,9 +255,9 @@ def test_albert_sharing_stores_shared_parameters_once(models):
         if sharing == "all":
             assert not any(".h.1." in key for key in encoder.state_dict())
         assert encoder.embeddings.word_embeddings.weight.shape == (100, 8)  # V x E
-        encoder(torch.randint(0, 100, (2, 5))).sum().backward()  # shared weights get gradients
+        encoder(torch.randint(0, 100, (2, 5))).last_hidden_state.sum().backward()  # shared weights get gradients
         if sharing == "attention":  # a conversion reaches the shared modules through layer 0
-            assert encoder.double()(torch.randint(0, 100, (2, 5))).dtype == torch.float64
+            assert encoder.double()(torch.randint(0, 100, (2, 5))).last_hidden_state.dtype == torch.float64
     assert counts["all"] < counts["attention"] < counts["ffn"] < counts["none"]
     assert unshared == {counts["none"]}
 
@@ -301,10 +302,10 @@ def test_lmkit_embed_gives_token_states_and_pooled_vectors(models, tmp_path, run
     records = json.loads(result.out)
     with torch.no_grad():
         ids = torch.tensor([tokenizer.encode(texts[0], add_special_tokens=True)])
-        expected = model.encoder.embed(ids, torch.ones_like(ids, dtype=torch.bool))
+        expected = model.embed(ids, torch.ones_like(ids, dtype=torch.bool))
     assert records[0]["input_ids"][0] == tokenizer.cls_id
-    assert np.allclose(records[0]["embedding"], expected["pooled"][0].numpy(), atol=1e-5)
-    assert np.allclose(records[0]["token_states"], expected["token_states"][0].numpy(), atol=1e-5)
+    assert np.allclose(records[0]["embedding"], expected.pooler_output[0].numpy(), atol=1e-5)
+    assert np.allclose(records[0]["token_states"], expected.last_hidden_state[0].numpy(), atol=1e-5)
     out = tmp_path / "vectors.safetensors"
     assert run("embed", models["bert"], "--text", texts[0], "--text", texts[1], "--pool", "mean",
                "--out", out).code == 0

@@ -123,7 +123,8 @@ def test_hidden_states_pooled_output_and_head_logits_match(pair):
     real = batch["attention_mask"].bool()
     with torch.no_grad():
         expected = hf_model(**batch, output_hidden_states=True)
-        states = model.encoder(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"))
+        encoded = model.encoder(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"))
+        states = encoded.last_hidden_state
         logits = model.objectives["masked-lm"].logits(model, states)
     figures = {"hidden": (states - expected.hidden_states[-1])[real].abs().max().item(),
                "mlm": (logits - expected.logits if family == "roberta" else logits - expected.prediction_logits)
@@ -133,8 +134,8 @@ def test_hidden_states_pooled_output_and_head_logits_match(pair):
         with torch.no_grad():
             hf_pooled = base(**batch).pooler_output
             pair_objective = "next-sentence" if family == "bert" else "sentence-order"
-            pair_logits = model.objectives[pair_objective].logits(model, states)
-        figures["pooled"] = (model.encoder.pooled(states) - hf_pooled).abs().max().item()
+            pair_logits = model.objectives[pair_objective].logits(model, encoded)
+        figures["pooled"] = (encoded.pooler_output - hf_pooled).abs().max().item()
         figures["pair"] = (pair_logits - expected.seq_relationship_logits if family == "bert"
                            else pair_logits - expected.sop_logits).abs().max().item()
     print(f"\n{family} parity (max abs diff): " + ", ".join(f"{k} {v:.2e}" for k, v in figures.items()))

@@ -83,7 +83,7 @@ def test_a_classifier_trains_on_frozen_cove_features(trained_nmt, tmp_path):
     optimizer = torch.optim.Adam(classifier.parameters(), lr=1e-2)
     model.train()
     with one_thread():
-        features = cove(ids, mask)["states"]  # (N, T, 96), no gradient: frozen
+        features = cove(ids, mask).last_hidden_state  # (N, T, 96), no gradient: frozen
         pooled = features.max(dim=1).values
         train, test = slice(0, 300), slice(300, 400)
         for _ in range(150):

@@ -126,5 +126,5 @@ def test_squad_question_answering_with_no_answer_questions(run, pretrained, tmp_
     record = finetune(run, pretrained, tmp_path, "question-answering", train_file, dev_file, "--epochs", "5")
     assert record["exact_match"] > 0.6 and record["f1"] >= record["exact_match"], record
     _, _, config = load_model(str(tmp_path / "tuned" / "best"))
-    assert config["spec"]["objectives"][0] == {"type": "span-head", "weight": 1.0, "d_model": 64,
+    assert config["spec"]["objectives"][0] == {"type": "span-head", "weight": 1.0, "recipe": "encoder",
                                                "allow_no_answer": True, "dropout": 0.1}

@@ -3,8 +3,8 @@ import pytest
 
 from lmkit.errors import DataError
 from lmkit.parallel import make_batch, read_pairs
-from lmkit.synthetic_translation import TranslationTask
 from lmkit.plugins.seq2seq.training import halving_rate
+from lmkit.synthetic_translation import TranslationTask
 
 
 def test_files_and_tsv_give_the_same_pairs(tmp_path):

@@ -10,11 +10,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from lmkit.objectives.base import ObjectiveModule
 
+from lmkit.contract import EncoderOutput
 from lmkit.errors import SpecError
 from lmkit.nn import activation_module
-from lmkit.contract import EncoderOutput
+from lmkit.objectives.base import ObjectiveModule
 from lmkit.objectives.states import stack_output
 
 from .config import MaskedLMOptions, SentencePairOptions

@@ -13,11 +13,12 @@ import torch
 from torch import Tensor, nn
 
 from lmkit.nn import Block, KVCache, TiedOutputProjection, self_attention_mask
+from lmkit.nn.stack import CausalDecoderStack
 
 from .config import GPT2Config
 
 
-class LearnedPositionDecoder(nn.Module):
+class LearnedPositionDecoder(CausalDecoderStack):
     """What GPT and GPT-2 share: token plus learned position embeddings, a stack of causal blocks
     over a key/value cache, and logits from the tied token embedding.
 

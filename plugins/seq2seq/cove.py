@@ -15,12 +15,14 @@ salesforce/cove). `CoVeEncoder` is the `cove` encoder other compositions build o
 from __future__ import annotations
 
 import torch
-from torch import nn
 
+from lmkit.contract import EncoderOutput
 from lmkit.errors import SpecError
+from lmkit.nn.stack import EncoderStack
 from lmkit.word_vectors import load_word_vectors
 
 from .config import CoVeConfig
+from .model import LSTMEncoder
 
 
 def load_nmt_encoder(directory: str):
@@ -28,7 +30,7 @@ def load_nmt_encoder(directory: str):
     from lmkit.model import load_model
 
     model, tokenizer, _ = load_model(directory)
-    if model.encoder is None or not hasattr(model.encoder, "embed"):
+    if not isinstance(model.encoder, LSTMEncoder):
         raise SpecError(f"{directory} has no recurrent encoder to take CoVe features from; give an NMT model "
                         "(e.g. composed from nmt-tiny or nmt-cove)")
     encoder = model.encoder
@@ -36,8 +38,8 @@ def load_nmt_encoder(directory: str):
     return encoder.eval(), tokenizer
 
 
-class CoVeEncoder(nn.Module):
-    """A frozen NMT encoder: forward gives {"states": [word vector; CoVe] (B, S, G + D), "mask"}."""
+class CoVeEncoder(EncoderStack):
+    """A frozen NMT encoder: forward gives [word vector; CoVe] (B, S, G + D) per token as its states."""
 
     def __init__(self, config: CoVeConfig):
         super().__init__()
@@ -58,12 +60,7 @@ class CoVeEncoder(nn.Module):
         self.mt_lstm.eval()  # frozen: no dropout, whatever the model around it does
         return self
 
-    def embed(self, input_ids, attention_mask=None) -> dict:
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None) -> EncoderOutput:
         with torch.no_grad():
-            return self.mt_lstm.embed(input_ids, attention_mask, word_vectors=self.word_vectors)
-
-    def forward(self, input_ids, attention_mask=None) -> dict:
-        mask = (attention_mask.bool() if attention_mask is not None
-                else torch.ones_like(input_ids, dtype=torch.bool))
-        return {"states": self.embed(input_ids, attention_mask)["token_states"], "mask": mask}
+            return self.mt_lstm.features(input_ids, attention_mask, word_vectors=self.word_vectors)
 

@@ -11,16 +11,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lmkit.contract import EncoderOutput
 from lmkit.errors import SpecError
 from lmkit.nn.lstm import LSTMStack, reverse_padded, uniform_init_
+from lmkit.nn.stack import EncoderStack, Seq2SeqDecoderStack
 
 from .config import LSTMDecoderConfig, LSTMEncoderConfig
 
 
-class LSTMEncoder(nn.Module):
+class LSTMEncoder(EncoderStack):
     """Token ids (B, S) -> states (B, S, D) with D = directions x hidden_size, and the final (h, c)."""
 
-    takes_word_vectors = True  # embed(word_vectors=...): [GloVe(w); CoVe(w)], for lmkit embed --vectors
+    embed_options = ("word_vectors",)  # features(word_vectors=...): [GloVe(w); CoVe(w)], lmkit embed --vectors
 
     def __init__(self, config: LSTMEncoderConfig):
         super().__init__()
@@ -41,12 +43,14 @@ class LSTMEncoder(nn.Module):
         """The longest source it accepts (translate refuses longer ones)."""
         return self.config.max_positions
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> dict:
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                token_type_ids: torch.Tensor | None = None) -> EncoderOutput:
         """attention_mask (B, S) bool, True at real tokens, which come first in each row (right padding).
+        token_type_ids: ignored; an LSTM has no segments (a pair reads as one sequence with its separator).
 
-        Returns {"states": (B, S, D), "mask": (B, S) bool, "h": (L, B, D), "c": (L, B, D)}. With
-        reverse_source the states are in the order the LSTM read them (last word first); attention
-        does not care, and `embed` puts them back in word order.
+        Returns the top layer's states (B, S, D) in word order, the mask, the final (h, c) (L, B, D) that
+        a decoder may start from, and as pooled output the top layer's final h (B, D): the whole sentence
+        read (both ways, for a bidirectional encoder), the classic sentence vector.
         """
         B, S = input_ids.shape
         if attention_mask is None:
@@ -57,23 +61,22 @@ class LSTMEncoder(nn.Module):
         if self.config.reverse_source:  # without padding a plain flip, which exports as one op
             input_ids = input_ids.flip(1) if lengths is None else reverse_padded(input_ids, lengths)
         states, (h, c) = self.lstm(self.drop(self.embedding(input_ids)), lengths)
-        return {"states": self.drop(states), "mask": mask, "h": h, "c": c}
+        if self.config.reverse_source:  # back in word order: attention does not care, features do
+            states = states.flip(1) if lengths is None else reverse_padded(states, lengths)
+        return EncoderOutput(self.drop(states), mask, pooler_output=h[-1], final_state=(h, c))
 
-    def embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-              word_vectors: torch.Tensor | None = None) -> dict:
+    def features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                 word_vectors: torch.Tensor | None = None) -> EncoderOutput:
         """CoVe features: [word vector; top-layer state] per token, in word order (B, S, G + D).
 
         The word vector is the model's own embedding, or a row of `word_vectors` (V, G) (GloVe in
         McCann et al. 2017: [GloVe(w); CoVe(w)]).
         """
         encoded = self(input_ids, attention_mask)
-        states = encoded["states"]
-        if self.config.reverse_source:
-            lengths = encoded["mask"].sum(1)
-            states = reverse_padded(states, lengths)
+        states, mask = encoded.last_hidden_state, encoded.attention_mask
         words = self.embedding(input_ids) if word_vectors is None else word_vectors[input_ids]
         features = torch.cat([words.to(states.dtype), states], dim=-1)
-        return {"token_states": features * encoded["mask"][..., None]}
+        return EncoderOutput(features * mask[..., None], mask)
 
 
 class Attention(nn.Module):
@@ -104,7 +107,7 @@ class Attention(nn.Module):
         return F.softmax(scores, dim=-1) @ memory
 
 
-class LSTMDecoder(nn.Module):
+class LSTMDecoder(Seq2SeqDecoderStack):
     """A target-side LSTM language model conditioned on the encoder: by its initial state, by attention, or both."""
 
     STATE_ROWS = {"h": 1, "c": 1, "feed": 0, "memory": 0, "keys": 0, "mask": 0}  # the batch dimension of each
@@ -131,7 +134,7 @@ class LSTMDecoder(nn.Module):
         """The width of the states it returns (h~ with attention, else the top layer's h): hidden_size."""
         return self.config.hidden_size
 
-    max_positions = None  # a recurrent decoder has no position limit
+    max_positions = None  # a recurrent decoder has no position limit (max_new_tokens bounds the output)
 
     def check_encoder(self, encoder) -> None:
         """The encoder's states must have the size this decoder's attention and bridge were built for."""
@@ -140,13 +143,13 @@ class LSTMDecoder(nn.Module):
             raise SpecError(f"decoder.d_encoder is {self.config.d_encoder} but the encoder's states have {size} "
                             f"dimensions (directions x hidden_size); set --set decoder.d_encoder={size}")
 
-    def start(self, encoded: dict) -> dict:
+    def start(self, encoded: EncoderOutput) -> dict:
         """The state before the first target token, from the encoder's output."""
         config = self.config
-        memory, mask = encoded["states"], encoded["mask"]
+        memory, mask = encoded.last_hidden_state, encoded.attention_mask
         B, L, H = memory.shape[0], config.n_layers, config.hidden_size
         if config.init_state == "encoder":
-            h, c = encoded["h"], encoded["c"]  # (L_enc, B, D)
+            h, c = encoded.final_state  # (L_enc, B, D)
             if h.shape[0] != L:  # unequal depths: every decoder layer starts from the encoder's top layer
                 h, c = h[-1:].expand(L, -1, -1), c[-1:].expand(L, -1, -1)
             if hasattr(self, "bridge"):
@@ -182,7 +185,3 @@ class LSTMDecoder(nn.Module):
     def _attend(self, out: torch.Tensor, state: dict) -> torch.Tensor:
         context = self.attention(out, state["memory"], state["keys"], state["mask"])
         return torch.tanh(self.combine(torch.cat([context, out], dim=-1)))
-
-    def reorder(self, state: dict, rows: torch.Tensor) -> dict:
-        """The state of rows `rows` (beam search keeping its best beams, finished rows dropped)."""
-        return {name: value.index_select(self.STATE_ROWS[name], rows) for name, value in state.items()}

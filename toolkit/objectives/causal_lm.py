@@ -3,9 +3,8 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import nn
-from .base import ObjectiveModule
 
+from .base import ObjectiveModule
 from .options import CausalLMOptions
 from .states import decoder_states_if_computed
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from .base import ObjectiveModule
 
+from .base import ObjectiveModule
 from .options import SequenceHeadOptions, SpanHeadOptions, TokenHeadOptions
 from .states import stack_output
 

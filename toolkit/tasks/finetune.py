@@ -20,7 +20,6 @@ import numpy as np
 from ..artifacts import atomic_write_json, find_weights, read_config, read_json, staged_directory
 from ..errors import ArtifactError, DataError, LmkitError
 from ..registry import get_host
-from .inputs import add_markers
 from .kinds import task_kind
 
 BEST = "best"
