@@ -32,7 +32,11 @@ def _names(value: str | None) -> tuple[str, ...]:
 @click.option("--tag-column", default=-1, show_default=True, type=int,
               help="token-classification: the CoNLL column of the tags (-1: the last).")
 @click.option("--aux-lm-weight", type=float,
-              help="λ of GPT's auxiliary language-model loss.  [default: 0.5 for a decoder, 0 for an encoder]")
+              help="λ of GPT's auxiliary language-model loss.  [default: the recipe's: 0.5 for a decoder, none for "
+                   "an encoder]")
+@click.option("--recipe", metavar="NAME",
+              help="How the stack reads examples and features: a registered task recipe (lmkit components --kind "
+                   "task-recipe).  [default: the one the stack names: encoder or decoder]")
 @click.option("--epochs", default=3.0, show_default=True, type=float, help="Passes over the training file.")
 @click.option("--steps", type=int, help="Optimizer steps, in place of --epochs.")
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1), help="Examples per step.")
@@ -54,13 +58,14 @@ def _names(value: str | None) -> tuple[str, ...]:
                    "(raised) and --device may change.")
 @click.option("--json", "as_json", is_flag=True, help="Print the best dev record as JSON.")
 def finetune_command(pretrained, kind, train_path, dev_path, out, labels, text_fields, label_field, tag_column,
-                     aux_lm_weight,
+                     aux_lm_weight, recipe,
                      epochs, steps, batch_size, lr, warmup_ratio, max_length, truncate, dropout, eval_every, seed,
                      device, force, resume, as_json):
     """Fine-tune PRETRAINED on a labelled task file into OUT, with a linear head on its sequence features.
 
-    A decoder (GPT) reads GPT's input transformations (start text [delim text] extract) and adds the
-    auxiliary LM loss; an encoder (BERT) reads [CLS] a [SEP] b [SEP] and its pooled state. Metrics on
+    The stack's task recipe decides how it reads examples: a decoder (GPT) reads GPT's input transformations
+    (start text [delim text] extract) and adds the auxiliary LM loss; an encoder (BERT, or an
+    encoder-decoder's encoder) reads [CLS] a [SEP] b [SEP] and its pooled state. Metrics on
     --dev: accuracy (plus F1 and Matthews correlation for two classes, macro F1 for more), Pearson and
     Spearman for regression, entity-level F1 for token classification, exact match and F1 for QA.
     """
@@ -84,7 +89,7 @@ def finetune_command(pretrained, kind, train_path, dev_path, out, labels, text_f
                                "fine-tuning run")
     options = TaskOptions(kind=kind, text_fields=_names(text_fields), label_field=label_field,
                           labels=_names(labels), aux_lm_weight=aux_lm_weight, dropout=dropout, truncate=truncate,
-                          tag_column=tag_column)
+                          tag_column=tag_column, recipe=recipe)
     record = finetune(pretrained, out, train_path, dev_path, options, epochs=epochs, steps=steps,
                       batch_size=batch_size, max_length=max_length, lr=lr, warmup_ratio=warmup_ratio, seed=seed,
                       eval_every=eval_every, device=device, force=force)

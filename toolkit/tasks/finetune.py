@@ -37,6 +37,7 @@ class TaskOptions:
     dropout: float = 0.1
     truncate: bool = True  # cut examples longer than --max-length (with a warning) rather than fail
     tag_column: int = -1  # token classification: the CoNLL column of the tags
+    recipe: str | None = None  # a registered task recipe in place of the one the stack names
 
 
 # -- the model -------------------------------------------------------------------------------------
@@ -64,7 +65,7 @@ def prepare(pretrained: str, out: str, kind, train, options: TaskOptions, *, see
     spec.pop("decoder" if key == "encoder" else "encoder", None)
     spec.pop("decoding", None) if key == "encoder" else None
     stack = dict(spec[key])
-    recipe = host.instantiate("task-recipe", host.component(key, stack["type"]).load().task_recipe)
+    recipe = host.instantiate("task-recipe", options.recipe or host.component(key, stack["type"]).load().task_recipe)
     if recipe.prepare(tokenizer) and stack.get("vocab_size", tokenizer.vocab_size) < tokenizer.vocab_size:
         stack["vocab_size"] = tokenizer.vocab_size
     if options.aux_lm_weight is not None and options.aux_lm_weight < 0:

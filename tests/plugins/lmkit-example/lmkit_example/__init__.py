@@ -1,6 +1,8 @@
 """An lmkit plugin as a third party writes one: hook implementations and import strings only.
 
-Nothing here imports torch; lmkit imports `lmkit_example.model` when a spec builds the decoder.
+It adds one thing through every kind of hook: a decoder with its preset and exporter, an importer,
+an optimizer, a schedule, a task recipe and a command. Nothing here imports torch; lmkit imports
+`lmkit_example.model` when a spec builds the decoder.
 """
 import click
 
@@ -11,6 +13,34 @@ from lmkit.hookspecs import hookimpl
 def register_decoders(register):
     register("bigram", "lmkit_example.model:BigramDecoder", options="lmkit_example.options:BigramOptions",
              summary="next token from the current token only (a lookup table of logits)")
+
+
+@hookimpl
+def register_exporters(register):
+    register("decoder.bigram", "lmkit_example.export:export_plan", summary="one decoder graph, no cache")
+
+
+@hookimpl
+def register_importers(register):
+    register("bigram", "lmkit_example.hf:import_bigram", summary="a made-up Hugging Face model_type")
+
+
+@hookimpl
+def register_optimizers(register):
+    register("adagrad", "lmkit_example.training:Adagrad", options="lmkit_example.training:AdagradOptions",
+             summary="torch's Adagrad")
+
+
+@hookimpl
+def register_schedules(register):
+    register("constant", "lmkit_example.training:Constant", options="lmkit_example.training:ConstantOptions",
+             summary="warmup, then a constant rate")
+
+
+@hookimpl
+def register_task_recipes(register):
+    register("mean-pool", "lmkit_example.training:MeanPoolRecipe",
+             summary="GPT's markers, features averaged over the tokens")
 
 
 @hookimpl
