@@ -96,7 +96,9 @@ def test_the_third_party_optimizer_and_schedule_train_a_model(lmkit_with, bigram
     rates = [json.loads(line)["lr"] for line in (out / "metrics.jsonl").read_text().splitlines()
              if '"lr"' in line]
     assert rates and all(rate == pytest.approx(0.1) for rate in rates)  # constant, not cosine
-    bad = lmkit_with("train", tmp_path / "m", "--data", bigram_corpus / "corpus.txt", "--steps", 3,
+    fresh = tmp_path / "fresh"
+    assert lmkit_with("compose", "bigram-tiny", "--set", f"tokenizer={bigram_corpus / 'tok'}", "--out", fresh).code == 0
+    bad = lmkit_with("train", fresh, "--data", bigram_corpus / "corpus.txt", "--steps", 3,
                      "--batch-size", 2, "--seq-len", 8, "--optimizer", "adagrad", "--optimizer-set", "momentum=1")
     assert bad.code == 1 and "--optimizer adagrad: unknown option 'momentum'" in bad.err
 

@@ -70,7 +70,7 @@ class EncoderOutput:
 class Stack(Protocol):
     """What the core needs of every encoder and decoder module, before its kind-specific methods."""
 
-    d_model: int  # the width of the states (features) it gives
+    d_model: int  # the width of the states forward() gives, which task heads read (features() may add more)
     max_positions: int | None  # the longest input it reads, None when it has no limit (recurrent stacks)
     task_recipe: ClassVar[str]  # the task recipe `lmkit finetune` uses on it ("encoder", "decoder", ...)
     embed_options: ClassVar[tuple[str, ...]]  # keyword options its features() takes (CoVe: word_vectors)

@@ -84,7 +84,14 @@ PRESETS = {
 }
 
 
+# CoVe wraps a trained NMT model: compose it with --set encoder.model=RUNS/NMT (and that model's tokenizer).
+COVE_PRESETS = {
+    "cove-tiny": ({"tokenizer": {"type": "bpe"}, "encoder": {"type": "cove", "model": ""}},
+                  "CoVe features of an NMT model for tests: give --set encoder.model=DIR (an nmt-tiny model)"),
+}
+
+
 @hookimpl
 def register_presets(register):
-    for name, (spec, summary) in PRESETS.items():
+    for name, (spec, summary) in {**PRESETS, **COVE_PRESETS}.items():
         register(name, spec, summary=summary)

@@ -45,7 +45,7 @@ def _names(value: str | None) -> tuple[str, ...]:
                    "decoder (GPT)]")
 @click.option("--warmup-ratio", default=0.002, show_default=True, type=click.FloatRange(0, 1),
               help="Share of the steps spent warming up (GPT: 0.2%).")
-@click.option("--max-length", type=click.IntRange(min=4), help="Tokens per sequence.  [default: the model's context]")
+@click.option("--max-length", type=click.IntRange(min=4), help="Tokens per sequence.  [default: the model's context; 512 for a model without one]")
 @click.option("--truncate/--no-truncate", default=True, show_default=True,
               help="Cut longer examples (longest text first) with a warning, or fail.")
 @click.option("--dropout", default=0.1, show_default=True, type=float, help="Dropout before the head.")

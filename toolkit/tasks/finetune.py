@@ -23,6 +23,7 @@ from ..registry import get_host
 from .kinds import task_kind
 
 BEST = "best"
+UNLIMITED_MAX_LENGTH = 512  # tokens per sequence for a stack without a position limit (recurrent), unless told
 RESULTS = "finetune.json"
 TASK = "task.json"  # the task options of a run, which --resume reads back
 
@@ -225,7 +226,7 @@ def finetune(pretrained: str, out: str, train_path: str, dev_path: str | None, o
                         f"{len(train.examples[0].choices)}; give both files the same number")
     recipe, context = prepare(pretrained, out, kind, train, options, seed=seed, force=force)
     lr = recipe.default_lr if lr is None else lr
-    max_length = max_length or context
+    max_length = max_length or context or UNLIMITED_MAX_LENGTH
     if context is not None and max_length > context:
         raise LmkitError(f"--max-length {max_length} is beyond the model's {context} positions; give at most {context}")
     if steps is None:
