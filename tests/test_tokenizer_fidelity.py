@@ -10,6 +10,7 @@ import json
 import os
 import random
 import re
+import shutil
 import unicodedata
 
 import pytest
@@ -218,18 +219,21 @@ def test_bert_special_tokens_named_by_the_config(tmp_path):
 
 
 @pytest.mark.parametrize("add_prefix_space", [False, True])
-def test_add_prefix_space_gives_robertas_ids(tokenizers_of, tmp_path, add_prefix_space):
-    directory = tokenizers_of["vocab.json+merges.txt"]
-    config = os.path.join(directory, "tokenizer_config.json")
-    with open(config, "w") as handle:
-        json.dump({"add_prefix_space": add_prefix_space}, handle)
-    try:
-        reference = transformers.RobertaTokenizer(os.path.join(directory, "vocab.json"),
-                                                  os.path.join(directory, "merges.txt"),
-                                                  add_prefix_space=add_prefix_space)
-        tokenizer = load_tokenizer(directory)
-    finally:
-        os.remove(config)
+@pytest.mark.parametrize("form", ["vocab.json+merges.txt", "tokenizer.json"])
+def test_add_prefix_space_gives_robertas_ids(tokenizers_of, tmp_path, form, add_prefix_space):
+    files = [os.path.join(tokenizers_of["vocab.json+merges.txt"], name) for name in ("vocab.json", "merges.txt")]
+    reference = transformers.RobertaTokenizer(*files, add_prefix_space=add_prefix_space)
+    directory = tmp_path / "roberta"
+    os.makedirs(directory)
+    if form == "tokenizer.json":  # saved the other way round: the config's flag wins, as in transformers
+        transformers.RobertaTokenizer(*files, add_prefix_space=not add_prefix_space).save_pretrained(str(directory))
+        assert transformers.AutoTokenizer.from_pretrained(str(directory), add_prefix_space=add_prefix_space)(
+            "the fox")["input_ids"] == reference("the fox")["input_ids"]
+    else:
+        for path in files:
+            shutil.copy(path, directory)
+    (directory / "tokenizer_config.json").write_text(json.dumps({"add_prefix_space": add_prefix_space}))
+    tokenizer = load_tokenizer(directory)
     for text in [*AWKWARD, "the quick fox", "Paris"]:
         assert tokenizer.encode(text, add_special_tokens=True) == reference(text)["input_ids"], text
     assert tokenizer.hf_tokenizer.encode("the fox", "a dog").ids == reference("the fox", "a dog")["input_ids"]
@@ -242,8 +246,6 @@ def test_add_prefix_space_gives_robertas_ids(tokenizers_of, tmp_path, add_prefix
     ("vocab.json+merges.txt", {"strip_accents": True}, "strip_accents"),
 ])
 def test_flags_a_form_cannot_take_are_refused_in_one_line(tokenizers_of, tmp_path, form, config, words):
-    import shutil
-
     directory = shutil.copytree(tokenizers_of[form], tmp_path / "copy")
     (directory / "tokenizer_config.json").write_text(json.dumps(config))
     with pytest.raises(ArtifactError) as error:
@@ -368,3 +370,16 @@ def test_bad_templates_are_refused(values, words):
     with pytest.raises(SpecError) as error:
         build_options(UnigramOptions, values, "tokenizer unigram")
     assert words in str(error.value) and "\n" not in str(error.value)
+
+
+def test_flags_another_normalizer_already_follows_are_accepted(tmp_path):
+    hf = HFTokenizer(models.WordPiece({token: i for i, token in enumerate(bert_vocab())}, unk_token="[UNK]"))
+    hf.normalizer = normalizers.Sequence([normalizers.NFKD(), normalizers.Lowercase()])  # as ALBERT's lowercases
+    hf.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    hf.save(str(tmp_path / "tokenizer.json"))
+    (tmp_path / "tokenizer_config.json").write_text('{"do_lower_case": true}')
+    assert load_tokenizer(tmp_path).encode("The FOX") == load_tokenizer(tmp_path / "tokenizer.json").encode("the fox")
+    (tmp_path / "tokenizer_config.json").write_text('{"do_lower_case": false}')
+    with pytest.raises(ArtifactError) as error:
+        load_tokenizer(tmp_path)
+    assert "do_lower_case=false" in str(error.value) and "\n" not in str(error.value)

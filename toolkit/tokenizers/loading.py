@@ -21,7 +21,7 @@ import json
 import os
 
 from tokenizers import Tokenizer as HFTokenizer
-from tokenizers import models, normalizers, pre_tokenizers
+from tokenizers import models, normalizers
 
 from ..artifacts import TOKENIZER
 from ..errors import ArtifactError, one_of
@@ -100,8 +100,9 @@ def _load_tokenizer_json(path: str, config_path: str | None) -> Tokenizer:
     if "lmkit_type" in config:
         return _with_recorded_roles(hf_tokenizer, config, config_path)
     kind = _infer_kind(hf_tokenizer, description, path)
+    if _honour_prefix_space(description, config, config_path):
+        hf_tokenizer = HFTokenizer.from_str(json.dumps(description))
     _honour_normalizer_flags(hf_tokenizer, description, config, config_path)
-    _honour_prefix_space(hf_tokenizer, description, config, config_path)
     _mark_special(hf_tokenizer, config)
     return Tokenizer(hf_tokenizer, kind, _roles(hf_tokenizer, kind, config))
 
@@ -117,33 +118,50 @@ def _honour_normalizer_flags(hf_tokenizer: HFTokenizer, description: dict, confi
         return
     normalizer = description.get("normalizer")
     if not (isinstance(normalizer, dict) and normalizer.get("type") == "BertNormalizer"):
-        if _mentions_type(normalizer, "BertNormalizer") or given.get("lowercase") is True \
-                or given.get("strip_accents") is True or given.get("handle_chinese_chars") is False:
-            raise ArtifactError(f"{config_path} sets {', '.join(k for k in BERT_FLAGS if k in config)}, which only "
-                                "a tokenizer.json with a BertNormalizer takes; delete them from the config or fix the "
-                                "normalizer in tokenizer.json")
-        return  # flags that ask for nothing this normalizer does (do_lower_case false on RoBERTa)
+        # Another normalizer (ALBERT's Sequence with Lowercase, say) cannot be rebuilt from BERT's
+        # flags: flags that say what it already does are honoured as they are, others refused.
+        does = {"lowercase": _mentions_type(normalizer, "Lowercase"),
+                "strip_accents": _mentions_type(normalizer, "StripAccents"), "handle_chinese_chars": False}
+        differ = [key for key, flag in BERT_FLAGS.items() if key in config and config[key] is not None
+                  and config[key] != does[flag]]
+        if differ:
+            raise ArtifactError(f"{config_path} sets {', '.join(f'{k}={config[k]}' for k in differ).lower()}, which "
+                                "the normalizer in its tokenizer.json does not do and only BERT's normalizer "
+                                "takes; delete them from the config or fix the normalizer")
+        return
     state = {key: normalizer.get(key) for key in ("clean_text", "handle_chinese_chars", "strip_accents", "lowercase")}
     state.update(given)
     hf_tokenizer.normalizer = normalizers.BertNormalizer(**state)
 
 
-def _honour_prefix_space(hf_tokenizer: HFTokenizer, description: dict, config: dict, config_path) -> None:
-    """add_prefix_space over a tokenizer.json's ByteLevel pre-tokenizer, as RobertaTokenizer does."""
-    if "add_prefix_space" not in config:
-        return
-    pre = description.get("pre_tokenizer")
-    if isinstance(pre, dict) and pre.get("type") == "ByteLevel":
-        hf_tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=config["add_prefix_space"],
-                                                              use_regex=pre.get("use_regex", True))
-    elif isinstance(pre, dict) and pre.get("type") == "Metaspace":
-        # SentencePiece's space marker: `always` is add_prefix_space true, `never` false.
-        hf_tokenizer.pre_tokenizer = pre_tokenizers.Metaspace(
-            replacement=pre.get("replacement", "▁"), split=pre.get("split", True),
-            prepend_scheme="always" if config["add_prefix_space"] else "never")
-    elif config["add_prefix_space"]:
+def _honour_prefix_space(description: dict, config: dict, config_path) -> bool:
+    """add_prefix_space over a tokenizer.json's ByteLevel or Metaspace parts (in a Sequence too), as
+    RobertaTokenizer and AlbertTokenizer read it; True when `description` was changed to follow it."""
+    if config.get("add_prefix_space") is None:
+        return False
+    wanted = config["add_prefix_space"]
+    parts = [node for key in ("pre_tokenizer", "decoder", "post_processor")
+             for node in _nodes(description.get(key)) if node.get("type") in ("ByteLevel", "Metaspace")]
+    if not any(node in parts for node in _nodes(description.get("pre_tokenizer"))):
+        if not wanted:
+            return False  # nothing adds a space, as asked
         raise ArtifactError(f"{config_path} sets add_prefix_space, which only a byte-level or Metaspace "
                             "pre-tokenizer takes; delete it from the config or fix tokenizer.json")
+    changed = False
+    for node in parts:
+        key, value = (("add_prefix_space", wanted) if node["type"] == "ByteLevel"
+                      else ("prepend_scheme", "always" if wanted else "never"))
+        changed |= node.get(key) != value
+        node[key] = value
+    return changed
+
+
+def _nodes(node) -> list[dict]:
+    """A serialized component and the ones inside it (a Sequence's)."""
+    if isinstance(node, dict):
+        inner = [n for value in node.values() if isinstance(value, list) for item in value for n in _nodes(item)]
+        return [node, *inner]
+    return []
 
 
 def _load_gpt2_files(vocab_json: str, merges: str, config_path: str | None) -> Tokenizer:
