@@ -29,7 +29,8 @@ from .templates import apply_template
 from .training import EACH_CHARACTER, set_bert_parts, set_byte_level_parts, set_word_bpe_parts
 from .wrapper import KNOWN_ROLE_TOKENS, ROLES, TOKENIZER_CONFIG, Tokenizer, infer_roles
 
-KINDS = ("bytelevel-bpe", "bpe", "wordpiece", "unigram", "char")  # what a foreign file can be read as
+# The kinds a foreign file can be read as (a plugin's kinds are trained, not inferred from a file).
+FOREIGN_KINDS = ("bytelevel-bpe", "bpe", "wordpiece", "unigram", "char")
 BERT_FLAGS = {"do_lower_case": "lowercase", "strip_accents": "strip_accents",
               "tokenize_chinese_chars": "handle_chinese_chars"}
 
@@ -302,7 +303,7 @@ def _infer_kind(hf_tokenizer: HFTokenizer, description: dict, path: str) -> str:
             and pre_tokenizer.get("pattern") == {"Regex": EACH_CHARACTER}:
         return "char"
     raise ArtifactError(f"{path} holds a {model} tokenizer, which matches no lmkit tokenizer kind "
-                        f"({one_of(KINDS)}); train one with lmkit tokenizer train")
+                        f"({one_of(FOREIGN_KINDS)}); train one with lmkit tokenizer train")
 
 
 def _mentions_type(node, name: str) -> bool:

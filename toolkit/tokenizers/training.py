@@ -200,6 +200,7 @@ def train_tokenizer(kind: str, files: list[str], options=None, progress: bool = 
 
 
 def set_byte_level_parts(hf_tokenizer: HFTokenizer, add_prefix_space: bool = False) -> None:
+    """GPT-2's byte-level pre-tokenizer and decoder (add_prefix_space: read "fox" as " fox", RoBERTa's flag)."""
     hf_tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=add_prefix_space)
     hf_tokenizer.decoder = decoders.ByteLevel()
     # As GPT-2's tokenizer.json has it: offsets then cover the spaces inside tokens (lmkit.tasks.qa
@@ -208,6 +209,7 @@ def set_byte_level_parts(hf_tokenizer: HFTokenizer, add_prefix_space: bool = Fal
 
 
 def set_word_bpe_parts(hf_tokenizer: HFTokenizer, lowercase: bool) -> None:
+    """GPT's parts, as transformers' OpenAIGPTTokenizerFast has them: BERT's normalizer and splitting, `</w>`."""
     hf_tokenizer.normalizer = normalizers.BertNormalizer(lowercase=lowercase)
     hf_tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     hf_tokenizer.decoder = decoders.BPEDecoder(suffix="</w>")
