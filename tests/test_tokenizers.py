@@ -11,7 +11,7 @@ import sys
 import pytest
 from tokenizers import Tokenizer as HFTokenizer
 
-from lmkit.errors import ArtifactError, DataError, SpecError
+from lmkit.errors import ArtifactError, DataError, PluginError, SpecError
 from lmkit.options import build_options
 from lmkit.tokenizers import (
     ROLES,
@@ -314,7 +314,8 @@ def test_too_small_vocabulary_is_refused(corpus):
 
 
 def test_unknown_kind_suggests_the_closest(corpus):
-    with pytest.raises(SpecError) as error:
+    # The plugin registry is the one list of kinds: its error, as `lmkit tokenizer train --kind` gives.
+    with pytest.raises(PluginError) as error:
         train_tokenizer("chars", [corpus])
     check_one_line(error, "did you mean 'char'")
 

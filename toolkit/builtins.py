@@ -8,15 +8,20 @@ from .hookspecs import hookimpl
 
 @hookimpl
 def register_tokenizers(register):
-    register("bytelevel-bpe", "lmkit.tokenizers:ByteLevelBPE", options="lmkit.tokenizers:ByteLevelBPEOptions",
+    register("bytelevel-bpe", "lmkit.tokenizers.training:ByteLevelBPE",
+             options="lmkit.tokenizers.options:ByteLevelBPEOptions",
              summary="byte-level BPE, no unknown tokens (GPT-2, RoBERTa)")
-    register("bpe", "lmkit.tokenizers:WordBPE", options="lmkit.tokenizers:WordBPEOptions",
+    register("bpe", "lmkit.tokenizers.training:WordBPE",
+             options="lmkit.tokenizers.options:WordBPEOptions",
              summary="BPE with end-of-word markers (GPT)")
-    register("wordpiece", "lmkit.tokenizers:WordPiece", options="lmkit.tokenizers:WordPieceOptions",
+    register("wordpiece", "lmkit.tokenizers.training:WordPiece",
+             options="lmkit.tokenizers.options:WordPieceOptions",
              summary="WordPiece with ## continuations (BERT)")
-    register("unigram", "lmkit.tokenizers:Unigram", options="lmkit.tokenizers:UnigramOptions",
+    register("unigram", "lmkit.tokenizers.training:Unigram",
+             options="lmkit.tokenizers.options:UnigramOptions",
              summary="SentencePiece-style Unigram LM (T5, ALBERT)")
-    register("char", "lmkit.tokenizers:Character", options="lmkit.tokenizers:CharacterOptions",
+    register("char", "lmkit.tokenizers.training:Character",
+             options="lmkit.tokenizers.options:CharacterOptions",
              summary="one token per character")
 
 

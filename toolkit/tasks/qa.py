@@ -105,7 +105,8 @@ def encode_questions(data: QuestionData, tokenizer, max_length: int):
     for question in data.examples:
         encoding = truncating.encode(question.question, question.context, add_special_tokens=True)
         in_context = [sequence == 1 for sequence in encoding.sequence_ids]
-        offsets = [tuple(span) if inside else (0, 0) for span, inside in zip(encoding.offsets, in_context)]
+        offsets = [_trimmed(question.context, *span) if inside else (0, 0)
+                   for span, inside in zip(encoding.offsets, in_context)]
         start = end = 0
         if question.answers:
             text, first = question.answers[0]
@@ -117,6 +118,19 @@ def encode_questions(data: QuestionData, tokenizer, max_length: int):
                 cut += 1  # the answer lies beyond what fits: trained as no answer
         encoded.append(EncodedQuestion(list(encoding.ids), list(encoding.type_ids), offsets, in_context, start, end))
     return encoded, cut
+
+
+def _trimmed(context: str, start: int, end: int) -> tuple[int, int]:
+    """A token's character span without the whitespace at its ends.
+
+    Byte-level BPE (GPT-2's offsets, trim_offsets off) and SentencePiece (`▁`) tokens carry the space
+    before a word; an answer read from such offsets would start with it (" fox" for "fox").
+    """
+    while start < end and context[start].isspace():
+        start += 1
+    while end > start and context[end - 1].isspace():
+        end -= 1
+    return start, end
 
 
 def collate_questions(questions: list[EncodedQuestion], pad_id: int) -> dict[str, np.ndarray]:
@@ -154,9 +168,11 @@ def best_span(start_logits: np.ndarray, end_logits: np.ndarray, question: Encode
 
 
 def span_text(question: Question, encoded: EncodedQuestion, span) -> str:
+    """The context's exact characters from the span's first token to its last ("" for no answer)."""
     if span is None:
         return ""
-    return question.context[encoded.offsets[span[0]][0]:encoded.offsets[span[1]][1]]
+    # strip: a span may begin or end at a token of whitespace alone (byte-level "Ġ", "▁"), trimmed empty.
+    return question.context[encoded.offsets[span[0]][0]:encoded.offsets[span[1]][1]].strip()
 
 
 # -- the official SQuAD metrics ---------------------------------------------------------------------

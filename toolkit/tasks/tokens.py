@@ -85,24 +85,50 @@ class EncodedSentence:
 
 
 def encode_sentences(data: TaggedData, tokenizer, max_length: int, *, encoder: bool):
-    """Each sentence as token ids with per-token labels, and how many sentences lost words to fit."""
+    """Each sentence as token ids with per-token labels, and how many sentences lost words to fit.
+
+    Every word gets exactly one scored position, however many tokens it yields: a word that yields
+    none (only a zero-width space, say, which the normalizer removes) is read as the unknown token,
+    so that it keeps its place and the words after it keep their tags. Only --max-length drops
+    words, from the end; `EncodedSentence.words` counts those kept. DataError when a word yields
+    no tokens and the tokenizer has no unknown token to stand for it.
+    """
     from tokenizers import Tokenizer as HFTokenizer
 
     truncating = HFTokenizer.from_str(tokenizer.hf_tokenizer.to_str())
     truncating.enable_truncation(max_length)
+    stand_in = _unknown_word(tokenizer)
     encoded, cut = [], 0
     for sentence in data.examples:
-        encoding = truncating.encode(list(sentence.words), is_pretokenized=True, add_special_tokens=encoder)
-        words = encoding.word_ids
+        words = list(sentence.words)
+        encoding = tokenizer.hf_tokenizer.encode(words, is_pretokenized=True, add_special_tokens=False)
+        empty = set(range(len(words))) - set(encoding.word_ids)
+        if empty:
+            if stand_in is None:
+                word = words[min(empty)]
+                raise DataError(f"{data.path}: the word {word!r} yields no tokens and the tokenizer has no unknown "
+                                "token to stand for it; remove the word or use a tokenizer with one")
+            words = [stand_in if i in empty else word for i, word in enumerate(words)]
+        encoding = truncating.encode(words, is_pretokenized=True, add_special_tokens=encoder)
+        word_ids = encoding.word_ids
         labels = []
-        for i, word in enumerate(words):
-            neighbour = words[i - 1] if encoder else (words[i + 1] if i + 1 < len(words) else None)
+        for i, word in enumerate(word_ids):
+            neighbour = word_ids[i - 1] if encoder else (word_ids[i + 1] if i + 1 < len(word_ids) else None)
             scored = word is not None and (word != neighbour or (encoder and i == 0))
             labels.append(sentence.tags[word] if scored else -100)
-        kept = len({w for w in encoding.word_ids if w is not None})
+        kept = len({w for w in word_ids if w is not None})
         cut += kept < len(sentence.words)
         encoded.append(EncodedSentence(list(encoding.ids), list(encoding.type_ids), labels, kept))
     return encoded, cut
+
+
+def _unknown_word(tokenizer) -> str | None:
+    """The unknown token's text, if it reads back as that one token when given as a word; else None."""
+    unk = tokenizer.special_tokens.get("unk")
+    if unk is None:
+        return None
+    ids = tokenizer.hf_tokenizer.encode([unk], is_pretokenized=True, add_special_tokens=False).ids
+    return unk if ids == [tokenizer.unk_id] else None
 
 
 def collate_sentences(sentences: list[EncodedSentence], pad_id: int) -> dict[str, np.ndarray]:
