@@ -163,8 +163,9 @@ def data(tmp_path_factory):
     documents = root / "documents.txt"
     documents.write_text("\n\n".join("\n".join(lines[i:i + 5]) for i in range(0, len(lines), 5)) + "\n")
     labelled = root / "task.jsonl"
-    # A label the first word decides: learnable, but this file only checks that every stack fine-tunes.
-    labelled.write_text("".join(json.dumps({"text": line, "label": "a" if line.split()[0] < "m" else "b"}) + "\n"
+    # A label the length decides: learnable, but this file only checks that every stack fine-tunes.
+    median = sorted(len(line.split()) for line in lines[:48])[24]
+    labelled.write_text("".join(json.dumps({"text": line, "label": "a" if len(line.split()) < median else "b"}) + "\n"
                                 for line in lines[:48]))
     return {**files, "documents": str(documents), "task": str(labelled)}
 
@@ -260,7 +261,11 @@ def test_finetune_predict_embed(preset, artifacts, data, tmp_path):
     assert len(rows) == 48 and {row["label"] for row in rows} <= {"a", "b"}
     embedded = made.cli("embed", made.trained(), "--text", "the first sentence", "--text", "a second one")
     vectors = json.loads(embedded.out)
-    assert len(vectors) == 2 and len(vectors[0]["embedding"]) == load(made.trained())[0].feature_stack.d_model
+    model, tokenizer, _ = load(made.trained())
+    with torch.no_grad():
+        ids = torch.tensor([tokenizer.encode("a second one", add_special_tokens=True)])
+        expected = model.embed(ids).last_hidden_state.mean(1)[0]  # mean pooling, the default
+    np.testing.assert_allclose(vectors[1]["embedding"], expected.numpy(), atol=1e-5)
 
 
 @pytest.mark.parametrize("preset", PRESETS)
@@ -283,7 +288,7 @@ def test_export_parity_and_torch_free_run(preset, artifacts, tmp_path):
     made = artifacts(preset)
     exported = made.exported()
     manifest = json.loads(open(os.path.join(exported, "lmkit-onnx.json")).read())
-    assert manifest["validation"]["passed"] is True
+    assert manifest["validation"]["max_abs_diff"] < 1e-3  # fp32 against PyTorch, measured at export
     command = {"decoder": ["generate", "--prompt", "the first", "--max-new-tokens", "6", "--json"],
                "encoder": ["embed", "--text", "the first sentence"],
                "encoder-decoder": ["translate", "--text", "the first sentence", "--json"]}[made.kind]
@@ -296,8 +301,7 @@ def test_export_parity_and_torch_free_run(preset, artifacts, tmp_path):
         np.testing.assert_allclose(json.loads(done.stdout)[0]["embedding"], json.loads(torch_run.out)[0]["embedding"],
                                    atol=1e-4)
     else:  # greedy (or the preset's beam) search gives the same tokens on both backends
-        assert [r["tokens"] for r in map(json.loads, done.stdout.splitlines())] == \
-               [r["tokens"] for r in map(json.loads, torch_run.out.splitlines())]
+        assert [r["tokens"] for r in json.loads(done.stdout)] == [r["tokens"] for r in json.loads(torch_run.out)]
 
 
 # -- decoders -------------------------------------------------------------------------------------
@@ -377,8 +381,7 @@ def test_batched_translation_equals_one_by_one(preset, artifacts, data):
     batched = made.cli("translate", made.trained(), *texts, "--strategy", "beam", "--num-beams", 3, "--json")
     alone = [made.cli("translate", made.trained(), "--text", s, "--strategy", "beam", "--num-beams", 3, "--json")
              for s in sources]
-    assert [json.loads(line)["tokens"] for line in batched.out.splitlines()] == \
-           [json.loads(r.out.splitlines()[0])["tokens"] for r in alone]
+    assert [r["tokens"] for r in json.loads(batched.out)] == [json.loads(r.out)[0]["tokens"] for r in alone]
 
 
 @pytest.mark.parametrize("preset", by_kind("encoder-decoder"))
