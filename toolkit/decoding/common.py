@@ -116,6 +116,16 @@ def left_pad(prompts: list[list[int]], pad_id: int | None) -> tuple[np.ndarray, 
     return input_ids, attention_mask
 
 
+def drop_padding_columns(input_ids: np.ndarray, attention_mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The left-padded batch without its leading columns that are padding in every row.
+
+    Once the rows with the longest prompts have left the batch, the ones left may have padding in
+    common; a backend at its max_length drops it (see Backend.step) and runs the rest afresh.
+    """
+    first = int(attention_mask.any(axis=0).argmax())
+    return input_ids[:, first:], attention_mask[:, first:]
+
+
 # -- scores ----------------------------------------------------------------------------------------
 
 
