@@ -10,6 +10,7 @@ import click
 from .decoding_cli import decoding_flags, decoding_options, is_export
 from .translate import echo_translations, is_encoder_decoder, translate_texts
 
+
 @click.command("generate")
 @click.argument("model_dir", type=click.Path(file_okay=False))
 @click.option("--prompt", "prompts", multiple=True, metavar="TEXT",
