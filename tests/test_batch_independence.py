@@ -132,3 +132,46 @@ def test_every_translation_is_the_same_alone_and_batched(translators, name, back
         for i, result in enumerate(run(sources, batch_size)):
             if i != 1:
                 assert_same(result, alone[i], f"{name} on {backend}: source {i}, batches of {batch_size}")
+
+
+@pytest.mark.parametrize("preset", ["gpt-tiny", "gpt3-tiny"])  # post-LN GPT; GPT-3's banded layers
+def test_other_decoders_give_every_row_the_same_alone_and_batched(preset):
+    from lmkit.model import build_model
+    from lmkit.registry import get_host
+    from lmkit.spec import load_source, resolve
+
+    host = get_host()
+    model = build_model(resolve(load_source(preset, host), host), seed=0)
+    with torch.no_grad():
+        for parameter in model.parameters():  # weights large enough for peaked distributions (no near-ties)
+            parameter.normal_(0.0, 0.3)
+    decoder = model.decoder.eval()
+    for name in ("greedy", "beam", "sample"):
+        strategy = STRATEGIES[name]
+        alone = strategy.generate(TorchBackend(decoder, NEW), [SHORT[0]], eos_id=None, pad_id=0)[0]
+        batched = strategy.generate(TorchBackend(decoder, NEW), [LONG, SHORT[0]], eos_id=None, pad_id=0)
+        assert_same(batched[1], alone, f"{name} on {preset}")
+        assert len(alone.tokens) == NEW and len(batched[0].tokens) == 15
+
+
+def test_generate_command_gives_a_prompt_its_tokens_whatever_it_is_batched_with(run, tiny_gpt2):
+    import json
+
+    from lmkit.tokenizers import load_tokenizer
+
+    tokenizer = load_tokenizer(tiny_gpt2)
+    words = "the cat sat on the mat and the dog ran far away home quickly".split()
+    long = ""
+    while len(tokenizer.encode(long)) < 50:
+        long += " " + words[len(long) % len(words)]
+
+    def generate(*prompts):
+        done = run("generate", tiny_gpt2, *[arg for p in prompts for arg in ("--prompt", p)], "--max-new-tokens",
+                   "20", "--json", "--device", "cpu")
+        assert done.code == 0, done.err
+        return json.loads(done.out)
+
+    alone = generate("fox")[0]
+    fox, rest = generate("fox", long)
+    assert len(alone["tokens"]) == len(fox["tokens"]) == 20 and fox["tokens"] == alone["tokens"]
+    assert len(rest["tokens"]) == 64 - len(tokenizer.encode(long)) + 1 and rest["finish_reason"] == "length"
