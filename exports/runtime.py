@@ -18,6 +18,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from lmkit.decoding.common import drop_padding_columns
 from lmkit.errors import ArtifactError, LmkitError, MissingDependency
 
 from .graphs import BATCH, DECODER_ONLY, ENCODER, PAST
@@ -347,6 +348,9 @@ class OrtBackend:
         self.binding = session.io_binding() if io_binding else None
         self.past: dict = {}  # cache input name -> numpy array, or OrtValue on self.device with IO binding
         self.attention_mask = np.zeros((0, 0), dtype=np.int64)  # (B, positions so far), 0 at padding
+        # The tokens fed so far (B, positions so far), to run the rows again without the padding they
+        # share once the graph's max_length is reached (see Backend.step).
+        self.fed = np.zeros((0, 0), dtype=np.int64)
         self.positions = np.zeros(0, dtype=np.int64)  # (B,), the position of each row's next token
 
     def prefill(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
@@ -356,6 +360,7 @@ class OrtBackend:
         positions = np.maximum(np.cumsum(mask, axis=1) - 1, 0)
         self.past = {name: self._cache_value(self._empty(name, batch)) for name, _ in self.cache}
         self.attention_mask = np.zeros((batch, 0), dtype=np.int64)
+        self.fed = np.zeros((batch, 0), dtype=np.int64)
         return self._run(input_ids, mask, positions)
 
     def step(self, tokens: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
@@ -364,7 +369,13 @@ class OrtBackend:
                          for name, value in self.past.items()}
             self.attention_mask = self.attention_mask[rows]
             self.positions = self.positions[rows]
+            self.fed = self.fed[rows]
         batch = tokens.shape[0]
+        if self.max_length is not None and self.attention_mask.shape[1] == self.max_length:
+            ids, mask = drop_padding_columns(np.concatenate([self.fed, tokens.reshape(batch, 1)], axis=1),
+                                             np.concatenate([self.attention_mask, np.ones((batch, 1), np.int64)], axis=1))
+            if mask.shape[1] <= self.max_length:
+                return self.prefill(ids, mask.astype(np.bool_))
         return self._run(tokens.reshape(batch, 1), np.ones((batch, 1), dtype=np.int64), self.positions[:, None])
 
     def _run(self, input_ids: np.ndarray, new_mask: np.ndarray, positions: np.ndarray) -> np.ndarray:
@@ -382,6 +393,7 @@ class OrtBackend:
             logits = logits.numpy()
         self.past = {name: value for (name, _), value in zip(self.cache, cache)}
         self.attention_mask = mask
+        self.fed = np.concatenate([self.fed, input_ids], axis=1)
         self.positions = positions[:, -1] + 1
         # A copy: the strategies may change the logits in place, and they are onnxruntime's buffer.
         return np.array(logits[:, -1], dtype=np.float32)

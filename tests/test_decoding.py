@@ -196,7 +196,7 @@ def test_top_k_keeps_the_k_largest():
 def test_sampling_follows_the_distribution():
     sampling = Sampling(SamplingOptions(temperature=1.0))
     logits = np.log(np.array([[0.2, 0.7, 0.1]], dtype=np.float32)).repeat(20000, axis=0)
-    counts = np.bincount(sampling.choose(logits, np.random.default_rng(0)), minlength=3) / 20000
+    counts = np.bincount(sampling.choose(logits, np.random.default_rng(0).random(20000)), minlength=3) / 20000
     np.testing.assert_allclose(counts, [0.2, 0.7, 0.1], atol=0.015)
 
 

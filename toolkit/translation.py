@@ -26,7 +26,9 @@ def encode_sources(tokenizer, texts: list[str], limit: int | None) -> list[list[
 def translate_ids(backend, decoding, tokenizer, sources: list[list[int]], batch_size: int = 64):
     """One Generation per source, in order, generated batch_size sources at a time.
 
-    tokenizer: the target side's (its <s>, </s> and padding drive the decoder).
+    tokenizer: the target side's (its <s>, </s> and padding drive the decoder). Every prompt is the
+    same <s>, so the sources are the keys that seed sampling's rows: a sentence samples the same
+    translation in any batch, in any position (see lmkit.decoding.sampling).
     """
     from .parallel import special_ids
 
@@ -35,7 +37,7 @@ def translate_ids(backend, decoding, tokenizer, sources: list[list[int]], batch_
     for start in range(0, len(sources), batch_size):
         chunk = sources[start:start + batch_size]
         backend.set_sources(chunk)
-        results.extend(decoding.generate(backend, [[bos]] * len(chunk), eos_id=eos, pad_id=pad))
+        results.extend(decoding.generate(backend, [[bos]] * len(chunk), eos_id=eos, pad_id=pad, keys=chunk))
     return results
 
 

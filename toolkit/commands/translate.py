@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from .generate import decoding_flags
+from .decoding_cli import decoding_flags, decoding_options, is_export
 
 
 @click.command("translate")
@@ -65,10 +65,9 @@ def translate_texts(model_dir: str, texts: list[str], strategy: str | None, give
     """(one Generation per text, tokenizer) from a model or export directory; `generate` shares it."""
     from ..registry import get_host
     from ..translation import encode_sources, translate_ids
-    from .generate import _decoding_options, _is_export
 
     host = get_host()
-    if _is_export(model_dir):
+    if is_export(model_dir):
         from ..exports.seq2seq_runtime import load_translator as load_exported
 
         translator = load_exported(model_dir, device=device, provider=provider)
@@ -79,7 +78,7 @@ def translate_texts(model_dir: str, texts: list[str], strategy: str | None, give
         from ..translation import load_translator
 
         translator = load_translator(model_dir, device)
-    name, options = _decoding_options(translator.decoding, strategy, given, host)
+    name, options = decoding_options(translator.decoding, strategy, given, host)
     decoding = host.component("decoding", name).load()(options)
     sources = encode_sources(translator.tokenizer, texts, translator.max_positions)
     output = translator.output_tokenizer

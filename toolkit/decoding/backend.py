@@ -32,6 +32,11 @@ class Backend(Protocol):
             its best beams, B prompts expanding into B * num_beams beams, finished rows dropped),
             then feeds `tokens`. None keeps the rows as they are.
         Returns float32 (B', V): the next-token logits after each row's new token.
+        Rows get their own room (strategies' new_token_rooms): a short prompt batched with a long one
+        may run on after the long one ended, until its own tokens fill the context though the padded
+        width would not fit. A backend with a max_length then drops the leading columns that are
+        padding in every row left (it recomputes its cache over the rest), so it never reads more
+        than max_length positions, and each row's positions stay those it has alone.
 
     Both return arrays of their own, which the strategies may change in place.
     """

@@ -9,10 +9,21 @@ num_beams candidates that do not end run on. A prompt is done when its num_beams
 cannot be beaten: when the best running beam, normalised by its current length, scores below the
 worst of them (transformers' heuristic for early_stopping=False), or, with early_stopping, as soon as
 num_beams hypotheses have finished. See transformers/generation/utils.py, `_beam_search`.
+
+Every prompt searches on its own: its length limit is its own room (new_token_rooms), the other
+prompts' beams never compete with its own, and it leaves the backend's batch once done, so a prompt
+gets the same hypotheses alone as batched. One step of the search, for all prompts at once:
+
+    expand    score every continuation of every running beam, keep the 2 * num_beams best (Candidates)
+    select    the num_beams best candidates that do not end run on
+    finish    candidates that end join the finished hypotheses, if they rank among the best so far
+    advance   which prompts still search, and which backend row each of their beams continues
+and at the end, `results` turns each prompt's finished hypotheses into Generations.
 """
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -24,7 +35,7 @@ from .common import (
     fit_prompts,
     left_pad,
     log_softmax,
-    new_token_room,
+    new_token_rooms,
     stop_lengths,
     top_k_indices,
 )
@@ -39,107 +50,163 @@ class BeamSearch:
 
     def generate(self, backend: Backend, prompts: Sequence[Sequence[int]], *, eos_id: int | None,
                  pad_id: int | None, stop: list[list[int]] | None = None,
-                 on_token: Callable[[int, int], None] | None = None) -> list[Generation]:
+                 on_token: Callable[[int, int], None] | None = None,
+                 keys: Sequence[Sequence[int]] | None = None) -> list[Generation]:
         """The best hypothesis of each prompt, the next best in its `alternatives`.
 
         Beam search knows its output only at the end, so on_token sees the best tokens then.
+        keys: ignored (beam search draws nothing); taken so every strategy is called alike.
         """
-        options = self.options
-        K = options.num_beams
         stop = [list(map(int, sequence)) for sequence in stop or () if len(sequence)]
-        prompts = fit_prompts(prompts, backend.max_length, options.max_new_tokens)
+        prompts = fit_prompts(prompts, backend.max_length, self.options.max_new_tokens)
         input_ids, attention_mask = left_pad(prompts, pad_id)
-        B, P = input_ids.shape
-        steps = new_token_room(P, backend.max_length, options.max_new_tokens)
-
-        # Running beams, per prompt: the prompt (-1 at padding) then new tokens, and summed log-probs.
-        # All start as the prompt, but only the first may be extended at the first step, or the K
-        # beams would all pick the same best token.
-        running = np.empty((B, K, P + steps), dtype=np.int64)
-        running[:, :, :P] = np.where(attention_mask, input_ids, -1)[:, None, :]
-        running_scores = np.full((B, K), -np.inf, dtype=np.float32)
-        running_scores[:, 0] = 0.0
-        # Finished hypotheses, per prompt, best first; a slot scored -inf is still empty.
-        finished = {
-            "tokens": np.zeros((B, K, P + steps), dtype=np.int64),
-            "score": np.full((B, K), -np.inf, dtype=np.float32),  # sum_logprob / length ** length_penalty
-            "logprob": np.zeros((B, K), dtype=np.float32),
-            "kept": np.zeros((B, K), dtype=np.int64),  # new tokens without the eos or stop sequence
-            "reason": np.zeros((B, K), dtype=np.int64),  # index into FINISH_REASONS
-        }
-        improvable = np.ones(B, dtype=np.bool_)  # could a running beam still beat a finished one?
-
-        live = np.arange(B)  # the prompts still searching, in the backend's row order
-        rows_per_prompt = 1  # after the prefill each prompt has one row, which all its beams continue
+        search = _Search(self.options, input_ids, attention_mask,
+                         new_token_rooms(prompts, backend.max_length, self.options.max_new_tokens), eos_id, stop)
         logits = backend.prefill(input_ids, attention_mask)
-        for t in range(steps):
-            n, length = len(live), t + 1  # prompts searching; new tokens once this step is taken
-            log_probs = log_softmax(logits)  # (n * rows_per_prompt, V)
-            if options.no_repeat_ngram_size:
-                history = running[live, :rows_per_prompt, :P + t].reshape(n * rows_per_prompt, P + t)
-                ban_repeated_ngrams(log_probs, history, options.no_repeat_ngram_size)
-            V = log_probs.shape[1]
-            scores = running_scores[live, :, None] + log_probs.reshape(n, rows_per_prompt, V)  # (n, K, V)
-            scores = scores.reshape(n, K * V)
-            best = top_k_indices(scores, 2 * K)  # (n, 2K), best first
-            candidate_scores = np.take_along_axis(scores, best, axis=1)
-            candidate_beams, candidate_tokens = np.divmod(best, V)
-            candidates = np.take_along_axis(running[live], candidate_beams[:, :, None], axis=1)  # (n, 2K, L)
-            candidates[:, :, P + t] = candidate_tokens
-
-            # How each candidate ends, if it does.
-            ends_with_eos = candidate_tokens == eos_id if eos_id is not None else np.zeros_like(best, np.bool_)
-            stop_length = stop_lengths(candidates[:, :, P:P + length].reshape(-1, length), stop).reshape(n, -1)
-            ends = ends_with_eos | (stop_length > 0) | (length == steps)
-
-            # The K best candidates that do not end are the next running beams.
-            going_on = np.where(ends, -np.inf, candidate_scores)
-            keep = np.argsort(-going_on, axis=1, kind="stable")[:, :K]
-            running[live] = np.take_along_axis(candidates, keep[:, :, None], axis=1)
-            running_scores[live] = np.take_along_axis(going_on, keep, axis=1)
-            sources = np.take_along_axis(candidate_beams, keep, axis=1)  # (n, K) the beam each continues
-
-            # Candidates among the K best that end join the finished hypotheses, if they rank among the
-            # K best so far and the prompt still takes new ones.
-            full = np.isfinite(finished["score"][live]).all(axis=1)
-            open_to_new = improvable[live] & ~(options.early_stopping & full)
-            new = ends & (np.arange(2 * K) < K) & np.isfinite(candidate_scores) & open_to_new[:, None]
-            if new.any():
-                normalized = candidate_scores / np.float32(length ** options.length_penalty)
-                arriving = {
-                    "tokens": candidates,
-                    "score": np.where(new, normalized, -np.inf),
-                    "logprob": candidate_scores,
-                    "kept": length - np.where(ends_with_eos, 1, stop_length),
-                    "reason": np.select([ends_with_eos, stop_length > 0], [EOS, STOP], LENGTH),
-                }
-                order = top_k_indices(np.concatenate([finished["score"][live], arriving["score"]], axis=1), K)
-                for key, values in finished.items():
-                    merged = np.concatenate([values[live], arriving[key]], axis=1)
-                    index = order if merged.ndim == 2 else order[:, :, None]
-                    values[live] = np.take_along_axis(merged, index, axis=1)
-
-            # Is the prompt done? (transformers: _check_early_stop_heuristic and
-            # _beam_search_has_unfinished_sequences, per prompt)
-            full = np.isfinite(finished["score"][live]).all(axis=1)
-            worst = np.where(full, finished["score"][live].min(axis=1), -np.inf)
-            improvable[live] &= running_scores[live, 0] / np.float32(length ** options.length_penalty) > worst
-            searching = improvable[live] & ~(options.early_stopping & full) & ~ends.all(axis=1)
-            if length == steps or not searching.any():
+        for t in range(search.steps):
+            candidates = search.expand(logits, t)
+            search.select(candidates)
+            search.finish(candidates)
+            rows = search.advance(candidates)
+            if rows is None:
                 break
-            # Row of the backend's last output that each beam continues, for the prompts still searching.
-            rows = np.arange(n)[:, None] * rows_per_prompt + sources % rows_per_prompt
-            live, rows_per_prompt = live[searching], K
-            logits = backend.step(running[live, :, P + t].ravel(), rows[searching].ravel())
-
-        results = [self._result(finished, b, P) for b in range(B)]
+            logits = backend.step(search.last_tokens(t), rows)
+        results = search.results()
         if on_token is not None:
             for b, result in enumerate(results):
                 for token in result.tokens:
                     on_token(b, token)
         return results
 
-    def _result(self, finished: dict, b: int, P: int) -> Generation:
+
+@dataclass
+class _Candidates:
+    """The 2K best continuations of each searching prompt's beams at one step, best first: (n, 2K) each."""
+
+    length: int  # new tokens of every candidate
+    scores: np.ndarray  # float32: summed log-probability of the new tokens
+    beams: np.ndarray  # int64: the running beam (0..K-1) each extends
+    tokens: np.ndarray  # int64: the token it adds
+    sequences: np.ndarray  # int64 (n, 2K, P + steps): prompt (-1 at padding) and new tokens so far
+    ends_with_eos: np.ndarray  # bool
+    stop_length: np.ndarray  # int64: length of the stop sequence it ends with, or 0
+    ends: np.ndarray  # bool: eos, a stop sequence, or the prompt's length limit
+
+
+class _Search:
+    """The state of one beam search over B prompts, K beams each, P prompt columns (left-padded)."""
+
+    def __init__(self, options: BeamSearchOptions, input_ids: np.ndarray, attention_mask: np.ndarray,
+                 limits: np.ndarray, eos_id: int | None, stop: list[list[int]]):
+        self.options, self.eos_id, self.stop = options, eos_id, stop
+        K = self.K = options.num_beams
+        B, P = self.B, self.P = input_ids.shape
+        self.limits = limits  # (B,) new tokens each prompt may have
+        self.steps = int(limits.max())
+        # Running beams, per prompt: the prompt (-1 at padding) then new tokens, and summed log-probs.
+        # All start as the prompt, but only the first may be extended at the first step, or the K
+        # beams would all pick the same best token.
+        self.running = np.empty((B, K, P + self.steps), dtype=np.int64)
+        self.running[:, :, :P] = np.where(attention_mask, input_ids, -1)[:, None, :]
+        self.running_scores = np.full((B, K), -np.inf, dtype=np.float32)
+        self.running_scores[:, 0] = 0.0
+        # Finished hypotheses, per prompt, best first; a slot scored -inf is still empty.
+        self.finished = {
+            "tokens": np.zeros((B, K, P + self.steps), dtype=np.int64),
+            "score": np.full((B, K), -np.inf, dtype=np.float32),  # sum_logprob / length ** length_penalty
+            "logprob": np.zeros((B, K), dtype=np.float32),
+            "kept": np.zeros((B, K), dtype=np.int64),  # new tokens without the eos or stop sequence
+            "reason": np.zeros((B, K), dtype=np.int64),  # index into FINISH_REASONS
+        }
+        self.improvable = np.ones(B, dtype=np.bool_)  # could a running beam still beat a finished one?
+        self.live = np.arange(B)  # the prompts still searching, in the backend's row order
+        self.rows_per_prompt = 1  # after the prefill each prompt has one row, which all its beams continue
+
+    def expand(self, logits: np.ndarray, t: int) -> _Candidates:
+        """Score every continuation of the running beams; keep each prompt's 2K best and how they end.
+
+        logits: (n * rows_per_prompt, V), the backend's rows for the n searching prompts.
+        """
+        live, K, P, R = self.live, self.K, self.P, self.rows_per_prompt
+        n, length = len(live), t + 1  # prompts searching; new tokens once this step is taken
+        log_probs = log_softmax(logits)  # (n * R, V)
+        if self.options.no_repeat_ngram_size:
+            history = self.running[live, :R, :P + t].reshape(n * R, P + t)
+            ban_repeated_ngrams(log_probs, history, self.options.no_repeat_ngram_size)
+        V = log_probs.shape[1]
+        # (n, K, V); at the first step R is 1 and the K beams (all but the first at -inf) share its row.
+        scores = (self.running_scores[live, :, None] + log_probs.reshape(n, R, V)).reshape(n, K * V)
+        best = top_k_indices(scores, 2 * K)  # (n, 2K), best first
+        beams, tokens = np.divmod(best, V)
+        sequences = np.take_along_axis(self.running[live], beams[:, :, None], axis=1)  # (n, 2K, P + steps)
+        sequences[:, :, P + t] = tokens
+        ends_with_eos = tokens == self.eos_id if self.eos_id is not None else np.zeros_like(best, np.bool_)
+        stop_length = stop_lengths(sequences[:, :, P:P + length].reshape(-1, length), self.stop).reshape(n, -1)
+        ends = ends_with_eos | (stop_length > 0) | (length == self.limits[live])[:, None]
+        return _Candidates(length, np.take_along_axis(scores, best, axis=1), beams, tokens, sequences,
+                           ends_with_eos, stop_length, ends)
+
+    def select(self, c: _Candidates) -> None:
+        """The K best candidates that do not end become the running beams (-inf where fewer go on)."""
+        going_on = np.where(c.ends, -np.inf, c.scores)
+        keep = np.argsort(-going_on, axis=1, kind="stable")[:, :self.K]
+        self.running[self.live] = np.take_along_axis(c.sequences, keep[:, :, None], axis=1)
+        self.running_scores[self.live] = np.take_along_axis(going_on, keep, axis=1)
+        self.sources = np.take_along_axis(c.beams, keep, axis=1)  # (n, K) the beam each continues
+
+    def finish(self, c: _Candidates) -> None:
+        """Candidates among the K best that end join the finished hypotheses, if they rank among the K
+        best so far and the prompt still takes new ones (transformers' BeamHypotheses.add)."""
+        live, finished, K = self.live, self.finished, self.K
+        full = np.isfinite(finished["score"][live]).all(axis=1)
+        open_to_new = self.improvable[live] & ~(self.options.early_stopping & full)
+        new = c.ends & (np.arange(2 * K) < K) & np.isfinite(c.scores) & open_to_new[:, None]
+        if not new.any():
+            return
+        normalized = c.scores / np.float32(c.length ** self.options.length_penalty)
+        arriving = {
+            "tokens": c.sequences,
+            "score": np.where(new, normalized, -np.inf),
+            "logprob": c.scores,
+            "kept": c.length - np.where(c.ends_with_eos, 1, c.stop_length),
+            "reason": np.select([c.ends_with_eos, c.stop_length > 0], [EOS, STOP], LENGTH),
+        }
+        order = top_k_indices(np.concatenate([finished["score"][live], arriving["score"]], axis=1), K)
+        for key, values in finished.items():
+            merged = np.concatenate([values[live], arriving[key]], axis=1)
+            index = order if merged.ndim == 2 else order[:, :, None]
+            values[live] = np.take_along_axis(merged, index, axis=1)
+
+    def advance(self, c: _Candidates) -> np.ndarray | None:
+        """Drop the prompts that are done; None when none is left, else the backend row each beam of the
+        prompts still searching continues, (n' * K,), for Backend.step.
+
+        A prompt is done (transformers: _check_early_stop_heuristic and _beam_search_has_unfinished_sequences)
+        when no running beam can beat its worst finished hypothesis, when early_stopping and K have
+        finished, or when every candidate ended (its length limit).
+        """
+        live, finished = self.live, self.finished
+        full = np.isfinite(finished["score"][live]).all(axis=1)
+        worst = np.where(full, finished["score"][live].min(axis=1), -np.inf)
+        best_running = self.running_scores[live, 0] / np.float32(c.length ** self.options.length_penalty)
+        self.improvable[live] &= best_running > worst
+        searching = self.improvable[live] & ~(self.options.early_stopping & full) & ~c.ends.all(axis=1)
+        if not searching.any():
+            return None
+        # Row of the backend's last output that each beam continues.
+        rows = np.arange(len(live))[:, None] * self.rows_per_prompt + self.sources % self.rows_per_prompt
+        self.live, self.rows_per_prompt = live[searching], self.K
+        return rows[searching].ravel()
+
+    def last_tokens(self, t: int) -> np.ndarray:
+        """The token each running beam of the searching prompts took at step t, (n * K,), for Backend.step."""
+        return self.running[self.live, :, self.P + t].ravel()
+
+    def results(self) -> list[Generation]:
+        return [self._result(b) for b in range(self.B)]
+
+    def _result(self, b: int) -> Generation:
+        finished, P = self.finished, self.P
         hypotheses = [
             Generation(tokens=finished["tokens"][b, j, P:P + finished["kept"][b, j]].tolist(),
                        score=float(finished["logprob"][b, j]),

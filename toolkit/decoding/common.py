@@ -57,7 +57,8 @@ def fit_prompts(prompts: Sequence[Sequence[int]], max_length: int | None, max_ne
     A prompt of n tokens followed by N new ones takes n + N - 1 positions: the last new token is
     never fed back. A prompt longer than the context is an error, unless `truncate`, which keeps
     the last max_length - N + 1 tokens of every prompt so all N new tokens fit. Without it, a
-    prompt that leaves room for fewer than N tokens generates fewer, with a warning.
+    prompt that leaves room for fewer than N tokens generates fewer (see new_token_rooms), with a
+    warning; the prompts batched with it do not change its room, nor it theirs.
     """
     prompts = [[int(token) for token in prompt] for prompt in prompts]
     if not prompts:
@@ -80,17 +81,24 @@ def fit_prompts(prompts: Sequence[Sequence[int]], max_length: int | None, max_ne
         elif len(prompt) > max_length:
             raise PromptError(f"{label(i)} has {len(prompt)} tokens but the model reads at most {max_length}; "
                               f"shorten it or pass --truncate to keep its last {max(keep, 1)}")
-    width = max(map(len, prompts))
-    if width + max_new_tokens - 1 > max_length:
-        log.warning("only %d of the %d new tokens fit the model's context of %d after a prompt of %d tokens; "
-                    "generation stops there (pass --truncate to shorten the prompt instead)",
-                    max_length - width + 1, max_new_tokens, max_length, width)
+        elif len(prompt) > keep:
+            log.warning("only %d of the %d new tokens fit the model's context of %d after %s of %d tokens; "
+                        "its generation stops there (pass --truncate to shorten the prompt instead)",
+                        max_length - len(prompt) + 1, max_new_tokens, max_length, label(i), len(prompt))
     return prompts
 
 
-def new_token_room(width: int, max_length: int | None, max_new_tokens: int) -> int:
-    """How many tokens can follow prompts padded to `width` (see fit_prompts)."""
-    return max_new_tokens if max_length is None else min(max_new_tokens, max_length - width + 1)
+def new_token_rooms(prompts: list[list[int]], max_length: int | None, max_new_tokens: int) -> np.ndarray:
+    """int64 (B,): how many tokens may follow each prompt, min(max_new_tokens, context - its length + 1).
+
+    Each prompt's own length, never the batch's longest: a prompt generates the same batched as alone
+    (issue #19). The padding that left-aligning adds before a short prompt is no part of its room;
+    the backends drop padding columns once the padded width would pass the context (Backend.step).
+    """
+    lengths = np.array([len(prompt) for prompt in prompts], dtype=np.int64)
+    if max_length is None:
+        return np.full(len(prompts), max_new_tokens, dtype=np.int64)
+    return np.minimum(max_new_tokens, max_length - lengths + 1)
 
 
 def left_pad(prompts: list[list[int]], pad_id: int | None) -> tuple[np.ndarray, np.ndarray]:
@@ -106,6 +114,16 @@ def left_pad(prompts: list[list[int]], pad_id: int | None) -> tuple[np.ndarray, 
         input_ids[row, width - len(prompt):] = prompt
         attention_mask[row, width - len(prompt):] = True
     return input_ids, attention_mask
+
+
+def drop_padding_columns(input_ids: np.ndarray, attention_mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The left-padded batch without its leading columns that are padding in every row.
+
+    Once the rows with the longest prompts have left the batch, the ones left may have padding in
+    common; a backend at its max_length drops it (see Backend.step) and runs the rest afresh.
+    """
+    first = int(attention_mask.any(axis=0).argmax())
+    return input_ids[:, first:], attention_mask[:, first:]
 
 
 # -- scores ----------------------------------------------------------------------------------------
@@ -169,21 +187,23 @@ def partial_stop_length(tokens: np.ndarray, stop: list[list[int]] | None) -> int
 
 
 def generate_token_by_token(backend: Backend, prompts: Sequence[Sequence[int]],
-                            choose: Callable[[np.ndarray], np.ndarray], *, max_new_tokens: int,
+                            choose: Callable[[np.ndarray, np.ndarray], np.ndarray], *, max_new_tokens: int,
                             no_repeat_ngram_size: int, eos_id: int | None, pad_id: int | None,
                             stop: list[list[int]] | None, on_token: Callable[[int, int], None] | None
                             ) -> list[Generation]:
     """Extend every prompt with the tokens `choose` picks, one step for the whole batch at a time.
 
-    choose: float32 logits (R, V) -> int64 tokens (R,). A row that ends (eos, a stop sequence, the
-    length limit) leaves the batch, so the backend only ever computes rows still generating.
+    choose(logits, prompts): float32 logits (R, V) and int64 (R,), the index of the prompt each row
+    continues -> int64 tokens (R,). A row that ends (eos, a stop sequence, its own length limit, see
+    new_token_rooms) leaves the batch, so the backend only ever computes rows still generating.
     on_token(prompt_index, token_id) sees each token as soon as it cannot be part of a stop sequence.
     """
     stop = [list(map(int, sequence)) for sequence in stop or () if len(sequence)]
     prompts = fit_prompts(prompts, backend.max_length, max_new_tokens)
     input_ids, attention_mask = left_pad(prompts, pad_id)
     n, width = input_ids.shape
-    steps = new_token_room(width, backend.max_length, max_new_tokens)
+    limits = new_token_rooms(prompts, backend.max_length, max_new_tokens)  # (n,), new tokens per prompt
+    steps = int(limits.max())
     history = np.full((n, width + steps), -1, dtype=np.int64)  # the prompt (-1 at padding), then new tokens
     history[:, :width] = np.where(attention_mask, input_ids, -1)
     scores = np.zeros(n, dtype=np.float32)
@@ -196,13 +216,13 @@ def generate_token_by_token(backend: Backend, prompts: Sequence[Sequence[int]],
         log_probs = log_softmax(logits)  # the model's own, before any ban, for the score
         if no_repeat_ngram_size:
             ban_repeated_ngrams(logits, history[active, :width + t], no_repeat_ngram_size)
-        tokens = choose(logits)  # (R,)
+        tokens = choose(logits, active)  # (R,)
         scores[active] += np.take_along_axis(log_probs, tokens[:, None], axis=1)[:, 0]
         history[active, width + t] = tokens
         generated = history[active, width:width + t + 1]  # (R, t + 1)
         ends_with_eos = tokens == eos_id if eos_id is not None else np.zeros(len(active), dtype=np.bool_)
         stop_length = stop_lengths(generated, stop)
-        done = ends_with_eos | (stop_length > 0) | (t + 1 == steps)
+        done = ends_with_eos | (stop_length > 0) | (t + 1 == limits[active])
         for i in np.flatnonzero(done):
             kept = t + 1 - (1 if ends_with_eos[i] else stop_length[i])
             reason = "eos" if ends_with_eos[i] else "stop" if stop_length[i] else "length"

@@ -11,11 +11,16 @@ import numpy as np
 import torch
 from torch import nn
 
+from .common import drop_padding_columns
+
 
 class TorchBackend:
     """Runs `decoder` for a decoding strategy; see lmkit.decoding.backend.Backend for the contract.
 
     max_new_tokens sizes the cache: prompt length + max_new_tokens positions, allocated once per prefill.
+    The tokens fed so far are kept on the host too, (B, capacity), so that when the cache is full at
+    the model's context and rows are still going (a short prompt that outlived a long one), the
+    padding they share can be dropped and their cache recomputed without it (see Backend.step).
     """
 
     def __init__(self, decoder: nn.Module, max_new_tokens: int, device: torch.device | str | None = None):
@@ -32,6 +37,8 @@ class TorchBackend:
         self.attention_mask: torch.Tensor | None = None
         self.positions: torch.Tensor | None = None
         self.length = 0  # positions fed so far, padding included
+        self.fed: np.ndarray | None = None  # int64 (B, capacity): the tokens fed so far, on the host
+        self.fed_mask: np.ndarray | None = None  # bool (B, capacity): False at padding
 
     @torch.inference_mode()
     def prefill(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
@@ -41,6 +48,9 @@ class TorchBackend:
             capacity = min(capacity, self.max_length)
         self.cache, self.capacity = self.decoder.new_cache(B, capacity), capacity
         self.length = T
+        self.fed = np.zeros((B, capacity), dtype=np.int64)
+        self.fed_mask = np.zeros((B, capacity), dtype=np.bool_)
+        self.fed[:, :T], self.fed_mask[:, :T] = input_ids, attention_mask
         ids = torch.from_numpy(input_ids).to(self.device)
         mask = position_ids = self.attention_mask = self.positions = None
         if not attention_mask.all():
@@ -55,9 +65,11 @@ class TorchBackend:
 
     @torch.inference_mode()
     def step(self, tokens: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
+        if rows is not None:
+            self.fed, self.fed_mask = self.fed[rows], self.fed_mask[rows]
         if self.length == self.capacity:
-            raise ValueError(f"this TorchBackend was made for max_new_tokens={self.max_new_tokens}, and its "
-                             "cache is full; make it with the max_new_tokens of the strategy that uses it")
+            return self._restart_without_shared_padding(tokens)
+        self.fed[:, self.length], self.fed_mask[:, self.length] = tokens, True
         if rows is not None:
             rows = torch.from_numpy(rows).to(self.device)
             self.cache.reorder(rows)
@@ -73,6 +85,19 @@ class TorchBackend:
         logits = self.decoder(ids, self.cache, attention_mask=mask, position_ids=position_ids)
         self.length += 1
         return self._to_host(logits[:, -1])
+
+    def _restart_without_shared_padding(self, tokens: np.ndarray) -> np.ndarray:
+        """step() with a full cache: prefill the rows' tokens so far and `tokens` again, less their common padding."""
+        if self.capacity != self.max_length:
+            raise ValueError(f"this TorchBackend was made for max_new_tokens={self.max_new_tokens}, and its "
+                             "cache is full; make it with the max_new_tokens of the strategy that uses it")
+        ids = np.concatenate([self.fed, tokens[:, None]], axis=1)
+        mask = np.concatenate([self.fed_mask, np.ones((len(tokens), 1), dtype=np.bool_)], axis=1)
+        ids, mask = drop_padding_columns(ids, mask)
+        if ids.shape[1] > self.max_length:
+            raise ValueError(f"a row would pass the model's context of {self.max_length} positions; stop each "
+                             "row at its own room (lmkit.decoding.common.new_token_rooms)")
+        return self.prefill(ids, mask)
 
     @staticmethod
     def _to_host(logits: torch.Tensor) -> np.ndarray:

@@ -15,6 +15,11 @@ class TiedOutputProjection:
     50257 x 768). So under inference mode one transposed copy is kept, and made again whenever the
     embedding changes; training, bigger batches and GPUs use the embedding as it is. It is a plain
     object, not a Module, so the copy is never part of the state dict.
+
+    "Changes" is told by the embedding's version counter, which in-place writes (an optimizer step,
+    load_state_dict) bump. A model built or loaded under torch.inference_mode() has inference
+    tensors for parameters, which have no version counter (reading `_version` raises) and can be
+    written in place unseen, so for them no copy is kept and the embedding is used as it is.
     """
 
     FEW_ROWS = 16
@@ -25,7 +30,8 @@ class TiedOutputProjection:
 
     def __call__(self, h: Tensor, embedding: Tensor) -> Tensor:
         rows = h.numel() // h.size(-1)
-        if h.device.type != "cpu" or rows > self.FEW_ROWS or not torch.is_inference_mode_enabled():
+        if (h.device.type != "cpu" or rows > self.FEW_ROWS or not torch.is_inference_mode_enabled()
+                or embedding.is_inference()):
             return F.linear(h, embedding)
         source = (embedding.data_ptr(), embedding._version, embedding.dtype)
         if source != self._made_from:
