@@ -76,6 +76,7 @@ class Trainer:
                  state: dict | None = None, progress: bool = True, batches=None):
         """`batches(DataContext) -> Batches` makes the data; by default the model's objectives say what it is."""
         self.model_dir, self.args, self.procs = model_dir, args, procs
+        self.saves = 0  # checkpoints this run has written
         self.progress = progress and procs.is_main
         self.device = resolve_device(args.device, procs.local_rank)
         config = read_config(model_dir)
@@ -217,6 +218,8 @@ class Trainer:
 
         args = self.args
         has_validation = len(self.eval_batches) > 0
+        metrics_before = self._read_metrics()
+        saved = self.saves
         metrics = self._open_metrics()
         # disable=None: the bar is drawn only on a terminal; elsewhere each record is printed as a line.
         bar = tqdm(total=args.steps, initial=self.step, desc="train", unit="step", dynamic_ncols=True,
@@ -253,6 +256,13 @@ class Trainer:
                     paused = time.perf_counter()
                     self.save(self.elapsed_before + paused - started)
                     interval_start += time.perf_counter() - paused  # and saving
+        except BaseException:
+            if metrics is not None and self.saves == saved:
+                # No checkpoint of this invocation: put metrics.jsonl back as it was, so that a failed run
+                # leaves the model directory as it found it (its records name steps no checkpoint holds).
+                metrics.close()
+                self._restore_metrics(metrics_before)
+            raise
         finally:
             bar.close()
             if metrics is not None:
@@ -279,6 +289,11 @@ class Trainer:
             "metrics": self.last_record,
         }
         save_checkpoint(self.model_dir, self.model, self.optimizer, self.parameter_names, state)
+        self.saves += 1
+        self.after_checkpoint()
+
+    def after_checkpoint(self) -> None:
+        """Called on the main process after each checkpoint (fine-tuning moves its run to --out at the first)."""
 
     # -- output --------------------------------------------------------------------------------------
 
@@ -287,6 +302,22 @@ class Trainer:
             from tqdm import tqdm
 
             tqdm.write(message, file=sys.stderr)
+
+    def _read_metrics(self) -> bytes | None:
+        path = os.path.join(self.model_dir, METRICS)
+        if not self.procs.is_main or not os.path.isfile(path):
+            return None
+        with open(path, "rb") as handle:
+            return handle.read()
+
+    def _restore_metrics(self, before: bytes | None) -> None:
+        path = os.path.join(self.model_dir, METRICS)
+        if before is None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+        else:
+            with atomic_write(path, "wb") as out:
+                out.write(before)
 
     def _open_metrics(self):
         """metrics.jsonl for appending, holding only the records up to the step training starts from."""
