@@ -50,6 +50,9 @@ def train_command(model_dir, resume, **options):
 
     Run it under `torchrun --nproc-per-node N -m lmkit train ...` to train on N processes.
     """
+    from ..errors import require_torch
+
+    require_torch("lmkit train")
     from ..training import train
 
     given = {name: value for name, value in options.items() if value not in (None, ())}

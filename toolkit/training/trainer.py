@@ -76,7 +76,6 @@ class Trainer:
                  state: dict | None = None, progress: bool = True, batches=None):
         """`batches(DataContext) -> Batches` makes the data; by default the model's objectives say what it is."""
         self.model_dir, self.args, self.procs = model_dir, args, procs
-        self.saves = 0  # checkpoints this run has written
         self.progress = progress and procs.is_main
         self.device = resolve_device(args.device, procs.local_rank)
         config = read_config(model_dir)
@@ -219,7 +218,7 @@ class Trainer:
         args = self.args
         has_validation = len(self.eval_batches) > 0
         metrics_before = self._read_metrics()
-        saved = self.saves
+        checkpoint_before = self._checkpoint_signature()
         metrics = self._open_metrics()
         # disable=None: the bar is drawn only on a terminal; elsewhere each record is printed as a line.
         bar = tqdm(total=args.steps, initial=self.step, desc="train", unit="step", dynamic_ncols=True,
@@ -257,7 +256,7 @@ class Trainer:
                     self.save(self.elapsed_before + paused - started)
                     interval_start += time.perf_counter() - paused  # and saving
         except BaseException:
-            if metrics is not None and self.saves == saved:
+            if metrics is not None and self._checkpoint_signature() == checkpoint_before:
                 # No checkpoint of this invocation: put metrics.jsonl back as it was, so that a failed run
                 # leaves the model directory as it found it (its records name steps no checkpoint holds).
                 metrics.close()
@@ -289,7 +288,6 @@ class Trainer:
             "metrics": self.last_record,
         }
         save_checkpoint(self.model_dir, self.model, self.optimizer, self.parameter_names, state)
-        self.saves += 1
         self.after_checkpoint()
 
     def after_checkpoint(self) -> None:
@@ -302,6 +300,14 @@ class Trainer:
             from tqdm import tqdm
 
             tqdm.write(message, file=sys.stderr)
+
+    def _checkpoint_signature(self) -> tuple[int, int] | None:
+        """Which trainer_state.json the directory holds: each checkpoint writes a new file."""
+        try:
+            found = os.stat(os.path.join(self.model_dir, STATE))
+        except FileNotFoundError:
+            return None
+        return found.st_ino, found.st_mtime_ns
 
     def _read_metrics(self) -> bytes | None:
         path = os.path.join(self.model_dir, METRICS)
