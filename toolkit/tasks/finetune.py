@@ -15,7 +15,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..artifacts import StagedRun, atomic_write_json, find_weights, read_config, read_json, staged_directory, staged_run
+from ..artifacts import (
+    StagedRun,
+    atomic_write_json,
+    find_weights,
+    read_config,
+    read_json,
+    staged_directory,
+    staged_run,
+)
 from ..errors import ArtifactError, DataError, LmkitError
 from ..registry import get_host
 from .inputs import add_markers
