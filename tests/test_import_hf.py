@@ -253,3 +253,28 @@ def test_bad_checkpoints_are_refused_in_one_line(checkpoint, tmp_path, run, make
     assert message in result.err
     assert not out.exists()
     assert [p.name for p in tmp_path.iterdir()] == ["hf"]  # no staging directory left behind either
+
+
+def test_an_import_interrupted_while_writing_leaves_no_out_or_the_old_one(checkpoint, tmp_path, run, monkeypatch):
+    import lmkit.model as model_module
+
+    save = model_module.save_weights
+
+    def written_then_interrupted(*args, **kwargs):
+        save(*args, **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(model_module, "save_weights", written_then_interrupted)
+    work = tmp_path / "work"
+    work.mkdir()
+    out = work / "model"
+    assert run("import-hf", checkpoint[0], "--out", out).code == 130
+    assert list(work.iterdir()) == []
+    out.mkdir()
+    (out / "config.json").write_text('{"old": true}\n')
+    assert run("import-hf", checkpoint[0], "--out", out, "--force").code == 130
+    assert [p.name for p in work.iterdir()] == ["model"] and [p.name for p in out.iterdir()] == ["config.json"]
+    assert (out / "config.json").read_text() == '{"old": true}\n'
+    monkeypatch.undo()
+    assert run("import-hf", checkpoint[0], "--out", out, "--force").code == 0
+    assert (out / "model.safetensors").is_file() and [p.name for p in work.iterdir()] == ["model"]

@@ -7,7 +7,7 @@ import os
 import shutil
 import struct
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from .errors import ArtifactError
 
@@ -46,6 +46,74 @@ def atomic_write_json(path: str, data) -> None:
         out.write("\n")
 
 
+def _check_out(out: str, force: bool) -> str:
+    """`out` as an absolute path, after checking that it may be written (one-line errors if not)."""
+    out = os.path.abspath(out)
+    if os.path.isfile(out):
+        raise ArtifactError(f"{out} is a file; give a directory path for --out")
+    if os.path.isdir(out) and os.listdir(out) and not force:
+        raise ArtifactError(f"{out} exists and is not empty; choose another --out or pass --force to replace it")
+    return out
+
+
+class StagedRun:
+    """An output directory written under a temporary name beside `out`, which becomes `out` on commit().
+
+    Until commit() nothing is at `out` but what was there before (a --force run replaces it only then);
+    `path` is where to write, the stage before the commit and `out` after it. A long-running command
+    (finetune) commits at its first checkpoint: from then on `out` holds a run that --resume continues.
+    """
+
+    def __init__(self, out: str, force: bool = False):
+        self.out = _check_out(out, force)
+        self.force = force
+        parent = os.path.dirname(self.out)
+        os.makedirs(parent, exist_ok=True)
+        self.path = tempfile.mkdtemp(prefix=f".{os.path.basename(self.out)}.", suffix=".partial", dir=parent)
+        os.chmod(self.path, 0o777 & ~_umask())
+        self.committed = False
+
+    def commit(self) -> str:
+        """Move the stage to `out` (replacing what --force allows) and return `out`; later calls do nothing."""
+        if self.committed:
+            return self.out
+        out, parent = self.out, os.path.dirname(self.out)
+        _check_out(out, self.force)  # something may have appeared there while the command ran
+        if os.path.isdir(out):
+            retired = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.", suffix=".old", dir=parent)
+            os.replace(out, os.path.join(retired, "old"))
+            os.replace(self.path, out)
+            shutil.rmtree(retired, ignore_errors=True)
+        else:
+            os.replace(self.path, out)
+        self.path, self.committed = out, True
+        return out
+
+    def discard(self) -> None:
+        if not self.committed:
+            shutil.rmtree(self.path, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def staged_run(out: str, force: bool = False, resumable: Callable[[str], bool] | None = None) -> Iterator[StagedRun]:
+    """A StagedRun that is committed when the block succeeds and discarded when it fails before a commit.
+
+    A failure after a commit (a long run interrupted after its first checkpoint) leaves `out` as the
+    last checkpoint made it; so does a failure before the commit when `resumable(stage)` says the stage
+    already holds a checkpoint to go on from.
+    """
+    run = StagedRun(out, force)
+    try:
+        yield run
+    except BaseException:
+        if not run.committed and resumable is not None and resumable(run.path):
+            with contextlib.suppress(ArtifactError):  # --out was taken meanwhile: the stage is dropped below
+                run.commit()
+        run.discard()
+        raise
+    run.commit()
+
+
 @contextlib.contextmanager
 def staged_directory(out: str, force: bool = False) -> Iterator[str]:
     """A temporary directory that becomes `out` only if the block succeeds.
@@ -53,27 +121,35 @@ def staged_directory(out: str, force: bool = False) -> Iterator[str]:
     `out` must not exist or be empty, unless `force` is set, in which case its old contents are
     replaced at the end: a failure at any point leaves `out` as it was.
     """
-    out = os.path.abspath(out)
-    if os.path.isfile(out):
-        raise ArtifactError(f"{out} is a file; give a directory path for --out")
-    if os.path.isdir(out) and os.listdir(out) and not force:
-        raise ArtifactError(f"{out} exists and is not empty; choose another --out or pass --force to replace it")
+    with staged_run(out, force) as run:
+        yield run.path
+
+
+@contextlib.contextmanager
+def claimed_directory(out: str, force: bool = False) -> Iterator[str]:
+    """`out` written in place (for files that record their own absolute paths), undone on failure.
+
+    A failure removes what the block wrote and puts back the directory --force was replacing; on
+    success that old directory is deleted.
+    """
+    out = _check_out(out, force)
     parent = os.path.dirname(out)
     os.makedirs(parent, exist_ok=True)
-    stage = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.", suffix=".partial", dir=parent)
-    os.chmod(stage, 0o777 & ~_umask())
-    try:
-        yield stage
-    except BaseException:
-        shutil.rmtree(stage, ignore_errors=True)
-        raise
+    retired = None
     if os.path.isdir(out):
         retired = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.", suffix=".old", dir=parent)
         os.replace(out, os.path.join(retired, "old"))
-        os.replace(stage, out)
+    try:
+        os.makedirs(out)
+        yield out
+    except BaseException:
+        shutil.rmtree(out, ignore_errors=True)
+        if retired is not None:
+            os.replace(os.path.join(retired, "old"), out)
+            shutil.rmtree(retired, ignore_errors=True)
+        raise
+    if retired is not None:
         shutil.rmtree(retired, ignore_errors=True)
-    else:
-        os.replace(stage, out)
 
 
 # -- weights ---------------------------------------------------------------------------------------

@@ -289,6 +289,27 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as error:  # noqa: BLE001
         if debug():
             raise
+        if isinstance(error, ModuleNotFoundError) and (error.name or "").partition(".")[0] == "torch":
+            # A command that needs torch imported it without saying so: the install hint every command gives.
+            from .errors import require_torch
+
+            try:
+                require_torch(_command_name(argv))
+            except LmkitError as missing:
+                click.echo(f"error: {missing}", err=True)
+                sys.exit(1)
         click.echo(f"internal error: {type(error).__name__}: {error} (set LMKIT_DEBUG=1 for the traceback; "
                    "please report it)", err=True)
         sys.exit(1)
+
+
+def _command_name(argv: list[str] | None) -> str:
+    """`lmkit train`, `lmkit tokenizer train`: the command words at the start of the arguments."""
+    words, group = ["lmkit"], cli
+    for word in sys.argv[1:] if argv is None else argv:
+        command = group.commands.get(word) if isinstance(group, click.Group) else None
+        if command is None:
+            break
+        words.append(word)
+        group = command
+    return " ".join(words)

@@ -32,23 +32,8 @@ def say(message: str) -> None:
     click.secho(message, err=True, bold=True)
 
 
-def prepare_directory(out: str, force: bool) -> None:
-    """An empty `out`; the files inside are written atomically one by one, and paths in the training
-    state point here, so the demo writes in place rather than staging and renaming."""
-    import shutil
-
-    from .errors import ArtifactError
-
-    if os.path.isfile(out):
-        raise ArtifactError(f"{out} is a file; give a directory for --out")
-    if os.path.isdir(out) and os.listdir(out):
-        if not force:
-            raise ArtifactError(f"{out} exists and is not empty; choose another --out or pass --force to replace it")
-        shutil.rmtree(out)
-    os.makedirs(out, exist_ok=True)
-
-
 def run_demo(out: str, size: DemoSize = DemoSize(), seed: int = 0, force: bool = False) -> dict:
+    from .artifacts import claimed_directory
     from .decoding.torch_backend import TorchBackend
     from .evaluation import score_against_source
     from .model import compose, load_model
@@ -58,55 +43,57 @@ def run_demo(out: str, size: DemoSize = DemoSize(), seed: int = 0, force: bool =
     from .training import train
 
     started = time.perf_counter()
-    prepare_directory(out, force)
-    corpus, tokenizer_dir, model_dir = (os.path.join(out, name) for name in ("corpus", "tokenizer", "model"))
-    say("1/5  writing a corpus from a random Markov chain over 48 made-up words")
-    source = MarkovSource.random(n_words=48, branching=4, mean_length=40, seed=seed)
-    facts = write_corpus(corpus, source, size.train_documents, size.valid_documents, seed=seed)
-    say(f"     true entropy rate: {facts['entropy_rate_nats_per_symbol']:.3f} nats per word")
+    # In place, since the training state records the corpus's absolute paths; a failure (Ctrl-C included)
+    # removes what was written and puts back the directory --force was replacing.
+    with claimed_directory(out, force):
+        corpus, tokenizer_dir, model_dir = (os.path.join(out, name) for name in ("corpus", "tokenizer", "model"))
+        say("1/5  writing a corpus from a random Markov chain over 48 made-up words")
+        source = MarkovSource.random(n_words=48, branching=4, mean_length=40, seed=seed)
+        facts = write_corpus(corpus, source, size.train_documents, size.valid_documents, seed=seed)
+        say(f"     true entropy rate: {facts['entropy_rate_nats_per_symbol']:.3f} nats per word")
 
-    say(f"2/5  training a byte-level BPE tokenizer ({size.vocab_size} tokens)")
-    ByteLevelBPE.train([os.path.join(corpus, "train.jsonl")],
-                       ByteLevelBPEOptions(vocab_size=size.vocab_size), progress=False).save(tokenizer_dir)
+        say(f"2/5  training a byte-level BPE tokenizer ({size.vocab_size} tokens)")
+        ByteLevelBPE.train([os.path.join(corpus, "train.jsonl")],
+                           ByteLevelBPEOptions(vocab_size=size.vocab_size), progress=False).save(tokenizer_dir)
 
-    say(f"3/5  training a GPT-2 ({size.n_layers} layers, {size.d_model} wide) for {size.steps} steps")
-    compose("gpt-mini", [f"tokenizer={tokenizer_dir}", f"decoder.vocab_size={size.vocab_size}",
-                         f"decoder.n_layers={size.n_layers}", f"decoder.d_model={size.d_model}",
-                         f"decoder.n_heads={size.n_heads}", f"decoder.max_positions={size.seq_len}"],
-            model_dir, seed=seed)
-    last = train(model_dir, [os.path.join(corpus, "train.jsonl")],
-                 val_data=[os.path.join(corpus, "valid.jsonl")], steps=size.steps, batch_size=size.batch_size,
-                 seq_len=size.seq_len, lr=size.lr, warmup=size.steps // 10, eval_every=size.steps // 3,
-                 save_every=0, log_every=20, seed=seed, device="cpu")
+        say(f"3/5  training a GPT-2 ({size.n_layers} layers, {size.d_model} wide) for {size.steps} steps")
+        compose("gpt-mini", [f"tokenizer={tokenizer_dir}", f"decoder.vocab_size={size.vocab_size}",
+                             f"decoder.n_layers={size.n_layers}", f"decoder.d_model={size.d_model}",
+                             f"decoder.n_heads={size.n_heads}", f"decoder.max_positions={size.seq_len}"],
+                model_dir, seed=seed)
+        last = train(model_dir, [os.path.join(corpus, "train.jsonl")],
+                     val_data=[os.path.join(corpus, "valid.jsonl")], steps=size.steps, batch_size=size.batch_size,
+                     seq_len=size.seq_len, lr=size.lr, warmup=size.steps // 10, eval_every=size.steps // 3,
+                     save_every=0, log_every=20, seed=seed, device="cpu")
 
-    say("4/5  scoring the held-out documents against the entropy floor")
-    model, tokenizer, _ = load_model(model_dir)
-    model.eval()
-    score, true_nll = score_against_source(model.decoder, tokenizer, source, os.path.join(corpus, "valid.jsonl"),
-                                           size.seq_len)
-    floor = math.exp(sum(true_nll) / score.tokens)
+        say("4/5  scoring the held-out documents against the entropy floor")
+        model, tokenizer, _ = load_model(model_dir)
+        model.eval()
+        score, true_nll = score_against_source(model.decoder, tokenizer, source, os.path.join(corpus, "valid.jsonl"),
+                                               size.seq_len)
+        floor = math.exp(sum(true_nll) / score.tokens)
 
-    say("5/5  generating from the first two words of a held-out document")
-    prompt = " ".join(source.text(source.sample(1, seed=seed + 7)[0]).split()[:2])
-    generations = {}
-    host = get_host()
-    for name, options in (("greedy", {"max_new_tokens": 16}),
-                          ("beam", {"max_new_tokens": 16, "num_beams": 4}),
-                          ("sample", {"max_new_tokens": 16, "temperature": 0.8, "top_p": 0.9, "seed": seed})):
-        component = host.component("decoding", name)
-        strategy = component.load()(component.options_class()(**options))
-        backend = TorchBackend(model.decoder, options["max_new_tokens"])
-        result = strategy.generate(backend, [tokenizer.encode(prompt)], eos_id=tokenizer.eos_id,
-                                   pad_id=tokenizer.eos_id)[0]
-        generations[name] = prompt + tokenizer.decode(result.tokens)
+        say("5/5  generating from the first two words of a held-out document")
+        prompt = " ".join(source.text(source.sample(1, seed=seed + 7)[0]).split()[:2])
+        generations = {}
+        host = get_host()
+        for name, options in (("greedy", {"max_new_tokens": 16}),
+                              ("beam", {"max_new_tokens": 16, "num_beams": 4}),
+                              ("sample", {"max_new_tokens": 16, "temperature": 0.8, "top_p": 0.9, "seed": seed})):
+            component = host.component("decoding", name)
+            strategy = component.load()(component.options_class()(**options))
+            backend = TorchBackend(model.decoder, options["max_new_tokens"])
+            result = strategy.generate(backend, [tokenizer.encode(prompt)], eos_id=tokenizer.eos_id,
+                                       pad_id=tokenizer.eos_id)[0]
+            generations[name] = prompt + tokenizer.decode(result.tokens)
 
-    summary = {
-        "directory": os.path.abspath(out),
-        "perplexity": score.perplexity, "floor": floor, "ratio": score.perplexity / floor,
-        "bits_per_token": score.bits_per_token, "train_loss": last.get("loss"),
-        "generations": generations, "seconds": time.perf_counter() - started,
-    }
-    return summary
+        summary = {
+            "directory": os.path.abspath(out),
+            "perplexity": score.perplexity, "floor": floor, "ratio": score.perplexity / floor,
+            "bits_per_token": score.bits_per_token, "train_loss": last.get("loss"),
+            "generations": generations, "seconds": time.perf_counter() - started,
+        }
+        return summary
 
 
 def report(summary: dict) -> None:

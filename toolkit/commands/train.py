@@ -21,6 +21,9 @@ import click
 @click.option("--warmup", type=int, help="Steps of linear warmup.  [default: 100]")
 @click.option("--min-lr-ratio", type=float, help="The cosine ends at lr times this.  [default: 0.1]")
 @click.option("--weight-decay", type=float, help="AdamW decay of matrices and embeddings.  [default: 0.1]")
+@click.option("--beta1", type=float, help="AdamW's first-moment decay.  [default: 0.9]")
+@click.option("--beta2", type=float, help="AdamW's second-moment decay (BERT: 0.999, RoBERTa: 0.98).  "
+                                         "[default: 0.95, GPT-3's]")
 @click.option("--grad-clip", type=float, help="Max gradient norm; 0 turns clipping off.  [default: 1.0]")
 @click.option("--grad-accum", type=int,
               help="Each step reads batch-size x grad-accum windows, split over the processes under torchrun "
@@ -50,6 +53,9 @@ def train_command(model_dir, resume, **options):
 
     Run it under `torchrun --nproc-per-node N -m lmkit train ...` to train on N processes.
     """
+    from ..errors import require_torch
+
+    require_torch("lmkit train")
     from ..options import parse_assignments
     from ..training import train
 

@@ -17,7 +17,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..artifacts import atomic_write_json, find_weights, read_config, read_json, staged_directory
+from ..artifacts import (
+    StagedRun,
+    atomic_write_json,
+    find_weights,
+    read_config,
+    read_json,
+    staged_directory,
+    staged_run,
+)
 from ..errors import ArtifactError, DataError, LmkitError
 from ..registry import get_host
 from .kinds import task_kind
@@ -44,9 +52,9 @@ class TaskOptions:
 # -- the model -------------------------------------------------------------------------------------
 
 
-def prepare(pretrained: str, out: str, kind, train, options: TaskOptions, *, seed: int = 0,
-            force: bool = False):
-    """Write OUT: the pretrained stack with a fresh task head (and the recipe's changes to the tokenizer).
+def prepare(pretrained: str, out: str, kind, train, options: TaskOptions, *, seed: int = 0):
+    """Write into `out` (an empty directory, the run's stage): the pretrained stack with a fresh task head
+    (and the recipe's changes to the tokenizer).
 
     Returns (the stack's task recipe, the positions the model reads or None when it has no limit).
     """
@@ -79,8 +87,7 @@ def prepare(pretrained: str, out: str, kind, train, options: TaskOptions, *, see
     resolved = resolve(spec, host)
     model = build_model(resolved, seed)
     transfer_weights(model, find_weights(pretrained))
-    with staged_directory(out, force=force) as stage:
-        save_model(stage, model, host, tokenizer)
+    save_model(out, model, host, tokenizer)
     return recipe, model.feature_stack.max_positions
 
 
@@ -170,8 +177,8 @@ def _fine_tuner_class():
     class FineTuner(Trainer):
         """The shared trainer, reporting the task's metrics on the dev set and keeping the best step."""
 
-        def __init__(self, *args, kind, dev, **kwargs):
-            self.kind, self.dev, self.best, self.metric = kind, dev, None, None
+        def __init__(self, *args, kind, dev, stage: StagedRun | None = None, **kwargs):
+            self.kind, self.dev, self.best, self.metric, self.stage = kind, dev, None, None, stage
             super().__init__(*args, **kwargs)
             best = os.path.join(self.model_dir, BEST, RESULTS)
             if kwargs.get("state") is not None and os.path.isfile(best):  # resumed: the step to beat
@@ -205,6 +212,12 @@ def _fine_tuner_class():
                 save_model(stage, self.model, get_host(), self.tokenizer)
                 atomic_write_json(os.path.join(stage, RESULTS), {"metric": metric, **self.best})
 
+        def after_checkpoint(self) -> None:
+            # The first checkpoint makes the run resumable: the stage becomes --out (replacing what
+            # --force replaces). A failure before it leaves no --out; one after it, a run to --resume.
+            if self.stage is not None and not self.stage.committed:
+                self.model_dir = self.stage.commit()
+
     return FineTuner
 
 
@@ -224,21 +237,31 @@ def finetune(pretrained: str, out: str, train_path: str, dev_path: str | None, o
             train.examples[0].choices):
         raise DataError(f"{dev_path} has {len(dev.examples[0].choices)} choices per example, {train_path} has "
                         f"{len(train.examples[0].choices)}; give both files the same number")
-    recipe, context = prepare(pretrained, out, kind, train, options, seed=seed, force=force)
-    lr = recipe.default_lr if lr is None else lr
-    max_length = max_length or context or UNLIMITED_MAX_LENGTH
-    if context is not None and max_length > context:
-        raise LmkitError(f"--max-length {max_length} is beyond the model's {context} positions; give at most {context}")
-    if steps is None:
-        steps = max(1, math.ceil(epochs * len(train.examples) / batch_size))
-    per_epoch = max(1, math.ceil(len(train.examples) / batch_size))
-    args = TrainingArguments.from_dict({
-        "data": (train_path,), "val_data": (dev_path,) if dev_path else (), "steps": steps,
-        "batch_size": batch_size, "seq_len": max_length, "lr": lr, "warmup": int(warmup_ratio * steps),
-        "min_lr_ratio": 0.0, "weight_decay": 0.01, "eval_every": eval_every or per_epoch,
-        "save_every": eval_every or per_epoch, "log_every": min(10, per_epoch), "seed": seed, "device": device})
-    atomic_write_json(os.path.join(out, TASK), dataclasses.asdict(options))
-    return _run(out, args, kind, train, dev, options, state=None, progress=progress)
+    # The run is written under a temporary name beside `out` until its first checkpoint (see
+    # FineTuner.after_checkpoint): a failure before then, bad arguments included, leaves no `out`.
+    with staged_run(out, force=force, resumable=_has_checkpoint) as stage:
+        recipe, context = prepare(pretrained, stage.path, kind, train, options, seed=seed)
+        lr = recipe.default_lr if lr is None else lr
+        max_length = max_length or context or UNLIMITED_MAX_LENGTH
+        if context is not None and max_length > context:
+            raise LmkitError(f"--max-length {max_length} is beyond the model's {context} positions; give at most "
+                             f"{context}")
+        if steps is None:
+            steps = max(1, math.ceil(epochs * len(train.examples) / batch_size))
+        per_epoch = max(1, math.ceil(len(train.examples) / batch_size))
+        args = TrainingArguments.from_dict({
+            "data": (train_path,), "val_data": (dev_path,) if dev_path else (), "steps": steps,
+            "batch_size": batch_size, "seq_len": max_length, "lr": lr, "warmup": int(warmup_ratio * steps),
+            "min_lr_ratio": 0.0, "weight_decay": 0.01, "eval_every": eval_every or per_epoch,
+            "save_every": eval_every or per_epoch, "log_every": min(10, per_epoch), "seed": seed, "device": device})
+        atomic_write_json(os.path.join(stage.path, TASK), dataclasses.asdict(options))
+        return _run(stage.path, args, kind, train, dev, options, state=None, progress=progress, stage=stage)
+
+
+def _has_checkpoint(directory: str) -> bool:
+    from ..training.checkpoint import STATE
+
+    return os.path.isfile(os.path.join(directory, STATE))
 
 
 def resume(out: str, *, steps: int | None = None, device: str | None = None, progress: bool = True) -> dict:
@@ -261,12 +284,13 @@ def resume(out: str, *, steps: int | None = None, device: str | None = None, pro
     return _run(out, args, kind, train, dev, options, state=state, progress=progress)
 
 
-def _run(out: str, args, kind, train, dev, options: TaskOptions, *, state: dict | None, progress: bool) -> dict:
+def _run(out: str, args, kind, train, dev, options: TaskOptions, *, state: dict | None, progress: bool,
+         stage: StagedRun | None = None) -> dict:
     from ..training.distributed import processes
 
     with processes() as procs:
         tuner = _fine_tuner_class()(out, args, procs, state=state, progress=progress, kind=kind, dev=dev,
-                                    batches=task_batches(kind, train, dev, options))
+                                    stage=stage, batches=task_batches(kind, train, dev, options))
         last = tuner.train()
     return {**(tuner.best or last), "train_examples": len(train.examples),
             "dev_examples": len(dev.examples) if dev else 0, "labels": list(train.labels)}

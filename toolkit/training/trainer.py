@@ -209,6 +209,8 @@ class Trainer:
 
         args = self.args
         has_validation = len(self.eval_batches) > 0
+        metrics_before = self._read_metrics()
+        checkpoint_before = self._checkpoint_signature()
         metrics = self._open_metrics()
         # disable=None: the bar is drawn only on a terminal; elsewhere each record is printed as a line.
         bar = tqdm(total=args.steps, initial=self.step, desc="train", unit="step", dynamic_ncols=True,
@@ -245,6 +247,13 @@ class Trainer:
                     paused = time.perf_counter()
                     self.save(self.elapsed_before + paused - started)
                     interval_start += time.perf_counter() - paused  # and saving
+        except BaseException:
+            if metrics is not None and self._checkpoint_signature() == checkpoint_before:
+                # No checkpoint of this invocation: put metrics.jsonl back as it was, so that a failed run
+                # leaves the model directory as it found it (its records name steps no checkpoint holds).
+                metrics.close()
+                self._restore_metrics(metrics_before)
+            raise
         finally:
             bar.close()
             if metrics is not None:
@@ -271,6 +280,10 @@ class Trainer:
             "metrics": self.last_record,
         }
         save_checkpoint(self.model_dir, self.model, self.optimizer, self.parameter_names, state)
+        self.after_checkpoint()
+
+    def after_checkpoint(self) -> None:
+        """Called on the main process after each checkpoint (fine-tuning moves its run to --out at the first)."""
 
     # -- output --------------------------------------------------------------------------------------
 
@@ -279,6 +292,30 @@ class Trainer:
             from tqdm import tqdm
 
             tqdm.write(message, file=sys.stderr)
+
+    def _checkpoint_signature(self) -> tuple[int, int] | None:
+        """Which trainer_state.json the directory holds: each checkpoint writes a new file."""
+        try:
+            found = os.stat(os.path.join(self.model_dir, STATE))
+        except FileNotFoundError:
+            return None
+        return found.st_ino, found.st_mtime_ns
+
+    def _read_metrics(self) -> bytes | None:
+        path = os.path.join(self.model_dir, METRICS)
+        if not self.procs.is_main or not os.path.isfile(path):
+            return None
+        with open(path, "rb") as handle:
+            return handle.read()
+
+    def _restore_metrics(self, before: bytes | None) -> None:
+        path = os.path.join(self.model_dir, METRICS)
+        if before is None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+        else:
+            with atomic_write(path, "wb") as out:
+                out.write(before)
 
     def _open_metrics(self):
         """metrics.jsonl for appending, holding only the records up to the step training starts from."""
