@@ -104,7 +104,8 @@ def _dynamic_shapes(module, per_input: list[dict]) -> tuple:
     shapes, rest = [], list(per_input)
     for parameter in inspect.signature(module.forward).parameters.values():
         if parameter.kind is inspect.Parameter.VAR_POSITIONAL:
-            shapes.append(tuple(rest))
+            if rest:  # an empty *past (a decoder without a cache) is no input at all
+                shapes.append(tuple(rest))
             rest = []
         elif rest:
             shapes.append(rest.pop(0))

@@ -22,6 +22,8 @@ def register_decoders(register):
 def register_exporters(register):
     register("decoder.gpt2", "lmkit.plugins.gpt.export:export_plan",
              summary="one decoder graph, KV cache in and out (optimum names)")
+    register("decoder.gpt", "lmkit.plugins.gpt.export:export_plan",
+             summary="one decoder graph, KV cache in and out (optimum names); GPT (2018)'s post-LN stack")
     register("decoder.gpt3", "lmkit.plugins.gpt.export:gpt3_export_plan",
              summary="one decoder graph, KV cache in and out; banded layers' cache is their last band_width positions")
 
