@@ -60,21 +60,33 @@ class ExportedHead:
     def _linear(self, features: np.ndarray) -> np.ndarray:
         return features @ self.weight.T + self.bias
 
-    def predict(self, exported, batch: dict[str, np.ndarray]) -> np.ndarray:
+    def scores(self, exported, batch: dict[str, np.ndarray]) -> np.ndarray:
+        """The head's scores, as its torch scores() gives them: (B, labels), (B,) for regression, (B, S)
+        for multiple choice, (B, T, labels) per token, (B, T, 2) answer start and end."""
+        return self.apply(exported.encode, batch)
+
+    def apply(self, encode, batch: dict[str, np.ndarray]) -> np.ndarray:
+        """scores() with `encode(ids, mask, token_types)` giving the encoder's outputs by name."""
         kind = self.info["type"]
         ids = batch["input_ids"]
         if kind == "sequence-head":
             B, S, T = ids.shape
-            outputs = exported.encode(ids.reshape(B * S, T), batch["attention_mask"].reshape(B * S, T),
-                                      batch["token_type_ids"].reshape(B * S, T))
+            outputs = encode(ids.reshape(B * S, T), batch["attention_mask"].reshape(B * S, T),
+                             batch["token_type_ids"].reshape(B * S, T))
             features = outputs["pooler_output"].reshape(B, S, -1)
             task = self.info.get("task", "classification")
             if task == "multiple-choice":
-                return self._linear(features)[..., 0].argmax(-1)
+                return self._linear(features)[..., 0]
             scores = self._linear(features.sum(1))  # similarity: the two orders added, as in torch
-            return scores[:, 0] if task == "regression" else scores.argmax(-1)
-        states = exported.encode(ids, batch["attention_mask"], batch["token_type_ids"])["last_hidden_state"]
+            return scores[:, 0] if task == "regression" else scores
+        states = encode(ids, batch["attention_mask"], batch["token_type_ids"])["last_hidden_state"]
         scores = self._linear(states)  # (B, T, labels) or (B, T, 2)
         if kind == "token-head":
-            return scores.argmax(-1)
+            return scores
         return np.where(batch["answerable"][:, :, None], scores, -1e4).astype(np.float32)
+
+    def predict(self, exported, batch: dict[str, np.ndarray]) -> np.ndarray:
+        """The prediction, as the torch head's predict() gives it."""
+        scores = self.scores(exported, batch)
+        single = self.info["type"] == "span-head" or self.info.get("task") == "regression"
+        return scores if single else scores.argmax(-1)

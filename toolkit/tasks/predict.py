@@ -26,7 +26,7 @@ class Runner:
     tokenizer: object
     encoder: bool  # an encoder reads BERT's pair format, a decoder GPT's markers
     max_length: int | None
-    predict: Callable[[dict], np.ndarray]  # a collated batch -> the head's predictions
+    scores: Callable[[dict], np.ndarray]  # a collated batch -> the head's scores (logits), float32
 
 
 def torch_runner(model_dir: str, device: str) -> Runner:
@@ -39,11 +39,12 @@ def torch_runner(model_dir: str, device: str) -> Runner:
                 None)
     stack = model.encoder if model.encoder is not None else model.decoder
 
+    model.eval()
+
     @torch.no_grad()
     def run(batch: dict) -> np.ndarray:
         tensors = {name: torch.from_numpy(np.ascontiguousarray(a)).to(device) for name, a in batch.items()}
-        prediction = head.predict(model, tensors)
-        return (prediction.float() if prediction.is_floating_point() else prediction).cpu().numpy()
+        return head.scores(model, tensors).float().cpu().numpy()
 
     return Runner(config["spec"], tokenizer, model.encoder is not None, getattr(stack, "max_positions", None), run)
 
@@ -56,13 +57,18 @@ def export_runner(export_dir: str, device: str) -> Runner:
     head = ExportedHead(exported)
     limit = exported.manifest.get("dimensions", {}).get("max_length")
     return Runner(exported.manifest["source"]["spec"], exported.tokenizer, True, limit,
-                  lambda batch: head.predict(exported, batch))
+                  lambda batch: head.scores(exported, batch))
 
 
 def predict(model_dir: str, path: str, *, batch_size: int = 32, max_length: int | None = None,
             text_fields: tuple[str, ...] = (), label_field: str = "label", tag_column: int = -1,
-            device: str = "cpu", progress: bool = True) -> tuple[list[dict], dict | None]:
-    """(one output per example, metrics or None) of the task head in model_dir."""
+            tag_scheme: str | None = None, device: str = "cpu",
+            progress: bool = True) -> tuple[list[dict], dict | None]:
+    """(one output per example, metrics or None) of the task head in model_dir.
+
+    tag_scheme: how token tags form entities (lmkit.tasks.chunks); None: the one the model was
+    fine-tuned with.
+    """
     from tqdm import tqdm
 
     from lmkit.exports.manifest import MANIFEST
@@ -77,7 +83,8 @@ def predict(model_dir: str, path: str, *, batch_size: int = 32, max_length: int 
         raise ArtifactError(f"{model_dir} has no tokenizer.json to read the examples with")
     labels = tuple(part.get("labels", ()))
     options = TaskOptions(kind=HEADS[part["type"]] or part.get("task", "classification"), text_fields=text_fields,
-                          label_field=label_field, labels=labels, tag_column=tag_column)
+                          label_field=label_field, labels=labels, tag_column=tag_column,
+                          tag_scheme=tag_scheme or part.get("tag_scheme") or "auto")
     kind = task_kind(options.kind, options)
     kind.allow_no_answer = part.get("allow_no_answer", False)
     data = kind.read(path, labels=labels, require_labels=False)
@@ -86,8 +93,10 @@ def predict(model_dir: str, path: str, *, batch_size: int = 32, max_length: int 
     encoded, _ = kind.encode(data, runner.tokenizer, max_length, runner.encoder)
     pad = runner.tokenizer.pad_id if runner.tokenizer.pad_id is not None else 0
     batches = [kind.collate(encoded[i:i + batch_size], pad) for i in range(0, len(encoded), batch_size)]
-    predictions = [runner.predict(batch)
-                   for batch in tqdm(batches, desc="predict", unit="batch", disable=not progress or None)]
-    outputs = kind.outputs(predictions, batches, encoded, data)
+    # disable=None: the bar is drawn only on a terminal, never into a log.
+    scores = [runner.scores(batch)
+              for batch in tqdm(batches, desc="predict", unit="batch", disable=None if progress else True)]
+    predictions = [kind.decide(s) for s in scores]
+    outputs = kind.outputs(scores, batches, encoded, data)
     metrics = kind.metrics(predictions, batches, encoded, data) if kind.labelled(data) else None
     return outputs, metrics
