@@ -42,6 +42,46 @@ def save_head(model, spec: dict, directory: str) -> dict | None:
     return {"file": HEAD_FILE, **part}
 
 
+def head_choices(part: dict, weight: np.ndarray, bias: np.ndarray):
+    """What the task head picks from an encoder graph's outputs, for export validation's top-1 agreement.
+
+    Returns choices(outputs by name, inputs by name) -> the head's top-1 choice at each counted
+    position (a label per example or per real token; an answer's start and end per example; for
+    multiple choice the batch's rows taken as one item's choices), or None for a regression head,
+    whose value has no top-1 choice.
+    """
+    kind, task = part["type"], part.get("task", "classification")
+
+    def linear(features: np.ndarray) -> np.ndarray:
+        return features.astype(np.float64) @ weight.T.astype(np.float64) + bias
+
+    def choices(outputs: dict, inputs: dict) -> np.ndarray | None:
+        mask = inputs["attention_mask"].astype(bool)
+        if kind == "sequence-head":
+            if task == "regression":
+                return None
+            scores = linear(outputs["pooler_output"])  # (B, labels), (B, 1) for multiple choice
+            if task == "multiple-choice":
+                return scores[:, 0].argmax()[None] if len(scores) > 1 else np.zeros(0, dtype=np.int64)
+            return scores.argmax(-1)
+        scores = linear(outputs["last_hidden_state"])  # (B, T, labels) or (B, T, 2)
+        if kind == "token-head":
+            return scores.argmax(-1)[mask]
+        scores = np.where(mask[:, :, None], scores, -np.inf)
+        return np.concatenate([scores[..., 0].argmax(-1), scores[..., 1].argmax(-1)])  # start, end per row
+
+    return choices
+
+
+def validation_head(model, spec: dict):
+    """head_choices() of the model's task head, or None when it has none."""
+    part = head_part(spec)
+    if part is None:
+        return None
+    layer = getattr(model.objectives[part["type"]], LINEAR[part["type"]])
+    return head_choices(part, layer.weight.detach().float().cpu().numpy(), layer.bias.detach().float().cpu().numpy())
+
+
 class ExportedHead:
     """The task head of an export, applied to its encoder's outputs: predict(exported, batch) as in torch."""
 
