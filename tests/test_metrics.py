@@ -245,3 +245,60 @@ def test_bleu_is_sacrebleus_corpus_bleu_with_its_signature():
     assert corpus_bleu(["a b c d"], ["a b c d"]).score == pytest.approx(100.0)
     with pytest.raises(LmkitError, match="2 translations for 1 references"):
         corpus_bleu(["a", "b"], ["a"])
+
+
+# -- the task kind reports what chunks and qa compute ---------------------------------------------------
+
+
+def test_iobes_file_scores_its_single_token_entities(tmp_path):
+    """A CoNLL file in IOBES, predicted perfectly: entity F1 1.0, as seqeval says (was 0.0)."""
+    from lmkit.tasks.finetune import TaskOptions
+    from lmkit.tasks.kinds import task_kind
+
+    path = tmp_path / "iobes.conll"
+    path.write_text("Ann S-PER\nmet O\nBo S-PER\nin O\nRome S-LOC\n\nNew B-MISC\nYork E-MISC\nfair S-MISC\n")
+    kind = task_kind("token-classification", TaskOptions(kind="token-classification"))
+    data = kind.read(str(path))
+    assert kind.scheme == "iobes" and kind.head_options(data)["tag_scheme"] == "iobes"
+    labels = np.full((2, 7), -100)
+    for row, sentence in enumerate(data.examples):
+        labels[row, 1:1 + len(sentence.tags)] = sentence.tags
+    perfect = np.where(labels == -100, 0, labels)
+    result = kind.metrics([perfect], [{"labels": labels}], None, data)
+    assert result["entity_f1"] == 1.0 and result["accuracy"] == 1.0
+    pos = tmp_path / "pos.conll"
+    pos.write_text("the DT\ncat NN\nsat VBD\n")
+    kind = task_kind("token-classification", TaskOptions(kind="token-classification"))
+    data = kind.read(str(pos))
+    labels = np.array([[-100, *data.examples[0].tags]])
+    assert kind.metrics([np.where(labels == -100, 0, labels)], [{"labels": labels}], None, data) == {"accuracy": 1.0}
+
+
+# -- export validation gates only on what it measured ---------------------------------------------------
+
+
+def test_a_top1_floor_with_nothing_to_measure_is_refused():
+    from lmkit.exports.validation import THRESHOLDS, ValidationError, _check
+
+    for precision in ("fp16", "int8"):
+        with pytest.raises(ValidationError, match=f"the {precision} export has no output whose top-1 choice"):
+            _check({"top1_agreement": None}, [], precision, THRESHOLDS[precision])
+
+
+def test_task_heads_give_top1_choices_for_validation():
+    from lmkit.exports.heads import head_choices
+
+    rng = np.random.default_rng(0)
+    states, pooled = rng.normal(size=(2, 4, 3)), rng.normal(size=(2, 3))
+    outputs = {"last_hidden_state": states, "pooler_output": pooled}
+    inputs = {"attention_mask": np.array([[1, 1, 1, 0], [1, 1, 1, 1]])}
+    weight, bias = rng.normal(size=(5, 3)), np.zeros(5)
+    classify = head_choices({"type": "sequence-head", "task": "classification"}, weight, bias)
+    assert (classify(outputs, inputs) == (pooled @ weight.T).argmax(-1)).all()
+    tokens = head_choices({"type": "token-head"}, weight, bias)(outputs, inputs)
+    assert tokens.shape == (7,)  # real tokens only
+    spans = head_choices({"type": "span-head"}, weight[:2], bias[:2])(outputs, inputs)
+    assert spans.shape == (4,) and spans[0] < 3 and spans[2] < 3  # start and end of each row, never padding
+    assert head_choices({"type": "sequence-head", "task": "regression"}, weight[:1], bias[:1])(outputs, inputs) is None
+    choice = head_choices({"type": "sequence-head", "task": "multiple-choice"}, weight[:1], bias[:1])
+    assert choice(outputs, inputs).tolist() == [int((pooled @ weight[:1].T)[:, 0].argmax())]
