@@ -86,8 +86,10 @@ def export_model(model_dir: str, out: str, *, precision: str = "fp32", layout: s
                 target = os.path.join(root, files[graph.name])
                 os.makedirs(os.path.dirname(target), exist_ok=True)
                 _write_graph(graph, target, precision, opset, work)
+        from .heads import validation_head
+
         report = validate([(graph, os.path.join(root, files[graph.name])) for graph in plan.graphs],
-                          precision, threshold or THRESHOLDS[precision])
+                          precision, threshold or THRESHOLDS[precision], head=validation_head(model, config["spec"]))
         if tokenizer is not None:
             tokenizer.save(root)
         from lmkit.model import TARGET_TOKENIZER, load_target_tokenizer

@@ -41,6 +41,46 @@ def save_head(model, spec: dict, directory: str) -> dict | None:
     return {"file": HEAD_FILE, **part}
 
 
+def head_choices(part: dict, weight: np.ndarray, bias: np.ndarray):
+    """What the task head picks from an encoder graph's outputs, for export validation's top-1 agreement.
+
+    Returns choices(outputs by name, inputs by name) -> the head's top-1 choice at each counted
+    position (a label per example or per real token; an answer's start and end per example; for
+    multiple choice the batch's rows taken as one item's choices), or None for a regression head,
+    whose value has no top-1 choice.
+    """
+    kind, task = part["type"], part.get("task", "classification")
+
+    def linear(features: np.ndarray) -> np.ndarray:
+        return features.astype(np.float64) @ weight.T.astype(np.float64) + bias
+
+    def choices(outputs: dict, inputs: dict) -> np.ndarray | None:
+        mask = inputs["attention_mask"].astype(bool)
+        if kind == "sequence-head":
+            if task == "regression":
+                return None
+            scores = linear(outputs["pooler_output"])  # (B, labels), (B, 1) for multiple choice
+            if task == "multiple-choice":
+                return scores[:, 0].argmax()[None] if len(scores) > 1 else np.zeros(0, dtype=np.int64)
+            return scores.argmax(-1)
+        scores = linear(outputs["last_hidden_state"])  # (B, T, labels) or (B, T, 2)
+        if kind == "token-head":
+            return scores.argmax(-1)[mask]
+        scores = np.where(mask[:, :, None], scores, -np.inf)
+        return np.concatenate([scores[..., 0].argmax(-1), scores[..., 1].argmax(-1)])  # start, end per row
+
+    return choices
+
+
+def validation_head(model, spec: dict):
+    """head_choices() of the model's task head, or None when it has none."""
+    part = head_part(spec)
+    if part is None:
+        return None
+    layer = model.objectives[part["type"]].output_layer()
+    return head_choices(part, layer.weight.detach().float().cpu().numpy(), layer.bias.detach().float().cpu().numpy())
+
+
 class ExportedHead:
     """The task head of an export, applied to its encoder's outputs: predict(exported, batch) as in torch."""
 
@@ -59,21 +99,33 @@ class ExportedHead:
     def _linear(self, features: np.ndarray) -> np.ndarray:
         return features @ self.weight.T + self.bias
 
-    def predict(self, exported, batch: dict[str, np.ndarray]) -> np.ndarray:
+    def scores(self, exported, batch: dict[str, np.ndarray]) -> np.ndarray:
+        """The head's scores, as its torch scores() gives them: (B, labels), (B,) for regression, (B, S)
+        for multiple choice, (B, T, labels) per token, (B, T, 2) answer start and end."""
+        return self.apply(exported.encode, batch)
+
+    def apply(self, encode, batch: dict[str, np.ndarray]) -> np.ndarray:
+        """scores() with `encode(ids, mask, token_types)` giving the encoder's outputs by name."""
         kind = self.info["type"]
         ids = batch["input_ids"]
         if kind == "sequence-head":
             B, S, T = ids.shape
-            outputs = exported.encode(ids.reshape(B * S, T), batch["attention_mask"].reshape(B * S, T),
-                                      batch["token_type_ids"].reshape(B * S, T))
+            outputs = encode(ids.reshape(B * S, T), batch["attention_mask"].reshape(B * S, T),
+                             batch["token_type_ids"].reshape(B * S, T))
             features = outputs["pooler_output"].reshape(B, S, -1)
             task = self.info.get("task", "classification")
             if task == "multiple-choice":
-                return self._linear(features)[..., 0].argmax(-1)
+                return self._linear(features)[..., 0]
             scores = self._linear(features.sum(1))  # similarity: the two orders added, as in torch
-            return scores[:, 0] if task == "regression" else scores.argmax(-1)
-        states = exported.encode(ids, batch["attention_mask"], batch["token_type_ids"])["last_hidden_state"]
+            return scores[:, 0] if task == "regression" else scores
+        states = encode(ids, batch["attention_mask"], batch["token_type_ids"])["last_hidden_state"]
         scores = self._linear(states)  # (B, T, labels) or (B, T, 2)
         if kind == "token-head":
-            return scores.argmax(-1)
+            return scores
         return np.where(batch["answerable"][:, :, None], scores, -1e4).astype(np.float32)
+
+    def predict(self, exported, batch: dict[str, np.ndarray]) -> np.ndarray:
+        """The prediction, as the torch head's predict() gives it."""
+        scores = self.scores(exported, batch)
+        single = self.info["type"] == "span-head" or self.info.get("task") == "regression"
+        return scores if single else scores.argmax(-1)

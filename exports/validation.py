@@ -9,6 +9,12 @@ figures go into the manifest; an export whose figures miss its dtype's threshold
           ~1e-3 relative, which flips only near-ties; less agreement means a broken conversion
     int8  top-1 agreement of at least 50%: quantization error depends on the model, so the floor
           only catches a collapse; the figure itself says how good it is
+
+Top-1 agreement is taken over every graph's scores (a language model's logits, at real positions)
+and over a fine-tuned encoder's task head applied to the graph's features (its label per example
+or per token, an answer's start and end). An fp16 or int8 export with none of these (a plain
+feature encoder, a regression head) cannot be checked against its floor and is refused. The
+manifest's `top1_graphs` names the graphs the figure was measured on.
 """
 from __future__ import annotations
 
@@ -39,8 +45,14 @@ class ValidationError(LmkitError):
     """An export differs from PyTorch by more than its threshold allows."""
 
 
-def validate(graphs: list[tuple[Graph, str]], precision: str, threshold: Threshold) -> dict:
-    """Run each (graph, onnx file) on its shape sets; the report for the manifest, or ValidationError."""
+def validate(graphs: list[tuple[Graph, str]], precision: str, threshold: Threshold, head=None) -> dict:
+    """Run each (graph, onnx file) on its shape sets; the report for the manifest, or ValidationError.
+
+    head: a task head's choices (lmkit.exports.heads.head_choices), applied to the outputs of every
+    graph that has the features it reads, in PyTorch and in onnxruntime: its top-1 choices count
+    towards top-1 agreement, as a graph's own scores do. Every figure the threshold names must be
+    measured: an fp16 or int8 export with nothing to take a top-1 of is refused.
+    """
     import onnxruntime as ort
     import torch
 
@@ -52,7 +64,15 @@ def validate(graphs: list[tuple[Graph, str]], precision: str, threshold: Thresho
             with torch.no_grad():
                 expected = graph.module(*(torch.from_numpy(shape_set.inputs[t.name]) for t in graph.inputs))
             actual = session.run(names, shape_set.inputs)
-            results.append(_compare(graph, shape_set, names, [e.numpy() for e in expected], actual))
+            expected = [e.numpy() for e in expected]
+            result = _compare(graph, shape_set, names, expected, actual)
+            if head is not None and {"pooler_output", "last_hidden_state"} <= set(names):
+                want, got = (head(dict(zip(names, outputs)), shape_set.inputs) for outputs in (expected, actual))
+                if want is not None:
+                    same = want == got
+                    agreed, counted = result.agreement or (0, 0)
+                    result.agreement = (agreed + int(same.sum()), counted + int(same.size))
+            results.append(result)
     agreed, counted = (sum(r.agreement[i] for r in results if r.agreement) for i in (0, 1))
     report = {
         "reference": f"PyTorch {torch.__version__} fp32",
@@ -60,6 +80,7 @@ def validate(graphs: list[tuple[Graph, str]], precision: str, threshold: Thresho
         "threshold": {key: value for key, value in asdict(threshold).items() if value is not None},
         "max_abs_diff": max(r.worst for r in results),
         "top1_agreement": agreed / counted if counted else None,
+        "top1_graphs": sorted({r.graph for r in results if r.agreement and r.agreement[1]}),
         "shape_sets": [r.to_dict() for r in results],
     }
     _check(report, results, precision, threshold)
@@ -118,7 +139,13 @@ def _check(report: dict, results: list[_Result], precision: str, threshold: Thre
                 f"({worst.describe()}), more than the {threshold.max_abs_diff:g} allowed; nothing was written"
             )
     agreement = report["top1_agreement"]
-    if threshold.min_top1_agreement is not None and agreement is not None:
+    if threshold.min_top1_agreement is not None and agreement is None:
+        raise ValidationError(
+            f"the {precision} export has no output whose top-1 choice can be compared with PyTorch's (no "
+            "language-model logits or classifying task head: a feature encoder, or a regression head), so its "
+            f"{threshold.min_top1_agreement:.0%} top-1 floor cannot be checked; export fp32, held to "
+            f"{THRESHOLDS['fp32'].max_abs_diff:g} of PyTorch; nothing was written")
+    if threshold.min_top1_agreement is not None:
         if agreement < threshold.min_top1_agreement:
             raise ValidationError(
                 f"the {precision} export picks PyTorch's top-1 token at {agreement:.1%} of positions, "

@@ -111,7 +111,13 @@ def test_the_cli_finetunes_from_a_tsv_file_and_reports_the_metrics(run, pretrain
     # lmkit predict on the best checkpoint: the same accuracy, and labels need not be there
     result = run("predict", tmp_path / "tuned" / "best", "--data", tmp_path / "dev.tsv")
     assert result.code == 0, result.err
-    predicted = [json.loads(line)["label"] for line in result.out.splitlines()]
+    outputs = [json.loads(line) for line in result.out.splitlines()]
+    predicted = [output["label"] for output in outputs]
+    assert [output["line"] for output in outputs] == list(range(2, 34))  # the file's lines, after the header
+    for output in outputs:  # every label's probability, the predicted one the largest
+        assert set(output["probabilities"]) == {"neg", "pos"}
+        assert sum(output["probabilities"].values()) == pytest.approx(1, abs=1e-5)
+        assert max(output["probabilities"], key=output["probabilities"].get) == output["label"]
     gold = [row["label"] for row in rows[128:]]
     assert np.mean([p == g for p, g in zip(predicted, gold)]) == pytest.approx(record["accuracy"])
     assert f"accuracy {record['accuracy']:.4f}" in result.err
@@ -276,7 +282,11 @@ def test_token_classification_learns_entities_with_a_gpt_decoder(run, pretrained
     result = run("predict", tmp_path / "ner" / "best", "--data", tmp_path / "words.txt")
     assert result.code == 0, result.err
     first = json.loads(result.out.splitlines()[0])
-    assert len(first["words"]) == len(first["tags"]) and set(first["tags"]) <= {"B-MOOD", "I-MOOD", "O"}
+    assert len(first["words"]) == len(first["tags"]) == len(first["probabilities"])
+    assert set(first["tags"]) <= {"B-MOOD", "I-MOOD", "O"} and first["line"] == 1
+    assert all(1 / 3 <= p <= 1 for p in first["probabilities"])  # the chosen tag's, the largest of three
+    assert json.loads((tmp_path / "ner" / "best" / "config.json").read_text())["spec"]["objectives"][0][
+        "tag_scheme"] == "conlleval"  # B/I/O tags: conlleval's reading, kept for predict
 
 
 def test_an_interrupted_finetuning_run_resumes_bit_for_bit(run, pretrained, tmp_path, monkeypatch):

@@ -4,6 +4,7 @@ import random
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 pytest.importorskip("torch")
@@ -31,6 +32,26 @@ def tasks(tmp_path):
     return [("similarity", pairs), ("token-classification", conll), ("question-answering", squad)]
 
 
+SCORES = ("probabilities", "score")  # floats: the export's are PyTorch's within float error
+
+
+def decision(output: dict) -> dict:
+    """What an output of lmkit predict decides, without its scores."""
+    return {key: value for key, value in output.items() if key not in SCORES}
+
+
+def close(expected: list[dict], got: list[dict], tolerance: float = 1e-4) -> bool:
+    """Same decisions, and scores within `tolerance`."""
+    def flat(output):
+        values = [output.get(key) for key in SCORES if key in output]
+        values = [v for value in values for v in (value.values() if isinstance(value, dict) else
+                                                  value if isinstance(value, list) else [value])]
+        return np.array(values, dtype=np.float64)
+
+    return all(decision(a) == decision(b) and np.abs(flat(a) - flat(b)).max(initial=0) <= tolerance
+               for a, b in zip(expected, got)) and len(expected) == len(got)
+
+
 @pytest.mark.parametrize("precision", ["fp32", "int8"])
 def test_predictions_on_the_export_match_pytorch(pretrained, tmp_path, precision):  # noqa: F811
     for kind, path in tasks(tmp_path):
@@ -42,8 +63,12 @@ def test_predictions_on_the_export_match_pytorch(pretrained, tmp_path, precision
         assert "task_head.safetensors" in manifest["files"]  # hashed like the graph
         expected, _ = predict(str(tuned), str(path), progress=False)
         got, _ = predict(str(exported), str(path), progress=False)
-        agreement = sum(a == b for a, b in zip(expected, got)) / len(expected)
+        agreement = sum(decision(a) == decision(b) for a, b in zip(expected, got)) / len(expected)
         assert agreement >= (1.0 if precision == "fp32" else 0.85), (kind, agreement)
+        if precision == "fp32":
+            assert close(expected, got), kind
+        else:  # the int8 floor was measured on the head's choices, not left out
+            assert manifest["validation"]["top1_agreement"] is not None, kind
 
 
 def test_lmkit_predict_on_an_export_runs_without_torch(pretrained, tmp_path):  # noqa: F811
@@ -55,7 +80,7 @@ def test_lmkit_predict_on_an_export_runs_without_torch(pretrained, tmp_path):  #
     result = subprocess.run([sys.executable, "-c", child, "predict", str(tmp_path / "exported"), "--data", str(path)],
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
-    assert [json.loads(line) for line in result.stdout.splitlines()] == expected
+    assert close(expected, [json.loads(line) for line in result.stdout.splitlines()])
     assert "accuracy" in result.stderr  # labelled: the metrics follow
 
 
@@ -86,4 +111,4 @@ def test_albert_and_roberta_fine_tune_and_serve_their_heads(family, tmp_path):
     export_model(str(tmp_path / "tuned"), str(tmp_path / "exported"))
     expected, metrics = predict(str(tmp_path / "tuned"), str(pairs), progress=False)
     assert metrics is not None and {"accuracy", "f1", "mcc"} <= set(metrics)
-    assert predict(str(tmp_path / "exported"), str(pairs), progress=False)[0] == expected
+    assert close(predict(str(tmp_path / "exported"), str(pairs), progress=False)[0], expected)

@@ -4,16 +4,16 @@ import json
 import pytest
 
 from lmkit.errors import DataError
-from lmkit.tasks import qa, tokens
+from lmkit.tasks import chunks, qa, tokens
 
 pytest.importorskip("torch")
 
 def test_entities_follow_conlleval():
     tags = ["B-PER", "I-PER", "O", "I-LOC", "I-LOC", "B-LOC", "B-ORG", "I-PER"]
-    assert tokens.entities(tags) == {("PER", 0, 2), ("LOC", 3, 5), ("LOC", 5, 6), ("ORG", 6, 7), ("PER", 7, 8)}
-    scores = tokens.entity_f1([["B-PER", "I-PER", "O"]], [["B-PER", "O", "O"]])
+    assert chunks.entities(tags) == {("PER", 0, 2), ("LOC", 3, 5), ("LOC", 5, 6), ("ORG", 6, 7), ("PER", 7, 8)}
+    scores = chunks.entity_f1([["B-PER", "I-PER", "O"]], [["B-PER", "O", "O"]])
     assert scores["entity_f1"] == 0.0  # a span is right only when it matches exactly
-    scores = tokens.entity_f1([["B-PER", "O", "B-LOC"]], [["B-PER", "O", "B-ORG"]])
+    scores = chunks.entity_f1([["B-PER", "O", "B-LOC"]], [["B-PER", "O", "B-ORG"]])
     assert scores["entity_precision"] == 0.5 and scores["entity_recall"] == 0.5
 
 

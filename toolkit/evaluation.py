@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass
 
 import numpy as np
@@ -62,7 +63,9 @@ def score_tokens(decoder, tokens: np.ndarray, context: int, stride: int, batch_s
         raise ValueError("need at least two tokens to score")
     spans = windows(len(tokens), context, stride)
     total = 0.0
-    bar = tqdm(total=len(tokens) - 1, unit="tok", disable=not progress, desc="eval", dynamic_ncols=True)
+    # disable=None: the bar is drawn only when stderr is a terminal, never into a log.
+    bar = tqdm(total=len(tokens) - 1, unit="tok", disable=None if progress else True, desc="eval",
+               dynamic_ncols=True, file=sys.stderr)
     # Windows of one length are batched together; only the last one is usually shorter.
     by_length: dict[int, list[tuple[int, int, int]]] = {}
     for span in spans:

@@ -18,11 +18,16 @@ draws them at random for each item, and so does this module, from (seed, item nu
 is repeatable and an item's examples do not depend on --limit or the batch size. A prompt that
 does not fit the model's context loses examples from the front first, then context from the left.
 
-Multiple choice is scored three ways: the summed log-likelihood of each choice (`accuracy`), and
-two length-normalised variants, per answer token (`accuracy_per_token`, GPT-3's usual one) and per
-answer character (`accuracy_per_char`, lm-eval-harness's acc_norm). A cloze item counts as correct
-when greedy decoding would produce the answer, i.e. every answer token is the argmax given what
-precedes it (GPT-2's LAMBADA accuracy); the answers' perplexity per token is reported too.
+Multiple choice is scored three ways, the prediction being the first choice with the highest score:
+the summed log-likelihood of each choice (`accuracy`, lm-eval-harness's acc), and two
+length-normalised variants, per answer token (`accuracy_per_token`, GPT-3's per-token likelihood,
+Brown et al. 2020 §2.4; the tokens of delimiter + answer, the ones scored) and per character of the
+choice as written (`accuracy_per_char`, lm-eval-harness's acc_norm: the log-likelihood divided by
+len(choice), the delimiter not counted). A cloze item counts as correct when greedy decoding would
+produce the answer, i.e. every answer token is the argmax given what precedes it (GPT-2's LAMBADA
+accuracy, the harness's acc for lambada); `perplexity` is exp(answer NLL / answer tokens), per
+token, and `perplexity_per_answer` exp(mean answer NLL), per answer as lm-eval-harness's lambada
+perplexity aggregates it (exp of minus the mean of each item's summed log-likelihood).
 
 Reading and prompting do not import torch; `score` does, when it is called.
 """
@@ -191,7 +196,7 @@ class Prompted:
     item: Item
     prompt: list[int]
     answers: list[list[int]]  # tokens of each continuation (delimiter + answer)
-    answer_chars: list[int]  # characters of each continuation, for per-character normalisation
+    answer_chars: list[int]  # characters of each answer as written, without the delimiter (acc_norm's length)
     shots: int  # in-context examples that fit
     truncated: bool  # the item's own context lost tokens on the left to fit
 
@@ -239,7 +244,10 @@ def build_prompts(items: list[Item], tokenizer, max_positions: int, *, examples:
         if not prompt:
             raise DataError(f'{item.where}: the context is empty and the {tokenizer.kind} tokenizer has no '
                             "end-of-text token to start the prompt with; give a context")
-        prompted.append(Prompted(item, prompt, answers, [len(text) for text in texts], len(chosen), truncated))
+        # acc_norm divides by len(choice) of the choice string itself: lm-eval-harness's
+        # `completion_len = [float(len(i)) for i in choices]`; the target delimiter is not counted.
+        prompted.append(Prompted(item, prompt, answers, [len(answer) for answer in item.answers], len(chosen),
+                                 truncated))
     return prompted
 
 
@@ -323,5 +331,6 @@ def summarize(prompted: list[Prompted], scores: list[list[AnswerScore]]) -> dict
         nll = -sum(answers[0].log_likelihood for answers in scores)
         tokens = sum(answers[0].tokens for answers in scores)
         result.update(accuracy=sum(answers[0].greedy for answers in scores) / len(scores),
-                      perplexity=math.exp(nll / tokens), nll=nll, answer_tokens=tokens)
+                      perplexity=math.exp(nll / tokens), perplexity_per_answer=math.exp(nll / len(scores)),
+                      nll=nll, answer_tokens=tokens)
     return result

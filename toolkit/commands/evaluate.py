@@ -184,13 +184,15 @@ def _evaluate_task(model_dir, task_path, *, shots, examples_path, seed, limit, s
     if kind == fewshot.MULTIPLE_CHOICE:
         click.echo(f"accuracy        {result['accuracy']:.2%}  by summed log-likelihood of each choice")
         click.echo(f"  per token     {result['accuracy_per_token']:.2%}  by log-likelihood per answer token")
-        click.echo(f"  per char      {result['accuracy_per_char']:.2%}  by log-likelihood per answer character "
-                   "(lm-eval-harness acc_norm)")
+        click.echo(f"  per char      {result['accuracy_per_char']:.2%}  by log-likelihood per character of the "
+                   "choice (lm-eval-harness acc_norm)")
         click.echo(f"chance          {result['chance']:.2%}")
     else:
         click.echo(f"accuracy        {result['accuracy']:.2%}  greedy decoding gives the answer exactly")
         click.echo(f"perplexity      {result['perplexity']:.4f}  per answer token "
                    f"({result['answer_tokens']:,} tokens)")
+        click.echo(f"  per answer    {result['perplexity_per_answer']:.4f}  exp(mean answer NLL) "
+                   "(lm-eval-harness lambada perplexity)")
     if result["items_truncated"] or result["shots_used"] < shots:
         click.echo(f"fitted          {window} positions: {result['shots_used']:.2f} examples per item on "
                    f"average, {result['items_truncated']:,} items' contexts cut on the left")

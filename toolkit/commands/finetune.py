@@ -5,6 +5,8 @@ import json
 
 import click
 
+from ..tasks.chunks import SCHEMES
+
 TASK_KINDS = ("classification", "similarity", "regression", "multiple-choice", "token-classification",
               "question-answering")
 
@@ -31,6 +33,10 @@ def _names(value: str | None) -> tuple[str, ...]:
 @click.option("--label-field", default="label", show_default=True, help="The field (or column) of the label.")
 @click.option("--tag-column", default=-1, show_default=True, type=int,
               help="token-classification: the CoNLL column of the tags (-1: the last).")
+@click.option("--tag-scheme", default="auto", show_default=True, type=click.Choice(SCHEMES),
+              help="token-classification: how tags form entities for entity F1: conlleval's lenient reading, "
+                   "or one scheme read strictly as seqeval does (auto: conlleval for B/I/O tags, the scheme the "
+                   "tags spell for IOBES, IOE and BILOU, none for tags without entities such as POS).")
 @click.option("--aux-lm-weight", type=float,
               help="λ of GPT's auxiliary language-model loss.  [default: the recipe's: 0.5 for a decoder, none for "
                    "an encoder]")
@@ -58,7 +64,7 @@ def _names(value: str | None) -> tuple[str, ...]:
                    "(raised) and --device may change.")
 @click.option("--json", "as_json", is_flag=True, help="Print the best dev record as JSON.")
 def finetune_command(pretrained, kind, train_path, dev_path, out, labels, text_fields, label_field, tag_column,
-                     aux_lm_weight, recipe,
+                     tag_scheme, aux_lm_weight, recipe,
                      epochs, steps, batch_size, lr, warmup_ratio, max_length, truncate, dropout, eval_every, seed,
                      device, force, resume, as_json):
     """Fine-tune PRETRAINED on a labelled task file into OUT, with a linear head on its sequence features.
@@ -67,7 +73,8 @@ def finetune_command(pretrained, kind, train_path, dev_path, out, labels, text_f
     (start text [delim text] extract) and adds the auxiliary LM loss; an encoder (BERT, or an
     encoder-decoder's encoder) reads [CLS] a [SEP] b [SEP] and its pooled state. Metrics on
     --dev: accuracy (plus F1 and Matthews correlation for two classes, macro F1 for more), Pearson and
-    Spearman for regression, entity-level F1 for token classification, exact match and F1 for QA.
+    Spearman for regression, entity-level F1 (see --tag-scheme) and token accuracy for token
+    classification, exact match and F1 for QA (the official SQuAD v1.1 or v2.0 script's).
     """
     from ..errors import require_torch
 
@@ -89,7 +96,7 @@ def finetune_command(pretrained, kind, train_path, dev_path, out, labels, text_f
                                "fine-tuning run")
     options = TaskOptions(kind=kind, text_fields=_names(text_fields), label_field=label_field,
                           labels=_names(labels), aux_lm_weight=aux_lm_weight, dropout=dropout, truncate=truncate,
-                          tag_column=tag_column, recipe=recipe)
+                          tag_column=tag_column, tag_scheme=tag_scheme, recipe=recipe)
     record = finetune(pretrained, out, train_path, dev_path, options, epochs=epochs, steps=steps,
                       batch_size=batch_size, max_length=max_length, lr=lr, warmup_ratio=warmup_ratio, seed=seed,
                       eval_every=eval_every, device=device, force=force)

@@ -5,6 +5,8 @@ import json
 
 import click
 
+from ..tasks.chunks import SCHEMES
+
 
 @click.command("predict")
 @click.argument("model_dir", type=click.Path(file_okay=False))
@@ -14,12 +16,20 @@ import click
 @click.option("--text-fields", help="The fields (or TSV columns) holding the text(s), comma-separated.")
 @click.option("--label-field", default="label", show_default=True, help="The field (or column) of the label.")
 @click.option("--tag-column", default=-1, show_default=True, type=int, help="CoNLL: the column of the tags.")
+@click.option("--tag-scheme", type=click.Choice(SCHEMES),
+              help="CoNLL: how tags form entities for entity F1.  [default: the one the model was fine-tuned with]")
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1), help="Examples per pass.")
 @click.option("--max-length", type=click.IntRange(min=4), help="Tokens per sequence.  [default: the model's context]")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
-def predict_command(model_dir, path, text_fields, label_field, tag_column, batch_size, max_length, device):
-    """Print one JSON line per example of --data with MODEL_DIR's prediction (label, value, choice, tags or
-    answer); when every example is labelled, the metrics go to stderr.
+def predict_command(model_dir, path, text_fields, label_field, tag_column, tag_scheme, batch_size, max_length,
+                    device):
+    """Print one JSON line per example of --data with MODEL_DIR's prediction; when every example is
+    labelled, the metrics go to stderr.
+
+    Each line names the example ("line": its line in the file, or "index" and "id" of a SQuAD
+    question) and holds the prediction: "label" and "probabilities" of every label, "value" for
+    regression, "choice" and the choices' "probabilities", "tags" per word with each tag's
+    probability, or the "answer" text with its "score" (start and end logits added).
 
     MODEL_DIR is a model directory made by lmkit finetune, or the export directory of a fine-tuned
     encoder (BERT family), which runs on onnxruntime without torch.
@@ -36,7 +46,8 @@ def predict_command(model_dir, path, text_fields, label_field, tag_column, batch
         device = str(resolve_device(device))
     fields = tuple(f.strip() for f in text_fields.split(",") if f.strip()) if text_fields else ()
     outputs, metrics = predict(model_dir, path, batch_size=batch_size, max_length=max_length, text_fields=fields,
-                               label_field=label_field, tag_column=tag_column, device=device)
+                               label_field=label_field, tag_column=tag_column, tag_scheme=tag_scheme,
+                               device=device)
     for output in outputs:
         click.echo(json.dumps(output))
     if metrics is not None:

@@ -52,6 +52,7 @@ class TokenHeadOptions:
     num_labels: int = 2
     labels: tuple[str, ...] = ()  # the tag names, index by index
     dropout: float = 0.1
+    tag_scheme: str = ""  # how the tags form entities for entity F1 (lmkit.tasks.chunks); "": detect
 
     def __post_init__(self):
         if self.num_labels < 2:

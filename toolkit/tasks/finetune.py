@@ -46,6 +46,7 @@ class TaskOptions:
     dropout: float = 0.1
     truncate: bool = True  # cut examples longer than --max-length (with a warning) rather than fail
     tag_column: int = -1  # token classification: the CoNLL column of the tags
+    tag_scheme: str = "auto"  # token classification: how tags become entities (lmkit.tasks.chunks.SCHEMES)
     recipe: str | None = None  # a registered task recipe in place of the one the stack names
 
 

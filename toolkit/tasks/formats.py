@@ -37,6 +37,7 @@ class TaskData:
     examples: list[Example]
     labels: tuple[str, ...]  # label names of a classification; empty for regression and multiple choice
     path: str
+    lines: tuple[int, ...] = ()  # the file line (1-based) of each example, for `lmkit predict`'s output
 
 
 def read_task_file(path: str, kind: str, *, text_fields: tuple[str, ...] = (), label_field: str = "label",
@@ -53,6 +54,7 @@ def read_task_file(path: str, kind: str, *, text_fields: tuple[str, ...] = (), l
     if not records:
         raise DataError(f"{path} holds no examples")
     fields = text_fields or _guess_text_fields(records[0][1], kind, path)
+    lines = tuple(line for line, _ in records)  # one example per record
     raw_labels = []
     examples = []
     for line, record in records:
@@ -75,10 +77,10 @@ def read_task_file(path: str, kind: str, *, text_fields: tuple[str, ...] = (), l
         if len(counts) > 1:
             raise DataError(f"{path}: examples have {sorted(counts)} choices; every example of a file needs the "
                             "same number of choices")
-        return TaskData(kind, examples, (), path)
+        return TaskData(kind, examples, (), path, lines)
     if kind == "regression":
         values = [float("nan") if value is None else _real(value, where, label_field) for where, value in raw_labels]
-        return TaskData(kind, [Example(e.texts, v) for e, v in zip(examples, values)], (), path)
+        return TaskData(kind, [Example(e.texts, v) for e, v in zip(examples, values)], (), path, lines)
     names = tuple(labels) or tuple(sorted({_label_name(value) for _, value in raw_labels if value is not None}))
     index = {name: i for i, name in enumerate(names)}
     ids = []
@@ -94,7 +96,7 @@ def read_task_file(path: str, kind: str, *, text_fields: tuple[str, ...] = (), l
     if len(names) < 2 and require_labels:
         raise DataError(f"{path} has a single label ({names[0]}); a classifier needs at least two, declare them "
                         "with --labels")
-    return TaskData(kind, [Example(e.texts, i) for e, i in zip(examples, ids)], names, path)
+    return TaskData(kind, [Example(e.texts, i) for e, i in zip(examples, ids)], names, path, lines)
 
 
 def _records(path: str):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import LmkitError
-from . import qa, tokens
+from . import chunks, qa, tokens
 from .formats import read_task_file
 from .inputs import collate, encode_task
 from .metrics import task_metrics
@@ -42,33 +42,50 @@ class SequenceKind:
         gold = np.concatenate([batch["labels"] for batch in batches])
         return task_metrics(self.name, np.concatenate(predictions), gold, len(data.labels))
 
-    def outputs(self, predictions: list, batches: list[dict], encoded, data) -> list[dict]:
-        predicted = np.concatenate(predictions)
+    def decide(self, scores: np.ndarray) -> np.ndarray:
+        """The head's prediction from its scores, as its predict() gives it (lmkit.objectives.heads)."""
+        return scores if self.name == "regression" else scores.argmax(-1)
+
+    def outputs(self, scores: list, batches: list[dict], encoded, data) -> list[dict]:
+        """Per example: its file line, the prediction, and the probability of every label (or choice)."""
+        scores = np.concatenate(scores)
+        lines = data.lines or range(1, len(scores) + 1)
         if self.name == "regression":
-            return [{"value": float(v)} for v in predicted]
+            return [{"line": line, "value": float(v)} for line, v in zip(lines, scores)]
+        probabilities = softmax(scores)
         if self.name == "multiple-choice":
-            return [{"choice": int(i)} for i in predicted]
-        return [{"label": data.labels[int(i)]} for i in predicted]
+            return [{"line": line, "choice": int(p.argmax()), "probabilities": [round(float(x), 6) for x in p]}
+                    for line, p in zip(lines, probabilities)]
+        return [{"line": line, "label": data.labels[int(p.argmax())],
+                 "probabilities": {name: round(float(x), 6) for name, x in zip(data.labels, p)}}
+                for line, p in zip(lines, probabilities)]
 
     def labelled(self, data) -> bool:
         return all(not (e.label == -1 or e.label != e.label) for e in data.examples)  # NaN: no regression label
 
 
 class TokenKind:
-    """A tag per word, from CoNLL files: entity-level F1 (for BIO tags) and token accuracy."""
+    """A tag per word, from CoNLL files: entity-level F1 (in the tags' scheme, chunks.py) and token accuracy."""
 
     head = "token-head"
     name = "token-classification"
 
     def __init__(self, name: str, options):
         self.options = options
+        self.scheme = None  # how tags become entities (chunks.SCHEMES), resolved from the labels on reading
 
     def read(self, path: str, labels: tuple[str, ...] = (), require_labels: bool = True):
+        data = self._read(path, labels, require_labels)
+        if self.scheme is None:
+            self.scheme = chunks.resolve_scheme(self.options.tag_scheme, data.labels)
+        return data
+
+    def _read(self, path: str, labels: tuple[str, ...], require_labels: bool):
         return tokens.read_conll(path, tag_column=self.options.tag_column, labels=labels or self.options.labels,
                                  require_labels=require_labels)
 
     def head_options(self, data) -> dict:
-        return {"num_labels": len(data.labels), "labels": list(data.labels)}
+        return {"num_labels": len(data.labels), "labels": list(data.labels), "tag_scheme": self.scheme}
 
     def encode(self, data, tokenizer, max_length: int, recipe):
         return tokens.encode_sentences(data, tokenizer, max_length, encoder=recipe.bidirectional)
@@ -85,15 +102,27 @@ class TokenKind:
                 gold_tags.append([data.labels[i] for i in labels[scored]])
                 right += int(np.sum(row[scored] == labels[scored]))
                 total += int(scored.sum())
+        accuracy = {"accuracy": right / max(total, 1)}
+        if self.scheme == "none":  # tags without entities (POS): token accuracy is the metric
+            return accuracy
         # entity F1 first: the best checkpoint is chosen by it
-        return {**tokens.entity_f1(predicted_tags, gold_tags), "accuracy": right / max(total, 1)}
+        return {**chunks.entity_f1(predicted_tags, gold_tags, self.scheme), **accuracy}
 
-    def outputs(self, predictions: list, batches: list[dict], encoded, data) -> list[dict]:
-        rows = [(row, labels) for predicted, batch in zip(predictions, batches)
+    def decide(self, scores: np.ndarray) -> np.ndarray:
+        return scores.argmax(-1)
+
+    def outputs(self, scores: list, batches: list[dict], encoded, data) -> list[dict]:
+        """Per sentence: its first line, its words (those kept), the tag of each and that tag's probability."""
+        rows = [(row, labels) for predicted, batch in zip(scores, batches)
                 for row, labels in zip(predicted, batch["labels"])]
-        return [{"words": list(sentence.words[:len(row[labels != -100])]),
-                 "tags": [data.labels[int(i)] for i in row[labels != -100]]}
-                for (row, labels), sentence in zip(rows, data.examples)]
+        lines = data.lines or range(1, len(rows) + 1)
+        out = []
+        for (row, labels), sentence, line in zip(rows, data.examples, lines):
+            probabilities = softmax(row[labels != -100])  # (words kept, tags)
+            out.append({"line": line, "words": list(sentence.words[:len(probabilities)]),
+                        "tags": [data.labels[int(p.argmax())] for p in probabilities],
+                        "probabilities": [round(float(p.max()), 6) for p in probabilities]})
+        return out
 
     def labelled(self, data) -> bool:
         return all(tag >= 0 for sentence in data.examples for tag in sentence.tags)
@@ -132,17 +161,32 @@ class QuestionKind:
         for row, question, encoded_question in zip(logits, data.examples, encoded):
             span = qa.best_span(row[:, 0], row[:, 1], encoded_question, self.allow_no_answer)
             answers.append(qa.span_text(question, encoded_question, span))
-        return qa.squad_metrics(answers, data.examples)
+        return qa.squad_metrics(answers, data.examples, data.version)
 
-    def outputs(self, predictions: list, batches: list[dict], encoded, data) -> list[dict]:
-        logits = [row for predicted in predictions for row in predicted]
-        return [{"id": question.id, "answer": qa.span_text(
-                    question, encoded_question, qa.best_span(row[:, 0], row[:, 1], encoded_question,
-                                                             self.allow_no_answer))}
-                for row, question, encoded_question in zip(logits, data.examples, encoded)]
+    def decide(self, scores: np.ndarray) -> np.ndarray:
+        return scores  # (B, T, 2): spans are chosen with the offsets, in metrics() and outputs()
+
+    def outputs(self, scores: list, batches: list[dict], encoded, data) -> list[dict]:
+        """Per question: its index in the file, its id, the answer text ("" for none) and the answer's
+        score, its start and end logits added (BERT §4.2)."""
+        logits = [row for predicted in scores for row in predicted]
+        out = []
+        for index, (row, question, encoded_question) in enumerate(zip(logits, data.examples, encoded)):
+            span = qa.best_span(row[:, 0], row[:, 1], encoded_question, self.allow_no_answer)
+            start, end = span if span is not None else (0, 0)
+            out.append({"index": index, "id": question.id, "answer": qa.span_text(question, encoded_question, span),
+                        "score": round(float(row[start, 0] + row[end, 1]), 6)})
+        return out
 
     def labelled(self, data) -> bool:
-        return False  # a question without answers may be unanswerable or unlabelled: no metrics from predict
+        return all(question.labelled for question in data.examples)
+
+
+def softmax(scores: np.ndarray) -> np.ndarray:
+    """Probabilities over the last axis, computed in float64."""
+    shifted = np.asarray(scores, dtype=np.float64)
+    shifted = np.exp(shifted - shifted.max(-1, keepdims=True))
+    return shifted / shifted.sum(-1, keepdims=True)
 
 
 def task_kind(name: str, options):

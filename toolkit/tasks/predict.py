@@ -25,7 +25,7 @@ class Runner:
     spec: dict
     tokenizer: object
     max_length: int | None
-    predict: Callable[[dict], np.ndarray]  # a collated batch -> the head's predictions
+    scores: Callable[[dict], np.ndarray]  # a collated batch -> the head's scores (logits), float32
 
 
 def torch_runner(model_dir: str, device: str) -> Runner:
@@ -37,11 +37,12 @@ def torch_runner(model_dir: str, device: str) -> Runner:
     head = next((model.objectives[o["type"]] for o in config["spec"].get("objectives", []) if o["type"] in HEADS),
                 None)
 
+    model.eval()
+
     @torch.no_grad()
     def run(batch: dict) -> np.ndarray:
         tensors = {name: torch.from_numpy(np.ascontiguousarray(a)).to(device) for name, a in batch.items()}
-        prediction = head.predict(model, tensors)
-        return (prediction.float() if prediction.is_floating_point() else prediction).cpu().numpy()
+        return head.scores(model, tensors).float().cpu().numpy()
 
     return Runner(config["spec"], tokenizer, model.feature_stack.max_positions, run)
 
@@ -54,13 +55,18 @@ def export_runner(export_dir: str, device: str) -> Runner:
     head = ExportedHead(exported)
     limit = exported.manifest.get("dimensions", {}).get("max_length")
     return Runner(exported.manifest["source"]["spec"], exported.tokenizer, limit,
-                  lambda batch: head.predict(exported, batch))
+                  lambda batch: head.scores(exported, batch))
 
 
 def predict(model_dir: str, path: str, *, batch_size: int = 32, max_length: int | None = None,
             text_fields: tuple[str, ...] = (), label_field: str = "label", tag_column: int = -1,
-            device: str = "cpu", progress: bool = True) -> tuple[list[dict], dict | None]:
-    """(one output per example, metrics or None) of the task head in model_dir."""
+            tag_scheme: str | None = None, device: str = "cpu",
+            progress: bool = True) -> tuple[list[dict], dict | None]:
+    """(one output per example, metrics or None) of the task head in model_dir.
+
+    tag_scheme: how token tags form entities (lmkit.tasks.chunks); None: the one the model was
+    fine-tuned with.
+    """
     from tqdm import tqdm
 
     from lmkit.exports.manifest import MANIFEST
@@ -75,7 +81,8 @@ def predict(model_dir: str, path: str, *, batch_size: int = 32, max_length: int 
         raise ArtifactError(f"{model_dir} has no tokenizer.json to read the examples with")
     labels = tuple(part.get("labels", ()))
     options = TaskOptions(kind=HEADS[part["type"]] or part.get("task", "classification"), text_fields=text_fields,
-                          label_field=label_field, labels=labels, tag_column=tag_column)
+                          label_field=label_field, labels=labels, tag_column=tag_column,
+                          tag_scheme=tag_scheme or part.get("tag_scheme") or "auto")
     kind = task_kind(options.kind, options)
     kind.allow_no_answer = part.get("allow_no_answer", False)
     data = kind.read(path, labels=labels, require_labels=False)
@@ -87,8 +94,10 @@ def predict(model_dir: str, path: str, *, batch_size: int = 32, max_length: int 
     encoded, _ = kind.encode(data, runner.tokenizer, max_length, recipe)
     pad = runner.tokenizer.pad_id if runner.tokenizer.pad_id is not None else 0
     batches = [kind.collate(encoded[i:i + batch_size], pad) for i in range(0, len(encoded), batch_size)]
-    predictions = [runner.predict(batch)
-                   for batch in tqdm(batches, desc="predict", unit="batch", disable=not progress or None)]
-    outputs = kind.outputs(predictions, batches, encoded, data)
+    # disable=None: the bar is drawn only on a terminal, never into a log.
+    scores = [runner.scores(batch)
+              for batch in tqdm(batches, desc="predict", unit="batch", disable=None if progress else True)]
+    predictions = [kind.decide(s) for s in scores]
+    outputs = kind.outputs(scores, batches, encoded, data)
     metrics = kind.metrics(predictions, batches, encoded, data) if kind.labelled(data) else None
     return outputs, metrics

@@ -28,6 +28,7 @@ class Question:
     question: str
     context: str
     answers: tuple[tuple[str, int], ...]  # (text, character offset in context); empty: no answer (v2.0)
+    labelled: bool = True  # False: no answers and not marked "is_impossible" (a file to predict on)
 
 
 @dataclass
@@ -36,6 +37,7 @@ class QuestionData:
     examples: list[Question]
     labels: tuple[str, ...]
     path: str
+    version: str = "2.0"  # which official script scores it: "1.1", or "2.0" (a file with no-answer questions)
 
 
 def read_squad(path: str, require_labels: bool = True) -> QuestionData:
@@ -62,7 +64,9 @@ def read_squad(path: str, require_labels: bool = True) -> QuestionData:
                 questions.append(_question(qa, context, path, require_labels))
     if not questions:
         raise DataError(f"{path} holds no questions")
-    return QuestionData("question-answering", questions, (), path)
+    declared = str(document.get("version", "")).lstrip("v")
+    version = "2.0" if declared.startswith("2") or any(not q.answers and q.labelled for q in questions) else "1.1"
+    return QuestionData("question-answering", questions, (), path, version)
 
 
 def _question(qa: dict, context: str, path: str, require_labels: bool = True) -> Question:
@@ -82,7 +86,7 @@ def _question(qa: dict, context: str, path: str, require_labels: bool = True) ->
         answers.append((text, start))
     if not answers and not qa.get("is_impossible") and require_labels:
         raise DataError(f'{path}: question {qid} has no answers and is not marked "is_impossible" (SQuAD v2.0)')
-    return Question(qid, qa["question"], context, tuple(answers))
+    return Question(qid, qa["question"], context, tuple(answers), bool(answers or qa.get("is_impossible")))
 
 
 @dataclass
@@ -179,15 +183,25 @@ def span_text(question: Question, encoded: EncodedQuestion, span) -> str:
 
 
 def normalize_answer(text: str) -> str:
-    """Lowercase, no punctuation, no articles, single spaces (SQuAD's evaluate-v2.0.py)."""
+    """Lowercase, no punctuation, no articles, single spaces (normalize_answer of both official scripts)."""
     text = "".join(ch for ch in text.lower() if ch not in set(string.punctuation))
     text = re.sub(r"\b(a|an|the)\b", " ", text)
     return " ".join(text.split())
 
 
-def answer_f1(prediction: str, gold: str) -> float:
+def exact_match(prediction: str, gold: str) -> float:
+    """1.0 when the two answers normalise to the same text (compute_exact; v1.1's exact_match_score)."""
+    return float(normalize_answer(prediction) == normalize_answer(gold))
+
+
+def answer_f1(prediction: str, gold: str, version: str = "2.0") -> float:
+    """Token-overlap F1 of two answers (compute_f1 of evaluate-v2.0.py; f1_score of evaluate-v1.1.py).
+
+    v2.0: when either normalises to no tokens (a no-answer), 1.0 if both do, else 0.0. v1.1 has no
+    such rule: no tokens in common is 0.0, even for two empty answers.
+    """
     predicted, wanted = normalize_answer(prediction).split(), normalize_answer(gold).split()
-    if not predicted or not wanted:
+    if version == "2.0" and (not predicted or not wanted):
         return float(predicted == wanted)
     common = sum((collections.Counter(predicted) & collections.Counter(wanted)).values())
     if common == 0:
@@ -196,12 +210,36 @@ def answer_f1(prediction: str, gold: str) -> float:
     return 2 * precision * recall / (precision + recall)
 
 
-def squad_metrics(predictions: list[str], questions: list[Question]) -> dict[str, float]:
-    """Exact match and F1, each the best over a question's gold answers ("" for no answer), averaged."""
-    exact = f1 = 0.0
+def gold_answers(question: Question, version: str = "2.0") -> list[str]:
+    """The answers a prediction is scored against. v2.0 (get_raw_scores) drops gold answers that
+    normalise to nothing and scores against [""] (no answer) when none remain; v1.1 keeps them all."""
+    texts = [text for text, _ in question.answers]
+    if version == "1.1":
+        return texts or [""]
+    return [text for text in texts if normalize_answer(text)] or [""]
+
+
+def squad_metrics(predictions: list[str], questions: list[Question], version: str = "2.0") -> dict[str, float]:
+    """Exact match and F1, each the best over a question's gold answers, averaged over questions, as the
+    official script of `version` ("1.1" or "2.0") computes them (as fractions, where it prints percent).
+
+    v2.0 also reports them over the questions with an answer (has_answer_*) and without (no_answer_*),
+    as evaluate-v2.0.py's HasAns_ and NoAns_ figures, when the file has both kinds.
+    """
+    if version not in ("1.1", "2.0"):
+        raise ValueError(f"SQuAD version must be 1.1 or 2.0, got {version!r}")
+    exact, f1 = [], []
     for prediction, question in zip(predictions, questions):
-        golds = [text for text, _ in question.answers] or [""]
-        exact += max(float(normalize_answer(prediction) == normalize_answer(g)) for g in golds)
-        f1 += max(answer_f1(prediction, g) for g in golds)
-    n = max(len(questions), 1)
-    return {"exact_match": exact / n, "f1": f1 / n}
+        golds = gold_answers(question, version)
+        exact.append(max(exact_match(prediction, g) for g in golds))
+        f1.append(max(answer_f1(prediction, g, version) for g in golds))
+    n = max(len(exact), 1)
+    metrics = {"exact_match": sum(exact) / n, "f1": sum(f1) / n}
+    if version == "2.0":
+        has = [bool(q.answers) for q in questions[:len(exact)]]
+        if any(has) and not all(has):
+            for name, wanted in (("has_answer", True), ("no_answer", False)):
+                chosen = [i for i, h in enumerate(has) if h == wanted]
+                metrics[f"{name}_exact_match"] = sum(exact[i] for i in chosen) / len(chosen)
+                metrics[f"{name}_f1"] = sum(f1[i] for i in chosen) / len(chosen)
+    return metrics

@@ -1,4 +1,5 @@
-"""Token classification (NER, POS, chunking): CoNLL files, word-to-subword labels, entity-level F1.
+"""Token classification (NER, POS, chunking): CoNLL files and word-to-subword labels (entity-level F1:
+chunks.py).
 
 A CoNLL file has one word per line with its columns separated by whitespace (the word first, the
 tag in `--tag-column`, the last by default) and a blank line between sentences; `-DOCSTART-` lines
@@ -28,6 +29,7 @@ class TaggedData:
     examples: list[TaggedSentence]
     labels: tuple[str, ...]  # tag names
     path: str
+    lines: tuple[int, ...] = ()  # the file line (1-based) of each sentence's first word
 
 
 def read_conll(path: str, *, tag_column: int = -1, labels: tuple[str, ...] = (),
@@ -73,7 +75,8 @@ def read_conll(path: str, *, tag_column: int = -1, labels: tuple[str, ...] = (),
                 raise DataError(f'{path} line {number}: tag "{tag}" is not one of the declared tags '
                                 f'({", ".join(names)}); fix it or declare it with --labels')
         examples.append(TaggedSentence(words, tuple(-1 if tag is None else index[tag] for tag, _ in tags)))
-    return TaggedData("token-classification", examples, names, path)
+    return TaggedData("token-classification", examples, names, path,
+                      tuple(tags[0][1] for _, tags, _ in sentences))
 
 
 @dataclass
@@ -144,32 +147,3 @@ def collate_sentences(sentences: list[EncodedSentence], pad_id: int) -> dict[str
         attention_mask[b, :n], labels[b, :n] = True, sentence.labels
     return {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids,
             "labels": labels, "lm_labels": np.where(attention_mask, input_ids, -100)}
-
-
-# -- entity-level F1 (CoNLL-2003's conlleval, as seqeval computes it) --------------------------------
-
-
-def entities(tags: list[str]) -> set[tuple[str, int, int]]:
-    """(type, start, end) spans of a BIO (or IOB1) tag sequence; I- after O or another type starts one."""
-    spans, start, kind = set(), None, None
-    for i, tag in enumerate([*tags, "O"]):
-        prefix, _, label = tag.partition("-")
-        begins = prefix == "B" or (prefix == "I" and label != kind)
-        if kind is not None and (tag == "O" or begins):
-            spans.add((kind, start, i))
-            kind = None
-        if begins:
-            start, kind = i, label
-    return spans
-
-
-def entity_f1(predicted: list[list[str]], gold: list[list[str]]) -> dict[str, float]:
-    """Precision, recall and F1 over exact entity spans, summed over sentences."""
-    found = correct = wanted = 0
-    for p, g in zip(predicted, gold):
-        p_spans, g_spans = entities(p), entities(g)
-        found, wanted, correct = found + len(p_spans), wanted + len(g_spans), correct + len(p_spans & g_spans)
-    precision = correct / found if found else 0.0
-    recall = correct / wanted if wanted else 0.0
-    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-    return {"entity_f1": f1, "entity_precision": precision, "entity_recall": recall}
