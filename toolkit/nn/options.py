@@ -36,9 +36,9 @@ def check_band(band_width: int | None, positions: int, *, what: str = "max_posit
     if band_width is None:
         return
     if isinstance(band_width, bool) or not isinstance(band_width, int) or band_width < 1:
-        raise ValueError(f"band_width must be a positive integer (or unset for dense attention), got {band_width!r}")
+        raise ValueError(f"band_width must be a positive integer, got {band_width!r}")
     if band_width > positions:
-        raise ValueError(f"band_width ({band_width}) must be at most the positions the model reads, {what} "
+        raise ValueError(f"band_width ({band_width}) must be at most the context, {what} "
                          f"({positions}); a band as wide as the context is dense attention")
 
 
