@@ -9,7 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-SHARINGS = ("none", "all", "attention", "ffn")
+from lmkit.nn.options import SHARINGS, banded_layers, check_band, check_sharing  # torch-free
+
+__all__ = ["SHARINGS", "AlbertConfig", "BertConfig", "MaskedLMOptions", "RobertaConfig", "SentencePairOptions"]
 
 
 @dataclass(frozen=True)
@@ -27,6 +29,12 @@ class BertConfig:
     dropout: float = 0.1
     layer_norm_eps: float = 1e-12  # google-research/bert modeling.py layer_norm
     pooler: bool = True  # tanh(W h_[CLS]), what next-sentence prediction reads
+    # GPT-3's locally banded attention, made bidirectional (lmkit.nn.banded): unset, every layer is
+    # dense; set, a token of a banded layer attends itself and the band_width - 1 tokens on each side.
+    band_width: int | None = None
+    # Which layers are banded when band_width is set: "all" (the default), "odd", "even", "none", or
+    # the layers themselves, [1, 2] or "1,2" (0-based), as GPT-3's option.
+    banded_layers: str | tuple[int, ...] = "all"
 
     def __post_init__(self):
         for name in ("vocab_size", "d_model", "n_layers", "n_heads", "d_ff", "max_positions"):
@@ -41,6 +49,23 @@ class BertConfig:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.layer_norm_eps <= 0:
             raise ValueError(f"layer_norm_eps must be positive, got {self.layer_norm_eps}")
+        check_band(self.band_width, self.usable_positions,
+                   what="max_positions" if self.usable_positions == self.max_positions
+                   else f"max_positions less the position offset, {self.max_positions} - {self.position_offset}")
+        self.banded()  # raises on a bad banded_layers
+
+    @property
+    def position_offset(self) -> int:
+        return 0  # RoBERTa numbers positions from pad_token_id + 1
+
+    @property
+    def usable_positions(self) -> int:
+        return self.max_positions - self.position_offset
+
+    def banded(self) -> tuple[bool, ...]:
+        """For each layer, whether its attention is banded (none without band_width)."""
+        scheme = banded_layers(self.banded_layers, self.n_layers)
+        return scheme if self.band_width else (False,) * self.n_layers
 
     @property
     def d_embed(self) -> int:
@@ -63,8 +88,7 @@ class AlbertConfig(BertConfig):
         super().__post_init__()
         if self.d_embed < 1:
             raise ValueError(f"d_embed must be a positive integer, got {self.d_embed}")
-        if self.sharing not in SHARINGS:
-            raise ValueError(f"sharing must be one of {', '.join(SHARINGS)}, got {self.sharing!r}")
+        check_sharing(self.sharing)
 
 
 @dataclass(frozen=True)
@@ -78,9 +102,9 @@ class RobertaConfig(BertConfig):
     pooler: bool = False  # RobertaForMaskedLM has none; heads read the <s> state
 
     def __post_init__(self):
-        super().__post_init__()
         if not 0 <= self.pad_token_id < self.max_positions - 1:
             raise ValueError(f"pad_token_id must be in [0, max_positions - 1), got {self.pad_token_id}")
+        super().__post_init__()
 
     @property
     def position_offset(self) -> int:

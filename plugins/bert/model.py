@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from lmkit.contract import EncoderOutput
-from lmkit.nn import Block, self_attention_mask
+from lmkit.nn import BandedSelfAttention, Block, self_attention_mask, symmetric_band_mask
 from lmkit.nn.embeddings import Embeddings
 from lmkit.nn.sharing import BlockStack
 from lmkit.nn.stack import EncoderStack
@@ -38,15 +38,21 @@ class BertEncoder(EncoderStack):
             config.vocab_size, config.d_embed, config.max_positions, config.type_vocab_size,
             layer_norm_eps=config.layer_norm_eps, dropout=config.dropout,
             position_offset=getattr(config, "position_offset", 0))
+        self.banded = config.banded()  # for each layer, whether its attention is banded (band_width)
         self.blocks = BlockStack(config.n_layers, self._make_block, getattr(config, "sharing", "none"))
         # BERT §3: the pooled representation of the sequence is tanh(W h_[CLS] + b).
         self.pooler = nn.Linear(config.d_model, config.d_model) if config.pooler else None
         self.apply(self._init_weights)
 
-    def _make_block(self) -> Block:
+    def _make_block(self, layer: int) -> Block:
         c = self.config
+        # A banded layer (band_width set) attends the band_width - 1 tokens on each side of a token
+        # and itself, computed blockwise (lmkit.nn.banded); its weights are a dense layer's.
+        attention = (BandedSelfAttention(c.d_model, c.n_heads, c.band_width, causal=False, dropout=c.dropout)
+                     if self.banded[layer] else None)
         return Block(c.d_model, c.n_heads, causal=False, pre_ln=False, d_ff=c.d_ff,
-                     activation=c.activation, dropout=c.dropout, layer_norm_eps=c.layer_norm_eps)
+                     activation=c.activation, dropout=c.dropout, layer_norm_eps=c.layer_norm_eps,
+                     attention=attention)
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
@@ -86,22 +92,26 @@ class BertEncoder(EncoderStack):
                              "truncate the input (lmkit embed --truncate) or use a model with more positions")
         x = self.embed_tokens(input_ids, token_type_ids, attention_mask)  # (B, T, H)
         padding = None if attention_mask is None else attention_mask.bool()
-        mask = self_attention_mask(padding, input_ids.size(1), 0, causal=False)  # (B, 1, 1, T) or None
-        states = self.blocks(x, mask)  # (B, T, H)
+        states = self.blocks(x, self.layer_masks(padding, input_ids.size(1)))  # (B, T, H)
         if padding is None:
             padding = torch.ones_like(input_ids, dtype=torch.bool)
         return EncoderOutput(states, padding, self.pooled(states))
+
+    def layer_masks(self, padding: Tensor | None, T: int) -> list:
+        """Each layer's attention mask, each kind built once: (B, 1, 1, T) or None for dense layers,
+        lmkit.nn.banded.symmetric_band_mask's for banded ones."""
+        dense = band = None
+        if not all(self.banded):
+            dense = self_attention_mask(padding, T, 0, causal=False)
+        if any(self.banded):
+            band = symmetric_band_mask(padding, T, self.config.band_width)
+        return [band if banded else dense for banded in self.banded]
 
     def pooled(self, hidden_states: Tensor) -> Tensor:
         """(B, T, H) -> (B, H): the pooler over the first token ([CLS], <s>), or that state itself
         when the encoder has no pooler (RoBERTa)."""
         first = hidden_states[:, 0]
         return first if self.pooler is None else torch.tanh(self.pooler(first))
-
-    def parameters_without_sharing(self) -> int:
-        """The parameter count the same encoder would have with no cross-layer sharing."""
-        stack = sum(p.numel() for p in self.blocks.parameters())
-        return sum(p.numel() for p in self.parameters()) - stack + self.blocks.parameters_without_sharing()
 
 
 class AlbertEncoder(BertEncoder):

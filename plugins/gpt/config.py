@@ -8,6 +8,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from lmkit.nn.options import BANDED_SCHEMES, banded_layers, check_band, check_sharing  # torch-free
+
+__all__ = ["BANDED_SCHEMES", "GPT2Config", "GPT3Config", "OpenAIGPTConfig"]
+
 
 @dataclass(frozen=True)
 class GPT2Config:
@@ -27,6 +31,9 @@ class GPT2Config:
     layer_norm_eps: float = 1e-5  # openai/gpt-2 src/model.py norm()
     activation: Literal["gelu-tanh", "gelu", "relu"] = "gelu-tanh"  # GPT-2 uses the tanh approximation
     bias: bool = True  # False drops the biases of linears and LayerNorms (nanoGPT: a bit faster, no worse)
+    # ALBERT's cross-layer parameter sharing (§3.1, lmkit.nn.sharing) in a decoder: none (GPT-2), all,
+    # attention or ffn. Each layer keeps its own slot in the key/value cache.
+    sharing: Literal["none", "all", "attention", "ffn"] = "none"
 
     def __post_init__(self):
         for name in ("vocab_size", "max_positions", "d_model", "n_layers", "n_heads"):
@@ -45,6 +52,7 @@ class GPT2Config:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.layer_norm_eps <= 0:
             raise ValueError(f"layer_norm_eps must be positive, got {self.layer_norm_eps}")
+        check_sharing(self.sharing)
 
 
 @dataclass(frozen=True)
@@ -64,6 +72,7 @@ class OpenAIGPTConfig:
     # (ACT_FNS["gelu"] = gelu_new in modeling_openai.py).
     activation: Literal["gelu-tanh", "gelu", "relu"] = "gelu-tanh"
     bias: bool = True
+    sharing: Literal["none", "all", "attention", "ffn"] = "none"  # as GPT2Config's
 
     __post_init__ = GPT2Config.__post_init__  # the same checks
 
@@ -86,32 +95,9 @@ class GPT3Config(GPT2Config):
 
     def __post_init__(self):
         super().__post_init__()
-        if self.band_width < 1:
-            raise ValueError(f"band_width must be a positive integer, got {self.band_width}")
-        if self.band_width > self.max_positions:
-            raise ValueError(f"band_width ({self.band_width}) must be at most the context, max_positions "
-                             f"({self.max_positions}); a band as wide as the context is dense attention")
+        check_band(self.band_width, self.max_positions)
         self.banded()  # raises on a bad banded_layers
 
     def banded(self) -> tuple[bool, ...]:
         """For each layer, whether its attention is banded."""
-        scheme = self.banded_layers
-        if isinstance(scheme, str) and scheme.strip().lower() in BANDED_SCHEMES:
-            return tuple(BANDED_SCHEMES[scheme.strip().lower()](layer) for layer in range(self.n_layers))
-        try:
-            layers = {int(item) for item in (scheme.split(",") if isinstance(scheme, str) else scheme)
-                      if str(item).strip()}
-        except ValueError:
-            layers = None
-        if not layers or any(not 0 <= layer < self.n_layers for layer in layers):
-            raise ValueError(f"banded_layers must be one of {', '.join(BANDED_SCHEMES)} or a list of layers "
-                             f"in 0..{self.n_layers - 1} ([1, 3] or '1,3'), got {self.banded_layers!r}")
-        return tuple(layer in layers for layer in range(self.n_layers))
-
-
-BANDED_SCHEMES = {
-    "odd": lambda layer: layer % 2 == 1,
-    "even": lambda layer: layer % 2 == 0,
-    "all": lambda layer: True,
-    "none": lambda layer: False,
-}
+        return banded_layers(self.banded_layers, self.n_layers)

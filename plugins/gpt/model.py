@@ -12,7 +12,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from lmkit.nn import Block, KVCache, TiedOutputProjection, self_attention_mask
+from lmkit.nn import Block, KVCache, SharedBlocks, TiedOutputProjection, self_attention_mask
 from lmkit.nn.stack import CausalDecoderStack
 
 from .config import GPT2Config
@@ -115,7 +115,8 @@ class GPT2Decoder(LearnedPositionDecoder):
         self.wte = nn.Embedding(config.vocab_size, config.d_model)
         self.wpe = nn.Embedding(config.max_positions, config.d_model)
         self.drop = nn.Dropout(config.dropout)
-        self.h = nn.ModuleList(self.make_block(config, layer) for layer in range(config.n_layers))
+        # One block per layer (each its own cache slot); with `sharing` their parameters are layer 0's.
+        self.h = SharedBlocks(config.n_layers, lambda layer: self.make_block(config, layer), config.sharing)
         self.ln_f = nn.LayerNorm(config.d_model, eps=config.layer_norm_eps, bias=config.bias)
         # The output projection is wte itself, so its weights are stored once.
         self.lm_head = TiedOutputProjection()

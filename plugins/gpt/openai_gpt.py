@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from lmkit.nn import Block, TiedOutputProjection
+from lmkit.nn import Block, SharedBlocks, TiedOutputProjection
 
 from .config import OpenAIGPTConfig
 from .model import LearnedPositionDecoder
@@ -24,12 +24,10 @@ class OpenAIGPTDecoder(LearnedPositionDecoder):
         self.tokens_embed = nn.Embedding(config.vocab_size, config.d_model)
         self.positions_embed = nn.Embedding(config.max_positions, config.d_model)
         self.drop = nn.Dropout(config.dropout)
-        self.h = nn.ModuleList(
-            Block(config.d_model, config.n_heads, causal=True, pre_ln=False, d_ff=config.d_ff,
-                  activation=config.activation,
-                  bias=config.bias, dropout=config.dropout, layer_norm_eps=config.layer_norm_eps)
-            for _ in range(config.n_layers)
-        )
+        self.h = SharedBlocks(config.n_layers, lambda layer: Block(
+            config.d_model, config.n_heads, causal=True, pre_ln=False, d_ff=config.d_ff,
+            activation=config.activation, bias=config.bias, dropout=config.dropout,
+            layer_norm_eps=config.layer_norm_eps), config.sharing)
         self.lm_head = TiedOutputProjection()  # the output projection is tokens_embed itself
         self.apply(self._init_weights)  # normal(0.02) for linears and embeddings, zero biases
 

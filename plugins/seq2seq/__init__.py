@@ -36,6 +36,8 @@ def register_exporters(register):
              summary="an encoder graph and a decoder-step graph, LSTM state in and out")
     register("decoder.nmt-attention", "lmkit.plugins.seq2seq.export:export_plan",
              summary="an encoder graph and a decoder-step graph, LSTM state and encoder states in and out")
+    register("encoder.cove", "lmkit.plugins.seq2seq.export:cove_export_plan",
+             summary="one encoder graph over padded batches: [word vector; MT-LSTM state] per token, first position pooled")
 
 
 @hookimpl

@@ -117,3 +117,59 @@ def export_plan(model) -> ExportPlan:
                       dimensions={"vocab_size": V, "max_positions": encoder.config.max_positions,
                                   "n_layers": L, "hidden_size": H, "attention": config.attention,
                                   "input_feeding": feeding})
+
+
+# -- CoVe: the frozen MT-LSTM as an encoder-only export ------------------------------------------------
+
+
+class CoVeGraph(nn.Module):
+    """forward(input_ids, attention_mask) -> (last_hidden_state, pooler_output): the `cove` encoder's
+    features, [word vector; MT-LSTM state] per token, and the first position's, which is what a task
+    head on a stack without a pooler reads (lmkit.tasks.recipes.EncoderRecipe)."""
+
+    def __init__(self, cove):
+        super().__init__()
+        self.cove = cove
+
+    def forward(self, input_ids, attention_mask):
+        states = self.cove(input_ids, attention_mask.bool()).last_hidden_state  # (B, S, G + D)
+        return states, states[:, 0]
+
+
+def cove_export_plan(model) -> ExportPlan:
+    """One encoder graph over right-padded batches, like a BERT encoder's, so lmkit embed, predict
+    and a task head run on it as on theirs.
+
+    Unlike the NMT encoder graph above (one unpadded sentence per run), this one reads padded
+    batches: traced with a padded batch, lmkit.nn.lstm.LSTMStack runs each direction as a
+    left-to-right LSTM over the rows reversed in place (`LSTMStack.unpacked`), so no real token's
+    state reads padding. Validation checks it on batches with padded rows. The word vectors (the
+    NMT embedding, or a GloVe file given as `vectors`) are constants of the graph.
+    """
+    from lmkit.exports.graphs import ENCODER, SEQUENCE
+
+    cove = model.encoder
+    D = cove.d_model
+    vocab = cove.mt_lstm.config.vocab_size
+    limit = cove.max_positions
+    rng = np.random.default_rng(0)
+
+    def shape_set(batch, tokens):
+        ids = rng.integers(0, vocab, size=(batch, tokens)).astype(np.int64)
+        mask = np.ones((batch, tokens), dtype=np.int64)
+        if batch > 1:
+            mask[0, tokens - min(3, tokens - 1):] = 0  # a right-padded row
+            mask[-1, tokens - min(1, tokens - 1):] = 0
+        return ShapeSet({"batch_size": batch, "tokens": tokens}, {"input_ids": ids, "attention_mask": mask})
+
+    example = shape_set(2, 7)
+    graph = Graph(
+        "model", CoVeGraph(cove).eval(),
+        [TensorInfo("input_ids", "int64", (BATCH, SEQUENCE)), TensorInfo("attention_mask", "int64", (BATCH, SEQUENCE))],
+        [TensorInfo("last_hidden_state", "float32", (BATCH, SEQUENCE, D)),
+         TensorInfo("pooler_output", "float32", (BATCH, D))],
+        example=tuple(torch.from_numpy(example.inputs[name]) for name in ("input_ids", "attention_mask")),
+        validation=[shape_set(b, min(t, limit)) for b, t in ((1, 9), (3, 11), (4, 5))],
+        scores=None, exporter="legacy")
+    return ExportPlan(ENCODER, [graph], dimensions={"max_length": limit, "d_model": D, "vocab_size": vocab,
+                                                   "type_vocab_size": 0, "pooled": "first token"})

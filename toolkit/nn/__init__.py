@@ -1,11 +1,27 @@
-"""Torch building blocks shared by the model families (importing this imports torch)."""
-from .attention import SelfAttention, self_attention_mask
-from .banded import BandedKVCache, BandedSelfAttention, band_attention_mask, banded_attention
-from .blocks import MLP, Activation, Block, activation_module
-from .cache import KVCache
-from .tied import TiedOutputProjection
+"""Torch building blocks shared by the model families.
 
-__all__ = [
-    "MLP", "Activation", "BandedKVCache", "BandedSelfAttention", "Block", "KVCache", "SelfAttention",
-    "TiedOutputProjection", "activation_module", "band_attention_mask", "banded_attention", "self_attention_mask",
-]
+Importing this package does not import torch: the names below load their module on first use, so
+torch-free code (spec checking) can import lmkit.nn.options. Importing a block imports torch.
+"""
+from __future__ import annotations
+
+import importlib
+
+_WHERE = {
+    "SelfAttention": "attention", "self_attention_mask": "attention",
+    "BandedKVCache": "banded", "BandedSelfAttention": "banded", "band_attention_mask": "banded",
+    "banded_attention": "banded", "symmetric_band_mask": "banded",
+    "MLP": "blocks", "Activation": "blocks", "Block": "blocks", "activation_module": "blocks",
+    "KVCache": "cache", "TiedOutputProjection": "tied",
+    "BlockStack": "sharing", "SharedBlocks": "sharing",
+}
+
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str):
+    if name not in _WHERE:
+        raise AttributeError(f"module 'lmkit.nn' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)
+    globals()[name] = value
+    return value

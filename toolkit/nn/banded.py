@@ -18,6 +18,11 @@ padding) is the only thing that differs from chunk to chunk.
 
 A banded layer never looks further back than w - 1 positions, so during generation its cache keeps
 only the last w positions (`BandedKVCache`): memory per layer stays flat however long the text.
+
+The band is also an option of bidirectional encoders (BERT's `band_width`): there query i attends
+keys j with |i - j| < w, itself and the w - 1 positions on each side (the causal band is its left
+half). Blocked the same way, query block b attends key blocks b - 1, b and b + 1, a chunk of 3w keys:
+(nblocks, w, 3w) scores (`symmetric_band_mask`, `symmetric_banded_attention`).
 """
 from __future__ import annotations
 
@@ -132,15 +137,86 @@ def banded_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, band_
     return y[:, :T].transpose(1, 2)
 
 
-class BandedSelfAttention(SelfAttention):
-    """Causal self-attention over a band of `band_width` positions; same weights as SelfAttention.
+def symmetric_band_mask(padding: Tensor | None, T: int, band_width: int, *,
+                        device: torch.device | None = None) -> Tensor | None:
+    """The mask of a bidirectional banded layer over T positions, or None if it needs none.
 
-    mask: from `band_attention_mask` (not `self_attention_mask`). With a cache, `cache.update` must
-    return the band_width positions before the new ones and then theirs (BandedKVCache does).
+    padding: (B, T) bool, True for real tokens, or None.
+    Returns (B or 1, nblocks, 1, block, keys) bool. T > band_width: blocks of w queries, each against
+    a chunk of 3w keys (key blocks b - 1, b, b + 1; query r of block b sits at key offset r + w and
+    sees offsets c with r < c < r + 2w). T <= band_width: one block of T queries against the T keys
+    (the band covers them all, so only padding is masked). Under torch.export, where T cannot choose
+    a branch, always the one block with the band as a mask on the (T, T) scores, right for every T.
+    None means "dense bidirectional attention": no padding and T <= band_width.
+    """
+    w = band_width
+    exporting = torch.compiler.is_exporting()
+    if padding is not None:
+        device = padding.device
+        padding = padding.bool()
+    if exporting or T <= w:
+        if not exporting and padding is None:
+            return None
+        position = torch.arange(T, device=device)
+        band = (position[:, None] - position[None, :]).abs() < w  # (T, T)
+        exists = band[None, None, None] if padding is None else band & padding[:, None, None, None, :]
+        return exists | torch.eye(T, dtype=torch.bool, device=device)  # (B|1, 1, 1, T, T)
+    nblocks = -(-T // w)
+    keys = (nblocks + 2) * w  # a block of nothing on each side, then the positions padded to whole blocks
+    if padding is not None:
+        B = padding.size(0)
+        exists = torch.cat([padding.new_zeros(B, w), padding, padding.new_zeros(B, keys - w - T)], dim=1)
+    else:
+        position = torch.arange(keys, device=device) - w
+        exists = ((position >= 0) & (position < T))[None]  # (1, keys)
+    blocked = exists.unflatten(1, (nblocks + 2, w))
+    exists = torch.cat([blocked[:, :-2], blocked[:, 1:-1], blocked[:, 2:]], dim=2)  # (B|1, nblocks, 3w)
+    ones = torch.ones(w, 3 * w, dtype=torch.bool, device=device)
+    band = ones.triu(1) & ones.tril(2 * w - 1)  # r < c < r + 2w
+    itself = ones.triu(w) & ones.tril(w)  # c == r + w: a padding query sees itself, so it is not NaN
+    return (band & exists[:, :, None, None, :]) | itself  # (B|1, nblocks, 1, w, 3w)
+
+
+def symmetric_banded_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, band_width: int,
+                               dropout_p: float = 0.0) -> Tensor:
+    """Bidirectional banded attention of T queries over their own T keys: (B, nh, T, hs).
+
+    mask: from `symmetric_band_mask`. O(T * w): blocks of w queries against chunks of 3w keys.
+    """
+    B, nh, T, hs = q.shape
+    w = band_width
+    if mask is None:  # the band covers everything: dense attention
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
+    nblocks = mask.size(1)
+    if nblocks == 1:  # one block (the blocked form has two or more): the band as a mask on the (T, T) scores
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, 0], dropout_p=dropout_p)
+    q_blocks = q.new_empty(B, nblocks, nh, w, hs)
+    into_blocks(q, q_blocks)
+    chunked = []
+    for t in (k, v):
+        blocks = t.new_zeros(B, nblocks + 2, nh, w, hs)  # zero blocks before the first and after the last
+        into_blocks(t, blocks[:, 1:-1])
+        chunk = torch.cat([blocks[:, :-2], blocks[:, 1:-1], blocks[:, 2:]], dim=3)  # (B, nblocks, nh, 3w, hs)
+        chunked.append(chunk.view(B * nblocks, nh, 3 * w, hs))
+    mask = mask.expand(B, -1, -1, -1, -1).reshape(B * nblocks, 1, w, 3 * w)
+    y = F.scaled_dot_product_attention(q_blocks.view(B * nblocks, nh, w, hs), *chunked, attn_mask=mask,
+                                       dropout_p=dropout_p)  # (B * nblocks, nh, w, hs)
+    y = y.view(B, nblocks, nh, w, hs).transpose(2, 3).reshape(B, nblocks * w, nh, hs)
+    return y[:, :T].transpose(1, 2)
+
+
+class BandedSelfAttention(SelfAttention):
+    """Self-attention over a band of `band_width` positions; same weights as SelfAttention.
+
+    causal (GPT-3): query i attends i - w < j <= i; mask from `band_attention_mask` (not
+    `self_attention_mask`). With a cache, `cache.update` must return the band_width positions before
+    the new ones and then theirs (BandedKVCache does).
+    causal=False (a banded encoder): query i attends |i - j| < w; mask from `symmetric_band_mask`.
     """
 
-    def __init__(self, d_model: int, n_heads: int, band_width: int, *, bias: bool = True, dropout: float = 0.0):
-        super().__init__(d_model, n_heads, causal=True, bias=bias, dropout=dropout)
+    def __init__(self, d_model: int, n_heads: int, band_width: int, *, causal: bool = True, bias: bool = True,
+                 dropout: float = 0.0):
+        super().__init__(d_model, n_heads, causal=causal, bias=bias, dropout=dropout)
         if band_width < 1:
             raise ValueError(f"band_width must be a positive integer, got {band_width}")
         self.band_width = band_width
@@ -149,9 +225,12 @@ class BandedSelfAttention(SelfAttention):
                 layer: int = 0) -> Tensor:
         """x: (B, T, C) -> (B, T, C); `layer` is this layer's slot in `cache`."""
         q, k, v = self.heads(x)  # 3 x (B, nh, T, hs)
+        dropout = self.dropout if self.training else 0.0
+        if not self.causal:
+            return self.output(symmetric_banded_attention(q, k, v, mask, self.band_width, dropout))
         if cache is not None:
             k, v = cache.update(layer, k, v)  # (B, nh, w + T, hs): the window, then the new positions
-        y = banded_attention(q, k, v, mask, self.band_width, self.dropout if self.training else 0.0)
+        y = banded_attention(q, k, v, mask, self.band_width, dropout)
         return self.output(y)  # (B, T, C)
 
 

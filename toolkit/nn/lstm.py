@@ -5,6 +5,11 @@ under padding: a row gives the same states whatever the rows beside it. Padded b
 `pack_padded_sequence`, so neither direction ever reads a padding position and the final (h, c) of a
 row is the one at its last real token. A batch without padding (lengths=None) runs the plain cuDNN /
 ONNX LSTM, which is what the export traces.
+
+A padded batch being exported (torch.onnx's tracer) runs `unpacked` instead: packing does not
+become ONNX, and the ONNX LSTM op would read the padding. Each layer runs its directions one at a
+time as left-to-right LSTMs, the backward one over each row reversed in place (reverse_padded), so
+right padding comes after every real token in both directions and no real state ever reads it.
 """
 from __future__ import annotations
 
@@ -42,6 +47,8 @@ class LSTMStack(nn.Module):
         state: (h, c) in nn.LSTM's layout (n_layers * num_directions, B, hidden_size), or None for zeros.
         """
         B, T, _ = inputs.shape
+        if lengths is not None and torch.onnx.is_in_onnx_export():
+            return self.unpacked(inputs, lengths, state)
         if lengths is None or bool((lengths == T).all()):
             outputs, (h, c) = self.lstm(inputs, state)
         else:
@@ -49,6 +56,37 @@ class LSTMStack(nn.Module):
             outputs, (h, c) = self.lstm(packed, state)
             outputs, _ = pad_packed_sequence(outputs, batch_first=True, total_length=T)
         return outputs, (self.merge_directions(h), self.merge_directions(c))
+
+    def unpacked(self, inputs: torch.Tensor, lengths: torch.Tensor,
+                 state: tuple[torch.Tensor, torch.Tensor] | None = None):
+        """forward's outputs for a right-padded batch without packing (what an export traces).
+
+        The outputs at real positions are forward's; at padding they are finite and meaningless. The
+        final state is each direction's at the end of the padded row, so only outputs are exact: the
+        encoder features an export gives, not a recurrent decoder's start.
+        """
+        B = inputs.shape[0]
+        x = inputs
+        hs, cs = [], []
+        for layer in range(self.n_layers):
+            if layer and self.training and self.lstm.dropout:
+                x = nn.functional.dropout(x, self.lstm.dropout, training=True)
+            outputs = []
+            for direction in range(self.num_directions):
+                suffix = f"_l{layer}" + ("_reverse" if direction else "")
+                weights = [getattr(self.lstm, f"{name}{suffix}") for name in ("weight_ih", "weight_hh", "bias_ih",
+                                                                               "bias_hh")]
+                index = layer * self.num_directions + direction
+                zeros = x.new_zeros(1, B, self.hidden_size)
+                h0, c0 = (zeros, zeros) if state is None else (state[0][index:index + 1], state[1][index:index + 1])
+                source = reverse_padded(x, lengths, x.shape[-1] if layer else inputs.shape[-1]) if direction else x
+                y, h, c = torch._VF.lstm(source, (h0, c0), weights, True, 1, 0.0, False, False, True)
+                outputs.append(reverse_padded(y, lengths, self.hidden_size) if direction else y)
+                hs.append(h)
+                cs.append(c)
+            x = torch.cat(outputs, dim=-1)
+        h, c = torch.cat(hs), torch.cat(cs)
+        return x, (self.merge_directions(h), self.merge_directions(c))
 
     def step(self, x: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor]):
         """One time step of a unidirectional stack: x (B, input_size), (h, c) each (n_layers, B, H).
@@ -81,15 +119,18 @@ def uniform_init_(module: nn.Module, scale: float) -> None:
         nn.init.uniform_(parameter, -scale, scale)
 
 
-def reverse_padded(ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+def reverse_padded(ids: torch.Tensor, lengths: torch.Tensor, width: int | None = None) -> torch.Tensor:
     """Each row's first lengths[b] entries in reverse order, the padding after them left in place.
 
     ids (B, T, ...) -> (B, T, ...). Sutskever et al. reverse the source sentence (not the target):
-    the first target words then sit next to the source words they translate.
+    the first target words then sit next to the source words they translate. width: the size of
+    ids' last axis as a Python int, for a traced graph that should keep it a fixed size.
     """
     T = ids.shape[1]
     positions = torch.arange(T, device=ids.device)[None, :]  # (1, T)
     index = torch.where(positions < lengths[:, None], lengths[:, None] - 1 - positions, positions)  # (B, T)
-    if ids.dim() > 2:
+    if ids.dim() == 3 and width is not None:
+        index = index[:, :, None].expand(-1, -1, width)
+    elif ids.dim() > 2:
         index = index.view(*index.shape, *([1] * (ids.dim() - 2))).expand_as(ids)
     return ids.gather(1, index)

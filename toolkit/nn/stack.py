@@ -27,8 +27,11 @@ class _Stack(nn.Module):
     embed_options: ClassVar[tuple[str, ...]] = ()
 
     def parameters_without_sharing(self) -> int:
-        """The plain parameter count; a stack that shares layers (ALBERT) says what sharing saves."""
-        return sum(p.numel() for p in self.parameters())
+        """The parameter count without cross-layer sharing: the plain count, plus what each of the
+        stack's lmkit.nn.sharing.SharedBlocks saves (ALBERT's, or any stack's `sharing` option)."""
+        from .sharing import without_sharing
+
+        return without_sharing(self)
 
 
 class EncoderStack(_Stack):
