@@ -665,13 +665,20 @@ def test_a_component_without_an_exporter_says_which_and_whose(model_dir, tmp_pat
     assert os.listdir(tmp_path) == []
 
 
-def test_a_third_party_decoder_without_an_exporter_says_which_and_whose(third_party_site, tmp_path):
-    from conftest import run_subprocess
+def test_a_third_party_decoder_without_an_exporter_says_which_and_whose(third_party_site, tmp_path, monkeypatch):
+    """The example plugin registers decoder.bigram; without it, export names the decoder, its plugin and what exists."""
+    import sys
 
-    model = tmp_path / "bigram"
-    assert run_subprocess("compose", "bigram-tiny", "--out", model, python_path=third_party_site).code == 0
-    result = run_subprocess("export", model, "--out", tmp_path / "exp", python_path=third_party_site)
-    error = one_line_error(result)
-    assert "the decoder 'bigram' of plugin 'example' (lmkit-example 0.3.1) cannot be exported yet" in error
-    assert "exporters available: decoder.gpt2" in error
-    assert sorted(os.listdir(tmp_path)) == ["bigram"]
+    from lmkit.exports.export import find_exporter
+    from lmkit.registry import PluginHost
+    from lmkit.spec import resolve
+
+    monkeypatch.setattr(sys, "path", [third_party_site, *sys.path])
+    host = PluginHost()
+    del host.components["exporter"]["decoder.bigram"]
+    spec = resolve(host.presets["bigram-tiny"].spec, host)
+    with pytest.raises(LmkitError) as error:
+        find_exporter(spec, host)
+    message = str(error.value)
+    assert "the decoder 'bigram' of plugin 'example' (lmkit-example 0.3.1) cannot be exported yet" in message
+    assert "exporters available: decoder.gpt" in message and "\n" not in message
