@@ -21,11 +21,11 @@ from lmkit.decoding.beam import BeamSearch
 from lmkit.decoding.greedy import Greedy
 from lmkit.decoding.options import BeamSearchOptions, GreedyOptions
 from lmkit.model import compose
+from lmkit.opening import open_model
+from lmkit.seq2seq import evaluate_bleu
 from lmkit.synthetic_translation import TranslationTask, write_task
 from lmkit.tokenizers import WordBPEOptions, train_tokenizer
 from lmkit.training import train
-from lmkit.opening import open_model
-from lmkit.seq2seq import evaluate_bleu
 
 TASK = TranslationTask(0, nouns=8, adjectives=5, verbs=5)
 

@@ -11,12 +11,12 @@ from lmkit.decoding.beam import BeamSearch  # noqa: E402
 from lmkit.decoding.greedy import Greedy  # noqa: E402
 from lmkit.decoding.options import BeamSearchOptions, GreedyOptions  # noqa: E402
 from lmkit.model import compose  # noqa: E402
+from lmkit.opening import open_model  # noqa: E402
 from lmkit.parallel import read_pairs  # noqa: E402
+from lmkit.seq2seq import evaluate_bleu  # noqa: E402
 from lmkit.synthetic_translation import TranslationTask, write_task  # noqa: E402
 from lmkit.tokenizers import WordBPEOptions, train_tokenizer  # noqa: E402
 from lmkit.training import train  # noqa: E402
-from lmkit.opening import open_model  # noqa: E402
-from lmkit.seq2seq import evaluate_bleu  # noqa: E402
 
 # A small lexicon, so the tiny model learns the task in seconds; 1-2 clauses per sentence.
 TASK = TranslationTask(0, nouns=8, adjectives=5, verbs=5)
