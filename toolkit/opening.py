@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 
 from .errors import ArtifactError, LmkitError
 
-EXPORT_MANIFEST = "lmkit-onnx.json"  # = lmkit.exports.manifest.MANIFEST, without importing numpy here
+EXPORT_MANIFEST = "lmkit-onnx.json"  # an export directory's manifest (lmkit.exports.manifest.MANIFEST)
 MODEL_CONFIG = "config.json"  # = lmkit.artifacts.CONFIG
 
 

@@ -55,6 +55,10 @@ def generate_command(model_dir, prompts, strategy, stops, stream, as_json, trunc
     stream = stream if stream is not None else len(texts) == 1 and not as_json
     _show_warnings()
 
+    if not exported:
+        from ..errors import require_torch
+
+        require_torch("lmkit generate on a model directory")
     model = open_model(model_dir, device=device, provider=provider)
     given = {key: value for key, value in flags.items() if value is not None}
     if model.kind == "encoder-decoder":  # the prompts are source sentences: sequence-to-sequence generation
@@ -62,10 +66,7 @@ def generate_command(model_dir, prompts, strategy, stops, stream, as_json, trunc
         echo_translations(texts, results, model.output_tokenizer, as_json)
         return
     if model.kind == "encoder":
-        from ..errors import ArtifactError
-
-        raise ArtifactError(f"{model_dir} has no decoder to generate with (it is an encoder-only model); "
-                            "lmkit embed runs it")
+        model.backend()  # says, in one line, that this model (or export) embeds but does not generate
     tokenizer = model.tokenizer
     if tokenizer is None:
         from ..errors import ArtifactError

@@ -51,9 +51,11 @@ def echo_translations(texts, results, tokenizer, as_json: bool) -> None:
 
 def open_encoder_decoder(model_dir: str, device: str, provider: str | None = None):
     """lmkit.open_model of a model or export directory that must be an encoder-decoder."""
-    from ..errors import ArtifactError
-    from ..opening import model_kind_of, open_model
+    from ..errors import ArtifactError, require_torch
+    from ..opening import is_export, model_kind_of, open_model
 
+    if not is_export(model_dir):
+        require_torch("lmkit translate on a model directory")
     if model_kind_of(model_dir) != "encoder-decoder":  # before torch or onnxruntime loads anything
         raise ArtifactError(f"{model_dir} is not an encoder-decoder model; translate needs an encoder and a "
                             "decoder (e.g. the seq2seq-tiny or nmt-tiny presets); lmkit generate continues text")
