@@ -21,10 +21,11 @@ from lmkit.decoding.beam import BeamSearch
 from lmkit.decoding.greedy import Greedy
 from lmkit.decoding.options import BeamSearchOptions, GreedyOptions
 from lmkit.model import compose
+from lmkit.opening import open_model
+from lmkit.seq2seq import evaluate_bleu
 from lmkit.synthetic_translation import TranslationTask, write_task
 from lmkit.tokenizers import WordBPEOptions, train_tokenizer
 from lmkit.training import train
-from lmkit.translation import evaluate_bleu, load_translator
 
 TASK = TranslationTask(0, nouns=8, adjectives=5, verbs=5)
 
@@ -64,7 +65,7 @@ def main() -> None:
                        seq_len=64, lr=1e-2, warmup=50, weight_decay=0.0, grad_clip=5.0, eval_every=0,
                        save_every=0, progress=False)
         seconds = time.perf_counter() - started
-        translator = load_translator(model_dir, "cpu")
+        translator = open_model(model_dir, device="cpu")
         for test, pairs in tests.items():
             greedy, _ = evaluate_bleu(translator, Greedy(GreedyOptions(max_new_tokens=80)), pairs)
             beam, _ = evaluate_bleu(translator, BeamSearch(BeamSearchOptions(max_new_tokens=80, num_beams=4)), pairs)

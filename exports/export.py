@@ -16,11 +16,12 @@ from collections.abc import Callable
 from lmkit import __version__
 from lmkit.artifacts import atomic_write, atomic_write_json, staged_directory
 from lmkit.errors import LmkitError, MissingDependency, PluginError
+from lmkit.opening import generation_settings
 from lmkit.registry import Component, PluginHost, get_host
 
 from . import triton
 from .convert import DEFAULT_OPSET, export_graph
-from .graphs import ARCHITECTURES, ExportPlan
+from .graphs import ExportPlan
 from .manifest import FORMAT, FORMAT_VERSION, MANIFEST, describe_files
 from .precision import PRECISIONS, to_fp16, to_int8
 from .validation import THRESHOLDS, Threshold, validate
@@ -71,9 +72,14 @@ def export_model(model_dir: str, out: str, *, precision: str = "fp32", layout: s
     if progress is not None:
         progress(f"exporting {model_dir} ({precision}) with {exporter.name} of {host.describe(exporter.plugin)} ...")
     plan: ExportPlan = exporter.load()(model)
-    if plan.architecture not in ARCHITECTURES:
-        raise LmkitError(f"exporter '{exporter.name}' made a '{plan.architecture}' export, which the lmkit "
-                         f"runtime cannot serve (it serves {', '.join(ARCHITECTURES)})")
+    runtimes = host.components["export-runtime"]
+    if plan.architecture not in runtimes:
+        raise LmkitError(f"exporter '{exporter.name}' made a '{plan.architecture}' export, which no installed "
+                         f"export runtime serves (installed: {', '.join(sorted(runtimes)) or 'none'}); its plugin "
+                         "registers one with the register_export_runtimes hook")
+    if (plan.layout is not None) != (model.kind == "encoder-decoder"):
+        raise LmkitError(f"exporter '{exporter.name}' must give an encoder-decoder model's plan a layout "
+                         "(lmkit.exports.graphs.EncoderDecoderLayout), and no other model's")
 
     # The Triton configuration is made before anything is written: a plan it cannot lay out stops here.
     config_pbtxt = triton.config_pbtxt(name, plan.graphs, precision) if name else None
@@ -97,6 +103,10 @@ def export_model(model_dir: str, out: str, *, precision: str = "fp32", layout: s
         target_tokenizer = load_target_tokenizer(model_dir)  # an encoder-decoder's own target side
         if target_tokenizer is not None:
             target_tokenizer.save(os.path.join(root, TARGET_TOKENIZER))
+        special = _special_tokens(tokenizer)
+        if plan.layout is not None and (target_tokenizer or tokenizer) is not None:
+            # The decoder says which token the target side starts from (<s> for LSTM NMT, pad for T5).
+            special["decoder_start"] = model.decoder.decoder_start_token_id(target_tokenizer or tokenizer)
         from .heads import save_head
 
         task_head = save_head(model, config["spec"], root)  # a fine-tuned encoder's head runs beside its graph
@@ -116,10 +126,11 @@ def export_model(model_dir: str, out: str, *, precision: str = "fp32", layout: s
             "quantization": QUANTIZATION if precision == "int8" else None,
             "dimensions": plan.dimensions,
             "graphs": {graph.name: graph.describe(files[graph.name]) for graph in plan.graphs},
+            **({"encoder_decoder": plan.layout.to_dict()} if plan.layout is not None else {}),
             "tokenizer": "tokenizer.json" if tokenizer is not None else None,
             **({"target_tokenizer": f"{TARGET_TOKENIZER}/tokenizer.json"} if target_tokenizer is not None else {}),
-            "special_tokens": _special_tokens(tokenizer),
-            "generation": _generation_settings(config),
+            "special_tokens": special,
+            "generation": generation_settings(config["spec"]),
             "validation": report,
             "triton": {"name": name, "config": "config.pbtxt"} if name else None,
             **({"task_head": task_head} if task_head is not None else {}),
@@ -150,17 +161,6 @@ def _write_graph(graph, target: str, precision: str, opset: int, work: str) -> N
     fp32 = os.path.join(work, f"{graph.name}.fp32.onnx")
     export_graph(graph, fp32, opset)
     (to_fp16 if precision == "fp16" else to_int8)(fp32, target)
-
-
-def _generation_settings(config: dict) -> dict:
-    """The spec's decoding strategy and options; greedy with its defaults when the spec names none."""
-    decoding = dict(config["spec"].get("decoding") or {})
-    if decoding:
-        return {"strategy": decoding.pop("strategy"), "options": decoding}
-    from lmkit.decoding.options import GreedyOptions
-    from lmkit.options import options_to_dict
-
-    return {"strategy": "greedy", "options": options_to_dict(GreedyOptions())}
 
 
 def _default_name(model_dir: str) -> str:

@@ -15,20 +15,20 @@ from typing import Any
 
 import numpy as np
 
-# The architectures an export can have. The runtime serves those it has a backend for; a family that
-# brings a new one brings its exporter (a plugin) and the runtime backend that runs it (in exports/).
+# The architectures lmkit's own runtimes serve (registered through register_export_runtimes in
+# lmkit.builtins); a family that brings a new architecture registers its exporter and its runtime.
 DECODER_ONLY = "decoder-only"  # one graph, token ids + cache in, logits + cache out (GPT, LSTM LMs)
 ENCODER = "encoder-only"  # one graph, token ids + mask in, token states + pooled vector out (BERT family)
-# an encoder graph run once per source, and a decoder-step graph with its recurrent state in and out
-# (Seq2Seq, attentional NMT); served by lmkit.exports.seq2seq_runtime
+# an encoder graph run once per batch of sources (or once per source), and a decoder-step graph whose
+# state is fed back step to step, wired as the plan's EncoderDecoderLayout says (Seq2Seq, NMT, T5)
 ENCODER_DECODER = "encoder-decoder"
-ARCHITECTURES = (DECODER_ONLY, ENCODER, ENCODER_DECODER)
 
 # The symbolic dimensions, named as optimum and onnxruntime-genai name them.
 BATCH = "batch_size"
 SEQUENCE = "sequence_length"
 PAST = "past_sequence_length"
 TOTAL = f"{PAST} + {SEQUENCE}"
+SOURCE = "source_length"  # an encoder-decoder's source positions (optimum: encoder_sequence_length)
 
 # Tensor element types, as numpy spells them.
 DTYPES = ("int64", "int32", "bool", "float32", "float16")
@@ -96,14 +96,104 @@ class Graph:
         }
 
 
+# Where a decoder input's value comes from before the first step (EncoderDecoderLayout.feeds).
+FEED_SOURCES = ("encoder", "source_mask", "zeros")
+# How the encoder graph reads a batch of sources (EncoderDecoderLayout.batching).
+BATCHINGS = ("padded", "one-by-one")
+
+
+@dataclass(frozen=True)
+class Feed:
+    """One decoder-step input and its value before the first step.
+
+    source: "encoder": the encoder graph's output `output` (constant for the whole generation, unless
+        the decoder graph's cache feeds it back); "source_mask": the sources' mask (B, S), 1 at real
+        tokens, in the input's dtype; "zeros": zeros of the input's shape, with the batch axis the
+        batch size and the past axis (past_sequence_length) 0 (an empty key/value cache, a zero state).
+    """
+
+    input: str
+    source: str
+    output: str | None = None
+
+    def to_dict(self) -> dict:
+        return {"input": self.input, "source": self.source, **({"output": self.output} if self.output else {})}
+
+
+@dataclass
+class EncoderDecoderLayout:
+    """How the runtime wires an encoder graph to a decoder-step graph (the manifest's "encoder_decoder").
+
+    batching: "padded": the encoder graph reads a right-padded batch (B, S) with `encoder_mask` (1 at
+        real tokens); "one-by-one": it reads one source (1, S_i) at a time (the ONNX LSTM op would read
+        padding) and the runtime pads each output along its source_length axis and joins the rows on
+        its batch_size axis.
+    encoder_ids / encoder_mask: the encoder graph's inputs for the source ids and (padded) the mask.
+    decoder_ids / logits: the decoder graph's token input (B, 1) and its next-token logits output,
+        (B, V) or (B, 1, V).
+    feeds: every other decoder input, and where its first value comes from. Each step's values come
+        from the decoder graph's cache pairs (output -> input); an input no pair names keeps its
+        first value (encoder states, cross-attention keys/values, the mask). Beam search reorders
+        every one of them along the axis its shape names batch_size.
+    """
+
+    feeds: list[Feed]
+    batching: str = "padded"
+    encoder_ids: str = "input_ids"
+    encoder_mask: str | None = "attention_mask"
+    decoder_ids: str = "input_ids"
+    logits: str = "logits"
+    encoder: str = "encoder"  # the graphs' names
+    decoder: str = "decoder"
+
+    def to_dict(self) -> dict:
+        return {"batching": self.batching, "encoder": self.encoder, "decoder": self.decoder,
+                "encoder_ids": self.encoder_ids, "encoder_mask": self.encoder_mask,
+                "decoder_ids": self.decoder_ids, "logits": self.logits,
+                "feeds": [feed.to_dict() for feed in self.feeds]}
+
+
 @dataclass
 class ExportPlan:
     """Everything an exporter says about a model.
 
+    architecture: the export runtime that serves it, by its registered name (register_export_runtimes).
     dimensions: what the runtime needs to know that the graphs do not say (e.g. max_length, the
         most positions the model reads, None for no limit; vocab_size), written to the manifest.
+    layout: an encoder-decoder's wiring of its two graphs (EncoderDecoderLayout), None otherwise.
     """
 
     architecture: str
     graphs: list[Graph]
     dimensions: dict[str, Any] = field(default_factory=dict)
+    layout: EncoderDecoderLayout | None = None
+
+
+# -- what the runtimes read of a graph's entry in the manifest ---------------------------------------
+
+
+def batch_axis(tensor: dict) -> int:
+    """The axis of a manifest tensor ({"name", "dtype", "shape"}) that its shape names batch_size."""
+    if tensor["shape"].count(BATCH) != 1:
+        from lmkit.errors import ArtifactError
+
+        raise ArtifactError(f"tensor '{tensor['name']}' has {tensor['shape'].count(BATCH)} axes named {BATCH}; the "
+                            "runtime reorders rows on exactly one: export the model again")
+    return tensor["shape"].index(BATCH)
+
+
+def empty_input(tensor: dict, batch: int) -> np.ndarray:
+    """A manifest tensor's value before the first step: zeros with `batch` rows and no past positions.
+
+    An empty key/value cache (batch, heads, 0, head_dim) and a zero recurrent state (batch, hidden)
+    alike; an axis of another symbolic name cannot be sized and is a one-line error.
+    """
+    shape = []
+    for size in tensor["shape"]:
+        if size not in (BATCH, PAST) and not isinstance(size, int):
+            from lmkit.errors import ArtifactError
+
+            raise ArtifactError(f"input '{tensor['name']}' has an axis '{size}' the runtime cannot size before the "
+                                f"first step (it sizes {BATCH}, {PAST} and fixed axes)")
+        shape.append(batch if size == BATCH else 0 if size == PAST else size)
+    return np.zeros(shape, dtype=np.dtype(tensor["dtype"]))

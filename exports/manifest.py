@@ -20,10 +20,11 @@ import re
 from collections.abc import Iterator
 
 from lmkit.errors import ArtifactError, MissingDependency
+from lmkit.opening import EXPORT_MANIFEST
 
 from .graphs import DTYPES
 
-MANIFEST = "lmkit-onnx.json"
+MANIFEST = EXPORT_MANIFEST  # lmkit-onnx.json, named where is_export (which imports no numpy) reads it
 FORMAT = "lmkit-onnx"
 FORMAT_VERSION = 1
 CHUNK = 1 << 20

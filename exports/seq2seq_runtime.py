@@ -1,112 +1,186 @@
-"""Running an encoder-decoder export (Seq2Seq, attentional NMT) without PyTorch.
+"""The encoder-decoder runtime (Seq2Seq, attentional NMT, T5): an encoder graph run once per batch of
+sources and a decoder-step graph whose state is fed back step to step; registered as "encoder-decoder".
 
-    translator = lmkit.exports.seq2seq_runtime.load_translator("exp/nmt")
-    translator.backend.set_sources([[12, 40, 7]])     # then any lmkit.decoding strategy, as in PyTorch
+Nothing here knows a family: the manifest's "encoder_decoder" table (written from the exporter's
+lmkit.exports.graphs.EncoderDecoderLayout) says which encoder outputs feed which decoder inputs, which
+inputs start as zeros (a zero state; an empty key/value cache with a growing past axis) or as the
+sources' mask, and whether the encoder reads a padded batch or one source at a time. The decoder
+graph's cache pairs say which outputs are fed back as which inputs; each tensor's batch axis is the
+one its shape names batch_size, along which beams are reordered with np.take, as the PyTorch
+backend's reorder does.
 
-The encoder graph runs once per source sentence (unpadded: the ONNX LSTM op would read padding),
-its states are padded into one batch with a mask, and the decoder-step graph runs one token per row
-with the recurrent state fed back; beams are rows, reordered with np.take like the PyTorch backend's.
+    model = lmkit.open_model("exp/nmt")           # or lmkit.exports.load
+    model.generate(["a source sentence"])           # any lmkit.decoding strategy, as in PyTorch
 """
 from __future__ import annotations
 
 import numpy as np
 
-from lmkit.errors import ArtifactError
+from lmkit.errors import ArtifactError, LmkitError
+from lmkit.parallel import pad_sources
 
-from .graphs import ENCODER_DECODER
-from .manifest import check_graphs, read_manifest, safe_path, verify_files
-from .runtime import ExportedModel, _onnxruntime, providers_for
+from .graphs import BATCHINGS, ENCODER_DECODER, FEED_SOURCES, SOURCE, batch_axis, empty_input
+
+
+def check_layout(directory: str, manifest: dict) -> dict:
+    """The manifest's encoder_decoder table, checked against the graphs it wires; a one-line error if not."""
+    layout = manifest.get("encoder_decoder")
+    if not isinstance(layout, dict):
+        raise ArtifactError(f"{directory}: the manifest has no encoder_decoder table saying how its graphs connect "
+                            "(an export made before lmkit recorded it); export the model again")
+
+    def damaged(why: str) -> ArtifactError:
+        return ArtifactError(f"{directory}: the manifest's encoder_decoder table {why}; export the model again")
+
+    graphs = manifest["graphs"]
+    if layout.get("encoder") not in graphs or layout.get("decoder") not in graphs:
+        raise damaged(f"names graphs {layout.get('encoder')!r} and {layout.get('decoder')!r}, but the export has "
+                      f"{', '.join(graphs)}")
+    if layout.get("batching") not in BATCHINGS:
+        raise damaged(f"has batching {layout.get('batching')!r}, not one of {', '.join(BATCHINGS)}")
+    encoder, decoder = graphs[layout["encoder"]], graphs[layout["decoder"]]
+    encoder_inputs = {t["name"] for t in encoder["inputs"]}
+    encoder_outputs = {t["name"] for t in encoder["outputs"]}
+    decoder_inputs = {t["name"] for t in decoder["inputs"]}
+    wanted = {layout.get("encoder_ids")} | ({layout["encoder_mask"]} if layout.get("encoder_mask") else set())
+    if layout["batching"] == "padded" and not layout.get("encoder_mask"):
+        raise damaged("reads padded sources but names no encoder_mask input")
+    if not wanted <= encoder_inputs:
+        raise damaged(f"names encoder inputs {', '.join(sorted(wanted - encoder_inputs))} the encoder graph lacks")
+    if layout.get("decoder_ids") not in decoder_inputs or layout.get("logits") not in {
+            t["name"] for t in decoder["outputs"]}:
+        raise damaged("names a decoder token input or logits output the decoder graph lacks")
+    feeds = layout.get("feeds")
+    if not isinstance(feeds, list) or not all(isinstance(feed, dict) for feed in feeds):
+        raise damaged("has no list of feeds")
+    for feed in feeds:
+        if feed.get("input") not in decoder_inputs or feed.get("source") not in FEED_SOURCES:
+            raise damaged(f"feeds {feed.get('input')!r} from {feed.get('source')!r}: each feed names a decoder input "
+                          f"and one of {', '.join(FEED_SOURCES)}")
+        if feed["source"] == "encoder" and feed.get("output") not in encoder_outputs:
+            raise damaged(f"feeds {feed['input']!r} from encoder output {feed.get('output')!r}, which the encoder "
+                          "graph lacks")
+    unfed = decoder_inputs - {layout["decoder_ids"]} - {feed["input"] for feed in feeds}
+    if unfed:
+        raise damaged(f"gives no first value for decoder input(s) {', '.join(sorted(unfed))}")
+    return layout
 
 
 class OrtSeq2SeqBackend:
-    """lmkit.decoding.backend.Backend over the two sessions; call set_sources before each generate()."""
+    """lmkit.decoding's Backend over an encoder-decoder export; call set_sources before each generate().
 
-    max_length = None
+    As lmkit.decoding.seq2seq_backend.Seq2SeqBackend: every prompt is the target side's start token,
+    prefill runs the encoder over the sources and the decoder over the prompts, each step feeds one
+    token per row. The state (every decoder input but the tokens) is a dict of numpy arrays.
+    """
 
-    def __init__(self, encoder, decoder, graphs: dict, pad_id: int = 0):
+    max_length = None  # the decoder reads its state, not a window of positions; max_new_tokens bounds it
+
+    def __init__(self, encoder, decoder, graphs: dict, layout: dict, pad_id: int = 0):
         self.encoder, self.decoder = encoder, decoder
-        self.encoder_outputs = [t["name"] for t in graphs["encoder"]["outputs"]]
-        self.decoder_inputs = {t["name"]: t for t in graphs["decoder"]["inputs"]}
-        self.decoder_outputs = [t["name"] for t in graphs["decoder"]["outputs"]]
+        self.layout = layout
+        self.encoder_outputs = {t["name"]: t for t in graphs[layout["encoder"]]["outputs"]}
+        self.encoder_inputs = {t["name"]: t for t in graphs[layout["encoder"]]["inputs"]}
+        self.decoder_inputs = {t["name"]: t for t in graphs[layout["decoder"]]["inputs"]}
+        self.cache = [(pair["input"], pair["output"]) for pair in graphs[layout["decoder"]]["cache"]]
+        self.output_names = [layout["logits"], *(output for _, output in self.cache)]
         self.pad_id = pad_id
         self.sources: list[list[int]] | None = None
         self.state: dict[str, np.ndarray] = {}
 
     def set_sources(self, sources: list[list[int]]) -> None:
+        """The source token ids of the prompts the next generate() will get, one per prompt, in order."""
         self.sources = [list(map(int, s)) for s in sources]
 
     def prefill(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
         if self.sources is None or len(self.sources) != len(input_ids):
-            raise ValueError("set_sources() must give one source per prompt before prefill")
+            raise ValueError(f"set_sources() gave {0 if self.sources is None else len(self.sources)} sources for "
+                             f"{len(input_ids)} prompts; give one source per prompt")
         if not attention_mask.all():
             raise ValueError("every target prefix must have the same length (the start token)")
-        encoded = [dict(zip(self.encoder_outputs, self.encoder.run(self.encoder_outputs,
-                                                                   {"input_ids": np.asarray([s], np.int64)})))
-                   for s in self.sources]
-        state = {"state.h": np.concatenate([e["state.h"] for e in encoded], axis=1),
-                 "state.c": np.concatenate([e["state.c"] for e in encoded], axis=1)}
-        B, H = state["state.h"].shape[1], state["state.h"].shape[2]
-        if "state.feed" in self.decoder_inputs:
-            state["state.feed"] = np.zeros((B, H), dtype=np.float32)
-        if "encoder_states" in self.decoder_inputs:
-            width = max(len(s) for s in self.sources)
-            for name in ("encoder_states", "encoder_keys"):
-                padded = np.zeros((B, width, encoded[0][name].shape[-1]), dtype=np.float32)
-                for row, e in enumerate(encoded):
-                    padded[row, :e[name].shape[1]] = e[name][0]
-                state[name] = padded
-            mask = np.zeros((B, width), dtype=np.bool_)
-            for row, source in enumerate(self.sources):
-                mask[row, :len(source)] = True
-            state["encoder_mask"] = mask
+        encoded, mask = self._encode()
+        state = {}
+        for feed in self.layout["feeds"]:
+            tensor = self.decoder_inputs[feed["input"]]
+            if feed["source"] == "encoder":
+                value = encoded[feed["output"]]
+            elif feed["source"] == "source_mask":
+                value = mask
+            else:  # zeros: a zero state, or an empty cache whose past axis grows
+                value = empty_input(tensor, len(self.sources))
+            state[feed["input"]] = np.ascontiguousarray(value, dtype=tensor["dtype"])
         self.state = state
-        return self._run(np.ascontiguousarray(input_ids[:, -1:], dtype=np.int64))
+        ids = np.asarray(input_ids, dtype=np.int64)
+        for column in range(ids.shape[1]):  # the decoder-step graph reads one token per row
+            logits = self._run(ids[:, column:column + 1])
+        return logits
 
     def step(self, tokens: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
         if rows is not None:
-            self.state = {name: np.take(value, rows, axis=1 if name in ("state.h", "state.c") else 0)
+            self.state = {name: np.take(value, rows, axis=batch_axis(self.decoder_inputs[name]))
                           for name, value in self.state.items()}
         return self._run(np.asarray(tokens, dtype=np.int64)[:, None])
 
+    def _encode(self) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """The encoder's outputs for the sources as one batch, and the sources' mask (B, S), True at tokens."""
+        layout, sources = self.layout, self.sources
+        ids, mask = pad_sources(sources, self.pad_id)
+        names = list(self.encoder_outputs)
+        if layout["batching"] == "padded":
+            feeds = {layout["encoder_ids"]: ids, layout["encoder_mask"]: mask}
+            feeds = {name: np.ascontiguousarray(value, dtype=self.encoder_inputs[name]["dtype"])
+                     for name, value in feeds.items()}
+            return dict(zip(names, self.encoder.run(names, feeds))), mask
+        # One source at a time: an op that would read the padding (the ONNX LSTM) never sees any; each
+        # output is padded with zeros along its source axis (masked out) and the rows joined on the batch axis.
+        rows = [dict(zip(names, self.encoder.run(names, self._one_source(source)))) for source in sources]
+        encoded = {}
+        for name, tensor in self.encoder_outputs.items():
+            axis = batch_axis(tensor)
+            values = [row[name] for row in rows]
+            if SOURCE in tensor["shape"]:
+                along = tensor["shape"].index(SOURCE)
+                values = [np.pad(value, [(0, ids.shape[1] - value.shape[along]) if i == along else (0, 0)
+                                         for i in range(value.ndim)]) for value in values]
+            encoded[name] = np.concatenate(values, axis=axis)
+        return encoded, mask
+
+    def _one_source(self, source: list[int]) -> dict[str, np.ndarray]:
+        layout = self.layout
+        feeds = {layout["encoder_ids"]: np.asarray([source], dtype=self.encoder_inputs[layout["encoder_ids"]]["dtype"])}
+        if layout.get("encoder_mask"):
+            feeds[layout["encoder_mask"]] = np.ones((1, len(source)),
+                                                    dtype=self.encoder_inputs[layout["encoder_mask"]]["dtype"])
+        return feeds
+
     def _run(self, input_ids: np.ndarray) -> np.ndarray:
-        outputs = dict(zip(self.decoder_outputs, self.decoder.run(self.decoder_outputs,
-                                                                  {"input_ids": input_ids, **self.state})))
-        for name, value in outputs.items():
-            if name.startswith("present."):
-                self.state["state." + name[len("present."):]] = value
-        return np.array(outputs["logits"], dtype=np.float32)
+        outputs = dict(zip(self.output_names,
+                           self.decoder.run(self.output_names, {self.layout["decoder_ids"]: input_ids, **self.state})))
+        for name, output in self.cache:
+            self.state[name] = outputs[output]
+        logits = outputs[self.layout["logits"]]
+        # A copy: the strategies may change the logits in place, and they are onnxruntime's buffer.
+        return np.array(logits[:, -1] if logits.ndim == 3 else logits, dtype=np.float32)
 
 
-def load_translator(directory: str, device: str = "auto", provider: str | None = None):
-    """The lmkit.translation.Translator of an encoder-decoder export directory (hashes checked first)."""
-    from lmkit.parallel import source_pad_id
-    from lmkit.translation import Translator
+class EncoderDecoderRuntime:
+    """lmkit.contract.ExportRuntime of an encoder-decoder export: sequence-to-sequence generation."""
 
-    manifest = read_manifest(directory)
-    ort = _onnxruntime()
-    wanted = providers_for(device, provider)
-    if manifest.get("architecture") != ENCODER_DECODER:
-        raise ArtifactError(f"{directory} is a '{manifest.get('architecture')}' export, not an {ENCODER_DECODER} "
-                            "one; use lmkit generate on it")
-    verify_files(directory, manifest)
-    check_graphs(directory, manifest)
-    graphs = manifest["graphs"]
-    if set(graphs) != {"encoder", "decoder"}:
-        raise ArtifactError(f"{directory}: an {ENCODER_DECODER} export has graphs 'encoder' and 'decoder'; this "
-                            f"one has {', '.join(graphs)}")
-    tokenizer = ExportedModel._tokenizer(directory, manifest)
-    if tokenizer is None:
-        raise ArtifactError(f"{directory} has no tokenizer to read sources with")
-    target_tokenizer = None
-    if manifest.get("target_tokenizer"):
-        if manifest["target_tokenizer"] not in manifest["files"]:
-            raise ArtifactError(f"{directory}: the target tokenizer {manifest['target_tokenizer']!r} is not listed "
-                                "with a hash in the manifest; refusing to load it")
-        target_tokenizer = ExportedModel._tokenizer(directory, {"tokenizer": manifest["target_tokenizer"],
-                                                                "files": manifest["files"]})
-    sessions = {name: ort.InferenceSession(safe_path(directory, graph["file"], "graph file"), providers=wanted)
-                for name, graph in graphs.items()}
-    backend = OrtSeq2SeqBackend(sessions["encoder"], sessions["decoder"], graphs, pad_id=source_pad_id(tokenizer))
-    generation = manifest["generation"]
-    return Translator(tokenizer, backend, (generation["strategy"], generation.get("options", {})),
-                      manifest.get("dimensions", {}).get("max_positions"), target_tokenizer=target_tokenizer)
+    kind = "encoder-decoder"
+
+    def __init__(self, export):
+        self.export = export
+        self.layout = check_layout(export.directory, export.manifest)
+        self.encoder = export.session(self.layout["encoder"])
+        self.decoder = export.session(self.layout["decoder"])
+        self.max_positions = export.manifest.get("dimensions", {}).get("max_positions")  # of a source
+
+    def backend(self, max_new_tokens: int | None = None) -> OrtSeq2SeqBackend:
+        """A fresh backend over the two sessions; its state grows as it needs, so max_new_tokens is not needed."""
+        pad = self.export.manifest.get("special_tokens", {}).get("pad")
+        return OrtSeq2SeqBackend(self.encoder, self.decoder, self.export.manifest["graphs"], self.layout,
+                                 pad_id=pad if pad is not None else 0)  # masked out, so any source id will do
+
+    def features(self, input_ids: np.ndarray, attention_mask: np.ndarray, token_type_ids=None) -> dict:
+        raise LmkitError(f"{self.export.directory} is an {ENCODER_DECODER} export, whose encoder graph gives the "
+                         "decoder's starting state, not features; embed with the model directory itself")

@@ -94,15 +94,15 @@ def test_copies_of_a_prompt_sample_differently_and_the_first_as_alone(backends, 
 
 @pytest.fixture(scope="module")
 def translators(trained_nmt, translation_task, tmp_path_factory):
-    """The trained tiny NMT model's Translator on PyTorch and on its onnxruntime export, and its sources."""
+    """The trained tiny NMT model opened on PyTorch and on its onnxruntime export, and its sources."""
     from lmkit.exports.export import export_model
-    from lmkit.exports.seq2seq_runtime import load_translator as load_exported
-    from lmkit.translation import encode_sources, load_translator
+    from lmkit.opening import open_model
+    from lmkit.seq2seq import encode_sources
 
     model_dir = trained_nmt[0]
     out = str(tmp_path_factory.mktemp("exports") / "nmt")
     export_model(model_dir, out)
-    translators = {"torch": load_translator(model_dir, "cpu"), "onnxruntime": load_exported(out, device="cpu")}
+    translators = {"torch": open_model(model_dir, device="cpu"), "onnxruntime": open_model(out, device="cpu")}
     with open(translation_task["valid.src"]) as handle:
         texts = [next(handle).strip() for _ in range(4)]
     texts[1] = texts[0]  # the same sentence twice: sampling gives the two different translations
@@ -112,8 +112,6 @@ def translators(trained_nmt, translation_task, tmp_path_factory):
 @pytest.mark.parametrize("backend", ["torch", "onnxruntime"])
 @pytest.mark.parametrize("name", ["greedy", "beam", "sample"])
 def test_every_translation_is_the_same_alone_and_batched(translators, name, backend):
-    from lmkit.translation import translate_ids
-
     translators, sources = translators
     translator = translators[backend]
     strategy = {"greedy": Greedy(GreedyOptions(max_new_tokens=30)),
@@ -121,7 +119,7 @@ def test_every_translation_is_the_same_alone_and_batched(translators, name, back
                 "sample": Sampling(SamplingOptions(max_new_tokens=30, seed=5, temperature=2.0))}[name]
 
     def run(chunk, batch_size=64):
-        return translate_ids(translator.backend, strategy, translator.output_tokenizer, chunk, batch_size)
+        return translator.generate_ids(chunk, strategy, batch_size=batch_size)
 
     alone = [run([source])[0] for source in sources]
     # Sources 0 and 1 are one sentence: the second copy is not alone, it is the first's second sample.

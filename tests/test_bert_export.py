@@ -41,11 +41,9 @@ def fp32_export(bert, tmp_path_factory) -> tuple[str, dict]:
 
 
 def torch_vectors(model_dir: str, pooling: str) -> np.ndarray:
-    from lmkit.embedding import embed_texts
-    from lmkit.model import load_model
+    from lmkit.opening import open_model
 
-    model, tokenizer, _ = load_model(model_dir)
-    return embed_texts(model, tokenizer, TEXTS, pooling=pooling)[0]
+    return open_model(model_dir, device="cpu").embed(TEXTS, pooling=pooling)[0]
 
 
 def test_an_encoder_export_is_validated(fp32_export):

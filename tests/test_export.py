@@ -480,9 +480,9 @@ def test_on_cuda_the_backend_keeps_the_cache_on_the_card_through_io_binding(expo
 
 
 def test_two_onnxruntime_packages_at_once_are_reported(exported, monkeypatch, caplog):
-    from lmkit.exports import runtime
+    from lmkit.exports import providers
 
-    monkeypatch.setattr(runtime, "installed_runtimes", lambda: ["onnxruntime", "onnxruntime-gpu"])
+    monkeypatch.setattr(providers, "installed_runtimes", lambda: ["onnxruntime", "onnxruntime-gpu"])
     with caplog.at_level("WARNING", logger="lmkit.exports"):
         lmkit.exports.load(exported)
     assert "onnxruntime and onnxruntime-gpu are all installed and overwrite each other's files" in caplog.text

@@ -11,11 +11,12 @@ from lmkit.decoding.beam import BeamSearch  # noqa: E402
 from lmkit.decoding.greedy import Greedy  # noqa: E402
 from lmkit.decoding.options import BeamSearchOptions, GreedyOptions  # noqa: E402
 from lmkit.model import compose  # noqa: E402
+from lmkit.opening import open_model  # noqa: E402
 from lmkit.parallel import read_pairs  # noqa: E402
+from lmkit.seq2seq import evaluate_bleu  # noqa: E402
 from lmkit.synthetic_translation import TranslationTask, write_task  # noqa: E402
 from lmkit.tokenizers import WordBPEOptions, train_tokenizer  # noqa: E402
 from lmkit.training import train  # noqa: E402
-from lmkit.translation import evaluate_bleu, load_translator  # noqa: E402
 
 # A small lexicon, so the tiny model learns the task in seconds; 1-2 clauses per sentence.
 TASK = TranslationTask(0, nouns=8, adjectives=5, verbs=5)
@@ -79,7 +80,7 @@ def test_the_attentional_model_learns_the_synthetic_task_and_beam_beats_greedy(t
     model_dir, record = trained
     assert record["val_loss"] < 0.5
     pairs = read_pairs([task["valid.src"], task["valid.tgt"]])
-    translator = load_translator(model_dir, "cpu")
+    translator = open_model(model_dir, device="cpu")
     with one_thread():
         greedy, _ = evaluate_bleu(translator, Greedy(GreedyOptions(max_new_tokens=60)), pairs)
         beam, _ = evaluate_bleu(translator, BeamSearch(BeamSearchOptions(max_new_tokens=60, num_beams=4)), pairs)

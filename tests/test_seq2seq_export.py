@@ -82,10 +82,10 @@ def test_translating_an_export_needs_no_torch(exported):
     assert done.returncode == 0, done.stderr
     from lmkit.decoding.beam import BeamSearch
     from lmkit.decoding.options import BeamSearchOptions
-    from lmkit.translation import encode_sources, load_translator, translate_ids
+    from lmkit.opening import open_model
+    from lmkit.seq2seq import encode_sources
 
-    translator = load_translator(model_dir, "cpu")
+    translator = open_model(model_dir, device="cpu")
     sources = encode_sources(translator.tokenizer, [source], None)
-    result = translate_ids(translator.backend, BeamSearch(BeamSearchOptions(num_beams=4, max_new_tokens=100)),
-                           translator.output_tokenizer, sources)[0]
+    result = translator.generate_ids(sources, BeamSearch(BeamSearchOptions(num_beams=4, max_new_tokens=100)))[0]
     assert done.stdout.strip() == translator.output_tokenizer.decode(result.tokens, skip_special_tokens=True).strip()

@@ -132,10 +132,10 @@ def test_a_files_padding_and_truncation_are_switched_off(tmp_path):
 
 
 def test_the_export_runtime_reads_the_file_without_its_padding(tmp_path):
-    from lmkit.exports.runtime import ExportedModel
+    from lmkit.exports.runtime import read_tokenizer
 
     directory = padded_tokenizer_json(tmp_path / "export")
-    tokenizer = ExportedModel._tokenizer(directory, {"tokenizer": "tokenizer.json", "files": {"tokenizer.json": ""}})
+    tokenizer = read_tokenizer(directory, {"tokenizer": "tokenizer.json", "files": {"tokenizer.json": ""}})
     assert len(tokenizer.encode(" ".join(WORDS[:10]))) == 10
 
 

@@ -1,5 +1,5 @@
 """The components that belong to no single paper: tokenizers, objectives, decoding strategies,
-optimizers, schedules and task recipes.
+optimizers, schedules, task recipes, and the runtimes of the three export architectures.
 
 Registered through the `lmkit` entry-point group like any other plugin (entry point `core`).
 """
@@ -70,3 +70,14 @@ def register_task_recipes(register):
              summary="the tokenizer's pair template ([CLS] a [SEP] b [SEP]), features from the pooled output (BERT)")
     register("decoder", "lmkit.tasks.recipes:DecoderRecipe",
              summary="GPT's start/delimiter/extract markers, features at the extract token, auxiliary LM loss")
+
+
+@hookimpl
+def register_export_runtimes(register):
+    register("decoder-only", "lmkit.exports.decoder_runtime:DecoderOnlyRuntime",
+             summary="one graph, token ids and a cache in, logits and the cache out (GPT, LSTM LMs)")
+    register("encoder-only", "lmkit.exports.encoder_runtime:EncoderRuntime",
+             summary="one graph, token ids and a mask in, token states and a pooled vector out (BERT family)")
+    register("encoder-decoder", "lmkit.exports.seq2seq_runtime:EncoderDecoderRuntime",
+             summary="an encoder graph and a decoder-step graph, wired as the manifest's encoder_decoder table says "
+                     "(Seq2Seq, NMT, T5)")

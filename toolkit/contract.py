@@ -228,21 +228,32 @@ class Importer(Protocol):
 
 
 @runtime_checkable
-class ExportRuntime(Protocol):
+class ModelRuntime(Protocol):
+    """What lmkit.opening.OpenedModel runs a model through, on either backend: lmkit.torch_runtime's over a
+    model directory, an ExportRuntime over an export directory. Arrays cross it as numpy, on the host."""
+
+    kind: ModelKind  # what the model does: generates (decoder, encoder-decoder), embeds (encoder, ...)
+    max_positions: int | None  # the most tokens it reads at once (an encoder-decoder: of a source); None: no limit
+
+    def backend(self, max_new_tokens: int | None = None) -> Any:
+        """A fresh lmkit.decoding Backend (an encoder-decoder's with set_sources), or LmkitError if it cannot generate."""
+
+    def features(self, input_ids, attention_mask, token_type_ids=None) -> dict[str, Any]:
+        """input_ids int64 (B, T), attention_mask bool (B, T) -> last_hidden_state (B, T, D), pooler_output (B, D)|None."""
+
+
+@runtime_checkable
+class ExportRuntime(ModelRuntime, Protocol):
     """Runs one architecture of export with onnxruntime and numpy, without torch.
 
-    Registered under the architecture the manifest names; lmkit.exports.runtime.open_export finds it
-    there, so a family that brings a new architecture brings its runtime, not an edit to exports/.
+    Registered (register_export_runtimes) under the architecture the manifest names; opening an
+    export (lmkit.exports.runtime) looks it up there, so a family that brings a new architecture
+    brings its runtime, not an edit to exports/. Everything it reads of the graphs (names, shapes,
+    batch axes, cache pairs, an encoder-decoder's wiring) comes from the manifest.
     """
 
-    def __init__(self, directory: str, manifest: dict, sessions: dict[str, Any], tokenizer,
-                 target_tokenizer=None): ...
-
-    def backend(self) -> Any:
-        """A lmkit.decoding Backend over the sessions (generation), or LmkitError if it does not generate."""
-
-    def encode(self, input_ids, attention_mask, token_type_ids=None) -> dict[str, Any]:
-        """The encoder's outputs by name (last_hidden_state, pooler_output, ...) for a batch of numpy ids."""
+    def __init__(self, export) -> None:
+        """From a checked lmkit.exports.runtime.ExportDirectory: refuse, in one line, a manifest it cannot run."""
 
 
 def iter_protocols() -> Iterator[tuple[str, type]]:

@@ -2,11 +2,16 @@
 
 encoder.onnx   input_ids (batch, source_length) -> the decoder's starting state: state.h / state.c
                (layers, batch, hidden), and with attention encoder_states / encoder_keys
-               (batch, source_length, D / K). It reads unpadded sources: the runtime runs it once per
-               sentence (the ONNX LSTM op would read padding), then pads the states and builds the mask.
+               (batch, source_length, D / K). It reads unpadded sources: the layout says "one-by-one",
+               so the runtime runs it once per sentence (the ONNX LSTM op would read padding), then
+               pads the states along source_length and builds the mask.
 decoder.onnx   input_ids (batch, 1), state.h, state.c, [state.feed (batch, hidden)], [encoder_states,
                encoder_keys, encoder_mask (batch, source_length)] -> logits (batch, vocab) and
                present.h / present.c / [present.feed]: the recurrent state out, fed back at the next step.
+
+The plan's EncoderDecoderLayout tells lmkit's generic encoder-decoder runtime how these connect:
+state.h / state.c start from the encoder's outputs of those names (batch on axis 1), state.feed
+from zeros, encoder_states / encoder_keys from the encoder once, encoder_mask from the sources.
 
 Both are traced with the legacy exporter (dynamo=False): dynamo fixes a bidirectional LSTM's time
 axis to the example's length (pytorch/pytorch#191855). Beam search stays outside the graphs.
@@ -17,9 +22,17 @@ import numpy as np
 import torch
 from torch import nn
 
-from lmkit.exports.graphs import BATCH, ENCODER_DECODER, ExportPlan, Graph, ShapeSet, TensorInfo
-
-SOURCE = "source_length"
+from lmkit.exports.graphs import (
+    BATCH,
+    ENCODER_DECODER,
+    SOURCE,
+    EncoderDecoderLayout,
+    ExportPlan,
+    Feed,
+    Graph,
+    ShapeSet,
+    TensorInfo,
+)
 
 
 class EncoderGraph(nn.Module):
@@ -113,7 +126,14 @@ def export_plan(model) -> ExportPlan:
         validation=[ShapeSet({"batch_size": b, "source_length": s}, step_inputs(b, s))
                     for b, s in ((1, 1), (1, 11), (5, 4))],
         cache=cache, exporter="legacy")
-    return ExportPlan(ENCODER_DECODER, [encoder_graph, decoder_graph],
+    feeds = [Feed("state.h", "encoder", "state.h"), Feed("state.c", "encoder", "state.c")]
+    if feeding:
+        feeds.append(Feed("state.feed", "zeros"))
+    if attending:
+        feeds += [Feed("encoder_states", "encoder", "encoder_states"), Feed("encoder_keys", "encoder", "encoder_keys"),
+                  Feed("encoder_mask", "source_mask")]
+    layout = EncoderDecoderLayout(feeds, batching="one-by-one", encoder_mask=None)
+    return ExportPlan(ENCODER_DECODER, [encoder_graph, decoder_graph], layout=layout,
                       dimensions={"vocab_size": V, "max_positions": encoder.config.max_positions,
                                   "n_layers": L, "hidden_size": H, "attention": config.attention,
                                   "input_feeding": feeding})

@@ -1,5 +1,5 @@
-"""What `lmkit generate` and `lmkit translate` share: the decoding flags, the strategy options they
-make, and telling an export directory from a model directory (click only at import).
+"""What `lmkit generate` and `lmkit translate` share: the decoding flags and the strategy options they
+make (click only at import); telling an export directory from a model directory is lmkit.opening.is_export.
 
 Both commands import this module and neither imports the other's, except generate -> translate
 (a prompt to an encoder-decoder model is a source sentence): the dependency points one way.
@@ -36,35 +36,14 @@ def decoding_flags(command):
     return command
 
 
-def is_export(directory: str) -> bool:
-    """True for an export directory, False for a model directory; a one-line error for anything else."""
-    import os
-
-    from ..artifacts import CONFIG
-    from ..errors import ArtifactError
-    from ..exports.manifest import MANIFEST
-
-    if not os.path.isdir(directory):
-        raise ArtifactError(f"{directory} is not a directory; give a model directory (lmkit compose, lmkit import-hf) "
-                            "or an export directory (lmkit export)")
-    if os.path.isfile(os.path.join(directory, MANIFEST)):
-        return True
-    if os.path.isfile(os.path.join(directory, CONFIG)):
-        return False
-    models = [name for name in sorted(os.listdir(directory)) if os.path.isfile(os.path.join(directory, name, MANIFEST))]
-    hint = f" (it looks like a Triton repository: give {os.path.join(directory, models[0])})" if models else ""
-    raise ArtifactError(f"{directory} is neither an export directory (no {MANIFEST}) nor a model directory (no "
-                        f"{CONFIG}){hint}; make one with lmkit export, or lmkit compose")
-
-
-def decoding_options(default: tuple[str, dict] | None, strategy: str | None, given: dict, host):
-    """(strategy name, options): the model's settings for its strategy, overridden by the command line."""
+def decoding_options(default: dict, strategy: str | None, given: dict, host):
+    """(strategy name, options): the model's settings ({"strategy", "options"}) overridden by the command line."""
 
     from ..options import build_options
 
-    name = strategy or (default[0] if default is not None else "greedy")
+    name = strategy or default["strategy"]
     options_class = host.component("decoding", name).options_class()
-    values = dict(default[1]) if default is not None and default[0] == name else {}
+    values = dict(default["options"]) if default["strategy"] == name else {}
     accepted = {f.name for f in dataclasses.fields(options_class)}
     for key in given:
         if key not in accepted:

@@ -46,31 +46,18 @@ def embed_command(model_dir, texts, input_path, text_field, pooling, with_tokens
         raise click.UsageError("--pool none with no --tokens leaves nothing to write; add --tokens or pick a pooling")
     texts = list(texts) or _read_texts(input_path, text_field)
     from ..errors import ArtifactError
+    from ..opening import is_export, open_model
 
-    exported = None
-    if os.path.isfile(os.path.join(model_dir, "lmkit-onnx.json")):
-        # An export directory runs on onnxruntime, without torch (an encoder export: BERT family).
-        from lmkit.exports import load
-
-        if vectors is not None:
-            raise click.UsageError("--vectors works on a model directory (CoVe), not on an export directory")
-        exported = load(model_dir, device=device)
-        tokenizer, limit = exported.tokenizer, exported.max_length
-        if exported.architecture != "encoder-only":
-            raise ArtifactError(f"{model_dir} is a {exported.architecture} export; lmkit embed runs encoder "
-                                "exports, or the model directory itself")
-    else:
+    exported = is_export(model_dir)
+    if exported and vectors is not None:
+        raise click.UsageError("--vectors works on a model directory (CoVe), not on an export directory")
+    if not exported:
         require_torch("lmkit embed")
-        from ..embedding import embed_texts
-        from ..model import load_model
-        from ..training.distributed import resolve_device
-
-        resolved = resolve_device(device)
-        model, tokenizer, _ = load_model(model_dir, device=str(resolved))
-        options = {}  # for the stack's features()
-        if vectors is not None:
-            options["word_vectors"] = _word_vectors(model, tokenizer, vectors, model_dir)
-        limit = model.feature_stack.max_positions
+    model = open_model(model_dir, device=device)  # an export runs on onnxruntime, without torch
+    tokenizer, limit = model.tokenizer, model.max_positions
+    options = {}  # for the stack's features()
+    if vectors is not None:
+        options["word_vectors"] = _word_vectors(model.model, tokenizer, vectors, model_dir)
     if tokenizer is None:
         raise ArtifactError(f"{model_dir} has no tokenizer.json to read the texts with")
     if limit is not None:
@@ -82,12 +69,8 @@ def embed_command(model_dir, texts, input_path, text_field, pooling, with_tokens
             if length > limit:
                 click.echo(f"warning: text {number} is {length} tokens long; cut to the model's {limit} positions",
                            err=True)
-    if exported is not None:
-        pooled, token_states, ids = exported.embed(texts, pooling=pooling, batch_size=batch_size, max_length=limit)
-    else:
-        pooled, token_states, ids = embed_texts(model, tokenizer, texts, pooling=pooling, batch_size=batch_size,
-                                                max_length=limit, device=str(resolved), progress=True,
-                                                options=options)
+    pooled, token_states, ids = model.embed(texts, pooling=pooling, batch_size=batch_size, max_length=limit,
+                                            progress=not exported, **options)
     if out is not None and out.endswith((".safetensors", ".npz")):
         _write_safetensors(out, pooled, token_states if with_tokens else None, ids)
     else:

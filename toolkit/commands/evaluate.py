@@ -86,19 +86,19 @@ def _unescape(text: str) -> str:
 def _load(model_dir, device, what):
     """(model, tokenizer, device) of a model that can be scored left to right."""
     from ..errors import ArtifactError, require_torch
+    from ..opening import is_export, open_model
 
+    if is_export(model_dir):
+        raise ArtifactError(f"{model_dir} is an export directory; {what} runs on its model directory, with PyTorch")
     require_torch("lmkit eval")
-    from ..model import load_model
-    from ..training.distributed import resolve_device
-
-    device = resolve_device(device)
-    model, tokenizer, _ = load_model(model_dir, device=str(device))
+    opened = open_model(model_dir, device=device)
+    model, tokenizer = opened.model, opened.tokenizer
     if model.decoder is None:
         raise ArtifactError(f"{model_dir} has no decoder; {what} needs a left-to-right language model")
     if tokenizer is None:
         raise ArtifactError(f"{model_dir} has no tokenizer.json to read the text with")
     model.eval()
-    return model, tokenizer, device
+    return model, tokenizer, opened.runtime.device
 
 
 RECURRENT_WINDOW = 1024  # tokens per window for a decoder without a position limit, unless --context says

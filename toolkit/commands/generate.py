@@ -7,8 +7,8 @@ import sys
 
 import click
 
-from .decoding_cli import decoding_flags, decoding_options, is_export
-from .translate import echo_translations, is_encoder_decoder, translate_texts
+from .decoding_cli import decoding_flags, decoding_options
+from .translate import echo_translations, generate_from_sources
 
 
 @click.command("generate")
@@ -38,6 +38,7 @@ def generate_command(model_dir, prompts, strategy, stops, stream, as_json, trunc
     whose options have its name (--num-beams: beam).
     """
     from ..decoding.common import fit_prompts
+    from ..opening import is_export, open_model
     from ..registry import get_host
 
     exported = is_export(model_dir)
@@ -54,20 +55,26 @@ def generate_command(model_dir, prompts, strategy, stops, stream, as_json, trunc
     stream = stream if stream is not None else len(texts) == 1 and not as_json
     _show_warnings()
 
-    if is_encoder_decoder(model_dir, exported):  # the prompts are source sentences: translate them
-        given = {key: value for key, value in flags.items() if value is not None}
-        results, tokenizer = translate_texts(model_dir, texts, strategy, given, device=device, provider=provider)
-        echo_translations(texts, results, tokenizer, as_json)
-        return
+    if not exported:
+        from ..errors import require_torch
 
-    host = get_host()
-    if exported:
-        model = _ExportedDecoder(model_dir, device, provider)
-    else:
-        model = _TorchDecoder(model_dir, device, host)
-    tokenizer = model.tokenizer
+        require_torch("lmkit generate on a model directory")
+    model = open_model(model_dir, device=device, provider=provider)
     given = {key: value for key, value in flags.items() if value is not None}
-    name, options = decoding_options(model.decoding, strategy, given, host)
+    if model.kind == "encoder-decoder":  # the prompts are source sentences: sequence-to-sequence generation
+        results = generate_from_sources(model, texts, strategy, given)
+        echo_translations(texts, results, model.output_tokenizer, as_json)
+        return
+    if model.kind == "encoder":
+        model.backend()  # says, in one line, that this model (or export) embeds but does not generate
+    tokenizer = model.tokenizer
+    if tokenizer is None:
+        from ..errors import ArtifactError
+
+        raise ArtifactError(f"{model_dir} has no tokenizer to read prompts with; compose the model with "
+                            "--set tokenizer=DIR")
+    host = get_host()
+    name, options = decoding_options(model.generation, strategy, given, host)
     decoding = host.component("decoding", name).load()(options)
 
     stop = []
@@ -75,17 +82,13 @@ def generate_command(model_dir, prompts, strategy, stops, stream, as_json, trunc
         if not text:
             raise click.UsageError("--stop needs a non-empty text")
         stop.append(tokenizer.encode(text))
-    # An empty prompt starts from the bos token, as GPT-2 was trained to (each document followed one).
-    ids = [prompt or ([tokenizer.bos_id] if tokenizer.bos_id is not None else [])
-           for prompt in tokenizer.encode_batch(texts)]
-    backend = model.backend(options.max_new_tokens)
+    ids = tokenizer.encode_batch(texts)
     if truncate:
-        ids = fit_prompts(ids, backend.max_length, options.max_new_tokens, truncate=True)
-    pad_id = tokenizer.pad_id if tokenizer.pad_id is not None else tokenizer.eos_id
+        ids = [row or ([tokenizer.bos_id] if tokenizer.bos_id is not None else []) for row in ids]
+        ids = fit_prompts(ids, model.max_positions, options.max_new_tokens, truncate=True)
 
     printer = _TextStream(tokenizer, texts[0]) if stream else None
-    results = decoding.generate(backend, ids, eos_id=tokenizer.eos_id, pad_id=pad_id, stop=stop,
-                                on_token=printer)
+    results = model.generate_ids(ids, decoding, stop=stop, on_token=printer)
     if printer is not None:
         printer.finish()
 
@@ -110,52 +113,6 @@ def _stdin_prompts() -> list[str]:
     if not texts:
         raise click.UsageError("stdin holds no prompts; give one per line, or use --prompt TEXT")
     return texts
-
-
-class _TorchDecoder:
-    """A model directory: its decoder on `device`, run by TorchBackend."""
-
-    def __init__(self, model_dir: str, device: str, host):
-        from ..errors import ArtifactError, require_torch
-
-        require_torch("lmkit generate on a model directory")
-        from ..model import load_model
-        from ..options import options_to_dict
-        from ..training.distributed import resolve_device
-
-        self.device = resolve_device(device)
-        model, self.tokenizer, _ = load_model(model_dir, host, device=str(self.device))
-        if model.decoder is None:
-            raise ArtifactError(f"{model_dir} has no decoder to generate with (it is an encoder-only model)")
-        if self.tokenizer is None:
-            raise ArtifactError(f"{model_dir} has no tokenizer.json to read prompts with; compose the model with "
-                                "--set tokenizer=DIR")
-        self.decoder = model.decoder
-        decoding = model.spec.decoding
-        self.decoding = None if decoding is None else (decoding.type, options_to_dict(decoding.options))
-
-    def backend(self, max_new_tokens: int):
-        from ..decoding.torch_backend import TorchBackend
-
-        return TorchBackend(self.decoder, max_new_tokens, device=self.device)
-
-
-class _ExportedDecoder:
-    """An export directory (lmkit-onnx.json): its onnxruntime session, run by OrtBackend; no torch."""
-
-    def __init__(self, export_dir: str, device: str, provider: str | None):
-        from ..errors import ArtifactError
-        from ..exports import load
-
-        self.exported = load(export_dir, device=device, provider=provider)
-        self.tokenizer = self.exported.tokenizer
-        if self.tokenizer is None:
-            raise ArtifactError(f"{export_dir} has no tokenizer to read prompts with; export a model that has one")
-        generation = self.exported.generation
-        self.decoding = (generation["strategy"], generation.get("options", {}))
-
-    def backend(self, max_new_tokens: int):
-        return self.exported.backend()
 
 
 class _TextStream:

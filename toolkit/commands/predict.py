@@ -34,12 +34,11 @@ def predict_command(model_dir, path, text_fields, label_field, tag_column, tag_s
     MODEL_DIR is a model directory made by lmkit finetune, or the export directory of a fine-tuned
     encoder (BERT family), which runs on onnxruntime without torch.
     """
-    import os
-
     from ..errors import require_torch
+    from ..opening import is_export
     from ..tasks.predict import predict
 
-    if not os.path.isfile(os.path.join(model_dir, "lmkit-onnx.json")):  # an export runs without torch
+    if not is_export(model_dir):  # an export runs without torch
         require_torch("lmkit predict on a model directory")
         from ..training.distributed import resolve_device
 

@@ -1,4 +1,5 @@
-"""`lmkit translate`: translate sentences with an encoder-decoder model directory (click only at import)."""
+"""`lmkit translate`: sequence-to-sequence generation with an encoder-decoder model or export directory
+(click only at import)."""
 from __future__ import annotations
 
 import json
@@ -6,7 +7,7 @@ import sys
 
 import click
 
-from .decoding_cli import decoding_flags, decoding_options, is_export
+from .decoding_cli import decoding_flags, decoding_options
 
 
 @click.command("translate")
@@ -28,8 +29,9 @@ def translate_command(model_dir, texts, input_path, strategy, batch_size, as_jso
     """
     texts = list(texts) or _read_sources(input_path)
     given = {key: value for key, value in flags.items() if value is not None}
-    results, tokenizer = translate_texts(model_dir, texts, strategy, given, batch_size=batch_size, device=device)
-    echo_translations(texts, results, tokenizer, as_json)
+    model = open_encoder_decoder(model_dir, device)
+    results = generate_from_sources(model, texts, strategy, given, batch_size=batch_size)
+    echo_translations(texts, results, model.output_tokenizer, as_json)
 
 
 def echo_translations(texts, results, tokenizer, as_json: bool) -> None:
@@ -47,42 +49,32 @@ def echo_translations(texts, results, tokenizer, as_json: bool) -> None:
             click.echo(decode(generation.tokens))
 
 
-def is_encoder_decoder(directory: str, exported: bool) -> bool:
-    """Whether a model or export directory translates (has an encoder and a decoder), without torch."""
+def open_encoder_decoder(model_dir: str, device: str, provider: str | None = None):
+    """lmkit.open_model of a model or export directory that must be an encoder-decoder."""
+    from ..errors import ArtifactError, require_torch
+    from ..opening import is_export, model_kind_of, open_model
 
-    from ..artifacts import read_config
-
-    if exported:
-        from ..exports.manifest import read_manifest
-
-        return read_manifest(directory).get("architecture") == "encoder-decoder"  # a damaged one: one line
-    spec = read_config(directory).get("spec", {})
-    return bool(spec.get("encoder")) and bool(spec.get("decoder"))
-
-
-def translate_texts(model_dir: str, texts: list[str], strategy: str | None, given: dict, *, batch_size: int = 64,
-                    device: str = "auto", provider: str | None = None):
-    """(one Generation per text, tokenizer) from a model or export directory; `generate` shares it."""
-    from ..registry import get_host
-    from ..translation import encode_sources, translate_ids
-
-    host = get_host()
-    if is_export(model_dir):
-        from ..exports.seq2seq_runtime import load_translator as load_exported
-
-        translator = load_exported(model_dir, device=device, provider=provider)
-    else:
-        from ..errors import require_torch
-
+    if not is_export(model_dir):
         require_torch("lmkit translate on a model directory")
-        from ..translation import load_translator
+    if model_kind_of(model_dir) != "encoder-decoder":  # before torch or onnxruntime loads anything
+        raise ArtifactError(f"{model_dir} is not an encoder-decoder model; translate needs an encoder and a "
+                            "decoder (e.g. the seq2seq-tiny or nmt-tiny presets); lmkit generate continues text")
+    return open_model(model_dir, device=device, provider=provider)
 
-        translator = load_translator(model_dir, device)
-    name, options = decoding_options(translator.decoding, strategy, given, host)
+
+def generate_from_sources(model, texts: list[str], strategy: str | None, given: dict, *, batch_size: int = 64):
+    """One Generation per source text, from an encoder-decoder OpenedModel; `generate` shares it."""
+    from ..errors import ArtifactError
+    from ..registry import get_host
+    from ..seq2seq import encode_sources
+
+    if model.tokenizer is None:
+        raise ArtifactError(f"{model.directory} has no tokenizer.json to read sources with")
+    host = get_host()
+    name, options = decoding_options(model.generation, strategy, given, host)
     decoding = host.component("decoding", name).load()(options)
-    sources = encode_sources(translator.tokenizer, texts, translator.max_positions)
-    output = translator.output_tokenizer
-    return translate_ids(translator.backend, decoding, output, sources, batch_size), output
+    sources = encode_sources(model.tokenizer, texts, model.max_positions)
+    return model.generate_ids(sources, decoding, batch_size=batch_size)
 
 
 def _read_sources(path: str | None) -> list[str]:
@@ -103,27 +95,29 @@ def _read_sources(path: str | None) -> list[str]:
 
 def evaluate_translation(model_dir: str, paths, decoding: dict, *, device: str, as_json: bool) -> bool:
     """`lmkit eval` on an encoder-decoder model: print corpus BLEU and return True; False for other models."""
-    import os
+    from ..errors import ArtifactError
+    from ..opening import is_export, model_kind_of
 
-    from ..artifacts import CONFIG
-
-    exported = _looks_exported(model_dir)
-    if not exported and not os.path.isfile(os.path.join(model_dir, CONFIG)):
-        return False
-    if not is_encoder_decoder(model_dir, exported):
+    try:
+        is_export(model_dir)
+    except ArtifactError:
+        return False  # neither kind of directory: the perplexity path says what it lacks
+    if model_kind_of(model_dir) != "encoder-decoder":
         if any(value is not None for value in decoding.values()):
             raise click.UsageError("--strategy, --num-beams and --length-penalty apply to translation models only")
         return False
     import time
 
     from ..parallel import read_pairs
-    from ..translation import corpus_bleu
+    from ..seq2seq import corpus_bleu
 
     pairs = read_pairs(paths)
     given = {key: value for key, value in decoding.items() if value is not None}
     strategy = given.pop("strategy", None)
     started = time.perf_counter()
-    results, tokenizer = translate_texts(model_dir, [s for s, _ in pairs], strategy, given, device=device)
+    model = open_encoder_decoder(model_dir, device)
+    tokenizer = model.output_tokenizer
+    results = generate_from_sources(model, [s for s, _ in pairs], strategy, given)
     hypotheses = [tokenizer.decode(r.tokens, skip_special_tokens=True).strip() for r in results]
     score = corpus_bleu(hypotheses, [t for _, t in pairs])
     seconds = time.perf_counter() - started
@@ -136,11 +130,3 @@ def evaluate_translation(model_dir: str, paths, decoding: dict, *, device: str, 
                    f"(brevity penalty {score.brevity_penalty:.3f})")
         click.echo(f"sentences       {score.sentences:,} in {seconds:.1f} s")
     return True
-
-
-def _looks_exported(directory: str) -> bool:
-    import os
-
-    from ..exports.manifest import MANIFEST
-
-    return os.path.isfile(os.path.join(directory, MANIFEST))

@@ -21,7 +21,7 @@ class Greedy:
         """One Generation per prompt; see Backend for what `backend` must provide.
 
         keys: what tells rows apart for sampling's seeds; greedy search draws nothing and ignores them,
-            but takes them so every strategy is called alike (lmkit.translation passes the sources).
+            but takes them so every strategy is called alike (lmkit.seq2seq passes the sources).
         """
         return generate_token_by_token(
             backend, prompts, choose=lambda logits, rows: logits.argmax(axis=1).astype(np.int64),

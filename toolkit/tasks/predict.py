@@ -5,7 +5,6 @@ onnxruntime without torch, the head applied in numpy: lmkit.exports.heads).
 """
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -48,12 +47,12 @@ def torch_runner(model_dir: str, device: str) -> Runner:
 
 
 def export_runner(export_dir: str, device: str) -> Runner:
-    from lmkit.exports import load
     from lmkit.exports.heads import ExportedHead
+    from lmkit.opening import open_model
 
-    exported = load(export_dir, device=device)
+    exported = open_model(export_dir, device=device)
     head = ExportedHead(exported)
-    limit = exported.manifest.get("dimensions", {}).get("max_length")
+    limit = exported.max_positions
     return Runner(exported.manifest["source"]["spec"], exported.tokenizer, limit,
                   lambda batch: head.scores(exported, batch))
 
@@ -69,10 +68,9 @@ def predict(model_dir: str, path: str, *, batch_size: int = 32, max_length: int 
     """
     from tqdm import tqdm
 
-    from lmkit.exports.manifest import MANIFEST
+    from lmkit.opening import is_export
 
-    exported = os.path.isfile(os.path.join(model_dir, MANIFEST))
-    runner = export_runner(model_dir, device) if exported else torch_runner(model_dir, device)
+    runner = export_runner(model_dir, device) if is_export(model_dir) else torch_runner(model_dir, device)
     part = next((o for o in runner.spec.get("objectives", []) if o["type"] in HEADS), None)
     if part is None:
         raise ArtifactError(f"{model_dir} has no task head (sequence-head, token-head or span-head); make one with "

@@ -1,0 +1,148 @@
+"""The decoder-only runtime (GPT, LSTM LMs): one graph, token ids and a cache in, logits and the cache out.
+
+OrtBackend is lmkit.decoding's Backend over that graph, as TorchBackend is over the PyTorch decoder,
+so greedy, beam search and sampling are the same code on both (registered as "decoder-only").
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from lmkit.decoding.common import drop_padding_columns
+from lmkit.errors import LmkitError
+
+from .encoder_runtime import single_graph
+from .graphs import DECODER_ONLY, batch_axis, empty_input
+from .providers import BINDING_DEVICES
+
+
+class DecoderOnlyRuntime:
+    """lmkit.contract.ExportRuntime of a decoder-only export: generation through OrtBackend."""
+
+    kind = "decoder"
+    graphs = ("model",)
+
+    def __init__(self, export):
+        self.export = export
+        self.graph = single_graph(export, DECODER_ONLY, "input_ids", "logits")
+        self.session = export.session("model")
+        self.max_positions = export.manifest.get("dimensions", {}).get("max_length")
+
+    def backend(self, max_new_tokens: int | None = None, io_binding: bool | None = None) -> OrtBackend:
+        """A fresh OrtBackend over the session; the cache is sized by the graph, so max_new_tokens is not needed."""
+        return OrtBackend(self.session, self.graph, self.max_positions, io_binding)
+
+    def features(self, input_ids: np.ndarray, attention_mask: np.ndarray, token_type_ids=None) -> dict:
+        raise LmkitError(f"{self.export.directory} is a {DECODER_ONLY} export, whose graph gives logits but not "
+                         "features; embed with the model directory itself")
+
+
+class OrtBackend:
+    """The Backend of lmkit.decoding over a decoder-only export, its cache kept where the session runs.
+
+    Each step feeds the graph's cache outputs back as its cache inputs (the keys/values grow by the
+    new positions; a recurrent state would be replaced), and reordering rows for beam search is a
+    take along each cache tensor's batch axis.
+
+    io_binding: on CUDA (the default there), the cache goes from step to step through onnxruntime's
+    IO binding as its own values on the GPU, and only the logits come to the host. On the CPU
+    (default: off) session.run already hands its outputs over as numpy arrays without a copy and takes
+    them back the same way, and measured no slower than IO binding, so the simpler path is used.
+    """
+
+    def __init__(self, session, graph: dict, max_length: int | None, io_binding: bool | None = None):
+        self.session = session
+        self.max_length = max_length
+        self.inputs = {tensor["name"]: tensor for tensor in graph["inputs"]}
+        self.cache = [(pair["input"], pair["output"]) for pair in graph["cache"]]
+        self.output_names = ["logits", *(output for _, output in self.cache)]
+        provider = session.get_providers()[0]
+        self.device = BINDING_DEVICES.get(provider, "cpu")
+        self.device_id = int(session.get_provider_options().get(provider, {}).get("device_id", 0) or 0)
+        if io_binding is None:
+            io_binding = self.device != "cpu"
+        self.binding = session.io_binding() if io_binding else None
+        self.past: dict = {}  # cache input name -> numpy array, or OrtValue on self.device with IO binding
+        self.attention_mask = np.zeros((0, 0), dtype=np.int64)  # (B, positions so far), 0 at padding
+        # The tokens fed so far (B, positions so far), to run the rows again without the padding they
+        # share once the graph's max_length is reached (see Backend.step).
+        self.fed = np.zeros((0, 0), dtype=np.int64)
+        self.positions = np.zeros(0, dtype=np.int64)  # (B,), the position of each row's next token
+
+    def prefill(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        batch = input_ids.shape[0]
+        mask = attention_mask.astype(np.int64)
+        # As transformers does for left padding: every row's first real token is at position 0.
+        positions = np.maximum(np.cumsum(mask, axis=1) - 1, 0)
+        self.past = {name: self._cache_value(self._empty(name, batch)) for name, _ in self.cache}
+        self.attention_mask = np.zeros((batch, 0), dtype=np.int64)
+        self.fed = np.zeros((batch, 0), dtype=np.int64)
+        return self._run(input_ids, mask, positions)
+
+    def step(self, tokens: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
+        if rows is not None:
+            self.past = {name: self._cache_value(np.take(self._host(value), rows, axis=self._batch_axis(name)))
+                         for name, value in self.past.items()}
+            self.attention_mask = self.attention_mask[rows]
+            self.positions = self.positions[rows]
+            self.fed = self.fed[rows]
+        batch = tokens.shape[0]
+        if self.max_length is not None and self.attention_mask.shape[1] == self.max_length:
+            ids, mask = drop_padding_columns(np.concatenate([self.fed, tokens.reshape(batch, 1)], axis=1),
+                                             np.concatenate([self.attention_mask, np.ones((batch, 1), np.int64)], axis=1))
+            if mask.shape[1] <= self.max_length:
+                return self.prefill(ids, mask.astype(np.bool_))
+        return self._run(tokens.reshape(batch, 1), np.ones((batch, 1), dtype=np.int64), self.positions[:, None])
+
+    def _run(self, input_ids: np.ndarray, new_mask: np.ndarray, positions: np.ndarray) -> np.ndarray:
+        mask = np.concatenate([self.attention_mask, new_mask], axis=1)
+        if self.max_length is not None and mask.shape[1] > self.max_length:
+            raise LmkitError(f"the model reads at most {self.max_length} positions and this step would make "
+                             f"{mask.shape[1]}; generate fewer tokens or shorten the prompt")
+        feeds = {name: np.ascontiguousarray(value, dtype=self.inputs[name]["dtype"])
+                 for name, value in (("input_ids", input_ids), ("attention_mask", mask), ("position_ids", positions))
+                 if name in self.inputs}
+        if self.binding is None:
+            logits, *cache = self.session.run(self.output_names, {**feeds, **self.past})
+        else:
+            logits, *cache = self._run_bound(feeds)
+            logits = logits.numpy()
+        self.past = {name: value for (name, _), value in zip(self.cache, cache)}
+        self.attention_mask = mask
+        self.fed = np.concatenate([self.fed, input_ids], axis=1)
+        self.positions = positions[:, -1] + 1
+        # A copy: the strategies may change the logits in place, and they are onnxruntime's buffer.
+        return np.array(logits[:, -1], dtype=np.float32)
+
+    def _run_bound(self, feeds: dict) -> list:
+        """One step through IO binding: the cache in and out as OrtValues on the device, the logits to the host."""
+        binding = self.binding
+        binding.clear_binding_inputs()
+        binding.clear_binding_outputs()
+        for name, value in feeds.items():
+            binding.bind_cpu_input(name, value)
+        for name, value in self.past.items():
+            binding.bind_ortvalue_input(name, value)
+        binding.bind_output("logits", "cpu")
+        for _, output in self.cache:
+            binding.bind_output(output, self.device, self.device_id)
+        self.session.run_with_iobinding(binding)
+        return binding.get_outputs()
+
+    def _cache_value(self, array: np.ndarray):
+        """A cache tensor as this backend keeps it: numpy, or an OrtValue on the device with IO binding."""
+        if self.binding is None:
+            return array
+        from onnxruntime import OrtValue
+
+        return OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array), self.device, self.device_id)
+
+    @staticmethod
+    def _host(value) -> np.ndarray:
+        return value if isinstance(value, np.ndarray) else value.numpy()
+
+    def _batch_axis(self, name: str) -> int:
+        return batch_axis(self.inputs[name])
+
+    def _empty(self, name: str, batch: int) -> np.ndarray:
+        """The cache input before the first token: no past positions (zeros of any other shape)."""
+        return empty_input(self.inputs[name], batch)

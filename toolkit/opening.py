@@ -1,0 +1,218 @@
+"""One way to open a model: a model directory (PyTorch) or an export directory (onnxruntime), the same
+object either way.
+
+    model = lmkit.open_model("runs/m0")                    # or an export: lmkit.open_model("exp/m0")
+    model.generate(["The cat"], max_new_tokens=20)         # decoder-only: continuations
+    model.generate(["a source sentence"])                  # encoder-decoder: sequence-to-sequence
+    pooled, token_states, ids = model.embed(["a text"])    # sentence vectors and token states
+    model.features(input_ids, attention_mask)              # the feature stack's outputs, numpy
+
+OpenedModel is written once over a runtime (lmkit.contract.ModelRuntime): lmkit.torch_runtime's
+over a ComposedModel, or the export runtime the manifest's architecture names. Decoding
+(lmkit.decoding), sequence-to-sequence generation (lmkit.seq2seq) and embedding (lmkit.embedding)
+are numpy code over it, so the two backends give the same tokens and vectors.
+
+This module imports neither torch nor onnxruntime: each is imported when a directory needs it.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+
+from .errors import ArtifactError, LmkitError
+
+EXPORT_MANIFEST = "lmkit-onnx.json"  # an export directory's manifest (lmkit.exports.manifest.MANIFEST)
+MODEL_CONFIG = "config.json"  # = lmkit.artifacts.CONFIG
+
+
+def is_export(directory: str) -> bool:
+    """True for an export directory (lmkit export), False for a model directory; a one-line error otherwise."""
+    if not os.path.isdir(directory):
+        raise ArtifactError(f"{directory} is not a directory; give a model directory (lmkit compose, lmkit import-hf) "
+                            "or an export directory (lmkit export)")
+    if os.path.isfile(os.path.join(directory, EXPORT_MANIFEST)):
+        return True
+    if os.path.isfile(os.path.join(directory, MODEL_CONFIG)):
+        return False
+    models = [name for name in sorted(os.listdir(directory))
+              if os.path.isfile(os.path.join(directory, name, EXPORT_MANIFEST))]
+    hint = f" (it looks like a Triton repository: give {os.path.join(directory, models[0])})" if models else ""
+    raise ArtifactError(f"{directory} is neither an export directory (no {EXPORT_MANIFEST}) nor a model directory "
+                        f"(no {MODEL_CONFIG}){hint}; make one with lmkit export, or lmkit compose")
+
+
+def model_kind_of(directory: str) -> str:
+    """encoder, decoder or encoder-decoder, from the spec in the config or manifest (no torch, no session)."""
+    from .contract import model_kind
+
+    if is_export(directory):
+        from .exports.manifest import read_manifest
+
+        spec = (read_manifest(directory).get("source") or {}).get("spec") or {}  # a damaged manifest: one line
+    else:
+        from .artifacts import read_config
+
+        spec = read_config(directory).get("spec", {})
+    return model_kind(bool(spec.get("encoder")), bool(spec.get("decoder")))
+
+
+def generation_settings(spec: dict) -> dict:
+    """{"strategy", "options"}: a spec's decoding table, else greedy with its defaults (what an export records)."""
+    decoding = dict(spec.get("decoding") or {})
+    if decoding:
+        return {"strategy": decoding.pop("strategy"), "options": decoding}
+    from .decoding.options import GreedyOptions
+    from .options import options_to_dict
+
+    return {"strategy": "greedy", "options": options_to_dict(GreedyOptions())}
+
+
+def open_model(path: str, device: str = "auto", provider: str | None = None, session_options=None) -> OpenedModel:
+    """A model directory on PyTorch, or an export directory on onnxruntime, as one OpenedModel.
+
+    device: auto (CUDA when the backend has it, else the CPU), cpu, cuda or cuda:N. provider and
+    session_options: onnxruntime's, for an export directory only (see lmkit.exports.ExportedModel).
+    """
+    if is_export(path):
+        from .exports.runtime import ExportedModel
+
+        return ExportedModel(path, device, provider, session_options)
+    if provider is not None or session_options is not None:
+        raise LmkitError(f"{path} is a model directory, run with PyTorch: give a device, not an onnxruntime "
+                         "provider or session options (those are for export directories)")
+    from .errors import require_torch
+
+    require_torch(f"opening the model directory {path}")
+    from .torch_runtime import open_model_directory
+
+    return open_model_directory(path, device)
+
+
+class OpenedModel:
+    """A model ready to run, whatever its backend: generation, features and embeddings over `runtime`.
+
+    runtime: a lmkit.contract.ModelRuntime (kind, max_positions, backend(), features()).
+    tokenizer: the source side's (or the only one); target_tokenizer: an encoder-decoder's target side,
+        None when both sides share `tokenizer`.
+    generation: {"strategy", "options"}, the decoding the model was composed with.
+    decoder_start: the token an encoder-decoder's target side starts from (its decoder's
+        decoder_start_token_id: <s> for LSTM NMT, pad for T5); None for other models.
+    model: a model directory's ComposedModel, for what only PyTorch does (scoring text, fine-tuning);
+        None for an export.
+    """
+
+    def __init__(self, directory: str, runtime, *, tokenizer, target_tokenizer=None, generation: dict,
+                 decoder_start: int | None = None, model=None):
+        self.directory = directory
+        self.runtime = runtime
+        self.tokenizer = tokenizer
+        self.target_tokenizer = target_tokenizer
+        self.generation = generation
+        self.decoder_start = decoder_start
+        self.model = model
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.directory!r}, kind={self.kind})"
+
+    @property
+    def kind(self) -> str:
+        """encoder, decoder or encoder-decoder (lmkit.contract.ModelKind)."""
+        return self.runtime.kind
+
+    @property
+    def max_positions(self) -> int | None:
+        """The most tokens the model reads at once (of a source, for an encoder-decoder); None: no limit."""
+        return self.runtime.max_positions
+
+    @property
+    def output_tokenizer(self):
+        """The tokenizer of what generate() produces: an encoder-decoder's target side, else the only one."""
+        return self.target_tokenizer or self.tokenizer
+
+    # -- generation -------------------------------------------------------------------------------
+
+    def backend(self, max_new_tokens: int | None = None, **options):
+        """A fresh lmkit.decoding Backend (an encoder-decoder's takes set_sources); LmkitError for an encoder."""
+        return self.runtime.backend(max_new_tokens, **options)
+
+    def decoding(self, strategy: str | None = None, **options):
+        """The decoding strategy to generate with: the model's settings unless told another, options overriding."""
+        from .options import build_options
+        from .registry import get_host
+
+        settings = self.generation
+        if strategy is None or strategy == settings["strategy"]:
+            strategy, values = settings["strategy"], {**settings["options"], **options}
+        else:
+            values = options
+        component = get_host().component("decoding", strategy)
+        return component.load()(build_options(component.options_class(), values, f"decoding {strategy}"))
+
+    def generate_ids(self, inputs: Sequence[Sequence[int]], decoding=None, *, stop: list[list[int]] | None = None,
+                     on_token: Callable[[int, int], None] | None = None, batch_size: int = 64) -> list:
+        """One lmkit.decoding Generation per input: a prompt's continuation, or a source's target sequence.
+
+        decoding: a strategy (decoding()), by default the model's. stop and on_token: decoder-only models.
+        """
+        decoding = decoding or self.decoding()
+        tokenizer = self._needs_tokenizer("generate")
+        if self.kind == "encoder-decoder":
+            from .seq2seq import Seq2SeqGenerator
+
+            if stop:
+                raise LmkitError("stop sequences apply to decoder-only models; an encoder-decoder ends at </s>")
+            generator = Seq2SeqGenerator.for_tokenizer(self.backend(), self.decoder_start, self.output_tokenizer)
+            return generator.generate(decoding, [list(source) for source in inputs], batch_size)
+        # An empty prompt starts from the bos token, as GPT-2 was trained to (each document followed one).
+        prompts = [list(ids) or ([tokenizer.bos_id] if tokenizer.bos_id is not None else []) for ids in inputs]
+        pad_id = tokenizer.pad_id if tokenizer.pad_id is not None else tokenizer.eos_id
+        return decoding.generate(self.backend(decoding.options.max_new_tokens), prompts, eos_id=tokenizer.eos_id,
+                                 pad_id=pad_id, stop=stop, on_token=on_token)
+
+    def generate(self, texts: Sequence[str], strategy: str | None = None, **options) -> list[str]:
+        """The text each input generates, by the model's strategy unless told another (options override it).
+
+        A decoder-only model continues each prompt; an encoder-decoder turns each source into its
+        target (translation, summarisation).
+        """
+        tokenizer = self._needs_tokenizer("generate")
+        decoding = self.decoding(strategy, **options)
+        if self.kind == "encoder-decoder":
+            from .seq2seq import encode_sources
+
+            results = self.generate_ids(encode_sources(tokenizer, list(texts), self.max_positions), decoding)
+            return [self.output_tokenizer.decode(r.tokens, skip_special_tokens=True).strip() for r in results]
+        results = self.generate_ids(tokenizer.encode_batch(list(texts)), decoding)
+        return [tokenizer.decode(result.tokens) for result in results]
+
+    # -- features ---------------------------------------------------------------------------------
+
+    def features(self, input_ids, attention_mask=None, token_type_ids=None, **options) -> dict:
+        """The feature stack's outputs by name, numpy: last_hidden_state (B, T, D), pooler_output (B, D) or
+        None, and an export's other outputs; input_ids (B, T) right-padded, attention_mask (B, T) 1 at tokens.
+
+        options: the stack's features() options (CoVe: word_vectors), for a model directory.
+        """
+        import numpy as np
+
+        input_ids = np.asarray(input_ids, dtype=np.int64)
+        attention_mask = (np.ones_like(input_ids, dtype=np.bool_) if attention_mask is None
+                          else np.asarray(attention_mask).astype(np.bool_))
+        return self.runtime.features(input_ids, attention_mask, token_type_ids, **options)
+
+    encode = features  # what an export's encode() has always been called
+
+    def embed(self, texts: Sequence[str], *, pooling: str = "mean", batch_size: int = 32,
+              max_length: int | None = None, progress: bool = False, **options):
+        """(pooled (N, D) or None, token states per text: a list of (T_i, D) arrays, token ids per text);
+        see lmkit.embedding.embed_texts."""
+        from .embedding import embed_texts
+
+        return embed_texts(self.features, self._needs_tokenizer("embed"), texts, pooling=pooling,
+                           batch_size=batch_size, max_length=max_length, progress=progress, options=options)
+
+    def _needs_tokenizer(self, what: str):
+        if self.tokenizer is None:
+            raise ArtifactError(f"{self.directory} has no tokenizer to {what} with; give token ids to generate_ids() "
+                                "or features()")
+        return self.tokenizer

@@ -1,0 +1,96 @@
+"""Sequence-to-sequence generation with an encoder-decoder model (translation, summarisation), and
+scoring translations with corpus BLEU.
+
+The decoding strategies are the ones decoder-only models use (lmkit.decoding), run over a backend
+that takes the sources first (set_sources): Seq2SeqBackend on PyTorch, the export's on
+onnxruntime. Every prompt is the decoder's start token, which its decoder_start_token_id chose.
+BLEU is sacrebleu's corpus BLEU, reported with its signature so scores compare.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .errors import DataError, LmkitError
+
+
+def encode_sources(tokenizer, texts: list[str], limit: int | None) -> list[list[int]]:
+    """Token ids of each source text; an empty or too long one is a one-line error naming it."""
+    sources = tokenizer.encode_batch(texts)
+    label = (lambda i: "the source") if len(texts) == 1 else (lambda i: f"source {i + 1}")
+    for i, ids in enumerate(sources):
+        if not ids:
+            raise DataError(f"{label(i)} is empty; give a sentence to translate")
+        if limit is not None and len(ids) > limit:
+            raise DataError(f"{label(i)} has {len(ids)} tokens, more than the model's maximum of {limit} "
+                            "(encoder.max_positions); split the sentence")
+    return sources
+
+
+@dataclass
+class Seq2SeqGenerator:
+    """Generates target sequences from source token ids over a backend with set_sources().
+
+    start_id: the decoder's start token (Seq2SeqDecoder.decoder_start_token_id: <s>, or pad for T5);
+    eos_id ends a target; pad_id pads finished rows.
+    """
+
+    backend: object
+    start_id: int
+    eos_id: int
+    pad_id: int
+
+    @classmethod
+    def for_tokenizer(cls, backend, start_id: int, tokenizer) -> Seq2SeqGenerator:
+        """The generator for a target-side tokenizer: its </s> ends a target, its pad (else </s>) pads."""
+        from .parallel import special_ids
+
+        _, eos, pad = special_ids(tokenizer)
+        return cls(backend, start_id, eos, pad)
+
+    def generate(self, decoding, sources: list[list[int]], batch_size: int = 64) -> list:
+        """One Generation per source, in order, generated batch_size sources at a time.
+
+        Every prompt is the same start token, so the sources are the keys that seed sampling's rows: a
+        sentence samples the same target in any batch, in any position (see lmkit.decoding.sampling).
+        """
+        results = []
+        for start in range(0, len(sources), batch_size):
+            chunk = sources[start:start + batch_size]
+            self.backend.set_sources(chunk)
+            results.extend(decoding.generate(self.backend, [[self.start_id]] * len(chunk), eos_id=self.eos_id,
+                                             pad_id=self.pad_id, keys=chunk))
+        return results
+
+
+@dataclass
+class BleuScore:
+    score: float
+    signature: str
+    precisions: list[float]
+    brevity_penalty: float
+    sentences: int
+
+    def as_dict(self) -> dict:
+        return {"bleu": self.score, "signature": self.signature, "precisions": self.precisions,
+                "brevity_penalty": self.brevity_penalty, "sentences": self.sentences}
+
+
+def corpus_bleu(hypotheses: list[str], references: list[str]) -> BleuScore:
+    """sacrebleu's corpus BLEU (13a tokenisation, exp smoothing) with its signature."""
+    from sacrebleu.metrics import BLEU
+
+    if len(hypotheses) != len(references):
+        raise LmkitError(f"{len(hypotheses)} translations for {len(references)} references")
+    metric = BLEU()
+    result = metric.corpus_score(hypotheses, [references])
+    return BleuScore(result.score, str(metric.get_signature()), [float(p) for p in result.precisions],
+                     float(result.bp), len(hypotheses))
+
+
+def evaluate_bleu(model, decoding, pairs: list[tuple[str, str]], batch_size: int = 64):
+    """(BleuScore, translations) of an encoder-decoder lmkit.opening.OpenedModel on the sources of `pairs`."""
+    sources = encode_sources(model.tokenizer, [s for s, _ in pairs], model.max_positions)
+    output = model.output_tokenizer
+    results = model.generate_ids(sources, decoding, batch_size=batch_size)
+    hypotheses = [output.decode(r.tokens, skip_special_tokens=True).strip() for r in results]
+    return corpus_bleu(hypotheses, [t for _, t in pairs]), hypotheses
