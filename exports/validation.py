@@ -63,6 +63,8 @@ def validate(graphs: list[tuple[Graph, str]], precision: str, threshold: Thresho
         for shape_set in graph.validation:
             with torch.no_grad():
                 expected = graph.module(*(torch.from_numpy(shape_set.inputs[t.name]) for t in graph.inputs))
+            if isinstance(expected, torch.Tensor):  # a graph of one output may return it bare
+                expected = (expected,)
             actual = session.run(names, shape_set.inputs)
             expected = [e.numpy() for e in expected]
             result = _compare(graph, shape_set, names, expected, actual)

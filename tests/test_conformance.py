@@ -282,7 +282,7 @@ def test_too_long_input_is_one_line_error(preset, artifacts):
 
 
 @pytest.mark.parametrize("preset", PRESETS)
-def test_export_parity_and_torch_free_run(preset, artifacts, tmp_path):
+def test_export_parity_and_torch_free_run(preset, artifacts, third_party_site, tmp_path):
     import subprocess
 
     made = artifacts(preset)
@@ -294,8 +294,9 @@ def test_export_parity_and_torch_free_run(preset, artifacts, tmp_path):
                "encoder-decoder": ["translate", "--text", "the first sentence", "--json"]}[made.kind]
     torch_run = made.cli(command[0], made.trained(), *command[1:])
     code = NO_TORCH + "from lmkit.cli import main\nmain()\n"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([third_party_site, os.environ.get("PYTHONPATH", "")])}
     done = subprocess.run([sys.executable, "-c", code, command[0], exported, *command[1:]],
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=120, env=env)
     assert done.returncode == 0, done.stderr
     if made.kind == "encoder":
         np.testing.assert_allclose(json.loads(done.stdout)[0]["embedding"], json.loads(torch_run.out)[0]["embedding"],

@@ -1,7 +1,8 @@
 """An lmkit plugin as a third party writes one: hook implementations and import strings only.
 
-It adds one thing through every kind of hook: a decoder with its preset and exporter, an importer,
-an optimizer, a schedule, a task recipe and a command. Nothing here imports torch; lmkit imports
+It adds one thing through every kind of hook: a decoder with its preset, its exporter and the export
+runtime of that exporter's architecture, an importer, an optimizer, a schedule, a task recipe and a
+command. Nothing here imports torch; lmkit imports
 `lmkit_example.model` when a spec builds the decoder.
 """
 import click
@@ -17,7 +18,14 @@ def register_decoders(register):
 
 @hookimpl
 def register_exporters(register):
-    register("decoder.bigram", "lmkit_example.export:export_plan", summary="one decoder graph, no cache")
+    register("decoder.bigram", "lmkit_example.export:export_plan",
+             summary="one graph of this plugin's own architecture, last-token")
+
+
+@hookimpl
+def register_export_runtimes(register):
+    register("last-token", "lmkit_example.runtime:LastTokenRuntime",
+             summary="serves last-token graphs: each row's last token in, logits out, no cache")
 
 
 @hookimpl
