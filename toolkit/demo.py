@@ -117,6 +117,6 @@ def report(summary: dict) -> None:
         f"  lmkit show {out}/model",
         f"  lmkit generate {out}/model --prompt \"{summary['generations']['greedy'].split()[0]}\" --strategy beam --num-beams 8",
         f"  lmkit train {out}/model --resume --steps 1200      # keep training",
-        f"  lmkit plot {out}/model                              # loss and perplexity curves (needs lmkit[plot])",
+        f"  lmkit plot {out}/model                              # loss and perplexity curves (needs lmkit-toolkit[plot])",
     ]
     click.echo("\n".join(lines))

@@ -48,7 +48,7 @@ def plot_command(model_dir, out):
         import matplotlib.pyplot as plt
     except ImportError:
         raise MissingDependency("lmkit plot needs matplotlib, which is not installed; install it with: "
-                                "pip install 'lmkit[plot]'") from None
+                                "pip install 'lmkit-toolkit[plot]'") from None
     out = out or os.path.join(model_dir, "metrics.png")
     evaluated = [r for r in records if "val_loss" in r]
     figure, (loss_axes, ppl_axes) = plt.subplots(1, 2, figsize=(11, 4), constrained_layout=True)
