@@ -327,8 +327,10 @@ def compose(source: str, overrides: list[str], out: str, *, force: bool = False,
     preset = source if source in host.presets else own.get("preset")
     changed = [key for key in given if key.split(".")[0] not in _KEEPS_PRESET] + [
         key for key in own if key not in (*_KEEPS_PRESET, "preset")]
-    if isinstance(preset, str) and changed and "name" not in given and "name" not in own:
-        raw["name"], raw["based_on"] = os.path.basename(os.path.normpath(out)) or preset, preset
+    if isinstance(preset, str) and changed:  # no longer the preset: a name of its own, and where it started
+        if "name" not in given and "name" not in own or raw.get("name") == preset:
+            raw["name"] = os.path.basename(os.path.normpath(out)) or preset
+        raw["based_on"] = preset
     spec = resolve(raw, host)
     explicit = {key for key in ("encoder", "decoder")
                 if f"{key}.vocab_size" in given or "vocab_size" in (own.get(key) or {})}
