@@ -321,9 +321,9 @@ def compose(source: str, overrides: list[str], out: str, *, force: bool = False,
 
     host = host or get_host()
     say = say or (lambda message: None)
+    raw = apply_overrides(load_source(source, host), overrides)  # an unknown source fails here, in one line
     own = {} if source in host.presets else read_toml(source)  # what the user's spec file itself sets
     given = [a.partition("=")[0].strip() for a in overrides]
-    raw = apply_overrides(load_source(source, host), overrides)
     preset = source if source in host.presets else own.get("preset")
     changed = [key for key in given if key.split(".")[0] not in _KEEPS_PRESET] + [
         key for key in own if key not in (*_KEEPS_PRESET, "preset")]
