@@ -249,13 +249,7 @@ def finetune(pretrained: str, out: str, train_path: str, dev_path: str | None, o
         from .recipes import default_learning_rate
 
         recipe, context, width = prepare(pretrained, stage.path, kind, train, options, seed=seed)
-        if lr is None:
-            lr = default_learning_rate(recipe, width)
-            if progress:
-                scaled = "" if lr == recipe.default_lr else (
-                    f", scaled by {recipe.reference_width}/{width} to this model's width")
-                print(f"lr {lr:.3g}: the {recipe.name} recipe's {recipe.default_lr:g} at width "
-                      f"{recipe.reference_width}{scaled} (--lr to choose)", file=sys.stderr)
+        chosen_lr, lr = lr, default_learning_rate(recipe, width) if lr is None else lr
         warmup_ratio = recipe.default_warmup_ratio if warmup_ratio is None else warmup_ratio
         max_length = max_length or context or UNLIMITED_MAX_LENGTH
         if context is not None and max_length > context:
@@ -269,6 +263,10 @@ def finetune(pretrained: str, out: str, train_path: str, dev_path: str | None, o
             "batch_size": batch_size, "seq_len": max_length, "lr": lr, "warmup": int(warmup_ratio * steps),
             "min_lr_ratio": 0.0, "weight_decay": 0.01, "eval_every": eval_every or per_epoch,
             "save_every": eval_every or per_epoch, "log_every": min(10, per_epoch), "seed": seed, "device": device})
+        if chosen_lr is None and progress:  # once the arguments have been checked
+            scaled = "" if lr == recipe.default_lr else f", scaled by {recipe.reference_width}/{width} to this model's width"
+            print(f"lr {lr:.3g}: the {recipe.name} recipe's {recipe.default_lr:g} at width {recipe.reference_width}"
+                  f"{scaled} (--lr to choose)", file=sys.stderr)
         atomic_write_json(os.path.join(stage.path, TASK), dataclasses.asdict(options))
         return _run(stage.path, args, kind, train, dev, options, state=None, progress=progress, stage=stage)
 
