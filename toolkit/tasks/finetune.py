@@ -110,8 +110,10 @@ def transfer_weights(model, path: str) -> None:
                 raise ArtifactError(f"{path} has no tensor '{name}' that the fine-tuned model needs")
             if source.shape == tensor.shape:
                 tensor.copy_(source)
-            elif source.shape[1:] == tensor.shape[1:] and source.shape[0] < tensor.shape[0]:
-                tensor[:source.shape[0]] = source  # the vocabulary grew by the markers
+            elif source.dim() == tensor.dim() and all(s <= t for s, t in zip(source.shape, tensor.shape)):
+                # The vocabulary grew by the markers: along the first axis of an embedding, along every axis
+                # of a vocabulary-by-vocabulary table (a bigram model's); the new rows keep their init.
+                tensor[tuple(slice(0, s) for s in source.shape)] = source
             else:
                 raise ArtifactError(f"{path}: tensor '{name}' has shape {list(source.shape)}, the fine-tuned model "
                                     f"needs {list(tensor.shape)}")
