@@ -150,7 +150,7 @@ def _require(*modules: str) -> None:
     missing = [module for module in modules if importlib.util.find_spec(module) is None]
     if missing:
         raise MissingDependency(f"exporting needs {', '.join(missing)}, not installed here; install with: "
-                                "pip install -c constraints.txt 'lmkit[torch,export,serve]'")
+                                "pip install -c constraints.txt 'lmkit-toolkit[torch,export,serve]'")
 
 
 def _write_graph(graph, target: str, precision: str, opset: int, work: str) -> None:

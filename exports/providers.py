@@ -33,7 +33,7 @@ def _onnxruntime():
         import onnxruntime
     except ImportError:
         raise MissingDependency("running an export needs onnxruntime, which is not installed; install one of "
-                                "pip install 'lmkit[serve]' (CPU) or pip install 'lmkit[serve-gpu]' (CUDA)") from None
+                                "pip install 'lmkit-toolkit[serve]' (CPU) or pip install 'lmkit-toolkit[serve-gpu]' (CUDA)") from None
     return onnxruntime
 
 

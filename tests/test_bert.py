@@ -1,6 +1,7 @@
 """The BERT family: encoders (BERT, ALBERT, RoBERTa), masked LM with NSP/SOP, the pre-training data,
 and the CLI on them (train, show, embed). Everything at tiny sizes."""
 import json
+import math
 import os
 
 import numpy as np
@@ -279,6 +280,16 @@ def test_lmkit_train_runs_each_composition(models, corpus, family, objectives, t
     assert result.code == 0, result.err
     records = [json.loads(line) for line in (directory / "metrics.jsonl").read_text().splitlines()]
     assert records[-1]["step"] == 3 and np.isfinite(records[-1]["loss"]) and np.isfinite(records[-1]["val_loss"])
+    # Each objective's loss, and perplexity of the masked-LM part alone (not of MLM + NSP summed).
+    last, types = records[-1], objectives.split("+")
+    if len(types) > 1:
+        assert last["loss"] == pytest.approx(sum(last[f"loss_{t}"] for t in types), rel=1e-4)
+        assert last["val_loss"] == pytest.approx(sum(last[f"val_loss_{t}"] for t in types), rel=1e-4)
+        assert last["val_ppl"] == pytest.approx(math.exp(last["val_loss_masked-lm"]))
+        assert "masked-lm" in result.err and types[1] in result.err
+    else:
+        assert not any(key.startswith("loss_") for key in last)
+        assert last["val_ppl"] == pytest.approx(math.exp(last["val_loss"]))
     result = run("train", directory, "--resume", "--steps", "4")
     assert result.code == 0, result.err
 

@@ -40,7 +40,7 @@ def test_plugins_lists_the_built_ins(run):
     assert result.code == 0
     plugins = {p["name"]: p for p in json.loads(result.out)}
     assert plugins["gpt"]["status"] == "ok" and "decoder:gpt2" in plugins["gpt"]["components"]
-    assert plugins["core"]["distribution"] == "lmkit"
+    assert plugins["core"]["distribution"] == "lmkit-toolkit"
     assert "register_decoders" in plugins["gpt"]["hooks"]
     table = run("plugins")
     assert table.out.splitlines()[0].split() == ["NAME", "VERSION", "STATUS", "REGISTERS"]
@@ -134,7 +134,7 @@ def test_commands_that_need_torch_say_so_when_it_is_missing(tmp_path):
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 1
     assert done.stderr == ("error: building a model needs PyTorch, which is not installed; install it with: "
-                           "pip install -c constraints.txt 'lmkit[torch]'\n")
+                           "pip install -c constraints.txt 'lmkit-toolkit[torch]'\n")
     assert not out.exists()
 
 

@@ -22,7 +22,7 @@ from lmkit.registry import get_host, reset_host  # noqa: E402
 
 # The commands that need no torch; all others must give the install hint.
 TORCH_FREE = {"plugins", "components", "presets", "show", "inspect", "plot", "tokenizer encode", "tokenizer train"}
-HINT = ("needs", "pip install -c constraints.txt 'lmkit[torch")  # then ]' or ,export,serve]' (lmkit export)
+HINT = ("needs", "pip install -c constraints.txt 'lmkit-toolkit[torch")  # then ]' or ,export,serve]' (lmkit export)
 
 # What to pass for a parameter, by its name: (command, name) first, then the name alone.
 SAMPLES = {

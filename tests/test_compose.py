@@ -54,7 +54,7 @@ def test_compose_writes_a_complete_model_directory(model_dir, vocab):
     assert config["spec"]["decoder"]["n_layers"] == 1
     assert config["spec"]["tokenizer"] == {"type": "bytelevel-bpe", "vocab_size": vocab}
     assert config["components"]["decoder"] == {"type": "gpt2", "plugin": "gpt"}
-    assert config["plugins"]["gpt"] == {"module": "lmkit.plugins.gpt", "distribution": "lmkit", "version": "0.1.0"}
+    assert config["plugins"]["gpt"] == {"module": "lmkit.plugins.gpt", "distribution": "lmkit-toolkit", "version": "0.1.0"}
 
 
 def test_loading_rebuilds_the_same_model(model_dir, vocab):
@@ -181,8 +181,8 @@ def test_a_directory_whose_plugin_is_missing_names_it(model_dir):
     from importlib.metadata import entry_points
 
     without_gpt = PluginHost([ep for ep in entry_points(group="lmkit") if ep.name == "core"])
-    with pytest.raises(Exception, match=r"needs decoder 'gpt2' from plugin 'gpt' \(lmkit 0.1.0\), which is not "
-                                        r"installed; install it with: pip install lmkit"):
+    with pytest.raises(Exception, match=r"needs decoder 'gpt2' from plugin 'gpt' \(lmkit-toolkit 0.1.0\), which is not "
+                                        r"installed; install it with: pip install lmkit-toolkit"):
         load_model(model_dir, host=without_gpt)
     with pytest.raises(Exception, match="which LMKIT_LOAD_PLUGINS leaves out"):
         load_model(model_dir, host=PluginHost(only="core"))

@@ -659,7 +659,7 @@ def test_a_component_without_an_exporter_says_which_and_whose(model_dir, tmp_pat
 
     host = PluginHost()
     del host.components["exporter"]["decoder.gpt2"]  # as a family that registers none would be
-    with pytest.raises(PluginError, match=r"^the decoder 'gpt2' of plugin 'gpt' \(lmkit 0.1.0\) cannot be exported "
+    with pytest.raises(PluginError, match=r"^the decoder 'gpt2' of plugin 'gpt' \(lmkit-toolkit 0.1.0\) cannot be exported "
                                           r"yet: no plugin registers an exporter 'decoder.gpt2'"):
         export_model(model_dir, str(tmp_path / "x"), host=host)
     assert os.listdir(tmp_path) == []

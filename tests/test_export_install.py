@@ -1,9 +1,10 @@
 """The serving installs of docs/export.md, run for real in fresh virtual environments.
 
-An edge CPU gets `pip install 'lmkit[serve]'`: onnxruntime (CPU), numpy and tokenizers, no torch,
-and generates from an export with the same tokens as PyTorch. A GPU server gets `pip install
-'lmkit[serve-gpu]'`: onnxruntime-gpu and not onnxruntime (resolved with --dry-run: the GPU wheel is
-large and needs a GPU to run). lmkit is the wheel of this checkout, built without network access;
+An edge CPU gets `pip install 'dist/lmkit_toolkit-...whl[serve]'`: onnxruntime (CPU), numpy and tokenizers,
+no torch, and generates from an export with the same tokens as PyTorch. A GPU server gets the wheel with
+`[serve-gpu]`: onnxruntime-gpu and not onnxruntime (resolved with --dry-run: the GPU wheel is large and
+needs a GPU to run). The wheel is this checkout's (distribution lmkit-toolkit), built without network access
+under the name the docs give it;
 everything else comes from the package index, so these tests run only with LMKIT_SLOW_TESTS=1
 (about 30 s with a nearby index). Nothing is installed outside the test's temporary directory.
 """
@@ -30,8 +31,9 @@ from lmkit.exports.export import export_model  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SOURCES = ("toolkit", "plugins", "exports", "pyproject.toml", "setup.py", "README.md")
-EDGE = "pip install 'lmkit[serve]'"
-GPU_SERVER = "pip install 'lmkit[serve-gpu]'"
+WHEEL = "dist/lmkit_toolkit-0.1.0-py3-none-any.whl"  # what `pip wheel --no-deps --wheel-dir dist .` builds
+EDGE = f"pip install '{WHEEL}[serve]'"
+GPU_SERVER = f"pip install '{WHEEL}[serve-gpu]'"
 RUNTIMES = {"onnxruntime", "onnxruntime-gpu", "onnxruntime-directml", "onnxruntime-openvino", "onnxruntime-qnn"}
 PROMPTS = ["--prompt", "the cat sat on", "--prompt", "dog", "--max-new-tokens", "8", "--json"]
 
@@ -45,7 +47,7 @@ def test_the_install_commands_are_documented():
 
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> str:
-    """The lmkit wheel of this checkout, built from a copy (no build/ or egg-info left in the tree)."""
+    """The wheel of this checkout, built from a copy (no build/ or egg-info left in the tree): the file the docs name."""
     root = tmp_path_factory.mktemp("wheel")
     for name in SOURCES:
         source = os.path.join(ROOT, name)
@@ -57,6 +59,7 @@ def wheel(tmp_path_factory) -> str:
                     "--no-index", "--wheel-dir", str(root / "dist"), str(root / "src")],
                    check=True, capture_output=True, timeout=300)
     (built,) = os.listdir(root / "dist")
+    assert built == os.path.basename(WHEEL), f"the docs install {WHEEL}; this checkout builds {built}: update them"
     return str(root / "dist" / built)
 
 
@@ -75,8 +78,9 @@ def pip(python: str, *args: str) -> subprocess.CompletedProcess:
 
 
 def command(documented: str, wheel: str) -> list[str]:
-    """The documented `pip install 'lmkit[extra]'`, installing the wheel of this checkout as lmkit."""
-    (extra,) = re.fullmatch(r"pip install 'lmkit\[([\w,-]+)\]'", documented).groups()
+    """The documented `pip install 'dist/lmkit_toolkit-...whl[extra]'`, with the wheel just built in its place."""
+    path, extra = re.fullmatch(r"pip install '([^'\[]+)\[([\w,-]+)\]'", documented).groups()
+    assert path == WHEEL
     return ["install", f"{wheel}[{extra}]"]
 
 
@@ -96,7 +100,7 @@ def test_an_edge_install_is_torch_free_and_generates_from_an_export(wheel, expor
     pip(python, "--quiet", *command(EDGE, wheel))
     installed = {entry["name"].lower() for entry in json.loads(pip(python, "list", "--format", "json").stdout)}
     assert "torch" not in installed and installed & RUNTIMES == {"onnxruntime"}
-    assert {"lmkit", "numpy", "tokenizers"} <= installed
+    assert {"lmkit-toolkit", "numpy", "tokenizers"} <= installed and "lmkit" not in installed
     pip(python, "check")
     lmkit = os.path.join(os.path.dirname(python), "lmkit")
 

@@ -335,4 +335,4 @@ def test_plot_errors(run, tmp_path, monkeypatch):
     result = run("plot", str(tmp_path))
     assert result.code == 1
     assert result.err.strip() == ("error: lmkit plot needs matplotlib, which is not installed; install it with: "
-                                  "pip install 'lmkit[plot]'")
+                                  "pip install 'lmkit-toolkit[plot]'")

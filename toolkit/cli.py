@@ -182,11 +182,24 @@ def tokenizer_encode(path, text, as_json):
 @click.option("--force", is_flag=True, help="Replace a non-empty --out.")
 @click.option("--seed", default=0, show_default=True, help="Seed of the weight initialisation.")
 @click.option("--weights", type=click.Path(dir_okay=False), help="Start from these safetensors weights.")
-def compose(source, assignments, out, force, seed, weights):
-    """Build a model directory from a preset name or a spec .toml file."""
+@click.option("--no-tokenizer", is_flag=True,
+              help="Compose without a tokenizer on purpose (to show, export or load weights into): no warning.")
+def compose(source, assignments, out, force, seed, weights, no_tokenizer):
+    """Build a model directory from a preset name or a spec .toml file.
+
+    A vocab_size you do not set is sized to the tokenizer (--set tokenizer=DIR).
+    """
     from .model import compose as compose_model
 
-    built = compose_model(source, list(assignments), out, force=force, seed=seed, weights=weights)
+    def say(message: str) -> None:
+        click.echo(message, err=True)
+
+    if no_tokenizer and any(a.partition("=")[0].strip().startswith("tokenizer") for a in assignments):
+        raise click.UsageError("--no-tokenizer composes without a tokenizer, and --set names one; leave one out")
+    built = compose_model(source, list(assignments), out, force=force, seed=seed, weights=weights, say=say)
+    if "vocab_size" not in (built["spec"].get("tokenizer") or {}) and not no_tokenizer:
+        say(f"warning: {out} has no tokenizer, so it cannot be trained, fine-tuned or generated from; compose it "
+            "with --set tokenizer=DIR (lmkit tokenizer train makes one), or pass --no-tokenizer if that is meant")
     parts = ", ".join(f"{k}={v['type']}" for k, v in built["components"].items())
     click.echo(f"composed {parts}: {out}", err=True)
     click.echo(out)

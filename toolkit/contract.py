@@ -165,6 +165,10 @@ class Objective(Protocol):
     def for_model(cls, options, model) -> nn.Module:
         """The objective built for `model`, whose stacks exist already (BERT's MLM head tied to them)."""
 
+    # True when forward() is the mean cross-entropy of the tokens predicted (exp of it is a perplexity);
+    # lmkit.objectives.base.ObjectiveModule says False.
+    models_language: bool
+
     def forward(self, model, batch: dict[str, Tensor]) -> Tensor:
         """The scalar loss of one batch."""
 
@@ -195,6 +199,8 @@ class TaskRecipe(Protocol):
 
     name: str
     default_lr: float  # the peak learning rate its papers fine-tune with
+    reference_width: int  # the d_model default_lr was chosen at; narrower stacks get it scaled up
+    default_warmup_ratio: float  # the share of the steps its papers warm up over
 
     def prepare(self, tokenizer) -> bool:
         """Make the tokenizer ready (GPT adds its markers); True when its vocabulary grew."""

@@ -1,7 +1,7 @@
 """`lmkit demo`: the whole path on data with a known answer, in about two minutes on 2 CPU cores.
 
-A random Markov chain over made-up words writes the corpus, so the best achievable perplexity is
-known exactly; a byte-level BPE tokenizer and a small GPT-2 are trained on it, the model's
+A random Markov chain over real English words, each followed by words of the classes a small
+grammar allows, writes the corpus, so the best achievable perplexity is known exactly; a byte-level BPE tokenizer and a small GPT-2 are trained on it, the model's
 held-out perplexity is compared with that floor, and it generates with each decoding strategy.
 """
 from __future__ import annotations
@@ -28,6 +28,9 @@ class DemoSize:
     lr: float = 3e-3
 
 
+NO_REPEAT = 3  # the beam's no_repeat_ngram_size
+
+
 def say(message: str) -> None:
     click.secho(message, err=True, bold=True)
 
@@ -47,8 +50,8 @@ def run_demo(out: str, size: DemoSize = DemoSize(), seed: int = 0, force: bool =
     # removes what was written and puts back the directory --force was replacing.
     with claimed_directory(out, force):
         corpus, tokenizer_dir, model_dir = (os.path.join(out, name) for name in ("corpus", "tokenizer", "model"))
-        say("1/5  writing a corpus from a random Markov chain over 48 made-up words")
-        source = MarkovSource.random(n_words=48, branching=4, mean_length=40, seed=seed)
+        source = MarkovSource.english(branching=4, mean_length=40, seed=seed)
+        say(f"1/5  writing a corpus from a random Markov chain over {source.n_words} English words")
         facts = write_corpus(corpus, source, size.train_documents, size.valid_documents, seed=seed)
         say(f"     true entropy rate: {facts['entropy_rate_nats_per_symbol']:.3f} nats per word")
 
@@ -57,7 +60,8 @@ def run_demo(out: str, size: DemoSize = DemoSize(), seed: int = 0, force: bool =
                            ByteLevelBPEOptions(vocab_size=size.vocab_size), progress=False).save(tokenizer_dir)
 
         say(f"3/5  training a GPT-2 ({size.n_layers} layers, {size.d_model} wide) for {size.steps} steps")
-        compose("gpt-mini", [f"tokenizer={tokenizer_dir}", f"decoder.vocab_size={size.vocab_size}",
+        # Sized to the tokenizer by compose; named for what it is, based on gpt-mini (lmkit show says both).
+        compose("gpt-mini", [f"tokenizer={tokenizer_dir}", "name=demo-gpt2",
                              f"decoder.n_layers={size.n_layers}", f"decoder.d_model={size.d_model}",
                              f"decoder.n_heads={size.n_heads}", f"decoder.max_positions={size.seq_len}"],
                 model_dir, seed=seed)
@@ -77,8 +81,10 @@ def run_demo(out: str, size: DemoSize = DemoSize(), seed: int = 0, force: bool =
         prompt = " ".join(source.text(source.sample(1, seed=seed + 7)[0]).split()[:2])
         generations = {}
         host = get_host()
+        # Beam search seeks the likeliest continuation, and the likeliest walk of a chain loops through its
+        # likeliest transitions: without a ban on repeated 3-grams a beam repeats itself to the end.
         for name, options in (("greedy", {"max_new_tokens": 16}),
-                              ("beam", {"max_new_tokens": 16, "num_beams": 4}),
+                              ("beam", {"max_new_tokens": 16, "num_beams": 4, "no_repeat_ngram_size": NO_REPEAT}),
                               ("sample", {"max_new_tokens": 16, "temperature": 0.8, "top_p": 0.9, "seed": seed})):
             component = host.component("decoding", name)
             strategy = component.load()(component.options_class()(**options))
@@ -107,6 +113,8 @@ def report(summary: dict) -> None:
     ]
     lines += [f"{name:>7}: {text}" for name, text in summary["generations"].items()]
     lines += [
+        f"(the beam bans repeating any {NO_REPEAT} tokens: the likeliest walk of a Markov chain loops through its "
+        "likeliest words, so an unconstrained beam, or greedy, repeats itself)",
         "",
         f"written to {out} in {summary['seconds']:.0f} s:",
         "  corpus/      train.jsonl, valid.jsonl, source.json (the chain itself)",
@@ -115,8 +123,9 @@ def report(summary: dict) -> None:
         "",
         "try next:",
         f"  lmkit show {out}/model",
-        f"  lmkit generate {out}/model --prompt \"{summary['generations']['greedy'].split()[0]}\" --strategy beam --num-beams 8",
+        f"  lmkit generate {out}/model --prompt \"{summary['generations']['greedy'].split()[0]}\" --strategy beam --num-beams 8 "
+        f"--no-repeat-ngram-size {NO_REPEAT}",
         f"  lmkit train {out}/model --resume --steps 1200      # keep training",
-        f"  lmkit plot {out}/model                              # loss and perplexity curves (needs lmkit[plot])",
+        f"  lmkit plot {out}/model                              # loss and perplexity curves (needs lmkit-toolkit[plot])",
     ]
     click.echo("\n".join(lines))

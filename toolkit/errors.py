@@ -56,6 +56,6 @@ def require_torch(what: str = "this command"):
     except ImportError:
         raise MissingDependency(
             f"{what} needs PyTorch, which is not installed; install it with: "
-            "pip install -c constraints.txt 'lmkit[torch]'"
+            "pip install -c constraints.txt 'lmkit-toolkit[torch]'"
         ) from None
     return torch

@@ -242,6 +242,33 @@ def load_target_tokenizer(directory: str):
 # -- composing -------------------------------------------------------------------------------------
 
 
+def _size_vocabularies(spec: ModelSpec, raw: dict, explicit: set[str], say) -> bool:
+    """Set raw[stack]["vocab_size"] to its tokenizer's size for each stack with a vocab_size the user left to
+    the preset or default; True when one changed."""
+    if not spec.tokenizer or "path" not in spec.tokenizer:
+        return False
+    from .options import options_to_dict
+    from .tokenizers import load_tokenizer
+
+    tokenizer = load_tokenizer(spec.tokenizer["path"])
+    target = spec.tokenizer.get("target")
+    target = load_tokenizer(target) if isinstance(target, str) and spec.encoder and spec.decoder else None
+    changed = False
+    for key, part in (("encoder", spec.encoder), ("decoder", spec.decoder)):
+        size = options_to_dict(part.options).get("vocab_size") if part is not None and part.options else None
+        side = target if key == "decoder" and target is not None else tokenizer
+        if size is None or key in explicit or size == side.vocab_size:
+            continue
+        raw[key]["vocab_size"] = side.vocab_size
+        changed = True
+        which = "target tokenizer" if side is target else "tokenizer"
+        why = (f"{size - side.vocab_size} of its rows would never be used" if size > side.vocab_size
+               else "too few for its tokens")
+        say(f"{key}.vocab_size {side.vocab_size}, the {which}'s: it was {size}, {why}; --set {key}.vocab_size=N "
+            "to choose")
+    return changed
+
+
 def attach_tokenizers(spec: ModelSpec):
     """(tokenizer, target tokenizer or None): `tokenizer.target` names the target side's own tokenizer
     for an encoder-decoder model; the decoder's vocabulary must then fit it, the encoder's the other."""
@@ -276,14 +303,39 @@ def attach_tokenizers(spec: ModelSpec):
     return tokenizer, target
 
 
+# Overrides that leave a preset the preset: the tokenizer it reads (and the vocabulary sized to it), its name.
+_KEEPS_PRESET = ("tokenizer", "name", "based_on")
+
+
 def compose(source: str, overrides: list[str], out: str, *, force: bool = False, seed: int = 0,
-            weights: str | None = None, host: PluginHost | None = None) -> dict:
-    """Resolve a preset or spec file with overrides and write a model directory to `out`."""
+            weights: str | None = None, host: PluginHost | None = None, say=None) -> dict:
+    """Resolve a preset or spec file with overrides and write a model directory to `out`.
+
+    A stack's vocab_size that the user did not set (with --set or in their spec file) is sized to the
+    tokenizer it reads (the target tokenizer for an encoder-decoder's decoder); `say` gets one line for
+    each. A composition that changes a preset keeps a name of its own (the --out folder's) and records
+    the preset as `based_on`.
+    """
     from .artifacts import staged_directory
-    from .spec import apply_overrides, load_source
+    from .spec import apply_overrides, load_source, read_toml
 
     host = host or get_host()
-    spec = resolve(apply_overrides(load_source(source, host), overrides), host)
+    say = say or (lambda message: None)
+    raw = apply_overrides(load_source(source, host), overrides)  # an unknown source fails here, in one line
+    own = {} if source in host.presets else read_toml(source)  # what the user's spec file itself sets
+    given = [a.partition("=")[0].strip() for a in overrides]
+    preset = source if source in host.presets else own.get("preset")
+    changed = [key for key in given if key.split(".")[0] not in _KEEPS_PRESET] + [
+        key for key in own if key not in (*_KEEPS_PRESET, "preset")]
+    if isinstance(preset, str) and changed:  # no longer the preset: a name of its own, and where it started
+        if "name" not in given and "name" not in own or raw.get("name") == preset:
+            raw["name"] = os.path.basename(os.path.normpath(out)) or preset
+        raw["based_on"] = preset
+    spec = resolve(raw, host)
+    explicit = {key for key in ("encoder", "decoder")
+                if f"{key}.vocab_size" in given or "vocab_size" in (own.get(key) or {})}
+    if _size_vocabularies(spec, raw, explicit, say):
+        spec = resolve(raw, host)
     tokenizer, target_tokenizer = attach_tokenizers(spec)
     model = build_model(spec, seed)
     if weights is not None:

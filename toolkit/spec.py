@@ -30,7 +30,7 @@ from .errors import LmkitError, SpecError, did_you_mean, one_of
 from .options import build_options, options_to_dict, parse_value
 from .registry import Component, PluginHost
 
-TOP_LEVEL = ("preset", "name", "tokenizer", "encoder", "decoder", "objectives", "decoding")
+TOP_LEVEL = ("preset", "name", "based_on", "tokenizer", "encoder", "decoder", "objectives", "decoding")
 SINGLE_PARTS = ("encoder", "decoder")
 
 
@@ -59,6 +59,7 @@ class ModelSpec:
     """A checked composition, ready to build."""
 
     name: str | None = None
+    based_on: str | None = None  # the preset a changed composition started from (its name is then its own)
     tokenizer: dict | None = None  # {"type": ..., "path": ...} until composed; then {"type", "vocab_size"}
     encoder: Part | None = None
     decoder: Part | None = None
@@ -73,6 +74,8 @@ class ModelSpec:
         out: dict = {}
         if self.name:
             out["name"] = self.name
+        if self.based_on:
+            out["based_on"] = self.based_on
         if self.tokenizer:
             out["tokenizer"] = dict(self.tokenizer)
         for key in SINGLE_PARTS:
@@ -196,9 +199,10 @@ def resolve(raw: dict, host: PluginHost) -> ModelSpec:
         if key not in TOP_LEVEL:
             raise SpecError(f"unknown spec key '{key}'{did_you_mean(key, TOP_LEVEL)}; "
                             f"allowed: {', '.join(TOP_LEVEL)}")
-    spec = ModelSpec(name=raw.get("name"))
-    if spec.name is not None and not isinstance(spec.name, str):
-        raise SpecError(f"name: {spec.name!r} is not a string")
+    spec = ModelSpec(name=raw.get("name"), based_on=raw.get("based_on"))
+    for key in ("name", "based_on"):
+        if getattr(spec, key) is not None and not isinstance(getattr(spec, key), str):
+            raise SpecError(f"{key}: {getattr(spec, key)!r} is not a string")
     spec.tokenizer = _resolve_tokenizer(raw.get("tokenizer"), host)
     for key in SINGLE_PARTS:
         if raw.get(key) is not None:

@@ -1,7 +1,9 @@
 """A text source whose true entropy is known, to check what a trained model has learnt.
 
-Documents are walks of a random first-order Markov chain over made-up words, ending when the chain
-moves to an end-of-document state. Because text is a one-to-one function of the word sequence,
+Documents are walks of a random first-order Markov chain over words, ending when the chain moves
+to an end-of-document state: made-up words (MarkovSource.random), or real English words whose
+successors follow a small grammar, so that a sample reads like (simple) language
+(MarkovSource.english). Because text is a one-to-one function of the word sequence,
 the exact negative log-likelihood of any held-out document under the true chain is the floor that
 no model can beat on average, whatever its tokenizer: a model's perplexity per token is compared
 with exp(true NLL / the model's token count) over the same text.
@@ -14,6 +16,29 @@ import string
 from dataclasses import dataclass
 
 import numpy as np
+
+
+# The words of MarkovSource.english by class, and which classes may follow each ("." ends a sentence).
+ENGLISH = {
+    "article": "the a this every",
+    "adjective": "old small green quiet bright cold happy little",
+    "noun": "cat dog bird river garden house child teacher city road tree window",
+    "verb": "sees finds likes follows watches crosses opens reaches",
+    "preposition": "near under behind across",
+    "conjunction": "and but",
+    "pronoun": "she he it",
+    "stop": ".",
+}
+FOLLOWS = {
+    "article": ("adjective", "noun"),
+    "adjective": ("adjective", "noun"),
+    "noun": ("verb", "preposition", "conjunction", "stop"),
+    "verb": ("article", "preposition"),
+    "preposition": ("article",),
+    "conjunction": ("article", "pronoun"),
+    "pronoun": ("verb",),
+    "stop": ("article", "pronoun"),
+}
 
 
 @dataclass(frozen=True)
@@ -41,6 +66,33 @@ class MarkovSource:
         transitions[:, n_words] = end
         start = rng.dirichlet(np.ones(n_words))
         return cls(tuple(sorted(words)), start, transitions)
+
+    @classmethod
+    def english(cls, branching: int = 4, mean_length: int = 40, seed: int = 0) -> MarkovSource:
+        """A chain over 48 real English words: each word's `branching` likely successors are drawn from the
+        word classes that may follow it (an article before an adjective or a noun, a verb after a noun,
+        ...), so walks read like simple sentences. It is still a first-order chain: its entropy is exact."""
+        if branching < 1 or mean_length < 1:
+            raise ValueError("need branching >= 1 and mean_length >= 1")
+        rng = np.random.default_rng(seed)
+        classes = {name: words.split() for name, words in ENGLISH.items()}
+        words = [w for name in classes for w in classes[name]]
+        index = {w: i for i, w in enumerate(words)}
+        n = len(words)
+        transitions = np.zeros((n, n + 1))
+        for name, members in classes.items():
+            allowed = [index[w] for follower in FOLLOWS[name] for w in classes[follower]]
+            for word in members:
+                successors = rng.choice(allowed, size=min(branching, len(allowed)), replace=False)
+                transitions[index[word], successors] = rng.dirichlet(np.ones(len(successors)))
+        end = 1.0 / mean_length
+        transitions[:, :n] *= 1.0 - end
+        transitions[:, n] = end
+        # Documents open as sentences do: with an article or a pronoun.
+        openers = [index[w] for name in ("article", "pronoun") for w in classes[name]]
+        start = np.zeros(n)
+        start[openers] = rng.dirichlet(np.ones(len(openers)))
+        return cls(tuple(words), start, transitions)
 
     @property
     def n_words(self) -> int:

@@ -34,6 +34,8 @@ class MaskedLM(ObjectiveModule):
     embedding the dense layer maps H down to E, the width of the embedding.
     """
 
+    models_language = True  # the cross-entropy of the picked tokens: its exp is the MLM perplexity
+
     def __init__(self, options: MaskedLMOptions, d_model: int = 64, d_embed: int = 64,
                  vocab_size: int = 512, activation: str = "gelu", layer_norm_eps: float = 1e-12):
         super().__init__()

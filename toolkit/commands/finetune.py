@@ -48,9 +48,10 @@ def _names(value: str | None) -> tuple[str, ...]:
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1), help="Examples per step.")
 @click.option("--lr", type=float,
               help="Peak learning rate.  [default: the stack's recipe: 5e-5 for an encoder (BERT), 6.25e-5 for a "
-                   "decoder (GPT)]")
-@click.option("--warmup-ratio", default=0.002, show_default=True, type=click.FloatRange(0, 1),
-              help="Share of the steps spent warming up (GPT: 0.2%).")
+                   "decoder (GPT), at width 768; times 768/d_model for narrower models]")
+@click.option("--warmup-ratio", type=click.FloatRange(0, 1),
+              help="Share of the steps spent warming up.  [default: the stack's recipe: 0.1 for an encoder (BERT), "
+                   "0.002 for a decoder (GPT)]")
 @click.option("--max-length", type=click.IntRange(min=4), help="Tokens per sequence.  [default: the model's context; 512 for a model without one]")
 @click.option("--truncate/--no-truncate", default=True, show_default=True,
               help="Cut longer examples (longest text first) with a warning, or fail.")
@@ -113,6 +114,10 @@ def _report(record: dict, out: str, as_json: bool) -> None:
     shown = {k: record[k] for k in names if k in record}
     if shown:
         click.echo(f"best dev step {record['step']}: " + "  ".join(f"{k} {v:.4f}" for k, v in shown.items()))
+        baseline = record.get("baseline") or {}
+        if any(k in baseline for k in shown):
+            click.echo(f"baseline, predicting {baseline['predicts']}: "
+                       + "  ".join(f"{k} {baseline[k]:.4f}" for k in shown if k in baseline))
         click.echo(f"{out}/{BEST}")
     else:
         click.echo(out)

@@ -32,6 +32,11 @@ def read_metrics(model_dir: str) -> list[dict]:
     return records
 
 
+def _keys(records: list[dict], prefix: str) -> list[str]:
+    """The keys starting with `prefix` in any record, in the order first seen."""
+    return list(dict.fromkeys(key for record in records for key in record if key.startswith(prefix)))
+
+
 @click.command("plot")
 @click.argument("model_dir", type=click.Path(file_okay=False))
 @click.option("--out", type=click.Path(dir_okay=False), help="PNG to write  [default: MODEL_DIR/metrics.png]")
@@ -48,17 +53,28 @@ def plot_command(model_dir, out):
         import matplotlib.pyplot as plt
     except ImportError:
         raise MissingDependency("lmkit plot needs matplotlib, which is not installed; install it with: "
-                                "pip install 'lmkit[plot]'") from None
+                                "pip install 'lmkit-toolkit[plot]'") from None
     out = out or os.path.join(model_dir, "metrics.png")
     evaluated = [r for r in records if "val_loss" in r]
     figure, (loss_axes, ppl_axes) = plt.subplots(1, 2, figsize=(11, 4), constrained_layout=True)
     loss_axes.plot([r["step"] for r in records], [r["loss"] for r in records], label="training")
+    for key in _keys(records, "loss_"):  # each objective's own loss, when there are several (MLM, NSP)
+        shown = [r for r in records if key in r]
+        loss_axes.plot([r["step"] for r in shown], [r[key] for r in shown], lw=0.8, label=key[len("loss_"):])
+    # Perplexity only of language-modelling objectives: a fine-tuning run's head or NSP has none.
+    perplexities = _keys(evaluated, "val_ppl")
     if evaluated:
         loss_axes.plot([r["step"] for r in evaluated], [r["val_loss"] for r in evaluated], "o-", label="validation")
-        ppl_axes.plot([r["step"] for r in evaluated], [r["val_ppl"] for r in evaluated], "o-", color="C1")
+    for key in perplexities:
+        shown = [r for r in evaluated if key in r]
+        ppl_axes.plot([r["step"] for r in shown], [r[key] for r in shown], "o-",
+                      label="validation" if key == "val_ppl" else key[len("val_ppl_"):])
+    if perplexities:
         ppl_axes.set_yscale("log")
+        ppl_axes.legend() if len(perplexities) > 1 else None
     else:
-        ppl_axes.text(0.5, 0.5, "no validation yet", ha="center", va="center", transform=ppl_axes.transAxes)
+        ppl_axes.text(0.5, 0.5, "no validation yet" if not evaluated else "no language-modelling objective",
+                      ha="center", va="center", transform=ppl_axes.transAxes)
     loss_axes.set(title="loss", xlabel="step", ylabel="cross-entropy (nats/token)")
     loss_axes.legend()
     ppl_axes.set(title="validation perplexity", xlabel="step", ylabel="perplexity")

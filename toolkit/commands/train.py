@@ -18,7 +18,7 @@ import click
 @click.option("--seq-len", type=int, help="Tokens each window predicts; at most the model's context. For "
                                          "parallel text: the longest sentence, in tokens.")
 @click.option("--lr", type=float, help="Peak learning rate.  [default: 3e-4]")
-@click.option("--warmup", type=int, help="Steps of linear warmup.  [default: 100]")
+@click.option("--warmup", type=int, help="Steps of linear warmup.  [default: a tenth of --steps, at most 100]")
 @click.option("--min-lr-ratio", type=float, help="The cosine ends at lr times this.  [default: 0.1]")
 @click.option("--weight-decay", type=float, help="AdamW decay of matrices and embeddings.  [default: 0.1]")
 @click.option("--beta1", type=float, help="AdamW's first-moment decay.  [default: 0.9]")
@@ -67,7 +67,13 @@ def train_command(model_dir, resume, **options):
         return
     if record:
         summary = f"step {record['step']}: loss {record['loss']:.4f}"
+        parts = [f"{key[len('loss_'):]} {value:.4f}" for key, value in record.items() if key.startswith("loss_")]
+        if parts:  # several objectives: each one's own loss (BERT: masked-lm and next-sentence)
+            summary += f" ({', '.join(parts)})"
         if "val_loss" in record:
-            summary += f", val_loss {record['val_loss']:.4f} (perplexity {record['val_ppl']:.2f})"
+            summary += f", val_loss {record['val_loss']:.4f}"
+            perplexities = [(key, value) for key, value in record.items() if key.startswith("val_ppl")]
+            summary += "".join(f" ({'perplexity' if key == 'val_ppl' else key[len('val_ppl_'):] + ' perplexity'} "
+                               f"{value:.2f})" for key, value in perplexities)
         click.echo(f"trained {summary}, {record['tokens_per_s']:,.0f} tokens/s: {model_dir}", err=True)
     click.echo(model_dir)

@@ -10,6 +10,11 @@ class ObjectiveModule(nn.Module):
     prediction beside masked LM) keeps the default, None.
     """
 
+    # True when the loss is the mean cross-entropy of the tokens it predicts, so that exp(loss) is a
+    # perplexity (causal LM, masked LM, seq2seq without label smoothing); the trainer reports
+    # perplexity from these objectives only, never from a sum with NSP or a task head.
+    models_language = False
+
     def __init__(self, options=None):
         super().__init__()
         self.options = options

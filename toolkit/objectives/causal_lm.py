@@ -12,6 +12,10 @@ from .states import decoder_states_if_computed
 class CausalLM(ObjectiveModule):
     """Next-token prediction: position t predicts token t+1 (Radford et al. 2018, eq. 1)."""
 
+    @property
+    def models_language(self) -> bool:
+        return self.options.label_smoothing == 0  # a smoothed loss is not the cross-entropy perplexity measures
+
     def __init__(self, options: CausalLMOptions):
         super().__init__()
         self.options = options

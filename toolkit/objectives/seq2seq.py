@@ -19,6 +19,10 @@ class Seq2SeqLM(ObjectiveModule):
     token, then y_1 ... y_{T-1}) and labels (B, T) (y_1 ... y_T, -100 where nothing is predicted).
     """
 
+    @property
+    def models_language(self) -> bool:
+        return self.options.label_smoothing == 0  # a smoothed loss is not the cross-entropy perplexity measures
+
     def __init__(self, options: Seq2SeqOptions):
         super().__init__(options)
 

@@ -13,6 +13,7 @@ import dataclasses
 import json
 import math
 import os
+import sys
 from dataclasses import dataclass
 
 import numpy as np
@@ -57,7 +58,8 @@ def prepare(pretrained: str, out: str, kind, train, options: TaskOptions, *, see
     """Write into `out` (an empty directory, the run's stage): the pretrained stack with a fresh task head
     (and the recipe's changes to the tokenizer).
 
-    Returns (the stack's task recipe, the positions the model reads or None when it has no limit).
+    Returns (the stack's task recipe, the positions the model reads or None when it has no limit, the
+    width of the features the head reads).
     """
     from ..model import build_model, save_model
     from ..spec import resolve
@@ -89,7 +91,7 @@ def prepare(pretrained: str, out: str, kind, train, options: TaskOptions, *, see
     model = build_model(resolved, seed)
     transfer_weights(model, find_weights(pretrained))
     save_model(out, model, host, tokenizer)
-    return recipe, model.feature_stack.max_positions
+    return recipe, model.feature_stack.max_positions, model.feature_stack.d_model
 
 
 def transfer_weights(model, path: str) -> None:
@@ -108,8 +110,10 @@ def transfer_weights(model, path: str) -> None:
                 raise ArtifactError(f"{path} has no tensor '{name}' that the fine-tuned model needs")
             if source.shape == tensor.shape:
                 tensor.copy_(source)
-            elif source.shape[1:] == tensor.shape[1:] and source.shape[0] < tensor.shape[0]:
-                tensor[:source.shape[0]] = source  # the vocabulary grew by the markers
+            elif source.dim() == tensor.dim() and all(s <= t for s, t in zip(source.shape, tensor.shape)):
+                # The vocabulary grew by the markers: along the first axis of an embedding, along every axis
+                # of a vocabulary-by-vocabulary table (a bigram model's); the new rows keep their init.
+                tensor[tuple(slice(0, s) for s in source.shape)] = source
             else:
                 raise ArtifactError(f"{path}: tensor '{name}' has shape {list(source.shape)}, the fine-tuned model "
                                     f"needs {list(tensor.shape)}")
@@ -178,8 +182,9 @@ def _fine_tuner_class():
     class FineTuner(Trainer):
         """The shared trainer, reporting the task's metrics on the dev set and keeping the best step."""
 
-        def __init__(self, *args, kind, dev, stage: StagedRun | None = None, **kwargs):
+        def __init__(self, *args, kind, dev, train, stage: StagedRun | None = None, **kwargs):
             self.kind, self.dev, self.best, self.metric, self.stage = kind, dev, None, None, stage
+            self.train_data, self.baseline = train, None
             super().__init__(*args, **kwargs)
             best = os.path.join(self.model_dir, BEST, RESULTS)
             if kwargs.get("state") is not None and os.path.isfile(best):  # resumed: the step to beat
@@ -200,7 +205,9 @@ def _fine_tuner_class():
             self.model.train()
             results = self.kind.metrics(predicted, self.eval_batches, self.data.dev, self.dev)
             self.metric = next(iter(results))  # the first metric picks the best step
-            return results
+            if self.baseline is None:  # what one answer for every example scores: the figure to beat
+                self.baseline = self.kind.baseline(self.eval_batches, self.data.dev, self.dev, self.train_data)
+            return {**results, "baseline": self.baseline}
 
         def after_evaluation(self, record: dict) -> None:
             metric = self.metric
@@ -224,7 +231,7 @@ def _fine_tuner_class():
 
 def finetune(pretrained: str, out: str, train_path: str, dev_path: str | None, options: TaskOptions, *,
              epochs: float = 3.0, steps: int | None = None, batch_size: int = 32, max_length: int | None = None,
-             lr: float | None = None, warmup_ratio: float = 0.002, seed: int = 0, eval_every: int | None = None,
+             lr: float | None = None, warmup_ratio: float | None = None, seed: int = 0, eval_every: int | None = None,
              device: str = "auto", force: bool = False, progress: bool = True) -> dict:
     """Fine-tune `pretrained` on a task file into `out`; returns the best dev record (or the last one)."""
     from ..training.arguments import TrainingArguments
@@ -241,8 +248,11 @@ def finetune(pretrained: str, out: str, train_path: str, dev_path: str | None, o
     # The run is written under a temporary name beside `out` until its first checkpoint (see
     # FineTuner.after_checkpoint): a failure before then, bad arguments included, leaves no `out`.
     with staged_run(out, force=force, resumable=_has_checkpoint) as stage:
-        recipe, context = prepare(pretrained, stage.path, kind, train, options, seed=seed)
-        lr = recipe.default_lr if lr is None else lr
+        from .recipes import default_learning_rate
+
+        recipe, context, width = prepare(pretrained, stage.path, kind, train, options, seed=seed)
+        chosen_lr, lr = lr, default_learning_rate(recipe, width) if lr is None else lr
+        warmup_ratio = recipe.default_warmup_ratio if warmup_ratio is None else warmup_ratio
         max_length = max_length or context or UNLIMITED_MAX_LENGTH
         if context is not None and max_length > context:
             raise LmkitError(f"--max-length {max_length} is beyond the model's {context} positions; give at most "
@@ -255,6 +265,10 @@ def finetune(pretrained: str, out: str, train_path: str, dev_path: str | None, o
             "batch_size": batch_size, "seq_len": max_length, "lr": lr, "warmup": int(warmup_ratio * steps),
             "min_lr_ratio": 0.0, "weight_decay": 0.01, "eval_every": eval_every or per_epoch,
             "save_every": eval_every or per_epoch, "log_every": min(10, per_epoch), "seed": seed, "device": device})
+        if chosen_lr is None and progress:  # once the arguments have been checked
+            scaled = "" if lr == recipe.default_lr else f", scaled by {recipe.reference_width}/{width} to this model's width"
+            print(f"lr {lr:.3g}: the {recipe.name} recipe's {recipe.default_lr:g} at width {recipe.reference_width}"
+                  f"{scaled} (--lr to choose)", file=sys.stderr)
         atomic_write_json(os.path.join(stage.path, TASK), dataclasses.asdict(options))
         return _run(stage.path, args, kind, train, dev, options, state=None, progress=progress, stage=stage)
 
@@ -291,10 +305,24 @@ def _run(out: str, args, kind, train, dev, options: TaskOptions, *, state: dict 
 
     with processes() as procs:
         tuner = _fine_tuner_class()(out, args, procs, state=state, progress=progress, kind=kind, dev=dev,
-                                    stage=stage, batches=task_batches(kind, train, dev, options))
+                                    train=train, stage=stage, batches=task_batches(kind, train, dev, options))
         last = tuner.train()
-    return {**(tuner.best or last), "train_examples": len(train.examples),
-            "dev_examples": len(dev.examples) if dev else 0, "labels": list(train.labels)}
+    record = {**(tuner.best or last), "train_examples": len(train.examples),
+              "dev_examples": len(dev.examples) if dev else 0, "labels": list(train.labels)}
+    warning = baseline_warning(record, tuner.metric)
+    if warning and progress and procs.is_main:
+        print(warning, file=sys.stderr)
+    return record
+
+
+def baseline_warning(record: dict, metric: str | None) -> str | None:
+    """A one-line warning when the best dev score does not beat the baseline of one answer for every example."""
+    baseline = record.get("baseline")
+    if not baseline or metric is None or metric not in baseline or record[metric] > baseline[metric] + 1e-9:
+        return None
+    return (f"warning: the best dev {metric} {record[metric]:.4f} (step {record['step']}) does not beat "
+            f"{baseline[metric]:.4f}, what predicting {baseline['predicts']} scores: the model has learnt nothing "
+            "the dev set rewards; train longer (--epochs), try another --lr, or check the labels")
 
 
 def read_results(model_dir: str) -> dict:

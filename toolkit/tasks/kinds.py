@@ -46,6 +46,20 @@ class SequenceKind:
         """The head's prediction from its scores, as its predict() gives it (lmkit.objectives.heads)."""
         return scores if self.name == "regression" else scores.argmax(-1)
 
+    def baseline(self, batches: list[dict], encoded, data, train) -> dict:
+        """The dev metrics of one answer for every example, learnt from the training labels alone: the
+        majority class (or right choice); for regression, the training mean. A model should beat it."""
+        gold = [e.label for e in train.examples]
+        if self.name == "regression":
+            value, predicts = float(np.mean(gold)), f"{float(np.mean(gold)):.4g} (the training mean)"
+        else:
+            value = int(np.bincount(np.asarray(gold, dtype=np.int64)).argmax())  # ties: the first label
+            predicts = (f"choice {value}" if self.name == "multiple-choice" else repr(data.labels[value])) + (
+                " (the majority in training)")
+        constant = [np.full(len(batch["labels"]), value, dtype=np.float32 if self.name == "regression" else np.int64)
+                    for batch in batches]
+        return {"predicts": predicts, **self.metrics(constant, batches, encoded, data)}
+
     def outputs(self, scores: list, batches: list[dict], encoded, data) -> list[dict]:
         """Per example: its file line, the prediction, and the probability of every label (or choice)."""
         scores = np.concatenate(scores)
@@ -111,6 +125,15 @@ class TokenKind:
     def decide(self, scores: np.ndarray) -> np.ndarray:
         return scores.argmax(-1)
 
+    def baseline(self, batches: list[dict], encoded, data, train) -> dict:
+        """The dev metrics of tagging every word with the training file's most frequent tag (O, mostly)."""
+        counts = np.bincount(np.asarray([t for s in train.examples for t in s.tags], dtype=np.int64),
+                             minlength=len(data.labels))
+        tag = int(counts.argmax())
+        constant = [np.full(batch["labels"].shape, tag, dtype=np.int64) for batch in batches]
+        return {"predicts": f"{data.labels[tag]!r} for every word (the majority in training)",
+                **self.metrics(constant, batches, encoded, data)}
+
     def outputs(self, scores: list, batches: list[dict], encoded, data) -> list[dict]:
         """Per sentence: its first line, its words (those kept), the tag of each and that tag's probability."""
         rows = [(row, labels) for predicted, batch in zip(scores, batches)
@@ -165,6 +188,11 @@ class QuestionKind:
 
     def decide(self, scores: np.ndarray) -> np.ndarray:
         return scores  # (B, T, 2): spans are chosen with the offsets, in metrics() and outputs()
+
+    def baseline(self, batches: list[dict], encoded, data, train) -> dict:
+        """The dev metrics of answering nothing to every question (SQuAD v2.0's no-answer baseline)."""
+        return {"predicts": "no answer to every question", **qa.squad_metrics([""] * len(data.examples),
+                                                                            data.examples, data.version)}
 
     def outputs(self, scores: list, batches: list[dict], encoded, data) -> list[dict]:
         """Per question: its index in the file, its id, the answer text ("" for none) and the answer's

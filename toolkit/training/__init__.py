@@ -8,6 +8,17 @@
 """
 from .arguments import TrainingArguments, TrainingError
 from .schedule import learning_rate
-from .trainer import METRICS, Trainer, build_optimizer, train
+
+_TRAINER = ("METRICS", "Trainer", "build_optimizer", "train")
+
+
+def __getattr__(name: str):
+    # The trainer imports torch: only on first use, so that listing the registered schedules and
+    # optimizers (lmkit components), whose classes live in schedule.py, stays torch-free.
+    if name in _TRAINER:
+        from . import trainer
+
+        return getattr(trainer, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = ["METRICS", "Trainer", "TrainingArguments", "TrainingError", "build_optimizer", "learning_rate", "train"]

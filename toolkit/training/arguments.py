@@ -17,6 +17,15 @@ def flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
+MAX_DEFAULT_WARMUP = 100
+
+
+def default_warmup(steps: int) -> int:
+    """The warmup a run gets unless told: a tenth of its steps, at most 100 (nanoGPT-sized runs warm up
+    over 100 steps; a 40-step run would spend them all below its peak rate)."""
+    return min(MAX_DEFAULT_WARMUP, steps // 10)
+
+
 @dataclass(frozen=True)
 class TrainingArguments:
     data: tuple[str, ...]  # text/.jsonl files or directories, as absolute paths
@@ -25,7 +34,7 @@ class TrainingArguments:
     seq_len: int  # tokens each window predicts; it reads seq_len + 1
     val_data: tuple[str, ...] = ()  # held-out files; when empty, the data's last val_fraction is held out
     lr: float = 3e-4  # peak learning rate, reached at the end of warmup
-    warmup: int = 100  # steps of linear warmup
+    warmup: int | None = None  # steps of linear warmup; None: default_warmup(steps), fixed when the run starts
     min_lr_ratio: float = 0.1  # the cosine decays to lr * min_lr_ratio at the last step (Chinchilla: 0.1)
     weight_decay: float = 0.1  # AdamW's decoupled decay, on matrices and embeddings only
     beta1: float = 0.9
@@ -56,6 +65,9 @@ class TrainingArguments:
             object.__setattr__(self, name, tuple(os.path.abspath(os.fspath(p)) for p in paths))
         if not self.data:
             raise TrainingError("no training data given; pass --data with text or .jsonl files or directories")
+        if self.warmup is None and isinstance(self.steps, int) and not isinstance(self.steps, bool):
+            # Resolved once: a resumed run reads it back as a number, so raising --steps leaves it as it was.
+            object.__setattr__(self, "warmup", default_warmup(self.steps))
         for name in ("steps", "batch_size", "seq_len", "grad_accum", "eval_batches", "log_every",
                      "warmup", "eval_every", "save_every", "seed"):
             value = getattr(self, name)

@@ -50,9 +50,11 @@ class _Loss(nn.Module):
     def __init__(self, model: ComposedModel):
         super().__init__()
         self.model = model
+        self.parts: dict[str, torch.Tensor] = {}  # each objective's loss of the last batch, detached
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        return self.model.loss(batch)[0]
+        total, self.parts = self.model.loss(batch)
+        return total
 
 
 def build_optimizer(model: nn.Module, args: TrainingArguments, device: torch.device) -> torch.optim.Optimizer:
@@ -105,12 +107,18 @@ class Trainer:
             torch.manual_seed(args.seed + procs.rank)  # dropout masks differ between processes
         else:
             self._restore(state)
-        self.batch_loss: nn.Module = _Loss(self.model)
+        self.objective_loss = _Loss(self.model)
+        self.batch_loss: nn.Module = self.objective_loss
         if procs.distributed:  # gradient_as_bucket_view: gradients live in DDP's all-reduce buffers, not copies
             self.batch_loss = DistributedDataParallel(
                 self.batch_loss, device_ids=[self.device.index] if self.device.type == "cuda" else None,
                 gradient_as_bucket_view=True)
         self.loss_sum = torch.zeros((), device=self.device)  # since the last log, summed without syncing
+        # Each objective's loss, unweighted, summed the same way: reported beside the total when there are several.
+        self.objective_types = [o.type for o in self.model.spec.objectives]
+        self.parts_sum = torch.zeros(len(self.objective_types), device=self.device)
+        self.language_objectives = [o.type for o in self.model.spec.objectives
+                                    if self.model.objectives[o.type].models_language]
         self.tokens_seen = 0  # by this process since the last log
         self.last_record: dict = {}
 
@@ -171,6 +179,10 @@ class Trainer:
                 weighted = loss * (count / self.local_batch)
                 weighted.backward()
             self.loss_sum += weighted.detach()
+            if len(self.objective_types) > 1:
+                parts = self.objective_loss.parts
+                self.parts_sum += torch.stack([parts[t].float() for t in self.objective_types]) * (
+                    count / self.local_batch)
         if args.grad_clip > 0:
             nn.utils.clip_grad_norm_(self.model.parameters(), args.grad_clip)
         self.optimizer.step()
@@ -180,19 +192,31 @@ class Trainer:
         return lr
 
     @torch.no_grad()
-    def evaluate(self) -> float:
-        """Mean loss over the fixed validation batches, weighed by their rows (each process scores a share)."""
-        total = torch.zeros(2, device=self.device)  # loss summed over rows, rows
+    def evaluate(self) -> dict[str, float]:
+        """The validation record: mean loss over the fixed validation batches, weighed by their rows (each
+        process scores a share), each objective's loss when there are several, and the perplexity of the
+        language-modelling objective(s) alone (never of a sum with NSP or a task head's loss)."""
+        types = self.objective_types
+        total = torch.zeros(2 + len(types), device=self.device)  # loss summed over rows, rows, each objective's
         self.model.eval()
         for batch in self.eval_batches[self.procs.rank::self.procs.world_size]:
             rows = len(next(iter(batch.values())))
             with self._autocast():
-                loss, _ = self.model.loss(self._to_device(batch))
+                loss, parts = self.model.loss(self._to_device(batch))
             total[0] += loss.float() * rows
             total[1] += rows
+            total[2:] += torch.stack([parts[t].float() for t in types]) * rows
         self.model.train()
         self.procs.sum(total)
-        return (total[0] / total[1]).item()
+        means = (total / total[1]).tolist()
+        record = {"val_loss": means[0]}
+        by_type = dict(zip(types, means[2:]))
+        if len(types) > 1:
+            record.update({f"val_loss_{t}": value for t, value in by_type.items()})
+        for t in self.language_objectives:
+            key = "val_ppl" if len(self.language_objectives) == 1 else f"val_ppl_{t}"
+            record[key] = math.exp(min(by_type[t], 700.0))  # no overflow early on
+        return record
 
     def validation_metrics(self) -> dict[str, float]:
         """Metrics beyond the loss, added to each evaluation's record (fine-tuning: accuracy, F1, ...)."""
@@ -228,19 +252,23 @@ class Trainer:
                 evaluate = has_validation and (finished or (args.eval_every and self.step % args.eval_every == 0))
                 if self.step % args.log_every == 0 or evaluate or finished:
                     # The first read of a device value since the last record: it waits for the steps.
-                    loss = self.procs.sum(self.loss_sum.clone()).item() / (steps_in_interval * self.procs.world_size)
+                    share = steps_in_interval * self.procs.world_size
+                    loss = self.procs.sum(self.loss_sum.clone()).item() / share
                     now = time.perf_counter()
                     record = {"step": self.step, "loss": loss, "lr": lr,
                               "tokens_per_s": self.tokens_seen * self.procs.world_size
                               / max(now - interval_start, 1e-9),
                               "elapsed": self.elapsed_before + now - started}
+                    if len(self.objective_types) > 1:  # the unweighted loss of each objective (MLM, NSP, ...)
+                        parts = (self.procs.sum(self.parts_sum.clone()) / share).tolist()
+                        record.update({f"loss_{t}": value for t, value in zip(self.objective_types, parts)})
                     if evaluate:
-                        record["val_loss"] = self.evaluate()
-                        record["val_ppl"] = math.exp(min(record["val_loss"], 700.0))  # no overflow early on
+                        record.update(self.evaluate())
                         record.update(self.validation_metrics())
                         self.after_evaluation(record)
                     self._log(record, metrics, bar, print_lines)
                     self.loss_sum.zero_()
+                    self.parts_sum.zero_()
                     steps_in_interval = self.tokens_seen = 0
                     interval_start = time.perf_counter()  # tokens/s leaves evaluation out
                 if finished or (args.save_every and self.step % args.save_every == 0):
