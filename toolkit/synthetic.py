@@ -17,7 +17,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-
 # The words of MarkovSource.english by class, and which classes may follow each ("." ends a sentence).
 ENGLISH = {
     "article": "the a this every",
