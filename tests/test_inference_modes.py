@@ -24,7 +24,9 @@ def model_dirs(tmp_path_factory):
     def make(preset):
         if preset not in made:
             made[preset] = str(tmp_path_factory.mktemp("presets") / preset)
-            compose(preset, [], made[preset], seed=0)
+            # CoVe wraps a trained NMT model: an nmt-tiny composed first (lmkit.plugins.seq2seq's COVE_PRESETS)
+            overrides = [f"encoder.model={make('nmt-tiny')}"] if preset == "cove-tiny" else []
+            compose(preset, overrides, made[preset], seed=0)
         return made[preset]
 
     return make
@@ -38,8 +40,8 @@ def run(model) -> list:
     outputs = []
     encoded = None
     if model.encoder is not None:
-        encoded = model.encoder(ids, mask)
-        outputs.extend(encoded.values() if isinstance(encoded, dict) else [encoded])
+        encoded = model.encoder(ids, mask)  # an lmkit.contract.EncoderOutput
+        outputs.extend([encoded.last_hidden_state, encoded.pooler_output, *(encoded.final_state or ())])
     if model.decoder is not None:
         if encoded is not None:  # an encoder-decoder: the decoder reads the encoder's states
             logits, _ = model.decoder(ids[:, :3], model.decoder.start(encoded))

@@ -13,6 +13,7 @@ import re
 import shutil
 import unicodedata
 
+import numpy as np
 import pytest
 from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import models, normalizers, pre_tokenizers, processors
@@ -302,9 +303,11 @@ def test_every_word_keeps_its_tag(tokenizers_of, name, encoder):
         assert [label for label in row.labels if label != -100] == list(sentence.tags)
     # prediction: a model that predicts the gold tags gives every word its own tag back
     kind = TokenKind("token-classification", None)
+    kind.scheme = "conlleval"  # what reading a CoNLL file of B/I/O tags resolves to
     batch = tokens.collate_sentences(encoded, 0)
-    outputs = kind.outputs([batch["labels"].clip(0)], [batch], encoded, data)
-    assert outputs[0] == {"words": list(SENTENCE), "tags": [data.labels[t] for t in TAGS]}
+    scores = np.eye(len(data.labels))[batch["labels"].clip(0)] * 10.0  # (B, T, tags): sure of the gold tag
+    outputs = kind.outputs([scores], [batch], encoded, data)
+    assert (outputs[0]["words"], outputs[0]["tags"]) == (list(SENTENCE), [data.labels[t] for t in TAGS])
     assert kind.metrics([batch["labels"].clip(0)], [batch], encoded, data)["accuracy"] == 1.0
 
 
