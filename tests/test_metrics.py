@@ -235,7 +235,7 @@ def test_cloze_perplexities():
 def test_bleu_is_sacrebleus_corpus_bleu_with_its_signature():
     import sacrebleu
 
-    from lmkit.translation import corpus_bleu
+    from lmkit.seq2seq import corpus_bleu
 
     hypotheses = ["The dog bit the man.", "It wasn't surprising.", "The man had just bitten him."]
     references = ["The dog bit the man.", "It was not unexpected.", "The man bit him first."]
