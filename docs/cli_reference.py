@@ -11,7 +11,10 @@ def walk(command: click.Command, path: list[str]):
     yield path, command
     if isinstance(command, click.Group):
         for name in command.list_commands(click.Context(command)):
-            yield from walk(command.commands[name], [*path, name])
+            sub = command.commands[name]
+            # lmkit's own commands only: a plugin's (added to the group when plugins load) documents itself
+            if sub.callback is None or sub.callback.__module__.startswith("lmkit."):
+                yield from walk(sub, [*path, name])
 
 
 def reference() -> str:
