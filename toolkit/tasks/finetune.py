@@ -74,8 +74,9 @@ def prepare(pretrained: str, out: str, kind, train, options: TaskOptions, *, see
     tokenizer = load_tokenizer(pretrained)
     key = task_stack_key(spec)
     # An encoder-decoder is fine-tuned through its encoder (CoVe's use of an NMT model): the decoder stays behind.
-    spec.pop("decoder" if key == "encoder" else "encoder", None)
-    spec.pop("decoding", None) if key == "encoder" else None
+    if key == "encoder":
+        spec.pop("decoder", None)
+        spec.pop("decoding", None)
     stack = dict(spec[key])
     recipe = host.instantiate("task-recipe", options.recipe or host.component(key, stack["type"]).load().task_recipe)
     if recipe.prepare(tokenizer) and stack.get("vocab_size", tokenizer.vocab_size) < tokenizer.vocab_size:
