@@ -242,12 +242,19 @@ def load_target_tokenizer(directory: str):
 # -- composing -------------------------------------------------------------------------------------
 
 
+def stack_vocab_size(part: Part | None) -> int | None:
+    """The rows of a stack's token embedding: its option of the shared vocabulary's name, vocab_size (None
+    for a stack without one, CoVe's)."""
+    from .options import options_to_dict
+
+    return options_to_dict(part.options).get("vocab_size") if part is not None and part.options else None
+
+
 def _size_vocabularies(spec: ModelSpec, raw: dict, explicit: set[str], say) -> bool:
     """Set raw[stack]["vocab_size"] to its tokenizer's size for each stack with a vocab_size the user left to
     the preset or default; True when one changed."""
     if not spec.tokenizer or "path" not in spec.tokenizer:
         return False
-    from .options import options_to_dict
     from .tokenizers import load_tokenizer
 
     tokenizer = load_tokenizer(spec.tokenizer["path"])
@@ -255,7 +262,7 @@ def _size_vocabularies(spec: ModelSpec, raw: dict, explicit: set[str], say) -> b
     target = load_tokenizer(target) if isinstance(target, str) and spec.encoder and spec.decoder else None
     changed = False
     for key, part in (("encoder", spec.encoder), ("decoder", spec.decoder)):
-        size = options_to_dict(part.options).get("vocab_size") if part is not None and part.options else None
+        size = stack_vocab_size(part)
         side = target if key == "decoder" and target is not None else tokenizer
         if size is None or key in explicit or size == side.vocab_size:
             continue
@@ -290,11 +297,9 @@ def attach_tokenizers(spec: ModelSpec):
             raise SpecError("tokenizer.target is the target side's tokenizer of an encoder-decoder model; this "
                             "spec does not have both an encoder and a decoder")
         target = load_tokenizer(spec.tokenizer["target"])
-    from .options import options_to_dict
 
     for key, part in (("encoder", spec.encoder), ("decoder", spec.decoder)):
-        # A stack sizes its embedding with the option of the shared vocabulary's name, vocab_size.
-        size = options_to_dict(part.options).get("vocab_size") if part is not None and part.options else None
+        size = stack_vocab_size(part)
         side = target if key == "decoder" and target is not None else tokenizer
         if size is not None and size < side.vocab_size:
             raise SpecError(f"{key}.vocab_size={size} is smaller than the {'target ' if side is target else ''}"
