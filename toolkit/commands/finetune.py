@@ -43,6 +43,9 @@ def _names(value: str | None) -> tuple[str, ...]:
 @click.option("--recipe", metavar="NAME",
               help="How the stack reads examples and features: a registered task recipe (lmkit components --kind "
                    "task-recipe).  [default: the one the stack names: encoder or decoder]")
+@click.option("--noisy-tune", "noisy_tune", default=0.0, show_default=True, type=float, metavar="LAMBDA",
+              help="NoisyTune (Wu et al. 2022): before the first step, add U(-λ/2, λ/2) times each pretrained "
+                   "tensor's own standard deviation to it, once, seeded by --seed; the paper's λ is 0.15, 0 is off.")
 @click.option("--epochs", default=3.0, show_default=True, type=float, help="Passes over the training file.")
 @click.option("--steps", type=int, help="Optimizer steps, in place of --epochs.")
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1), help="Examples per step.")
@@ -65,7 +68,7 @@ def _names(value: str | None) -> tuple[str, ...]:
                    "(raised) and --device may change.")
 @click.option("--json", "as_json", is_flag=True, help="Print the best dev record as JSON.")
 def finetune_command(pretrained, kind, train_path, dev_path, out, labels, text_fields, label_field, tag_column,
-                     tag_scheme, aux_lm_weight, recipe,
+                     tag_scheme, aux_lm_weight, recipe, noisy_tune,
                      epochs, steps, batch_size, lr, warmup_ratio, max_length, truncate, dropout, eval_every, seed,
                      device, force, resume, as_json):
     """Fine-tune PRETRAINED on a labelled task file into OUT, with a linear head on its sequence features.
@@ -97,7 +100,7 @@ def finetune_command(pretrained, kind, train_path, dev_path, out, labels, text_f
                                "fine-tuning run")
     options = TaskOptions(kind=kind, text_fields=_names(text_fields), label_field=label_field,
                           labels=_names(labels), aux_lm_weight=aux_lm_weight, dropout=dropout, truncate=truncate,
-                          tag_column=tag_column, tag_scheme=tag_scheme, recipe=recipe)
+                          tag_column=tag_column, tag_scheme=tag_scheme, recipe=recipe, noisy_tune=noisy_tune)
     record = finetune(pretrained, out, train_path, dev_path, options, epochs=epochs, steps=steps,
                       batch_size=batch_size, max_length=max_length, lr=lr, warmup_ratio=warmup_ratio, seed=seed,
                       eval_every=eval_every, device=device, force=force)

@@ -30,6 +30,7 @@ from ..artifacts import (
 from ..errors import ArtifactError, DataError, LmkitError
 from ..registry import get_host
 from .kinds import task_kind
+from .noisy_tune import check_noise_level, perturb
 
 BEST = "best"
 UNLIMITED_MAX_LENGTH = 512  # tokens per sequence for a stack without a position limit (recurrent), unless told
@@ -49,6 +50,7 @@ class TaskOptions:
     tag_column: int = -1  # token classification: the CoNLL column of the tags
     tag_scheme: str = "auto"  # token classification: how tags become entities (lmkit.tasks.chunks.SCHEMES)
     recipe: str | None = None  # a registered task recipe in place of the one the stack names
+    noisy_tune: float = 0.0  # NoisyTune's λ: the pretrained weights shaken once before the first step (0: off)
 
 
 # -- the model -------------------------------------------------------------------------------------
@@ -91,6 +93,7 @@ def prepare(pretrained: str, out: str, kind, train, options: TaskOptions, *, see
     resolved = resolve(spec, host)
     model = build_model(resolved, seed)
     transfer_weights(model, find_weights(pretrained))
+    perturb(model, options.noisy_tune, seed)  # before the first save: a resumed run starts from the shaken weights
     save_model(out, model, host, tokenizer)
     return recipe, model.feature_stack.max_positions, model.feature_stack.d_model
 
@@ -239,6 +242,7 @@ def finetune(pretrained: str, out: str, train_path: str, dev_path: str | None, o
 
     if os.path.abspath(pretrained) == os.path.abspath(out):
         raise LmkitError("--out must be a new directory: fine-tuning leaves the pretrained model as it is")
+    check_noise_level(options.noisy_tune)
     kind = task_kind(options.kind, options)
     train = kind.read(train_path)
     dev = kind.read(dev_path, labels=train.labels) if dev_path is not None else None
