@@ -4,7 +4,7 @@
 
 Pretrains a bert-tiny and a gpt-tiny briefly on text of the tasks' words, then fine-tunes them on
 two synthetic tasks (RUNS: a text's mood, from the majority of its mood words among filler, as
-classification; whether two texts have the same mood, as similarity; 10% of the labels flipped so
+classification; the mood of two texts together, as similarity; 10% of the labels flipped so
 that no run reaches 100%) once per seed with `--noisy-tune 0` and once with `--noisy-tune NOISE`, and
 prints the mean and spread of the best dev accuracy. Nothing is asserted:
 the paper's gains are small, and these are the figures for the notes, whatever they show.
@@ -44,12 +44,14 @@ def noisy(label: int, rng: random.Random) -> int:
 
 
 def example(task: str, rng: random.Random) -> dict:
-    """"mood": one text's mood; "pairs": whether two texts have the same mood (a similarity task)."""
+    """"mood": one text's mood; "pairs": the mood of two texts together (a similarity task)."""
     text, label = mood(rng)
     if task == "mood":
         return {"text": text, "label": noisy(label, rng)}
-    other, other_label = mood(rng)
-    return {"text_a": text, "text_b": other, "label": noisy(int(label == other_label), rng)}
+    other = mood(rng)[0]
+    words = f"{text} {other}".split()
+    together = int(sum(w in GOOD for w in words) > sum(w in BAD for w in words))
+    return {"text_a": text, "text_b": other, "label": noisy(together, rng)}
 
 
 def write(path: str, rows: list[dict]) -> str:
