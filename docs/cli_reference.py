@@ -5,6 +5,7 @@
 import click
 
 from lmkit.cli import cli
+from lmkit.registry import get_host
 
 
 def walk(command: click.Command, path: list[str]):
@@ -21,6 +22,7 @@ def own(command: click.Command) -> bool:
 
 def reference() -> str:
     parts = ["# CLI reference", "", "Generated from `--help` by `python docs/cli_reference.py > docs/cli.md`.", ""]
+    get_host().add_commands(cli)  # lmkit's own plugins add commands too (lmkit neurons)
     foreign = {name: command for name, command in cli.commands.items() if not own(command)}
     for name in foreign:
         del cli.commands[name]
