@@ -74,6 +74,11 @@ class Stack(Protocol):
     max_positions: int | None  # the longest input it reads, None when it has no limit (recurrent stacks)
     task_recipe: ClassVar[str]  # the task recipe `lmkit finetune` uses on it ("encoder", "decoder", ...)
     embed_options: ClassVar[tuple[str, ...]]  # keyword options its features() takes (CoVe: word_vectors)
+    # Special tokens its data and generation read from the tokenizer (GLM: [MASK] [sMASK] [gMASK] [S] [E]);
+    # composing adds those the tokenizer lacks, before the vocabulary is sized. Empty for most stacks.
+    special_tokens: ClassVar[tuple[str, ...]]
+    # Roles (bos, eos, mask, ...) it gives some of them when the tokenizer has no token in that role (GLM: eos [E]).
+    special_token_roles: ClassVar[dict[str, str]]
 
     def features(self, input_ids: Tensor, attention_mask: Tensor | None = None, **options) -> EncoderOutput:
         """What `lmkit embed` returns for input_ids (B, T): token features and a pooled vector."""
