@@ -267,9 +267,27 @@ class ExportRuntime(ModelRuntime, Protocol):
         """From a checked lmkit.exports.runtime.ExportDirectory: refuse, in one line, a manifest it cannot run."""
 
 
+@runtime_checkable
+class Generator(Protocol):
+    """How a decoder family turns prompts into generations when it does not simply continue them (GLM fills the
+    blanks of a prompt, span after span). Registered (register_generators) under the decoder type it serves;
+    built with the lmkit.opening.OpenedModel it generates for, on either backend, and searching with the
+    shared strategies over opened.backend(), so a model directory and its export give the same tokens.
+    Decoders with none registered continue each prompt (OpenedModel.generate_ids).
+    """
+
+    def __init__(self, opened) -> None: ...
+
+    def generate_ids(self, prompts: list[list[int]], decoding, *, stop: list[list[int]] | None = None,
+                     on_token=None) -> list:
+        """One lmkit.decoding Generation per prompt, its `output` the whole text's ids and its `spans` the parts
+        generated; a prompt it cannot take is a one-line LmkitError."""
+
+
 def iter_protocols() -> Iterator[tuple[str, type]]:
     """Every protocol of this page, by the component kind it governs (for docs and the conformance suite)."""
     yield from (("encoder", Encoder), ("decoder", CausalDecoder), ("decoder (encoder-decoder)", Seq2SeqDecoder),
                 ("cache", Cache),
                 ("objective", Objective), ("optimizer", Optimizer), ("schedule", Schedule),
-                ("task-recipe", TaskRecipe), ("importer", Importer), ("export-runtime", ExportRuntime))
+                ("task-recipe", TaskRecipe), ("importer", Importer), ("export-runtime", ExportRuntime),
+                ("generator", Generator))

@@ -29,6 +29,12 @@ def register_objectives(register):
                      "and document blanks (GLM)")
 
 
+@hookimpl
+def register_generators(register):
+    register("glm", "lmkit.plugins.glm.generation:BlankFilling",
+             summary="fills every [MASK], [sMASK] and [gMASK] of a prompt, span after span, with the shared strategies")
+
+
 def _preset(summary: str, **decoder) -> tuple[dict, str]:
     spec = {
         "tokenizer": {"type": "wordpiece"},  # GLM-Base and GLM-Large: BERT's uncased WordPiece
