@@ -43,7 +43,7 @@ def reference_fill(decoder, tokenizer, prompt: list[int], max_new_tokens: int) -
     start, end = tokenizer.token_to_id("[S]"), tokenizer.token_to_id("[E]")
     places = [i for i, t in enumerate(prompt) if t in masks]
     spans: list[list[int]] = []
-    for place in places:
+    for _ in places:
         span: list[int] = []
         while len(span) < max_new_tokens:
             ids = list(prompt) + [t for s in [*spans, span] for t in (start, *s)]
@@ -155,4 +155,4 @@ def test_glm_positions_through_the_backend_equal_a_full_pass(glm):
     full_pos = np.concatenate([pos, [[n - 2] * 3, [2, 3, 4]]], axis=1)
     with torch.no_grad():
         full = decoder(torch.tensor([fed]), position_ids=torch.tensor(full_pos[None]))[0, n - 1:]
-    np.testing.assert_allclose(np.stack([l[0] for l in logits]), full.numpy(), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(np.stack([row[0] for row in logits]), full.numpy(), rtol=1e-4, atol=1e-4)
