@@ -18,7 +18,7 @@ def register_decoders(register):
 @hookimpl
 def register_exporters(register):
     register("decoder.glm", "lmkit.plugins.glm.export:export_plan",
-             summary="one decoder graph, KV cache in and out; position_ids (batch, tokens) read as one span")
+             summary="one decoder graph, KV cache in and out; position_ids (batch, 2, tokens): pos1 and pos2")
 
 
 @hookimpl
