@@ -1,15 +1,19 @@
 """GLM's blank filling (Du et al. 2022 §2.1): every blank written span after span through the shared
-strategies, the backend feeding the positions the model supplies."""
+strategies, the backend feeding the positions the model supplies; and the same on onnxruntime from an
+export whose one cached graph takes both position rows and the mask, with torch blocked."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
 
-from conftest import run_cli  # noqa: E402
+from conftest import NO_TORCH, run_cli  # noqa: E402
 
 from lmkit.decoding.common import Positions  # noqa: E402
 from lmkit.decoding.greedy import Greedy  # noqa: E402
@@ -18,22 +22,35 @@ from lmkit.decoding.torch_backend import TorchBackend  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def glm(tmp_path_factory):
-    """A glm-tiny trained a few steps (its [E] is not yet the only thing it writes)."""
+def made(tmp_path_factory):
+    """A glm-tiny as composed (untrained: its [E] is as unlikely as any token, so spans run to --max-new-tokens,
+    and its logits are far enough apart that float error decides no argmax), and its export, made on demand."""
     root = tmp_path_factory.mktemp("glm-gen")
     rng = np.random.default_rng(0)
     words = "the cat dog sat on a mat near door old red small big ran saw".split()
-    documents = ["\n".join(" ".join(rng.choice(words, size=int(rng.integers(4, 9)))) + " ." for _ in range(4))
-                 for _ in range(60)]
-    (root / "docs.txt").write_text("\n\n".join(documents) + "\n")
+    (root / "docs.txt").write_text("\n".join(" ".join(rng.choice(words, size=8)) + " ." for _ in range(80)) + "\n")
     tok, model = str(root / "tok"), str(root / "glm")
     for args in (("tokenizer", "train", "--kind", "wordpiece", "--vocab-size", 120, root / "docs.txt", "--out", tok),
-                 ("compose", "glm-tiny", "--set", f"tokenizer={tok}", "--out", model),
-                 ("train", model, "--data", root / "docs.txt", "--steps", 6, "--batch-size", 8, "--seq-len", 48,
-                  "--eval-every", 0, "--save-every", 0, "--lr", 3e-3, "--warmup", 0)):
+                 ("compose", "glm-tiny", "--set", f"tokenizer={tok}", "--out", model)):
         result = run_cli(*args)
         assert result.code == 0, result.err
-    return model
+    exports: dict[str, str] = {}
+
+    def export(*flags) -> str:
+        key = " ".join(map(str, flags))
+        if key not in exports:
+            out = str(root / f"exp{len(exports)}")
+            result = run_cli("export", model, "--out", out, *flags)
+            assert result.code == 0, result.err
+            exports[key] = out
+        return exports[key]
+
+    return {"root": root, "model": model, "export": export}
+
+
+@pytest.fixture(scope="module")
+def glm(made):
+    return made["model"]
 
 
 def reference_fill(decoder, tokenizer, prompt: list[int], max_new_tokens: int) -> list[list[int]]:
@@ -156,3 +173,50 @@ def test_glm_positions_through_the_backend_equal_a_full_pass(glm):
     with torch.no_grad():
         full = decoder(torch.tensor([fed]), position_ids=torch.tensor(full_pos[None]))[0, n - 1:]
     np.testing.assert_allclose(np.stack([row[0] for row in logits]), full.numpy(), rtol=1e-4, atol=1e-4)
+
+
+# -- the export ------------------------------------------------------------------------------------
+
+PROMPTS = ["the [MASK] sat on the [MASK] near the door .", "a small dog [gMASK]"]
+SLOW = pytest.mark.skipif(os.environ.get("LMKIT_SLOW_TESTS") != "1",
+                          reason="a second export (about 15 s); set LMKIT_SLOW_TESTS=1 to run")
+
+
+def generate_without_torch(directory: str, *args) -> list[dict]:
+    code = NO_TORCH + "from lmkit.cli import main\nmain()\n"
+    done = subprocess.run([sys.executable, "-c", code, "generate", directory, *map(str, args)],
+                          capture_output=True, text=True, timeout=120, env=dict(os.environ))
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+def test_export_has_both_position_rows_the_mask_and_a_cache(made):
+    manifest = json.loads(open(os.path.join(made["export"](), "lmkit-onnx.json")).read())
+    graph = manifest["graphs"]["model"]
+    inputs = {tensor["name"]: tensor["shape"] for tensor in graph["inputs"]}
+    assert inputs["position_ids"] == ["batch_size", 2, "sequence_length"]
+    assert inputs["attention_mask"] == ["batch_size", "past_sequence_length + sequence_length"]
+    assert len(graph["cache"]) == 2 * 2  # keys and values of 2 layers
+    assert manifest["validation"]["max_abs_diff"] < 1e-4
+
+
+@pytest.mark.parametrize("flags", [[], pytest.param(["--strategy", "beam", "--num-beams", 3], marks=SLOW),
+                                   ["--strategy", "sample", "--seed", 3]])
+def test_blank_filling_on_onnxruntime_equals_pytorch(made, flags):
+    args = [x for p in PROMPTS for x in ("--prompt", p)] + ["--max-new-tokens", 5, "--json", *flags]
+    torch_run = run_cli("generate", made["model"], *args)
+    assert torch_run.code == 0, torch_run.err
+    expected = json.loads(torch_run.out)
+    got = generate_without_torch(made["export"](), *args)
+    assert [[s["tokens"] for s in r["spans"]] for r in got] == [[s["tokens"] for s in r["spans"]] for r in expected]
+    assert [r["text"] for r in got] == [r["text"] for r in expected]
+    assert sum(len(s["tokens"]) for r in expected for s in r["spans"]) >= 10  # real spans, not just [E]
+
+
+@SLOW
+def test_int8_export_is_validated_and_fills_blanks(made):
+    out = made["export"]("--quantize", "int8")
+    manifest = json.loads(open(os.path.join(out, "lmkit-onnx.json")).read())
+    assert manifest["validation"]["top1_agreement"] >= 0.5
+    record, = generate_without_torch(out, "--prompt", PROMPTS[0], "--max-new-tokens", 3, "--json")
+    assert len(record["spans"]) == 2 and "[MASK]" not in record["text"]
