@@ -283,6 +283,10 @@ class Generator(Protocol):
         """One lmkit.decoding Generation per prompt, its `output` the whole text's ids and its `spans` the parts
         generated; a prompt it cannot take is a one-line LmkitError."""
 
+    def score_documents(self, documents: list[list[int]], context: int, batch_size: int = 8) -> tuple[float, int]:
+        """(NLL in nats, tokens predicted) of the documents written left to right the family's way, each
+        document's end included, in windows of at most `context` positions (`lmkit eval --data`); PyTorch only."""
+
 
 def iter_protocols() -> Iterator[tuple[str, type]]:
     """Every protocol of this page, by the component kind it governs (for docs and the conformance suite)."""

@@ -20,7 +20,7 @@ import numpy as np
 from lmkit.decoding.common import Generation, Positions
 from lmkit.errors import ArtifactError, LmkitError
 
-from .config import END, MASKS, SPECIAL_TOKENS, START
+from .config import END, GENERATION_MASK, MASKS, SPECIAL_TOKENS, START
 
 
 class BlankFilling:
@@ -37,7 +37,7 @@ class BlankFilling:
             raise ArtifactError(f"{opened.directory}'s tokenizer lacks GLM's {' '.join(missing)}; compose the model "
                                 "again (lmkit compose adds them)")
         self.masks = {ids[token] for token in MASKS}
-        self.start, self.end = ids[START], ids[END]
+        self.start, self.end, self.gmask = ids[START], ids[END], ids[GENERATION_MASK]
         self.pad = tokenizer.pad_id if tokenizer.pad_id is not None else self.end
 
     def blanks(self, prompts: list[list[int]]) -> list[list[int]]:
@@ -84,6 +84,18 @@ class BlankFilling:
             for i, result in zip(rows, results):
                 spans[i].append(result)
         return [self._filled(prompt, where, found) for prompt, where, found in zip(prompts, places, spans)]
+
+    def score_documents(self, documents: list[list[int]], context: int, batch_size: int = 8) -> tuple[float, int]:
+        """(NLL in nats, tokens predicted) of each document written left to right as a [gMASK] span, its [E]
+        included (lmkit.plugins.glm.evaluation); PyTorch only."""
+        from .evaluation import document_items, score_spans
+
+        if self.opened.model is None:
+            raise LmkitError(f"{self.opened.directory} is an export; scoring text runs on its model directory")
+        ids = {"[gMASK]": self.gmask, "[S]": self.start, "[E]": self.end}
+        items = [item for document in documents for item in document_items(document, context)]
+        device = str(next(self.opened.model.parameters()).device)
+        return score_spans(self.opened.model.decoder, items, ids, batch_size=batch_size, device=device)
 
     @staticmethod
     def _filled(prompt: list[int], places: list[int], spans: list[Generation]) -> Generation:
