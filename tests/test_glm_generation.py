@@ -220,3 +220,25 @@ def test_int8_export_is_validated_and_fills_blanks(made):
     assert manifest["validation"]["top1_agreement"] >= 0.5
     record, = generate_without_torch(out, "--prompt", PROMPTS[0], "--max-new-tokens", 3, "--json")
     assert len(record["spans"]) == 2 and "[MASK]" not in record["text"]
+
+
+def test_eval_scores_each_document_as_a_gmask_span(made, tmp_path):
+    """`lmkit eval --data` on GLM: every document written left to right after [gMASK] [S], its [E] included, so it
+    predicts as many tokens as a left-to-right model reading eos doc eos doc ... does."""
+    from lmkit.model import load_model
+    from lmkit.plugins.glm.evaluation import document_items, score_spans
+
+    texts = ["the cat sat on the mat .", "a dog ran near the old door and the small cat saw it . " * 6, "red ."]
+    data = tmp_path / "heldout.jsonl"
+    data.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+    result = run_cli("eval", made["model"], "--data", data, "--json")
+    assert result.code == 0, result.err
+    record = json.loads(result.out)
+    model, tokenizer, _ = load_model(made["model"])
+    documents = tokenizer.encode_batch(texts)
+    assert len(documents[1]) > 64  # one document needs several windows of the 64 positions
+    ids = {t: tokenizer.token_to_id(t) for t in ("[gMASK]", "[S]", "[E]")}
+    items = [item for d in documents for item in document_items(d, 64)]
+    nll, count = score_spans(model.decoder, items, ids)
+    assert record["tokens"] == count == sum(len(d) + 1 for d in documents)
+    assert record["perplexity"] == pytest.approx(np.exp(nll / count), rel=1e-5)
