@@ -192,14 +192,15 @@ def by_kind(*kinds: str) -> list:
             or p in host.presets and kind_of(host, p) in kinds]
 
 
-def prompt_for(directory: str) -> str:
-    """'the first', and for a decoder that fills blanks rather than continuing (its own lmkit.contract.Generator:
-    GLM) a blank after it: its tokenizer's mask token."""
-    from lmkit import open_model
+def prompt_for(made: Artifacts) -> str:
+    """'the first', and for a decoder that fills blanks rather than continuing (a generator of its own,
+    lmkit.contract.Generator: GLM) a blank after it: its tokenizer's mask token."""
+    from lmkit.tokenizers import load_tokenizer
 
-    opened = open_model(directory)
-    if opened.kind == "decoder" and opened.generator is not None:
-        return "the first " + opened.tokenizer.special_tokens["mask"]
+    generators = made.host.components["generator"]
+    if made.kind == "decoder" and any(kind == "decoder" and name in generators
+                                      for kind, name in stacks_of(made.host, made.preset)):
+        return "the first " + load_tokenizer(made.trained()).special_tokens["mask"]
     return "the first"
 
 
@@ -301,7 +302,7 @@ def test_export_parity_and_torch_free_run(preset, artifacts, third_party_site, t
     exported = made.exported()
     manifest = json.loads(open(os.path.join(exported, "lmkit-onnx.json")).read())
     assert manifest["validation"]["max_abs_diff"] < 1e-3  # fp32 against PyTorch, measured at export
-    command = {"decoder": ["generate", "--prompt", prompt_for(made.trained()), "--max-new-tokens", "6", "--json"],
+    command = {"decoder": ["generate", "--prompt", prompt_for(made), "--max-new-tokens", "6", "--json"],
                "encoder": ["embed", "--text", "the first sentence"],
                "encoder-decoder": ["translate", "--text", "the first sentence", "--json"]}[made.kind]
     torch_run = made.cli(command[0], made.trained(), *command[1:])

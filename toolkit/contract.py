@@ -104,6 +104,9 @@ class CausalDecoder(Stack, Protocol):
     The cache (a `Cache`) is the decoder's own object; the core creates it, passes it back and
     reorders it. With
     left-padded prompts the caller gives attention_mask and position_ids (transformers' convention).
+    position_ids are (B, T), or (B, K, T) for a stack whose tokens carry K positions (GLM's pos1 and
+    pos2); the decoding backends feed either as the model's generator supplies them
+    (lmkit.decoding.common.Positions).
     """
 
     def new_cache(self, batch_size: int, max_len: int | None = None) -> Cache:
