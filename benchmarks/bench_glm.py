@@ -39,7 +39,7 @@ def fill_cached(decoder, prompt: list[int], places: list[int], new_tokens: int) 
     """Both blanks, span after span, as lmkit's generator does (one prefill per blank, then cached steps)."""
     search = Greedy(GreedyOptions(max_new_tokens=new_tokens))
     spans: list[list[int]] = []
-    for k, place in enumerate(places):
+    for _ in places:
         ids = list(prompt) + [t for s in spans for t in (SPECIALS["[S]"], *s)] + [SPECIALS["[S]"]]
         pos1 = list(range(len(prompt))) + [m for m, s in zip(places, [*spans, []]) for _ in range(len(s) + 1)]
         pos2 = [0] * len(prompt) + [p for s in [*spans, []] for p in range(1, len(s) + 2)]
