@@ -22,6 +22,7 @@ class Greedy:
 
         keys: what tells rows apart for sampling's seeds; greedy search draws nothing and ignores them,
             but takes them so every strategy is called alike (lmkit.seq2seq passes the sources).
+        positions: the model's own positions of the prompts (lmkit.decoding.common.Positions: GLM's spans).
         """
         return generate_token_by_token(
             backend, prompts, choose=lambda logits, rows: logits.argmax(axis=1).astype(np.int64),

@@ -88,6 +88,7 @@ class Sampling:
 
         keys: what seeds each prompt's generator (see the module's docstring); default the prompts.
             Give them when the prompts alone do not tell rows apart: every translation starts from <s>.
+        positions: the model's own positions of the prompts (lmkit.decoding.common.Positions: GLM's spans).
         """
         keys = prompts if keys is None else keys
         if len(keys) != len(prompts):
