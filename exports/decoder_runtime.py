@@ -66,16 +66,24 @@ class OrtBackend:
         # The tokens fed so far (B, positions so far), to run the rows again without the padding they
         # share once the graph's max_length is reached (see Backend.step).
         self.fed = np.zeros((0, 0), dtype=np.int64)
-        self.positions = np.zeros(0, dtype=np.int64)  # (B,), the position of each row's next token
+        self.positions = np.zeros(0, dtype=np.int64)  # (B,) or (B, K), the position of each row's next token
+        self.fed_positions = np.zeros((0, 0), dtype=np.int64)  # (B, [K,] positions so far): the positions fed
+        self.step_positions = np.int64(1)  # what each new token adds to the last position, (K,) for K components
 
-    def prefill(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+    def prefill(self, input_ids: np.ndarray, attention_mask: np.ndarray, position_ids: np.ndarray | None = None,
+                position_step: np.ndarray | None = None) -> np.ndarray:
         batch = input_ids.shape[0]
         mask = attention_mask.astype(np.int64)
-        # As transformers does for left padding: every row's first real token is at position 0.
-        positions = np.maximum(np.cumsum(mask, axis=1) - 1, 0)
+        if position_ids is None:
+            # As transformers does for left padding: every row's first real token is at position 0.
+            positions = np.maximum(np.cumsum(mask, axis=1) - 1, 0)
+        else:  # the model's own (GLM's pos1 and pos2), each new token `position_step` after the last
+            positions = np.asarray(position_ids, dtype=np.int64)
+        self.step_positions = np.int64(1) if position_step is None else np.asarray(position_step, dtype=np.int64)
         self.past = {name: self._cache_value(self._empty(name, batch)) for name, _ in self.cache}
         self.attention_mask = np.zeros((batch, 0), dtype=np.int64)
         self.fed = np.zeros((batch, 0), dtype=np.int64)
+        self.fed_positions = np.zeros((*positions.shape[:-1], 0), dtype=np.int64)
         return self._run(input_ids, mask, positions)
 
     def step(self, tokens: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
@@ -85,13 +93,16 @@ class OrtBackend:
             self.attention_mask = self.attention_mask[rows]
             self.positions = self.positions[rows]
             self.fed = self.fed[rows]
+            self.fed_positions = self.fed_positions[rows]
         batch = tokens.shape[0]
         if self.max_length is not None and self.attention_mask.shape[1] == self.max_length:
-            ids, mask = drop_padding_columns(np.concatenate([self.fed, tokens.reshape(batch, 1)], axis=1),
-                                             np.concatenate([self.attention_mask, np.ones((batch, 1), np.int64)], axis=1))
+            mask = np.concatenate([self.attention_mask, np.ones((batch, 1), np.int64)], axis=1)
+            first = int(mask.any(axis=0).argmax())  # the columns every row pads, dropped (see Backend.step)
+            ids, mask = drop_padding_columns(np.concatenate([self.fed, tokens.reshape(batch, 1)], axis=1), mask)
             if mask.shape[1] <= self.max_length:
-                return self.prefill(ids, mask.astype(np.bool_))
-        return self._run(tokens.reshape(batch, 1), np.ones((batch, 1), dtype=np.int64), self.positions[:, None])
+                positions = np.concatenate([self.fed_positions, self.positions[..., None]], axis=-1)[..., first:]
+                return self.prefill(ids, mask.astype(np.bool_), positions, self.step_positions)
+        return self._run(tokens.reshape(batch, 1), np.ones((batch, 1), dtype=np.int64), self.positions[..., None])
 
     def _run(self, input_ids: np.ndarray, new_mask: np.ndarray, positions: np.ndarray) -> np.ndarray:
         mask = np.concatenate([self.attention_mask, new_mask], axis=1)
@@ -109,7 +120,8 @@ class OrtBackend:
         self.past = {name: value for (name, _), value in zip(self.cache, cache)}
         self.attention_mask = mask
         self.fed = np.concatenate([self.fed, input_ids], axis=1)
-        self.positions = positions[:, -1] + 1
+        self.fed_positions = np.concatenate([self.fed_positions, positions], axis=-1)
+        self.positions = positions[..., -1] + self.step_positions  # (B,) or (B, K): the next token's
         # A copy: the strategies may change the logits in place, and they are onnxruntime's buffer.
         return np.array(logits[:, -1], dtype=np.float32)
 

@@ -109,7 +109,8 @@ class ExportedModel(OpenedModel):
         manifest = export.manifest
         super().__init__(directory, runtime, tokenizer=export.tokenizer(),
                          target_tokenizer=export.tokenizer("target_tokenizer"), generation=manifest["generation"],
-                         decoder_start=manifest.get("special_tokens", {}).get("decoder_start"))
+                         decoder_start=manifest.get("special_tokens", {}).get("decoder_start"),
+                         decoder_type=(((manifest.get("source") or {}).get("spec") or {}).get("decoder") or {}).get("type"))
         self.export = export
         self.manifest = manifest
         self.architecture = export.architecture

@@ -6,7 +6,8 @@ checks, chosen by the kind of model it composes (encoder, decoder, encoder-decod
 
     every kind        save/load round trip, exact resume, finetune + predict + embed, export parity
                       and a torch-free run of the export, a too-long input is a one-line error
-    decoder           cached equals uncached, left padding equals one-by-one, beam reorder, eval
+    decoder           cached equals uncached, left padding equals one-by-one, beam reorder, eval; generation
+                      through a Generator of its own (GLM fills blanks) where it has one
     encoder           padding changes no real token's state
     encoder-decoder   batched equals one-by-one, beam reorder, eval (BLEU)
 
@@ -191,6 +192,18 @@ def by_kind(*kinds: str) -> list:
             or p in host.presets and kind_of(host, p) in kinds]
 
 
+def prompt_for(made: Artifacts) -> str:
+    """'the first', and for a decoder that fills blanks rather than continuing (a generator of its own,
+    lmkit.contract.Generator: GLM) a blank after it: its tokenizer's mask token."""
+    from lmkit.tokenizers import load_tokenizer
+
+    generators = made.host.components["generator"]
+    if made.kind == "decoder" and any(kind == "decoder" and name in generators
+                                      for kind, name in stacks_of(made.host, made.preset)):
+        return "the first " + load_tokenizer(made.trained()).special_tokens["mask"]
+    return "the first"
+
+
 def load(directory: str):
     from lmkit.model import load_model
 
@@ -289,7 +302,7 @@ def test_export_parity_and_torch_free_run(preset, artifacts, third_party_site, t
     exported = made.exported()
     manifest = json.loads(open(os.path.join(exported, "lmkit-onnx.json")).read())
     assert manifest["validation"]["max_abs_diff"] < 1e-3  # fp32 against PyTorch, measured at export
-    command = {"decoder": ["generate", "--prompt", "the first", "--max-new-tokens", "6", "--json"],
+    command = {"decoder": ["generate", "--prompt", prompt_for(made), "--max-new-tokens", "6", "--json"],
                "encoder": ["embed", "--text", "the first sentence"],
                "encoder-decoder": ["translate", "--text", "the first sentence", "--json"]}[made.kind]
     torch_run = made.cli(command[0], made.trained(), *command[1:])

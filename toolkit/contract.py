@@ -74,6 +74,11 @@ class Stack(Protocol):
     max_positions: int | None  # the longest input it reads, None when it has no limit (recurrent stacks)
     task_recipe: ClassVar[str]  # the task recipe `lmkit finetune` uses on it ("encoder", "decoder", ...)
     embed_options: ClassVar[tuple[str, ...]]  # keyword options its features() takes (CoVe: word_vectors)
+    # Special tokens its data and generation read from the tokenizer (GLM: [MASK] [sMASK] [gMASK] [S] [E]);
+    # composing adds those the tokenizer lacks, before the vocabulary is sized. Empty for most stacks.
+    special_tokens: ClassVar[tuple[str, ...]]
+    # Roles (bos, eos, mask, ...) it gives some of them when the tokenizer has no token in that role (GLM: eos [E]).
+    special_token_roles: ClassVar[dict[str, str]]
 
     def features(self, input_ids: Tensor, attention_mask: Tensor | None = None, **options) -> EncoderOutput:
         """What `lmkit embed` returns for input_ids (B, T): token features and a pooled vector."""
@@ -99,6 +104,9 @@ class CausalDecoder(Stack, Protocol):
     The cache (a `Cache`) is the decoder's own object; the core creates it, passes it back and
     reorders it. With
     left-padded prompts the caller gives attention_mask and position_ids (transformers' convention).
+    position_ids are (B, T), or (B, K, T) for a stack whose tokens carry K positions (GLM's pos1 and
+    pos2); the decoding backends feed either as the model's generator supplies them
+    (lmkit.decoding.common.Positions).
     """
 
     def new_cache(self, batch_size: int, max_len: int | None = None) -> Cache:
@@ -262,9 +270,31 @@ class ExportRuntime(ModelRuntime, Protocol):
         """From a checked lmkit.exports.runtime.ExportDirectory: refuse, in one line, a manifest it cannot run."""
 
 
+@runtime_checkable
+class Generator(Protocol):
+    """How a decoder family turns prompts into generations when it does not simply continue them (GLM fills the
+    blanks of a prompt, span after span). Registered (register_generators) under the decoder type it serves;
+    built with the lmkit.opening.OpenedModel it generates for, on either backend, and searching with the
+    shared strategies over opened.backend(), so a model directory and its export give the same tokens.
+    Decoders with none registered continue each prompt (OpenedModel.generate_ids).
+    """
+
+    def __init__(self, opened) -> None: ...
+
+    def generate_ids(self, prompts: list[list[int]], decoding, *, stop: list[list[int]] | None = None,
+                     on_token=None) -> list:
+        """One lmkit.decoding Generation per prompt, its `output` the whole text's ids and its `spans` the parts
+        generated; a prompt it cannot take is a one-line LmkitError."""
+
+    def score_documents(self, documents: list[list[int]], context: int, batch_size: int = 8) -> tuple[float, int]:
+        """(NLL in nats, tokens predicted) of the documents written left to right the family's way, each
+        document's end included, in windows of at most `context` positions (`lmkit eval --data`); PyTorch only."""
+
+
 def iter_protocols() -> Iterator[tuple[str, type]]:
     """Every protocol of this page, by the component kind it governs (for docs and the conformance suite)."""
     yield from (("encoder", Encoder), ("decoder", CausalDecoder), ("decoder (encoder-decoder)", Seq2SeqDecoder),
                 ("cache", Cache),
                 ("objective", Objective), ("optimizer", Optimizer), ("schedule", Schedule),
-                ("task-recipe", TaskRecipe), ("importer", Importer), ("export-runtime", ExportRuntime))
+                ("task-recipe", TaskRecipe), ("importer", Importer), ("export-runtime", ExportRuntime),
+                ("generator", Generator))

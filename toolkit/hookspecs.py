@@ -79,5 +79,10 @@ def register_task_recipes(register):
 
 
 @hookspec
+def register_generators(register):
+    """How a decoder family generates from prompts in its own way, under the decoder type it serves (GLM fills blanks)."""
+
+
+@hookspec
 def register_commands(cli):
     """Extra `lmkit` subcommands, added to the click group `cli`; import torch inside them."""

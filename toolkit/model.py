@@ -250,6 +250,25 @@ def stack_vocab_size(part: Part | None) -> int | None:
     return options_to_dict(part.options).get("vocab_size") if part is not None and part.options else None
 
 
+def _stack_tokenizer(spec: ModelSpec):
+    """The spec's tokenizer, with the special tokens its stacks read (lmkit.contract.Stack.special_tokens)
+    added where it lacks them (GLM's [gMASK], [S], ...: new rows of the embedding, learned in training),
+    and the roles the stacks give them (special_token_roles) where the tokenizer has no token in that role."""
+    from .tokenizers import Tokenizer, load_tokenizer
+
+    tokenizer = load_tokenizer(spec.tokenizer["path"])
+    stacks = [part.component.load() for part in (spec.encoder, spec.decoder) if part is not None]
+    wanted = [token for stack in stacks for token in stack.special_tokens]
+    missing = [token for token in dict.fromkeys(wanted) if tokenizer.token_to_id(token) is None]
+    if missing:
+        tokenizer.hf_tokenizer.add_special_tokens(missing)
+    roles = {role: token for stack in stacks for role, token in stack.special_token_roles.items()}
+    roles = {**roles, **tokenizer.special_tokens}  # the tokenizer's own roles stay
+    if roles != tokenizer.special_tokens:
+        tokenizer = Tokenizer(tokenizer.hf_tokenizer, tokenizer.kind, roles)
+    return tokenizer
+
+
 def _size_vocabularies(spec: ModelSpec, raw: dict, explicit: set[str], say) -> bool:
     """Set raw[stack]["vocab_size"] to its tokenizer's size for each stack with a vocab_size the user left to
     the preset or default; True when one changed."""
@@ -257,7 +276,7 @@ def _size_vocabularies(spec: ModelSpec, raw: dict, explicit: set[str], say) -> b
         return False
     from .tokenizers import load_tokenizer
 
-    tokenizer = load_tokenizer(spec.tokenizer["path"])
+    tokenizer = _stack_tokenizer(spec)
     target = spec.tokenizer.get("target")
     target = load_tokenizer(target) if isinstance(target, str) and spec.encoder and spec.decoder else None
     changed = False
@@ -286,7 +305,7 @@ def attach_tokenizers(spec: ModelSpec):
         return None, None
     from .tokenizers import load_tokenizer
 
-    tokenizer = load_tokenizer(spec.tokenizer["path"])
+    tokenizer = _stack_tokenizer(spec)
     wanted = spec.tokenizer.get("type")
     if wanted and wanted != tokenizer.kind:
         raise SpecError(f"tokenizer: {spec.tokenizer['path']} is a {tokenizer.kind} tokenizer, "

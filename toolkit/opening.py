@@ -102,7 +102,7 @@ class OpenedModel:
     """
 
     def __init__(self, directory: str, runtime, *, tokenizer, target_tokenizer=None, generation: dict,
-                 decoder_start: int | None = None, model=None):
+                 decoder_start: int | None = None, model=None, decoder_type: str | None = None):
         self.directory = directory
         self.runtime = runtime
         self.tokenizer = tokenizer
@@ -110,6 +110,20 @@ class OpenedModel:
         self.generation = generation
         self.decoder_start = decoder_start
         self.model = model
+        self.decoder_type = decoder_type  # the spec's decoder type, which may have a generator of its own
+        self._generator = None
+
+    @property
+    def generator(self):
+        """The lmkit.contract.Generator registered for this model's decoder (GLM fills blanks), or None: the
+        decoder continues prompts."""
+        if self._generator is None and self.kind == "decoder" and self.decoder_type is not None:
+            from .registry import get_host
+
+            component = get_host().components["generator"].get(self.decoder_type)
+            if component is not None:
+                self._generator = component.load()(self)
+        return self._generator
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.directory!r}, kind={self.kind})"
@@ -163,6 +177,8 @@ class OpenedModel:
                 raise LmkitError("stop sequences apply to decoder-only models; an encoder-decoder ends at </s>")
             generator = Seq2SeqGenerator.for_tokenizer(self.backend(), self.decoder_start, self.output_tokenizer)
             return generator.generate(decoding, [list(source) for source in inputs], batch_size)
+        if self.generator is not None:  # the family's own way with prompts (GLM: fill the blanks)
+            return self.generator.generate_ids([list(ids) for ids in inputs], decoding, stop=stop, on_token=on_token)
         # An empty prompt starts from the bos token, as GPT-2 was trained to (each document followed one).
         prompts = [list(ids) or ([tokenizer.bos_id] if tokenizer.bos_id is not None else []) for ids in inputs]
         pad_id = tokenizer.pad_id if tokenizer.pad_id is not None else tokenizer.eos_id
@@ -183,7 +199,7 @@ class OpenedModel:
             results = self.generate_ids(encode_sources(tokenizer, list(texts), self.max_positions), decoding)
             return [self.output_tokenizer.decode(r.tokens, skip_special_tokens=True).strip() for r in results]
         results = self.generate_ids(tokenizer.encode_batch(list(texts)), decoding)
-        return [tokenizer.decode(result.tokens) for result in results]
+        return [tokenizer.decode(result.tokens if result.output is None else result.output) for result in results]
 
     # -- features ---------------------------------------------------------------------------------
 

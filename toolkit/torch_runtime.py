@@ -64,5 +64,6 @@ def open_model_directory(directory: str, device: str = "auto"):
         start = model.decoder.decoder_start_token_id(target_tokenizer or tokenizer)
     runtime = TorchRuntime(model, resolved, directory, source_pad_id(tokenizer) if tokenizer is not None else 0)
     opened = OpenedModel(directory, runtime, tokenizer=tokenizer, target_tokenizer=target_tokenizer,
-                         generation=generation_settings(config["spec"]), decoder_start=start, model=model)
+                         generation=generation_settings(config["spec"]), decoder_start=start, model=model,
+                         decoder_type=(config["spec"].get("decoder") or {}).get("type"))
     return opened

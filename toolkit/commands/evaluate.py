@@ -83,8 +83,8 @@ def _unescape(text: str) -> str:
     return text.replace("\\\\", "\0").replace("\\n", "\n").replace("\\t", "\t").replace("\0", "\\")
 
 
-def _load(model_dir, device, what):
-    """(model, tokenizer, device) of a model that can be scored left to right."""
+def _load(model_dir, device, what, opened_too: bool = False):
+    """(model, tokenizer, device) of a model that can be scored left to right (and the OpenedModel, opened_too)."""
     from ..errors import ArtifactError, require_torch
     from ..opening import is_export, open_model
 
@@ -98,7 +98,7 @@ def _load(model_dir, device, what):
     if tokenizer is None:
         raise ArtifactError(f"{model_dir} has no tokenizer.json to read the text with")
     model.eval()
-    return model, tokenizer, opened.runtime.device
+    return (model, tokenizer, opened.runtime.device) + ((opened,) if opened_too else ())
 
 
 RECURRENT_WINDOW = 1024  # tokens per window for a decoder without a position limit, unless --context says
@@ -123,8 +123,8 @@ def _evaluate_text(model_dir, paths, *, stride, context, batch_size, text_field,
     from ..data import load_tokens, text_bytes
     from ..errors import LmkitError
 
-    model, tokenizer, device = _load(model_dir, device, "perplexity")
-    from ..evaluation import score_tokens
+    model, tokenizer, device, opened = _load(model_dir, device, "perplexity", opened_too=True)
+    from ..evaluation import Score, score_tokens
 
     context = _window(model, context)
     stride = stride or max(context // 2, 1)
@@ -132,8 +132,14 @@ def _evaluate_text(model_dir, paths, *, stride, context, batch_size, text_field,
         raise LmkitError(f"--stride {stride} must be smaller than --context {context}, so windows overlap")
     stream = load_tokens(paths, tokenizer, text_field=text_field, progress=True, what="evaluation data")
     tokens = np.concatenate([[tokenizer.eos_id], np.asarray(stream.tokens, dtype=np.int64)])
-    score = score_tokens(model.decoder, tokens, context=context, stride=stride, batch_size=batch_size,
-                         device=str(device), progress=True)
+    if opened.generator is not None:  # the family writes text its own way (GLM: a [gMASK] span per document)
+        ends = np.flatnonzero(tokens == tokenizer.eos_id)
+        documents = [tokens[a + 1:b].tolist() for a, b in zip(ends, [*ends[1:], len(tokens)]) if b > a + 1]
+        nll, count = opened.generator.score_documents(documents, context, batch_size)
+        score = Score(nll=nll, tokens=count)
+    else:
+        score = score_tokens(model.decoder, tokens, context=context, stride=stride, batch_size=batch_size,
+                             device=str(device), progress=True)
     score.bytes = text_bytes(paths, text_field=text_field)
     result = {**score.as_dict(), "documents": stream.documents, "context": context, "stride": stride}
     if as_json:

@@ -52,7 +52,6 @@ def generate_command(model_dir, prompts, strategy, stops, stream, as_json, trunc
     if stream and (as_json or len(texts) > 1):
         raise click.UsageError("--stream prints one prompt's text as it is produced; give a single prompt "
                                "and no --json")
-    stream = stream if stream is not None else len(texts) == 1 and not as_json
     _show_warnings()
 
     if not exported:
@@ -60,6 +59,11 @@ def generate_command(model_dir, prompts, strategy, stops, stream, as_json, trunc
 
         require_torch("lmkit generate on a model directory")
     model = open_model(model_dir, device=device, provider=provider)
+    rewrites = model.kind == "decoder" and model.generator is not None  # GLM fills blanks: no continuation to stream
+    if stream and rewrites:
+        raise click.UsageError("--stream prints a continuation as it is produced; this model fills the blanks of "
+                               "its prompt instead: leave --stream out")
+    stream = stream if stream is not None else len(texts) == 1 and not as_json and not rewrites
     given = {key: value for key, value in flags.items() if value is not None}
     if model.kind == "encoder-decoder":  # the prompts are source sentences: sequence-to-sequence generation
         results = generate_from_sources(model, texts, strategy, given)
@@ -96,7 +100,8 @@ def generate_command(model_dir, prompts, strategy, stops, stream, as_json, trunc
         click.echo(json.dumps([{"prompt": text, **result.to_dict(tokenizer.decode)}
                                for text, result in zip(texts, results)], indent=2))
         return
-    outputs = [text + tokenizer.decode(generation.tokens)
+    outputs = [text + tokenizer.decode(generation.tokens) if generation.output is None
+               else tokenizer.decode(generation.output)
                for text, result in zip(texts, results) for generation in [result] + result.alternatives]
     if printer is not None:
         outputs = outputs[1:]  # already streamed

@@ -18,10 +18,13 @@ class Backend(Protocol):
     max_length: the most positions the model reads (its context), padding included; None when it
         has no limit (recurrent decoders).
 
-    prefill(input_ids, attention_mask) -> logits
+    prefill(input_ids, attention_mask, position_ids=None, position_step=None) -> logits
         input_ids: int64 (B, T), prompts left-padded to a common length T.
         attention_mask: bool (B, T), False at padding. Rows start at position 0 at their first real
             token, whatever the padding before it.
+        position_ids: int64 (B, T) or (B, K, T), positions the model supplies (lmkit.decoding.common.
+            Positions: GLM's pos1 and pos2), in place of those counted from the mask; each new token
+            then sits at the previous token's position plus position_step, int64 (K,) (default 1).
         Starts a new cache for the B rows and returns float32 (B, V): the next-token logits at the
         last position of every row.
 
@@ -43,6 +46,7 @@ class Backend(Protocol):
 
     max_length: int | None
 
-    def prefill(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray: ...
+    def prefill(self, input_ids: np.ndarray, attention_mask: np.ndarray, position_ids: np.ndarray | None = None,
+                position_step: np.ndarray | None = None) -> np.ndarray: ...
 
     def step(self, tokens: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray: ...

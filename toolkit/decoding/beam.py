@@ -31,11 +31,13 @@ from .backend import Backend
 from .common import (
     FINISH_REASONS,
     Generation,
+    Positions,
     ban_repeated_ngrams,
     fit_prompts,
     left_pad,
     log_softmax,
     new_token_rooms,
+    prefill,
     stop_lengths,
     top_k_indices,
 )
@@ -51,18 +53,19 @@ class BeamSearch:
     def generate(self, backend: Backend, prompts: Sequence[Sequence[int]], *, eos_id: int | None,
                  pad_id: int | None, stop: list[list[int]] | None = None,
                  on_token: Callable[[int, int], None] | None = None,
-                 keys: Sequence[Sequence[int]] | None = None) -> list[Generation]:
+                 keys: Sequence[Sequence[int]] | None = None, positions: Positions | None = None) -> list[Generation]:
         """The best hypothesis of each prompt, the next best in its `alternatives`.
 
         Beam search knows its output only at the end, so on_token sees the best tokens then.
         keys: ignored (beam search draws nothing); taken so every strategy is called alike.
+        positions: the model's own positions of the prompts (lmkit.decoding.common.Positions).
         """
         stop = [list(map(int, sequence)) for sequence in stop or () if len(sequence)]
         prompts = fit_prompts(prompts, backend.max_length, self.options.max_new_tokens)
         input_ids, attention_mask = left_pad(prompts, pad_id)
         search = _Search(self.options, input_ids, attention_mask,
                          new_token_rooms(prompts, backend.max_length, self.options.max_new_tokens), eos_id, stop)
-        logits = backend.prefill(input_ids, attention_mask)
+        logits = prefill(backend, input_ids, attention_mask, positions)
         for t in range(search.steps):
             candidates = search.expand(logits, t)
             search.select(candidates)

@@ -34,12 +34,18 @@ class Generation:
     normalized_score: float | None = None
     # ...and the next best hypotheses, best first, when more than one is asked for.
     alternatives: list[Generation] = field(default_factory=list)
+    # A model that rewrites its prompt rather than continuing it (lmkit.contract.Generator: GLM fills its
+    # blanks): the whole output's ids, and each part generated (tokens above: all parts, one after another).
+    output: list[int] | None = None
+    spans: list[Generation] = field(default_factory=list)
 
     def to_dict(self, decode: Callable[[list[int]], str] | None = None) -> dict:
-        """Plain JSON values; with `decode` (a tokenizer's), the text of the tokens too."""
+        """Plain JSON values; with `decode` (a tokenizer's), the text of the tokens (or of the output) too."""
         out = {"tokens": self.tokens, "score": self.score, "finish_reason": self.finish_reason}
         if decode is not None:
-            out = {"text": decode(self.tokens), **out}
+            out = {"text": decode(self.tokens if self.output is None else self.output), **out}
+        if self.spans:
+            out["spans"] = [span.to_dict(decode) for span in self.spans]
         if self.normalized_score is not None:
             out["normalized_score"] = self.normalized_score
         if self.alternatives:
@@ -48,6 +54,43 @@ class Generation:
 
 
 # -- prompts ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Positions:
+    """Positions the model supplies for its prompts, in place of 0, 1, 2, ... counted from the mask.
+
+    prompts: one int64 array per prompt, (n,) or (K, n): K position components for each of its n
+        tokens (GLM: pos1, the blank's place in the text, and pos2, the place inside the span).
+    step: (K,) what each component adds for every generated token (GLM inside a span: (0, 1)).
+    A backend given them feeds the prompts at these positions and every new token at the previous
+    token's position plus `step`; the model reads whatever else it needs from them (GLM its mask).
+    """
+
+    prompts: Sequence[np.ndarray]
+    step: tuple[int, ...] = (1,)
+
+    def left_padded(self, width: int) -> np.ndarray:
+        """int64 (B, width) or (B, K, width): each prompt's positions in its last columns, zeros before."""
+        arrays = [np.asarray(p, dtype=np.int64) for p in self.prompts]
+        leading = arrays[0].shape[:-1]
+        if any(a.shape[:-1] != leading for a in arrays) or len(self.step) != (leading[0] if leading else 1):
+            raise ValueError(f"every prompt's positions must have the same {len(self.step)} component(s) as step")
+        out = np.zeros((len(arrays), *leading, width), dtype=np.int64)
+        for row, array in enumerate(arrays):
+            out[row, ..., width - array.shape[-1]:] = array
+        return out
+
+
+def prefill(backend: Backend, input_ids: np.ndarray, attention_mask: np.ndarray,
+            positions: Positions | None) -> np.ndarray:
+    """backend.prefill, with the model's own positions when it supplies them (left-padded like the prompts)."""
+    if positions is None:
+        return backend.prefill(input_ids, attention_mask)
+    if len(positions.prompts) != len(input_ids):
+        raise ValueError(f"{len(positions.prompts)} prompts' positions for {len(input_ids)} prompts; give one each")
+    return backend.prefill(input_ids, attention_mask, positions.left_padded(input_ids.shape[1]),
+                           np.asarray(positions.step, dtype=np.int64))
 
 
 def fit_prompts(prompts: Sequence[Sequence[int]], max_length: int | None, max_new_tokens: int, *,
@@ -189,14 +232,15 @@ def partial_stop_length(tokens: np.ndarray, stop: list[list[int]] | None) -> int
 def generate_token_by_token(backend: Backend, prompts: Sequence[Sequence[int]],
                             choose: Callable[[np.ndarray, np.ndarray], np.ndarray], *, max_new_tokens: int,
                             no_repeat_ngram_size: int, eos_id: int | None, pad_id: int | None,
-                            stop: list[list[int]] | None, on_token: Callable[[int, int], None] | None
-                            ) -> list[Generation]:
+                            stop: list[list[int]] | None, on_token: Callable[[int, int], None] | None,
+                            positions: Positions | None = None) -> list[Generation]:
     """Extend every prompt with the tokens `choose` picks, one step for the whole batch at a time.
 
     choose(logits, prompts): float32 logits (R, V) and int64 (R,), the index of the prompt each row
     continues -> int64 tokens (R,). A row that ends (eos, a stop sequence, its own length limit, see
     new_token_rooms) leaves the batch, so the backend only ever computes rows still generating.
     on_token(prompt_index, token_id) sees each token as soon as it cannot be part of a stop sequence.
+    positions: the model's own positions of the prompts (Positions), else the backend counts them.
     """
     stop = [list(map(int, sequence)) for sequence in stop or () if len(sequence)]
     prompts = fit_prompts(prompts, backend.max_length, max_new_tokens)
@@ -211,7 +255,7 @@ def generate_token_by_token(backend: Backend, prompts: Sequence[Sequence[int]],
     streamed = np.zeros(n, dtype=np.int64)  # new tokens already handed to on_token
 
     active = np.arange(n)  # the prompts still generating, in the backend's row order
-    logits = backend.prefill(input_ids, attention_mask)
+    logits = prefill(backend, input_ids, attention_mask, positions)
     for t in range(steps):
         log_probs = log_softmax(logits)  # the model's own, before any ban, for the score
         if no_repeat_ngram_size:

@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from .backend import Backend
-from .common import Generation, generate_token_by_token
+from .common import Generation, Positions, generate_token_by_token
 from .options import SamplingOptions
 
 
@@ -83,11 +83,12 @@ class Sampling:
     def generate(self, backend: Backend, prompts: Sequence[Sequence[int]], *, eos_id: int | None,
                  pad_id: int | None, stop: list[list[int]] | None = None,
                  on_token: Callable[[int, int], None] | None = None,
-                 keys: Sequence[Sequence[int]] | None = None) -> list[Generation]:
+                 keys: Sequence[Sequence[int]] | None = None, positions: Positions | None = None) -> list[Generation]:
         """One Generation per prompt; the same seed gives a prompt the same tokens, whatever it is batched with.
 
         keys: what seeds each prompt's generator (see the module's docstring); default the prompts.
             Give them when the prompts alone do not tell rows apart: every translation starts from <s>.
+        positions: the model's own positions of the prompts (lmkit.decoding.common.Positions: GLM's spans).
         """
         keys = prompts if keys is None else keys
         if len(keys) != len(prompts):
@@ -101,5 +102,5 @@ class Sampling:
             backend, prompts, choose=choose,
             max_new_tokens=self.options.max_new_tokens,
             no_repeat_ngram_size=self.options.no_repeat_ngram_size,
-            eos_id=eos_id, pad_id=pad_id, stop=stop, on_token=on_token,
+            eos_id=eos_id, pad_id=pad_id, stop=stop, on_token=on_token, positions=positions,
         )

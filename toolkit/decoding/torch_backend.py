@@ -39,9 +39,14 @@ class TorchBackend:
         self.length = 0  # positions fed so far, padding included
         self.fed: np.ndarray | None = None  # int64 (B, capacity): the tokens fed so far, on the host
         self.fed_mask: np.ndarray | None = None  # bool (B, capacity): False at padding
+        # With positions the model supplies: those fed so far (B, [K,] capacity) and what a new token adds (K,).
+        self.fed_positions: np.ndarray | None = None
+        self.step_positions: torch.Tensor | None = None
+        self.step_host: np.ndarray | None = None
 
     @torch.inference_mode()
-    def prefill(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+    def prefill(self, input_ids: np.ndarray, attention_mask: np.ndarray, position_ids: np.ndarray | None = None,
+                position_step: np.ndarray | None = None) -> np.ndarray:
         B, T = input_ids.shape
         capacity = T + self.max_new_tokens
         if self.max_length is not None:
@@ -52,21 +57,33 @@ class TorchBackend:
         self.fed_mask = np.zeros((B, capacity), dtype=np.bool_)
         self.fed[:, :T], self.fed_mask[:, :T] = input_ids, attention_mask
         ids = torch.from_numpy(input_ids).to(self.device)
-        mask = position_ids = self.attention_mask = self.positions = None
+        mask = positions = self.attention_mask = self.positions = None
+        self.fed_positions = self.step_positions = None
         if not attention_mask.all():
             mask = torch.from_numpy(attention_mask).to(self.device)
             self.attention_mask = torch.zeros(B, capacity, dtype=torch.bool, device=self.device)
             self.attention_mask[:, :T] = mask
-            # As transformers does for left padding: every row's first real token is at position 0.
-            position_ids = (mask.cumsum(1) - 1).clamp(min=0)
-            self.positions = position_ids[:, -1]
-        logits = self.decoder(ids, self.cache, attention_mask=mask, position_ids=position_ids)
+            if position_ids is None:
+                # As transformers does for left padding: every row's first real token is at position 0.
+                positions = (mask.cumsum(1) - 1).clamp(min=0)
+                self.positions = positions[:, -1]
+        if position_ids is not None:  # the model's own positions; kept on the host too, for a restart
+            self.fed_positions = np.zeros((*position_ids.shape[:-1], capacity), dtype=np.int64)
+            self.fed_positions[..., :T] = position_ids
+            step = np.ones(position_ids.shape[1:-1], dtype=np.int64) if position_step is None else position_step
+            self.step_host = np.asarray(step, dtype=np.int64)
+            self.step_positions = torch.from_numpy(self.step_host).to(self.device)
+            positions = torch.from_numpy(position_ids).to(self.device)
+            self.positions = positions[..., -1]  # (B,) or (B, K)
+        logits = self.decoder(ids, self.cache, attention_mask=mask, position_ids=positions)
         return self._to_host(logits[:, -1])
 
     @torch.inference_mode()
     def step(self, tokens: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
         if rows is not None:
             self.fed, self.fed_mask = self.fed[rows], self.fed_mask[rows]
+            if self.fed_positions is not None:
+                self.fed_positions = self.fed_positions[rows]
         if self.length == self.capacity:
             return self._restart_without_shared_padding(tokens)
         self.fed[:, self.length], self.fed_mask[:, self.length] = tokens, True
@@ -75,13 +92,18 @@ class TorchBackend:
             self.cache.reorder(rows)
             if self.attention_mask is not None:
                 self.attention_mask = self.attention_mask[rows]
+            if self.positions is not None:
                 self.positions = self.positions[rows]
         ids = torch.from_numpy(tokens).to(self.device)[:, None]  # (B', 1)
         mask = position_ids = None
+        if self.positions is not None:
+            self.positions = self.positions + (1 if self.step_positions is None else self.step_positions)
+            position_ids = self.positions[..., None]  # (B', 1) or (B', K, 1)
+            if self.fed_positions is not None:
+                self.fed_positions[..., self.length] = self.fed_positions[..., self.length - 1] + self.step_host
         if self.attention_mask is not None:
             self.attention_mask[:, self.length] = True
-            self.positions = self.positions + 1
-            mask, position_ids = self.attention_mask[:, :self.length + 1], self.positions[:, None]
+            mask = self.attention_mask[:, :self.length + 1]
         logits = self.decoder(ids, self.cache, attention_mask=mask, position_ids=position_ids)
         self.length += 1
         return self._to_host(logits[:, -1])
@@ -93,11 +115,17 @@ class TorchBackend:
                              "cache is full; make it with the max_new_tokens of the strategy that uses it")
         ids = np.concatenate([self.fed, tokens[:, None]], axis=1)
         mask = np.concatenate([self.fed_mask, np.ones((len(tokens), 1), dtype=np.bool_)], axis=1)
+        positions = step = None
+        if self.fed_positions is not None:
+            step = self.step_host
+            last = self.fed_positions[..., -1:] + step[..., None]
+            positions = np.concatenate([self.fed_positions, last], axis=-1)
+            positions = positions[..., int(mask.any(axis=0).argmax()):]
         ids, mask = drop_padding_columns(ids, mask)
         if ids.shape[1] > self.max_length:
             raise ValueError(f"a row would pass the model's context of {self.max_length} positions; stop each "
                              "row at its own room (lmkit.decoding.common.new_token_rooms)")
-        return self.prefill(ids, mask)
+        return self.prefill(ids, mask, positions, step)
 
     @staticmethod
     def _to_host(logits: torch.Tensor) -> np.ndarray:

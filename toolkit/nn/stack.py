@@ -25,6 +25,8 @@ class _Stack(nn.Module):
     d_model: int
     max_positions: int | None = None
     embed_options: ClassVar[tuple[str, ...]] = ()
+    special_tokens: ClassVar[tuple[str, ...]] = ()
+    special_token_roles: ClassVar[dict[str, str]] = {}
 
     def parameters_without_sharing(self) -> int:
         """The parameter count without cross-layer sharing: the plain count, plus what each of the

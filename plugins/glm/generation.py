@@ -1,0 +1,109 @@
+"""GLM's generation: the blanks of a prompt filled one after another (Du et al. 2022 §2.1, §3.3).
+
+A prompt is Part A: text with one or more blanks, [MASK] (a few words), [sMASK] (a sentence) or
+[gMASK] (the rest of the text: left-to-right generation). Each blank is written as a span of Part
+B, [S] y1 y2 ... until [E], its pos1 fixed at its mask's place in Part A and its pos2 counting 1,
+2, ... inside the span; the spans already filled stay in Part B, so every span sees Part A and the
+spans before it, as in training and in THUDM/GLM's generate_samples.py (several blanks coming out
+wrong or not at all was its users' pain: THUDM/GLM#30, #80).
+
+Each span is one search of the shared strategies (greedy, beam, sampling) over the model's backend,
+PyTorch or onnxruntime alike, given the span's positions (lmkit.decoding.common.Positions, step (0, 1)):
+the backend feeds [S] at (mask, 1) and every new token one pos2 further, and the model reads Part A's
+bidirectional mask off pos2 = 0. The prompt of blank k is Part A and the k spans before it, so it is
+computed afresh (one prefill) per blank.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from lmkit.decoding.common import Generation, Positions
+from lmkit.errors import ArtifactError, LmkitError
+
+from .config import END, GENERATION_MASK, MASKS, SPECIAL_TOKENS, START
+
+
+class BlankFilling:
+    """lmkit.contract.Generator of the `glm` decoder: fills every blank of each prompt."""
+
+    def __init__(self, opened):
+        self.opened = opened
+        tokenizer = opened.tokenizer
+        if tokenizer is None:
+            raise ArtifactError(f"{opened.directory} has no tokenizer to find the blanks of a prompt with")
+        ids = {token: tokenizer.token_to_id(token) for token in SPECIAL_TOKENS}
+        missing = [token for token, value in ids.items() if value is None]
+        if missing:
+            raise ArtifactError(f"{opened.directory}'s tokenizer lacks GLM's {' '.join(missing)}; compose the model "
+                                "again (lmkit compose adds them)")
+        self.masks = {ids[token] for token in MASKS}
+        self.start, self.end, self.gmask = ids[START], ids[END], ids[GENERATION_MASK]
+        self.pad = tokenizer.pad_id if tokenizer.pad_id is not None else self.end
+
+    def blanks(self, prompts: list[list[int]]) -> list[list[int]]:
+        """The place of each blank in each prompt, in text order; a one-line error for a prompt without one or
+        with more than the context can fill."""
+        limit = self.opened.max_positions
+        found = []
+        for i, prompt in enumerate(prompts):
+            which = "the prompt" if len(prompts) == 1 else f"prompt {i + 1}"
+            places = [j for j, token in enumerate(prompt) if token in self.masks]
+            if not places:
+                raise LmkitError(f"{which} has no blank to fill; GLM fills {', '.join(MASKS)} (e.g. \"The [MASK] sat "
+                                 "on the mat.\", or \"Once upon a time [gMASK]\" to write on)")
+            # Each blank takes at least its [S] after Part A (the token that ends it is never fed back).
+            if limit is not None and len(prompt) + len(places) > limit:
+                raise LmkitError(f"{which} has {len(prompt)} tokens and {len(places)} blanks, more than the model's "
+                                 f"context of {limit} positions can fill (each blank needs one more for its [S]); "
+                                 "shorten the text or give fewer blanks")
+            found.append(places)
+        return found
+
+    def generate_ids(self, prompts: list[list[int]], decoding, *, stop: list[list[int]] | None = None,
+                     on_token=None) -> list[Generation]:
+        """One Generation per prompt: `output` the prompt with its blanks filled, `spans` each blank's search
+        result (its tokens without [E]), `tokens` the spans' tokens one after another."""
+        places = self.blanks(prompts)
+        spans: list[list[Generation]] = [[] for _ in prompts]
+        limit = self.opened.max_positions
+        for k in range(max(map(len, places))):
+            rows = [i for i, p in enumerate(places) if len(p) > k]
+            ids, positions = [], []
+            for i in rows:
+                part_b = [(places[i][j], spans[i][j].tokens) for j in range(k)] + [(places[i][k], [])]
+                ids.append(list(prompts[i]) + [t for _, span in part_b for t in (self.start, *span)])
+                pos1 = list(range(len(prompts[i]))) + [m for m, span in part_b for _ in range(len(span) + 1)]
+                pos2 = [0] * len(prompts[i]) + [p for _, span in part_b for p in range(1, len(span) + 2)]
+                positions.append(np.array([pos1, pos2], dtype=np.int64))
+                if limit is not None and len(ids[-1]) > limit:
+                    raise LmkitError(f"the blanks before blank {k + 1} of prompt {i + 1} filled the model's context "
+                                     f"of {limit} positions; ask for fewer new tokens per blank (--max-new-tokens)")
+            backend = self.opened.backend(decoding.options.max_new_tokens)
+            results = decoding.generate(backend, ids, eos_id=self.end, pad_id=self.pad, stop=stop,
+                                        positions=Positions(positions, step=(0, 1)))
+            for i, result in zip(rows, results):
+                spans[i].append(result)
+        return [self._filled(prompt, where, found) for prompt, where, found in zip(prompts, places, spans)]
+
+    def score_documents(self, documents: list[list[int]], context: int, batch_size: int = 8) -> tuple[float, int]:
+        """(NLL in nats, tokens predicted) of each document written left to right as a [gMASK] span, its [E]
+        included (lmkit.plugins.glm.evaluation); PyTorch only."""
+        from .evaluation import document_items, score_spans
+
+        if self.opened.model is None:
+            raise LmkitError(f"{self.opened.directory} is an export; scoring text runs on its model directory")
+        ids = {"[gMASK]": self.gmask, "[S]": self.start, "[E]": self.end}
+        items = [item for document in documents for item in document_items(document, context)]
+        device = str(next(self.opened.model.parameters()).device)
+        return score_spans(self.opened.model.decoder, items, ids, batch_size=batch_size, device=device)
+
+    @staticmethod
+    def _filled(prompt: list[int], places: list[int], spans: list[Generation]) -> Generation:
+        output, cursor = [], 0
+        for place, span in zip(places, spans):
+            output += prompt[cursor:place] + span.tokens
+            cursor = place + 1
+        output += prompt[cursor:]
+        reasons = [span.finish_reason for span in spans]
+        return Generation(tokens=[t for span in spans for t in span.tokens], score=sum(span.score for span in spans),
+                          finish_reason=next((r for r in reasons if r != "eos"), "eos"), output=output, spans=spans)
