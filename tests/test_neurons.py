@@ -98,11 +98,17 @@ def test_attributions_equal_captums_integrated_gradients(models, preset):
 def test_the_attributions_sum_to_the_probability_change_as_steps_grow(models):
     """Completeness: Σ Attr → P(w) - P(0) for a layer, the left Riemann sum's error shrinking like 1/m."""
     model, tokenizer, _ = load_model(models["bert-tiny"])
+    # A random tiny model's P(answer) is nearly linear in one layer's activations, which makes every
+    # Riemann sum exact to float error; FFN outputs scaled up make it curved, so convergence shows.
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if name.endswith("mlp.c_proj.weight"):
+                parameter.mul_(30)
     q = query(model, tokenizer, masked=True)
-    full = probability_with(model, q, [], 1.0)
-    zeroed = probability_with(model, q, [(0, i) for i in range(256)], 0.0)
-    errors = [abs(attributions(model, q, steps=m)[0].sum().item() - (full - zeroed)) for m in (5, 50, 200)]
-    assert errors[2] < errors[1] < errors[0] and errors[2] <= 0.02 * abs(full - zeroed) + 1e-9, errors
+    change = probability_with(model, q, [], 1.0) - probability_with(model, q, [(0, i) for i in range(256)], 0.0)
+    errors = [abs(attributions(model, q, steps=m)[0].sum().item() - change) for m in (5, 50, 200)]
+    assert errors[2] < errors[1] < errors[0] and errors[2] < errors[0] / 10, errors
+    assert errors[2] <= 0.1 * abs(change), (errors, change)
 
 
 def test_a_shared_layer_counts_once_per_application(models):
