@@ -6,12 +6,14 @@ Trains a bert-tiny (MLM only) on synthetic facts, each person living in one of e
 in three phrasings; then for each fact finds its knowledge neurons from the three prompts (20-step
 integrated gradients, threshold 0.2, share 0.7, as `lmkit neurons` does) and prints the mean relative
 change of P(answer) when those neurons are suppressed (set to 0), when they are amplified (doubled),
-and when as many random neurons of the same layers are suppressed. Nothing is asserted: these are
+and when as many random neurons of the same layers are suppressed, and the same as changes of the
+answer's log-odds, which a probability near 1 does not hide. Nothing is asserted: these are
 the figures for the notes.
 """
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import random
 import statistics
@@ -46,15 +48,16 @@ def main() -> None:
         for _ in range(200):
             handle.write("\n".join(p.format(person=person, city=home[person])
                                    for person in people for p in PHRASINGS) + "\n\n")
-    WordPiece.train([corpus], WordPieceOptions(vocab_size=60 + args.facts), progress=False).save(f"{root}/tok")
+    WordPiece.train([corpus], WordPieceOptions(vocab_size=200), progress=False).save(f"{root}/tok")
     model_dir = os.path.join(root, "bert")
-    vocab = 60 + args.facts
+    vocab = 200
     compose("bert-tiny", [f"tokenizer={root}/tok", f"encoder.vocab_size={vocab}", "encoder.max_positions=32",
                           'objectives=[{type = "masked-lm"}]'], model_dir)
     train(model_dir, corpus, steps=args.steps, batch_size=32, seq_len=16, warmup=100, lr=2e-3, eval_every=0,
           progress=True)
     model, tokenizer, _ = load_model(model_dir)
     changes = {"suppressed": [], "amplified": [], "random suppressed": []}
+    odds = {name: [] for name in changes}  # a saturated P (near 1) hides changes its log-odds show
     counts, right = [], 0
     for person in people:
         prompts = [p.format(person=person, city="[MASK]") for p in PHRASINGS]
@@ -68,15 +71,23 @@ def main() -> None:
             right += base > 0.5
             if not neurons:
                 continue
-            changes["suppressed"].append(probability_with(model, q, neurons, 0.0) / base - 1)
-            changes["amplified"].append(probability_with(model, q, neurons, 2.0) / base - 1)
-            changes["random suppressed"].append(probability_with(model, q, decoys, 0.0) / base - 1)
+            for name, edited, factor in (("suppressed", neurons, 0.0), ("amplified", neurons, 2.0),
+                                         ("random suppressed", decoys, 0.0)):
+                after = probability_with(model, q, edited, factor)
+                changes[name].append(after / base - 1)
+                odds[name].append(log_odds(after) - log_odds(base))
     print(f"{len(people)} facts x {len(PHRASINGS)} prompts; P(answer) > 0.5 on {right} of "
           f"{len(people) * len(PHRASINGS)}; neurons per fact: mean {statistics.mean(counts):.1f}, "
           f"none for {counts.count(0)} facts")
     for name, values in changes.items():
         print(f"{name:18} mean change of P(answer) {100 * statistics.mean(values):+7.1f}%  "
-              f"(median {100 * statistics.median(values):+.1f}%, {len(values)} prompts)")
+              f"(median {100 * statistics.median(values):+.1f}%); log-odds {statistics.mean(odds[name]):+.3f} "
+              f"(median {statistics.median(odds[name]):+.3f}), {len(values)} prompts")
+
+
+def log_odds(p: float) -> float:
+    p = min(max(p, 1e-12), 1 - 1e-12)
+    return math.log(p / (1 - p))
 
 
 if __name__ == "__main__":
