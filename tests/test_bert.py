@@ -9,9 +9,10 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from lmkit.documents import read_documents  # noqa: E402
 from lmkit.model import compose, load_model  # noqa: E402
 from lmkit.plugins.bert.config import MaskedLMOptions  # noqa: E402
-from lmkit.plugins.bert.data import IGNORE, Masker, read_documents  # noqa: E402
+from lmkit.plugins.bert.data import IGNORE, Masker  # noqa: E402
 from lmkit.training.arguments import TrainingArguments  # noqa: E402
 from lmkit.training.batches import DataContext, batches_for  # noqa: E402
 
@@ -195,7 +196,7 @@ def test_full_sentences_are_packed_across_documents(models, corpus):
 
 
 def test_documents_are_split_at_blank_lines_and_cached(tmp_path, models):
-    from lmkit.plugins.bert.data import load_corpus
+    from lmkit.documents import load_corpus
     from lmkit.tokenizers import load_tokenizer
 
     path = tmp_path / "docs.txt"

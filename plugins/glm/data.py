@@ -243,7 +243,7 @@ class InfillingBatches:
     """The trainer's Batches for blank infilling: right-padded samples of seq_len tokens."""
 
     def __init__(self, context):
-        from lmkit.plugins.bert.data import load_corpus, split_documents
+        from lmkit.documents import load_corpus, split_documents
 
         args, model = context.args, context.model
         self.options: BlankInfillingOptions = model.objectives["blank-infilling"].options
