@@ -29,7 +29,7 @@ def register_exporters(register):
 
 @hookimpl
 def register_export_runtimes(register):
-    register("elmo-bilm", "lmkit.plugins.elmo.export:ELMoRuntime",
+    register("elmo-bilm", "lmkit.plugins.elmo.runtime:ELMoRuntime",
              summary="an encoder-only export that also gives every biLM layer (lmkit embed --layers)")
 
 

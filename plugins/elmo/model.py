@@ -14,7 +14,6 @@ is batched with or what came before (the complaint about allennlp's stateful Elm
 """
 from __future__ import annotations
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -27,7 +26,8 @@ from lmkit.nn.projected_lstm import ProjectedLSTM
 from lmkit.nn.scalar_mix import ScalarMix
 from lmkit.nn.stack import EncoderStack
 
-from .config import LAYERS_HELP, ELMoConfig
+from .config import ELMoConfig
+from .layers import parse_layers
 
 
 class ELMoBiLM(EncoderStack):
@@ -127,26 +127,3 @@ class ELMoBiLM(EncoderStack):
             return output
         states = torch.cat(output.hidden_states, dim=-1) if which == "all" else output.hidden_states[which]
         return EncoderOutput(states, output.attention_mask, hidden_states=output.hidden_states)
-
-
-def parse_layers(layers, n_layers: int):
-    """"mix", "all" or an int in [0, n_layers) from an option (a CLI string or a Python value)."""
-    if layers is None or layers == "mix":
-        return "mix"
-    if layers == "all":
-        return "all"
-    try:
-        index = int(layers)
-    except (TypeError, ValueError):
-        raise LmkitError(f"--layers {layers!r}: give {LAYERS_HELP}") from None
-    if not 0 <= index < n_layers:
-        raise LmkitError(f"--layers {index} is out of range: this biLM has layers 0..{n_layers - 1} "
-                         "(0 the token layer); give one of them, mix or all")
-    return index
-
-
-def numpy_layers(layers: np.ndarray, which):
-    """The same choice on an export's `layers` output (B, L+1, T, 2P): (B, T, D)."""
-    if which == "all":
-        return np.concatenate(list(np.moveaxis(layers, 1, 0)), axis=-1)
-    return layers[:, which]
