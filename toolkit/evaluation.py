@@ -105,7 +105,7 @@ def score_against_source(decoder, tokenizer, source, documents_path: str, contex
 @torch.inference_mode()
 def score_with_objectives(model, tokens: np.ndarray, context: int, batch_size: int = 8,
                           device: str = "cpu") -> dict[str, Score]:
-    """Scores of a model without a decoder, by the objectives that score text (ObjectiveModule.score).
+    """Scores of a model without a decoder, by the objectives that score text (ObjectiveModule.score_text).
 
     The stream is cut into windows of `context` tokens that do not overlap: a bidirectional model's
     window reads its right context too, so sliding windows would let a token be seen before it is
@@ -118,7 +118,7 @@ def score_with_objectives(model, tokens: np.ndarray, context: int, batch_size: i
     totals: dict[str, list[float]] = {}
     for start in range(0, len(windows_), batch_size):
         for objective in model.objectives.values():
-            scored = objective.score(model, windows_[start:start + batch_size])
+            scored = objective.score_text(model, windows_[start:start + batch_size])
             for name, (nll, count) in (scored or {}).items():
                 total = totals.setdefault(name, [0.0, 0])
                 total[0] += nll

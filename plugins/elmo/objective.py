@@ -80,7 +80,7 @@ class BiLMObjective(ObjectiveModule):
         return 0.5 * (forward + backward)
 
     @torch.no_grad()
-    def score(self, model, input_ids: torch.Tensor) -> dict[str, tuple[float, int]]:
+    def score_text(self, model, input_ids: torch.Tensor) -> dict[str, tuple[float, int]]:
         """{"forward": (summed NLL, tokens), "backward": (...)} of windows (B, T + 1), full softmax."""
         forward, backward = self.directions_nll(model, input_ids, reduction="sum")
         count = input_ids.shape[0] * (input_ids.shape[1] - 1)
