@@ -120,7 +120,8 @@ def test_import_matches_the_tf_equations_with_clipping_engaged(released):
                          + [boundary_char_ids(257, 12)])
         np.testing.assert_array_equal(model.encoder.char_table[torch.tensor(row)].numpy(), chars)
         expected = bilm_layers(released["arrays"], released["options"], chars, clipped)
-        np.testing.assert_allclose(layers[i, :, :len(row)], expected, atol=2e-5, rtol=0)
+        # float32 against float64 through 2 x 2 clipped recurrences: ~1e-5; a gate or transpose mistake is O(1).
+        np.testing.assert_allclose(layers[i, :, :len(row)], expected, atol=1e-4, rtol=0)
     # The weights are large enough that both clips change values: the comparison covers them.
     assert clipped["cell"] > 0 and clipped["proj"] > 0, clipped
 

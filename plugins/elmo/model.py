@@ -22,7 +22,7 @@ from lmkit.errors import LmkitError
 from lmkit.nn.char_cnn import CharCNN
 from lmkit.nn.char_ids import vocabulary_char_ids
 from lmkit.nn.lstm import reverse_padded
-from lmkit.nn.projected_lstm import ProjectedLSTM
+from lmkit.nn.projected_lstm import ProjectedLSTM, run_together
 from lmkit.nn.scalar_mix import ScalarMix
 from lmkit.nn.stack import EncoderStack
 
@@ -87,17 +87,15 @@ class ELMoBiLM(EncoderStack):
             flipped = x.flip(1)
         else:
             flipped = reverse_padded(x, lengths, P)
-        outputs = []
-        for layers, inputs in ((self.forward_layers, x), (self.backward_layers, flipped)):
-            states, h = [], inputs
-            for k, lstm in enumerate(layers):
-                out = lstm(self.drop(h))
-                if k and self.config.use_skip_connections:
-                    out = out + h  # bilm-tf's ResidualWrapper around every layer but the first
-                states.append(out)
-                h = out
-            outputs.append(states)
-        forward, backward = outputs
+        forward, backward = [], []
+        h_f, h_b = x, flipped
+        for k, (lstm_f, lstm_b) in enumerate(zip(self.forward_layers, self.backward_layers)):
+            out_f, out_b = run_together([lstm_f, lstm_b], [self.drop(h_f), self.drop(h_b)])
+            if k and self.config.use_skip_connections:  # bilm-tf's ResidualWrapper around every layer but the first
+                out_f, out_b = out_f + h_f, out_b + h_b
+            forward.append(out_f)
+            backward.append(out_b)
+            h_f, h_b = out_f, out_b
         backward = [s.flip(1) if lengths is None else reverse_padded(s, lengths, P) for s in backward]
         return x, forward, backward
 
