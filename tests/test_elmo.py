@@ -286,3 +286,20 @@ def test_cli_train_eval_embed_and_export(composed, tmp_path):
     manifest = json.loads((tmp_path / "export" / "lmkit-onnx.json").read_text())
     assert [t["name"] for t in manifest["graphs"]["model"]["outputs"]] == ["last_hidden_state", "pooler_output",
                                                                           "layers"]
+
+
+def test_finetune_freezes_the_bilm_and_learns_the_mix(composed, tmp_path):
+    from safetensors.torch import load_file
+
+    task = tmp_path / "task.jsonl"
+    task.write_text("".join(json.dumps({"text": s, "label": "long" if len(s.split()) > 4 else "short"}) + "\n"
+                            for s in SENTENCES * 4))
+    out = str(tmp_path / "tuned")
+    result = run_cli("finetune", composed["model"], "--task", "classification", "--train", str(task), "--dev",
+                     str(task), "--out", out, "--steps", 3, "--batch-size", 4)
+    assert result.code == 0, result.err
+    assert "the elmo recipe's 0.001" in result.err  # the stack's own recipe (plugins/elmo/recipe.py)
+    before, after = load_file(f"{composed['model']}/model.safetensors"), load_file(f"{out}/best/model.safetensors")
+    bilm = [name for name in before if name.startswith("encoder.") and "scalar_mix" not in name]
+    assert bilm and all(torch.equal(before[name], after[name]) for name in bilm)  # frozen
+    assert not torch.equal(before["encoder.scalar_mix.scalar_parameters"], after["encoder.scalar_mix.scalar_parameters"])

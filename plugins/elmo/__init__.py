@@ -34,6 +34,12 @@ def register_export_runtimes(register):
 
 
 @hookimpl
+def register_task_recipes(register):
+    register("elmo", "lmkit.plugins.elmo.recipe:ELMoRecipe",
+             summary="the biLM frozen, its scalar mix learned; sequences read the mix averaged over tokens (ELMo)")
+
+
+@hookimpl
 def register_commands(cli):
     from .commands import import_elmo_command
 

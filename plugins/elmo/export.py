@@ -2,7 +2,7 @@
 
     input_ids (B, T), attention_mask (B, T)
       -> last_hidden_state (B, T, 2P)   the scalar mix (what lmkit embed gives by default)
-         pooler_output (B, 2P)          the first position's mix (<s>), what a task head reads
+         pooler_output (B, 2P)          the mix averaged over real tokens, what a sequence task head reads
          layers (B, L + 1, T, 2P)       [x; x], then [fwd_k; bwd_k] (lmkit embed --layers)
 
 The projected LSTMs' time loop is TorchScript (lmkit.nn.projected_lstm), so the legacy exporter
@@ -27,8 +27,7 @@ class ELMoGraph(nn.Module):
 
     def forward(self, input_ids, attention_mask):
         output = self.encoder(input_ids, attention_mask.bool())
-        mixed = output.last_hidden_state
-        return mixed, mixed[:, 0], torch.stack(output.hidden_states, dim=1)
+        return output.last_hidden_state, output.pooler_output, torch.stack(output.hidden_states, dim=1)
 
 
 def export_plan(model) -> ExportPlan:
@@ -56,5 +55,5 @@ def export_plan(model) -> ExportPlan:
         validation=[shape_set(b, t) for b, t in ((1, 9), (3, 11), (4, 5), (1, 1))],
         scores=None, exporter="legacy")
     return ExportPlan(ARCHITECTURE, [graph], dimensions={"max_length": None, "d_model": D, "vocab_size": vocab,
-                                                        "type_vocab_size": 0, "pooled": "first token",
+                                                        "type_vocab_size": 0, "pooled": "mean of the mix over real tokens",
                                                         "n_layers": L})

@@ -33,6 +33,7 @@ from .layers import parse_layers
 class ELMoBiLM(EncoderStack):
     """Token ids (B, T) -> the 2L+1 layers (B, T, 2P) and their scalar mix, which is last_hidden_state."""
 
+    task_recipe = "elmo"  # lmkit finetune: the biLM frozen, the scalar mix learned (plugins/elmo/recipe.py)
     embed_options = ("layers",)  # features(layers="all" | "mix" | INDEX): lmkit embed --layers
 
     def __init__(self, config: ELMoConfig):
@@ -80,6 +81,8 @@ class ELMoBiLM(EncoderStack):
         reversed in place, so its padding stays after every real token and is never read.
         """
         B, T = input_ids.shape
+        if T == 0:
+            raise LmkitError("the text has no tokens for the biLM to read; give text with at least one word")
         x = self.token_states(input_ids)
         lengths = None if attention_mask is None else attention_mask.long().sum(1)
         P = self.config.projection_dim
@@ -107,12 +110,28 @@ class ELMoBiLM(EncoderStack):
     # -- the encoder contract ---------------------------------------------------------------------
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None) -> EncoderOutput:
-        """last_hidden_state: the scalar mix (B, T, 2P), zero at padding; hidden_states: every layer."""
+        """last_hidden_state: the scalar mix (B, T, 2P), zero at padding; pooler_output: its mean over real
+        tokens (B, 2P); hidden_states: every layer."""
         mask = (torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool())
         layers = self.layers(input_ids, None if attention_mask is None else mask)
+        return self._mixed(layers, mask)
+
+    def frozen_mix(self, input_ids, attention_mask=None) -> EncoderOutput:
+        """forward's output with the biLM frozen (no gradient, no dropout): only the scalar mix learns, as a task
+        model trains it over a fixed biLM (Peters et al. §3.3; lmkit.plugins.elmo.recipe)."""
+        mask = (torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool())
+        training = self.training
+        with torch.no_grad():
+            self.eval()
+            layers = self.layers(input_ids, None if attention_mask is None else mask)
+            self.train(training)
+        return self._mixed([h.detach() for h in layers], mask)
+
+    def _mixed(self, layers, mask) -> EncoderOutput:
         keep = mask[..., None].to(layers[0].dtype)
         mixed = self.scalar_mix(layers, mask) * keep
-        return EncoderOutput(mixed, mask, hidden_states=tuple(h * keep for h in layers))
+        pooled = mixed.sum(1) / keep.sum(1).clamp(min=1)
+        return EncoderOutput(mixed, mask, pooler_output=pooled, hidden_states=tuple(h * keep for h in layers))
 
     def features(self, input_ids, attention_mask=None, layers=None, **options) -> EncoderOutput:
         """layers: "mix" (default), "all" (the L+1 layers concatenated: (B, T, (L+1) * 2P)) or a layer index."""

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from lmkit.errors import LmkitError
 from lmkit.exports.encoder_runtime import EncoderRuntime, run_features
 
 from .layers import numpy_layers, parse_layers
@@ -18,6 +19,8 @@ class ELMoRuntime(EncoderRuntime):
     def features(self, input_ids: np.ndarray, attention_mask: np.ndarray, token_type_ids: np.ndarray | None = None,
                  layers=None) -> dict[str, np.ndarray]:
         which = parse_layers(layers, self.n_layers)
+        if input_ids.shape[1] == 0:
+            raise LmkitError("the text has no tokens for the biLM to read; give text with at least one word")
         outputs = run_features(self.session, self.graph, input_ids, attention_mask, token_type_ids)
         if which != "mix":
             outputs["last_hidden_state"] = numpy_layers(outputs["layers"], which)
