@@ -146,15 +146,15 @@ def vocabulary_tokenizer(vocab_path: str):
 def import_bilm(options_path: str, weights_path: str, vocab_path: str, out: str, *, force: bool = False,
                 host=None) -> dict:
     """Write an lmkit model directory with the released biLM (encoder elmo-bilm, no objective)."""
-    from lmkit.artifacts import staged_directory
     from lmkit.errors import require_torch
-    from lmkit.registry import get_host
-    from lmkit.spec import resolve
 
     require_torch("lmkit import-elmo")
     import torch
 
+    from lmkit.artifacts import staged_directory
     from lmkit.model import build_model, describe_build, save_model
+    from lmkit.registry import get_host
+    from lmkit.spec import resolve
 
     host = host or get_host()
     fields = read_options(options_path)
