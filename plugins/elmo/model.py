@@ -53,6 +53,8 @@ class ELMoBiLM(EncoderStack):
             for name, parameter in self.named_parameters():
                 if not name.startswith("scalar_mix"):
                     nn.init.uniform_(parameter, -config.init_range, config.init_range)
+            with torch.no_grad():
+                self.token_encoder.char_embedding.weight[0].zero_()  # char id 0 pads; it stays zero
 
     d_model = property(lambda self: 2 * self.config.projection_dim)
     max_positions = None  # recurrent: any length
