@@ -281,8 +281,9 @@ def test_cli_train_eval_embed_and_export(composed, tmp_path):
     assert wrong.code != 0 and "out of range" in wrong.err and len(wrong.err.strip().splitlines()) == 1
     exported = str(tmp_path / "export")
     assert run_cli("export", model, "--out", exported).code == 0
-    for layers in ("all", "mix", "2"):
-        np.testing.assert_allclose(embed(exported, "--layers", layers), embed(model, "--layers", layers), atol=1e-4)
+    # Every layer at once (the mix is the conformance suite's check), and one chosen on the torch-free runtime.
+    np.testing.assert_allclose(embed(exported, "--layers", "all"), every, atol=1e-4)
+    np.testing.assert_allclose(embed(exported, "--layers", "2"), every[:, 64:], atol=1e-4)
     manifest = json.loads((tmp_path / "export" / "lmkit-onnx.json").read_text())
     assert [t["name"] for t in manifest["graphs"]["model"]["outputs"]] == ["last_hidden_state", "pooler_output",
                                                                           "layers"]
