@@ -33,6 +33,7 @@ SAMPLES = {
     "model_dir": "{model}", "directory": "{model}", "pretrained": "{model}", "src": "{model}",
     "path": "{text}", "source": "gpt2-tiny", "files": "{text}", "text": "hello", "texts": "hello",
     "out": "{out}", "options_json": "{text}", "weights_hdf5": "{text}", "vocab_path": "{text}",
+    ("neurons", "prompts"): "the cat sat on the", ("neurons", "answer"): "mat",
 }
 # Options a command needs to get past its own argument checks to where it would load torch.
 EXTRAS = {"eval": ["--data", "{text}"], "generate": ["--prompt", "hello"], "translate": ["--text", "hello"],
