@@ -99,7 +99,15 @@ class CausalDecoder(Stack, Protocol):
     The cache (a `Cache`) is the decoder's own object; the core creates it, passes it back and
     reorders it. With
     left-padded prompts the caller gives attention_mask and position_ids (transformers' convention).
+
+    A stateful decoder (a recurrent LM: AWD-LSTM) has a lmkit.nn.recurrent.RecurrentCache, and
+    causal-LM training then carries that state, detached, from each BPTT window to the next: every
+    row of a batch continues the row of the step before (lmkit.training.batches.TokenStreams), and
+    the state is saved with each checkpoint so that resume stays exact. Evaluation and generation
+    start from a fresh cache.
     """
+
+    stateful: bool  # see above; False for attention stacks, whose windows are independent
 
     def new_cache(self, batch_size: int, max_len: int | None = None) -> Cache:
         """An empty cache for batch_size rows and up to max_len positions (default: max_positions)."""
@@ -171,6 +179,12 @@ class Objective(Protocol):
 
     def forward(self, model, batch: dict[str, Tensor]) -> Tensor:
         """The scalar loss of one batch."""
+
+    def carried_state(self) -> dict[str, Tensor]:
+        """Tensors carried from step to step outside the weights (a stateful LM's state), saved with checkpoints."""
+
+    def load_carried_state(self, tensors: dict[str, Tensor]) -> None:
+        """Restore carried_state() on resume."""
 
 
 @runtime_checkable

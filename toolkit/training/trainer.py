@@ -33,9 +33,11 @@ from .checkpoint import (
     fingerprint,
     finish_interrupted_save,
     first_difference,
+    load_carried,
     load_optimizer_state,
     read_trainer_state,
     rng_state,
+    save_carried,
     save_checkpoint,
     set_rng_state,
 )
@@ -140,6 +142,12 @@ class Trainer:
             raise TrainingError(f"{self.model_dir} has {STATE} but no {OPTIMIZER}; the checkpoint is incomplete "
                                 f"and cannot be resumed exactly")
         load_optimizer_state(self.optimizer, self.parameter_names, optimizer_path)
+        carried = state.get("carried") or []
+        if self.procs.rank < len(carried) and carried[self.procs.rank]:  # resumed on more processes: from zeros
+            tensors = load_carried(carried[self.procs.rank], self.device)
+            for name, objective in self.model.objectives.items():
+                objective.load_carried_state({key[len(name) + 1:]: value for key, value in tensors.items()
+                                              if key.startswith(name + ".")})
         rng = state["rng"]
         if self.procs.rank < len(rng):
             set_rng_state(rng[self.procs.rank], self.device)
@@ -291,6 +299,9 @@ class Trainer:
     def save(self, elapsed: float) -> None:
         """A checkpoint of this step; every process takes part (their RNG states), rank 0 writes."""
         rng = self.procs.gather(rng_state(self.device))
+        carried = self.procs.gather(save_carried({f"{name}.{key}": value for name, objective in
+                                                  self.model.objectives.items()
+                                                  for key, value in objective.carried_state().items()}))
         if not self.procs.is_main:
             return
         state = {
@@ -300,6 +311,7 @@ class Trainer:
             "arguments": self.args.to_dict(),
             "data": {"samples_seen": self.samples_seen, **self.data.describe()},
             "rng": rng,  # one entry per process, by rank
+            "carried": carried,  # each process's carried training state (a stateful LM's), or None
             "world_size": self.procs.world_size,
             "elapsed": elapsed,
             "spec": self.spec,
