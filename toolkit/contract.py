@@ -192,7 +192,13 @@ class Optimizer(Protocol):
     """Built from its options dataclass; `lmkit train --optimizer NAME --optimizer-set k=v`."""
 
     def build(self, model: nn.Module, args: TrainingArguments, device) -> Any:
-        """A torch.optim.Optimizer over the model's trainable parameters, at args.lr."""
+        """A torch.optim.Optimizer over the model's trainable parameters, at args.lr.
+
+        Each step the trainer sets every param group's rate to the schedule's rate times the group's
+        `lr_scale` (default 1: ULMFiT's discriminative rates give lower layers less), and drops the
+        gradients of a group whose `train_from_step` (default 0) is after the step, so the optimizer
+        leaves it as it is (gradual unfreezing). Both depend on the step alone, so resume stays exact.
+        """
 
 
 @runtime_checkable
@@ -201,6 +207,14 @@ class Schedule(Protocol):
 
     def rate(self, step: int, args: TrainingArguments) -> float:
         """The rate of optimizer step `step` (0-based). It depends on the step alone, so resume is exact."""
+
+
+@runtime_checkable
+class TrainingRecipe(Protocol):
+    """Named training settings: `lmkit train --recipe NAME` starts from them, flags given win."""
+
+    def arguments(self) -> dict[str, Any]:
+        """lmkit.training.arguments.TrainingArguments fields (optimizer, schedule, their options, lr, ...)."""
 
 
 @runtime_checkable
@@ -281,4 +295,5 @@ def iter_protocols() -> Iterator[tuple[str, type]]:
     yield from (("encoder", Encoder), ("decoder", CausalDecoder), ("decoder (encoder-decoder)", Seq2SeqDecoder),
                 ("cache", Cache),
                 ("objective", Objective), ("optimizer", Optimizer), ("schedule", Schedule),
-                ("task-recipe", TaskRecipe), ("importer", Importer), ("export-runtime", ExportRuntime))
+                ("task-recipe", TaskRecipe), ("training-recipe", TrainingRecipe), ("importer", Importer),
+                ("export-runtime", ExportRuntime))

@@ -79,5 +79,10 @@ def register_task_recipes(register):
 
 
 @hookspec
+def register_training_recipes(register):
+    """Named training settings `lmkit train --recipe NAME` starts from (ULMFiT's rates and schedule)."""
+
+
+@hookspec
 def register_commands(cli):
     """Extra `lmkit` subcommands, added to the click group `cli`; import torch inside them."""

@@ -40,6 +40,7 @@ COMPONENT_HOOKS = {
     "register_optimizers": "optimizer",
     "register_schedules": "schedule",
     "register_task_recipes": "task-recipe",
+    "register_training_recipes": "training-recipe",
 }
 KINDS = tuple(COMPONENT_HOOKS.values())
 

@@ -34,6 +34,25 @@ def register_export_runtimes(register):
              summary="a recurrent LM's graph, its state fed back step to step; padded prompts read column by column")
 
 
+@hookimpl
+def register_optimizers(register):
+    register("ulmfit", "lmkit.plugins.ulmfit.training:ULMFiTOptimizer",
+             options="lmkit.plugins.ulmfit.training:ULMFiTOptimizerOptions",
+             summary="AdamW over ULMFiT's layer groups: discriminative rates (/2.6 per group down), gradual unfreezing")
+
+
+@hookimpl
+def register_schedules(register):
+    register("stlr", "lmkit.plugins.ulmfit.training:STLR", options="lmkit.plugins.ulmfit.training:STLROptions",
+             summary="slanted triangular learning rates: a short linear rise, a long linear decay (ULMFiT eq. 3)")
+
+
+@hookimpl
+def register_training_recipes(register):
+    register("ulmfit-lm", "lmkit.plugins.ulmfit.training:ULMFiTLanguageModelRecipe",
+             summary="ULMFiT stage 2, target-task LM fine-tuning: ulmfit optimizer, stlr, lr 0.004, Adam (0.7, 0.99)")
+
+
 def _preset(summary: str, **decoder) -> tuple[dict, str]:
     spec = {
         "tokenizer": {"type": "bpe"},
