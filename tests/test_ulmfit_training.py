@@ -141,4 +141,4 @@ def test_the_ulmfit_optimizer_needs_an_awd_lstm(tmp_path, lm):
     assert run_cli("compose", "gpt2-tiny", "--set", f"tokenizer={lm['root'] / 'tok'}", "--set",
                    "decoder.vocab_size=120", "--out", out).code == 0
     result = run_cli("train", out, "--data", lm["data"], *ARGS, "--optimizer", "ulmfit")
-    assert result.code != 0 and "need an awd-lstm decoder" in result.err and "Traceback" not in result.err
+    assert result.code != 0 and "need an AWD-LSTM language model" in result.err and "Traceback" not in result.err

@@ -245,6 +245,13 @@ class TaskRecipe(Protocol):
     def features(self, model, states: Tensor, extract_index: Tensor) -> Tensor:
         """(N, T, D) -> (N, D): one vector per sequence."""
 
+    def pooler(self, d_model: int) -> tuple[nn.Module, int] | None:
+        """Layers a sequence head runs on the features before its linear layer, and their output width;
+        None for none (ULMFiT: batch norm, dropout, linear, ReLU over [last; max; mean])."""
+
+    def training_arguments(self, steps: int, per_epoch: int) -> dict[str, Any]:
+        """Training arguments in place of lmkit finetune's defaults (ULMFiT: its optimizer and schedule)."""
+
 
 # -- import and export -----------------------------------------------------------------------------
 

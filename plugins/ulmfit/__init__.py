@@ -53,6 +53,13 @@ def register_training_recipes(register):
              summary="ULMFiT stage 2, target-task LM fine-tuning: ulmfit optimizer, stlr, lr 0.004, Adam (0.7, 0.99)")
 
 
+@hookimpl
+def register_task_recipes(register):
+    register("ulmfit", "lmkit.plugins.ulmfit.classifier:ULMFiTRecipe",
+             summary="BPT3C over the AWD-LSTM, concat pooling [last; max; mean], batch-norm blocks; discriminative "
+                     "rates, gradual unfreezing, STLR (ULMFiT)")
+
+
 def _preset(summary: str, **decoder) -> tuple[dict, str]:
     spec = {
         "tokenizer": {"type": "bpe"},

@@ -32,7 +32,7 @@ class AWDLSTMDecoder(CausalDecoderStack):
 
     max_positions = None  # recurrent: any length
     stateful = True
-    task_recipe = "decoder"
+    task_recipe = "ulmfit"  # lmkit finetune: concat pooling over BPT3C (classifier.py)
 
     def __init__(self, config: AWDLSTMConfig):
         super().__init__()

@@ -68,8 +68,9 @@ def layer_groups(model) -> list[tuple[str, list]]:
 
     decoder = model.decoder
     if not isinstance(decoder, AWDLSTMDecoder):
-        raise SpecError("ULMFiT's discriminative rates and gradual unfreezing need an awd-lstm decoder, whose "
-                        "groups are the embedding, each LSTM layer and the head; use --optimizer adamw")
+        raise SpecError("ULMFiT's discriminative rates and gradual unfreezing need an AWD-LSTM language model "
+                        "(composed from awd-lstm or awd-lstm-tiny), whose groups are the embedding, each LSTM layer "
+                        f"and the head; this model's stack is {type(model.feature_stack).__name__}")
     groups = [("embedding", [decoder.embedding.weight])]
     groups += [(f"lstm {i}", list(layer.parameters())) for i, layer in enumerate(decoder.layers)]
     seen = {id(p) for _, params in groups for p in params}
