@@ -3,12 +3,14 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 
 import pytest
 
 torch = pytest.importorskip("torch")
 
-from conftest import run_cli  # noqa: E402
+from conftest import NO_TORCH, run_cli  # noqa: E402
 
 from lmkit.contract import EncoderOutput  # noqa: E402
 from lmkit.plugins.ulmfit.classifier import ULMFiTRecipe  # noqa: E402
@@ -56,8 +58,7 @@ def test_the_head_is_batch_norm_dropout_linear_blocks():
     kinds = [type(layer).__name__ for layer in head.pooler] + ["Dropout", "Linear"]
     assert kinds == ["BatchNorm1d", "Dropout", "Linear", "ReLU", "BatchNorm1d", "Dropout", "Linear"]
     assert head.pooler[0].num_features == 24 and head.score.in_features == 50 and head.score.out_features == 3
-    with pytest.raises(Exception, match="export does not hold yet"):
-        head.output_layer()
+    assert head.output_layer() is head.score
 
 
 def test_long_documents_keep_their_end():
@@ -113,6 +114,21 @@ def test_finetune_with_the_ulmfit_recipe_then_predict(lm):
     assert predicted.code == 0, predicted.err
     rows = [json.loads(line) for line in predicted.out.splitlines() if line.startswith("{")]
     assert len(rows) == 32 and {row["label"] for row in rows} <= {"yes", "no"}
+
+    # The classifier exported, and predicting without torch: the same labels, the same probabilities.
+    exported = str(lm["root"] / "exp-clf")
+    result = run_cli("export", os.path.join(out, "best"), "--out", exported)
+    assert result.code == 0, result.err
+    manifest = json.loads(open(os.path.join(exported, "lmkit-onnx.json")).read())
+    assert manifest["architecture"] == "encoder-only" and manifest["validation"]["max_abs_diff"] < 1e-4
+    code = NO_TORCH + "from lmkit.cli import main\nmain()\n"
+    done = subprocess.run([sys.executable, "-c", code, "predict", exported, "--data", lm["task"]],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    served = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    assert [r["label"] for r in served] == [r["label"] for r in rows]
+    for a, b in zip(served, rows):
+        assert a["probabilities"] == pytest.approx(b["probabilities"], abs=1e-5)
 
 
 def test_the_ulmfit_recipe_on_another_model_says_what_it_needs(lm, tmp_path):

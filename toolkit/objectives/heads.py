@@ -60,11 +60,8 @@ class SequenceHead(_Head):
         self.score = _linear(d_model, options.num_labels)
 
     def output_layer(self) -> nn.Linear:
-        if self.pooler is not None:
-            from ..errors import LmkitError
-
-            raise LmkitError(f"the {self.recipe.name} recipe's head has layers before its linear one, which an "
-                             "export does not hold yet; serve the fine-tuned model directory itself")
+        """The linear layer; with a recipe's pooler, the exporter puts the pooler's output in its graph's
+        pooler_output, which the export's head reads (ULMFiT: lmkit.plugins.ulmfit.export)."""
         return self.score
 
     def scores(self, model, batch: dict) -> Tensor:
