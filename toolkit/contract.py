@@ -111,7 +111,15 @@ class CausalDecoder(Stack, Protocol):
     position_ids are (B, T), or (B, K, T) for a stack whose tokens carry K positions (GLM's pos1 and
     pos2); the decoding backends feed either as the model's generator supplies them
     (lmkit.decoding.common.Positions).
+
+    A stateful decoder (a recurrent LM: AWD-LSTM) has a lmkit.nn.recurrent.RecurrentCache, and
+    causal-LM training then carries that state, detached, from each BPTT window to the next: every
+    row of a batch continues the row of the step before (lmkit.training.batches.TokenStreams), and
+    the state is saved with each checkpoint so that resume stays exact. Evaluation and generation
+    start from a fresh cache.
     """
+
+    stateful: bool  # see above; False for attention stacks, whose windows are independent
 
     def new_cache(self, batch_size: int, max_len: int | None = None) -> Cache:
         """An empty cache for batch_size rows and up to max_len positions (default: max_positions)."""
@@ -184,13 +192,25 @@ class Objective(Protocol):
     def forward(self, model, batch: dict[str, Tensor]) -> Tensor:
         """The scalar loss of one batch."""
 
+    def carried_state(self) -> dict[str, Tensor]:
+        """Tensors carried from step to step outside the weights (a stateful LM's state), saved with checkpoints."""
+
+    def load_carried_state(self, tensors: dict[str, Tensor]) -> None:
+        """Restore carried_state() on resume."""
+
 
 @runtime_checkable
 class Optimizer(Protocol):
     """Built from its options dataclass; `lmkit train --optimizer NAME --optimizer-set k=v`."""
 
     def build(self, model: nn.Module, args: TrainingArguments, device) -> Any:
-        """A torch.optim.Optimizer over the model's trainable parameters, at args.lr."""
+        """A torch.optim.Optimizer over the model's trainable parameters, at args.lr.
+
+        Each step the trainer sets every param group's rate to the schedule's rate times the group's
+        `lr_scale` (default 1: ULMFiT's discriminative rates give lower layers less), and drops the
+        gradients of a group whose `train_from_step` (default 0) is after the step, so the optimizer
+        leaves it as it is (gradual unfreezing). Both depend on the step alone, so resume stays exact.
+        """
 
 
 @runtime_checkable
@@ -199,6 +219,14 @@ class Schedule(Protocol):
 
     def rate(self, step: int, args: TrainingArguments) -> float:
         """The rate of optimizer step `step` (0-based). It depends on the step alone, so resume is exact."""
+
+
+@runtime_checkable
+class TrainingRecipe(Protocol):
+    """Named training settings: `lmkit train --recipe NAME` starts from them, flags given win."""
+
+    def arguments(self) -> dict[str, Any]:
+        """lmkit.training.arguments.TrainingArguments fields (optimizer, schedule, their options, lr, ...)."""
 
 
 @runtime_checkable
@@ -228,6 +256,13 @@ class TaskRecipe(Protocol):
 
     def features(self, model, states: Tensor, extract_index: Tensor) -> Tensor:
         """(N, T, D) -> (N, D): one vector per sequence."""
+
+    def pooler(self, d_model: int) -> tuple[nn.Module, int] | None:
+        """Layers a sequence head runs on the features before its linear layer, and their output width;
+        None for none (ULMFiT: batch norm, dropout, linear, ReLU over [last; max; mean])."""
+
+    def training_arguments(self, steps: int, per_epoch: int) -> dict[str, Any]:
+        """Training arguments in place of lmkit finetune's defaults (ULMFiT: its optimizer and schedule)."""
 
 
 # -- import and export -----------------------------------------------------------------------------
@@ -300,5 +335,5 @@ def iter_protocols() -> Iterator[tuple[str, type]]:
     yield from (("encoder", Encoder), ("decoder", CausalDecoder), ("decoder (encoder-decoder)", Seq2SeqDecoder),
                 ("cache", Cache),
                 ("objective", Objective), ("optimizer", Optimizer), ("schedule", Schedule),
-                ("task-recipe", TaskRecipe), ("importer", Importer), ("export-runtime", ExportRuntime),
-                ("generator", Generator))
+                ("task-recipe", TaskRecipe), ("training-recipe", TrainingRecipe), ("importer", Importer),
+                ("export-runtime", ExportRuntime), ("generator", Generator))

@@ -84,5 +84,10 @@ def register_generators(register):
 
 
 @hookspec
+def register_training_recipes(register):
+    """Named training settings `lmkit train --recipe NAME` starts from (ULMFiT's rates and schedule)."""
+
+
+@hookspec
 def register_commands(cli):
     """Extra `lmkit` subcommands, added to the click group `cli`; import torch inside them."""

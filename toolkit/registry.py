@@ -41,6 +41,7 @@ COMPONENT_HOOKS = {
     "register_schedules": "schedule",
     "register_task_recipes": "task-recipe",
     "register_generators": "generator",
+    "register_training_recipes": "training-recipe",
 }
 KINDS = tuple(COMPONENT_HOOKS.values())
 

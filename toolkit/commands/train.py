@@ -47,6 +47,9 @@ import click
                    "[default: cosine]")
 @click.option("--schedule-set", "schedule_options", multiple=True, metavar="KEY=VALUE",
               help="An option of the schedule, e.g. halve_every=100; repeat for more.")
+@click.option("--recipe", metavar="NAME",
+              help="A registered training recipe (lmkit components --kind training-recipe) whose optimizer, schedule "
+                   "and rates the run starts from; flags given win, e.g. ulmfit-lm.")
 @click.option("--resume", is_flag=True, help="Continue the run saved in MODEL_DIR, with its arguments.")
 def train_command(model_dir, resume, **options):
     """Train the model in MODEL_DIR on text; checkpoints and metrics.jsonl go into MODEL_DIR.

@@ -14,6 +14,8 @@ _WHERE = {
     "MLP": "blocks", "Activation": "blocks", "Block": "blocks", "activation_module": "blocks",
     "KVCache": "cache", "TiedOutputProjection": "tied",
     "BlockStack": "sharing", "SharedBlocks": "sharing",
+    "embedding_dropout": "dropout", "locked_dropout": "dropout", "locked_mask": "dropout", "weight_drop": "dropout",
+    "RecurrentCache": "recurrent", "lstm_layer": "recurrent", "masked_steps": "recurrent",
 }
 
 __all__ = sorted(_WHERE)

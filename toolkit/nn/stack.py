@@ -55,6 +55,8 @@ class CausalDecoderStack(_Stack):
     """A decoder-only language model: new_cache, hidden_states, logits, forward."""
 
     task_recipe: ClassVar[str] = "decoder"
+    # True for a recurrent LM whose training carries its state across windows (lmkit.contract.CausalDecoder).
+    stateful: ClassVar[bool] = False
 
     def forward(self, input_ids: Tensor, cache=None, attention_mask: Tensor | None = None,
                 position_ids: Tensor | None = None) -> Tensor:

@@ -34,3 +34,11 @@ class ObjectiveModule(nn.Module):
     def for_model(cls, options, model) -> ObjectiveModule:
         """The objective for `model`, whose stacks exist already; override to size a head to them."""
         return cls(options)
+
+    def carried_state(self) -> dict:
+        """Tensors training carries from step to step outside the weights (a stateful LM's hidden state),
+        by name; the trainer saves them with each checkpoint so that resume is exact. None by default."""
+        return {}
+
+    def load_carried_state(self, tensors: dict) -> None:
+        """Restore what carried_state() returned, on resume."""

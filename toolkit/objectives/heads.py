@@ -52,12 +52,24 @@ class SequenceHead(_Head):
     def __init__(self, options: SequenceHeadOptions, d_model: int = 768):
         super().__init__(options)
         self.recipe = _recipe(options)
+        self.pooler = None  # the recipe's layers before the linear one (ULMFiT's), if it has any
+        pooler = self.recipe.pooler(d_model)
+        if pooler is not None:
+            self.pooler, d_model = pooler
         self.dropout = nn.Dropout(options.dropout)
         self.score = _linear(d_model, options.num_labels)
 
+    def output_layer(self) -> nn.Linear:
+        """The linear layer; with a recipe's pooler, the exporter puts the pooler's output in its graph's
+        pooler_output, which the export's head reads (ULMFiT: lmkit.plugins.ulmfit.export)."""
+        return self.score
+
     def scores(self, model, batch: dict) -> Tensor:
         """classification/similarity: (B, num_labels) logits; regression: (B,); multiple choice: (B, S)."""
-        features = self.dropout(sequence_features(model, batch, self.recipe))  # (B, S, H)
+        features = sequence_features(model, batch, self.recipe)  # (B, S, H)
+        if self.pooler is not None:
+            features = self.pooler(features.flatten(0, 1)).unflatten(0, features.shape[:2])
+        features = self.dropout(features)
         task = self.options.task
         if task == "multiple-choice":
             return self.score(features).squeeze(-1)  # one score per choice: (B, S)

@@ -269,7 +269,8 @@ def finetune(pretrained: str, out: str, train_path: str, dev_path: str | None, o
             "data": (train_path,), "val_data": (dev_path,) if dev_path else (), "steps": steps,
             "batch_size": batch_size, "seq_len": max_length, "lr": lr, "warmup": int(warmup_ratio * steps),
             "min_lr_ratio": 0.0, "weight_decay": 0.01, "eval_every": eval_every or per_epoch,
-            "save_every": eval_every or per_epoch, "log_every": min(10, per_epoch), "seed": seed, "device": device})
+            "save_every": eval_every or per_epoch, "log_every": min(10, per_epoch), "seed": seed, "device": device,
+            **recipe.training_arguments(steps, per_epoch)})
         if chosen_lr is None and progress:  # once the arguments have been checked
             scaled = "" if lr == recipe.default_lr else f", scaled by {recipe.reference_width}/{width} to this model's width"
             print(f"lr {lr:.3g}: the {recipe.name} recipe's {recipe.default_lr:g} at width {recipe.reference_width}"

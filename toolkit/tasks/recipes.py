@@ -8,6 +8,10 @@ reading examples (ULMFiT's concat pooling, say) registers one instead of editing
               [CLS] a [SEP] b [SEP] with segment ids; features are the encoder's pooled output
     decoder   GPT (Radford et al. 2018, §3.3): start a delim b extract, features at the extract
               token, and the language-model loss kept as an auxiliary objective (λ = 0.5)
+
+A recipe may also put layers of its own between the features and a sequence head's linear layer
+(`pooler`: ULMFiT's batch-norm blocks) and train with other settings (`training_arguments`:
+ULMFiT's discriminative rates, gradual unfreezing and slanted triangular schedule).
 """
 from __future__ import annotations
 
@@ -36,6 +40,14 @@ class EncoderRecipe:
     def inputs(self, tokenizer, max_length: int) -> EncoderInputs:
         return EncoderInputs(tokenizer, max_length)
 
+    def pooler(self, d_model: int):
+        """Layers between the features and a sequence head's linear layer, as (module, width out), or None."""
+        return None
+
+    def training_arguments(self, steps: int, per_epoch: int) -> dict:
+        """Training arguments that differ from lmkit finetune's defaults (AdamW, cosine decay); none."""
+        return {}
+
     def run(self, model, input_ids, attention_mask, token_type_ids) -> EncoderOutput:
         return model.encoder(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
 
@@ -61,6 +73,14 @@ class DecoderRecipe:
 
     def inputs(self, tokenizer, max_length: int) -> DecoderInputs:
         return DecoderInputs(tokenizer, max_length)
+
+    def pooler(self, d_model: int):
+        """Layers between the features and a sequence head's linear layer, as (module, width out), or None."""
+        return None
+
+    def training_arguments(self, steps: int, per_epoch: int) -> dict:
+        """Training arguments that differ from lmkit finetune's defaults (AdamW, cosine decay); none."""
+        return {}
 
     def run(self, model, input_ids, attention_mask, token_type_ids) -> EncoderOutput:
         # Right padding comes after every real token, which causal attention keeps it from seeing.

@@ -106,6 +106,30 @@ class TokenWindows:
         return {"train_tokens": len(self.train_tokens), "val_tokens": len(self.val_tokens)}
 
 
+class TokenStreams(TokenWindows):
+    """The training text as global_batch contiguous streams read in order, for a stateful decoder
+    (lmkit.contract.CausalDecoder.stateful): row r of every step continues row r of the step before,
+    so the state the model carries from one window to the next is the state of the text before it
+    (fastai's LM data loader; ULMFiT §3). Each row also says its stream, under "stream".
+
+    Sample i is window (i // streams) of stream (i % streams); a stream that runs out starts over.
+    Validation windows are TokenWindows' own: evaluation starts from a fresh state.
+    """
+
+    def __init__(self, context: DataContext):
+        super().__init__(context)
+        self.streams = context.args.global_batch
+        self.stream_length = len(self.train_tokens) // self.streams  # >= seq_len + 1, checked by the split
+        self.windows = (self.stream_length - 1) // self.seq_len
+
+    def train(self, first: int, count: int) -> Batch:
+        index = np.arange(first, first + count, dtype=np.int64)
+        stream = index % self.streams
+        starts = stream * self.stream_length + (index // self.streams) % self.windows * self.seq_len
+        ids = self.train_tokens[starts[:, None] + np.arange(self.seq_len + 1)]
+        return {"input_ids": ids.astype(np.int64), "stream": stream}
+
+
 def _load_token_split(context: DataContext) -> tuple[np.ndarray, np.ndarray]:
     from ..data import load_tokens, split_validation
 

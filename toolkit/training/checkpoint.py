@@ -6,7 +6,8 @@ A checkpoint is three files beside config.json and tokenizer.json:
     optimizer.safetensors  every tensor of the optimizer's state, named `<parameter name>.<key>`
                            (AdamW: exp_avg, exp_avg_sq, and step as a 0-d float32 tensor)
     trainer_state.json     the step, the arguments, each process's RNG state, the data position,
-                           and the spec and tokenizer the run was started with
+                           the spec and tokenizer the run was started with, and what training
+                           carries between steps besides the weights (a stateful LM's state)
 
 They are written whole into `.checkpoint.partial/`, which is then renamed `.checkpoint.ready/`: that
 rename is the commit. The files then move over the directory's own, trainer_state.json last. A crash
@@ -152,6 +153,22 @@ def set_rng_state(state: dict, device: torch.device) -> None:
     torch.set_rng_state(_decode(state["torch_cpu"]))
     if device.type == "cuda" and "torch_cuda" in state:
         torch.cuda.set_rng_state(_decode(state["torch_cuda"]), device)
+
+
+def save_carried(tensors: dict[str, torch.Tensor]) -> str | None:
+    """Tensors training carries between steps (lmkit.contract.Objective.carried_state: a stateful LM's
+    hidden state per stream) as base64 safetensors for trainer_state.json; None when there are none."""
+    if not tensors:
+        return None
+    from safetensors.torch import save
+
+    return base64.b64encode(save({k: v.detach().cpu().contiguous() for k, v in tensors.items()})).decode("ascii")
+
+
+def load_carried(text: str, device: torch.device) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load
+
+    return {name: tensor.to(device) for name, tensor in load(base64.b64decode(text)).items()}
 
 
 # -- what the run was started with -------------------------------------------------------------------

@@ -23,6 +23,7 @@ from torch.nn.parallel import DistributedDataParallel
 from .. import __version__
 from ..artifacts import atomic_write, read_config
 from ..data import tokenizer_fingerprint
+from ..errors import LmkitError
 from ..model import ComposedModel, load_model, load_target_tokenizer
 from .arguments import TrainingArguments, TrainingError
 from .batches import Batch, DataContext, batches_for
@@ -33,9 +34,11 @@ from .checkpoint import (
     fingerprint,
     finish_interrupted_save,
     first_difference,
+    load_carried,
     load_optimizer_state,
     read_trainer_state,
     rng_state,
+    save_carried,
     save_checkpoint,
     set_rng_state,
 )
@@ -140,6 +143,12 @@ class Trainer:
             raise TrainingError(f"{self.model_dir} has {STATE} but no {OPTIMIZER}; the checkpoint is incomplete "
                                 f"and cannot be resumed exactly")
         load_optimizer_state(self.optimizer, self.parameter_names, optimizer_path)
+        carried = state.get("carried") or []
+        if self.procs.rank < len(carried) and carried[self.procs.rank]:  # resumed on more processes: from zeros
+            tensors = load_carried(carried[self.procs.rank], self.device)
+            for name, objective in self.model.objectives.items():
+                objective.load_carried_state({key[len(name) + 1:]: value for key, value in tensors.items()
+                                              if key.startswith(name + ".")})
         rng = state["rng"]
         if self.procs.rank < len(rng):
             set_rng_state(rng[self.procs.rank], self.device)
@@ -161,8 +170,8 @@ class Trainer:
         """One optimizer step on the next global batch; returns its learning rate."""
         args = self.args
         lr = self.schedule.rate(self.step, args)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
+        for group in self.optimizer.param_groups:  # lr_scale: discriminative rates (lmkit.contract.Optimizer)
+            group["lr"] = lr * group.get("lr_scale", 1.0)
         first = self.samples_seen + self.procs.rank * self.local_batch
         for index, (offset, count) in enumerate(self.micro_batches):
             samples = self.data.train(first + offset, count)
@@ -183,6 +192,10 @@ class Trainer:
                 parts = self.objective_loss.parts
                 self.parts_sum += torch.stack([parts[t].float() for t in self.objective_types]) * (
                     count / self.local_batch)
+        for group in self.optimizer.param_groups:  # still frozen (gradual unfreezing): no gradient, no update
+            if group.get("train_from_step", 0) > self.step:
+                for parameter in group["params"]:
+                    parameter.grad = None
         if args.grad_clip > 0:
             nn.utils.clip_grad_norm_(self.model.parameters(), args.grad_clip)
         self.optimizer.step()
@@ -291,6 +304,9 @@ class Trainer:
     def save(self, elapsed: float) -> None:
         """A checkpoint of this step; every process takes part (their RNG states), rank 0 writes."""
         rng = self.procs.gather(rng_state(self.device))
+        carried = self.procs.gather(save_carried({f"{name}.{key}": value for name, objective in
+                                                  self.model.objectives.items()
+                                                  for key, value in objective.carried_state().items()}))
         if not self.procs.is_main:
             return
         state = {
@@ -300,6 +316,7 @@ class Trainer:
             "arguments": self.args.to_dict(),
             "data": {"samples_seen": self.samples_seen, **self.data.describe()},
             "rng": rng,  # one entry per process, by rank
+            "carried": carried,  # each process's carried training state (a stateful LM's), or None
             "world_size": self.procs.world_size,
             "elapsed": elapsed,
             "spec": self.spec,
@@ -385,17 +402,33 @@ def _check_unchanged_spec(state: dict, spec: dict, model_dir: str) -> None:
                         "without --resume in a fresh model directory")
 
 
-def train(model_dir: str, data=None, *, resume: bool = False, progress: bool = True, **arguments) -> dict:
+def train(model_dir: str, data=None, *, resume: bool = False, progress: bool = True, recipe: str | None = None,
+          **arguments) -> dict:
     """Train the model in `model_dir` and return the last metrics record.
 
     `data` (paths) and `arguments` are TrainingArguments fields: steps, batch_size, seq_len, lr, ...
     With resume=True the run saved in model_dir goes on from its last checkpoint, with the arguments
     it was started with; only `steps` may be raised (and `device` changed). Under torchrun every
-    process calls this, and they train together.
+    process calls this, and they train together. recipe: a registered training recipe whose arguments
+    the run starts from (lmkit.contract.TrainingRecipe); `arguments` given here win over its own.
     """
     model_dir = os.fspath(model_dir)
     if data is not None:
         arguments["data"] = data
+    if recipe is not None:
+        if resume:
+            raise TrainingError("--recipe starts a run; a resumed run keeps the arguments it was started with")
+        from ..registry import get_host
+
+        try:
+            defaults = get_host().instantiate("training-recipe", recipe, None, f"--recipe {recipe}").arguments()
+        except LmkitError as error:
+            raise TrainingError(str(error)) from None
+        for kind in ("optimizer", "schedule"):  # --optimizer-set on the recipe's own optimizer adds to its options
+            key = f"{kind}_options"
+            if key in arguments and arguments.get(kind, defaults.get(kind)) == defaults.get(kind):
+                arguments[key] = {**defaults.get(key, {}), **arguments[key]}
+        arguments = {**defaults, **arguments}
     with processes() as procs:
         read_config(model_dir)  # a clear error for a directory that is not a model
         with procs.main_first():  # one process finishes a save a crash interrupted
