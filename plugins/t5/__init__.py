@@ -21,6 +21,13 @@ def register_decoders(register):
 
 
 @hookimpl
+def register_exporters(register):
+    register("decoder.t5", "lmkit.plugins.t5.export:export_plan",
+             summary="an encoder graph giving every layer's cross-attention keys/values once, and a decoder-step "
+                     "graph with the self-attention cache in and out")
+
+
+@hookimpl
 def register_importers(register):
     register("t5", "lmkit.plugins.t5.hf:import_checkpoint",
              summary="T5ForConditionalGeneration checkpoints, v1.0 and v1.1 (t5-*, google/t5-v1_1-*)")

@@ -87,9 +87,16 @@ class MultiHeadAttention(nn.Module):
             k, v = self.key_values(x)
             if past is not None:
                 k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
-        y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=None if bias is None else bias.to(q.dtype),
-            dropout_p=self.dropout if self.training else 0.0, scale=self.scale)  # (B, nh, T, hs)
+        bias = None if bias is None else bias.to(q.dtype)
+        if torch.onnx.is_in_onnx_export() or torch.compiler.is_exporting():
+            # Written out for the exporter: its decomposition of SDPA with a float mask gives the output strides
+            # that a later view cannot read under symbolic shapes (torch 2.13). Same numbers.
+            scale = self.d_kv ** -0.5 if self.scale is None else self.scale
+            scores = (q @ k.transpose(-1, -2)) * scale + (0 if bias is None else bias)
+            y = torch.softmax(scores.float(), dim=-1).to(q.dtype) @ v
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=self.dropout if self.training else 0.0,
+                                               scale=self.scale)  # (B, nh, T, hs)
         B, _, T, _ = y.shape
         return self.o(y.transpose(1, 2).reshape(B, T, self.n_heads * self.d_kv)), (k, v)
 
