@@ -33,6 +33,9 @@ from lmkit.exports.graphs import (
 )
 
 PRESENT = f"{PAST} + 1"
+# The TorchScript tracer: both graphs have only fixed-rank tensors and no data-dependent control flow, and
+# it exports them in a quarter of dynamo's time (10 s against 42 s for t5-tiny on 2 busy cores).
+EXPORTER = "legacy"
 
 
 class EncoderGraph(nn.Module):
@@ -101,7 +104,8 @@ def export_plan(model) -> ExportPlan:
         [TensorInfo("input_ids", "int64", (BATCH, SOURCE)), TensorInfo("attention_mask", "int64", (BATCH, SOURCE))],
         [TensorInfo("cross_k", "float32", cross), TensorInfo("cross_v", "float32", cross)],
         example=tuple(torch.from_numpy(example.inputs[name]) for name in ("input_ids", "attention_mask")),
-        validation=[encoder_set(b, min(s, limit)) for b, s in ((1, 1), (1, 11), (4, 9))], scores=None)
+        validation=[encoder_set(b, min(s, limit)) for b, s in ((1, 1), (1, 11), (4, 9))], scores=None,
+        exporter=EXPORTER)
 
     names = ("input_ids", "self_k", "self_v", "cross_k", "cross_v", "encoder_mask")
     example = step_set(3, 7, 5)
@@ -117,7 +121,7 @@ def export_plan(model) -> ExportPlan:
          TensorInfo("present_v", "float32", (L, BATCH, nh, PRESENT, hs))],
         example=tuple(torch.from_numpy(example.inputs[name]) for name in names),
         validation=[step_set(b, min(s, limit), p) for b, s, p in ((1, 1, 0), (1, 11, 9), (4, 6, 3), (2, 9, 0))],
-        cache=[("self_k", "present_k"), ("self_v", "present_v")])
+        cache=[("self_k", "present_k"), ("self_v", "present_v")], exporter=EXPORTER)
     layout = EncoderDecoderLayout(
         [Feed("self_k", "zeros"), Feed("self_v", "zeros"), Feed("cross_k", "encoder", "cross_k"),
          Feed("cross_v", "encoder", "cross_v"), Feed("encoder_mask", "source_mask")],
