@@ -21,6 +21,13 @@ def register_decoders(register):
 
 
 @hookimpl
+def register_objectives(register):
+    register("span-corruption", "lmkit.plugins.t5.span_corruption:SpanCorruption",
+             options="lmkit.plugins.t5.config:SpanCorruptionOptions",
+             summary="T5's pre-training: random spans (15%, mean 3) become sentinels, the decoder writes them back")
+
+
+@hookimpl
 def register_exporters(register):
     register("decoder.t5", "lmkit.plugins.t5.export:export_plan",
              summary="an encoder graph giving every layer's cross-attention keys/values once, and a decoder-step "
@@ -34,13 +41,14 @@ def register_importers(register):
 
 
 def _preset(summary: str, *, vocab_size: int = 32128, v1_1: bool = False, dropout: float = 0.1,
-            max_positions: int = 512, max_new_tokens: int = 64, **sizes) -> tuple[dict, str]:
+            max_positions: int = 512, max_new_tokens: int = 64, objective: str = "span-corruption",
+            **sizes) -> tuple[dict, str]:
     common = {"vocab_size": vocab_size, "dropout": dropout, "feed_forward": "gated-gelu" if v1_1 else "relu", **sizes}
     spec = {
         "tokenizer": {"type": "unigram"},
         "encoder": {"type": "t5", **common, "max_positions": max_positions},
         "decoder": {"type": "t5", **common, "tie_word_embeddings": not v1_1, "rescale_output": not v1_1},
-        "objectives": [{"type": "seq2seq", "weight": 1.0}],
+        "objectives": [{"type": objective, "weight": 1.0}],
         "decoding": {"strategy": "greedy", "max_new_tokens": max_new_tokens},  # T5 decoded greedily (§3.1.4)
     }
     return spec, summary
@@ -58,9 +66,12 @@ PRESETS = {
                              v1_1=True, dropout=0.0, d_model=512, d_kv=64, d_ff=1024, n_layers=8, n_heads=6),
     "t5-v1_1-base": _preset("T5 v1.1 base, 248M: 12+12 layers x 768, 12 heads, d_ff 2048, gated-gelu",
                             v1_1=True, dropout=0.0, d_model=768, d_kv=64, d_ff=2048, n_layers=12, n_heads=12),
+    # Trained on sentence pairs (seq2seq), as the other encoder-decoders' tiny presets; pre-train it with
+    # --set objectives.0.type=span-corruption.
     "t5-tiny": _preset("a T5 for tests: 2+2 layers x 64, 4 heads of 16, d_ff 128, vocab 512, 64 source tokens",
-                       vocab_size=512, dropout=0.0, max_positions=64, max_new_tokens=32, d_model=64, d_kv=16, d_ff=128, n_layers=2,
-                       n_heads=4, relative_buckets=16, relative_max_distance=32),
+                       objective="seq2seq",
+                       vocab_size=512, dropout=0.0, max_positions=64, max_new_tokens=32, d_model=64, d_kv=16,
+                       d_ff=128, n_layers=2, n_heads=4, relative_buckets=16, relative_max_distance=32),
 }
 
 

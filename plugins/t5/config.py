@@ -80,3 +80,19 @@ class T5DecoderConfig:
 
     def __post_init__(self):
         _check(self)
+
+
+@dataclass(frozen=True)
+class SpanCorruptionOptions:
+    # §3.3.4 and the released models: 15% of the tokens dropped, in spans of 3 on average.
+    noise_density: float = 0.15
+    mean_noise_span_length: float = 3.0
+    label_smoothing: float = 0.0  # as the seq2seq objective's; T5 used none
+
+    def __post_init__(self):
+        if not 0.0 < self.noise_density < 1.0:
+            raise ValueError(f"noise_density must be in (0, 1), got {self.noise_density}")
+        if not self.mean_noise_span_length >= 1.0:
+            raise ValueError(f"mean_noise_span_length must be at least 1, got {self.mean_noise_span_length}")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
