@@ -28,6 +28,19 @@ def register_objectives(register):
 
 
 @hookimpl
+def register_optimizers(register):
+    register("adafactor", "lmkit.plugins.t5.training:Adafactor", options="lmkit.plugins.t5.training:AdafactorOptions",
+             summary="Adafactor: factored second moments, relative step capped by --lr (T5; Shazeer and Stern 2018)")
+
+
+@hookimpl
+def register_schedules(register):
+    register("inverse-sqrt", "lmkit.plugins.t5.training:InverseSqrt",
+             options="lmkit.plugins.t5.training:InverseSqrtOptions",
+             summary="--lr for constant_steps steps, then --lr * sqrt(constant_steps / n) (T5: 1/sqrt(max(n, 10^4)))")
+
+
+@hookimpl
 def register_exporters(register):
     register("decoder.t5", "lmkit.plugins.t5.export:export_plan",
              summary="an encoder graph giving every layer's cross-attention keys/values once, and a decoder-step "

@@ -122,6 +122,16 @@ class FeedForward(nn.Module):
         self.wo = nn.Linear(d_ff, d_model, bias=False)
         self.dropout = nn.Dropout(dropout)
 
+    def _apply(self, fn, recurse=True):
+        # model.half() leaves wo in float32 (transformers' _keep_in_fp32_modules = ["wo"]): its products overflow
+        # fp16 (inf - inf = NaN inside the sum, which no clamp after it can undo). Its output is float32, and
+        # the residual stream stays so; the next RMS norm hands half precision to the next layer again.
+        before = self.wo.weight.data
+        super()._apply(fn, recurse)
+        if self.wo.weight.dtype == torch.float16:  # from the weights before: fp16 may have made them inf
+            self.wo.weight.data = before.to(device=self.wo.weight.device, dtype=torch.float32)
+        return self
+
     def forward(self, x: Tensor) -> Tensor:
         if self.gated:
             h = F.gelu(self.wi_0(x), approximate="tanh") * self.wi_1(x)
