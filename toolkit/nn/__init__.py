@@ -14,6 +14,9 @@ _WHERE = {
     "MLP": "blocks", "Activation": "blocks", "Block": "blocks", "activation_module": "blocks",
     "KVCache": "cache", "TiedOutputProjection": "tied",
     "BlockStack": "sharing", "SharedBlocks": "sharing",
+    "RMSNorm": "norms", "RelativePositionBias": "relative", "relative_position_bucket": "relative",
+    "MultiHeadAttention": "encoder_decoder", "FeedForward": "encoder_decoder", "EncoderBlock": "encoder_decoder",
+    "DecoderBlock": "encoder_decoder", "additive_mask": "encoder_decoder", "clamp_half": "encoder_decoder",
 }
 
 __all__ = sorted(_WHERE)
