@@ -162,7 +162,9 @@ def test_greedy_tokens_match_generate(checkpoint):
 
 @pytest.mark.parametrize("length_penalty", [1.0, 0.0, 2.0])
 def test_beam_4_n_best_matches_generate(checkpoint, length_penalty):
-    _, hf, tokenizer, out = checkpoint
+    variant, hf, tokenizer, out = checkpoint
+    if length_penalty != 1.0 and variant not in ("v1.0", "v1.1"):
+        pytest.skip("other length penalties on the released variants only (the suite's time)")
     settings = {"num_beams": 4, "length_penalty": length_penalty, "num_return_sequences": 4}
     expected = hf_generate(hf, tokenizer, early_stopping=False, **settings)
     assert lmkit_generate(out, tokenizer, "beam", **settings) == expected

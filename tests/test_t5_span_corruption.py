@@ -78,7 +78,7 @@ def test_pretraining_a_t5_tiny_through_the_cli(tmp_path):
     common = ["--data", files["train.src"], "--batch-size", 8, "--warmup", 0, "--save-every", 0, "--log-every", 10]
     too_long = run_cli("train", model, *common, "--steps", 1, "--seq-len", 400)
     assert too_long.code != 0 and len(too_long.err.strip().splitlines()) == 1 and "sentinels" in too_long.err
-    result = run_cli("train", model, *common, "--steps", 20, "--seq-len", 48, "--eval-every", 20, "--lr", "3e-3")
+    result = run_cli("train", model, *common, "--steps", 12, "--seq-len", 48, "--eval-every", 12, "--lr", "3e-3")
     assert result.code == 0, result.err
     metrics = [json.loads(line) for line in open(f"{model}/metrics.jsonl")]
     losses = [m["val_loss"] for m in metrics if "val_loss" in m]

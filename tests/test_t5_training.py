@@ -29,13 +29,13 @@ def test_adafactor_trains_and_resumes_exactly(tmp_path, translation_task):
     assert run_cli("compose", "t5-tiny", "--set", f"tokenizer={tok}", "--out", model).code == 0
     halves = tmp_path / "halves"
     shutil.copytree(model, halves)
-    common = ["--data", data[0], "--data", data[1], "--batch-size", 8, "--seq-len", 48, "--warmup", 0,
+    common = ["--data", data[0], "--data", data[1], "--batch-size", 4, "--seq-len", 48, "--warmup", 0,
               "--eval-every", 0, "--log-every", 1, "--optimizer", "adafactor", "--schedule", "inverse-sqrt",
-              "--schedule-set", "constant_steps=4", "--lr", "0.01"]
-    whole = run_cli("train", model, *common, "--steps", 6, "--save-every", 0)
+              "--schedule-set", "constant_steps=2", "--lr", "0.01"]
+    whole = run_cli("train", model, *common, "--steps", 4, "--save-every", 0)
     assert whole.code == 0, whole.err
-    assert run_cli("train", halves, *common, "--steps", 3, "--save-every", 3).code == 0
-    assert run_cli("train", halves, "--resume", "--steps", 6).code == 0
+    assert run_cli("train", halves, *common, "--steps", 2, "--save-every", 2).code == 0
+    assert run_cli("train", halves, "--resume", "--steps", 4).code == 0
     from safetensors.torch import load_file
 
     a, b = load_file(f"{model}/model.safetensors"), load_file(f"{halves}/model.safetensors")
