@@ -201,3 +201,18 @@ def test_relative_buckets_by_hand():
                            reference(wide, bidirectional=bidirectional))
 
 
+
+
+@pytest.mark.parametrize("preset, published", [("t5-small", 60_506_624), ("t5-base", 222_903_552),
+                                               ("t5-large", 737_668_096), ("t5-v1_1-small", 76_961_152),
+                                               ("t5-v1_1-base", 247_577_856)])
+def test_preset_parameter_counts(preset, published):
+    """The released checkpoints' sizes (what transformers counts for them), built on the meta device."""
+    from lmkit.model import build_model
+    from lmkit.registry import get_host
+    from lmkit.spec import resolve
+
+    spec = resolve(dict(get_host().presets[preset].spec), get_host())
+    with torch.device("meta"):
+        model = build_model(spec, seed=None)
+    assert sum(p.numel() for p in model.parameters()) == published
