@@ -8,7 +8,7 @@ pytest.importorskip("torch")
 from conftest import run_cli  # noqa: E402
 
 from lmkit.errors import DataError  # noqa: E402
-from lmkit.tasks.text_to_text import read_text_pairs, text_metrics  # noqa: E402
+from lmkit.tasks.text_to_text import read_task, read_text_pairs, text_metrics  # noqa: E402
 
 
 def test_metrics_by_hand():
@@ -32,6 +32,22 @@ def test_records_and_their_errors(tmp_path):
     bad.write_text(json.dumps({"input": "a", "target": "b"}) + "\n" + json.dumps({"input": "c"}) + "\n")
     with pytest.raises(DataError, match="line 2 has no 'target'"):
         read_text_pairs(str(bad))
+
+
+def test_other_task_files_read_as_t5_casts_them(tmp_path):
+    tsv = tmp_path / "rte.tsv"
+    tsv.write_text("sentence1\tsentence2\tlabel\nA man sleeps.\tA person rests.\tentailment\n"
+                   "It rains.\tIt is dry.\tnot_entailment\n")
+    data = read_task(str(tsv))
+    assert [(e.source, e.target) for e in data.examples] == [
+        ("rte: sentence1: A man sleeps. sentence2: A person rests.", "entailment"),
+        ("rte: sentence1: It rains. sentence2: It is dry.", "not_entailment")]
+    squad = tmp_path / "squad.json"
+    context = "Ada Lovelace wrote the first program."
+    squad.write_text(json.dumps({"version": "1.1", "data": [{"title": "t", "paragraphs": [{"context": context, "qas": [
+        {"id": "1", "question": "Who wrote it?", "answers": [{"text": "Ada Lovelace", "answer_start": 0}]}]}]}]}))
+    (example,) = read_task(str(squad)).examples
+    assert (example.source, example.target) == (f"question: Who wrote it? context: {context}", "Ada Lovelace")
 
 
 def test_finetune_then_eval_agree_with_generate(tmp_path):

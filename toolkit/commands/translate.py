@@ -147,9 +147,9 @@ def evaluate_text_to_text(model_dir: str, task_path: str, decoding: dict, *, dev
         return False
     import time
 
-    from ..tasks.text_to_text import read_text_pairs, text_metrics
+    from ..tasks.text_to_text import read_task, text_metrics
 
-    data = read_text_pairs(task_path)  # checked before the model loads
+    data = read_task(task_path)  # checked before the model loads
     examples = data.examples[:limit] if limit else data.examples
     given = {key: value for key, value in decoding.items() if value is not None}
     strategy = given.pop("strategy", None)

@@ -3,7 +3,10 @@ encoder-decoder model is fine-tuned and scored on the text it generates.
 
 A task file is JSON lines, one record per example: {"input": ..., "target": ...}, with an optional
 "prefix" ("question", "translate English to German", ...) that is put before the input as
-"prefix: input", T5's way of telling tasks apart. Scores compare the generated text with the
+"prefix: input", T5's way of telling tasks apart. The other task files read as text to text the way
+T5 casts them (Raffel et al. 2020 Appendix D): a SQuAD .json file as "question: Q context: C" -> the
+first answer, a GLUE-style .tsv (or a .jsonl without "input") as "task: sentence1: A sentence2: B" ->
+the label's name. Scores compare the generated text with the
 target: exact match and token F1 (normalised as SQuAD's official script does) and corpus BLEU.
 """
 from __future__ import annotations
@@ -32,6 +35,47 @@ class TextPairs:
     examples: list[TextPair]
     labels: tuple[str, ...] = ()  # no label set: targets are free text
     lines: list[int] | None = None
+
+
+def read_task(path: str, require_labels: bool = True, prefix: str = "") -> TextPairs:
+    """Any task file as text pairs: text-to-text JSONL, SQuAD JSON, or a classification TSV/JSONL (see above).
+
+    prefix: the task's name for a classification file (default: the file's name without its extension).
+    """
+    import os
+
+    if path.endswith(".json"):
+        from .qa import read_squad
+
+        questions = read_squad(path, require_labels)
+        return TextPairs(path, [TextPair(f"question: {q.question} context: {q.context}",
+                                         q.answers[0][0] if q.answers else ("" if q.labelled else None))
+                                for q in questions.examples])
+    if path.endswith(".jsonl") and _is_text_to_text(path):
+        return read_text_pairs(path, require_labels)
+    from .formats import read_task_file
+
+    data = read_task_file(path, "classification", require_labels=require_labels)
+    name = prefix or os.path.splitext(os.path.basename(path))[0]
+    examples = []
+    for example in data.examples:
+        texts = example.texts
+        source = (f"{name}: " + " ".join(f"sentence{i + 1}: {t}" for i, t in enumerate(texts)) if len(texts) > 1
+                  else f"{name}: {texts[0]}")
+        target = data.labels[example.label] if example.label != -1 else None
+        examples.append(TextPair(source, target))
+    return TextPairs(path, examples, lines=list(data.lines) or None)
+
+
+def _is_text_to_text(path: str) -> bool:
+    with open(path, encoding="utf-8") as handle:
+        for line in handle:
+            if line.strip():
+                try:
+                    return INPUT in json.loads(line)
+                except (json.JSONDecodeError, TypeError):
+                    return True  # let read_text_pairs name the line
+    return True
 
 
 def read_text_pairs(path: str, require_labels: bool = True) -> TextPairs:
@@ -91,7 +135,7 @@ class TextToTextKind:
         self.options = options
 
     def read(self, path: str, labels: tuple[str, ...] = (), require_labels: bool = True) -> TextPairs:
-        return read_text_pairs(path, require_labels)
+        return read_task(path, require_labels)
 
     def head_options(self, data) -> dict:
         return {}
@@ -162,7 +206,7 @@ class TextToTextKind:
     def outputs(self, scores: list, batches: list[dict], encoded, data: TextPairs) -> list[dict]:
         texts = [self.tokenizer.decode(tokens, skip_special_tokens=True).strip()
                  for predicted in scores for tokens in predicted]
-        return [{"line": line, "text": text} for line, text in zip(data.lines, texts)]
+        return [{"line": line, "text": text} for line, text in zip(data.lines or range(1, len(texts) + 1), texts)]
 
     def labelled(self, data: TextPairs) -> bool:
         return all(e.target is not None for e in data.examples)
