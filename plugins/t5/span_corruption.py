@@ -98,11 +98,13 @@ class SpanCorruptionBatches:
         self.start = model.decoder.decoder_start_token_id(tokenizer)
         self.seq_len, self.batch_size, self.seed = args.seq_len, args.batch_size, args.seed
         num_noise = min(max(int(round(max(self.seq_len, 2) * self.options.noise_density)), 1), self.seq_len - 1)
-        self.sentinels = sentinel_ids(tokenizer, max(int(round(num_noise / self.options.mean_noise_span_length)), 1))
+        num_spans = max(int(round(num_noise / self.options.mean_noise_span_length)), 1)
+        self.sentinels = sentinel_ids(tokenizer, num_spans)
         limit = model.encoder.max_positions
-        if limit is not None and self.seq_len + 1 > limit:
-            raise TrainingError(f"--seq-len {self.seq_len} windows (plus </s>) exceed the encoder's {limit} positions; "
-                                f"use --seq-len {limit - 1} or less")
+        inputs = self.seq_len - num_noise + num_spans + 1  # kept tokens, one sentinel per span, </s>
+        if limit is not None and inputs > limit:
+            raise TrainingError(f"--seq-len {self.seq_len} windows corrupt to {inputs} input tokens, more than the "
+                                f"encoder's {limit} positions; lower --seq-len")
         self.train_tokens, self.val_tokens = _load_token_split(context)
         self.windows = len(self.train_tokens) // self.seq_len
         self.eval_count = min(args.eval_batches * args.batch_size, len(self.val_tokens) // self.seq_len)
