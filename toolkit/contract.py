@@ -157,6 +157,10 @@ class Seq2SeqDecoder(Stack, Protocol):
     def check_encoder(self, encoder: Encoder) -> None:
         """Raise SpecError, naming the option to set, when the encoder's states do not fit this decoder."""
 
+    def tie_to_encoder(self, encoder: Encoder) -> None:
+        """Take the parameters it shares with the encoder, after check_encoder (T5 reads its tokens through
+        the encoder's embedding); most decoders share nothing and do nothing."""
+
     def decoder_start_token_id(self, tokenizer) -> int:
         """The token the target side starts from: <s> (LSTM NMT), or pad (T5)."""
 

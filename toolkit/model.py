@@ -49,9 +49,11 @@ class ComposedModel(nn.Module):
         self.kind = model_kind(spec.encoder is not None, spec.decoder is not None)
         self.encoder = build_stack(spec.encoder)
         self.decoder = build_stack(spec.decoder)
-        # The decoder of an encoder-decoder says whether the encoder's states fit it, as a SpecError.
+        # The decoder of an encoder-decoder says whether the encoder's states fit it, as a SpecError, then takes
+        # what it shares with the encoder (T5's one embedding).
         if self.kind == "encoder-decoder":
             self.decoder.check_encoder(self.encoder)
+            self.decoder.tie_to_encoder(self.encoder)
         self.objectives = nn.ModuleDict({part.type: build_objective(part, self) for part in spec.objectives})
 
     def loss(self, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:

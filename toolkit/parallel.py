@@ -8,8 +8,8 @@ Two layouts, one sentence (pair) per line:
     with the same number of lines;
   - tab-separated files (.tsv), `source<TAB>target` on each line; several may be given.
 
-Batches are right-padded: source_ids/source_mask (B, S), target_ids (B, T) = <s> y_1 .. y_n (the
-decoder's inputs) and labels (B, T) = y_1 .. y_n </s>, -100 at padding.
+Batches are right-padded: source_ids/source_mask (B, S), target_ids (B, T) = start y_1 .. y_n (the
+decoder's inputs, from its decoder_start_token_id: <s>, or pad for T5) and labels (B, T) = y_1 .. y_n </s>, -100 at padding.
 """
 from __future__ import annotations
 
@@ -134,7 +134,9 @@ class ParallelText:
     def __init__(self, context):
         args = context.args
         target_tokenizer = context.target_tokenizer
-        self.bos, self.eos, self.pad = special_ids(target_tokenizer or context.tokenizer)
+        _, self.eos, self.pad = special_ids(target_tokenizer or context.tokenizer)
+        # The decoder's input starts with the token generation starts from: <s> (LSTM NMT), pad (T5).
+        self.bos = context.model.decoder.decoder_start_token_id(target_tokenizer or context.tokenizer)
         self.source_pad = source_pad_id(context.tokenizer)
         self.batch_size, self.seed = args.batch_size, args.seed
         train = encode_pairs(read_pairs(args.data), context.tokenizer, args.seq_len, "training data",

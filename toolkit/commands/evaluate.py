@@ -52,7 +52,9 @@ def eval_command(ctx, model_dir, paths, task_path, shots, examples_path, seed, l
     answers' perplexity.
 
     An encoder-decoder model (Seq2Seq, NMT) is scored on parallel text instead (--data SOURCE --data
-    TARGET, or .tsv files): corpus BLEU of its translations, with sacrebleu's signature.
+    TARGET, or .tsv files): corpus BLEU of its translations, with sacrebleu's signature. With --task, on
+    a text-to-text JSONL file ({"input", "target"} records, T5): exact match, F1 and BLEU of the text it
+    generates.
     """
     from ..errors import LmkitError
 
@@ -65,9 +67,12 @@ def eval_command(ctx, model_dir, paths, task_path, shots, examples_path, seed, l
     if wrong:
         flag = "--" + wrong[0].replace("_", "-")
         raise LmkitError(f"{flag} applies to {'--data' if task_path else '--task'} only; leave it out")
-    from .translate import evaluate_translation
+    from .translate import evaluate_text_to_text, evaluate_translation
 
     if not task_path and evaluate_translation(model_dir, paths, decoding, device=device, as_json=as_json):
+        return
+    if task_path and evaluate_text_to_text(model_dir, task_path, decoding, device=device, as_json=as_json,
+                                           limit=limit):
         return
     if task_path:
         _evaluate_task(model_dir, task_path, shots=shots, examples_path=examples_path, seed=seed, limit=limit,

@@ -8,7 +8,7 @@ import click
 from ..tasks.chunks import SCHEMES
 
 TASK_KINDS = ("classification", "similarity", "regression", "multiple-choice", "token-classification",
-              "question-answering")
+              "question-answering", "text-to-text")
 
 
 def _names(value: str | None) -> tuple[str, ...]:
@@ -20,7 +20,8 @@ def _names(value: str | None) -> tuple[str, ...]:
 @click.option("--task", "kind", type=click.Choice(TASK_KINDS),
               help="classification (one text, or an ordered pair: entailment), similarity (an unordered pair), "
                    "regression, multiple-choice (context, choices), token-classification (CoNLL: NER, POS, "
-                   "chunking) or question-answering (SQuAD v1.1/v2.0, encoders only).")
+                   "chunking), question-answering (SQuAD v1.1/v2.0, encoders only) or text-to-text (JSONL input/target, "
+                   "an encoder-decoder generating the target: T5).")
 @click.option("--train", "train_path", type=click.Path(dir_okay=False),
               help="Training examples: .jsonl, or .tsv with a header row; CoNLL for token-classification, "
                    "SQuAD .json for question-answering.")

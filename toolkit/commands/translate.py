@@ -130,3 +130,40 @@ def evaluate_translation(model_dir: str, paths, decoding: dict, *, device: str, 
                    f"(brevity penalty {score.brevity_penalty:.3f})")
         click.echo(f"sentences       {score.sentences:,} in {seconds:.1f} s")
     return True
+
+
+def evaluate_text_to_text(model_dir: str, task_path: str, decoding: dict, *, device: str, as_json: bool,
+                          limit: int | None = None) -> bool:
+    """`lmkit eval --task` on an encoder-decoder model: exact match, F1 and BLEU of the text it generates for
+    each record of a text-to-text JSONL file (lmkit.tasks.text_to_text); True when it was one, else False."""
+    from ..errors import ArtifactError
+    from ..opening import is_export, model_kind_of
+
+    try:
+        is_export(model_dir)
+    except ArtifactError:
+        return False
+    if model_kind_of(model_dir) != "encoder-decoder":
+        return False
+    import time
+
+    from ..tasks.text_to_text import read_task, text_metrics
+
+    data = read_task(task_path)  # checked before the model loads
+    examples = data.examples[:limit] if limit else data.examples
+    given = {key: value for key, value in decoding.items() if value is not None}
+    strategy = given.pop("strategy", None)
+    started = time.perf_counter()
+    model = open_encoder_decoder(model_dir, device)
+    results = generate_from_sources(model, [e.source for e in examples], strategy, given)
+    texts = [model.output_tokenizer.decode(r.tokens, skip_special_tokens=True).strip() for r in results]
+    scores = text_metrics(texts, [e.target for e in examples])
+    record = {"task": task_path, "examples": len(examples), **scores, "seconds": time.perf_counter() - started}
+    if as_json:
+        click.echo(json.dumps(record, indent=2))
+    else:
+        click.echo(f"task            {task_path}: text-to-text, {len(examples):,} examples")
+        click.echo(f"exact match     {scores['exact_match']:.2%}")
+        click.echo(f"f1              {scores['f1']:.2%}")
+        click.echo(f"bleu            {scores['bleu']:.2f}")
+    return True

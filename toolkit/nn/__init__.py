@@ -16,6 +16,9 @@ _WHERE = {
     "BlockStack": "sharing", "SharedBlocks": "sharing",
     "embedding_dropout": "dropout", "locked_dropout": "dropout", "locked_mask": "dropout", "weight_drop": "dropout",
     "RecurrentCache": "recurrent", "lstm_layer": "recurrent", "masked_steps": "recurrent",
+    "RMSNorm": "norms", "RelativePositionBias": "relative", "relative_position_bucket": "relative",
+    "MultiHeadAttention": "encoder_decoder", "FeedForward": "encoder_decoder", "EncoderBlock": "encoder_decoder",
+    "DecoderBlock": "encoder_decoder", "additive_mask": "encoder_decoder", "clamp_half": "encoder_decoder",
 }
 
 __all__ = sorted(_WHERE)

@@ -78,6 +78,9 @@ class Seq2SeqDecoderStack(_Stack):
     # The batch axis of each state tensor, which reorder selects on; a family fills in its own.
     STATE_ROWS: ClassVar[dict[str, int]] = {}
 
+    def tie_to_encoder(self, encoder) -> None:
+        """Nothing shared with the encoder by default (T5's decoder reads the encoder's embedding)."""
+
     def decoder_start_token_id(self, tokenizer) -> int:
         """<s> when the tokenizer has one, else </s> (as GPT-2 starts from <|endoftext|>)."""
         start = tokenizer.bos_id if tokenizer.bos_id is not None else tokenizer.eos_id

@@ -75,8 +75,9 @@ def prepare(pretrained: str, out: str, kind, train, options: TaskOptions, *, see
         raise ArtifactError(f"{pretrained} has no tokenizer.json to read the task with")
     tokenizer = load_tokenizer(pretrained)
     key = task_stack_key(spec)
-    # An encoder-decoder is fine-tuned through its encoder (CoVe's use of an NMT model): the decoder stays behind.
-    if key == "encoder":
+    # An encoder-decoder is fine-tuned through its encoder (CoVe's use of an NMT model): the decoder stays behind,
+    # unless the task is text to text (T5), which trains the whole model to generate its answers.
+    if key == "encoder" and not kind.keeps_decoder:
         spec.pop("decoder", None)
         spec.pop("decoding", None)
     stack = dict(spec[key])
@@ -90,6 +91,8 @@ def prepare(pretrained: str, out: str, kind, train, options: TaskOptions, *, see
             **kind.head_options(train)}
     spec[key] = stack
     spec["objectives"] = [head, *recipe.auxiliary_objectives(options.aux_lm_weight)]
+    if kind.keeps_decoder:  # the model's own loss, no head on its features
+        spec["objectives"] = [{"type": kind.head, "weight": 1.0, **kind.head_options(train)}]
     resolved = resolve(spec, host)
     model = build_model(resolved, seed)
     transfer_weights(model, find_weights(pretrained))
@@ -160,8 +163,7 @@ def task_batches(kind, train, dev, options: TaskOptions):
             if data is None:
                 encoded[name] = []
                 continue
-            recipe = context.model.objectives[kind.head].recipe
-            encoded[name], cut = kind.encode(data, tokenizer, args.seq_len, recipe)
+            encoded[name], cut = kind.encode(data, tokenizer, args.seq_len, kind.reader(context.model, tokenizer))
             if cut and not options.truncate:
                 raise DataError(f"{cut} examples of {data.path} are longer than --max-length {args.seq_len} tokens; "
                                 "raise --max-length, or leave out --no-truncate to cut the longest text first")
@@ -197,15 +199,11 @@ def _fine_tuner_class():
 
         @torch.no_grad()
         def validation_metrics(self) -> dict[str, float]:
-            head = self.model.objectives[self.kind.head]
             self.model.eval()
             predicted = []
             for batch in self.eval_batches:
                 with self._autocast():
-                    prediction = head.predict(self.model, self._to_device(batch))
-                if prediction.is_floating_point():  # scores, maybe bf16, which numpy lacks
-                    prediction = prediction.float()
-                predicted.append(prediction.cpu().numpy())
+                    predicted.append(self.kind.predict(self.model, self._to_device(batch)))
             self.model.train()
             results = self.kind.metrics(predicted, self.eval_batches, self.data.dev, self.dev)
             self.metric = next(iter(results))  # the first metric picks the best step

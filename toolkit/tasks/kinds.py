@@ -12,10 +12,32 @@ from .inputs import collate, encode_task
 from .metrics import task_metrics
 
 SEQUENCE_KINDS = ("classification", "similarity", "regression", "multiple-choice")
-KINDS = (*SEQUENCE_KINDS, "token-classification", "question-answering")
+KINDS = (*SEQUENCE_KINDS, "token-classification", "question-answering", "text-to-text")
 
 
-class SequenceKind:
+def head_predict(model, head: str, batch):
+    """The task head's predictions of one batch, on the host (float32 where they are scores)."""
+    prediction = model.objectives[head].predict(model, batch)
+    if prediction.is_floating_point():  # scores, maybe bf16, which numpy lacks
+        prediction = prediction.float()
+    return prediction.cpu().numpy()
+
+
+class HeadKind:
+    """What the kinds with a task head share: the head reads the feature stack (an encoder-decoder's decoder
+    is left behind), the examples are read the way the stack's task recipe says."""
+
+    keeps_decoder = False
+
+    def reader(self, model, tokenizer):
+        """What encode() needs of the fine-tuned model: its head's task recipe."""
+        return model.objectives[self.head].recipe
+
+    def predict(self, model, batch):
+        return head_predict(model, self.head, batch)
+
+
+class SequenceKind(HeadKind):
     """One label per example (or per choice): GPT's four transformations, BERT's pair format."""
 
     head = "sequence-head"
@@ -78,7 +100,7 @@ class SequenceKind:
         return all(not (e.label == -1 or e.label != e.label) for e in data.examples)  # NaN: no regression label
 
 
-class TokenKind:
+class TokenKind(HeadKind):
     """A tag per word, from CoNLL files: entity-level F1 (in the tags' scheme, chunks.py) and token accuracy."""
 
     head = "token-head"
@@ -151,7 +173,7 @@ class TokenKind:
         return all(tag >= 0 for sentence in data.examples for tag in sentence.tags)
 
 
-class QuestionKind:
+class QuestionKind(HeadKind):
     """Extractive QA from SQuAD v1.1/v2.0 files: exact match and F1 of the answer text."""
 
     head = "span-head"
@@ -224,4 +246,8 @@ def task_kind(name: str, options):
         return TokenKind(name, options)
     if name == "question-answering":
         return QuestionKind(name, options)
+    if name == "text-to-text":
+        from .text_to_text import TextToTextKind
+
+        return TextToTextKind(name, options)
     raise LmkitError(f"unknown task kind '{name}'; allowed: {', '.join(KINDS)}")

@@ -108,8 +108,12 @@ class UnigramOptions:
     template: str = field(default="auto", metadata=_help(TEMPLATE_HELP + "; auto: bert when [CLS] and [SEP] "
                                                                          "are special tokens (ALBERT)"))
     template_pair: str = field(default="", metadata=_help(TEMPLATE_PAIR_HELP))
+    sentinels: int = field(default=0, metadata=_help(
+        "T5's <extra_id_N> tokens, added after the vocab_size trained ones, <extra_id_0> last (T5: 100)"))
 
     def __post_init__(self):
+        if isinstance(self.sentinels, bool) or not isinstance(self.sentinels, int) or self.sentinels < 0:
+            raise ValueError(f"sentinels must be 0 or a number of <extra_id_N> tokens, got {self.sentinels!r}")
         _check_special_tokens(self, unknown_token="<unk>")
         _check_at_least("vocab_size", self.vocab_size, len(self.special_tokens) + 1,
                         f"{len(self.special_tokens)} special + 1 more")

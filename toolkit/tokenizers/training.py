@@ -178,6 +178,14 @@ class Unigram(_TokenizerKind):
             unk_token="<unk>", show_progress=progress)
         return hf_tokenizer, trainer
 
+    @classmethod
+    def train(cls, files: list[str], options=None, progress: bool = True, text_field: str = "text") -> Tokenizer:
+        tokenizer = super().train(files, options, progress, text_field)
+        count = (options or cls.options_class()).sentinels
+        if count:  # T5's sentinels count down from the end of the vocabulary: <extra_id_0> is the last id
+            tokenizer.hf_tokenizer.add_special_tokens([f"<extra_id_{i}>" for i in range(count - 1, -1, -1)])
+        return tokenizer
+
 
 class Character(_TokenizerKind):
     """One token per character (whitespace and newlines included); rarer characters become <unk>."""

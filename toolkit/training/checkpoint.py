@@ -119,7 +119,10 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, parameter_names: dict
         if parameter is None:
             raise ArtifactError(f"{path} holds optimizer state for '{name}', which the model does not have; "
                                 "the checkpoint belongs to another model")
-        if tensor.dim() and tensor.shape != parameter.shape:
+        # A state is a scalar, or shaped as its parameter; a factored moment (Adafactor's row and column
+        # variances) keeps the parameter's rank with 1 on the axes it averages over.
+        if tensor.dim() and (tensor.dim() != parameter.dim()
+                             or any(t not in (1, p) for t, p in zip(tensor.shape, parameter.shape))):
             raise ArtifactError(f"{path}: the optimizer state '{key}' has shape {list(tensor.shape)}, its "
                                 f"parameter {list(parameter.shape)}; the checkpoint belongs to another model")
         per_parameter.setdefault(name, {})[field] = tensor

@@ -1,0 +1,81 @@
+"""Text-to-text fine-tuning (`lmkit finetune --task text-to-text`) and scoring (`lmkit eval --task`) of T5."""
+import json
+
+import pytest
+
+pytest.importorskip("torch")
+
+from conftest import run_cli  # noqa: E402
+
+from lmkit.errors import DataError  # noqa: E402
+from lmkit.tasks.text_to_text import read_task, read_text_pairs, text_metrics  # noqa: E402
+
+
+def test_metrics_by_hand():
+    scores = text_metrics(["the cat", "a dog ran", "x"], ["The cat.", "the dog ran", "y z"])
+    # SQuAD's normalisation drops case, punctuation and articles: the first two match exactly, the third not at all.
+    assert scores["exact_match"] == pytest.approx(2 / 3)
+    assert scores["f1"] == pytest.approx(2 / 3)
+    partial = text_metrics(["red dog"], ["red cat"])
+    assert partial["exact_match"] == 0 and partial["f1"] == pytest.approx(0.5)  # precision 1/2, recall 1/2
+    assert 0 <= scores["bleu"] <= 100
+
+
+def test_records_and_their_errors(tmp_path):
+    good = tmp_path / "good.jsonl"
+    good.write_text(json.dumps({"prefix": "question", "input": "who?", "target": "me"}) + "\n\n"
+                    + json.dumps({"input": "a b", "target": "b a"}) + "\n")
+    data = read_text_pairs(str(good))
+    assert [(e.source, e.target) for e in data.examples] == [("question: who?", "me"), ("a b", "b a")]
+    assert data.lines == [1, 3]
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"input": "a", "target": "b"}) + "\n" + json.dumps({"input": "c"}) + "\n")
+    with pytest.raises(DataError, match="line 2 has no 'target'"):
+        read_text_pairs(str(bad))
+
+
+def test_other_task_files_read_as_t5_casts_them(tmp_path):
+    tsv = tmp_path / "rte.tsv"
+    tsv.write_text("sentence1\tsentence2\tlabel\nA man sleeps.\tA person rests.\tentailment\n"
+                   "It rains.\tIt is dry.\tnot_entailment\n")
+    data = read_task(str(tsv))
+    assert [(e.source, e.target) for e in data.examples] == [
+        ("rte: sentence1: A man sleeps. sentence2: A person rests.", "entailment"),
+        ("rte: sentence1: It rains. sentence2: It is dry.", "not_entailment")]
+    squad = tmp_path / "squad.json"
+    context = "Ada Lovelace wrote the first program."
+    squad.write_text(json.dumps({"version": "1.1", "data": [{"title": "t", "paragraphs": [{"context": context, "qas": [
+        {"id": "1", "question": "Who wrote it?", "answers": [{"text": "Ada Lovelace", "answer_start": 0}]}]}]}]}))
+    (example,) = read_task(str(squad)).examples
+    assert (example.source, example.target) == (f"question: Who wrote it? context: {context}", "Ada Lovelace")
+
+
+def test_finetune_then_eval_agree_with_generate(tmp_path):
+    words = "red green blue cat dog sun moon tree".split()
+    rows = [{"prefix": "reverse", "input": f"{a} {b}", "target": f"{b} {a}"} for a in words for b in words if a != b]
+    train, dev = tmp_path / "train.jsonl", tmp_path / "dev.jsonl"
+    train.write_text("".join(json.dumps(r) + "\n" for r in rows[:48]))
+    dev.write_text("".join(json.dumps(r) + "\n" for r in rows[48:56]))
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("".join(f"reverse: {r['input']} {r['target']}\n" for r in rows))
+    tok, model, tuned = tmp_path / "tok", tmp_path / "t5", tmp_path / "tuned"
+    specials = json.dumps(["<pad>", "</s>", "<unk>"])
+    for args in (("tokenizer", "train", "--kind", "unigram", "--vocab-size", 60, "--set", f"special_tokens={specials}",
+                  "--set", "template=t5", corpus, "--out", tok),
+                 ("compose", "t5-tiny", "--set", f"tokenizer={tok}", "--out", model),
+                 ("finetune", model, "--task", "text-to-text", "--train", train, "--dev", dev, "--out", tuned,
+                  "--steps", 6, "--batch-size", 16, "--lr", "3e-3")):
+        result = run_cli(*args)
+        assert result.code == 0, result.err
+    results = json.load(open(tuned / "best" / "finetune.json"))
+    assert {"exact_match", "f1", "bleu", "baseline"} <= set(results)
+    evaluated = json.loads(run_cli("eval", tuned / "best", "--task", dev, "--json").out)
+    generated = [json.loads(run_cli("translate", tuned / "best", "--text", r["input"] if "prefix" not in r else
+                                    f"{r['prefix']}: {r['input']}", "--json").out)[0]["text"] for r in rows[48:56]]
+    assert evaluated["exact_match"] == pytest.approx(text_metrics(generated, [r["target"] for r in rows[48:56]])
+                                                     ["exact_match"])
+    assert evaluated["f1"] == pytest.approx(text_metrics(generated, [r["target"] for r in rows[48:56]])["f1"])
+    missing = tmp_path / "missing.jsonl"
+    missing.write_text(json.dumps({"input": "red dog"}) + "\n")
+    failed = run_cli("eval", tuned / "best", "--task", missing)
+    assert failed.code != 0 and "line 1 has no 'target'" in failed.err and len(failed.err.strip().splitlines()) == 1

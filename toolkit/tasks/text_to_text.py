@@ -1,0 +1,214 @@
+"""Text-to-text tasks (Raffel et al. 2020 §2.4): every task is an input text and a target text, and an
+encoder-decoder model is fine-tuned and scored on the text it generates.
+
+A task file is JSON lines, one record per example: {"input": ..., "target": ...}, with an optional
+"prefix" ("question", "translate English to German", ...) that is put before the input as
+"prefix: input", T5's way of telling tasks apart. The other task files read as text to text the way
+T5 casts them (Raffel et al. 2020 Appendix D): a SQuAD .json file as "question: Q context: C" -> the
+first answer, a GLUE-style .tsv (or a .jsonl without "input") as "task: sentence1: A sentence2: B" ->
+the label's name. Scores compare the generated text with the
+target: exact match and token F1 (normalised as SQuAD's official script does) and corpus BLEU.
+"""
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import DataError
+from .qa import answer_f1, exact_match
+
+INPUT, TARGET, PREFIX = "input", "target", "prefix"
+
+
+@dataclass
+class TextPair:
+    source: str
+    target: str | None
+
+
+@dataclass
+class TextPairs:
+    path: str
+    examples: list[TextPair]
+    labels: tuple[str, ...] = ()  # no label set: targets are free text
+    lines: list[int] | None = None
+
+
+def read_task(path: str, require_labels: bool = True, prefix: str = "") -> TextPairs:
+    """Any task file as text pairs: text-to-text JSONL, SQuAD JSON, or a classification TSV/JSONL (see above).
+
+    prefix: the task's name for a classification file (default: the file's name without its extension).
+    """
+    import os
+
+    if path.endswith(".json"):
+        from .qa import read_squad
+
+        questions = read_squad(path, require_labels)
+        return TextPairs(path, [TextPair(f"question: {q.question} context: {q.context}",
+                                         q.answers[0][0] if q.answers else ("" if q.labelled else None))
+                                for q in questions.examples])
+    if path.endswith(".jsonl") and _is_text_to_text(path):
+        return read_text_pairs(path, require_labels)
+    from .formats import read_task_file
+
+    data = read_task_file(path, "classification", require_labels=require_labels)
+    name = prefix or os.path.splitext(os.path.basename(path))[0]
+    examples = []
+    for example in data.examples:
+        texts = example.texts
+        source = (f"{name}: " + " ".join(f"sentence{i + 1}: {t}" for i, t in enumerate(texts)) if len(texts) > 1
+                  else f"{name}: {texts[0]}")
+        target = data.labels[example.label] if example.label != -1 else None
+        examples.append(TextPair(source, target))
+    return TextPairs(path, examples, lines=list(data.lines) or None)
+
+
+def _is_text_to_text(path: str) -> bool:
+    with open(path, encoding="utf-8") as handle:
+        for line in handle:
+            if line.strip():
+                try:
+                    return INPUT in json.loads(line)
+                except (json.JSONDecodeError, TypeError):
+                    return True  # let read_text_pairs name the line
+    return True
+
+
+def read_text_pairs(path: str, require_labels: bool = True) -> TextPairs:
+    """The examples of a JSONL file; a record without its input (or, when required, its target) is a
+    one-line error naming the line."""
+    try:
+        handle = open(path, encoding="utf-8")
+    except OSError:
+        raise DataError(f"{path} is not a readable file; give a .jsonl file of {{\"input\", \"target\"}} records") \
+            from None
+    examples, lines = [], []
+    with handle:
+        for number, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                raise DataError(f"{path} line {number} is not JSON; each line must be one "
+                                "{\"input\": ..., \"target\": ...} record") from None
+            if not isinstance(record, dict):
+                raise DataError(f"{path} line {number} is not a JSON object")
+            for field in (INPUT, TARGET) if require_labels else (INPUT,):
+                if not isinstance(record.get(field), str) or not record[field].strip():
+                    raise DataError(f"{path} line {number} has no '{field}' text; every record needs \"input\" "
+                                    f"and \"target\" strings")
+            source = record[INPUT]
+            if isinstance(record.get(PREFIX), str) and record[PREFIX].strip():
+                source = f"{record[PREFIX].strip()}: {source}"
+            target = record.get(TARGET) if isinstance(record.get(TARGET), str) else None
+            examples.append(TextPair(source, target))
+            lines.append(number)
+    if not examples:
+        raise DataError(f"{path} holds no examples")
+    return TextPairs(path, examples, lines=lines)
+
+
+def text_metrics(predictions: list[str], targets: list[str]) -> dict[str, float]:
+    """exact_match and f1 (SQuAD's normalisation, as fractions) and corpus BLEU (0-100) of generated texts."""
+    from ..seq2seq import corpus_bleu
+
+    n = max(len(predictions), 1)
+    return {"exact_match": sum(exact_match(p, t) for p, t in zip(predictions, targets)) / n,
+            "f1": sum(answer_f1(p, t, "1.1") for p, t in zip(predictions, targets)) / n,
+            "bleu": corpus_bleu(predictions, targets).score}
+
+
+class TextToTextKind:
+    """lmkit.tasks.kinds' interface for text-to-text fine-tuning: the whole encoder-decoder is kept and trained
+    with the seq2seq objective; dev examples are scored on greedily generated text."""
+
+    head = "seq2seq"
+    name = "text-to-text"
+    keeps_decoder = True
+
+    def __init__(self, name: str, options):
+        self.options = options
+
+    def read(self, path: str, labels: tuple[str, ...] = (), require_labels: bool = True) -> TextPairs:
+        return read_task(path, require_labels)
+
+    def head_options(self, data) -> dict:
+        return {}
+
+    def reader(self, model, tokenizer):
+        """What encode() needs of the model: the token its decoder starts from. The tokenizer is kept to read
+        generated ids back as text (metrics, outputs)."""
+        self.tokenizer = tokenizer
+        return model.decoder.decoder_start_token_id(tokenizer)
+
+    def encode(self, data: TextPairs, tokenizer, max_length: int, start_id: int):
+        """(list of (source ids, target ids, start id, eos id), examples cut). Sources are encoded as
+        lmkit.seq2seq.encode_sources encodes them for generation; a source or target longer than max_length
+        is cut (and counted)."""
+        eos = tokenizer.eos_id
+        if eos is None:
+            raise DataError("text-to-text needs a tokenizer with </s>, which ends every target")
+        sources = tokenizer.encode_batch([e.source for e in data.examples])
+        targets = tokenizer.encode_batch([e.target or "" for e in data.examples])
+        encoded, cut = [], 0
+        for source, target in zip(sources, targets):
+            if len(source) > max_length or len(target) + 1 > max_length:
+                cut += 1
+                source, target = source[:max_length], target[:max_length - 1]
+            encoded.append((source, target, start_id, eos))
+        return encoded, cut
+
+    def collate(self, encoded, pad_id: int) -> dict[str, np.ndarray]:
+        from ..parallel import make_batch
+
+        _, _, start, eos = encoded[0]
+        batch = make_batch([(s, t) for s, t, _, _ in encoded], start, eos, pad_id)
+        batch["attention_mask"] = batch["source_mask"]  # what the trainer counts tokens by
+        return batch
+
+    def predict(self, model, batch) -> list[list[int]]:
+        """Greedy decoding of the batch's sources with the model's decoder (lmkit.seq2seq.Seq2SeqGenerator)."""
+        from ..decoding.greedy import Greedy
+        from ..decoding.options import GreedyOptions
+        from ..decoding.seq2seq_backend import Seq2SeqBackend
+        from ..seq2seq import Seq2SeqGenerator
+
+        source_ids, mask = batch["source_ids"].cpu().numpy(), batch["source_mask"].cpu().numpy()
+        sources = [row[m].tolist() for row, m in zip(source_ids, mask)]
+        start, eos = int(batch["target_ids"][0, 0]), self.tokenizer.eos_id
+        longest = int((batch["labels"] != -100).sum(1).max())
+        backend = Seq2SeqBackend(model, pad_id=0)
+        generator = Seq2SeqGenerator(backend, start, eos, eos)
+        was_training = model.training
+        results = generator.generate(Greedy(GreedyOptions(max_new_tokens=max(2 * longest, 16))), sources)
+        model.train(was_training)
+        return [r.tokens for r in results]
+
+    def metrics(self, predictions: list, batches: list[dict], encoded, data: TextPairs) -> dict[str, float]:
+        texts = [self.tokenizer.decode(tokens, skip_special_tokens=True).strip()
+                 for predicted in predictions for tokens in predicted]
+        return text_metrics(texts, [e.target for e in data.examples[:len(texts)]])
+
+    def decide(self, scores):
+        return scores
+
+    def baseline(self, batches: list[dict], encoded, data: TextPairs, train: TextPairs) -> dict:
+        """The dev metrics of answering every input with the most frequent training target."""
+        target = Counter(e.target for e in train.examples).most_common(1)[0][0]
+        return {"predicts": f"{target!r} for every input (the most frequent training target)",
+                **text_metrics([target] * len(data.examples), [e.target for e in data.examples])}
+
+    def outputs(self, scores: list, batches: list[dict], encoded, data: TextPairs) -> list[dict]:
+        texts = [self.tokenizer.decode(tokens, skip_special_tokens=True).strip()
+                 for predicted in scores for tokens in predicted]
+        return [{"line": line, "text": text} for line, text in zip(data.lines or range(1, len(texts) + 1), texts)]
+
+    def labelled(self, data: TextPairs) -> bool:
+        return all(e.target is not None for e in data.examples)
+
+    tokenizer = None  # the fine-tuned model's, from reader()
