@@ -134,6 +134,11 @@ def name_dimensions(model, graph: Graph) -> None:
                                   f"{len(info.shape)}")
             for axis, (size, dim) in enumerate(zip(info.shape, dims)):
                 if isinstance(size, int):
+                    if side == "output" and dim.dim_param and not dim.dim_value:
+                        # Left symbolic where ONNX's shape inference loses track (the outputs of a Loop, as
+                        # a TorchScript time loop exports): the plan's size is the one validation checks.
+                        dim.dim_value = size
+                        continue
                     if dim.dim_value != size:
                         raise ExportError(f"{side} '{info.name}' axis {axis} is {dim.dim_value or dim.dim_param} "
                                           f"in the graph, the plan says {size}")

@@ -32,7 +32,7 @@ SAMPLES = {
     ("tokenizer encode", "path"): "{model}",
     "model_dir": "{model}", "directory": "{model}", "pretrained": "{model}", "src": "{model}",
     "path": "{text}", "source": "gpt2-tiny", "files": "{text}", "text": "hello", "texts": "hello",
-    "out": "{out}",
+    "out": "{out}", "options_json": "{text}", "weights_hdf5": "{text}", "vocab_path": "{text}",
 }
 # Options a command needs to get past its own argument checks to where it would load torch.
 EXTRAS = {"eval": ["--data", "{text}"], "generate": ["--prompt", "hello"], "translate": ["--text", "hello"],

@@ -38,6 +38,7 @@ SPECIALS = {
     "wordpiece": ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"),
     "unigram": ("<pad>", "<unk>", "[CLS]", "[SEP]", "[MASK]", "<s>", "</s>"),
     "char": ("<pad>", "<unk>", "<|endoftext|>", "<s>", "</s>"),
+    "word": ("<pad>", "<unk>", "<s>", "</s>"),
 }
 # Presets whose stack wraps another model directory: what to compose first, and the option to point at it.
 WRAPS = {"cove-tiny": ("nmt-tiny", "encoder.model")}

@@ -23,6 +23,8 @@ def register_tokenizers(register):
     register("char", "lmkit.tokenizers.training:Character",
              options="lmkit.tokenizers.options:CharacterOptions",
              summary="one token per character")
+    register("word", "lmkit.tokenizers.training:Word", options="lmkit.tokenizers.options:WordOptions",
+             summary="whole words split at whitespace, the rest <unk> (ELMo's output vocabulary)")
 
 
 @hookimpl

@@ -86,6 +86,10 @@ class Stack(Protocol):
     def parameters_without_sharing(self) -> int:
         """The parameter count without cross-layer sharing (ALBERT); the plain count for other stacks."""
 
+    def bind_tokenizer(self, tokenizer) -> None:
+        """At compose: keep what the stack derives from its tokenizer's vocabulary (ELMo spells each word into
+        character ids, saved with its weights); a no-op for most stacks (lmkit.nn.stack)."""
+
 
 @runtime_checkable
 class Encoder(Stack, Protocol):

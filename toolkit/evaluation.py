@@ -100,3 +100,27 @@ def score_against_source(decoder, tokenizer, source, documents_path: str, contex
     with open(documents_path, encoding="utf-8") as handle:
         documents = [[index[w] for w in json.loads(line)["text"].split()] for line in handle]
     return score, [source.nll(d) for d in documents]
+
+
+@torch.inference_mode()
+def score_with_objectives(model, tokens: np.ndarray, context: int, batch_size: int = 8,
+                          device: str = "cpu") -> dict[str, Score]:
+    """Scores of a model without a decoder, by the objectives that score text (ObjectiveModule.score_text).
+
+    The stream is cut into windows of `context` tokens that do not overlap: a bidirectional model's
+    window reads its right context too, so sliding windows would let a token be seen before it is
+    scored. Returns {name: Score} per name the objectives give ("forward", "backward" for ELMo).
+    """
+    n = len(tokens) // context * context
+    if n == 0:
+        raise ValueError(f"need at least one window of {context} tokens to score, got {len(tokens)}")
+    windows_ = torch.from_numpy(np.asarray(tokens[:n], dtype=np.int64).reshape(-1, context)).to(device)
+    totals: dict[str, list[float]] = {}
+    for start in range(0, len(windows_), batch_size):
+        for objective in model.objectives.values():
+            scored = objective.score_text(model, windows_[start:start + batch_size])
+            for name, (nll, count) in (scored or {}).items():
+                total = totals.setdefault(name, [0.0, 0])
+                total[0] += nll
+                total[1] += count
+    return {name: Score(nll=nll, tokens=count) for name, (nll, count) in totals.items()}

@@ -362,6 +362,9 @@ def compose(source: str, overrides: list[str], out: str, *, force: bool = False,
         spec = resolve(raw, host)
     tokenizer, target_tokenizer = attach_tokenizers(spec)
     model = build_model(spec, seed)
+    for stack, side in ((model.encoder, tokenizer), (model.decoder, target_tokenizer or tokenizer)):
+        if stack is not None and side is not None:
+            stack.bind_tokenizer(side)  # lmkit.contract.Stack: what a stack derives from its vocabulary
     if weights is not None:
         load_weights(model, weights)
     with staged_directory(out, force=force) as stage:

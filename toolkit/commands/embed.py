@@ -28,8 +28,11 @@ POOLINGS = ("mean", "cls", "last", "none")
 @click.option("--vectors", type=click.Path(dir_okay=False),
               help="CoVe (an NMT model): GloVe-format word vectors to put before each encoder state, "
                    "[GloVe(w); CoVe(w)], in place of the model's own embeddings.")
+@click.option("--layers", metavar="mix|all|INDEX",
+              help="A stack that keeps its layers (ELMo): their learned scalar mix (mix, the default), every layer "
+                   "concatenated on the feature axis (all), or one layer by index (0: the token layer).")
 def embed_command(model_dir, texts, input_path, text_field, pooling, with_tokens, out, batch_size, truncate,
-                  device, vectors):
+                  device, vectors, layers):
     """Embed texts with MODEL_DIR: each text's sentence vector and, with --tokens, its token states.
 
     Encoders (BERT, CoVe) give their top-layer states, decoders (GPT) their final hidden states.
@@ -58,6 +61,10 @@ def embed_command(model_dir, texts, input_path, text_field, pooling, with_tokens
     options = {}  # for the stack's features()
     if vectors is not None:
         options["word_vectors"] = _word_vectors(model.model, tokenizer, vectors, model_dir)
+    if layers is not None:
+        if not _keeps_layers(model, exported):
+            raise click.UsageError(f"--layers picks among a stack's layers (ELMo's); {model_dir} does not give them")
+        options["layers"] = layers
     if tokenizer is None:
         raise ArtifactError(f"{model_dir} has no tokenizer.json to read the texts with")
     if limit is not None:
@@ -152,6 +159,13 @@ def _write_safetensors(path: str, pooled, token_states, ids) -> None:
         else:
             handle.write(save(tensors))
 
+
+
+def _keeps_layers(model, exported: bool) -> bool:
+    """Whether --layers applies: the stack takes a `layers` option, or the export's graph gives a `layers` output."""
+    if not exported:
+        return "layers" in model.model.feature_stack.embed_options
+    return any(t["name"] == "layers" for graph in model.manifest["graphs"].values() for t in graph["outputs"])
 
 
 def _word_vectors(model, tokenizer, path: str, model_dir: str):

@@ -83,8 +83,9 @@ def _unescape(text: str) -> str:
     return text.replace("\\\\", "\0").replace("\\n", "\n").replace("\\t", "\t").replace("\0", "\\")
 
 
-def _load(model_dir, device, what, opened_too: bool = False):
-    """(model, tokenizer, device) of a model that can be scored left to right (and the OpenedModel, opened_too)."""
+def _load(model_dir, device, what, decoder: bool = True, opened_too: bool = False):
+    """(model, tokenizer, device) of a model that can be scored left to right (and the OpenedModel, opened_too);
+    decoder=False also takes a model whose objectives score text (ELMo's biLM)."""
     from ..errors import ArtifactError, require_torch
     from ..opening import is_export, open_model
 
@@ -93,8 +94,9 @@ def _load(model_dir, device, what, opened_too: bool = False):
     require_torch("lmkit eval")
     opened = open_model(model_dir, device=device)
     model, tokenizer = opened.model, opened.tokenizer
-    if model.decoder is None:
-        raise ArtifactError(f"{model_dir} has no decoder; {what} needs a left-to-right language model")
+    if model.decoder is None and (decoder or not any(o.models_language for o in model.objectives.values())):
+        raise ArtifactError(f"{model_dir} has no decoder; {what} needs a left-to-right language model"
+                            + ("" if decoder else " or an objective that scores text (ELMo's biLM)"))
     if tokenizer is None:
         raise ArtifactError(f"{model_dir} has no tokenizer.json to read the text with")
     model.eval()
@@ -123,7 +125,11 @@ def _evaluate_text(model_dir, paths, *, stride, context, batch_size, text_field,
     from ..data import load_tokens, text_bytes
     from ..errors import LmkitError
 
-    model, tokenizer, device, opened = _load(model_dir, device, "perplexity", opened_too=True)
+    model, tokenizer, device, opened = _load(model_dir, device, "perplexity", decoder=False, opened_too=True)
+    if model.decoder is None:
+        _evaluate_without_decoder(model, tokenizer, device, paths, context=context, stride=stride,
+                                  batch_size=batch_size, text_field=text_field, as_json=as_json)
+        return
     from ..evaluation import Score, score_tokens
 
     context = _window(model, context)
@@ -150,6 +156,44 @@ def _evaluate_text(model_dir, paths, *, stride, context, batch_size, text_field,
     click.echo(f"bits per byte   {score.bits_per_byte:.4f}")
     click.echo(f"tokens          {score.tokens:,} in {stream.documents:,} documents "
                f"(window {context}, stride {stride})")
+
+
+def _evaluate_without_decoder(model, tokenizer, device, paths, *, context, stride, batch_size, text_field, as_json):
+    """Perplexity of a model without a decoder, from its objectives' own scores (ELMo: forward and backward
+    language models), over windows of `context` tokens that do not overlap."""
+    import json
+    import math
+
+    import numpy as np
+
+    from ..data import load_tokens
+    from ..errors import LmkitError
+    from ..evaluation import score_with_objectives
+
+    if stride is not None:
+        raise LmkitError("--stride slides windows for a left-to-right model; this model reads both ways, so its "
+                         "windows do not overlap: leave --stride out")
+    limit = model.encoder.max_positions
+    context = context or (limit or RECURRENT_WINDOW)
+    if limit is not None and context > limit:
+        raise LmkitError(f"--context {context} is beyond the model's {limit} positions; give at most {limit}")
+    stream = load_tokens(paths, tokenizer, text_field=text_field, progress=True, what="evaluation data")
+    tokens = np.concatenate([[tokenizer.eos_id], np.asarray(stream.tokens, dtype=np.int64)])
+    context = min(context, len(tokens))
+    if context < 2:
+        raise LmkitError("the evaluation data has no tokens to score; give files that contain text")
+    scores = score_with_objectives(model, tokens, context, batch_size=batch_size, device=str(device))
+    nll, count = sum(s.nll for s in scores.values()), sum(s.tokens for s in scores.values())
+    result = {"perplexity": math.exp(nll / count), **{f"{name}_perplexity": s.perplexity for name, s in scores.items()},
+              "tokens": count, "documents": stream.documents, "context": context,
+              "scores": {name: s.as_dict() for name, s in scores.items()}}
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+        return
+    for name, score in scores.items():
+        click.echo(f"{name + ' perplexity':<22}{score.perplexity:.4f}  ({score.tokens:,} tokens)")
+    click.echo(f"{'mean perplexity':<22}{result['perplexity']:.4f}  exp of the mean NLL of all of them")
+    click.echo(f"{'windows':<22}{context} tokens, not overlapping, in {stream.documents:,} documents")
 
 
 def _evaluate_task(model_dir, task_path, *, shots, examples_path, seed, limit, separator, delimiter, context,

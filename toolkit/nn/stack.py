@@ -28,6 +28,10 @@ class _Stack(nn.Module):
     special_tokens: ClassVar[tuple[str, ...]] = ()
     special_token_roles: ClassVar[dict[str, str]] = {}
 
+    def bind_tokenizer(self, tokenizer) -> None:
+        """Keep what the stack derives from its tokenizer's vocabulary (ELMo's character spelling of each
+        word); called when a model is composed. Most stacks keep nothing."""
+
     def parameters_without_sharing(self) -> int:
         """The parameter count without cross-layer sharing: the plain count, plus what each of the
         stack's lmkit.nn.sharing.SharedBlocks saves (ALBERT's, or any stack's `sharing` option)."""

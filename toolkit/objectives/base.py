@@ -24,6 +24,12 @@ class ObjectiveModule(nn.Module):
         """A lmkit.training.batches.Batches over the run's data, or None: this objective reads another's."""
         return None
 
+    def score_text(self, model, input_ids):
+        """For `lmkit eval --data` on a model without a decoder: {name: (summed NLL in nats, tokens scored)} of
+        windows input_ids (B, T) of a token stream (ELMo's biLM: forward and backward), or None when this
+        objective does not score text."""
+        return None
+
     @classmethod
     def for_model(cls, options, model) -> ObjectiveModule:
         """The objective for `model`, whose stacks exist already; override to size a head to them."""

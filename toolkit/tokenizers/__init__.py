@@ -1,12 +1,13 @@
 """Training, saving and loading tokenizers, on top of Hugging Face `tokenizers`.
 
-Five kinds, each set up the way the model family that made it famous did (lmkit.tokenizers.training):
+Six kinds, each set up the way the model family that made it famous did (lmkit.tokenizers.training):
 
     bytelevel-bpe  GPT-2 / RoBERTa   byte-level BPE over all 256 bytes: no unknown tokens
     bpe            GPT               BPE with `</w>` end-of-word markers, lowercased text
     wordpiece      BERT              WordPiece with `##` continuations, [CLS] ... [SEP] templates
     unigram        T5 / ALBERT       SentencePiece-style Unigram LM with `▁` for spaces
     char           (char-level LMs)  one token per character
+    word           ELMo              whole words split at whitespace, the rest <unk>
 
 What each adds around a text or a pair is an option of the kind, `template` (.templates); the
 options are .options; the kinds are registered as `tokenizer` components by lmkit.builtins.
@@ -21,12 +22,20 @@ nothing reads or writes pickles.
 from __future__ import annotations
 
 from .loading import load_tokenizer
-from .options import ByteLevelBPEOptions, CharacterOptions, UnigramOptions, WordBPEOptions, WordPieceOptions
-from .training import ByteLevelBPE, Character, Unigram, WordBPE, WordPiece, train_tokenizer
+from .options import (
+    ByteLevelBPEOptions,
+    CharacterOptions,
+    UnigramOptions,
+    WordBPEOptions,
+    WordOptions,
+    WordPieceOptions,
+)
+from .training import ByteLevelBPE, Character, Unigram, Word, WordBPE, WordPiece, train_tokenizer
 from .wrapper import ROLES, TOKENIZER_CONFIG, Tokenizer, infer_roles
 
 __all__ = [
     "ByteLevelBPE", "ByteLevelBPEOptions", "Character", "CharacterOptions", "ROLES", "TOKENIZER_CONFIG",
-    "Tokenizer", "Unigram", "UnigramOptions", "WordBPE", "WordBPEOptions", "WordPiece", "WordPieceOptions",
+    "Tokenizer", "Unigram", "UnigramOptions", "Word", "WordBPE", "WordBPEOptions", "WordOptions", "WordPiece",
+    "WordPieceOptions",
     "infer_roles", "load_tokenizer", "train_tokenizer",
 ]

@@ -129,3 +129,22 @@ class CharacterOptions:
         _check_special_tokens(self, unknown_token="<unk>")
         _check_at_least("vocab_size", self.vocab_size, len(self.special_tokens) + 1)
         _check_at_least("min_frequency", self.min_frequency, 1)
+
+
+@dataclass(frozen=True)
+class WordOptions:
+    vocab_size: int = field(default=32768, metadata=_help(
+        "special tokens plus the most frequent whole words, up to this many tokens in all"))
+    min_frequency: int = field(default=1, metadata=_help("fewest occurrences for a word to be kept"))
+    lowercase: bool = field(default=False, metadata=_help("lowercase text before splitting it into words"))
+    special_tokens: tuple[str, ...] = field(default=("<pad>", "<unk>", "<s>", "</s>"),
+                                            metadata=_help("added first, at ids 0, 1, ..."))
+    template: str = field(default="auto", metadata=_help(TEMPLATE_HELP + "; auto: roberta (<s> $A </s>, "
+                                                                         "bilm-tf's sentence boundaries) when "
+                                                                         "<s> and </s> are special tokens"))
+    template_pair: str = field(default="", metadata=_help(TEMPLATE_PAIR_HELP))
+
+    def __post_init__(self):
+        _check_special_tokens(self, unknown_token="<unk>")
+        _check_at_least("vocab_size", self.vocab_size, len(self.special_tokens) + 1)
+        _check_at_least("min_frequency", self.min_frequency, 1)

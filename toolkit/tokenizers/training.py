@@ -13,7 +13,14 @@ from tokenizers import Regex, decoders, models, normalizers, pre_tokenizers, pro
 from tokenizers import Tokenizer as HFTokenizer
 
 from ..errors import DataError, SpecError
-from .options import ByteLevelBPEOptions, CharacterOptions, UnigramOptions, WordBPEOptions, WordPieceOptions
+from .options import (
+    ByteLevelBPEOptions,
+    CharacterOptions,
+    UnigramOptions,
+    WordBPEOptions,
+    WordOptions,
+    WordPieceOptions,
+)
 from .templates import apply_template
 from .wrapper import Tokenizer, infer_roles
 
@@ -184,6 +191,27 @@ class Character(_TokenizerKind):
         hf_tokenizer = HFTokenizer(models.WordLevel(unk_token="<unk>"))
         hf_tokenizer.pre_tokenizer = pre_tokenizers.Split(Regex(EACH_CHARACTER), behavior="isolated")
         hf_tokenizer.decoder = decoders.Fuse()  # without a decoder, tokens are joined with spaces
+        trainer = trainers.WordLevelTrainer(
+            vocab_size=options.vocab_size, min_frequency=options.min_frequency,
+            special_tokens=list(options.special_tokens), show_progress=progress)
+        return hf_tokenizer, trainer
+
+
+class Word(_TokenizerKind):
+    """Whole words split at whitespace, the most frequent kept and the rest <unk>: the output vocabulary of
+    word-level language models (ELMo's softmax, Peters et al. 2018 §3; bilm-tf's vocabulary file)."""
+
+    name = "word"
+    options_class = WordOptions
+    family_template = "roberta"  # <s> $A </s>: bilm-tf reads every sentence between <S> and </S>
+
+    @classmethod
+    def _blank(cls, options: WordOptions, progress: bool):
+        hf_tokenizer = HFTokenizer(models.WordLevel(unk_token="<unk>"))
+        if options.lowercase:
+            hf_tokenizer.normalizer = normalizers.Lowercase()
+        hf_tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+        # No decoder: tokenizers then joins the words with single spaces.
         trainer = trainers.WordLevelTrainer(
             vocab_size=options.vocab_size, min_frequency=options.min_frequency,
             special_tokens=list(options.special_tokens), show_progress=progress)
