@@ -51,6 +51,7 @@ class TaskOptions:
     tag_scheme: str = "auto"  # token classification: how tags become entities (lmkit.tasks.chunks.SCHEMES)
     recipe: str | None = None  # a registered task recipe in place of the one the stack names
     noisy_tune: float = 0.0  # NoisyTune's λ: the pretrained weights shaken once before the first step (0: off)
+    unlabeled: str | None = None  # unlabelled text, for a recipe that reads it (`reads_unlabeled`: CVT's)
 
 
 # -- the model -------------------------------------------------------------------------------------
@@ -89,7 +90,12 @@ def prepare(pretrained: str, out: str, kind, train, options: TaskOptions, *, see
     head = {"type": kind.head, "weight": 1.0, "recipe": recipe.name, "dropout": options.dropout,
             **kind.head_options(train)}
     spec[key] = stack
-    spec["objectives"] = [head, *recipe.auxiliary_objectives(options.aux_lm_weight)]
+    if options.unlabeled is not None and not getattr(recipe, "reads_unlabeled", False):
+        raise LmkitError(f"--unlabeled is read by recipes that learn from unlabelled text (cvt); the {recipe.name} "
+                         "recipe does not: leave it out, or give --recipe cvt")
+    # A recipe may train objectives of its own beside the head (CVT's auxiliary modules).
+    beside = recipe.objectives_beside(head, options) if hasattr(recipe, "objectives_beside") else []
+    spec["objectives"] = [head, *recipe.auxiliary_objectives(options.aux_lm_weight), *beside]
     resolved = resolve(spec, host)
     model = build_model(resolved, seed)
     transfer_weights(model, find_weights(pretrained))
@@ -169,8 +175,13 @@ def task_batches(kind, train, dev, options: TaskOptions):
                 context.say(f"warning: {cut} of {len(data.examples)} {name} examples were cut to --max-length "
                             f"{args.seq_len} tokens")
         pad = tokenizer.pad_id if tokenizer.pad_id is not None else 0
-        return TaskBatches(encoded["training"], encoded["dev"], kind.collate, pad_id=pad,
-                           batch_size=args.batch_size, seed=args.seed)
+        batches = TaskBatches(encoded["training"], encoded["dev"], kind.collate, pad_id=pad,
+                              batch_size=args.batch_size, seed=args.seed)
+        if options.unlabeled is not None:  # the recipe mixes in batches of unlabelled text (checked in prepare)
+            from .unlabeled import read_unlabeled
+
+            return recipe.unlabeled_batches(batches, read_unlabeled(options.unlabeled), tokenizer, args)
+        return batches
 
     return make
 
@@ -243,6 +254,10 @@ def finetune(pretrained: str, out: str, train_path: str, dev_path: str | None, o
     if os.path.abspath(pretrained) == os.path.abspath(out):
         raise LmkitError("--out must be a new directory: fine-tuning leaves the pretrained model as it is")
     check_noise_level(options.noisy_tune)
+    if options.unlabeled is not None:  # read now: a bad file fails before anything is written
+        from .unlabeled import read_unlabeled
+
+        read_unlabeled(options.unlabeled)
     kind = task_kind(options.kind, options)
     train = kind.read(train_path)
     dev = kind.read(dev_path, labels=train.labels) if dev_path is not None else None
@@ -264,7 +279,9 @@ def finetune(pretrained: str, out: str, train_path: str, dev_path: str | None, o
                              f"{context}")
         if steps is None:
             steps = max(1, math.ceil(epochs * len(train.examples) / batch_size))
-        per_epoch = max(1, math.ceil(len(train.examples) / batch_size))
+            if options.unlabeled is not None:  # an unlabelled batch after each labelled one: --epochs counts labelled
+                steps *= 2
+        per_epoch = max(1, math.ceil(len(train.examples) / batch_size)) * (2 if options.unlabeled is not None else 1)
         args = TrainingArguments.from_dict({
             "data": (train_path,), "val_data": (dev_path,) if dev_path else (), "steps": steps,
             "batch_size": batch_size, "seq_len": max_length, "lr": lr, "warmup": int(warmup_ratio * steps),
