@@ -18,7 +18,7 @@ def read_unlabeled(path: str) -> list[tuple[str, ...]]:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as error:
         line = raw.count(b"\n", 0, error.start) + 1
-        raise DataError(f"--unlabeled {path} is not UTF-8: line {line}, byte {error.start} (0x{raw[error.start]:02x}); "
+        raise DataError(f"--unlabeled {path} is not UTF-8: line {line}, byte offset {error.start} (0x{raw[error.start]:02x}); "
                         "convert the file to UTF-8") from None
     sentences = [tuple(words) for words in (line.split() for line in text.splitlines()) if words]
     if not sentences:
