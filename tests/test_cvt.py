@@ -217,3 +217,49 @@ def test_bad_conll_files_are_one_line_errors(task, tmp_path):
     other.write_text("mr O\nbobe B-MISC\nsaid O\n\n")
     one_line_error(run_cli("finetune", task["model"], "--task", "token-classification", "--train", task["train"],
                            "--dev", other, "--out", tmp_path / "b"), "B-MISC", "line 2")
+
+
+def test_moving_average_follows_the_weights_and_is_swapped_in_for_evaluation():
+    model = tiny_model(dropout=0.0).train()
+    objective = model.objectives["cvt"]
+    head = model.objectives["token-head"].score
+    batch = {"input_ids": torch.randint(1, 40, (2, 5)), "attention_mask": torch.ones(2, 5, dtype=torch.bool),
+             "labels": torch.randint(0, LABELS, (2, 5))}
+    model.loss(batch)  # the first update copies the weights
+    first = head.weight.detach().clone()
+    with torch.no_grad():
+        head.weight.add_(1.0)
+    model.loss(batch)  # update 1: decay min(0.998, 2 / 11)
+    decay = 2 / 11
+    with objective.averaged_weights(model):
+        torch.testing.assert_close(head.weight, decay * first + (1 - decay) * (first + 1.0))
+    torch.testing.assert_close(head.weight, first + 1.0)  # put back
+    assert int(objective.ema_updates) == 2
+
+
+def test_resumed_cvt_run_ends_where_the_whole_one_does(task, tmp_path, monkeypatch):
+    """A run stopped after its step-2 checkpoint, then resumed, ends bit for bit where the whole run does:
+    labelled and unlabelled batches, and the moving average, pick up where the checkpoint left them."""
+    from safetensors.torch import load_file
+
+    from lmkit.training import trainer
+
+    whole, halves = tmp_path / "whole", tmp_path / "halves"
+    common = ("--task", "token-classification", "--recipe", "cvt", "--train", task["train"], "--unlabeled",
+              task["unlabeled"], "--dev", task["dev"], "--batch-size", 8, "--eval-every", 2, "--steps", 4)
+    cli("finetune", task["model"], *common, "--out", whole)
+    save = trainer.save_checkpoint
+
+    def save_then_stop(directory, model, optimizer, names, state):
+        save(directory, model, optimizer, names, state)
+        if state["step"] == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(trainer, "save_checkpoint", save_then_stop)
+    assert run_cli("finetune", task["model"], *common, "--out", halves).code == 130
+    monkeypatch.undo()
+    cli("finetune", "--resume", "--out", halves)
+    a, b = load_file(f"{whole}/model.safetensors"), load_file(f"{halves}/model.safetensors")
+    assert a.keys() == b.keys() and any(name.startswith("objectives.cvt.ema_") for name in a)
+    for name in a:
+        assert torch.equal(a[name], b[name]), name

@@ -44,6 +44,8 @@ class CVTObjectiveOptions:
     num_labels: int = 2
     views: tuple[str, ...] = VIEWS  # the auxiliary modules trained on unlabelled batches
     d_projection: int = 0  # 0: the encoder's d_projection
+    # Evaluation reads an exponential moving average of the primary's weights (cvt_text: 0.998); 0: off.
+    ema_decay: float = 0.998
 
     def __post_init__(self):
         object.__setattr__(self, "views", tuple(self.views))
@@ -52,6 +54,8 @@ class CVTObjectiveOptions:
             raise ValueError(f"unknown CVT views {unknown}; choose among {', '.join(VIEWS)}")
         if not self.views:
             raise ValueError("CVT needs at least one auxiliary view")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
         if self.num_labels < 2:
             raise ValueError(f"num_labels must be at least 2, got {self.num_labels}")
 

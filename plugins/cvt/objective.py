@@ -16,8 +16,16 @@ a linear layer to the labels over a restricted view of the same sentence, run wi
 
 (soft cross-entropy, equal to KL(p_θ || p_j) up to the teacher's entropy, a constant). Labelled
 batches train the primary only (the token head): this objective gives 0 on them.
+
+The objective also keeps an exponential moving average of the primary module's weights (the encoder
+and the token head's linear layer) as buffers, so a checkpoint holds it and a resumed run goes on
+exactly; `averaged_weights()` swaps it in for evaluation (lmkit.tasks.finetune), as cvt_text tests
+with its EMA (decay 0.998). The decay of update n is min(decay, (1 + n) / (10 + n)), the num_updates
+form of TF's ExponentialMovingAverage, so a short run is not dominated by its initial weights.
 """
 from __future__ import annotations
+
+import contextlib
 
 import torch
 import torch.nn.functional as F
@@ -59,6 +67,7 @@ class CVTObjective(ObjectiveModule):
                  dropout: float):
         super().__init__(options)
         inputs = {"forward": d_first, "backward": d_first, "future": d_first, "past": d_first, "full": d_views}
+        self.ema_names: list[str] = []
         # "<view>_module": nn.ModuleDict refuses a key named "forward"
         self.modules_by_view = nn.ModuleDict({
             f"{view}_module": PredictionModule(inputs[view], options.d_projection or d_projection, options.num_labels, dropout)
@@ -68,8 +77,49 @@ class CVTObjective(ObjectiveModule):
     def for_model(cls, options, model) -> CVTObjective:
         encoder = model.encoder
         config = encoder.config
-        return cls(options or CVTObjectiveOptions(), config.d_first, encoder.d_views, config.d_projection,
-                   config.dropout)
+        options = options or CVTObjectiveOptions()
+        objective = cls(options, config.d_first, encoder.d_views, config.d_projection, config.dropout)
+        if options.ema_decay:
+            # The token head is built before this objective but not yet reachable: its linear layer's shapes.
+            shapes = [(f"encoder.{name}", p.shape) for name, p in encoder.named_parameters()]
+            shapes += [(f"objectives.{TOKEN_HEAD}.score.weight", (options.num_labels, config.d_projection)),
+                       (f"objectives.{TOKEN_HEAD}.score.bias", (options.num_labels,))]
+            objective.ema_names = [name for name, _ in shapes]
+            for i, (_, shape) in enumerate(shapes):
+                objective.register_buffer(f"ema_{i}", torch.zeros(shape))
+            objective.register_buffer("ema_updates", torch.zeros((), dtype=torch.long))
+        return objective
+
+    def _primary_parameters(self, model) -> list[torch.Tensor]:
+        parameters = dict(model.named_parameters())
+        return [parameters[name] for name in self.ema_names]
+
+    @torch.no_grad()
+    def update_average(self, model) -> None:
+        """One EMA update toward the model's current primary weights (the first copies them)."""
+        n = int(self.ema_updates)
+        decay = 0.0 if n == 0 else min(self.options.ema_decay, (1 + n) / (10 + n))
+        for i, parameter in enumerate(self._primary_parameters(model)):
+            getattr(self, f"ema_{i}").mul_(decay).add_(parameter.detach().float(), alpha=1 - decay)
+        self.ema_updates += 1
+
+    @contextlib.contextmanager
+    def averaged_weights(self, model):
+        """The primary's weights replaced by their moving average inside the block, then put back."""
+        if not self.ema_names or int(self.ema_updates) == 0:
+            yield
+            return
+        parameters = self._primary_parameters(model)
+        saved = [p.detach().clone() for p in parameters]
+        with torch.no_grad():
+            for i, parameter in enumerate(parameters):
+                parameter.copy_(getattr(self, f"ema_{i}"))
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for parameter, value in zip(parameters, saved):
+                    parameter.copy_(value)
 
     @torch.no_grad()
     def teacher(self, model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -114,6 +164,10 @@ class CVTObjective(ObjectiveModule):
         return total
 
     def forward(self, model, batch: dict) -> torch.Tensor:
+        if self.ema_names and self.training and torch.is_grad_enabled():
+            # The weights as the last optimizer step left them: averaging here, once per training batch, puts
+            # the average in the model's own state (checkpointed) without a hook after the optimizer.
+            self.update_average(model)
         if "unlabeled" not in batch:  # a labelled batch trains the primary module alone
             return batch["input_ids"].new_zeros((), dtype=torch.float32)
         return self.unlabeled_loss(model, batch["input_ids"], batch["attention_mask"])

@@ -9,6 +9,7 @@ the first of them is kept in OUT/best.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -206,8 +207,20 @@ def _fine_tuner_class():
                 self.best = read_json(best, "delete the best/ folder to let the resumed run choose again")
                 self.metric = self.best.pop("metric")
 
+        def evaluation_weights(self):
+            """The weights evaluation reads: an objective may hold averaged ones (CVT's moving average)."""
+            stack = contextlib.ExitStack()
+            for objective in self.model.objectives.values():
+                if hasattr(objective, "averaged_weights"):
+                    stack.enter_context(objective.averaged_weights(self.model))
+            return stack
+
         @torch.no_grad()
         def validation_metrics(self) -> dict[str, float]:
+            with self.evaluation_weights():
+                return self._validation_metrics()
+
+        def _validation_metrics(self) -> dict[str, float]:
             head = self.model.objectives[self.kind.head]
             self.model.eval()
             predicted = []
@@ -231,7 +244,7 @@ def _fine_tuner_class():
             from ..model import save_model
 
             self.best = dict(record)
-            with staged_directory(os.path.join(self.model_dir, BEST), force=True) as stage:
+            with staged_directory(os.path.join(self.model_dir, BEST), force=True) as stage, self.evaluation_weights():
                 save_model(stage, self.model, get_host(), self.tokenizer)
                 atomic_write_json(os.path.join(stage, RESULTS), {"metric": metric, **self.best})
 
