@@ -260,8 +260,11 @@ def _fine_tuner_class():
 def finetune(pretrained: str, out: str, train_path: str, dev_path: str | None, options: TaskOptions, *,
              epochs: float = 3.0, steps: int | None = None, batch_size: int = 32, max_length: int | None = None,
              lr: float | None = None, warmup_ratio: float | None = None, seed: int = 0, eval_every: int | None = None,
-             device: str = "auto", force: bool = False, progress: bool = True) -> dict:
-    """Fine-tune `pretrained` on a task file into `out`; returns the best dev record (or the last one)."""
+             device: str = "auto", force: bool = False, progress: bool = True, optimizer: dict | None = None) -> dict:
+    """Fine-tune `pretrained` on a task file into `out`; returns the best dev record (or the last one).
+
+    optimizer: {"optimizer", "schedule", "optimizer_options", "schedule_options"} of TrainingArguments, each
+    left out or None for the default (AdamW, cosine)."""
     from ..training.arguments import TrainingArguments
 
     if os.path.abspath(pretrained) == os.path.abspath(out):
@@ -299,7 +302,8 @@ def finetune(pretrained: str, out: str, train_path: str, dev_path: str | None, o
             "data": (train_path,), "val_data": (dev_path,) if dev_path else (), "steps": steps,
             "batch_size": batch_size, "seq_len": max_length, "lr": lr, "warmup": int(warmup_ratio * steps),
             "min_lr_ratio": 0.0, "weight_decay": 0.01, "eval_every": eval_every or per_epoch,
-            "save_every": eval_every or per_epoch, "log_every": min(10, per_epoch), "seed": seed, "device": device})
+            "save_every": eval_every or per_epoch, "log_every": min(10, per_epoch), "seed": seed, "device": device,
+            **{key: value for key, value in (optimizer or {}).items() if value}})
         if chosen_lr is None and progress:  # once the arguments have been checked
             scaled = "" if lr == recipe.default_lr else f", scaled by {recipe.reference_width}/{width} to this model's width"
             print(f"lr {lr:.3g}: the {recipe.name} recipe's {recipe.default_lr:g} at width {recipe.reference_width}"
