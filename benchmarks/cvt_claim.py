@@ -39,7 +39,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--labelled", type=int, default=300)
     parser.add_argument("--unlabeled", type=int, default=20000)
-    parser.add_argument("--labelled-steps", type=int, default=300, help="labelled batches of each run")
+    parser.add_argument("--labelled-steps", type=int, default=1000, help="labelled batches of each run")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--lr", type=float, default=1e-2)
     args = parser.parse_args()

@@ -267,3 +267,21 @@ def test_resumed_cvt_run_ends_where_the_whole_one_does(task, tmp_path, monkeypat
     assert a.keys() == b.keys() and any(name.startswith("objectives.cvt.ema_") for name in a)
     for name in a:
         assert torch.equal(a[name], b[name]), name
+
+
+def test_bio_and_bioes_tags_of_the_same_sentences_give_the_same_entities(tmp_path):
+    from lmkit.tasks import chunks
+    from lmkit.tasks.tokens import read_conll
+
+    entities = {}
+    for scheme in ("BIO", "BIOES"):
+        (tmp_path / scheme).mkdir()
+        files = write_task(str(tmp_path / scheme), labelled=30, unlabeled=1, dev=1, scheme=scheme, seed=3)
+        data = read_conll(files["train"])
+        resolved = chunks.resolve_scheme("auto", data.labels)
+        strict = {"BIO": "iob2", "BIOES": "iobes"}[scheme]
+        assert resolved in ({"conlleval", "iob2"} if scheme == "BIO" else {"iobes"})
+        tags = [[data.labels[t] for t in sentence.tags] for sentence in data.examples]
+        assert chunks.entity_f1(tags, tags, resolved)["entity_f1"] == 1.0
+        entities[scheme] = [chunks.strict_entities(row, strict) for row in tags]
+    assert entities["BIO"] == entities["BIOES"] and sum(map(len, entities["BIO"])) > 30
