@@ -204,7 +204,11 @@ def test_bad_unlabeled_text_is_a_one_line_error(task, tmp_path):
                    "byte offset 25 (0xe9)")
     one_line_error(run_cli(*finetune_args(task, tmp_path / "c", "--unlabeled", task["unlabeled"], "--recipe",
                                           "encoder")), "--unlabeled", "encoder recipe")
-    for name in ("a", "b", "c"):
+    sentences = tmp_path / "sentences.jsonl"
+    sentences.write_text("".join(json.dumps({"text": "mr bobe said", "label": label}) + "\n" for label in "abab"))
+    one_line_error(run_cli("finetune", task["model"], "--task", "classification", "--train", sentences,
+                           "--unlabeled", task["unlabeled"], "--out", tmp_path / "d"), "token classification only")
+    for name in ("a", "b", "c", "d"):
         assert not os.path.exists(tmp_path / name)
 
 
