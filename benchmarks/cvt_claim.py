@@ -42,6 +42,9 @@ def main() -> None:
     parser.add_argument("--labelled-steps", type=int, default=1000, help="labelled batches of each run")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--lr", type=float, default=1e-2)
+    parser.add_argument("--runs", nargs="+", default=["supervised", "cvt"],
+                        choices=["supervised", "cvt", "supervised-long"],
+                        help="supervised-long: labelled batches only, as many optimizer steps as the CVT run")
     args = parser.parse_args()
     os.makedirs(args.out, exist_ok=True)
     files = write_task(args.out, labelled=args.labelled, unlabeled=args.unlabeled, dev=300, seed=0)
@@ -54,8 +57,9 @@ def main() -> None:
         model = os.path.join(args.out, f"model-{seed}")
         sets = [x for key, value in {"tokenizer": tokenizer, **MODEL}.items() for x in ("--set", f"{key}={value}")]
         lmkit("compose", "cvt-tiny", *sets, "--seed", seed, "--out", model, "--force")
-        for name, extra, steps in (("supervised", [], args.labelled_steps),
-                                   ("cvt", ["--unlabeled", files["unlabeled"]], 2 * args.labelled_steps)):
+        runs = (("supervised", [], args.labelled_steps), ("cvt", ["--unlabeled", files["unlabeled"]], 2 * args.labelled_steps),
+                ("supervised-long", [], 2 * args.labelled_steps))
+        for name, extra, steps in (run for run in runs if run[0] in args.runs):
             out = os.path.join(args.out, f"{name}-{seed}")
             started = time.perf_counter()
             record = json.loads(lmkit("finetune", model, "--task", "token-classification", "--recipe", "cvt",
@@ -67,12 +71,12 @@ def main() -> None:
                    "best_step": record["step"], "seconds": round(time.perf_counter() - started, 1)}
             results.append(row)
             print(json.dumps(row), flush=True)
-    for name in ("supervised", "cvt"):
+    for name in args.runs:
         rows = [r for r in results if r["run"] == name]
         mean = sum(r["entity_f1"] for r in rows) / len(rows)
         each = ", ".join(f"{r['entity_f1']:.4f}" for r in rows)
         print(f"{name:10s} entity F1 mean {mean:.4f} over seeds {[r['seed'] for r in rows]}: {each}")
-    with open(os.path.join(args.out, "results.json"), "w", encoding="utf-8") as handle:
+    with open(os.path.join(args.out, f"results-{'-'.join(args.runs)}.json"), "w", encoding="utf-8") as handle:
         json.dump(results, handle, indent=1)
 
 
