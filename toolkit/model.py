@@ -62,7 +62,12 @@ class ComposedModel(nn.Module):
             raise SpecError("the spec has no objectives to train with; add e.g. [[objectives]] type = \"causal-lm\"")
         total, parts = 0.0, {}
         for part in self.spec.objectives:
-            value = self.objectives[part.type](self, batch)
+            objective = self.objectives[part.type]
+            if "unlabeled" in batch and not getattr(objective, "reads_unlabeled", False):
+                # A batch of unlabelled text (CVT's) trains only the objectives that read it.
+                parts[part.type] = batch["input_ids"].new_zeros((), dtype=torch.float32)
+                continue
+            value = objective(self, batch)
             parts[part.type] = value.detach()
             total = total + part.weight * value
         return total, parts

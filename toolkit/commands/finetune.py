@@ -59,6 +59,17 @@ def _names(value: str | None) -> tuple[str, ...]:
 @click.option("--max-length", type=click.IntRange(min=4), help="Tokens per sequence.  [default: the model's context; 512 for a model without one]")
 @click.option("--truncate/--no-truncate", default=True, show_default=True,
               help="Cut longer examples (longest text first) with a warning, or fail.")
+@click.option("--unlabeled", "unlabeled", metavar="FILE",
+              help="Unlabelled text, one sentence per line, for a recipe that learns from it (--recipe cvt).")
+@click.option("--optimizer", metavar="NAME",
+              help="A registered optimizer (lmkit components --kind optimizer): adamw, sgd, ...  [default: adamw]")
+@click.option("--optimizer-set", "optimizer_options", multiple=True, metavar="KEY=VALUE",
+              help="An option of the optimizer, e.g. momentum=0.9; repeat for more.")
+@click.option("--schedule", metavar="NAME",
+              help="A registered learning-rate schedule (lmkit components --kind schedule): cosine, cvt, ...  "
+                   "[default: cosine]")
+@click.option("--schedule-set", "schedule_options", multiple=True, metavar="KEY=VALUE",
+              help="An option of the schedule, e.g. warmup_steps=100; repeat for more.")
 @click.option("--dropout", default=0.1, show_default=True, type=float, help="Dropout before the head.")
 @click.option("--eval-every", type=int, help="Steps between dev evaluations.  [default: one epoch]")
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of the head's init, order and dropout.")
@@ -69,7 +80,8 @@ def _names(value: str | None) -> tuple[str, ...]:
                    "(raised) and --device may change.")
 @click.option("--json", "as_json", is_flag=True, help="Print the best dev record as JSON.")
 def finetune_command(pretrained, kind, train_path, dev_path, out, labels, text_fields, label_field, tag_column,
-                     tag_scheme, aux_lm_weight, recipe, noisy_tune,
+                     tag_scheme, aux_lm_weight, recipe, noisy_tune, unlabeled, optimizer, optimizer_options,
+                     schedule, schedule_options,
                      epochs, steps, batch_size, lr, warmup_ratio, max_length, truncate, dropout, eval_every, seed,
                      device, force, resume, as_json):
     """Fine-tune PRETRAINED on a labelled task file into OUT, with a linear head on its sequence features.
@@ -84,11 +96,12 @@ def finetune_command(pretrained, kind, train_path, dev_path, out, labels, text_f
     from ..errors import require_torch
 
     require_torch("lmkit finetune")
+    from ..options import parse_assignments
     from ..tasks.finetune import TaskOptions, finetune
     from ..tasks.finetune import resume as resume_run
 
     if resume:
-        if pretrained is not None or kind or train_path or dev_path:
+        if pretrained is not None or kind or train_path or dev_path or unlabeled or optimizer or schedule:
             raise click.UsageError("--resume goes on with the run in --out, with its own model and task files; "
                                    "leave PRETRAINED, --task, --train and --dev out")
         record = resume_run(out, steps=steps, device=None if device == "auto" else device)
@@ -101,10 +114,14 @@ def finetune_command(pretrained, kind, train_path, dev_path, out, labels, text_f
                                "fine-tuning run")
     options = TaskOptions(kind=kind, text_fields=_names(text_fields), label_field=label_field,
                           labels=_names(labels), aux_lm_weight=aux_lm_weight, dropout=dropout, truncate=truncate,
-                          tag_column=tag_column, tag_scheme=tag_scheme, recipe=recipe, noisy_tune=noisy_tune)
+                          tag_column=tag_column, tag_scheme=tag_scheme, recipe=recipe, noisy_tune=noisy_tune,
+                          unlabeled=unlabeled)
     record = finetune(pretrained, out, train_path, dev_path, options, epochs=epochs, steps=steps,
                       batch_size=batch_size, max_length=max_length, lr=lr, warmup_ratio=warmup_ratio, seed=seed,
-                      eval_every=eval_every, device=device, force=force)
+                      eval_every=eval_every, device=device, force=force,
+                      optimizer={"optimizer": optimizer, "schedule": schedule,
+                                 "optimizer_options": parse_assignments(optimizer_options, "--optimizer-set"),
+                                 "schedule_options": parse_assignments(schedule_options, "--schedule-set")})
     _report(record, out, as_json)
 
 

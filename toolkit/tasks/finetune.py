@@ -9,6 +9,7 @@ the first of them is kept in OUT/best.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -51,6 +52,7 @@ class TaskOptions:
     tag_scheme: str = "auto"  # token classification: how tags become entities (lmkit.tasks.chunks.SCHEMES)
     recipe: str | None = None  # a registered task recipe in place of the one the stack names
     noisy_tune: float = 0.0  # NoisyTune's λ: the pretrained weights shaken once before the first step (0: off)
+    unlabeled: str | None = None  # unlabelled text, for a recipe that reads it (`reads_unlabeled`: CVT's)
 
 
 # -- the model -------------------------------------------------------------------------------------
@@ -90,7 +92,12 @@ def prepare(pretrained: str, out: str, kind, train, options: TaskOptions, *, see
     head = {"type": kind.head, "weight": 1.0, "recipe": recipe.name, "dropout": options.dropout,
             **kind.head_options(train)}
     spec[key] = stack
-    spec["objectives"] = [head, *recipe.auxiliary_objectives(options.aux_lm_weight)]
+    if options.unlabeled is not None and not getattr(recipe, "reads_unlabeled", False):
+        raise LmkitError(f"--unlabeled is read by recipes that learn from unlabelled text (cvt); the {recipe.name} "
+                         "recipe does not: leave it out, or give --recipe cvt")
+    # A recipe may train objectives of its own beside the head (CVT's auxiliary modules).
+    beside = recipe.objectives_beside(head, options) if hasattr(recipe, "objectives_beside") else []
+    spec["objectives"] = [head, *recipe.auxiliary_objectives(options.aux_lm_weight), *beside]
     if kind.keeps_decoder:  # the model's own loss, no head on its features
         spec["objectives"] = [{"type": kind.head, "weight": 1.0, **kind.head_options(train)}]
     resolved = resolve(spec, host)
@@ -171,8 +178,14 @@ def task_batches(kind, train, dev, options: TaskOptions):
                 context.say(f"warning: {cut} of {len(data.examples)} {name} examples were cut to --max-length "
                             f"{args.seq_len} tokens")
         pad = tokenizer.pad_id if tokenizer.pad_id is not None else 0
-        return TaskBatches(encoded["training"], encoded["dev"], kind.collate, pad_id=pad,
-                           batch_size=args.batch_size, seed=args.seed)
+        batches = TaskBatches(encoded["training"], encoded["dev"], kind.collate, pad_id=pad,
+                              batch_size=args.batch_size, seed=args.seed)
+        if options.unlabeled is not None:  # the recipe mixes in batches of unlabelled text (checked in prepare)
+            from .unlabeled import read_unlabeled
+
+            recipe = context.model.objectives[kind.head].recipe
+            return recipe.unlabeled_batches(batches, read_unlabeled(options.unlabeled), tokenizer, args)
+        return batches
 
     return make
 
@@ -197,8 +210,20 @@ def _fine_tuner_class():
                 self.best = read_json(best, "delete the best/ folder to let the resumed run choose again")
                 self.metric = self.best.pop("metric")
 
+        def evaluation_weights(self):
+            """The weights evaluation reads: an objective may hold averaged ones (CVT's moving average)."""
+            stack = contextlib.ExitStack()
+            for objective in self.model.objectives.values():
+                if hasattr(objective, "averaged_weights"):
+                    stack.enter_context(objective.averaged_weights(self.model))
+            return stack
+
         @torch.no_grad()
         def validation_metrics(self) -> dict[str, float]:
+            with self.evaluation_weights():
+                return self._validation_metrics()
+
+        def _validation_metrics(self) -> dict[str, float]:
             self.model.eval()
             predicted = []
             for batch in self.eval_batches:
@@ -218,7 +243,7 @@ def _fine_tuner_class():
             from ..model import save_model
 
             self.best = dict(record)
-            with staged_directory(os.path.join(self.model_dir, BEST), force=True) as stage:
+            with staged_directory(os.path.join(self.model_dir, BEST), force=True) as stage, self.evaluation_weights():
                 save_model(stage, self.model, get_host(), self.tokenizer)
                 atomic_write_json(os.path.join(stage, RESULTS), {"metric": metric, **self.best})
 
@@ -234,13 +259,20 @@ def _fine_tuner_class():
 def finetune(pretrained: str, out: str, train_path: str, dev_path: str | None, options: TaskOptions, *,
              epochs: float = 3.0, steps: int | None = None, batch_size: int = 32, max_length: int | None = None,
              lr: float | None = None, warmup_ratio: float | None = None, seed: int = 0, eval_every: int | None = None,
-             device: str = "auto", force: bool = False, progress: bool = True) -> dict:
-    """Fine-tune `pretrained` on a task file into `out`; returns the best dev record (or the last one)."""
+             device: str = "auto", force: bool = False, progress: bool = True, optimizer: dict | None = None) -> dict:
+    """Fine-tune `pretrained` on a task file into `out`; returns the best dev record (or the last one).
+
+    optimizer: {"optimizer", "schedule", "optimizer_options", "schedule_options"} of TrainingArguments, each
+    left out or None for the default (AdamW, cosine)."""
     from ..training.arguments import TrainingArguments
 
     if os.path.abspath(pretrained) == os.path.abspath(out):
         raise LmkitError("--out must be a new directory: fine-tuning leaves the pretrained model as it is")
     check_noise_level(options.noisy_tune)
+    if options.unlabeled is not None:  # read now: a bad file fails before anything is written
+        from .unlabeled import read_unlabeled
+
+        read_unlabeled(options.unlabeled)
     kind = task_kind(options.kind, options)
     train = kind.read(train_path)
     dev = kind.read(dev_path, labels=train.labels) if dev_path is not None else None
@@ -262,13 +294,16 @@ def finetune(pretrained: str, out: str, train_path: str, dev_path: str | None, o
                              f"{context}")
         if steps is None:
             steps = max(1, math.ceil(epochs * len(train.examples) / batch_size))
-        per_epoch = max(1, math.ceil(len(train.examples) / batch_size))
+            if options.unlabeled is not None:  # an unlabelled batch after each labelled one: --epochs counts labelled
+                steps *= 2
+        per_epoch = max(1, math.ceil(len(train.examples) / batch_size)) * (2 if options.unlabeled is not None else 1)
         args = TrainingArguments.from_dict({
             "data": (train_path,), "val_data": (dev_path,) if dev_path else (), "steps": steps,
             "batch_size": batch_size, "seq_len": max_length, "lr": lr, "warmup": int(warmup_ratio * steps),
             "min_lr_ratio": 0.0, "weight_decay": 0.01, "eval_every": eval_every or per_epoch,
             "save_every": eval_every or per_epoch, "log_every": min(10, per_epoch), "seed": seed, "device": device,
-            **recipe.training_arguments(steps, per_epoch)})
+            **recipe.training_arguments(steps, per_epoch),  # the recipe's settings, then the flags given
+            **{key: value for key, value in (optimizer or {}).items() if value}})
         if chosen_lr is None and progress:  # once the arguments have been checked
             scaled = "" if lr == recipe.default_lr else f", scaled by {recipe.reference_width}/{width} to this model's width"
             print(f"lr {lr:.3g}: the {recipe.name} recipe's {recipe.default_lr:g} at width {recipe.reference_width}"

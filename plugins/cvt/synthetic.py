@@ -1,0 +1,68 @@
+"""A synthetic tagging task whose tags are computable from context, for CVT's tests and benchmark (torch-free).
+
+Sentences mix filler words with entities of one or two words drawn from a large pool of made-up
+names; an entity's type is given only by the trigger word before it ("mr" PER, "in" LOC, "at" ORG)
+and a filler after it, never by the name itself (every name appears with every type). Tagging a
+name the labelled sentences never showed needs its context, which is what CVT's unlabelled
+sentences teach the auxiliary views and, through the shared encoder, the primary module.
+"""
+from __future__ import annotations
+
+import random
+
+TRIGGERS = {"mr": "PER", "in": "LOC", "at": "ORG"}
+FILLER = ("the", "a", "said", "went", "saw", "and", "then", "today", "we", "they", "met", "with", "of", "to", "was")
+
+
+def names(count: int, seed: int = 0) -> list[str]:
+    rng = random.Random(seed)
+    letters = "bcdfghjklmnprstvz"
+    vowels = "aeiou"
+    made = set()
+    while len(made) < count:
+        made.add("".join(rng.choice(letters) + rng.choice(vowels) for _ in range(rng.randint(2, 3))))
+    return sorted(made)
+
+
+def sentence(rng: random.Random, pool: list[str], scheme: str = "BIO") -> tuple[list[str], list[str]]:
+    """One sentence: (words, tags) with 1-3 entities, tags in BIO or BIOES."""
+    words, tags = [], []
+    for _ in range(rng.randint(1, 3)):
+        for _ in range(rng.randint(1, 3)):
+            words.append(rng.choice(FILLER))
+            tags.append("O")
+        trigger = rng.choice(sorted(TRIGGERS))
+        words.append(trigger)
+        tags.append("O")
+        kind = TRIGGERS[trigger]
+        length = rng.randint(1, 2)
+        for i in range(length):
+            words.append(rng.choice(pool))
+            if scheme == "BIOES":
+                tags.append(("S-" if length == 1 else "B-" if i == 0 else "E-") + kind)
+            else:
+                tags.append(("B-" if i == 0 else "I-") + kind)
+    words.append(rng.choice(FILLER))
+    tags.append("O")
+    return words, tags
+
+
+def write_task(directory: str, *, labelled: int = 300, unlabeled: int = 20000, dev: int = 200, n_names: int = 2000,
+               seen_names: int = 100, seed: int = 0, scheme: str = "BIO") -> dict[str, str]:
+    """train.conll (names from a small seen pool), dev.conll and raw.txt (names from the whole pool)."""
+    import os
+
+    rng = random.Random(seed)
+    pool = names(n_names, seed)
+    seen = pool[:seen_names]
+    files = {"train": os.path.join(directory, "train.conll"), "dev": os.path.join(directory, "dev.conll"),
+             "unlabeled": os.path.join(directory, "raw.txt")}
+    for name, count, from_pool in (("train", labelled, seen), ("dev", dev, pool)):
+        with open(files[name], "w", encoding="utf-8") as handle:
+            for _ in range(count):
+                words, tags = sentence(rng, from_pool, scheme)
+                handle.write("".join(f"{w} {t}\n" for w, t in zip(words, tags)) + "\n")
+    with open(files["unlabeled"], "w", encoding="utf-8") as handle:
+        for _ in range(unlabeled):
+            handle.write(" ".join(sentence(rng, pool, scheme)[0]) + "\n")
+    return files

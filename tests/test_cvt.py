@@ -1,0 +1,291 @@
+"""CVT (Clark et al. 2018): no runnable reference exists (cvt_text is TF1), so the mechanics are checked directly.
+
+View isolation, the teacher (no gradient, no dropout), the unlabelled loss against a hand-computed
+soft cross-entropy sum, the alternation of batches, the paper's schedule, the CLI from compose to
+a torch-free prediction of the exported tagger, and the bad inputs of `--unlabeled` and CoNLL files.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from conftest import NO_TORCH, run_cli  # noqa: E402
+
+from lmkit.model import build_model  # noqa: E402
+from lmkit.plugins.cvt.config import cvt_rate  # noqa: E402
+from lmkit.plugins.cvt.synthetic import write_task  # noqa: E402
+from lmkit.registry import PluginHost  # noqa: E402
+from lmkit.spec import resolve  # noqa: E402
+
+LABELS = 5
+
+
+def tiny_model(dropout: float = 0.3, views=("forward", "backward", "future", "past", "full")):
+    spec = {"encoder": {"type": "cvt-tagger", "vocab_size": 40, "d_word": 8, "max_characters_per_token": 8,
+                        "d_char": 4, "filters": [[2, 4], [3, 4]], "d_first": 6, "d_second": 5, "d_projection": 7,
+                        "dropout": dropout},
+            "objectives": [{"type": "token-head", "num_labels": LABELS, "recipe": "cvt", "dropout": dropout},
+                           {"type": "cvt", "num_labels": LABELS, "views": list(views)}]}
+    model = build_model(resolve(spec, PluginHost()), seed=0)
+    with torch.no_grad():  # a char table as bind_tokenizer would make it: every id spelled differently
+        model.encoder.char_table.copy_(torch.randint(1, 262, model.encoder.char_table.shape))
+    return model
+
+
+def test_forward_view_ignores_later_tokens_and_backward_view_earlier_ones():
+    model = tiny_model(dropout=0.0).eval()
+    ids = torch.randint(1, 40, (2, 9))
+    t = 4
+    later, earlier = ids.clone(), ids.clone()
+    later[:, t + 1:] = torch.randint(1, 40, (2, 9 - t - 1))
+    earlier[:, :t] = torch.randint(1, 40, (2, t))
+    with torch.no_grad():
+        base, after, before = (model.encoder.views(x) for x in (ids, later, earlier))
+    torch.testing.assert_close(after["forward"][:, :t + 1], base["forward"][:, :t + 1], rtol=0, atol=0)
+    torch.testing.assert_close(before["backward"][:, t:], base["backward"][:, t:], rtol=0, atol=0)
+    # the other direction and the full view do read them: the check above can fail
+    assert not torch.allclose(after["backward"][:, :t + 1], base["backward"][:, :t + 1])
+    assert not torch.allclose(before["forward"][:, t:], base["forward"][:, t:])
+    assert not torch.allclose(after["full"][:, t], base["full"][:, t])
+
+
+def test_views_of_a_padded_row_equal_the_row_alone():
+    model = tiny_model(dropout=0.0).eval()
+    ids = torch.randint(1, 40, (1, 6))
+    padded = torch.cat([ids, torch.zeros(1, 3, dtype=torch.long)], 1)
+    mask = torch.tensor([[True] * 6 + [False] * 3])
+    with torch.no_grad():
+        alone, with_padding = model.encoder.views(ids), model.encoder.views(padded, mask)
+    for name in ("forward", "backward", "full"):
+        torch.testing.assert_close(with_padding[name][:, :6], alone[name], rtol=1e-5, atol=1e-6)
+
+
+def test_teacher_has_no_dropout_and_no_gradient():
+    model = tiny_model(dropout=0.5).train()
+    objective = model.objectives["cvt"]
+    ids, mask = torch.randint(1, 40, (3, 7)), torch.ones(3, 7, dtype=torch.bool)
+    first, second = objective.teacher(model, ids, mask), objective.teacher(model, ids, mask)
+    assert not first.requires_grad
+    torch.testing.assert_close(first, second, rtol=0, atol=0)  # no dropout: the same every call
+    model.eval()
+    with torch.no_grad():
+        expected = torch.softmax(model.objectives["token-head"].score(model.encoder(ids, mask).last_hidden_state), -1)
+    torch.testing.assert_close(first, expected)
+    model.train()
+    assert model.training  # the teacher puts the model back in training mode
+    # dropout is on for the students: two student passes differ
+    a = objective.student_logits(model, ids, mask)["forward"][0]
+    b = objective.student_logits(model, ids, mask)["forward"][0]
+    assert not torch.allclose(a, b)
+    loss, _ = model.loss({"input_ids": ids, "attention_mask": mask, "unlabeled": torch.ones(3, dtype=torch.bool)})
+    loss.backward()
+    # the primary module (the encoder's hidden layer and the head) gets no gradient; the shared LSTMs and the
+    # auxiliary modules do
+    assert model.encoder.primary.weight.grad is None
+    assert model.objectives["token-head"].score.weight.grad is None
+    assert model.encoder.forward_lstm.lstm.weight_ih_l0.grad.abs().sum() > 0
+    for module in objective.modules_by_view.values():
+        assert module.score.weight.grad.abs().sum() > 0
+
+
+def test_unlabeled_loss_is_the_hand_computed_soft_cross_entropy_sum():
+    model = tiny_model(dropout=0.0).eval()
+    objective = model.objectives["cvt"]
+    ids = torch.randint(1, 40, (2, 6))
+    mask = torch.tensor([[True] * 6, [True] * 4 + [False] * 2])
+    with torch.no_grad():
+        loss = objective.unlabeled_loss(model, ids, mask).item()
+        teacher = objective.teacher(model, ids, mask)
+        views = model.encoder.views(ids, mask)
+        modules = objective.modules_by_view
+        expected = 0.0
+        for view, states, shift in (("forward", "forward", 0), ("backward", "backward", 0), ("future", "forward", 1),
+                                    ("past", "backward", -1), ("full", "full", 0)):
+            terms = []
+            for b in range(2):
+                n = int(mask[b].sum())
+                for t in range(n):
+                    target = t + shift
+                    if not 0 <= target < n:
+                        continue
+                    q = torch.softmax(modules[f"{view}_module"](views[states][b, t]), -1)
+                    p = teacher[b, target]
+                    terms.append(-sum(p[y].item() * math.log(q[y].item()) for y in range(LABELS)))
+            expected += sum(terms) / len(terms)
+    assert loss == pytest.approx(expected, rel=1e-5)
+
+
+def test_labelled_batches_train_the_head_and_unlabelled_ones_the_views():
+    model = tiny_model(dropout=0.0)
+    ids, mask = torch.randint(1, 40, (2, 5)), torch.ones(2, 5, dtype=torch.bool)
+    labels = torch.randint(0, LABELS, (2, 5))
+    _, parts = model.loss({"input_ids": ids, "attention_mask": mask, "labels": labels})
+    assert parts["cvt"].item() == 0 and parts["token-head"].item() > 0
+    _, parts = model.loss({"input_ids": ids, "attention_mask": mask, "unlabeled": torch.ones(2, dtype=torch.bool)})
+    assert parts["token-head"].item() == 0 and parts["cvt"].item() > 0
+
+
+def test_schedule_is_the_papers():
+    assert cvt_rate(0, 0.5) == pytest.approx(0.5 * (1 / 5000) / (1 + 0.005))
+    assert cvt_rate(9999, 0.5) == pytest.approx(0.5 / (1 + 0.005 * 100))
+    assert cvt_rate(4999, 0.5) == pytest.approx(0.5 / (1 + 0.005 * math.sqrt(5000)))
+
+
+# -- the CLI ---------------------------------------------------------------------------------------
+
+
+def cli(*args):
+    result = run_cli(*args)
+    assert result.code == 0, result.err
+    return result
+
+
+@pytest.fixture(scope="module")
+def task(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cvt")
+    files = write_task(str(root), labelled=40, unlabeled=120, dev=20, n_names=200, scheme="BIOES")
+    cli("tokenizer", "train", "--kind", "word", "--vocab-size", 300, "--set",
+        'special_tokens=["<pad>","<unk>","<s>","</s>"]', files["unlabeled"], "--out", root / "tok")
+    cli("compose", "cvt-tiny", "--set", f"tokenizer={root / 'tok'}", "--out", root / "model")
+    return {**files, "root": root, "model": str(root / "model")}
+
+
+def test_finetune_with_unlabeled_text_then_predict_and_export(task, tmp_path):
+    out = tmp_path / "ner"
+    cli("finetune", task["model"], "--task", "token-classification", "--recipe", "cvt", "--train", task["train"],
+        "--unlabeled", task["unlabeled"], "--dev", task["dev"], "--out", out, "--steps", 6, "--batch-size", 8)
+    config = json.loads((out / "best" / "config.json").read_text())
+    assert [o["type"] for o in config["spec"]["objectives"]] == ["token-head", "cvt"]
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert any(m.get("loss_cvt", 0) > 0 for m in metrics)  # unlabelled batches did train the views
+    predicted = cli("predict", out / "best", "--data", task["dev"])
+    rows = [json.loads(line) for line in predicted.out.splitlines()]
+    assert len(rows) == 20 and all(set(r["tags"]) <= {"O", "B-PER", "I-PER", "E-PER", "S-PER", "B-LOC", "E-LOC",
+                                                       "S-LOC", "B-ORG", "E-ORG", "S-ORG", "I-LOC", "I-ORG"}
+                                   for r in rows)
+    cli("export", out / "best", "--out", tmp_path / "exported")
+    child = NO_TORCH + "from lmkit.cli import main\nmain()\n"
+    done = subprocess.run([sys.executable, "-c", child, "predict", str(tmp_path / "exported"), "--data", task["dev"]],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    served = [json.loads(line) for line in done.stdout.splitlines()]
+    assert [r["tags"] for r in served] == [r["tags"] for r in rows]
+    np.testing.assert_allclose([p for r in served for p in r["probabilities"]],
+                               [p for r in rows for p in r["probabilities"]], atol=1e-4)
+
+
+def one_line_error(result, *fragments):
+    assert result.code != 0
+    assert len(result.err.strip().splitlines()) == 1 and "Traceback" not in result.err, result.err
+    for fragment in fragments:
+        assert fragment in result.err, result.err
+
+
+def finetune_args(task, out, *extra):
+    return ("finetune", task["model"], "--task", "token-classification", "--train", task["train"], "--dev",
+            task["dev"], "--out", out, "--steps", 1, *extra)
+
+
+def test_bad_unlabeled_text_is_a_one_line_error(task, tmp_path):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n  \n")
+    one_line_error(run_cli(*finetune_args(task, tmp_path / "a", "--unlabeled", empty)), "holds no text")
+    latin = tmp_path / "latin.txt"
+    latin.write_bytes(b"good words\nmore words\ncaf\xe9 au lait\n")
+    one_line_error(run_cli(*finetune_args(task, tmp_path / "b", "--unlabeled", latin)), "not UTF-8", "line 3",
+                   "byte offset 25 (0xe9)")
+    one_line_error(run_cli(*finetune_args(task, tmp_path / "c", "--unlabeled", task["unlabeled"], "--recipe",
+                                          "encoder")), "--unlabeled", "encoder recipe")
+    sentences = tmp_path / "sentences.jsonl"
+    sentences.write_text("".join(json.dumps({"text": "mr bobe said", "label": label}) + "\n" for label in "abab"))
+    one_line_error(run_cli("finetune", task["model"], "--task", "classification", "--train", sentences,
+                           "--unlabeled", task["unlabeled"], "--out", tmp_path / "d"), "token classification only")
+    for name in ("a", "b", "c", "d"):
+        assert not os.path.exists(tmp_path / name)
+
+
+def test_bad_conll_files_are_one_line_errors(task, tmp_path):
+    missing = tmp_path / "missing.conll"
+    missing.write_text("mr O\nbobe B-PER\nsaid\n\n")
+    one_line_error(run_cli("finetune", task["model"], "--task", "token-classification", "--train", missing,
+                           "--out", tmp_path / "a"), "line 3")
+    other = tmp_path / "other.conll"
+    other.write_text("mr O\nbobe B-MISC\nsaid O\n\n")
+    one_line_error(run_cli("finetune", task["model"], "--task", "token-classification", "--train", task["train"],
+                           "--dev", other, "--out", tmp_path / "b"), "B-MISC", "line 2")
+
+
+def test_moving_average_follows_the_weights_and_is_swapped_in_for_evaluation():
+    model = tiny_model(dropout=0.0).train()
+    objective = model.objectives["cvt"]
+    head = model.objectives["token-head"].score
+    batch = {"input_ids": torch.randint(1, 40, (2, 5)), "attention_mask": torch.ones(2, 5, dtype=torch.bool),
+             "labels": torch.randint(0, LABELS, (2, 5))}
+    model.loss(batch)  # the first update copies the weights
+    first = head.weight.detach().clone()
+    with torch.no_grad():
+        head.weight.add_(1.0)
+    model.loss(batch)  # update 1: decay min(0.998, 2 / 11)
+    decay = 2 / 11
+    with objective.averaged_weights(model):
+        torch.testing.assert_close(head.weight, decay * first + (1 - decay) * (first + 1.0))
+    torch.testing.assert_close(head.weight, first + 1.0)  # put back
+    assert int(objective.ema_updates) == 2
+
+
+def test_resumed_cvt_run_ends_where_the_whole_one_does(task, tmp_path, monkeypatch):
+    """A run stopped after its step-2 checkpoint, then resumed, ends bit for bit where the whole run does:
+    labelled and unlabelled batches, and the moving average, pick up where the checkpoint left them."""
+    from safetensors.torch import load_file
+
+    from lmkit.training import trainer
+
+    whole, halves = tmp_path / "whole", tmp_path / "halves"
+    common = ("--task", "token-classification", "--recipe", "cvt", "--train", task["train"], "--unlabeled",
+              task["unlabeled"], "--dev", task["dev"], "--batch-size", 8, "--eval-every", 2, "--steps", 4,
+              # the paper's optimisation: SGD with momentum 0.9 at 0.5 on the cvt schedule
+              "--optimizer", "sgd", "--optimizer-set", "momentum=0.9", "--schedule", "cvt", "--lr", 0.5)
+    cli("finetune", task["model"], *common, "--out", whole)
+    save = trainer.save_checkpoint
+
+    def save_then_stop(directory, model, optimizer, names, state):
+        save(directory, model, optimizer, names, state)
+        if state["step"] == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(trainer, "save_checkpoint", save_then_stop)
+    assert run_cli("finetune", task["model"], *common, "--out", halves).code == 130
+    monkeypatch.undo()
+    cli("finetune", "--resume", "--out", halves)
+    lrs = [json.loads(line)["lr"] for line in (whole / "metrics.jsonl").read_text().splitlines()]
+    assert lrs[-1] == pytest.approx(cvt_rate(3, 0.5))
+    a, b = load_file(f"{whole}/model.safetensors"), load_file(f"{halves}/model.safetensors")
+    assert a.keys() == b.keys() and any(name.startswith("objectives.cvt.ema_") for name in a)
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+
+
+def test_bio_and_bioes_tags_of_the_same_sentences_give_the_same_entities(tmp_path):
+    from lmkit.tasks import chunks
+    from lmkit.tasks.tokens import read_conll
+
+    entities = {}
+    for scheme in ("BIO", "BIOES"):
+        (tmp_path / scheme).mkdir()
+        files = write_task(str(tmp_path / scheme), labelled=30, unlabeled=1, dev=1, scheme=scheme, seed=3)
+        data = read_conll(files["train"])
+        resolved = chunks.resolve_scheme("auto", data.labels)
+        strict = {"BIO": "iob2", "BIOES": "iobes"}[scheme]
+        assert resolved in ({"conlleval", "iob2"} if scheme == "BIO" else {"iobes"})
+        tags = [[data.labels[t] for t in sentence.tags] for sentence in data.examples]
+        assert chunks.entity_f1(tags, tags, resolved)["entity_f1"] == 1.0
+        entities[scheme] = [chunks.strict_entities(row, strict) for row in tags]
+    assert entities["BIO"] == entities["BIOES"] and sum(map(len, entities["BIO"])) > 30
