@@ -77,6 +77,9 @@ def export_model(model_dir: str, out: str, *, precision: str = "fp32", layout: s
         raise LmkitError(f"exporter '{exporter.name}' made a '{plan.architecture}' export, which no installed "
                          f"export runtime serves (installed: {', '.join(sorted(runtimes)) or 'none'}); its plugin "
                          "registers one with the register_export_runtimes hook")
+    if precision not in plan.precisions:
+        raise LmkitError(f"exporter '{exporter.name}' cannot export this model in {precision} (it supports "
+                         f"{', '.join(plan.precisions)}): export with --dtype fp32 and no --quantize, or in one of those")
     if (plan.layout is not None) != (model.kind == "encoder-decoder"):
         raise LmkitError(f"exporter '{exporter.name}' must give an encoder-decoder model's plan a layout "
                          "(lmkit.exports.graphs.EncoderDecoderLayout), and no other model's")

@@ -161,12 +161,15 @@ class ExportPlan:
     dimensions: what the runtime needs to know that the graphs do not say (e.g. max_length, the
         most positions the model reads, None for no limit; vocab_size), written to the manifest.
     layout: an encoder-decoder's wiring of its two graphs (EncoderDecoderLayout), None otherwise.
+    precisions: those onnxruntime runs these graphs in; `lmkit export` refuses the others before it
+        writes anything (onnxruntime's CPU provider crashes on an LSTM loop in fp16, for one).
     """
 
     architecture: str
     graphs: list[Graph]
     dimensions: dict[str, Any] = field(default_factory=dict)
     layout: EncoderDecoderLayout | None = None
+    precisions: tuple[str, ...] = ("fp32", "fp16", "int8")
 
 
 # -- what the runtimes read of a graph's entry in the manifest ---------------------------------------

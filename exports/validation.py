@@ -18,6 +18,7 @@ manifest's `top1_graphs` names the graphs the figure was measured on.
 """
 from __future__ import annotations
 
+import contextlib
 import re
 from dataclasses import asdict, dataclass
 
@@ -58,14 +59,16 @@ def validate(graphs: list[tuple[Graph, str]], precision: str, threshold: Thresho
 
     results = []
     for graph, path in graphs:
-        session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+        with _onnxruntime_errors(graph.name, precision):
+            session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
         names = [t.name for t in graph.outputs]
         for shape_set in graph.validation:
             with torch.no_grad():
                 expected = graph.module(*(torch.from_numpy(shape_set.inputs[t.name]) for t in graph.inputs))
             if isinstance(expected, torch.Tensor):  # a graph of one output may return it bare
                 expected = (expected,)
-            actual = session.run(names, shape_set.inputs)
+            with _onnxruntime_errors(graph.name, precision):
+                actual = session.run(names, shape_set.inputs)
             expected = [e.numpy() for e in expected]
             result = _compare(graph, shape_set, names, expected, actual)
             if head is not None and {"pooler_output", "last_hidden_state"} <= set(names):
@@ -87,6 +90,17 @@ def validate(graphs: list[tuple[Graph, str]], precision: str, threshold: Thresho
     }
     _check(report, results, precision, threshold)
     return report
+
+
+@contextlib.contextmanager
+def _onnxruntime_errors(graph: str, precision: str):
+    """A graph onnxruntime cannot load or run becomes a one-line ValidationError, not an internal error."""
+    try:
+        yield
+    except Exception as error:  # onnxruntime raises its own types (Fail, InvalidGraph, NotImplemented, ...)
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ValidationError(f"onnxruntime cannot run the {precision} graph '{graph}' ({reason}); export it in fp32, "
+                              "or in another precision the model supports") from None
 
 
 @dataclass

@@ -171,6 +171,7 @@ def test_the_command_prints_neurons_and_edits_and_json(run, models, tmp_path):
     ("bert-tiny", "[MASK] capital of [MASK]", "paris", "has 2 blanks"),
     ("bert-tiny", "the capital is [MASK]", "parisrome", "tokens for this tokenizer"),
     ("gpt2-tiny", "the capital is [MASK]", "paris", "a causal LM reads the answer as the next token"),
+    ("bert-tiny", "the capital is [MASK]", "xylophone", "is not in the tokenizer's vocabulary"),
 ])
 def test_bad_prompts_and_answers_get_one_line_errors(run, models, preset, prompt, answer, message):
     result = run("neurons", models[preset], "--prompt", prompt, "--answer", answer)

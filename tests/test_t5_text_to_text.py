@@ -50,6 +50,19 @@ def test_other_task_files_read_as_t5_casts_them(tmp_path):
     assert (example.source, example.target) == (f"question: Who wrote it? context: {context}", "Ada Lovelace")
 
 
+def test_dev_reads_with_the_training_files_prefix_and_a_missing_file_is_named(tmp_path):
+    from lmkit.tasks.text_to_text import TextToTextKind
+
+    for name in ("train.tsv", "dev.tsv"):
+        (tmp_path / name).write_text("sentence\tlabel\nIt rains.\tbad\n")
+    kind = TextToTextKind("text-to-text", None)
+    train, dev = kind.read(str(tmp_path / "train.tsv")), kind.read(str(tmp_path / "dev.tsv"))
+    assert train.examples[0].source == dev.examples[0].source == "train: It rains."  # not "dev: It rains."
+    for path in ("missing.jsonl", "missing.tsv", "missing.json"):
+        with pytest.raises(DataError, match=f"task file .*{path} does not exist"):
+            read_task(str(tmp_path / path))
+
+
 def test_finetune_then_eval_agree_with_generate(tmp_path):
     words = "red green blue cat dog sun moon tree".split()
     rows = [{"prefix": "reverse", "input": f"{a} {b}", "target": f"{b} {a}"} for a in words for b in words if a != b]

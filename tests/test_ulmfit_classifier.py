@@ -140,3 +140,13 @@ def test_the_ulmfit_recipe_on_another_model_says_what_it_needs(lm, tmp_path):
     errors = [line for line in result.err.splitlines() if line.startswith("error:")]
     assert result.code != 0 and len(errors) == 1 and "AWD-LSTM language model" in errors[0], result.err
     assert not os.path.exists(tmp_path / "clf")
+
+
+def test_an_lm_export_in_fp16_is_refused_before_anything_is_written(lm):
+    """onnxruntime's CPU provider crashes the process on this LSTM graph in fp16: the plan leaves fp16 out."""
+    out = lm["root"] / "lm-fp16"
+    result = run_cli("export", lm["lm"], "--out", str(out), "--dtype", "fp16")
+    error = result.err.strip().splitlines()[-1]  # after the line that says what is being exported
+    assert result.code == 1 and error.startswith("error: "), result.err
+    assert "cannot export this model in fp16 (it supports fp32, int8)" in error
+    assert not out.exists() and not [p for p in lm["root"].iterdir() if p.name.startswith(".lm-fp16")]

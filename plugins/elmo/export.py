@@ -56,4 +56,7 @@ def export_plan(model) -> ExportPlan:
         scores=None, exporter="legacy")
     return ExportPlan(ARCHITECTURE, [graph], dimensions={"max_length": None, "d_model": D, "vocab_size": vocab,
                                                         "type_vocab_size": 0, "pooled": "mean of the mix over real tokens",
-                                                        "n_layers": L})
+                                                        "n_layers": L},
+                      # onnxruntime refuses int8 on the stacked directions' weights (MatMulInteger zero points) and
+                      # fp16 inside the time Loop: fp32 only (benchmarks/bench_elmo.py measures a per-tensor int8).
+                      precisions=("fp32",))

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import click
 
@@ -19,12 +20,12 @@ import click
 @click.option("--share", default=0.7, show_default=True, type=float,
               help="Keep neurons that at least this share of the prompts keep (moved by 0.05, at most 6 times, "
                    "toward 2-5 neurons, as the paper does).")
-@click.option("--suppress", "edit", flag_value="suppress", help="Also report P(answer) with the neurons set to 0.")
-@click.option("--amplify", "edit", flag_value="amplify", help="Also report P(answer) with the neurons doubled.")
+@click.option("--suppress", is_flag=True, help="Also report P(answer) with the neurons set to 0.")
+@click.option("--amplify", is_flag=True, help="Also report P(answer) with the neurons doubled.")
 @click.option("--plot", type=click.Path(dir_okay=False),
               help="Write a heat map (PNG) of the first prompt's attributions by layer and neuron (needs matplotlib).")
 @click.option("--json", "as_json", is_flag=True, help="Print everything, attributions included, as JSON.")
-def neurons_command(model_dir, prompts, answer, steps, threshold, share, edit, plot, as_json):
+def neurons_command(model_dir, prompts, answer, steps, threshold, share, suppress, amplify, plot, as_json):
     """The knowledge neurons of a fact in MODEL_DIR (Dai et al. 2022): FFN units whose integrated-gradients
     attribution to P(answer) is high across the fact's prompts.
 
@@ -37,6 +38,8 @@ def neurons_command(model_dir, prompts, answer, steps, threshold, share, edit, p
     require_torch("lmkit neurons")
     if plot is not None and not plot.endswith(".png"):
         raise click.UsageError(f"--plot {plot}: give a .png file name")
+    if plot is not None and not os.path.isdir(os.path.dirname(os.path.abspath(plot))):
+        raise click.UsageError(f"--plot {plot}: the folder {os.path.dirname(os.path.abspath(plot))} does not exist")
     from lmkit.model import load_model
 
     from .attribution import attributions, probability_with, shared_neurons
@@ -48,10 +51,11 @@ def neurons_command(model_dir, prompts, answer, steps, threshold, share, edit, p
     neurons, chosen_share = shared_neurons(per_prompt, threshold, share)
     report = {"answer": answer, "steps": steps, "threshold": threshold, "share": chosen_share,
               "neurons": [list(n) for n in neurons], "prompts": []}
-    done, factor = {"suppress": ("suppressed", 0.0), "amplify": ("amplified", 2.0)}.get(edit, (None, None))
+    edits = [(done, factor) for done, factor, wanted in (("suppressed", 0.0, suppress), ("amplified", 2.0, amplify))
+             if wanted]
     for prompt, query, attribution in zip(prompts, queries, per_prompt):
         row = {"prompt": prompt, "probability": probability_with(model, query, [], 1.0)}
-        if factor is not None:
+        for done, factor in edits:
             row[done] = probability_with(model, query, neurons, factor)
         if as_json:
             row["attributions"] = [[round(v, 7) for v in layer] for layer in attribution.tolist()]
@@ -64,7 +68,7 @@ def neurons_command(model_dir, prompts, answer, steps, threshold, share, edit, p
         click.echo(json.dumps(report))
         return
     for row in report["prompts"]:
-        after = f"  {done} {row[done]:.4f}" if factor is not None else ""
+        after = "".join(f"  {done} {row[done]:.4f}" for done, _ in edits)
         click.echo(f"P({answer}) {row['probability']:.4f}{after}  {row['prompt']}")
     shown = " ".join(f"{layer}:{index}" for layer, index in neurons) or "none"
     click.echo(f"knowledge neurons (layer:index, kept by >= {chosen_share:g} of {len(prompts)} prompts): {shown}")

@@ -14,10 +14,12 @@ def make_queries(model, tokenizer, prompts, answer: str) -> list[Query]:
     """One Query per prompt. Raises LmkitError (one line) for a prompt without exactly one blank on a masked
     LM, a blank on a causal LM, an answer that is not one token, or a model with neither head."""
     masked = model.encoder is not None
-    if masked and "masked-lm" not in model.objectives:
-        raise LmkitError("the model has no masked-LM head (a fine-tuned model loses it): use the pretrained masked LM")
-    if not masked and model.decoder is None:
-        raise LmkitError("knowledge neurons need a masked LM (BERT family) or a causal LM (GPT family)")
+    if not (model.kind == "decoder" or model.kind == "encoder" and "masked-lm" in model.objectives):
+        what = (f"an encoder-only model whose objectives are {', '.join(model.objectives) or 'none'}"
+                if model.kind == "encoder" else f"an {model.kind} model")
+        raise LmkitError(f"knowledge neurons need a BERT-family masked LM with its masked-lm head, or a GPT-family "
+                         f"causal LM; this is {what} (a fine-tuned encoder has lost its masked-lm head: use the "
+                         "pretrained one)")
     mask_token = tokenizer.special_tokens.get("mask") if masked else None
     if masked and mask_token is None:
         raise LmkitError("the model's tokenizer has no mask token to mark the blank with")
@@ -49,6 +51,10 @@ def make_queries(model, tokenizer, prompts, answer: str) -> list[Query]:
 def answer_id(tokenizer, answer: str, spaced: bool) -> int:
     """The answer's one token id, read as it would follow the prompt (after a space when it does)."""
     ids = tokenizer.encode((" " if spaced else "") + answer.strip())
+    unknown = tokenizer.special_tokens.get("unk")
+    if len(ids) == 1 and unknown is not None and ids[0] == tokenizer.token_to_id(unknown):
+        raise LmkitError(f"answer {answer!r} is not in the tokenizer's vocabulary (it reads as {unknown}); give a word "
+                         "the vocabulary holds")
     if len(ids) != 1:
         pieces = ", ".join(repr(tokenizer.id_to_token(i)) for i in ids)
         raise LmkitError(f"answer {answer!r} is {len(ids)} tokens for this tokenizer ({pieces}); give one token: a "

@@ -101,6 +101,9 @@ def finetune_command(pretrained, kind, train_path, dev_path, out, labels, text_f
     from ..tasks.finetune import resume as resume_run
 
     if resume:
+        if noisy_tune:
+            raise click.UsageError("--noisy-tune shakes the weights once, at a run's start; a resumed run goes on from "
+                                   "the weights it saved: leave --noisy-tune out")
         if pretrained is not None or kind or train_path or dev_path or unlabeled or optimizer or schedule:
             raise click.UsageError("--resume goes on with the run in --out, with its own model and task files; "
                                    "leave PRETRAINED, --task, --train and --dev out")

@@ -44,6 +44,8 @@ def read_task(path: str, require_labels: bool = True, prefix: str = "") -> TextP
     """
     import os
 
+    if not os.path.isfile(path):
+        raise DataError(f"task file {path} does not exist")
     if path.endswith(".json"):
         from .qa import read_squad
 
@@ -56,7 +58,7 @@ def read_task(path: str, require_labels: bool = True, prefix: str = "") -> TextP
     from .formats import read_task_file
 
     data = read_task_file(path, "classification", require_labels=require_labels)
-    name = prefix or os.path.splitext(os.path.basename(path))[0]
+    name = prefix or task_name(path)
     examples = []
     for example in data.examples:
         texts = example.texts
@@ -65,6 +67,13 @@ def read_task(path: str, require_labels: bool = True, prefix: str = "") -> TextP
         target = data.labels[example.label] if example.label != -1 else None
         examples.append(TextPair(source, target))
     return TextPairs(path, examples, lines=list(data.lines) or None)
+
+
+def task_name(path: str) -> str:
+    """The prefix a classification file's examples get by default: its file name without the extension."""
+    import os
+
+    return os.path.splitext(os.path.basename(path))[0]
 
 
 def _is_text_to_text(path: str) -> bool:
@@ -133,9 +142,11 @@ class TextToTextKind:
 
     def __init__(self, name: str, options):
         self.options = options
+        self.prefix = ""  # a classification file's: the first file read names it (--train), so --dev matches
 
     def read(self, path: str, labels: tuple[str, ...] = (), require_labels: bool = True) -> TextPairs:
-        return read_task(path, require_labels)
+        self.prefix = self.prefix or task_name(path)  # unused by text-to-text JSONL and SQuAD files
+        return read_task(path, require_labels, self.prefix)
 
     def head_options(self, data) -> dict:
         return {}
