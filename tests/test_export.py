@@ -681,4 +681,4 @@ def test_a_third_party_decoder_without_an_exporter_says_which_and_whose(third_pa
         find_exporter(spec, host)
     message = str(error.value)
     assert "the decoder 'bigram' of plugin 'example' (lmkit-example 0.3.1) cannot be exported yet" in message
-    assert "exporters available: decoder.gpt" in message and "\n" not in message
+    assert "exporters available: " in message and "decoder.gpt, " in message and "\n" not in message

@@ -43,7 +43,7 @@ def test_the_three_architectures_are_registered_runtimes():
 
     runtimes = get_host().components["export-runtime"]
     assert {"decoder-only", "encoder-only", "encoder-decoder"} <= set(runtimes)
-    assert all(component.plugin == "core" for component in runtimes.values())
+    assert all(runtimes[name].plugin == "core" for name in ("decoder-only", "encoder-only", "encoder-decoder"))
 
 
 def test_an_export_of_an_unknown_architecture_is_a_one_line_error_naming_what_is_installed(tiny_gpt2_export,
@@ -60,7 +60,9 @@ def test_an_export_of_an_unknown_architecture_is_a_one_line_error_naming_what_is
         lmkit.exports.load(copy)
     message = str(caught.value)
     assert "\n" not in message and "'prefix-lm' export, which no installed export runtime serves" in message
-    assert "decoder-only, encoder-decoder, encoder-only" in message and "register_export_runtimes" in message
+    installed = message.split("(installed: ")[1].split(")")[0].split(", ")
+    assert {"decoder-only", "encoder-decoder", "encoder-only"} <= set(installed) and installed == sorted(installed)
+    assert "register_export_runtimes" in message
 
 
 # -- a toy encoder-decoder: padded encoder, growing self-attention past, cross keys/values once ----
