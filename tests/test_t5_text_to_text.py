@@ -54,7 +54,7 @@ def test_dev_reads_with_the_training_files_prefix_and_a_missing_file_is_named(tm
     from lmkit.tasks.text_to_text import TextToTextKind
 
     for name in ("train.tsv", "dev.tsv"):
-        (tmp_path / name).write_text("sentence\tlabel\nIt rains.\tbad\n")
+        (tmp_path / name).write_text("sentence\tlabel\nIt rains.\tbad\nIt shines.\tgood\n")
     kind = TextToTextKind("text-to-text", None)
     train, dev = kind.read(str(tmp_path / "train.tsv")), kind.read(str(tmp_path / "dev.tsv"))
     assert train.examples[0].source == dev.examples[0].source == "train: It rains."  # not "dev: It rains."
