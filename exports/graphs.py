@@ -62,6 +62,18 @@ class ShapeSet:
     scored: np.ndarray | None = None
 
 
+def right_padded_shape_set(rng: np.random.Generator, vocab_size: int, batch: int, tokens: int) -> ShapeSet:
+    """Random input_ids (batch, tokens) and an attention_mask whose first and last rows are right-padded
+    (by up to 3 and 1 tokens) when batch > 1: what an encoder that reads each row's real tokens only (a
+    backward LSTM starts at the last real one) is validated on."""
+    ids = rng.integers(0, vocab_size, size=(batch, tokens)).astype(np.int64)
+    mask = np.ones((batch, tokens), dtype=np.int64)
+    if batch > 1:
+        mask[0, tokens - min(3, tokens - 1):] = 0
+        mask[-1, tokens - min(1, tokens - 1):] = 0
+    return ShapeSet({"batch_size": batch, "tokens": tokens}, {"input_ids": ids, "attention_mask": mask})
+
+
 @dataclass
 class Graph:
     """One ONNX graph to write: `module(*inputs)` returns the outputs, in the order listed here.

@@ -15,7 +15,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from lmkit.exports.graphs import BATCH, SEQUENCE, ExportPlan, Graph, ShapeSet, TensorInfo
+from lmkit.exports.graphs import (
+    BATCH,
+    SEQUENCE,
+    ExportPlan,
+    Graph,
+    ShapeSet,
+    TensorInfo,
+    right_padded_shape_set,
+)
 
 ARCHITECTURE = "elmo-bilm"
 
@@ -36,13 +44,8 @@ def export_plan(model) -> ExportPlan:
     vocab = encoder.config.vocab_size
     rng = np.random.default_rng(0)
 
-    def shape_set(batch, tokens):
-        ids = rng.integers(0, vocab, size=(batch, tokens)).astype(np.int64)
-        mask = np.ones((batch, tokens), dtype=np.int64)
-        if batch > 1:  # right-padded rows: the backward LSTMs must start at each row's last real token
-            mask[0, tokens - min(3, tokens - 1):] = 0
-            mask[-1, tokens - min(1, tokens - 1):] = 0
-        return ShapeSet({"batch_size": batch, "tokens": tokens}, {"input_ids": ids, "attention_mask": mask})
+    def shape_set(batch: int, tokens: int) -> ShapeSet:
+        return right_padded_shape_set(rng, vocab, batch, tokens)
 
     example = shape_set(2, 7)
     graph = Graph(

@@ -166,7 +166,7 @@ def cove_export_plan(model) -> ExportPlan:
     state reads padding. Validation checks it on batches with padded rows. The word vectors (the
     NMT embedding, or a GloVe file given as `vectors`) are constants of the graph.
     """
-    from lmkit.exports.graphs import ENCODER, SEQUENCE
+    from lmkit.exports.graphs import ENCODER, SEQUENCE, right_padded_shape_set
 
     cove = model.encoder
     D = cove.d_model
@@ -174,13 +174,8 @@ def cove_export_plan(model) -> ExportPlan:
     limit = cove.max_positions
     rng = np.random.default_rng(0)
 
-    def shape_set(batch, tokens):
-        ids = rng.integers(0, vocab, size=(batch, tokens)).astype(np.int64)
-        mask = np.ones((batch, tokens), dtype=np.int64)
-        if batch > 1:
-            mask[0, tokens - min(3, tokens - 1):] = 0  # a right-padded row
-            mask[-1, tokens - min(1, tokens - 1):] = 0
-        return ShapeSet({"batch_size": batch, "tokens": tokens}, {"input_ids": ids, "attention_mask": mask})
+    def shape_set(batch: int, tokens: int) -> ShapeSet:
+        return right_padded_shape_set(rng, vocab, batch, tokens)
 
     example = shape_set(2, 7)
     graph = Graph(

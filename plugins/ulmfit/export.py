@@ -14,7 +14,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from lmkit.exports.graphs import BATCH, SEQUENCE, ExportPlan, Graph, ShapeSet, TensorInfo
+from lmkit.exports.graphs import (
+    BATCH,
+    SEQUENCE,
+    ExportPlan,
+    Graph,
+    ShapeSet,
+    TensorInfo,
+    right_padded_shape_set,
+)
 from lmkit.nn.recurrent import RecurrentCache
 
 from .runtime import ARCHITECTURE
@@ -104,12 +112,7 @@ def classifier_plan(model) -> ExportPlan:
     rng = np.random.default_rng(0)
 
     def shape_set(batch: int, tokens: int) -> ShapeSet:
-        ids = rng.integers(0, V, size=(batch, tokens)).astype(np.int64)
-        mask = np.ones((batch, tokens), dtype=np.int64)
-        if batch > 1:
-            mask[0, tokens - min(3, tokens - 1):] = 0  # right-padded rows
-            mask[-1, tokens - min(1, tokens - 1):] = 0
-        return ShapeSet({"batch_size": batch, "tokens": tokens}, {"input_ids": ids, "attention_mask": mask})
+        return right_padded_shape_set(rng, V, batch, tokens)
 
     example = shape_set(2, 7)
     graph = Graph(
