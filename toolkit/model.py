@@ -127,10 +127,12 @@ def _named_parts(spec: ModelSpec):
         yield f"objectives.{part.type}", part
 
 
-def save_weights(model: nn.Module, path: str, metadata: dict | None = None) -> None:
+def save_weights(model: nn.Module | dict[str, torch.Tensor], path: str, metadata: dict | None = None) -> None:
+    """Write a model's weights (or a state dict already gathered, as a sharded run's) as safetensors."""
     from safetensors.torch import save
 
-    state = {name: tensor.detach().contiguous().cpu() for name, tensor in model.state_dict().items()}
+    tensors = model if isinstance(model, dict) else model.state_dict()
+    state = {name: tensor.detach().contiguous().cpu() for name, tensor in tensors.items()}
     payload = save(state, metadata={"format": "pt", **(metadata or {})})
     with atomic_write(path, "wb") as out:
         out.write(payload)

@@ -38,6 +38,8 @@ import click
               help="Share of --data held out for validation when there is no --val-data.  [default: 0.05]")
 @click.option("--text-field", help="The field of .jsonl records that holds the text.  [default: text]")
 @click.option("--device", help="auto (cuda when there is one), cpu, cuda or cuda:N.  [default: auto]")
+@click.option("--shard", is_flag=True, default=None,
+              help="Under torchrun: shard weights, gradients and optimizer state over the processes (FSDP2).")
 @click.option("--optimizer", metavar="NAME",
               help="A registered optimizer (lmkit components --kind optimizer): adamw, sgd, ...  [default: adamw]")
 @click.option("--optimizer-set", "optimizer_options", multiple=True, metavar="KEY=VALUE",
@@ -54,7 +56,8 @@ import click
 def train_command(model_dir, resume, **options):
     """Train the model in MODEL_DIR on text; checkpoints and metrics.jsonl go into MODEL_DIR.
 
-    Run it under `torchrun --nproc-per-node N -m lmkit train ...` to train on N processes.
+    Run it under `torchrun --nproc-per-node N -m lmkit train ...` to train on N processes, each with
+    the whole model (DDP), or with 1/N of it (--shard, FSDP2); see docs/distributed.md.
     """
     from ..errors import require_torch
 

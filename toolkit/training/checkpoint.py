@@ -4,7 +4,8 @@ A checkpoint is three files beside config.json and tokenizer.json:
 
     model.safetensors      the weights, as lmkit.model.save_weights writes them
     optimizer.safetensors  every tensor of the optimizer's state, named `<parameter name>.<key>`
-                           (AdamW: exp_avg, exp_avg_sq, and step as a 0-d float32 tensor)
+                           (AdamW: exp_avg, exp_avg_sq, and step as a 0-d float32 tensor); a
+                           sharded run (--shard) writes optimizer.dcp/ instead (lmkit.training.sharding)
     trainer_state.json     the step, the arguments, each process's RNG state, the data position,
                            the spec and tokenizer the run was started with, and what training
                            carries between steps besides the weights (a stateful LM's state)
@@ -32,9 +33,10 @@ from .arguments import TrainingError
 OPTIMIZER = "optimizer.safetensors"
 STATE = "trainer_state.json"
 STATE_FORMAT = "lmkit-trainer-state/1"
+OPTIMIZER_DCP = "optimizer.dcp"  # a folder: the optimizer state of a sharded run, one file per process
 PARTIAL = ".checkpoint.partial"
 READY = ".checkpoint.ready"
-FILES = (WEIGHTS, OPTIMIZER, STATE)  # moved into place in this order: the state, which names the step, last
+FILES = (WEIGHTS, OPTIMIZER, OPTIMIZER_DCP, STATE)  # moved in this order: the state, which names the step, last
 
 
 def _fsync_directory(directory: str) -> None:
@@ -49,13 +51,24 @@ def _fsync_directory(directory: str) -> None:
 def save_checkpoint(directory: str, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                     parameter_names: dict[torch.nn.Parameter, str], state: dict) -> None:
     """Write a checkpoint into the model directory (see the module docstring for how)."""
+    stage = begin_checkpoint(directory)
+    save_weights(model, os.path.join(stage, WEIGHTS))
+    save_optimizer_state(optimizer, parameter_names, os.path.join(stage, OPTIMIZER))
+    commit_checkpoint(directory, state)
+
+
+def begin_checkpoint(directory: str) -> str:
+    """An empty staging folder for the next checkpoint's files, which commit_checkpoint moves into place."""
     stage = os.path.join(directory, PARTIAL)
     shutil.rmtree(stage, ignore_errors=True)
     os.makedirs(stage)
-    save_weights(model, os.path.join(stage, WEIGHTS))
-    save_optimizer_state(optimizer, parameter_names, os.path.join(stage, OPTIMIZER))
-    atomic_write_json(os.path.join(stage, STATE), state)
-    os.replace(stage, os.path.join(directory, READY))
+    return stage
+
+
+def commit_checkpoint(directory: str, state: dict) -> None:
+    """Write trainer_state.json into the staged checkpoint, commit it and move its files into place."""
+    atomic_write_json(os.path.join(directory, PARTIAL, STATE), state)
+    os.replace(os.path.join(directory, PARTIAL), os.path.join(directory, READY))
     _fsync_directory(directory)
     finish_interrupted_save(directory)
 
@@ -64,12 +77,27 @@ def finish_interrupted_save(directory: str) -> None:
     """Move a committed checkpoint into place, and drop one whose writing never finished."""
     ready = os.path.join(directory, READY)
     if os.path.isdir(ready):
+        # The optimizer's state is in one of two formats: the other one's file, left by an earlier run
+        # sharded differently, goes (it would otherwise be read for a step it does not belong to).
+        if os.path.exists(os.path.join(ready, STATE)):
+            for name, other in ((OPTIMIZER, OPTIMIZER_DCP), (OPTIMIZER_DCP, OPTIMIZER)):
+                if os.path.exists(os.path.join(ready, name)):
+                    _remove(os.path.join(directory, other))
         for name in FILES:
             if os.path.exists(os.path.join(ready, name)):  # absent: moved before the interruption
+                if os.path.isdir(os.path.join(directory, name)):  # a rename cannot replace a folder
+                    shutil.rmtree(os.path.join(directory, name))
                 os.replace(os.path.join(ready, name), os.path.join(directory, name))
         _fsync_directory(directory)
         shutil.rmtree(ready)
     shutil.rmtree(os.path.join(directory, PARTIAL), ignore_errors=True)
+
+
+def _remove(path: str) -> None:
+    if os.path.isdir(path):
+        shutil.rmtree(path)
+    elif os.path.exists(path):
+        os.unlink(path)
 
 
 def read_trainer_state(directory: str) -> dict:

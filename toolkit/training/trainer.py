@@ -1,10 +1,15 @@
 """The training loop: AdamW, warmup and cosine decay, gradient accumulation and clipping, bf16
-autocast, periodic evaluation, metrics.jsonl, atomic checkpoints, exact resume and DDP.
+autocast, periodic evaluation, metrics.jsonl, atomic checkpoints, exact resume, DDP and FSDP2 (--shard).
 
 Each optimizer step reads one global batch of batch_size * grad_accum windows, the same windows
 however many processes share it: under torchrun each process takes a contiguous slice of it, in
 forward passes of at most batch_size windows. The loop never waits on the device except to log,
 evaluate or save, every `log_every`, `eval_every` and `save_every` steps.
+
+Randomness in the model (dropout) is drawn from a seed per forward pass, made of --seed and the index
+of the pass's first window: a pass over the same windows draws the same masks on whichever process
+reads it, so a run's numbers do not depend on how many processes share it (when --batch-size divides
+each process's share), and a run resumed on another number of processes goes on as it would have.
 """
 from __future__ import annotations
 
@@ -21,16 +26,21 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from .. import __version__
-from ..artifacts import atomic_write, read_config
+from ..artifacts import WEIGHTS, atomic_write, read_config
 from ..data import tokenizer_fingerprint
 from ..errors import LmkitError
-from ..model import ComposedModel, load_model, load_target_tokenizer
+from ..model import ComposedModel, load_model, load_target_tokenizer, save_weights
+from . import sharding
 from .arguments import TrainingArguments, TrainingError
 from .batches import Batch, DataContext, batches_for
 from .checkpoint import (
     OPTIMIZER,
+    OPTIMIZER_DCP,
+    PARTIAL,
     STATE,
     STATE_FORMAT,
+    begin_checkpoint,
+    commit_checkpoint,
     fingerprint,
     finish_interrupted_save,
     first_difference,
@@ -102,17 +112,23 @@ class Trainer:
         self.micro_batches = [(start, min(args.batch_size, self.local_batch - start))
                               for start in range(0, self.local_batch, args.batch_size)]
 
+        self.objective_loss = _Loss(self.model)
+        self.batch_loss: nn.Module = self.objective_loss
+        if args.shard:
+            if not procs.distributed:
+                raise TrainingError("--shard splits the model over the processes of torchrun; run it as torchrun "
+                                    "--nproc-per-node N -m lmkit train ... with N of 2 or more, or drop --shard")
+            sharding.shard(self.objective_loss, self.model)  # before the optimizer: it holds the shards
         self.parameter_names = {p: name for name, p in self.model.named_parameters()}
         self.optimizer = build_optimizer(self.model, args, self.device)
         self.schedule = args.build_schedule()
         self.step, self.samples_seen, self.elapsed_before = 0, 0, 0.0
         if state is None:
-            torch.manual_seed(args.seed + procs.rank)  # dropout masks differ between processes
+            torch.manual_seed(args.seed + procs.rank)
         else:
             self._restore(state)
-        self.objective_loss = _Loss(self.model)
-        self.batch_loss: nn.Module = self.objective_loss
-        if procs.distributed:  # gradient_as_bucket_view: gradients live in DDP's all-reduce buffers, not copies
+        if procs.distributed and not args.shard:
+            # gradient_as_bucket_view: gradients live in DDP's all-reduce buffers, not copies
             self.batch_loss = DistributedDataParallel(
                 self.batch_loss, device_ids=[self.device.index] if self.device.type == "cuda" else None,
                 gradient_as_bucket_view=True)
@@ -138,11 +154,18 @@ class Trainer:
         self.step = state["step"]
         self.samples_seen = state["data"]["samples_seen"]
         self.elapsed_before = state["elapsed"]
-        optimizer_path = os.path.join(self.model_dir, OPTIMIZER)
-        if not os.path.isfile(optimizer_path):
-            raise TrainingError(f"{self.model_dir} has {STATE} but no {OPTIMIZER}; the checkpoint is incomplete "
+        sharded_checkpoint = state.get("optimizer_format") == "dcp"
+        name = OPTIMIZER_DCP if sharded_checkpoint else OPTIMIZER
+        optimizer_path = os.path.join(self.model_dir, name)
+        if not os.path.exists(optimizer_path):
+            raise TrainingError(f"{self.model_dir} has {STATE} but no {name}; the checkpoint is incomplete "
                                 f"and cannot be resumed exactly")
-        load_optimizer_state(self.optimizer, self.parameter_names, optimizer_path)
+        if sharded_checkpoint:  # saved by any number of processes, read into as many as there are now
+            sharding.load_optimizer_dcp(self.optimizer, self.parameter_names, optimizer_path)
+        elif self.args.shard:
+            sharding.load_full_optimizer_into_shards(self.optimizer, self.parameter_names, optimizer_path)
+        else:
+            load_optimizer_state(self.optimizer, self.parameter_names, optimizer_path)
         carried = state.get("carried") or []
         if self.procs.rank < len(carried) and carried[self.procs.rank]:  # resumed on more processes: from zeros
             tensors = load_carried(carried[self.procs.rank], self.device)
@@ -177,10 +200,14 @@ class Trainer:
             samples = self.data.train(first + offset, count)
             self.tokens_seen += self.data.tokens(samples)
             batch = self._to_device(samples)
-            # DDP averages gradients over processes in the backward pass; only the last pass of
-            # the step needs it, the others accumulate locally.
+            torch.manual_seed(pass_seed(args.seed, first + offset))
+            # DDP and FSDP average gradients over processes in the backward pass; only the last pass
+            # of the step needs it, the others accumulate locally.
             last = index == len(self.micro_batches) - 1
-            with contextlib.nullcontext() if last or not self.procs.distributed else self.batch_loss.no_sync():
+            if args.shard:
+                self.batch_loss.set_requires_gradient_sync(last)
+            with contextlib.nullcontext() if last or not self.procs.distributed or args.shard \
+                    else self.batch_loss.no_sync():
                 with self._autocast():
                     loss = self.batch_loss(batch)
                 # Weighed by its share of this process's windows, each pass adds its part of the
@@ -214,8 +241,9 @@ class Trainer:
         self.model.eval()
         for batch in self.eval_batches[self.procs.rank::self.procs.world_size]:
             rows = len(next(iter(batch.values())))
-            with self._autocast():
-                loss, parts = self.model.loss(self._to_device(batch))
+            with self._autocast():  # through the loss module: a sharded model gathers its weights in its forward
+                loss = self.objective_loss(self._to_device(batch))
+                parts = self.objective_loss.parts
             total[0] += loss.float() * rows
             total[1] += rows
             total[2:] += torch.stack([parts[t].float() for t in types]) * rows
@@ -307,6 +335,12 @@ class Trainer:
         carried = self.procs.gather(save_carried({f"{name}.{key}": value for name, objective in
                                                   self.model.objectives.items()
                                                   for key, value in objective.carried_state().items()}))
+        weights = sharding.full_state_dict(self.model) if self.args.shard else None  # every process sends its part
+        if self.args.shard:
+            stage = begin_checkpoint(self.model_dir) if self.procs.is_main else None
+            self.procs.barrier()
+            sharding.save_optimizer_dcp(self.optimizer, self.parameter_names,
+                                        os.path.join(self.model_dir, PARTIAL, OPTIMIZER_DCP))
         if not self.procs.is_main:
             return
         state = {
@@ -318,13 +352,18 @@ class Trainer:
             "rng": rng,  # one entry per process, by rank
             "carried": carried,  # each process's carried training state (a stateful LM's), or None
             "world_size": self.procs.world_size,
+            "optimizer_format": "dcp" if self.args.shard else "safetensors",
             "elapsed": elapsed,
             "spec": self.spec,
             "spec_sha256": fingerprint(self.spec),
             "tokenizer_sha256": self.tokenizer_hash,
             "metrics": self.last_record,
         }
-        save_checkpoint(self.model_dir, self.model, self.optimizer, self.parameter_names, state)
+        if self.args.shard:
+            save_weights(weights, os.path.join(stage, WEIGHTS))
+            commit_checkpoint(self.model_dir, state)
+        else:
+            save_checkpoint(self.model_dir, self.model, self.optimizer, self.parameter_names, state)
         self.after_checkpoint()
 
     def after_checkpoint(self) -> None:
@@ -393,6 +432,11 @@ class Trainer:
             self._say(f"step {record['step']}/{self.args.steps}  " + "  ".join(f"{k} {v}" for k, v in shown.items()))
 
 
+def pass_seed(seed: int, first_window: int) -> int:
+    """The seed of the forward pass whose first window is `first_window` (see the module docstring)."""
+    return int(np.random.SeedSequence([seed, first_window]).generate_state(1, np.uint64)[0] >> 1)
+
+
 def _check_unchanged_spec(state: dict, spec: dict, model_dir: str) -> None:
     if state.get("spec_sha256") == fingerprint(spec):
         return
@@ -436,6 +480,8 @@ def train(model_dir: str, data=None, *, resume: bool = False, progress: bool = T
                 finish_interrupted_save(model_dir)
         if resume:
             state = read_trainer_state(model_dir)
+            # Sharding is how this invocation runs, not part of the run: each resume says it again (or not).
+            arguments.setdefault("shard", False)
             args = TrainingArguments.from_dict(state["arguments"]).resumed_with(arguments, state["step"])
         else:
             if os.path.isfile(os.path.join(model_dir, STATE)):
