@@ -249,6 +249,7 @@ def _inline(table: dict) -> str:
 
 # -- commands that live in their own modules -------------------------------------------------------
 # Each module imports only click at the top; torch and friends are imported inside the command.
+from .commands.bench import bench_command  # noqa: E402
 from .commands.demo import demo_command  # noqa: E402
 from .commands.embed import embed_command  # noqa: E402
 from .commands.evaluate import eval_command  # noqa: E402
@@ -263,7 +264,8 @@ from .commands.train import train_command  # noqa: E402
 from .commands.translate import translate_command  # noqa: E402
 
 for _command in (demo_command, train_command, finetune_command, eval_command, generate_command, translate_command,
-                 predict_command, embed_command, plot_command, import_hf_command, export_command, inspect_command):
+                 predict_command, embed_command, plot_command, import_hf_command, export_command, inspect_command,
+                 bench_command):
     cli.add_command(_command)
 
 

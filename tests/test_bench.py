@@ -1,0 +1,62 @@
+"""`lmkit bench`: a model directory and its export timed side by side, and what it refuses."""
+import json
+
+import numpy as np
+import pytest
+
+from lmkit.benchmark import measure, table
+from lmkit.opening import open_model
+
+
+def test_a_model_and_its_export_are_timed_side_by_side(run, tiny_gpt2, tiny_gpt2_export):
+    result = run("bench", tiny_gpt2, tiny_gpt2_export, "--prompt-tokens", "8", "--new-tokens", "4",
+                 "--repeats", "2", "--threads", "1", "--json")
+    assert result.code == 0, result.err
+    report = json.loads(result.out)
+    first, second = report["models"]
+    assert first["runtime"].startswith("torch") and second["runtime"].startswith("onnxruntime fp32")
+    for speed in (first, second):
+        assert speed["kind"] == "decoder" and speed["prefill_ms"] > 0 and speed["decode_ms_per_step"] > 0
+        # The rates are the batch's tokens over the times: 8 prompt tokens, 1 new token a step.
+        assert speed["prefill_tokens_per_s"] == pytest.approx(8 / (speed["prefill_ms"] / 1e3))
+        assert speed["decode_tokens_per_s"] == pytest.approx(1 / (speed["decode_ms_per_step"] / 1e3))
+    text = run("bench", tiny_gpt2, tiny_gpt2_export, "--prompt-tokens", "8", "--new-tokens", "4",
+               "--repeats", "1")
+    assert text.code == 0 and "| speed vs first |" in text.out and "1.00x" in text.out
+
+
+def test_the_decoding_steps_are_those_of_greedy_generation(tiny_gpt2, monkeypatch):
+    # The timed loop feeds back the argmax: what greedy decoding of the same prompt would produce.
+    opened = open_model(tiny_gpt2, device="cpu")
+    fed: list[int] = []
+    make_backend = opened.backend
+
+    def recording_backend(*args, **kwargs):
+        backend = make_backend(*args, **kwargs)
+        step = backend.step
+
+        def record(tokens, rows=None):
+            fed.append(int(tokens[0]))
+            return step(tokens, rows)
+
+        backend.step = record
+        return backend
+
+    monkeypatch.setattr(opened, "backend", recording_backend)
+    [speed] = measure([opened], prompt_tokens=6, new_tokens=5, repeats=1)
+    assert "| torch (cpu) |" in table([speed])
+    assert len(fed) == 10  # the warm-up run, then the timed one
+    timed = fed[5:]
+    prompt = np.random.default_rng(0).integers(8, opened.tokenizer.vocab_size, size=(1, 6)).tolist()
+    greedy = opened.generate_ids(prompt, opened.decoding("greedy", max_new_tokens=5))[0].tokens
+    assert timed == list(greedy)
+
+
+def test_what_it_refuses(run, tiny_gpt2, tiny_gpt2_export, trained_nmt, tmp_path):
+    too_long = run("bench", tiny_gpt2, "--prompt-tokens", "100000")
+    assert too_long.code != 0 and "positions" in too_long.err and "lower them" in too_long.err
+    assert "Traceback" not in too_long.err and len(too_long.err.strip().splitlines()) == 1
+    missing = run("bench", str(tmp_path / "nowhere"))
+    assert missing.code != 0 and "Traceback" not in missing.err
+    seq2seq = run("bench", trained_nmt[0], "--repeats", "1")
+    assert seq2seq.code != 0 and "encoder-decoder" in seq2seq.err

@@ -1,0 +1,144 @@
+"""`lmkit bench`: prefill and decoding speed of models and exports on this machine, side by side.
+
+A decoder (or an export of one) is timed as a generation is: one prefill of B prompts of P tokens
+(ms, and prompt tokens per second), then N decoding steps of one token per row through the same
+lmkit.decoding Backend the strategies use (ms per step, and new tokens per second). An encoder is
+timed as one forward pass over B texts of P tokens. The inputs are random token ids, the same for
+every model of the same vocabulary (seeded), so nothing depends on a tokenizer's speed.
+
+The models take turns (one run each per round, in a seeded shuffled order), so a slow spell of a
+shared machine hits them all alike; each figure is the median over the rounds. Nothing here
+asserts a time: the figures are for the person at the machine.
+"""
+from __future__ import annotations
+
+import random
+import statistics
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from .errors import LmkitError
+
+
+@dataclass
+class Speed:
+    """One model's figures. prefill_ms: the prompt pass (an encoder's whole forward); decode_ms_per_step:
+    one new token for every row (None for an encoder); *_tokens_per_s count the batch's tokens."""
+
+    model: str
+    runtime: str  # torch (cpu) / onnxruntime (CPUExecutionProvider), and the export's precision
+    kind: str
+    prefill_ms: float
+    prefill_tokens_per_s: float
+    decode_ms_per_step: float | None
+    decode_tokens_per_s: float | None
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def describe_runtime(opened) -> str:
+    manifest = getattr(opened, "manifest", None)
+    if manifest is None:
+        return f"torch ({opened.runtime.device})"
+    opened.runtime  # noqa: B018 -- the providers are known once a session is open
+    providers = opened.providers or ["?"]
+    return f"onnxruntime {manifest.get('dtype', '')} ({providers[0]})".replace("  ", " ")
+
+
+def _vocab_size(opened) -> int:
+    tokenizer = opened.tokenizer
+    if tokenizer is None:
+        raise LmkitError(f"{opened.directory} has no tokenizer, whose vocabulary the benchmark draws its "
+                         "random prompts from; compose the model with --set tokenizer=DIR")
+    return tokenizer.vocab_size
+
+
+def _runner(opened, *, prompt_tokens: int, new_tokens: int, batch_size: int, seed: int):
+    """A function that runs the model once and returns (prefill seconds, decode seconds or None)."""
+    kind = opened.kind
+    if kind == "encoder-decoder":
+        raise LmkitError(f"{opened.directory} is an encoder-decoder; lmkit bench times decoders and encoders "
+                         "(give a decoder-only or encoder model or export)")
+    limit = opened.max_positions
+    needed = prompt_tokens + (new_tokens if kind == "decoder" else 0)
+    if limit is not None and needed > limit:
+        raise LmkitError(f"{opened.directory} reads at most {limit} positions; --prompt-tokens {prompt_tokens}"
+                         + (f" + --new-tokens {new_tokens}" if kind == "decoder" else "")
+                         + f" = {needed} do not fit: lower them")
+    rng = np.random.default_rng(seed)
+    # Ids above the special tokens' usual place at the start, and below the vocabulary's end.
+    vocab = _vocab_size(opened)
+    input_ids = rng.integers(min(8, vocab - 1), vocab, size=(batch_size, prompt_tokens), dtype=np.int64)
+    attention_mask = np.ones_like(input_ids, dtype=np.bool_)
+    if kind == "encoder":
+        def run() -> tuple[float, None]:
+            start = time.perf_counter()
+            opened.features(input_ids, attention_mask)
+            return time.perf_counter() - start, None
+
+        return run
+    if opened.generator is not None:
+        raise LmkitError(f"{opened.directory} generates its own way (its family's generator, e.g. GLM's blank "
+                         "filling), which lmkit bench does not time yet; give a model that continues prompts")
+
+    def run() -> tuple[float, float]:
+        backend = opened.backend(new_tokens)
+        start = time.perf_counter()
+        logits = backend.prefill(input_ids, attention_mask)
+        prefilled = time.perf_counter()
+        for _ in range(new_tokens):
+            logits = backend.step(logits.argmax(-1).astype(np.int64))
+        return prefilled - start, time.perf_counter() - prefilled
+
+    return run
+
+
+def measure(models: list, *, prompt_tokens: int = 128, new_tokens: int = 32, batch_size: int = 1,
+            repeats: int = 5, seed: int = 0, progress=None) -> list[Speed]:
+    """The speed of each opened model (lmkit.open_model), timed in turns; see the module docstring.
+
+    Raises LmkitError (one line) for a model it cannot time: an encoder-decoder, a prompt beyond the
+    context, a model without a tokenizer.
+    """
+    runners = [_runner(m, prompt_tokens=prompt_tokens, new_tokens=new_tokens, batch_size=batch_size, seed=seed)
+               for m in models]
+    for run in runners:  # warm-up: first calls allocate, compile kernels, open sessions
+        run()
+    times: list[list[tuple[float, float | None]]] = [[] for _ in models]
+    order = list(range(len(models)))
+    for round_ in range(repeats):
+        random.Random(round_).shuffle(order)
+        for index in order:
+            times[index].append(runners[index]())
+        if progress is not None:
+            progress(round_ + 1)
+    speeds = []
+    for opened, runs in zip(models, times):
+        prefill = statistics.median(r[0] for r in runs)
+        decode = None if runs[0][1] is None else statistics.median(r[1] for r in runs) / new_tokens
+        speeds.append(Speed(
+            model=opened.directory, runtime=describe_runtime(opened), kind=opened.kind,
+            prefill_ms=prefill * 1e3, prefill_tokens_per_s=batch_size * prompt_tokens / prefill,
+            decode_ms_per_step=None if decode is None else decode * 1e3,
+            decode_tokens_per_s=None if decode is None else batch_size / decode))
+    return speeds
+
+
+def table(speeds: list[Speed]) -> str:
+    """The figures as a markdown table, with each model's speed relative to the first one's."""
+    first = speeds[0]
+    rows = ["| model | runtime | prefill ms | prefill tok/s | decode ms/step | decode tok/s | speed vs first |",
+            "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
+    for speed in speeds:
+        if speed.decode_ms_per_step is not None and first.decode_ms_per_step is not None:
+            ratio = first.decode_ms_per_step / speed.decode_ms_per_step  # decoding is what a user waits on
+        else:
+            ratio = first.prefill_ms / speed.prefill_ms
+        decode = ("-", "-") if speed.decode_ms_per_step is None else (
+            f"{speed.decode_ms_per_step:.2f}", f"{speed.decode_tokens_per_s:,.0f}")
+        rows.append(f"| {speed.model} | {speed.runtime} | {speed.prefill_ms:.2f} | "
+                    f"{speed.prefill_tokens_per_s:,.0f} | {decode[0]} | {decode[1]} | {ratio:.2f}x |")
+    return "\n".join(rows)
