@@ -112,7 +112,11 @@ def test_training_lowers_the_loss_and_writes_metrics_and_a_checkpoint(template, 
                                           "eval_every": 20, "save_every": 20})
     records = metrics(model_dir)
     assert [r["step"] for r in records] == list(range(5, 41, 5))
-    assert set(records[0]) == {"step", "loss", "lr", "tokens_per_s", "elapsed"}
+    assert set(records[0]) == {"step", "loss", "lr", "tokens_per_s", "tflops", "elapsed"}  # no "mfu" on a CPU
+    from lmkit.model import load_model
+
+    weights_trained = sum(p.numel() for p in load_model(model_dir)[0].parameters())  # tied ones once
+    assert records[0]["tflops"] == pytest.approx(records[0]["tokens_per_s"] * 6 * weights_trained / 1e12)
     evaluated = [r for r in records if "val_loss" in r]
     assert [r["step"] for r in evaluated] == [20, 40]
     assert evaluated[-1]["val_ppl"] == pytest.approx(math.exp(evaluated[-1]["val_loss"]))

@@ -139,6 +139,10 @@ class Trainer:
         self.language_objectives = [o.type for o in self.model.spec.objectives
                                     if self.model.objectives[o.type].models_language]
         self.tokens_seen = 0  # by this process since the last log
+        # Training FLOPs per token: 6 per weight (forward 2, backward 4; Kaplan et al. 2020, §2.1), the
+        # attention scores left out (a few percent at these context lengths).
+        self.flops_per_token = 6 * sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+        self.peak_flops = peak_flops(self.device, args.bf16)
         self.last_record: dict = {}
 
     # -- setting up ----------------------------------------------------------------------------------
@@ -300,6 +304,9 @@ class Trainer:
                               "tokens_per_s": self.tokens_seen * self.procs.world_size
                               / max(now - interval_start, 1e-9),
                               "elapsed": self.elapsed_before + now - started}
+                    record["tflops"] = record["tokens_per_s"] * self.flops_per_token / 1e12
+                    if self.peak_flops:  # model FLOPs utilisation, where the device's peak is known
+                        record["mfu"] = record["tflops"] * 1e12 / (self.peak_flops * self.procs.world_size)
                     if len(self.objective_types) > 1:  # the unweighted loss of each objective (MLM, NSP, ...)
                         parts = (self.procs.sum(self.parts_sum.clone()) / share).tolist()
                         record.update({f"loss_{t}": value for t, value in zip(self.objective_types, parts)})
@@ -424,12 +431,32 @@ class Trainer:
         metrics.write(json.dumps(record) + "\n")
         metrics.flush()
         shown = {"loss": f"{record['loss']:.4f}", "lr": f"{record['lr']:.2e}",
-                 "tok/s": f"{record['tokens_per_s']:,.0f}"}
+                 "tok/s": f"{record['tokens_per_s']:,.0f}", "TFLOP/s": f"{record['tflops']:.3g}"}
+        if "mfu" in record:
+            shown["MFU"] = f"{record['mfu']:.1%}"
         if "val_loss" in record:
             shown["val"] = f"{record['val_loss']:.4f}"
         bar.set_postfix(shown, refresh=False)
         if print_lines:
             self._say(f"step {record['step']}/{self.args.steps}  " + "  ".join(f"{k} {v}" for k, v in shown.items()))
+
+
+# Dense peak FLOP/s of common accelerators (vendors' data sheets), by a fragment of torch's device
+# name: (bf16 tensor cores, fp32 without TF32). Other devices report TFLOP/s without MFU.
+PEAK_FLOPS = {"H200": (989e12, 67e12), "H100": (989e12, 67e12), "A100": (312e12, 19.5e12),
+              "L40S": (362e12, 91.6e12), "A10G": (70e12, 31.2e12), "L4": (121e12, 30.3e12),
+              "V100": (125e12, 15.7e12), "T4": (65e12, 8.1e12)}
+
+
+def peak_flops(device: torch.device, bf16: bool) -> float | None:
+    """The device's peak FLOP/s in the precision training runs at, when known (CUDA devices above)."""
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    for fragment, (half, single) in PEAK_FLOPS.items():
+        if fragment in name:
+            return half if bf16 else single
+    return None
 
 
 def pass_seed(seed: int, first_window: int) -> int:
