@@ -347,7 +347,7 @@ def test_blocks_work_with_torch_tensor_parallel(two_block_template, tmp_path):
     done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
                            str(script), two_block_template], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stdout.split() == ["ok", "ok"]
+    assert done.stdout.count("ok") == 2  # both processes (their lines may interleave)
 
 
 # -- what is refused -----------------------------------------------------------------------------------

@@ -75,8 +75,10 @@ class TorchBackend:
             self.step_positions = torch.from_numpy(self.step_host).to(self.device)
             positions = torch.from_numpy(position_ids).to(self.device)
             self.positions = positions[..., -1]  # (B,) or (B, K)
-        logits = self.decoder(ids, self.cache, attention_mask=mask, position_ids=positions)
-        return self._to_host(logits[:, -1])
+        hidden_states = self.decoder.hidden_states(ids, self.cache, attention_mask=mask, position_ids=positions)
+        # Only the last position's logits are read: the head (D x vocab per position, the largest matmul
+        # of a small model) runs on that one alone.
+        return self._to_host(self.decoder.logits(hidden_states[:, -1:])[:, -1])
 
     @torch.inference_mode()
     def step(self, tokens: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
