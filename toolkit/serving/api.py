@@ -281,6 +281,27 @@ class Service:
         return {"id": completion.id, "object": "text_completion", "created": completion.created, "model": self.name,
                 "choices": [{"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish}]}
 
+    # -- the tokenizer (vLLM's /tokenize, /detokenize and /tokenizer_info: lm-eval's remote tokenizer) ----------
+
+    def tokenizer_info(self) -> dict:
+        tokens = self.tokenizer.special_tokens
+        return {"tokenizer_class": f"lmkit.{self.tokenizer.kind}", "eos_token": tokens.get("eos"),
+                "bos_token": tokens.get("bos"), "pad_token": tokens.get("pad"), "unk_token": tokens.get("unk"),
+                "model_max_length": self.model.max_positions, "vocab_size": self.tokenizer.vocab_size}
+
+    def tokenize(self, body) -> dict:
+        if not isinstance(body, dict) or not isinstance(body.get("prompt"), str):
+            raise RequestError("tokenize takes {\"prompt\": TEXT}", param="prompt")
+        tokens = self.tokenizer.encode(body["prompt"], add_special_tokens=_flag(body, "add_special_tokens"))
+        return {"tokens": tokens, "count": len(tokens), "max_model_len": self.model.max_positions}
+
+    def detokenize(self, body) -> dict:
+        tokens = body.get("tokens") if isinstance(body, dict) else None
+        if not (tokens == [] or _is_ids(tokens)) or not all(0 <= t < self.tokenizer.vocab_size for t in tokens):
+            raise RequestError(f"detokenize takes {{\"tokens\": [ids below {self.tokenizer.vocab_size}]}}",
+                               param="tokens")
+        return {"prompt": self.tokenizer.decode(tokens)}
+
     # -- embeddings --------------------------------------------------------------------------------
 
     def embeddings(self, body) -> dict:

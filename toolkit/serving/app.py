@@ -4,6 +4,7 @@
     GET  /v1/models         the one model served
     POST /v1/completions    decoder-only models (see lmkit.serving.api for the fields)
     POST /v1/embeddings     encoder models
+    GET /tokenizer_info, POST /tokenize, POST /detokenize   vLLM's tokenizer endpoints (lm-eval's remote tokenizer)
 
 starlette and uvicorn because they are small (pure Python, no compiled dependencies: the edge
 install stays small), maintained by the encode organisation, and the pair FastAPI and vLLM's
@@ -98,6 +99,15 @@ def create_app(service: Service):
             return JSONResponse(problem.body(), status_code=problem.status)
         return JSONResponse(response)
 
+    def tokenizer_route(method):
+        async def endpoint(request: Request) -> JSONResponse:
+            try:
+                body = None if request.method == "GET" else await read_json(request)
+                return JSONResponse(method() if body is None else method(body))
+            except RequestError as problem:
+                return JSONResponse(problem.body(), status_code=problem.status)
+        return endpoint
+
     class _CancellingStream(StreamingResponse):
         """A stream whose sequences leave the batch when the client goes away, however the server learns it."""
 
@@ -115,7 +125,8 @@ def create_app(service: Service):
 
     async def not_found(request: Request, exc) -> JSONResponse:
         return error(404, f"no such endpoint: {request.method} {request.url.path}; the API has GET /health, "
-                          "GET /v1/models, POST /v1/completions and POST /v1/embeddings")
+                          "GET /v1/models, POST /v1/completions, POST /v1/embeddings, GET /tokenizer_info, "
+                          "POST /tokenize and POST /detokenize")
 
     async def wrong_method(request: Request, exc) -> JSONResponse:
         return error(405, f"{request.url.path} does not take {request.method}")
@@ -138,7 +149,10 @@ def create_app(service: Service):
 
     routes = [Route("/health", health), Route("/v1/models", models),
               Route("/v1/completions", completions, methods=["POST"]),
-              Route("/v1/embeddings", embeddings, methods=["POST"])]
+              Route("/v1/embeddings", embeddings, methods=["POST"]),
+              Route("/tokenizer_info", tokenizer_route(service.tokenizer_info)),
+              Route("/tokenize", tokenizer_route(service.tokenize), methods=["POST"]),
+              Route("/detokenize", tokenizer_route(service.detokenize), methods=["POST"])]
     return Starlette(routes=routes, lifespan=lifespan,
                      exception_handlers={404: not_found, 405: wrong_method, 500: internal})
 
