@@ -15,6 +15,7 @@ which lm-evaluation-harness's `local-completions` model and OpenAI's client spea
     stream        server-sent events, one chunk per piece of text, then `data: [DONE]`
     logprobs      k: each token's log-probability and the k most likely (at most 20)
     echo          the prompt's text before each choice's (with logprobs: the prompt tokens' too)
+    ignore_eos    go on past the end-of-text token (an extension, as in vLLM: benchmarks)
 """
 from __future__ import annotations
 
@@ -170,11 +171,12 @@ class Service:
         if best_of != n:
             raise RequestError("best_of is not supported; leave it out or make it equal to n", param="best_of")
         logprobs = _integer(body, "logprobs", None, 0, MAX_LOGPROBS)
-        echo, stream = _flag(body, "echo"), _flag(body, "stream")
+        echo, stream, ignore_eos = _flag(body, "echo"), _flag(body, "stream"), _flag(body, "ignore_eos")
         stop = self._stops(body.get("stop"))
         temperature, top_k, top_p, seed = self._sampling(body)
         settings = Settings(max_new_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
-                            stop=stop, logprobs=logprobs, score_prompt=echo and logprobs is not None)
+                            stop=stop, logprobs=logprobs, score_prompt=echo and logprobs is not None,
+                            ignore_eos=ignore_eos)
         rows = [prompt for prompt in prompts for _ in range(n)]
         generators = row_generators(seed, rows) if temperature else [None] * len(rows)
         sequences = [Sequence(list(prompt), settings, generator) for prompt, generator in zip(rows, generators)]

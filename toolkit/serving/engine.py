@@ -51,6 +51,7 @@ class Settings:
     stop: token sequences that end the generation and are left out of it.
     logprobs: None for no log-probabilities; k >= 0 for each token's own and those of the k most likely.
     score_prompt: the prompt tokens' log-probabilities too (every one but the first).
+    ignore_eos: go on past the end-of-text token (benchmarks: every sequence gets max_new_tokens).
     """
 
     max_new_tokens: int
@@ -60,6 +61,7 @@ class Settings:
     stop: tuple[tuple[int, ...], ...] = ()
     logprobs: int | None = None
     score_prompt: bool = False
+    ignore_eos: bool = False
 
     def sampler(self) -> Sampling | None:
         if self.temperature == 0:
@@ -106,6 +108,7 @@ class Counters:
 
     calls: int = 0  # backend calls, prefills and steps
     prefills: int = 0  # calls at which sequences joined
+    prefill_positions: int = 0  # rows x width of those calls: what joining recomputed, padding included
     rows: int = 0  # rows computed, summed over calls
     tokens: int = 0  # new tokens generated
     largest_batch: int = 0
@@ -217,6 +220,7 @@ class ContinuousBatcher:
                     input_ids, attention_mask = left_pad([sequence.fed for sequence in batch], self.pad_id)
                     logits = self.backend.prefill(input_ids, attention_mask)
                     self.counters.prefills += 1
+                    self.counters.prefill_positions += input_ids.size
                 else:
                     rows = None if alive.all() else np.flatnonzero(alive)
                     logits = self.backend.step(chosen[alive], rows)
@@ -270,7 +274,7 @@ class ContinuousBatcher:
                 sequence.token_logprobs.append(float(chosen_log_probs[i]))
                 sequence.top_logprobs.append(alternatives)
             self.counters.tokens += 1
-            if self.eos_id is not None and token == self.eos_id:
+            if self.eos_id is not None and token == self.eos_id and not settings.ignore_eos:
                 reason, cut = "eos", 1
             else:
                 cut = int(stop_lengths(np.array([sequence.tokens], dtype=np.int64), settings.stop)[0])
