@@ -405,3 +405,109 @@ def test_lmkit_serve_refuses_what_it_cannot_serve_in_one_line(run, tmp_path, tin
     result = run("serve", tiny_gpt2_export, "--port", taken.getsockname()[1])
     taken.close()
     assert result.code == 1 and "cannot listen on 127.0.0.1" in result.err
+
+
+# -- lm-evaluation-harness's local-completions model, over HTTP --------------------------------------------
+
+
+def lm_eval_python() -> str | None:
+    """A Python with lm-eval: LMKIT_LM_EVAL_PYTHON (lm-eval pins its own dependencies, so it may live in an
+    environment of its own), else this one if it has it."""
+    given = os.environ.get("LMKIT_LM_EVAL_PYTHON")
+    if given:
+        return given
+    import importlib.util
+
+    return sys.executable if importlib.util.find_spec("lm_eval") else None
+
+
+MC_TASK = """task: lmkit_serve_mc
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {data}
+test_split: test
+output_type: multiple_choice
+doc_to_text: "{{{{context}}}}"
+doc_to_choice: "{{{{choices}}}}"
+doc_to_target: "{{{{label}}}}"
+metric_list:
+  - metric: acc
+"""
+
+PPL_TASK = """task: lmkit_serve_ppl
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {data}
+test_split: test
+output_type: loglikelihood_rolling
+doc_to_text: ""
+doc_to_target: "{{{{text}}}}"
+metric_list:
+  - metric: word_perplexity
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(os.environ.get("LMKIT_SLOW_TESTS") != "1", reason="runs lm-eval for minutes; set LMKIT_SLOW_TESTS=1")
+def test_lm_eval_local_completions_scores_what_the_model_gives(torch_server, tmp_path):
+    """lm-eval's local-completions model, with lmkit serve's tokenizer endpoints as its (remote) tokenizer:
+    its log-likelihoods, accuracy and word perplexity are the model's own, computed here with PyTorch."""
+    import torch
+
+    python = lm_eval_python()
+    if python is None:
+        pytest.skip("lm-eval is not installed (pip install lm-eval, or point LMKIT_LM_EVAL_PYTHON at a Python "
+                    "that has it)")
+    url, service = torch_server
+    tokenizer, decoder = service.tokenizer, service.model.model.decoder
+    rng = np.random.default_rng(0)
+    words = ["the", "cat", "dog", "sat", "on", "a", "mat", "ran", "far", "home"]
+    questions = [{"context": " ".join(rng.choice(words, 5)), "choices": [" ".join(rng.choice(words, 2)) for _ in
+                                                                            range(3)], "label": int(rng.integers(3))}
+                 for _ in range(12)]
+    documents = [{"text": " ".join(rng.choice(words, int(rng.integers(4, 12))))} for _ in range(6)]
+    for name, rows, task in (("mc", questions, MC_TASK), ("ppl", documents, PPL_TASK)):
+        data = tmp_path / f"{name}.jsonl"
+        data.write_text("".join(json.dumps(row) + "\n" for row in rows))
+        (tmp_path / f"{name}.yaml").write_text(task.format(data=data))
+    environment = {**os.environ, "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    done = subprocess.run(
+        [python, "-m", "lm_eval", "--model", "local-completions", "--model_args",
+         f"model=tiny-torch,base_url={url}/v1/completions,tokenizer_backend=remote,tokenized_requests=True,"
+         "max_length=64,num_concurrent=4", "--tasks", "lmkit_serve_mc,lmkit_serve_ppl", "--include_path",
+         str(tmp_path), "--output_path", str(tmp_path / "out"), "--log_samples"],
+        capture_output=True, text=True, timeout=600, env=environment)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    def log_likelihood(context: list[int], continuation: list[int]) -> float:
+        ids = context + continuation
+        with torch.no_grad():
+            log_probs = torch.log_softmax(decoder(torch.tensor([ids]))[0], dim=-1)
+        return float(sum(log_probs[t - 1, ids[t]] for t in range(len(context), len(ids))))
+
+    samples = {}
+    for path in (tmp_path / "out").rglob("samples_*.jsonl"):
+        task = "mc" if "lmkit_serve_mc" in path.name else "ppl"
+        samples[task] = sorted((json.loads(line) for line in path.read_text().splitlines()),
+                               key=lambda s: s["doc_id"])
+    correct = 0
+    for sample, question in zip(samples["mc"], questions):
+        expected = []
+        for choice in question["choices"]:  # lm-eval's pair encoding: the whole, then the context's length
+            context = tokenizer.encode(question["context"])
+            whole = tokenizer.encode(question["context"] + " " + choice)
+            expected.append(log_likelihood(context, whole[len(context):]))
+        got = [float(response[0]) for response in sample["filtered_resps"]]  # lm-eval logs them as strings
+        np.testing.assert_allclose(got, expected, atol=1e-4)
+        correct += int(np.argmax(expected) == question["label"])
+    results = json.loads(next((tmp_path / "out").rglob("results_*.json")).read_text())["results"]
+    assert results["lmkit_serve_mc"]["acc,none"] == pytest.approx(correct / len(questions))
+    prefix = tokenizer.bos_id or tokenizer.eos_id  # what lm-eval starts a rolling window with
+    total, n_words = 0.0, 0
+    for sample, document in zip(samples["ppl"], documents):  # each fits one window of the context
+        expected = log_likelihood([prefix], tokenizer.encode(document["text"]))
+        assert float(sample["filtered_resps"][0]) == pytest.approx(expected, abs=1e-4)
+        total, n_words = total + expected, n_words + len(document["text"].split())
+    assert results["lmkit_serve_ppl"]["word_perplexity,none"] == pytest.approx(math.exp(-total / n_words), rel=1e-5)
