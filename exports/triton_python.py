@@ -3,8 +3,10 @@
 `lmkit export --format triton` writes, beside the raw-graph model `<name>` (onnxruntime backend),
 a model `<name>_text` whose `1/model.py` imports TritonPythonModel from here, and whose
 config.pbtxt points it at the export in `../<name>`. Triton's python backend runs it in the
-Python that its stub loads (the one on LD_LIBRARY_PATH; lmkit, onnxruntime, numpy and tokenizers
-must import there: PYTHONPATH).
+Python environment its stub starts in: the stub embeds the libpython found on LD_LIBRARY_PATH and
+takes its environment from the `python3` first on PATH (it does not read PYTHONPATH), so start
+Triton with the bin folder of an environment that has lmkit's `serve` extra first on PATH and its
+interpreter's library folder (sysconfig's LIBDIR) on LD_LIBRARY_PATH, as PyTriton does.
 
 Inputs, per request (Triton's dynamic batcher puts several requests in one execute() call):
 
