@@ -511,3 +511,15 @@ def test_lm_eval_local_completions_scores_what_the_model_gives(torch_server, tmp
         assert float(sample["filtered_resps"][0]) == pytest.approx(expected, abs=1e-4)
         total, n_words = total + expected, n_words + len(document["text"].split())
     assert results["lmkit_serve_ppl"]["word_perplexity,none"] == pytest.approx(math.exp(-total / n_words), rel=1e-5)
+
+
+def test_a_low_max_tokens_limit_still_scores_long_prompts_on_pytorch(tiny_gpt2):
+    """A prompt fed token by token (echo with logprobs) runs past max_tokens positions after its prefill."""
+    service = open_service(tiny_gpt2, max_tokens_limit=2, device="cpu")
+    with BackgroundServer(create_app(service)) as url:
+        prompt = service.tokenizer.encode("the cat sat on the mat and the dog ran far away home")
+        answer = complete(url, prompt=prompt, max_tokens=2, temperature=0, logprobs=1, echo=True)
+        assert len(answer["choices"][0]["logprobs"]["token_logprobs"]) == len(prompt) + 2
+        plain = complete(url, prompt=prompt, max_tokens=2, temperature=0)
+        assert answer["choices"][0]["text"].endswith(plain["choices"][0]["text"])
+        assert post(url, {"prompt": prompt, "max_tokens": 3})[0] == 400

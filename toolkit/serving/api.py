@@ -33,6 +33,7 @@ from .engine import ContinuousBatcher, Sequence, Settings
 MAX_LOGPROBS = 20
 MAX_CHOICES = 64
 MAX_STOPS = 16
+UNBOUNDED_PROMPT_LIMIT = 8192  # the longest prompt of a model without a context length (recurrent decoders)
 
 
 class RequestError(LmkitError):
@@ -187,7 +188,7 @@ class Service:
         tokenizer = self.tokenizer
         vocab = tokenizer.vocab_size
         prompts, texts = [], []
-        limit = self.engine.max_length
+        limit = self.engine.max_length or UNBOUNDED_PROMPT_LIMIT  # a recurrent decoder still gets a bound
         for i, item in enumerate(inputs):
             label = "the prompt" if len(inputs) == 1 else f"prompt {i}"
             if isinstance(item, str):
@@ -376,5 +377,8 @@ def open_service(path: str, *, name: str | None = None, max_batch: int = 32, max
         raise LmkitError(f"the max_tokens limit must be at least 1, got {limit}")
     tokenizer = model.tokenizer
     pad_id = tokenizer.pad_id if tokenizer.pad_id is not None else tokenizer.eos_id
-    engine = ContinuousBatcher(model.backend(limit), eos_id=tokenizer.eos_id, pad_id=pad_id, max_batch=max_batch)
+    # TorchBackend sizes its cache for max_new_tokens positions past a prefill; a sequence that scores its prompt
+    # (echo with logprobs) is fed that prompt after the prefill too, so the cache is made as long as the context.
+    room = model.max_positions or limit + UNBOUNDED_PROMPT_LIMIT
+    engine = ContinuousBatcher(model.backend(room), eos_id=tokenizer.eos_id, pad_id=pad_id, max_batch=max_batch)
     return Service(model, name, engine, limit)
