@@ -19,7 +19,7 @@ from lmkit.errors import LmkitError, MissingDependency, PluginError
 from lmkit.opening import generation_settings
 from lmkit.registry import Component, PluginHost, get_host
 
-from . import triton
+from . import triton, triton_python
 from .convert import DEFAULT_OPSET, export_graph
 from .graphs import ExportPlan
 from .manifest import FORMAT, FORMAT_VERSION, MANIFEST, describe_files
@@ -116,6 +116,8 @@ def export_model(model_dir: str, out: str, *, precision: str = "fp32", layout: s
         if config_pbtxt:
             with atomic_write(os.path.join(root, "config.pbtxt")) as handle:
                 handle.write(config_pbtxt)
+            if _continues_prompts(model, config["spec"], host):  # beside the raw graph: lmkit's own loop as a model
+                triton_python.write_text_model(stage, name)
         manifest = {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
@@ -141,6 +143,11 @@ def export_model(model_dir: str, out: str, *, precision: str = "fp32", layout: s
         }
         atomic_write_json(os.path.join(root, MANIFEST), manifest)
     return manifest
+
+
+def _continues_prompts(model, spec: dict, host) -> bool:
+    """A decoder-only model that continues its prompts (lmkit serve's kind), not one that fills blanks (GLM)."""
+    return model.kind == "decoder" and (spec.get("decoder") or {}).get("type") not in host.components["generator"]
 
 
 def _special_tokens(tokenizer) -> dict:

@@ -242,7 +242,9 @@ def test_fp16_triton_repository(run, model_dir, tmp_path):
     repo = tmp_path / "triton"
     result = run("export", model_dir, "--out", repo, "--dtype", "fp16", "--format", "triton", "--name", "tiny")
     assert result.code == 0, result.err
-    assert sorted(os.listdir(repo)) == ["tiny"]
+    assert sorted(os.listdir(repo)) == ["tiny", "tiny_text"]  # the raw graph, and lmkit's loop on it (test_triton)
+    assert sorted(os.listdir(repo / "tiny_text")) == ["1", "config.pbtxt"]
+    assert 'string_value: "../tiny"' in (repo / "tiny_text" / "config.pbtxt").read_text()
     assert sorted(os.listdir(repo / "tiny")) == ["1", "config.pbtxt", MANIFEST, "tokenizer.json",
                                                  "tokenizer_config.json"]
     assert os.listdir(repo / "tiny" / "1") == ["model.onnx"]

@@ -100,7 +100,7 @@ def test_an_edge_install_is_torch_free_and_generates_from_an_export(wheel, expor
     pip(python, "--quiet", *command(EDGE, wheel))
     installed = {entry["name"].lower() for entry in json.loads(pip(python, "list", "--format", "json").stdout)}
     assert "torch" not in installed and installed & RUNTIMES == {"onnxruntime"}
-    assert {"lmkit-toolkit", "numpy", "tokenizers"} <= installed and "lmkit" not in installed
+    assert {"lmkit-toolkit", "numpy", "tokenizers", "starlette", "uvicorn"} <= installed and "lmkit" not in installed
     pip(python, "check")
     lmkit = os.path.join(os.path.dirname(python), "lmkit")
 

@@ -260,12 +260,13 @@ from .commands.import_hf import import_hf_command  # noqa: E402
 from .commands.inspect_export import inspect_command  # noqa: E402
 from .commands.plot import plot_command  # noqa: E402
 from .commands.predict import predict_command  # noqa: E402
+from .commands.serve import serve_command  # noqa: E402
 from .commands.train import train_command  # noqa: E402
 from .commands.translate import translate_command  # noqa: E402
 
 for _command in (demo_command, train_command, finetune_command, eval_command, generate_command, translate_command,
                  predict_command, embed_command, plot_command, import_hf_command, export_command, inspect_command,
-                 bench_command):
+                 serve_command, bench_command):
     cli.add_command(_command)
 
 
