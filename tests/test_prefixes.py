@@ -252,3 +252,21 @@ def test_prefixes_steer_generation_toward_their_attribute(tmp_path):
     for attribute in ("positive", "negative"):
         assert 0.25 <= rates["none"][attribute] <= 0.75, rates
         assert rates[1.0][attribute] >= 0.9, rates
+
+
+def test_generate_with_a_prefix_on_an_export_needs_no_torch(tiny_gpt2, tiny_gpt2_export, prefix_dir):
+    """`lmkit generate EXPORT --prefix` in a Python where torch cannot be imported: the tokens of the model directory."""
+    import subprocess
+    import sys
+
+    from conftest import NO_TORCH
+
+    flags = ["--prompt", "the cat sat", "--prompt", "dog", "--prefix", str(prefix_dir / "good"), "--attribute",
+             "positive", "--max-new-tokens", "6", "--json", "--device", "cpu"]
+    code = f"from lmkit import cli\ncli.main(['generate', {tiny_gpt2_export!r}, *{flags!r}])"
+    done = subprocess.run([sys.executable, "-c", NO_TORCH + code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    exported = [row["tokens"] for row in json.loads(done.stdout)]
+    status, output = run("generate", tiny_gpt2, *flags)
+    assert status == 0, output
+    assert exported == [row["tokens"] for row in json.loads(output)]

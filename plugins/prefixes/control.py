@@ -1,5 +1,5 @@
 """The control measurement of Qian et al. 2022 on the synthetic two-attribute corpus: how often generations
-carry an attribute without a prefix and with each trained prefix (tests/test_prefixes.py, benchmarks/prefix_control.py).
+carry an attribute without a prefix and with each trained prefix (tests/test_prefixes.py, benchmarks/bench_prefixes.py).
 """
 from __future__ import annotations
 

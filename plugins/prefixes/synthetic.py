@@ -1,5 +1,5 @@
 """A synthetic corpus of two attributes and the word-count classifier that tells them apart, to measure
-how often generations with a prefix carry its attribute (tests/test_prefixes.py, benchmarks/prefix_control.py).
+how often generations with a prefix carry its attribute (tests/test_prefixes.py, benchmarks/bench_prefixes.py).
 
 Every text is a few clauses "the NOUN is [very] ADJECTIVE", joined by "and"; a text's adjectives all
 come from its attribute's set, the rest of its words are shared. A causal LM trained on both halves
