@@ -18,7 +18,7 @@ from lmkit.plugins.prefixes.control import control_rates, make_lm
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--lm-steps", type=int, default=300)
-    parser.add_argument("--prefix-steps", type=int, default=150)
+    parser.add_argument("--prefix-steps", type=int, default=300)
     parser.add_argument("--samples", type=int, default=64)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--root", help="work here and keep the files (a language model already there is reused)")

@@ -248,7 +248,7 @@ def test_prefixes_steer_generation_toward_their_attribute(tmp_path):
     from lmkit.plugins.prefixes.control import control_rates, make_lm
 
     lm = make_lm(str(tmp_path), steps=300)
-    rates = control_rates(lm, str(tmp_path), contrast_weights=(1.0,), steps=150, samples=64)
+    rates = control_rates(lm, str(tmp_path), contrast_weights=(1.0,), steps=300, samples=64)
     for attribute in ("positive", "negative"):
         assert 0.25 <= rates["none"][attribute] <= 0.75, rates
         assert rates[1.0][attribute] >= 0.9, rates

@@ -11,7 +11,7 @@ PROMPTS = ["the movie is", "the plot is", "the music is", "the actor is"]
 
 
 def make_lm(root: str, steps: int = 300, n_per_attribute: int = 2000, seed: int = 0) -> str:
-    """Write the corpus (root/positive.txt, root/negative.txt), a word-level BPE, and a gpt2-tiny trained on
+    """Write the corpus (root/positive.txt, root/negative.txt), a word-level BPE in which every word is one token, and a gpt2-tiny trained on
     both attributes for `steps` steps; returns the model directory."""
     from lmkit.model import compose
     from lmkit.tokenizers import WordBPE, WordBPEOptions, load_tokenizer
@@ -24,7 +24,7 @@ def make_lm(root: str, steps: int = 300, n_per_attribute: int = 2000, seed: int 
     both = os.path.join(root, "both.txt")
     with open(both, "w") as out:
         out.write("\n".join(text for texts in corpus.values() for text in texts) + "\n")
-    WordBPE.train([both], WordBPEOptions(vocab_size=64, min_frequency=1), progress=False).save(os.path.join(root, "tok"))
+    WordBPE.train([both], WordBPEOptions(vocab_size=160, min_frequency=1), progress=False).save(os.path.join(root, "tok"))
     vocab = load_tokenizer(os.path.join(root, "tok")).vocab_size
     model_dir = os.path.join(root, "lm")
     compose("gpt2-tiny", [f"tokenizer={os.path.join(root, 'tok')}", f"decoder.vocab_size={vocab}"], model_dir)
