@@ -1,6 +1,6 @@
 """How often generations carry an attribute with contrastive prefixes, plain prefixes and none (Qian et al. 2022).
 
-    .venv/bin/python benchmarks/bench_prefixes.py [--lm-steps 300] [--prefix-steps 150] [--samples 64] [--seeds 0 1 2]
+    .venv/bin/python benchmarks/bench_prefixes.py [--lm-steps 300] [--prefix-steps 300] [--samples 64] [--seeds 0 1 2]
 
 Trains a gpt2-tiny on the synthetic two-attribute corpus (lmkit.plugins.prefixes.synthetic), then for each
 seed trains prefixes with the supervised contrastive objective (w2 = 1) and the plain prefix-tuning one

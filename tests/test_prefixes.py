@@ -270,3 +270,22 @@ def test_generate_with_a_prefix_on_an_export_needs_no_torch(tiny_gpt2, tiny_gpt2
     status, output = run("generate", tiny_gpt2, *flags)
     assert status == 0, output
     assert exported == [row["tokens"] for row in json.loads(output)]
+
+
+@pytest.mark.parametrize("preset, message", [
+    ("gpt-tiny", None),  # GPT (2018) has a KVCache of the same geometry: it works
+    ("glm-tiny", "prefixes steer"),
+    ("gpt3-tiny", "this decoder's cache is a BandedKVCache"),
+    ("awd-lstm-tiny", "this decoder's cache is a RecurrentCache"),
+    ("t5-tiny", "is an encoder-decoder model (it is not decoder-only)"),
+])
+def test_which_decoders_take_a_prefix(tiny_gpt2, prefix_dir, tmp_path, preset, message):
+    from lmkit.model import compose
+
+    compose(preset, [f"tokenizer={tiny_gpt2}"], str(tmp_path / "m"))  # the presets' 512 tokens hold its 300
+    code, output = run("generate", tmp_path / "m", "--prompt", "the cat", "--prefix", prefix_dir / "good",
+                       "--attribute", "positive", "--max-new-tokens", 3, "--no-stream", "--device", "cpu")
+    if message is None:
+        assert code == 0, output
+    else:
+        assert code == 1 and message in output and "Traceback" not in output, output

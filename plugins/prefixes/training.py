@@ -67,6 +67,12 @@ def train_prefixes(model_dir: str, sources: list[tuple[str, str]], out: str, *, 
         raise LmkitError(f"{model_dir} is an {model.kind} model; prefixes steer decoder-only models (GPT, GPT-2)")
     if tokenizer is None:
         raise LmkitError(f"{model_dir} has no tokenizer to read the examples with; compose it with --set tokenizer=DIR")
+    from lmkit.registry import get_host
+
+    decoder_type = config["spec"]["decoder"]["type"]
+    if get_host().components["generator"].get(decoder_type) is not None:
+        raise LmkitError(f"{model_dir}'s {decoder_type} decoder generates in its own way (it fills blanks), not by "
+                         "continuing a cache; prefixes steer decoders that continue prompts (GPT, GPT-2)")
     decoder = model.decoder.eval()  # frozen, and without dropout: the LM is what it was trained to be
     n_layers, n_heads, head_dim = cache_geometry(decoder)
     room = decoder.max_positions - length if decoder.max_positions is not None else max_tokens
@@ -107,7 +113,7 @@ def train_prefixes(model_dir: str, sources: list[tuple[str, str]], out: str, *, 
                 + (f"  d {metrics['d']:.4f}  accuracy {metrics['accuracy']:.2f}" if contrast_weight else ""))
     trained = prefixes.prefixes.detach().float().cpu().numpy()
     info = {"method": "contrastive prefixes (Qian et al. 2022), supervised",
-            "model": os.path.abspath(model_dir), "decoder": config["spec"]["decoder"]["type"],
+            "model": os.path.abspath(model_dir), "decoder": decoder_type,
             "lm_weight": lm_weight, "contrast_weight": contrast_weight, "steps": steps, "batch_size": batch_size,
             "lr": lr, "seed": seed, "examples": {name: int((labels_array == i).sum()) for i, name in enumerate(attributes)},
             "final": metrics}

@@ -72,6 +72,11 @@ def generate_command(model_dir, prompts, strategy, stops, stream, as_json, trunc
 
         require_torch("lmkit generate on a model directory")
     model = open_model(model_dir, device=device, provider=provider)
+    if prefix is not None and model.kind != "decoder":
+        from ..errors import LmkitError
+
+        raise LmkitError(f"{model_dir} is an {model.kind} model (it is not decoder-only); prefixes steer "
+                         "decoder-only models (GPT, GPT-2)")
     rewrites = model.kind == "decoder" and model.generator is not None  # GLM fills blanks: no continuation to stream
     if stream and rewrites:
         raise click.UsageError("--stream prints a continuation as it is produced; this model fills the blanks of "
