@@ -92,10 +92,11 @@ def test_a_prefix_made_from_tokens_is_those_tokens_fed_first(tiny_gpt2):
     words = model.tokenizer.encode("the cat sat on the mat")
     prefix = CachePrefix(prefix_from_tokens(decoder, words).numpy(), "made", "tokens")
     prompts = [model.tokenizer.encode(text) for text in ("the dog ran", "a cat", "home quickly far away")]
-    greedy = model.decoding("greedy", max_new_tokens=8)
-    with_prefix = model.generate_ids(prompts, greedy, prefix=prefix)
-    in_front = model.generate_ids([words + p for p in prompts], greedy)
-    assert [r.tokens for r in with_prefix] == [r.tokens for r in in_front]
+    # 60 new tokens run the short rows into the context of 64, where the shared padding is dropped.
+    for greedy in (model.decoding("greedy", max_new_tokens=8), model.decoding("greedy", max_new_tokens=60)):
+        with_prefix = model.generate_ids(prompts, greedy, prefix=prefix)
+        in_front = model.generate_ids([words + p for p in prompts], greedy)
+        assert [r.tokens for r in with_prefix] == [r.tokens for r in in_front]
 
     backend = model.backend(4, prefix=prefix)
     mask = np.array([[False, True, True], [True, True, True]])
@@ -118,13 +119,15 @@ def test_export_generates_token_identically_with_a_prefix(tiny_gpt2, tiny_gpt2_e
     for directory in (tiny_gpt2, tiny_gpt2_export):
         model = open_model(directory, device="cpu")
         runs = []
-        for strategy, options in (("greedy", {}), ("beam", {"num_beams": 3}), ("sample", {"seed": 3})):
-            decoding = model.decoding(strategy, max_new_tokens=10, **options)
+        for strategy, options in (("greedy", {}), ("beam", {"num_beams": 3}), ("sample", {"seed": 3}),
+                                  ("greedy", {"max_new_tokens": 60})):  # up to the context, where padding is dropped
+            decoding = model.decoding(strategy, **{"max_new_tokens": 10, **options})
             runs.append([r.tokens for r in model.generate_ids(prompts, decoding, prefix=prefix)])
         runs.append([r.tokens for r in model.generate_ids(prompts, model.decoding("greedy", max_new_tokens=10))])
         outputs.append(runs)
     assert outputs[0] == outputs[1]
-    assert outputs[0][0] != outputs[0][3]  # the prefix changed the continuation
+    assert outputs[0][0] != outputs[0][4]  # the prefix changed the continuation
+    assert max(len(tokens) for tokens in outputs[0][3]) > 50
 
 
 def test_a_prefix_counts_against_the_context(tiny_gpt2, tiny_gpt2_export):
