@@ -212,6 +212,7 @@ def test_generate_refuses_bad_prefixes_in_one_line(tiny_gpt2, tiny_gpt2_export, 
         (["--prefix", prefix_dir / "other"], "was trained for a model of 3 layers, 4 heads of 16 dimensions "
                                              "(width 64), but this"),
         (["--prefix", prefix_dir], "holds no prefix file (prefixes.safetensors)"),
+        (["--prefix", prefix_dir / "none"], "none does not exist; give the --out directory of lmkit train-prefix"),
         (["--attribute", "positive"], "--attribute picks one of a prefix file's prefixes; give the file with --prefix"),
     ]
     for flags, message in cases:

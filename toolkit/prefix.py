@@ -66,6 +66,8 @@ def _geometry(n_layers: int, n_heads: int, head_dim: int) -> str:
 
 def prefix_path(path: str) -> str:
     """The prefix file of a prefix directory (or the file itself); ArtifactError when there is none."""
+    if not os.path.exists(path):
+        raise ArtifactError(f"{path} does not exist; give the --out directory of lmkit train-prefix")
     file = os.path.join(path, PREFIX_FILE) if os.path.isdir(path) else path
     if not os.path.isfile(file):
         raise ArtifactError(f"{path} holds no prefix file ({PREFIX_FILE}); give the --out directory of "
