@@ -27,9 +27,13 @@ class DecoderOnlyRuntime:
         self.session = export.session("model")
         self.max_positions = export.manifest.get("dimensions", {}).get("max_length")
 
-    def backend(self, max_new_tokens: int | None = None, io_binding: bool | None = None) -> OrtBackend:
-        """A fresh OrtBackend over the session; the cache is sized by the graph, so max_new_tokens is not needed."""
-        return OrtBackend(self.session, self.graph, self.max_positions, io_binding)
+    def backend(self, max_new_tokens: int | None = None, io_binding: bool | None = None,
+                prefix=None) -> OrtBackend:
+        """A fresh OrtBackend over the session; the cache is sized by the graph, so max_new_tokens is not needed.
+
+        prefix: a lmkit.prefix.CachePrefix the cache starts from (see OrtBackend), or None.
+        """
+        return OrtBackend(self.session, self.graph, self.max_positions, io_binding, prefix)
 
     def features(self, input_ids: np.ndarray, attention_mask: np.ndarray, token_type_ids=None) -> dict:
         raise LmkitError(f"{self.export.directory} is a {DECODER_ONLY} export, whose graph gives logits but not "
@@ -47,13 +51,23 @@ class OrtBackend:
     IO binding as its own values on the GPU, and only the logits come to the host. On the CPU
     (default: off) session.run already hands its outputs over as numpy arrays without a copy and takes
     them back the same way, and measured no slower than IO binding, so the simpler path is used.
+
+    prefix: a lmkit.prefix.CachePrefix (keys/values of P positions per layer) fed as every row's
+    past at the prefill, with P columns of ones before the attention mask and the prompt's positions
+    starting at P, as the PyTorch backend does; max_length is then the graph's less P. It needs the
+    graph's cache to be keys/values (past_key_values.{i}.key/.value) of the prefix's geometry.
     """
 
-    def __init__(self, session, graph: dict, max_length: int | None, io_binding: bool | None = None):
+    def __init__(self, session, graph: dict, max_length: int | None, io_binding: bool | None = None,
+                 prefix=None):
         self.session = session
         self.max_length = max_length
         self.inputs = {tensor["name"]: tensor for tensor in graph["inputs"]}
         self.cache = [(pair["input"], pair["output"]) for pair in graph["cache"]]
+        self.prefix: dict[str, np.ndarray] = {}  # cache input name -> (1, nh, P, hs)
+        self.prefix_length = 0
+        if prefix is not None:
+            self._take_prefix(prefix)
         self.output_names = ["logits", *(output for _, output in self.cache)]
         provider = session.get_providers()[0]
         self.device = BINDING_DEVICES.get(provider, "cpu")
@@ -75,12 +89,14 @@ class OrtBackend:
         batch = input_ids.shape[0]
         mask = attention_mask.astype(np.int64)
         if position_ids is None:
-            # As transformers does for left padding: every row's first real token is at position 0.
-            positions = np.maximum(np.cumsum(mask, axis=1) - 1, 0)
+            # As transformers does for left padding: every row's first real token is at position 0
+            # (at P after a prefix).
+            positions = self.prefix_length + np.maximum(np.cumsum(mask, axis=1) - 1, 0)
         else:  # the model's own (GLM's pos1 and pos2), each new token `position_step` after the last
             positions = np.asarray(position_ids, dtype=np.int64)
         self.step_positions = np.int64(1) if position_step is None else np.asarray(position_step, dtype=np.int64)
-        self.past = {name: self._cache_value(self._empty(name, batch)) for name, _ in self.cache}
+        self.past = {name: self._cache_value(np.repeat(self.prefix[name], batch, axis=0) if self.prefix
+                                             else self._empty(name, batch)) for name, _ in self.cache}
         self.attention_mask = np.zeros((batch, 0), dtype=np.int64)
         self.fed = np.zeros((batch, 0), dtype=np.int64)
         self.fed_positions = np.zeros((*positions.shape[:-1], 0), dtype=np.int64)
@@ -109,8 +125,10 @@ class OrtBackend:
         if self.max_length is not None and mask.shape[1] > self.max_length:
             raise LmkitError(f"the model reads at most {self.max_length} positions and this step would make "
                              f"{mask.shape[1]}; generate fewer tokens or shorten the prompt")
+        # The prefix's positions are in the cache, never padding: ones before the mask the graph sees.
+        seen = np.concatenate([np.ones((mask.shape[0], self.prefix_length), np.int64), mask], axis=1)
         feeds = {name: np.ascontiguousarray(value, dtype=self.inputs[name]["dtype"])
-                 for name, value in (("input_ids", input_ids), ("attention_mask", mask), ("position_ids", positions))
+                 for name, value in (("input_ids", input_ids), ("attention_mask", seen), ("position_ids", positions))
                  if name in self.inputs}
         if self.binding is None:
             logits, *cache = self.session.run(self.output_names, {**feeds, **self.past})
@@ -139,6 +157,29 @@ class OrtBackend:
             binding.bind_output(output, self.device, self.device_id)
         self.session.run_with_iobinding(binding)
         return binding.get_outputs()
+
+    def _take_prefix(self, prefix) -> None:
+        """Check `prefix` against the graph's key/value inputs and keep it by input name, (1, nh, P, hs)."""
+        n_layers = len(self.cache) // 2
+        names = [f"past_key_values.{layer}.{part}" for layer in range(n_layers) for part in ("key", "value")]
+        if not names or [name for name, _ in self.cache] != names:
+            raise LmkitError("a prefix starts a key/value cache, and this export's cache is not keys/values "
+                             "(past_key_values.{i}.key/.value); prefixes work with attention decoders (GPT, GPT-2)")
+        shape = self.inputs["past_key_values.0.key"]["shape"]  # (batch, heads, past, head_dim)
+        prefix.check_fits(n_layers, shape[1], shape[3], "this export")
+        if not all(isinstance(self.inputs[name]["shape"][2], str) for name in names):
+            raise LmkitError("a prefix needs a cache of any length, and this export keeps a fixed window in some "
+                             "layers (GPT-3's banded layers); generate with the model directory instead")
+        self.prefix_length = prefix.length
+        if self.max_length is not None:
+            if prefix.length >= self.max_length:
+                raise LmkitError(f"the prefix has {prefix.length} positions and the model reads at most "
+                                 f"{self.max_length}; train a shorter prefix")
+            self.max_length -= prefix.length
+        for index, name in enumerate(names):
+            layer, part = divmod(index, 2)
+            self.prefix[name] = np.ascontiguousarray(prefix.keys_values[layer, part][None],
+                                                     dtype=self.inputs[name]["dtype"])
 
     def _cache_value(self, array: np.ndarray):
         """A cache tensor as this backend keeps it: numpy, or an OrtValue on the device with IO binding."""

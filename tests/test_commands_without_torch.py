@@ -34,6 +34,7 @@ SAMPLES = {
     "path": "{text}", "source": "gpt2-tiny", "files": "{text}", "text": "hello", "texts": "hello",
     "out": "{out}", "options_json": "{text}", "weights_hdf5": "{text}", "vocab_path": "{text}",
     ("neurons", "prompts"): "the cat sat on the", ("neurons", "answer"): "mat",
+    ("train-prefix", "data"): "{text}:positive",
 }
 # Options a command needs to get past its own argument checks to where it would load torch.
 EXTRAS = {"eval": ["--data", "{text}"], "generate": ["--prompt", "hello"], "translate": ["--text", "hello"],

@@ -293,7 +293,11 @@ class ModelRuntime(Protocol):
     max_positions: int | None  # the most tokens it reads at once (an encoder-decoder: of a source); None: no limit
 
     def backend(self, max_new_tokens: int | None = None) -> Any:
-        """A fresh lmkit.decoding Backend (an encoder-decoder's with set_sources), or LmkitError if it cannot generate."""
+        """A fresh lmkit.decoding Backend (an encoder-decoder's with set_sources), or LmkitError if it cannot generate.
+
+        A decoder-only runtime whose cache is keys/values also takes prefix=lmkit.prefix.CachePrefix: the
+        cache every row starts from, the prompt's positions after it (lmkit.prefix; lmkit generate --prefix).
+        """
 
     def features(self, input_ids, attention_mask, token_type_ids=None) -> dict[str, Any]:
         """input_ids int64 (B, T), attention_mask bool (B, T) -> last_hidden_state (B, T, D), pooler_output (B, D)|None."""

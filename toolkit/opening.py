@@ -163,13 +163,20 @@ class OpenedModel:
         return component.load()(build_options(component.options_class(), values, f"decoding {strategy}"))
 
     def generate_ids(self, inputs: Sequence[Sequence[int]], decoding=None, *, stop: list[list[int]] | None = None,
-                     on_token: Callable[[int, int], None] | None = None, batch_size: int = 64) -> list:
+                     on_token: Callable[[int, int], None] | None = None, batch_size: int = 64,
+                     prefix=None) -> list:
         """One lmkit.decoding Generation per input: a prompt's continuation, or a source's target sequence.
 
         decoding: a strategy (decoding()), by default the model's. stop and on_token: decoder-only models.
+        prefix: a lmkit.prefix.CachePrefix (lmkit.prefix.load_prefix) every prompt's cache starts from, for
+            decoder-only models whose cache is keys/values; None: none.
         """
         decoding = decoding or self.decoding()
         tokenizer = self._needs_tokenizer("generate")
+        if prefix is not None and (self.kind != "decoder" or self.generator is not None):
+            raise LmkitError(f"{self.directory} does not continue prompts with a key/value cache of its own (it is "
+                             f"{'an encoder-decoder' if self.kind == 'encoder-decoder' else 'a model that fills blanks'}"
+                             "); prefixes steer decoder-only models (GPT, GPT-2)")
         if self.kind == "encoder-decoder":
             from .seq2seq import Seq2SeqGenerator
 
@@ -182,10 +189,19 @@ class OpenedModel:
         # An empty prompt starts from the bos token, as GPT-2 was trained to (each document followed one).
         prompts = [list(ids) or ([tokenizer.bos_id] if tokenizer.bos_id is not None else []) for ids in inputs]
         pad_id = tokenizer.pad_id if tokenizer.pad_id is not None else tokenizer.eos_id
-        return decoding.generate(self.backend(decoding.options.max_new_tokens), prompts, eos_id=tokenizer.eos_id,
-                                 pad_id=pad_id, stop=stop, on_token=on_token)
+        # A runtime takes a prefix as an option of its backend (lmkit.contract.ModelRuntime.backend).
+        if prefix is None:
+            backend = self.backend(decoding.options.max_new_tokens)
+        else:
+            try:
+                backend = self.backend(decoding.options.max_new_tokens, prefix=prefix)
+            except TypeError:  # a runtime of a plugin that takes no prefix
+                raise LmkitError(f"{self.directory}'s runtime ({type(self.runtime).__name__}) takes no prefix; "
+                                 "prefixes steer attention decoders with a key/value cache (GPT, GPT-2)") from None
+        return decoding.generate(backend, prompts, eos_id=tokenizer.eos_id, pad_id=pad_id, stop=stop,
+                                 on_token=on_token)
 
-    def generate(self, texts: Sequence[str], strategy: str | None = None, **options) -> list[str]:
+    def generate(self, texts: Sequence[str], strategy: str | None = None, *, prefix=None, **options) -> list[str]:
         """The text each input generates, by the model's strategy unless told another (options override it).
 
         A decoder-only model continues each prompt; an encoder-decoder turns each source into its
@@ -198,7 +214,7 @@ class OpenedModel:
 
             results = self.generate_ids(encode_sources(tokenizer, list(texts), self.max_positions), decoding)
             return [self.output_tokenizer.decode(r.tokens, skip_special_tokens=True).strip() for r in results]
-        results = self.generate_ids(tokenizer.encode_batch(list(texts)), decoding)
+        results = self.generate_ids(tokenizer.encode_batch(list(texts)), decoding, prefix=prefix)
         return [tokenizer.decode(result.tokens if result.output is None else result.output) for result in results]
 
     # -- features ---------------------------------------------------------------------------------

@@ -23,8 +23,9 @@ class TorchRuntime:
         # An encoder-decoder's limit is its source's; a decoder's its context; an encoder's its input's.
         self.max_positions = model.feature_stack.max_positions
 
-    def backend(self, max_new_tokens: int | None = None):
-        """TorchBackend (its cache sized for max_new_tokens more), or Seq2SeqBackend for an encoder-decoder."""
+    def backend(self, max_new_tokens: int | None = None, prefix=None):
+        """TorchBackend (its cache sized for max_new_tokens more, started from `prefix`, a lmkit.prefix.CachePrefix,
+        when given), or Seq2SeqBackend for an encoder-decoder."""
         if self.kind == "encoder":
             raise ArtifactError(f"{self.directory} has no decoder to generate with (it is an encoder-only model)")
         if self.kind == "encoder-decoder":
@@ -35,7 +36,7 @@ class TorchRuntime:
 
         if max_new_tokens is None:
             raise LmkitError("a PyTorch decoder's backend sizes its cache: give max_new_tokens")
-        return TorchBackend(self.model.decoder, max_new_tokens, device=self.device)
+        return TorchBackend(self.model.decoder, max_new_tokens, device=self.device, prefix=prefix)
 
     @torch.no_grad()
     def features(self, input_ids: np.ndarray, attention_mask: np.ndarray, token_type_ids=None,

@@ -22,13 +22,19 @@ from .translate import echo_translations, generate_from_sources
               help="Print the text as it is produced.  [default: on for a single prompt without --json]")
 @click.option("--json", "as_json", is_flag=True, help="Print tokens, text, score and finish reason as JSON.")
 @click.option("--truncate", is_flag=True, help="Keep the end of a prompt too long for the model's context.")
+@click.option("--prefix", "prefix_path", type=click.Path(), metavar="DIR",
+              help="Start from a trained key/value prefix (the --out of lmkit train-prefix): the cache every "
+                   "prompt continues from, for decoder-only models and their exports.")
+@click.option("--attribute", metavar="NAME", help="The attribute whose prefix --prefix uses (one of those it was "
+                                                  "trained for; needed when it holds several).")
 @click.option("--device", default="auto", show_default=True,
               help="auto (cuda when PyTorch, or onnxruntime for an export, has it), cpu, cuda or cuda:N.")
 @click.option("--provider", metavar="NAME",
               help="Export directories only: the onnxruntime execution provider to run on, e.g. "
                    "CPUExecutionProvider or CUDAExecutionProvider, in place of --device; an error if it is not "
                    "the one that runs.")
-def generate_command(model_dir, prompts, strategy, stops, stream, as_json, truncate, device, provider, **flags):
+def generate_command(model_dir, prompts, strategy, stops, stream, as_json, truncate, prefix_path, attribute, device,
+                     provider, **flags):
     """Continue each prompt with the model in MODEL_DIR and print prompt and continuation.
 
     MODEL_DIR is a model directory (run with PyTorch) or an export directory from `lmkit export`
@@ -48,6 +54,13 @@ def generate_command(model_dir, prompts, strategy, stops, stream, as_json, trunc
     if provider is not None and device != "auto":
         raise click.UsageError("give --device or --provider, not both: --provider names the execution provider "
                                "that takes the place of the device")
+    if attribute is not None and prefix_path is None:
+        raise click.UsageError("--attribute picks one of a prefix file's prefixes; give the file with --prefix")
+    prefix = None
+    if prefix_path is not None:  # read before the model, so a wrong name fails fast
+        from ..prefix import load_prefix
+
+        prefix = load_prefix(prefix_path, attribute)
     texts = list(prompts) or _stdin_prompts()
     if stream and (as_json or len(texts) > 1):
         raise click.UsageError("--stream prints one prompt's text as it is produced; give a single prompt "
@@ -59,6 +72,11 @@ def generate_command(model_dir, prompts, strategy, stops, stream, as_json, trunc
 
         require_torch("lmkit generate on a model directory")
     model = open_model(model_dir, device=device, provider=provider)
+    if prefix is not None and model.kind != "decoder":
+        from ..errors import LmkitError
+
+        raise LmkitError(f"{model_dir} is an {model.kind} model (it is not decoder-only); prefixes steer "
+                         "decoder-only models (GPT, GPT-2)")
     rewrites = model.kind == "decoder" and model.generator is not None  # GLM fills blanks: no continuation to stream
     if stream and rewrites:
         raise click.UsageError("--stream prints a continuation as it is produced; this model fills the blanks of "
@@ -89,10 +107,11 @@ def generate_command(model_dir, prompts, strategy, stops, stream, as_json, trunc
     ids = tokenizer.encode_batch(texts)
     if truncate:
         ids = [row or ([tokenizer.bos_id] if tokenizer.bos_id is not None else []) for row in ids]
-        ids = fit_prompts(ids, model.max_positions, options.max_new_tokens, truncate=True)
+        room = None if model.max_positions is None else model.max_positions - (prefix.length if prefix else 0)
+        ids = fit_prompts(ids, room, options.max_new_tokens, truncate=True)
 
     printer = _TextStream(tokenizer, texts[0]) if stream else None
-    results = model.generate_ids(ids, decoding, stop=stop, on_token=printer)
+    results = model.generate_ids(ids, decoding, stop=stop, on_token=printer, prefix=prefix)
     if printer is not None:
         printer.finish()
 

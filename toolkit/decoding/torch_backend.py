@@ -21,15 +21,24 @@ class TorchBackend:
     The tokens fed so far are kept on the host too, (B, capacity), so that when the cache is full at
     the model's context and rows are still going (a short prompt that outlived a long one), the
     padding they share can be dropped and their cache recomputed without it (see Backend.step).
+
+    prefix: a lmkit.prefix.CachePrefix every row's cache starts from (its P positions come before
+    the prompt, whose tokens then sit at positions P, P+1, ...), or None. It needs a decoder whose
+    cache is a lmkit.nn.KVCache of its geometry; max_length is then the context less P.
     """
 
-    def __init__(self, decoder: nn.Module, max_new_tokens: int, device: torch.device | str | None = None):
+    def __init__(self, decoder: nn.Module, max_new_tokens: int, device: torch.device | str | None = None,
+                 prefix=None):
         if device is None:
             device = next(decoder.parameters()).device
         self.device = torch.device(device)
         self.decoder = decoder.to(self.device).eval()  # dropout would make every run different
         self.max_new_tokens = max_new_tokens
         self.max_length = decoder.max_positions
+        self.prefix_length = 0
+        self.prefix: tuple[torch.Tensor, torch.Tensor] | None = None  # keys, values (L, 1, nh, P, hs)
+        if prefix is not None:
+            self._take_prefix(prefix)
         self.cache = None
         self.capacity = 0  # positions the cache holds
         # With padding, the mask of everything fed so far (B, capacity) and each row's last position
@@ -51,7 +60,10 @@ class TorchBackend:
         capacity = T + self.max_new_tokens
         if self.max_length is not None:
             capacity = min(capacity, self.max_length)
-        self.cache, self.capacity = self.decoder.new_cache(B, capacity), capacity
+        P = self.prefix_length
+        self.cache, self.capacity = self.decoder.new_cache(B, capacity + P), capacity
+        if self.prefix is not None:
+            self.cache.start_from(*self.prefix)
         self.length = T
         self.fed = np.zeros((B, capacity), dtype=np.int64)
         self.fed_mask = np.zeros((B, capacity), dtype=np.bool_)
@@ -61,12 +73,16 @@ class TorchBackend:
         self.fed_positions = self.step_positions = None
         if not attention_mask.all():
             mask = torch.from_numpy(attention_mask).to(self.device)
-            self.attention_mask = torch.zeros(B, capacity, dtype=torch.bool, device=self.device)
-            self.attention_mask[:, :T] = mask
+            # The prefix's columns come first and are never padding.
+            self.attention_mask = torch.zeros(B, P + capacity, dtype=torch.bool, device=self.device)
+            self.attention_mask[:, :P] = True
+            self.attention_mask[:, P:P + T] = mask
             if position_ids is None:
-                # As transformers does for left padding: every row's first real token is at position 0.
-                positions = (mask.cumsum(1) - 1).clamp(min=0)
+                # As transformers does for left padding: every row's first real token is at position 0
+                # (at P after a prefix).
+                positions = P + (mask.cumsum(1) - 1).clamp(min=0)
                 self.positions = positions[:, -1]
+            mask = self.attention_mask[:, :P + T]
         if position_ids is not None:  # the model's own positions; kept on the host too, for a restart
             self.fed_positions = np.zeros((*position_ids.shape[:-1], capacity), dtype=np.int64)
             self.fed_positions[..., :T] = position_ids
@@ -104,8 +120,9 @@ class TorchBackend:
             if self.fed_positions is not None:
                 self.fed_positions[..., self.length] = self.fed_positions[..., self.length - 1] + self.step_host
         if self.attention_mask is not None:
-            self.attention_mask[:, self.length] = True
-            mask = self.attention_mask[:, :self.length + 1]
+            end = self.prefix_length + self.length
+            self.attention_mask[:, end] = True
+            mask = self.attention_mask[:, :end + 1]
         logits = self.decoder(ids, self.cache, attention_mask=mask, position_ids=position_ids)
         self.length += 1
         return self._to_host(logits[:, -1])
@@ -128,6 +145,26 @@ class TorchBackend:
             raise ValueError(f"a row would pass the model's context of {self.max_length} positions; stop each "
                              "row at its own room (lmkit.decoding.common.new_token_rooms)")
         return self.prefill(ids, mask, positions, step)
+
+    def _take_prefix(self, prefix) -> None:
+        """Check `prefix` against the decoder's cache and keep its keys and values on the device."""
+        from lmkit.errors import LmkitError
+        from lmkit.nn import KVCache
+
+        probe = self.decoder.new_cache(1, 1)
+        if not isinstance(probe, KVCache):
+            raise LmkitError(f"a prefix starts a key/value cache, and this decoder's cache is a {type(probe).__name__}; "
+                             "prefixes work with attention decoders whose cache is lmkit.nn.KVCache (GPT, GPT-2)")
+        n_layers, _, n_heads, _, head_dim = probe.keys.shape
+        prefix.check_fits(n_layers, n_heads, head_dim, f"this {type(self.decoder).__name__}")
+        self.prefix_length = prefix.length
+        if self.max_length is not None:
+            if prefix.length >= self.max_length:
+                raise LmkitError(f"the prefix has {prefix.length} positions and the model reads at most "
+                                 f"{self.max_length}; train a shorter prefix")
+            self.max_length -= prefix.length
+        kv = torch.from_numpy(prefix.keys_values).to(self.device, probe.keys.dtype)  # (L, 2, nh, P, hs)
+        self.prefix = (kv[:, 0, None], kv[:, 1, None])  # each (L, 1, nh, P, hs)
 
     @staticmethod
     def _to_host(logits: torch.Tensor) -> np.ndarray:

@@ -47,6 +47,20 @@ class KVCache:
         self.values[layer, :, :, start:end] = v
         return self.keys[layer, :, :, :end], self.values[layer, :, :, :end]
 
+    def start_from(self, keys: Tensor, values: Tensor) -> None:
+        """Fill the first P positions of an empty cache with a prefix's keys and values (lmkit.prefix).
+
+        keys, values: (n_layers, B or 1, nh, P, hs), a batch of 1 standing for every row.
+        """
+        if self.length:
+            raise ValueError(f"a prefix starts an empty cache, and this one holds {self.length} positions")
+        P = keys.size(3)
+        if P > self.max_len:
+            raise ValueError(f"the prefix has {P} positions and the cache holds {self.max_len}")
+        self.keys[:, :, :, :P] = keys
+        self.values[:, :, :, :P] = values
+        self.length = P
+
     def advance(self, n: int) -> None:
         """Count `n` new positions as filled, once every layer has stored them."""
         self.length += n

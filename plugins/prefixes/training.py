@@ -1,0 +1,121 @@
+"""Training contrastive prefixes over a frozen model directory (what `lmkit train-prefix` runs)."""
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+from lmkit.errors import DataError, LmkitError
+
+from .model import AttributePrefixes, cache_geometry, prefix_from_tokens
+
+
+def read_examples(path: str) -> list[str]:
+    """The non-empty lines of a UTF-8 text file; DataError in one line otherwise."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            lines = [line.strip() for line in handle]
+    except UnicodeDecodeError as error:
+        raise DataError(f"{path} is not UTF-8 text (byte {error.start}); convert it to UTF-8") from None
+    examples = [line for line in lines if line]
+    if not examples:
+        raise DataError(f"{path} has no examples; give a text file of one example per line")
+    return examples
+
+
+def encode_examples(tokenizer, texts: list[str], max_tokens: int) -> list[list[int]]:
+    """Each text as [start] + tokens + [eos], at most max_tokens long; start is bos (else eos), the token a
+    document follows in causal-LM training, so the text's first token is scored too."""
+    start = tokenizer.bos_id if tokenizer.bos_id is not None else tokenizer.eos_id
+    if start is None:
+        raise LmkitError("the model's tokenizer has neither a bos nor an eos token to start each example from")
+    end = [tokenizer.eos_id] if tokenizer.eos_id is not None else []
+    return [([start] + ids + end)[:max_tokens] for ids in tokenizer.encode_batch(texts)]
+
+
+def pad_batch(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded (B, T) ids and their bool mask."""
+    T = max(len(row) for row in rows)
+    ids = torch.full((len(rows), T), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), T), dtype=torch.bool)
+    for i, row in enumerate(rows):
+        ids[i, :len(row)] = torch.tensor(row)
+        mask[i, :len(row)] = True
+    return ids, mask
+
+
+def train_prefixes(model_dir: str, sources: list[tuple[str, str]], out: str, *, length: int = 10,
+                   lm_weight: float = 1.0, contrast_weight: float = 1.0, steps: int = 300, batch_size: int = 16,
+                   lr: float = 1e-2, max_tokens: int = 64, seed: int = 0, device: str = "auto",
+                   log: Callable[[str], None] | None = None) -> dict:
+    """Train one prefix per attribute of `sources` [(file, attribute)] and write them to out/prefixes.safetensors.
+
+    Returns {"path", "attributes", "final": the last step's metrics}. The model's parameters are
+    never changed (requires_grad off, nothing written to model_dir but the prefix file if out is it).
+    Each prefix starts from the keys/values of the first `length` tokens of a random example of any
+    attribute (prefix tuning's initialisation from real tokens), a different one per attribute.
+    """
+    from lmkit.model import load_model
+    from lmkit.prefix import save_prefixes
+    from lmkit.training.distributed import resolve_device
+
+    resolved = resolve_device(device)
+    model, tokenizer, config = load_model(model_dir, device=str(resolved))
+    if model.kind != "decoder":
+        raise LmkitError(f"{model_dir} is an {model.kind} model; prefixes steer decoder-only models (GPT, GPT-2)")
+    if tokenizer is None:
+        raise LmkitError(f"{model_dir} has no tokenizer to read the examples with; compose it with --set tokenizer=DIR")
+    from lmkit.registry import get_host
+
+    decoder_type = config["spec"]["decoder"]["type"]
+    if get_host().components["generator"].get(decoder_type) is not None:
+        raise LmkitError(f"{model_dir}'s {decoder_type} decoder generates in its own way (it fills blanks), not by "
+                         "continuing a cache; prefixes steer decoders that continue prompts (GPT, GPT-2)")
+    decoder = model.decoder.eval()  # frozen, and without dropout: the LM is what it was trained to be
+    n_layers, n_heads, head_dim = cache_geometry(decoder)
+    room = decoder.max_positions - length if decoder.max_positions is not None else max_tokens
+    if room < 2:
+        raise LmkitError(f"a prefix of {length} positions leaves {room} of the model's {decoder.max_positions} "
+                         "for a text; give a shorter --length")
+    max_tokens = min(max_tokens, room)
+
+    attributes = list(dict.fromkeys(attribute for _, attribute in sources))
+    examples: list[list[int]] = []
+    labels: list[int] = []
+    for path, attribute in sources:
+        encoded = encode_examples(tokenizer, read_examples(path), max_tokens)
+        examples += encoded
+        labels += [attributes.index(attribute)] * len(encoded)
+    rng = np.random.default_rng(seed)
+    torch.manual_seed(seed)
+    starts = [row for row in examples if len(row) >= length]
+    if not starts:
+        raise DataError(f"no example has the {length} tokens a prefix starts from; give a shorter --length")
+    init = torch.stack([prefix_from_tokens(decoder, starts[i][:length])
+                        for i in rng.choice(len(starts), size=len(attributes), replace=len(starts) < len(attributes))])
+    prefixes = AttributePrefixes(decoder, init.to(resolved)).to(resolved)
+    optimizer = torch.optim.AdamW([prefixes.prefixes], lr=lr, weight_decay=0.0)
+    pad_id = tokenizer.pad_id if tokenizer.pad_id is not None else tokenizer.eos_id or 0
+    labels_array = np.asarray(labels)
+    metrics: dict = {}
+    for step in range(1, steps + 1):
+        chosen = rng.choice(len(examples), size=min(batch_size, len(examples)), replace=False)
+        ids, mask = pad_batch([examples[i] for i in chosen], pad_id)
+        loss, metrics = prefixes.loss(ids.to(resolved), mask.to(resolved),
+                                      torch.from_numpy(labels_array[chosen]).to(resolved), lm_weight, contrast_weight)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if log is not None and (step % max(1, steps // 10) == 0 or step == steps):
+            log(f"step {step}/{steps}  loss {loss.item():.4f}  lm {metrics['lm']:.4f}"
+                + (f"  d {metrics['d']:.4f}  accuracy {metrics['accuracy']:.2f}" if contrast_weight else ""))
+    trained = prefixes.prefixes.detach().float().cpu().numpy()
+    info = {"method": "contrastive prefixes (Qian et al. 2022), supervised",
+            "model": os.path.abspath(model_dir), "decoder": decoder_type,
+            "lm_weight": lm_weight, "contrast_weight": contrast_weight, "steps": steps, "batch_size": batch_size,
+            "lr": lr, "seed": seed, "examples": {name: int((labels_array == i).sum()) for i, name in enumerate(attributes)},
+            "final": metrics}
+    path = save_prefixes(out, dict(zip(attributes, trained)), info)
+    return {"path": path, "attributes": attributes, "final": metrics}
