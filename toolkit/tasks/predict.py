@@ -72,6 +72,13 @@ def predict(model_dir: str | list[str], path: str, *, batch_size: int = 32, max_
     dirs = [model_dir] if isinstance(model_dir, str) else list(model_dir)
     if not dirs:
         raise LmkitError("no model to predict with; give a fine-tuned model directory or export")
+    if len(dirs) > 1:  # checked before any model runs
+        first = _head_part(dirs[0])
+        for other in dirs[1:]:
+            part = _head_part(other)
+            if first is not None and part is not None and _task_of(part) != _task_of(first):
+                raise LmkitError(f"{other} was fine-tuned for another task or labels than {dirs[0]} "
+                                 f"({_task_of(part)[1:]} against {_task_of(first)[1:]}); average models of one task")
     runs = []
     for directory in dirs:
         runs.append(_scores(directory, path, batch_size=batch_size, max_length=max_length, text_fields=text_fields,
@@ -80,12 +87,6 @@ def predict(model_dir: str | list[str], path: str, *, batch_size: int = 32, max_
         if len(dirs) > 1 and not runs[0][1].averages:
             runs[0][1].average([])  # says, in one line, why this task's predictions cannot be averaged
     part, kind, data, encoded, batches, scores = runs[0]
-    for other, (other_part, *_) in zip(dirs[1:], runs[1:]):
-        if (other_part["type"], other_part.get("task"), other_part.get("labels")) != (
-                part["type"], part.get("task"), part.get("labels")):
-            raise LmkitError(f"{other} was fine-tuned for another task or labels than {dirs[0]} "
-                             f"({other_part.get('task', other_part['type'])} {other_part.get('labels')} against "
-                             f"{part.get('task', part['type'])} {part.get('labels')}); average models of one task")
     if len(runs) > 1:
         averaged = kind.average([np.concatenate(run[5]) for run in runs])
         scores = np.split(averaged, np.cumsum([len(s) for s in scores])[:-1])
@@ -93,6 +94,25 @@ def predict(model_dir: str | list[str], path: str, *, batch_size: int = 32, max_
     outputs = kind.outputs(scores, batches, encoded, data)
     metrics = kind.metrics(predictions, batches, encoded, data) if kind.labelled(data) else None
     return outputs, metrics
+
+
+def _head_part(model_dir: str) -> dict | None:
+    """The task head's part of the spec of a model or export directory, None when it has none."""
+    from lmkit.opening import is_export
+
+    if is_export(model_dir):
+        from lmkit.exports.manifest import read_manifest
+
+        spec = read_manifest(model_dir)["source"]["spec"]
+    else:
+        from ..artifacts import read_config
+
+        spec = read_config(model_dir)["spec"]
+    return next((o for o in spec.get("objectives", []) if o["type"] in HEADS), None)
+
+
+def _task_of(part: dict) -> tuple:
+    return part["type"], part.get("task", "classification"), list(part.get("labels", ()))
 
 
 def _scores(model_dir: str, path: str, *, batch_size: int, max_length: int | None, text_fields: tuple[str, ...],
