@@ -371,6 +371,11 @@ def compose(source: str, overrides: list[str], out: str, *, force: bool = False,
     if _size_vocabularies(spec, raw, explicit, say):
         spec = resolve(raw, host)
     tokenizer, target_tokenizer = attach_tokenizers(spec)
+    for part in spec.objectives:  # what training would refuse is refused now (lmkit.contract.Objective)
+        try:
+            part.component.load().check_composition(part.options, spec, tokenizer)
+        except SpecError as error:
+            raise SpecError(f"objectives.{part.type}: {error}") from None
     model = build_model(spec, seed)
     for stack, side in ((model.encoder, tokenizer), (model.decoder, target_tokenizer or tokenizer)):
         if stack is not None and side is not None:
