@@ -274,8 +274,8 @@ def _stack_tokenizer(spec: ModelSpec):
     roles = {**roles, **tokenizer.special_tokens}  # the tokenizer's own roles stay
     if roles != tokenizer.special_tokens:
         tokenizer = Tokenizer(tokenizer.hf_tokenizer, tokenizer.kind, roles, reverse=tokenizer.reverse)
-    if spec.tokenizer.get("reverse"):  # a backward language model: every text read right to left
-        tokenizer = tokenizer.reversed()
+    if "reverse" in spec.tokenizer:  # true: a backward language model, every text read right to left
+        tokenizer = tokenizer.reversed() if spec.tokenizer["reverse"] else tokenizer.forward()
     return tokenizer
 
 

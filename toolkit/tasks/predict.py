@@ -78,7 +78,7 @@ def predict(model_dir: str | list[str], path: str, *, batch_size: int = 32, max_
             part = _head_part(other)
             if first is not None and part is not None and _task_of(part) != _task_of(first):
                 raise LmkitError(f"{other} was fine-tuned for another task or labels than {dirs[0]} "
-                                 f"({_task_of(part)[1:]} against {_task_of(first)[1:]}); average models of one task")
+                                 f"({_describe(part)} against {_describe(first)}); average models of one task")
     runs = []
     for directory in dirs:
         runs.append(_scores(directory, path, batch_size=batch_size, max_length=max_length, text_fields=text_fields,
@@ -113,6 +113,11 @@ def _head_part(model_dir: str) -> dict | None:
 
 def _task_of(part: dict) -> tuple:
     return part["type"], part.get("task", "classification"), list(part.get("labels", ()))
+
+
+def _describe(part: dict) -> str:
+    _, task, labels = _task_of(part)
+    return f"{task} with labels {', '.join(map(str, labels))}" if labels else task
 
 
 def _scores(model_dir: str, path: str, *, batch_size: int, max_length: int | None, text_fields: tuple[str, ...],
