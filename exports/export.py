@@ -170,7 +170,10 @@ def _write_graph(graph, target: str, precision: str, opset: int, work: str) -> N
         return
     fp32 = os.path.join(work, f"{graph.name}.fp32.onnx")
     export_graph(graph, fp32, opset)
-    (to_fp16 if precision == "fp16" else to_int8)(fp32, target)
+    if precision == "fp16":
+        to_fp16(fp32, target, graph.fp32_ops)
+    else:
+        to_int8(fp32, target)
 
 
 def _default_name(model_dir: str) -> str:

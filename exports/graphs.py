@@ -97,6 +97,9 @@ class Graph:
     # dynamo (torch.export) or legacy (the TorchScript tracer, dynamo=False): dynamo fixes the time
     # axis of a bidirectional LSTM to the example's length (pytorch/pytorch#191855), the tracer does not.
     exporter: str = "dynamo"
+    # Operator types kept in fp32 when the graph is converted to fp16, beside lmkit.exports.precision.FP32_OPS:
+    # where fp16 is unsafe for this graph or an onnxruntime optimizer breaks on it (the exporter says why).
+    fp32_ops: tuple[str, ...] = ()
 
     def describe(self, file: str) -> dict:
         """The graph's entry in the manifest."""
@@ -174,7 +177,7 @@ class ExportPlan:
         most positions the model reads, None for no limit; vocab_size), written to the manifest.
     layout: an encoder-decoder's wiring of its two graphs (EncoderDecoderLayout), None otherwise.
     precisions: those onnxruntime runs these graphs in; `lmkit export` refuses the others before it
-        writes anything (onnxruntime's CPU provider crashes on an LSTM loop in fp16, for one).
+        writes anything (ELMo's char-CNN LSTM graph in fp16 and int8, for one).
     """
 
     architecture: str

@@ -18,12 +18,13 @@ PRECISIONS = ("fp32", "fp16", "int8")
 FP32_OPS = ("LayerNormalization", "Softmax", "Pow")
 
 
-def to_fp16(source: str, target: str) -> None:
+def to_fp16(source: str, target: str, keep_fp32: tuple[str, ...] = ()) -> None:
+    """keep_fp32: more operator types left in fp32 (a graph's own, lmkit.exports.graphs.Graph.fp32_ops)."""
     import onnx
     from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
 
     model = convert_float_to_float16(onnx.load(source), keep_io_types=True,
-                                     op_block_list=[*DEFAULT_OP_BLOCK_LIST, *FP32_OPS])
+                                     op_block_list=[*DEFAULT_OP_BLOCK_LIST, *FP32_OPS, *keep_fp32])
     onnx.save(model, target)
 
 

@@ -189,6 +189,12 @@ class Objective(Protocol):
     def for_model(cls, options, model) -> nn.Module:
         """The objective built for `model`, whose stacks exist already (BERT's MLM head tied to them)."""
 
+    @classmethod
+    def check_composition(cls, options, spec, tokenizer) -> None:
+        """At compose, before anything is built or written: SpecError (one line) when this objective could not
+        train the composition: a token it needs that the tokenizer (None: composed without one) lacks, an
+        option beyond the model's vocabulary. spec is the resolved lmkit.spec.ModelSpec."""
+
     # True when forward() is the mean cross-entropy of the tokens predicted (exp of it is a perplexity);
     # lmkit.objectives.base.ObjectiveModule says False.
     models_language: bool

@@ -15,6 +15,7 @@ Nothing here imports torch: batches are numpy arrays.
 """
 from __future__ import annotations
 
+import dataclasses
 import glob
 import hashlib
 import itertools
@@ -212,9 +213,12 @@ class TokenStream:
 
 
 def tokenizer_fingerprint(tokenizer) -> str:
-    """sha256 of the tokenizer's serialized form (its tokenizer.json) and of its end-of-text token."""
+    """sha256 of the tokenizer's serialized form (its tokenizer.json), of its end-of-text token and of
+    whether it reads right to left."""
     digest = hashlib.sha256(tokenizer.hf_tokenizer.to_str().encode("utf-8"))
     digest.update(f"\0eos={tokenizer.eos_id}".encode())
+    if tokenizer.reverse:
+        digest.update(b"\0reverse")
     return digest.hexdigest()
 
 
@@ -261,8 +265,14 @@ def load_tokens(paths: str | Iterable[str], tokenizer, *, text_field: str = "tex
                 what: str = "data") -> TokenStream:
     """The token stream of the files behind `paths`, tokenizing them only if no cache matches.
 
-    `what` names the data in error messages ("training data", "validation data").
+    `what` names the data in error messages ("training data", "validation data"). A tokenizer that
+    reverses (a backward LM's) gets the left-to-right stream read backwards, a view of the same cache:
+    each document right to left, the documents in reverse order, an end-of-text token before each
+    (what fastai's backwards language-model loader reads).
     """
+    if tokenizer.reverse:
+        stream = load_tokens(paths, tokenizer.forward(), text_field=text_field, progress=progress, what=what)
+        return dataclasses.replace(stream, tokens=stream.tokens[::-1])
     eos = tokenizer.eos_id
     if eos is None:
         raise DataError(f"the {tokenizer.kind} tokenizer has no end-of-text (eos) token to separate documents "

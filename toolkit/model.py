@@ -106,7 +106,8 @@ def describe_build(spec: ModelSpec, host: PluginHost, tokenizer=None, target_tok
         plugins[origin["plugin"]] = {k: v for k, v in origin.items() if k != "plugin"}
     resolved = spec.to_dict()
     if tokenizer is not None:
-        resolved["tokenizer"] = {"type": tokenizer.kind, "vocab_size": tokenizer.vocab_size}
+        resolved["tokenizer"] = {"type": tokenizer.kind, "vocab_size": tokenizer.vocab_size,
+                                 **({"reverse": True} if tokenizer.reverse else {})}
         if target_tokenizer is not None:
             resolved["tokenizer"]["target"] = {"type": target_tokenizer.kind, "vocab_size": target_tokenizer.vocab_size}
         component = host.components["tokenizer"].get(tokenizer.kind)
@@ -274,7 +275,9 @@ def _stack_tokenizer(spec: ModelSpec):
     roles = {role: token for stack in stacks for role, token in stack.special_token_roles.items()}
     roles = {**roles, **tokenizer.special_tokens}  # the tokenizer's own roles stay
     if roles != tokenizer.special_tokens:
-        tokenizer = Tokenizer(tokenizer.hf_tokenizer, tokenizer.kind, roles)
+        tokenizer = Tokenizer(tokenizer.hf_tokenizer, tokenizer.kind, roles, reverse=tokenizer.reverse)
+    if "reverse" in spec.tokenizer:  # true: a backward language model, every text read right to left
+        tokenizer = tokenizer.reversed() if spec.tokenizer["reverse"] else tokenizer.forward()
     return tokenizer
 
 
@@ -370,6 +373,11 @@ def compose(source: str, overrides: list[str], out: str, *, force: bool = False,
     if _size_vocabularies(spec, raw, explicit, say):
         spec = resolve(raw, host)
     tokenizer, target_tokenizer = attach_tokenizers(spec)
+    for part in spec.objectives:  # what training would refuse is refused now (lmkit.contract.Objective)
+        try:
+            part.component.load().check_composition(part.options, spec, tokenizer)
+        except SpecError as error:
+            raise SpecError(f"objectives.{part.type}: {error}") from None
     model = build_model(spec, seed)
     for stack, side in ((model.encoder, tokenizer), (model.decoder, target_tokenizer or tokenizer)):
         if stack is not None and side is not None:

@@ -5,6 +5,7 @@ A spec is a table (a TOML file, or a preset plus `--set key=value` overrides):
     preset = "gpt-mini"                  # optional, in files: start from a preset
     [tokenizer]                          # optional: what to tokenize with
     path = "tok/"                        # a trained tokenizer (dir or file); `type` is read from it
+    reverse = true                       # optional: read every text right to left (a backward LM)
     [decoder]                            # and/or [encoder]
     type = "gpt2"                        # a registered decoder; the other keys are its options
     n_layers = 4
@@ -230,13 +231,16 @@ def _resolve_tokenizer(raw, host: PluginHost) -> dict | None:
         raw = {"path": raw}
     if not isinstance(raw, dict):
         raise SpecError(f"tokenizer: expected a table or a path, got {raw!r}")
-    allowed = ("type", "path", "vocab_size", "target")
+    allowed = ("type", "path", "vocab_size", "target", "reverse")
     for key in raw:
         if key not in allowed:
             raise SpecError(f"tokenizer: unknown key '{key}'{did_you_mean(key, allowed)}; "
                             f"allowed: {', '.join(allowed)}")
     if "type" in raw:
         host.component("tokenizer", raw["type"])
+    if "reverse" in raw and not isinstance(raw["reverse"], bool):
+        raise SpecError(f"tokenizer.reverse: {raw['reverse']!r} is not true or false (true: every text is read "
+                        "right to left, for a backward language model)")
     if "path" in raw and not isinstance(raw["path"], str):
         raise SpecError(f"tokenizer.path: {raw['path']!r} is not a path")
     if "target" in raw and not isinstance(raw["target"], (str, dict)):

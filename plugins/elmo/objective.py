@@ -38,6 +38,19 @@ class BiLMObjective(ObjectiveModule):
         return cls(options or BiLMObjectiveOptions(), encoder.config.projection_dim, encoder.config.vocab_size)
 
     @classmethod
+    def check_composition(cls, options, spec, tokenizer) -> None:
+        from lmkit.errors import SpecError
+        from lmkit.objectives.base import require_end_of_text
+        from lmkit.options import options_to_dict
+
+        require_end_of_text(tokenizer)
+        vocab = options_to_dict(spec.encoder.options).get("vocab_size") if spec.encoder is not None else None
+        k = (options or BiLMObjectiveOptions()).sampled_softmax
+        if vocab is not None and k >= vocab:
+            raise SpecError(f"sampled_softmax={k} samples at least the whole vocabulary of {vocab} "
+                            f"words; give fewer than {vocab}, or 0 for the full softmax")
+
+    @classmethod
     def batches(cls, context):
         from lmkit.training.batches import TokenWindows
 

@@ -155,5 +155,16 @@ class SpanCorruption(Seq2SeqLM):
     """The seq2seq cross-entropy of the dropped spans given the corrupted text (T5's pre-training loss)."""
 
     @classmethod
+    def check_composition(cls, options, spec, tokenizer) -> None:
+        from lmkit.errors import SpecError
+        from lmkit.objectives.base import require_end_of_text
+
+        require_end_of_text(tokenizer)
+        if tokenizer is not None and tokenizer.token_to_id("<extra_id_0>") is None:
+            raise SpecError(f"span corruption replaces each dropped span with a sentinel (<extra_id_0>, "
+                            f"<extra_id_1>, ...) and this {tokenizer.kind} tokenizer has none; train a unigram "
+                            "tokenizer with them (lmkit tokenizer train --kind unigram --set sentinels=100)")
+
+    @classmethod
     def batches(cls, context):
         return SpanCorruptionBatches(context)

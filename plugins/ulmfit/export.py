@@ -60,6 +60,17 @@ class ClassifierGraph(nn.Module):
         return states * mask[..., None].to(states.dtype), pooled
 
 
+# In fp16, the embedding lookup and the output projection (the vocabulary-wide product) run in half
+# precision; these stay fp32:
+#   LSTM       the recurrence carries its cell state across the whole sequence inside one op: kept fp32, it
+#              runs as validated on every provider (onnxruntime's CPU provider has no fp16 LSTM and would
+#              run it in fp32 anyway, so an fp16 LSTM validated there would not be what a GPU runs);
+#   Transpose  the time-major <-> batch-major transposes around the LSTMs: in fp16 (whether the LSTM is fp16
+#              or not) onnxruntime 1.32's level-3 CPU layout optimizer (NchwcTransformer, on by default:
+#              ORT_ENABLE_ALL) crashes the process with a segfault while creating the session.
+FP32_OPS = ("LSTM", "Transpose")
+
+
 def state_names(n_layers: int) -> list[str]:
     return [f"{kind}.{i}" for i in range(n_layers) for kind in ("h", "c")]
 
@@ -90,10 +101,9 @@ def export_plan(model) -> ExportPlan:
          *[TensorInfo(f"present.{name}", "float32", (BATCH, width)) for name, width in zip(names, widths)]],
         example=tuple(torch.from_numpy(value) for value in example.values()),
         validation=[ShapeSet({"batch_size": b, "sequence_length": t}, inputs(b, t)) for b, t in ((1, 9), (3, 1), (4, 6))],
-        cache=[(f"state.{name}", f"present.{name}") for name in names], exporter="legacy")
-    # fp16 is left out: onnxruntime's CPU provider crashes the process (a segfault) on this LSTM graph in fp16.
+        cache=[(f"state.{name}", f"present.{name}") for name in names], exporter="legacy", fp32_ops=FP32_OPS)
     return ExportPlan(ARCHITECTURE, [graph], {"vocab_size": V, "max_length": None, "n_layers": len(sizes),
-                                               "state_sizes": list(sizes)}, precisions=("fp32", "int8"))
+                                               "state_sizes": list(sizes)})
 
 
 def classifier_plan(model) -> ExportPlan:
@@ -121,6 +131,7 @@ def classifier_plan(model) -> ExportPlan:
         [TensorInfo("last_hidden_state", "float32", (BATCH, SEQUENCE, E)),
          TensorInfo("pooler_output", "float32", (BATCH, width))],
         example=tuple(torch.from_numpy(example.inputs[name]) for name in ("input_ids", "attention_mask")),
-        validation=[shape_set(b, t) for b, t in ((1, 9), (3, 11), (4, 5))], scores=None, exporter="legacy")
+        validation=[shape_set(b, t) for b, t in ((1, 9), (3, 11), (4, 5))], scores=None, exporter="legacy",
+        fp32_ops=FP32_OPS)
     return ExportPlan(ENCODER, [graph], dimensions={"max_length": None, "d_model": E, "vocab_size": V,
                                                    "type_vocab_size": 0, "pooled": f"{recipe.name} head's pooler"})

@@ -47,8 +47,9 @@ def _names(value: str | None) -> tuple[str, ...]:
 @click.option("--noisy-tune", "noisy_tune", default=0.0, show_default=True, type=float, metavar="LAMBDA",
               help="NoisyTune (Wu et al. 2022): before the first step, add U(-λ/2, λ/2) times each pretrained "
                    "tensor's own standard deviation to it, once, seeded by --seed; the paper's λ is 0.15, 0 is off.")
-@click.option("--epochs", default=3.0, show_default=True, type=float, help="Passes over the training file.")
-@click.option("--steps", type=int, help="Optimizer steps, in place of --epochs.")
+@click.option("--epochs", default=3.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
+              help="Passes over the training file.")
+@click.option("--steps", type=click.IntRange(min=1), help="Optimizer steps, in place of --epochs.")
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1), help="Examples per step.")
 @click.option("--lr", type=float,
               help="Peak learning rate.  [default: the stack's recipe: 5e-5 for an encoder (BERT), 6.25e-5 for a "

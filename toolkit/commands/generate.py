@@ -81,6 +81,7 @@ def generate_command(model_dir, prompts, strategy, stops, stream, as_json, trunc
     if stream and rewrites:
         raise click.UsageError("--stream prints a continuation as it is produced; this model fills the blanks of "
                                "its prompt instead: leave --stream out")
+    asked_to_stream = stream
     stream = stream if stream is not None else len(texts) == 1 and not as_json and not rewrites
     given = {key: value for key, value in flags.items() if value is not None}
     if model.kind == "encoder-decoder":  # the prompts are source sentences: sequence-to-sequence generation
@@ -95,6 +96,11 @@ def generate_command(model_dir, prompts, strategy, stops, stream, as_json, trunc
 
         raise ArtifactError(f"{model_dir} has no tokenizer to read prompts with; compose the model with "
                             "--set tokenizer=DIR")
+    backward = tokenizer.reverse  # a backward LM writes the text before its prompt, right to left
+    if asked_to_stream and backward:
+        raise click.UsageError("--stream prints text left to right as it is produced; this model writes what comes "
+                               "before its prompt, right to left: leave --stream out")
+    stream = stream and not backward
     host = get_host()
     name, options = decoding_options(model.generation, strategy, given, host)
     decoding = host.component("decoding", name).load()(options)
@@ -119,9 +125,11 @@ def generate_command(model_dir, prompts, strategy, stops, stream, as_json, trunc
         click.echo(json.dumps([{"prompt": text, **result.to_dict(tokenizer.decode)}
                                for text, result in zip(texts, results)], indent=2))
         return
-    outputs = [text + tokenizer.decode(generation.tokens) if generation.output is None
+    # A backward model's tokens come before the prompt: decoded with it, in reading order.
+    outputs = [tokenizer.decode(prompt + generation.tokens) if backward and generation.output is None
+               else text + tokenizer.decode(generation.tokens) if generation.output is None
                else tokenizer.decode(generation.output)
-               for text, result in zip(texts, results) for generation in [result] + result.alternatives]
+               for text, prompt, result in zip(texts, ids, results) for generation in [result] + result.alternatives]
     if printer is not None:
         outputs = outputs[1:]  # already streamed
     if outputs:

@@ -9,7 +9,7 @@ from ..tasks.chunks import SCHEMES
 
 
 @click.command("predict")
-@click.argument("model_dir", type=click.Path(file_okay=False))
+@click.argument("model_dir", nargs=-1, required=True, type=click.Path(file_okay=False))
 @click.option("--data", "path", required=True, type=click.Path(dir_okay=False),
               help="Examples in the format the model was fine-tuned on (.jsonl, .tsv, CoNLL or SQuAD .json); "
                    "labels are optional.")
@@ -33,18 +33,22 @@ def predict_command(model_dir, path, text_fields, label_field, tag_column, tag_s
 
     MODEL_DIR is a model directory made by lmkit finetune, or the export directory of a fine-tuned
     encoder (BERT family), which runs on onnxruntime without torch.
+
+    Several MODEL_DIRs fine-tuned on the same labels (a forward and a backward ULMFiT classifier, say)
+    each read the examples with their own tokenizer, and their probabilities are averaged; a mix of
+    model and export directories is allowed.
     """
     from ..errors import require_torch
     from ..opening import is_export
     from ..tasks.predict import predict
 
-    if not is_export(model_dir):  # an export runs without torch
+    if not all(is_export(directory) for directory in model_dir):  # exports run without torch
         require_torch("lmkit predict on a model directory")
         from ..training.distributed import resolve_device
 
         device = str(resolve_device(device))
     fields = tuple(f.strip() for f in text_fields.split(",") if f.strip()) if text_fields else ()
-    outputs, metrics = predict(model_dir, path, batch_size=batch_size, max_length=max_length, text_fields=fields,
+    outputs, metrics = predict(list(model_dir), path, batch_size=batch_size, max_length=max_length, text_fields=fields,
                                label_field=label_field, tag_column=tag_column, tag_scheme=tag_scheme,
                                device=device)
     for output in outputs:

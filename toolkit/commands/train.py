@@ -52,9 +52,13 @@ import click
 @click.option("--recipe", metavar="NAME",
               help="A registered training recipe (lmkit components --kind training-recipe) whose optimizer, schedule "
                    "and rates the run starts from; flags given win, e.g. ulmfit-lm.")
+@click.option("--out", type=click.Path(file_okay=False),
+              help="Train a copy of MODEL_DIR's model (spec, weights, tokenizer; none of its run) in this new "
+                   "directory, MODEL_DIR left as it is: further training of a trained model, e.g. ULMFiT's stage 2.")
+@click.option("--force", is_flag=True, help="With --out: replace it if it exists.")
 @click.option("--resume", is_flag=True, help="Continue the run saved in MODEL_DIR, with its arguments.")
-def train_command(model_dir, resume, **options):
-    """Train the model in MODEL_DIR on text; checkpoints and metrics.jsonl go into MODEL_DIR.
+def train_command(model_dir, resume, out, force, **options):
+    """Train the model in MODEL_DIR on text; checkpoints and metrics.jsonl go into MODEL_DIR (or --out).
 
     Run it under `torchrun --nproc-per-node N -m lmkit train ...` to train on N processes, each with
     the whole model (DDP), or with 1/N of it (--shard, FSDP2); see docs/distributed.md.
@@ -68,7 +72,10 @@ def train_command(model_dir, resume, **options):
     for name in ("optimizer_options", "schedule_options"):
         options[name] = parse_assignments(options[name], "--" + name.replace("_options", "-set")) or None
     given = {name: value for name, value in options.items() if value not in (None, ())}
-    record = train(model_dir, resume=resume, **given)
+    if force and out is None:
+        raise click.UsageError("--force replaces --out; it goes with --out")
+    record = train(model_dir, resume=resume, out=out, force=force, **given)
+    model_dir = out or model_dir
     if os.environ.get("RANK", "0") != "0":  # under torchrun, the first process reports for all
         return
     if record:

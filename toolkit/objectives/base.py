@@ -31,6 +31,10 @@ class ObjectiveModule(nn.Module):
         return None
 
     @classmethod
+    def check_composition(cls, options, spec, tokenizer) -> None:
+        """SpecError when this objective could not train the composition (lmkit.contract.Objective); none here."""
+
+    @classmethod
     def for_model(cls, options, model) -> ObjectiveModule:
         """The objective for `model`, whose stacks exist already; override to size a head to them."""
         return cls(options)
@@ -42,3 +46,14 @@ class ObjectiveModule(nn.Module):
 
     def load_carried_state(self, tensors: dict) -> None:
         """Restore what carried_state() returned, on resume."""
+
+
+def require_end_of_text(tokenizer) -> None:
+    """SpecError when `tokenizer` has no end-of-text token: training text is read as documents, each ended by
+    one (lmkit.data.load_tokens). For check_composition of objectives that read plain text."""
+    if tokenizer is not None and tokenizer.eos_id is None:
+        from ..errors import SpecError
+
+        raise SpecError(f"training reads text as documents, each ended by the tokenizer's end-of-text token, and "
+                        f"this {tokenizer.kind} tokenizer has none; train one whose special tokens include </s> or "
+                        "<|endoftext|> (lmkit tokenizer train --set special_tokens=...)")

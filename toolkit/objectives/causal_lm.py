@@ -30,6 +30,12 @@ class CausalLM(ObjectiveModule):
         self.carried: list[torch.Tensor] = []  # a stateful decoder's state per stream: each (streams, ...)
 
     @classmethod
+    def check_composition(cls, options, spec, tokenizer) -> None:
+        from .base import require_end_of_text
+
+        require_end_of_text(tokenizer)
+
+    @classmethod
     def batches(cls, context):
         """Training reads windows of the tokenized text; a stateful decoder's, streams of it in order."""
         from ..training.batches import TokenStreams, TokenWindows

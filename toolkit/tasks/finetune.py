@@ -268,6 +268,9 @@ def finetune(pretrained: str, out: str, train_path: str, dev_path: str | None, o
 
     if os.path.abspath(pretrained) == os.path.abspath(out):
         raise LmkitError("--out must be a new directory: fine-tuning leaves the pretrained model as it is")
+    if steps is None and not epochs > 0 or steps is not None and steps < 1:
+        raise LmkitError(f"{'--steps' if steps is not None else '--epochs'} must be positive, got "
+                         f"{steps if steps is not None else epochs}; give how long to fine-tune")
     check_noise_level(options.noisy_tune)
     if options.unlabeled is not None:  # read now: a bad file fails before anything is written
         from .unlabeled import read_unlabeled

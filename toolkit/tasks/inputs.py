@@ -32,6 +32,15 @@ class EncodedExample:
     label: int | float
 
 
+def refuse_reversed(tokenizer, what: str) -> None:
+    """DataError when the tokenizer reads right to left (a backward LM's), which `what` cannot honour."""
+    if tokenizer.reverse:
+        from ..errors import DataError
+
+        raise DataError(f"this model's tokenizer reads text right to left (tokenizer.reverse, a backward language "
+                        f"model), which {what} cannot follow; fine-tune a model composed without it")
+
+
 def add_markers(tokenizer) -> bool:
     """Give the tokenizer GPT's start/delim/extract markers if it lacks them; True if it changed."""
     missing = [token for token in MARKERS.values() if tokenizer.token_to_id(token) is None]
@@ -88,6 +97,7 @@ class EncoderInputs:
     def __init__(self, tokenizer, max_length: int):
         from tokenizers import Tokenizer as HFTokenizer
 
+        refuse_reversed(tokenizer, "an encoder's [CLS] a [SEP] b [SEP] inputs")
         # A copy that truncates the longest segment first, as BERT's fine-tuning code did.
         self.truncating = HFTokenizer.from_str(tokenizer.hf_tokenizer.to_str())
         self.truncating.enable_truncation(max_length, strategy="longest_first")

@@ -28,6 +28,7 @@ class HeadKind:
     is left behind), the examples are read the way the stack's task recipe says."""
 
     keeps_decoder = False
+    averages = False  # whether several models' scores can be averaged (average())
 
     def reader(self, model, tokenizer):
         """What encode() needs of the fine-tuned model: its head's task recipe."""
@@ -36,11 +37,18 @@ class HeadKind:
     def predict(self, model, batch):
         return head_predict(model, self.head, batch)
 
+    def average(self, scores: list[np.ndarray]) -> np.ndarray:
+        """Scores (examples, ...) of several models of one task combined into one model's scores; only the kinds
+        whose examples every model scores alike (one row per example) can be averaged."""
+        raise LmkitError(f"the predictions of several {self.name} models cannot be averaged (each reads its own "
+                         "tokens); predict with one model")
+
 
 class SequenceKind(HeadKind):
     """One label per example (or per choice): GPT's four transformations, BERT's pair format."""
 
     head = "sequence-head"
+    averages = True
 
     def __init__(self, name: str, options):
         self.name, self.options = name, options
@@ -98,6 +106,15 @@ class SequenceKind(HeadKind):
 
     def labelled(self, data) -> bool:
         return all(not (e.label == -1 or e.label != e.label) for e in data.examples)  # NaN: no regression label
+
+    def average(self, scores: list[np.ndarray]) -> np.ndarray:
+        """(examples, labels) scores of several models -> the log of their mean probabilities, whose softmax is
+        that mean (ULMFiT §3.4 averages a forward and a backward classifier's predictions); regression: the mean
+        value. Every model's scores are for the same examples in the same order."""
+        if self.name == "regression":
+            return np.mean(np.stack(scores), axis=0)
+        mean = np.mean(np.stack([softmax(s) for s in scores]), axis=0)
+        return np.log(np.maximum(mean, np.finfo(np.float64).tiny)).astype(np.float32)
 
 
 class TokenKind(HeadKind):

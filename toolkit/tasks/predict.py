@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import ArtifactError
+from ..errors import ArtifactError, LmkitError
 from .finetune import TaskOptions
 from .kinds import task_kind
 
@@ -57,15 +57,72 @@ def export_runner(export_dir: str, device: str) -> Runner:
                   lambda batch: head.scores(exported, batch))
 
 
-def predict(model_dir: str, path: str, *, batch_size: int = 32, max_length: int | None = None,
+def predict(model_dir: str | list[str], path: str, *, batch_size: int = 32, max_length: int | None = None,
             text_fields: tuple[str, ...] = (), label_field: str = "label", tag_column: int = -1,
             tag_scheme: str | None = None, device: str = "cpu",
             progress: bool = True) -> tuple[list[dict], dict | None]:
     """(one output per example, metrics or None) of the task head in model_dir.
 
     tag_scheme: how token tags form entities (lmkit.tasks.chunks); None: the one the model was
-    fine-tuned with.
+    fine-tuned with. Several model directories (or exports) fine-tuned on the same labels: each reads
+    the examples with its own tokenizer (a backward model's reversed), and their probabilities are
+    averaged (ULMFiT §3.4's forward and backward classifiers); LmkitError for models of different
+    tasks or labels, or a task whose predictions cannot be averaged (tags, answer spans).
     """
+    dirs = [model_dir] if isinstance(model_dir, str) else list(model_dir)
+    if not dirs:
+        raise LmkitError("no model to predict with; give a fine-tuned model directory or export")
+    if len(dirs) > 1:  # checked before any model runs
+        first = _head_part(dirs[0])
+        for other in dirs[1:]:
+            part = _head_part(other)
+            if first is not None and part is not None and _task_of(part) != _task_of(first):
+                raise LmkitError(f"{other} was fine-tuned for another task or labels than {dirs[0]} "
+                                 f"({_describe(part)} against {_describe(first)}); average models of one task")
+    runs = []
+    for directory in dirs:
+        runs.append(_scores(directory, path, batch_size=batch_size, max_length=max_length, text_fields=text_fields,
+                            label_field=label_field, tag_column=tag_column, tag_scheme=tag_scheme, device=device,
+                            progress=progress))
+        if len(dirs) > 1 and not runs[0][1].averages:
+            runs[0][1].average([])  # says, in one line, why this task's predictions cannot be averaged
+    part, kind, data, encoded, batches, scores = runs[0]
+    if len(runs) > 1:
+        averaged = kind.average([np.concatenate(run[5]) for run in runs])
+        scores = np.split(averaged, np.cumsum([len(s) for s in scores])[:-1])
+    predictions = [kind.decide(s) for s in scores]
+    outputs = kind.outputs(scores, batches, encoded, data)
+    metrics = kind.metrics(predictions, batches, encoded, data) if kind.labelled(data) else None
+    return outputs, metrics
+
+
+def _head_part(model_dir: str) -> dict | None:
+    """The task head's part of the spec of a model or export directory, None when it has none."""
+    from lmkit.opening import is_export
+
+    if is_export(model_dir):
+        from lmkit.exports.manifest import read_manifest
+
+        spec = read_manifest(model_dir)["source"]["spec"]
+    else:
+        from ..artifacts import read_config
+
+        spec = read_config(model_dir)["spec"]
+    return next((o for o in spec.get("objectives", []) if o["type"] in HEADS), None)
+
+
+def _task_of(part: dict) -> tuple:
+    return part["type"], part.get("task", "classification"), list(part.get("labels", ()))
+
+
+def _describe(part: dict) -> str:
+    _, task, labels = _task_of(part)
+    return f"{task} with labels {', '.join(map(str, labels))}" if labels else task
+
+
+def _scores(model_dir: str, path: str, *, batch_size: int, max_length: int | None, text_fields: tuple[str, ...],
+            label_field: str, tag_column: int, tag_scheme: str | None, device: str, progress: bool):
+    """(head part, task kind, data, encoded, batches, the head's scores per batch) of one model over path."""
     from tqdm import tqdm
 
     from lmkit.opening import is_export
@@ -95,7 +152,4 @@ def predict(model_dir: str, path: str, *, batch_size: int = 32, max_length: int 
     # disable=None: the bar is drawn only on a terminal, never into a log.
     scores = [runner.scores(batch)
               for batch in tqdm(batches, desc="predict", unit="batch", disable=None if progress else True)]
-    predictions = [kind.decide(s) for s in scores]
-    outputs = kind.outputs(scores, batches, encoded, data)
-    metrics = kind.metrics(predictions, batches, encoded, data) if kind.labelled(data) else None
-    return outputs, metrics
+    return part, kind, data, encoded, batches, scores

@@ -103,6 +103,9 @@ def encode_questions(data: QuestionData, tokenizer, max_length: int):
     """Questions and contexts as one sequence each (the context cut to fit), with the answer's tokens."""
     from tokenizers import Tokenizer as HFTokenizer
 
+    from .inputs import refuse_reversed
+
+    refuse_reversed(tokenizer, "question answering (answer spans by character offsets)")
     truncating = HFTokenizer.from_str(tokenizer.hf_tokenizer.to_str())
     truncating.enable_truncation(max_length, strategy="only_second")
     encoded, cut = [], 0

@@ -98,6 +98,9 @@ def encode_sentences(data: TaggedData, tokenizer, max_length: int, *, encoder: b
     """
     from tokenizers import Tokenizer as HFTokenizer
 
+    from .inputs import refuse_reversed
+
+    refuse_reversed(tokenizer, "token classification (tags aligned to words)")
     truncating = HFTokenizer.from_str(tokenizer.hf_tokenizer.to_str())
     truncating.enable_truncation(max_length)
     stand_in = _unknown_word(tokenizer)

@@ -265,8 +265,11 @@ def _with_recorded_roles(hf_tokenizer: HFTokenizer, config: dict, config_path: s
     if not isinstance(roles, dict):
         raise ArtifactError(f"{config_path}: special_tokens is not a table of role to token; fix it or "
                             "delete the file")
+    reverse = config.get("reverse", False)
+    if not isinstance(reverse, bool):
+        raise ArtifactError(f"{config_path}: reverse is {reverse!r}, not true or false; fix it or delete the key")
     try:
-        return Tokenizer(hf_tokenizer, kind, roles)
+        return Tokenizer(hf_tokenizer, kind, roles, reverse=reverse)
     except ValueError as error:
         raise ArtifactError(f"{config_path}: {error}; fix it or delete the file") from None
 

@@ -34,10 +34,15 @@ class Tokenizer:
     would attend to pads and cut texts whatever lmkit's --max-length or --truncate says. The
     wrapper switches both off on the Hugging Face tokenizer it is given; lmkit's callers pad
     (with pad_id, masked) and cut (to the model's positions) by their own rules.
-    Raises ValueError for an unknown role or a role token the vocabulary lacks.
+    reverse: the ids of each text come out last token first, and decode() reads them back in that
+    order, so a language model trained through this tokenizer reads text right to left (a backward
+    LM: ULMFiT §3.4, ELMo's backward direction). Recorded in tokenizer_config.json ("reverse"), so a
+    model directory or export made with it reverses wherever it tokenizes. `forward()` is the same
+    tokenizer without the reversal. Raises ValueError for an unknown role or a role token the
+    vocabulary lacks.
     """
 
-    def __init__(self, hf_tokenizer: HFTokenizer, kind: str, special_tokens: dict[str, str]):
+    def __init__(self, hf_tokenizer: HFTokenizer, kind: str, special_tokens: dict[str, str], reverse: bool = False):
         for role, token in special_tokens.items():
             if role not in ROLES:
                 raise ValueError(f"unknown special-token role '{role}'{did_you_mean(role, ROLES)}; "
@@ -49,20 +54,31 @@ class Tokenizer:
         self.hf_tokenizer = hf_tokenizer
         self.kind = kind
         self._special_tokens = {role: special_tokens[role] for role in ROLES if role in special_tokens}
+        self.reverse = bool(reverse)
 
     def __repr__(self) -> str:
-        return f"Tokenizer(kind={self.kind!r}, vocab_size={self.vocab_size})"
+        return f"Tokenizer(kind={self.kind!r}, vocab_size={self.vocab_size}{', reverse=True' if self.reverse else ''})"
+
+    def forward(self) -> Tokenizer:
+        """This tokenizer reading left to right (itself when it does not reverse)."""
+        return Tokenizer(self.hf_tokenizer, self.kind, self._special_tokens) if self.reverse else self
+
+    def reversed(self) -> Tokenizer:
+        """This tokenizer reading right to left (see the class docstring)."""
+        return Tokenizer(self.hf_tokenizer, self.kind, self._special_tokens, reverse=True)
 
     def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
-        return self.hf_tokenizer.encode(text, add_special_tokens=add_special_tokens).ids
+        ids = self.hf_tokenizer.encode(text, add_special_tokens=add_special_tokens).ids
+        return ids[::-1] if self.reverse else ids
 
     def encode_batch(self, texts: Iterable[str], add_special_tokens: bool = False) -> list[list[int]]:
         encodings = self.hf_tokenizer.encode_batch(list(texts), add_special_tokens=add_special_tokens)
-        return [encoding.ids for encoding in encodings]
+        return [encoding.ids[::-1] if self.reverse else encoding.ids for encoding in encodings]
 
     def decode(self, ids: Iterable[int], skip_special_tokens: bool = False) -> str:
+        ids = list(ids)
         # `tokenizers` skips special tokens unless told otherwise; lmkit shows them unless told.
-        return self.hf_tokenizer.decode(list(ids), skip_special_tokens=skip_special_tokens)
+        return self.hf_tokenizer.decode(ids[::-1] if self.reverse else ids, skip_special_tokens=skip_special_tokens)
 
     @property
     def vocab_size(self) -> int:
@@ -113,7 +129,8 @@ class Tokenizer:
 
     def to_config(self) -> dict:
         """What a model spec records about its tokenizer."""
-        return {"type": self.kind, "vocab_size": self.vocab_size, "special_tokens": self.special_tokens}
+        return {"type": self.kind, "vocab_size": self.vocab_size, "special_tokens": self.special_tokens,
+                **({"reverse": True} if self.reverse else {})}
 
     def save(self, directory: str) -> None:
         """Write tokenizer.json and tokenizer_config.json into `directory`, each atomically."""
@@ -127,6 +144,8 @@ class Tokenizer:
         # readers (AutoTokenizer) look for, so they open the directory too.
         config = {"lmkit_type": self.kind, "special_tokens": self.special_tokens,
                   "tokenizer_class": "PreTrainedTokenizerFast"}
+        if self.reverse:
+            config["reverse"] = True
         config.update({f"{role}_token": token for role, token in self._special_tokens.items()})
         atomic_write_json(os.path.join(directory, TOKENIZER_CONFIG), config)
 

@@ -474,7 +474,7 @@ def _check_unchanged_spec(state: dict, spec: dict, model_dir: str) -> None:
 
 
 def train(model_dir: str, data=None, *, resume: bool = False, progress: bool = True, recipe: str | None = None,
-          **arguments) -> dict:
+          out: str | None = None, force: bool = False, **arguments) -> dict:
     """Train the model in `model_dir` and return the last metrics record.
 
     `data` (paths) and `arguments` are TrainingArguments fields: steps, batch_size, seq_len, lr, ...
@@ -482,8 +482,19 @@ def train(model_dir: str, data=None, *, resume: bool = False, progress: bool = T
     it was started with; only `steps` may be raised (and `device` changed). Under torchrun every
     process calls this, and they train together. recipe: a registered training recipe whose arguments
     the run starts from (lmkit.contract.TrainingRecipe); `arguments` given here win over its own.
+    out: a new model directory that starts as model_dir's model (its spec, weights and tokenizers,
+    none of its run) and holds the new run, model_dir left as it is (ULMFiT's stage 2 from stage 1,
+    further pre-training of any model); it appears at the run's first checkpoint, so a run that fails
+    before one leaves no `out` (force: replace an existing one then).
     """
     model_dir = os.fspath(model_dir)
+    if out is not None:
+        if resume:
+            raise TrainingError("--out starts a new run from MODEL_DIR's model; --resume goes on with the run in "
+                                "MODEL_DIR: leave one of them out")
+        if os.path.abspath(out) == os.path.abspath(model_dir):
+            raise TrainingError("--out must be a new directory: the run starts from a copy of MODEL_DIR's model and "
+                                "leaves MODEL_DIR as it is")
     if data is not None:
         arguments["data"] = data
     if recipe is not None:
@@ -502,6 +513,9 @@ def train(model_dir: str, data=None, *, resume: bool = False, progress: bool = T
         arguments = {**defaults, **arguments}
     with processes() as procs:
         read_config(model_dir)  # a clear error for a directory that is not a model
+        if out is not None:
+            return _train_into(model_dir, os.fspath(out), force, procs, TrainingArguments.from_dict(arguments),
+                               progress)
         with procs.main_first():  # one process finishes a save a crash interrupted
             if procs.is_main:
                 finish_interrupted_save(model_dir)
@@ -513,9 +527,45 @@ def train(model_dir: str, data=None, *, resume: bool = False, progress: bool = T
         else:
             if os.path.isfile(os.path.join(model_dir, STATE)):
                 raise TrainingError(f"{model_dir} already holds a training run; pass --resume to continue it, "
-                                    f"or delete its {STATE} and {OPTIMIZER} to start a new run from its weights")
+                                    "or --out NEW_DIR to start a new run from its weights in a new directory")
             state, args = None, TrainingArguments.from_dict(arguments)
         return Trainer(model_dir, args, procs, state=state, progress=progress).train()
 
 
-__all__ = ["Trainer", "TrainingArguments", "build_optimizer", "train"]
+def copy_model(model_dir: str, out: str) -> None:
+    """Write into `out` (a staged directory) the model of `model_dir`: spec, weights and tokenizers, rebuilt and
+    saved as `lmkit compose` writes them, so none of model_dir's run (trainer state, optimizer, metrics) comes."""
+    from ..model import save_model
+    from ..registry import get_host
+
+    model, tokenizer, _ = load_model(model_dir)
+    save_model(out, model, get_host(), tokenizer, load_target_tokenizer(model_dir))
+
+
+def _train_into(model_dir: str, out: str, force: bool, procs, args: TrainingArguments, progress: bool) -> dict:
+    """train(out=...): the arguments are checked before anything is written."""
+    from ..artifacts import StagedRun, staged_directory, staged_run
+
+    if procs.distributed:  # the processes must agree on one directory: the copy is made first, at `out`
+        with procs.main_first():
+            if procs.is_main:
+                with staged_directory(out, force=force) as stage:
+                    copy_model(model_dir, stage)
+        return Trainer(out, args, procs, progress=progress).train()
+
+    class StagedTrainer(Trainer):
+        def __init__(self, *args, stage: StagedRun, **kwargs):
+            self.stage = stage
+            super().__init__(*args, **kwargs)
+
+        def after_checkpoint(self) -> None:
+            # The first checkpoint makes the run resumable: the stage becomes `out` (as lmkit finetune's does).
+            if not self.stage.committed:
+                self.model_dir = self.stage.commit()
+
+    with staged_run(out, force=force, resumable=lambda path: os.path.isfile(os.path.join(path, STATE))) as stage:
+        copy_model(model_dir, stage.path)
+        return StagedTrainer(stage.path, args, procs, progress=progress, stage=stage).train()
+
+
+__all__ = ["Trainer", "TrainingArguments", "build_optimizer", "copy_model", "train"]
