@@ -35,6 +35,7 @@ SAMPLES = {
     "out": "{out}", "options_json": "{text}", "weights_hdf5": "{text}", "vocab_path": "{text}",
     ("neurons", "prompts"): "the cat sat on the", ("neurons", "answer"): "mat",
     ("train-prefix", "data"): "{text}:positive",
+    ("bench", "models"): "{model}",
 }
 # Options a command needs to get past its own argument checks to where it would load torch.
 EXTRAS = {"eval": ["--data", "{text}"], "generate": ["--prompt", "hello"], "translate": ["--text", "hello"],
