@@ -24,7 +24,9 @@ class CVTConfig:
     d_first: int = 1024  # layer 1: a left-to-right and a right-to-left LSTM of this many cells each
     d_second: int = 512  # layer 2: a BiLSTM over [fwd_1; bwd_1], this many cells per direction
     d_projection: int = 512  # the hidden layer of every prediction module (the primary's is the encoder's output)
-    dropout: float = 0.5  # on the word representation, each LSTM's input and the modules' inputs, in training
+    # On the word representation, each LSTM's input and the modules' inputs, in training on labelled batches
+    # (cvt_text: labeled_keep_prob 0.5); unlabelled batches use the cvt objective's unlabeled_dropout.
+    dropout: float = 0.5
 
     def __post_init__(self):
         object.__setattr__(self, "filters", tuple(tuple(int(x) for x in f) for f in self.filters))
@@ -46,6 +48,9 @@ class CVTObjectiveOptions:
     d_projection: int = 0  # 0: the encoder's d_projection
     # Evaluation reads an exponential moving average of the primary's weights (cvt_text: 0.998); 0: off.
     ema_decay: float = 0.998
+    # The dropout of the students' pass on unlabelled batches, in place of the encoder's (labelled) rate
+    # (cvt_text: unlabeled_keep_prob 0.8); the teacher runs without any.
+    unlabeled_dropout: float = 0.2
 
     def __post_init__(self):
         object.__setattr__(self, "views", tuple(self.views))
@@ -58,6 +63,8 @@ class CVTObjectiveOptions:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
         if self.num_labels < 2:
             raise ValueError(f"num_labels must be at least 2, got {self.num_labels}")
+        if not 0.0 <= self.unlabeled_dropout < 1.0:
+            raise ValueError(f"unlabeled_dropout must be in [0, 1), got {self.unlabeled_dropout}")
 
 
 @dataclass(frozen=True)

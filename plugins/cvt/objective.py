@@ -147,13 +147,29 @@ class CVTObjective(ObjectiveModule):
                 out[view] = (module(views[view]), slice(None))
         return out
 
+    @contextlib.contextmanager
+    def unlabeled_dropout(self, model):
+        """Every dropout of the encoder and the auxiliary modules at options.unlabeled_dropout inside the block
+        (cvt_text's unlabeled_keep_prob), then back to what it was (the labelled rate)."""
+        layers = [m for part in (model.encoder, self) for m in part.modules() if isinstance(m, nn.Dropout)]
+        rates = [layer.p for layer in layers]
+        for layer in layers:
+            layer.p = self.options.unlabeled_dropout
+        try:
+            yield
+        finally:
+            for layer, rate in zip(layers, rates):
+                layer.p = rate
+
     def unlabeled_loss(self, model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                        teacher: torch.Tensor | None = None) -> torch.Tensor:
         mask = attention_mask.bool()
         if teacher is None:
             teacher = self.teacher(model, input_ids, mask)
+        with self.unlabeled_dropout(model):
+            students = self.student_logits(model, input_ids, mask)
         total = 0.0
-        for view, (logits, targets) in self.student_logits(model, input_ids, mask).items():
+        for view, (logits, targets) in students.items():
             if view == "future":
                 valid = mask[:, 1:] & mask[:, :-1]
             elif view == "past":

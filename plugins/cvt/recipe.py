@@ -20,6 +20,7 @@ class CVTRecipe(EncoderRecipe):
     reference_width = 1  # the rate does not scale with the model's width
     default_warmup_ratio = 0.0
     reads_unlabeled = True
+    label_smoothing = 0.1  # of the labelled loss (cvt_text multitask_model.py)
 
     def objectives_beside(self, head: dict, options) -> list[dict]:
         """The auxiliary modules, sized to the head's tags; only a tagger has them (CVT's views are per token)."""

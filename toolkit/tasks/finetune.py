@@ -53,6 +53,8 @@ class TaskOptions:
     recipe: str | None = None  # a registered task recipe in place of the one the stack names
     noisy_tune: float = 0.0  # NoisyTune's λ: the pretrained weights shaken once before the first step (0: off)
     unlabeled: str | None = None  # unlabelled text, for a recipe that reads it (`reads_unlabeled`: CVT's)
+    label_smoothing: float | None = None  # of a classifying head's loss; None: the recipe's (CVT's 0.1, else 0)
+    overrides: tuple[str, ...] = ()  # `--set key=value` on the fine-tuned model's spec (lmkit.spec.apply_overrides)
 
 
 # -- the model -------------------------------------------------------------------------------------
@@ -97,15 +99,39 @@ def prepare(pretrained: str, out: str, kind, train, options: TaskOptions, *, see
                          "recipe does not: leave it out, or give --recipe cvt")
     # A recipe may train objectives of its own beside the head (CVT's auxiliary modules).
     beside = recipe.objectives_beside(head, options) if hasattr(recipe, "objectives_beside") else []
+    smoothing = head_label_smoothing(recipe, kind, options)
+    if smoothing:
+        head["label_smoothing"] = smoothing
     spec["objectives"] = [head, *recipe.auxiliary_objectives(options.aux_lm_weight), *beside]
     if kind.keeps_decoder:  # the model's own loss, no head on its features
         spec["objectives"] = [{"type": kind.head, "weight": 1.0, **kind.head_options(train)}]
+    if options.overrides:
+        from ..spec import apply_overrides
+
+        if any(a.partition("=")[0].strip().split(".")[0] == "tokenizer" for a in options.overrides):
+            raise LmkitError("--set tokenizer: the fine-tuned model reads with the pretrained model's tokenizer; "
+                             "leave it out")
+        apply_overrides(spec, list(options.overrides))
     resolved = resolve(spec, host)
     model = build_model(resolved, seed)
     transfer_weights(model, find_weights(pretrained))
     perturb(model, options.noisy_tune, seed)  # before the first save: a resumed run starts from the shaken weights
     save_model(out, model, host, tokenizer)
     return recipe, model.feature_stack.max_positions, model.feature_stack.d_model
+
+
+def head_label_smoothing(recipe, kind, options: TaskOptions) -> float:
+    """The label smoothing of the head's cross-entropy: --label-smoothing, else the recipe's (`label_smoothing`,
+    CVT's 0.1; 0 for a recipe without one). Only heads that pick a class take it."""
+    smooths = kind.head in ("token-head", "sequence-head") and options.kind != "regression" and not kind.keeps_decoder
+    if options.label_smoothing is not None:
+        if not 0.0 <= options.label_smoothing < 1.0:
+            raise LmkitError(f"--label-smoothing must be in [0, 1), got {options.label_smoothing}")
+        if options.label_smoothing and not smooths:
+            raise LmkitError(f"--label-smoothing smooths a head that picks a class or tag; a {options.kind} task has "
+                             "none: leave it out")
+        return options.label_smoothing
+    return getattr(recipe, "label_smoothing", 0.0) if smooths else 0.0
 
 
 def transfer_weights(model, path: str) -> None:
