@@ -1,7 +1,10 @@
 """CVT against the same tagger trained on the labelled sentences alone (Clark et al. 2018's claim, §4).
 
 The task (lmkit.plugins.cvt.synthetic): entities of made-up names whose type only the context gives;
-the labelled sentences use 100 names, the dev sentences and the unlabelled text draw from 2000. Both
+the labelled sentences use --seen-names names, the dev sentences draw from 2000, of which the last
+--held-out appear in no text the model reads (the unlabelled text draws from the rest: a held-out
+name is an unknown word, tagged from its context alone), and with probability --distractors a filler
+is a name tagged O (a name alone does not make an entity). Both
 runs fine-tune the same composed model with the `cvt` recipe for the same number of labelled
 batches; the CVT run adds one unlabelled batch after each (so twice the steps). Reported: the best
 dev entity F1 (and token accuracy) of each, per seed, and their means.
@@ -37,7 +40,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--labelled", type=int, default=300)
+    parser.add_argument("--labelled", type=int, default=100, help="labelled sentences")
+    parser.add_argument("--seen-names", type=int, default=50, help="names the labelled sentences use")
+    parser.add_argument("--held-out", type=int, default=1000, help="of the 2000 names, those only dev sentences use")
+    parser.add_argument("--distractors", type=float, default=0.3, help="chance that a filler is a name tagged O")
     parser.add_argument("--unlabeled", type=int, default=20000)
     parser.add_argument("--labelled-steps", type=int, default=1000, help="labelled batches of each run")
     parser.add_argument("--batch-size", type=int, default=16)
@@ -47,7 +53,8 @@ def main() -> None:
                         help="supervised-long: labelled batches only, as many optimizer steps as the CVT run")
     args = parser.parse_args()
     os.makedirs(args.out, exist_ok=True)
-    files = write_task(args.out, labelled=args.labelled, unlabeled=args.unlabeled, dev=300, seed=0)
+    files = write_task(args.out, labelled=args.labelled, unlabeled=args.unlabeled, dev=300, seed=0,
+                       seen_names=args.seen_names, held_out=args.held_out, distractors=args.distractors)
     tokenizer = os.path.join(args.out, "tok")
     lmkit("tokenizer", "train", "--kind", "word", "--vocab-size", 4000, "--set",
           'special_tokens=["<pad>","<unk>","<s>","</s>"]', files["unlabeled"], files["train"], "--out", tokenizer,

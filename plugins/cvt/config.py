@@ -68,6 +68,35 @@ class CVTObjectiveOptions:
 
 
 @dataclass(frozen=True)
+class CVTMultitaskOptions:
+    """Multi-task CVT: several taggers on one encoder, each with its primary and auxiliary modules."""
+
+    tasks: tuple[str, ...] = ()  # the task names, in the order batches index them
+    labels: tuple[tuple[str, ...], ...] = ()  # each task's tag names, index by index
+    tag_schemes: tuple[str, ...] = ()  # how each task's tags form entities (lmkit.tasks.chunks)
+    views: tuple[str, ...] = VIEWS
+    d_projection: int = 0  # 0: the encoder's d_projection
+    ema_decay: float = 0.998
+    unlabeled_dropout: float = 0.2
+    label_smoothing: float = 0.1  # of each task's labelled loss (cvt_text)
+
+    def __post_init__(self):
+        object.__setattr__(self, "tasks", tuple(self.tasks))
+        object.__setattr__(self, "labels", tuple(tuple(names) for names in self.labels))
+        object.__setattr__(self, "tag_schemes", tuple(self.tag_schemes))
+        object.__setattr__(self, "views", tuple(self.views))
+        if len(self.tasks) < 2 or len(set(self.tasks)) != len(self.tasks):
+            raise ValueError(f"tasks must name at least two different tasks, got {list(self.tasks)}")
+        if len(self.labels) != len(self.tasks) or any(len(names) < 2 for names in self.labels):
+            raise ValueError("labels must give each task its tag names, at least two per task")
+        if self.tag_schemes and len(self.tag_schemes) != len(self.tasks):
+            raise ValueError("tag_schemes must give one scheme per task")
+        CVTObjectiveOptions(views=self.views, ema_decay=self.ema_decay, unlabeled_dropout=self.unlabeled_dropout)
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+
+
+@dataclass(frozen=True)
 class CVTScheduleOptions:
     warmup_steps: int = field(default=5000, metadata={"help": "steps of the linear ramp min(step / w, 1)"})
     decay: float = field(default=0.005, metadata={"help": "c of lr / (1 + c sqrt(step))"})

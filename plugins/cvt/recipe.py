@@ -31,6 +31,12 @@ class CVTRecipe(EncoderRecipe):
             return []
         return [{"type": "cvt", "weight": 1.0, "num_labels": head["num_labels"]}]
 
+    def finetune_multitask(self, pretrained, out, tasks, dev, options, **training) -> dict:
+        """Several tagging tasks on one encoder (lmkit finetune --multitask): plugins/cvt/multitask.py."""
+        from .multitask import finetune_multitask
+
+        return finetune_multitask(pretrained, out, tasks, dev, options, **training)
+
     def unlabeled_batches(self, labelled, sentences, tokenizer, args):
         return AlternatingBatches(labelled, sentences, tokenizer, args)
 

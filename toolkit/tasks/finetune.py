@@ -338,6 +338,45 @@ def finetune(pretrained: str, out: str, train_path: str, dev_path: str | None, o
         return _run(stage.path, args, kind, train, dev, options, state=None, progress=progress, stage=stage)
 
 
+def parse_task_files(value: str, flag: str) -> dict[str, str]:
+    """`NAME=FILE,NAME=FILE` (--multitask, and --dev beside it) as {name: file}, in order."""
+    files: dict[str, str] = {}
+    for entry in (part.strip() for part in value.split(",")):
+        name, sep, path = entry.partition("=")
+        name, path = name.strip(), path.strip()
+        if not entry:
+            continue
+        if not sep or not name or not path:
+            raise LmkitError(f"{flag}: {entry!r} is not NAME=FILE; give e.g. {flag} ner=ner.conll,pos=pos.conll")
+        if name in files:
+            raise LmkitError(f"{flag}: task {name!r} is named twice; name each task once")
+        if not os.path.isfile(path):
+            raise DataError(f"{flag}: task file {path} (task {name}) does not exist")
+        files[name] = path
+    if not files:
+        raise LmkitError(f"{flag} names no task; give e.g. {flag} ner=ner.conll,pos=pos.conll")
+    return files
+
+
+def finetune_multitask(pretrained: str, out: str, tasks: dict[str, str], dev: dict[str, str], options: TaskOptions,
+                       **training) -> dict:
+    """Several tasks at once on one model (--multitask), by a task recipe that can (`finetune_multitask`: CVT's);
+    `training` as finetune() takes it. Returns the best record, with each task's dev metrics under "tasks"."""
+    from .recipes import task_stack_key
+
+    host = get_host()
+    name = options.recipe
+    if name is None:
+        spec = read_config(pretrained)["spec"]
+        key = task_stack_key(spec)
+        name = host.component(key, spec[key]["type"]).load().task_recipe
+    recipe = host.instantiate("task-recipe", name)
+    if not hasattr(recipe, "finetune_multitask"):
+        raise LmkitError(f"--multitask: the {recipe.name} recipe trains one task at a time; give a recipe that trains "
+                         "several (--recipe cvt), or fine-tune each task on its own with --train")
+    return recipe.finetune_multitask(pretrained, out, tasks, dev, options, **training)
+
+
 def _has_checkpoint(directory: str) -> bool:
     from ..training.checkpoint import STATE
 
