@@ -229,3 +229,32 @@ def test_bad_multitask_specs_are_one_line_errors(tasks, tmp_path):
     one_line_error(run("h", "--multitask", f"ner={ner['train']},pos={tmp_path / 'none.conll'}"), "does not exist")
     for name in "abcdefgh":
         assert not os.path.exists(tmp_path / name)
+
+
+def test_resumed_multitask_run_ends_where_the_whole_one_does(tasks, tmp_path, monkeypatch):
+    from safetensors.torch import load_file
+
+    from lmkit.training import trainer
+
+    ner, pos = tasks["ner"], tasks["pos"]
+    whole, halves = tmp_path / "whole", tmp_path / "halves"
+    common = ("--recipe", "cvt", "--multitask", f"ner={ner['train']},pos={pos['train']}", "--dev",
+              f"ner={ner['dev']}", "--unlabeled", ner["unlabeled"], "--batch-size", 4, "--eval-every", 2,
+              "--steps", 4)
+    cli("finetune", tasks["model"], *common, "--out", whole)
+    save = trainer.save_checkpoint
+
+    def save_then_stop(directory, model, optimizer, names, state):
+        save(directory, model, optimizer, names, state)
+        if state["step"] == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(trainer, "save_checkpoint", save_then_stop)
+    assert run_cli("finetune", tasks["model"], *common, "--out", halves).code == 130
+    monkeypatch.undo()
+    cli("finetune", "--resume", "--out", halves)
+    a, b = load_file(f"{whole}/model.safetensors"), load_file(f"{halves}/model.safetensors")
+    assert a.keys() == b.keys() and any(".ema_" in name for name in a)
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+    assert os.path.isdir(halves / "best" / "ner") and os.path.isdir(halves / "best" / "pos")

@@ -16,6 +16,7 @@ single-task fine-tuning read it like any CVT tagger.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import sys
@@ -33,6 +34,7 @@ from .objective import MovingAverage, PredictionModule, auxiliary_logits, auxili
 
 NAME = "cvt-multitask"
 RESULTS = "finetune.json"
+TASK = "task.json"  # the run's TaskOptions (lmkit.tasks.finetune), which --resume reads back
 
 
 class CVTMultitaskObjective(MovingAverage, ObjectiveModule):
@@ -257,6 +259,11 @@ def _tuner_class():
         def __init__(self, *args, kinds: dict, dev: dict, head_dropout: float, stage=None, **kwargs):
             self.kinds, self.dev, self.head_dropout, self.stage, self.best = kinds, dev, head_dropout, stage, None
             super().__init__(*args, **kwargs)
+            best = os.path.join(self.model_dir, "best", RESULTS)
+            if kwargs.get("state") is not None and os.path.isfile(best):  # resumed: the score to beat
+                from lmkit.artifacts import read_json
+
+                self.best = read_json(best, "delete the best/ folder to let the resumed run choose again")
 
         @torch.no_grad()
         def validation_metrics(self) -> dict[str, float]:
@@ -341,13 +348,10 @@ def finetune_multitask(pretrained: str, out: str, tasks: dict[str, str], dev_pat
     from lmkit.registry import get_host
     from lmkit.spec import apply_overrides, resolve
     from lmkit.tasks.finetune import UNLIMITED_MAX_LENGTH, transfer_weights
-    from lmkit.tasks.kinds import task_kind
     from lmkit.tasks.recipes import default_learning_rate
-    from lmkit.tasks.tokens import encode_sentences
-    from lmkit.tasks.unlabeled import read_unlabeled
     from lmkit.tokenizers import load_tokenizer
     from lmkit.training.arguments import TrainingArguments
-    from lmkit.training.distributed import processes
+    from lmkit.training.checkpoint import STATE
 
     from .recipe import CVTRecipe
 
@@ -359,13 +363,7 @@ def finetune_multitask(pretrained: str, out: str, tasks: dict[str, str], dev_pat
     if options.noisy_tune:
         raise LmkitError("--noisy-tune is not available with --multitask; leave it out")
     check_tasks(tasks, dev_paths)
-    sentences = read_unlabeled(options.unlabeled) if options.unlabeled is not None else None
-    kinds, train, dev = {}, {}, {}
-    for name, path in tasks.items():
-        kinds[name] = task_kind("token-classification", options)
-        train[name] = kinds[name].read(path)
-        if name in dev_paths:
-            dev[name] = kinds[name].read(dev_paths[name], labels=train[name].labels)
+    sentences, kinds, train, dev = read_tasks(tasks, dev_paths, options)
     config = read_config(pretrained)
     spec = {key: value for key, value in config["spec"].items() if key != "tokenizer"}
     if spec.get("encoder", {}).get("type") != "cvt-tagger":
@@ -383,7 +381,8 @@ def finetune_multitask(pretrained: str, out: str, tasks: dict[str, str], dev_pat
     apply_overrides(spec, list(options.overrides))
     tokenizer = load_tokenizer(pretrained)
     host = get_host()
-    with staged_run(out, force=force) as stage:
+    # a failure after the first checkpoint was written leaves a run to --resume, as lmkit finetune does
+    with staged_run(out, force=force, resumable=lambda path: os.path.isfile(os.path.join(path, STATE))) as stage:
         model = build_model(resolve(spec, host), seed)
         transfer_weights(model, find_weights(pretrained))
         save_model(stage.path, model, host, tokenizer)
@@ -404,28 +403,62 @@ def finetune_multitask(pretrained: str, out: str, tasks: dict[str, str], dev_pat
             **{key: value for key, value in (optimizer or {}).items() if value}})
         if chosen_lr is None and progress:
             print(f"lr {lr:.3g}: the cvt recipe's {recipe.default_lr:g} (--lr to choose)", file=sys.stderr)
-        atomic_write_json(os.path.join(stage.path, "multitask.json"),
-                          {"tasks": tasks, "dev": dev_paths, "unlabeled": options.unlabeled})
+        options = dataclasses.replace(options, multitask=",".join(f"{k}={v}" for k, v in tasks.items()),
+                                      multitask_dev=",".join(f"{k}={v}" for k, v in dev_paths.items()) or None)
+        atomic_write_json(os.path.join(stage.path, TASK), dataclasses.asdict(options))
+        return _run(stage.path, args, tasks, dev_paths, options, (sentences, kinds, train, dev), state=None,
+                    progress=progress, stage=stage)
 
-        def batches(context):
-            encoded = {}
-            for name in tasks:
-                for split, data in (("train", train.get(name)), ("dev", dev.get(name))):
-                    if data is None:
-                        continue
-                    rows, cut = encode_sentences(data, context.tokenizer, args.seq_len, encoder=True)
-                    if cut and not options.truncate:
-                        raise DataError(f"{cut} sentences of {data.path} are longer than --max-length {args.seq_len} "
-                                        "tokens; raise --max-length")
-                    encoded[name, split] = rows
-            made = MultitaskBatches({name: encoded[name, "train"] for name in tasks},
-                                    {name: encoded[name, "dev"] for name in dev}, sentences, context.tokenizer, args)
-            return made
 
-        with processes() as procs:
-            tuner = _tuner_class()(stage.path, args, procs, state=None, progress=progress, kinds=kinds, dev=dev,
-                                   head_dropout=options.dropout, stage=stage, batches=batches)
-            last = tuner.train()
+def read_tasks(tasks: dict[str, str], dev_paths: dict[str, str], options):
+    """(unlabelled sentences or None, {task: its TokenKind}, {task: training data}, {task: dev data})."""
+    from lmkit.tasks.kinds import task_kind
+    from lmkit.tasks.unlabeled import read_unlabeled
+
+    sentences = read_unlabeled(options.unlabeled) if options.unlabeled is not None else None
+    kinds, train, dev = {}, {}, {}
+    for name, path in tasks.items():
+        kinds[name] = task_kind("token-classification", options)
+        train[name] = kinds[name].read(path)
+        if name in dev_paths:
+            dev[name] = kinds[name].read(dev_paths[name], labels=train[name].labels)
+    return sentences, kinds, train, dev
+
+
+def resume_multitask(out: str, options, args, state: dict, *, progress: bool = True) -> dict:
+    """Go on with the multi-task run in `out` (its task.json, trainer state and arguments already read)."""
+    from lmkit.tasks.finetune import parse_task_files
+
+    tasks = parse_task_files(options.multitask, "--multitask")
+    dev_paths = parse_task_files(options.multitask_dev, "--dev") if options.multitask_dev else {}
+    return _run(out, args, tasks, dev_paths, options, read_tasks(tasks, dev_paths, options), state=state,
+                progress=progress)
+
+
+def _run(out: str, args, tasks: dict, dev_paths: dict, options, data, *, state, progress: bool, stage=None) -> dict:
+    from lmkit.tasks.tokens import encode_sentences
+    from lmkit.training.distributed import processes
+
+    sentences, kinds, train, dev = data
+
+    def batches(context):
+        encoded = {}
+        for name in tasks:
+            for split, tagged in (("train", train.get(name)), ("dev", dev.get(name))):
+                if tagged is None:
+                    continue
+                rows, cut = encode_sentences(tagged, context.tokenizer, args.seq_len, encoder=True)
+                if cut and not options.truncate:
+                    raise DataError(f"{cut} sentences of {tagged.path} are longer than --max-length {args.seq_len} "
+                                    "tokens; raise --max-length")
+                encoded[name, split] = rows
+        return MultitaskBatches({name: encoded[name, "train"] for name in tasks},
+                                {name: encoded[name, "dev"] for name in dev}, sentences, context.tokenizer, args)
+
+    with processes() as procs:
+        tuner = _tuner_class()(out, args, procs, state=state, progress=progress, kinds=kinds, dev=dev,
+                               head_dropout=options.dropout, stage=stage, batches=batches)
+        last = tuner.train()
     record = dict(tuner.best or last)
     return {"step": record.get("step"), "score": record.get("score"),
             "tasks": {name: {key.split("/", 1)[1]: value for key, value in record.items()

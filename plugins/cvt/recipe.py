@@ -37,6 +37,12 @@ class CVTRecipe(EncoderRecipe):
 
         return finetune_multitask(pretrained, out, tasks, dev, options, **training)
 
+    def resume_multitask(self, out, options, args, state, *, progress: bool = True) -> dict:
+        """Go on with the --multitask run in `out` from its last checkpoint (lmkit finetune --resume)."""
+        from .multitask import resume_multitask
+
+        return resume_multitask(out, options, args, state, progress=progress)
+
     def unlabeled_batches(self, labelled, sentences, tokenizer, args):
         return AlternatingBatches(labelled, sentences, tokenizer, args)
 

@@ -133,7 +133,7 @@ def finetune_command(pretrained, kind, train_path, dev_path, out, labels, text_f
         options = TaskOptions(kind=kind or "token-classification", labels=_names(labels), dropout=dropout,
                               truncate=truncate, tag_column=tag_column, tag_scheme=tag_scheme, recipe=recipe,
                               noisy_tune=noisy_tune, unlabeled=unlabeled, label_smoothing=label_smoothing,
-                              overrides=tuple(overrides))
+                              overrides=tuple(overrides), multitask=multitask, multitask_dev=dev_path)
         record = finetune_multitask(pretrained, out, parse_task_files(multitask, "--multitask"),
                                     parse_task_files(dev_path, "--dev") if dev_path else {}, options, **training)
         _report(record, out, as_json)

@@ -55,6 +55,8 @@ class TaskOptions:
     unlabeled: str | None = None  # unlabelled text, for a recipe that reads it (`reads_unlabeled`: CVT's)
     label_smoothing: float | None = None  # of a classifying head's loss; None: the recipe's (CVT's 0.1, else 0)
     overrides: tuple[str, ...] = ()  # `--set key=value` on the fine-tuned model's spec (lmkit.spec.apply_overrides)
+    multitask: str | None = None  # --multitask NAME=FILE,... (a recipe that trains several tasks: CVT's)
+    multitask_dev: str | None = None  # --dev NAME=FILE,... beside it
 
 
 # -- the model -------------------------------------------------------------------------------------
@@ -397,6 +399,9 @@ def resume(out: str, *, steps: int | None = None, device: str | None = None, pro
     state = read_trainer_state(out)
     changes = {name: value for name, value in (("steps", steps), ("device", device)) if value is not None}
     args = TrainingArguments.from_dict(state["arguments"]).resumed_with(changes, state["step"])
+    if options.multitask is not None:  # the recipe that trained the tasks goes on with them
+        recipe = get_host().instantiate("task-recipe", options.recipe or "cvt")
+        return recipe.resume_multitask(out, options, args, state, progress=progress)
     kind = task_kind(options.kind, options)
     train = kind.read(args.data[0])
     dev = kind.read(args.val_data[0], labels=train.labels) if args.val_data else None
