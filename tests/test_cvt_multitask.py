@@ -118,7 +118,7 @@ def test_each_task_trains_its_own_primary_and_unlabelled_batches_every_tasks_vie
 def test_both_tasks_learn_on_one_encoder():
     torch.manual_seed(0)
     model = tiny_model(dropout=0.0).train()
-    optimizer = torch.optim.Adam(model.parameters(), lr=0.02)
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.03)
     ids, mask = torch.randint(1, 40, (4, 6)), torch.ones(4, 6, dtype=torch.bool)
     labels = {"ner": ids % 3, "pos": (ids // 3) % 4}  # tags that the words decide
     batches = [{"input_ids": ids, "attention_mask": mask, "labels": labels[task],
@@ -131,14 +131,14 @@ def test_both_tasks_learn_on_one_encoder():
             return [model.loss(batch)[0].item() for batch in batches]
 
     before = losses()
-    for step in range(60):
+    for step in range(30):
         batch = batches[step % 2] if step % 3 else unlabelled
         loss, _ = model.loss(batch)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
     after = losses()
-    assert all(a < 0.6 * b for a, b in zip(after, before)), (before, after)
+    assert all(a < 0.75 * b for a, b in zip(after, before)), (before, after)
 
 
 def test_a_tasks_own_model_tags_as_the_multitask_model_does():
@@ -201,6 +201,11 @@ def test_multitask_from_the_command_line_then_predict_each_task(tasks, tmp_path)
         # its own model scores its dev set as the multi-task run's evaluation did (the averaged weights)
         first = "entity_f1" if task == "ner" else "accuracy"
         assert f"{first} {record['tasks'][task][first]:.4f}" in predicted.err
+    # a task's model exports as any CVT tagger (the primary module alone), and its export tags the same
+    cli("export", out / "best" / "pos", "--out", tmp_path / "exported")
+    served = cli("predict", tmp_path / "exported", "--data", pos["dev"]).out
+    assert [json.loads(line)["tags"] for line in served.splitlines()] == [
+        json.loads(line)["tags"] for line in predicted.out.splitlines()]
 
 
 def one_line_error(result, *fragments):
