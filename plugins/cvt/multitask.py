@@ -162,7 +162,7 @@ class MultitaskBatches:
 
     def train(self, first: int, count: int) -> dict[str, np.ndarray]:
         if self.unlabeled is not None:
-            return self.unlabeled.train(first, count)  # its even steps come back to labelled() below
+            return self.unlabeled.train(first, count)  # its even steps come back to labelled_batch()
         return self.labelled_batch(first, count)
 
     def labelled_batch(self, first: int, count: int) -> dict[str, np.ndarray]:
