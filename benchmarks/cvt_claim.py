@@ -44,6 +44,8 @@ def main() -> None:
     parser.add_argument("--seen-names", type=int, default=20, help="names the labelled sentences use")
     parser.add_argument("--held-out", type=int, default=1000, help="of the 2000 names, those only dev sentences use")
     parser.add_argument("--distractors", type=float, default=0.3, help="chance that a filler is a name tagged O")
+    parser.add_argument("--bare", type=float, default=0.0,
+                        help="chance that a mention has no trigger (names then keep one type; use --distractors 0)")
     parser.add_argument("--unlabeled", type=int, default=20000)
     parser.add_argument("--labelled-steps", type=int, default=400, help="labelled batches of each run")
     parser.add_argument("--batch-size", type=int, default=16)
@@ -56,11 +58,12 @@ def main() -> None:
     args = parser.parse_args()
     os.makedirs(args.out, exist_ok=True)
     files = write_task(args.out, labelled=args.labelled, unlabeled=args.unlabeled, dev=300, seed=0,
-                       seen_names=args.seen_names, held_out=args.held_out, distractors=args.distractors)
+                       seen_names=args.seen_names, held_out=args.held_out, distractors=args.distractors,
+                       bare=args.bare)
     pos_dir = os.path.join(args.out, "pos")
     os.makedirs(pos_dir, exist_ok=True)
     pos = write_task(pos_dir, labelled=args.labelled, unlabeled=1, dev=300, seed=1, seen_names=args.seen_names,
-                     held_out=args.held_out, distractors=args.distractors, task="pos")
+                     held_out=args.held_out, distractors=args.distractors, task="pos", bare=args.bare)
     tokenizer = os.path.join(args.out, "tok")
     lmkit("tokenizer", "train", "--kind", "word", "--vocab-size", 4000, "--set",
           'special_tokens=["<pad>","<unk>","<s>","</s>"]', files["unlabeled"], files["train"], "--out", tokenizer,
