@@ -366,3 +366,30 @@ def test_bio_and_bioes_tags_of_the_same_sentences_give_the_same_entities(tmp_pat
         assert chunks.entity_f1(tags, tags, resolved)["entity_f1"] == 1.0
         entities[scheme] = [chunks.strict_entities(row, strict) for row in tags]
     assert entities["BIO"] == entities["BIOES"] and sum(map(len, entities["BIO"])) > 30
+
+
+def test_the_harder_synthetic_task_holds_out_names_and_types_bare_mentions(tmp_path):
+    from lmkit.plugins.cvt.synthetic import TRIGGERS, name_type, names
+    from lmkit.tasks.tokens import read_conll
+
+    files = write_task(str(tmp_path), labelled=50, unlabeled=400, dev=200, n_names=300, seen_names=20, held_out=100,
+                       distractors=0.3)
+    pool = names(300)
+    raw = {word for line in open(files["unlabeled"], encoding="utf-8") for word in line.split()}
+    assert raw.isdisjoint(pool[200:]) and len(raw & set(pool[:200])) > 100  # the last 100 appear in no raw text
+    dev = read_conll(files["dev"])
+    dev_names = {w for s in dev.examples for w, t in zip(s.words, s.tags) if dev.labels[t] != "O"}
+    assert dev_names & set(pool[200:])  # but in dev sentences
+    train = read_conll(files["train"])
+    outside = [w for s in train.examples for w, t in zip(s.words, s.tags) if train.labels[t] == "O" and w in pool]
+    assert outside  # distractors: names tagged O
+    (tmp_path / "bare").mkdir()
+    files = write_task(str(tmp_path / "bare"), labelled=200, unlabeled=1, dev=1, n_names=300, bare=0.5)
+    data = read_conll(files["train"])
+    bare = 0
+    for s in data.examples:
+        for i, (word, tag) in enumerate(zip(s.words, s.tags)):
+            if data.labels[tag].startswith("B-"):
+                assert data.labels[tag][2:] == name_type(word)  # a name keeps its type
+                bare += s.words[i - 1] not in TRIGGERS
+    assert bare > 50
