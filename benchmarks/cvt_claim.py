@@ -1,7 +1,10 @@
 """CVT against the same tagger trained on the labelled sentences alone (Clark et al. 2018's claim, §4).
 
 The task (lmkit.plugins.cvt.synthetic): entities of made-up names whose type only the context gives;
-the labelled sentences use 100 names, the dev sentences and the unlabelled text draw from 2000. Both
+the labelled sentences use --seen-names names, the dev sentences draw from 2000, of which the last
+--held-out appear in no text the model reads (the unlabelled text draws from the rest: a held-out
+name is an unknown word, tagged from its context alone), and with probability --distractors a filler
+is a name tagged O (a name alone does not make an entity). Both
 runs fine-tune the same composed model with the `cvt` recipe for the same number of labelled
 batches; the CVT run adds one unlabelled batch after each (so twice the steps). Reported: the best
 dev entity F1 (and token accuracy) of each, per seed, and their means.
@@ -37,17 +40,30 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--labelled", type=int, default=300)
+    parser.add_argument("--labelled", type=int, default=60, help="labelled sentences")
+    parser.add_argument("--seen-names", type=int, default=20, help="names the labelled sentences use")
+    parser.add_argument("--held-out", type=int, default=1000, help="of the 2000 names, those only dev sentences use")
+    parser.add_argument("--distractors", type=float, default=0.3, help="chance that a filler is a name tagged O")
+    parser.add_argument("--bare", type=float, default=0.0,
+                        help="chance that a mention has no trigger (names then keep one type; use --distractors 0)")
     parser.add_argument("--unlabeled", type=int, default=20000)
-    parser.add_argument("--labelled-steps", type=int, default=1000, help="labelled batches of each run")
+    parser.add_argument("--labelled-steps", type=int, default=400, help="labelled batches of each run")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--lr", type=float, default=1e-2)
     parser.add_argument("--runs", nargs="+", default=["supervised", "cvt"],
-                        choices=["supervised", "cvt", "supervised-long"],
-                        help="supervised-long: labelled batches only, as many optimizer steps as the CVT run")
+                        choices=["supervised", "cvt", "supervised-long", "multitask"],
+                        help="supervised-long: labelled batches only, as many optimizer steps as the CVT run; "
+                             "multitask: CVT over this task and a POS-like one (as many labelled sentences) at once, "
+                             "as many steps as the CVT run")
     args = parser.parse_args()
     os.makedirs(args.out, exist_ok=True)
-    files = write_task(args.out, labelled=args.labelled, unlabeled=args.unlabeled, dev=300, seed=0)
+    files = write_task(args.out, labelled=args.labelled, unlabeled=args.unlabeled, dev=300, seed=0,
+                       seen_names=args.seen_names, held_out=args.held_out, distractors=args.distractors,
+                       bare=args.bare)
+    pos_dir = os.path.join(args.out, "pos")
+    os.makedirs(pos_dir, exist_ok=True)
+    pos = write_task(pos_dir, labelled=args.labelled, unlabeled=1, dev=300, seed=1, seen_names=args.seen_names,
+                     held_out=args.held_out, distractors=args.distractors, task="pos", bare=args.bare)
     tokenizer = os.path.join(args.out, "tok")
     lmkit("tokenizer", "train", "--kind", "word", "--vocab-size", 4000, "--set",
           'special_tokens=["<pad>","<unk>","<s>","</s>"]', files["unlabeled"], files["train"], "--out", tokenizer,
@@ -59,16 +75,25 @@ def main() -> None:
         lmkit("compose", "cvt-tiny", *sets, "--seed", seed, "--out", model, "--force")
         runs = (("supervised", [], args.labelled_steps), ("cvt", ["--unlabeled", files["unlabeled"]], 2 * args.labelled_steps),
                 ("supervised-long", [], 2 * args.labelled_steps))
+        runs += (("multitask", ["--unlabeled", files["unlabeled"]], 2 * args.labelled_steps),)
         for name, extra, steps in (run for run in runs if run[0] in args.runs):
             out = os.path.join(args.out, f"{name}-{seed}")
             started = time.perf_counter()
-            record = json.loads(lmkit("finetune", model, "--task", "token-classification", "--recipe", "cvt",
-                                      "--train", files["train"], "--dev", files["dev"], *extra, "--out", out,
+            if name == "multitask":
+                data = ["--multitask", f"ner={files['train']},pos={pos['train']}",
+                        "--dev", f"ner={files['dev']},pos={pos['dev']}"]
+            else:
+                data = ["--task", "token-classification", "--train", files["train"], "--dev", files["dev"]]
+            record = json.loads(lmkit("finetune", model, "--recipe", "cvt", *data, *extra, "--out", out,
                                       "--steps", steps, "--batch-size", args.batch_size, "--lr", args.lr,
                                       "--eval-every", max(2, steps // 6) // 2 * 2, "--seed", seed, "--force",
                                       "--json"))
+            if name == "multitask":  # the NER task's figures (the best step by the mean of both tasks' firsts)
+                record = {**record["tasks"]["ner"], "pos_accuracy": record["tasks"]["pos"]["accuracy"],
+                          "step": record["step"]}
             row = {"run": name, "seed": seed, "entity_f1": record["entity_f1"], "accuracy": record["accuracy"],
-                   "best_step": record["step"], "seconds": round(time.perf_counter() - started, 1)}
+                   "best_step": record["step"], "seconds": round(time.perf_counter() - started, 1),
+                   **({"pos_accuracy": record["pos_accuracy"]} if "pos_accuracy" in record else {})}
             results.append(row)
             print(json.dumps(row), flush=True)
     for name in args.runs:

@@ -28,12 +28,15 @@ from lmkit.spec import resolve  # noqa: E402
 LABELS = 5
 
 
-def tiny_model(dropout: float = 0.3, views=("forward", "backward", "future", "past", "full")):
+def tiny_model(dropout: float = 0.3, views=("forward", "backward", "future", "past", "full"), label_smoothing=0.0,
+               unlabeled_dropout=0.2):
     spec = {"encoder": {"type": "cvt-tagger", "vocab_size": 40, "d_word": 8, "max_characters_per_token": 8,
                         "d_char": 4, "filters": [[2, 4], [3, 4]], "d_first": 6, "d_second": 5, "d_projection": 7,
                         "dropout": dropout},
-            "objectives": [{"type": "token-head", "num_labels": LABELS, "recipe": "cvt", "dropout": dropout},
-                           {"type": "cvt", "num_labels": LABELS, "views": list(views)}]}
+            "objectives": [{"type": "token-head", "num_labels": LABELS, "recipe": "cvt", "dropout": dropout,
+                            "label_smoothing": label_smoothing},
+                           {"type": "cvt", "num_labels": LABELS, "views": list(views),
+                            "unlabeled_dropout": unlabeled_dropout}]}
     model = build_model(resolve(spec, PluginHost()), seed=0)
     with torch.no_grad():  # a char table as bind_tokenizer would make it: every id spelled differently
         model.encoder.char_table.copy_(torch.randint(1, 262, model.encoder.char_table.shape))
@@ -133,6 +136,59 @@ def test_labelled_batches_train_the_head_and_unlabelled_ones_the_views():
     assert parts["token-head"].item() == 0 and parts["cvt"].item() > 0
 
 
+def test_labelled_loss_with_label_smoothing_is_the_hand_computed_value():
+    model = tiny_model(dropout=0.0, label_smoothing=0.1).eval()
+    head = model.objectives["token-head"]
+    ids, mask = torch.randint(1, 40, (2, 5)), torch.ones(2, 5, dtype=torch.bool)
+    labels = torch.randint(0, LABELS, (2, 5))
+    labels[0, 1] = labels[1, 4] = -100  # not scored (a word's later pieces)
+    batch = {"input_ids": ids, "attention_mask": mask, "labels": labels}
+    with torch.no_grad():
+        loss = head(model, batch).item()
+        log_p = torch.log_softmax(head.scores(model, batch).double(), -1)
+    terms = [0.9 * -log_p[b, t, labels[b, t]].item() + 0.1 * -log_p[b, t].mean().item()
+             for b in range(2) for t in range(5) if labels[b, t] >= 0]
+    assert loss == pytest.approx(sum(terms) / len(terms), rel=1e-6)
+    plain = sum(-log_p[b, t, labels[b, t]].item() for b in range(2) for t in range(5) if labels[b, t] >= 0) / len(terms)
+    assert abs(loss - plain) > 1e-4  # the smoothing did change the loss
+
+
+def dropout_rates_seen(model, batch) -> dict[str, set]:
+    """{dropout module name: the rates it ran at while training} over one model.loss(batch)."""
+    seen, handles = {}, []
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.Dropout):
+            handles.append(module.register_forward_pre_hook(
+                lambda m, _, name=name: seen.setdefault(name, set()).add(m.p) if m.training else None))
+    try:
+        model.loss(batch)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return seen
+
+
+def test_labelled_batches_run_at_the_encoders_dropout_and_unlabelled_ones_at_unlabeled_dropout():
+    model = tiny_model(dropout=0.5, unlabeled_dropout=0.2).train()
+    ids, mask = torch.randint(1, 40, (2, 6)), torch.ones(2, 6, dtype=torch.bool)
+    labelled = {"input_ids": ids, "attention_mask": mask, "labels": torch.randint(0, LABELS, (2, 6))}
+    unlabelled = {"input_ids": ids, "attention_mask": mask, "unlabeled": torch.ones(2, dtype=torch.bool)}
+    seen = dropout_rates_seen(model, labelled)
+    assert seen["encoder.drop"] == {0.5} and seen["objectives.token-head.dropout"] == {0.5}
+    seen = dropout_rates_seen(model, unlabelled)
+    assert seen["encoder.drop"] == {0.2}
+    assert {name for name in seen if "modules_by_view" in name} == {
+        f"objectives.cvt.modules_by_view.{v}_module.drop" for v in ("forward", "backward", "future", "past", "full")}
+    assert all(rates == {0.2} for rates in seen.values())  # the teacher ran in eval mode: no rate recorded
+    assert model.encoder.drop.p == 0.5  # put back for the next labelled batch
+    # what the rates do: without unlabelled dropout two unlabelled passes agree exactly, labelled ones do not
+    model = tiny_model(dropout=0.5, unlabeled_dropout=0.0).train()
+    first, second = (model.loss(unlabelled)[0].item() for _ in range(2))
+    assert first == second
+    first, second = (model.loss(labelled)[0].item() for _ in range(2))
+    assert first != second
+
+
 def test_schedule_is_the_papers():
     assert cvt_rate(0, 0.5) == pytest.approx(0.5 * (1 / 5000) / (1 + 0.005))
     assert cvt_rate(9999, 0.5) == pytest.approx(0.5 / (1 + 0.005 * 100))
@@ -164,6 +220,8 @@ def test_finetune_with_unlabeled_text_then_predict_and_export(task, tmp_path):
         "--unlabeled", task["unlabeled"], "--dev", task["dev"], "--out", out, "--steps", 6, "--batch-size", 8)
     config = json.loads((out / "best" / "config.json").read_text())
     assert [o["type"] for o in config["spec"]["objectives"]] == ["token-head", "cvt"]
+    head, cvt = config["spec"]["objectives"]
+    assert head["label_smoothing"] == 0.1 and cvt["unlabeled_dropout"] == 0.2  # the paper's, unless told
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert any(m.get("loss_cvt", 0) > 0 for m in metrics)  # unlabelled batches did train the views
     predicted = cli("predict", out / "best", "--data", task["dev"])
@@ -192,6 +250,25 @@ def one_line_error(result, *fragments):
 def finetune_args(task, out, *extra):
     return ("finetune", task["model"], "--task", "token-classification", "--train", task["train"], "--dev",
             task["dev"], "--out", out, "--steps", 1, *extra)
+
+
+def test_label_smoothing_and_dropout_rates_from_the_command_line(task, tmp_path):
+    out = tmp_path / "ner"
+    cli("finetune", task["model"], "--task", "token-classification", "--recipe", "cvt", "--train", task["train"],
+        "--unlabeled", task["unlabeled"], "--out", out, "--steps", 2, "--batch-size", 4, "--label-smoothing", 0,
+        "--set", "encoder.dropout=0.5", "--set", "objectives.cvt.unlabeled_dropout=0.3")
+    spec = json.loads((out / "config.json").read_text())["spec"]
+    head, cvt = spec["objectives"]
+    assert head["label_smoothing"] == 0.0 and cvt["unlabeled_dropout"] == 0.3 and spec["encoder"]["dropout"] == 0.5
+    # the encoder recipe smooths nothing unless told
+    cli("finetune", task["model"], "--task", "token-classification", "--recipe", "encoder", "--train", task["train"],
+        "--out", tmp_path / "plain", "--steps", 1, "--batch-size", 4)
+    head = json.loads((tmp_path / "plain" / "config.json").read_text())["spec"]["objectives"][0]
+    assert head.get("label_smoothing", 0.0) == 0.0
+    one_line_error(run_cli(*finetune_args(task, tmp_path / "a", "--set", "encoder.dropout=1.5")), "dropout")
+    one_line_error(run_cli(*finetune_args(task, tmp_path / "b", "--set", "tokenizer=x")), "--set tokenizer")
+    one_line_error(run_cli("finetune", "--resume", "--out", out, "--set", "encoder.dropout=0.1"), "--resume")
+    assert not os.path.exists(tmp_path / "a") and not os.path.exists(tmp_path / "b")
 
 
 def test_bad_unlabeled_text_is_a_one_line_error(task, tmp_path):
@@ -289,3 +366,30 @@ def test_bio_and_bioes_tags_of_the_same_sentences_give_the_same_entities(tmp_pat
         assert chunks.entity_f1(tags, tags, resolved)["entity_f1"] == 1.0
         entities[scheme] = [chunks.strict_entities(row, strict) for row in tags]
     assert entities["BIO"] == entities["BIOES"] and sum(map(len, entities["BIO"])) > 30
+
+
+def test_the_harder_synthetic_task_holds_out_names_and_types_bare_mentions(tmp_path):
+    from lmkit.plugins.cvt.synthetic import TRIGGERS, name_type, names
+    from lmkit.tasks.tokens import read_conll
+
+    files = write_task(str(tmp_path), labelled=50, unlabeled=400, dev=200, n_names=300, seen_names=20, held_out=100,
+                       distractors=0.3)
+    pool = names(300)
+    raw = {word for line in open(files["unlabeled"], encoding="utf-8") for word in line.split()}
+    assert raw.isdisjoint(pool[200:]) and len(raw & set(pool[:200])) > 100  # the last 100 appear in no raw text
+    dev = read_conll(files["dev"])
+    dev_names = {w for s in dev.examples for w, t in zip(s.words, s.tags) if dev.labels[t] != "O"}
+    assert dev_names & set(pool[200:])  # but in dev sentences
+    train = read_conll(files["train"])
+    outside = [w for s in train.examples for w, t in zip(s.words, s.tags) if train.labels[t] == "O" and w in pool]
+    assert outside  # distractors: names tagged O
+    (tmp_path / "bare").mkdir()
+    files = write_task(str(tmp_path / "bare"), labelled=200, unlabeled=1, dev=1, n_names=300, bare=0.5)
+    data = read_conll(files["train"])
+    bare = 0
+    for s in data.examples:
+        for i, (word, tag) in enumerate(zip(s.words, s.tags)):
+            if data.labels[tag].startswith("B-"):
+                assert data.labels[tag][2:] == name_type(word)  # a name keeps its type
+                bare += s.words[i - 1] not in TRIGGERS
+    assert bare > 50

@@ -19,6 +19,10 @@ def register_objectives(register):
     register("cvt", "lmkit.plugins.cvt.objective:CVTObjective", options="lmkit.plugins.cvt.config:CVTObjectiveOptions",
              summary="auxiliary views (forward, backward, future, past, full) learn the primary's soft tags on "
                      "unlabelled text (CVT)")
+    register("cvt-multitask", "lmkit.plugins.cvt.multitask:CVTMultitaskObjective",
+             options="lmkit.plugins.cvt.config:CVTMultitaskOptions",
+             summary="several taggers on one CVT encoder: a primary and auxiliary modules per task, "
+                     "one unlabelled loss over all of them (multi-task CVT)")
 
 
 @hookimpl

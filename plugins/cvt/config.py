@@ -24,7 +24,9 @@ class CVTConfig:
     d_first: int = 1024  # layer 1: a left-to-right and a right-to-left LSTM of this many cells each
     d_second: int = 512  # layer 2: a BiLSTM over [fwd_1; bwd_1], this many cells per direction
     d_projection: int = 512  # the hidden layer of every prediction module (the primary's is the encoder's output)
-    dropout: float = 0.5  # on the word representation, each LSTM's input and the modules' inputs, in training
+    # On the word representation, each LSTM's input and the modules' inputs, in training on labelled batches
+    # (cvt_text: labeled_keep_prob 0.5); unlabelled batches use the cvt objective's unlabeled_dropout.
+    dropout: float = 0.5
 
     def __post_init__(self):
         object.__setattr__(self, "filters", tuple(tuple(int(x) for x in f) for f in self.filters))
@@ -46,6 +48,9 @@ class CVTObjectiveOptions:
     d_projection: int = 0  # 0: the encoder's d_projection
     # Evaluation reads an exponential moving average of the primary's weights (cvt_text: 0.998); 0: off.
     ema_decay: float = 0.998
+    # The dropout of the students' pass on unlabelled batches, in place of the encoder's (labelled) rate
+    # (cvt_text: unlabeled_keep_prob 0.8); the teacher runs without any.
+    unlabeled_dropout: float = 0.2
 
     def __post_init__(self):
         object.__setattr__(self, "views", tuple(self.views))
@@ -58,6 +63,37 @@ class CVTObjectiveOptions:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
         if self.num_labels < 2:
             raise ValueError(f"num_labels must be at least 2, got {self.num_labels}")
+        if not 0.0 <= self.unlabeled_dropout < 1.0:
+            raise ValueError(f"unlabeled_dropout must be in [0, 1), got {self.unlabeled_dropout}")
+
+
+@dataclass(frozen=True)
+class CVTMultitaskOptions:
+    """Multi-task CVT: several taggers on one encoder, each with its primary and auxiliary modules."""
+
+    tasks: tuple[str, ...] = ()  # the task names, in the order batches index them
+    labels: tuple[tuple[str, ...], ...] = ()  # each task's tag names, index by index
+    tag_schemes: tuple[str, ...] = ()  # how each task's tags form entities (lmkit.tasks.chunks)
+    views: tuple[str, ...] = VIEWS
+    d_projection: int = 0  # 0: the encoder's d_projection
+    ema_decay: float = 0.998
+    unlabeled_dropout: float = 0.2
+    label_smoothing: float = 0.1  # of each task's labelled loss (cvt_text)
+
+    def __post_init__(self):
+        object.__setattr__(self, "tasks", tuple(self.tasks))
+        object.__setattr__(self, "labels", tuple(tuple(names) for names in self.labels))
+        object.__setattr__(self, "tag_schemes", tuple(self.tag_schemes))
+        object.__setattr__(self, "views", tuple(self.views))
+        if len(self.tasks) < 2 or len(set(self.tasks)) != len(self.tasks):
+            raise ValueError(f"tasks must name at least two different tasks, got {list(self.tasks)}")
+        if len(self.labels) != len(self.tasks) or any(len(names) < 2 for names in self.labels):
+            raise ValueError("labels must give each task its tag names, at least two per task")
+        if self.tag_schemes and len(self.tag_schemes) != len(self.tasks):
+            raise ValueError("tag_schemes must give one scheme per task")
+        CVTObjectiveOptions(views=self.views, ema_decay=self.ema_decay, unlabeled_dropout=self.unlabeled_dropout)
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
 
 
 @dataclass(frozen=True)

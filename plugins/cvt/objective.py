@@ -45,6 +45,48 @@ def soft_cross_entropy(teacher: torch.Tensor, logits: torch.Tensor, mask: torch.
     return (losses * mask).sum() / mask.sum().clamp(min=1)
 
 
+@contextlib.contextmanager
+def dropout_rate(parts, rate: float):
+    """Every nn.Dropout inside `parts` (modules) at `rate` inside the block, then back to its own rate."""
+    layers = [m for part in parts for m in part.modules() if isinstance(m, nn.Dropout)]
+    rates = [layer.p for layer in layers]
+    for layer in layers:
+        layer.p = rate
+    try:
+        yield
+    finally:
+        for layer, old in zip(layers, rates):
+            layer.p = old
+
+
+def auxiliary_logits(modules: nn.ModuleDict, views: dict) -> dict:
+    """{view: (logits (B, T', L), the slice of positions t' whose teacher it learns)} of each "<view>_module":
+    future reads fwd_1 at t for y_{t+1}, past bwd_1 at t for y_{t-1}, the others their view at t for y_t."""
+    out = {}
+    for key, module in modules.items():
+        view = key.removesuffix("_module")
+        if view == "future":  # fwd_1 at t predicts y_{t+1}
+            out[view] = (module(views["forward"][:, :-1]), slice(1, None))
+        elif view == "past":  # bwd_1 at t predicts y_{t-1}
+            out[view] = (module(views["backward"][:, 1:]), slice(None, -1))
+        else:
+            out[view] = (module(views[view]), slice(None))
+    return out
+
+
+def auxiliary_loss(students: dict, teacher: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """L_CVT: the sum over views of the soft cross-entropy to the teacher (B, T, L), each a mean over the
+    positions where both the read state and the predicted word are real."""
+    total = 0.0
+    for view, (logits, targets) in students.items():
+        if view in ("future", "past"):
+            valid = mask[:, 1:] & mask[:, :-1]
+        else:
+            valid = mask
+        total = total + soft_cross_entropy(teacher[:, targets], logits, valid)
+    return total
+
+
 class PredictionModule(nn.Module):
     """drop(state) -> ReLU(W .) -> U .: the paper's module, (..., d_in) -> (..., num_labels)."""
 
@@ -58,37 +100,18 @@ class PredictionModule(nn.Module):
         return self.score(torch.relu(self.projection(self.drop(states))))
 
 
-class CVTObjective(ObjectiveModule):
-    """The auxiliary modules (one per view) and the unlabelled loss L_CVT."""
+class MovingAverage:
+    """An objective's exponential moving average of some of the model's weights, kept as its buffers
+    (ema_0, ema_1, ... and ema_updates) so that checkpoints hold it; options.ema_decay is the decay."""
 
-    reads_unlabeled = True  # lmkit.model.ComposedModel.loss: the only objective an unlabelled batch trains
+    ema_names: list[str]
 
-    def __init__(self, options: CVTObjectiveOptions, d_first: int, d_views: int, d_projection: int,
-                 dropout: float):
-        super().__init__(options)
-        inputs = {"forward": d_first, "backward": d_first, "future": d_first, "past": d_first, "full": d_views}
-        self.ema_names: list[str] = []
-        # "<view>_module": nn.ModuleDict refuses a key named "forward"
-        self.modules_by_view = nn.ModuleDict({
-            f"{view}_module": PredictionModule(inputs[view], options.d_projection or d_projection, options.num_labels, dropout)
-            for view in options.views})
-
-    @classmethod
-    def for_model(cls, options, model) -> CVTObjective:
-        encoder = model.encoder
-        config = encoder.config
-        options = options or CVTObjectiveOptions()
-        objective = cls(options, config.d_first, encoder.d_views, config.d_projection, config.dropout)
-        if options.ema_decay:
-            # The token head is built before this objective but not yet reachable: its linear layer's shapes.
-            shapes = [(f"encoder.{name}", p.shape) for name, p in encoder.named_parameters()]
-            shapes += [(f"objectives.{TOKEN_HEAD}.score.weight", (options.num_labels, config.d_projection)),
-                       (f"objectives.{TOKEN_HEAD}.score.bias", (options.num_labels,))]
-            objective.ema_names = [name for name, _ in shapes]
-            for i, (_, shape) in enumerate(shapes):
-                objective.register_buffer(f"ema_{i}", torch.zeros(shape))
-            objective.register_buffer("ema_updates", torch.zeros((), dtype=torch.long))
-        return objective
+    def register_average(self, shapes: list[tuple[str, tuple]]) -> None:
+        """Average the model's parameters of these (name, shape)s."""
+        self.ema_names = [name for name, _ in shapes]
+        for i, (_, shape) in enumerate(shapes):
+            self.register_buffer(f"ema_{i}", torch.zeros(shape))
+        self.register_buffer("ema_updates", torch.zeros((), dtype=torch.long))
 
     def _primary_parameters(self, model) -> list[torch.Tensor]:
         parameters = dict(model.named_parameters())
@@ -121,6 +144,36 @@ class CVTObjective(ObjectiveModule):
                 for parameter, value in zip(parameters, saved):
                     parameter.copy_(value)
 
+
+class CVTObjective(MovingAverage, ObjectiveModule):
+    """The auxiliary modules (one per view) and the unlabelled loss L_CVT."""
+
+    reads_unlabeled = True  # lmkit.model.ComposedModel.loss: the only objective an unlabelled batch trains
+
+    def __init__(self, options: CVTObjectiveOptions, d_first: int, d_views: int, d_projection: int,
+                 dropout: float):
+        super().__init__(options)
+        inputs = {"forward": d_first, "backward": d_first, "future": d_first, "past": d_first, "full": d_views}
+        self.ema_names: list[str] = []
+        # "<view>_module": nn.ModuleDict refuses a key named "forward"
+        self.modules_by_view = nn.ModuleDict({
+            f"{view}_module": PredictionModule(inputs[view], options.d_projection or d_projection, options.num_labels, dropout)
+            for view in options.views})
+
+    @classmethod
+    def for_model(cls, options, model) -> CVTObjective:
+        encoder = model.encoder
+        config = encoder.config
+        options = options or CVTObjectiveOptions()
+        objective = cls(options, config.d_first, encoder.d_views, config.d_projection, config.dropout)
+        if options.ema_decay:
+            # The token head is built before this objective but not yet reachable: its linear layer's shapes.
+            shapes = [(f"encoder.{name}", p.shape) for name, p in encoder.named_parameters()]
+            shapes += [(f"objectives.{TOKEN_HEAD}.score.weight", (options.num_labels, config.d_projection)),
+                       (f"objectives.{TOKEN_HEAD}.score.bias", (options.num_labels,))]
+            objective.register_average(shapes)
+        return objective
+
     @torch.no_grad()
     def teacher(self, model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """p_θ(y | x) (B, T, L): the primary module (encoder and token head) in eval mode, without gradient."""
@@ -135,33 +188,23 @@ class CVTObjective(ObjectiveModule):
 
     def student_logits(self, model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> dict:
         """{view: (logits, targets' slice of the teacher's positions)} with the model's own mode (dropout)."""
-        views = model.encoder.views(input_ids, attention_mask)
-        out = {}
-        for key, module in self.modules_by_view.items():
-            view = key.removesuffix("_module")
-            if view == "future":  # fwd_1 at t predicts y_{t+1}
-                out[view] = (module(views["forward"][:, :-1]), slice(1, None))
-            elif view == "past":  # bwd_1 at t predicts y_{t-1}
-                out[view] = (module(views["backward"][:, 1:]), slice(None, -1))
-            else:
-                out[view] = (module(views[view]), slice(None))
-        return out
+        return auxiliary_logits(self.modules_by_view, model.encoder.views(input_ids, attention_mask))
+
+    @contextlib.contextmanager
+    def unlabeled_dropout(self, model):
+        """Every dropout of the encoder and the auxiliary modules at options.unlabeled_dropout inside the block
+        (cvt_text's unlabeled_keep_prob), then back to what it was (the labelled rate)."""
+        with dropout_rate([model.encoder, self], self.options.unlabeled_dropout):
+            yield
 
     def unlabeled_loss(self, model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                        teacher: torch.Tensor | None = None) -> torch.Tensor:
         mask = attention_mask.bool()
         if teacher is None:
             teacher = self.teacher(model, input_ids, mask)
-        total = 0.0
-        for view, (logits, targets) in self.student_logits(model, input_ids, mask).items():
-            if view == "future":
-                valid = mask[:, 1:] & mask[:, :-1]
-            elif view == "past":
-                valid = mask[:, :-1] & mask[:, 1:]
-            else:
-                valid = mask
-            total = total + soft_cross_entropy(teacher[:, targets], logits, valid)
-        return total
+        with self.unlabeled_dropout(model):
+            students = self.student_logits(model, input_ids, mask)
+        return auxiliary_loss(students, teacher, mask)
 
     def forward(self, model, batch: dict) -> torch.Tensor:
         if self.ema_names and self.training and torch.is_grad_enabled():

@@ -20,6 +20,7 @@ class CVTRecipe(EncoderRecipe):
     reference_width = 1  # the rate does not scale with the model's width
     default_warmup_ratio = 0.0
     reads_unlabeled = True
+    label_smoothing = 0.1  # of the labelled loss (cvt_text multitask_model.py)
 
     def objectives_beside(self, head: dict, options) -> list[dict]:
         """The auxiliary modules, sized to the head's tags; only a tagger has them (CVT's views are per token)."""
@@ -29,6 +30,18 @@ class CVTRecipe(EncoderRecipe):
                                  f"only, not {options.kind}; leave --unlabeled out")
             return []
         return [{"type": "cvt", "weight": 1.0, "num_labels": head["num_labels"]}]
+
+    def finetune_multitask(self, pretrained, out, tasks, dev, options, **training) -> dict:
+        """Several tagging tasks on one encoder (lmkit finetune --multitask): plugins/cvt/multitask.py."""
+        from .multitask import finetune_multitask
+
+        return finetune_multitask(pretrained, out, tasks, dev, options, **training)
+
+    def resume_multitask(self, out, options, args, state, *, progress: bool = True) -> dict:
+        """Go on with the --multitask run in `out` from its last checkpoint (lmkit finetune --resume)."""
+        from .multitask import resume_multitask
+
+        return resume_multitask(out, options, args, state, progress=progress)
 
     def unlabeled_batches(self, labelled, sentences, tokenizer, args):
         return AlternatingBatches(labelled, sentences, tokenizer, args)

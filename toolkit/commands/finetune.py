@@ -71,6 +71,15 @@ def _names(value: str | None) -> tuple[str, ...]:
                    "[default: cosine]")
 @click.option("--schedule-set", "schedule_options", multiple=True, metavar="KEY=VALUE",
               help="An option of the schedule, e.g. warmup_steps=100; repeat for more.")
+@click.option("--multitask", metavar="NAME=FILE,...",
+              help="Several tagging tasks trained at once on one model, for a recipe that can (--recipe cvt), in "
+                   "place of --train: e.g. ner=ner.conll,pos=pos.conll; --dev then takes the same NAME=FILE form.")
+@click.option("--label-smoothing", "label_smoothing", type=click.FloatRange(0, 1, max_open=True),
+              help="Label smoothing of a classification or tagging head's cross-entropy.  [default: the recipe's: "
+                   "0.1 for cvt (Clark et al. 2018), else 0]")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="An option of the fine-tuned model's spec, as lmkit compose takes them, e.g. encoder.dropout=0.5 "
+                   "or objectives.cvt.unlabeled_dropout=0.2; repeat for more.")
 @click.option("--dropout", default=0.1, show_default=True, type=float, help="Dropout before the head.")
 @click.option("--eval-every", type=int, help="Steps between dev evaluations.  [default: one epoch]")
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of the head's init, order and dropout.")
@@ -82,7 +91,7 @@ def _names(value: str | None) -> tuple[str, ...]:
 @click.option("--json", "as_json", is_flag=True, help="Print the best dev record as JSON.")
 def finetune_command(pretrained, kind, train_path, dev_path, out, labels, text_fields, label_field, tag_column,
                      tag_scheme, aux_lm_weight, recipe, noisy_tune, unlabeled, optimizer, optimizer_options,
-                     schedule, schedule_options,
+                     schedule, schedule_options, multitask, label_smoothing, overrides,
                      epochs, steps, batch_size, lr, warmup_ratio, max_length, truncate, dropout, eval_every, seed,
                      device, force, resume, as_json):
     """Fine-tune PRETRAINED on a labelled task file into OUT, with a linear head on its sequence features.
@@ -105,10 +114,29 @@ def finetune_command(pretrained, kind, train_path, dev_path, out, labels, text_f
         if noisy_tune:
             raise click.UsageError("--noisy-tune shakes the weights once, at a run's start; a resumed run goes on from "
                                    "the weights it saved: leave --noisy-tune out")
-        if pretrained is not None or kind or train_path or dev_path or unlabeled or optimizer or schedule:
+        if (pretrained is not None or kind or train_path or dev_path or unlabeled or optimizer or schedule
+                or overrides or label_smoothing is not None or multitask):
             raise click.UsageError("--resume goes on with the run in --out, with its own model and task files; "
                                    "leave PRETRAINED, --task, --train and --dev out")
         record = resume_run(out, steps=steps, device=None if device == "auto" else device)
+        _report(record, out, as_json)
+        return
+    training = dict(epochs=epochs, steps=steps, batch_size=batch_size, max_length=max_length, lr=lr,
+                    warmup_ratio=warmup_ratio, seed=seed, eval_every=eval_every, device=device, force=force,
+                    optimizer={"optimizer": optimizer, "schedule": schedule,
+                               "optimizer_options": parse_assignments(optimizer_options, "--optimizer-set"),
+                               "schedule_options": parse_assignments(schedule_options, "--schedule-set")})
+    if multitask is not None:
+        from ..tasks.finetune import finetune_multitask, parse_task_files
+
+        if pretrained is None or train_path is not None:
+            raise click.UsageError("--multitask names the tasks' training files: give PRETRAINED and leave --train out")
+        options = TaskOptions(kind=kind or "token-classification", labels=_names(labels), dropout=dropout,
+                              truncate=truncate, tag_column=tag_column, tag_scheme=tag_scheme, recipe=recipe,
+                              noisy_tune=noisy_tune, unlabeled=unlabeled, label_smoothing=label_smoothing,
+                              overrides=tuple(overrides), multitask=multitask, multitask_dev=dev_path)
+        record = finetune_multitask(pretrained, out, parse_task_files(multitask, "--multitask"),
+                                    parse_task_files(dev_path, "--dev") if dev_path else {}, options, **training)
         _report(record, out, as_json)
         return
     missing = [flag for flag, value in (("PRETRAINED", pretrained), ("--task", kind), ("--train", train_path))
@@ -119,13 +147,8 @@ def finetune_command(pretrained, kind, train_path, dev_path, out, labels, text_f
     options = TaskOptions(kind=kind, text_fields=_names(text_fields), label_field=label_field,
                           labels=_names(labels), aux_lm_weight=aux_lm_weight, dropout=dropout, truncate=truncate,
                           tag_column=tag_column, tag_scheme=tag_scheme, recipe=recipe, noisy_tune=noisy_tune,
-                          unlabeled=unlabeled)
-    record = finetune(pretrained, out, train_path, dev_path, options, epochs=epochs, steps=steps,
-                      batch_size=batch_size, max_length=max_length, lr=lr, warmup_ratio=warmup_ratio, seed=seed,
-                      eval_every=eval_every, device=device, force=force,
-                      optimizer={"optimizer": optimizer, "schedule": schedule,
-                                 "optimizer_options": parse_assignments(optimizer_options, "--optimizer-set"),
-                                 "schedule_options": parse_assignments(schedule_options, "--schedule-set")})
+                          unlabeled=unlabeled, label_smoothing=label_smoothing, overrides=tuple(overrides))
+    record = finetune(pretrained, out, train_path, dev_path, options, **training)
     _report(record, out, as_json)
 
 
@@ -134,6 +157,11 @@ def _report(record: dict, out: str, as_json: bool) -> None:
 
     if as_json:
         click.echo(json.dumps(record, indent=2))
+        return
+    if "tasks" in record:  # --multitask: each task's dev metrics at the best step, and its model
+        for name, metrics in record["tasks"].items():
+            shown = "  ".join(f"{k} {v:.4f}" for k, v in metrics.items())
+            click.echo(f"{name}: {shown or 'no --dev file'}  ({out}/{BEST}/{name})")
         return
     names = ("entity_f1", "accuracy", "f1", "mcc", "macro_f1", "pearson", "spearman", "exact_match")
     shown = {k: record[k] for k in names if k in record}

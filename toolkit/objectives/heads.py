@@ -81,7 +81,7 @@ class SequenceHead(_Head):
         scores = self.scores(model, batch)
         if self.options.task == "regression":
             return F.mse_loss(scores.float(), batch["labels"].float())
-        return F.cross_entropy(scores.float(), batch["labels"])
+        return F.cross_entropy(scores.float(), batch["labels"], label_smoothing=self.options.label_smoothing)
 
     @torch.no_grad()
     def predict(self, model, batch: dict) -> Tensor:
@@ -105,7 +105,8 @@ class TokenHead(_Head):
 
     def forward(self, model, batch: dict) -> Tensor:
         scores = self.scores(model, batch)
-        return F.cross_entropy(scores.flatten(0, 1).float(), batch["labels"].flatten(), ignore_index=-100)
+        return F.cross_entropy(scores.flatten(0, 1).float(), batch["labels"].flatten(), ignore_index=-100,
+                               label_smoothing=self.options.label_smoothing)
 
     @torch.no_grad()
     def predict(self, model, batch: dict) -> Tensor:

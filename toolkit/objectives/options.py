@@ -28,6 +28,7 @@ class SequenceHeadOptions:
     num_labels: int = 2  # classes of a classification; 1 for regression and multiple choice
     labels: tuple[str, ...] = ()  # the class names, index by index, so predictions can be named
     dropout: float = 0.1  # on the features, before the linear layer (GPT: 0.1)
+    label_smoothing: float = 0.0  # of the cross-entropy to the gold class (not for regression)
 
     def __post_init__(self):
         tasks = ("classification", "similarity", "regression", "multiple-choice")
@@ -42,6 +43,9 @@ class SequenceHeadOptions:
             raise ValueError(f"labels names {len(self.labels)} classes but num_labels is {self.num_labels}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        _check_smoothing(self.label_smoothing)
+        if self.label_smoothing and self.task == "regression":
+            raise ValueError("a regression head has no classes to smooth; set label_smoothing = 0")
 
 
 @dataclass(frozen=True)
@@ -53,6 +57,7 @@ class TokenHeadOptions:
     labels: tuple[str, ...] = ()  # the tag names, index by index
     dropout: float = 0.1
     tag_scheme: str = ""  # how the tags form entities for entity F1 (lmkit.tasks.chunks); "": detect
+    label_smoothing: float = 0.0  # of the cross-entropy to the gold tag (CVT: 0.1)
 
     def __post_init__(self):
         if self.num_labels < 2:
@@ -61,6 +66,7 @@ class TokenHeadOptions:
             raise ValueError(f"labels names {len(self.labels)} tags but num_labels is {self.num_labels}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        _check_smoothing(self.label_smoothing)
 
 
 @dataclass(frozen=True)
@@ -74,3 +80,8 @@ class SpanHeadOptions:
     def __post_init__(self):
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+
+
+def _check_smoothing(value: float) -> None:
+    if not 0.0 <= value < 1.0:
+        raise ValueError(f"label_smoothing must be in [0, 1), got {value}")

@@ -53,6 +53,10 @@ class TaskOptions:
     recipe: str | None = None  # a registered task recipe in place of the one the stack names
     noisy_tune: float = 0.0  # NoisyTune's λ: the pretrained weights shaken once before the first step (0: off)
     unlabeled: str | None = None  # unlabelled text, for a recipe that reads it (`reads_unlabeled`: CVT's)
+    label_smoothing: float | None = None  # of a classifying head's loss; None: the recipe's (CVT's 0.1, else 0)
+    overrides: tuple[str, ...] = ()  # `--set key=value` on the fine-tuned model's spec (lmkit.spec.apply_overrides)
+    multitask: str | None = None  # --multitask NAME=FILE,... (a recipe that trains several tasks: CVT's)
+    multitask_dev: str | None = None  # --dev NAME=FILE,... beside it
 
 
 # -- the model -------------------------------------------------------------------------------------
@@ -97,15 +101,39 @@ def prepare(pretrained: str, out: str, kind, train, options: TaskOptions, *, see
                          "recipe does not: leave it out, or give --recipe cvt")
     # A recipe may train objectives of its own beside the head (CVT's auxiliary modules).
     beside = recipe.objectives_beside(head, options) if hasattr(recipe, "objectives_beside") else []
+    smoothing = head_label_smoothing(recipe, kind, options)
+    if smoothing:
+        head["label_smoothing"] = smoothing
     spec["objectives"] = [head, *recipe.auxiliary_objectives(options.aux_lm_weight), *beside]
     if kind.keeps_decoder:  # the model's own loss, no head on its features
         spec["objectives"] = [{"type": kind.head, "weight": 1.0, **kind.head_options(train)}]
+    if options.overrides:
+        from ..spec import apply_overrides
+
+        if any(a.partition("=")[0].strip().split(".")[0] == "tokenizer" for a in options.overrides):
+            raise LmkitError("--set tokenizer: the fine-tuned model reads with the pretrained model's tokenizer; "
+                             "leave it out")
+        apply_overrides(spec, list(options.overrides))
     resolved = resolve(spec, host)
     model = build_model(resolved, seed)
     transfer_weights(model, find_weights(pretrained))
     perturb(model, options.noisy_tune, seed)  # before the first save: a resumed run starts from the shaken weights
     save_model(out, model, host, tokenizer)
     return recipe, model.feature_stack.max_positions, model.feature_stack.d_model
+
+
+def head_label_smoothing(recipe, kind, options: TaskOptions) -> float:
+    """The label smoothing of the head's cross-entropy: --label-smoothing, else the recipe's (`label_smoothing`,
+    CVT's 0.1; 0 for a recipe without one). Only heads that pick a class take it."""
+    smooths = kind.head in ("token-head", "sequence-head") and options.kind != "regression" and not kind.keeps_decoder
+    if options.label_smoothing is not None:
+        if not 0.0 <= options.label_smoothing < 1.0:
+            raise LmkitError(f"--label-smoothing must be in [0, 1), got {options.label_smoothing}")
+        if options.label_smoothing and not smooths:
+            raise LmkitError(f"--label-smoothing smooths a head that picks a class or tag; a {options.kind} task has "
+                             "none: leave it out")
+        return options.label_smoothing
+    return getattr(recipe, "label_smoothing", 0.0) if smooths else 0.0
 
 
 def transfer_weights(model, path: str) -> None:
@@ -315,6 +343,45 @@ def finetune(pretrained: str, out: str, train_path: str, dev_path: str | None, o
         return _run(stage.path, args, kind, train, dev, options, state=None, progress=progress, stage=stage)
 
 
+def parse_task_files(value: str, flag: str) -> dict[str, str]:
+    """`NAME=FILE,NAME=FILE` (--multitask, and --dev beside it) as {name: file}, in order."""
+    files: dict[str, str] = {}
+    for entry in (part.strip() for part in value.split(",")):
+        name, sep, path = entry.partition("=")
+        name, path = name.strip(), path.strip()
+        if not entry:
+            continue
+        if not sep or not name or not path:
+            raise LmkitError(f"{flag}: {entry!r} is not NAME=FILE; give e.g. {flag} ner=ner.conll,pos=pos.conll")
+        if name in files:
+            raise LmkitError(f"{flag}: task {name!r} is named twice; name each task once")
+        if not os.path.isfile(path):
+            raise DataError(f"{flag}: task file {path} (task {name}) does not exist")
+        files[name] = path
+    if not files:
+        raise LmkitError(f"{flag} names no task; give e.g. {flag} ner=ner.conll,pos=pos.conll")
+    return files
+
+
+def finetune_multitask(pretrained: str, out: str, tasks: dict[str, str], dev: dict[str, str], options: TaskOptions,
+                       **training) -> dict:
+    """Several tasks at once on one model (--multitask), by a task recipe that can (`finetune_multitask`: CVT's);
+    `training` as finetune() takes it. Returns the best record, with each task's dev metrics under "tasks"."""
+    from .recipes import task_stack_key
+
+    host = get_host()
+    name = options.recipe
+    if name is None:
+        spec = read_config(pretrained)["spec"]
+        key = task_stack_key(spec)
+        name = host.component(key, spec[key]["type"]).load().task_recipe
+    recipe = host.instantiate("task-recipe", name)
+    if not hasattr(recipe, "finetune_multitask"):
+        raise LmkitError(f"--multitask: the {recipe.name} recipe trains one task at a time; give a recipe that trains "
+                         "several (--recipe cvt), or fine-tune each task on its own with --train")
+    return recipe.finetune_multitask(pretrained, out, tasks, dev, options, **training)
+
+
 def _has_checkpoint(directory: str) -> bool:
     from ..training.checkpoint import STATE
 
@@ -335,6 +402,9 @@ def resume(out: str, *, steps: int | None = None, device: str | None = None, pro
     state = read_trainer_state(out)
     changes = {name: value for name, value in (("steps", steps), ("device", device)) if value is not None}
     args = TrainingArguments.from_dict(state["arguments"]).resumed_with(changes, state["step"])
+    if options.multitask is not None:  # the recipe that trained the tasks goes on with them
+        recipe = get_host().instantiate("task-recipe", options.recipe or "cvt")
+        return recipe.resume_multitask(out, options, args, state, progress=progress)
     kind = task_kind(options.kind, options)
     train = kind.read(args.data[0])
     dev = kind.read(args.val_data[0], labels=train.labels) if args.val_data else None

@@ -25,6 +25,7 @@ class EncoderRecipe:
     reference_width = 768  # BERT-base's d_model, the width default_lr was chosen at
     default_warmup_ratio = 0.1  # BERT's run_classifier.py: warmup_proportion 0.1
     bidirectional = True  # a position's state has read the tokens after it: tags go on a word's first piece
+    label_smoothing = 0.0  # of a classifying head's cross-entropy, unless --label-smoothing says otherwise
 
     def prepare(self, tokenizer) -> bool:
         return False
@@ -63,6 +64,7 @@ class DecoderRecipe:
     default_warmup_ratio = 0.002  # GPT §4.1: warmup over 0.2% of training
     bidirectional = False  # causal: a word's tag goes on its last piece, the one that has read all of it
     aux_lm_weight = 0.5  # λ, GPT §4.1
+    label_smoothing = 0.0
 
     def prepare(self, tokenizer) -> bool:
         return add_markers(tokenizer)  # learned from scratch during fine-tuning, as in GPT
