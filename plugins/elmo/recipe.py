@@ -18,8 +18,8 @@ class ELMoRecipe(EncoderRecipe):
     reference_width = 1024  # 2 x 512: elmo-original's layers
     default_warmup_ratio = 0.0
 
-    def run(self, model, input_ids, attention_mask, token_type_ids) -> EncoderOutput:
-        return model.encoder.frozen_mix(input_ids, attention_mask)
+    def run(self, model, input_ids, attention_mask, token_type_ids, char_ids=None) -> EncoderOutput:
+        return model.encoder.frozen_mix(input_ids, attention_mask, char_ids)
 
     def features(self, output: EncoderOutput, extract_index):
         """(N, 2P): the mix averaged over each sequence's real tokens."""
