@@ -123,3 +123,44 @@ def test_finetuning_and_predict_read_the_characters_of_unknown_words(composed, t
     rows = [json.loads(line) for line in predicted.out.splitlines() if line.strip()]
     assert rows[0]["words"][1] == "zorblax"
     assert rows[0]["probabilities"][1] != rows[1]["probabilities"][1]
+
+
+# -- the paper's task model: a BiLSTM tagger over [word embedding; ELMo] (the elmo-bilstm recipes) ---------
+
+
+def test_the_bilstm_tagger_recipes_freeze_the_bilm_and_read_elmo_as_asked(composed, tmp_path):
+    from safetensors.torch import load_file
+
+    from lmkit.model import load_model
+
+    train = tmp_path / "train.conll"
+    train.write_text("".join("\n".join(f"{w} {'X' if w == 'cat' else 'O'}" for w in s.split()) + "\n\n"
+                             for s in SENTENCES * 3))
+    tuned = {}
+    for recipe in ("elmo-bilstm", "elmo-bilstm-output", "word-bilstm"):
+        out = str(tmp_path / recipe)
+        result = run_cli("finetune", composed["model"], "--task", "token-classification", "--recipe", recipe,
+                         "--train", str(train), "--dev", str(train), "--out", out, "--steps", 2, "--batch-size", 4)
+        assert result.code == 0, result.err
+        tuned[recipe] = load_file(f"{out}/best/model.safetensors")
+        before = load_file(f"{composed['model']}/model.safetensors")
+        bilm = [n for n in before if n.startswith("encoder.") and "scalar_mix" not in n]
+        assert all(torch.equal(before[n], tuned[recipe][n]) for n in bilm)  # the biLM frozen
+    lstm = "objectives.token-head.layers.lstm.weight_ih_l0"
+    assert tuned["elmo-bilstm"][lstm].shape[1] == 2 * 32  # [word embedding; ELMo], each 2P = 32 wide
+    assert tuned["word-bilstm"][lstm].shape[1] == 32  # the word embedding alone
+    assert tuned["elmo-bilstm-output"]["objectives.token-head.score.weight"].shape[1] == 32 + 32  # [h; ELMo']
+    assert "objectives.token-head.layers.output_mix.gamma" in tuned["elmo-bilstm-output"]
+    # The tagger's states depend on ELMo only where it reads it.
+    model, tokenizer, _ = load_model(str(tmp_path / "elmo-bilstm" / "best"))
+    head = model.objectives["token-head"]
+    ids = torch.tensor([tokenizer.encode("the cat sat", add_special_tokens=True)])
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids, dtype=torch.bool)}
+    model.eval()
+    with torch.no_grad():
+        before = head.scores(model, dict(batch))
+        model.encoder.scalar_mix.gamma.mul_(3.0)
+        assert not torch.allclose(head.scores(model, dict(batch)), before)
+    # Its export would drop the BiLSTM: refused in one line, nothing written.
+    refused = run_cli("export", str(tmp_path / "elmo-bilstm" / "best"), "--out", str(tmp_path / "e"))
+    assert refused.code != 0 and "BiLSTMTagger" in refused.err and not (tmp_path / "e").exists()
