@@ -1,5 +1,6 @@
 """ELMo reads any word: a word outside the word vocabulary reaches the char CNN as its own characters (not
-those of <unk>) in embed, fine-tuning, predict and the torch-free export (lmkit.token_inputs)."""
+those of <unk>) in embed, fine-tuning, predict and the torch-free export (lmkit.token_inputs). Also the
+paper's BiLSTM tagger recipes, and fine-tuned ELMo models exported (fp32 and int8) and run by lmkit predict."""
 from __future__ import annotations
 
 import json
@@ -164,3 +165,33 @@ def test_the_bilstm_tagger_recipes_freeze_the_bilm_and_read_elmo_as_asked(compos
     # Its export would drop the BiLSTM: refused in one line, nothing written.
     refused = run_cli("export", str(tmp_path / "elmo-bilstm" / "best"), "--out", str(tmp_path / "e"))
     assert refused.code != 0 and "BiLSTMTagger" in refused.err and not (tmp_path / "e").exists()
+
+
+# -- fine-tuned ELMo models exported: int8, and lmkit predict on the export ------------------------------------
+
+
+def test_a_fine_tuned_elmo_classifier_exports_in_fp32_and_int8_and_predict_runs_them(composed, tmp_path):
+    task = tmp_path / "task.jsonl"
+    texts = SENTENCES + OOV + ["a zorblax", "the quimby dog"]
+    task.write_text("".join(json.dumps({"text": t, "label": "long" if len(t.split()) > 4 else "short"}) + "\n"
+                            for t in texts * 3))
+    out = str(tmp_path / "clf")
+    result = run_cli("finetune", composed["model"], "--task", "classification", "--train", str(task), "--dev",
+                     str(task), "--out", out, "--steps", 3, "--batch-size", 4)
+    assert result.code == 0, result.err
+
+    def predict(directory):
+        result = run_cli("predict", directory, "--data", str(task))
+        assert result.code == 0, result.err
+        return np.array([[json.loads(line)["probabilities"][k] for k in ("long", "short")]
+                         for line in result.out.splitlines() if line.startswith("{")])
+
+    reference = predict(f"{out}/best")
+    for flags, atol in (((), 1e-4), (("--quantize", "int8"), 0.05)):
+        exported = str(tmp_path / f"e{len(flags)}")
+        made = run_cli("export", f"{out}/best", "--out", exported, *flags)
+        assert made.code == 0, made.err
+        manifest = json.loads((tmp_path / f"e{len(flags)}" / "lmkit-onnx.json").read_text())
+        assert manifest["task_head"]["type"] == "sequence-head"
+        np.testing.assert_allclose(predict(exported), reference, atol=atol)  # OOV words spelled in both
+    assert manifest["dtype"] == "int8" and manifest["validation"]["top1_agreement"] >= 0.5

@@ -73,6 +73,8 @@ def export_plan(model) -> ExportPlan:
     return ExportPlan(ARCHITECTURE, [graph], dimensions={"max_length": None, "d_model": D, "vocab_size": vocab,
                                                         "type_vocab_size": 0, "pooled": "mean of the mix over real tokens",
                                                         "n_layers": L},
-                      # onnxruntime refuses int8 on the stacked directions' weights (MatMulInteger zero points) and
-                      # fp16 inside the time Loop: fp32 only (benchmarks/bench_elmo.py measures a per-tensor int8).
-                      precisions=("fp32",))
+                      # fp16: onnxruntime's float16 converter breaks the TorchScript time Loop (a Cast it inserts
+                      # in the body reuses a buffer of another shape; blocking the Loop leaves its seq(tensor)
+                      # outputs mistyped), so the graph does not load or run. int8 runs (lmkit.exports.precision
+                      # quantizes the stacked directions' weights per tensor).
+                      precisions=("fp32", "int8"))

@@ -32,7 +32,7 @@ def predict_command(model_dir, path, text_fields, label_field, tag_column, tag_s
     probability, or the "answer" text with its "score" (start and end logits added).
 
     MODEL_DIR is a model directory made by lmkit finetune, or the export directory of a fine-tuned
-    encoder (BERT family), which runs on onnxruntime without torch.
+    encoder (BERT, ELMo, ...), which runs on onnxruntime without torch.
     """
     from ..errors import require_torch
     from ..opening import is_export
