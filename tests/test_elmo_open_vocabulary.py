@@ -162,6 +162,11 @@ def test_the_bilstm_tagger_recipes_freeze_the_bilm_and_read_elmo_as_asked(compos
         before = head.scores(model, dict(batch))
         model.encoder.scalar_mix.gamma.mul_(3.0)
         assert not torch.allclose(head.scores(model, dict(batch)), before)
+    from lmkit.errors import LmkitError
+    from lmkit.plugins.elmo.recipe import ELMoBiLSTMRecipe
+
+    with pytest.raises(LmkitError, match="reads an ELMo biLM"):  # --recipe elmo-bilstm on another family
+        ELMoBiLSTMRecipe().token_layers(torch.nn.Linear(2, 2))
     # Its export would drop the BiLSTM: refused in one line, nothing written.
     refused = run_cli("export", str(tmp_path / "elmo-bilstm" / "best"), "--out", str(tmp_path / "e"))
     assert refused.code != 0 and "BiLSTMTagger" in refused.err and not (tmp_path / "e").exists()

@@ -19,6 +19,7 @@ class ELMoRecipe(EncoderRecipe):
     default_warmup_ratio = 0.0
 
     def run(self, model, input_ids, attention_mask, token_type_ids, char_ids=None) -> EncoderOutput:
+        _require_elmo(model.encoder, self.name)
         return model.encoder.frozen_mix(input_ids, attention_mask, char_ids)
 
     def features(self, output: EncoderOutput, extract_index):
@@ -38,6 +39,7 @@ class ELMoBiLSTMRecipe(ELMoRecipe):
         """(BiLSTMTagger, its output width): what a token head's linear layer reads (lmkit.objectives.heads)."""
         from .tagger import BiLSTMTagger
 
+        _require_elmo(stack, self.name)
         tagger = BiLSTMTagger(stack.config.vocab_size, stack.d_model, stack.n_layers, elmo_input=self.elmo_input,
                               elmo_output=self.elmo_output, layer_norm=stack.config.mix_layer_norm)
         return tagger, tagger.width
@@ -56,3 +58,13 @@ class WordBiLSTMRecipe(ELMoBiLSTMRecipe):
 
     name = "word-bilstm"
     elmo_input = False
+
+
+def _require_elmo(stack, recipe: str) -> None:
+    from lmkit.errors import LmkitError
+
+    from .model import ELMoBiLM
+
+    if not isinstance(stack, ELMoBiLM):
+        raise LmkitError(f"the {recipe} recipe reads an ELMo biLM (encoder elmo-bilm); this model's stack is "
+                         f"{type(stack).__name__}: leave out --recipe, or give one of its own")
