@@ -40,6 +40,8 @@ def main():
     parser.add_argument("--tagger", action="store_true", help="the BiLSTM tagger recipes through lmkit finetune")
     parser.add_argument("--train-sentences", type=int, default=100)
     parser.add_argument("--tagger-steps", type=int, default=300)
+    parser.add_argument("--recipes", default="elmo-bilstm,elmo-bilstm-output,word-bilstm",
+                        help="--tagger: the recipes to compare, comma-separated")
     args = parser.parse_args()
     from lmkit.model import compose, load_model
     from lmkit.nn.scalar_mix import ScalarMix
@@ -132,7 +134,7 @@ def tagger(args, source, model_dir: str, work: str) -> None:
     conll(files["test"], 200, 13)
     lmkit = [sys.executable, "-m", "lmkit"]
     print(f"tagger: {args.train_sentences} training sentences, {args.tagger_steps} steps, 200 test sentences")
-    for recipe in ("elmo-bilstm", "elmo-bilstm-output", "word-bilstm"):
+    for recipe in args.recipes.split(","):
         accuracies = []
         for seed in range(args.seeds):
             out = os.path.join(work, f"{recipe}-{seed}")
