@@ -80,6 +80,9 @@ def export_model(model_dir: str, out: str, *, precision: str = "fp32", layout: s
     if precision not in plan.precisions:
         raise LmkitError(f"exporter '{exporter.name}' cannot export this model in {precision} (it supports "
                          f"{', '.join(plan.precisions)}): export with --dtype fp32 and no --quantize, or in one of those")
+    token_inputs = None if tokenizer is None else model.feature_stack.token_inputs(tokenizer)
+    if token_inputs is not None:  # what the runtime computes from text beside the ids (lmkit.token_inputs)
+        plan.dimensions = {**plan.dimensions, "token_inputs": token_inputs}
     if (plan.layout is not None) != (model.kind == "encoder-decoder"):
         raise LmkitError(f"exporter '{exporter.name}' must give an encoder-decoder model's plan a layout "
                          "(lmkit.exports.graphs.EncoderDecoderLayout), and no other model's")

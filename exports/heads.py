@@ -1,4 +1,4 @@
-"""A fine-tuned model's task head, run on an encoder export without torch.
+"""A fine-tuned model's task head, run on an encoder export without torch (any family's: BERT's, ELMo's).
 
 Every task head is one linear layer on what the encoder graph already returns (the pooled [CLS]
 state, or each token's state), so the export keeps the graph as it is and stores the layer beside
@@ -88,9 +88,9 @@ class ExportedHead:
         info = exported.manifest.get("task_head")
         if info is None:
             raise ArtifactError(f"{exported.directory} has no task head; export a model made by lmkit finetune")
-        if exported.architecture != "encoder-only":
-            raise ArtifactError(f"{exported.directory}: task heads run on encoder exports (BERT family); predict "
-                                "with a decoder's model directory instead")
+        if exported.kind != "encoder":  # any family's encoder export: its runtime gives the features a head reads
+            raise ArtifactError(f"{exported.directory}: task heads run on encoder exports; predict with a "
+                                f"{exported.kind}'s model directory instead")
         from safetensors.numpy import load_file
 
         tensors = load_file(safe_path(exported.directory, info["file"], "task head"))
@@ -105,20 +105,25 @@ class ExportedHead:
         return self.apply(exported.encode, batch)
 
     def apply(self, encode, batch: dict[str, np.ndarray]) -> np.ndarray:
-        """scores() with `encode(ids, mask, token_types)` giving the encoder's outputs by name."""
+        """scores() with `encode(ids, mask, token_types, **per-token inputs)` giving the encoder's outputs by name;
+        the batch's per-token inputs (lmkit.token_inputs: ELMo's char_ids) go to encode by name."""
+        from lmkit.token_inputs import NAMES
+
         kind = self.info["type"]
         ids = batch["input_ids"]
         if kind == "sequence-head":
             B, S, T = ids.shape
+            extra = {name: batch[name].reshape(B * S, T, *batch[name].shape[3:]) for name in NAMES if name in batch}
             outputs = encode(ids.reshape(B * S, T), batch["attention_mask"].reshape(B * S, T),
-                             batch["token_type_ids"].reshape(B * S, T))
+                             batch["token_type_ids"].reshape(B * S, T), **extra)
             features = outputs["pooler_output"].reshape(B, S, -1)
             task = self.info.get("task", "classification")
             if task == "multiple-choice":
                 return self._linear(features)[..., 0]
             scores = self._linear(features.sum(1))  # similarity: the two orders added, as in torch
             return scores[:, 0] if task == "regression" else scores
-        states = encode(ids, batch["attention_mask"], batch["token_type_ids"])["last_hidden_state"]
+        extra = {name: batch[name] for name in NAMES if name in batch}
+        states = encode(ids, batch["attention_mask"], batch["token_type_ids"], **extra)["last_hidden_state"]
         scores = self._linear(states)  # (B, T, labels) or (B, T, 2)
         if kind == "token-head":
             return scores

@@ -8,7 +8,10 @@
           quantized on the fly: a smaller model for CPUs and edge devices. A weight the graph uses
           transposed (a tied embedding as the output projection: MatMul(x, Transpose(wte))) gets a
           transposed copy first, so its matrix product is quantized per channel like the others
-          instead of dequantizing the whole table to fp32 at every step.
+          instead of dequantizing the whole table to fp32 at every step. A product whose weight has
+          more than two axes (stacked matrices, as ELMo's two directions are run together) is
+          quantized per tensor: onnxruntime's MatMulInteger takes per-channel zero points for a 2-D
+          weight only ("b zero point is not valid" at run time otherwise).
 """
 from __future__ import annotations
 
@@ -34,10 +37,22 @@ def to_int8(source: str, target: str) -> None:
 
     model = onnx.load(source)
     untie_transposed_weights(model)
+    stacked = stacked_weight_products(model)
     # quantize_dynamic suggests its pre-processing on the root logger at WARNING; what that adds
     # (inferred shapes of intermediate values) the exported graph already carries.
     with quiet_loggers(""):
-        quantize_dynamic(model, target, weight_type=QuantType.QInt8, per_channel=True)
+        if not stacked:
+            quantize_dynamic(model, target, weight_type=QuantType.QInt8, per_channel=True)
+            return
+        quantize_dynamic(model, target, weight_type=QuantType.QInt8, per_channel=True, nodes_to_exclude=stacked)
+        quantize_dynamic(target, target, weight_type=QuantType.QInt8, per_channel=False, nodes_to_quantize=stacked)
+
+
+def stacked_weight_products(model) -> list[str]:
+    """The names of the graph's MatMuls whose weight is an initializer of more than two axes."""
+    ranks = {tensor.name: len(tensor.dims) for tensor in model.graph.initializer}
+    return [node.name for node in model.graph.node
+            if node.op_type == "MatMul" and len(node.input) == 2 and ranks.get(node.input[1], 0) > 2]
 
 
 def untie_transposed_weights(model) -> int:

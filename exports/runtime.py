@@ -17,6 +17,7 @@ import posixpath
 
 from lmkit.errors import ArtifactError
 from lmkit.opening import OpenedModel
+from lmkit.token_inputs import check as check_token_inputs
 
 from .manifest import check_graphs, read_manifest, safe_path, verify_files
 from .providers import _check_one_runtime, _onnxruntime, open_session, providers_for
@@ -110,7 +111,9 @@ class ExportedModel(OpenedModel):
         super().__init__(directory, runtime, tokenizer=export.tokenizer(),
                          target_tokenizer=export.tokenizer("target_tokenizer"), generation=manifest["generation"],
                          decoder_start=manifest.get("special_tokens", {}).get("decoder_start"),
-                         decoder_type=(((manifest.get("source") or {}).get("spec") or {}).get("decoder") or {}).get("type"))
+                         decoder_type=(((manifest.get("source") or {}).get("spec") or {}).get("decoder") or {}).get("type"),
+                         token_inputs=check_token_inputs((manifest.get("dimensions") or {}).get("token_inputs"),
+                                                         directory))
         self.export = export
         self.manifest = manifest
         self.architecture = export.architecture

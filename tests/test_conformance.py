@@ -288,9 +288,16 @@ def test_finetune_predict_embed(preset, artifacts, data, tmp_path):
     embedded = made.cli("embed", made.trained(), "--text", "the first sentence", "--text", "a second one")
     vectors = json.loads(embedded.out)
     model, tokenizer, _ = load(made.trained())
+    from lmkit.token_inputs import batch_inputs, spell
+
+    encoding = tokenizer.hf_tokenizer.encode("a second one", add_special_tokens=True)
+    # a stack that reads per-token inputs (ELMo's characters) gets them from what each token spells
+    extra = batch_inputs(model.feature_stack.token_inputs(tokenizer), [spell(tokenizer, encoding, ["a second one"])],
+                         len(encoding.ids))
     with torch.no_grad():
-        ids = torch.tensor([tokenizer.encode("a second one", add_special_tokens=True)])
-        expected = model.embed(ids).last_hidden_state.mean(1)[0]  # mean pooling, the default
+        ids = torch.tensor([encoding.ids])
+        extra = {name: torch.from_numpy(value) for name, value in extra.items()}
+        expected = model.embed(ids, **extra).last_hidden_state.mean(1)[0]  # mean pooling, the default
     np.testing.assert_allclose(vectors[1]["embedding"], expected.numpy(), atol=1e-5)
 
 

@@ -88,7 +88,10 @@ class Stack(Protocol):
 
     def bind_tokenizer(self, tokenizer) -> None:
         """At compose: keep what the stack derives from its tokenizer's vocabulary (ELMo spells each word into
-        character ids, saved with its weights); a no-op for most stacks (lmkit.nn.stack)."""
+        character ids, saved with its weights); a no-op for most stacks (lmkit.nn.stack).
+
+        A stack that reads per-token inputs beside input_ids (ELMo: every word's characters, unknown words
+        included) also defines token_inputs(tokenizer) (lmkit.nn.stack's default: None; lmkit.token_inputs)."""
 
 
 @runtime_checkable

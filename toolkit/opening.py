@@ -99,10 +99,13 @@ class OpenedModel:
         decoder_start_token_id: <s> for LSTM NMT, pad for T5); None for other models.
     model: a model directory's ComposedModel, for what only PyTorch does (scoring text, fine-tuning);
         None for an export.
+    token_inputs: the per-token inputs the feature stack reads beside input_ids (lmkit.token_inputs; an
+        export's manifest keeps them under dimensions.token_inputs), None for most models.
     """
 
     def __init__(self, directory: str, runtime, *, tokenizer, target_tokenizer=None, generation: dict,
-                 decoder_start: int | None = None, model=None, decoder_type: str | None = None):
+                 decoder_start: int | None = None, model=None, decoder_type: str | None = None,
+                 token_inputs: dict | None = None):
         self.directory = directory
         self.runtime = runtime
         self.tokenizer = tokenizer
@@ -111,6 +114,7 @@ class OpenedModel:
         self.decoder_start = decoder_start
         self.model = model
         self.decoder_type = decoder_type  # the spec's decoder type, which may have a generator of its own
+        self.token_inputs = token_inputs
         self._generator = None
 
     @property
@@ -241,7 +245,8 @@ class OpenedModel:
         from .embedding import embed_texts
 
         return embed_texts(self.features, self._needs_tokenizer("embed"), texts, pooling=pooling,
-                           batch_size=batch_size, max_length=max_length, progress=progress, options=options)
+                           batch_size=batch_size, max_length=max_length, progress=progress, options=options,
+                           token_inputs=self.token_inputs)
 
     def _needs_tokenizer(self, what: str):
         if self.tokenizer is None:

@@ -41,9 +41,13 @@ class TorchRuntime:
     @torch.no_grad()
     def features(self, input_ids: np.ndarray, attention_mask: np.ndarray, token_type_ids=None,
                  **options) -> dict[str, np.ndarray | None]:
-        """last_hidden_state (B, T, D) and pooler_output (B, D) or None of the feature stack, on the host."""
+        """last_hidden_state (B, T, D) and pooler_output (B, D) or None of the feature stack, on the host.
+
+        options that are arrays are per-token inputs (lmkit.token_inputs), moved to the device beside the ids."""
         ids = torch.from_numpy(input_ids).to(self.device)
         mask = torch.from_numpy(attention_mask).to(self.device)
+        options = {name: torch.from_numpy(np.ascontiguousarray(value)).to(self.device)
+                   if isinstance(value, np.ndarray) else value for name, value in options.items()}
         features = self.model.embed(ids, mask, **options)
         pooled = features.pooler_output
         return {"last_hidden_state": features.last_hidden_state.float().cpu().numpy(),
@@ -66,5 +70,6 @@ def open_model_directory(directory: str, device: str = "auto"):
     runtime = TorchRuntime(model, resolved, directory, source_pad_id(tokenizer) if tokenizer is not None else 0)
     opened = OpenedModel(directory, runtime, tokenizer=tokenizer, target_tokenizer=target_tokenizer,
                          generation=generation_settings(config["spec"]), decoder_start=start, model=model,
-                         decoder_type=(config["spec"].get("decoder") or {}).get("type"))
+                         decoder_type=(config["spec"].get("decoder") or {}).get("type"),
+                         token_inputs=None if tokenizer is None else model.feature_stack.token_inputs(tokenizer))
     return opened

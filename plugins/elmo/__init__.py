@@ -37,6 +37,12 @@ def register_export_runtimes(register):
 def register_task_recipes(register):
     register("elmo", "lmkit.plugins.elmo.recipe:ELMoRecipe",
              summary="the biLM frozen, its scalar mix learned; sequences read the mix averaged over tokens (ELMo)")
+    register("elmo-bilstm", "lmkit.plugins.elmo.recipe:ELMoBiLSTMRecipe",
+             summary="the paper's tagger: [word embedding; ELMo mix] into a BiLSTM, the biLM frozen (ELMo)")
+    register("elmo-bilstm-output", "lmkit.plugins.elmo.recipe:ELMoBiLSTMOutputRecipe",
+             summary="elmo-bilstm with ELMo at the output too: [BiLSTM state; a second mix] into the tags (ELMo)")
+    register("word-bilstm", "lmkit.plugins.elmo.recipe:WordBiLSTMRecipe",
+             summary="the same BiLSTM tagger over word embeddings alone, ELMo's baseline (on an ELMo model)")
 
 
 @hookimpl

@@ -70,13 +70,27 @@ class ELMoBiLM(EncoderStack):
                                     eos=roles.get("eos"), pad=roles.get("pad"))
         self.char_table.copy_(torch.from_numpy(table))
 
+    def token_inputs(self, tokenizer) -> dict:
+        """Every token's char ids from its spelling (lmkit.token_inputs), so a word outside the vocabulary reaches
+        the char CNN as its own characters, not those of <unk>: char_ids (B, T, max_characters_per_token)."""
+        roles = tokenizer.special_tokens
+        return {"type": "char-ids", "max_characters_per_token": self.config.max_characters_per_token,
+                **{role: roles[role] for role in ("bos", "eos", "pad") if role in roles}}
+
     # -- the biLM ---------------------------------------------------------------------------------
 
-    def token_states(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """x (B, T, P): the char CNN's token representation (layer 0 before it is duplicated)."""
-        return self.token_encoder(self.char_table[input_ids])
+    def token_states(self, input_ids: torch.Tensor, char_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """x (B, T, P): the char CNN's token representation (layer 0 before it is duplicated), of char_ids
+        (B, T, C) when given (every word's own characters), else of the vocabulary's spelling of input_ids."""
+        if char_ids is None:
+            char_ids = self.char_table[input_ids]
+        elif char_ids.shape[:2] != input_ids.shape or char_ids.shape[2] != self.config.max_characters_per_token:
+            raise LmkitError(f"char_ids has shape {tuple(char_ids.shape)}; the biLM reads (batch, tokens, "
+                             f"{self.config.max_characters_per_token}) beside input_ids {tuple(input_ids.shape)}")
+        return self.token_encoder(char_ids)
 
-    def directions(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None):
+    def directions(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                   char_ids: torch.Tensor | None = None):
         """(x (B, T, P), forward outputs, backward outputs): L tensors (B, T, P) each, in word order.
 
         The backward LSTMs read each row's real tokens from its last to its first: the row is
@@ -85,7 +99,7 @@ class ELMoBiLM(EncoderStack):
         B, T = input_ids.shape
         if T == 0:
             raise LmkitError("the text has no tokens for the biLM to read; give text with at least one word")
-        x = self.token_states(input_ids)
+        x = self.token_states(input_ids, char_ids)
         lengths = None if attention_mask is None else attention_mask.long().sum(1)
         P = self.config.projection_dim
         if lengths is None:
@@ -104,28 +118,29 @@ class ELMoBiLM(EncoderStack):
         backward = [s.flip(1) if lengths is None else reverse_padded(s, lengths, P) for s in backward]
         return x, forward, backward
 
-    def layers(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> list[torch.Tensor]:
+    def layers(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+               char_ids: torch.Tensor | None = None) -> list[torch.Tensor]:
         """The 2L+1 ELMo layers as L+1 tensors (B, T, 2P): [x; x], then [fwd_k; bwd_k] (Peters et al. §3.2)."""
-        x, forward, backward = self.directions(input_ids, attention_mask)
+        x, forward, backward = self.directions(input_ids, attention_mask, char_ids)
         return [torch.cat([x, x], dim=-1)] + [torch.cat([f, b], dim=-1) for f, b in zip(forward, backward)]
 
     # -- the encoder contract ---------------------------------------------------------------------
 
-    def forward(self, input_ids, attention_mask=None, token_type_ids=None) -> EncoderOutput:
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, char_ids=None) -> EncoderOutput:
         """last_hidden_state: the scalar mix (B, T, 2P), zero at padding; pooler_output: its mean over real
-        tokens (B, 2P); hidden_states: every layer."""
+        tokens (B, 2P); hidden_states: every layer. char_ids (B, T, C): see token_states."""
         mask = (torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool())
-        layers = self.layers(input_ids, None if attention_mask is None else mask)
+        layers = self.layers(input_ids, None if attention_mask is None else mask, char_ids)
         return self._mixed(layers, mask)
 
-    def frozen_mix(self, input_ids, attention_mask=None) -> EncoderOutput:
+    def frozen_mix(self, input_ids, attention_mask=None, char_ids=None) -> EncoderOutput:
         """forward's output with the biLM frozen (no gradient, no dropout): only the scalar mix learns, as a task
         model trains it over a fixed biLM (Peters et al. §3.3; lmkit.plugins.elmo.recipe)."""
         mask = (torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool())
         training = self.training
         with torch.no_grad():
             self.eval()
-            layers = self.layers(input_ids, None if attention_mask is None else mask)
+            layers = self.layers(input_ids, None if attention_mask is None else mask, char_ids)
             self.train(training)
         return self._mixed([h.detach() for h in layers], mask)
 
@@ -135,12 +150,13 @@ class ELMoBiLM(EncoderStack):
         pooled = mixed.sum(1) / keep.sum(1).clamp(min=1)
         return EncoderOutput(mixed, mask, pooler_output=pooled, hidden_states=tuple(h * keep for h in layers))
 
-    def features(self, input_ids, attention_mask=None, layers=None, **options) -> EncoderOutput:
-        """layers: "mix" (default), "all" (the L+1 layers concatenated: (B, T, (L+1) * 2P)) or a layer index."""
+    def features(self, input_ids, attention_mask=None, layers=None, char_ids=None, **options) -> EncoderOutput:
+        """layers: "mix" (default), "all" (the L+1 layers concatenated: (B, T, (L+1) * 2P)) or a layer index;
+        char_ids: see token_states."""
         if options:
             raise LmkitError(f"the elmo-bilm encoder takes no embedding options {', '.join(options)}; "
                              "it takes: layers")
-        output = self(input_ids, attention_mask)
+        output = self(input_ids, attention_mask, char_ids=char_ids)
         which = parse_layers(layers, self.n_layers)
         if which == "mix":
             return output

@@ -32,7 +32,7 @@ def predict_command(model_dir, path, text_fields, label_field, tag_column, tag_s
     probability, or the "answer" text with its "score" (start and end logits added).
 
     MODEL_DIR is a model directory made by lmkit finetune, or the export directory of a fine-tuned
-    encoder (BERT family), which runs on onnxruntime without torch.
+    encoder (BERT, ELMo, ...), which runs on onnxruntime without torch.
 
     Several MODEL_DIRs fine-tuned on the same labels (a forward and a backward ULMFiT classifier, say)
     each read the examples with their own tokenizer, and their probabilities are averaged; a mix of

@@ -32,6 +32,12 @@ class _Stack(nn.Module):
         """Keep what the stack derives from its tokenizer's vocabulary (ELMo's character spelling of each
         word); called when a model is composed. Most stacks keep nothing."""
 
+    def token_inputs(self, tokenizer) -> dict | None:
+        """The per-token inputs the stack reads beside input_ids, computed from each token's spelling
+        (lmkit.token_inputs: ELMo's char ids of out-of-vocabulary words), as a table naming their kind;
+        None: the stack reads token ids alone, as most do."""
+        return None
+
     def parameters_without_sharing(self) -> int:
         """The parameter count without cross-layer sharing: the plain count, plus what each of the
         stack's lmkit.nn.sharing.SharedBlocks saves (ALBERT's, or any stack's `sharing` option)."""

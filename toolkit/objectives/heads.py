@@ -91,16 +91,39 @@ class SequenceHead(_Head):
 
 
 class TokenHead(_Head):
-    """A tag for every token; only tokens with a label (a word's first subword) count in the loss."""
+    """A tag for every token; only tokens with a label (a word's first subword) count in the loss.
 
-    def __init__(self, options: TokenHeadOptions, d_model: int = 768):
+    A recipe may put a task model of its own between the stack's output and the linear layer
+    (`token_layers(stack)` -> (module, width out), the module called with the stack's EncoderOutput and
+    input_ids: ELMo's BiLSTM tagger); most have none, and the linear layer reads the states themselves.
+    """
+
+    def __init__(self, options: TokenHeadOptions, d_model: int = 768, stack=None):
         super().__init__(options)
         self.recipe = _recipe(options)
+        self.layers = None
+        make = getattr(self.recipe, "token_layers", None)  # optional: recipes of other families predate it
+        if make is not None and stack is not None:
+            self.layers, d_model = make(stack)
         self.dropout = nn.Dropout(options.dropout)
         self.score = _linear(d_model, options.num_labels)
 
+    @classmethod
+    def for_model(cls, options, model):
+        return cls(options, model.feature_stack.d_model, model.feature_stack)
+
+    def output_layer(self) -> nn.Linear:
+        if self.layers is not None:
+            from ..errors import LmkitError
+
+            raise LmkitError(f"the {self.options.recipe} recipe's task model ({type(self.layers).__name__}) runs "
+                             "between the encoder and the tag layer, and exports do not carry it yet; predict with "
+                             "the model directory")
+        return self.score
+
     def scores(self, model, batch: dict) -> Tensor:
-        states = stack_output(model, batch, self.recipe).last_hidden_state
+        output = stack_output(model, batch, self.recipe)
+        states = output.last_hidden_state if self.layers is None else self.layers(output, batch["input_ids"])
         return self.score(self.dropout(states))  # (B, T, num_labels)
 
     def forward(self, model, batch: dict) -> Tensor:

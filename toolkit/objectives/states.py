@@ -17,8 +17,9 @@ STATES = "_stack_output"
 def stack_output(model, batch: dict, recipe=None) -> EncoderOutput:
     """The output of the stack the task recipe reads (lmkit.contract.TaskRecipe.run; None: the encoder) for
     every sequence of the batch, input_ids (..., T) read as N = prod(...) rows; attention_mask and
-    token_type_ids alike.
+    token_type_ids alike, and per-token inputs (..., T, ...) the batch has (lmkit.token_inputs), passed by name.
     """
+    from ..token_inputs import NAMES
     if STATES not in batch:
         T = batch["input_ids"].size(-1)
 
@@ -26,13 +27,15 @@ def stack_output(model, batch: dict, recipe=None) -> EncoderOutput:
             value = batch.get(name)
             return None if value is None else value.reshape(-1, T)
 
+        lead = batch["input_ids"].dim()
+        inputs = {name: batch[name].reshape(-1, T, *batch[name].shape[lead:]) for name in NAMES if name in batch}
         run = recipe.run if recipe is not None else _run_encoder
-        batch[STATES] = run(model, rows("input_ids"), rows("attention_mask"), rows("token_type_ids"))
+        batch[STATES] = run(model, rows("input_ids"), rows("attention_mask"), rows("token_type_ids"), **inputs)
     return batch[STATES]
 
 
-def _run_encoder(model, input_ids, attention_mask, token_type_ids) -> EncoderOutput:
-    return model.encoder(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
+def _run_encoder(model, input_ids, attention_mask, token_type_ids, **inputs) -> EncoderOutput:
+    return model.encoder(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids, **inputs)
 
 
 def decoder_states_if_computed(model, batch: dict) -> Tensor | None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -206,7 +207,9 @@ def task_batches(kind, train, dev, options: TaskOptions):
                 context.say(f"warning: {cut} of {len(data.examples)} {name} examples were cut to --max-length "
                             f"{args.seq_len} tokens")
         pad = tokenizer.pad_id if tokenizer.pad_id is not None else 0
-        batches = TaskBatches(encoded["training"], encoded["dev"], kind.collate, pad_id=pad,
+        token_inputs = context.model.feature_stack.token_inputs(tokenizer)  # lmkit.token_inputs; None for most
+        collate = kind.collate if token_inputs is None else functools.partial(kind.collate, token_inputs=token_inputs)
+        batches = TaskBatches(encoded["training"], encoded["dev"], collate, pad_id=pad,
                               batch_size=args.batch_size, seed=args.seed)
         if options.unlabeled is not None:  # the recipe mixes in batches of unlabelled text (checked in prepare)
             from .unlabeled import read_unlabeled

@@ -30,6 +30,7 @@ class EncodedExample:
     token_types: list[list[int]]  # segment ids, the same shapes
     extract: list[int]  # the position of each sequence's extract token
     label: int | float
+    spellings: list[list[str]] | None = None  # per sequence and token, what it spells (lmkit.token_inputs)
 
 
 def refuse_reversed(tokenizer, what: str) -> None:
@@ -102,31 +103,44 @@ class EncoderInputs:
         self.truncating = HFTokenizer.from_str(tokenizer.hf_tokenizer.to_str())
         self.truncating.enable_truncation(max_length, strategy="longest_first")
         self.plain = tokenizer.hf_tokenizer
+        self.tokenizer = tokenizer
 
-    def encode(self, segments: tuple[str, ...]) -> tuple[list[int], list[int], int, int]:
+    def encode(self, segments: tuple[str, ...]) -> tuple[list[int], list[int], int, int, list[str]]:
+        """(ids, segment ids, extract position, tokens cut, what each token spells: lmkit.token_inputs.spell)."""
+        from ..token_inputs import spell
+
         encoding = self.truncating.encode(*segments, add_special_tokens=True)
         full = len(self.plain.encode(*segments, add_special_tokens=True).ids)
-        return list(encoding.ids), list(encoding.type_ids), 0, full - len(encoding.ids)
+        return (list(encoding.ids), list(encoding.type_ids), 0, full - len(encoding.ids),
+                spell(self.tokenizer, encoding, segments))
 
 
 def encode_task(data: TaskData, inputs: DecoderInputs | EncoderInputs) -> tuple[list[EncodedExample], int]:
     """Every example as its sequences of ids, and how many examples had tokens cut to fit."""
     encoded, truncated = [], 0
     for example in data.examples:
-        sequences, types, extract, cut_any = [], [], [], False
+        sequences, types, extract, spellings, cut_any = [], [], [], [], False
         for segments in sequences_of(example, data.kind):
-            ids, token_types, position, cut = inputs.encode(segments)
+            # a recipe's inputs may also say what each token spells (EncoderInputs; 4 items: ids alone)
+            ids, token_types, position, cut, *spelled = inputs.encode(segments)
+            spellings.append(spelled[0] if spelled else None)
             sequences.append(ids)
             types.append(token_types)
             extract.append(position)
             cut_any |= cut > 0
         truncated += cut_any
-        encoded.append(EncodedExample(sequences, types, extract, example.label))
+        encoded.append(EncodedExample(sequences, types, extract, example.label,
+                                      spellings if None not in spellings else None))
     return encoded, truncated
 
 
-def collate(examples: list[EncodedExample], pad_id: int, regression: bool = False) -> dict[str, np.ndarray]:
-    """A batch: (B, S, T) ids, mask, segment ids and LM labels (-100 at padding), (B, S) extract, (B,) labels."""
+def collate(examples: list[EncodedExample], pad_id: int, regression: bool = False,
+            token_inputs: dict | None = None) -> dict[str, np.ndarray]:
+    """A batch: (B, S, T) ids, mask, segment ids and LM labels (-100 at padding), (B, S) extract, (B,) labels;
+    with token_inputs, the stack's per-token inputs (B, S, T, ...) from the spellings (lmkit.token_inputs)."""
+    from ..errors import LmkitError
+    from ..token_inputs import batch_inputs
+
     B, S = len(examples), len(examples[0].sequences)
     T = max(len(ids) for example in examples for ids in example.sequences)
     input_ids = np.full((B, S, T), pad_id, dtype=np.int64)
@@ -140,5 +154,14 @@ def collate(examples: list[EncodedExample], pad_id: int, regression: bool = Fals
             attention_mask[b, s, :len(ids)] = True
             extract_index[b, s] = example.extract[s]
     labels = np.array([e.label for e in examples], dtype=np.float32 if regression else np.int64)
+    extra = {}
+    if token_inputs is not None:
+        if any(e.spellings is None for e in examples):
+            raise LmkitError("this model reads per-token inputs (characters) that its task recipe's inputs do not "
+                             "spell; fine-tune it with a recipe built on lmkit.tasks.inputs.EncoderInputs")
+        rows = [spelled for e in examples for spelled in e.spellings]
+        extra = {name: value.reshape(B, S, *value.shape[1:])
+                 for name, value in batch_inputs(token_inputs, rows, T).items()}
     return {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids,
-            "extract_index": extract_index, "lm_labels": np.where(attention_mask, input_ids, -100), "labels": labels}
+            "extract_index": extract_index, "lm_labels": np.where(attention_mask, input_ids, -100), "labels": labels,
+            **extra}

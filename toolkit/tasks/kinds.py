@@ -65,8 +65,8 @@ class SequenceKind(HeadKind):
     def encode(self, data, tokenizer, max_length: int, recipe):
         return encode_task(data, recipe.inputs(tokenizer, max_length))
 
-    def collate(self, encoded, pad_id: int) -> dict[str, np.ndarray]:
-        return collate(encoded, pad_id, regression=self.name == "regression")
+    def collate(self, encoded, pad_id: int, token_inputs: dict | None = None) -> dict[str, np.ndarray]:
+        return collate(encoded, pad_id, regression=self.name == "regression", token_inputs=token_inputs)
 
     def metrics(self, predictions: list, batches: list[dict], encoded, data) -> dict[str, float]:
         gold = np.concatenate([batch["labels"] for batch in batches])
@@ -143,8 +143,8 @@ class TokenKind(HeadKind):
     def encode(self, data, tokenizer, max_length: int, recipe):
         return tokens.encode_sentences(data, tokenizer, max_length, encoder=recipe.bidirectional)
 
-    def collate(self, encoded, pad_id: int) -> dict[str, np.ndarray]:
-        return tokens.collate_sentences(encoded, pad_id)
+    def collate(self, encoded, pad_id: int, token_inputs: dict | None = None) -> dict[str, np.ndarray]:
+        return tokens.collate_sentences(encoded, pad_id, token_inputs)
 
     def metrics(self, predictions: list, batches: list[dict], encoded, data) -> dict[str, float]:
         predicted_tags, gold_tags, right, total = [], [], 0, 0
@@ -214,7 +214,8 @@ class QuestionKind(HeadKind):
                              "encoder (BERT family); a decoder answers by generating: see lmkit eval --task")
         return qa.encode_questions(data, tokenizer, max_length)
 
-    def collate(self, encoded, pad_id: int) -> dict[str, np.ndarray]:
+    def collate(self, encoded, pad_id: int, token_inputs: dict | None = None) -> dict[str, np.ndarray]:
+        # Questions are not spelled: a stack with per-token inputs (ELMo) reads its vocabulary's spelling here.
         return qa.collate_questions(encoded, pad_id)
 
     def metrics(self, predictions: list, batches: list[dict], encoded, data) -> dict[str, float]:

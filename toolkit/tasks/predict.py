@@ -25,6 +25,7 @@ class Runner:
     tokenizer: object
     max_length: int | None
     scores: Callable[[dict], np.ndarray]  # a collated batch -> the head's scores (logits), float32
+    token_inputs: dict | None = None  # what the stack reads beside the ids (lmkit.token_inputs)
 
 
 def torch_runner(model_dir: str, device: str) -> Runner:
@@ -43,7 +44,8 @@ def torch_runner(model_dir: str, device: str) -> Runner:
         tensors = {name: torch.from_numpy(np.ascontiguousarray(a)).to(device) for name, a in batch.items()}
         return head.scores(model, tensors).float().cpu().numpy()
 
-    return Runner(config["spec"], tokenizer, model.feature_stack.max_positions, run)
+    return Runner(config["spec"], tokenizer, model.feature_stack.max_positions, run,
+                  None if tokenizer is None else model.feature_stack.token_inputs(tokenizer))
 
 
 def export_runner(export_dir: str, device: str) -> Runner:
@@ -54,7 +56,7 @@ def export_runner(export_dir: str, device: str) -> Runner:
     head = ExportedHead(exported)
     limit = exported.max_positions
     return Runner(exported.manifest["source"]["spec"], exported.tokenizer, limit,
-                  lambda batch: head.scores(exported, batch))
+                  lambda batch: head.scores(exported, batch), exported.token_inputs)
 
 
 def predict(model_dir: str | list[str], path: str, *, batch_size: int = 32, max_length: int | None = None,
@@ -148,7 +150,8 @@ def _scores(model_dir: str, path: str, *, batch_size: int, max_length: int | Non
     recipe = get_host().instantiate("task-recipe", part.get("recipe", "encoder"))
     encoded, _ = kind.encode(data, runner.tokenizer, max_length, recipe)
     pad = runner.tokenizer.pad_id if runner.tokenizer.pad_id is not None else 0
-    batches = [kind.collate(encoded[i:i + batch_size], pad) for i in range(0, len(encoded), batch_size)]
+    extra = {} if runner.token_inputs is None else {"token_inputs": runner.token_inputs}
+    batches = [kind.collate(encoded[i:i + batch_size], pad, **extra) for i in range(0, len(encoded), batch_size)]
     # disable=None: the bar is drawn only on a terminal, never into a log.
     scores = [runner.scores(batch)
               for batch in tqdm(batches, desc="predict", unit="batch", disable=None if progress else True)]

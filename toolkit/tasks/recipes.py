@@ -49,8 +49,9 @@ class EncoderRecipe:
         """Training arguments that differ from lmkit finetune's defaults (AdamW, cosine decay); none."""
         return {}
 
-    def run(self, model, input_ids, attention_mask, token_type_ids) -> EncoderOutput:
-        return model.encoder(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
+    def run(self, model, input_ids, attention_mask, token_type_ids, **inputs) -> EncoderOutput:
+        """inputs: per-token inputs beside the ids (lmkit.token_inputs), for a stack that reads them."""
+        return model.encoder(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids, **inputs)
 
     def features(self, output: EncoderOutput, extract_index):
         """(N, D): the pooled output, or the first position's state where the encoder has no pooler."""

@@ -85,6 +85,7 @@ class EncodedSentence:
     token_types: list[int]
     labels: list[int]  # per token: the word's tag at its first subword, else -100
     words: int  # words kept (the others were cut to fit)
+    spellings: list[str] | None = None  # per token, what it spells (lmkit.token_inputs.spell)
 
 
 def encode_sentences(data: TaggedData, tokenizer, max_length: int, *, encoder: bool):
@@ -98,6 +99,7 @@ def encode_sentences(data: TaggedData, tokenizer, max_length: int, *, encoder: b
     """
     from tokenizers import Tokenizer as HFTokenizer
 
+    from ..token_inputs import spell
     from .inputs import refuse_reversed
 
     refuse_reversed(tokenizer, "token classification (tags aligned to words)")
@@ -124,7 +126,8 @@ def encode_sentences(data: TaggedData, tokenizer, max_length: int, *, encoder: b
             labels.append(sentence.tags[word] if scored else -100)
         kept = len({w for w in word_ids if w is not None})
         cut += kept < len(sentence.words)
-        encoded.append(EncodedSentence(list(encoding.ids), list(encoding.type_ids), labels, kept))
+        spelled = spell(tokenizer, encoding, words, pretokenized=True)
+        encoded.append(EncodedSentence(list(encoding.ids), list(encoding.type_ids), labels, kept, spelled))
     return encoded, cut
 
 
@@ -137,8 +140,12 @@ def _unknown_word(tokenizer) -> str | None:
     return unk if ids == [tokenizer.unk_id] else None
 
 
-def collate_sentences(sentences: list[EncodedSentence], pad_id: int) -> dict[str, np.ndarray]:
-    """(B, T) ids, mask, segment ids, tag labels and LM labels, padded on the right."""
+def collate_sentences(sentences: list[EncodedSentence], pad_id: int, token_inputs: dict | None = None
+                      ) -> dict[str, np.ndarray]:
+    """(B, T) ids, mask, segment ids, tag labels and LM labels, padded on the right; with token_inputs, the
+    stack's per-token inputs from the spellings (lmkit.token_inputs)."""
+    from ..token_inputs import batch_inputs
+
     B, T = len(sentences), max(len(s.ids) for s in sentences)
     input_ids = np.full((B, T), pad_id, dtype=np.int64)
     token_type_ids = np.zeros((B, T), dtype=np.int64)
@@ -149,4 +156,5 @@ def collate_sentences(sentences: list[EncodedSentence], pad_id: int) -> dict[str
         input_ids[b, :n], token_type_ids[b, :n] = sentence.ids, sentence.token_types
         attention_mask[b, :n], labels[b, :n] = True, sentence.labels
     return {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids,
-            "labels": labels, "lm_labels": np.where(attention_mask, input_ids, -100)}
+            "labels": labels, "lm_labels": np.where(attention_mask, input_ids, -100),
+            **batch_inputs(token_inputs, [s.spellings for s in sentences], T)}
