@@ -79,6 +79,9 @@ class Stack(Protocol):
     special_tokens: ClassVar[tuple[str, ...]]
     # Roles (bos, eos, mask, ...) it gives some of them when the tokenizer has no token in that role (GLM: eos [E]).
     special_token_roles: ClassVar[dict[str, str]]
+    # The task recipe `lmkit finetune --pattern --verbalizer` uses (lmkit.tasks.cloze: GLM's glm-cloze); None for
+    # stacks that cannot score a word in a blank.
+    cloze_recipe: ClassVar[str | None]
 
     def features(self, input_ids: Tensor, attention_mask: Tensor | None = None, **options) -> EncoderOutput:
         """What `lmkit embed` returns for input_ids (B, T): token features and a pooled vector."""

@@ -35,6 +35,13 @@ def register_generators(register):
              summary="fills every [MASK], [sMASK] and [gMASK] of a prompt, span after span, with the shared strategies")
 
 
+@hookimpl
+def register_task_recipes(register):
+    register("glm-cloze", "lmkit.plugins.glm.cloze:GLMClozeRecipe", options="lmkit.plugins.glm.cloze:ClozeOptions",
+             summary="classification as blank infilling: a pattern with one [MASK], each label scored by its "
+                     "verbalizer word in the blank (lmkit finetune --pattern --verbalizer; GLM)")
+
+
 def _preset(summary: str, **decoder) -> tuple[dict, str]:
     spec = {
         "tokenizer": {"type": "wordpiece"},  # GLM-Base and GLM-Large: BERT's uncased WordPiece

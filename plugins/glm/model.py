@@ -63,6 +63,8 @@ class GLMDecoder(CausalDecoderStack):
     special_tokens: ClassVar[tuple[str, ...]] = SPECIAL_TOKENS
     # [S] starts and [E] ends every span GLM writes: a left-to-right text too ([gMASK]).
     special_token_roles: ClassVar[dict[str, str]] = {"bos": START, "eos": END, "mask": MASK}
+    # lmkit finetune --pattern --verbalizer: the paper's NLU fine-tuning (§2.3), each label's word in the blank.
+    cloze_recipe: ClassVar[str | None] = "glm-cloze"
 
     def __init__(self, config: GLMConfig):
         super().__init__()

@@ -1,4 +1,5 @@
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,8 @@ class SequenceHeadOptions:
     num_labels: int = 2  # classes of a classification; 1 for regression and multiple choice
     labels: tuple[str, ...] = ()  # the class names, index by index, so predictions can be named
     dropout: float = 0.1  # on the features, before the linear layer (GPT: 0.1)
+    # The recipe's own options, for a recipe that takes some (a cloze recipe's pattern and words: lmkit.tasks.cloze).
+    recipe_options: Any = None
 
     def __post_init__(self):
         tasks = ("classification", "similarity", "regression", "multiple-choice")
