@@ -332,9 +332,12 @@ class Generator(Protocol):
         """One lmkit.decoding Generation per prompt, its `output` the whole text's ids and its `spans` the parts
         generated; a prompt it cannot take is a one-line LmkitError."""
 
-    def score_documents(self, documents: list[list[int]], context: int, batch_size: int = 8) -> tuple[float, int]:
+    def score_documents(self, documents: list[list[int]], context: int, batch_size: int = 8,
+                        stride: int | None = None) -> tuple[float, int]:
         """(NLL in nats, tokens predicted) of the documents written left to right the family's way, each
-        document's end included, in windows of at most `context` positions (`lmkit eval --data`); PyTorch only."""
+        document's end included, in windows of at most `context` positions, each scoring `stride` new tokens
+        (None: the family's default) (`lmkit eval --data`; documents as lmkit.documents reads them); PyTorch
+        only. A stride the family cannot honour is a one-line LmkitError."""
 
 
 def iter_protocols() -> Iterator[tuple[str, type]]:

@@ -14,6 +14,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from lmkit.errors import LmkitError
+
 
 def span_inputs(context: list[int], text: list[int], ids: dict[str, int], end: bool = True):
     """(input ids, positions (2, L), targets) of `text` written as a [gMASK] span after `context`;
@@ -55,13 +57,19 @@ def score_spans(decoder, items: list[tuple[list[int], list[int], bool]], ids: di
     return total, count
 
 
-def document_items(document: list[int], context: int) -> list[tuple[list[int], list[int], bool]]:
-    """A document cut into spans that fit `context` positions, each after the text before it (as much as fits)."""
-    room = max((context - 2) // 2, 1)  # half the positions for the text written, half for what it follows
+def document_items(document: list[int], context: int, stride: int | None = None) -> list[tuple[list[int], list[int], bool]]:
+    """A document cut into spans of `stride` tokens (default: half of what a window writes), each written after
+    as much of the text before it as fits `context` positions: the text before, [gMASK], [S], the span. So, as
+    lmkit eval's sliding window, every token is scored once, seeing at least context - 2 - stride before it."""
+    stride = stride or max((context - 2) // 2, 1)
+    if not 1 <= stride <= context - 2:
+        raise LmkitError(f"--stride {stride} does not fit GLM's windows of {context} positions: [gMASK] and [S] take "
+                         f"two, so a window writes at most {context - 2} tokens; give --stride {context - 2} or less")
+    before = context - 2 - stride
     items = []
-    for start in range(0, max(len(document), 1), room):
-        text = document[start:start + room]
-        items.append((document[max(0, start - room):start], text, start + room >= len(document)))
+    for start in range(0, max(len(document), 1), stride):
+        text = document[start:start + stride]
+        items.append((document[max(0, start - before):start], text, start + stride >= len(document)))
     return items
 
 
