@@ -61,7 +61,8 @@ def main() -> None:
         ids = special_ids(tokenizer)
         options = glm.objectives["blank-infilling"].options
         texts = [tokenizer.encode(source.text(d)) for d in source.sample(args.documents, seed=1)]  # valid.jsonl's
-        texts = [t for t in texts if 2 <= len(t) and len(t) + 2 * (int(0.15 * len(t)) + 1) <= 64]
+        # a blank at least (15% of the text is a token), and the sample within the 64 positions
+        texts = [t for t in texts if int(0.15 * len(t)) >= 1 and len(t) + 2 * (int(0.15 * len(t)) + 1) <= 64]
         samples = blank_samples(texts, ids, options, seed=args.seed)
         g_nll, g_count = infilling_nll(glm.eval().decoder, samples, ids["[E]"])
         l_nll, l_count = left_to_right_nll(gpt2.eval().decoder, texts, samples, gpt2_tokenizer.eos_id)

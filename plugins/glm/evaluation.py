@@ -126,6 +126,8 @@ def left_to_right_nll(decoder, texts: list[list[int]], samples, bos_id: int, *, 
     of its text before it (and the text's start token), none after it."""
     total, count = 0.0, 0
     for text, sample in zip(texts, samples):
+        if not sample.spans:  # a text too short for 15% to be a token has no blank
+            continue
         places = np.concatenate([np.arange(a, b) for a, b in sample.spans])  # the blanked tokens' places
         input_ids = torch.tensor([[bos_id, *text[:-1]]], device=device)  # input t predicts text[t]
         logits = decoder(input_ids)[0].float()  # (n, V)
