@@ -153,6 +153,8 @@ def tuned(made):
 
 def test_cloze_fine_tuning_learns_the_task(tuned):
     out, record = tuned
+    print(f"\ncloze fine-tuning, 30 steps: dev accuracy {record['accuracy']:.4f} (step {record['step']}), baseline "
+          f"{record['baseline']['accuracy']:.4f}")
     # A composed (untrained) glm-tiny learns it in 30 steps through the blank: the label's word is the answer.
     assert record["accuracy"] >= 0.9 > record["baseline"]["accuracy"] + 0.3, record
     spec = json.loads(open(os.path.join(out, "best", "config.json")).read())["spec"]
