@@ -1,9 +1,10 @@
 """GLM (Du et al. 2022): autoregressive blank infilling with 2D positions, one model for understanding and
 generation.
 
-The `glm` decoder, the `blank-infilling` objective and the glm-* presets. Only registration lives
-here, so loading the plugin does not import torch; the model is in model.py, the objective in
-objectives.py, its data in data.py, blank filling in generation.py.
+The `glm` decoder, the `blank-infilling` objective, the `glm-cloze` task recipe and the glm-* presets.
+Only registration lives here, so loading the plugin does not import torch; the model is in model.py,
+the objective in objectives.py, its data in data.py, blank filling in generation.py, fine-tuning as
+cloze in cloze.py.
 """
 from lmkit.hookspecs import hookimpl
 
