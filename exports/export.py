@@ -87,6 +87,9 @@ def export_model(model_dir: str, out: str, *, precision: str = "fp32", layout: s
         raise LmkitError(f"exporter '{exporter.name}' must give an encoder-decoder model's plan a layout "
                          "(lmkit.exports.graphs.EncoderDecoderLayout), and no other model's")
 
+    from .heads import validation_head
+
+    head = validation_head(model, config["spec"])  # before anything is written: a head it cannot export stops here
     # The Triton configuration is made before anything is written: a plan it cannot lay out stops here.
     config_pbtxt = triton.config_pbtxt(name, plan.graphs, precision) if name else None
 
@@ -98,10 +101,8 @@ def export_model(model_dir: str, out: str, *, precision: str = "fp32", layout: s
                 target = os.path.join(root, files[graph.name])
                 os.makedirs(os.path.dirname(target), exist_ok=True)
                 _write_graph(graph, target, precision, opset, work)
-        from .heads import validation_head
-
         report = validate([(graph, os.path.join(root, files[graph.name])) for graph in plan.graphs],
-                          precision, threshold or THRESHOLDS[precision], head=validation_head(model, config["spec"]))
+                          precision, threshold or THRESHOLDS[precision], head=head)
         if tokenizer is not None:
             tokenizer.save(root)
         from lmkit.model import TARGET_TOKENIZER, load_target_tokenizer

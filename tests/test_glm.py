@@ -269,3 +269,59 @@ def test_out_of_range_options_are_one_line_errors(corpus, tmp_path, option, valu
                      "--out", str(tmp_path / "m"))
     assert result.code != 0 and option in result.err
     assert len(result.err.strip().splitlines()) == 1 and "Traceback" not in result.err
+
+
+# -- embed: the text as Part A ---------------------------------------------------------------------
+
+
+def test_features_read_the_text_both_ways_as_part_a():
+    decoder = tiny()
+    ids = torch.tensor([[10, 11, 12, 13, 14, 15]])
+    states = decoder.features(ids).last_hidden_state
+    positions = torch.tensor([[[0, 1, 2, 3, 4, 5], [0] * 6]])  # pos1 0, 1, ...; pos2 0: all Part A
+    torch.testing.assert_close(states, decoder.hidden_states(ids, None, None, positions))
+    edited = ids.clone()
+    edited[0, 5] = 20
+    assert not torch.allclose(decoder.features(edited).last_hidden_state[0, 0], states[0, 0])  # sees what follows
+    # GPT's fine-tuning recipe still reads the left-to-right states, which its auxiliary LM loss reuses
+    from types import SimpleNamespace
+
+    from lmkit.tasks.recipes import DecoderRecipe
+
+    model = SimpleNamespace(decoder=decoder)
+    a = DecoderRecipe().run(model, ids, None, None).last_hidden_state
+    b = DecoderRecipe().run(model, edited, None, None).last_hidden_state
+    torch.testing.assert_close(a[0, :5], b[0, :5])
+
+
+def test_features_of_a_padded_batch_equal_each_text_alone():
+    decoder = tiny()
+    rows = [[10, 11, 12, 13, 14, 15], [20, 21, 22]]
+    ids = torch.tensor([rows[0], rows[1] + [0, 0, 0]])
+    mask = torch.tensor([[True] * 6, [True] * 3 + [False] * 3])
+    batched = decoder.features(ids, mask).last_hidden_state
+    for i, row in enumerate(rows):
+        alone = decoder.features(torch.tensor([row])).last_hidden_state[0]
+        torch.testing.assert_close(batched[i, :len(row)], alone, atol=1e-5, rtol=1e-5)
+
+
+def test_embed_gives_part_a_states(tmp_path):
+    from lmkit.model import load_model
+
+    (tmp_path / "docs.txt").write_text("the cat sat on the mat .\na dog ran near the door .\n" * 20)
+    tok, model_dir = str(tmp_path / "tok"), str(tmp_path / "glm")
+    for args in (("tokenizer", "train", "--kind", "wordpiece", "--vocab-size", 80, tmp_path / "docs.txt", "--out", tok),
+                 ("compose", "glm-tiny", "--set", f"tokenizer={tok}", "--out", model_dir)):
+        assert run_cli(*args).code == 0
+    result = run_cli("embed", model_dir, "--text", "the cat sat", "--text", "a dog ran near the door", "--pool",
+                     "none", "--tokens")
+    assert result.code == 0, result.err
+    rows = json.loads(result.out)
+    model, tokenizer, _ = load_model(model_dir)
+    for row, text in zip(rows, ("the cat sat", "a dog ran near the door")):
+        ids = torch.tensor([tokenizer.encode(text, add_special_tokens=True)])
+        T = ids.size(1)
+        assert row["input_ids"] == ids[0].tolist()
+        with torch.no_grad():
+            expected = model.decoder.hidden_states(ids, None, None, torch.tensor([[list(range(T)), [0] * T]]))[0]
+        np.testing.assert_allclose(np.array(row["token_states"]), expected.numpy(), atol=1e-5)

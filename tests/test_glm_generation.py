@@ -238,7 +238,58 @@ def test_eval_scores_each_document_as_a_gmask_span(made, tmp_path):
     documents = tokenizer.encode_batch(texts)
     assert len(documents[1]) > 64  # one document needs several windows of the 64 positions
     ids = {t: tokenizer.token_to_id(t) for t in ("[gMASK]", "[S]", "[E]")}
-    items = [item for d in documents for item in document_items(d, 64)]
+    assert record["stride"] == 32  # half the context, as for every left-to-right model
+    items = [item for d in documents for item in document_items(d, 64, 32)]
     nll, count = score_spans(model.decoder, items, ids)
     assert record["tokens"] == count == sum(len(d) + 1 for d in documents)
     assert record["perplexity"] == pytest.approx(np.exp(nll / count), rel=1e-5)
+
+
+def test_eval_reads_documents_as_training_does(made, tmp_path):
+    """A text file of blank-line-separated documents, one sentence per line, is scored document by document, as
+    the same documents one per .jsonl record (what GLM's pre-training reads: lmkit.documents)."""
+    documents = [["the cat sat on the mat .", "a dog ran ."], ["red door ."], ["the old cat saw it .", "it ran ."]]
+    text = tmp_path / "heldout.txt"
+    text.write_text("\n\n".join("\n".join(d) for d in documents) + "\n")
+    records = tmp_path / "heldout.jsonl"
+    records.write_text("".join(json.dumps({"text": "\n".join(d)}) + "\n" for d in documents))
+    a, b = (run_cli("eval", made["model"], "--data", path, "--json") for path in (text, records))
+    assert a.code == 0 and b.code == 0, a.err + b.err
+    a, b = json.loads(a.out), json.loads(b.out)
+    assert a["documents"] == b["documents"] == 3
+    from lmkit.tokenizers import load_tokenizer
+
+    tokenizer = load_tokenizer(made["model"])
+    tokens = sum(len(tokenizer.encode(sentence)) for d in documents for sentence in d)
+    assert a["tokens"] == b["tokens"] == tokens + 3  # each document's tokens and its [E]
+    assert a["perplexity"] == pytest.approx(b["perplexity"], rel=1e-6)
+
+
+def test_eval_honours_the_stride(made, tmp_path):
+    """--stride N: each window writes N tokens after the context - 2 - N before them; a stride past what a
+    window can write ([gMASK] and [S] take two positions) is a one-line error."""
+    from lmkit.model import load_model
+    from lmkit.plugins.glm.evaluation import document_items, score_spans
+
+    text = "a dog ran near the old door and the small cat saw it . " * 8
+    data = tmp_path / "heldout.jsonl"
+    data.write_text(json.dumps({"text": text}) + "\n")
+    model, tokenizer, _ = load_model(made["model"])
+    ids = {t: tokenizer.token_to_id(t) for t in ("[gMASK]", "[S]", "[E]")}
+    document = tokenizer.encode(text)
+    seen = set()
+    for stride in (8, 62):
+        result = run_cli("eval", made["model"], "--data", data, "--stride", stride, "--json")
+        assert result.code == 0, result.err
+        record = json.loads(result.out)
+        items = document_items(document, 64, stride)
+        assert all(len(before) + 2 + len(written) <= 64 and len(written) <= stride for before, written, _ in items)
+        assert [t for _, written, _ in items for t in written] == document  # every token once
+        nll, count = score_spans(model.decoder, items, ids)
+        assert record["stride"] == stride and record["tokens"] == count == len(document) + 1
+        assert record["perplexity"] == pytest.approx(np.exp(nll / count), rel=1e-5)
+        seen.add(round(record["perplexity"], 6))
+    assert len(seen) == 2  # the stride changes what each token sees
+    result = run_cli("eval", made["model"], "--data", data, "--stride", 63)
+    assert result.code != 0 and "--stride 63" in result.err and "62 or less" in result.err
+    assert len(result.err.strip().splitlines()) == 1

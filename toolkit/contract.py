@@ -79,6 +79,9 @@ class Stack(Protocol):
     special_tokens: ClassVar[tuple[str, ...]]
     # Roles (bos, eos, mask, ...) it gives some of them when the tokenizer has no token in that role (GLM: eos [E]).
     special_token_roles: ClassVar[dict[str, str]]
+    # The task recipe `lmkit finetune --pattern --verbalizer` uses (lmkit.tasks.cloze: GLM's glm-cloze); None for
+    # stacks that cannot score a word in a blank.
+    cloze_recipe: ClassVar[str | None]
 
     def features(self, input_ids: Tensor, attention_mask: Tensor | None = None, **options) -> EncoderOutput:
         """What `lmkit embed` returns for input_ids (B, T): token features and a pooled vector."""
@@ -342,9 +345,12 @@ class Generator(Protocol):
         """One lmkit.decoding Generation per prompt, its `output` the whole text's ids and its `spans` the parts
         generated; a prompt it cannot take is a one-line LmkitError."""
 
-    def score_documents(self, documents: list[list[int]], context: int, batch_size: int = 8) -> tuple[float, int]:
+    def score_documents(self, documents: list[list[int]], context: int, batch_size: int = 8,
+                        stride: int | None = None) -> tuple[float, int]:
         """(NLL in nats, tokens predicted) of the documents written left to right the family's way, each
-        document's end included, in windows of at most `context` positions (`lmkit eval --data`); PyTorch only."""
+        document's end included, in windows of at most `context` positions, each scoring `stride` new tokens
+        (None: the family's default) (`lmkit eval --data`; documents as lmkit.documents reads them); PyTorch
+        only. A stride the family cannot honour is a one-line LmkitError."""
 
 
 def iter_protocols() -> Iterator[tuple[str, type]]:

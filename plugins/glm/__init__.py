@@ -1,9 +1,10 @@
 """GLM (Du et al. 2022): autoregressive blank infilling with 2D positions, one model for understanding and
 generation.
 
-The `glm` decoder, the `blank-infilling` objective and the glm-* presets. Only registration lives
-here, so loading the plugin does not import torch; the model is in model.py, the objective in
-objectives.py, its data in data.py, blank filling in generation.py.
+The `glm` decoder, the `blank-infilling` objective, the `glm-cloze` task recipe and the glm-* presets.
+Only registration lives here, so loading the plugin does not import torch; the model is in model.py,
+the objective in objectives.py, its data in data.py, blank filling in generation.py, fine-tuning as
+cloze in cloze.py.
 """
 from lmkit.hookspecs import hookimpl
 
@@ -33,6 +34,13 @@ def register_objectives(register):
 def register_generators(register):
     register("glm", "lmkit.plugins.glm.generation:BlankFilling",
              summary="fills every [MASK], [sMASK] and [gMASK] of a prompt, span after span, with the shared strategies")
+
+
+@hookimpl
+def register_task_recipes(register):
+    register("glm-cloze", "lmkit.plugins.glm.cloze:GLMClozeRecipe", options="lmkit.plugins.glm.cloze:ClozeOptions",
+             summary="classification as blank infilling: a pattern with one [MASK], each label scored by its "
+                     "verbalizer word in the blank (lmkit finetune --pattern --verbalizer; GLM)")
 
 
 def _preset(summary: str, **decoder) -> tuple[dict, str]:

@@ -85,15 +85,16 @@ class BlankFilling:
                 spans[i].append(result)
         return [self._filled(prompt, where, found) for prompt, where, found in zip(prompts, places, spans)]
 
-    def score_documents(self, documents: list[list[int]], context: int, batch_size: int = 8) -> tuple[float, int]:
-        """(NLL in nats, tokens predicted) of each document written left to right as a [gMASK] span, its [E]
-        included (lmkit.plugins.glm.evaluation); PyTorch only."""
+    def score_documents(self, documents: list[list[int]], context: int, batch_size: int = 8,
+                        stride: int | None = None) -> tuple[float, int]:
+        """(NLL in nats, tokens predicted) of each document written left to right as [gMASK] spans of `stride`
+        tokens, each after the text before it, its [E] included (lmkit.plugins.glm.evaluation); PyTorch only."""
         from .evaluation import document_items, score_spans
 
         if self.opened.model is None:
             raise LmkitError(f"{self.opened.directory} is an export; scoring text runs on its model directory")
         ids = {"[gMASK]": self.gmask, "[S]": self.start, "[E]": self.end}
-        items = [item for document in documents for item in document_items(document, context)]
+        items = [item for document in documents for item in document_items(document, context, stride)]
         device = str(next(self.opened.model.parameters()).device)
         return score_spans(self.opened.model.decoder, items, ids, batch_size=batch_size, device=device)
 

@@ -27,6 +27,8 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
+from lmkit.contract import EncoderOutput
+from lmkit.errors import SpecError
 from lmkit.nn import Block, KVCache, SharedBlocks, TiedOutputProjection, self_attention_mask
 from lmkit.nn.stack import CausalDecoderStack
 
@@ -63,6 +65,8 @@ class GLMDecoder(CausalDecoderStack):
     special_tokens: ClassVar[tuple[str, ...]] = SPECIAL_TOKENS
     # [S] starts and [E] ends every span GLM writes: a left-to-right text too ([gMASK]).
     special_token_roles: ClassVar[dict[str, str]] = {"bos": START, "eos": END, "mask": MASK}
+    # lmkit finetune --pattern --verbalizer: the paper's NLU fine-tuning (§2.3), each label's word in the blank.
+    cloze_recipe: ClassVar[str | None] = "glm-cloze"
 
     def __init__(self, config: GLMConfig):
         super().__init__()
@@ -139,6 +143,19 @@ class GLMDecoder(CausalDecoderStack):
         if cache is not None:
             cache.advance(T)
         return self.ln_f(x)
+
+    def features(self, input_ids: Tensor, attention_mask: Tensor | None = None, **options) -> EncoderOutput:
+        """What `lmkit embed` gives: the text read as Part A (§2.1), every token seeing every other (pos1 0, 1, ...,
+        pos2 0), the final states (B, T, d_model). attention_mask (B, T), False at (right) padding, which no real
+        token sees. GLM's NLU tasks read the context so (Part A is bidirectional); the left-to-right view, which
+        GPT's fine-tuning recipe reads, is hidden_states() without positions."""
+        if options:
+            raise SpecError(f"the glm decoder's features take no options, got {', '.join(options)}")
+        B, T = input_ids.shape
+        mask = (torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool())
+        pos1 = torch.arange(T, device=input_ids.device).expand(B, T)
+        positions = torch.stack([pos1, torch.zeros_like(pos1)], dim=1)  # (B, 2, T): all of it Part A
+        return EncoderOutput(self.hidden_states(input_ids, None, mask, positions), mask)
 
     def forward(self, input_ids: Tensor, cache: KVCache | None = None, attention_mask: Tensor | None = None,
                 position_ids: Tensor | None = None) -> Tensor:

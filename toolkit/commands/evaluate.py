@@ -141,25 +141,33 @@ def _evaluate_text(model_dir, paths, *, stride, context, batch_size, text_field,
     stride = stride or max(context // 2, 1)
     if stride >= context:
         raise LmkitError(f"--stride {stride} must be smaller than --context {context}, so windows overlap")
-    stream = load_tokens(paths, tokenizer, text_field=text_field, progress=True, what="evaluation data")
-    tokens = np.concatenate([[tokenizer.eos_id], np.asarray(stream.tokens, dtype=np.int64)])
     if opened.generator is not None:  # the family writes text its own way (GLM: a [gMASK] span per document)
-        ends = np.flatnonzero(tokens == tokenizer.eos_id)
-        documents = [tokens[a + 1:b].tolist() for a, b in zip(ends, [*ends[1:], len(tokens)]) if b > a + 1]
-        nll, count = opened.generator.score_documents(documents, context, batch_size)
-        score = Score(nll=nll, tokens=count)
+        # Its documents as its pre-training data reads them (lmkit.documents: sentences per line, documents apart
+        # at blank lines and file ends, one per .jsonl record), each written left to right the family's way.
+        from ..documents import load_corpus
+
+        corpus = load_corpus(paths, tokenizer, text_field)
+        starts = corpus.offsets[corpus.doc_starts]
+        documents = [corpus.tokens[a:b].tolist() for a, b in zip(starts[:-1], starts[1:]) if b > a]
+        if not documents:
+            raise LmkitError("the evaluation data has no tokens to score; give files that contain text")
+        nll, count = opened.generator.score_documents(documents, context, batch_size, stride=stride)
+        score, n_documents = Score(nll=nll, tokens=count), len(documents)
     else:
+        stream = load_tokens(paths, tokenizer, text_field=text_field, progress=True, what="evaluation data")
+        tokens = np.concatenate([[tokenizer.eos_id], np.asarray(stream.tokens, dtype=np.int64)])
         score = score_tokens(model.decoder, tokens, context=context, stride=stride, batch_size=batch_size,
                              device=str(device), progress=True)
+        n_documents = stream.documents
     score.bytes = text_bytes(paths, text_field=text_field)
-    result = {**score.as_dict(), "documents": stream.documents, "context": context, "stride": stride}
+    result = {**score.as_dict(), "documents": n_documents, "context": context, "stride": stride}
     if as_json:
         click.echo(json.dumps(result, indent=2))
         return
     click.echo(f"perplexity      {score.perplexity:.4f}")
     click.echo(f"bits per token  {score.bits_per_token:.4f}")
     click.echo(f"bits per byte   {score.bits_per_byte:.4f}")
-    click.echo(f"tokens          {score.tokens:,} in {stream.documents:,} documents "
+    click.echo(f"tokens          {score.tokens:,} in {n_documents:,} documents "
                f"(window {context}, stride {stride})")
 
 

@@ -44,6 +44,15 @@ def _names(value: str | None) -> tuple[str, ...]:
 @click.option("--recipe", metavar="NAME",
               help="How the stack reads examples and features: a registered task recipe (lmkit components --kind "
                    "task-recipe).  [default: the one the stack names: encoder or decoder]")
+@click.option("--pattern", metavar="PATTERN",
+              help="Fine-tune as cloze (GLM): each example written into PATTERN, its text fields in braces and one "
+                   "[MASK] for the answer, e.g. \"{text} Is it good? [MASK]\"; needs --verbalizer.")
+@click.option("--verbalizer", metavar="LABEL=WORD,...",
+              help="Cloze: the word of each label, e.g. \"0=no,1=yes\"; a label is scored by its word's probability "
+                   "in the blank.  [labels: the verbalizer's, in its order, unless --labels]")
+@click.option("--multi-token", "multi_token", type=click.Choice(["sum", "mean"]),
+              help="Cloze: score a word of several tokens by the sum or the mean of its tokens' log-probabilities, "
+                   "written into the blank one after another.  [default: refuse such words]")
 @click.option("--noisy-tune", "noisy_tune", default=0.0, show_default=True, type=float, metavar="LAMBDA",
               help="NoisyTune (Wu et al. 2022): before the first step, add U(-λ/2, λ/2) times each pretrained "
                    "tensor's own standard deviation to it, once, seeded by --seed; the paper's λ is 0.15, 0 is off.")
@@ -90,8 +99,8 @@ def _names(value: str | None) -> tuple[str, ...]:
                    "(raised) and --device may change.")
 @click.option("--json", "as_json", is_flag=True, help="Print the best dev record as JSON.")
 def finetune_command(pretrained, kind, train_path, dev_path, out, labels, text_fields, label_field, tag_column,
-                     tag_scheme, aux_lm_weight, recipe, noisy_tune, unlabeled, optimizer, optimizer_options,
-                     schedule, schedule_options, multitask, label_smoothing, overrides,
+                     tag_scheme, aux_lm_weight, recipe, pattern, verbalizer, multi_token, noisy_tune, unlabeled,
+                     optimizer, optimizer_options, schedule, schedule_options, multitask, label_smoothing, overrides,
                      epochs, steps, batch_size, lr, warmup_ratio, max_length, truncate, dropout, eval_every, seed,
                      device, force, resume, as_json):
     """Fine-tune PRETRAINED on a labelled task file into OUT, with a linear head on its sequence features.
@@ -115,7 +124,7 @@ def finetune_command(pretrained, kind, train_path, dev_path, out, labels, text_f
             raise click.UsageError("--noisy-tune shakes the weights once, at a run's start; a resumed run goes on from "
                                    "the weights it saved: leave --noisy-tune out")
         if (pretrained is not None or kind or train_path or dev_path or unlabeled or optimizer or schedule
-                or overrides or label_smoothing is not None or multitask):
+                or overrides or label_smoothing is not None or multitask or pattern or verbalizer or multi_token):
             raise click.UsageError("--resume goes on with the run in --out, with its own model and task files; "
                                    "leave PRETRAINED, --task, --train and --dev out")
         record = resume_run(out, steps=steps, device=None if device == "auto" else device)
@@ -147,7 +156,8 @@ def finetune_command(pretrained, kind, train_path, dev_path, out, labels, text_f
     options = TaskOptions(kind=kind, text_fields=_names(text_fields), label_field=label_field,
                           labels=_names(labels), aux_lm_weight=aux_lm_weight, dropout=dropout, truncate=truncate,
                           tag_column=tag_column, tag_scheme=tag_scheme, recipe=recipe, noisy_tune=noisy_tune,
-                          unlabeled=unlabeled, label_smoothing=label_smoothing, overrides=tuple(overrides))
+                          unlabeled=unlabeled, label_smoothing=label_smoothing, overrides=tuple(overrides),
+                          pattern=pattern, verbalizer=verbalizer, multi_token=multi_token)
     record = finetune(pretrained, out, train_path, dev_path, options, **training)
     _report(record, out, as_json)
 

@@ -27,6 +27,7 @@ class _Stack(nn.Module):
     embed_options: ClassVar[tuple[str, ...]] = ()
     special_tokens: ClassVar[tuple[str, ...]] = ()
     special_token_roles: ClassVar[dict[str, str]] = {}
+    cloze_recipe: ClassVar[str | None] = None  # the task recipe of fine-tuning as cloze (lmkit.tasks.cloze), if any
 
     def bind_tokenizer(self, tokenizer) -> None:
         """Keep what the stack derives from its tokenizer's vocabulary (ELMo's character spelling of each

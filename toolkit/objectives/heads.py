@@ -29,7 +29,7 @@ class _Head(ObjectiveModule):
 def _recipe(options):
     from ..registry import get_host
 
-    return get_host().instantiate("task-recipe", options.recipe)
+    return get_host().instantiate("task-recipe", options.recipe, getattr(options, "recipe_options", None))
 
 
 def sequence_features(model, batch: dict, recipe) -> Tensor:
@@ -52,6 +52,11 @@ class SequenceHead(_Head):
     def __init__(self, options: SequenceHeadOptions, d_model: int = 768):
         super().__init__(options)
         self.recipe = _recipe(options)
+        # A recipe that scores the labels itself has no layer here: a cloze recipe reads each label's word in the
+        # blank off the language model (GLM, lmkit.tasks.cloze), label_scores(model, batch) -> (B, num_labels).
+        self.label_scores = getattr(self.recipe, "label_scores", None)
+        if self.label_scores is not None:
+            return
         self.pooler = None  # the recipe's layers before the linear one (ULMFiT's), if it has any
         pooler = self.recipe.pooler(d_model)
         if pooler is not None:
@@ -62,10 +67,17 @@ class SequenceHead(_Head):
     def output_layer(self) -> nn.Linear:
         """The linear layer; with a recipe's pooler, the exporter puts the pooler's output in its graph's
         pooler_output, which the export's head reads (ULMFiT: lmkit.plugins.ulmfit.export)."""
+        if self.label_scores is not None:
+            from ..errors import ArtifactError
+
+            raise ArtifactError(f"this model scores its labels with the language model itself ({self.options.recipe} "
+                                "recipe), which exports do not run; predict with the model directory")
         return self.score
 
     def scores(self, model, batch: dict) -> Tensor:
         """classification/similarity: (B, num_labels) logits; regression: (B,); multiple choice: (B, S)."""
+        if self.label_scores is not None:
+            return self.label_scores(model, batch)
         features = sequence_features(model, batch, self.recipe)  # (B, S, H)
         if self.pooler is not None:
             features = self.pooler(features.flatten(0, 1)).unflatten(0, features.shape[:2])

@@ -1,4 +1,5 @@
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,8 @@ class SequenceHeadOptions:
     labels: tuple[str, ...] = ()  # the class names, index by index, so predictions can be named
     dropout: float = 0.1  # on the features, before the linear layer (GPT: 0.1)
     label_smoothing: float = 0.0  # of the cross-entropy to the gold class (not for regression)
+    # The recipe's own options, for a recipe that takes some (a cloze recipe's pattern and words: lmkit.tasks.cloze).
+    recipe_options: Any = None
 
     def __post_init__(self):
         tasks = ("classification", "similarity", "regression", "multiple-choice")

@@ -58,6 +58,11 @@ class TaskOptions:
     overrides: tuple[str, ...] = ()  # `--set key=value` on the fine-tuned model's spec (lmkit.spec.apply_overrides)
     multitask: str | None = None  # --multitask NAME=FILE,... (a recipe that trains several tasks: CVT's)
     multitask_dev: str | None = None  # --dev NAME=FILE,... beside it
+    # Fine-tuning as cloze (lmkit.tasks.cloze): a pattern with one [MASK] and a verbalizer "label=word,...",
+    # read by the stack's cloze recipe (GLM's); multi_token: "sum" or "mean" to score words of several tokens.
+    pattern: str | None = None
+    verbalizer: str | None = None
+    multi_token: str | None = None
 
 
 # -- the model -------------------------------------------------------------------------------------
@@ -88,7 +93,21 @@ def prepare(pretrained: str, out: str, kind, train, options: TaskOptions, *, see
         spec.pop("decoder", None)
         spec.pop("decoding", None)
     stack = dict(spec[key])
-    recipe = host.instantiate("task-recipe", options.recipe or host.component(key, stack["type"]).load().task_recipe)
+    stack_class = host.component(key, stack["type"]).load()
+    recipe_options = None
+    if options.pattern is not None:  # cloze: the stack's cloze recipe scores each label's word in the blank
+        from .cloze import recipe_options as cloze_options
+
+        if options.recipe is None and getattr(stack_class, "cloze_recipe", None) is None:
+            raise LmkitError(f"--pattern and --verbalizer fine-tune as cloze, which needs a model that fills a blank "
+                             f"with a word of its vocabulary (GLM); this {key} ({stack['type']}) has no cloze recipe: "
+                             "leave them out to train a classifier head")
+        recipe_options = cloze_options(options, train.labels)
+    name = options.recipe or (stack_class.cloze_recipe if recipe_options else stack_class.task_recipe)
+    if recipe_options is not None and host.component("task-recipe", name).options_class() is None:
+        raise LmkitError(f"--pattern and --verbalizer are read by a cloze recipe; the {name} recipe is not one: "
+                         "leave --recipe out")
+    recipe = host.instantiate("task-recipe", name, recipe_options)
     if recipe.prepare(tokenizer) and stack.get("vocab_size", tokenizer.vocab_size) < tokenizer.vocab_size:
         stack["vocab_size"] = tokenizer.vocab_size
     if options.aux_lm_weight is not None and options.aux_lm_weight < 0:
@@ -96,6 +115,10 @@ def prepare(pretrained: str, out: str, kind, train, options: TaskOptions, *, see
     # The head sizes itself to the stack's d_model (its for_model); the recipe names how it reads features.
     head = {"type": kind.head, "weight": 1.0, "recipe": recipe.name, "dropout": options.dropout,
             **kind.head_options(train)}
+    if recipe_options is not None:  # as the recipe's prepare() resolved them against the tokenizer (token ids)
+        from ..options import options_to_dict
+
+        head["recipe_options"] = options_to_dict(recipe.options)
     spec[key] = stack
     if options.unlabeled is not None and not getattr(recipe, "reads_unlabeled", False):
         raise LmkitError(f"--unlabeled is read by recipes that learn from unlabelled text (cvt); the {recipe.name} "
@@ -307,6 +330,10 @@ def finetune(pretrained: str, out: str, train_path: str, dev_path: str | None, o
         from .unlabeled import read_unlabeled
 
         read_unlabeled(options.unlabeled)
+    if options.pattern is not None or options.verbalizer is not None:
+        from .cloze import cloze_task_options
+
+        options = cloze_task_options(options)
     kind = task_kind(options.kind, options)
     train = kind.read(train_path)
     dev = kind.read(dev_path, labels=train.labels) if dev_path is not None else None

@@ -137,6 +137,11 @@ def _scores(model_dir: str, path: str, *, batch_size: int, max_length: int | Non
     if runner.tokenizer is None:
         raise ArtifactError(f"{model_dir} has no tokenizer.json to read the examples with")
     labels = tuple(part.get("labels", ()))
+    recipe_options = part.get("recipe_options")
+    if not text_fields and (recipe_options or {}).get("pattern"):  # a cloze pattern names the fields it reads
+        from .cloze import pattern_fields
+
+        text_fields = pattern_fields(recipe_options["pattern"])
     options = TaskOptions(kind=HEADS[part["type"]] or part.get("task", "classification"), text_fields=text_fields,
                           label_field=label_field, labels=labels, tag_column=tag_column,
                           tag_scheme=tag_scheme or part.get("tag_scheme") or "auto")
@@ -147,7 +152,7 @@ def _scores(model_dir: str, path: str, *, batch_size: int, max_length: int | Non
     max_length = min(max_length or limit or 512, limit or 1 << 30)
     from ..registry import get_host
 
-    recipe = get_host().instantiate("task-recipe", part.get("recipe", "encoder"))
+    recipe = get_host().instantiate("task-recipe", part.get("recipe", "encoder"), recipe_options)
     encoded, _ = kind.encode(data, runner.tokenizer, max_length, recipe)
     pad = runner.tokenizer.pad_id if runner.tokenizer.pad_id is not None else 0
     extra = {} if runner.token_inputs is None else {"token_inputs": runner.token_inputs}

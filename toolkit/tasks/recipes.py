@@ -86,8 +86,12 @@ class DecoderRecipe:
         return {}
 
     def run(self, model, input_ids, attention_mask, token_type_ids) -> EncoderOutput:
-        # Right padding comes after every real token, which causal attention keeps it from seeing.
-        return model.decoder.features(input_ids, attention_mask)
+        # The left-to-right states, which the auxiliary LM loss reuses (a decoder's features may read both ways:
+        # GLM's). Right padding comes after every real token, which causal attention keeps it from seeing.
+        import torch
+
+        mask = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
+        return EncoderOutput(model.decoder.hidden_states(input_ids), mask)
 
     def features(self, output: EncoderOutput, extract_index):
         import torch
