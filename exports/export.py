@@ -137,10 +137,35 @@ def export_model(model_dir: str, out: str, *, precision: str = "fp32", layout: s
             "validation": report,
             "triton": {"name": name, "config": "config.pbtxt"} if name else None,
             **({"task_head": task_head} if task_head is not None else {}),
-            "files": describe_files(root),
         }
+        _write_serving_files(root, manifest, runtimes[plan.architecture], progress)
+        manifest["files"] = describe_files(root)
         atomic_write_json(os.path.join(root, MANIFEST), manifest)
     return manifest
+
+
+def _write_serving_files(root: str, manifest: dict, runtime: Component, progress) -> None:
+    """What other tools read beside lmkit's own: genai_config.json for a generating export that
+    onnxruntime-genai can run (else the reason, in the manifest and one line to `progress`), and
+    tokenizer_config.json's model_input_names (the inputs the graph reads, so transformers' tokenizer
+    gives no token_type_ids to a GPT)."""
+    from lmkit.artifacts import read_json
+
+    from .genai import GENAI_CONFIG, genai_config, model_input_names
+
+    if runtime.load().kind == "decoder":
+        config, reason = genai_config(manifest)
+        if config is not None:
+            atomic_write_json(os.path.join(root, GENAI_CONFIG), config)
+        elif progress is not None:
+            progress(f"no {GENAI_CONFIG}: onnxruntime-genai cannot run this export: {reason}")
+        manifest["genai"] = {"config": GENAI_CONFIG if config is not None else None,
+                             **({"reason": reason} if reason else {})}
+    names = model_input_names(manifest)
+    tokenizer_config = os.path.join(root, "tokenizer_config.json")
+    if names and os.path.isfile(tokenizer_config):
+        atomic_write_json(tokenizer_config, {**read_json(tokenizer_config, "export the model again"),
+                                             "model_input_names": names})
 
 
 def _special_tokens(tokenizer) -> dict:
