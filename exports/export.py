@@ -138,13 +138,14 @@ def export_model(model_dir: str, out: str, *, precision: str = "fp32", layout: s
             "triton": {"name": name, "config": "config.pbtxt"} if name else None,
             **({"task_head": task_head} if task_head is not None else {}),
         }
-        _write_serving_files(root, manifest, runtimes[plan.architecture], progress)
+        # genai reads an export directory, not a Triton repository's model folder.
+        _write_serving_files(root, manifest, None if name else runtimes[plan.architecture], progress)
         manifest["files"] = describe_files(root)
         atomic_write_json(os.path.join(root, MANIFEST), manifest)
     return manifest
 
 
-def _write_serving_files(root: str, manifest: dict, runtime: Component, progress) -> None:
+def _write_serving_files(root: str, manifest: dict, runtime: Component | None, progress) -> None:
     """What other tools read beside lmkit's own: genai_config.json for a generating export that
     onnxruntime-genai can run (else the reason, in the manifest and one line to `progress`), and
     tokenizer_config.json's model_input_names (the inputs the graph reads, so transformers' tokenizer
@@ -153,7 +154,7 @@ def _write_serving_files(root: str, manifest: dict, runtime: Component, progress
 
     from .genai import GENAI_CONFIG, genai_config, model_input_names
 
-    if runtime.load().kind == "decoder":
+    if runtime is not None and runtime.load().kind == "decoder":
         config, reason = genai_config(manifest)
         if config is not None:
             atomic_write_json(os.path.join(root, GENAI_CONFIG), config)

@@ -96,7 +96,8 @@ def copy(exported, tmp_path):
 
 def test_fp32_export_has_a_complete_manifest(exported, model_dir):
     manifest = read_manifest(exported)
-    assert sorted(os.listdir(exported)) == [MANIFEST, "model.onnx", "tokenizer.json", "tokenizer_config.json"]
+    assert sorted(os.listdir(exported)) == ["genai_config.json", MANIFEST, "model.onnx", "tokenizer.json",
+                                           "tokenizer_config.json"]
     assert manifest["format"] == "lmkit-onnx" and manifest["lmkit_version"] == "0.1.0"
     assert (manifest["architecture"], manifest["dtype"], manifest["opset"]) == ("decoder-only", "fp32", 18)
     assert manifest["exporter"] == {"name": "decoder.gpt2", "plugin": "gpt"}
