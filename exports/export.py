@@ -23,7 +23,7 @@ from . import triton
 from .convert import DEFAULT_OPSET, export_graph
 from .graphs import ExportPlan
 from .manifest import FORMAT, FORMAT_VERSION, MANIFEST, describe_files
-from .precision import PRECISIONS, to_fp16, to_int8
+from .precision import PRECISIONS, Int4Options, to_fp16, to_int4, to_int8
 from .validation import THRESHOLDS, Threshold, validate
 
 LAYOUTS = ("onnx", "triton")
@@ -49,10 +49,11 @@ def find_exporter(spec, host: PluginHost) -> Component:
 def export_model(model_dir: str, out: str, *, precision: str = "fp32", layout: str = "onnx",
                  name: str | None = None, opset: int = DEFAULT_OPSET, threshold: Threshold | None = None,
                  force: bool = False, host: PluginHost | None = None,
-                 progress: Callable[[str], None] | None = None) -> dict:
+                 progress: Callable[[str], None] | None = None, int4: Int4Options | None = None) -> dict:
     """Export the model in `model_dir` to `out`; returns the manifest that was written.
 
-    precision: fp32, fp16 or int8 (dynamic quantization). layout: onnx (an export directory) or
+    precision: fp32, fp16, int8 (dynamic quantization) or int4 (weight-only, blockwise; `int4` says
+    what else is quantized, by default Int4Options()). layout: onnx (an export directory) or
     triton (a model repository whose model folder `name` is the export directory). threshold: the
     parity the export must reach, by default THRESHOLDS[precision]. progress: told, in one line,
     what is being exported once the model and its exporter are found (the slow part follows).
@@ -94,7 +95,7 @@ def export_model(model_dir: str, out: str, *, precision: str = "fp32", layout: s
             for graph in plan.graphs:
                 target = os.path.join(root, files[graph.name])
                 os.makedirs(os.path.dirname(target), exist_ok=True)
-                _write_graph(graph, target, precision, opset, work)
+                _write_graph(graph, target, precision, opset, work, int4 or Int4Options())
         from .heads import validation_head
 
         report = validate([(graph, os.path.join(root, files[graph.name])) for graph in plan.graphs],
@@ -126,7 +127,7 @@ def export_model(model_dir: str, out: str, *, precision: str = "fp32", layout: s
             "architecture": plan.architecture,
             "opset": opset,
             "dtype": precision,
-            "quantization": QUANTIZATION if precision == "int8" else None,
+            "quantization": {"int8": QUANTIZATION, "int4": (int4 or Int4Options()).describe()}.get(precision),
             "dimensions": plan.dimensions,
             "graphs": {graph.name: graph.describe(files[graph.name]) for graph in plan.graphs},
             **({"encoder_decoder": plan.layout.to_dict()} if plan.layout is not None else {}),
@@ -182,14 +183,17 @@ def _require(*modules: str) -> None:
                                 "pip install -c constraints.txt 'lmkit-toolkit[torch,export,serve]'")
 
 
-def _write_graph(graph, target: str, precision: str, opset: int, work: str) -> None:
-    """Export `graph` to `target` in `precision`; an fp16 or int8 graph is converted from fp32 in `work`."""
+def _write_graph(graph, target: str, precision: str, opset: int, work: str, int4: Int4Options) -> None:
+    """Export `graph` to `target` in `precision`; an fp16, int8 or int4 graph is converted from fp32 in `work`."""
     if precision == "fp32":
         export_graph(graph, target, opset)
         return
     fp32 = os.path.join(work, f"{graph.name}.fp32.onnx")
     export_graph(graph, fp32, opset)
-    (to_fp16 if precision == "fp16" else to_int8)(fp32, target)
+    if precision == "int4":
+        to_int4(fp32, target, int4)
+    else:
+        (to_fp16 if precision == "fp16" else to_int8)(fp32, target)
 
 
 def _default_name(model_dir: str) -> str:

@@ -272,7 +272,7 @@ def test_inspect_describes_the_export(run, exported):
                      "present.{0..1}.value", "batch size 3, new tokens 1, past tokens 9", "top-1 agreement 100.0%",
                      "model.onnx", "eos=0"):
         assert expected in text.out
-    assert text.out.count(" ok\n") == 3
+    assert text.out.count(" ok\n") == 4  # model.onnx, genai_config.json and the two tokenizer files
     as_json = json.loads(run("inspect", exported, "--json").out)
     assert as_json["graphs"] == read_manifest(exported)["graphs"]
     assert {entry["status"] for entry in as_json["files"].values()} == {"ok"}

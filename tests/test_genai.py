@@ -31,6 +31,13 @@ def int8_export(tiny_gpt2, tmp_path_factory) -> str:
     return out
 
 
+@pytest.fixture(scope="module")
+def int4_export(tiny_gpt2, tmp_path_factory) -> str:
+    out = str(tmp_path_factory.mktemp("genai") / "int4")
+    assert run_cli("export", tiny_gpt2, "--out", out, "--quantize", "int4").code == 0
+    return out
+
+
 def genai_generate(export: str, prompts: list, new_tokens: int, num_beams: int = 1) -> list[list[int]]:
     """The tokens genai adds to each prompt (a right-padded batch), greedy or beam search.
 
@@ -90,6 +97,13 @@ def test_transformers_tokenizer_gives_no_token_type_ids(tiny_gpt2_export):
 def test_genai_padded_batch_equals_lmkit_fp32(tiny_gpt2_export, num_beams):
     assert (genai_generate(tiny_gpt2_export, PROMPTS, NEW_TOKENS, num_beams)
             == lmkit_generate(tiny_gpt2_export, PROMPTS, NEW_TOKENS, num_beams))
+
+
+@pytest.mark.parametrize("num_beams", [1, 4])
+def test_genai_padded_batch_equals_lmkit_int4(int4_export, num_beams):
+    # int4 is weight-only (activations stay fp32): the padding side does not matter, as in fp32
+    assert (genai_generate(int4_export, PROMPTS, NEW_TOKENS, num_beams)
+            == lmkit_generate(int4_export, PROMPTS, NEW_TOKENS, num_beams))
 
 
 @pytest.mark.parametrize("num_beams", [1, 4])
