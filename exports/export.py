@@ -27,6 +27,8 @@ from .precision import PRECISIONS, Int4Options, to_fp16, to_int4, to_int8
 from .validation import THRESHOLDS, Threshold, validate
 
 LAYOUTS = ("onnx", "triton")
+# What exporting imports (module and distribution names alike); the `torch` extra brings all of them.
+EXPORT_NEEDS = ("torch", "onnx", "onnxruntime", "onnxscript")
 QUANTIZATION = {"method": "dynamic", "weights": "int8", "per_channel": True,
                 "activations": "uint8, quantized at run time", "tool": "onnxruntime.quantization.quantize_dynamic"}
 
@@ -49,7 +51,8 @@ def find_exporter(spec, host: PluginHost) -> Component:
 def export_model(model_dir: str, out: str, *, precision: str = "fp32", layout: str = "onnx",
                  name: str | None = None, opset: int = DEFAULT_OPSET, threshold: Threshold | None = None,
                  force: bool = False, host: PluginHost | None = None,
-                 progress: Callable[[str], None] | None = None, int4: Int4Options | None = None) -> dict:
+                 progress: Callable[[str], None] | None = None, int4: Int4Options | None = None,
+                 license: str = "other") -> dict:
     """Export the model in `model_dir` to `out`; returns the manifest that was written.
 
     precision: fp32, fp16, int8 (dynamic quantization) or int4 (weight-only, blockwise; `int4` says
@@ -57,8 +60,9 @@ def export_model(model_dir: str, out: str, *, precision: str = "fp32", layout: s
     triton (a model repository whose model folder `name` is the export directory). threshold: the
     parity the export must reach, by default THRESHOLDS[precision]. progress: told, in one line,
     what is being exported once the model and its exporter are found (the slow part follows).
+    license: the model card's license (a Hugging Face license id; "other" when not given).
     """
-    _require("torch", "onnx", "onnxruntime", "onnxscript")
+    _require(*EXPORT_NEEDS)
     from lmkit.model import load_model
 
     if precision not in PRECISIONS:
@@ -122,7 +126,8 @@ def export_model(model_dir: str, out: str, *, precision: str = "fp32", layout: s
             "format_version": FORMAT_VERSION,
             "lmkit_version": __version__,
             "created_with": _versions(),
-            "source": {key: config.get(key) for key in ("lmkit_version", "spec", "components", "plugins")},
+            "source": {**{key: config.get(key) for key in ("lmkit_version", "spec", "components", "plugins")},
+                       **({"imported_from": config["imported_from"]} if "imported_from" in config else {})},
             "exporter": {"name": exporter.name, "plugin": exporter.plugin},
             "architecture": plan.architecture,
             "opset": opset,
@@ -141,6 +146,12 @@ def export_model(model_dir: str, out: str, *, precision: str = "fp32", layout: s
         }
         # genai reads an export directory, not a Triton repository's model folder.
         _write_serving_files(root, manifest, None if name else runtimes[plan.architecture], progress)
+        from .card import MODEL_CARD, model_card
+
+        # The card lists the files it sits beside; the manifest then hashes it with them.
+        card = model_card({**manifest, "files": describe_files(root)}, license=license)
+        with atomic_write(os.path.join(root, MODEL_CARD)) as handle:
+            handle.write(card)
         manifest["files"] = describe_files(root)
         atomic_write_json(os.path.join(root, MANIFEST), manifest)
     return manifest
@@ -180,7 +191,7 @@ def _require(*modules: str) -> None:
     missing = [module for module in modules if importlib.util.find_spec(module) is None]
     if missing:
         raise MissingDependency(f"exporting needs {', '.join(missing)}, not installed here; install with: "
-                                "pip install -c constraints.txt 'lmkit-toolkit[torch,export,serve]'")
+                                "pip install -c constraints.txt 'lmkit-toolkit[torch]'")
 
 
 def _write_graph(graph, target: str, precision: str, opset: int, work: str, int4: Int4Options) -> None:

@@ -96,8 +96,8 @@ def copy(exported, tmp_path):
 
 def test_fp32_export_has_a_complete_manifest(exported, model_dir):
     manifest = read_manifest(exported)
-    assert sorted(os.listdir(exported)) == ["genai_config.json", MANIFEST, "model.onnx", "tokenizer.json",
-                                           "tokenizer_config.json"]
+    assert sorted(os.listdir(exported)) == ["README.md", "genai_config.json", MANIFEST, "model.onnx",
+                                           "tokenizer.json", "tokenizer_config.json"]
     assert manifest["format"] == "lmkit-onnx" and manifest["lmkit_version"] == "0.1.0"
     assert (manifest["architecture"], manifest["dtype"], manifest["opset"]) == ("decoder-only", "fp32", 18)
     assert manifest["exporter"] == {"name": "decoder.gpt2", "plugin": "gpt"}
@@ -244,7 +244,7 @@ def test_fp16_triton_repository(run, model_dir, tmp_path):
     result = run("export", model_dir, "--out", repo, "--dtype", "fp16", "--format", "triton", "--name", "tiny")
     assert result.code == 0, result.err
     assert sorted(os.listdir(repo)) == ["tiny"]
-    assert sorted(os.listdir(repo / "tiny")) == ["1", "config.pbtxt", MANIFEST, "tokenizer.json",
+    assert sorted(os.listdir(repo / "tiny")) == ["1", "README.md", "config.pbtxt", MANIFEST, "tokenizer.json",
                                                  "tokenizer_config.json"]
     assert os.listdir(repo / "tiny" / "1") == ["model.onnx"]
     manifest = read_manifest(repo / "tiny")
@@ -272,7 +272,7 @@ def test_inspect_describes_the_export(run, exported):
                      "present.{0..1}.value", "batch size 3, new tokens 1, past tokens 9", "top-1 agreement 100.0%",
                      "model.onnx", "eos=0"):
         assert expected in text.out
-    assert text.out.count(" ok\n") == 4  # model.onnx, genai_config.json and the two tokenizer files
+    assert text.out.count(" ok\n") == 5  # model.onnx, genai_config.json, the model card, the two tokenizer files
     as_json = json.loads(run("inspect", exported, "--json").out)
     assert as_json["graphs"] == read_manifest(exported)["graphs"]
     assert {entry["status"] for entry in as_json["files"].values()} == {"ok"}

@@ -129,6 +129,9 @@ def test_import_then_export_gives_back_the_config_values(round_trip):
             assert original[key] == value, key
     assert written["model_type"] == original["model_type"]
     assert written["architectures"] == original["architectures"]
+    # import-hf records where the weights came from (an export's model card names it as base_model)
+    imported = json.load(open(round_trip[2] / "config.json"))["imported_from"]
+    assert imported["model_type"] == original["model_type"]
 
 
 def test_a_model_without_a_twin_is_refused_in_one_line(run, tmp_path):

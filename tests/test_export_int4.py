@@ -18,7 +18,7 @@ def int4_exports(tiny_gpt2, tmp_path_factory):
 
     root = tmp_path_factory.mktemp("int4")
     made = {}
-    for name, flags in (("int4", []), ("all", ["--int4-output", "--int4-embeddings"])):
+    for name, flags in (("int4", []), ("all", ["--int4-output", "--int4-embeddings", "--license", "mit"])):
         result = run_cli("export", tiny_gpt2, "--out", root / name, "--quantize", "int4", *flags)
         assert result.code == 0, result.err
         assert "top-1 agreement" in result.err
@@ -56,6 +56,7 @@ def test_int4_output_and_embeddings_on_request(int4_exports):
     ops = weight_ops(int4_exports["all"])
     assert sorted(ops["MatMulNBits"]) == [4] * 9
     assert len(ops["GatherBlockQuantized"]) == 2 and "Gather" not in ops  # token and position tables
+    assert "license: mit" in open(os.path.join(int4_exports["all"], "README.md")).read()  # the model card's
     sizes = {name: os.path.getsize(os.path.join(path, "model.onnx")) for name, path in int4_exports.items()}
     assert sizes["all"] < sizes["int4"]
 

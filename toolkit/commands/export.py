@@ -23,9 +23,11 @@ import click
               "have on any output  [default: 1e-4]")
 @click.option("--min-top1", type=click.FloatRange(0, 1), help="Smallest share of positions where an fp16 or "
               "quantized export picks PyTorch's top-1 token  [default: 0.9 fp16, 0.5 int8 and int4]")
+@click.option("--license", "license_id", default="other", show_default=True,
+              help="The model card's license: a Hugging Face license id (apache-2.0, mit, ...).")
 @click.option("--force", is_flag=True, help="Replace a non-empty --out.")
 def export_command(model_dir, out, dtype, quantize, int4_output, int4_embeddings, layout, name, opset, atol, min_top1,
-                   force):
+                   license_id, force):
     """Export MODEL_DIR to ONNX, validated against PyTorch, with a manifest of hashes."""
     from lmkit.exports.convert import DEFAULT_OPSET
     from lmkit.exports.export import export_model
@@ -51,7 +53,8 @@ def export_command(model_dir, out, dtype, quantize, int4_output, int4_embeddings
     manifest = export_model(model_dir, out, precision=precision, layout=layout, name=name,
                             opset=opset or DEFAULT_OPSET, threshold=threshold, force=force,
                             progress=lambda line: click.echo(line, err=True),
-                            int4=Int4Options(output_bits=4 if int4_output else 8, embeddings=int4_embeddings))
+                            int4=Int4Options(output_bits=4 if int4_output else 8, embeddings=int4_embeddings),
+                            license=license_id)
     report = manifest["validation"]
     shapes = len(report["shape_sets"])
     agreement = report["top1_agreement"]
