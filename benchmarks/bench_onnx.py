@@ -154,14 +154,15 @@ def top1_agreement(model_dir: str, export: str, prompts: list[list[int]], thread
 
     decoder = load_model(model_dir)[0].eval().decoder
     exported = lmkit.exports.load(export, device="cpu", session_options=session_options(threads))
-    shapes = {tensor["name"]: tensor["shape"] for tensor in exported.graph["inputs"]}
+    graph, session = exported.manifest["graphs"]["model"], exported.export.session("model")
+    shapes = {tensor["name"]: tensor["shape"] for tensor in graph["inputs"]}
     empty = {pair["input"]: np.zeros([{"batch_size": 1, "past_sequence_length": 0}.get(size, size)
                                       for size in shapes[pair["input"]]], dtype=np.float32)
-             for pair in exported.graph["cache"]}
+             for pair in graph["cache"]}
     agree = total = 0
     for prompt in prompts:
         expected = decoder(torch.tensor([prompt])).argmax(-1)[0].numpy()
-        (logits,) = exported.session.run(["logits"], {
+        (logits,) = session.run(["logits"], {
             "input_ids": np.array([prompt], dtype=np.int64), "attention_mask": np.ones((1, len(prompt)), dtype=np.int64),
             "position_ids": np.arange(len(prompt), dtype=np.int64)[None], **empty})
         agree += int((logits[0].argmax(-1) == expected).sum())

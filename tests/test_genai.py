@@ -101,7 +101,7 @@ def test_genai_padded_batch_equals_lmkit_fp32(tiny_gpt2_export, num_beams):
 
 @pytest.mark.parametrize("num_beams", [1, 4])
 def test_genai_padded_batch_equals_lmkit_int4(int4_export, num_beams):
-    # int4 is weight-only (activations stay fp32): the padding side does not matter, as in fp32
+    # int4's activations are quantized per row (and block): the padding side does not matter, as in fp32
     assert (genai_generate(int4_export, PROMPTS, NEW_TOKENS, num_beams)
             == lmkit_generate(int4_export, PROMPTS, NEW_TOKENS, num_beams))
 
