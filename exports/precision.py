@@ -110,9 +110,17 @@ def to_int4(source: str, target: str, options: Int4Options = Int4Options()) -> N
     onnxruntime's MatMulNBitsQuantizer. A tied output projection gets its own transposed copy first,
     as for int8 (untie_transposed_weights); with options.embeddings, the embedding lookups become
     GatherBlockQuantized (4-bit rows)."""
+    import logging
+
     import onnx
+
+    # Importing the quantizer calls logging.basicConfig(level=INFO): the root logger of the whole process
+    # would print every library's INFO lines from then on (onnx_ir's, at the next export).
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
+    root.handlers[:], root.level = handlers, level
     model = onnx.load(source)
     untie_transposed_weights(model)
     heads = output_projections(model)
