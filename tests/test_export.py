@@ -646,11 +646,12 @@ def test_a_prompt_longer_than_the_exported_context(run, exported, model_dir):
 
 
 def test_an_unknown_quantization_scheme_is_refused(run, model_dir, tmp_path):
-    result = run("export", model_dir, "--out", tmp_path / "x", "--quantize", "int4")
+    result = run("export", model_dir, "--out", tmp_path / "x", "--quantize", "int2")
     assert result.code == 2 and result.out == ""
-    assert result.err == "error: Invalid value for '--quantize': 'int4' is not 'int8'. (see: lmkit export --help)\n"
-    with pytest.raises(LmkitError, match="unknown precision 'int4'; choose one of fp32, fp16, int8"):
-        export_model(model_dir, str(tmp_path / "x"), precision="int4")
+    assert result.err == ("error: Invalid value for '--quantize': 'int2' is not one of 'int8', 'int4'. "
+                          "(see: lmkit export --help)\n")
+    with pytest.raises(LmkitError, match="unknown precision 'int2'; choose one of fp32, fp16, int8, int4"):
+        export_model(model_dir, str(tmp_path / "x"), precision="int2")
     assert os.listdir(tmp_path) == []
 
 
