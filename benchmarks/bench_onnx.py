@@ -1,14 +1,17 @@
-"""Greedy decoding at batch 1 on onnxruntime (fp32 and int8) against PyTorch and transformers, in one run.
+"""Greedy decoding at batch 1 on onnxruntime (fp32, int8, int4) against PyTorch and transformers, in one run.
 
     python benchmarks/bench_onnx.py [--sizes gpt-mini gpt2-small] [--threads 2] [--repeats 7]
                                     [--new-tokens 64] [--work DIR]
 
 For each size, one random GPT-2 (transformers' initialisation, seed 0) is converted to an lmkit
-model directory and exported with `lmkit export` (fp32, and int8 with --quantize int8), so every
-contender runs the same weights:
+model directory and exported with `lmkit export` (fp32; --quantize int8; --quantize int4, whose
+output projection is int8; and int4 with --int4-output --int4-embeddings), so every contender runs
+the same weights:
 
     ort-fp32   lmkit.exports + OrtBackend + lmkit's Greedy, fp32 export
     ort-int8   the same on the int8 export
+    ort-int4   the same on the int4 export (blocks int4, output projection int8)
+    ort-int4all  the same with the output projection and the embeddings in int4 too
     torch      lmkit's TorchBackend + Greedy (PyTorch fp32)
     hf         transformers' GPT2LMHeadModel.generate (PyTorch fp32)
 
@@ -50,19 +53,27 @@ PROMPT_TOKENS = 16
 VALIDATION_PROMPTS, VALIDATION_TOKENS = 32, 32
 
 
+# name -> (precision, Int4Options keyword arguments)
+PRECISIONS = {"fp32": ("fp32", {}), "int8": ("int8", {}), "int4": ("int4", {}),
+              "int4all": ("int4", {"output_bits": 4, "embeddings": True})}
+
+
 def build(size: str, work: str):
-    """(transformers model, lmkit model directory, fp32 export, int8 export), exporting what is not there yet."""
+    """(transformers model, lmkit model directory, {name: export directory}), exporting what is not there yet."""
     import transformers
     from safetensors.torch import save_file
 
     from lmkit.exports.export import export_model
     from lmkit.exports.manifest import MANIFEST
+    from lmkit.exports.precision import Int4Options
     from lmkit.model import compose
     from lmkit.plugins.gpt.hf import config_from_hf, state_dict_from_hf
 
     torch.manual_seed(0)
-    config = transformers.GPT2Config(**SIZES[size], resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
-                                      bos_token_id=0, eos_token_id=0)
+    sizes = SIZES[size]  # in transformers' names (transformers 5 no longer maps n_layers, d_model, ...)
+    config = transformers.GPT2Config(n_layer=sizes["n_layers"], n_embd=sizes["d_model"], n_head=sizes["n_heads"],
+                                      vocab_size=sizes["vocab_size"], n_positions=sizes["max_positions"],
+                                      resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=0, eos_token_id=0)
     hf = transformers.GPT2LMHeadModel(config).eval()
     root = os.path.join(work, size)
     model_dir = os.path.join(root, "model")
@@ -73,17 +84,17 @@ def build(size: str, work: str):
         save_file({f"decoder.{name}": tensor.contiguous() for name, tensor in state.items()}, weights)
         compose(size, ["decoder.dropout=0.0"], model_dir, weights=weights, force=True)
     exports = {}
-    for precision in ("fp32", "int8"):
-        out = exports[precision] = os.path.join(root, precision)
+    for name, (precision, int4) in PRECISIONS.items():
+        out = exports[name] = os.path.join(root, name)
         if not os.path.isfile(os.path.join(out, MANIFEST)):
             start = time.perf_counter()
-            manifest = export_model(model_dir, out, precision=precision, force=True)
+            manifest = export_model(model_dir, out, precision=precision, force=True, int4=Int4Options(**int4))
             size_mb = sum(entry["size"] for entry in manifest["files"].values()) / 1e6
             report = manifest["validation"]
-            print(f"  exported {size} {precision} in {time.perf_counter() - start:.0f} s: {size_mb:.0f} MB, "
+            print(f"  exported {size} {name} in {time.perf_counter() - start:.0f} s: {size_mb:.0f} MB, "
                   f"max |difference| {report['max_abs_diff']:.2g}, top-1 agreement {report['top1_agreement']:.3f}",
                   flush=True)
-    return hf, model_dir, exports["fp32"], exports["int8"]
+    return hf, model_dir, exports
 
 
 def session_options(threads: int):
@@ -95,7 +106,7 @@ def session_options(threads: int):
     return options
 
 
-def contenders(hf, model_dir: str, fp32: str, int8: str, new_tokens: int, threads: int) -> dict:
+def contenders(hf, model_dir: str, exports: dict, new_tokens: int, threads: int) -> dict:
     from lmkit.model import load_model
 
     greedy = Greedy(GreedyOptions(max_new_tokens=new_tokens))
@@ -113,8 +124,7 @@ def contenders(hf, model_dir: str, fp32: str, int8: str, new_tokens: int, thread
         return out[0, len(prompt):].tolist()
 
     return {
-        "ort-fp32": on_export(fp32),
-        "ort-int8": on_export(int8),
+        **{f"ort-{name}": on_export(directory) for name, directory in exports.items()},
         "torch": lambda prompt: greedy.generate(TorchBackend(decoder, new_tokens), [prompt], eos_id=None,
                                                 pad_id=0)[0].tokens,
         "hf": with_transformers,
@@ -144,14 +154,15 @@ def top1_agreement(model_dir: str, export: str, prompts: list[list[int]], thread
 
     decoder = load_model(model_dir)[0].eval().decoder
     exported = lmkit.exports.load(export, device="cpu", session_options=session_options(threads))
-    shapes = {tensor["name"]: tensor["shape"] for tensor in exported.graph["inputs"]}
+    graph, session = exported.manifest["graphs"]["model"], exported.export.session("model")
+    shapes = {tensor["name"]: tensor["shape"] for tensor in graph["inputs"]}
     empty = {pair["input"]: np.zeros([{"batch_size": 1, "past_sequence_length": 0}.get(size, size)
                                       for size in shapes[pair["input"]]], dtype=np.float32)
-             for pair in exported.graph["cache"]}
+             for pair in graph["cache"]}
     agree = total = 0
     for prompt in prompts:
         expected = decoder(torch.tensor([prompt])).argmax(-1)[0].numpy()
-        (logits,) = exported.session.run(["logits"], {
+        (logits,) = session.run(["logits"], {
             "input_ids": np.array([prompt], dtype=np.int64), "attention_mask": np.ones((1, len(prompt)), dtype=np.int64),
             "position_ids": np.arange(len(prompt), dtype=np.int64)[None], **empty})
         agree += int((logits[0].argmax(-1) == expected).sum())
@@ -165,7 +176,7 @@ def random_prompts(vocab_size: int) -> list[list[int]]:
 
 
 def trained_agreement(model_dir: str, texts: str, work: str, threads: int) -> None:
-    """int8 top-1 agreement of a trained model on held-out text (a .jsonl with "text" fields, or lines)."""
+    """int8 and int4 top-1 agreement of a trained model on held-out text (a .jsonl with "text" fields, or lines)."""
     import json
 
     from lmkit.exports.export import export_model
@@ -178,12 +189,17 @@ def trained_agreement(model_dir: str, texts: str, work: str, threads: int) -> No
     documents = [json.loads(line)["text"] if texts.endswith(".jsonl") else line for line in lines]
     context = load_model(model_dir)[0].decoder.config.max_positions
     prompts = [ids[:context] for ids in (tokenizer.encode(text) for text in documents) if ids]
-    out = os.path.join(work, "trained-int8")
-    if not os.path.isfile(os.path.join(out, MANIFEST)):
-        export_model(model_dir, out, precision="int8", force=True)
-    share = top1_agreement(model_dir, out, prompts, threads)
-    print(f"trained {model_dir}: int8 top-1 agreement with torch fp32 over {sum(map(len, prompts))} positions of "
-          f"{len(prompts)} held-out texts: {share:.4f}", flush=True)
+    from lmkit.exports.precision import Int4Options
+
+    for name, (precision, int4) in PRECISIONS.items():
+        if precision == "fp32":
+            continue
+        out = os.path.join(work, f"trained-{name}")
+        if not os.path.isfile(os.path.join(out, MANIFEST)):
+            export_model(model_dir, out, precision=precision, force=True, int4=Int4Options(**int4))
+        share = top1_agreement(model_dir, out, prompts, threads)
+        print(f"trained {model_dir}: {name} top-1 agreement with torch fp32 over {sum(map(len, prompts))} positions "
+              f"of {len(prompts)} held-out texts: {share:.4f}", flush=True)
 
 
 def main() -> None:
@@ -210,8 +226,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-onnx-") as scratch:
         work = args.work or scratch
         for size in args.sizes:
-            hf, model_dir, fp32, int8 = build(size, work)
-            runs = contenders(hf, model_dir, fp32, int8, args.new_tokens, args.threads)
+            hf, model_dir, exports = build(size, work)
+            runs = contenders(hf, model_dir, exports, args.new_tokens, args.threads)
             prompt = torch.randint(0, SIZES[size]["vocab_size"], (PROMPT_TOKENS,),
                                    generator=torch.Generator().manual_seed(0)).tolist()
             tokens = {name: run(prompt) for name, run in runs.items()}
@@ -219,13 +235,15 @@ def main() -> None:
             same = tokens["ort-fp32"] == tokens["torch"] == tokens["hf"]
             print(f"{size}: ms/token " + ", ".join(f"{name} {value:.2f}" for name, value in ms.items())
                   + f"; fp32 tokens identical (ort, torch, hf): {same}")
-            print(f"{size}: speed-up  hf/ort-fp32 {ms['hf'] / ms['ort-fp32']:.2f}x, hf/ort-int8 "
-                  f"{ms['hf'] / ms['ort-int8']:.2f}x, torch/ort-fp32 {ms['torch'] / ms['ort-fp32']:.2f}x, "
-                  f"torch/ort-int8 {ms['torch'] / ms['ort-int8']:.2f}x")
+            print(f"{size}: speed-up  " + ", ".join(f"{base}/ort-{name} {ms[base] / ms[f'ort-{name}']:.2f}x"
+                                                   for base in ("hf", "torch") for name in exports))
+            megabytes = {name: os.path.getsize(os.path.join(path, "model.onnx")) / 1e6 for name, path in exports.items()}
+            print(f"{size}: model.onnx MB " + ", ".join(f"{name} {mb:.1f}" for name, mb in megabytes.items()))
             prompts = random_prompts(SIZES[size]["vocab_size"])
             print(f"{size}: top-1 agreement with torch fp32 over {VALIDATION_PROMPTS}x{VALIDATION_TOKENS} positions "
-                  f"of random tokens: ort-int8 {top1_agreement(model_dir, int8, prompts, args.threads):.4f}, "
-                  f"ort-fp32 {top1_agreement(model_dir, fp32, prompts, args.threads):.4f}", flush=True)
+                  "of random tokens: " + ", ".join(
+                      f"ort-{name} {top1_agreement(model_dir, path, prompts, args.threads):.4f}"
+                      for name, path in exports.items()), flush=True)
         if args.trained:
             trained_agreement(args.trained, args.texts, work, args.threads)
 

@@ -23,10 +23,12 @@ from . import triton, triton_python
 from .convert import DEFAULT_OPSET, export_graph
 from .graphs import ExportPlan
 from .manifest import FORMAT, FORMAT_VERSION, MANIFEST, describe_files
-from .precision import PRECISIONS, to_fp16, to_int8
+from .precision import PRECISIONS, Int4Options, to_fp16, to_int4, to_int8
 from .validation import THRESHOLDS, Threshold, validate
 
 LAYOUTS = ("onnx", "triton")
+# What exporting imports (module and distribution names alike); the `torch` extra brings all of them.
+EXPORT_NEEDS = ("torch", "onnx", "onnxruntime", "onnxscript")
 QUANTIZATION = {"method": "dynamic", "weights": "int8", "per_channel": True,
                 "activations": "uint8, quantized at run time", "tool": "onnxruntime.quantization.quantize_dynamic"}
 
@@ -49,15 +51,18 @@ def find_exporter(spec, host: PluginHost) -> Component:
 def export_model(model_dir: str, out: str, *, precision: str = "fp32", layout: str = "onnx",
                  name: str | None = None, opset: int = DEFAULT_OPSET, threshold: Threshold | None = None,
                  force: bool = False, host: PluginHost | None = None,
-                 progress: Callable[[str], None] | None = None) -> dict:
+                 progress: Callable[[str], None] | None = None, int4: Int4Options | None = None,
+                 license: str = "other") -> dict:
     """Export the model in `model_dir` to `out`; returns the manifest that was written.
 
-    precision: fp32, fp16 or int8 (dynamic quantization). layout: onnx (an export directory) or
+    precision: fp32, fp16, int8 (dynamic quantization) or int4 (weight-only, blockwise; `int4` says
+    what else is quantized, by default Int4Options()). layout: onnx (an export directory) or
     triton (a model repository whose model folder `name` is the export directory). threshold: the
     parity the export must reach, by default THRESHOLDS[precision]. progress: told, in one line,
     what is being exported once the model and its exporter are found (the slow part follows).
+    license: the model card's license (a Hugging Face license id; "other" when not given).
     """
-    _require("torch", "onnx", "onnxruntime", "onnxscript")
+    _require(*EXPORT_NEEDS)
     from lmkit.model import load_model
 
     if precision not in PRECISIONS:
@@ -100,7 +105,7 @@ def export_model(model_dir: str, out: str, *, precision: str = "fp32", layout: s
             for graph in plan.graphs:
                 target = os.path.join(root, files[graph.name])
                 os.makedirs(os.path.dirname(target), exist_ok=True)
-                _write_graph(graph, target, precision, opset, work)
+                _write_graph(graph, target, precision, opset, work, int4 or Int4Options())
         report = validate([(graph, os.path.join(root, files[graph.name])) for graph in plan.graphs],
                           precision, threshold or THRESHOLDS[precision], head=head)
         if tokenizer is not None:
@@ -127,12 +132,13 @@ def export_model(model_dir: str, out: str, *, precision: str = "fp32", layout: s
             "format_version": FORMAT_VERSION,
             "lmkit_version": __version__,
             "created_with": _versions(),
-            "source": {key: config.get(key) for key in ("lmkit_version", "spec", "components", "plugins")},
+            "source": {**{key: config.get(key) for key in ("lmkit_version", "spec", "components", "plugins")},
+                       **({"imported_from": config["imported_from"]} if "imported_from" in config else {})},
             "exporter": {"name": exporter.name, "plugin": exporter.plugin},
             "architecture": plan.architecture,
             "opset": opset,
             "dtype": precision,
-            "quantization": QUANTIZATION if precision == "int8" else None,
+            "quantization": {"int8": QUANTIZATION, "int4": (int4 or Int4Options()).describe()}.get(precision),
             "dimensions": plan.dimensions,
             "graphs": {graph.name: graph.describe(files[graph.name]) for graph in plan.graphs},
             **({"encoder_decoder": plan.layout.to_dict()} if plan.layout is not None else {}),
@@ -143,8 +149,16 @@ def export_model(model_dir: str, out: str, *, precision: str = "fp32", layout: s
             "validation": report,
             "triton": {"name": name, "config": "config.pbtxt"} if name else None,
             **({"task_head": task_head} if task_head is not None else {}),
-            "files": describe_files(root),
         }
+        # genai reads an export directory, not a Triton repository's model folder.
+        _write_serving_files(root, manifest, None if name else runtimes[plan.architecture], progress)
+        from .card import MODEL_CARD, model_card
+
+        # The card lists the files it sits beside; the manifest then hashes it with them.
+        card = model_card({**manifest, "files": describe_files(root)}, license=license)
+        with atomic_write(os.path.join(root, MODEL_CARD)) as handle:
+            handle.write(card)
+        manifest["files"] = describe_files(root)
         atomic_write_json(os.path.join(root, MANIFEST), manifest)
     return manifest
 
@@ -152,6 +166,30 @@ def export_model(model_dir: str, out: str, *, precision: str = "fp32", layout: s
 def _continues_prompts(model, spec: dict, host) -> bool:
     """A decoder-only model that continues its prompts (lmkit serve's kind), not one that fills blanks (GLM)."""
     return model.kind == "decoder" and (spec.get("decoder") or {}).get("type") not in host.components["generator"]
+
+
+def _write_serving_files(root: str, manifest: dict, runtime: Component | None, progress) -> None:
+    """What other tools read beside lmkit's own: genai_config.json for a generating export that
+    onnxruntime-genai can run (else the reason, in the manifest and one line to `progress`), and
+    tokenizer_config.json's model_input_names (the inputs the graph reads, so transformers' tokenizer
+    gives no token_type_ids to a GPT)."""
+    from lmkit.artifacts import read_json
+
+    from .genai import GENAI_CONFIG, genai_config, model_input_names
+
+    if runtime is not None and runtime.load().kind == "decoder":
+        config, reason = genai_config(manifest)
+        if config is not None:
+            atomic_write_json(os.path.join(root, GENAI_CONFIG), config)
+        elif progress is not None:
+            progress(f"no {GENAI_CONFIG}: onnxruntime-genai cannot run this export: {reason}")
+        manifest["genai"] = {"config": GENAI_CONFIG if config is not None else None,
+                             **({"reason": reason} if reason else {})}
+    names = model_input_names(manifest)
+    tokenizer_config = os.path.join(root, "tokenizer_config.json")
+    if names and os.path.isfile(tokenizer_config):
+        atomic_write_json(tokenizer_config, {**read_json(tokenizer_config, "export the model again"),
+                                             "model_input_names": names})
 
 
 def _special_tokens(tokenizer) -> dict:
@@ -164,11 +202,11 @@ def _require(*modules: str) -> None:
     missing = [module for module in modules if importlib.util.find_spec(module) is None]
     if missing:
         raise MissingDependency(f"exporting needs {', '.join(missing)}, not installed here; install with: "
-                                "pip install -c constraints.txt 'lmkit-toolkit[torch,export,serve]'")
+                                "pip install -c constraints.txt 'lmkit-toolkit[torch]'")
 
 
-def _write_graph(graph, target: str, precision: str, opset: int, work: str) -> None:
-    """Export `graph` to `target` in `precision`; an fp16 or int8 graph is converted from fp32 in `work`."""
+def _write_graph(graph, target: str, precision: str, opset: int, work: str, int4: Int4Options) -> None:
+    """Export `graph` to `target` in `precision`; an fp16, int8 or int4 graph is converted from fp32 in `work`."""
     if precision == "fp32":
         export_graph(graph, target, opset)
         return
@@ -176,6 +214,8 @@ def _write_graph(graph, target: str, precision: str, opset: int, work: str) -> N
     export_graph(graph, fp32, opset)
     if precision == "fp16":
         to_fp16(fp32, target, graph.fp32_ops)
+    elif precision == "int4":
+        to_int4(fp32, target, int4)
     else:
         to_int8(fp32, target)
 

@@ -184,7 +184,7 @@ class ExportPlan:
     graphs: list[Graph]
     dimensions: dict[str, Any] = field(default_factory=dict)
     layout: EncoderDecoderLayout | None = None
-    precisions: tuple[str, ...] = ("fp32", "fp16", "int8")
+    precisions: tuple[str, ...] = ("fp32", "fp16", "int8", "int4")
 
 
 # -- what the runtimes read of a graph's entry in the manifest ---------------------------------------

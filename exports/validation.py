@@ -39,6 +39,7 @@ THRESHOLDS = {
     "fp32": Threshold(max_abs_diff=1e-4),
     "fp16": Threshold(min_top1_agreement=0.9),
     "int8": Threshold(min_top1_agreement=0.5),
+    "int4": Threshold(min_top1_agreement=0.5),
 }
 
 

@@ -10,6 +10,10 @@ import pytest
 from lmkit import cli
 from lmkit.registry import reset_host
 
+# onnxruntime (1.32) and onnxruntime-genai write a device id and an event queue under ~/.cache/Microsoft
+# unless this is set; the tests, and every child process they start, run without it.
+os.environ["ORT_DISABLE_TELEMETRY"] = "1"
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 TEST_PLUGINS = os.path.join(HERE, "plugins")
 

@@ -15,6 +15,7 @@ A new family passes this file by registering parts that meet lmkit.contract and 
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -336,6 +337,20 @@ def test_export_parity_and_torch_free_run(preset, artifacts, third_party_site, t
                                    atol=1e-4)
     else:  # greedy (or the preset's beam) search gives the same tokens on both backends
         assert [r["tokens"] for r in json.loads(done.stdout)] == [r["tokens"] for r in json.loads(torch_run.out)]
+    if made.kind == "decoder":  # onnxruntime-genai runs it from genai_config.json, or the manifest says why not
+        genai = manifest["genai"]
+        if genai["config"] is None:
+            assert genai["reason"] and "\n" not in genai["reason"]
+        else:
+            assert genai["config"] in manifest["files"]
+            if importlib.util.find_spec("onnxruntime_genai") and manifest["generation"]["strategy"] == "greedy":
+                from test_genai import genai_generate
+
+                from lmkit.tokenizers import load_tokenizer
+
+                # Token ids in: genai's own tokenizer does not read every tokenizer (see test_genai).
+                ids = load_tokenizer(exported).encode(prompt_for(made))
+                assert genai_generate(exported, [ids], 6) == [r["tokens"] for r in json.loads(done.stdout)]
 
 
 # -- decoders -------------------------------------------------------------------------------------

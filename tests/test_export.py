@@ -96,7 +96,8 @@ def copy(exported, tmp_path):
 
 def test_fp32_export_has_a_complete_manifest(exported, model_dir):
     manifest = read_manifest(exported)
-    assert sorted(os.listdir(exported)) == [MANIFEST, "model.onnx", "tokenizer.json", "tokenizer_config.json"]
+    assert sorted(os.listdir(exported)) == ["README.md", "genai_config.json", MANIFEST, "model.onnx",
+                                           "tokenizer.json", "tokenizer_config.json"]
     assert manifest["format"] == "lmkit-onnx" and manifest["lmkit_version"] == "0.1.0"
     assert (manifest["architecture"], manifest["dtype"], manifest["opset"]) == ("decoder-only", "fp32", 18)
     assert manifest["exporter"] == {"name": "decoder.gpt2", "plugin": "gpt"}
@@ -245,7 +246,7 @@ def test_fp16_triton_repository(run, model_dir, tmp_path):
     assert sorted(os.listdir(repo)) == ["tiny", "tiny_text"]  # the raw graph, and lmkit's loop on it (test_triton)
     assert sorted(os.listdir(repo / "tiny_text")) == ["1", "config.pbtxt"]
     assert 'string_value: "../tiny"' in (repo / "tiny_text" / "config.pbtxt").read_text()
-    assert sorted(os.listdir(repo / "tiny")) == ["1", "config.pbtxt", MANIFEST, "tokenizer.json",
+    assert sorted(os.listdir(repo / "tiny")) == ["1", "README.md", "config.pbtxt", MANIFEST, "tokenizer.json",
                                                  "tokenizer_config.json"]
     assert os.listdir(repo / "tiny" / "1") == ["model.onnx"]
     manifest = read_manifest(repo / "tiny")
@@ -273,7 +274,7 @@ def test_inspect_describes_the_export(run, exported):
                      "present.{0..1}.value", "batch size 3, new tokens 1, past tokens 9", "top-1 agreement 100.0%",
                      "model.onnx", "eos=0"):
         assert expected in text.out
-    assert text.out.count(" ok\n") == 3
+    assert text.out.count(" ok\n") == 5  # model.onnx, genai_config.json, the model card, the two tokenizer files
     as_json = json.loads(run("inspect", exported, "--json").out)
     assert as_json["graphs"] == read_manifest(exported)["graphs"]
     assert {entry["status"] for entry in as_json["files"].values()} == {"ok"}
@@ -647,11 +648,12 @@ def test_a_prompt_longer_than_the_exported_context(run, exported, model_dir):
 
 
 def test_an_unknown_quantization_scheme_is_refused(run, model_dir, tmp_path):
-    result = run("export", model_dir, "--out", tmp_path / "x", "--quantize", "int4")
+    result = run("export", model_dir, "--out", tmp_path / "x", "--quantize", "int2")
     assert result.code == 2 and result.out == ""
-    assert result.err == "error: Invalid value for '--quantize': 'int4' is not 'int8'. (see: lmkit export --help)\n"
-    with pytest.raises(LmkitError, match="unknown precision 'int4'; choose one of fp32, fp16, int8"):
-        export_model(model_dir, str(tmp_path / "x"), precision="int4")
+    assert result.err == ("error: Invalid value for '--quantize': 'int2' is not one of 'int8', 'int4'. "
+                          "(see: lmkit export --help)\n")
+    with pytest.raises(LmkitError, match="unknown precision 'int2'; choose one of fp32, fp16, int8, int4"):
+        export_model(model_dir, str(tmp_path / "x"), precision="int2")
     assert os.listdir(tmp_path) == []
 
 

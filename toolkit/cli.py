@@ -254,6 +254,7 @@ from .commands.demo import demo_command  # noqa: E402
 from .commands.embed import embed_command  # noqa: E402
 from .commands.evaluate import eval_command  # noqa: E402
 from .commands.export import export_command  # noqa: E402
+from .commands.export_hf import export_hf_command  # noqa: E402
 from .commands.finetune import finetune_command  # noqa: E402
 from .commands.generate import generate_command  # noqa: E402
 from .commands.import_hf import import_hf_command  # noqa: E402
@@ -268,6 +269,7 @@ for _command in (demo_command, train_command, finetune_command, eval_command, ge
                  predict_command, embed_command, plot_command, import_hf_command, export_command, inspect_command,
                  serve_command, bench_command):
     cli.add_command(_command)
+cli.add_command(export_hf_command)
 
 
 # -- entry point -----------------------------------------------------------------------------------

@@ -297,6 +297,21 @@ class Importer(Protocol):
 
 
 @runtime_checkable
+class HFExporter(Protocol):
+    """The converse of an Importer: a composed model as a transformers checkpoint (`lmkit export-hf`).
+
+    Registered (register_hf_exporters) under the stack it converts, as exporters are ("decoder.gpt2",
+    "encoder.bert"; a model with a decoder by its decoder's). Called with the composed model (eval
+    mode) and its tokenizer; returns config.json as transformers reads it (model_type, architectures
+    and the sizes in transformers' names) and the tensors of that architecture's state dict, tied
+    copies left out (transformers ties them again on load). Raises ValueError, in one line, for a
+    model transformers' class cannot represent.
+    """
+
+    def __call__(self, model, tokenizer) -> tuple[dict, dict[str, Tensor]]: ...
+
+
+@runtime_checkable
 class ModelRuntime(Protocol):
     """What lmkit.opening.OpenedModel runs a model through, on either backend: lmkit.torch_runtime's over a
     model directory, an ExportRuntime over an export directory. Arrays cross it as numpy, on the host."""
@@ -359,4 +374,5 @@ def iter_protocols() -> Iterator[tuple[str, type]]:
                 ("cache", Cache),
                 ("objective", Objective), ("optimizer", Optimizer), ("schedule", Schedule),
                 ("task-recipe", TaskRecipe), ("training-recipe", TrainingRecipe), ("importer", Importer),
+                ("hf-exporter", HFExporter),
                 ("export-runtime", ExportRuntime), ("generator", Generator))

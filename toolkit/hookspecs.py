@@ -64,6 +64,11 @@ def register_importers(register):
 
 
 @hookspec
+def register_hf_exporters(register):
+    """Converters to a transformers checkpoint, by stack: register("decoder.gpt2", "pkg.hf:export_gpt2")."""
+
+
+@hookspec
 def register_optimizers(register):
     """Optimizers that `--optimizer NAME` picks (AdamW, SGD, ...), with their options."""
 

@@ -37,6 +37,7 @@ COMPONENT_HOOKS = {
     "register_exporters": "exporter",
     "register_export_runtimes": "export-runtime",
     "register_importers": "importer",
+    "register_hf_exporters": "hf-exporter",
     "register_optimizers": "optimizer",
     "register_schedules": "schedule",
     "register_task_recipes": "task-recipe",

@@ -39,6 +39,15 @@ def register_exporters(register):
 
 
 @hookimpl
+def register_hf_exporters(register):
+    register("encoder.bert", "lmkit.plugins.bert.hf:export_bert",
+             summary="BertForPreTraining / BertForMaskedLM / BertModel, by the objectives")
+    register("encoder.albert", "lmkit.plugins.bert.hf:export_albert",
+             summary="AlbertForPreTraining / AlbertForMaskedLM / AlbertModel, by the objectives")
+    register("encoder.roberta", "lmkit.plugins.bert.hf:export_roberta", summary="RobertaForMaskedLM / RobertaModel")
+
+
+@hookimpl
 def register_importers(register):
     register("bert", "lmkit.plugins.bert.hf:import_bert", summary="BertForPreTraining / BertModel checkpoints")
     register("albert", "lmkit.plugins.bert.hf:import_albert", summary="AlbertForPreTraining / AlbertModel checkpoints")

@@ -216,3 +216,135 @@ def import_roberta(hf_config: dict, tensors: dict[str, Tensor]) -> tuple[dict, d
         _mlm_head(state, tensors, "lm_head.dense", "lm_head.layer_norm", "lm_head.bias", "lm_head.decoder")
     spec = {"encoder": {"type": "roberta", **options_to_dict(config)}, "objectives": objectives}
     return spec, _rest(tensors, state, "RoBERTa")
+
+
+# -- lmkit -> transformers (`lmkit export-hf`) -------------------------------------------------------
+
+HF_ACTIVATIONS = {"gelu": "gelu", "gelu-tanh": "gelu_new", "relu": "relu"}
+# The objectives each family's pre-training class has a head for, and the class of each set of them.
+HEADS = {
+    "bert": {("masked-lm", "next-sentence"): "BertForPreTraining", ("masked-lm",): "BertForMaskedLM",
+             ("next-sentence",): "BertForNextSentencePrediction", (): "BertModel"},
+    "albert": {("masked-lm", "sentence-order"): "AlbertForPreTraining", ("masked-lm",): "AlbertForMaskedLM",
+               (): "AlbertModel"},
+    "roberta": {("masked-lm",): "RobertaForMaskedLM", (): "RobertaModel"},
+}
+
+
+def _hf_config(config, family: str, architecture: str) -> dict:
+    if config.band_width is not None:
+        raise ValueError(f"the {family} encoder has banded attention (band_width={config.band_width}), which "
+                         "transformers' class cannot represent")
+    if family != "albert" and getattr(config, "sharing", "none") != "none":
+        raise ValueError(f"the {family} encoder shares layers (sharing={config.sharing!r}); transformers' "
+                         f"{family} has a set of weights per layer")
+    return {
+        "model_type": family, "architectures": [architecture], "vocab_size": config.vocab_size,
+        "hidden_size": config.d_model, "num_hidden_layers": config.n_layers,
+        "num_attention_heads": config.n_heads, "intermediate_size": config.d_ff,
+        "hidden_act": HF_ACTIVATIONS[config.activation], "max_position_embeddings": config.max_positions,
+        "type_vocab_size": config.type_vocab_size, "hidden_dropout_prob": config.dropout,
+        "attention_probs_dropout_prob": config.dropout, "layer_norm_eps": config.layer_norm_eps,
+        "position_embedding_type": "absolute",
+    }
+
+
+def _architecture(model, family: str) -> tuple[str, set[str]]:
+    objectives = tuple(sorted(model.objectives))
+    classes = HEADS[family]
+    if objectives not in classes:
+        raise ValueError(f"transformers has no {family} class with heads for the objectives "
+                         f"{', '.join(objectives) or 'none'} (it has: "
+                         f"{'; '.join(', '.join(k) or 'none' for k in classes)})")
+    return classes[objectives], set(objectives)
+
+
+def _split_layer(out: dict, state: dict, source: str, target: str, names: dict, query: str) -> None:
+    """The converse of _layer: c_attn split into query, key and value; lmkit's names to HF's."""
+    for kind in ("weight", "bias"):
+        for name, part in zip(("query", "key", "value"), state.pop(f"{source}attn.c_attn.{kind}").chunk(3, dim=0)):
+            out[f"{target}{query}.{name}.{kind}"] = part
+        for hf_name, ours in names.items():
+            out[f"{target}{hf_name}.{kind}"] = state.pop(f"{source}{ours}.{kind}")
+
+
+def _encoder_out(model, family: str, architecture: str) -> tuple[dict, dict, str]:
+    """(tensors so far, the rest of lmkit's state, the base model's prefix): embeddings, layers, pooler."""
+    state = dict(model.state_dict())
+    base = "" if architecture.endswith("Model") else f"{family}."
+    out = {f"{base}{key.removeprefix('encoder.')}": state.pop(key)
+           for key in [k for k in state if k.startswith("encoder.embeddings.")]}
+    if family == "albert":
+        for kind in ("weight", "bias"):
+            out[f"{base}encoder.embedding_hidden_mapping_in.{kind}"] = state.pop(f"encoder.embedding_hidden_mapping_in.{kind}")
+        _split_layer(out, state, "encoder.blocks.h.0.", f"{base}{ALBERT_GROUP}", ALBERT_LAYER, "attention")
+    else:
+        for i in range(model.spec.encoder.options.n_layers):
+            _split_layer(out, state, f"encoder.blocks.h.{i}.", f"{base}encoder.layer.{i}.", BERT_LAYER,
+                         "attention.self")
+    if "encoder.pooler.weight" in state:
+        pooler = "pooler" if family == "albert" else "pooler.dense"
+        for kind in ("weight", "bias"):
+            out[f"{base}{pooler}.{kind}"] = state.pop(f"encoder.pooler.{kind}")
+    return out, state, base
+
+
+def _mlm_out(out: dict, state: dict, dense: str, norm: str, bias: str) -> None:
+    for kind in ("weight", "bias"):
+        out[f"{dense}.{kind}"] = state.pop(f"objectives.masked-lm.dense.{kind}")
+        out[f"{norm}.{kind}"] = state.pop(f"objectives.masked-lm.LayerNorm.{kind}")
+    out[bias] = state.pop("objectives.masked-lm.bias")  # the decoder's weight is the word embeddings: tied
+
+
+def _done(out: dict, state: dict, family: str) -> dict:
+    if state:
+        raise ValueError(f"the {family} model has tensors transformers' class has no place for, e.g. {sorted(state)[0]}")
+    return out
+
+
+def export_bert(model, tokenizer) -> tuple[dict, dict[str, Tensor]]:
+    """(config.json, tensors) of BertForPreTraining / BertForMaskedLM / BertModel, by the model's objectives."""
+    architecture, objectives = _architecture(model, "bert")
+    out, state, _ = _encoder_out(model, "bert", architecture)
+    if "masked-lm" in objectives:
+        _mlm_out(out, state, "cls.predictions.transform.dense", "cls.predictions.transform.LayerNorm",
+                 "cls.predictions.bias")
+    if "next-sentence" in objectives:
+        for kind in ("weight", "bias"):
+            out[f"cls.seq_relationship.{kind}"] = state.pop(f"objectives.next-sentence.classifier.{kind}")
+    return _hf_config(model.spec.encoder.options, "bert", architecture), _done(out, state, "BERT")
+
+
+def export_albert(model, tokenizer) -> tuple[dict, dict[str, Tensor]]:
+    """(config.json, tensors) of AlbertForPreTraining / AlbertForMaskedLM / AlbertModel."""
+    config = model.spec.encoder.options
+    if config.sharing != "all":
+        raise ValueError(f"the albert encoder shares {config.sharing!r}; transformers' ALBERT shares every layer "
+                         "(sharing=all)")
+    architecture, objectives = _architecture(model, "albert")
+    out, state, _ = _encoder_out(model, "albert", architecture)
+    if "masked-lm" in objectives:
+        _mlm_out(out, state, "predictions.dense", "predictions.LayerNorm", "predictions.bias")
+    if "sentence-order" in objectives:
+        for kind in ("weight", "bias"):
+            out[f"sop_classifier.classifier.{kind}"] = state.pop(f"objectives.sentence-order.classifier.{kind}")
+    hf_config = _hf_config(config, "albert", architecture)
+    hf_config.update(embedding_size=config.d_embed, num_hidden_groups=1, inner_group_num=1)
+    return hf_config, _done(out, state, "ALBERT")
+
+
+def export_roberta(model, tokenizer) -> tuple[dict, dict[str, Tensor]]:
+    """(config.json, tensors) of RobertaForMaskedLM / RobertaModel."""
+    config = model.spec.encoder.options
+    architecture, objectives = _architecture(model, "roberta")
+    if "masked-lm" in objectives and config.pooler:
+        raise ValueError("RobertaForMaskedLM has no pooler, and this model has one (pooler=true)")
+    out, state, _ = _encoder_out(model, "roberta", architecture)
+    if "masked-lm" in objectives:
+        if config.activation != "gelu":
+            raise ValueError("transformers' RoBERTa masked-LM head always uses the exact GELU; this model's "
+                             f"head uses {config.activation!r}")
+        _mlm_out(out, state, "lm_head.dense", "lm_head.layer_norm", "lm_head.bias")
+    hf_config = _hf_config(config, "roberta", architecture)
+    hf_config["pad_token_id"] = config.pad_token_id
+    return hf_config, _done(out, state, "RoBERTa")

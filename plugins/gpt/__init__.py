@@ -29,6 +29,12 @@ def register_exporters(register):
 
 
 @hookimpl
+def register_hf_exporters(register):
+    register("decoder.gpt2", "lmkit.plugins.gpt.hf:export_checkpoint", summary="GPT2LMHeadModel")
+    register("decoder.gpt", "lmkit.plugins.gpt.hf:export_openai_gpt_checkpoint", summary="OpenAIGPTLMHeadModel")
+
+
+@hookimpl
 def register_importers(register):
     register("gpt2", "lmkit.plugins.gpt.hf:import_checkpoint", summary="GPT2LMHeadModel checkpoints")
     register("openai-gpt", "lmkit.plugins.gpt.hf:import_openai_gpt_checkpoint",

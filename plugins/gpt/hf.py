@@ -149,3 +149,66 @@ def _decoder_state(tensors: dict[str, Tensor], config, *, embedding: str, model:
         raise ValueError(f"{embedding} is {tuple(state[embedding].shape)} but the config says "
                          f"(vocab_size, n_embd) = {expected}; config and weights are not from one checkpoint")
     return state
+
+
+# -- lmkit -> transformers (`lmkit export-hf`) -------------------------------------------------------
+
+# Ours -> HF activation_function (GPT-2) and afn (GPT): the inverses of ACTIVATIONS and OPENAI_GPT_ACTIVATIONS.
+HF_ACTIVATIONS = {"gelu-tanh": "gelu_new", "gelu": "gelu", "relu": "relu"}
+HF_OPENAI_GPT_ACTIVATIONS = {"gelu-tanh": "gelu", "relu": "relu"}
+
+
+def _exportable(config, model: str) -> None:
+    """ValueError for the options transformers' GPT-2 / GPT classes have no field for."""
+    if not config.bias:
+        raise ValueError(f"the {model} decoder has no biases (bias=false), which transformers' class cannot load")
+    if config.sharing != "none":
+        raise ValueError(f"the {model} decoder shares layers (sharing={config.sharing!r}), which transformers' "
+                         "class cannot represent")
+
+
+def _hf_state(model, prefix: str = "transformer.") -> dict[str, Tensor]:
+    """The decoder's tensors in HF names: `transformer.` added, Conv1D weights as (in, out)."""
+    return {f"{prefix}{key}": tensor.t() if key.endswith(CONV1D) else tensor
+            for key, tensor in model.decoder.state_dict().items()}
+
+
+def export_checkpoint(model, tokenizer) -> tuple[dict, dict[str, Tensor]]:
+    """(config.json, tensors) of a GPT2LMHeadModel with the weights of a gpt2 decoder (`lmkit export-hf`).
+
+    lm_head.weight is left out: it is wte, and transformers ties it again (tie_word_embeddings).
+    """
+    config = model.spec.decoder.options
+    _exportable(config, "gpt2")
+    if config.activation not in HF_ACTIVATIONS:
+        raise ValueError(f"activation {config.activation!r} has no transformers name")
+    hf_config = {
+        "model_type": "gpt2", "architectures": ["GPT2LMHeadModel"],
+        "vocab_size": config.vocab_size, "n_positions": config.max_positions, "n_embd": config.d_model,
+        "n_layer": config.n_layers, "n_head": config.n_heads,
+        "n_inner": None if config.d_ff == 4 * config.d_model else config.d_ff,  # None: 4 x n_embd, as in HF
+        "activation_function": HF_ACTIVATIONS[config.activation], "layer_norm_epsilon": config.layer_norm_eps,
+        "resid_pdrop": config.dropout, "embd_pdrop": config.dropout, "attn_pdrop": config.dropout,
+        "tie_word_embeddings": True,
+    }
+    return hf_config, _hf_state(model)
+
+
+def export_openai_gpt_checkpoint(model, tokenizer) -> tuple[dict, dict[str, Tensor]]:
+    """(config.json, tensors) of an OpenAIGPTLMHeadModel with the weights of a gpt decoder (`lmkit export-hf`)."""
+    config = model.spec.decoder.options
+    _exportable(config, "gpt")
+    if config.activation not in HF_OPENAI_GPT_ACTIVATIONS:
+        raise ValueError(f"transformers' GPT has no activation {config.activation!r} (afn: gelu, the tanh "
+                         "approximation, or relu)")
+    if config.d_ff != 4 * config.d_model:
+        raise ValueError(f"transformers' GPT fixes the feed-forward width at 4 x n_embd; this model's d_ff is "
+                         f"{config.d_ff}, not {4 * config.d_model}")
+    hf_config = {
+        "model_type": "openai-gpt", "architectures": ["OpenAIGPTLMHeadModel"],
+        "vocab_size": config.vocab_size, "n_positions": config.max_positions, "n_embd": config.d_model,
+        "n_layer": config.n_layers, "n_head": config.n_heads, "afn": HF_OPENAI_GPT_ACTIVATIONS[config.activation],
+        "layer_norm_epsilon": config.layer_norm_eps, "resid_pdrop": config.dropout, "embd_pdrop": config.dropout,
+        "attn_pdrop": config.dropout, "tie_word_embeddings": True,
+    }
+    return hf_config, _hf_state(model)

@@ -48,6 +48,11 @@ def register_exporters(register):
 
 
 @hookimpl
+def register_hf_exporters(register):
+    register("decoder.t5", "lmkit.plugins.t5.hf:export_checkpoint", summary="T5ForConditionalGeneration")
+
+
+@hookimpl
 def register_importers(register):
     register("t5", "lmkit.plugins.t5.hf:import_checkpoint",
              summary="T5ForConditionalGeneration checkpoints, v1.0 and v1.1 (t5-*, google/t5-v1_1-*)")

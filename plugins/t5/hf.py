@@ -112,3 +112,53 @@ def import_checkpoint(hf_config: dict, tensors: dict[str, Tensor]) -> tuple[dict
         "decoding": {"strategy": "greedy", "max_new_tokens": 64},
     }
     return spec, state_dict_from_hf(tensors, tied=tied, shared=shared)
+
+
+# -- lmkit -> transformers (`lmkit export-hf`) -------------------------------------------------------
+
+_HF_NAMES = {"encoder": {ours: hf for hf, ours in _ENCODER_LAYER.items()},
+             "decoder": {ours: hf for hf, ours in _DECODER_LAYER.items()}}
+_OURS = re.compile(r"^(encoder|decoder)\.block\.(\d+)\.([A-Za-z_0-9]+)\.(.+)$")
+
+
+def export_checkpoint(model, tokenizer) -> tuple[dict, dict[str, Tensor]]:
+    """(config.json, tensors) of a T5ForConditionalGeneration with the t5 encoder's and decoder's weights.
+
+    The converse of state_dict_from_hf: the encoder's embedding is shared.weight (the stacks' copies
+    and a tied lm_head are left out: transformers ties them), each stack's relative bias sits in its
+    first block's self-attention. A decoder with an embedding of its own has no transformers twin.
+    """
+    encoder, decoder = model.spec.encoder.options, model.spec.decoder.options
+    if not decoder.share_embedding:
+        raise ValueError("the t5 decoder has an input embedding of its own (share_embedding=false); "
+                         "transformers' T5 shares one between encoder and decoder")
+    for name in ("vocab_size", "d_model", "d_kv", "d_ff", "n_heads", "relative_buckets", "relative_max_distance",
+                 "dropout", "layer_norm_eps", "feed_forward"):
+        if getattr(encoder, name) != getattr(decoder, name):
+            raise ValueError(f"the t5 encoder and decoder differ in {name}, which transformers' T5Config holds once")
+    tensors = {}
+    for key, tensor in model.state_dict().items():
+        if key == "encoder.embed_tokens.weight":
+            tensors["shared.weight"] = tensor
+        elif key == "decoder.lm_head.weight":
+            tensors["lm_head.weight"] = tensor
+        elif key.endswith("relative_bias.relative_attention_bias.weight"):
+            stack = key.split(".")[0]
+            tensors[f"{stack}.block.0.layer.0.SelfAttention.relative_attention_bias.weight"] = tensor
+        elif match := _OURS.match(key):
+            stack, layer, part, rest = match.groups()
+            tensors[f"{stack}.block.{layer}.{_HF_NAMES[stack].get(part, part)}.{rest}"] = tensor
+        else:
+            tensors[key] = tensor  # final_layer_norm.weight keeps its name
+    start = model.decoder.decoder_start_token_id(tokenizer) if tokenizer is not None else 0
+    hf_config = {
+        "model_type": "t5", "architectures": ["T5ForConditionalGeneration"], "is_encoder_decoder": True,
+        "vocab_size": encoder.vocab_size, "d_model": encoder.d_model, "d_kv": encoder.d_kv, "d_ff": encoder.d_ff,
+        "num_heads": encoder.n_heads, "num_layers": encoder.n_layers, "num_decoder_layers": decoder.n_layers,
+        "relative_attention_num_buckets": encoder.relative_buckets,
+        "relative_attention_max_distance": encoder.relative_max_distance, "dropout_rate": encoder.dropout,
+        "layer_norm_epsilon": encoder.layer_norm_eps, "feed_forward_proj": encoder.feed_forward,
+        "n_positions": encoder.max_positions, "tie_word_embeddings": decoder.tie_word_embeddings,
+        "scale_decoder_outputs": decoder.rescale_output, "decoder_start_token_id": start,
+    }
+    return hf_config, tensors
