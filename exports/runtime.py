@@ -110,7 +110,8 @@ class ExportedModel(OpenedModel):
         super().__init__(directory, runtime, tokenizer=export.tokenizer(),
                          target_tokenizer=export.tokenizer("target_tokenizer"), generation=manifest["generation"],
                          decoder_start=manifest.get("special_tokens", {}).get("decoder_start"),
-                         decoder_type=(((manifest.get("source") or {}).get("spec") or {}).get("decoder") or {}).get("type"))
+                         decoder_type=(((manifest.get("source") or {}).get("spec") or {}).get("decoder") or {}).get("type"),
+                         source_suffix=manifest.get("source_suffix", ()))
         self.export = export
         self.manifest = manifest
         self.architecture = export.architecture

@@ -92,3 +92,32 @@ def test_finetune_then_eval_agree_with_generate(tmp_path):
     missing.write_text(json.dumps({"input": "red dog"}) + "\n")
     failed = run_cli("eval", tuned / "best", "--task", missing)
     assert failed.code != 0 and "line 1 has no 'target'" in failed.err and len(failed.err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("preset, overrides, suffixed", [("t5-tiny", (), True),
+                                                         ("t5-tiny", ("encoder.append_eos=false",), False),
+                                                         ("nmt-tiny", (), False), ("seq2seq-tiny", (), False)])
+def test_sources_end_with_the_encoders_suffix_everywhere(translation_task, tmp_path, preset, overrides, suffixed):
+    """T5's encoder declares </s> after every source (as transformers' tokenizer writes it): parallel text,
+    text-to-text examples and generation all append it; the LSTM families declare none and are unchanged."""
+    from test_seq2seq import compose_tiny
+
+    from lmkit.model import load_model
+    from lmkit.opening import open_model
+    from lmkit.parallel import encode_pairs, read_pairs
+    from lmkit.seq2seq import source_suffix_ids
+    from lmkit.tasks.text_to_text import TextPair, TextPairs, TextToTextKind
+
+    directory = compose_tiny(translation_task, f"{preset}-{len(overrides)}", preset, *overrides)
+    model, tokenizer, _ = load_model(directory)
+    suffix = [tokenizer.eos_id] if suffixed else []
+    assert source_suffix_ids(model.encoder, tokenizer) == suffix
+    pairs = read_pairs([translation_task["valid.src"], translation_task["valid.tgt"]])[:4]
+    plain = tokenizer.encode_batch([s for s, _ in pairs])
+    encoded = encode_pairs(pairs, tokenizer, 64, "test", source_suffix=source_suffix_ids(model.encoder, tokenizer))
+    assert [s for s, _ in encoded] == [ids + suffix for ids in plain]
+    kind = TextToTextKind("text-to-text", None)
+    start = kind.reader(model, tokenizer)
+    examples, _ = kind.encode(TextPairs("x", [TextPair(s, t) for s, t in pairs]), tokenizer, 64, start)
+    assert [e[0] for e in examples] == [ids + suffix for ids in plain]
+    assert open_model(directory, device="cpu").encode_sources([s for s, _ in pairs]) == [ids + suffix for ids in plain]

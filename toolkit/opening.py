@@ -99,10 +99,13 @@ class OpenedModel:
         decoder_start_token_id: <s> for LSTM NMT, pad for T5); None for other models.
     model: a model directory's ComposedModel, for what only PyTorch does (scoring text, fine-tuning);
         None for an export.
+    source_suffix: the token ids an encoder-decoder appends to every source (its encoder's source_suffix:
+        T5's </s>); empty for other models.
     """
 
     def __init__(self, directory: str, runtime, *, tokenizer, target_tokenizer=None, generation: dict,
-                 decoder_start: int | None = None, model=None, decoder_type: str | None = None):
+                 decoder_start: int | None = None, model=None, decoder_type: str | None = None,
+                 source_suffix: Sequence[int] = ()):
         self.directory = directory
         self.runtime = runtime
         self.tokenizer = tokenizer
@@ -111,6 +114,7 @@ class OpenedModel:
         self.decoder_start = decoder_start
         self.model = model
         self.decoder_type = decoder_type  # the spec's decoder type, which may have a generator of its own
+        self.source_suffix = [int(token) for token in source_suffix]
         self._generator = None
 
     @property
@@ -144,6 +148,14 @@ class OpenedModel:
         return self.target_tokenizer or self.tokenizer
 
     # -- generation -------------------------------------------------------------------------------
+
+    def encode_sources(self, texts: Sequence[str]) -> list[list[int]]:
+        """An encoder-decoder's source ids of `texts`, as it was trained on them (source_suffix appended); an
+        empty or too long source is a one-line DataError (lmkit.seq2seq.encode_sources)."""
+        from .seq2seq import encode_sources
+
+        return encode_sources(self._needs_tokenizer("encode sources"), list(texts), self.max_positions,
+                              self.source_suffix)
 
     def backend(self, max_new_tokens: int | None = None, **options):
         """A fresh lmkit.decoding Backend (an encoder-decoder's takes set_sources); LmkitError for an encoder."""
@@ -194,9 +206,7 @@ class OpenedModel:
         tokenizer = self._needs_tokenizer("generate")
         decoding = self.decoding(strategy, **options)
         if self.kind == "encoder-decoder":
-            from .seq2seq import encode_sources
-
-            results = self.generate_ids(encode_sources(tokenizer, list(texts), self.max_positions), decoding)
+            results = self.generate_ids(self.encode_sources(texts), decoding)
             return [self.output_tokenizer.decode(r.tokens, skip_special_tokens=True).strip() for r in results]
         results = self.generate_ids(tokenizer.encode_batch(list(texts)), decoding)
         return [tokenizer.decode(result.tokens if result.output is None else result.output) for result in results]

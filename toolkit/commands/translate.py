@@ -66,14 +66,13 @@ def generate_from_sources(model, texts: list[str], strategy: str | None, given: 
     """One Generation per source text, from an encoder-decoder OpenedModel; `generate` shares it."""
     from ..errors import ArtifactError
     from ..registry import get_host
-    from ..seq2seq import encode_sources
 
     if model.tokenizer is None:
         raise ArtifactError(f"{model.directory} has no tokenizer.json to read sources with")
     host = get_host()
     name, options = decoding_options(model.generation, strategy, given, host)
     decoding = host.component("decoding", name).load()(options)
-    sources = encode_sources(model.tokenizer, texts, model.max_positions)
+    sources = model.encode_sources(texts)
     return model.generate_ids(sources, decoding, batch_size=batch_size)
 
 
