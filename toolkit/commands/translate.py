@@ -146,9 +146,10 @@ def evaluate_text_to_text(model_dir: str, task_path: str, decoding: dict, *, dev
         return False
     import time
 
-    from ..tasks.text_to_text import read_task, text_metrics
+    from ..tasks.text_to_text import read_task, stored_prefix, text_metrics
 
-    data = read_task(task_path)  # checked before the model loads
+    # A classification file is read with the prefix the model was fine-tuned with, whatever the file's name.
+    data = read_task(task_path, prefix=stored_prefix(model_dir))  # checked before the model loads
     examples = data.examples[:limit] if limit else data.examples
     given = {key: value for key, value in decoding.items() if value is not None}
     strategy = given.pop("strategy", None)

@@ -68,8 +68,10 @@ def predict(model_dir: str, path: str, *, batch_size: int = 32, max_length: int 
     """
     from tqdm import tqdm
 
-    from lmkit.opening import is_export
+    from lmkit.opening import is_export, model_kind_of
 
+    if model_kind_of(model_dir) == "encoder-decoder":  # a text-to-text model (T5) answers in text, no head
+        return predict_text_to_text(model_dir, path, batch_size=batch_size, device=device)
     runner = export_runner(model_dir, device) if is_export(model_dir) else torch_runner(model_dir, device)
     part = next((o for o in runner.spec.get("objectives", []) if o["type"] in HEADS), None)
     if part is None:
@@ -99,3 +101,26 @@ def predict(model_dir: str, path: str, *, batch_size: int = 32, max_length: int 
     outputs = kind.outputs(scores, batches, encoded, data)
     metrics = kind.metrics(predictions, batches, encoded, data) if kind.labelled(data) else None
     return outputs, metrics
+
+
+def predict_text_to_text(model_dir: str, path: str, *, batch_size: int = 32,
+                         device: str = "cpu") -> tuple[list[dict], dict | None]:
+    """(one {"line", "text"} per example, exact match/F1/BLEU when every example has a target) of an
+    encoder-decoder (a model directory or its export) on any text-to-text task file
+    (lmkit.tasks.text_to_text.read_task), generated with the model's decoding settings; a classification
+    file is read with the prefix the model was fine-tuned with."""
+    from lmkit.opening import open_model
+
+    from .text_to_text import read_task, stored_prefix, text_metrics
+
+    data = read_task(path, require_labels=False, prefix=stored_prefix(model_dir))
+    model = open_model(model_dir, device=device)
+    if model.tokenizer is None:
+        raise ArtifactError(f"{model_dir} has no tokenizer.json to read the examples with")
+    results = model.generate_ids(model.encode_sources([e.source for e in data.examples]), model.decoding(),
+                                 batch_size=batch_size)
+    texts = [model.output_tokenizer.decode(r.tokens, skip_special_tokens=True).strip() for r in results]
+    lines = data.lines or range(1, len(texts) + 1)
+    outputs = [{"line": line, "text": text} for line, text in zip(lines, texts)]
+    labelled = all(e.target is not None for e in data.examples)
+    return outputs, text_metrics(texts, [e.target for e in data.examples]) if labelled else None

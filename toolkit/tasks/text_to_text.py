@@ -35,6 +35,7 @@ class TextPairs:
     examples: list[TextPair]
     labels: tuple[str, ...] = ()  # no label set: targets are free text
     lines: list[int] | None = None
+    prefix: str = ""  # a classification file's task name, put before every input; "" for JSONL and SQuAD
 
 
 def read_task(path: str, require_labels: bool = True, prefix: str = "") -> TextPairs:
@@ -66,7 +67,26 @@ def read_task(path: str, require_labels: bool = True, prefix: str = "") -> TextP
                   else f"{name}: {texts[0]}")
         target = data.labels[example.label] if example.label != -1 else None
         examples.append(TextPair(source, target))
-    return TextPairs(path, examples, lines=list(data.lines) or None)
+    return TextPairs(path, examples, lines=list(data.lines) or None, prefix=name)
+
+
+def stored_prefix(model_dir: str) -> str:
+    """The task prefix a text-to-text model was fine-tuned with on a classification file (its seq2seq
+    objective's task_prefix, in config.json or an export's manifest); "" when it has none."""
+    from ..opening import is_export
+
+    if is_export(model_dir):
+        from ..exports.manifest import read_manifest
+
+        spec = (read_manifest(model_dir).get("source") or {}).get("spec") or {}
+    else:
+        from ..artifacts import read_config
+
+        spec = read_config(model_dir).get("spec", {})
+    for objective in spec.get("objectives") or []:
+        if isinstance(objective, dict) and isinstance(objective.get("task_prefix"), str):
+            return objective["task_prefix"]
+    return ""
 
 
 def task_name(path: str) -> str:
@@ -149,7 +169,8 @@ class TextToTextKind:
         return read_task(path, require_labels, self.prefix)
 
     def head_options(self, data) -> dict:
-        return {}
+        """The prefix of a classification file's examples, stored with the model (Seq2SeqOptions.task_prefix)."""
+        return {"task_prefix": data.prefix} if data.prefix else {}
 
     def reader(self, model, tokenizer):
         """What encode() needs of the model: the token its decoder starts from. The tokenizer is kept to read
