@@ -83,3 +83,24 @@ def test_reduced_precision_exports_are_validated(imported, tmp_path, precision):
     assert validation["top1_agreement"] >= (0.9 if precision[0] == "--dtype" else 0.5)
     print(f"\n{precision[-1]}: top-1 agreement {validation['top1_agreement']:.3f}, "
           f"max |difference| {validation['max_abs_diff']:.2e}")
+
+
+def test_fp16_export_of_a_model_that_overflows_is_refused(imported, tmp_path):
+    """Feed-forward products past fp16's 65504 (T5 was trained in bf16): PyTorch's fp32 reference stays finite,
+    the fp16 graph turns them into inf/NaN, and the export is refused naming the output, nothing written."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    model = tmp_path / "overflowing"
+    shutil.copytree(imported, model)
+    weights = load_file(model / "model.safetensors")
+    weights["encoder.block.0.mlp.wo.weight"] *= 3e5
+    save_file(weights, model / "model.safetensors")
+    result = run_cli("export", model, "--out", tmp_path / "fp16", "--dtype", "fp16")
+    assert result.code != 0
+    progress, error = result.err.strip().splitlines()  # "exporting ... (fp16) ...", then the one-line error
+    assert progress.startswith("exporting ")
+    assert "fp16 export overflows: encoder.block.0.mlp.wo" in error and "65504" in error
+    assert "nothing was written" in error and not (tmp_path / "fp16").exists()
+    print("\n" + error)
