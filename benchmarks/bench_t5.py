@@ -102,7 +102,7 @@ def main() -> None:
         search = (BeamSearch(BeamSearchOptions(max_new_tokens=N, num_beams=4)) if beams > 1
                   else Greedy(GreedyOptions(max_new_tokens=N)))
 
-        def with_transformers():
+        def with_transformers(ids=ids, mask=mask, beams=beams):
             with torch.inference_mode():
                 out = hf.generate(input_ids=ids, attention_mask=mask, do_sample=False, num_beams=beams,
                                   max_new_tokens=N, early_stopping=False, pad_token_id=0)
@@ -110,7 +110,7 @@ def main() -> None:
 
         functions = {"transformers": with_transformers}
         for name, opened in contenders.items():
-            def run(opened=opened):
+            def run(opened=opened, search=search, sources=sources):
                 generator = Seq2SeqGenerator(opened.backend(N), 0, None, 0)  # no eos: every row runs to N
                 results = generator.generate(search, sources.tolist())
                 assert all(len(r.tokens) == N for r in results)
