@@ -6,6 +6,8 @@ int8 export passes its top-1 floor, generating the held-out translations as PyTo
 
 Trains three models for 300 steps (benchmark figures on 2 busy cores: t5-tiny BLEU 29.9 / exact 17% in
 152 s, nmt-tiny BLEU 3.1 / 0% in 661 s; span corruption 6.29 -> 1.56), so it runs with LMKIT_SLOW_TESTS=1.
+Measured as a test: nmt-tiny BLEU 3.13 / 0%, t5-tiny 20.34 / 16%, int8 top-1 1.000 and the same translation
+on 70% of held-out sentences, span corruption 6.290 -> 1.556 (45 minutes on a 2-core machine at load ~18).
 """
 from __future__ import annotations
 
