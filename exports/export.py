@@ -119,6 +119,11 @@ def export_model(model_dir: str, out: str, *, precision: str = "fp32", layout: s
         if plan.layout is not None and (target_tokenizer or tokenizer) is not None:
             # The decoder says which token the target side starts from (<s> for LSTM NMT, pad for T5).
             special["decoder_start"] = model.decoder.decoder_start_token_id(target_tokenizer or tokenizer)
+        suffix = []
+        if plan.layout is not None and tokenizer is not None:
+            from lmkit.seq2seq import source_suffix_ids
+
+            suffix = source_suffix_ids(model.encoder, tokenizer)  # T5's </s>, which the runtime appends too
         from .heads import save_head
 
         task_head = save_head(model, config["spec"], root)  # a fine-tuned encoder's head runs beside its graph
@@ -142,6 +147,7 @@ def export_model(model_dir: str, out: str, *, precision: str = "fp32", layout: s
             "dimensions": plan.dimensions,
             "graphs": {graph.name: graph.describe(files[graph.name]) for graph in plan.graphs},
             **({"encoder_decoder": plan.layout.to_dict()} if plan.layout is not None else {}),
+            **({"source_suffix": suffix} if suffix else {}),
             "tokenizer": "tokenizer.json" if tokenizer is not None else None,
             **({"target_tokenizer": f"{TARGET_TOKENIZER}/tokenizer.json"} if target_tokenizer is not None else {}),
             "special_tokens": special,

@@ -141,7 +141,8 @@ def _check_signature(path: str, graph_name: str, graph: dict) -> None:
 
 
 def _check_settings(path: str, manifest: dict) -> None:
-    """What the runtime reads besides the graphs: the context length, special tokens, decoding."""
+    """What the runtime reads besides the graphs: the context length, special tokens, decoding, the ids an
+    encoder-decoder appends to every source."""
     def whole(value) -> bool:
         return isinstance(value, int) and not isinstance(value, bool)
 
@@ -151,8 +152,10 @@ def _check_settings(path: str, manifest: dict) -> None:
     if (not isinstance(dimensions, dict) or not (dimensions.get("max_length") is None or whole(dimensions["max_length"]))
             or not isinstance(special, dict) or not all(v is None or whole(v) for v in special.values())
             or not isinstance(generation, dict) or not isinstance(generation.get("strategy"), str)
-            or not isinstance(generation.get("options"), dict)):
-        raise ArtifactError(f"{path}: malformed dimensions, special_tokens or generation; export the model again")
+            or not isinstance(generation.get("options"), dict)
+            or not (isinstance(manifest.get("source_suffix", []), list)
+                    and all(whole(v) for v in manifest.get("source_suffix", [])))):
+        raise ArtifactError(f"{path}: malformed dimensions, special_tokens, generation or source_suffix; export the model again")
 
 
 def verify_files(directory: str, manifest: dict) -> None:

@@ -113,7 +113,8 @@ class ExportedModel(OpenedModel):
                          decoder_start=manifest.get("special_tokens", {}).get("decoder_start"),
                          decoder_type=(((manifest.get("source") or {}).get("spec") or {}).get("decoder") or {}).get("type"),
                          token_inputs=check_token_inputs((manifest.get("dimensions") or {}).get("token_inputs"),
-                                                         directory))
+                                                         directory),
+                         source_suffix=manifest.get("source_suffix", ()))
         self.export = export
         self.manifest = manifest
         self.architecture = export.architecture

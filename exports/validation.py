@@ -10,6 +10,12 @@ figures go into the manifest; an export whose figures miss its dtype's threshold
     int8  top-1 agreement of at least 50%: quantization error depends on the model, so the floor
           only catches a collapse; the figure itself says how good it is
 
+An fp16 export whose fp32 reference has a matrix product (a Linear's output) beyond fp16's 65504 on
+the validation inputs is refused, naming it: T5's feed-forward products overflow half precision, and
+onnxruntime's CPU, which computes many fp16 ops in fp32, would not show it. And whatever the precision,
+an output that holds inf or NaN where PyTorch's is finite refuses the export: NaN logits would
+otherwise agree with PyTorch's top-1 by chance.
+
 Top-1 agreement is taken over every graph's scores (a language model's logits, at real positions)
 and over a fine-tuned encoder's task head applied to the graph's features (its label per example
 or per token, an answer's start and end). An fp16 or int8 export with none of these (a plain
@@ -64,8 +70,16 @@ def validate(graphs: list[tuple[Graph, str]], precision: str, threshold: Thresho
             session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
         names = [t.name for t in graph.outputs]
         for shape_set in graph.validation:
-            with torch.no_grad():
+            with torch.no_grad(), _largest_products(graph.module, precision) as largest:
                 expected = graph.module(*(torch.from_numpy(shape_set.inputs[t.name]) for t in graph.inputs))
+            if largest and max(largest.values()) > FP16_MAX:
+                name = max(largest, key=largest.get)
+                label = ", ".join(f"{key.replace('_', ' ')} {value}" for key, value in shape_set.label.items())
+                raise ValidationError(
+                    f"the fp16 export overflows: {name} of graph '{graph.name}' reaches {largest[name]:.3g} ({label}), "
+                    f"beyond fp16's largest value {FP16_MAX:g}, so half precision turns it into inf and NaN (on a "
+                    "GPU; onnxruntime's CPU may hide it by computing in fp32); export in fp32 or int8; nothing "
+                    "was written")
             if isinstance(expected, torch.Tensor):  # a graph of one output may return it bare
                 expected = (expected,)
             with _onnxruntime_errors(graph.name, precision):
@@ -93,6 +107,32 @@ def validate(graphs: list[tuple[Graph, str]], precision: str, threshold: Thresho
     return report
 
 
+FP16_MAX = 65504.0
+
+
+@contextlib.contextmanager
+def _largest_products(module, precision: str):
+    """For an fp16 export: {Linear's name: largest |output|} of the fp32 reference's matrix products while the
+    block runs (where activations outgrow half precision: T5's feed-forward products, transformers#9295);
+    empty for other precisions."""
+    import torch
+
+    largest: dict[str, float] = {}
+    handles = []
+    if precision == "fp16":
+        for name, child in module.named_modules():
+            if isinstance(child, torch.nn.Linear):
+                def hook(_, __, output, name=name):
+                    if isinstance(output, torch.Tensor) and output.is_floating_point() and output.numel():
+                        largest[name] = max(largest.get(name, 0.0), float(output.detach().abs().max()))
+                handles.append(child.register_forward_hook(hook))
+    try:
+        yield largest
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
 @contextlib.contextmanager
 def _onnxruntime_errors(graph: str, precision: str):
     """A graph onnxruntime cannot load or run becomes a one-line ValidationError, not an internal error."""
@@ -110,6 +150,7 @@ class _Result:
     label: dict[str, int]
     max_abs_diff: dict[str, float]  # by output, those that differ only by a layer number together
     agreement: tuple[int, int] | None  # (positions whose top-1 token agrees, positions counted)
+    overflow: str | None = None  # the first output with inf/NaN where PyTorch's is finite
 
     @property
     def worst(self) -> float:
@@ -135,6 +176,8 @@ def _compare(graph: Graph, shape_set: ShapeSet, names: list[str], expected: list
         diff = float(np.abs(got.astype(np.float64) - want).max()) if want.size else 0.0
         if not np.isfinite(diff):  # NaN or inf in one of them: as far off as can be
             diff = float("inf")
+            if result.overflow is None and np.isfinite(want).all():
+                result.overflow = name
         group = re.sub(r"\.\d+\.", ".*.", name)  # present.0.key, present.1.key -> present.*.key
         result.max_abs_diff[group] = max(result.max_abs_diff.get(group, 0.0), diff)
     if graph.scores is not None:
@@ -147,6 +190,13 @@ def _compare(graph: Graph, shape_set: ShapeSet, names: list[str], expected: list
 
 
 def _check(report: dict, results: list[_Result], precision: str, threshold: Threshold) -> None:
+    overflowed = next((r for r in results if r.overflow is not None), None)
+    if overflowed is not None:  # whatever the thresholds: a NaN's argmax agrees by chance, not by computing
+        limit = " (fp16's largest value is 65504)" if precision == "fp16" else ""
+        raise ValidationError(
+            f"the {precision} export overflows: output {overflowed.overflow} of graph '{overflowed.graph}' holds "
+            f"inf or NaN where PyTorch's is finite ({overflowed.describe()}): the model's activations exceed the "
+            f"precision's range{limit}; export in fp32 (or int8); nothing was written")
     if threshold.max_abs_diff is not None:
         worst = max(results, key=lambda r: r.worst)
         if worst.worst > threshold.max_abs_diff:

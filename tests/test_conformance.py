@@ -137,7 +137,7 @@ class Artifacts:
 
     def seq_len(self) -> int:
         """24, or for parallel text (whose sentences are refused, not cut, past --seq-len) the longest sentence
-        in tokens: a 200-piece unigram tokenizer spells these in up to ~40."""
+        in tokens, plus one for a source suffix (T5's </s>): a 200-piece unigram tokenizer spells these in up to ~40."""
         if self.kind != "encoder-decoder":
             return 24
         from lmkit.tokenizers import load_tokenizer
@@ -145,7 +145,7 @@ class Artifacts:
         tokenizer = load_tokenizer(self.tokenizer())
         lines = [line for side in ("train.src", "train.tgt")
                  for line in open(self.data[side], encoding="utf-8").read().splitlines()]
-        return max(24, *map(len, tokenizer.encode_batch(lines)))
+        return max(24, *map(len, tokenizer.encode_batch(lines))) + 1
 
     def trainable(self) -> bool:
         return bool(self.host.presets[self.preset].spec.get("objectives"))

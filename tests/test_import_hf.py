@@ -239,7 +239,7 @@ def other_sizes(checkpoint, directory):
     (electra, "holds a 'electra' model (config.json model_type); lmkit imports albert, bert, gpt2"),
     (pickle_only, "pytorch_model.bin: it is a pickle (torch.save zip archive), and loading a pickle can run "
                   "arbitrary code; convert it to safetensors"),
-    (without_tokenizer, "has no tokenizer (tokenizer.json, vocab.txt, or vocab.json with merges.txt)"),
+    (without_tokenizer, "has no tokenizer (tokenizer.json, spiece.model, vocab.txt, or vocab.json with merges.txt)"),
     (other_sizes, "wte.weight is (300, 64) but the config says (vocab_size, n_embd) = (300, 32)"),
 ], ids=["no-config", "electra", "pickle", "no-tokenizer", "mismatch"])
 def test_bad_checkpoints_are_refused_in_one_line(checkpoint, tmp_path, run, make, message):

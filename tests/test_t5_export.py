@@ -12,20 +12,29 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 from conftest import NO_TORCH, run_cli  # noqa: E402
-from test_t5_hf import SOURCES, hf_model, t5_tokenizer  # noqa: E402
+from test_t5_hf import SOURCES, hf_generate, hf_model, t5_tokenizer  # noqa: E402
 
 from lmkit.commands.import_hf import import_hf  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def imported(tmp_path_factory):
-    """A v1.1 checkpoint (gated-gelu, own output layer) from transformers, as an lmkit model directory."""
+def checkpoint(tmp_path_factory):
+    """A v1.1 checkpoint (gated-gelu, own output layer) from transformers: (its directory, model, tokenizer)."""
     directory = tmp_path_factory.mktemp("hf-t5")
-    transformers.PreTrainedTokenizerFast(tokenizer_object=t5_tokenizer(), eos_token="</s>", pad_token="<pad>",
-                                         unk_token="<unk>").save_pretrained(directory)
-    hf_model("v1.1").save_pretrained(directory)
+    # The tokenizer is trained once and kept: the unigram trainer need not give the same pieces twice.
+    tokenizer = transformers.PreTrainedTokenizerFast(tokenizer_object=t5_tokenizer(), eos_token="</s>",
+                                                     pad_token="<pad>", unk_token="<unk>")
+    tokenizer.save_pretrained(directory)
+    model = hf_model("v1.1")
+    model.save_pretrained(directory)
+    return str(directory), model, tokenizer
+
+
+@pytest.fixture(scope="module")
+def imported(checkpoint, tmp_path_factory):
+    """The checkpoint as an lmkit model directory."""
     out = tmp_path_factory.mktemp("imported") / "t5"
-    import_hf(str(directory), str(out))
+    import_hf(checkpoint[0], str(out))
     return str(out)
 
 
@@ -43,7 +52,7 @@ def without_torch(*args) -> str:
 
 
 @pytest.mark.parametrize("search", [["--strategy", "greedy"], ["--strategy", "beam", "--num-beams", "4"]])
-def test_tokens_identical_to_pytorch_without_torch(imported, tmp_path_factory, search):
+def test_tokens_identical_to_pytorch_without_torch(checkpoint, imported, tmp_path_factory, search):
     exported = str(tmp_path_factory.getbasetemp() / "t5-export")
     if not os.path.isdir(exported):
         cli("export", imported, "--out", exported)
@@ -55,6 +64,14 @@ def test_tokens_identical_to_pytorch_without_torch(imported, tmp_path_factory, s
     in_torch = [r["tokens"] for r in json.loads(cli("translate", imported, *args).out)]
     in_ort = [r["tokens"] for r in json.loads(without_torch("translate", exported, *args))]
     assert in_ort == in_torch
+    # Text in, as a user gives it: the sources end with </s> as transformers' tokenizer writes them, in the
+    # model directory and in the export (its manifest records the suffix), so both decode as generate() does.
+    assert manifest["source_suffix"] == [1]
+    _, hf, tokenizer = checkpoint
+    beams = 1 if search[1] == "greedy" else 4
+    expected = [hypotheses[0] for hypotheses in hf_generate(hf, tokenizer, num_beams=beams,
+                                                            **({"early_stopping": False} if beams > 1 else {}))]
+    assert in_torch == expected
     assert any(len(tokens) < 14 for tokens in in_torch) or search[1] == "greedy"  # eos reached inside the beams
 
 
@@ -66,3 +83,24 @@ def test_reduced_precision_exports_are_validated(imported, tmp_path, precision):
     assert validation["top1_agreement"] >= (0.9 if precision[0] == "--dtype" else 0.5)
     print(f"\n{precision[-1]}: top-1 agreement {validation['top1_agreement']:.3f}, "
           f"max |difference| {validation['max_abs_diff']:.2e}")
+
+
+def test_fp16_export_of_a_model_that_overflows_is_refused(imported, tmp_path):
+    """Feed-forward products past fp16's 65504 (T5 was trained in bf16): PyTorch's fp32 reference stays finite,
+    the fp16 graph turns them into inf/NaN, and the export is refused naming the output, nothing written."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    model = tmp_path / "overflowing"
+    shutil.copytree(imported, model)
+    weights = load_file(model / "model.safetensors")
+    weights["encoder.block.0.mlp.wo.weight"] *= 3e5
+    save_file(weights, model / "model.safetensors")
+    result = run_cli("export", model, "--out", tmp_path / "fp16", "--dtype", "fp16")
+    assert result.code != 0
+    progress, error = result.err.strip().splitlines()  # "exporting ... (fp16) ...", then the one-line error
+    assert progress.startswith("exporting ")
+    assert "fp16 export overflows: encoder.block.0.mlp.wo" in error and "65504" in error
+    assert "nothing was written" in error and not (tmp_path / "fp16").exists()
+    print("\n" + error)

@@ -173,6 +173,20 @@ def test_beam_4_n_best_matches_generate(checkpoint, length_penalty):
         assert ended, "no hypothesis ended with eos: the comparison would not cover eos inside the beam"
 
 
+def test_text_prompts_generate_as_transformers(checkpoint):
+    """`lmkit generate` on text: each source ends with </s> (encoder.append_eos), as transformers' T5 tokenizer
+    writes it, so the tokens are generate()'s on the tokenizer's ids."""
+    from conftest import run_cli
+
+    variant, hf, tokenizer, out = checkpoint
+    assert open_model(out, device="cpu").encode_sources(SOURCES) == tokenizer(SOURCES)["input_ids"]
+    result = run_cli("generate", out, *(x for text in SOURCES for x in ("--prompt", text)), "--strategy", "greedy",
+                     "--max-new-tokens", "14", "--json")
+    assert result.code == 0, result.err
+    expected = [hypotheses[0] for hypotheses in hf_generate(hf, tokenizer, num_beams=1)]
+    assert [r["tokens"] for r in json.loads(result.out)] == expected
+
+
 def test_unsupported_variant_names_the_field(tmp_path):
     hf_model("v1.0").save_pretrained(tmp_path)
     transformers.PreTrainedTokenizerFast(tokenizer_object=t5_tokenizer(), eos_token="</s>", pad_token="<pad>",
@@ -216,3 +230,40 @@ def test_preset_parameter_counts(preset, published):
     with torch.device("meta"):
         model = build_model(spec, seed=None)
     assert sum(p.numel() for p in model.parameters()) == published
+
+
+def test_spiece_model_alone_is_imported_as_t5_tokenizes(tmp_path):
+    """A checkpoint with spiece.model and no tokenizer.json: converted at import (the spiece extra), its ids
+    those of SentencePiece itself plus </s> (what the slow T5Tokenizer gave) and of transformers' T5Tokenizer."""
+    import io
+
+    spm = pytest.importorskip("sentencepiece")
+    rng = random.Random(0)
+    corpus = [" ".join(rng.choice(WORDS + ["Zoë", "naïve", "ﬁsh"]) for _ in range(10)) for _ in range(300)]
+    written = io.BytesIO()
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(corpus), model_writer=written, vocab_size=48,
+                                   model_type="unigram", pad_id=0, eos_id=1, unk_id=2, bos_id=-1,
+                                   minloglevel=2)
+    checkpoint = tmp_path / "hf"
+    checkpoint.mkdir()
+    (checkpoint / "spiece.model").write_bytes(written.getvalue())
+    config = transformers.T5Config(vocab_size=192, d_model=16, d_kv=4, d_ff=32, num_layers=1, num_heads=4,
+                                   decoder_start_token_id=0, eos_token_id=1, pad_token_id=0)
+    transformers.T5ForConditionalGeneration(config).save_pretrained(checkpoint)
+    assert sorted(p.name for p in checkpoint.iterdir()) == ["config.json", "generation_config.json",
+                                                           "model.safetensors", "spiece.model"]
+    import_hf(str(checkpoint), str(tmp_path / "out"))
+    from lmkit.tokenizers import load_tokenizer
+
+    ours = load_tokenizer(str(tmp_path / "out"))
+    assert ours.vocab_size == 148 and ours.token_to_id("<extra_id_0>") == 147 and ours.eos_id == 1
+    processor = spm.SentencePieceProcessor(model_proto=written.getvalue())
+    reference = transformers.T5Tokenizer.from_pretrained(str(checkpoint))
+    texts = ["the quick brown fox", "  a  lazy dog ran  ", "Zoë is naïve about ﬁsh", "the ☃ sat on the mat",
+             "the fox <extra_id_0> over <extra_id_1>"]
+    for text in texts:
+        expected = reference(text)["input_ids"]
+        assert ours.encode(text, add_special_tokens=True) == expected, text
+        if "<extra_id" not in text:  # SentencePiece itself knows no sentinels
+            assert processor.encode(text) + [1] == expected, text
+    assert open_model(str(tmp_path / "out"), device="cpu").encode_sources(texts[:1]) == [reference(texts[0])["input_ids"]]

@@ -92,3 +92,88 @@ def test_finetune_then_eval_agree_with_generate(tmp_path):
     missing.write_text(json.dumps({"input": "red dog"}) + "\n")
     failed = run_cli("eval", tuned / "best", "--task", missing)
     assert failed.code != 0 and "line 1 has no 'target'" in failed.err and len(failed.err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("preset, overrides, suffixed", [("t5-tiny", (), True),
+                                                         ("t5-tiny", ("encoder.append_eos=false",), False),
+                                                         ("nmt-tiny", (), False), ("seq2seq-tiny", (), False)])
+def test_sources_end_with_the_encoders_suffix_everywhere(translation_task, tmp_path, preset, overrides, suffixed):
+    """T5's encoder declares </s> after every source (as transformers' tokenizer writes it): parallel text,
+    text-to-text examples and generation all append it; the LSTM families declare none and are unchanged."""
+    from test_seq2seq import compose_tiny
+
+    from lmkit.model import load_model
+    from lmkit.opening import open_model
+    from lmkit.parallel import encode_pairs, read_pairs
+    from lmkit.seq2seq import source_suffix_ids
+    from lmkit.tasks.text_to_text import TextPair, TextPairs, TextToTextKind
+
+    directory = compose_tiny(translation_task, f"{preset}-{len(overrides)}", preset, *overrides)
+    model, tokenizer, _ = load_model(directory)
+    suffix = [tokenizer.eos_id] if suffixed else []
+    assert source_suffix_ids(model.encoder, tokenizer) == suffix
+    pairs = read_pairs([translation_task["valid.src"], translation_task["valid.tgt"]])[:4]
+    plain = tokenizer.encode_batch([s for s, _ in pairs])
+    encoded = encode_pairs(pairs, tokenizer, 64, "test", source_suffix=source_suffix_ids(model.encoder, tokenizer))
+    assert [s for s, _ in encoded] == [ids + suffix for ids in plain]
+    kind = TextToTextKind("text-to-text", None)
+    start = kind.reader(model, tokenizer)
+    examples, _ = kind.encode(TextPairs("x", [TextPair(s, t) for s, t in pairs]), tokenizer, 64, start)
+    assert [e[0] for e in examples] == [ids + suffix for ids in plain]
+    assert open_model(directory, device="cpu").encode_sources([s for s, _ in pairs]) == [ids + suffix for ids in plain]
+
+
+def test_classification_prefix_is_stored_and_predict_generates_text(tmp_path):
+    """Fine-tuned on rte.tsv, the model keeps the prefix "rte" (seq2seq task_prefix): eval --task and predict read
+    a dev file of any name with it; predict prints the generated text per line, from the model directory and
+    from its export (torch-free runtime), with the metrics when the file is labelled."""
+    import subprocess
+    import sys
+
+    from conftest import NO_TORCH
+
+    words = "red green blue cat dog sun moon tree".split()
+    rows = [(f"the {a} {b}", "yes" if a < b else "no") for a in words for b in words if a != b]
+    train, dev = tmp_path / "rte.tsv", tmp_path / "held out.tsv"
+    train.write_text("sentence\tlabel\n" + "".join(f"{s}\t{t}\n" for s, t in rows[:40]))
+    dev.write_text("sentence\tlabel\n" + "".join(f"{s}\t{t}\n" for s, t in rows[40:46]))
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("".join(f"rte: {s} {t}\n" for s, t in rows))
+    tok, model, tuned = tmp_path / "tok", tmp_path / "t5", tmp_path / "tuned"
+    specials = json.dumps(["<pad>", "</s>", "<unk>"])
+    for args in (("tokenizer", "train", "--kind", "unigram", "--vocab-size", 60, "--set", f"special_tokens={specials}",
+                  "--set", "template=t5", corpus, "--out", tok),
+                 ("compose", "t5-tiny", "--set", f"tokenizer={tok}", "--out", model),
+                 ("finetune", model, "--task", "text-to-text", "--train", train, "--out", tuned,
+                  "--steps", 4, "--batch-size", 16, "--lr", "3e-3")):
+        result = run_cli(*args)
+        assert result.code == 0, result.err
+    objectives = json.load(open(tuned / "config.json"))["spec"]["objectives"]
+    assert objectives[0]["task_prefix"] == "rte"
+    sources = [f"rte: {s}" for s, _ in rows[40:46]]
+    generated = [r["text"] for r in json.loads(run_cli("translate", tuned, *(x for s in sources for x in ("--text", s)),
+                                                       "--json").out)]
+    predicted = run_cli("predict", tuned, "--data", dev)
+    assert predicted.code == 0, predicted.err
+    lines = [json.loads(line) for line in predicted.out.splitlines()]
+    assert lines == [{"line": i + 2, "text": text} for i, text in enumerate(generated)]
+    expected = text_metrics(generated, [t for _, t in rows[40:46]])
+    assert f"exact_match {expected['exact_match']:.4f}" in predicted.err
+    evaluated = json.loads(run_cli("eval", tuned, "--task", dev, "--json").out)
+    assert evaluated["exact_match"] == pytest.approx(expected["exact_match"])
+    assert evaluated["f1"] == pytest.approx(expected["f1"])
+    unlabelled = tmp_path / "unlabelled.jsonl"
+    unlabelled.write_text("".join(json.dumps({"input": s}) + "\n" for s in sources[:2]))
+    result = run_cli("predict", tuned, "--data", unlabelled)
+    assert result.code == 0 and [json.loads(x)["text"] for x in result.out.splitlines()] == generated[:2]
+    assert "exact_match" not in result.err
+    exported = tmp_path / "exp"
+    assert run_cli("export", tuned, "--out", exported).code == 0
+    done = subprocess.run([sys.executable, "-c", NO_TORCH + "from lmkit.cli import main\nmain()\n", "predict",
+                           str(exported), "--data", str(dev)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert [json.loads(line) for line in done.stdout.splitlines()] == lines
+    from lmkit.tasks.text_to_text import stored_prefix
+
+    assert stored_prefix(str(tuned)) == stored_prefix(str(exported)) == "rte"
+    assert read_task(str(dev), prefix="rte").examples[0].source == sources[0]

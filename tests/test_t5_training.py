@@ -72,3 +72,35 @@ def test_fp16_overflow_is_not_nan():
         for block in model.encoder.block:  # everything in fp16, wo too: the sums overflow into NaN
             block.mlp.wo.weight.data = block.mlp.wo.weight.data.half()
         assert not torch.isfinite(model.encoder(ids).last_hidden_state).all()
+
+
+def test_bf16_autocast_trains(tmp_path, translation_task):
+    """`lmkit train --bf16`: the autocast forward's loss is the fp32 loss to bf16's precision, and training in it
+    lowers the loss with every weight staying float32 and finite."""
+    from test_seq2seq import compose_tiny
+
+    from lmkit.model import load_model
+    from lmkit.parallel import encode_pairs, make_batch, read_pairs
+    from lmkit.seq2seq import source_suffix_ids
+
+    model_dir = compose_tiny(translation_task, "t5-bf16", "t5-tiny")
+    model, tokenizer, _ = load_model(model_dir)
+    pairs = encode_pairs(read_pairs([translation_task["valid.src"], translation_task["valid.tgt"]])[:16], tokenizer,
+                         64, "test", source_suffix=source_suffix_ids(model.encoder, tokenizer))
+    batch = {k: torch.from_numpy(v) for k, v in make_batch(pairs, 0, tokenizer.eos_id, tokenizer.pad_id).items()}
+    objective = next(iter(model.objectives.values()))
+    with torch.no_grad():
+        full = objective(model, batch)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            half = objective(model, batch)
+    assert torch.isfinite(half) and abs(half.item() - full.item()) < 0.02 * full.item()
+    result = run_cli("train", model_dir, "--data", translation_task["train.src"], "--data", translation_task["train.tgt"],
+                     "--steps", 6, "--batch-size", 16, "--seq-len", 64, "--lr", "3e-3", "--warmup", 0, "--eval-every", 0,
+                     "--log-every", 1, "--bf16")
+    assert result.code == 0, result.err
+    losses = [json.loads(line)["loss"] for line in open(f"{model_dir}/metrics.jsonl") if '"loss"' in line]
+    assert all(math.isfinite(loss) for loss in losses) and losses[-1] < losses[0]
+    from safetensors.torch import load_file
+
+    weights = load_file(f"{model_dir}/model.safetensors")
+    assert all(t.dtype == torch.float32 and torch.isfinite(t).all() for t in weights.values())

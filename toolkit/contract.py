@@ -99,7 +99,14 @@ class Stack(Protocol):
 
 @runtime_checkable
 class Encoder(Stack, Protocol):
-    """A bidirectional stack: BERT's transformer, CoVe's BiLSTM, ELMo's biLM."""
+    """A bidirectional stack: BERT's transformer, CoVe's BiLSTM, ELMo's biLM.
+
+    An encoder-decoder's encoder may declare `source_suffix`, a tuple of special-token roles (bos, eos,
+    pad, unk) appended to every source wherever sources are encoded: training pairs, text-to-text
+    fine-tuning and eval, generation, and the export's runtime (the manifest records the ids). T5's is
+    ("eos",): transformers' T5 tokenizer ends every input with </s>. Absent or empty (lmkit.nn.stack's
+    default, the LSTM NMT families): sources are the tokenizer's ids alone.
+    """
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None,
                 token_type_ids: Tensor | None = None) -> EncoderOutput:
@@ -291,6 +298,10 @@ class Importer(Protocol):
     Called with the checkpoint's config.json (a dict) and its tensors (name -> torch tensor); returns
     an lmkit spec table (encoder/decoder/objectives in lmkit's option names) and the state dict of
     the whole composed model. Raises ValueError, in one line, for a config it cannot convert.
+
+    It may carry a `spiece` table for checkpoints that ship only a SentencePiece spiece.model:
+    {"extra_ids": sentinels appended after the pieces, "template": a tokenizer template preset}
+    (T5: 100 and t5); lmkit.commands.import_hf converts the file with it.
     """
 
     def __call__(self, hf_config: dict, tensors: dict[str, Tensor]) -> tuple[dict, dict[str, Tensor]]: ...

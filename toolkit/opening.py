@@ -101,11 +101,13 @@ class OpenedModel:
         None for an export.
     token_inputs: the per-token inputs the feature stack reads beside input_ids (lmkit.token_inputs; an
         export's manifest keeps them under dimensions.token_inputs), None for most models.
+    source_suffix: the token ids an encoder-decoder appends to every source (its encoder's source_suffix:
+        T5's </s>); empty for other models.
     """
 
     def __init__(self, directory: str, runtime, *, tokenizer, target_tokenizer=None, generation: dict,
                  decoder_start: int | None = None, model=None, decoder_type: str | None = None,
-                 token_inputs: dict | None = None):
+                 token_inputs: dict | None = None, source_suffix: Sequence[int] = ()):
         self.directory = directory
         self.runtime = runtime
         self.tokenizer = tokenizer
@@ -115,6 +117,7 @@ class OpenedModel:
         self.model = model
         self.decoder_type = decoder_type  # the spec's decoder type, which may have a generator of its own
         self.token_inputs = token_inputs
+        self.source_suffix = [int(token) for token in source_suffix]
         self._generator = None
 
     @property
@@ -148,6 +151,14 @@ class OpenedModel:
         return self.target_tokenizer or self.tokenizer
 
     # -- generation -------------------------------------------------------------------------------
+
+    def encode_sources(self, texts: Sequence[str]) -> list[list[int]]:
+        """An encoder-decoder's source ids of `texts`, as it was trained on them (source_suffix appended); an
+        empty or too long source is a one-line DataError (lmkit.seq2seq.encode_sources)."""
+        from .seq2seq import encode_sources
+
+        return encode_sources(self._needs_tokenizer("encode sources"), list(texts), self.max_positions,
+                              self.source_suffix)
 
     def backend(self, max_new_tokens: int | None = None, **options):
         """A fresh lmkit.decoding Backend (an encoder-decoder's takes set_sources); LmkitError for an encoder."""
@@ -214,9 +225,7 @@ class OpenedModel:
         tokenizer = self._needs_tokenizer("generate")
         decoding = self.decoding(strategy, **options)
         if self.kind == "encoder-decoder":
-            from .seq2seq import encode_sources
-
-            results = self.generate_ids(encode_sources(tokenizer, list(texts), self.max_positions), decoding)
+            results = self.generate_ids(self.encode_sources(texts), decoding)
             return [self.output_tokenizer.decode(r.tokens, skip_special_tokens=True).strip() for r in results]
         results = self.generate_ids(tokenizer.encode_batch(list(texts)), decoding, prefix=prefix)
         return [tokenizer.decode(result.tokens if result.output is None else result.output) for result in results]

@@ -79,11 +79,12 @@ def read_pairs(paths) -> list[tuple[str, str]]:
     return list(zip(sources, targets))
 
 
-def encode_pairs(pairs, tokenizer, max_len: int, where: str, flag: str = "--seq-len", target_tokenizer=None
-                 ) -> list[tuple[list[int], list[int]]]:
-    """Token ids of each pair (the targets with `target_tokenizer` when the sides have their own);
-    a sentence longer than max_len tokens is an error naming its pair."""
-    sources = tokenizer.encode_batch([s for s, _ in pairs])
+def encode_pairs(pairs, tokenizer, max_len: int, where: str, flag: str = "--seq-len", target_tokenizer=None,
+                 source_suffix: list[int] | tuple = ()) -> list[tuple[list[int], list[int]]]:
+    """Token ids of each pair (the targets with `target_tokenizer` when the sides have their own), each
+    source followed by `source_suffix` (lmkit.seq2seq.source_suffix_ids); a sentence longer than max_len
+    tokens is an error naming its pair."""
+    sources = [ids + list(source_suffix) if ids else ids for ids in tokenizer.encode_batch([s for s, _ in pairs])]
     targets = (target_tokenizer or tokenizer).encode_batch([t for _, t in pairs])
     for number, (source, target) in enumerate(zip(sources, targets), 1):
         for side, ids in (("source", source), ("target", target)):
@@ -139,11 +140,14 @@ class ParallelText:
         self.bos = context.model.decoder.decoder_start_token_id(target_tokenizer or context.tokenizer)
         self.source_pad = source_pad_id(context.tokenizer)
         self.batch_size, self.seed = args.batch_size, args.seed
+        from .seq2seq import source_suffix_ids
+
+        suffix = source_suffix_ids(context.model.encoder, context.tokenizer)  # T5's </s>; none for LSTM NMT
         train = encode_pairs(read_pairs(args.data), context.tokenizer, args.seq_len, "training data",
-                             target_tokenizer=target_tokenizer)
+                             target_tokenizer=target_tokenizer, source_suffix=suffix)
         if args.val_data:
             val = encode_pairs(read_pairs(args.val_data), context.tokenizer, args.seq_len, "validation data",
-                               target_tokenizer=target_tokenizer)
+                               target_tokenizer=target_tokenizer, source_suffix=suffix)
         else:
             held = int(round(len(train) * args.val_fraction))
             train, val = (train[:-held], train[-held:]) if held else (train, [])

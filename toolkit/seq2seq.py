@@ -12,10 +12,30 @@ from dataclasses import dataclass
 
 from .errors import DataError, LmkitError
 
+SUFFIX_ROLES = ("bos", "eos", "pad", "unk")
 
-def encode_sources(tokenizer, texts: list[str], limit: int | None) -> list[list[int]]:
-    """Token ids of each source text; an empty or too long one is a one-line error naming it."""
-    sources = tokenizer.encode_batch(texts)
+
+def source_suffix_ids(encoder, tokenizer) -> list[int]:
+    """The token ids an encoder-decoder appends to every source it encodes: the encoder's `source_suffix`
+    roles (lmkit.contract.Encoder; T5: ("eos",), as transformers' T5 tokenizer ends each input with </s>)
+    looked up in the source tokenizer. Empty for stacks that declare none (the LSTM NMT families).
+    DataError when the tokenizer has no token in a role."""
+    ids = []
+    for role in getattr(encoder, "source_suffix", ()) or ():
+        if role not in SUFFIX_ROLES:
+            raise DataError(f"the encoder's source_suffix names '{role}', not one of {', '.join(SUFFIX_ROLES)}")
+        token = getattr(tokenizer, f"{role}_id", None)
+        if token is None:
+            raise DataError(f"the encoder ends every source with the tokenizer's {role} token, which this tokenizer "
+                            "lacks; train one with it (T5: </s>)")
+        ids.append(int(token))
+    return ids
+
+
+def encode_sources(tokenizer, texts: list[str], limit: int | None, suffix: list[int] | tuple = ()) -> list[list[int]]:
+    """Token ids of each source text, each followed by `suffix` (source_suffix_ids); an empty or too long
+    one (suffix included) is a one-line error naming it."""
+    sources = [ids + list(suffix) if ids else ids for ids in tokenizer.encode_batch(texts)]
     label = (lambda i: "the source") if len(texts) == 1 else (lambda i: f"source {i + 1}")
     for i, ids in enumerate(sources):
         if not ids:
@@ -89,7 +109,7 @@ def corpus_bleu(hypotheses: list[str], references: list[str]) -> BleuScore:
 
 def evaluate_bleu(model, decoding, pairs: list[tuple[str, str]], batch_size: int = 64):
     """(BleuScore, translations) of an encoder-decoder lmkit.opening.OpenedModel on the sources of `pairs`."""
-    sources = encode_sources(model.tokenizer, [s for s, _ in pairs], model.max_positions)
+    sources = model.encode_sources([s for s, _ in pairs])
     output = model.output_tokenizer
     results = model.generate_ids(sources, decoding, batch_size=batch_size)
     hypotheses = [output.decode(r.tokens, skip_special_tokens=True).strip() for r in results]

@@ -64,12 +64,17 @@ def open_model_directory(directory: str, device: str = "auto"):
     resolved = resolve_device(device)
     model, tokenizer, config = load_model(directory, device=str(resolved))
     target_tokenizer = load_target_tokenizer(directory) if model.kind == "encoder-decoder" else None
-    start = None
+    start, suffix = None, []
     if model.kind == "encoder-decoder" and (target_tokenizer or tokenizer) is not None:
         start = model.decoder.decoder_start_token_id(target_tokenizer or tokenizer)
+    if model.kind == "encoder-decoder" and tokenizer is not None:
+        from .seq2seq import source_suffix_ids
+
+        suffix = source_suffix_ids(model.encoder, tokenizer)
     runtime = TorchRuntime(model, resolved, directory, source_pad_id(tokenizer) if tokenizer is not None else 0)
     opened = OpenedModel(directory, runtime, tokenizer=tokenizer, target_tokenizer=target_tokenizer,
                          generation=generation_settings(config["spec"]), decoder_start=start, model=model,
                          decoder_type=(config["spec"].get("decoder") or {}).get("type"),
-                         token_inputs=None if tokenizer is None else model.feature_stack.token_inputs(tokenizer))
+                         token_inputs=None if tokenizer is None else model.feature_stack.token_inputs(tokenizer),
+                         source_suffix=suffix)
     return opened

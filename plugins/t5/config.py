@@ -52,9 +52,15 @@ class T5EncoderConfig:
     # Relative positions set no hard limit; 512 is the input length T5 was pre-trained and fine-tuned
     # with (§3.1.2): longer sources are refused (or cut with --truncate) rather than read badly.
     max_positions: int = 512
+    # transformers' T5 tokenizer ends every input with </s> (its post-processor, "$A </s>"), and the released
+    # checkpoints were trained so: every source is encoded with it (lmkit.contract.Encoder.source_suffix),
+    # in training, fine-tuning, generation and the export alike.
+    append_eos: bool = True
 
     def __post_init__(self):
         _check(self, "max_positions")
+        if not isinstance(self.append_eos, bool):
+            raise ValueError(f"append_eos must be true or false, got {self.append_eos!r}")
 
 
 @dataclass(frozen=True)

@@ -114,6 +114,11 @@ def import_checkpoint(hf_config: dict, tensors: dict[str, Tensor]) -> tuple[dict
     return spec, state_dict_from_hf(tensors, tied=tied, shared=shared)
 
 
+# A checkpoint with spiece.model and no tokenizer.json (`lmkit import-hf`): T5's vocabulary has 100 sentinels
+# after the pieces (transformers' T5Tokenizer extra_ids) and ends every text with </s>.
+import_checkpoint.spiece = {"extra_ids": 100, "template": "t5"}
+
+
 # -- lmkit -> transformers (`lmkit export-hf`) -------------------------------------------------------
 
 _HF_NAMES = {"encoder": {ours: hf for hf, ours in _ENCODER_LAYER.items()},

@@ -71,6 +71,11 @@ class T5Encoder(EncoderStack):
     def max_positions(self) -> int:
         return self.config.max_positions
 
+    @property
+    def source_suffix(self) -> tuple[str, ...]:
+        """("eos",): every source ends with </s>, as transformers' T5 tokenizer writes it (append_eos)."""
+        return ("eos",) if self.config.append_eos else ()
+
     def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None,
                 token_type_ids: Tensor | None = None) -> EncoderOutput:
         """input_ids (B, S), attention_mask (B, S) true at real tokens (right padding); token_type_ids are

@@ -62,9 +62,12 @@ def to_sentinels(tokens: np.ndarray, mask: np.ndarray, sentinels: np.ndarray) ->
     return out[~(mask & before)]
 
 
-def corrupt(tokens: np.ndarray, mask: np.ndarray, sentinels: np.ndarray, eos: int) -> tuple[np.ndarray, np.ndarray]:
-    """(inputs, targets) of `tokens` with `mask`'s runs dropped, each ending with eos (seqio's append_eos)."""
-    return (np.append(to_sentinels(tokens, mask, sentinels), eos),
+def corrupt(tokens: np.ndarray, mask: np.ndarray, sentinels: np.ndarray, eos: int,
+            source_suffix: list[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(inputs, targets) of `tokens` with `mask`'s runs dropped, the targets ending with eos and the inputs
+    with source_suffix (default [eos]; seqio's append_eos), as every source the encoder reads."""
+    suffix = [eos] if source_suffix is None else list(source_suffix)
+    return (np.concatenate([to_sentinels(tokens, mask, sentinels), np.asarray(suffix, dtype=tokens.dtype)]),
             np.append(to_sentinels(tokens, ~mask, sentinels), eos))
 
 
@@ -100,8 +103,11 @@ class SpanCorruptionBatches:
         num_noise = min(max(int(round(max(self.seq_len, 2) * self.options.noise_density)), 1), self.seq_len - 1)
         num_spans = max(int(round(num_noise / self.options.mean_noise_span_length)), 1)
         self.sentinels = sentinel_ids(tokenizer, num_spans)
+        from lmkit.seq2seq import source_suffix_ids
+
+        self.source_suffix = source_suffix_ids(model.encoder, tokenizer)  # T5's </s>, as every source has
         limit = model.encoder.max_positions
-        inputs = self.seq_len - num_noise + num_spans + 1  # kept tokens, one sentinel per span, </s>
+        inputs = self.seq_len - num_noise + num_spans + len(self.source_suffix)  # kept, a sentinel per span, </s>
         if limit is not None and inputs > limit:
             raise TrainingError(f"--seq-len {self.seq_len} windows corrupt to {inputs} input tokens, more than the "
                                 f"encoder's {limit} positions; lower --seq-len")
@@ -123,7 +129,7 @@ class SpanCorruptionBatches:
         rng = np.random.default_rng([self.seed, stream, epoch, window])
         text = tokens[window * self.seq_len:(window + 1) * self.seq_len].astype(np.int64)
         mask = noise_mask(len(text), self.options.noise_density, self.options.mean_noise_span_length, rng)
-        return corrupt(text, mask, self.sentinels, self.eos)
+        return corrupt(text, mask, self.sentinels, self.eos, self.source_suffix)
 
     def _collate(self, pairs) -> dict[str, np.ndarray]:
         from lmkit.parallel import make_batch

@@ -13,13 +13,15 @@ import os
 import click
 
 SHARD_INDEX = "model.safetensors.index.json"
+SPIECE = "spiece.model"  # a SentencePiece model, converted at import (lmkit.tokenizers.sentencepiece)
 
 
 def import_hf(src: str, out: str, *, force: bool = False, host=None) -> dict:
     """Write the Hugging Face checkpoint in `src` as an lmkit model directory `out`; returns its config.json.
 
     `src` is what `save_pretrained` writes: config.json, model.safetensors (or shards with their
-    index) and the tokenizer (tokenizer.json, or vocab.json with merges.txt).
+    index) and the tokenizer (tokenizer.json, vocab.json with merges.txt, vocab.txt, or a SentencePiece
+    spiece.model alone, converted to tokenizer.json here).
     """
     from ..artifacts import read_safetensors_header, staged_directory
     from ..errors import ArtifactError, require_torch
@@ -35,14 +37,15 @@ def import_hf(src: str, out: str, *, force: bool = False, host=None) -> dict:
     host = host or get_host()
     hf_config = _read_hf_config(src, host)
     weights = _find_weights(src)
-    tokenizer = load_tokenizer(_tokenizer_path(src))
+    importer = host.component("importer", hf_config["model_type"]).load()
+    path = _tokenizer_path(src)
+    tokenizer = load_tokenizer(path) if path != SPIECE else _convert_spiece(src, importer)
     with staged_directory(out, force=force) as stage:
         tensors = {}
         for path in weights:
             read_safetensors_header(path)  # whole, and not a pickle in disguise
             tensors.update(load_file(path))
         try:
-            importer = host.component("importer", hf_config["model_type"]).load()
             table, state = importer(hf_config, tensors)
         except ValueError as error:
             raise ArtifactError(f"{src}: {error}") from None
@@ -121,15 +124,33 @@ def _find_weights(src: str) -> list[str]:
 
 
 def _tokenizer_path(src: str) -> str:
+    """src when it holds a tokenizer load_tokenizer reads, SPIECE when it holds only a SentencePiece model."""
     from ..errors import ArtifactError
 
     if os.path.isfile(os.path.join(src, "tokenizer.json")) or os.path.isfile(os.path.join(src, "vocab.txt")) or all(
             os.path.isfile(os.path.join(src, name)) for name in ("vocab.json", "merges.txt")):
         return src
-    hint = (" (a SentencePiece spiece.model cannot be read without sentencepiece; save the tokenizer with "
-            "transformers, which also writes tokenizer.json)") if os.path.isfile(os.path.join(src, "spiece.model")) else ""
-    raise ArtifactError(f"{src} has no tokenizer (tokenizer.json, vocab.txt, or vocab.json with merges.txt){hint}; "
-                        "save the checkpoint's tokenizer there too (tokenizer.save_pretrained)")
+    if os.path.isfile(os.path.join(src, SPIECE)):
+        return SPIECE
+    raise ArtifactError(f"{src} has no tokenizer (tokenizer.json, spiece.model, vocab.txt, or vocab.json with "
+                        "merges.txt); save the checkpoint's tokenizer there too (tokenizer.save_pretrained)")
+
+
+def _convert_spiece(src: str, importer):
+    """The checkpoint's spiece.model as a tokenizers Tokenizer (lmkit.tokenizers.sentencepiece), converted here
+    once so that nothing after the import needs sentencepiece. Its sentinel count is tokenizer_config.json's
+    extra_ids, else the importer's `spiece` table's (T5: 100); its template the table's (T5: t5)."""
+    from ..artifacts import read_json
+    from ..errors import ArtifactError
+    from ..tokenizers.sentencepiece import convert_spiece
+
+    settings = dict(getattr(importer, "spiece", None) or {})
+    config_path = os.path.join(src, "tokenizer_config.json")
+    config = read_json(config_path, "restore it from the checkpoint") if os.path.isfile(config_path) else {}
+    extra_ids = config.get("extra_ids", settings.get("extra_ids", 0)) if isinstance(config, dict) else 0
+    if isinstance(extra_ids, bool) or not isinstance(extra_ids, int) or extra_ids < 0:
+        raise ArtifactError(f"{config_path}: extra_ids is {extra_ids!r}, not a count of sentinels; fix it")
+    return convert_spiece(os.path.join(src, SPIECE), extra_ids, settings.get("template", "none"))
 
 
 @click.command("import-hf")
@@ -139,7 +160,8 @@ def _tokenizer_path(src: str) -> str:
 def import_hf_command(src, out, force):
     """Convert the Hugging Face checkpoint directory SRC (safetensors) into an lmkit model directory.
 
-    Reads config.json, model.safetensors and the tokenizer; pickled weights (pytorch_model.bin) are
+    Reads config.json, model.safetensors and the tokenizer (tokenizer.json, or spiece.model with the
+    spiece extra installed); pickled weights (pytorch_model.bin) are
     refused. Nothing is downloaded: SRC is a local directory.
     """
     built = import_hf(src, out, force=force)

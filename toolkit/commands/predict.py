@@ -29,10 +29,12 @@ def predict_command(model_dir, path, text_fields, label_field, tag_column, tag_s
     Each line names the example ("line": its line in the file, or "index" and "id" of a SQuAD
     question) and holds the prediction: "label" and "probabilities" of every label, "value" for
     regression, "choice" and the choices' "probabilities", "tags" per word with each tag's
-    probability, or the "answer" text with its "score" (start and end logits added).
+    probability, or the "answer" text with its "score" (start and end logits added), or, from a
+    text-to-text model (T5, lmkit finetune --task text-to-text), the "text" it generates, scored by
+    exact match, F1 and BLEU.
 
     MODEL_DIR is a model directory made by lmkit finetune, or the export directory of a fine-tuned
-    encoder (BERT, ELMo, ...), which runs on onnxruntime without torch.
+    encoder (BERT, ELMo, ...) or encoder-decoder, which runs on onnxruntime without torch.
 
     Several MODEL_DIRs fine-tuned on the same labels (a forward and a backward ULMFiT classifier, say)
     each read the examples with their own tokenizer, and their probabilities are averaged; a mix of

@@ -66,14 +66,13 @@ def generate_from_sources(model, texts: list[str], strategy: str | None, given: 
     """One Generation per source text, from an encoder-decoder OpenedModel; `generate` shares it."""
     from ..errors import ArtifactError
     from ..registry import get_host
-    from ..seq2seq import encode_sources
 
     if model.tokenizer is None:
         raise ArtifactError(f"{model.directory} has no tokenizer.json to read sources with")
     host = get_host()
     name, options = decoding_options(model.generation, strategy, given, host)
     decoding = host.component("decoding", name).load()(options)
-    sources = encode_sources(model.tokenizer, texts, model.max_positions)
+    sources = model.encode_sources(texts)
     return model.generate_ids(sources, decoding, batch_size=batch_size)
 
 
@@ -147,9 +146,10 @@ def evaluate_text_to_text(model_dir: str, task_path: str, decoding: dict, *, dev
         return False
     import time
 
-    from ..tasks.text_to_text import read_task, text_metrics
+    from ..tasks.text_to_text import read_task, stored_prefix, text_metrics
 
-    data = read_task(task_path)  # checked before the model loads
+    # A classification file is read with the prefix the model was fine-tuned with, whatever the file's name.
+    data = read_task(task_path, prefix=stored_prefix(model_dir))  # checked before the model loads
     examples = data.examples[:limit] if limit else data.examples
     given = {key: value for key, value in decoding.items() if value is not None}
     strategy = given.pop("strategy", None)

@@ -51,6 +51,8 @@ class EncoderStack(_Stack):
     """An encoder: forward(input_ids, attention_mask, token_type_ids) -> EncoderOutput."""
 
     task_recipe: ClassVar[str] = "encoder"
+    # Roles of the special tokens appended to every source an encoder-decoder encodes (lmkit.contract.Encoder).
+    source_suffix: tuple[str, ...] = ()
 
     def features(self, input_ids: Tensor, attention_mask: Tensor | None = None, **options) -> EncoderOutput:
         """The encoder's output is its features."""

@@ -14,10 +14,15 @@ class CausalLMOptions:
 @dataclass(frozen=True)
 class Seq2SeqOptions:
     label_smoothing: float = 0.0  # Sutskever et al. and Bahdanau et al. train with none; T5 too
+    # Text-to-text fine-tuning on a classification file: the task name its examples were prefixed with ("rte:
+    # sentence1: ..."), kept so that lmkit eval --task and lmkit predict read other files of the task alike.
+    task_prefix: str = ""
 
     def __post_init__(self):
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        if not isinstance(self.task_prefix, str):
+            raise ValueError(f"task_prefix must be a string, got {self.task_prefix!r}")
 
 
 @dataclass(frozen=True)

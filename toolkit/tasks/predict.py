@@ -71,9 +71,16 @@ def predict(model_dir: str | list[str], path: str, *, batch_size: int = 32, max_
     averaged (ULMFiT §3.4's forward and backward classifiers); LmkitError for models of different
     tasks or labels, or a task whose predictions cannot be averaged (tags, answer spans).
     """
+    from lmkit.opening import model_kind_of
+
     dirs = [model_dir] if isinstance(model_dir, str) else list(model_dir)
     if not dirs:
         raise LmkitError("no model to predict with; give a fine-tuned model directory or export")
+    if any(model_kind_of(directory) == "encoder-decoder" for directory in dirs):  # text-to-text (T5): text, no head
+        if len(dirs) > 1:
+            raise LmkitError("a text-to-text model answers in text, which cannot be averaged with another "
+                             "model's; predict with one model directory")
+        return predict_text_to_text(dirs[0], path, batch_size=batch_size, device=device)
     if len(dirs) > 1:  # checked before any model runs
         first = _head_part(dirs[0])
         for other in dirs[1:]:
@@ -161,3 +168,26 @@ def _scores(model_dir: str, path: str, *, batch_size: int, max_length: int | Non
     scores = [runner.scores(batch)
               for batch in tqdm(batches, desc="predict", unit="batch", disable=None if progress else True)]
     return part, kind, data, encoded, batches, scores
+
+
+def predict_text_to_text(model_dir: str, path: str, *, batch_size: int = 32,
+                         device: str = "cpu") -> tuple[list[dict], dict | None]:
+    """(one {"line", "text"} per example, exact match/F1/BLEU when every example has a target) of an
+    encoder-decoder (a model directory or its export) on any text-to-text task file
+    (lmkit.tasks.text_to_text.read_task), generated with the model's decoding settings; a classification
+    file is read with the prefix the model was fine-tuned with."""
+    from lmkit.opening import open_model
+
+    from .text_to_text import read_task, stored_prefix, text_metrics
+
+    data = read_task(path, require_labels=False, prefix=stored_prefix(model_dir))
+    model = open_model(model_dir, device=device)
+    if model.tokenizer is None:
+        raise ArtifactError(f"{model_dir} has no tokenizer.json to read the examples with")
+    results = model.generate_ids(model.encode_sources([e.source for e in data.examples]), model.decoding(),
+                                 batch_size=batch_size)
+    texts = [model.output_tokenizer.decode(r.tokens, skip_special_tokens=True).strip() for r in results]
+    lines = data.lines or range(1, len(texts) + 1)
+    outputs = [{"line": line, "text": text} for line, text in zip(lines, texts)]
+    labelled = all(e.target is not None for e in data.examples)
+    return outputs, text_metrics(texts, [e.target for e in data.examples]) if labelled else None

@@ -35,6 +35,7 @@ class TextPairs:
     examples: list[TextPair]
     labels: tuple[str, ...] = ()  # no label set: targets are free text
     lines: list[int] | None = None
+    prefix: str = ""  # a classification file's task name, put before every input; "" for JSONL and SQuAD
 
 
 def read_task(path: str, require_labels: bool = True, prefix: str = "") -> TextPairs:
@@ -66,7 +67,26 @@ def read_task(path: str, require_labels: bool = True, prefix: str = "") -> TextP
                   else f"{name}: {texts[0]}")
         target = data.labels[example.label] if example.label != -1 else None
         examples.append(TextPair(source, target))
-    return TextPairs(path, examples, lines=list(data.lines) or None)
+    return TextPairs(path, examples, lines=list(data.lines) or None, prefix=name)
+
+
+def stored_prefix(model_dir: str) -> str:
+    """The task prefix a text-to-text model was fine-tuned with on a classification file (its seq2seq
+    objective's task_prefix, in config.json or an export's manifest); "" when it has none."""
+    from ..opening import is_export
+
+    if is_export(model_dir):
+        from ..exports.manifest import read_manifest
+
+        spec = (read_manifest(model_dir).get("source") or {}).get("spec") or {}
+    else:
+        from ..artifacts import read_config
+
+        spec = read_config(model_dir).get("spec", {})
+    for objective in spec.get("objectives") or []:
+        if isinstance(objective, dict) and isinstance(objective.get("task_prefix"), str):
+            return objective["task_prefix"]
+    return ""
 
 
 def task_name(path: str) -> str:
@@ -149,29 +169,34 @@ class TextToTextKind:
         return read_task(path, require_labels, self.prefix)
 
     def head_options(self, data) -> dict:
-        return {}
+        """The prefix of a classification file's examples, stored with the model (Seq2SeqOptions.task_prefix)."""
+        return {"task_prefix": data.prefix} if data.prefix else {}
 
     def reader(self, model, tokenizer):
         """What encode() needs of the model: the token its decoder starts from. The tokenizer is kept to read
         generated ids back as text (metrics, outputs)."""
+        from ..seq2seq import source_suffix_ids
+
         self.tokenizer = tokenizer
+        self.source_suffix = source_suffix_ids(model.encoder, tokenizer)  # T5's </s> after every source
         return model.decoder.decoder_start_token_id(tokenizer)
 
     def encode(self, data: TextPairs, tokenizer, max_length: int, start_id: int):
         """(list of (source ids, target ids, start id, eos id), examples cut). Sources are encoded as
-        lmkit.seq2seq.encode_sources encodes them for generation; a source or target longer than max_length
-        is cut (and counted)."""
+        lmkit.opening.OpenedModel.encode_sources encodes them for generation (the encoder's source_suffix
+        appended); a source or target longer than max_length is cut (and counted), keeping the suffix."""
         eos = tokenizer.eos_id
         if eos is None:
             raise DataError("text-to-text needs a tokenizer with </s>, which ends every target")
+        suffix = list(self.source_suffix)
         sources = tokenizer.encode_batch([e.source for e in data.examples])
         targets = tokenizer.encode_batch([e.target or "" for e in data.examples])
         encoded, cut = [], 0
         for source, target in zip(sources, targets):
-            if len(source) > max_length or len(target) + 1 > max_length:
+            if len(source) + len(suffix) > max_length or len(target) + 1 > max_length:
                 cut += 1
-                source, target = source[:max_length], target[:max_length - 1]
-            encoded.append((source, target, start_id, eos))
+                source, target = source[:max_length - len(suffix)], target[:max_length - 1]
+            encoded.append((source + suffix, target, start_id, eos))
         return encoded, cut
 
     def collate(self, encoded, pad_id: int) -> dict[str, np.ndarray]:
@@ -223,3 +248,4 @@ class TextToTextKind:
         return all(e.target is not None for e in data.examples)
 
     tokenizer = None  # the fine-tuned model's, from reader()
+    source_suffix: list[int] = []  # its encoder's, from reader()
