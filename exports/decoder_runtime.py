@@ -171,11 +171,7 @@ class OrtBackend:
             raise LmkitError("a prefix needs a cache of any length, and this export keeps a fixed window in some "
                              "layers (GPT-3's banded layers); generate with the model directory instead")
         self.prefix_length = prefix.length
-        if self.max_length is not None:
-            if prefix.length >= self.max_length:
-                raise LmkitError(f"the prefix has {prefix.length} positions and the model reads at most "
-                                 f"{self.max_length}; train a shorter prefix")
-            self.max_length -= prefix.length
+        self.max_length = prefix.positions_left(self.max_length)
         for index, name in enumerate(names):
             layer, part = divmod(index, 2)
             self.prefix[name] = np.ascontiguousarray(prefix.keys_values[layer, part][None],

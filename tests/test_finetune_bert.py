@@ -61,7 +61,9 @@ def test_glue_style_tsv_pairs(run, pretrained, tmp_path):
         (tmp_path / name).write_text("index\tsentence1\tsentence2\tlabel\n" + "".join(
             f"{i}\t{a}\t{b}\t{'entailment' if good >= 3 else 'not_entailment'}\n" for i, (a, b, good) in enumerate(rows)))
     record = finetune(run, pretrained, tmp_path, "classification", tmp_path / "train.tsv", tmp_path / "dev.tsv",
-                      "--epochs", "4", "--warmup-ratio", "0")  # at --lr 1e-3: tuned without the recipe's warmup
+                      "--epochs", "8", "--warmup-ratio", "0")  # at --lr 1e-3: tuned without the recipe's warmup
+    # 4 epochs learnt the pairs with only about half of the seeds (1 and 2 of 0-4 stayed at the majority
+    # class, whatever the dropout masks); 8 learn them with each of seeds 0-3 (0.92-0.95).
     assert record["labels"] == ["entailment", "not_entailment"]
     assert record["baseline"]["accuracy"] < record["accuracy"]
     assert record["accuracy"] > 0.75 and record["mcc"] > 0.5, record

@@ -59,6 +59,16 @@ class CachePrefix:
                 f"{_geometry(*theirs)}, but {model} has {_geometry(n_layers, n_heads, head_dim)}; "
                 "train a prefix for this model with lmkit train-prefix")
 
+    def positions_left(self, max_length: int | None) -> int | None:
+        """The positions a model reading at most max_length (None: no limit) has left after the prefix;
+        LmkitError when the prefix leaves none."""
+        if max_length is None:
+            return None
+        if self.length >= max_length:
+            raise LmkitError(f"the prefix has {self.length} positions and the model reads at most {max_length}; "
+                             "train a shorter prefix")
+        return max_length - self.length
+
 
 def _geometry(n_layers: int, n_heads: int, head_dim: int) -> str:
     return f"{n_layers} layers, {n_heads} heads of {head_dim} dimensions (width {n_heads * head_dim})"

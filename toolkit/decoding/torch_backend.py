@@ -158,11 +158,7 @@ class TorchBackend:
         n_layers, _, n_heads, _, head_dim = probe.keys.shape
         prefix.check_fits(n_layers, n_heads, head_dim, f"this {type(self.decoder).__name__}")
         self.prefix_length = prefix.length
-        if self.max_length is not None:
-            if prefix.length >= self.max_length:
-                raise LmkitError(f"the prefix has {prefix.length} positions and the model reads at most "
-                                 f"{self.max_length}; train a shorter prefix")
-            self.max_length -= prefix.length
+        self.max_length = prefix.positions_left(self.max_length)
         kv = torch.from_numpy(prefix.keys_values).to(self.device, probe.keys.dtype)  # (L, 2, nh, P, hs)
         self.prefix = (kv[:, 0, None], kv[:, 1, None])  # each (L, 1, nh, P, hs)
 
