@@ -26,4 +26,6 @@ def test_the_first_install_covers_export():
 
 
 def test_the_serving_install_has_no_torch_and_no_onnx():
-    assert extra_requirements("serve") == {"onnxruntime"}
+    # onnxruntime runs the export; starlette and uvicorn (pure Python) are lmkit serve's HTTP server.
+    assert extra_requirements("serve") == {"onnxruntime", "starlette", "uvicorn"}
+    assert extra_requirements("serve-gpu") == {"onnxruntime-gpu", "starlette", "uvicorn"}
