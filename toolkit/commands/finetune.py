@@ -6,6 +6,7 @@ import json
 import click
 
 from ..tasks.chunks import SCHEMES
+from .optimizer_cli import optimizer_flags
 
 TASK_KINDS = ("classification", "similarity", "regression", "multiple-choice", "token-classification",
               "question-answering", "text-to-text")
@@ -71,15 +72,7 @@ def _names(value: str | None) -> tuple[str, ...]:
               help="Cut longer examples (longest text first) with a warning, or fail.")
 @click.option("--unlabeled", "unlabeled", metavar="FILE",
               help="Unlabelled text, one sentence per line, for a recipe that learns from it (--recipe cvt).")
-@click.option("--optimizer", metavar="NAME",
-              help="A registered optimizer (lmkit components --kind optimizer): adamw, sgd, ...  [default: adamw]")
-@click.option("--optimizer-set", "optimizer_options", multiple=True, metavar="KEY=VALUE",
-              help="An option of the optimizer, e.g. momentum=0.9; repeat for more.")
-@click.option("--schedule", metavar="NAME",
-              help="A registered learning-rate schedule (lmkit components --kind schedule): cosine, cvt, ...  "
-                   "[default: cosine]")
-@click.option("--schedule-set", "schedule_options", multiple=True, metavar="KEY=VALUE",
-              help="An option of the schedule, e.g. warmup_steps=100; repeat for more.")
+@optimizer_flags
 @click.option("--multitask", metavar="NAME=FILE,...",
               help="Several tagging tasks trained at once on one model, for a recipe that can (--recipe cvt), in "
                    "place of --train: e.g. ner=ner.conll,pos=pos.conll; --dev then takes the same NAME=FILE form.")

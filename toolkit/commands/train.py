@@ -5,6 +5,8 @@ import os
 
 import click
 
+from .optimizer_cli import optimizer_flags
+
 
 @click.command("train")
 @click.argument("model_dir", type=click.Path(file_okay=False))
@@ -40,15 +42,7 @@ import click
 @click.option("--device", help="auto (cuda when there is one), cpu, cuda or cuda:N.  [default: auto]")
 @click.option("--shard", is_flag=True, default=None,
               help="Under torchrun: shard weights, gradients and optimizer state over the processes (FSDP2).")
-@click.option("--optimizer", metavar="NAME",
-              help="A registered optimizer (lmkit components --kind optimizer): adamw, sgd, ...  [default: adamw]")
-@click.option("--optimizer-set", "optimizer_options", multiple=True, metavar="KEY=VALUE",
-              help="An option of the optimizer, e.g. momentum=0.9; repeat for more.")
-@click.option("--schedule", metavar="NAME",
-              help="A registered learning-rate schedule (lmkit components --kind schedule): cosine, halving, ...  "
-                   "[default: cosine]")
-@click.option("--schedule-set", "schedule_options", multiple=True, metavar="KEY=VALUE",
-              help="An option of the schedule, e.g. halve_every=100; repeat for more.")
+@optimizer_flags
 @click.option("--recipe", metavar="NAME",
               help="A registered training recipe (lmkit components --kind training-recipe) whose optimizer, schedule "
                    "and rates the run starts from; flags given win, e.g. ulmfit-lm.")
