@@ -230,6 +230,8 @@ class Trainer:
         if args.grad_clip > 0:
             nn.utils.clip_grad_norm_(self.model.parameters(), args.grad_clip)
         self.optimizer.step()
+        if args.shard and self.step == 0:  # its state exists now: refuse one --shard cannot save, before any work is lost
+            sharding.check_elementwise(self.optimizer)
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
         self.samples_seen += args.global_batch
