@@ -47,7 +47,10 @@ def pair(size: str):
     import transformers
 
     torch.manual_seed(0)
-    hf_config = transformers.GPT2Config(**SIZES[size], resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+    sizes = SIZES[size]  # in lmkit's names; transformers 5 no longer maps n_layers, d_model, ...
+    hf_config = transformers.GPT2Config(n_layer=sizes["n_layers"], n_embd=sizes["d_model"], n_head=sizes["n_heads"],
+                                        vocab_size=sizes["vocab_size"], n_positions=sizes["max_positions"],
+                                        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
     hf = transformers.GPT2LMHeadModel(hf_config).eval()
     config = config_from_hf(hf_config.to_dict())
     ours = GPT2Decoder(GPT2Config(**{**config.__dict__, "dropout": 0.0}))

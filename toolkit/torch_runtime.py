@@ -57,12 +57,16 @@ class TorchRuntime:
 def open_model_directory(directory: str, device: str = "auto"):
     """The OpenedModel of a model directory, its model on `device` (auto: CUDA when torch has it)."""
     from .model import load_model, load_target_tokenizer
+    from .nn import decoding_layout
     from .opening import OpenedModel, generation_settings
     from .parallel import source_pad_id
     from .training.distributed import resolve_device
 
     resolved = resolve_device(device)
     model, tokenizer, config = load_model(directory, device=str(resolved))
+    # An opened model runs inference (generate, embed, eval, serve): its linear weights get the memory
+    # order in which the CPU's kernels read them fastest at a few rows (lmkit.nn.layout).
+    decoding_layout(model)
     target_tokenizer = load_target_tokenizer(directory) if model.kind == "encoder-decoder" else None
     start, suffix = None, []
     if model.kind == "encoder-decoder" and (target_tokenizer or tokenizer) is not None:

@@ -12,7 +12,7 @@ _WHERE = {
     "BandedKVCache": "banded", "BandedSelfAttention": "banded", "band_attention_mask": "banded",
     "banded_attention": "banded", "symmetric_band_mask": "banded",
     "MLP": "blocks", "Activation": "blocks", "Block": "blocks", "activation_module": "blocks",
-    "KVCache": "cache", "TiedOutputProjection": "tied",
+    "KVCache": "cache", "TiedOutputProjection": "tied", "decoding_layout": "layout",
     "BlockStack": "sharing", "SharedBlocks": "sharing",
     "embedding_dropout": "dropout", "locked_dropout": "dropout", "locked_mask": "dropout", "weight_drop": "dropout",
     "RecurrentCache": "recurrent", "lstm_layer": "recurrent", "masked_steps": "recurrent",

@@ -1,0 +1,89 @@
+"""The decoding fast paths change where numbers live, never what they are: the (in, out) weight layout,
+the cache's reorder into a second buffer, the tied head's one 2-D product."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from lmkit.nn import KVCache, TiedOutputProjection, decoding_layout
+
+
+def test_decoding_layout_keeps_values_shapes_and_state_dict():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 48), nn.GELU(), nn.Linear(48, 16, bias=False), nn.Embedding(10, 16))
+    before = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+    x = torch.randn(8, 3, 16)
+    expected = model[:3](x)
+    assert decoding_layout(model) == 2  # the two Linear layers, not the embedding
+    for name, tensor in model.state_dict().items():
+        assert tensor.shape == before[name].shape and torch.equal(tensor, before[name])
+    assert model[0].weight.t().is_contiguous() and not model[0].weight.is_contiguous()
+    assert model[3].weight.is_contiguous()
+    torch.testing.assert_close(model[:3](x), expected, rtol=1e-5, atol=1e-6)
+    assert decoding_layout(model) == 0  # already laid out: nothing moves again
+
+
+def test_decoding_layout_leaves_other_dtypes_alone():
+    model = nn.Linear(4, 6).to(torch.bfloat16)
+    assert decoding_layout(model) == 0 and model.weight.is_contiguous()
+
+
+def test_layout_survives_training_and_saving(tmp_path):
+    from safetensors.torch import load_file
+
+    from lmkit.model import save_weights
+
+    model = nn.Linear(8, 4)
+    decoding_layout(model)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.1)
+    model(torch.randn(5, 8)).square().sum().backward()
+    optimizer.step()
+    save_weights(model, str(tmp_path / "w.safetensors"))
+    loaded = load_file(str(tmp_path / "w.safetensors"))
+    assert torch.equal(loaded["weight"], model.weight.detach())
+
+
+def reference_reorder(tensor: torch.Tensor, rows: torch.Tensor, length: int) -> torch.Tensor:
+    return tensor[:, rows, :, :length]
+
+
+@pytest.mark.parametrize("length", [2, 9])  # filled under a quarter of the cache, and most of it
+def test_kv_cache_reorder_matches_a_plain_gather(length):
+    torch.manual_seed(0)
+    cache = KVCache(2, 4, 3, 10, 5)
+    k, v = torch.randn(4, 3, length, 5), torch.randn(4, 3, length, 5)
+    for layer in range(2):
+        cache.update(layer, k + layer, v - layer)
+    cache.advance(length)
+    keys, values = cache.keys[:, :, :, :length].clone(), cache.values[:, :, :, :length].clone()
+    for rows in ([0, 0, 1, 3], [3, 2, 1, 0], [0, 1, 2, 3], [1, 1, 1, 1]):
+        rows = torch.tensor(rows)
+        keys, values = keys[:, rows], values[:, rows]
+        cache.reorder(rows)
+        assert torch.equal(cache.keys[:, :, :, :length], keys)
+        assert torch.equal(cache.values[:, :, :, :length], values)
+    # Decoding goes on in the buffer the reorder left: a new position lands in every row.
+    new = torch.randn(4, 3, 1, 5)
+    got_k, _ = cache.update(0, new, new)
+    assert torch.equal(got_k[:, :, length:], new) and torch.equal(got_k[:, :, :length], keys[0])
+
+
+def test_kv_cache_reorder_to_another_batch_size():
+    cache = KVCache(1, 2, 1, 4, 2)
+    cache.update(0, torch.arange(4.0).view(2, 1, 1, 2), torch.zeros(2, 1, 1, 2))
+    cache.advance(1)
+    cache.reorder(torch.tensor([1, 1, 0]))
+    assert cache.batch_size == 3
+    assert cache.keys[0, :, 0, 0].tolist() == [[2.0, 3.0], [2.0, 3.0], [0.0, 1.0]]
+
+
+def test_tied_head_few_rows_equals_the_embedding_product():
+    torch.manual_seed(0)
+    embedding = torch.randn(50, 12)  # made outside inference mode, so the head keeps its transposed copy
+    head = TiedOutputProjection()
+    with torch.inference_mode():
+        for shape in ((8, 1, 12), (3, 12), (2, 2, 12)):
+            h = torch.randn(*shape)
+            torch.testing.assert_close(head(h, embedding), h @ embedding.t(), rtol=1e-5, atol=1e-5)
+        assert head._copy is not None
