@@ -21,6 +21,7 @@ from lmkit.decoding.beam import BeamSearch
 from lmkit.decoding.greedy import Greedy
 from lmkit.decoding.options import BeamSearchOptions, GreedyOptions
 from lmkit.decoding.torch_backend import TorchBackend
+from lmkit.nn import decoding_layout
 from lmkit.plugins.gpt.config import GPT2Config
 from lmkit.plugins.gpt.hf import config_from_hf, state_dict_from_hf
 from lmkit.plugins.gpt.model import GPT2Decoder
@@ -127,6 +128,7 @@ def hf_generate(hf, prompt: list[int], new_tokens: int, beams: int = 1):
 
 def bench_decoding(size: str, repeats: int, new_tokens: int, beams: int = 1, eager: bool = True) -> dict:
     ours, hf = pair(size)
+    decoding_layout(ours)  # as lmkit's opened models have it (lmkit.nn.layout)
     prompt = torch.randint(0, SIZES[size]["vocab_size"], (16,)).tolist()
     functions = {"lmkit": lambda: lmkit_generate(ours, prompt, new_tokens, beams),
                  "transformers": lambda: hf_generate(hf, prompt, new_tokens, beams)}

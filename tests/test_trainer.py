@@ -98,7 +98,7 @@ def test_weight_decay_applies_to_matrices_only(template):
     decayed, plain = build_optimizer(model, args, torch.device("cpu")).param_groups
     assert decayed["weight_decay"] == 0.1 and plain["weight_decay"] == 0.0
     assert all(p.dim() >= 2 for p in decayed["params"]) and all(p.dim() == 1 for p in plain["params"])
-    assert decayed["foreach"] is True
+    assert decayed["fused"] is True  # one kernel per step on the CPU too (lmkit.training.schedule)
     assert len(decayed["params"]) + len(plain["params"]) == len(list(model.parameters()))
 
 
@@ -441,3 +441,28 @@ def test_plot_errors(run, tmp_path, monkeypatch):
     assert result.code == 1
     assert result.err.strip() == ("error: lmkit plot needs matplotlib, which is not installed; install it with: "
                                   "pip install 'lmkit-toolkit[plot]'")
+
+
+# -- --compile -------------------------------------------------------------------------------------------
+
+
+def test_compile_without_a_cpp_compiler_is_refused_before_anything_is_read(template, corpus, copy_model, monkeypatch):
+    from lmkit.training import compiling
+
+    monkeypatch.setattr(compiling.shutil, "which", lambda name: None)
+    monkeypatch.setattr("torch._inductor.config.cpp.cxx", (None, "g++"))
+    model_dir = copy_model(template, "model")
+    before = sorted(os.listdir(model_dir))
+    with pytest.raises(TrainingError, match="--compile on the CPU needs a C\\+\\+ compiler"):
+        train(model_dir, corpus, **{**QUICK, "steps": 2, "compile": True})
+    assert sorted(os.listdir(model_dir)) == before
+
+
+@pytest.mark.skipif(not os.environ.get("LMKIT_SLOW_TESTS"), reason="compiles for minutes; set LMKIT_SLOW_TESTS=1")
+def test_compiled_training_matches_eager(template, corpus, copy_model):
+    eager, compiled = copy_model(template, "eager"), copy_model(template, "compiled")
+    run = {**QUICK, "steps": 3}
+    train(eager, corpus, **run)
+    train(compiled, corpus, **run, compile=True)
+    assert [r["loss"] for r in metrics(compiled)] == pytest.approx([r["loss"] for r in metrics(eager)], rel=1e-4)
+    assert_same_tensors(weights(eager), weights(compiled), exact=False, atol=1e-4)

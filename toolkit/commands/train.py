@@ -42,6 +42,9 @@ from .optimizer_cli import optimizer_flags
 @click.option("--device", help="auto (cuda when there is one), cpu, cuda or cuda:N.  [default: auto]")
 @click.option("--shard", is_flag=True, default=None,
               help="Under torchrun: shard weights, gradients and optimizer state over the processes (FSDP2).")
+@click.option("--compile", "compile", is_flag=True, default=None,
+              help="torch.compile the forward and backward passes: faster steps after a first one that compiles "
+                   "(minutes on a CPU); needs a C++ compiler on the CPU, Triton on CUDA.")
 @optimizer_flags
 @click.option("--recipe", metavar="NAME",
               help="A registered training recipe (lmkit components --kind training-recipe) whose optimizer, schedule "

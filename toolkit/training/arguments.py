@@ -53,6 +53,7 @@ class TrainingArguments:
     text_field: str = "text"  # the field of a .jsonl record that holds the document
     device: str = "auto"  # auto: cuda when there is one, else cpu
     shard: bool = False  # FSDP2 under torchrun: each process keeps 1/N of the weights and optimizer state
+    compile: bool = False  # torch.compile the forward and backward passes (lmkit.training.compiling)
     # A registered optimizer and schedule (lmkit components --kind optimizer / schedule), with their options.
     optimizer: str = "adamw"
     schedule: str = "cosine"
@@ -136,11 +137,11 @@ class TrainingArguments:
         return cls(**values)
 
     def resumed_with(self, changes: dict, step: int) -> TrainingArguments:
-        """These arguments for a run resumed at `step`: only steps (and the device and sharding) may change."""
+        """These arguments for a run resumed at `step`: only steps (and the device, sharding and compiling) may change."""
         current = self.to_dict()
         asked = TrainingArguments.from_dict({**current, **changes}).to_dict()
         for name, value in asked.items():
-            if value != current[name] and name not in ("steps", "device", "shard"):
+            if value != current[name] and name not in ("steps", "device", "shard", "compile"):
                 raise TrainingError(f"{flag(name)} {value} differs from the run being resumed ({current[name]}); "
                                     "a resumed run keeps its arguments: only --steps may be raised")
         if asked["steps"] < self.steps:

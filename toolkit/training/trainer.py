@@ -30,7 +30,7 @@ from ..artifacts import WEIGHTS, atomic_write, read_config
 from ..data import tokenizer_fingerprint
 from ..errors import LmkitError
 from ..model import ComposedModel, load_model, load_target_tokenizer, save_weights
-from . import sharding
+from . import compiling, sharding
 from .arguments import TrainingArguments, TrainingError
 from .batches import Batch, DataContext, batches_for
 from .checkpoint import (
@@ -84,6 +84,8 @@ class Trainer:
         self.model_dir, self.args, self.procs = model_dir, args, procs
         self.progress = progress and procs.is_main
         self.device = resolve_device(args.device, procs.local_rank)
+        if args.compile:  # before the data is read: a missing compiler is an error now, not at the first step
+            compiling.check_compilable(self.device)
         config = read_config(model_dir)
         if state is not None:
             _check_unchanged_spec(state, config["spec"], model_dir)
@@ -132,6 +134,8 @@ class Trainer:
             self.batch_loss = DistributedDataParallel(
                 self.batch_loss, device_ids=[self.device.index] if self.device.type == "cuda" else None,
                 gradient_as_bucket_view=True)
+        if args.compile:  # around DDP, so its hooks see the compiled graph's gradients as they come
+            self.batch_loss = torch.compile(self.batch_loss)
         self.loss_sum = torch.zeros((), device=self.device)  # since the last log, summed without syncing
         # Each objective's loss, unweighted, summed the same way: reported beside the total when there are several.
         self.objective_types = [o.type for o in self.model.spec.objectives]
