@@ -15,7 +15,7 @@ import time
 
 import numpy as np
 import torch
-from timing import interleaved  # benchmarks/timing.py
+from timing import interleaved, record  # benchmarks/timing.py
 
 from lmkit.decoding.beam import BeamSearch
 from lmkit.decoding.greedy import Greedy
@@ -147,6 +147,9 @@ def bench_decoding(size: str, repeats: int, new_tokens: int, beams: int = 1, eag
 def show(title: str, row: dict) -> None:
     cells = [f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()]
     print(f"{title:<44} " + " | ".join(cells), flush=True)
+    record("bench_gpt2", title, row["ratio"])
+    if "ratio vs eager" in row:
+        record("bench_gpt2", title, row["ratio vs eager"], against="PyTorch eager (no cache)")
 
 
 def main() -> None:

@@ -20,7 +20,7 @@ import tempfile
 
 import numpy as np
 import torch
-from timing import interleaved  # benchmarks/timing.py
+from timing import interleaved, record  # benchmarks/timing.py
 
 SMALL = dict(vocab_size=32128, d_model=512, d_kv=64, d_ff=2048, num_layers=6, num_heads=8)
 QUICK = dict(vocab_size=4096, d_model=256, d_kv=32, d_ff=1024, num_layers=4, num_heads=8)
@@ -118,6 +118,9 @@ def main() -> None:
         with torch.inference_mode():
             seconds = interleaved(functions, args.repeats, shuffle=True)
         ms = {name: 1000 * value / N for name, value in seconds.items()}
+        for name in contenders:
+            record("bench_t5", f"{strategy}, batch {batch}, {name.removeprefix('lmkit ')}",
+                   ms["transformers"] / ms[name])
         print(f"{strategy:16} {batch:>5} " + " ".join(f"{ms[name]:13.2f} ms" for name in functions) + "   "
               + "  ".join(f"{name.removeprefix('lmkit ')} {ms['transformers'] / ms[name]:.2f}x"
                           for name in contenders), flush=True)
@@ -144,6 +147,7 @@ def main() -> None:
 
     seconds = interleaved({"transformers": step_transformers, "lmkit torch": step_lmkit}, args.repeats, shuffle=True)
     tokens = int((batch["labels"] != -100).sum())
+    record("bench_t5", "training, target tokens/s", seconds["transformers"] / seconds["lmkit torch"])
     print(f"training: target tokens/s  transformers {tokens / seconds['transformers']:.0f}  lmkit torch "
           f"{tokens / seconds['lmkit torch']:.0f}  ratio (lmkit / transformers) "
           f"{seconds['transformers'] / seconds['lmkit torch']:.2f}x; files in {root}")

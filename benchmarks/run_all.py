@@ -8,7 +8,8 @@ they would share the cores), with the short settings below unless --full; --clai
 scripts that check a paper's claim by training (minutes to an hour each). Each benchmark prints its
 own table of ratios against transformers and PyTorch eager (side by side in its one run); this
 script gathers them with the command that produced each, its wall time and exit status, into
-DIR/benchmarks.md and DIR/benchmarks.json. Nothing is asserted.
+DIR/benchmarks.md and DIR/benchmarks.json, led by a table of every ratio the benchmarks record
+(timing.record: bench_gpt2, bench_t5). Nothing is asserted.
 """
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 # name: (arguments with the short settings, arguments with --full); {threads} is filled in.
 SPEED = {
     "bench_gpt2": (["--quick", "--threads", "{threads}"], ["--threads", "{threads}"]),
+    "bench_t5": (["--quick", "--threads", "{threads}"], ["--threads", "{threads}"]),
     "bench_onnx": (["--sizes", "gpt-mini", "--threads", "{threads}"], ["--threads", "{threads}"]),
     "bench_bert": (["--sizes", "minilm", "--threads", "{threads}"], ["--threads", "{threads}"]),
     "bench_sparse": (["--lengths", "1024", "2048", "--threads", "{threads}"], ["--threads", "{threads}"]),
@@ -70,11 +72,12 @@ def machine() -> dict:
     return info
 
 
-def run(name: str, arguments: list[str]) -> dict:
+def run(name: str, arguments: list[str], ratios_file: str) -> dict:
     command = [sys.executable, os.path.join(HERE, f"{name}.py"), *arguments]
     print(f"== {name}: {' '.join(command[1:])}", file=sys.stderr, flush=True)
     start = time.perf_counter()
-    done = subprocess.run(command, capture_output=True, text=True)
+    # Benchmarks that know their ratios add them to this file (timing.record): the summary table.
+    done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "LMKIT_BENCH_RECORD": ratios_file})
     seconds = time.perf_counter() - start
     print(done.stdout, file=sys.stderr, flush=True)
     return {"name": name, "command": "python " + " ".join([os.path.relpath(command[1]), *arguments]),
@@ -82,9 +85,19 @@ def run(name: str, arguments: list[str]) -> dict:
             "error": done.stderr[-2000:] if done.returncode else ""}
 
 
-def markdown(info: dict, results: list[dict]) -> str:
+def read_ratios(path: str) -> list[dict]:
+    if not os.path.exists(path):
+        return []
+    with open(path) as handle:
+        return [json.loads(line) for line in handle if line.strip()]
+
+
+def markdown(info: dict, results: list[dict], ratios: list[dict]) -> str:
     lines = [f"# lmkit benchmarks, {info['date']}", "", "| machine | |", "| --- | --- |"]
     lines += [f"| {key} | {value} |" for key, value in info.items() if key != "date"]
+    if ratios:  # above 1: lmkit is faster
+        lines += ["", "| benchmark | measure | against | ratio |", "| --- | --- | --- | ---: |"]
+        lines += [f"| {r['benchmark']} | {r['measure']} | {r['against']} | {r['ratio']:.2f} |" for r in ratios]
     lines += ["", "| benchmark | command | status | seconds |", "| --- | --- | --- | ---: |"]
     lines += [f"| [{r['name']}](#{r['name'].replace('_', '-')}) | `{r['command']}` | "
               f"{'ok' if r['exit_status'] == 0 else 'failed (' + str(r['exit_status']) + ')'} | {r['seconds']} |"
@@ -115,12 +128,16 @@ def main() -> None:
         plan = {name: arguments for name, arguments in {**plan, **CLAIMS}.items() if name in args.only}
     info = {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), **machine(),
             "threads": args.threads}
-    results = [run(name, arguments) for name, arguments in plan.items()]
     os.makedirs(args.out, exist_ok=True)
+    ratios_file = os.path.join(args.out, "ratios.jsonl")
+    if os.path.exists(ratios_file):
+        os.remove(ratios_file)
+    results = [run(name, arguments, ratios_file) for name, arguments in plan.items()]
+    ratios = read_ratios(ratios_file)
     with open(os.path.join(args.out, "benchmarks.json"), "w") as handle:
-        json.dump({"machine": info, "benchmarks": results}, handle, indent=2)
+        json.dump({"machine": info, "ratios": ratios, "benchmarks": results}, handle, indent=2)
     with open(os.path.join(args.out, "benchmarks.md"), "w") as handle:
-        handle.write(markdown(info, results))
+        handle.write(markdown(info, results, ratios))
     print(os.path.join(args.out, "benchmarks.md"))
     sys.exit(1 if any(r["exit_status"] for r in results) else 0)
 

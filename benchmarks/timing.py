@@ -1,6 +1,7 @@
 """Timing shared by the benchmarks (run as scripts: `python benchmarks/bench_x.py` puts this folder on the path)."""
 from __future__ import annotations
 
+import json
 import os
 import random
 import statistics
@@ -33,3 +34,17 @@ def interleaved(functions: dict[str, Callable[[], object]], repeats: int, *, shu
             function()
             times[name].append(CLOCK() - start)
     return {name: statistics.median(values) for name, values in times.items()}
+
+
+def record(benchmark: str, measure: str, ratio: float, against: str = "transformers", **figures) -> None:
+    """Add one ratio (above 1: lmkit is faster) to the file run_all.py gathers its summary table from.
+
+    The file is $LMKIT_BENCH_RECORD, one JSON object per line; without it (a benchmark run on its
+    own) nothing is written and the benchmark's printed table is the record.
+    """
+    path = os.environ.get("LMKIT_BENCH_RECORD")
+    if not path:
+        return
+    with open(path, "a") as handle:
+        handle.write(json.dumps({"benchmark": benchmark, "measure": measure, "against": against,
+                                 "ratio": round(float(ratio), 3), **figures}) + "\n")
