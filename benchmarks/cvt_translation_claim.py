@@ -59,6 +59,7 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=1e-2)
     parser.add_argument("--dropout", type=float, default=0.2, help="of the encoder and the decoder")
     parser.add_argument("--num-beams", type=int, default=4, help="of the teacher's beam search")
+    parser.add_argument("--cvt-weight", type=float, default=1.0, help="of the auxiliary decoders' loss")
     parser.add_argument("--jobs", type=int, default=1, help="runs trained at once")
     parser.add_argument("--runs", nargs="+", default=["supervised", "cvt", "supervised-long"],
                         choices=["supervised", "cvt", "supervised-long"])
@@ -85,7 +86,7 @@ def main() -> None:
 
     def run(seed: int, name: str) -> dict:
         out = os.path.join(args.out, f"{name}-{seed}")
-        extra = (["--set", "objectives.cvt-translation.weight=1",
+        extra = (["--set", f"objectives.cvt-translation.weight={args.cvt_weight}",
                   "--set", f"objectives.cvt-translation.num_beams={args.num_beams}"] if name == "cvt" else [])
         lmkit("compose", "nmt-tiny", *sets, *extra, "--seed", seed, "--out", out, "--force")
         started = time.perf_counter()
