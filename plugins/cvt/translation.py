@@ -10,9 +10,9 @@ the bridge that starts the decoder from it) but each has its own attention, atte
     next-word           at step t (having read y_<t) predicts y_{t+1}, the word after the primary's y_t
 
 On an unlabelled batch (`lmkit train --unlabeled`, see UnlabeledSources) the primary model, in eval mode and
-without gradient, translates each source with beam search (the paper: "we produce hard targets for the
-auxiliary modules by running the primary decoder with beam search on the input sequence"); the hard
-target ŷ is held constant and each auxiliary decoder, teacher-forced on it, is trained by cross-entropy:
+without gradient, translates each source with beam search (the paper's hard targets: there is no
+reference translation to teacher-force the primary with); the hard target ŷ is held constant and each
+auxiliary decoder, teacher-forced on it, is trained by cross-entropy:
 
     L_CVT = sum over auxiliary decoders j of  mean over target positions t of  -log p_j(ŷ_{t(+1)} | x, ŷ_<t)
 
