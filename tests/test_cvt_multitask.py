@@ -201,6 +201,10 @@ def test_multitask_from_the_command_line_then_predict_each_task(tasks, tmp_path)
         # its own model scores its dev set as the multi-task run's evaluation did (the averaged weights)
         first = "entity_f1" if task == "ner" else "accuracy"
         assert f"{first} {record['tasks'][task][first]:.4f}" in predicted.err
+        # the run folder itself, with the task named, is that task's best model
+        from_run = run_cli("predict", out, "--task", task, "--data", files["dev"])
+        assert from_run.code == 0, from_run.err
+        assert from_run.out == predicted.out and from_run.err == predicted.err
     # a task's model exports as any CVT tagger (the primary module alone), and its export tags the same
     cli("export", out / "best" / "pos", "--out", tmp_path / "exported")
     served = cli("predict", tmp_path / "exported", "--data", pos["dev"]).out
@@ -263,3 +267,17 @@ def test_resumed_multitask_run_ends_where_the_whole_one_does(tasks, tmp_path, mo
     for name in a:
         assert torch.equal(a[name], b[name]), name
     assert os.path.isdir(halves / "best" / "ner") and os.path.isdir(halves / "best" / "pos")
+
+
+def test_predict_on_a_multitask_run_names_its_tasks_when_the_task_is_missing_or_unknown(tasks, tmp_path):
+    run = tmp_path / "mt"
+    os.makedirs(run / "best" / "ner")
+    (run / "task.json").write_text(json.dumps({"kind": "token-classification", "multitask": "ner=a.conll,pos=b.conll"}))
+    (run / "best" / "ner" / "config.json").write_text("{}")
+    data = tasks["ner"]["dev"]
+    one_line_error(run_cli("predict", run, "--data", data), "is a multi-task run of ner, pos: choose one with --task")
+    one_line_error(run_cli("predict", run, "--task", "chunk", "--data", data),
+                   "--task chunk:", "trained no such task; its tasks: ner, pos")
+    one_line_error(run_cli("predict", run, "--task", "pos", "--data", data), "has no model of task pos yet")
+    one_line_error(run_cli("predict", tasks["model"], "--task", "ner", "--data", data),
+                   "is not a multi-task run (lmkit finetune --multitask); leave --task out")

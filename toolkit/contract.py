@@ -199,6 +199,12 @@ class Objective(Protocol):
         """The data it trains on, a lmkit.training.batches.Batches over the run's files (context)."""
 
     @classmethod
+    def with_unlabeled(cls, batches, context) -> Any:
+        """With `lmkit train --unlabeled`: the Batches that mix the unlabelled sentences of context.args.unlabeled
+        into `batches` (the labelled data), or None when this objective does not learn from unlabelled text.
+        An unlabelled batch carries an `unlabeled` entry; only objectives with reads_unlabeled train on it."""
+
+    @classmethod
     def for_model(cls, options, model) -> nn.Module:
         """The objective built for `model`, whose stacks exist already (BERT's MLM head tied to them)."""
 

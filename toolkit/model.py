@@ -65,7 +65,7 @@ class ComposedModel(nn.Module):
             objective = self.objectives[part.type]
             if "unlabeled" in batch and not getattr(objective, "reads_unlabeled", False):
                 # A batch of unlabelled text (CVT's) trains only the objectives that read it.
-                parts[part.type] = batch["input_ids"].new_zeros((), dtype=torch.float32)
+                parts[part.type] = next(iter(batch.values())).new_zeros((), dtype=torch.float32)
                 continue
             value = objective(self, batch)
             parts[part.type] = value.detach()

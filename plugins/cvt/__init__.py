@@ -3,7 +3,7 @@
 Only registration lives here, so loading the plugin does not import torch: the encoder is in
 model.py, the auxiliary modules and their unlabelled loss in objective.py, the finetune recipe
 that alternates labelled and unlabelled batches in recipe.py, the schedule in config.py and the
-export in export.py. The char CNN and the LSTMs are shared blocks (lmkit.nn.char_cnn, lmkit.nn.lstm).
+export in export.py; CVT for translation (auxiliary decoders on an attentional NMT model) in translation.py. The char CNN and the LSTMs are shared blocks (lmkit.nn.char_cnn, lmkit.nn.lstm).
 """
 from lmkit.hookspecs import hookimpl
 
@@ -19,6 +19,10 @@ def register_objectives(register):
     register("cvt", "lmkit.plugins.cvt.objective:CVTObjective", options="lmkit.plugins.cvt.config:CVTObjectiveOptions",
              summary="auxiliary views (forward, backward, future, past, full) learn the primary's soft tags on "
                      "unlabelled text (CVT)")
+    register("cvt-translation", "lmkit.plugins.cvt.translation:CVTTranslationObjective",
+             options="lmkit.plugins.cvt.config:CVTTranslationOptions",
+             summary="auxiliary decoders (attention dropout, next word) learn the primary decoder's beam-search "
+                     "translations of unlabelled sources (CVT for an attentional LSTM NMT model)")
     register("cvt-multitask", "lmkit.plugins.cvt.multitask:CVTMultitaskObjective",
              options="lmkit.plugins.cvt.config:CVTMultitaskOptions",
              summary="several taggers on one CVT encoder: a primary and auxiliary modules per task, "

@@ -122,3 +122,39 @@ class CVTSchedule:
 
     def rate(self, step: int, args) -> float:
         return cvt_rate(step, args.lr, self.options.warmup_steps, self.options.decay)
+
+
+TRANSLATION_VIEWS = ("attention-dropout", "next-word")
+
+
+@dataclass(frozen=True)
+class CVTTranslationOptions:
+    """CVT for an attentional LSTM translation model (Clark et al. 2018 §3.3, "Machine Translation")."""
+
+    # The auxiliary decoders (the paper's two): one whose attention weights are dropped at random, one that
+    # predicts the word after the one the primary decoder predicts.
+    views: tuple[str, ...] = TRANSLATION_VIEWS
+    # The share of attention weights the attention-dropout decoder zeroes (the paper gives no figure; ours).
+    attention_dropout: float = 0.5
+    # What the auxiliary decoders learn on unlabelled sources: the primary's beam-search output (the paper),
+    # or its greedy output (cheaper).
+    teacher: str = "beam"
+    num_beams: int = 4
+    # The longest pseudo-target; 0: twice the longest source of the batch plus 10 tokens.
+    max_new_tokens: int = 0
+
+    def __post_init__(self):
+        object.__setattr__(self, "views", tuple(self.views))
+        unknown = sorted(set(self.views) - set(TRANSLATION_VIEWS))
+        if unknown:
+            raise ValueError(f"unknown CVT translation views {unknown}; choose among {', '.join(TRANSLATION_VIEWS)}")
+        if not self.views or len(set(self.views)) != len(self.views):
+            raise ValueError("views must name at least one auxiliary decoder, each once")
+        if not 0.0 <= self.attention_dropout < 1.0:
+            raise ValueError(f"attention_dropout must be in [0, 1), got {self.attention_dropout}")
+        if self.teacher not in ("beam", "greedy"):
+            raise ValueError(f"teacher must be beam or greedy, got {self.teacher!r}")
+        if self.num_beams < 1:
+            raise ValueError(f"num_beams must be at least 1, got {self.num_beams}")
+        if self.max_new_tokens < 0:
+            raise ValueError(f"max_new_tokens must be 0 (from the source's length) or positive, got {self.max_new_tokens}")

@@ -96,15 +96,19 @@ class Attention(nn.Module):
         """What the scores compare queries with, computed once per source: (B, S, K)."""
         return self.key(memory) if self.kind == "additive" else memory
 
-    def forward(self, query: torch.Tensor, memory: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor):
-        """query (B, T, Q), memory (B, S, D), keys (B, S, K), mask (B, S) -> context (B, T, D)."""
+    def weights(self, query: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """query (B, T, Q), keys (B, S, K), mask (B, S) -> attention weights (B, T, S), 0 at padding."""
         if self.kind == "additive":
             scores = self.v(torch.tanh(self.query(query)[:, :, None, :] + keys[:, None, :, :])).squeeze(-1)
         else:
             q = self.query(query) if self.kind == "general" else query
             scores = q @ keys.transpose(1, 2)  # (B, T, S)
         scores = scores.masked_fill(~mask[:, None, :], float("-inf"))
-        return F.softmax(scores, dim=-1) @ memory
+        return F.softmax(scores, dim=-1)
+
+    def forward(self, query: torch.Tensor, memory: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor):
+        """query (B, T, Q), memory (B, S, D), keys (B, S, K), mask (B, S) -> context (B, T, D)."""
+        return self.weights(query, keys, mask) @ memory
 
 
 class LSTMDecoder(Seq2SeqDecoderStack):

@@ -15,6 +15,9 @@ from .optimizer_cli import optimizer_flags
                    "models: a source file then a target file, or .tsv files of source<TAB>target lines.")
 @click.option("--val-data", multiple=True, metavar="PATH",
               help="Held-out data to evaluate on  [default: the last --val-fraction of --data]")
+@click.option("--unlabeled", multiple=True, metavar="PATH",
+              help="Unlabelled text, one sentence per line, for an objective that learns from it (cvt-translation: "
+                   "source sentences without translations); repeat for more.")
 @click.option("--steps", type=int, help="Optimizer steps in all; on --resume it may be raised.")
 @click.option("--batch-size", type=int, help="Windows per forward pass, at most.")
 @click.option("--seq-len", type=int, help="Tokens each window predicts; at most the model's context. For "

@@ -31,6 +31,12 @@ class ObjectiveModule(nn.Module):
         return None
 
     @classmethod
+    def with_unlabeled(cls, batches, context):
+        """The Batches of a run given --unlabeled text (context.args.unlabeled), made from `batches` (the labelled
+        data) and that text, or None: this objective does not learn from unlabelled text (the default)."""
+        return None
+
+    @classmethod
     def check_composition(cls, options, spec, tokenizer) -> None:
         """SpecError when this objective could not train the composition (lmkit.contract.Objective); none here."""
 

@@ -105,6 +105,51 @@ def predict(model_dir: str | list[str], path: str, *, batch_size: int = 32, max_
     return outputs, metrics
 
 
+def multitask_names(directory: str) -> list[str] | None:
+    """The task names of a multi-task fine-tuning run in `directory` (lmkit finetune --multitask, whose task.json
+    names them), in training order; None when the directory is not one."""
+    import os
+
+    from ..artifacts import read_json
+    from .finetune import TASK
+
+    path = os.path.join(directory, TASK)
+    if not os.path.isfile(path):
+        return None
+    tasks = read_json(path, "restore it from the run, or point at the run's best/TASK model").get("multitask")
+    if not tasks:
+        return None
+    return [entry.partition("=")[0].strip() for entry in tasks.split(",") if entry.strip()]
+
+
+def task_model(directory: str, task: str | None) -> str:
+    """The model directory that predicts for `task` (lmkit predict --task): DIR/best/TASK of a multi-task run,
+    else `directory` itself. LmkitError, listing the run's tasks, when a multi-task run is given without a
+    task or with one it did not train; when --task is given for a directory that is not a multi-task run;
+    and when the task has no best model yet (none is saved before the run's first evaluation)."""
+    import os
+
+    from ..artifacts import CONFIG
+    from .finetune import BEST
+
+    names = multitask_names(directory)
+    if names is None:
+        if task is not None:
+            raise LmkitError(f"--task {task}: {directory} is not a multi-task run (lmkit finetune --multitask); "
+                             "leave --task out")
+        return directory
+    if task is None:
+        raise LmkitError(f"{directory} is a multi-task run of {', '.join(names)}: choose one with --task, "
+                         f"e.g. --task {names[0]}")
+    if task not in names:
+        raise LmkitError(f"--task {task}: {directory} trained no such task; its tasks: {', '.join(names)}")
+    best = os.path.join(directory, BEST, task)
+    if not os.path.isfile(os.path.join(best, CONFIG)):
+        raise LmkitError(f"{directory} has no model of task {task} yet: a run saves one at its first evaluation "
+                         f"with a --dev file; go on with it (lmkit finetune --out {directory} --resume)")
+    return best
+
+
 def _head_part(model_dir: str) -> dict | None:
     """The task head's part of the spec of a model or export directory, None when it has none."""
     from lmkit.opening import is_export

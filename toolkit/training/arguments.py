@@ -33,6 +33,9 @@ class TrainingArguments:
     batch_size: int  # windows per forward pass, at most
     seq_len: int  # tokens each window predicts; it reads seq_len + 1
     val_data: tuple[str, ...] = ()  # held-out files; when empty, the data's last val_fraction is held out
+    # Unlabelled text (one sentence per line) for an objective that learns from it (Objective.with_unlabeled:
+    # CVT for translation reads source sentences); empty: none.
+    unlabeled: tuple[str, ...] = ()
     lr: float = 3e-4  # peak learning rate, reached at the end of warmup
     warmup: int | None = None  # steps of linear warmup; None: default_warmup(steps), fixed when the run starts
     min_lr_ratio: float = 0.1  # the cosine decays to lr * min_lr_ratio at the last step (Chinchilla: 0.1)
@@ -61,7 +64,7 @@ class TrainingArguments:
     schedule_options: dict = field(default_factory=dict)
 
     def __post_init__(self):
-        for name in ("data", "val_data"):
+        for name in ("data", "val_data", "unlabeled"):
             value = getattr(self, name)
             paths = (value,) if isinstance(value, (str, os.PathLike)) else tuple(value or ())
             object.__setattr__(self, name, tuple(os.path.abspath(os.fspath(p)) for p in paths))

@@ -68,6 +68,14 @@ def batches_for(context: DataContext) -> Batches:
     if batches is None:
         raise TrainingError(f"none of the objectives ({', '.join(context.objectives) or 'none'}) says what data "
                             "it trains on; add one that does, e.g. causal-lm")
+    if context.args.unlabeled:  # an objective that learns from unlabelled text mixes it in (CVT's)
+        for objective in context.model.objectives.values():
+            mixed = type(objective).with_unlabeled(batches, context)
+            if mixed is not None:
+                return mixed
+        raise TrainingError(f"--unlabeled: none of the objectives ({', '.join(context.objectives) or 'none'}) "
+                            "learns from unlabelled text; leave --unlabeled out or add one that does "
+                            "(cvt-translation for an encoder-decoder)")
     return batches
 
 
