@@ -106,7 +106,7 @@ def cloze_task_options(options):
                          "(e.g. --pattern \"{text} Is it good? [MASK]\" --verbalizer \"0=no,1=yes\")")
     if options.kind != "classification":
         raise LmkitError(f"--pattern and --verbalizer fine-tune a classification (or, --pattern alone, a multiple "
-                         f"choice) as cloze; --task {options.kind} is neither: leave them out, or give --task "
+                         f"choice) as cloze; --task {options.kind} is not one of them: leave them out, or give --task "
                          "classification")
     fields = pattern_fields(options.pattern)
     if options.text_fields and tuple(options.text_fields) != fields:
