@@ -175,11 +175,27 @@ def test_predict_reads_the_pattern_and_scores_as_training_did(made, tuned):
     assert f"accuracy {record['accuracy']:.4f}" in result.err
 
 
-def test_a_cloze_model_is_not_exported(made, tuned, tmp_path):
-    out = str(tmp_path / "exported")
-    result = run_cli("export", os.path.join(tuned[0], "best"), "--out", out)
-    assert result.code != 0 and "predict with the model directory" in result.err
-    assert len(result.err.strip().splitlines()) <= 2 and not os.path.exists(out)
+def test_an_exported_cloze_model_predicts_the_same_without_torch(made, tuned, tmp_path):
+    """The export holds no layer of its own: the recipe scores each label's word over the generating graph
+    (backend_label_scores), prefill of Part A and [S], as on the model directory."""
+    import subprocess
+    import sys
+
+    from conftest import NO_TORCH
+
+    best, out = os.path.join(tuned[0], "best"), str(tmp_path / "exported")
+    result = run_cli("export", best, "--out", out)
+    assert result.code == 0, result.err
+    manifest = json.load(open(os.path.join(out, "lmkit-onnx.json")))
+    assert manifest["task_head"]["recipe"] == "glm-cloze" and "file" not in manifest["task_head"]
+    expected = [json.loads(line) for line in run_cli("predict", best, "--data", made["dev"]).out.splitlines()]
+    done = subprocess.run([sys.executable, "-c", NO_TORCH + "from lmkit.cli import main\nmain()\n", "predict", out,
+                           "--data", made["dev"]], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    got = [json.loads(line) for line in done.stdout.splitlines()]
+    assert [row["label"] for row in got] == [row["label"] for row in expected]
+    assert max(abs(row["probabilities"][k] - other["probabilities"][k]) for row, other in zip(got, expected)
+               for k in row["probabilities"]) < 1e-4
 
 
 BAD = [

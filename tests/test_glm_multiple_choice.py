@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from types import SimpleNamespace
 
 import numpy as np
@@ -14,7 +16,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from conftest import run_cli  # noqa: E402
+from conftest import NO_TORCH, run_cli  # noqa: E402
 from test_glm_cloze import M, S, by_hand, tiny  # noqa: E402
 
 from lmkit.plugins.glm.cloze import ClozeInputs, ClozeOptions, GLMClozeRecipe  # noqa: E402
@@ -116,6 +118,17 @@ def test_multiple_choice_as_cloze_learns_and_predicts(made):
     gold = [json.loads(line)["label"] for line in open(made["dev"])]
     assert len(rows) == 48 and len(rows[0]["probabilities"]) == 2
     assert np.mean([row["choice"] == label for row, label in zip(rows, gold)]) == pytest.approx(record["accuracy"])
+    # The export scores each choice over its generating graph (prefill of Part A and [S], then one step per token
+    # of the choice) and picks the same, torch blocked.
+    exported = str(made["root"] / "exported")
+    assert run_cli("export", os.path.join(out, "best"), "--out", exported).code == 0
+    done = subprocess.run([sys.executable, "-c", NO_TORCH + "from lmkit.cli import main\nmain()\n", "predict",
+                           exported, "--data", made["dev"]], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    got = [json.loads(line) for line in done.stdout.splitlines()]
+    assert [row["choice"] for row in got] == [row["choice"] for row in rows]
+    np.testing.assert_allclose([row["probabilities"] for row in got], [row["probabilities"] for row in rows],
+                               atol=1e-4)
 
 
 BAD = [

@@ -21,6 +21,8 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Literal
 
+import numpy as np
+
 from lmkit.contract import EncoderOutput
 from lmkit.errors import DataError, LmkitError
 from lmkit.tasks.cloze import BLANK, pieces
@@ -243,6 +245,56 @@ class GLMClozeRecipe:
         if self.options.multi_token == "mean":
             scores = scores / (lengths - 1 - starts).to(scores.dtype)
         return scores.view(B, S)
+
+
+    def backend_label_scores(self, opened, batch: dict):
+        """label_scores() over any backend of the model (lmkit.opening.OpenedModel: a model directory, or its export
+        on onnxruntime), in numpy: (B, num_labels), or (B, S) for a multiple choice. Each candidate is read as
+        generation reads a blank: Part A and [S] in one prefill at GLM's positions, then the candidate's tokens
+        one step each (pos2 + 1), each step's logits scoring the next token. batch: numpy arrays as for
+        label_scores."""
+        o = self.options
+        ids, mask, extract = batch["input_ids"], batch["attention_mask"].astype(bool), batch["extract_index"]
+        B, S, _ = ids.shape
+        scores = np.zeros((B, S if o.choices else len(o.word_ids)), dtype=np.float64)
+        for b in range(B):
+            if o.choices:  # each choice's own row: its tokens follow [S]
+                rows = [(ids[b, s, :extract[b, s] + 1], ids[b, s, extract[b, s] + 1:mask[b, s].sum()]) for s in range(S)]
+            else:  # every label's word after the one Part A
+                rows = [(ids[b, 0, :extract[b, 0] + 1], np.asarray(word)) for word in o.word_ids]
+            for width in sorted({len(prefix) for prefix, _ in rows}):  # rows of one prefix length go together
+                which = [i for i, (prefix, _) in enumerate(rows) if len(prefix) == width]
+                scores[b, which] = self._candidate_scores(opened, [rows[i] for i in which])
+        return scores.astype(np.float32)
+
+    def _candidate_scores(self, opened, rows) -> np.ndarray:
+        """Summed (or averaged) log p of each row's candidate tokens after its prefix (Part A then [S])."""
+        prefixes = np.stack([prefix for prefix, _ in rows]).astype(np.int64)  # (R, P), one width
+        longest = max(len(tokens) for _, tokens in rows)
+        start = prefixes.shape[1] - 1
+        blank = [int(np.flatnonzero(prefix[:start] == self.options.mask_id)[0]) for prefix in prefixes]
+        positions = np.zeros((len(rows), 2, prefixes.shape[1]), dtype=np.int64)
+        positions[:, 0, :start] = np.arange(start)
+        positions[:, 0, start] = blank  # [S] sits at its [MASK]
+        positions[:, 1, start] = 1
+        backend = opened.backend(longest)
+        logits = backend.prefill(prefixes, np.ones_like(prefixes, dtype=bool), positions, np.array([0, 1]))
+        totals = np.zeros(len(rows), dtype=np.float64)
+        for k in range(longest):
+            real = np.array([k < len(candidate) for _, candidate in rows])  # a shorter candidate has ended
+            tokens = np.array([candidate[k] if k < len(candidate) else 0 for _, candidate in rows], dtype=np.int64)
+            log_probs = _log_softmax(np.asarray(logits, dtype=np.float64))
+            totals += np.where(real, log_probs[np.arange(len(rows)), tokens], 0.0)
+            if k + 1 < longest:
+                logits = backend.step(tokens)
+        if self.options.multi_token == "mean":
+            totals /= np.array([len(tokens) for _, tokens in rows], dtype=np.float64)
+        return totals
+
+
+def _log_softmax(logits):
+    shifted = logits - logits.max(-1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
 
 
 def _starts(input_ids, start_id: int):
