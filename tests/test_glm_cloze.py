@@ -89,6 +89,37 @@ def test_words_of_several_tokens_are_written_into_the_blank(how):
         np.testing.assert_allclose(scores[row].detach().numpy(), expected, atol=1e-5)
 
 
+@pytest.mark.parametrize("how", ["sum", "mean"])
+def test_the_gradient_is_that_of_the_scores_written_by_hand(how):
+    """--multi-token mean once failed to learn in a 30-step trial; its gradient is the one of the definition: the
+    loss of label scores computed one label at a time by full forward passes (positions by hand) backpropagates
+    to the same weight gradients as the batched rows."""
+    words, gold = ((30, 31, 32), (33,), (34, 35)), torch.tensor([0, 2])
+    grads = []
+    for batched in (True, False):
+        decoder = tiny(2).train()
+        if batched:
+            scores = recipe(words, how).label_scores(SimpleNamespace(decoder=decoder), batch_of([r + [S] for r in ROWS]))
+        else:
+            rows = []
+            for part_a in ROWS:
+                row = []
+                for word in words:
+                    blank, ids = part_a.index(M), part_a + [S] + list(word[:-1])
+                    pos1 = list(range(len(part_a))) + [blank] * len(word)
+                    pos2 = [0] * len(part_a) + list(range(1, len(word) + 1))
+                    log_p = decoder(torch.tensor([ids]), position_ids=torch.tensor([[pos1, pos2]]))[0].log_softmax(-1)
+                    terms = torch.stack([log_p[len(part_a) + k, t] for k, t in enumerate(word)])
+                    row.append(terms.sum() if how == "sum" else terms.mean())
+                rows.append(torch.stack(row))
+            scores = torch.stack(rows)
+        torch.nn.functional.cross_entropy(scores, gold).backward()
+        grads.append({name: p.grad.clone() for name, p in decoder.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys()
+    for name in grads[0]:
+        torch.testing.assert_close(grads[0][name], grads[1][name], atol=1e-6, rtol=1e-4, msg=name)
+
+
 def test_scores_train_the_whole_model():
     decoder = tiny()
     decoder.train()
