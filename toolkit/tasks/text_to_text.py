@@ -205,7 +205,7 @@ class TextToTextKind:
         decoder-only stack; a one-line error for a decoder without one."""
         if key == "encoder":
             return self.head
-        name = stack_class.text_to_text_objective
+        name = getattr(stack_class, "text_to_text_objective", None)  # a third-party stack may predate it
         if name is None:
             raise LmkitError(f"text-to-text fine-tuning trains a model to write a target after its source: an "
                              f"encoder-decoder (T5), or a decoder that writes into a blank (GLM); this decoder "
