@@ -2,7 +2,9 @@
 
 Every task head is one linear layer on what the encoder graph already returns (the pooled [CLS]
 state, or each token's state), so the export keeps the graph as it is and stores the layer beside
-it, `task_head.safetensors`, hashed in the manifest like every other file. These are the numpy
+it, `task_head.safetensors`, hashed in the manifest like every other file. A head whose recipe scores
+the labels with the language model itself (GLM's cloze) has no layer: the recipe scores them over the
+export's generating graph (its backend_label_scores), the same way on any backend. These are the numpy
 twins of lmkit.objectives.heads; tests/test_finetune_export.py checks that they agree.
 """
 from __future__ import annotations
@@ -34,6 +36,8 @@ def save_head(model, spec: dict, directory: str) -> dict | None:
     from lmkit.artifacts import atomic_write
 
     layer = model.objectives[part["type"]].output_layer()
+    if layer is None:  # the language model scores the labels (a cloze recipe's backend_label_scores): no layer
+        return dict(part)
     tensors = {"weight": layer.weight.detach().float().cpu().numpy(),
                "bias": layer.bias.detach().float().cpu().numpy()}
     with atomic_write(os.path.join(directory, HEAD_FILE), "wb") as handle:
@@ -78,6 +82,8 @@ def validation_head(model, spec: dict):
     if part is None:
         return None
     layer = model.objectives[part["type"]].output_layer()
+    if layer is None:  # scored by the language model, whose graph the export validates itself
+        return None
     return head_choices(part, layer.weight.detach().float().cpu().numpy(), layer.bias.detach().float().cpu().numpy())
 
 
@@ -88,13 +94,19 @@ class ExportedHead:
         info = exported.manifest.get("task_head")
         if info is None:
             raise ArtifactError(f"{exported.directory} has no task head; export a model made by lmkit finetune")
+        self.info, self.recipe = info, None
+        if "file" not in info:  # no layer: the recipe scores the labels over the export's own graph (GLM's cloze)
+            from lmkit.registry import get_host
+
+            self.recipe = get_host().instantiate("task-recipe", info["recipe"], info.get("recipe_options"))
+            return
         if exported.kind != "encoder":  # any family's encoder export: its runtime gives the features a head reads
             raise ArtifactError(f"{exported.directory}: task heads run on encoder exports; predict with a "
                                 f"{exported.kind}'s model directory instead")
         from safetensors.numpy import load_file
 
         tensors = load_file(safe_path(exported.directory, info["file"], "task head"))
-        self.info, self.weight, self.bias = info, tensors["weight"], tensors["bias"]
+        self.weight, self.bias = tensors["weight"], tensors["bias"]
 
     def _linear(self, features: np.ndarray) -> np.ndarray:
         return features @ self.weight.T + self.bias
@@ -102,6 +114,8 @@ class ExportedHead:
     def scores(self, exported, batch: dict[str, np.ndarray]) -> np.ndarray:
         """The head's scores, as its torch scores() gives them: (B, labels), (B,) for regression, (B, S)
         for multiple choice, (B, T, labels) per token, (B, T, 2) answer start and end."""
+        if self.recipe is not None:
+            return np.asarray(self.recipe.backend_label_scores(exported, batch), dtype=np.float32)
         return self.apply(exported.encode, batch)
 
     def apply(self, encode, batch: dict[str, np.ndarray]) -> np.ndarray:

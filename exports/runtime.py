@@ -114,7 +114,8 @@ class ExportedModel(OpenedModel):
                          decoder_type=(((manifest.get("source") or {}).get("spec") or {}).get("decoder") or {}).get("type"),
                          token_inputs=check_token_inputs((manifest.get("dimensions") or {}).get("token_inputs"),
                                                          directory),
-                         source_suffix=manifest.get("source_suffix", ()))
+                         source_suffix=manifest.get("source_suffix", ()),
+                         spec=(manifest.get("source") or {}).get("spec") or {})
         self.export = export
         self.manifest = manifest
         self.architecture = export.architecture

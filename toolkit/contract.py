@@ -82,6 +82,9 @@ class Stack(Protocol):
     # The task recipe `lmkit finetune --pattern --verbalizer` uses (lmkit.tasks.cloze: GLM's glm-cloze); None for
     # stacks that cannot score a word in a blank.
     cloze_recipe: ClassVar[str | None]
+    # The objective `lmkit finetune --task text-to-text` trains a decoder-only stack with (lmkit.tasks.text_to_text:
+    # GLM's glm-text-to-text, a target written after its source); None for stacks that do not.
+    text_to_text_objective: ClassVar[str | None]
 
     def features(self, input_ids: Tensor, attention_mask: Tensor | None = None, **options) -> EncoderOutput:
         """What `lmkit embed` returns for input_ids (B, T): token features and a pooled vector."""
@@ -376,6 +379,10 @@ class Generator(Protocol):
                      on_token=None) -> list:
         """One lmkit.decoding Generation per prompt, its `output` the whole text's ids and its `spans` the parts
         generated; a prompt it cannot take is a one-line LmkitError."""
+
+    def source_prompt(self, source: list[int]) -> list[int]:
+        """The prompt that asks for the target of a source's ids, as text-to-text fine-tuning writes it (GLM: the
+        source then [gMASK]); generate_ids() of it gives the target as its `tokens`."""
 
     def score_documents(self, documents: list[list[int]], context: int, batch_size: int = 8,
                         stride: int | None = None) -> tuple[float, int]:

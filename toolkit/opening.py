@@ -103,11 +103,13 @@ class OpenedModel:
         export's manifest keeps them under dimensions.token_inputs), None for most models.
     source_suffix: the token ids an encoder-decoder appends to every source (its encoder's source_suffix:
         T5's </s>); empty for other models.
+    spec: the resolved spec the model was built from (config.json's, or the export manifest's source), {} when
+        unknown; a generator may read how the model was trained from it (GLM: fine-tuned text to text).
     """
 
     def __init__(self, directory: str, runtime, *, tokenizer, target_tokenizer=None, generation: dict,
                  decoder_start: int | None = None, model=None, decoder_type: str | None = None,
-                 token_inputs: dict | None = None, source_suffix: Sequence[int] = ()):
+                 token_inputs: dict | None = None, source_suffix: Sequence[int] = (), spec: dict | None = None):
         self.directory = directory
         self.runtime = runtime
         self.tokenizer = tokenizer
@@ -118,6 +120,7 @@ class OpenedModel:
         self.decoder_type = decoder_type  # the spec's decoder type, which may have a generator of its own
         self.token_inputs = token_inputs
         self.source_suffix = [int(token) for token in source_suffix]
+        self.spec = dict(spec or {})
         self._generator = None
 
     @property
@@ -154,9 +157,14 @@ class OpenedModel:
 
     def encode_sources(self, texts: Sequence[str]) -> list[list[int]]:
         """An encoder-decoder's source ids of `texts`, as it was trained on them (source_suffix appended); an
-        empty or too long source is a one-line DataError (lmkit.seq2seq.encode_sources)."""
+        empty or too long source is a one-line DataError (lmkit.seq2seq.encode_sources). A decoder whose family
+        writes a target after its source (a generator's source_prompt: GLM's source then [gMASK]) gets those
+        prompts, which generate_ids() answers with the targets as `tokens`."""
         from .seq2seq import encode_sources
 
+        if self.kind == "decoder" and self.generator is not None:
+            sources = encode_sources(self._needs_tokenizer("encode sources"), list(texts), self.max_positions)
+            return [self.generator.source_prompt(ids) for ids in sources]
         return encode_sources(self._needs_tokenizer("encode sources"), list(texts), self.max_positions,
                               self.source_suffix)
 
@@ -200,7 +208,12 @@ class OpenedModel:
             generator = Seq2SeqGenerator.for_tokenizer(self.backend(), self.decoder_start, self.output_tokenizer)
             return generator.generate(decoding, [list(source) for source in inputs], batch_size)
         if self.generator is not None:  # the family's own way with prompts (GLM: fill the blanks)
-            return self.generator.generate_ids([list(ids) for ids in inputs], decoding, stop=stop, on_token=on_token)
+            if on_token is not None or len(inputs) <= batch_size:
+                return self.generator.generate_ids([list(ids) for ids in inputs], decoding, stop=stop,
+                                                   on_token=on_token)
+            return [result for first in range(0, len(inputs), batch_size)
+                    for result in self.generator.generate_ids([list(ids) for ids in inputs[first:first + batch_size]],
+                                                              decoding, stop=stop)]
         # An empty prompt starts from the bos token, as GPT-2 was trained to (each document followed one).
         prompts = [list(ids) or ([tokenizer.bos_id] if tokenizer.bos_id is not None else []) for ids in inputs]
         pad_id = tokenizer.pad_id if tokenizer.pad_id is not None else tokenizer.eos_id

@@ -80,5 +80,5 @@ def open_model_directory(directory: str, device: str = "auto"):
                          generation=generation_settings(config["spec"]), decoder_start=start, model=model,
                          decoder_type=(config["spec"].get("decoder") or {}).get("type"),
                          token_inputs=None if tokenizer is None else model.feature_stack.token_inputs(tokenizer),
-                         source_suffix=suffix)
+                         source_suffix=suffix, spec=config["spec"])
     return opened

@@ -1,10 +1,10 @@
 """GLM (Du et al. 2022): autoregressive blank infilling with 2D positions, one model for understanding and
 generation.
 
-The `glm` decoder, the `blank-infilling` objective, the `glm-cloze` task recipe and the glm-* presets.
-Only registration lives here, so loading the plugin does not import torch; the model is in model.py,
+The `glm` decoder, the `blank-infilling` and `glm-text-to-text` objectives, the `glm-cloze` task recipe and
+the glm-* presets. Only registration lives here, so loading the plugin does not import torch; the model is in model.py,
 the objective in objectives.py, its data in data.py, blank filling in generation.py, fine-tuning as
-cloze in cloze.py.
+cloze in cloze.py, text-to-text fine-tuning in text_to_text.py.
 """
 from lmkit.hookspecs import hookimpl
 
@@ -28,6 +28,10 @@ def register_objectives(register):
              options="lmkit.plugins.glm.config:BlankInfillingOptions",
              summary="autoregressive blank infilling: Poisson(3) spans, shuffled, [S] ... [E]; token, sentence "
                      "and document blanks (GLM)")
+    register("glm-text-to-text", "lmkit.plugins.glm.text_to_text:GLMTextToText",
+             options="lmkit.plugins.glm.config:TextToTextOptions",
+             summary="fine-tuning on (input, target) pairs: each target a [gMASK] span after its input, loss on the "
+                     "target only (lmkit finetune --task text-to-text; GLM)")
 
 
 @hookimpl

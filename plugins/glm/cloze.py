@@ -21,6 +21,8 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Literal
 
+import numpy as np
+
 from lmkit.contract import EncoderOutput
 from lmkit.errors import DataError, LmkitError
 from lmkit.tasks.cloze import BLANK, pieces
@@ -38,6 +40,8 @@ class ClozeOptions:
     pattern: str = f"{{text}} {BLANK}"
     words: tuple[str, ...] = ()  # the verbalizer's word of each label, in label order
     multi_token: Literal["sum", "mean"] | None = None  # None: every word must be one token
+    # A multiple choice: no words; each example's choices are written into the blank in turn (one row per choice).
+    choices: bool = False
     word_ids: tuple[tuple[int, ...], ...] = ()  # resolved: each word's tokens
     mask_id: int = -1  # resolved: [MASK]
     start_id: int = -1  # resolved: [S]
@@ -45,25 +49,42 @@ class ClozeOptions:
 
 class ClozeInputs:
     """An example's texts written into the pattern, then [S]: (ids, segment ids, the position of [S], tokens cut).
-    Texts too long for max_length lose tokens from the end of the longest; the pattern's own words stay."""
+    Texts too long for max_length lose tokens from the end of the longest; the pattern's own words stay.
+
+    A multiple choice's sequences are (texts..., choice): Part A, [S], then all of the choice's tokens (the
+    targets are the tokens after [S], so a row scores itself whatever the lengths of the other choices)."""
 
     def __init__(self, options: ClozeOptions, tokenizer, max_length: int):
-        self.options, self.tokenizer = options, tokenizer
+        self.options, self.tokenizer, self.max_length = options, tokenizer, max_length
         self.parts = [(tokenizer.encode(text) if text else [], field) for text, field in pieces(options.pattern)]
-        fixed = sum(len(ids) for ids, _ in self.parts)
+        self.fixed = sum(len(ids) for ids, _ in self.parts)
+        self.fields = sum(field is not None for _, field in self.parts)
+        if options.choices:
+            self.budget = max_length - self.fixed - 1  # the choice's own tokens come off it per sequence
+            return
         longest = max(len(ids) for ids in options.word_ids)
         # Part A's fixed words, [S], and the longest word's tokens but its last (fed into the blank)
-        self.budget = max_length - fixed - 1 - (longest - 1)
+        self.budget = max_length - self.fixed - 1 - (longest - 1)
         if self.budget < 1:
-            raise LmkitError(f"the pattern and the longest verbalizer word take {fixed + longest} of --max-length "
-                             f"{max_length} tokens, leaving none for the text; raise --max-length or shorten them")
+            raise LmkitError(f"the pattern and the longest verbalizer word take {self.fixed + longest} of "
+                             f"--max-length {max_length} tokens, leaving none for the text; raise --max-length or "
+                             "shorten them")
 
     def encode(self, segments: tuple[str, ...]) -> tuple[list[int], list[int], int, int]:
+        choice = []
+        if self.options.choices:
+            *segments, answer = segments
+            segments = segments or [""] * self.fields  # a multiple choice without a context
+            choice = self.tokenizer.encode(answer)
+            if not choice or self.budget - len(choice) < 1:
+                raise DataError(f"the choice {answer!r} is {len(choice)} tokens, which "
+                                f"{'is no text' if not choice else 'leaves no room for the text within --max-length'}"
+                                f" {self.max_length}; raise --max-length or shorten the choices")
         texts = [self.tokenizer.encode(text) for text in segments]
-        if any(self.options.mask_id in ids for ids in texts):
+        if any(self.options.mask_id in ids for ids in [*texts, choice]):
             raise DataError(f"a text of the task file holds {MASK}, which the cloze pattern keeps for the answer; "
                             "remove it from the text")
-        cut = _truncate(texts, self.budget)
+        cut = _truncate(texts, self.budget - len(choice))
         ids, slot = [], 0
         for fixed, field in self.parts:
             ids += fixed
@@ -71,7 +92,7 @@ class ClozeInputs:
                 ids += texts[slot]
                 slot += 1
         ids.append(self.options.start_id)
-        return ids, [0] * len(ids), len(ids) - 1, cut
+        return ids + choice, [0] * (len(ids) + len(choice)), len(ids) - 1, cut
 
 
 class GLMClozeRecipe:
@@ -100,6 +121,9 @@ class GLMClozeRecipe:
         if in_pattern != 1:
             raise LmkitError(f"the pattern {o.pattern!r} reads as {in_pattern} {MASK} tokens; write {BLANK} once, "
                              "apart from other characters")
+        if o.choices:  # the choices are the candidates, read from each example
+            self.options = replace(o, mask_id=mask_id, start_id=start_id)
+            return False
         unknown = tokenizer.unk_id
         word_ids = []
         for label, word in enumerate(o.words):
@@ -155,6 +179,8 @@ class GLMClozeRecipe:
         import torch
 
         o = self.options
+        if o.choices:
+            return self._choice_scores(model.decoder, batch)
         ids, mask = batch["input_ids"][:, 0], batch["attention_mask"][:, 0].bool()  # (B, T)
         starts = batch["extract_index"][:, 0]  # (B,)
         decoder = model.decoder
@@ -194,6 +220,81 @@ class GLMClozeRecipe:
         if o.multi_token == "mean":
             scores = scores / torch.tensor(lengths, dtype=scores.dtype, device=scores.device)
         return scores
+
+
+    def _choice_scores(self, decoder, batch: dict):
+        """(B, S) float32: log p(choice | c(x)) of each of the S choices, its tokens after [S] summed (or
+        averaged: --multi-token mean). batch: input_ids and attention_mask (B, S, T), each row Part A, [S] and the
+        choice's tokens, right-padded; extract_index (B, S), the place of [S]."""
+        import torch
+
+        B, S, T = batch["input_ids"].shape
+        ids = batch["input_ids"].reshape(B * S, T)
+        mask = batch["attention_mask"].reshape(B * S, T).bool()
+        starts = batch["extract_index"].reshape(B * S)
+        states = decoder.hidden_states(ids, None, mask, cloze_positions(ids, self.options.mask_id, starts))
+        # The state at t predicts the token at t + 1, for t from [S] to the choice's last token but one.
+        t = torch.arange(T - 1, device=ids.device)[None]
+        lengths = mask.sum(1)  # Part A, [S] and the choice
+        picked = (t >= starts[:, None]) & (t < (lengths - 1)[:, None])  # (N, T - 1)
+        targets = ids[:, 1:][picked]
+        log_probs = decoder.logits(states[:, :-1][picked]).float().log_softmax(-1)  # only the choices' positions
+        token_scores = torch.zeros(B * S, T - 1, device=ids.device)
+        token_scores[picked] = log_probs.gather(1, targets[:, None])[:, 0]
+        scores = token_scores.sum(1)
+        if self.options.multi_token == "mean":
+            scores = scores / (lengths - 1 - starts).to(scores.dtype)
+        return scores.view(B, S)
+
+
+    def backend_label_scores(self, opened, batch: dict):
+        """label_scores() over any backend of the model (lmkit.opening.OpenedModel: a model directory, or its export
+        on onnxruntime), in numpy: (B, num_labels), or (B, S) for a multiple choice. Each candidate is read as
+        generation reads a blank: Part A and [S] in one prefill at GLM's positions, then the candidate's tokens
+        one step each (pos2 + 1), each step's logits scoring the next token. batch: numpy arrays as for
+        label_scores."""
+        o = self.options
+        ids, mask, extract = batch["input_ids"], batch["attention_mask"].astype(bool), batch["extract_index"]
+        B, S, _ = ids.shape
+        scores = np.zeros((B, S if o.choices else len(o.word_ids)), dtype=np.float64)
+        for b in range(B):
+            if o.choices:  # each choice's own row: its tokens follow [S]
+                rows = [(ids[b, s, :extract[b, s] + 1], ids[b, s, extract[b, s] + 1:mask[b, s].sum()]) for s in range(S)]
+            else:  # every label's word after the one Part A
+                rows = [(ids[b, 0, :extract[b, 0] + 1], np.asarray(word)) for word in o.word_ids]
+            for width in sorted({len(prefix) for prefix, _ in rows}):  # rows of one prefix length go together
+                which = [i for i, (prefix, _) in enumerate(rows) if len(prefix) == width]
+                scores[b, which] = self._candidate_scores(opened, [rows[i] for i in which])
+        return scores.astype(np.float32)
+
+    def _candidate_scores(self, opened, rows) -> np.ndarray:
+        """Summed (or averaged) log p of each row's candidate tokens after its prefix (Part A then [S])."""
+        prefixes = np.stack([prefix for prefix, _ in rows]).astype(np.int64)  # (R, P), one width
+        longest = max(len(tokens) for _, tokens in rows)
+        start = prefixes.shape[1] - 1
+        blank = [int(np.flatnonzero(prefix[:start] == self.options.mask_id)[0]) for prefix in prefixes]
+        positions = np.zeros((len(rows), 2, prefixes.shape[1]), dtype=np.int64)
+        positions[:, 0, :start] = np.arange(start)
+        positions[:, 0, start] = blank  # [S] sits at its [MASK]
+        positions[:, 1, start] = 1
+        backend = opened.backend(longest)
+        logits = backend.prefill(prefixes, np.ones_like(prefixes, dtype=bool), positions, np.array([0, 1]))
+        totals = np.zeros(len(rows), dtype=np.float64)
+        for k in range(longest):
+            real = np.array([k < len(candidate) for _, candidate in rows])  # a shorter candidate has ended
+            tokens = np.array([candidate[k] if k < len(candidate) else 0 for _, candidate in rows], dtype=np.int64)
+            log_probs = _log_softmax(np.asarray(logits, dtype=np.float64))
+            totals += np.where(real, log_probs[np.arange(len(rows)), tokens], 0.0)
+            if k + 1 < longest:
+                logits = backend.step(tokens)
+        if self.options.multi_token == "mean":
+            totals /= np.array([len(tokens) for _, tokens in rows], dtype=np.float64)
+        return totals
+
+
+def _log_softmax(logits):
+    shifted = logits - logits.max(-1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
 
 
 def _starts(input_ids, start_id: int):

@@ -87,3 +87,17 @@ class BlankInfillingOptions:
         if not 0.0 < self.document_min_ratio <= self.document_max_ratio <= 1.0:
             raise ValueError("need 0 < document_min_ratio <= document_max_ratio <= 1, got "
                              f"{self.document_min_ratio} and {self.document_max_ratio}")
+
+
+@dataclass(frozen=True)
+class TextToTextOptions:
+    """GLM fine-tuned on (input, target) pairs, each target a [gMASK] span after its input (Du et al. 2022 §2.3;
+    lmkit finetune --task text-to-text)."""
+
+    # Fine-tuned on a classification file: the task name its examples were prefixed with ("rte: sentence1: ..."),
+    # kept so that lmkit eval --task and lmkit predict read other files of the task alike (as T5's seq2seq keeps it).
+    task_prefix: str = ""
+
+    def __post_init__(self):
+        if not isinstance(self.task_prefix, str):
+            raise ValueError(f"task_prefix must be a string, got {self.task_prefix!r}")

@@ -39,6 +39,14 @@ class BlankFilling:
         self.masks = {ids[token] for token in MASKS}
         self.start, self.end, self.gmask = ids[START], ids[END], ids[GENERATION_MASK]
         self.pad = tokenizer.pad_id if tokenizer.pad_id is not None else self.end
+        # A model fine-tuned text to text (glm-text-to-text) was taught to answer a source followed by [gMASK]: a
+        # prompt without a blank is such a source. Any other GLM needs a blank in every prompt.
+        self.writes_targets = any(isinstance(o, dict) and o.get("type") == "glm-text-to-text"
+                                  for o in opened.spec.get("objectives") or [])
+
+    def source_prompt(self, source: list[int]) -> list[int]:
+        """The prompt text-to-text fine-tuning answers (lmkit.plugins.glm.text_to_text): the source, then [gMASK]."""
+        return [*source, self.gmask]
 
     def blanks(self, prompts: list[list[int]]) -> list[list[int]]:
         """The place of each blank in each prompt, in text order; a one-line error for a prompt without one or
@@ -63,6 +71,8 @@ class BlankFilling:
                      on_token=None) -> list[Generation]:
         """One Generation per prompt: `output` the prompt with its blanks filled, `spans` each blank's search
         result (its tokens without [E]), `tokens` the spans' tokens one after another."""
+        if self.writes_targets:
+            prompts = [p if any(t in self.masks for t in p) else self.source_prompt(p) for p in prompts]
         places = self.blanks(prompts)
         spans: list[list[Generation]] = [[] for _ in prompts]
         limit = self.opened.max_positions

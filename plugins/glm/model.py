@@ -67,6 +67,8 @@ class GLMDecoder(CausalDecoderStack):
     special_token_roles: ClassVar[dict[str, str]] = {"bos": START, "eos": END, "mask": MASK}
     # lmkit finetune --pattern --verbalizer: the paper's NLU fine-tuning (§2.3), each label's word in the blank.
     cloze_recipe: ClassVar[str | None] = "glm-cloze"
+    # lmkit finetune --task text-to-text: each target written as a [gMASK] span after its input (§2.3, generation).
+    text_to_text_objective: ClassVar[str | None] = "glm-text-to-text"
 
     def __init__(self, config: GLMConfig):
         super().__init__()

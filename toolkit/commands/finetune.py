@@ -22,7 +22,7 @@ def _names(value: str | None) -> tuple[str, ...]:
               help="classification (one text, or an ordered pair: entailment), similarity (an unordered pair), "
                    "regression, multiple-choice (context, choices), token-classification (CoNLL: NER, POS, "
                    "chunking), question-answering (SQuAD v1.1/v2.0, encoders only) or text-to-text (JSONL input/target, "
-                   "an encoder-decoder generating the target: T5).")
+                   "an encoder-decoder generating the target: T5; or GLM writing it into a [gMASK] after the input).")
 @click.option("--train", "train_path", type=click.Path(dir_okay=False),
               help="Training examples: .jsonl, or .tsv with a header row; CoNLL for token-classification, "
                    "SQuAD .json for question-answering.")

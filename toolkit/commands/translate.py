@@ -133,16 +133,19 @@ def evaluate_translation(model_dir: str, paths, decoding: dict, *, device: str, 
 
 def evaluate_text_to_text(model_dir: str, task_path: str, decoding: dict, *, device: str, as_json: bool,
                           limit: int | None = None) -> bool:
-    """`lmkit eval --task` on an encoder-decoder model: exact match, F1 and BLEU of the text it generates for
-    each record of a text-to-text JSONL file (lmkit.tasks.text_to_text); True when it was one, else False."""
+    """`lmkit eval --task` on an encoder-decoder model, or on a decoder that writes targets after sources (GLM
+    fine-tuned text to text) given a text-to-text JSONL file: exact match, F1 and BLEU of the text it generates for
+    each record (lmkit.tasks.text_to_text); True when it was one, else False."""
     from ..errors import ArtifactError
     from ..opening import is_export, model_kind_of
+    from ..tasks.text_to_text import answers_in_text, is_text_to_text_file
 
     try:
         is_export(model_dir)
     except ArtifactError:
         return False
-    if model_kind_of(model_dir) != "encoder-decoder":
+    encoder_decoder = model_kind_of(model_dir) == "encoder-decoder"
+    if not encoder_decoder and not (answers_in_text(model_dir) and is_text_to_text_file(task_path)):
         return False
     import time
 
@@ -154,7 +157,7 @@ def evaluate_text_to_text(model_dir: str, task_path: str, decoding: dict, *, dev
     given = {key: value for key, value in decoding.items() if value is not None}
     strategy = given.pop("strategy", None)
     started = time.perf_counter()
-    model = open_encoder_decoder(model_dir, device)
+    model = open_encoder_decoder(model_dir, device) if encoder_decoder else _open_writer(model_dir, device)
     results = generate_from_sources(model, [e.source for e in examples], strategy, given)
     texts = [model.output_tokenizer.decode(r.tokens, skip_special_tokens=True).strip() for r in results]
     scores = text_metrics(texts, [e.target for e in examples])
@@ -167,3 +170,13 @@ def evaluate_text_to_text(model_dir: str, task_path: str, decoding: dict, *, dev
         click.echo(f"f1              {scores['f1']:.2%}")
         click.echo(f"bleu            {scores['bleu']:.2f}")
     return True
+
+
+def _open_writer(model_dir: str, device: str):
+    """lmkit.open_model of a decoder that writes targets after sources (GLM), torch needed for a model directory."""
+    from ..errors import require_torch
+    from ..opening import is_export, open_model
+
+    if not is_export(model_dir):
+        require_torch("lmkit eval on a model directory")
+    return open_model(model_dir, device=device)

@@ -28,6 +28,10 @@ class _Stack(nn.Module):
     special_tokens: ClassVar[tuple[str, ...]] = ()
     special_token_roles: ClassVar[dict[str, str]] = {}
     cloze_recipe: ClassVar[str | None] = None  # the task recipe of fine-tuning as cloze (lmkit.tasks.cloze), if any
+    # The objective `lmkit finetune --task text-to-text` trains a decoder-only stack with, writing each target after
+    # its source (lmkit.tasks.text_to_text; GLM's glm-text-to-text); None: the stack does not (an encoder-decoder's
+    # is seq2seq, whatever its stacks say).
+    text_to_text_objective: ClassVar[str | None] = None
 
     def bind_tokenizer(self, tokenizer) -> None:
         """Keep what the stack derives from its tokenizer's vocabulary (ELMo's character spelling of each

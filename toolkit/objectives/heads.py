@@ -64,10 +64,14 @@ class SequenceHead(_Head):
         self.dropout = nn.Dropout(options.dropout)
         self.score = _linear(d_model, options.num_labels)
 
-    def output_layer(self) -> nn.Linear:
+    def output_layer(self) -> nn.Linear | None:
         """The linear layer; with a recipe's pooler, the exporter puts the pooler's output in its graph's
-        pooler_output, which the export's head reads (ULMFiT: lmkit.plugins.ulmfit.export)."""
+        pooler_output, which the export's head reads (ULMFiT: lmkit.plugins.ulmfit.export). None for a recipe
+        that scores the labels with the language model itself and can do so over an export's generating graph
+        (`backend_label_scores(opened, batch)`, numpy: GLM's cloze)."""
         if self.label_scores is not None:
+            if hasattr(self.recipe, "backend_label_scores"):
+                return None
             from ..errors import ArtifactError
 
             raise ArtifactError(f"this model scores its labels with the language model itself ({self.options.recipe} "

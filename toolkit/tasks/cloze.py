@@ -7,10 +7,13 @@ the blank, and p(y | x) = p(v(y) | c(x)) / sum_y' p(v(y') | c(x)), trained with 
     --pattern "{text} Is it good? [MASK]"      {field}: a text field of the task file, [MASK]: the blank
     --verbalizer "0=no,1=yes"                  label=word for every label, in label order
 
-This module reads and checks the two options (nothing here knows a model); a stack family that can
+A multiple choice (--task multiple-choice) takes --pattern alone: each example's choices are the
+candidates written into the blank, and the right one's index is the label.
+
+This module reads and checks the options (nothing here knows a model); a stack family that can
 score words in a blank brings the task recipe that does it (its stack's `cloze_recipe`: GLM's
-`glm-cloze`), which takes the options `pattern`, `words` (the word of each label, in label order)
-and `multi_token`.
+`glm-cloze`), which takes the options `pattern`, `words` (the word of each label, in label order),
+`multi_token` and `choices` (True for a multiple choice).
 """
 from __future__ import annotations
 
@@ -77,14 +80,34 @@ def parse_verbalizer(text: str) -> dict[str, str]:
 
 def cloze_task_options(options):
     """TaskOptions (lmkit.tasks.finetune) of a cloze run, checked: the pattern's fields become the text fields
-    and the verbalizer's labels the label set (its order the label order), unless --labels declares it."""
+    and the verbalizer's labels the label set (its order the label order), unless --labels declares it. A
+    multiple-choice run has no verbalizer: each example's choices are written into the blank in turn."""
+    if options.kind == "multiple-choice":
+        if options.pattern is None:
+            raise LmkitError("fine-tuning a multiple choice as cloze needs --pattern, e.g. --pattern "
+                             "\"{context} [MASK]\" (each choice is written into the [MASK])")
+        if options.verbalizer:
+            raise LmkitError("--verbalizer gives each label a word; a multiple choice writes each example's own "
+                             "choices into the blank: leave --verbalizer out")
+        if options.labels:
+            raise LmkitError("--labels names a classifier's labels; a multiple choice's label is the index of the "
+                             "right choice: leave --labels out")
+        if options.multi_token is not None and options.multi_token not in MULTI_TOKEN:
+            raise LmkitError(f"--multi-token {options.multi_token!r} is not one of {', '.join(MULTI_TOKEN)}")
+        fields = pattern_fields(options.pattern)
+        if options.text_fields and tuple(options.text_fields) != fields:
+            raise LmkitError(f"--text-fields {','.join(options.text_fields)} and the pattern's fields "
+                             f"{','.join(fields)} differ; the pattern names the fields it reads: leave --text-fields "
+                             "out")
+        return dataclasses.replace(options, text_fields=fields)
     if options.pattern is None or not options.verbalizer:
         missing = "--verbalizer" if options.pattern is not None else "--pattern"
         raise LmkitError(f"fine-tuning as cloze needs both --pattern and --verbalizer; {missing} is missing "
                          "(e.g. --pattern \"{text} Is it good? [MASK]\" --verbalizer \"0=no,1=yes\")")
     if options.kind != "classification":
-        raise LmkitError(f"--pattern and --verbalizer fine-tune a classification as cloze; --task {options.kind} "
-                         "is not one: leave them out, or give --task classification")
+        raise LmkitError(f"--pattern and --verbalizer fine-tune a classification (or, --pattern alone, a multiple "
+                         f"choice) as cloze; --task {options.kind} is not one of them: leave them out, or give --task "
+                         "classification")
     fields = pattern_fields(options.pattern)
     if options.text_fields and tuple(options.text_fields) != fields:
         raise LmkitError(f"--text-fields {','.join(options.text_fields)} and the pattern's fields "
@@ -108,7 +131,12 @@ def cloze_task_options(options):
 
 
 def recipe_options(options, labels: tuple[str, ...]) -> dict:
-    """The options a cloze recipe is built with: the pattern, each label's word in label order, multi_token."""
+    """The options a cloze recipe is built with: the pattern, each label's word in label order, multi_token; a
+    multiple choice has no words (its choices are the candidates) and is scored by the sum unless told (THUDM/GLM's
+    multi-token cloze, length penalty 0)."""
+    if options.kind == "multiple-choice":
+        return {"pattern": options.pattern, "words": [], "multi_token": options.multi_token or "sum",
+                "choices": True}
     words = parse_verbalizer(options.verbalizer)
     return {"pattern": options.pattern, "words": [words[label] for label in labels],
             "multi_token": options.multi_token}

@@ -108,7 +108,10 @@ def prepare(pretrained: str, out: str, kind, train, options: TaskOptions, *, see
         raise LmkitError(f"--pattern and --verbalizer are read by a cloze recipe; the {name} recipe is not one: "
                          "leave --recipe out")
     recipe = host.instantiate("task-recipe", name, recipe_options)
-    if recipe.prepare(tokenizer) and stack.get("vocab_size", tokenizer.vocab_size) < tokenizer.vocab_size:
+    # Text to text trains the model's own way of writing (no head, so no recipe's markers in the vocabulary).
+    objective = kind.objective_for(key, stack["type"], stack_class) if kind.keeps_decoder else None
+    grew = objective is None and recipe.prepare(tokenizer)
+    if grew and stack.get("vocab_size", tokenizer.vocab_size) < tokenizer.vocab_size:
         stack["vocab_size"] = tokenizer.vocab_size
     if options.aux_lm_weight is not None and options.aux_lm_weight < 0:
         raise LmkitError(f"--aux-lm-weight must not be negative, got {options.aux_lm_weight}")
@@ -130,7 +133,7 @@ def prepare(pretrained: str, out: str, kind, train, options: TaskOptions, *, see
         head["label_smoothing"] = smoothing
     spec["objectives"] = [head, *recipe.auxiliary_objectives(options.aux_lm_weight), *beside]
     if kind.keeps_decoder:  # the model's own loss, no head on its features
-        spec["objectives"] = [{"type": kind.head, "weight": 1.0, **kind.head_options(train)}]
+        spec["objectives"] = [{"type": objective, "weight": 1.0, **kind.head_options(train)}]
     if options.overrides:
         from ..spec import apply_overrides
 

@@ -60,7 +60,7 @@ def read_task_file(path: str, kind: str, *, text_fields: tuple[str, ...] = (), l
     for line, record in records:
         where = f"{path} line {line}"
         if kind == "multiple-choice":
-            examples.append(_choice_example(record, where, label_field, require_labels))
+            examples.append(_choice_example(record, where, label_field, require_labels, text_fields))
             continue
         texts = tuple(_text(record, name, where) for name in fields)
         if label_field not in record or record[label_field] in ("", None):
@@ -149,20 +149,31 @@ def _text(record: dict, name: str, where: str) -> str:
     return value
 
 
-def _choice_example(record: dict, where: str, label_field: str, require_labels: bool = True) -> Example:
+def _choice_example(record: dict, where: str, label_field: str, require_labels: bool = True,
+                    text_fields: tuple[str, ...] = ()) -> Example:
+    """An example of "choices" and the right one's index; its texts the named fields (a cloze pattern's: question,
+    premise, ...), else the optional "context"."""
     choices = record.get("choices")
     if not isinstance(choices, list) or len(choices) < 2 or not all(isinstance(c, str) and c for c in choices):
         raise DataError(f'{where}: "choices" must be a list of at least two non-empty strings')
+    if text_fields:
+        texts = tuple(_text(record, name, where) for name in text_fields)
+        return _labelled_choice(record, where, label_field, require_labels, texts, choices)
     context = record.get("context", "")
     if not isinstance(context, str):
         raise DataError(f'{where}: "context" must be a string')
+    return _labelled_choice(record, where, label_field, require_labels, (context,), choices)
+
+
+def _labelled_choice(record: dict, where: str, label_field: str, require_labels: bool, texts: tuple[str, ...],
+                     choices: list[str]) -> Example:
     label = record.get(label_field)
     if label is None and not require_labels:
-        return Example((context,), -1, tuple(choices))
+        return Example(texts, -1, tuple(choices))
     if not isinstance(label, int) or isinstance(label, bool) or not 0 <= label < len(choices):
         raise DataError(f'{where}: "{label_field}" {json.dumps(label)} is not the index of one of the '
                         f'{len(choices)} choices; labels are 0-based indices into "choices"')
-    return Example((context,), label, tuple(choices))
+    return Example(texts, label, tuple(choices))
 
 
 def _label_name(value) -> str:

@@ -52,9 +52,9 @@ def add_markers(tokenizer) -> bool:
 
 def sequences_of(example: Example, kind: str) -> list[tuple[str, ...]]:
     """The text segments of each of an example's sequences."""
-    if kind == "multiple-choice":
-        context = example.texts[0]
-        return [((context, choice) if context else (choice,)) for choice in example.choices]
+    if kind == "multiple-choice":  # the texts (a context, or a cloze pattern's fields) then the choice
+        texts = tuple(text for text in example.texts if text)
+        return [(*texts, choice) for choice in example.choices]
     if kind == "similarity" and len(example.texts) == 2:
         a, b = example.texts
         return [(a, b), (b, a)]

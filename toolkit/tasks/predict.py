@@ -76,7 +76,11 @@ def predict(model_dir: str | list[str], path: str, *, batch_size: int = 32, max_
     dirs = [model_dir] if isinstance(model_dir, str) else list(model_dir)
     if not dirs:
         raise LmkitError("no model to predict with; give a fine-tuned model directory or export")
-    if any(model_kind_of(directory) == "encoder-decoder" for directory in dirs):  # text-to-text (T5): text, no head
+    from .text_to_text import answers_in_text, is_text_to_text_file
+
+    # Text to text (T5; a GLM without a head on a file of {"input", "target"} records): text, no head.
+    if any(model_kind_of(directory) == "encoder-decoder" or answers_in_text(directory) and is_text_to_text_file(path)
+           for directory in dirs):
         if len(dirs) > 1:
             raise LmkitError("a text-to-text model answers in text, which cannot be averaged with another "
                              "model's; predict with one model directory")
@@ -218,7 +222,8 @@ def _scores(model_dir: str, path: str, *, batch_size: int, max_length: int | Non
 def predict_text_to_text(model_dir: str, path: str, *, batch_size: int = 32,
                          device: str = "cpu") -> tuple[list[dict], dict | None]:
     """(one {"line", "text"} per example, exact match/F1/BLEU when every example has a target) of an
-    encoder-decoder (a model directory or its export) on any text-to-text task file
+    encoder-decoder, or of a decoder that writes targets (GLM: lmkit.opening.OpenedModel.encode_sources), a model
+    directory or its export, on any text-to-text task file
     (lmkit.tasks.text_to_text.read_task), generated with the model's decoding settings; a classification
     file is read with the prefix the model was fine-tuned with."""
     from lmkit.opening import open_model

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import DataError
+from ..errors import DataError, LmkitError
 from .qa import answer_f1, exact_match
 
 INPUT, TARGET, PREFIX = "input", "target", "prefix"
@@ -152,17 +152,67 @@ def text_metrics(predictions: list[str], targets: list[str]) -> dict[str, float]
             "bleu": corpus_bleu(predictions, targets).score}
 
 
-class TextToTextKind:
-    """lmkit.tasks.kinds' interface for text-to-text fine-tuning: the whole encoder-decoder is kept and trained
-    with the seq2seq objective; dev examples are scored on greedily generated text."""
+def answers_in_text(directory: str) -> bool:
+    """Whether a model (or export) directory turns a source text into a target text, so that `lmkit predict` and
+    `lmkit eval --task` score the text it generates: an encoder-decoder (T5), or a decoder whose family writes a
+    target after its source (a registered generator with source_prompt: GLM) and which holds no task head."""
+    from ..opening import is_export, model_kind_of
 
-    head = "seq2seq"
+    kind = model_kind_of(directory)
+    if kind != "decoder":
+        return kind == "encoder-decoder"
+    if is_export(directory):
+        from ..exports.manifest import read_manifest
+
+        spec = (read_manifest(directory).get("source") or {}).get("spec") or {}
+    else:
+        from ..artifacts import read_config
+
+        spec = read_config(directory).get("spec", {})
+    from ..registry import get_host
+
+    heads = ("sequence-head", "token-head", "span-head")
+    decoder = (spec.get("decoder") or {}).get("type")
+    return (decoder in get_host().components["generator"]
+            and not any(isinstance(o, dict) and o.get("type") in heads for o in spec.get("objectives") or []))
+
+
+def is_text_to_text_file(path: str) -> bool:
+    """A .jsonl file of {"input", "target"} records (what a decoder that writes targets reads as text to text;
+    its other task files are read as its other tasks)."""
+    import os
+
+    return path.endswith(".jsonl") and os.path.isfile(path) and _is_text_to_text(path)
+
+
+class TextToTextKind:
+    """lmkit.tasks.kinds' interface for text-to-text fine-tuning: the whole model is kept and trained to write the
+    target: an encoder-decoder with the seq2seq objective, a decoder-only stack with the objective it names
+    (`text_to_text_objective`: GLM's target as a [gMASK] span after its source); dev examples are scored on
+    greedily generated text."""
+
+    head = "seq2seq"  # an encoder-decoder's; a decoder's is its stack's text_to_text_objective (objective_for)
     name = "text-to-text"
     keeps_decoder = True
 
     def __init__(self, name: str, options):
         self.options = options
         self.prefix = ""  # a classification file's: the first file read names it (--train), so --dev matches
+        self.writer = None  # a decoder-only model's text-to-text objective (reader()), which encodes the pairs
+
+    def objective_for(self, key: str, stack_type: str, stack_class) -> str:
+        """The objective the fine-tuned model trains with: seq2seq for an encoder-decoder, the decoder's own for a
+        decoder-only stack; a one-line error for a decoder without one."""
+        if key == "encoder":
+            return self.head
+        name = getattr(stack_class, "text_to_text_objective", None)  # a third-party stack may predate it
+        if name is None:
+            raise LmkitError(f"text-to-text fine-tuning trains a model to write a target after its source: an "
+                             f"encoder-decoder (T5), or a decoder that writes into a blank (GLM); this decoder "
+                             f"({stack_type}) has no text-to-text objective: fine-tune an encoder-decoder, or use "
+                             "another --task")
+        self.head = name
+        return name
 
     def read(self, path: str, labels: tuple[str, ...] = (), require_labels: bool = True) -> TextPairs:
         self.prefix = self.prefix or task_name(path)  # unused by text-to-text JSONL and SQuAD files
@@ -173,18 +223,29 @@ class TextToTextKind:
         return {"task_prefix": data.prefix} if data.prefix else {}
 
     def reader(self, model, tokenizer):
-        """What encode() needs of the model: the token its decoder starts from. The tokenizer is kept to read
-        generated ids back as text (metrics, outputs)."""
+        """What encode() needs of the model: the token its decoder starts from (an encoder-decoder's), or the
+        special ids of a decoder's text-to-text objective. The tokenizer is kept to read generated ids back as
+        text (metrics, outputs)."""
         from ..seq2seq import source_suffix_ids
 
         self.tokenizer = tokenizer
+        if model.kind == "decoder":  # the objective the stack names writes and collates its pairs
+            self.head = type(model.decoder).text_to_text_objective
+            self.writer = model.objectives[self.head]
+            return self.writer.special_ids(tokenizer)
         self.source_suffix = source_suffix_ids(model.encoder, tokenizer)  # T5's </s> after every source
         return model.decoder.decoder_start_token_id(tokenizer)
 
-    def encode(self, data: TextPairs, tokenizer, max_length: int, start_id: int):
+    def encode(self, data: TextPairs, tokenizer, max_length: int, start_id):
         """(list of (source ids, target ids, start id, eos id), examples cut). Sources are encoded as
         lmkit.opening.OpenedModel.encode_sources encodes them for generation (the encoder's source_suffix
-        appended); a source or target longer than max_length is cut (and counted), keeping the suffix."""
+        appended); a source or target longer than max_length is cut (and counted), keeping the suffix.
+        A decoder-only model's examples are its text-to-text objective's (encode_pair)."""
+        if self.writer is not None:
+            sources = tokenizer.encode_batch([e.source for e in data.examples])
+            targets = tokenizer.encode_batch([e.target or "" for e in data.examples])
+            encoded = [self.writer.encode_pair(s, t, max_length, start_id) for s, t in zip(sources, targets)]
+            return [example for example, _ in encoded], sum(cut for _, cut in encoded)
         eos = tokenizer.eos_id
         if eos is None:
             raise DataError("text-to-text needs a tokenizer with </s>, which ends every target")
@@ -200,6 +261,8 @@ class TextToTextKind:
         return encoded, cut
 
     def collate(self, encoded, pad_id: int) -> dict[str, np.ndarray]:
+        if self.writer is not None:
+            return self.writer.collate(encoded, pad_id)
         from ..parallel import make_batch
 
         _, _, start, eos = encoded[0]
@@ -214,6 +277,8 @@ class TextToTextKind:
         from ..decoding.seq2seq_backend import Seq2SeqBackend
         from ..seq2seq import Seq2SeqGenerator
 
+        if self.writer is not None:
+            return self._predict_decoder(model, batch)
         source_ids, mask = batch["source_ids"].cpu().numpy(), batch["source_mask"].cpu().numpy()
         sources = [row[m].tolist() for row, m in zip(source_ids, mask)]
         start, eos = int(batch["target_ids"][0, 0]), self.tokenizer.eos_id
@@ -222,6 +287,29 @@ class TextToTextKind:
         generator = Seq2SeqGenerator(backend, start, eos, eos)
         was_training = model.training
         results = generator.generate(Greedy(GreedyOptions(max_new_tokens=max(2 * longest, 16))), sources)
+        model.train(was_training)
+        return [r.tokens for r in results]
+
+    def _predict_decoder(self, model, batch) -> list[list[int]]:
+        """Greedy generation by the decoder family's generator (GLM fills the [gMASK] after each source), over the
+        model being fine-tuned, as lmkit.opening runs a model directory."""
+        from ..decoding.greedy import Greedy
+        from ..decoding.options import GreedyOptions
+        from ..opening import OpenedModel
+        from ..torch_runtime import TorchRuntime
+
+        prompts = self.writer.prompts(batch)
+        longest = int((batch["labels"] != -100).sum(1).max())
+        room = model.decoder.max_positions
+        new = max(2 * longest, 16)
+        if room is not None:  # the blank's [S] and what it writes after the longest prompt
+            new = max(1, min(new, room - max(map(len, prompts)) - 1))
+        device = next(model.parameters()).device
+        where = "the model being fine-tuned"
+        opened = OpenedModel(where, TorchRuntime(model, device, where), tokenizer=self.tokenizer, generation={},
+                             model=model, decoder_type=model.spec.decoder.type)
+        was_training = model.training
+        results = opened.generate_ids(prompts, Greedy(GreedyOptions(max_new_tokens=new)))
         model.train(was_training)
         return [r.tokens for r in results]
 
