@@ -46,6 +46,18 @@ def pad_batch(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.T
     return ids, mask
 
 
+def read_pairs(path: str) -> list[tuple[str, str]]:
+    """An encoder-decoder's examples: (source, target) of each non-empty line SOURCE<TAB>TARGET; DataError otherwise."""
+    pairs = []
+    for number, line in enumerate(read_examples(path), 1):
+        source, tab, target = line.partition("\t")
+        if not tab or not source.strip() or not target.strip():
+            raise DataError(f"example {number} of {path} is not SOURCE<TAB>TARGET; an encoder-decoder's prefix is "
+                            "trained on targets after their sources, one pair per line")
+        pairs.append((source.strip(), target.strip()))
+    return pairs
+
+
 def train_prefixes(model_dir: str, sources: list[tuple[str, str]], out: str, *, length: int = 10,
                    lm_weight: float = 1.0, contrast_weight: float = 1.0, steps: int = 300, batch_size: int = 16,
                    lr: float = 1e-2, max_tokens: int = 64, seed: int = 0, device: str = "auto",
@@ -56,25 +68,26 @@ def train_prefixes(model_dir: str, sources: list[tuple[str, str]], out: str, *, 
     never changed (requires_grad off, nothing written to model_dir but the prefix file if out is it).
     Each prefix starts from the keys/values of the first `length` tokens of a random example of any
     attribute (prefix tuning's initialisation from real tokens), a different one per attribute.
+    A decoder-only model's examples are texts, one per line; an encoder-decoder's SOURCE<TAB>TARGET lines,
+    the prefix before the target in its decoder.
     """
-    from lmkit.model import load_model
+    from lmkit.model import load_model, load_target_tokenizer
+    from lmkit.parallel import pad_sources
     from lmkit.prefix import save_prefixes
+    from lmkit.seq2seq import encode_sources, source_suffix_ids
     from lmkit.training.distributed import resolve_device
 
     resolved = resolve_device(device)
     model, tokenizer, config = load_model(model_dir, device=str(resolved))
-    if model.kind != "decoder":
-        raise LmkitError(f"{model_dir} is an {model.kind} model; prefixes steer decoder-only models (GPT, GPT-2)")
+    if model.kind == "encoder":
+        raise LmkitError(f"{model_dir} is an encoder model; prefixes steer models that generate (GPT, GLM, T5)")
     if tokenizer is None:
         raise LmkitError(f"{model_dir} has no tokenizer to read the examples with; compose it with --set tokenizer=DIR")
-    from lmkit.registry import get_host
-
+    seq2seq = model.kind == "encoder-decoder"
     decoder_type = config["spec"]["decoder"]["type"]
-    if get_host().components["generator"].get(decoder_type) is not None:
-        raise LmkitError(f"{model_dir}'s {decoder_type} decoder generates in its own way (it fills blanks), not by "
-                         "continuing a cache; prefixes steer decoders that continue prompts (GPT, GPT-2)")
-    decoder = model.decoder.eval()  # frozen, and without dropout: the LM is what it was trained to be
-    n_layers, n_heads, head_dim = cache_geometry(decoder)
+    model.eval()  # frozen, and without dropout: the model is what it was trained to be
+    n_layers, n_heads, head_dim = cache_geometry(model)
+    decoder = model.decoder
     room = decoder.max_positions - length if decoder.max_positions is not None else max_tokens
     if room < 2:
         raise LmkitError(f"a prefix of {length} positions leaves {room} of the model's {decoder.max_positions} "
@@ -83,19 +96,31 @@ def train_prefixes(model_dir: str, sources: list[tuple[str, str]], out: str, *, 
 
     attributes = list(dict.fromkeys(attribute for _, attribute in sources))
     examples: list[list[int]] = []
+    source_ids: list[list[int]] = []
     labels: list[int] = []
     for path, attribute in sources:
-        encoded = encode_examples(tokenizer, read_examples(path), max_tokens)
+        if seq2seq:
+            pairs = read_pairs(path)
+            source_ids += encode_sources(tokenizer, [source for source, _ in pairs], model.encoder.max_positions,
+                                         source_suffix_ids(model.encoder, tokenizer))
+            target_tokenizer = load_target_tokenizer(model_dir) or tokenizer
+            start = decoder.decoder_start_token_id(target_tokenizer)
+            end = [target_tokenizer.eos_id] if target_tokenizer.eos_id is not None else []
+            encoded = [([start] + ids + end)[:max_tokens]
+                       for ids in target_tokenizer.encode_batch([target for _, target in pairs])]
+        else:
+            encoded = encode_examples(tokenizer, read_examples(path), max_tokens)
         examples += encoded
         labels += [attributes.index(attribute)] * len(encoded)
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
-    starts = [row for row in examples if len(row) >= length]
+    starts = [i for i, row in enumerate(examples) if len(row) >= length]
     if not starts:
         raise DataError(f"no example has the {length} tokens a prefix starts from; give a shorter --length")
-    init = torch.stack([prefix_from_tokens(decoder, starts[i][:length])
-                        for i in rng.choice(len(starts), size=len(attributes), replace=len(starts) < len(attributes))])
-    prefixes = AttributePrefixes(decoder, init.to(resolved)).to(resolved)
+    chosen_starts = rng.choice(len(starts), size=len(attributes), replace=len(starts) < len(attributes))
+    init = torch.stack([prefix_from_tokens(model, examples[starts[i]][:length],
+                                           source_ids[starts[i]] if seq2seq else None) for i in chosen_starts])
+    prefixes = AttributePrefixes(model, init.to(resolved)).to(resolved)
     optimizer = torch.optim.AdamW([prefixes.prefixes], lr=lr, weight_decay=0.0)
     pad_id = tokenizer.pad_id if tokenizer.pad_id is not None else tokenizer.eos_id or 0
     labels_array = np.asarray(labels)
@@ -103,8 +128,13 @@ def train_prefixes(model_dir: str, sources: list[tuple[str, str]], out: str, *, 
     for step in range(1, steps + 1):
         chosen = rng.choice(len(examples), size=min(batch_size, len(examples)), replace=False)
         ids, mask = pad_batch([examples[i] for i in chosen], pad_id)
+        batch_sources = None
+        if seq2seq:
+            src, src_mask = pad_sources([source_ids[i] for i in chosen], pad_id)
+            batch_sources = (torch.from_numpy(src).to(resolved), torch.from_numpy(src_mask).to(resolved))
         loss, metrics = prefixes.loss(ids.to(resolved), mask.to(resolved),
-                                      torch.from_numpy(labels_array[chosen]).to(resolved), lm_weight, contrast_weight)
+                                      torch.from_numpy(labels_array[chosen]).to(resolved), lm_weight, contrast_weight,
+                                      batch_sources)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
