@@ -106,7 +106,9 @@ class OrtSeq2SeqBackend:
         shape = self.decoder_inputs[names[0]]["shape"]  # (layers, batch, heads, past, head_dim)
         prefix.check_fits(shape[0], shape[2], shape[4], "this export")
         for part, name in enumerate(names):
-            self.prefix[name] = prefix.keys_values[:, part, None](self, sources: list[list[int]]) -> None:
+            self.prefix[name] = prefix.keys_values[:, part, None]
+
+    def set_sources(self, sources: list[list[int]]) -> None:
         """The source token ids of the prompts the next generate() will get, one per prompt, in order."""
         self.sources = [list(map(int, s)) for s in sources]
 
