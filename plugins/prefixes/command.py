@@ -19,7 +19,7 @@ def _data_option(value: str) -> tuple[str, str]:
 @click.argument("model_dir", type=click.Path(file_okay=False))
 @click.option("--data", "data", multiple=True, required=True, metavar="FILE:ATTRIBUTE",
               help="A text file of one example per line, all of ATTRIBUTE; repeat for each attribute (several "
-                   "files may share one).")
+                   "files may share one). An encoder-decoder's (T5's) lines are SOURCE<TAB>TARGET.")
 @click.option("--out", required=True, type=click.Path(file_okay=False),
               help="The directory to write prefixes.safetensors to (the model directory itself will do).")
 @click.option("--length", default=10, show_default=True, type=click.IntRange(min=1),
@@ -40,7 +40,7 @@ def _data_option(value: str) -> tuple[str, str]:
 @click.option("--quiet", is_flag=True, help="Print only the result, not the loss as it trains.")
 def train_prefix_command(model_dir, data, out, length, lm_weight, contrast_weight, steps, batch_size, lr, max_tokens,
                          seed, device, force, quiet):
-    """Train contrastive prefixes (Qian et al. 2022) for the decoder in MODEL_DIR, which stays frozen.
+    """Train contrastive prefixes (Qian et al. 2022) for the decoder in MODEL_DIR (GPT, GLM, T5), which stays frozen.
 
     One prefix of --length key/value positions per attribute of --data, trained together with
     w1 * L_LM + w2 * L_d: each text's likelihood under its own attribute's prefix raised and, through

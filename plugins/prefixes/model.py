@@ -1,5 +1,5 @@
 """Contrastive prefixes (Qian et al. 2022, arXiv 2202.13257): one trained key/value prefix per attribute
-over a frozen causal decoder, and the supervised objective that trains them together.
+over a frozen cached decoder (GPT, GPT-3, GLM, T5's decoder), and the supervised objective that trains them together.
 
 A prefix H_y is what the decoder's cache would hold after P positions (prefix tuning, Li and Liang
 2021): keys and values for every layer, (n_layers, 2, n_heads, P, head_dim). The decoder reads a text
