@@ -19,6 +19,8 @@ trained directly) and the paper's unsupervised (Gumbel-softmax) variant.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -102,7 +104,11 @@ class AttributePrefixes(nn.Module):
         input_ids (B, T) right-padded, attention_mask (B, T) bool, attribute (B,) indices of each row's prefix;
         sources: an encoder-decoder's source ids and mask, each (B, S), right-padded.
         """
-        chosen = self.prefixes[attribute]  # (B, L, 2, nh, P, hs)
+        return self.logprobs_after(self.prefixes[attribute], input_ids, attention_mask, sources)
+
+    def logprobs_after(self, chosen: Tensor, input_ids: Tensor, attention_mask: Tensor,
+                       sources: tuple[Tensor, Tensor] | None = None) -> Tensor:
+        """token_logprobs with each row's prefix given, chosen (B, n_layers, 2, nh, P, hs): (B, T-1)."""
         B, P = input_ids.size(0), self.length
         decoder = self.model.decoder
         if self.seq2seq:
@@ -189,3 +195,60 @@ def prefix_from_tokens(model: nn.Module, token_ids: list[int], source: list[int]
             v = torch.cat([v.new_zeros(1, n_heads, P - kept, head_dim), v[:, :, v.size(2) - kept:]], dim=2)
         layers.append(torch.stack([k[0], v[0]]))
     return torch.stack(layers).float().cpu()
+
+
+class LatentPrefixes(AttributePrefixes):
+    """K prefixes for latent attributes learnt without labels (Qian et al. 2022 §3.2, the unsupervised variant).
+
+    An encoder q(z | x) (a linear layer on the frozen decoder's mean hidden state of x: the only weights trained
+    besides the prefixes) picks a latent attribute z for each text; a Gumbel-softmax sample of it (straight-through,
+    so each text reads exactly one prefix, as generation does) chooses the prefix x is scored after. As in a VAE:
+
+        L = w1 * L_LM + w_kl * L_KL + w2 * L_c
+        L_LM = -log p(x | H_z), z ~ GumbelSoftmax(q(z | x))    per token
+        L_KL = KL(q(z | x) || uniform)                          per text, over its tokens (a per-token ELBO)
+        L_c  = max(0, m - (s_ẑ(x) - max_{k != ẑ} s_k(x)))      ẑ = argmax q(z | x), s_k = log p(x | H_k) per token
+
+    L_c is lmkit's reading of the paper's unsupervised contrastive term (its exact form is not confirmed,
+    shared/PAPERS.md §17): each text's own latent prefix must explain it better, by a margin m per token, than
+    any other prefix does, which keeps the prefixes apart. Decoder-only models (the encoder reads a text's states).
+    """
+
+    def __init__(self, model: nn.Module, init: Tensor):
+        super().__init__(model, init)
+        self.encoder_head = nn.Linear(model.decoder.d_model, init.size(0))
+
+    def posterior_logits(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        """The encoder's logits of q(z | x), (B, K), from the mean final state over each text's real tokens."""
+        with torch.no_grad():
+            states = self.model.decoder.hidden_states(input_ids, None, attention_mask)  # (B, T, D)
+            weights = attention_mask[..., None].to(states.dtype)
+            pooled = (states * weights).sum(1) / weights.sum(1).clamp(min=1)
+        return self.encoder_head(pooled.float())
+
+    def unsupervised_loss(self, input_ids: Tensor, attention_mask: Tensor, lm_weight: float, kl_weight: float,
+                          contrast_weight: float, margin: float = 1.0, temperature: float = 1.0) -> tuple[Tensor, dict]:
+        """w1 * L_LM + w_kl * L_KL + w2 * L_c (class docstring) for texts (B, T) without labels.
+
+        Returns (loss, {"lm", "kl", "c": the three terms, "usage": the share of the batch whose argmax q(z | x) is
+        the most used latent}).
+        """
+        B, K = input_ids.size(0), self.prefixes.size(0)
+        logits = self.posterior_logits(input_ids, attention_mask)  # (B, K)
+        log_q = torch.log_softmax(logits, -1)
+        z = F.gumbel_softmax(logits, tau=temperature, hard=True)  # (B, K): one-hot forward, soft gradient
+        chosen = torch.einsum("bk,k...->b...", z, self.prefixes)
+        own = self.logprobs_after(chosen, input_ids, attention_mask)  # (B, T-1)
+        tokens = attention_mask[:, 1:].sum(-1).clamp(min=1)  # (B,)
+        lm = -own.sum() / tokens.sum()
+        kl = (log_q.exp() * (log_q + math.log(K))).sum(-1).sum() / tokens.sum()
+        contrast = torch.zeros((), device=input_ids.device)
+        if contrast_weight:
+            scores = self.loglik_all(input_ids, attention_mask).sum(-1) / tokens  # (K, B) per-token log p(x | H_k)
+            picked = log_q.argmax(-1)
+            own_score = scores[picked, torch.arange(B, device=picked.device)]
+            others = scores.masked_fill(F.one_hot(picked, K).T.bool(), float("-inf")).max(0).values
+            contrast = F.relu(margin - (own_score - others)).mean()
+        loss = lm_weight * lm + kl_weight * kl + contrast_weight * contrast
+        usage = torch.bincount(log_q.argmax(-1), minlength=K).max().float() / B
+        return loss, {"lm": lm.item(), "kl": kl.item(), "c": contrast.item(), "usage": usage.item()}
