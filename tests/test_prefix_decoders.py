@@ -44,13 +44,13 @@ def test_gpt3_prefix_from_tokens_is_those_tokens_fed_first(models, length):
     words = tokenizer.encode(" ".join(WORDS))[:length]
     assert len(words) == length
     prefix = CachePrefix(prefix_from_tokens(opened.model, words).numpy(), "made", "tokens")
-    prompts = [tokenizer.encode(text) for text in ("the dog ran", "a cat", "home quickly far away")]
+    prompts = [tokenizer.encode(text) for text in ("the dog ran", "home quickly far away")]
     # One prompt at a time (left padding between the prefix and a shorter prompt would take places of the band:
     # docs/prefixes.md), and a batch of prompts of one length.
     for prompt in prompts:
-        assert greedy(opened, [prompt], prefix) == greedy(opened, [words + prompt])
+        assert greedy(opened, [prompt], prefix, 8) == greedy(opened, [words + prompt], max_new_tokens=8)
     same = [prompts[0], [t + 1 for t in prompts[0]]]
-    assert greedy(opened, same, prefix) == greedy(opened, [words + p for p in same])
+    assert greedy(opened, same, prefix, 8) == greedy(opened, [words + p for p in same], max_new_tokens=8)
     # Logits of a prefill and two steps, past the band, against the whole text read at once.
     decoder = opened.model.decoder
     backend = opened.backend(4, prefix=prefix)

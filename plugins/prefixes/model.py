@@ -14,8 +14,8 @@ with a uniform prior p(y), so p(y | x) is a softmax over the attributes of each 
 log-likelihood under every prefix: raising the own prefix's likelihood and, through the
 normaliser, lowering the other prefixes'. w2 = 0 is plain prefix tuning (each prefix trained on its
 own texts alone). The paper's prefix length, w1 and w2 are not confirmed (shared/PAPERS.md §17);
-lmkit's defaults are options. Not here: prefix tuning's MLP reparameterisation (the prefixes are
-trained directly) and the paper's unsupervised (Gumbel-softmax) variant.
+lmkit's defaults are options. The unsupervised variant (latent attributes, Gumbel-softmax) is
+LatentPrefixes below. Not here: prefix tuning's MLP reparameterisation (the prefixes are trained directly).
 """
 from __future__ import annotations
 
