@@ -35,9 +35,11 @@ def main() -> None:
         os.makedirs(root, exist_ok=True)
         start = time.perf_counter()
         lm = os.path.join(root, "lm")
-        if not os.path.isdir(lm):
+        if os.path.isdir(lm):
+            print(f"language model: {lm}, reused")
+        else:
             lm = make_lm(root, steps=args.lm_steps)
-        print(f"language model: {args.lm_steps} steps in {time.perf_counter() - start:.0f} s")
+            print(f"language model: {args.lm_steps} steps in {time.perf_counter() - start:.0f} s")
         print("seed  prefix            positive  negative")
         if args.unsupervised:
             for seed in args.seeds:
