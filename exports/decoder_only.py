@@ -40,13 +40,17 @@ class ConcatCache:
     length: the past's length (symbolic while tracing). windows: {layer: w} for layers that keep
     only their last w positions (GPT-3's banded layers, see lmkit.nn.banded.BandedKVCache). Their past is always w positions (zeros before the first
     token), `update` returns the window followed by the new positions, and the present is the last w.
+    prefix_length: how many of the past positions are a trained prefix (lmkit.prefix), where the past is one
+    (training prefixes: lmkit.plugins.prefixes); 0 in an export's graph.
     """
 
-    def __init__(self, past: list[tuple[Tensor, Tensor]], length: int, windows: dict[int, int] | None = None):
+    def __init__(self, past: list[tuple[Tensor, Tensor]], length: int, windows: dict[int, int] | None = None,
+                 prefix_length: int = 0):
         self.past = past
         self.presents: list[tuple[Tensor, Tensor] | None] = [None] * len(past)
         self.length = length
         self.windows = windows or {}
+        self.prefix_length = prefix_length  # how many past positions are a prefix (lmkit.contract.Cache)
 
     def update(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
         past_k, past_v = self.past[layer]

@@ -55,7 +55,8 @@ class OrtBackend:
     prefix: a lmkit.prefix.CachePrefix (keys/values of P positions per layer) fed as every row's
     past at the prefill, with P columns of ones before the attention mask and the prompt's positions
     starting at P, as the PyTorch backend does; max_length is then the graph's less P. It needs the
-    graph's cache to be keys/values (past_key_values.{i}.key/.value) of the prefix's geometry.
+    graph's cache to be keys/values (past_key_values.{i}.key/.value) of the prefix's geometry; a layer
+    whose cache is a fixed window (GPT-3's banded layers) starts from the prefix's last positions.
     """
 
     def __init__(self, session, graph: dict, max_length: int | None, io_binding: bool | None = None,
@@ -167,15 +168,21 @@ class OrtBackend:
                              "(past_key_values.{i}.key/.value); prefixes work with attention decoders (GPT, GPT-2)")
         shape = self.inputs["past_key_values.0.key"]["shape"]  # (batch, heads, past, head_dim)
         prefix.check_fits(n_layers, shape[1], shape[3], "this export")
-        if not all(isinstance(self.inputs[name]["shape"][2], str) for name in names):
-            raise LmkitError("a prefix needs a cache of any length, and this export keeps a fixed window in some "
-                             "layers (GPT-3's banded layers); generate with the model directory instead")
         self.prefix_length = prefix.length
         self.max_length = prefix.positions_left(self.max_length)
+        P = prefix.length
         for index, name in enumerate(names):
             layer, part = divmod(index, 2)
-            self.prefix[name] = np.ascontiguousarray(prefix.keys_values[layer, part][None],
-                                                     dtype=self.inputs[name]["dtype"])
+            value = prefix.keys_values[layer, part][None]  # (1, nh, P, hs)
+            window = self.inputs[name]["shape"][2]
+            if not isinstance(window, str):
+                # A layer whose cache is a window of its last w positions (GPT-3's banded layers) holds what it
+                # would after P tokens: their last min(P, w), right-aligned after zeros (lmkit.nn.BandedKVCache).
+                kept = min(P, window)
+                held = np.zeros((1, value.shape[1], window, value.shape[3]), dtype=value.dtype)
+                held[:, :, window - kept:] = value[:, :, P - kept:]
+                value = held
+            self.prefix[name] = np.ascontiguousarray(value, dtype=self.inputs[name]["dtype"])
 
     def _cache_value(self, array: np.ndarray):
         """A cache tensor as this backend keeps it: numpy, or an OrtValue on the device with IO binding."""

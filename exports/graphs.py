@@ -150,6 +150,8 @@ class EncoderDecoderLayout:
         from the decoder graph's cache pairs (output -> input); an input no pair names keeps its
         first value (encoder states, cross-attention keys/values, the mask). Beam search reorders
         every one of them along the axis its shape names batch_size.
+    prefix_cache: the decoder inputs (keys, values), each (layers, batch, heads, past, head_dim), of the
+        self-attention cache a prefix (lmkit.prefix) starts instead of empty; None: the export takes none.
     """
 
     feeds: list[Feed]
@@ -160,12 +162,14 @@ class EncoderDecoderLayout:
     logits: str = "logits"
     encoder: str = "encoder"  # the graphs' names
     decoder: str = "decoder"
+    prefix_cache: tuple[str, str] | None = None
 
     def to_dict(self) -> dict:
         return {"batching": self.batching, "encoder": self.encoder, "decoder": self.decoder,
                 "encoder_ids": self.encoder_ids, "encoder_mask": self.encoder_mask,
                 "decoder_ids": self.decoder_ids, "logits": self.logits,
-                "feeds": [feed.to_dict() for feed in self.feeds]}
+                "feeds": [feed.to_dict() for feed in self.feeds],
+                **({"prefix_cache": list(self.prefix_cache)} if self.prefix_cache else {})}
 
 
 @dataclass

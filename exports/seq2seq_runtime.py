@@ -60,6 +60,10 @@ def check_layout(directory: str, manifest: dict) -> dict:
         if feed["source"] == "encoder" and feed.get("output") not in encoder_outputs:
             raise damaged(f"feeds {feed['input']!r} from encoder output {feed.get('output')!r}, which the encoder "
                           "graph lacks")
+    prefix_cache = layout.get("prefix_cache")
+    if prefix_cache is not None and (not isinstance(prefix_cache, list) or len(prefix_cache) != 2
+                                     or not set(prefix_cache) <= decoder_inputs):
+        raise damaged(f"names a prefix cache {prefix_cache!r} that is not two of the decoder graph's inputs")
     unfed = decoder_inputs - {layout["decoder_ids"]} - {feed["input"] for feed in feeds}
     if unfed:
         raise damaged(f"gives no first value for decoder input(s) {', '.join(sorted(unfed))}")
@@ -76,7 +80,7 @@ class OrtSeq2SeqBackend:
 
     max_length = None  # the decoder reads its state, not a window of positions; max_new_tokens bounds it
 
-    def __init__(self, encoder, decoder, graphs: dict, layout: dict, pad_id: int = 0):
+    def __init__(self, encoder, decoder, graphs: dict, layout: dict, pad_id: int = 0, prefix=None):
         self.encoder, self.decoder = encoder, decoder
         self.layout = layout
         self.encoder_outputs = {t["name"]: t for t in graphs[layout["encoder"]]["outputs"]}
@@ -87,6 +91,22 @@ class OrtSeq2SeqBackend:
         self.pad_id = pad_id
         self.sources: list[list[int]] | None = None
         self.state: dict[str, np.ndarray] = {}
+        self.prefix: dict[str, np.ndarray] = {}  # decoder input -> (L, 1, nh, P, hs)
+        if prefix is not None:
+            self._take_prefix(prefix)
+
+    def _take_prefix(self, prefix) -> None:
+        """Check `prefix` (a lmkit.prefix.CachePrefix) against the self-attention cache inputs the layout names
+        (prefix_cache) and keep it: every row's cache starts from it, as lmkit's Seq2SeqBackend does."""
+        names = self.layout.get("prefix_cache")
+        if not names:
+            raise LmkitError("a prefix starts a decoder's self-attention cache, and this export names none "
+                             "(a recurrent decoder, or an export made before lmkit took prefixes there: export it "
+                             "again)")
+        shape = self.decoder_inputs[names[0]]["shape"]  # (layers, batch, heads, past, head_dim)
+        prefix.check_fits(shape[0], shape[2], shape[4], "this export")
+        for part, name in enumerate(names):
+            self.prefix[name] = prefix.keys_values[:, part, None]
 
     def set_sources(self, sources: list[list[int]]) -> None:
         """The source token ids of the prompts the next generate() will get, one per prompt, in order."""
@@ -106,6 +126,8 @@ class OrtSeq2SeqBackend:
                 value = encoded[feed["output"]]
             elif feed["source"] == "source_mask":
                 value = mask
+            elif feed["input"] in self.prefix:  # the prefix's P positions before the start token
+                value = np.repeat(self.prefix[feed["input"]], len(self.sources), axis=batch_axis(tensor))
             else:  # zeros: a zero state, or an empty cache whose past axis grows
                 value = empty_input(tensor, len(self.sources))
             state[feed["input"]] = np.ascontiguousarray(value, dtype=tensor["dtype"])
@@ -175,11 +197,13 @@ class EncoderDecoderRuntime:
         self.decoder = export.session(self.layout["decoder"])
         self.max_positions = export.manifest.get("dimensions", {}).get("max_positions")  # of a source
 
-    def backend(self, max_new_tokens: int | None = None) -> OrtSeq2SeqBackend:
-        """A fresh backend over the two sessions; its state grows as it needs, so max_new_tokens is not needed."""
+    def backend(self, max_new_tokens: int | None = None, prefix=None) -> OrtSeq2SeqBackend:
+        """A fresh backend over the two sessions; its state grows as it needs, so max_new_tokens is not needed.
+        prefix: a lmkit.prefix.CachePrefix the decoder's self-attention cache starts from (the layout's prefix_cache)."""
         pad = self.export.manifest.get("special_tokens", {}).get("pad")
         return OrtSeq2SeqBackend(self.encoder, self.decoder, self.export.manifest["graphs"], self.layout,
-                                 pad_id=pad if pad is not None else 0)  # masked out, so any source id will do
+                                 pad_id=pad if pad is not None else 0,  # masked out, so any source id will do
+                                 prefix=prefix)
 
     def features(self, input_ids: np.ndarray, attention_mask: np.ndarray, token_type_ids=None) -> dict:
         raise LmkitError(f"{self.export.directory} is an {ENCODER_DECODER} export, whose encoder graph gives the "

@@ -455,3 +455,45 @@ def test_eval_reports_bleu(preset, artifacts, data):
     result = made.cli("eval", made.trained(), "--data", data["valid.src"], "--data", data["valid.tgt"], "--json")
     record = json.loads(result.out)
     assert 0 <= record["bleu"] <= 100 and record["signature"].startswith("nrefs:1")
+
+
+# -- prefixes (lmkit.prefix) ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("preset", by_kind("decoder", "encoder-decoder"))
+def test_prefix_runs_token_identically_on_the_export(preset, artifacts):
+    """Every model whose cache is keys/values starts from a prefix of its geometry on both backends, greedy and
+    beam giving the same tokens; any other refuses a prefix in one line on both."""
+    from lmkit import open_model
+    from lmkit.errors import LmkitError
+    from lmkit.plugins.prefixes.model import cache_geometry
+    from lmkit.prefix import CachePrefix
+
+    made = artifacts(preset)
+    model = load(made.trained())[0]
+    try:
+        n_layers, n_heads, head_dim = cache_geometry(model)
+    except LmkitError:
+        n_layers, n_heads, head_dim = 1, 1, 1  # a recurrent cache: both backends must refuse
+        takes = False
+    else:
+        takes = True
+    rng = np.random.default_rng(0)
+    prefix = CachePrefix(rng.standard_normal((n_layers, 2, n_heads, 3, head_dim)).astype(np.float32), "a", "test")
+    outputs = []
+    for directory in (made.trained(), made.exported()):
+        opened = open_model(directory, device="cpu")
+        text = prompt_for(made)
+        texts = [text, text.replace("the first", "the")]  # two lengths: left padding in a decoder's batch
+        ids = opened.encode_sources(texts) if made.kind == "encoder-decoder" else opened.tokenizer.encode_batch(texts)
+        runs = []
+        for strategy, options in (("greedy", {}), ("beam", {"num_beams": 3})):
+            decoding = opened.decoding(strategy, max_new_tokens=6, **options)
+            if not takes:
+                with pytest.raises(LmkitError) as refused:
+                    opened.generate_ids(ids, decoding, prefix=prefix)
+                assert "\n" not in str(refused.value)
+                continue
+            runs.append([r.tokens for r in opened.generate_ids(ids, decoding, prefix=prefix)])
+        outputs.append(runs)
+    assert outputs[0] == outputs[1]

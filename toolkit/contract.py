@@ -154,7 +154,13 @@ class CausalDecoder(Stack, Protocol):
 
 @runtime_checkable
 class Cache(Protocol):
-    """A causal decoder's cache (lmkit.nn.KVCache, BandedKVCache, a recurrent state)."""
+    """A causal decoder's cache (lmkit.nn.KVCache, BandedKVCache, a recurrent state).
+
+    The key/value caches (KVCache, BandedKVCache) also take a prefix (lmkit.prefix): `geometry` (n_layers,
+    n_heads, head_dim), `start_from(keys, values)` with (n_layers, B or 1, n_heads, P, head_dim), and
+    `prefix_length`, the P positions it filled (0 without one), which a decoder whose positions depend on
+    it reads (GLM's left-to-right view writes its span after the prefix, as after a context).
+    """
 
     length: int  # positions it holds
 
@@ -169,6 +175,11 @@ class Seq2SeqDecoder(Stack, Protocol):
     The state is a dictionary of tensors, each with the batch on a known axis, so that beam search
     reorders it by rows and an export feeds it from step to step.
     """
+
+    # The names of the state's self-attention keys and values, each (L, B, nh, P, hs) after P target positions,
+    # that a cache prefix (lmkit.prefix) fills before the start token; None (lmkit.nn.stack's default): no
+    # such cache, no prefix (the LSTM decoders). T5: ("self_k", "self_v").
+    self_attention_cache: ClassVar[tuple[str, str] | None]
 
     def check_encoder(self, encoder: Encoder) -> None:
         """Raise SpecError, naming the option to set, when the encoder's states do not fit this decoder."""
@@ -342,8 +353,9 @@ class ModelRuntime(Protocol):
     def backend(self, max_new_tokens: int | None = None) -> Any:
         """A fresh lmkit.decoding Backend (an encoder-decoder's with set_sources), or LmkitError if it cannot generate.
 
-        A decoder-only runtime whose cache is keys/values also takes prefix=lmkit.prefix.CachePrefix: the
-        cache every row starts from, the prompt's positions after it (lmkit.prefix; lmkit generate --prefix).
+        A runtime whose cache is keys/values also takes prefix=lmkit.prefix.CachePrefix: the cache every row
+        starts from, the prompt's positions after it (lmkit.prefix; lmkit generate --prefix); an encoder-decoder's
+        decoder self-attention cache, before the start token.
         """
 
     def features(self, input_ids, attention_mask, token_type_ids=None) -> dict[str, Any]:
@@ -376,9 +388,10 @@ class Generator(Protocol):
     def __init__(self, opened) -> None: ...
 
     def generate_ids(self, prompts: list[list[int]], decoding, *, stop: list[list[int]] | None = None,
-                     on_token=None) -> list:
+                     on_token=None, prefix=None) -> list:
         """One lmkit.decoding Generation per prompt, its `output` the whole text's ids and its `spans` the parts
-        generated; a prompt it cannot take is a one-line LmkitError."""
+        generated; a prompt it cannot take is a one-line LmkitError. prefix: a lmkit.prefix.CachePrefix to hand to
+        opened.backend(..., prefix=), the positions it gives counting the prefix's P first (GLM: pos1 from P)."""
 
     def source_prompt(self, source: list[int]) -> list[int]:
         """The prompt that asks for the target of a source's ids, as text-to-text fine-tuning writes it (GLM: the

@@ -191,43 +191,43 @@ class OpenedModel:
         """One lmkit.decoding Generation per input: a prompt's continuation, or a source's target sequence.
 
         decoding: a strategy (decoding()), by default the model's. stop and on_token: decoder-only models.
-        prefix: a lmkit.prefix.CachePrefix (lmkit.prefix.load_prefix) every prompt's cache starts from, for
-            decoder-only models whose cache is keys/values; None: none.
+        prefix: a lmkit.prefix.CachePrefix (lmkit.prefix.load_prefix) every prompt's key/value cache starts from
+            (an encoder-decoder's decoder self-attention cache; a Generator's, GLM's, places it itself); None: none.
         """
         decoding = decoding or self.decoding()
         tokenizer = self._needs_tokenizer("generate")
-        if prefix is not None and (self.kind != "decoder" or self.generator is not None):
-            raise LmkitError(f"{self.directory} does not continue prompts with a key/value cache of its own (it is "
-                             f"{'an encoder-decoder' if self.kind == 'encoder-decoder' else 'a model that fills blanks'}"
-                             "); prefixes steer decoder-only models (GPT, GPT-2)")
         if self.kind == "encoder-decoder":
             from .seq2seq import Seq2SeqGenerator
 
             if stop:
                 raise LmkitError("stop sequences apply to decoder-only models; an encoder-decoder ends at </s>")
-            generator = Seq2SeqGenerator.for_tokenizer(self.backend(), self.decoder_start, self.output_tokenizer)
+            backend = self.backend() if prefix is None else self._prefixed_backend(None, prefix)
+            generator = Seq2SeqGenerator.for_tokenizer(backend, self.decoder_start, self.output_tokenizer)
             return generator.generate(decoding, [list(source) for source in inputs], batch_size)
         if self.generator is not None:  # the family's own way with prompts (GLM: fill the blanks)
+            options = {} if prefix is None else {"prefix": prefix}  # a Generator places the prefix's positions
             if on_token is not None or len(inputs) <= batch_size:
                 return self.generator.generate_ids([list(ids) for ids in inputs], decoding, stop=stop,
-                                                   on_token=on_token)
+                                                   on_token=on_token, **options)
             return [result for first in range(0, len(inputs), batch_size)
                     for result in self.generator.generate_ids([list(ids) for ids in inputs[first:first + batch_size]],
-                                                              decoding, stop=stop)]
+                                                              decoding, stop=stop, **options)]
         # An empty prompt starts from the bos token, as GPT-2 was trained to (each document followed one).
         prompts = [list(ids) or ([tokenizer.bos_id] if tokenizer.bos_id is not None else []) for ids in inputs]
         pad_id = tokenizer.pad_id if tokenizer.pad_id is not None else tokenizer.eos_id
-        # A runtime takes a prefix as an option of its backend (lmkit.contract.ModelRuntime.backend).
-        if prefix is None:
-            backend = self.backend(decoding.options.max_new_tokens)
-        else:
-            try:
-                backend = self.backend(decoding.options.max_new_tokens, prefix=prefix)
-            except TypeError:  # a runtime of a plugin that takes no prefix
-                raise LmkitError(f"{self.directory}'s runtime ({type(self.runtime).__name__}) takes no prefix; "
-                                 "prefixes steer attention decoders with a key/value cache (GPT, GPT-2)") from None
+        backend = (self.backend(decoding.options.max_new_tokens) if prefix is None
+                   else self._prefixed_backend(decoding.options.max_new_tokens, prefix))
         return decoding.generate(backend, prompts, eos_id=tokenizer.eos_id, pad_id=pad_id, stop=stop,
                                  on_token=on_token)
+
+    def _prefixed_backend(self, max_new_tokens: int | None, prefix):
+        """A backend whose cache starts from `prefix`: a runtime takes it as an option of its backend
+        (lmkit.contract.ModelRuntime.backend); a plugin's runtime that takes none is a one-line LmkitError."""
+        try:
+            return self.backend(max_new_tokens, prefix=prefix)
+        except TypeError:
+            raise LmkitError(f"{self.directory}'s runtime ({type(self.runtime).__name__}) takes no prefix; "
+                             "prefixes steer attention decoders with a key/value cache") from None
 
     def generate(self, texts: Sequence[str], strategy: str | None = None, *, prefix=None, **options) -> list[str]:
         """The text each input generates, by the model's strategy unless told another (options override it).
@@ -238,7 +238,7 @@ class OpenedModel:
         tokenizer = self._needs_tokenizer("generate")
         decoding = self.decoding(strategy, **options)
         if self.kind == "encoder-decoder":
-            results = self.generate_ids(self.encode_sources(texts), decoding)
+            results = self.generate_ids(self.encode_sources(texts), decoding, prefix=prefix)
             return [self.output_tokenizer.decode(r.tokens, skip_special_tokens=True).strip() for r in results]
         results = self.generate_ids(tokenizer.encode_batch(list(texts)), decoding, prefix=prefix)
         return [tokenizer.decode(result.tokens if result.output is None else result.output) for result in results]

@@ -25,13 +25,13 @@ class TorchRuntime:
 
     def backend(self, max_new_tokens: int | None = None, prefix=None):
         """TorchBackend (its cache sized for max_new_tokens more, started from `prefix`, a lmkit.prefix.CachePrefix,
-        when given), or Seq2SeqBackend for an encoder-decoder."""
+        when given), or Seq2SeqBackend for an encoder-decoder (its decoder's self-attention cache started from it)."""
         if self.kind == "encoder":
             raise ArtifactError(f"{self.directory} has no decoder to generate with (it is an encoder-only model)")
         if self.kind == "encoder-decoder":
             from .decoding.seq2seq_backend import Seq2SeqBackend
 
-            return Seq2SeqBackend(self.model, self.device, pad_id=self.source_pad_id)
+            return Seq2SeqBackend(self.model, self.device, pad_id=self.source_pad_id, prefix=prefix)
         from .decoding.torch_backend import TorchBackend
 
         if max_new_tokens is None:

@@ -48,10 +48,12 @@ class BlankFilling:
         """The prompt text-to-text fine-tuning answers (lmkit.plugins.glm.text_to_text): the source, then [gMASK]."""
         return [*source, self.gmask]
 
-    def blanks(self, prompts: list[list[int]]) -> list[list[int]]:
+    def blanks(self, prompts: list[list[int]], prefix_length: int = 0) -> list[list[int]]:
         """The place of each blank in each prompt, in text order; a one-line error for a prompt without one or
-        with more than the context can fill."""
+        with more than the context (less a prefix's positions) can fill."""
         limit = self.opened.max_positions
+        if limit is not None:
+            limit -= prefix_length
         found = []
         for i, prompt in enumerate(prompts):
             which = "the prompt" if len(prompts) == 1 else f"prompt {i + 1}"
@@ -68,14 +70,21 @@ class BlankFilling:
         return found
 
     def generate_ids(self, prompts: list[list[int]], decoding, *, stop: list[list[int]] | None = None,
-                     on_token=None) -> list[Generation]:
+                     on_token=None, prefix=None) -> list[Generation]:
         """One Generation per prompt: `output` the prompt with its blanks filled, `spans` each blank's search
-        result (its tokens without [E]), `tokens` the spans' tokens one after another."""
+        result (its tokens without [E]), `tokens` the spans' tokens one after another.
+
+        prefix: a lmkit.prefix.CachePrefix of P positions in the cache before Part A, which every token sees:
+        a context the prompt cannot change, Part A's pos1 counting from P after it (lmkit generate --prefix).
+        """
         if self.writes_targets:
             prompts = [p if any(t in self.masks for t in p) else self.source_prompt(p) for p in prompts]
-        places = self.blanks(prompts)
+        P = 0 if prefix is None else prefix.length
+        places = self.blanks(prompts, P)
         spans: list[list[Generation]] = [[] for _ in prompts]
         limit = self.opened.max_positions
+        if limit is not None:
+            limit -= P
         for k in range(max(map(len, places))):
             rows = [i for i, p in enumerate(places) if len(p) > k]
             ids, positions = [], []
@@ -84,11 +93,11 @@ class BlankFilling:
                 ids.append(list(prompts[i]) + [t for _, span in part_b for t in (self.start, *span)])
                 pos1 = list(range(len(prompts[i]))) + [m for m, span in part_b for _ in range(len(span) + 1)]
                 pos2 = [0] * len(prompts[i]) + [p for _, span in part_b for p in range(1, len(span) + 2)]
-                positions.append(np.array([pos1, pos2], dtype=np.int64))
+                positions.append(np.array([[P + p for p in pos1], pos2], dtype=np.int64))
                 if limit is not None and len(ids[-1]) > limit:
                     raise LmkitError(f"the blanks before blank {k + 1} of prompt {i + 1} filled the model's context "
                                      f"of {limit} positions; ask for fewer new tokens per blank (--max-new-tokens)")
-            backend = self.opened.backend(decoding.options.max_new_tokens)
+            backend = self.opened.backend(decoding.options.max_new_tokens, **({} if prefix is None else {"prefix": prefix}))
             results = decoding.generate(backend, ids, eos_id=self.end, pad_id=self.pad, stop=stop,
                                         positions=Positions(positions, step=(0, 1)))
             for i, result in zip(rows, results):

@@ -107,11 +107,14 @@ class GLMDecoder(CausalDecoderStack):
         return KVCache(c.n_layers, batch_size, c.n_heads, max_len or c.max_positions, c.d_model // c.n_heads,
                        device=weight.device, dtype=weight.dtype)
 
-    def positions(self, input_ids: Tensor, position_ids: Tensor | None, past: int) -> tuple[Tensor, Tensor, bool]:
+    def positions(self, input_ids: Tensor, position_ids: Tensor | None, past: int,
+                  prefix: int = 0) -> tuple[Tensor, Tensor, bool]:
         """(pos1, pos2, whether they are GLM's 2D positions), each (B or 1, T).
 
         position_ids: (B, 2, T) pos1 and pos2; (B, T) or None: a span from an empty Part A, its
-        tokens at pos2 = position + 1 (None: past, past + 1, ...).
+        tokens at pos2 = position + 1 (None: past, past + 1, ...). After a prefix of `prefix` positions
+        (lmkit.prefix: a context of P positions in the cache) the span is that context's: pos1 = P, where
+        its blank would sit, and pos2 counts from the prefix's end (positions P, P + 1, ... are pos2 1, 2, ...).
         """
         T = input_ids.size(1)
         if position_ids is not None and position_ids.dim() == 3:
@@ -121,6 +124,8 @@ class GLMDecoder(CausalDecoderStack):
             return position_ids[:, 0], position_ids[:, 1], True
         if position_ids is None:
             position_ids = torch.arange(past, past + T, device=input_ids.device)[None]  # (1, T)
+        if prefix:
+            return torch.full_like(position_ids, prefix), position_ids - prefix + 1, False
         return torch.zeros_like(position_ids), position_ids + 1, False
 
     def hidden_states(self, input_ids: Tensor, cache: KVCache | None = None,
@@ -133,7 +138,7 @@ class GLMDecoder(CausalDecoderStack):
                 f"GLM reads at most {self.max_positions} positions (max_positions), Part A and Part B together, "
                 f"but got {T} new tokens after {past} cached ones; shorten the text or make a model with a larger "
                 "max_positions")
-        pos1, pos2, two_d = self.positions(input_ids, position_ids, past)
+        pos1, pos2, two_d = self.positions(input_ids, position_ids, past, 0 if cache is None else cache.prefix_length)
         if two_d:
             mask = glm_attention_mask(pos2, attention_mask, past)
         else:

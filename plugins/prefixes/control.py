@@ -65,3 +65,26 @@ def control_rates(model_dir: str, root: str, contrast_weights=(1.0, 0.0), steps:
         prefixes = {attribute: load_prefix(out, attribute) for attribute in attributes}
         results[weight] = sample_rates(model, prefixes, samples, seed)
     return results
+
+
+def unsupervised_rates(model_dir: str, root: str, steps: int = 150, length: int = 5, samples: int = 64,
+                       seed: int = 0, lr: float = 3e-2, **objective) -> dict:
+    """{"none": rates without a prefix, "z0": {attribute: share of z0's samples the classifier labels so}, "z1": ...}
+    for two latent prefixes trained (`lmkit train-prefix --unsupervised 2`) on both attributes' texts, unlabelled.
+    objective: LatentPrefixes' options (kl_weight, margin, temperature, contrast_weight)."""
+    from lmkit import open_model
+    from lmkit.prefix import load_prefix
+
+    from .training import train_prefixes
+
+    model = open_model(model_dir, device="cpu")
+    attributes = ["positive", "negative"]
+    results = {"none": sample_rates(model, dict.fromkeys(attributes), samples, seed)}
+    out = os.path.join(root, "prefix-unsupervised")
+    train_prefixes(model_dir, [(os.path.join(root, "both.txt"), None)], out, length=length, steps=steps, lr=lr,
+                   seed=seed, device="cpu", unsupervised=2, **objective)
+    for latent in ("z0", "z1"):
+        prefix = load_prefix(out, latent)
+        results[latent] = {attribute: sample_rates(model, {attribute: prefix}, samples, seed)[attribute]
+                           for attribute in attributes}
+    return results

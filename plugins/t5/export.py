@@ -9,7 +9,7 @@ decoder.onnx   input_ids (batch, 1), self_k / self_v (layers, batch, heads, past
 
 The plan's EncoderDecoderLayout wires them for lmkit's generic encoder-decoder runtime: self_k/self_v
 start empty (zeros with no past positions) and are fed back from present_k/present_v, cross_k/cross_v come
-from the encoder once, encoder_mask from the sources. The decoder graph reads the cache's length from
+from the encoder once, encoder_mask from the sources; a prefix (lmkit.prefix) is self_k/self_v's first value. The decoder graph reads the cache's length from
 self_k's past axis, so the relative position bias of each new token is offset by it, as in PyTorch.
 """
 from __future__ import annotations
@@ -125,7 +125,7 @@ def export_plan(model) -> ExportPlan:
     layout = EncoderDecoderLayout(
         [Feed("self_k", "zeros"), Feed("self_v", "zeros"), Feed("cross_k", "encoder", "cross_k"),
          Feed("cross_v", "encoder", "cross_v"), Feed("encoder_mask", "source_mask")],
-        batching="padded", encoder_mask="attention_mask")
+        batching="padded", encoder_mask="attention_mask", prefix_cache=("self_k", "self_v"))
     return ExportPlan(ENCODER_DECODER, [encoder_graph, decoder_graph], layout=layout,
                       dimensions={"vocab_size": V, "max_positions": limit, "n_layers": L, "n_heads": nh, "d_kv": hs,
                                   "feed_forward": c.feed_forward})

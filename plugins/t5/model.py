@@ -100,6 +100,9 @@ class T5Decoder(Seq2SeqDecoderStack):
     cross-attention over the encoder's keys/values, the output layer (tied and rescaled, or its own)."""
 
     STATE_ROWS = {"self_k": 1, "self_v": 1, "cross_k": 1, "cross_v": 1, "encoder_mask": 0}
+    # A prefix is P self-attention positions before the start token: the relative bias then offsets every
+    # query by the cache's length, P included, as if P target tokens had come first.
+    self_attention_cache = ("self_k", "self_v")
     max_positions = None  # relative positions: no limit on the target (max_new_tokens bounds it)
 
     def __init__(self, config: T5DecoderConfig):

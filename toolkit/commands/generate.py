@@ -72,11 +72,6 @@ def generate_command(model_dir, prompts, strategy, stops, stream, as_json, trunc
 
         require_torch("lmkit generate on a model directory")
     model = open_model(model_dir, device=device, provider=provider)
-    if prefix is not None and model.kind != "decoder":
-        from ..errors import LmkitError
-
-        raise LmkitError(f"{model_dir} is an {model.kind} model (it is not decoder-only); prefixes steer "
-                         "decoder-only models (GPT, GPT-2)")
     rewrites = model.kind == "decoder" and model.generator is not None  # GLM fills blanks: no continuation to stream
     if stream and rewrites:
         raise click.UsageError("--stream prints a continuation as it is produced; this model fills the blanks of "
@@ -85,7 +80,7 @@ def generate_command(model_dir, prompts, strategy, stops, stream, as_json, trunc
     stream = stream if stream is not None else len(texts) == 1 and not as_json and not rewrites
     given = {key: value for key, value in flags.items() if value is not None}
     if model.kind == "encoder-decoder":  # the prompts are source sentences: sequence-to-sequence generation
-        results = generate_from_sources(model, texts, strategy, given)
+        results = generate_from_sources(model, texts, strategy, given, prefix=prefix)
         echo_translations(texts, results, model.output_tokenizer, as_json)
         return
     if model.kind == "encoder":

@@ -62,8 +62,10 @@ def open_encoder_decoder(model_dir: str, device: str, provider: str | None = Non
     return open_model(model_dir, device=device, provider=provider)
 
 
-def generate_from_sources(model, texts: list[str], strategy: str | None, given: dict, *, batch_size: int = 64):
-    """One Generation per source text, from an encoder-decoder OpenedModel; `generate` shares it."""
+def generate_from_sources(model, texts: list[str], strategy: str | None, given: dict, *, batch_size: int = 64,
+                          prefix=None):
+    """One Generation per source text, from an encoder-decoder OpenedModel (its decoder's cache started from `prefix`,
+    a lmkit.prefix.CachePrefix, when given); `generate` shares it."""
     from ..errors import ArtifactError
     from ..registry import get_host
 
@@ -73,7 +75,7 @@ def generate_from_sources(model, texts: list[str], strategy: str | None, given: 
     name, options = decoding_options(model.generation, strategy, given, host)
     decoding = host.component("decoding", name).load()(options)
     sources = model.encode_sources(texts)
-    return model.generate_ids(sources, decoding, batch_size=batch_size)
+    return model.generate_ids(sources, decoding, batch_size=batch_size, prefix=prefix)
 
 
 def _read_sources(path: str | None) -> list[str]:

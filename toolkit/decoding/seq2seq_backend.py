@@ -19,11 +19,15 @@ from ..parallel import pad_sources
 
 
 class Seq2SeqBackend:
-    """See lmkit.decoding.backend.Backend; call set_sources before each generate()."""
+    """See lmkit.decoding.backend.Backend; call set_sources before each generate().
+
+    prefix: a lmkit.prefix.CachePrefix whose P positions every row's decoder self-attention cache starts
+    from, before the start token (the decoder's `self_attention_cache`); the encoder is untouched.
+    """
 
     max_length = None  # recurrent decoders have no context limit; max_new_tokens bounds the output
 
-    def __init__(self, model, device: torch.device | str | None = None, pad_id: int = 0):
+    def __init__(self, model, device: torch.device | str | None = None, pad_id: int = 0, prefix=None):
         if device is None:
             device = next(model.parameters()).device
         self.device = torch.device(device)
@@ -31,6 +35,26 @@ class Seq2SeqBackend:
         self.pad_id = pad_id
         self.sources: list[list[int]] | None = None
         self.state: dict | None = None
+        self.prefix: dict[str, torch.Tensor] = {}  # state name -> (L, 1, nh, P, hs)
+        if prefix is not None:
+            self._take_prefix(prefix)
+
+    def _take_prefix(self, prefix) -> None:
+        """Check `prefix` (a lmkit.prefix.CachePrefix) against the decoder's self-attention cache and keep it by
+        state name: every row's state starts from it, before the start token (lmkit.contract.Seq2SeqDecoder)."""
+        from lmkit.errors import LmkitError
+
+        names = self.decoder.self_attention_cache
+        if names is None:
+            raise LmkitError(f"a prefix starts a decoder's self-attention cache, and this {type(self.decoder).__name__} "
+                             "has none (a recurrent state); prefixes work with attention decoders (T5)")
+        dtype = next(self.decoder.parameters()).dtype
+        with torch.no_grad():
+            probe = self.decoder.start(_empty_encoding(self.encoder, self.device, dtype))
+        n_layers, _, n_heads, _, head_dim = probe[names[0]].shape
+        prefix.check_fits(n_layers, n_heads, head_dim, f"this {type(self.decoder).__name__}")
+        kv = torch.from_numpy(prefix.keys_values).to(self.device, dtype)  # (L, 2, nh, P, hs)
+        self.prefix = {names[0]: kv[:, 0, None], names[1]: kv[:, 1, None]}
 
     def set_sources(self, sources: list[list[int]]) -> None:
         """The source token ids of the prompts the next generate() will get, one per prompt, in order."""
@@ -45,7 +69,10 @@ class Seq2SeqBackend:
             raise ValueError("every target prefix must have the same length (the start token)")
         ids, mask = pad_sources(self.sources, self.pad_id)
         encoded = self.encoder(torch.from_numpy(ids).to(self.device), torch.from_numpy(mask).to(self.device))
-        logits, self.state = self.decoder(torch.from_numpy(input_ids).to(self.device), self.decoder.start(encoded))
+        state = self.decoder.start(encoded)
+        for name, value in self.prefix.items():  # the prefix's P positions come before the start token
+            state[name] = value.expand(-1, len(ids), -1, -1, -1)
+        logits, self.state = self.decoder(torch.from_numpy(input_ids).to(self.device), state)
         return self._to_host(logits[:, -1])
 
     @torch.inference_mode()
@@ -59,3 +86,11 @@ class Seq2SeqBackend:
     @staticmethod
     def _to_host(logits: torch.Tensor) -> np.ndarray:
         return logits.to(device="cpu", dtype=torch.float32, copy=True).numpy()
+
+
+def _empty_encoding(encoder, device, dtype):
+    """An EncoderOutput of one source position, to read the shapes of a decoder's state off start()."""
+    from lmkit.contract import EncoderOutput
+
+    states = torch.zeros(1, 1, encoder.d_model, device=device, dtype=dtype)
+    return EncoderOutput(states, torch.ones(1, 1, dtype=torch.bool, device=device))

@@ -24,7 +24,8 @@ class TorchBackend:
 
     prefix: a lmkit.prefix.CachePrefix every row's cache starts from (its P positions come before
     the prompt, whose tokens then sit at positions P, P+1, ...), or None. It needs a decoder whose
-    cache is a lmkit.nn.KVCache of its geometry; max_length is then the context less P.
+    cache is a lmkit.nn.KVCache or BandedKVCache of its geometry; max_length is then the context less P.
+    Positions the caller gives (a Generator's, GLM's) are its own and already count the prefix.
     """
 
     def __init__(self, decoder: nn.Module, max_new_tokens: int, device: torch.device | str | None = None,
@@ -149,17 +150,18 @@ class TorchBackend:
     def _take_prefix(self, prefix) -> None:
         """Check `prefix` against the decoder's cache and keep its keys and values on the device."""
         from lmkit.errors import LmkitError
-        from lmkit.nn import KVCache
+        from lmkit.nn import BandedKVCache, KVCache
 
         probe = self.decoder.new_cache(1, 1)
-        if not isinstance(probe, KVCache):
+        if not isinstance(probe, (KVCache, BandedKVCache)):
             raise LmkitError(f"a prefix starts a key/value cache, and this decoder's cache is a {type(probe).__name__}; "
-                             "prefixes work with attention decoders whose cache is lmkit.nn.KVCache (GPT, GPT-2)")
-        n_layers, _, n_heads, _, head_dim = probe.keys.shape
+                             "prefixes work with attention decoders whose cache is keys/values (GPT, GPT-2, GPT-3, GLM)")
+        n_layers, n_heads, head_dim = probe.geometry
         prefix.check_fits(n_layers, n_heads, head_dim, f"this {type(self.decoder).__name__}")
         self.prefix_length = prefix.length
         self.max_length = prefix.positions_left(self.max_length)
-        kv = torch.from_numpy(prefix.keys_values).to(self.device, probe.keys.dtype)  # (L, 2, nh, P, hs)
+        dtype = next(self.decoder.parameters()).dtype  # the cache's
+        kv = torch.from_numpy(prefix.keys_values).to(self.device, dtype)  # (L, 2, nh, P, hs)
         self.prefix = (kv[:, 0, None], kv[:, 1, None])  # each (L, 1, nh, P, hs)
 
     @staticmethod

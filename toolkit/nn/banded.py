@@ -259,10 +259,37 @@ class BandedKVCache:
         self.window_keys = torch.zeros(shape, device=device, dtype=dtype)  # (Lb, B, nh, w, hs)
         self.window_values = torch.zeros(shape, device=device, dtype=dtype)  # (Lb, B, nh, w, hs)
         self.length = 0
+        self.prefix_length = 0  # how many positions a prefix filled (start_from)
 
     @property
     def batch_size(self) -> int:
         return self.window_keys.size(1)
+
+    @property
+    def geometry(self) -> tuple[int, int, int]:
+        """(n_layers, n_heads, head_dim) of every layer, dense and banded alike: the shape of a prefix, less its length."""
+        _, _, n_heads, _, head_dim = self.window_keys.shape
+        return len(self.banded), n_heads, head_dim
+
+    def start_from(self, keys: Tensor, values: Tensor) -> None:
+        """Fill an empty cache with a prefix of P positions (lmkit.prefix), as if P tokens had been fed.
+
+        keys, values: (n_layers, B or 1, nh, P, hs), every layer's. Dense layers keep all P positions; a
+        banded layer keeps the last min(P, band_width) in its window, right-aligned, exactly what it would
+        keep of P real tokens, so its later queries read the prefix only while it is within their band.
+        """
+        if self.length:
+            raise ValueError(f"a prefix starts an empty cache, and this one holds {self.length} positions")
+        dense = [layer for layer, banded in enumerate(self.banded) if not banded]
+        self.dense.start_from(keys[dense], values[dense])
+        P, w = keys.size(3), self.band_width
+        kept = min(P, w)
+        for layer, banded in enumerate(self.banded):
+            if banded:
+                slot = self.slot[layer]
+                self.window_keys[slot, :, :, w - kept:] = keys[layer, :, :, P - kept:]
+                self.window_values[slot, :, :, w - kept:] = values[layer, :, :, P - kept:]
+        self.length = self.prefix_length = P
 
     @property
     def max_len(self) -> int:

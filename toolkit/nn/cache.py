@@ -24,10 +24,17 @@ class KVCache:
         self.values = torch.empty(shape, device=device, dtype=dtype)  # (L, B, nh, max_len, hs)
         self.length = 0  # positions filled so far, the same for every layer and row
         self._spare: tuple[Tensor, Tensor] | None = None  # reorder's second buffer, made on first use
+        self.prefix_length = 0  # how many of them a prefix filled (start_from); lmkit.contract.Cache
 
     @property
     def batch_size(self) -> int:
         return self.keys.size(1)
+
+    @property
+    def geometry(self) -> tuple[int, int, int]:
+        """(n_layers, n_heads, head_dim): the shape of a prefix this cache starts from, less its length."""
+        n_layers, _, n_heads, _, head_dim = self.keys.shape
+        return n_layers, n_heads, head_dim
 
     @property
     def max_len(self) -> int:
@@ -60,7 +67,7 @@ class KVCache:
             raise ValueError(f"the prefix has {P} positions and the cache holds {self.max_len}")
         self.keys[:, :, :, :P] = keys
         self.values[:, :, :, :P] = values
-        self.length = P
+        self.length = self.prefix_length = P
 
     def advance(self, n: int) -> None:
         """Count `n` new positions as filled, once every layer has stored them."""

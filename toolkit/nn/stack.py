@@ -90,6 +90,9 @@ class Seq2SeqDecoderStack(_Stack):
     task_recipe: ClassVar[str] = "encoder"  # classification reads the encoder's features
     # The batch axis of each state tensor, which reorder selects on; a family fills in its own.
     STATE_ROWS: ClassVar[dict[str, int]] = {}
+    # The state's self-attention keys and values, each (L, B, nh, P, hs), that a prefix starts (lmkit.prefix);
+    # None for a decoder without such a cache (the LSTM decoders), which takes no prefix.
+    self_attention_cache: ClassVar[tuple[str, str] | None] = None
 
     def tie_to_encoder(self, encoder) -> None:
         """Nothing shared with the encoder by default (T5's decoder reads the encoder's embedding)."""
