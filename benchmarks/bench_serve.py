@@ -13,8 +13,8 @@ machine, and every run is bounded: a fixed number of requests, each with a 300 s
 
 Printed per C: wall time, generated tokens per second over the wall time, p50 and p99 request
 latency (p99 of a few dozen requests is close to the slowest), the speed-up in tokens/s over C = 1,
-and the engine's counters over the run: backend calls, rows per call, and the positions recomputed
-when requests joined (the batcher's cost of joining: see lmkit.serving.engine).
+and the engine's counters over the run: backend calls, rows per call, and the positions of the prompts
+that joined, padding included (running rows are not computed again: Backend.merge, lmkit.serving.engine).
 
 --model: a model directory or export to serve (the default builds a random GPT-2 of --size with a
 byte-level BPE tokenizer under --work and serves its fp32 export, onnxruntime on the CPU, without torch
@@ -182,15 +182,15 @@ def main() -> None:
                              p50=percentile(latencies, 0.5), p99=percentile(latencies, 0.99),
                              mean=statistics.mean(latencies), calls=calls,
                              rows_per_call=(after["rows"] - before["rows"]) / calls,
-                             recomputed=after["prefill_positions"] - before["prefill_positions"],
+                             joined=after["prefill_positions"] - before["prefill_positions"],
                              prefills=after["prefills"] - before["prefills"], tokens=tokens))
     base = rows[0]["tokens_per_s"]
     print(f"{'clients':>7} {'wall s':>7} {'tok/s':>8} {'x c=1':>6} {'p50 s':>7} {'p99 s':>7} {'calls':>6} "
-          f"{'rows/call':>9} {'joins':>6} {'recomputed':>10}")
+          f"{'rows/call':>9} {'joins':>6} {'joined':>10}")
     for row in rows:
         print(f"{row['clients']:>7} {row['wall']:>7.2f} {row['tokens_per_s']:>8.1f} {row['tokens_per_s'] / base:>6.2f} "
               f"{row['p50']:>7.3f} {row['p99']:>7.3f} {row['calls']:>6} {row['rows_per_call']:>9.2f} "
-              f"{row['prefills']:>6} {row['recomputed']:>10}")
+              f"{row['prefills']:>6} {row['joined']:>10}")
 
 
 if __name__ == "__main__":

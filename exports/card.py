@@ -53,7 +53,8 @@ def model_card(manifest: dict, license: str = "other") -> str:
         lines += ["", f"Sizes: {sizes}."]
     if imported:
         lines += ["", f"The weights were imported from the transformers checkpoint `{imported['name']}` "
-                      f"(model_type `{imported['model_type']}`) with `lmkit import-hf`."]
+                      f"(model_type `{imported['model_type']}`) with `lmkit import-hf`"
+                      + (", then fine-tuned with `lmkit finetune`." if head else ".")]
     lines += ["", "## Intended use", ""]
     uses = {"text-generation": "Continuing text: greedy, beam search or sampling, with the generation settings "
                                "below as defaults.",

@@ -5,13 +5,15 @@ so greedy, beam search and sampling are the same code on both (registered as "de
 """
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 
 from lmkit.decoding.common import drop_padding_columns
 from lmkit.errors import LmkitError
 
 from .encoder_runtime import single_graph
-from .graphs import DECODER_ONLY, batch_axis, empty_input
+from .graphs import DECODER_ONLY, PAST, batch_axis, empty_input
 from .providers import BINDING_DEVICES
 
 
@@ -120,6 +122,48 @@ class OrtBackend:
                 positions = np.concatenate([self.fed_positions, self.positions[..., None]], axis=-1)[..., first:]
                 return self.prefill(ids, mask.astype(np.bool_), positions, self.step_positions)
         return self._run(tokens.reshape(batch, 1), np.ones((batch, 1), dtype=np.int64), self.positions[..., None])
+
+    def merge(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        """Backend.merge: the new rows are prefilled alone, then their cache joins the running rows' (below)."""
+        if not self.attention_mask.shape[0]:
+            return self.prefill(input_ids, attention_mask)
+        joining = copy.copy(self)  # the session and prefix, with a batch state of its own after its prefill
+        logits = joining.prefill(input_ids, attention_mask)
+        if joining.positions.shape[1:] != self.positions.shape[1:] or np.any(
+                joining.step_positions != self.step_positions):
+            raise LmkitError("rows join a batch whose positions are counted from the mask; this one was "
+                             "prefilled with the model's own position_ids")
+        self._append_rows(joining)
+        return logits
+
+    def _append_rows(self, other: OrtBackend) -> None:
+        """Take `other`'s rows after this backend's own, right-aligned: a cache tensor with a past axis gets
+        zeros (masked as padding) after the prefix's P positions of the shorter side; a state or a fixed
+        window (the last positions, whose columns keep their place from the right) joins as it is."""
+        sides = (self, other)
+        columns = [side.attention_mask.shape[1] for side in sides]  # after the prefix
+        width = max(columns)
+
+        def padded(array: np.ndarray, missing: int, axis: int, at: int = 0) -> np.ndarray:
+            """`array` with `missing` zeros inserted at index `at` of `axis`."""
+            shape = list(array.shape)
+            shape[axis] = missing
+            before, after = np.split(array, [at], axis=axis)
+            return np.concatenate([before, np.zeros(shape, array.dtype), after], axis=axis)
+
+        def joined(values, axis: int, at: int = 0, rows: int = 0) -> np.ndarray:
+            return np.concatenate([padded(value, width - n, axis, at) for value, n in zip(values, columns)], axis=rows)
+
+        past = {}
+        for name, _ in self.cache:
+            shape, values = self.inputs[name]["shape"], [self._host(side.past[name]) for side in sides]
+            rows = self._batch_axis(name)
+            past[name] = self._cache_value(joined(values, shape.index(PAST), self.prefix_length, rows) if PAST in shape
+                                           else np.concatenate(values, axis=rows))
+        self.past = past
+        self.attention_mask, self.fed, self.fed_positions, self.positions = (
+            joined([side.attention_mask for side in sides], 1), joined([side.fed for side in sides], 1),
+            joined([side.fed_positions for side in sides], -1), np.concatenate([side.positions for side in sides]))
 
     def _run(self, input_ids: np.ndarray, new_mask: np.ndarray, positions: np.ndarray) -> np.ndarray:
         mask = np.concatenate([self.attention_mask, new_mask], axis=1)

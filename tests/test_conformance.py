@@ -396,6 +396,31 @@ def test_beam_reorder_moves_the_cache_with_its_rows(preset, artifacts):
 
 
 @pytest.mark.parametrize("preset", by_kind("decoder"))
+def test_rows_merged_into_a_running_batch_are_a_prefill_of_all_rows(preset, artifacts):
+    """Backend.merge (a server's continuous batch) on both backends: after 2 steps of 2 rows, a longer and a
+    shorter prompt join; their logits, and those of the next step, are those of one prefill of every row."""
+    from lmkit.decoding.common import left_pad
+    from lmkit.opening import open_model
+
+    made = artifacts(preset)
+    running, joining = [[5, 6, 7, 8], [9, 10]], [[11, 12, 13, 14, 15, 16, 17, 18], [19]]
+    rows = [running[0] + [20, 21], running[1] + [22, 23]]
+    for directory in (made.trained(), made.exported()):
+        model = open_model(directory, device="cpu")
+        if model.generator is not None:  # it fills blanks with positions of its own (GLM): lmkit serve refuses it
+            pytest.skip("a decoder with a generator of its own is not served, so its rows never join a batch")
+        backend, reference = model.backend(8), model.backend(8)
+        backend.prefill(*left_pad(running, 0))
+        for token in (20, 21):
+            backend.step(np.array([token, token + 2]))
+        merged = backend.merge(*left_pad(joining, 0))
+        everything = reference.prefill(*left_pad(rows + joining, 0))
+        np.testing.assert_allclose(merged, everything[2:], atol=1e-4, rtol=1e-4)
+        tokens = np.array([24, 25, 26, 27])
+        np.testing.assert_allclose(backend.step(tokens), reference.step(tokens), atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("preset", by_kind("decoder"))
 def test_eval_reports_perplexity(preset, artifacts, data):
     made = artifacts(preset)
     result = made.cli("eval", made.trained(), "--data", data["valid.src"], "--json")

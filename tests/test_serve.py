@@ -186,6 +186,10 @@ def test_the_engine_lets_sequences_join_and_leave_between_steps(tiny_gpt2_export
             batches.append(("step", len(tokens)))
             return self.backend.step(tokens, rows)
 
+        def merge(self, input_ids, attention_mask):
+            batches.append(("merge", len(input_ids)))
+            return self.backend.merge(input_ids, attention_mask)
+
     engine = ContinuousBatcher(Recording(model.backend(64)), eos_id=None, pad_id=0)
     done = threading.Event()
     finished = []
@@ -204,7 +208,8 @@ def test_the_engine_lets_sequences_join_and_leave_between_steps(tiny_gpt2_export
     engine.start()
     assert done.wait(30)
     engine.stop()
-    assert batches == [("prefill", 2), ("prefill", 3), ("step", 3), ("step", 2), ("step", 2), ("step", 1),
+    # the late one joins the running two without a prefill of theirs: they step, it is merged in
+    assert batches == [("prefill", 2), ("step", 2), ("merge", 1), ("step", 3), ("step", 2), ("step", 2), ("step", 1),
                        ("step", 1), ("step", 1)]
     alone = model.generate_ids(ids, model.decoding("greedy", max_new_tokens=8))
     assert long.tokens == alone[1].tokens and short.tokens == alone[0].tokens[:3]
@@ -300,6 +305,10 @@ def test_a_client_leaving_mid_stream_disturbs_no_one(tiny_gpt2_export):
         def step(self, tokens, rows=None):
             time.sleep(0.02)
             return self.backend.step(tokens, rows)
+
+        def merge(self, *args):
+            time.sleep(0.02)
+            return self.backend.merge(*args)
 
     engine = ContinuousBatcher(Slow(model.backend(64)), eos_id=None, pad_id=0)
     service = Service(model, "slow", engine, 64)

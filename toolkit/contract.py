@@ -167,6 +167,16 @@ class Cache(Protocol):
     def reorder(self, rows: Tensor) -> None:
         """Keep rows `rows` (B',) in that order, in place: beams kept by beam search, finished rows dropped."""
 
+    def merge(self, other: Cache, max_len: int) -> Cache:
+        """A new cache of this cache's B rows followed by `other`'s B' rows, for max_len positions: rows that
+        join a running batch (lmkit.decoding.backend.Backend.merge), neither side recomputed.
+
+        Every row's positions end at the longer cache's length, which the merged cache has: the shorter
+        side is shifted right, with zeros before its first position, which the caller masks as padding
+        (left padding, as a prefill of prompts of unequal length). A cache without positions (a
+        recurrent state) joins its rows alone. Raises ValueError when the two do not fit together.
+        """
+
 
 @runtime_checkable
 class Seq2SeqDecoder(Stack, Protocol):

@@ -55,6 +55,9 @@ class ComposedModel(nn.Module):
             self.decoder.check_encoder(self.encoder)
             self.decoder.tie_to_encoder(self.encoder)
         self.objectives = nn.ModuleDict({part.type: build_objective(part, self) for part in spec.objectives})
+        # Where the weights came from (config.json's PROVENANCE keys): every save writes it again, so a model
+        # fine-tuned, trained further or copied still names its base model (an export's card reads it).
+        self.provenance: dict = {}
 
     def loss(self, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
         """The weighted sum of the objectives' losses, and each one's value for logging."""
@@ -82,6 +85,16 @@ class ComposedModel(nn.Module):
         """The feature stack's features (lmkit.contract.Stack.features): token states (B, T, D) and, where the
         family has one, a pooled vector (B, D). `options` go to the stack (CoVe's `word_vectors`)."""
         return self.feature_stack.features(input_ids, attention_mask, **options)
+
+
+# config.json keys that say where a model's weights came from, not how it is built: kept by every rewrite.
+# imported_from: {"format", "model_type", "name", "architectures"} of the checkpoint lmkit import-hf read.
+PROVENANCE = ("imported_from",)
+
+
+def provenance(config: dict) -> dict:
+    """The PROVENANCE entries of a config.json, to carry into the config of a model made from it."""
+    return {key: config[key] for key in PROVENANCE if key in config}
 
 
 def build_model(spec: ModelSpec, seed: int | None = 0) -> ComposedModel:
@@ -160,6 +173,7 @@ def save_model(directory: str, model: ComposedModel, host: PluginHost, tokenizer
                 if n != sum(p.numel() for p in stacks[key].parameters())}  # only where sharing saves
     if unshared:
         config["parameters_without_sharing"] = unshared
+    config.update(model.provenance)
     atomic_write_json(os.path.join(directory, CONFIG), config)
 
 
@@ -229,6 +243,7 @@ def load_model(directory: str, host: PluginHost | None = None, device: str = "cp
     weights = find_weights(directory)
     model = build_model(spec, seed=None)
     load_weights(model, weights)
+    model.provenance = provenance(config)
     model.to(device).eval()
     tokenizer = None
     if os.path.isfile(os.path.join(directory, "tokenizer.json")):

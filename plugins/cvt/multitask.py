@@ -241,6 +241,7 @@ def single_task_model(model, task: str, head_dropout: float):
             continue
         state[name] = value.detach().clone()
     single.load_state_dict(state)
+    single.provenance = model.provenance
     return single
 
 
@@ -344,7 +345,7 @@ def finetune_multitask(pretrained: str, out: str, tasks: dict[str, str], dev_pat
     """Train every task of `tasks` ({name: CoNLL file}) on one encoder (see the module docstring); returns the best
     record: {"score", "tasks": {name: its dev metrics}} (dev files: `dev_paths`, {name: CoNLL file})."""
     from lmkit.artifacts import atomic_write_json, find_weights, read_config, staged_run
-    from lmkit.model import build_model, save_model
+    from lmkit.model import build_model, provenance, save_model
     from lmkit.registry import get_host
     from lmkit.spec import apply_overrides, resolve
     from lmkit.tasks.finetune import UNLIMITED_MAX_LENGTH, transfer_weights
@@ -385,6 +386,7 @@ def finetune_multitask(pretrained: str, out: str, tasks: dict[str, str], dev_pat
     with staged_run(out, force=force, resumable=lambda path: os.path.isfile(os.path.join(path, STATE))) as stage:
         model = build_model(resolve(spec, host), seed)
         transfer_weights(model, find_weights(pretrained))
+        model.provenance = provenance(config)
         save_model(stage.path, model, host, tokenizer)
         width = model.feature_stack.d_model
         del model

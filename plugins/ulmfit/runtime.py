@@ -68,6 +68,16 @@ class RecurrentBackend:
             last = self._run(input_ids[:, split:])
         return np.array(last, dtype=np.float32)
 
+    def merge(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        """lmkit.decoding.backend.Backend.merge: the new rows' states, prefilled alone, join the running ones'
+        (a state has no positions to align)."""
+        running = self.state
+        logits = self.prefill(input_ids, attention_mask)
+        if running:
+            self.state = {name: np.concatenate([running[name], value], axis=batch_axis(self.inputs[name]))
+                          for name, value in self.state.items()}
+        return logits
+
     def step(self, tokens: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
         if rows is not None:
             self.state = {name: np.take(value, rows, axis=batch_axis(self.inputs[name]))

@@ -60,15 +60,11 @@ def import_hf(src: str, out: str, *, force: bool = False, host=None) -> dict:
         check_weights_match(model, {name: {"shape": list(t.shape)} for name, t in state.items()},
                             f"{src} (as the {stack.type} {stack.kind})")
         model.load_state_dict(state, strict=True)
+        # Where the weights came from, for an export's model card (base_model); every later save keeps it.
+        model.provenance = {"imported_from": {"format": "transformers", "model_type": hf_config["model_type"],
+                                              "name": hf_config.get("_name_or_path") or table["name"],
+                                              "architectures": hf_config.get("architectures")}}
         save_model(stage, model, host, tokenizer)
-        # Where the weights came from, for an export's model card (base_model).
-        from ..artifacts import atomic_write_json, read_config
-
-        config = read_config(stage)
-        config["imported_from"] = {"format": "transformers", "model_type": hf_config["model_type"],
-                                   "name": hf_config.get("_name_or_path") or table["name"],
-                                   "architectures": hf_config.get("architectures")}
-        atomic_write_json(os.path.join(stage, "config.json"), config)
     return describe_build(spec, host, tokenizer)
 
 

@@ -41,7 +41,20 @@ class Backend(Protocol):
         padding in every row left (it recomputes its cache over the rest), so it never reads more
         than max_length positions, and each row's positions stay those it has alone.
 
-    Both return arrays of their own, which the strategies may change in place.
+    merge(input_ids, attention_mask) -> logits
+        input_ids: int64 (B', T'), new prompts left-padded to a common length T'; attention_mask: bool
+            (B', T'), False at padding.
+        Adds B' rows after the B running ones without computing those again: the new prompts are
+        prefilled in a cache of their own, which then joins the running cache (lmkit.contract.Cache.
+        merge), each row's positions ending in the same last column. Returns float32 (B', V), the
+        next-token logits of the new rows; the next step() takes B + B' tokens, the new rows last.
+        The rows' tokens are those each would have alone, as with a prefill of all of them together.
+        Without running rows it is a prefill. It is how a server's continuous batch takes requests
+        that arrive while others are decoding (lmkit.serving.engine); the decoding strategies never
+        call it. Raises ValueError for a batch prefilled with the model's own position_ids. Decoder-only
+        backends have it; an encoder-decoder's (whose rows carry their sources) has not.
+
+    All three return arrays of their own, which the strategies may change in place.
     """
 
     max_length: int | None
@@ -50,3 +63,5 @@ class Backend(Protocol):
                 position_step: np.ndarray | None = None) -> np.ndarray: ...
 
     def step(self, tokens: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray: ...
+
+    def merge(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray: ...

@@ -7,6 +7,8 @@ with `reorder(rows)`, and `max_positions`, its context length or None (lmkit.con
 """
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import torch
 from torch import nn
@@ -127,6 +129,51 @@ class TorchBackend:
         logits = self.decoder(ids, self.cache, attention_mask=mask, position_ids=position_ids)
         self.length += 1
         return self._to_host(logits[:, -1])
+
+    @torch.inference_mode()
+    def merge(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        """Backend.merge: prefill the new rows in a cache of their own, then join it to the running rows'
+        (lmkit.contract.Cache.merge), right-aligned, so that the running rows are not computed again."""
+        if self.cache is None:
+            return self.prefill(input_ids, attention_mask)
+        if self.fed_positions is not None:
+            raise ValueError("rows join a batch whose positions are counted from the mask; this one was "
+                             "prefilled with the model's own position_ids")
+        joining = copy.copy(self)  # the decoder and prefix, with a batch state of its own after its prefill
+        logits = joining.prefill(input_ids, attention_mask)
+        self._append_rows(joining)
+        return logits
+
+    def _append_rows(self, other: TorchBackend) -> None:
+        """Take `other`'s rows after this backend's own: cache, masks, positions and the tokens fed so far."""
+        P, width = self.prefix_length, max(self.length, other.length)
+        capacity = width + self.max_new_tokens
+        if self.max_length is not None:
+            capacity = min(capacity, self.max_length)
+        sides = (self, other)
+        self.cache = self.cache.merge(other.cache, P + capacity)
+        fed = np.zeros((sum(len(side.fed) for side in sides), capacity), dtype=np.int64)
+        fed_mask = np.zeros(fed.shape, dtype=np.bool_)
+        if self.attention_mask is not None or other.attention_mask is not None or self.length != other.length:
+            # Padding somewhere: every row's mask (the prefix's columns shifted with the rest) and its last position.
+            mask = torch.zeros(len(fed), P + capacity, dtype=torch.bool, device=self.device)
+            positions, row = [], 0
+            for side in sides:
+                B, end, start = len(side.fed), P + width, width - side.length
+                mask[row:row + B, start:end] = (torch.ones(B, P + side.length, dtype=torch.bool, device=self.device)
+                                                if side.attention_mask is None else
+                                                side.attention_mask[:, :P + side.length])
+                positions.append(side.positions if side.positions is not None else
+                                 torch.full((B,), P + side.length - 1, dtype=torch.long, device=self.device))
+                row += B
+            self.attention_mask, self.positions = mask, torch.cat(positions)
+        row = 0
+        for side in sides:
+            B, start = len(side.fed), width - side.length
+            fed[row:row + B, start:width] = side.fed[:, :side.length]
+            fed_mask[row:row + B, start:width] = side.fed_mask[:, :side.length]
+            row += B
+        self.fed, self.fed_mask, self.length, self.capacity = fed, fed_mask, width, capacity
 
     def _restart_without_shared_padding(self, tokens: np.ndarray) -> np.ndarray:
         """step() with a full cache: prefill the rows' tokens so far and `tokens` again, less their common padding."""

@@ -341,6 +341,21 @@ class BandedKVCache:
         self.dense.crop(length)
         self.length = length
 
+    def merge(self, other: BandedKVCache, max_len: int) -> BandedKVCache:
+        """This cache's rows, then `other`'s (lmkit.contract.Cache.merge). A window holds the last band_width
+        positions of its rows, and right alignment keeps each row's last positions last, so the windows
+        join as they are; the dense layers join as KVCache.merge."""
+        if other.banded != self.banded or other.band_width != self.band_width:
+            raise ValueError("banded caches join only with caches of the same layers and band width")
+        _, B, nh, w, hs = self.window_keys.shape
+        merged = BandedKVCache(self.banded, B + other.batch_size, nh, max_len, hs, w,
+                               device=self.window_keys.device, dtype=self.window_keys.dtype)
+        merged.dense = self.dense.merge(other.dense, max_len)
+        merged.window_keys = torch.cat([self.window_keys, other.window_keys], dim=1)
+        merged.window_values = torch.cat([self.window_values, other.window_values], dim=1)
+        merged.length = max(self.length, other.length)
+        return merged
+
     def reorder(self, rows: Tensor) -> None:
         """Make row i hold what row rows[i] held, in every layer (beam search); rows: (B',) LongTensor."""
         rows = rows.to(self.window_keys.device)

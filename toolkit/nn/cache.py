@@ -79,6 +79,29 @@ class KVCache:
             raise ValueError(f"cannot crop a cache of length {self.length} to {length}")
         self.length = length
 
+    def merge(self, other: KVCache, max_len: int) -> KVCache:
+        """This cache's rows, then `other`'s, right-aligned in a new cache of max_len positions
+        (lmkit.contract.Cache.merge): the columns before the shorter side's first position are zeros,
+        not garbage, because a masked-out NaN would still turn the attention output into NaN."""
+        L, B, nh, _, hs = self.keys.shape
+        if other.keys.shape[::2] != self.keys.shape[::2]:
+            raise ValueError(f"a cache of {tuple(other.keys.shape)} cannot join one of {tuple(self.keys.shape)}: "
+                             "layers, heads and head size must agree")
+        length = max(self.length, other.length)
+        if length > max_len:
+            raise ValueError(f"merged caches hold {length} positions, more than max_len {max_len}")
+        merged = KVCache(L, B + other.batch_size, nh, max_len, hs, device=self.keys.device, dtype=self.keys.dtype)
+        merged.keys.zero_()
+        merged.values.zero_()
+        rows = 0
+        for cache in (self, other):
+            end, n = rows + cache.batch_size, cache.length
+            merged.keys[:, rows:end, :, length - n:length] = cache.keys[:, :, :, :n]
+            merged.values[:, rows:end, :, length - n:length] = cache.values[:, :, :, :n]
+            rows = end
+        merged.length = length
+        return merged
+
     def reorder(self, rows: Tensor) -> None:
         """Make row i hold what row rows[i] held, in every layer (beam search keeps the best beams).
 

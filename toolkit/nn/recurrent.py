@@ -30,6 +30,12 @@ class RecurrentCache:
         rows = rows.to(self.states[0].device)
         self.states = [state.index_select(0, rows) for state in self.states]
 
+    def merge(self, other: RecurrentCache, max_len: int | None = None) -> RecurrentCache:
+        """This cache's rows, then `other`'s (lmkit.contract.Cache.merge): a state has no positions to align."""
+        merged = RecurrentCache([torch.cat([a, b], dim=0) for a, b in zip(self.states, other.states)])
+        merged.length = max(self.length, other.length)
+        return merged
+
 
 def lstm_layer(x: Tensor, state: tuple[Tensor, Tensor] | None, weights: list[Tensor]
                ) -> tuple[Tensor, tuple[Tensor, Tensor]]:

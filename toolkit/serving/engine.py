@@ -3,15 +3,13 @@
 One thread runs one loop. At each step every sequence still generating gets its next token from the
 same backend call, whichever request it belongs to; sequences that end (eos, a stop sequence, their
 max_tokens, the context) leave the batch before the next call (Backend.step's `rows`), and those
-that arrived meanwhile join it. The Backend protocol (lmkit.decoding.backend) has no call that adds
-rows to a running cache, so a step at which sequences join is one prefill of the whole batch: the
-new prompts and, for the sequences already running, their prompt and the tokens they have so far,
-left-padded together. Rows keep their own positions whatever the padding (the backends count them
-from each row's first token), so a sequence's tokens do not depend on what it is batched with.
-This is iteration-level scheduling as in Orca (Yu et al., OSDI 2022), with recomputation in place
-of moving cache blocks (vLLM's "recompute" preemption): it costs a prefill of the running rows each
-time new requests arrive, and works on every backend: a PyTorch model directory (TorchBackend) and
-an export (the onnxruntime backend of its runtime) alike.
+that arrived meanwhile join it: at such a step the running rows take their next token (Backend.step)
+and the new prompts are prefilled and appended to the running cache (Backend.merge), so a sequence
+already running is never computed again when others join. Rows keep their own positions whatever
+the padding (the backends count them from each row's first token), so a sequence's tokens do not
+depend on what it is batched with. This is iteration-level scheduling as in Orca (Yu et al., OSDI
+2022), on every backend: a PyTorch model directory (TorchBackend) and an export (the onnxruntime
+backend of its runtime) alike.
 
 Token choice is the decoding strategies' own code: greedy is the arg max, sampling is
 lmkit.decoding.sampling.Sampling.choose with a generator per sequence (row_generators), so a
@@ -106,9 +104,9 @@ class Sequence:
 class Counters:
     """What the loop has done since it started: backend calls, and how many rows they computed."""
 
-    calls: int = 0  # backend calls, prefills and steps
-    prefills: int = 0  # calls at which sequences joined
-    prefill_positions: int = 0  # rows x width of those calls: what joining recomputed, padding included
+    calls: int = 0  # backend calls: prefills, merges and steps
+    prefills: int = 0  # calls at which sequences joined (a prefill, or a merge beside running rows)
+    prefill_positions: int = 0  # rows x width of those calls: the joining prompts, padding included
     rows: int = 0  # rows computed, summed over calls
     tokens: int = 0  # new tokens generated
     largest_batch: int = 0
@@ -216,9 +214,15 @@ class ContinuousBatcher:
                         if sequence.settings.score_prompt:
                             sequence.prompt_logprobs.append(None)  # nothing comes before the first token
                             sequence.prompt_top_logprobs.append(None)
+                    input_ids, attention_mask = left_pad([sequence.fed for sequence in joining], self.pad_id)
+                    if kept:  # the running rows take their next token, then the new rows join their cache
+                        rows = None if alive.all() else np.flatnonzero(alive)
+                        logits = np.concatenate([self.backend.step(chosen[alive], rows),
+                                                 self.backend.merge(input_ids, attention_mask)])
+                        self.counters.calls += 1
+                    else:
+                        logits = self.backend.prefill(input_ids, attention_mask)
                     batch = kept + joining
-                    input_ids, attention_mask = left_pad([sequence.fed for sequence in batch], self.pad_id)
-                    logits = self.backend.prefill(input_ids, attention_mask)
                     self.counters.prefills += 1
                     self.counters.prefill_positions += input_ids.size
                 else:

@@ -75,7 +75,7 @@ def prepare(pretrained: str, out: str, kind, train, options: TaskOptions, *, see
     Returns (the stack's task recipe, the positions the model reads or None when it has no limit, the
     width of the features the head reads).
     """
-    from ..model import build_model, save_model
+    from ..model import build_model, provenance, save_model
     from ..spec import resolve
     from ..tokenizers import load_tokenizer
     from .recipes import task_stack_key
@@ -144,6 +144,7 @@ def prepare(pretrained: str, out: str, kind, train, options: TaskOptions, *, see
     resolved = resolve(spec, host)
     model = build_model(resolved, seed)
     transfer_weights(model, find_weights(pretrained))
+    model.provenance = provenance(config)  # the fine-tuned model names the base model the pretrained one named
     perturb(model, options.noisy_tune, seed)  # before the first save: a resumed run starts from the shaken weights
     save_model(out, model, host, tokenizer)
     return recipe, model.feature_stack.max_positions, model.feature_stack.d_model

@@ -15,6 +15,11 @@ class NoCache:
     def reorder(self, rows: torch.Tensor) -> None:
         pass
 
+    def merge(self, other: "NoCache", max_len: int) -> "NoCache":
+        merged = NoCache()
+        merged.length = max(self.length, other.length)
+        return merged
+
 
 class BigramDecoder(CausalDecoderStack):
     """Logits of the next token looked up from the current one (lmkit.contract.CausalDecoder)."""

@@ -31,6 +31,9 @@ class LastTokenBackend:
     def prefill(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
         return self.step(input_ids[:, -1])  # left padding: the last column is every row's last real token
 
+    def merge(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        return self.prefill(input_ids, attention_mask)  # no state: the new rows need nothing of the others'
+
     def step(self, tokens: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
         (logits,) = self.session.run(["logits"], {"input_ids": np.asarray(tokens, dtype=np.int64)[:, None]})
         return np.array(logits[:, -1], dtype=np.float32)

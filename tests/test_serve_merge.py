@@ -1,0 +1,167 @@
+"""Rows join a running batch without the running rows being computed again (Backend.merge), on both backends.
+
+The server's continuous batch (lmkit.serving.engine) steps the running rows and merges the new prompts'
+prefilled caches into theirs. Each sequence still gets the tokens `lmkit generate` gives it alone
+(greedy and seeded sampling, joins longer and shorter than the running rows, a prefix, runs up to the
+context), and the positions the model computes are exactly the joining prompts and one per step and row.
+"""
+import threading
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+
+from lmkit.decoding.sampling import row_generators  # noqa: E402
+from lmkit.opening import open_model  # noqa: E402
+from lmkit.serving.engine import ContinuousBatcher, Sequence, Settings  # noqa: E402
+
+TEXTS = ["the cat", "a dog sat on the mat and then the cat", "quickly", "far away home the dog ran",
+         "on the", "the mat sat on a cat far away from home"]
+
+
+class Counting:
+    """A Backend that passes every call on, noting what it was given; `on_call(n)` runs before call n."""
+
+    def __init__(self, backend, on_call=None):
+        self.backend, self.max_length = backend, backend.max_length
+        self.calls, self.given, self.on_call = [], 0, on_call or (lambda n: None)
+
+    def _note(self, kind, positions):
+        self.on_call(len(self.calls))
+        self.calls.append(kind)
+        self.given += positions
+
+    def prefill(self, input_ids, attention_mask):
+        self._note("prefill", input_ids.size)
+        return self.backend.prefill(input_ids, attention_mask)
+
+    def merge(self, input_ids, attention_mask):
+        self._note("merge", input_ids.size)
+        return self.backend.merge(input_ids, attention_mask)
+
+    def step(self, tokens, rows=None):
+        self._note("step", tokens.size)
+        return self.backend.step(tokens, rows)
+
+
+def computed_positions(model):
+    """A counter of the positions the model itself computes (the decoder's, or the graph's, input_ids)."""
+    count = [0]
+    if model.runtime.__class__.__name__ == "TorchRuntime":
+        decoder = model.model.decoder
+        hidden_states = decoder.hidden_states
+
+        def counted(input_ids, *args, **kwargs):
+            count[0] += input_ids.numel()
+            return hidden_states(input_ids, *args, **kwargs)
+
+        decoder.hidden_states = counted
+    else:
+        session = model.runtime.session
+
+        class Session:  # the session, counting the input_ids of every run
+            def __getattr__(self, name):
+                return getattr(session, name)
+
+            def run(self, names, feeds, *args):
+                count[0] += feeds["input_ids"].size
+                return session.run(names, feeds, *args)
+
+        model.runtime.session = Session()
+    return count
+
+
+def staggered(model, sequences, joins, max_new_tokens, prefix=None):
+    """Decode `sequences` in one engine, sequences[i] submitted before backend call joins[i]; returns the
+    Counting backend once all are done."""
+    done, finished, errors = threading.Event(), [], []
+
+    def on_event(sequence, kind, detail):
+        if kind == "error":
+            errors.append(detail)
+            done.set()
+        if kind == "done":
+            finished.append(sequence)
+            if len(finished) == len(sequences):
+                done.set()
+
+    for sequence in sequences:
+        sequence.on_event = on_event
+    backend = Counting(model.backend(max_new_tokens, **({"prefix": prefix} if prefix else {})),
+                       lambda n: engine.submit([s for s, at in zip(sequences, joins) if at == n and n]))
+    engine = ContinuousBatcher(backend, eos_id=None, pad_id=0)
+    engine.submit([s for s, at in zip(sequences, joins) if at == 0])
+    engine.start()
+    assert done.wait(120)
+    engine.stop()
+    assert not errors, errors[0]
+    return backend
+
+
+@pytest.fixture(params=["torch", "export"])
+def directory(request, tiny_gpt2, tiny_gpt2_export):
+    return tiny_gpt2 if request.param == "torch" else tiny_gpt2_export
+
+
+def test_staggered_joins_give_each_sequence_its_own_tokens_and_compute_no_running_row_again(directory):
+    model = open_model(directory, device="cpu")
+    count = computed_positions(model)
+    prompts = model.tokenizer.encode_batch(TEXTS)
+    n = 10
+    settings = [Settings(max_new_tokens=n) if i % 2 else Settings(max_new_tokens=n - i, temperature=0.8)
+                for i in range(len(prompts))]
+    sequences = [Sequence(list(p), s, row_generators(7, [p])[0] if s.temperature else None)
+                 for p, s in zip(prompts, settings)]
+    # joins between steps, with prompts shorter and longer than the running rows; some while others leave
+    backend = staggered(model, sequences, [0, 0, 2, 3, 3, 7], n)
+    assert backend.calls.count("merge") == 3 and backend.calls.count("prefill") == 1
+    # every position the model computed was a joining prompt's or a step's: no running row again
+    assert count[0] == backend.given
+    prompt_positions = sum(len(p) for p in prompts)
+    generated = sum(len(s.tokens) for s in sequences)
+    assert backend.given < prompt_positions + generated + 4 * max(map(len, prompts))  # padding of 4 joins at most
+    for sequence, prompt in zip(sequences, prompts):
+        s = sequence.settings
+        decoding = (model.decoding("sample", max_new_tokens=s.max_new_tokens, temperature=0.8, seed=7)
+                    if s.temperature else model.decoding("greedy", max_new_tokens=s.max_new_tokens))
+        assert sequence.tokens == model.generate_ids([prompt], decoding)[0].tokens
+
+
+def test_joins_to_the_context_and_after_a_prefix_are_token_identical(directory):
+    """Rows that join and run on to the context of 64 (where the backends drop shared padding and start
+    again), and a prefix every row's cache starts from, which the merged rows keep in front."""
+    from lmkit.prefix import CachePrefix
+
+    model = open_model(directory, device="cpu")
+    prompts = model.tokenizer.encode_batch(TEXTS[:4])
+    rng = np.random.default_rng(0)
+    prefix = CachePrefix(rng.standard_normal((2, 2, 4, 5, 16)).astype(np.float32), "random", "test")
+    for chosen, n in ((None, 60), (prefix, 12)):
+        sequences = [Sequence(list(p), Settings(max_new_tokens=n)) for p in prompts]
+        backend = staggered(model, sequences, [0, 1, 4, 4], n, chosen)
+        assert "merge" in backend.calls
+        alone = model.generate_ids(prompts, model.decoding("greedy", max_new_tokens=n), prefix=chosen)
+        assert [s.tokens for s in sequences] == [g.tokens for g in alone]
+
+
+def test_merge_logits_are_those_of_a_prefill_of_all_rows(directory):
+    """Backend level: a batch that took 2 steps, then 2 rows merged (one longer, one shorter), gives the
+    logits a prefill of every row's tokens so far gives, at the merge and at the next step."""
+    from lmkit.decoding.common import left_pad
+
+    model = open_model(directory, device="cpu")
+    running = [[5, 6, 7, 8], [9, 10]]
+    joining = [[11, 12, 13, 14, 15, 16, 17, 18], [19]]
+    backend = model.backend(8)
+    backend.prefill(*left_pad(running, 0))
+    for token in (20, 21):
+        backend.step(np.array([token, token + 2]))
+    rows = [running[0] + [20, 21], running[1] + [22, 23]]
+    merged = backend.merge(*left_pad(joining, 0))
+    after = backend.step(np.array([24, 25, 26, 27]))
+    reference = model.backend(8)
+    everything = reference.prefill(*left_pad(rows + joining, 0))
+    np.testing.assert_allclose(merged, everything[2:], atol=1e-4)
+    expected = reference.step(np.array([24, 25, 26, 27]))
+    np.testing.assert_allclose(after, expected, atol=1e-4)
