@@ -65,11 +65,15 @@ def spell(tokenizer, encoding, segments: Sequence[str], *, pretokenized: bool = 
     if unk is None or unk not in tokens:
         return tokens
     normalizer = tokenizer.hf_tokenizer.normalizer
+    # Each of an Encoding's attributes builds a new list when read: read them once, not per token (a training
+    # file's segment has tens of thousands).
+    special, offsets = encoding.special_tokens_mask, encoding.offsets
+    indices = encoding.word_ids if pretokenized else encoding.sequence_ids
     for i, token in enumerate(tokens):
-        if token != unk or encoding.special_tokens_mask[i]:
+        if token != unk or special[i]:
             continue
-        index = encoding.word_ids[i] if pretokenized else encoding.sequence_ids[i]
-        start, end = encoding.offsets[i]
+        index = indices[i]
+        start, end = offsets[i]
         piece = segments[index][start:end]
         tokens[i] = normalizer.normalize_str(piece) if normalizer is not None and piece else piece or unk
     return tokens
