@@ -10,9 +10,11 @@ from .graphs import ENCODER
 
 
 def single_graph(export, architecture: str, needs: str, gives: str) -> dict:
-    """The manifest entry of a one-graph export's "model" graph, which must take `needs` and give `gives`."""
+    """The manifest entry of a one-graph export's "model" graph, which must take `needs` and give `gives` (a
+    fine-tuned export may carry its task head's own graph beside it, lmkit.exports.heads)."""
     graphs = export.manifest["graphs"]
-    if set(graphs) != {"model"}:
+    head_layers = ((export.manifest.get("task_head") or {}).get("layers") or {}).get("graph")
+    if set(graphs) - {head_layers} != {"model"}:  # a task model's graph beside it: lmkit.exports.heads
         raise ArtifactError(f"{export.directory}: a {architecture} export has one graph, 'model'; this one has "
                             f"{', '.join(graphs)}")
     graph = graphs["model"]

@@ -92,11 +92,14 @@ def export_model(model_dir: str, out: str, *, precision: str = "fp32", layout: s
         raise LmkitError(f"exporter '{exporter.name}' must give an encoder-decoder model's plan a layout "
                          "(lmkit.exports.graphs.EncoderDecoderLayout), and no other model's")
 
-    from .heads import validation_head
+    from .heads import layers_graph, validation_head
 
     head = validation_head(model, config["spec"])  # before anything is written: a head it cannot export stops here
     # The Triton configuration is made before anything is written: a plan it cannot lay out stops here.
     config_pbtxt = triton.config_pbtxt(name, plan.graphs, precision) if name else None
+    layers = layers_graph(model, config["spec"], plan)  # a task model between the encoder and the head's layer
+    if layers is not None:
+        plan.graphs = [*plan.graphs, layers]
 
     with staged_directory(out, force=force) as stage:
         root = os.path.join(stage, name) if name else stage
@@ -107,7 +110,8 @@ def export_model(model_dir: str, out: str, *, precision: str = "fp32", layout: s
                 os.makedirs(os.path.dirname(target), exist_ok=True)
                 _write_graph(graph, target, precision, opset, work, int4 or Int4Options())
         report = validate([(graph, os.path.join(root, files[graph.name])) for graph in plan.graphs],
-                          precision, threshold or THRESHOLDS[precision], head=head)
+                          precision, threshold or THRESHOLDS[precision], head=head,
+                          head_graph=None if layers is None else layers.name)
         if tokenizer is not None:
             tokenizer.save(root)
         from lmkit.model import TARGET_TOKENIZER, load_target_tokenizer
@@ -126,7 +130,7 @@ def export_model(model_dir: str, out: str, *, precision: str = "fp32", layout: s
             suffix = source_suffix_ids(model.encoder, tokenizer)  # T5's </s>, which the runtime appends too
         from .heads import save_head
 
-        task_head = save_head(model, config["spec"], root)  # a fine-tuned encoder's head runs beside its graph
+        task_head = save_head(model, config["spec"], root, layers)  # a fine-tuned encoder's head runs beside its graph
         if config_pbtxt:
             with atomic_write(os.path.join(root, "config.pbtxt")) as handle:
                 handle.write(config_pbtxt)

@@ -6,6 +6,11 @@ it, `task_head.safetensors`, hashed in the manifest like every other file. A hea
 the labels with the language model itself (GLM's cloze) has no layer: the recipe scores them over the
 export's generating graph (its backend_label_scores), the same way on any backend. These are the numpy
 twins of lmkit.objectives.heads; tests/test_finetune_export.py checks that they agree.
+
+A token head whose recipe puts a task model between the encoder and the linear layer (ELMo's BiLSTM
+tagger, lmkit.objectives.heads.TokenHead.layers) exports that model as a graph of its own,
+`task_layers`: input_ids, attention_mask and the encoder graph's outputs it names in, its `states` (B,
+T, width) out; the manifest's task_head says so under "layers", and the linear layer reads them.
 """
 from __future__ import annotations
 
@@ -19,6 +24,7 @@ from .manifest import safe_path
 
 HEAD_FILE = "task_head.safetensors"
 HEAD_TYPES = ("sequence-head", "token-head", "span-head")
+LAYERS_GRAPH, LAYERS_OUTPUT = "task_layers", "states"
 
 
 def head_part(spec: dict) -> dict | None:
@@ -26,8 +32,53 @@ def head_part(spec: dict) -> dict | None:
     return next((o for o in spec.get("objectives", []) if o.get("type") in HEAD_TYPES), None)
 
 
-def save_head(model, spec: dict, directory: str) -> dict | None:
-    """Write the task head's linear layer into the export directory; its manifest entry, or None."""
+def layers_graph(model, spec: dict, plan):
+    """The Graph of the task model between the encoder and the head's linear layer (see above), or None when the
+    head has none; LmkitError, before anything is written, when that model cannot be exported."""
+    part = head_part(spec)
+    layers = None if part is None else getattr(model.objectives[part["type"]], "layers", None)
+    if layers is None:
+        return None
+    import torch
+
+    from lmkit.errors import LmkitError
+
+    from .graphs import BATCH, SEQUENCE, Graph, ShapeSet, TensorInfo
+
+    # Optional: a recipe's task model exports when it says how (TokenHead's docstring).
+    reads, export_module = getattr(layers, "encoder_outputs", None), getattr(layers, "export_module", None)
+    encoder = next((g for g in plan.graphs if set(reads or ()) <= {t.name for t in g.outputs}), None)
+    if export_module is None or reads is None or encoder is None:
+        raise LmkitError(f"the {part.get('recipe')} recipe's task model ({type(layers).__name__}) runs between the "
+                         "encoder and the tag layer, and does not say how to export it; predict with the model directory")
+    outputs = {t.name: t for t in encoder.outputs}
+    width = model.objectives[part["type"]].output_layer().in_features
+    vocab = plan.dimensions.get("vocab_size")
+    module = export_module().eval()
+    rng = np.random.default_rng(1)
+
+    def shape_set(encoder_set: ShapeSet) -> ShapeSet:
+        """The encoder's outputs on one of its shape sets, with ids of the same shape."""
+        with torch.no_grad():
+            got = encoder.module(*(torch.from_numpy(encoder_set.inputs[t.name]) for t in encoder.inputs))
+        got = dict(zip(outputs, (g.numpy() for g in got)))
+        mask = encoder_set.inputs["attention_mask"]
+        ids = encoder_set.inputs.get("input_ids")
+        ids = rng.integers(0, vocab, size=mask.shape).astype(np.int64) if ids is None else ids
+        return ShapeSet(encoder_set.label, {"input_ids": ids, "attention_mask": mask, **{n: got[n] for n in reads}})
+
+    sets = [shape_set(s) for s in encoder.validation]
+    return Graph(LAYERS_GRAPH, module,
+                 [TensorInfo("input_ids", "int64", (BATCH, SEQUENCE)), TensorInfo("attention_mask", "int64", (BATCH, SEQUENCE)),
+                  *(outputs[name] for name in reads)],
+                 [TensorInfo(LAYERS_OUTPUT, "float32", (BATCH, SEQUENCE, width))],
+                 example=tuple(torch.from_numpy(sets[1].inputs[t]) for t in ("input_ids", "attention_mask", *reads)),
+                 validation=sets, scores=None, exporter="legacy")
+
+
+def save_head(model, spec: dict, directory: str, layers=None) -> dict | None:
+    """Write the task head's linear layer into the export directory; its manifest entry, or None. layers: the
+    layers_graph() the export carries, named in the entry."""
     part = head_part(spec)
     if part is None:
         return None
@@ -42,7 +93,8 @@ def save_head(model, spec: dict, directory: str) -> dict | None:
                "bias": layer.bias.detach().float().cpu().numpy()}
     with atomic_write(os.path.join(directory, HEAD_FILE), "wb") as handle:
         handle.write(save(tensors))
-    return {"file": HEAD_FILE, **part}
+    reads = None if layers is None else [t.name for t in layers.inputs[2:]]
+    return {"file": HEAD_FILE, **part, **({"layers": {"graph": layers.name, "reads": reads}} if layers else {})}
 
 
 def head_choices(part: dict, weight: np.ndarray, bias: np.ndarray):
@@ -67,7 +119,8 @@ def head_choices(part: dict, weight: np.ndarray, bias: np.ndarray):
             if task == "multiple-choice":
                 return scores[:, 0].argmax()[None] if len(scores) > 1 else np.zeros(0, dtype=np.int64)
             return scores.argmax(-1)
-        scores = linear(outputs["last_hidden_state"])  # (B, T, labels) or (B, T, 2)
+        # (B, T, labels) or (B, T, 2), of a task model's states when the head reads them (layers_graph)
+        scores = linear(outputs[LAYERS_OUTPUT] if LAYERS_OUTPUT in outputs else outputs["last_hidden_state"])
         if kind == "token-head":
             return scores.argmax(-1)[mask]
         scores = np.where(mask[:, :, None], scores, -np.inf)
@@ -116,11 +169,14 @@ class ExportedHead:
         for multiple choice, (B, T, labels) per token, (B, T, 2) answer start and end."""
         if self.recipe is not None:
             return np.asarray(self.recipe.backend_label_scores(exported, batch), dtype=np.float32)
-        return self.apply(exported.encode, batch)
+        layers = self.info.get("layers")
+        session = None if layers is None else exported.export.session(layers["graph"])
+        return self.apply(exported.encode, batch, session)
 
-    def apply(self, encode, batch: dict[str, np.ndarray]) -> np.ndarray:
+    def apply(self, encode, batch: dict[str, np.ndarray], layers=None) -> np.ndarray:
         """scores() with `encode(ids, mask, token_types, **per-token inputs)` giving the encoder's outputs by name;
-        the batch's per-token inputs (lmkit.token_inputs: ELMo's char_ids) go to encode by name."""
+        the batch's per-token inputs (lmkit.token_inputs: ELMo's char_ids) go to encode by name. layers: the
+        session of the task_layers graph, when the manifest's task head names one."""
         from lmkit.token_inputs import NAMES
 
         kind = self.info["type"]
@@ -137,7 +193,13 @@ class ExportedHead:
             scores = self._linear(features.sum(1))  # similarity: the two orders added, as in torch
             return scores[:, 0] if task == "regression" else scores
         extra = {name: batch[name] for name in NAMES if name in batch}
-        states = encode(ids, batch["attention_mask"], batch["token_type_ids"], **extra)["last_hidden_state"]
+        outputs = encode(ids, batch["attention_mask"], batch["token_type_ids"], **extra)
+        states = outputs["last_hidden_state"]
+        if layers is not None:  # the task model between the encoder and the linear layer (ELMo's BiLSTM tagger)
+            feeds = {"input_ids": np.asarray(ids, dtype=np.int64),
+                     "attention_mask": np.asarray(batch["attention_mask"], dtype=np.int64),
+                     **{name: outputs[name] for name in self.info["layers"]["reads"]}}
+            states = layers.run([LAYERS_OUTPUT], feeds)[0]
         scores = self._linear(states)  # (B, T, labels) or (B, T, 2)
         if kind == "token-head":
             return scores

@@ -3,7 +3,8 @@
     fp16  weights and most arithmetic in half precision, for GPU serving. Inputs and outputs stay
           fp32 (as optimum's O4 level does), so the runtime and its clients are the same for every
           dtype. LayerNorm, Softmax and Pow stay fp32: accumulating a variance or a softmax sum in
-          fp16 overflows (microsoft/onnxruntime#29034, #11384).
+          fp16 overflows (microsoft/onnxruntime#29034, #11384). A Loop's carried values lose the
+          shapes the exporter declared for them (loose_loop_state_shapes).
     int8  dynamic quantization: weights stored as int8, one scale per output channel, activations
           quantized on the fly: a smaller model for CPUs and edge devices. A weight the graph uses
           transposed (a tied embedding as the output projection: MatMul(x, Transpose(wte))) gets a
@@ -33,7 +34,34 @@ def to_fp16(source: str, target: str, keep_fp32: tuple[str, ...] = ()) -> None:
 
     model = convert_float_to_float16(onnx.load(source), keep_io_types=True,
                                      op_block_list=[*DEFAULT_OP_BLOCK_LIST, *FP32_OPS, *keep_fp32])
+    loose_loop_state_shapes(model.graph)
     onnx.save(model, target)
+
+
+def loose_loop_state_shapes(graph) -> int:
+    """Drop the shapes a Loop body declares for the values it carries from one iteration to the next; how many.
+
+    The legacy exporter types a TorchScript loop's carried tensors with shared symbolic dims: an LSTM's cell
+    (2, B, 32) and projection (2, B, 16) both as (c_dim_0, c_dim_1, c_dim_2) (lmkit.nn.projected_lstm). In fp32
+    nothing reads them, but onnxruntime's CPU provider wraps fp16 nodes in Casts it inserts, and its memory
+    planner then gives the cell's buffer to the projection: "Shape mismatch attempting to re-use buffer
+    {2,2,16} != {2,2,32}" at the first run. Without the declared shapes onnxruntime infers them per run.
+    """
+    import onnx
+
+    dropped = 0
+    for node in graph.node:
+        for attribute in node.attribute:
+            if attribute.type != onnx.AttributeProto.GRAPH:
+                continue
+            body = attribute.g
+            if node.op_type == "Loop":
+                for value in body.input[2:]:  # after the iteration number and the condition
+                    if value.type.HasField("tensor_type") and value.type.tensor_type.HasField("shape"):
+                        value.type.tensor_type.ClearField("shape")
+                        dropped += 1
+            dropped += loose_loop_state_shapes(body)
+    return dropped
 
 
 def to_int8(source: str, target: str) -> None:

@@ -53,12 +53,14 @@ class ValidationError(LmkitError):
     """An export differs from PyTorch by more than its threshold allows."""
 
 
-def validate(graphs: list[tuple[Graph, str]], precision: str, threshold: Threshold, head=None) -> dict:
+def validate(graphs: list[tuple[Graph, str]], precision: str, threshold: Threshold, head=None,
+             head_graph: str | None = None) -> dict:
     """Run each (graph, onnx file) on its shape sets; the report for the manifest, or ValidationError.
 
     head: a task head's choices (lmkit.exports.heads.head_choices), applied to the outputs of every
     graph that has the features it reads, in PyTorch and in onnxruntime: its top-1 choices count
-    towards top-1 agreement, as a graph's own scores do. Every figure the threshold names must be
+    towards top-1 agreement, as a graph's own scores do; head_graph: the one graph whose outputs it reads
+    (a task model's between the encoder and the head: lmkit.exports.heads.layers_graph). Every figure the threshold names must be
     measured: an fp16 or int8 export with nothing to take a top-1 of is refused.
     """
     import onnxruntime as ort
@@ -86,7 +88,8 @@ def validate(graphs: list[tuple[Graph, str]], precision: str, threshold: Thresho
                 actual = session.run(names, shape_set.inputs)
             expected = [e.numpy() for e in expected]
             result = _compare(graph, shape_set, names, expected, actual)
-            if head is not None and {"pooler_output", "last_hidden_state"} <= set(names):
+            reads_head = graph.name == head_graph if head_graph else {"pooler_output", "last_hidden_state"} <= set(names)
+            if head is not None and reads_head:
                 want, got = (head(dict(zip(names, outputs)), shape_set.inputs) for outputs in (expected, actual))
                 if want is not None:
                     same = want == got

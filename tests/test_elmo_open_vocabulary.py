@@ -129,18 +129,26 @@ def test_finetuning_and_predict_read_the_characters_of_unknown_words(composed, t
 # -- the paper's task model: a BiLSTM tagger over [word embedding; ELMo] (the elmo-bilstm recipes) ---------
 
 
-def test_the_bilstm_tagger_recipes_freeze_the_bilm_and_read_elmo_as_asked(composed, tmp_path):
+@pytest.fixture(scope="module")
+def tagger(composed):
+    """An elmo-bilstm tagger fine-tuned from the CLI: its directory."""
+    root = composed["root"]
+    train = root / "tags.conll"
+    train.write_text("".join("\n".join(f"{w} {'X' if w == 'cat' else 'O'}" for w in s.split()) + "\n\n"
+                             for s in SENTENCES * 3))
+    out = str(root / "elmo-bilstm")
+    result = run_cli("finetune", composed["model"], "--task", "token-classification", "--recipe", "elmo-bilstm",
+                     "--train", str(train), "--dev", str(train), "--out", out, "--steps", 2, "--batch-size", 4)
+    assert result.code == 0, result.err
+    return out
+
+
+def test_the_bilstm_tagger_recipes_freeze_the_bilm_and_read_elmo_as_asked(composed, tagger, tmp_path):
     from safetensors.torch import load_file
 
     from lmkit.model import load_model
 
-    train = tmp_path / "train.conll"
-    train.write_text("".join("\n".join(f"{w} {'X' if w == 'cat' else 'O'}" for w in s.split()) + "\n\n"
-                             for s in SENTENCES * 3))
-    out = str(tmp_path / "elmo-bilstm")
-    result = run_cli("finetune", composed["model"], "--task", "token-classification", "--recipe", "elmo-bilstm",
-                     "--train", str(train), "--dev", str(train), "--out", out, "--steps", 2, "--batch-size", 4)
-    assert result.code == 0, result.err
+    out = tagger
     tuned = load_file(f"{out}/best/model.safetensors")
     before = load_file(f"{composed['model']}/model.safetensors")
     bilm = [n for n in before if n.startswith("encoder.") and "scalar_mix" not in n]
@@ -157,7 +165,7 @@ def test_the_bilstm_tagger_recipes_freeze_the_bilm_and_read_elmo_as_asked(compos
     both = TokenHead(TokenHeadOptions(recipe="elmo-bilstm-output"), stack.d_model, stack)
     assert both.score.weight.shape[1] == 32 + 32 and both.layers.output_mix is not None  # [h; ELMo']
     # The tagger's states depend on ELMo only where it reads it.
-    model, tokenizer, _ = load_model(str(tmp_path / "elmo-bilstm" / "best"))
+    model, tokenizer, _ = load_model(f"{out}/best")
     head = model.objectives["token-head"]
     ids = torch.tensor([tokenizer.encode("the cat sat", add_special_tokens=True)])
     batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids, dtype=torch.bool)}
@@ -171,9 +179,83 @@ def test_the_bilstm_tagger_recipes_freeze_the_bilm_and_read_elmo_as_asked(compos
 
     with pytest.raises(LmkitError, match="reads an ELMo biLM"):  # --recipe elmo-bilstm on another family
         ELMoBiLSTMRecipe().token_layers(torch.nn.Linear(2, 2))
-    # Its export would drop the BiLSTM: refused in one line, nothing written.
-    refused = run_cli("export", str(tmp_path / "elmo-bilstm" / "best"), "--out", str(tmp_path / "e"))
-    assert refused.code != 0 and "BiLSTMTagger" in refused.err and not (tmp_path / "e").exists()
+
+
+# -- the tagger exported: its own graph beside the biLM's (lmkit.exports.heads.layers_graph) --------------------
+
+
+@pytest.mark.parametrize("recipe", ["elmo-bilstm", "elmo-bilstm-output", "word-bilstm"])
+def test_the_tagger_graph_computes_what_the_packed_bilstm_does(composed, recipe):
+    """TaggerGraph (no packed sequences, which ONNX lacks) against BiLSTMTagger on right-padded rows."""
+    from lmkit.model import load_model
+    from lmkit.objectives.heads import TokenHead
+    from lmkit.objectives.options import TokenHeadOptions
+
+    model = load_model(composed["model"])[0].eval()
+    stack = model.encoder
+    torch.manual_seed(0)
+    layers = TokenHead(TokenHeadOptions(recipe=recipe), stack.d_model, stack).layers.eval()
+    ids = torch.randint(0, stack.config.vocab_size, (3, 6))
+    mask = torch.tensor([[1] * 6, [1] * 4 + [0] * 2, [1] + [0] * 5], dtype=torch.bool)
+    with torch.no_grad():
+        output = stack.frozen_mix(ids, mask)
+        want = layers(output, ids)
+        given = {"last_hidden_state": output.last_hidden_state, "layers": torch.stack(output.hidden_states, 1)}
+        got = layers.export_module()(ids, mask.long(), *(given[name] for name in layers.encoder_outputs))
+    torch.testing.assert_close(got, want * mask[..., None], atol=1e-6, rtol=0)
+    assert not torch.allclose(got[1, :4], layers(output, ids.flip(1))[1, :4])  # it reads the ids it is given
+
+
+def test_a_fine_tuned_tagger_exports_in_fp32_fp16_and_int8_and_predict_runs_it_without_torch(tagger, tmp_path,
+                                                                                     monkeypatch):
+    import subprocess
+    import sys
+
+    from conftest import NO_TORCH
+
+    test = tmp_path / "test.conll"
+    test.write_text("the O\nzorblax O\ncat X\nsat O\n\na O\nquimby O\ndog O\non O\nthe O\nmat O\n\n")
+
+    def predict(directory, torch_free=False):
+        if not torch_free:
+            result = run_cli("predict", directory, "--data", str(test))
+            assert result.code == 0, result.err
+            out = result.out
+        else:
+            child = NO_TORCH + "from lmkit.cli import main\nmain()\n"
+            done = subprocess.run([sys.executable, "-c", child, "predict", directory, "--data", str(test)],
+                                  capture_output=True, text=True, timeout=300)
+            assert done.returncode == 0, done.stderr
+            out = done.stdout
+        return [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+
+    reference = predict(f"{tagger}/best")
+    assert [row["words"][1] for row in reference] == ["zorblax", "quimby"]
+    # fp16: the biLM's time Loop runs in half precision (lmkit.exports.precision.loose_loop_state_shapes)
+    for flags in ((), ("--dtype", "fp16"), ("--quantize", "int8")):
+        exported = tmp_path / f"e{'-'.join(flags)}"
+        made = run_cli("export", f"{tagger}/best", "--out", exported, *flags)
+        assert made.code == 0, made.err
+        manifest = json.loads((exported / "lmkit-onnx.json").read_text())
+        assert set(manifest["graphs"]) == {"model", "task_layers"}
+        assert manifest["task_head"]["layers"] == {"graph": "task_layers", "reads": ["last_hidden_state"]}
+        assert manifest["validation"]["top1_graphs"] == ["task_layers"]  # the head's choices, on the tagger's states
+        got = predict(str(exported), torch_free=not flags)
+        assert [row["tags"] for row in got] == [row["tags"] for row in reference]
+        atol = {(): 1e-4, ("--dtype", "fp16"): 1e-2}.get(flags)
+        if atol is not None:  # int8 is held to its top-1 floor; its probabilities move by more
+            assert manifest["validation"]["max_abs_diff"] < atol
+            np.testing.assert_allclose([p for row in got for p in row["probabilities"]],
+                                       [p for row in reference for p in row["probabilities"]], atol=atol)
+        if flags == ("--dtype", "fp16"):
+            assert manifest["dtype"] == "fp16" and manifest["validation"]["top1_agreement"] >= 0.9
+    assert manifest["dtype"] == "int8" and manifest["validation"]["top1_agreement"] >= 0.5
+    # A task model that does not say how it exports is refused in one line, nothing written.
+    from lmkit.plugins.elmo.tagger import BiLSTMTagger
+
+    monkeypatch.delattr(BiLSTMTagger, "export_module")
+    refused = run_cli("export", f"{tagger}/best", "--out", str(tmp_path / "refused"))
+    assert refused.code != 0 and "BiLSTMTagger" in refused.err and not (tmp_path / "refused").exists()
 
 
 # -- fine-tuned ELMo models exported: int8, and lmkit predict on the export ------------------------------------

@@ -7,6 +7,12 @@ data, in `.lmkit-cache/<key>.tokens` (raw little-endian uint16, or uint32 for vo
 than 65,536 tokens) with `<key>.json` describing it. The key hashes the data's bytes and the tokenizer,
 so changing either tokenizes again and nothing stale is ever read.
 
+A model whose stack reads what each token spells (lmkit.token_inputs: ELMo's characters) also needs
+the text behind each unknown token, which the ids lose. For it (load_tokens(spellings=True)) the
+cache keeps `<key>.spellings`, raw little-endian int64 pairs (stream position, word) for every
+unknown token, and `<key>.spellings.json` with the table of words; other models never read or write
+them.
+
 A training batch is a set of windows of seq_len + 1 consecutive tokens (the inputs and, shifted by
 one, the targets). Each epoch visits every window once in an order drawn from (seed, epoch), so the
 whole data position is one integer, the number of windows consumed so far.
@@ -203,6 +209,29 @@ def _batched_by_size(pieces: Iterator[tuple[str, bool]], limit: int) -> Iterator
 
 
 @dataclass(frozen=True)
+class Spellings:
+    """What the unknown tokens of a token stream stand for: the (normalised) text each replaced
+    (lmkit.token_inputs.spell). Every other token spells its own vocabulary string."""
+
+    positions: np.ndarray  # (n,) int64, increasing: where in the stream each unknown token is
+    words: np.ndarray  # (n,) int64: which word of `table` it stands for
+    table: tuple[str, ...]
+
+    def window(self, start: int, stop: int) -> Spellings:
+        """Those of stream positions start .. stop - 1, counted from start."""
+        lo, hi = np.searchsorted(self.positions, [start, stop])
+        return Spellings(self.positions[lo:hi] - start, self.words[lo:hi], self.table)
+
+    def shifted(self, offset: int) -> Spellings:
+        """Those of the same stream with `offset` tokens put before it."""
+        return Spellings(self.positions + offset, self.words, self.table)
+
+    def reversed(self, n_tokens: int) -> Spellings:
+        """Those of the stream of n_tokens read backwards."""
+        return Spellings((n_tokens - 1 - self.positions)[::-1], self.words[::-1], self.table)
+
+
+@dataclass(frozen=True)
 class TokenStream:
     """A tokenized data set: the ids of all its documents, each followed by the end-of-text token."""
 
@@ -210,6 +239,7 @@ class TokenStream:
     documents: int
     path: str  # the .tokens file
     from_cache: bool  # whether an earlier run had already tokenized this data
+    spellings: Spellings | None = None  # with load_tokens(spellings=True)
 
 
 def tokenizer_fingerprint(tokenizer) -> str:
@@ -261,18 +291,47 @@ def _open_cached(tokens_path: str, meta_path: str) -> TokenStream | None:
     return TokenStream(tokens, meta["documents"], tokens_path, from_cache=True)
 
 
+def _open_spellings(path: str, meta_path: str, n_tokens: int) -> Spellings | None:
+    """The cached spellings, if they are complete and belong to a stream of n_tokens."""
+    try:
+        with open(meta_path, encoding="utf-8") as handle:
+            meta = json.load(handle)
+        if (meta.get("format") != CACHE_FORMAT or meta["tokens"] != n_tokens
+                or os.path.getsize(path) != meta["unknown"] * 16):
+            return None
+        table = tuple(meta["words"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    pairs = np.fromfile(path, dtype="<i8").reshape(-1, 2)
+    return Spellings(pairs[:, 0].astype(np.int64), pairs[:, 1].astype(np.int64), table)
+
+
+def _unknown_spellings(tokenizer, encoding, text: str) -> Iterator[tuple[int, str]]:
+    """(index, what it spells) of every unknown token of `encoding`, the encoding of `text`."""
+    from .token_inputs import spell
+
+    spelled = spell(tokenizer, encoding, [text])
+    for index, token_id in enumerate(encoding.ids):
+        if token_id == tokenizer.unk_id:
+            yield index, spelled[index]
+
+
 def load_tokens(paths: str | Iterable[str], tokenizer, *, text_field: str = "text", progress: bool = False,
-                what: str = "data") -> TokenStream:
+                what: str = "data", spellings: bool = False) -> TokenStream:
     """The token stream of the files behind `paths`, tokenizing them only if no cache matches.
 
     `what` names the data in error messages ("training data", "validation data"). A tokenizer that
     reverses (a backward LM's) gets the left-to-right stream read backwards, a view of the same cache:
     each document right to left, the documents in reverse order, an end-of-text token before each
-    (what fastai's backwards language-model loader reads).
+    (what fastai's backwards language-model loader reads). spellings=True: also what each unknown
+    token stands for (TokenStream.spellings), for a stack that reads it (lmkit.token_inputs); the
+    first such call on data cached without them tokenizes it again, to the same ids.
     """
     if tokenizer.reverse:
-        stream = load_tokens(paths, tokenizer.forward(), text_field=text_field, progress=progress, what=what)
-        return dataclasses.replace(stream, tokens=stream.tokens[::-1])
+        stream = load_tokens(paths, tokenizer.forward(), text_field=text_field, progress=progress, what=what,
+                             spellings=spellings)
+        spelled = None if stream.spellings is None else stream.spellings.reversed(len(stream.tokens))
+        return dataclasses.replace(stream, tokens=stream.tokens[::-1], spellings=spelled)
     eos = tokenizer.eos_id
     if eos is None:
         raise DataError(f"the {tokenizer.kind} tokenizer has no end-of-text (eos) token to separate documents "
@@ -282,25 +341,44 @@ def load_tokens(paths: str | Iterable[str], tokenizer, *, text_field: str = "tex
     key = _content_key(files, text_field, tokenizer_fingerprint(tokenizer))
     directory = _cache_directory(paths[0])
     tokens_path, meta_path = os.path.join(directory, f"{key}.tokens"), os.path.join(directory, f"{key}.json")
+    spellings_path = os.path.join(directory, f"{key}.spellings")
     cached = _open_cached(tokens_path, meta_path)
-    if cached is not None:
+    if cached is not None and not spellings:
         return cached
+    if cached is not None:
+        spelled = _open_spellings(spellings_path, spellings_path + ".json", len(cached.tokens))
+        if spelled is not None:
+            return dataclasses.replace(cached, spellings=spelled)
 
     from tqdm import tqdm
 
     dtype = token_dtype(tokenizer.vocab_size)
     total_bytes = sum(os.path.getsize(file.path) for file in files)
     n_tokens = n_documents = 0
+    # Where unknown tokens are and which word each spells: only for spellings=True, and only unknown tokens
+    # (a word tokenizer's vocabulary covers most of the text), so the side file stays small.
+    unknown: list[tuple[int, int]] = []
+    words: dict[str, int] = {}
     # disable=None: the bar is drawn only on a terminal.
     with tqdm(total=total_bytes, desc="tokenizing", unit="B", unit_scale=True, leave=False, file=sys.stderr,
               disable=None if progress else True) as bar, atomic_write(tokens_path, "wb") as out:
         for batch in _batched_by_size(read_texts(files, text_field), ENCODE_BATCH_BYTES):
-            encoded = tokenizer.encode_batch([text for text, _ in batch])
+            if spellings:
+                encodings = tokenizer.hf_tokenizer.encode_batch([text for text, _ in batch], add_special_tokens=False)
+                encoded = [encoding.ids for encoding in encodings]
+            else:
+                encoded = tokenizer.encode_batch([text for text, _ in batch])
             with_eos = []
-            for ids, (_, ends_document) in zip(encoded, batch):
+            position = n_tokens
+            for index, (ids, (text, ends_document)) in enumerate(zip(encoded, batch)):
+                if spellings and tokenizer.unk_id is not None and tokenizer.unk_id in ids:
+                    unknown.extend((position + i, words.setdefault(word, len(words)))
+                                   for i, word in _unknown_spellings(tokenizer, encodings[index], text))
                 with_eos.append(ids)
+                position += len(ids)
                 if ends_document:
                     with_eos.append((eos,))
+                    position += 1
             count = sum(map(len, with_eos))
             np.fromiter(itertools.chain.from_iterable(with_eos), dtype=dtype, count=count).tofile(out)
             n_tokens += count
@@ -314,7 +392,16 @@ def load_tokens(paths: str | Iterable[str], tokenizer, *, text_field: str = "tex
         "eos_id": eos, "tokenizer": tokenizer.kind, "vocab_size": tokenizer.vocab_size,
         "text_field": text_field, "files": [file.path for file in files],
     })
-    return TokenStream(np.memmap(tokens_path, dtype=dtype, mode="r"), n_documents, tokens_path, from_cache=False)
+    spelled = None
+    if spellings:
+        spelled = Spellings(np.array([p for p, _ in unknown], dtype=np.int64).reshape(-1),
+                            np.array([w for _, w in unknown], dtype=np.int64).reshape(-1), tuple(words))
+        with atomic_write(spellings_path, "wb") as out:
+            np.stack([spelled.positions, spelled.words], axis=1).astype("<i8").tofile(out)
+        atomic_write_json(spellings_path + ".json", {"format": CACHE_FORMAT, "tokens": n_tokens,
+                                                     "unknown": len(unknown), "words": list(spelled.table)})
+    return TokenStream(np.memmap(tokens_path, dtype=dtype, mode="r"), n_documents, tokens_path, from_cache=False,
+                       spellings=spelled)
 
 
 # -- splits and batches ------------------------------------------------------------------------------
@@ -381,15 +468,23 @@ class WindowSampler:
     def order(self, epoch: int) -> np.ndarray:
         return self.windows.order(epoch)
 
+    def starts(self, first: int, count: int) -> np.ndarray:
+        """(count,) int64: where in the stream samples first, ..., first + count - 1 start."""
+        return self.windows.indices(first, count) * self.seq_len
+
     def samples(self, first: int, count: int) -> np.ndarray:
         """(count, seq_len + 1) int64: samples first, ..., first + count - 1 of the stream."""
-        return _gather(self.tokens, self.windows.indices(first, count) * self.seq_len, self.seq_len)
+        return _gather(self.tokens, self.starts(first, count), self.seq_len)
+
+
+def evaluation_starts(tokens: np.ndarray, seq_len: int, count: int) -> np.ndarray:
+    """(n,) int64: where evaluation_windows' windows start in `tokens`."""
+    n_windows = (len(tokens) - 1) // seq_len
+    if n_windows <= 0 or count <= 0:
+        return np.empty(0, dtype=np.int64)
+    return np.unique(np.linspace(0, n_windows - 1, num=min(count, n_windows)).round().astype(np.int64)) * seq_len
 
 
 def evaluation_windows(tokens: np.ndarray, seq_len: int, count: int) -> np.ndarray:
     """(n, seq_len + 1) int64: up to `count` windows spread evenly over the split, the same every time."""
-    n_windows = (len(tokens) - 1) // seq_len
-    if n_windows <= 0 or count <= 0:
-        return np.empty((0, seq_len + 1), dtype=np.int64)
-    chosen = np.unique(np.linspace(0, n_windows - 1, num=min(count, n_windows)).round().astype(np.int64))
-    return _gather(tokens, chosen * seq_len, seq_len)
+    return _gather(tokens, evaluation_starts(tokens, seq_len, count), seq_len)

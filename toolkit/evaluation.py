@@ -104,12 +104,14 @@ def score_against_source(decoder, tokenizer, source, documents_path: str, contex
 
 @torch.inference_mode()
 def score_with_objectives(model, tokens: np.ndarray, context: int, batch_size: int = 8,
-                          device: str = "cpu") -> dict[str, Score]:
+                          device: str = "cpu", inputs=None) -> dict[str, Score]:
     """Scores of a model without a decoder, by the objectives that score text (ObjectiveModule.score_text).
 
     The stream is cut into windows of `context` tokens that do not overlap: a bidirectional model's
     window reads its right context too, so sliding windows would let a token be seen before it is
     scored. Returns {name: Score} per name the objectives give ("forward", "backward" for ELMo).
+    inputs: (window starts (B,), width) -> the stack's per-token inputs of those windows by name, numpy
+    (lmkit.token_inputs.window_inputs), or None for a stack that reads ids alone.
     """
     n = len(tokens) // context * context
     if n == 0:
@@ -117,8 +119,11 @@ def score_with_objectives(model, tokens: np.ndarray, context: int, batch_size: i
     windows_ = torch.from_numpy(np.asarray(tokens[:n], dtype=np.int64).reshape(-1, context)).to(device)
     totals: dict[str, list[float]] = {}
     for start in range(0, len(windows_), batch_size):
+        starts = np.arange(start, min(start + batch_size, len(windows_)), dtype=np.int64) * context
+        extra = {name: torch.from_numpy(value).to(device)
+                 for name, value in (inputs(starts, context) if inputs is not None else {}).items()}
         for objective in model.objectives.values():
-            scored = objective.score_text(model, windows_[start:start + batch_size])
+            scored = objective.score_text(model, windows_[start:start + batch_size], **extra)
             for name, (nll, count) in (scored or {}).items():
                 total = totals.setdefault(name, [0.0, 0])
                 total[0] += nll

@@ -12,6 +12,8 @@ directory or an export, whose manifest keeps the table under dimensions.token_in
 token (`spell`) and adds the arrays `batch_inputs` makes beside input_ids, under the names the
 kind gives (char-ids: "char_ids", (B, T, max_characters_per_token) int64). The stack reads them as
 keyword arguments of forward()/features(); without them it falls back to what its ids give.
+Training and `lmkit eval --data` read windows of the cached token stream, whose unknown tokens
+keep what they spell beside it (lmkit.data.Spellings); `window_inputs` gives their arrays.
 
 Torch-free (numpy): an export's runtime computes the same arrays from text.
 """
@@ -63,11 +65,15 @@ def spell(tokenizer, encoding, segments: Sequence[str], *, pretokenized: bool = 
     if unk is None or unk not in tokens:
         return tokens
     normalizer = tokenizer.hf_tokenizer.normalizer
+    # Each of an Encoding's attributes builds a new list when read: read them once, not per token (a training
+    # file's segment has tens of thousands).
+    special, offsets = encoding.special_tokens_mask, encoding.offsets
+    indices = encoding.word_ids if pretokenized else encoding.sequence_ids
     for i, token in enumerate(tokens):
-        if token != unk or encoding.special_tokens_mask[i]:
+        if token != unk or special[i]:
             continue
-        index = encoding.word_ids[i] if pretokenized else encoding.sequence_ids[i]
-        start, end = encoding.offsets[i]
+        index = indices[i]
+        start, end = offsets[i]
         piece = segments[index][start:end]
         tokens[i] = normalizer.normalize_str(piece) if normalizer is not None and piece else piece or unk
     return tokens
@@ -79,3 +85,28 @@ def batch_inputs(config: dict | None, rows: Sequence[Sequence[str | None]], widt
     if config is None:
         return {}
     return KINDS[config["type"]](config, rows, width)
+
+
+def window_inputs(config: dict | None, tokenizer, tokens: np.ndarray, spellings, starts: np.ndarray,
+                  width: int) -> dict[str, np.ndarray]:
+    """The per-token arrays (len(starts), width, ...) of the windows tokens[start:start + width] of a token
+    stream: each token spelled as its vocabulary string, an unknown one as the text it replaced
+    (spellings: lmkit.data.Spellings of the same stream; None: as <unk>). {} when config is None.
+
+    Each distinct spelling of the batch is computed once, then gathered: the cost is per batch, not per
+    token of the data.
+    """
+    if config is None:
+        return {}
+    starts = np.asarray(starts, dtype=np.int64)
+    codes = np.asarray(tokens[starts[:, None] + np.arange(width)], dtype=np.int64)
+    vocab = tokenizer.vocab_size
+    if spellings is not None and len(spellings.positions):
+        # An unknown token's code is vocab + its word in the table, so the unique codes are the unique spellings.
+        lo, hi = np.searchsorted(spellings.positions, starts), np.searchsorted(spellings.positions, starts + width)
+        for row in np.flatnonzero(hi > lo):
+            codes[row, spellings.positions[lo[row]:hi[row]] - starts[row]] = vocab + spellings.words[lo[row]:hi[row]]
+    unique, inverse = np.unique(codes, return_inverse=True)
+    words = [tokenizer.id_to_token(int(code)) if code < vocab else spellings.table[code - vocab] for code in unique]
+    arrays = batch_inputs(config, [words], len(words))
+    return {name: value[0][inverse.reshape(codes.shape)] for name, value in arrays.items()}

@@ -73,8 +73,7 @@ def export_plan(model) -> ExportPlan:
     return ExportPlan(ARCHITECTURE, [graph], dimensions={"max_length": None, "d_model": D, "vocab_size": vocab,
                                                         "type_vocab_size": 0, "pooled": "mean of the mix over real tokens",
                                                         "n_layers": L},
-                      # fp16: onnxruntime's float16 converter breaks the TorchScript time Loop (a Cast it inserts
-                      # in the body reuses a buffer of another shape; blocking the Loop leaves its seq(tensor)
-                      # outputs mistyped), so the graph does not load or run. int8 runs (lmkit.exports.precision
-                      # quantizes the stacked directions' weights per tensor).
-                      precisions=("fp32", "int8"))
+                      # fp16 runs once the time Loop's carried cell and projection lose the one symbolic shape
+                      # the exporter gave both (lmkit.exports.precision.loose_loop_state_shapes); int8 quantizes
+                      # the stacked directions' weights per tensor (lmkit.exports.precision.to_int8).
+                      precisions=("fp32", "fp16", "int8"))

@@ -1,6 +1,7 @@
 """The biLM objective: a forward and a backward language model with one shared softmax (Peters et al. 2018 §3.1).
 
-Training reads windows of the token stream (as causal LM does). In a window w_0 .. w_T the forward
+Training reads windows of the token stream (as causal LM does), with every word's char ids beside them
+(lmkit.token_inputs: an unknown word's own characters, not those of <unk>). In a window w_0 .. w_T the forward
 LSTMs' top state at t predicts w_{t+1} and the backward LSTMs' top state at t predicts w_{t-1}:
 
     loss = (NLL_fwd + NLL_bwd) / 2
@@ -56,10 +57,12 @@ class BiLMObjective(ObjectiveModule):
 
         return TokenWindows(context)
 
-    def directions_nll(self, model, input_ids: torch.Tensor, reduction: str = "mean"):
-        """(forward NLL, backward NLL) of a full window batch (B, T + 1), each over B * T tokens."""
+    def directions_nll(self, model, input_ids: torch.Tensor, reduction: str = "mean",
+                       char_ids: torch.Tensor | None = None):
+        """(forward NLL, backward NLL) of a full window batch (B, T + 1), each over B * T tokens; char_ids
+        (B, T + 1, C): every token's characters (ELMoBiLM.token_states; None: the vocabulary's spelling)."""
         encoder = model.encoder
-        _, forward, backward = encoder.directions(input_ids)
+        _, forward, backward = encoder.directions(input_ids, char_ids=char_ids)
         top_f, top_b = encoder.drop(forward[-1]), encoder.drop(backward[-1])  # bilm-tf drops the LSTM output
         f_hidden, f_target = top_f[:, :-1], input_ids[:, 1:]
         b_hidden, b_target = top_b[:, 1:], input_ids[:, :-1]
@@ -89,12 +92,14 @@ class BiLMObjective(ObjectiveModule):
         return F.cross_entropy(logits, torch.zeros_like(targets), reduction=reduction)
 
     def forward(self, model, batch: dict) -> torch.Tensor:
-        forward, backward = self.directions_nll(model, batch["input_ids"])
+        forward, backward = self.directions_nll(model, batch["input_ids"], char_ids=batch.get("char_ids"))
         return 0.5 * (forward + backward)
 
     @torch.no_grad()
-    def score_text(self, model, input_ids: torch.Tensor) -> dict[str, tuple[float, int]]:
-        """{"forward": (summed NLL, tokens), "backward": (...)} of windows (B, T + 1), full softmax."""
-        forward, backward = self.directions_nll(model, input_ids, reduction="sum")
+    def score_text(self, model, input_ids: torch.Tensor, char_ids: torch.Tensor | None = None
+                   ) -> dict[str, tuple[float, int]]:
+        """{"forward": (summed NLL, tokens), "backward": (...)} of windows (B, T + 1), full softmax; char_ids as
+        directions_nll reads them."""
+        forward, backward = self.directions_nll(model, input_ids, reduction="sum", char_ids=char_ids)
         count = input_ids.shape[0] * (input_ids.shape[1] - 1)
         return {"forward": (forward.item(), count), "backward": (backward.item(), count)}

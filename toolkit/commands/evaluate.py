@@ -190,12 +190,20 @@ def _evaluate_without_decoder(model, tokenizer, device, paths, *, context, strid
     context = context or (limit or RECURRENT_WINDOW)
     if limit is not None and context > limit:
         raise LmkitError(f"--context {context} is beyond the model's {limit} positions; give at most {limit}")
-    stream = load_tokens(paths, tokenizer, text_field=text_field, progress=True, what="evaluation data")
+    token_inputs = model.feature_stack.token_inputs(tokenizer)  # lmkit.token_inputs: ELMo's char ids
+    stream = load_tokens(paths, tokenizer, text_field=text_field, progress=True, what="evaluation data",
+                         spellings=token_inputs is not None)
     tokens = np.concatenate([[tokenizer.eos_id], np.asarray(stream.tokens, dtype=np.int64)])
     context = min(context, len(tokens))
     if context < 2:
         raise LmkitError("the evaluation data has no tokens to score; give files that contain text")
-    scores = score_with_objectives(model, tokens, context, batch_size=batch_size, device=str(device))
+    inputs = None
+    if token_inputs is not None:  # every word as the text spells it, an unknown one too, not as <unk>
+        from ..token_inputs import window_inputs
+
+        spellings = stream.spellings.shifted(1)  # the end-of-text token put before the stream
+        inputs = lambda starts, width: window_inputs(token_inputs, tokenizer, tokens, spellings, starts, width)  # noqa: E731
+    scores = score_with_objectives(model, tokens, context, batch_size=batch_size, device=str(device), inputs=inputs)
     nll, count = sum(s.nll for s in scores.values()), sum(s.tokens for s in scores.values())
     result = {"perplexity": math.exp(nll / count), **{f"{name}_perplexity": s.perplexity for name, s in scores.items()},
               "tokens": count, "documents": stream.documents, "context": context,

@@ -24,10 +24,11 @@ class ObjectiveModule(nn.Module):
         """A lmkit.training.batches.Batches over the run's data, or None: this objective reads another's."""
         return None
 
-    def score_text(self, model, input_ids):
+    def score_text(self, model, input_ids, **inputs):
         """For `lmkit eval --data` on a model without a decoder: {name: (summed NLL in nats, tokens scored)} of
         windows input_ids (B, T) of a token stream (ELMo's biLM: forward and backward), or None when this
-        objective does not score text."""
+        objective does not score text. inputs: the stack's per-token inputs (B, T, ...) of the same windows,
+        by name (lmkit.token_inputs; ELMo's char_ids), when it declares them."""
         return None
 
     @classmethod

@@ -112,6 +112,8 @@ class TokenHead(_Head):
     A recipe may put a task model of its own between the stack's output and the linear layer
     (`token_layers(stack)` -> (module, width out), the module called with the stack's EncoderOutput and
     input_ids: ELMo's BiLSTM tagger); most have none, and the linear layer reads the states themselves.
+    Such a module exports when it also has `encoder_outputs` (the encoder export's outputs it reads) and
+    `export_module()` (lmkit.exports.heads.layers_graph).
     """
 
     def __init__(self, options: TokenHeadOptions, d_model: int = 768, stack=None):
@@ -129,12 +131,8 @@ class TokenHead(_Head):
         return cls(options, model.feature_stack.d_model, model.feature_stack)
 
     def output_layer(self) -> nn.Linear:
-        if self.layers is not None:
-            from ..errors import LmkitError
-
-            raise LmkitError(f"the {self.options.recipe} recipe's task model ({type(self.layers).__name__}) runs "
-                             "between the encoder and the tag layer, and exports do not carry it yet; predict with "
-                             "the model directory")
+        """The tag layer; with a recipe's task model (self.layers) it reads that model's states, which an export
+        carries as a graph of their own (lmkit.exports.heads.layers_graph)."""
         return self.score
 
     def scores(self, model, batch: dict) -> Tensor:

@@ -83,7 +83,12 @@ def batches_for(context: DataContext) -> Batches:
 
 
 class TokenWindows:
-    """Windows of seq_len + 1 tokens of the tokenized text (causal LM and everything that reads plain text)."""
+    """Windows of seq_len + 1 tokens of the tokenized text (causal LM and everything that reads plain text).
+
+    A stack that reads per-token inputs beside the ids (lmkit.token_inputs: ELMo's char ids) gets them
+    for every window, each unknown word spelled as the text it replaced (lmkit.data.Spellings), not as
+    <unk>: they are computed from the window's place in the stream, so a resumed run reads the same.
+    """
 
     def __init__(self, context: DataContext):
         from ..data import WindowSampler
@@ -95,17 +100,32 @@ class TokenWindows:
                                 f"positions; use --seq-len {limit} or less")
         self.seq_len, self.batch_size = args.seq_len, args.batch_size
         self.eval_windows = args.eval_batches * args.batch_size
-        self.train_tokens, self.val_tokens = _load_token_split(context)
+        self.tokenizer = context.tokenizer
+        self.token_inputs = None if context.tokenizer is None else \
+            context.model.feature_stack.token_inputs(context.tokenizer)
+        (self.train_tokens, self.train_spellings), (self.val_tokens, self.val_spellings) = \
+            _load_spelled_split(context, spellings=self.token_inputs is not None)
         self.sampler = WindowSampler(self.train_tokens, args.seq_len, args.seed)
 
+    def inputs(self, tokens, spellings, starts) -> Batch:
+        """The per-token inputs of the windows at `starts` ({} for a stack that reads ids alone)."""
+        from ..token_inputs import window_inputs
+
+        return window_inputs(self.token_inputs, self.tokenizer, tokens, spellings, starts, self.seq_len + 1)
+
     def train(self, first: int, count: int) -> Batch:
-        return {"input_ids": self.sampler.samples(first, count)}
+        starts = self.sampler.starts(first, count)
+        return {"input_ids": self.sampler.samples(first, count),
+                **self.inputs(self.train_tokens, self.train_spellings, starts)}
 
     def validation(self) -> list[Batch]:
-        from ..data import evaluation_windows
+        from ..data import evaluation_starts, evaluation_windows
 
         windows = evaluation_windows(self.val_tokens, self.seq_len, self.eval_windows)
-        return [{"input_ids": windows[i:i + self.batch_size]} for i in range(0, len(windows), self.batch_size)]
+        starts = evaluation_starts(self.val_tokens, self.seq_len, self.eval_windows)
+        return [{"input_ids": windows[i:i + self.batch_size],
+                 **self.inputs(self.val_tokens, self.val_spellings, starts[i:i + self.batch_size])}
+                for i in range(0, len(windows), self.batch_size)]
 
     def tokens(self, batch: Batch) -> int:
         return batch["input_ids"].shape[0] * self.seq_len
@@ -135,32 +155,46 @@ class TokenStreams(TokenWindows):
         stream = index % self.streams
         starts = stream * self.stream_length + (index // self.streams) % self.windows * self.seq_len
         ids = self.train_tokens[starts[:, None] + np.arange(self.seq_len + 1)]
-        return {"input_ids": ids.astype(np.int64), "stream": stream}
+        return {"input_ids": ids.astype(np.int64), "stream": stream,
+                **self.inputs(self.train_tokens, self.train_spellings, starts)}
 
 
 def _load_token_split(context: DataContext) -> tuple[np.ndarray, np.ndarray]:
+    """(train tokens, validation tokens) of the run's data."""
+    (train, _), (val, _) = _load_spelled_split(context)
+    return train, val
+
+
+def _load_spelled_split(context: DataContext, spellings: bool = False):
+    """((train tokens, their spellings), (validation tokens, theirs)); the spellings are None unless asked for
+    (lmkit.data.load_tokens)."""
     from ..data import load_tokens, split_validation
 
     args = context.args
 
     def load(paths, what: str):
         stream = load_tokens(paths, context.tokenizer, text_field=args.text_field, progress=context.progress,
-                             what=what)
+                             what=what, spellings=spellings)
         context.say(f"{what}: {len(stream.tokens):,} tokens in {stream.documents:,} documents"
                     f"{' (cached)' if stream.from_cache else ''}")
         return stream
 
     stream = load(args.data, "training data")
     if args.val_data:
-        train, val = stream.tokens, load(args.val_data, "validation data").tokens
+        held_out = load(args.val_data, "validation data")
+        (train, train_spelled), (val, val_spelled) = (stream.tokens, stream.spellings), \
+            (held_out.tokens, held_out.spellings)
         if len(val) < args.seq_len + 1:
             raise DataError(f"the validation data has {len(val):,} tokens, fewer than one window of "
                             f"--seq-len + 1 = {args.seq_len + 1}; add validation data or lower --seq-len")
     else:
         train, val = split_validation(stream.tokens, args.val_fraction, args.seq_len)
+        spelled = stream.spellings
+        train_spelled = None if spelled is None else spelled.window(0, len(train))
+        val_spelled = None if spelled is None else spelled.window(len(train), len(stream.tokens))
     needed = args.global_batch * (args.seq_len + 1)
     if len(train) < needed:
         raise DataError(f"a batch needs batch_size*grad_accum*(seq_len+1) = {args.global_batch}*"
                         f"{args.seq_len + 1} = {needed:,} tokens but the training split has {len(train):,}; "
                         "lower --batch-size/--seq-len or add data")
-    return train, val
+    return (train, train_spelled), (val, val_spelled)
