@@ -103,8 +103,13 @@ class DecoderWithBuffers(nn.Module):
         from .fused_attention import with_fused_attention
 
         self.decoder = decoder
-        self.fused = with_fused_attention(decoder)
+        # Not a registered child: its parameters are the decoder's, and are named so (decoder.wte.weight, ...).
+        object.__setattr__(self, "fused", with_fused_attention(decoder))
         self.n_layers = n_layers
+
+    def train(self, mode: bool = True):
+        self.fused.train(mode)
+        return super().train(mode)
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor, position_ids: Tensor, *buffers: Tensor):
         from .fused_attention import BufferCache
