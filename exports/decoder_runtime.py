@@ -81,6 +81,7 @@ class OrtBackend:
         if prefix is not None:
             self._take_prefix(prefix)
         self.output_names = ["logits", *(output for _, output in self.cache)]
+        self.vocab_size = next(t["shape"][-1] for t in graph["outputs"] if t["name"] == "logits")
         provider = session.get_providers()[0]
         self.device = BINDING_DEVICES.get(provider, "cpu")
         self.device_id = int(session.get_provider_options().get(provider, {}).get("device_id", 0) or 0)
@@ -180,21 +181,30 @@ class OrtBackend:
         return np.array(logits[:, -1], dtype=np.float32)
 
     def _run_shared(self, feeds: dict, rows: slice) -> np.ndarray:
-        """One run with each cache buffer's `rows` bound as both its input and its output; the logits."""
+        """One run with each cache buffer's `rows` bound as both its input and its output; the logits.
+
+        Everything is bound as OrtValues over numpy memory, the logits included (allocated here), so
+        nothing is copied on the way in or out (get_outputs would wrap every output again).
+        """
         from onnxruntime import OrtValue
 
         binding = self.binding
         binding.clear_binding_inputs()
         binding.clear_binding_outputs()
-        for name, value in feeds.items():
-            binding.bind_cpu_input(name, value)
-        binding.bind_output("logits", "cpu")
+        values = [OrtValue.ortvalue_from_numpy(value) for value in feeds.values()]  # kept alive through the run
+        for name, value in zip(feeds, values):
+            binding.bind_ortvalue_input(name, value)
+        input_ids = feeds["input_ids"]
+        logits = np.empty((*input_ids.shape, self.vocab_size), dtype=np.float32)
+        values.append(OrtValue.ortvalue_from_numpy(logits))
+        binding.bind_ortvalue_output("logits", values[-1])
         for name, output in self.cache:
             value = OrtValue.ortvalue_from_numpy(self.past[name][rows])  # a view: the buffer's own memory
+            values.append(value)
             binding.bind_ortvalue_input(name, value)
             binding.bind_ortvalue_output(output, value)
         self.session.run_with_iobinding(binding)
-        return binding.get_outputs()[0].numpy()
+        return logits
 
     def _run_bound(self, feeds: dict) -> list:
         """One step through IO binding: the cache in and out as OrtValues on the device, the logits to the host."""
