@@ -61,7 +61,7 @@ PRECISIONS = {"fp32": ("fp32", {}, "fast"), "int8": ("int8", {}, "fast"), "int4"
               "int4all": ("int4", {"output_bits": 4, "embeddings": True}, "fast"), "genai": ("fp32", {}, "genai")}
 
 
-def build(size: str, work: str):
+def build(size: str, work: str, precisions: tuple[str, ...] = tuple(PRECISIONS)):
     """(transformers model, lmkit model directory, {name: export directory}), exporting what is not there yet."""
     import transformers
     from safetensors.torch import save_file
@@ -87,7 +87,8 @@ def build(size: str, work: str):
         save_file({f"decoder.{name}": tensor.contiguous() for name, tensor in state.items()}, weights)
         compose(size, ["decoder.dropout=0.0"], model_dir, weights=weights, force=True)
     exports = {}
-    for name, (precision, int4, layout) in PRECISIONS.items():
+    for name in precisions:  # of PRECISIONS
+        precision, int4, layout = PRECISIONS[name]
         out = exports[name] = os.path.join(root, name)
         if not os.path.isfile(os.path.join(out, MANIFEST)):
             start = time.perf_counter()
@@ -212,6 +213,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--new-tokens", type=int, default=64)
+    parser.add_argument("--precisions", nargs="+", default=list(PRECISIONS), choices=list(PRECISIONS),
+                        help="the exports to time (fp32 always)")
     parser.add_argument("--work", help="keep the model directories and exports here (reused when present)")
     parser.add_argument("--trained", metavar="MODEL_DIR", help="also measure int8 top-1 agreement on this trained "
                         "model (e.g. lmkit demo's lmkit-demo/model) ...")
@@ -230,7 +233,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-onnx-") as scratch:
         work = args.work or scratch
         for size in args.sizes:
-            hf, model_dir, exports = build(size, work)
+            hf, model_dir, exports = build(size, work, tuple(dict.fromkeys(["fp32", *args.precisions])))
             runs = contenders(hf, model_dir, exports, args.new_tokens, args.threads)
             prompt = torch.randint(0, SIZES[size]["vocab_size"], (PROMPT_TOKENS,),
                                    generator=torch.Generator().manual_seed(0)).tolist()
