@@ -12,6 +12,9 @@ the same weights:
     ort-int8   the same on the int8 export
     ort-int4   the same on the int4 export (blocks int4, output projection int8)
     ort-int4all  the same with the output projection and the embeddings in int4 too
+    ort-genai  the fp32 export in the cache layout onnxruntime-genai reads (`--layout genai`, which
+               concatenates the past at every step), beside the default fast layout (ort-fp32: fused
+               attention over buffers written in place)
     torch      lmkit's TorchBackend + Greedy (PyTorch fp32)
     hf         transformers' GPT2LMHeadModel.generate (PyTorch fp32)
 
@@ -53,12 +56,12 @@ PROMPT_TOKENS = 16
 VALIDATION_PROMPTS, VALIDATION_TOKENS = 32, 32
 
 
-# name -> (precision, Int4Options keyword arguments)
-PRECISIONS = {"fp32": ("fp32", {}), "int8": ("int8", {}), "int4": ("int4", {}),
-              "int4all": ("int4", {"output_bits": 4, "embeddings": True})}
+# name -> (precision, Int4Options keyword arguments, cache layout)
+PRECISIONS = {"fp32": ("fp32", {}, "fast"), "int8": ("int8", {}, "fast"), "int4": ("int4", {}, "fast"),
+              "int4all": ("int4", {"output_bits": 4, "embeddings": True}, "fast"), "genai": ("fp32", {}, "genai")}
 
 
-def build(size: str, work: str):
+def build(size: str, work: str, precisions: tuple[str, ...] = tuple(PRECISIONS)):
     """(transformers model, lmkit model directory, {name: export directory}), exporting what is not there yet."""
     import transformers
     from safetensors.torch import save_file
@@ -84,11 +87,13 @@ def build(size: str, work: str):
         save_file({f"decoder.{name}": tensor.contiguous() for name, tensor in state.items()}, weights)
         compose(size, ["decoder.dropout=0.0"], model_dir, weights=weights, force=True)
     exports = {}
-    for name, (precision, int4) in PRECISIONS.items():
+    for name in precisions:  # of PRECISIONS
+        precision, int4, layout = PRECISIONS[name]
         out = exports[name] = os.path.join(root, name)
         if not os.path.isfile(os.path.join(out, MANIFEST)):
             start = time.perf_counter()
-            manifest = export_model(model_dir, out, precision=precision, force=True, int4=Int4Options(**int4))
+            manifest = export_model(model_dir, out, precision=precision, force=True, int4=Int4Options(**int4),
+                                    cache_layout=layout)
             size_mb = sum(entry["size"] for entry in manifest["files"].values()) / 1e6
             report = manifest["validation"]
             print(f"  exported {size} {name} in {time.perf_counter() - start:.0f} s: {size_mb:.0f} MB, "
@@ -191,12 +196,12 @@ def trained_agreement(model_dir: str, texts: str, work: str, threads: int) -> No
     prompts = [ids[:context] for ids in (tokenizer.encode(text) for text in documents) if ids]
     from lmkit.exports.precision import Int4Options
 
-    for name, (precision, int4) in PRECISIONS.items():
+    for name, (precision, int4, layout) in PRECISIONS.items():
         if precision == "fp32":
             continue
         out = os.path.join(work, f"trained-{name}")
         if not os.path.isfile(os.path.join(out, MANIFEST)):
-            export_model(model_dir, out, precision=precision, force=True, int4=Int4Options(**int4))
+            export_model(model_dir, out, precision=precision, force=True, int4=Int4Options(**int4), cache_layout=layout)
         share = top1_agreement(model_dir, out, prompts, threads)
         print(f"trained {model_dir}: {name} top-1 agreement with torch fp32 over {sum(map(len, prompts))} positions "
               f"of {len(prompts)} held-out texts: {share:.4f}", flush=True)
@@ -208,6 +213,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--new-tokens", type=int, default=64)
+    parser.add_argument("--precisions", nargs="+", default=list(PRECISIONS), choices=list(PRECISIONS),
+                        help="the exports to time (fp32 always)")
     parser.add_argument("--work", help="keep the model directories and exports here (reused when present)")
     parser.add_argument("--trained", metavar="MODEL_DIR", help="also measure int8 top-1 agreement on this trained "
                         "model (e.g. lmkit demo's lmkit-demo/model) ...")
@@ -226,7 +233,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-onnx-") as scratch:
         work = args.work or scratch
         for size in args.sizes:
-            hf, model_dir, exports = build(size, work)
+            hf, model_dir, exports = build(size, work, tuple(dict.fromkeys(["fp32", *args.precisions])))
             runs = contenders(hf, model_dir, exports, args.new_tokens, args.threads)
             prompt = torch.randint(0, SIZES[size]["vocab_size"], (PROMPT_TOKENS,),
                                    generator=torch.Generator().manual_seed(0)).tolist()

@@ -54,7 +54,7 @@ def export_graph(graph: Graph, path: str, opset: int = DEFAULT_OPSET) -> None:
             program = torch.onnx.export(
                 graph.module, graph.example, dynamo=True, opset_version=opset, optimize=True,
                 input_names=[t.name for t in graph.inputs], output_names=[t.name for t in graph.outputs],
-                dynamic_shapes=dynamic, verbose=False,
+                dynamic_shapes=dynamic, verbose=False, custom_translation_table=graph.translations,
             )
         except Exception as error:  # noqa: BLE001 - torch.export raises many kinds; all mean the same here
             cause = error.__cause__ or error  # torch.onnx wraps torch.export's error in advice

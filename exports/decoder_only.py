@@ -10,6 +10,14 @@ as outputs, so one graph serves the prefill (fed a zero-length past) and every s
     outputs  logits (B, T, vocab), present.{i}.key / .value (B, heads, past + T, head_dim)
 
 These are optimum's names, so tools written for its exports (onnxruntime-genai, Triton clients) read ours.
+
+That is the "concat" cache layout, which copies the whole past in every layer at every step. The
+"buffer" layout (`lmkit export --layout fast`, for decoders whose attention layers are plain causal
+lmkit.nn.SelfAttention) has the same names, but every cache input and output is a buffer of the
+model's whole context, (B, heads, max_length, head_dim), of which the first past + T positions are
+filled; the attention is onnxruntime's fused GroupQueryAttention (lmkit.exports.fused_attention),
+which writes the new positions in place when the runtime binds one buffer as both input and output.
+The manifest's dimensions say `cache_layout: buffer`; an export without the key has the concat one.
 """
 from __future__ import annotations
 
@@ -84,19 +92,93 @@ class DecoderWithPast(nn.Module):
         return (logits, *(tensor for present in cache.presents for tensor in present))
 
 
+class DecoderWithBuffers(nn.Module):
+    """forward(input_ids, attention_mask, position_ids, *buffers) -> (logits, *presents), the buffer layout.
+
+    buffers: per layer, keys and values (B, nh, capacity, hs) whose first attention_mask.shape[1] - T
+    positions are the past. Exported (torch.compiler.is_exporting), the attention layers are the
+    fused operator's (lmkit.exports.fused_attention); run eagerly, as validation's reference, the
+    decoder is the model's own, over the filled part of the buffers, and its presents are written
+    into copies of them: what onnxruntime must reproduce is the model itself.
+    """
+
+    def __init__(self, decoder: nn.Module, n_layers: int):
+        super().__init__()
+        from .fused_attention import with_fused_attention
+
+        self.decoder = decoder
+        # Not a registered child: its parameters are the decoder's, and are named so (decoder.wte.weight, ...).
+        object.__setattr__(self, "fused", with_fused_attention(decoder))
+        self.n_layers = n_layers
+
+    def train(self, mode: bool = True):
+        self.fused.train(mode)
+        return super().train(mode)
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor, position_ids: Tensor, *buffers: Tensor):
+        from .fused_attention import BufferCache
+
+        pairs = [(buffers[2 * i], buffers[2 * i + 1]) for i in range(self.n_layers)]
+        new = input_ids.shape[1]
+        length = attention_mask.shape[1] - new
+        if torch.compiler.is_exporting():
+            cache = BufferCache(pairs, attention_mask, length)
+            logits = self.fused(input_ids, cache, attention_mask.bool(), position_ids)
+            return (logits, *(tensor for present in cache.presents for tensor in present))
+        cache = ConcatCache([(k[:, :, :length], v[:, :, :length]) for k, v in pairs], length)
+        logits = self.decoder(input_ids, cache, attention_mask.bool(), position_ids)
+        presents = []
+        for present, pair in zip(cache.presents, pairs):
+            for filled, buffer in zip(present, pair):
+                buffer = buffer.clone()
+                buffer[:, :, :length + new] = filled
+                presents.append(buffer)
+        return (logits, *presents)
+
+
+CACHE_LAYOUTS = ("concat", "buffer")
+
+
+def buffer_layout_applies(decoder: nn.Module, *, n_layers: int, head_dim: int, max_length: int | None,
+                          windows: dict[int, int] | None = None) -> str | None:
+    """None when the buffer layout fits this decoder, else why not (one line)."""
+    from .fused_attention import fusable
+
+    if windows:
+        return "some layers keep a window of their last positions (GPT-3's banded layers)"
+    if max_length is None:
+        return "the model reads any number of positions, and a buffer needs a capacity"
+    if head_dim % 8:
+        return f"onnxruntime's fused attention needs a head size that is a multiple of 8, and it is {head_dim}"
+    if not fusable(decoder, n_layers):
+        return "its attention layers are not all plain causal self-attention (lmkit.nn.SelfAttention)"
+    return None
+
+
 def decoder_only_plan(model: nn.Module, *, n_layers: int, n_heads: int, head_dim: int, vocab_size: int,
-                      max_length: int | None, windows: dict[int, int] | None = None) -> ExportPlan:
+                      max_length: int | None, windows: dict[int, int] | None = None,
+                      cache_layout: str = "concat") -> ExportPlan:
     """The plan for `model.decoder`, whose cache has n_layers layers of (B, n_heads, length, head_dim).
 
     windows: {layer: w} for layers whose cache is a window of their last w positions (a fixed axis of
     size w in and out, which the runtime starts as zeros); see ConcatCache.
+    cache_layout: "concat" or "buffer" (see the module's docstring); "buffer" where it does not
+    apply (buffer_layout_applies) gives the concat layout, and the dimensions say which one it is.
     """
     windows = windows or {}
+    if cache_layout not in CACHE_LAYOUTS:
+        raise LmkitError(f"unknown cache layout '{cache_layout}'; choose one of {', '.join(CACHE_LAYOUTS)}")
     if model.kind != "decoder":
         raise LmkitError("this exporter writes decoder-only models, but the composition also has an "
                          "encoder; an encoder-decoder export needs an exporter of its own")
     decoder = model.decoder
-    module = DecoderWithPast(decoder, n_layers, windows).eval()
+    buffered = cache_layout == "buffer" and buffer_layout_applies(
+        decoder, n_layers=n_layers, head_dim=head_dim, max_length=max_length, windows=windows) is None
+    if buffered:  # every cache tensor is a buffer of the whole context
+        windows = {layer: max_length for layer in range(n_layers)}
+        module = DecoderWithBuffers(decoder, n_layers).eval()
+    else:
+        module = DecoderWithPast(decoder, n_layers, windows).eval()
     layers = [layer for layer in range(n_layers) for _ in ("key", "value")]
     cache_names = [(f"past_key_values.{i}.{part}", f"present.{i}.{part}")
                    for i in range(n_layers) for part in ("key", "value")]
@@ -112,6 +194,12 @@ def decoder_only_plan(model: nn.Module, *, n_layers: int, n_heads: int, head_dim
         *(TensorInfo(present, "float32", (BATCH, n_heads, windows.get(layer, TOTAL), head_dim))
           for layer, (_, present) in zip(layers, cache_names)),
     ]
+    fused = {}
+    if buffered:
+        from .fused_attention import OP, translation_table
+
+        # fp16: the operator's bias holds float32's lowest value; it computes in fp32 between casts.
+        fused = {"translations": translation_table(), "shared_cache": True, "fp32_ops": (OP,)}
     rng = np.random.default_rng(0)
     shape_set = functools.partial(_inputs, module, rng, vocab_size=vocab_size, cache=(n_heads, head_dim),
                                   past_names=[past for past, _ in cache_names],
@@ -122,10 +210,13 @@ def decoder_only_plan(model: nn.Module, *, n_layers: int, n_heads: int, head_dim
         example=tuple(torch.from_numpy(example.inputs[t.name]) for t in inputs),
         validation=[shape_set(*shape) for shape in _fit(VALIDATION_SHAPES, max_length)],
         cache=cache_names,
+        **fused,
     )
     dimensions = {"n_layers": n_layers, "n_heads": n_heads, "head_dim": head_dim, "vocab_size": vocab_size,
                   "max_length": max_length}
-    if windows:  # which layers' cache is a window, and its size
+    if buffered:
+        dimensions["cache_layout"] = "buffer"
+    elif windows:  # which layers' cache is a window, and its size
         dimensions["windows"] = {str(layer): w for layer, w in windows.items()}
     return ExportPlan(DECODER_ONLY, [graph], dimensions)
 

@@ -28,6 +28,8 @@ class DecoderOnlyRuntime:
         self.graph = single_graph(export, DECODER_ONLY, "input_ids", "logits")
         self.session = export.session("model")
         self.max_positions = export.manifest.get("dimensions", {}).get("max_length")
+        # lmkit.exports.decoder_only's buffer layout; an export without the key has the concat one.
+        self.buffered = export.manifest.get("dimensions", {}).get("cache_layout") == "buffer"
 
     def backend(self, max_new_tokens: int | None = None, io_binding: bool | None = None,
                 prefix=None) -> OrtBackend:
@@ -35,7 +37,7 @@ class DecoderOnlyRuntime:
 
         prefix: a lmkit.prefix.CachePrefix the cache starts from (see OrtBackend), or None.
         """
-        return OrtBackend(self.session, self.graph, self.max_positions, io_binding, prefix)
+        return OrtBackend(self.session, self.graph, self.max_positions, io_binding, prefix, self.buffered)
 
     def features(self, input_ids: np.ndarray, attention_mask: np.ndarray, token_type_ids=None) -> dict:
         raise LmkitError(f"{self.export.directory} is a {DECODER_ONLY} export, whose graph gives logits but not "
@@ -59,25 +61,37 @@ class OrtBackend:
     starting at P, as the PyTorch backend does; max_length is then the graph's less P. It needs the
     graph's cache to be keys/values (past_key_values.{i}.key/.value) of the prefix's geometry; a layer
     whose cache is a fixed window (GPT-3's banded layers) starts from the prefix's last positions.
+
+    buffered: the graph has lmkit.exports.decoder_only's buffer layout: each cache input and output
+    is a buffer of the whole context, (B, heads, max_length, head_dim), the first positions filled.
+    On the CPU each buffer is a numpy array bound through IO binding as both the input and the output
+    of its layer, so onnxruntime's fused attention writes the new positions into it and nothing of
+    the past is copied; beam search reorders the filled part of the rows in place. (On another
+    device the buffers go from output to input as above: the operator then copies them.) The
+    operator takes one row at a time for a prompt after a prefix, so such a batch is prefilled row
+    by row, each into its own rows of the buffers.
     """
 
     def __init__(self, session, graph: dict, max_length: int | None, io_binding: bool | None = None,
-                 prefix=None):
+                 prefix=None, buffered: bool = False):
         self.session = session
         self.max_length = max_length
         self.inputs = {tensor["name"]: tensor for tensor in graph["inputs"]}
         self.cache = [(pair["input"], pair["output"]) for pair in graph["cache"]]
         self.prefix: dict[str, np.ndarray] = {}  # cache input name -> (1, nh, P, hs)
         self.prefix_length = 0
+        self.buffered = buffered
         if prefix is not None:
             self._take_prefix(prefix)
         self.output_names = ["logits", *(output for _, output in self.cache)]
+        self.vocab_size = next(t["shape"][-1] for t in graph["outputs"] if t["name"] == "logits")
         provider = session.get_providers()[0]
         self.device = BINDING_DEVICES.get(provider, "cpu")
         self.device_id = int(session.get_provider_options().get(provider, {}).get("device_id", 0) or 0)
         if io_binding is None:
             io_binding = self.device != "cpu"
-        self.binding = session.io_binding() if io_binding else None
+        self.shared = buffered and self.device == "cpu"  # one numpy buffer is each cache input and output
+        self.binding = session.io_binding() if io_binding or self.shared else None
         self.past: dict = {}  # cache input name -> numpy array, or OrtValue on self.device with IO binding
         self.attention_mask = np.zeros((0, 0), dtype=np.int64)  # (B, positions so far), 0 at padding
         # The tokens fed so far (B, positions so far), to run the rows again without the padding they
@@ -98,17 +112,31 @@ class OrtBackend:
         else:  # the model's own (GLM's pos1 and pos2), each new token `position_step` after the last
             positions = np.asarray(position_ids, dtype=np.int64)
         self.step_positions = np.int64(1) if position_step is None else np.asarray(position_step, dtype=np.int64)
-        self.past = {name: self._cache_value(np.repeat(self.prefix[name], batch, axis=0) if self.prefix
-                                             else self._empty(name, batch)) for name, _ in self.cache}
+        if self.buffered:  # zeros of the whole context, the prefix's positions first
+            past = {name: self._empty(name, batch) for name, _ in self.cache}
+            for name, value in self.prefix.items():
+                past[name][:, :, :self.prefix_length] = value
+            self.past = past if self.shared else {name: self._cache_value(value) for name, value in past.items()}
+        else:
+            self.past = {name: self._cache_value(np.repeat(self.prefix[name], batch, axis=0) if self.prefix
+                                                 else self._empty(name, batch)) for name, _ in self.cache}
         self.attention_mask = np.zeros((batch, 0), dtype=np.int64)
         self.fed = np.zeros((batch, 0), dtype=np.int64)
         self.fed_positions = np.zeros((*positions.shape[:-1], 0), dtype=np.int64)
         return self._run(input_ids, mask, positions)
 
     def step(self, tokens: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
-        if rows is not None:
+        if rows is not None and self.shared:
+            filled = self.prefix_length + self.attention_mask.shape[1]
+            if len(rows) == len(self.attention_mask):  # the same rows, reordered: only their filled part moves
+                for value in self.past.values():
+                    value[:, :, :filled] = value[rows, :, :filled]
+            else:  # more rows (a prompt's beams) or fewer: new buffers
+                self.past = {name: np.ascontiguousarray(value[rows]) for name, value in self.past.items()}
+        elif rows is not None:
             self.past = {name: self._cache_value(np.take(self._host(value), rows, axis=self._batch_axis(name)))
                          for name, value in self.past.items()}
+        if rows is not None:
             self.attention_mask = self.attention_mask[rows]
             self.positions = self.positions[rows]
             self.fed = self.fed[rows]
@@ -157,6 +185,9 @@ class OrtBackend:
         past = {}
         for name, _ in self.cache:
             shape, values = self.inputs[name]["shape"], [self._host(side.past[name]) for side in sides]
+            if self.buffered:  # buffers of the whole context, (B, nh, max_length, hs): each side's filled part
+                past[name] = self._buffers_joined(values, columns, width)  # moves right within it
+                continue
             rows = self._batch_axis(name)
             past[name] = self._cache_value(joined(values, shape.index(PAST), self.prefix_length, rows) if PAST in shape
                                            else np.concatenate(values, axis=rows))
@@ -164,6 +195,18 @@ class OrtBackend:
         self.attention_mask, self.fed, self.fed_positions, self.positions = (
             joined([side.attention_mask for side in sides], 1), joined([side.fed for side in sides], 1),
             joined([side.fed_positions for side in sides], -1), np.concatenate([side.positions for side in sides]))
+
+    def _buffers_joined(self, values: list[np.ndarray], columns: list[int], width: int):
+        """The buffered layout's _append_rows: the prefix's P positions stay first; each side's n filled
+        positions after them end at P + width, zeros (masked as padding) before them."""
+        P = self.prefix_length
+        merged = np.zeros((sum(len(value) for value in values), *values[0].shape[1:]), dtype=values[0].dtype)
+        row = 0
+        for value, n in zip(values, columns):
+            merged[row:row + len(value), :, :P] = value[:, :, :P]
+            merged[row:row + len(value), :, P + width - n:P + width] = value[:, :, P:P + n]
+            row += len(value)
+        return merged if self.shared else self._cache_value(merged)
 
     def _run(self, input_ids: np.ndarray, new_mask: np.ndarray, positions: np.ndarray) -> np.ndarray:
         mask = np.concatenate([self.attention_mask, new_mask], axis=1)
@@ -175,7 +218,16 @@ class OrtBackend:
         feeds = {name: np.ascontiguousarray(value, dtype=self.inputs[name]["dtype"])
                  for name, value in (("input_ids", input_ids), ("attention_mask", seen), ("position_ids", positions))
                  if name in self.inputs}
-        if self.binding is None:
+        if self.shared:
+            if self.prefix_length and input_ids.shape[1] > 1 and len(input_ids) > 1:
+                # The fused attention takes one row when a prompt follows a past: each row into its own
+                # rows of the buffers (a contiguous view, which onnxruntime writes into).
+                logits = np.concatenate([self._run_shared({name: value[b:b + 1] for name, value in feeds.items()},
+                                                          slice(b, b + 1)) for b in range(len(input_ids))])
+            else:
+                logits = self._run_shared(feeds, slice(None))
+            cache = list(self.past.values())
+        elif self.binding is None:
             logits, *cache = self.session.run(self.output_names, {**feeds, **self.past})
         else:
             logits, *cache = self._run_bound(feeds)
@@ -187,6 +239,32 @@ class OrtBackend:
         self.positions = positions[..., -1] + self.step_positions  # (B,) or (B, K): the next token's
         # A copy: the strategies may change the logits in place, and they are onnxruntime's buffer.
         return np.array(logits[:, -1], dtype=np.float32)
+
+    def _run_shared(self, feeds: dict, rows: slice) -> np.ndarray:
+        """One run with each cache buffer's `rows` bound as both its input and its output; the logits.
+
+        Everything is bound as OrtValues over numpy memory, the logits included (allocated here), so
+        nothing is copied on the way in or out (get_outputs would wrap every output again).
+        """
+        from onnxruntime import OrtValue
+
+        binding = self.binding
+        binding.clear_binding_inputs()
+        binding.clear_binding_outputs()
+        values = [OrtValue.ortvalue_from_numpy(value) for value in feeds.values()]  # kept alive through the run
+        for name, value in zip(feeds, values):
+            binding.bind_ortvalue_input(name, value)
+        input_ids = feeds["input_ids"]
+        logits = np.empty((*input_ids.shape, self.vocab_size), dtype=np.float32)
+        values.append(OrtValue.ortvalue_from_numpy(logits))
+        binding.bind_ortvalue_output("logits", values[-1])
+        for name, output in self.cache:
+            value = OrtValue.ortvalue_from_numpy(self.past[name][rows])  # a view: the buffer's own memory
+            values.append(value)
+            binding.bind_ortvalue_input(name, value)
+            binding.bind_ortvalue_output(output, value)
+        self.session.run_with_iobinding(binding)
+        return logits
 
     def _run_bound(self, feeds: dict) -> list:
         """One step through IO binding: the cache in and out as OrtValues on the device, the logits to the host."""

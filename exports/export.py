@@ -9,6 +9,7 @@ that fails (validation included) leaves nothing behind.
 from __future__ import annotations
 
 import importlib.util
+import inspect
 import os
 import tempfile
 from collections.abc import Callable
@@ -27,6 +28,10 @@ from .precision import PRECISIONS, Int4Options, to_fp16, to_int4, to_int8
 from .validation import THRESHOLDS, Threshold, validate
 
 LAYOUTS = ("onnx", "triton")
+# The decoder-only cache layouts (lmkit.exports.decoder_only), by what they are for: fast, onnxruntime's
+# fused attention over buffers written in place, where the exporter offers it; genai, the concatenating
+# layout onnxruntime-genai reads. An exporter offers a choice with a `cache_layout` keyword.
+CACHE_LAYOUTS = {"fast": "buffer", "genai": "concat"}
 # What exporting imports (module and distribution names alike); the `torch` extra brings all of them.
 EXPORT_NEEDS = ("torch", "onnx", "onnxruntime", "onnxscript")
 QUANTIZATION = {"method": "dynamic", "weights": "int8", "per_channel": True,
@@ -52,7 +57,7 @@ def export_model(model_dir: str, out: str, *, precision: str = "fp32", layout: s
                  name: str | None = None, opset: int = DEFAULT_OPSET, threshold: Threshold | None = None,
                  force: bool = False, host: PluginHost | None = None,
                  progress: Callable[[str], None] | None = None, int4: Int4Options | None = None,
-                 license: str = "other") -> dict:
+                 license: str = "other", cache_layout: str = "fast") -> dict:
     """Export the model in `model_dir` to `out`; returns the manifest that was written.
 
     precision: fp32, fp16, int8 (dynamic quantization) or int4 (weight-only, blockwise; `int4` says
@@ -61,6 +66,8 @@ def export_model(model_dir: str, out: str, *, precision: str = "fp32", layout: s
     parity the export must reach, by default THRESHOLDS[precision]. progress: told, in one line,
     what is being exported once the model and its exporter are found (the slow part follows).
     license: the model card's license (a Hugging Face license id; "other" when not given).
+    cache_layout: a decoder's cache, "fast" or "genai" (see CACHE_LAYOUTS); the manifest's
+    dimensions say `cache_layout: buffer` where the fast one was written.
     """
     _require(*EXPORT_NEEDS)
     from lmkit.model import load_model
@@ -69,6 +76,8 @@ def export_model(model_dir: str, out: str, *, precision: str = "fp32", layout: s
         raise LmkitError(f"unknown precision '{precision}'; choose one of {', '.join(PRECISIONS)}")
     if layout not in LAYOUTS:
         raise LmkitError(f"unknown format '{layout}'; choose one of {', '.join(LAYOUTS)}")
+    if cache_layout not in CACHE_LAYOUTS:
+        raise LmkitError(f"unknown cache layout '{cache_layout}'; choose one of {', '.join(CACHE_LAYOUTS)}")
     host = host or get_host()
     name = triton.check_name(name or _default_name(model_dir)) if layout == "triton" else None
     model, tokenizer, config = load_model(model_dir, host)
@@ -76,7 +85,9 @@ def export_model(model_dir: str, out: str, *, precision: str = "fp32", layout: s
     exporter = find_exporter(model.spec, host)
     if progress is not None:
         progress(f"exporting {model_dir} ({precision}) with {exporter.name} of {host.describe(exporter.plugin)} ...")
-    plan: ExportPlan = exporter.load()(model)
+    target = exporter.load()
+    accepts_layout = "cache_layout" in inspect.signature(target).parameters
+    plan: ExportPlan = target(model, cache_layout=CACHE_LAYOUTS[cache_layout]) if accepts_layout else target(model)
     runtimes = host.components["export-runtime"]
     if plan.architecture not in runtimes:
         raise LmkitError(f"exporter '{exporter.name}' made a '{plan.architecture}' export, which no installed "

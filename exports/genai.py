@@ -34,6 +34,9 @@ def genai_config(manifest: dict) -> tuple[dict | None, str | None]:
     dimensions = manifest.get("dimensions", {})
     if list(graphs) != ["model"]:
         return None, f"the export has {len(graphs)} graphs ({', '.join(graphs)}); genai's decoder reads one"
+    if dimensions.get("cache_layout") == "buffer":
+        return None, ("its cache is lmkit's fast layout (buffers of the whole context written in place by a fused "
+                      "attention), not the one genai reads: export with --layout genai for onnxruntime-genai")
     if dimensions.get("windows"):
         layers = ", ".join(sorted(dimensions["windows"], key=int))
         return None, (f"layers {layers} keep a cache of their last positions only (a fixed-size window), "

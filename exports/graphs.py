@@ -100,6 +100,12 @@ class Graph:
     # Operator types kept in fp32 when the graph is converted to fp16, beside lmkit.exports.precision.FP32_OPS:
     # where fp16 is unsafe for this graph or an onnxruntime optimizer breaks on it (the exporter says why).
     fp32_ops: tuple[str, ...] = ()
+    # torch.onnx's custom_translation_table: custom torch ops the module calls, as ONNX nodes
+    # (lmkit.exports.fused_attention's fused attention).
+    translations: dict | None = None
+    # Each cache output is written into its input's memory when the runtime binds one buffer as both
+    # (onnxruntime's past_present_share_buffer): validation runs the graph that way too.
+    shared_cache: bool = False
 
     def describe(self, file: str) -> dict:
         """The graph's entry in the manifest."""

@@ -99,6 +99,16 @@ def tiny_gpt2_export(tiny_gpt2, tmp_path_factory) -> str:
 
 
 @pytest.fixture(scope="session")
+def tiny_gpt2_genai_export(tiny_gpt2, tmp_path_factory) -> str:
+    """Its fp32 export in the layout onnxruntime-genai reads (`--layout genai`: the concatenating cache)."""
+    from lmkit.exports.export import export_model
+
+    out = str(tmp_path_factory.mktemp("exports") / "m0-genai")
+    export_model(tiny_gpt2, out, cache_layout="genai")
+    return out
+
+
+@pytest.fixture(scope="session")
 def translation_task(tmp_path_factory) -> dict:
     """The synthetic translation task's files and tokenizer (see test_seq2seq.make_task)."""
     from test_seq2seq import make_task

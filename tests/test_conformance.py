@@ -341,6 +341,8 @@ def test_export_parity_and_torch_free_run(preset, artifacts, third_party_site, t
         genai = manifest["genai"]
         if genai["config"] is None:
             assert genai["reason"] and "\n" not in genai["reason"]
+            if manifest["dimensions"].get("cache_layout") == "buffer":  # the fast layout: genai's is an option
+                assert "--layout genai" in genai["reason"]
         else:
             assert genai["config"] in manifest["files"]
             if importlib.util.find_spec("onnxruntime_genai") and manifest["generation"]["strategy"] == "greedy":

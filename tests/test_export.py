@@ -96,8 +96,11 @@ def copy(exported, tmp_path):
 
 def test_fp32_export_has_a_complete_manifest(exported, model_dir):
     manifest = read_manifest(exported)
-    assert sorted(os.listdir(exported)) == ["README.md", "genai_config.json", MANIFEST, "model.onnx",
-                                           "tokenizer.json", "tokenizer_config.json"]
+    # The fast layout by default: no genai_config.json, and the manifest says why.
+    assert sorted(os.listdir(exported)) == ["README.md", MANIFEST, "model.onnx", "tokenizer.json",
+                                           "tokenizer_config.json"]
+    assert "--layout genai" in manifest["genai"]["reason"] and manifest["genai"]["config"] is None
+    assert manifest["dimensions"]["cache_layout"] == "buffer"
     assert manifest["format"] == "lmkit-onnx" and manifest["lmkit_version"] == "0.1.0"
     assert (manifest["architecture"], manifest["dtype"], manifest["opset"]) == ("decoder-only", "fp32", 18)
     assert manifest["exporter"] == {"name": "decoder.gpt2", "plugin": "gpt"}
@@ -106,11 +109,12 @@ def test_fp32_export_has_a_complete_manifest(exported, model_dir):
     outputs = {t["name"]: t for t in graph["outputs"]}
     assert list(inputs)[:3] == ["input_ids", "attention_mask", "position_ids"]
     assert inputs["attention_mask"]["shape"] == ["batch_size", "past_sequence_length + sequence_length"]
+    # Buffers of the whole context (64 positions), the filled part given by the attention mask.
     assert inputs["past_key_values.1.value"] == {"name": "past_key_values.1.value", "dtype": "float32",
-                                                 "shape": ["batch_size", 4, "past_sequence_length", 16]}
+                                                 "shape": ["batch_size", 4, 64, 16]}
     vocab = manifest["dimensions"]["vocab_size"]
     assert outputs["logits"]["shape"] == ["batch_size", "sequence_length", vocab]
-    assert outputs["present.0.key"]["shape"] == ["batch_size", 4, "past_sequence_length + sequence_length", 16]
+    assert outputs["present.0.key"]["shape"] == ["batch_size", 4, 64, 16]
     assert graph["cache"][1] == {"input": "past_key_values.0.value", "output": "present.0.value"}
     assert manifest["special_tokens"] == {"bos": 0, "eos": 0, "pad": 0}  # <|endoftext|> plays every role
     assert manifest["generation"] == {"strategy": "greedy",
@@ -118,6 +122,28 @@ def test_fp32_export_has_a_complete_manifest(exported, model_dir):
     for name, entry in manifest["files"].items():
         data = open(os.path.join(exported, name), "rb").read()
         assert entry == {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
+
+
+def test_the_genai_layout_concatenates_its_cache_and_writes_genai_config(tiny_gpt2_genai_export):
+    manifest = read_manifest(tiny_gpt2_genai_export)
+    assert sorted(os.listdir(tiny_gpt2_genai_export)) == ["README.md", "genai_config.json", MANIFEST, "model.onnx",
+                                                          "tokenizer.json", "tokenizer_config.json"]
+    assert "cache_layout" not in manifest["dimensions"] and manifest["genai"] == {"config": "genai_config.json"}
+    graph = manifest["graphs"]["model"]
+    inputs = {t["name"]: t for t in graph["inputs"]}
+    outputs = {t["name"]: t for t in graph["outputs"]}
+    assert inputs["past_key_values.1.value"]["shape"] == ["batch_size", 4, "past_sequence_length", 16]
+    assert outputs["present.0.key"]["shape"] == ["batch_size", 4, "past_sequence_length + sequence_length", 16]
+    ops = {node.op_type for node in onnx.load(os.path.join(tiny_gpt2_genai_export, "model.onnx")).graph.node}
+    assert "GroupQueryAttention" not in ops and "Concat" in ops
+
+
+def test_the_fast_layout_attends_with_the_fused_operator(exported):
+    nodes = onnx.load(os.path.join(exported, "model.onnx")).graph.node
+    fused = [node for node in nodes if node.op_type == "GroupQueryAttention"]
+    assert len(fused) == 2 and all(node.domain == "com.microsoft" for node in fused)  # one per layer
+    # Nothing concatenates a layer's past with its new keys/values any more.
+    assert not any(node.op_type == "Concat" and "past_key_values" in " ".join(node.input) for node in nodes)
 
 
 def test_parity_is_measured_on_three_shape_sets_and_within_1e_4(exported):
@@ -138,7 +164,7 @@ def test_graph_has_symbolic_axes_and_stores_each_weight_once(exported, model_dir
     dims = {v.name: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]
             for v in [*graph.graph.input, *graph.graph.output]}
     assert dims["input_ids"] == ["batch_size", "sequence_length"]
-    assert dims["present.1.key"] == ["batch_size", 4, "past_sequence_length + sequence_length", 16]
+    assert dims["present.1.key"] == ["batch_size", 4, 64, 16]  # a buffer of the whole context
     assert not any(node.metadata_props for node in graph.graph.node)  # no paths of the exporting machine
     model, _, _ = load_model(model_dir)
     weight_bytes = sum(p.numel() * 4 for p in model.parameters())
@@ -174,12 +200,15 @@ def torch_model(model_dir):
                                                                  num_return_sequences=2))],
                          ids=["greedy", "beam4"])
 @pytest.mark.parametrize("io_binding", [False, True], ids=["session-run", "io-binding"])
-def test_onnx_and_torch_backends_generate_the_same_tokens(exported, torch_model, search, io_binding):
+@pytest.mark.parametrize("layout", ["fast", "genai"])
+def test_onnx_and_torch_backends_generate_the_same_tokens(exported, tiny_gpt2_genai_export, torch_model, search,
+                                                          io_binding, layout):
     model, tokenizer = torch_model
     prompts = [tokenizer.encode(text) for text in PROMPTS]  # different lengths: left padding
     on_torch = search.generate(TorchBackend(model.decoder, 12), prompts, eos_id=tokenizer.eos_id, pad_id=None)
-    backend = lmkit.exports.load(exported).backend(io_binding=io_binding)
-    assert (backend.binding is not None) == io_binding  # on the CPU, IO binding is used only when asked for
+    backend = lmkit.exports.load(exported if layout == "fast" else tiny_gpt2_genai_export).backend(io_binding=io_binding)
+    # On the CPU, the genai layout uses IO binding only when asked for; the fast one always (its shared buffers).
+    assert (backend.binding is not None) == (io_binding or layout == "fast")
     on_onnx = search.generate(backend, prompts, eos_id=tokenizer.eos_id, pad_id=None)
     assert [g.to_dict()["tokens"] for g in on_onnx] == [g.to_dict()["tokens"] for g in on_torch]
     assert [[a.tokens for a in g.alternatives] for g in on_onnx] == \
@@ -188,15 +217,19 @@ def test_onnx_and_torch_backends_generate_the_same_tokens(exported, torch_model,
 
 
 @pytest.mark.parametrize("io_binding", [False, True], ids=["session-run", "io-binding"])
-def test_ort_backend_logits_follow_torch_through_prefill_steps_and_reorders(exported, torch_model, io_binding):
+@pytest.mark.parametrize("layout", ["fast", "genai"])
+def test_ort_backend_logits_follow_torch_through_prefill_steps_and_reorders(exported, tiny_gpt2_genai_export,
+                                                                             torch_model, io_binding, layout):
     model, tokenizer = torch_model
     from lmkit.decoding.common import left_pad
 
     input_ids, mask = left_pad([tokenizer.encode(text) for text in PROMPTS], pad_id=0)
-    ort_backend = lmkit.exports.load(exported).backend(io_binding=io_binding)
+    ort_backend = lmkit.exports.load(exported if layout == "fast" else tiny_gpt2_genai_export).backend(
+        io_binding=io_binding)
     torch_backend = TorchBackend(model.decoder, 8)
     steps = [(np.array([5, 6, 7]), None), (np.array([8, 9, 10, 11]), np.array([2, 0, 0, 1])),
-             (np.array([12, 13]), np.array([3, 1]))]  # expand to 4 rows, then keep 2
+             (np.array([12, 13]), np.array([3, 1])), (np.array([14, 15]), np.array([1, 1])),
+             (np.array([16, 17]), np.array([1, 0]))]  # expand to 4 rows, keep 2, reorder them in place
     np.testing.assert_allclose(ort_backend.prefill(input_ids, mask), torch_backend.prefill(input_ids, mask),
                                atol=1e-4)
     for tokens, rows in steps:
@@ -257,7 +290,7 @@ def test_fp16_triton_repository(run, model_dir, tmp_path):
     assert report["top1_agreement"] >= 0.9 and 0 < report["max_abs_diff"] < 0.5
     config = (repo / "tiny" / "config.pbtxt").read_text()
     for line in ['name: "tiny"', 'platform: "onnxruntime_onnx"', "max_batch_size: 0", "kind: KIND_GPU",
-                 'name: "past_key_values.1.value"', "dims: [ -1, 4, -1, 16 ]", "data_type: TYPE_INT64",
+                 'name: "past_key_values.1.value"', "dims: [ -1, 4, 64, 16 ]", "data_type: TYPE_INT64",
                  f"dims: [ -1, -1, {manifest['dimensions']['vocab_size']} ]"]:
         assert line in config
     graph = manifest["graphs"]["model"]
@@ -274,7 +307,7 @@ def test_inspect_describes_the_export(run, exported):
                      "present.{0..1}.value", "batch size 3, new tokens 1, past tokens 9", "top-1 agreement 100.0%",
                      "model.onnx", "eos=0"):
         assert expected in text.out
-    assert text.out.count(" ok\n") == 5  # model.onnx, genai_config.json, the model card, the two tokenizer files
+    assert text.out.count(" ok\n") == 4  # model.onnx, the model card, the two tokenizer files
     as_json = json.loads(run("inspect", exported, "--json").out)
     assert as_json["graphs"] == read_manifest(exported)["graphs"]
     assert {entry["status"] for entry in as_json["files"].values()} == {"ok"}

@@ -27,14 +27,14 @@ NEW_TOKENS = 12
 @pytest.fixture(scope="module")
 def int8_export(tiny_gpt2, tmp_path_factory) -> str:
     out = str(tmp_path_factory.mktemp("genai") / "int8")
-    assert run_cli("export", tiny_gpt2, "--out", out, "--quantize", "int8").code == 0
+    assert run_cli("export", tiny_gpt2, "--out", out, "--quantize", "int8", "--layout", "genai").code == 0
     return out
 
 
 @pytest.fixture(scope="module")
 def int4_export(tiny_gpt2, tmp_path_factory) -> str:
     out = str(tmp_path_factory.mktemp("genai") / "int4")
-    assert run_cli("export", tiny_gpt2, "--out", out, "--quantize", "int4").code == 0
+    assert run_cli("export", tiny_gpt2, "--out", out, "--quantize", "int4", "--layout", "genai").code == 0
     return out
 
 
@@ -73,30 +73,30 @@ def lmkit_generate(export: str, prompts: list[str], new_tokens: int, num_beams: 
     return [row["tokens"] for row in json.loads(result.out)]
 
 
-def test_the_export_writes_genai_config_and_model_input_names(tiny_gpt2_export):
-    manifest = json.load(open(os.path.join(tiny_gpt2_export, MANIFEST)))
+def test_the_export_writes_genai_config_and_model_input_names(tiny_gpt2_genai_export):
+    manifest = json.load(open(os.path.join(tiny_gpt2_genai_export, MANIFEST)))
     assert manifest["genai"] == {"config": GENAI_CONFIG}
     assert GENAI_CONFIG in manifest["files"]  # hashed like every file
-    config = json.load(open(os.path.join(tiny_gpt2_export, GENAI_CONFIG)))
+    config = json.load(open(os.path.join(tiny_gpt2_genai_export, GENAI_CONFIG)))
     dimensions = manifest["dimensions"]
     assert config["model"]["decoder"]["num_hidden_layers"] == dimensions["n_layers"]
     assert config["model"]["context_length"] == dimensions["max_length"]
     assert config["model"]["eos_token_id"] == manifest["special_tokens"]["eos"]
     assert config["search"]["past_present_share_buffer"] is False
-    tokenizer_config = json.load(open(os.path.join(tiny_gpt2_export, "tokenizer_config.json")))
+    tokenizer_config = json.load(open(os.path.join(tiny_gpt2_genai_export, "tokenizer_config.json")))
     assert tokenizer_config["model_input_names"] == ["input_ids", "attention_mask"]
 
 
-def test_transformers_tokenizer_gives_no_token_type_ids(tiny_gpt2_export):
+def test_transformers_tokenizer_gives_no_token_type_ids(tiny_gpt2_genai_export):
     transformers = pytest.importorskip("transformers")
-    tokenizer = transformers.AutoTokenizer.from_pretrained(tiny_gpt2_export)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(tiny_gpt2_genai_export)
     assert set(tokenizer("the cat")) == {"input_ids", "attention_mask"}
 
 
 @pytest.mark.parametrize("num_beams", [1, 4])
-def test_genai_padded_batch_equals_lmkit_fp32(tiny_gpt2_export, num_beams):
-    assert (genai_generate(tiny_gpt2_export, PROMPTS, NEW_TOKENS, num_beams)
-            == lmkit_generate(tiny_gpt2_export, PROMPTS, NEW_TOKENS, num_beams))
+def test_genai_padded_batch_equals_lmkit_fp32(tiny_gpt2_genai_export, num_beams):
+    assert (genai_generate(tiny_gpt2_genai_export, PROMPTS, NEW_TOKENS, num_beams)
+            == lmkit_generate(tiny_gpt2_genai_export, PROMPTS, NEW_TOKENS, num_beams))
 
 
 @pytest.mark.parametrize("num_beams", [1, 4])
@@ -113,11 +113,11 @@ def test_genai_equals_lmkit_int8(int8_export, num_beams):
                 == lmkit_generate(int8_export, [prompt], NEW_TOKENS, num_beams)), prompt
 
 
-def test_genai_reads_the_export_tokenizer(tiny_gpt2_export):
+def test_genai_reads_the_export_tokenizer(tiny_gpt2_genai_export):
     from lmkit.tokenizers import load_tokenizer
 
-    tokenizer = og.Tokenizer(og.Model(tiny_gpt2_export))
-    ours = load_tokenizer(tiny_gpt2_export)
+    tokenizer = og.Tokenizer(og.Model(tiny_gpt2_genai_export))
+    ours = load_tokenizer(tiny_gpt2_genai_export)
     for prompt in PROMPTS:
         assert np.asarray(tokenizer.encode(prompt)).tolist() == ours.encode(prompt)
 

@@ -26,6 +26,13 @@ def front_matter(text: str) -> dict:
     return meta
 
 
+def test_the_genai_layout_is_tagged_for_onnxruntime_genai(tiny_gpt2_export, tiny_gpt2_genai_export):
+    tags = {directory: set(front_matter(open(os.path.join(directory, MODEL_CARD)).read())["tags"])
+            for directory in (tiny_gpt2_export, tiny_gpt2_genai_export)}
+    assert "onnxruntime-genai" in tags[tiny_gpt2_genai_export]
+    assert "onnxruntime-genai" not in tags[tiny_gpt2_export]  # the fast layout: genai cannot run it
+
+
 def test_every_export_has_a_hashed_card_from_its_manifest(tiny_gpt2_export):
     manifest = json.load(open(os.path.join(tiny_gpt2_export, MANIFEST)))
     assert MODEL_CARD in manifest["files"]
@@ -33,7 +40,7 @@ def test_every_export_has_a_hashed_card_from_its_manifest(tiny_gpt2_export):
     meta = front_matter(text)
     assert meta["license"] == "other" and meta["library_name"] == "onnx"
     assert meta["pipeline_tag"] == "text-generation"
-    assert {"lmkit", "onnx", "gpt2", "fp32", "onnxruntime-genai"} <= set(meta["tags"])
+    assert {"lmkit", "onnx", "gpt2", "fp32"} <= set(meta["tags"])
     assert "base_model" not in meta  # composed by lmkit, not imported
     validation = manifest["validation"]
     assert f"largest |difference| {validation['max_abs_diff']:.3g}" in text

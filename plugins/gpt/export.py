@@ -5,11 +5,12 @@ from lmkit.exports.decoder_only import decoder_only_plan
 from lmkit.exports.graphs import ExportPlan
 
 
-def export_plan(model) -> ExportPlan:
+def export_plan(model, cache_layout: str = "concat") -> ExportPlan:
+    """cache_layout: "buffer" (onnxruntime's fused attention over buffers written in place) or "concat"."""
     config = model.decoder.config
     return decoder_only_plan(model, n_layers=config.n_layers, n_heads=config.n_heads,
                              head_dim=config.d_model // config.n_heads, vocab_size=config.vocab_size,
-                             max_length=config.max_positions)
+                             max_length=config.max_positions, cache_layout=cache_layout)
 
 
 def gpt3_export_plan(model) -> ExportPlan:

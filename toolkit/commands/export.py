@@ -17,6 +17,10 @@ import click
               "in 4 bits too.")
 @click.option("--format", "layout", type=click.Choice(["onnx", "triton"]), default="onnx", show_default=True,
               help="An export directory, or a Triton model repository (NAME/config.pbtxt, NAME/1/model.onnx).")
+@click.option("--layout", "cache_layout", type=click.Choice(["fast", "genai"]), default="fast", show_default=True,
+              help="A decoder's key/value cache: fast, onnxruntime's fused attention over buffers written in place "
+                   "(where the model allows it: plain causal attention, head size a multiple of 8); genai, the "
+                   "layout onnxruntime-genai runs (genai_config.json), which copies the past at every step.")
 @click.option("--name", help="Triton model name  [default: the name of MODEL_DIR]")
 @click.option("--opset", type=click.IntRange(min=18), help="ONNX opset  [default: 18]")
 @click.option("--atol", type=click.FloatRange(min=0), help="Largest difference from PyTorch an fp32 export may "
@@ -26,8 +30,8 @@ import click
 @click.option("--license", "license_id", default="other", show_default=True,
               help="The model card's license: a Hugging Face license id (apache-2.0, mit, ...).")
 @click.option("--force", is_flag=True, help="Replace a non-empty --out.")
-def export_command(model_dir, out, dtype, quantize, int4_output, int4_embeddings, layout, name, opset, atol, min_top1,
-                   license_id, force):
+def export_command(model_dir, out, dtype, quantize, int4_output, int4_embeddings, layout, cache_layout, name, opset,
+                   atol, min_top1, license_id, force):
     """Export MODEL_DIR to ONNX, validated against PyTorch, with a manifest of hashes."""
     from lmkit.exports.convert import DEFAULT_OPSET
     from lmkit.exports.export import export_model
@@ -54,7 +58,7 @@ def export_command(model_dir, out, dtype, quantize, int4_output, int4_embeddings
                             opset=opset or DEFAULT_OPSET, threshold=threshold, force=force,
                             progress=lambda line: click.echo(line, err=True),
                             int4=Int4Options(output_bits=4 if int4_output else 8, embeddings=int4_embeddings),
-                            license=license_id)
+                            license=license_id, cache_layout=cache_layout)
     report = manifest["validation"]
     shapes = len(report["shape_sets"])
     agreement = report["top1_agreement"]
