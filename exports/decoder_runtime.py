@@ -297,7 +297,7 @@ class OrtBackend:
             layer, part = divmod(index, 2)
             value = prefix.keys_values[layer, part][None]  # (1, nh, P, hs)
             window = self.inputs[name]["shape"][2]
-            if not isinstance(window, str):
+            if not isinstance(window, str) and not self.buffered:  # (a buffer's fixed axis is the whole context)
                 # A layer whose cache is a window of its last w positions (GPT-3's banded layers) holds what it
                 # would after P tokens: their last min(P, w), right-aligned after zeros (lmkit.nn.BandedKVCache).
                 kept = min(P, window)
