@@ -29,7 +29,8 @@ class SGD:
         import torch
 
         parameters = [p for p in model.parameters() if p.requires_grad]
-        return torch.optim.SGD(parameters, lr=args.lr, momentum=self.options.momentum, **fused_if_possible(device))
+        return torch.optim.SGD(parameters, lr=args.lr, momentum=self.options.momentum,
+                               **fused_if_possible(device, on_cpu=False))
 
 
 def halving_rate(step: int, *, lr: float, warmup: int, steps: int, halve_from: int = 0,
