@@ -182,6 +182,7 @@ def test_token_streams_continue_each_row_where_the_last_step_left_it():
     streams = TokenStreams.__new__(TokenStreams)  # the sampling alone, over a known token array
     streams.train_tokens, streams.seq_len, streams.streams = np.arange(100), 4, 3
     streams.stream_length = 33
+    streams.token_inputs = streams.tokenizer = streams.train_spellings = None  # a stack that reads ids alone
     streams.windows = (33 - 1) // 4
     step0, step1 = streams.train(0, 3), streams.train(3, 3)
     assert step0["stream"].tolist() == step1["stream"].tolist() == [0, 1, 2]
