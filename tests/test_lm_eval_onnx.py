@@ -31,7 +31,7 @@ def has_modules(python: str, *modules: str) -> bool:
 @pytest.mark.parametrize("lm_eval_model, module", [("onnxruntime", "onnxruntime"),
                                                    ("onnxruntime-genai", "onnxruntime_genai")])
 def test_lm_eval_scores_the_export_with_the_models_own_log_likelihoods(lm_eval_model, module, tiny_gpt2,
-                                                                      tiny_gpt2_export, tmp_path):
+                                                                      tiny_gpt2_genai_export, tmp_path):
     from lmkit.model import load_model
 
     python = lm_eval_python()
@@ -53,7 +53,7 @@ def test_lm_eval_scores_the_export_with_the_models_own_log_likelihoods(lm_eval_m
                    "ORT_DISABLE_TELEMETRY": "1"}
     done = subprocess.run(
         [python, "-m", "lm_eval", "--model", lm_eval_model, "--model_args",
-         f"pretrained={tiny_gpt2_export},execution_provider=cpu", "--tasks", "lmkit_serve_mc,lmkit_serve_ppl",
+         f"pretrained={tiny_gpt2_genai_export},execution_provider=cpu", "--tasks", "lmkit_serve_mc,lmkit_serve_ppl",
          "--include_path", str(tmp_path), "--output_path", str(tmp_path / "out"), "--log_samples"],
         capture_output=True, text=True, timeout=600, env=environment)
     assert done.returncode == 0, done.stderr[-3000:]
