@@ -105,9 +105,11 @@ class KVCache:
     def reorder(self, rows: Tensor) -> None:
         """Make row i hold what row rows[i] held, in every layer (beam search keeps the best beams).
 
-        rows: (B',) LongTensor. With B' == batch_size the rows are gathered into a second buffer of the
-        cache's size, which then becomes the cache (the old one is the next reorder's spare); another
-        B' (e.g. expanding each prompt into its beams after the prefill) reallocates the cache.
+        rows: (B',) LongTensor. With B' == batch_size, whichever moves least memory: nothing when no
+        row moves; the moved rows alone when they are few; the filled positions when the cache is
+        mostly empty; else a gather of the whole buffer into a second one, which becomes the cache
+        (the old one is the next reorder's spare). Another B' (e.g. expanding each prompt into its
+        beams after the prefill) reallocates the cache.
         """
         if rows.numel() != self.batch_size:
             rows = rows.to(self.keys.device)
