@@ -458,19 +458,13 @@ metric_list:
 """
 
 
-@pytest.mark.slow
-@pytest.mark.skipif(os.environ.get("LMKIT_SLOW_TESTS") != "1", reason="runs lm-eval for minutes; set LMKIT_SLOW_TESTS=1")
-def test_lm_eval_local_completions_scores_what_the_model_gives(torch_server, tmp_path):
-    """lm-eval's local-completions model, with lmkit serve's tokenizer endpoints as its (remote) tokenizer:
-    its log-likelihoods, accuracy and word perplexity are the model's own, computed here with PyTorch."""
+def check_lm_eval_scores(python: str, model: str, model_args: str, tokenizer, decoder, tmp_path,
+                         **environment) -> None:
+    """Run lm-eval's `model` on small multiple-choice and rolling-perplexity tasks and check every
+    log-likelihood, the accuracy and the word perplexity against the PyTorch decoder's own (1e-4).
+    environment: variables for lm-eval's process beside the offline switches."""
     import torch
 
-    python = lm_eval_python()
-    if python is None:
-        pytest.skip("lm-eval is not installed (pip install lm-eval, or point LMKIT_LM_EVAL_PYTHON at a Python "
-                    "that has it)")
-    url, service = torch_server
-    tokenizer, decoder = service.tokenizer, service.model.model.decoder
     rng = np.random.default_rng(0)
     words = ["the", "cat", "dog", "sat", "on", "a", "mat", "ran", "far", "home"]
     questions = [{"context": " ".join(rng.choice(words, 5)), "choices": [" ".join(rng.choice(words, 2)) for _ in
@@ -481,12 +475,12 @@ def test_lm_eval_local_completions_scores_what_the_model_gives(torch_server, tmp
         data = tmp_path / f"{name}.jsonl"
         data.write_text("".join(json.dumps(row) + "\n" for row in rows))
         (tmp_path / f"{name}.yaml").write_text(task.format(data=data))
-    environment = {**os.environ, "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    environment = {**os.environ, "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+                   **environment}
     done = subprocess.run(
-        [python, "-m", "lm_eval", "--model", "local-completions", "--model_args",
-         f"model=tiny-torch,base_url={url}/v1/completions,tokenizer_backend=remote,tokenized_requests=True,"
-         "max_length=64,num_concurrent=4", "--tasks", "lmkit_serve_mc,lmkit_serve_ppl", "--include_path",
-         str(tmp_path), "--output_path", str(tmp_path / "out"), "--log_samples"],
+        [python, "-m", "lm_eval", "--model", model, "--model_args", model_args,
+         "--tasks", "lmkit_serve_mc,lmkit_serve_ppl", "--include_path", str(tmp_path),
+         "--output_path", str(tmp_path / "out"), "--log_samples"],
         capture_output=True, text=True, timeout=600, env=environment)
     assert done.returncode == 0, done.stderr[-3000:]
 
@@ -502,7 +496,7 @@ def test_lm_eval_local_completions_scores_what_the_model_gives(torch_server, tmp
         samples[task] = sorted((json.loads(line) for line in path.read_text().splitlines()),
                                key=lambda s: s["doc_id"])
     correct = 0
-    for sample, question in zip(samples["mc"], questions):
+    for sample, question in zip(samples["mc"], questions, strict=True):
         expected = []
         for choice in question["choices"]:  # lm-eval's pair encoding: the whole, then the context's length
             context = tokenizer.encode(question["context"])
@@ -513,13 +507,30 @@ def test_lm_eval_local_completions_scores_what_the_model_gives(torch_server, tmp
         correct += int(np.argmax(expected) == question["label"])
     results = json.loads(next((tmp_path / "out").rglob("results_*.json")).read_text())["results"]
     assert results["lmkit_serve_mc"]["acc,none"] == pytest.approx(correct / len(questions))
-    prefix = tokenizer.bos_id or tokenizer.eos_id  # what lm-eval starts a rolling window with
+    # what lm-eval starts a rolling window with (genai_config's bos_token_id for an export)
+    prefix = tokenizer.bos_id if tokenizer.bos_id is not None else tokenizer.eos_id
     total, n_words = 0.0, 0
-    for sample, document in zip(samples["ppl"], documents):  # each fits one window of the context
+    for sample, document in zip(samples["ppl"], documents, strict=True):  # each fits one window of the context
         expected = log_likelihood([prefix], tokenizer.encode(document["text"]))
         assert float(sample["filtered_resps"][0]) == pytest.approx(expected, abs=1e-4)
         total, n_words = total + expected, n_words + len(document["text"].split())
     assert results["lmkit_serve_ppl"]["word_perplexity,none"] == pytest.approx(math.exp(-total / n_words), rel=1e-5)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(os.environ.get("LMKIT_SLOW_TESTS") != "1", reason="runs lm-eval for minutes; set LMKIT_SLOW_TESTS=1")
+def test_lm_eval_local_completions_scores_what_the_model_gives(torch_server, tmp_path):
+    """lm-eval's local-completions model, with lmkit serve's tokenizer endpoints as its (remote) tokenizer:
+    its log-likelihoods, accuracy and word perplexity are the model's own, computed here with PyTorch."""
+    python = lm_eval_python()
+    if python is None:
+        pytest.skip("lm-eval is not installed (pip install lm-eval, or point LMKIT_LM_EVAL_PYTHON at a Python "
+                    "that has it)")
+    url, service = torch_server
+    tokenizer, decoder = service.tokenizer, service.model.model.decoder
+    check_lm_eval_scores(python, "local-completions",
+                         f"model=tiny-torch,base_url={url}/v1/completions,tokenizer_backend=remote,"
+                         "tokenized_requests=True,max_length=64,num_concurrent=4", tokenizer, decoder, tmp_path)
 
 
 def test_a_low_max_tokens_limit_still_scores_long_prompts_on_pytorch(tiny_gpt2):
