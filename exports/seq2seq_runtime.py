@@ -91,6 +91,12 @@ class OrtSeq2SeqBackend:
         self.pad_id = pad_id
         self.sources: list[list[int]] | None = None
         self.state: dict[str, np.ndarray] = {}
+        # Inputs made from the source alone (fed from the encoder or the source mask, never a cache the decoder
+        # updates): alike in every row of one source, so a reorder among a source's own rows (beams) keeps them.
+        updated = {name for name, _ in self.cache}
+        self.source_inputs = {feed["input"] for feed in layout["feeds"]
+                              if feed["source"] in ("encoder", "source_mask") and feed["input"] not in updated}
+        self.row_sources: np.ndarray | None = None  # (B',): the source each row decodes, by index
         self.prefix: dict[str, np.ndarray] = {}  # decoder input -> (L, 1, nh, P, hs)
         if prefix is not None:
             self._take_prefix(prefix)
@@ -132,6 +138,7 @@ class OrtSeq2SeqBackend:
                 value = empty_input(tensor, len(self.sources))
             state[feed["input"]] = np.ascontiguousarray(value, dtype=tensor["dtype"])
         self.state = state
+        self.row_sources = np.arange(len(self.sources))
         ids = np.asarray(input_ids, dtype=np.int64)
         for column in range(ids.shape[1]):  # the decoder-step graph reads one token per row
             logits = self._run(ids[:, column:column + 1])
@@ -139,7 +146,10 @@ class OrtSeq2SeqBackend:
 
     def step(self, tokens: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
         if rows is not None:
-            self.state = {name: np.take(value, rows, axis=batch_axis(self.decoder_inputs[name]))
+            stay = len(rows) == len(self.row_sources) and np.array_equal(self.row_sources[rows], self.row_sources)
+            self.row_sources = self.row_sources[rows]
+            self.state = {name: value if stay and name in self.source_inputs
+                          else np.take(value, rows, axis=batch_axis(self.decoder_inputs[name]))
                           for name, value in self.state.items()}
         return self._run(np.asarray(tokens, dtype=np.int64)[:, None])
 

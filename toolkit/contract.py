@@ -190,6 +190,11 @@ class Seq2SeqDecoder(Stack, Protocol):
     # that a cache prefix (lmkit.prefix) fills before the start token; None (lmkit.nn.stack's default): no
     # such cache, no prefix (the LSTM decoders). T5: ("self_k", "self_v").
     self_attention_cache: ClassVar[tuple[str, str] | None]
+    # The names of the state's entries made from the source alone (the encoder's keys and values, its
+    # mask), alike in every row of one source: a reorder that keeps each row among its own source's rows
+    # (a beam search step) leaves them as they are, so the backend passes `reorder` the rest only.
+    # () (lmkit.nn.stack's default): every entry is reordered. T5: ("cross_k", "cross_v", "encoder_mask").
+    source_state: ClassVar[tuple[str, ...]]
 
     def check_encoder(self, encoder: Encoder) -> None:
         """Raise SpecError, naming the option to set, when the encoder's states do not fit this decoder."""
@@ -208,7 +213,7 @@ class Seq2SeqDecoder(Stack, Protocol):
         """Target tokens (B, T) after the state -> logits (B, T, V) and the state after them."""
 
     def reorder(self, state: dict[str, Tensor], rows: Tensor) -> dict[str, Tensor]:
-        """The state of rows `rows` (B',), in that order."""
+        """The state of rows `rows` (B',), in that order; `state` may lack the source_state entries."""
 
 
 # -- training --------------------------------------------------------------------------------------

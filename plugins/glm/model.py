@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from lmkit.contract import EncoderOutput
 from lmkit.errors import SpecError
-from lmkit.nn import Block, KVCache, SharedBlocks, TiedOutputProjection, self_attention_mask
+from lmkit.nn import Block, Dropout, KVCache, SharedBlocks, TiedOutputProjection, self_attention_mask
 from lmkit.nn.stack import CausalDecoderStack
 
 from .config import END, MASK, SPECIAL_TOKENS, START, GLMConfig
@@ -76,7 +76,7 @@ class GLMDecoder(CausalDecoderStack):
         self.word_embeddings = nn.Embedding(config.vocab_size, config.d_model)
         self.position_embeddings = nn.Embedding(config.max_positions, config.d_model)  # pos1
         self.block_position_embeddings = nn.Embedding(config.max_positions + 1, config.d_model)  # pos2
-        self.drop = nn.Dropout(config.dropout)
+        self.drop = Dropout(config.dropout)
         self.h = SharedBlocks(config.n_layers, lambda layer: Block(
             config.d_model, config.n_heads, causal=True, pre_ln=True, d_ff=config.d_ff,
             activation=config.activation, dropout=config.dropout, layer_norm_eps=config.layer_norm_eps))

@@ -12,7 +12,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from lmkit.nn import Block, KVCache, SharedBlocks, TiedOutputProjection, self_attention_mask
+from lmkit.nn import Block, Dropout, KVCache, SharedBlocks, TiedOutputProjection, self_attention_mask
 from lmkit.nn.stack import CausalDecoderStack
 
 from .config import GPT2Config
@@ -114,7 +114,7 @@ class GPT2Decoder(LearnedPositionDecoder):
         self.config = config
         self.wte = nn.Embedding(config.vocab_size, config.d_model)
         self.wpe = nn.Embedding(config.max_positions, config.d_model)
-        self.drop = nn.Dropout(config.dropout)
+        self.drop = Dropout(config.dropout)
         # One block per layer (each its own cache slot); with `sharing` their parameters are layer 0's.
         self.h = SharedBlocks(config.n_layers, lambda layer: self.make_block(config, layer), config.sharing)
         self.ln_f = nn.LayerNorm(config.d_model, eps=config.layer_norm_eps, bias=config.bias)

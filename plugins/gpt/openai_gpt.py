@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from lmkit.nn import Block, SharedBlocks, TiedOutputProjection
+from lmkit.nn import Block, Dropout, SharedBlocks, TiedOutputProjection
 
 from .config import OpenAIGPTConfig
 from .model import LearnedPositionDecoder
@@ -23,7 +23,7 @@ class OpenAIGPTDecoder(LearnedPositionDecoder):
         self.config = config
         self.tokens_embed = nn.Embedding(config.vocab_size, config.d_model)
         self.positions_embed = nn.Embedding(config.max_positions, config.d_model)
-        self.drop = nn.Dropout(config.dropout)
+        self.drop = Dropout(config.dropout)
         self.h = SharedBlocks(config.n_layers, lambda layer: Block(
             config.d_model, config.n_heads, causal=True, pre_ln=False, d_ff=config.d_ff,
             activation=config.activation, bias=config.bias, dropout=config.dropout,

@@ -13,6 +13,7 @@ from torch import nn
 
 from lmkit.contract import EncoderOutput
 from lmkit.errors import SpecError
+from lmkit.nn import Dropout
 from lmkit.nn.lstm import LSTMStack, reverse_padded, uniform_init_
 from lmkit.nn.stack import EncoderStack, Seq2SeqDecoderStack
 
@@ -30,7 +31,7 @@ class LSTMEncoder(EncoderStack):
         self.embedding = nn.Embedding(config.vocab_size, config.d_embed)
         self.lstm = LSTMStack(config.d_embed, config.hidden_size, config.n_layers,
                               bidirectional=config.bidirectional, dropout=config.dropout)
-        self.drop = nn.Dropout(config.dropout)
+        self.drop = Dropout(config.dropout)
         uniform_init_(self, config.init_range)
 
     @property
@@ -115,6 +116,7 @@ class LSTMDecoder(Seq2SeqDecoderStack):
     """A target-side LSTM language model conditioned on the encoder: by its initial state, by attention, or both."""
 
     STATE_ROWS = {"h": 1, "c": 1, "feed": 0, "memory": 0, "keys": 0, "mask": 0}  # the batch dimension of each
+    source_state = ("memory", "keys", "mask")  # the encoder's, alike in a source's beams
 
     def __init__(self, config: LSTMDecoderConfig):
         super().__init__()
@@ -129,7 +131,7 @@ class LSTMDecoder(Seq2SeqDecoderStack):
             self.combine = nn.Linear(config.d_encoder + H, H)  # h~ = tanh(W [c; h] + b)
         if config.init_state == "encoder" and config.d_encoder != H:
             self.bridge = nn.Linear(config.d_encoder, H)
-        self.drop = nn.Dropout(config.dropout)
+        self.drop = Dropout(config.dropout)
         self.lm_head = nn.Linear(H, config.vocab_size)
         uniform_init_(self, config.init_range)
 

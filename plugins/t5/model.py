@@ -21,8 +21,9 @@ from torch import Tensor, nn
 
 from lmkit.contract import EncoderOutput
 from lmkit.errors import SpecError
-from lmkit.nn import TiedOutputProjection
-from lmkit.nn.encoder_decoder import DecoderBlock, EncoderBlock, additive_mask
+from lmkit.nn import Dropout, TiedOutputProjection
+from lmkit.nn.cache import grow
+from lmkit.nn.encoder_decoder import DecoderBlock, EncoderBlock, additive_mask, exporting
 from lmkit.nn.norms import RMSNorm
 from lmkit.nn.relative import RelativePositionBias
 from lmkit.nn.stack import EncoderStack, Seq2SeqDecoderStack
@@ -60,7 +61,7 @@ class T5Encoder(EncoderStack):
             EncoderBlock(c.d_model, c.n_heads, c.d_kv, c.d_ff, feed_forward=c.feed_forward, dropout=c.dropout,
                          eps=c.layer_norm_eps, scale=1.0) for _ in range(c.n_layers))
         self.final_layer_norm = RMSNorm(c.d_model, c.layer_norm_eps)
-        self.drop = nn.Dropout(c.dropout)
+        self.drop = Dropout(c.dropout)
         init_weights(self, c)
 
     @property
@@ -103,6 +104,7 @@ class T5Decoder(Seq2SeqDecoderStack):
     # A prefix is P self-attention positions before the start token: the relative bias then offsets every
     # query by the cache's length, P included, as if P target tokens had come first.
     self_attention_cache = ("self_k", "self_v")
+    source_state = ("cross_k", "cross_v", "encoder_mask")
     max_positions = None  # relative positions: no limit on the target (max_new_tokens bounds it)
 
     def __init__(self, config: T5DecoderConfig):
@@ -117,7 +119,7 @@ class T5Decoder(Seq2SeqDecoderStack):
             DecoderBlock(c.d_model, c.n_heads, c.d_kv, c.d_ff, feed_forward=c.feed_forward, dropout=c.dropout,
                          eps=c.layer_norm_eps, scale=1.0) for _ in range(c.n_layers))
         self.final_layer_norm = RMSNorm(c.d_model, c.layer_norm_eps)
-        self.drop = nn.Dropout(c.dropout)
+        self.drop = Dropout(c.dropout)
         if c.tie_word_embeddings:
             self.tied_head = TiedOutputProjection()
         else:
@@ -189,13 +191,24 @@ class T5Decoder(Seq2SeqDecoderStack):
         key = torch.arange(past + T, device=x.device)[None, :]
         self_bias = self.relative_bias(T, past + T, past) + additive_mask(key <= query, torch.float32)
         cross_bias = additive_mask(state["encoder_mask"][:, None, None, :], torch.float32)  # (B, 1, 1, S)
-        keys, values = [], []
+        if exporting() or torch.is_grad_enabled():
+            # Concatenated, nothing in place: an exported graph takes the past and returns past + new, and
+            # autograd keeps each layer's keys, which writing the next layer's into one buffer would change.
+            keys, values = [], []
+            for layer, block in enumerate(self.block):
+                x, (k, v) = block(x, self_bias, cross_bias, (state["self_k"][layer], state["self_v"][layer]),
+                                  (state["cross_k"][layer], state["cross_v"][layer]))
+                keys.append(k)
+                values.append(v)
+            state = {**state, "self_k": torch.stack(keys), "self_v": torch.stack(values)}
+            return self.drop(self.final_layer_norm(x)), state
+        # Room for the T new positions after the past, every layer's written in place (no copy of the past
+        # per step, as a cat and a stack of the layers would make).
+        keys, values = grow(state["self_k"], T, dim=3), grow(state["self_v"], T, dim=3)  # (L, B, nh, past + T, hs)
         for layer, block in enumerate(self.block):
-            x, (k, v) = block(x, self_bias, cross_bias, (state["self_k"][layer], state["self_v"][layer]),
-                              (state["cross_k"][layer], state["cross_v"][layer]))
-            keys.append(k)
-            values.append(v)
-        state = {**state, "self_k": torch.stack(keys), "self_v": torch.stack(values)}
+            x, _ = block(x, self_bias, cross_bias, (keys[layer], values[layer]),
+                         (state["cross_k"][layer], state["cross_v"][layer]), cache_position=past)
+        state = {**state, "self_k": keys, "self_v": values}
         return self.drop(self.final_layer_norm(x)), state
 
     def logits(self, hidden_states: Tensor) -> Tensor:

@@ -35,6 +35,7 @@ class Seq2SeqBackend:
         self.pad_id = pad_id
         self.sources: list[list[int]] | None = None
         self.state: dict | None = None
+        self.row_sources: np.ndarray | None = None  # (B',): the source each row decodes, by index
         self.prefix: dict[str, torch.Tensor] = {}  # state name -> (L, 1, nh, P, hs)
         if prefix is not None:
             self._take_prefix(prefix)
@@ -73,12 +74,20 @@ class Seq2SeqBackend:
         for name, value in self.prefix.items():  # the prefix's P positions come before the start token
             state[name] = value.expand(-1, len(ids), -1, -1, -1)
         logits, self.state = self.decoder(torch.from_numpy(input_ids).to(self.device), state)
+        self.row_sources = np.arange(len(ids))
         return self._to_host(logits[:, -1])
 
     @torch.inference_mode()
     def step(self, tokens: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
         if rows is not None:
-            self.state = self.decoder.reorder(self.state, torch.from_numpy(rows).to(self.device))
+            # Rows that stay among their own source's rows (beams) keep the source's entries as they are: for
+            # T5 the cross-attention keys and values, as large as the self-attention cache.
+            stay = len(rows) == len(self.row_sources) and np.array_equal(self.row_sources[rows], self.row_sources)
+            self.row_sources = self.row_sources[rows]
+            source_state = getattr(self.decoder, "source_state", ()) if stay else ()
+            kept = {name: value for name, value in self.state.items() if name in source_state}
+            moved = {name: value for name, value in self.state.items() if name not in kept}
+            self.state = {**kept, **self.decoder.reorder(moved, torch.from_numpy(rows).to(self.device))}
         ids = torch.from_numpy(tokens).to(self.device)[:, None]  # (B', 1)
         logits, self.state = self.decoder(ids, self.state)
         return self._to_host(logits[:, -1])

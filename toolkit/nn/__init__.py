@@ -14,7 +14,7 @@ _WHERE = {
     "MLP": "blocks", "Activation": "blocks", "Block": "blocks", "activation_module": "blocks",
     "KVCache": "cache", "TiedOutputProjection": "tied", "decoding_layout": "layout",
     "BlockStack": "sharing", "SharedBlocks": "sharing",
-    "embedding_dropout": "dropout", "locked_dropout": "dropout", "locked_mask": "dropout", "weight_drop": "dropout",
+    "Dropout": "dropout", "embedding_dropout": "dropout", "locked_dropout": "dropout", "locked_mask": "dropout", "weight_drop": "dropout",
     "RecurrentCache": "recurrent", "lstm_layer": "recurrent", "masked_steps": "recurrent",
     "RMSNorm": "norms", "RelativePositionBias": "relative", "relative_position_bucket": "relative",
     "MultiHeadAttention": "encoder_decoder", "FeedForward": "encoder_decoder", "EncoderBlock": "encoder_decoder",

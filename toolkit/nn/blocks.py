@@ -7,6 +7,7 @@ from torch import Tensor, nn
 
 from .attention import SelfAttention
 from .cache import KVCache
+from .dropout import Dropout
 
 Activation = Literal["gelu-tanh", "gelu", "relu"]
 
@@ -31,7 +32,7 @@ class MLP(nn.Module):
         self.c_fc = nn.Linear(d_model, d_ff, bias=bias)
         self.act = activation_module(activation)
         self.c_proj = nn.Linear(d_ff, d_model, bias=bias)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.dropout(self.c_proj(self.act(self.c_fc(x))))  # (B, T, C)

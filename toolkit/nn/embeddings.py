@@ -4,6 +4,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from .dropout import Dropout
+
 
 class Embeddings(nn.Module):
     """Sum of token, learned position and segment (token type) embeddings, normalised (BERT §3.2).
@@ -26,7 +28,7 @@ class Embeddings(nn.Module):
         # type_vocab_size 0: no segment embeddings at all (RoBERTa keeps one, of a single type)
         self.token_type_embeddings = nn.Embedding(type_vocab_size, dim) if type_vocab_size else None
         self.LayerNorm = nn.LayerNorm(dim, eps=layer_norm_eps)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     @property
     def max_positions(self) -> int:

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .dropout import Dropout
 from .norms import RMSNorm
 
 FeedForwardKind = Literal["relu", "gated-gelu"]
@@ -36,6 +37,11 @@ def clamp_half(x: Tensor) -> Tensor:
     big = torch.finfo(torch.float16).max
     limit = torch.where(torch.isinf(x).any(), big - 1000, big)
     return torch.clamp(x, min=-limit, max=limit)
+
+
+def exporting() -> bool:
+    """True while torch.onnx or torch.export traces the model: paths that write in place step aside."""
+    return torch.onnx.is_in_onnx_export() or torch.compiler.is_exporting()
 
 
 def additive_mask(allowed: Tensor, dtype: torch.dtype) -> Tensor:
@@ -73,22 +79,29 @@ class MultiHeadAttention(nn.Module):
         return self.split(self.k(memory)), self.split(self.v(memory))
 
     def forward(self, x: Tensor, bias: Tensor | None = None, past: tuple[Tensor, Tensor] | None = None,
-                key_values: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+                key_values: tuple[Tensor, Tensor] | None = None,
+                cache_position: int | None = None) -> tuple[Tensor, tuple[Tensor, Tensor]]:
         """x (B, T, d_model) -> (output (B, T, d_model), (keys, values) (B, nh, S, hs)).
 
-        bias: additive, broadcastable to (B, nh, T, S). past: self-attention's cached keys and values of
-        earlier positions, (B, nh, P, hs) each, to which x's are appended (S = P + T); the returned pair
-        is the cache after x. key_values: cross-attention's, from `key_values(memory)`; x's are not used.
+        bias: additive, broadcastable to (B, nh, T, S). past: self-attention's cached keys and values,
+        (B, nh, P, hs) each, to which x's are appended (S = P + T); the returned pair is the cache after
+        x. With cache_position=P, past is instead (B, nh, P + T, hs) each, its first P positions filled
+        (lmkit.nn.cache.grow), and x's are written at P.. in place. key_values: cross-attention's, from
+        `key_values(memory)`; x's are not used.
         """
         q = self.split(self.q(x))
         if key_values is not None:
             k, v = key_values
         else:
             k, v = self.key_values(x)
-            if past is not None:
+            if past is not None and cache_position is not None:
+                past[0][:, :, cache_position:] = k
+                past[1][:, :, cache_position:] = v
+                k, v = past
+            elif past is not None:
                 k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
         bias = None if bias is None else bias.to(q.dtype)
-        if torch.onnx.is_in_onnx_export() or torch.compiler.is_exporting():
+        if exporting():
             # Written out for the exporter: its decomposition of SDPA with a float mask gives the output strides
             # that a later view cannot read under symbolic shapes (torch 2.13). Same numbers.
             scale = self.d_kv ** -0.5 if self.scale is None else self.scale
@@ -120,7 +133,7 @@ class FeedForward(nn.Module):
         else:
             self.wi = nn.Linear(d_model, d_ff, bias=False)
         self.wo = nn.Linear(d_ff, d_model, bias=False)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def _apply(self, fn, recurse=True):
         # model.half() leaves wo in float32 (transformers' _keep_in_fp32_modules = ["wo"]): its products overflow
@@ -151,7 +164,7 @@ class EncoderBlock(nn.Module):
         self.attn = MultiHeadAttention(d_model, n_heads, d_kv, scale=scale, dropout=dropout)
         self.ln_2 = RMSNorm(d_model, eps)
         self.mlp = FeedForward(d_model, d_ff, feed_forward, dropout)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def forward(self, x: Tensor, bias: Tensor | None = None) -> Tensor:
         x = clamp_half(x + self.dropout(self.attn(self.ln_1(x), bias)[0]))
@@ -161,8 +174,9 @@ class EncoderBlock(nn.Module):
 class DecoderBlock(nn.Module):
     """Causal self-attention over a cache, cross-attention over the encoder's keys/values, feed-forward.
 
-    forward(x (B, T, D), self_bias, cross_bias, past, cross) -> (x, (keys, values) of self-attention
-    after x). self_bias must hold the causal mask; cross has the keys/values of `cross_key_values`.
+    forward(x (B, T, D), self_bias, cross_bias, past, cross, cache_position) -> (x, (keys, values) of
+    self-attention after x). self_bias must hold the causal mask; cross has the keys/values of
+    `cross_key_values`; past and cache_position are MultiHeadAttention's.
     """
 
     def __init__(self, d_model: int, n_heads: int, d_kv: int, d_ff: int, *, d_memory: int | None = None,
@@ -175,15 +189,16 @@ class DecoderBlock(nn.Module):
         self.cross_attn = MultiHeadAttention(d_model, n_heads, d_kv, d_memory=d_memory, scale=scale, dropout=dropout)
         self.ln_3 = RMSNorm(d_model, eps)
         self.mlp = FeedForward(d_model, d_ff, feed_forward, dropout)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def cross_key_values(self, memory: Tensor) -> tuple[Tensor, Tensor]:
         """The cross-attention keys and values of the encoder's states (B, S, d_memory), once per source."""
         return self.cross_attn.key_values(memory)
 
     def forward(self, x: Tensor, self_bias: Tensor | None, cross_bias: Tensor | None,
-                past: tuple[Tensor, Tensor] | None, cross: tuple[Tensor, Tensor]) -> tuple[Tensor, tuple[Tensor, Tensor]]:
-        h, present = self.attn(self.ln_1(x), self_bias, past=past)
+                past: tuple[Tensor, Tensor] | None, cross: tuple[Tensor, Tensor],
+                cache_position: int | None = None) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        h, present = self.attn(self.ln_1(x), self_bias, past=past, cache_position=cache_position)
         x = clamp_half(x + self.dropout(h))
         x = clamp_half(x + self.dropout(self.cross_attn(self.ln_2(x), cross_bias, key_values=cross)[0]))
         return clamp_half(x + self.dropout(self.mlp(self.ln_3(x)))), present

@@ -93,6 +93,7 @@ class Seq2SeqDecoderStack(_Stack):
     # The state's self-attention keys and values, each (L, B, nh, P, hs), that a prefix starts (lmkit.prefix);
     # None for a decoder without such a cache (the LSTM decoders), which takes no prefix.
     self_attention_cache: ClassVar[tuple[str, str] | None] = None
+    source_state: ClassVar[tuple[str, ...]] = ()
 
     def tie_to_encoder(self, encoder) -> None:
         """Nothing shared with the encoder by default (T5's decoder reads the encoder's embedding)."""
