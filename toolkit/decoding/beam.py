@@ -34,8 +34,9 @@ from .common import (
     Positions,
     ban_repeated_ngrams,
     fit_prompts,
+    largest_indices,
     left_pad,
-    log_softmax,
+    log_softmax_terms,
     new_token_rooms,
     prefill,
     stop_lengths,
@@ -132,15 +133,23 @@ class _Search:
         """
         live, K, P, R = self.live, self.K, self.P, self.rows_per_prompt
         n, length = len(live), t + 1  # prompts searching; new tokens once this step is taken
-        log_probs = log_softmax(logits)  # (n * R, V)
+        top, log_sum = log_softmax_terms(logits)  # (n * R, 1) each, from the model's own logits before any ban
         if self.options.no_repeat_ngram_size:
             history = self.running[live, :R, :P + t].reshape(n * R, P + t)
-            ban_repeated_ngrams(log_probs, history, self.options.no_repeat_ngram_size)
-        V = log_probs.shape[1]
-        # (n, K, V); at the first step R is 1 and the K beams (all but the first at -inf) share its row.
-        scores = (self.running_scores[live, :, None] + log_probs.reshape(n, R, V)).reshape(n, K * V)
+            ban_repeated_ngrams(logits, history, self.options.no_repeat_ngram_size)
+        # A prompt's 2K best continuations are among each of its rows' 2K best tokens, and within a row logits
+        # rank tokens as log-probabilities do (they differ by the row's constant): only those C = 2K tokens a
+        # row are scored, not K * V (whole-vocabulary arrays cost more than the model at V = 32k).
+        V = logits.shape[1]
+        C = min(2 * K, V)
+        tokens = largest_indices(logits, C)  # (n * R, C), unordered
+        log_probs = (np.take_along_axis(logits, tokens, axis=1) - top) - log_sum  # as log_softmax computes them
+        # (n, K, C); at the first step R is 1 and the K beams (all but the first at -inf) share its row.
+        scores = self.running_scores[live, :, None] + log_probs.reshape(n, R, C)
+        tokens = np.broadcast_to(tokens.reshape(n, R, C), scores.shape).reshape(n, K * C)
+        scores = scores.reshape(n, K * C)
         best = top_k_indices(scores, 2 * K)  # (n, 2K), best first
-        beams, tokens = np.divmod(best, V)
+        beams, tokens = best // C, np.take_along_axis(tokens, best, axis=1)
         sequences = np.take_along_axis(self.running[live], beams[:, :, None], axis=1)  # (n, 2K, P + steps)
         sequences[:, :, P + t] = tokens
         ends_with_eos = tokens == self.eos_id if self.eos_id is not None else np.zeros_like(best, np.bool_)

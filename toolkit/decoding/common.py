@@ -174,16 +174,48 @@ def drop_padding_columns(input_ids: np.ndarray, attention_mask: np.ndarray) -> t
 
 def log_softmax(logits: np.ndarray) -> np.ndarray:
     """Log-probabilities over the last axis, in the logits' dtype (float32, as transformers scores)."""
-    shifted = logits - logits.max(axis=-1, keepdims=True)
-    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+    top, log_sum = log_softmax_terms(logits)
+    return (logits - top) - log_sum
+
+
+def log_softmax_terms(logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(max, log of the sum of exp(logits - max)), each (..., 1): log_softmax is (logits - max) - log_sum, the
+    same float32 values when computed for a few chosen entries alone (beam search's candidates)."""
+    top = logits.max(axis=-1, keepdims=True)
+    exp = np.subtract(logits, top)
+    np.exp(exp, out=exp)  # in place: one array where two were, 40% less time at 8 x 32,128
+    return top, np.log(exp.sum(axis=-1, keepdims=True))
+
+
+def largest_indices(scores: np.ndarray, k: int, group: int = 64) -> np.ndarray:
+    """Indices of the k largest scores of each row, in no order: (R, N) -> (R, min(k, N)).
+
+    Over a vocabulary, one argpartition of every row costs more than a decoding step of a small model
+    (32 rows x 32,128: 2.9 ms). So the columns are dealt into N // group strided groups (column j
+    joins group j mod N // group); each of the k largest lies in a group whose maximum is at least the
+    k-th largest, and there are at most k such groups, so the k groups with the largest maxima hold
+    them all (with ties, k of the largest): one vectorised max, then argpartitions of N // group and
+    of k * group entries (0.8 ms).
+    """
+    R, N = scores.shape
+    if k >= N:
+        return np.broadcast_to(np.arange(N), scores.shape)
+    n = N // group
+    if n < 16 * k:
+        return np.argpartition(scores, N - k, axis=1)[:, N - k:]
+    maxima = scores[:, :n * group].reshape(R, group, n).max(axis=1)  # (R, n), group j's at column j
+    groups = np.argpartition(maxima, n - k, axis=1)[:, n - k:]  # (R, k)
+    candidates = (groups[:, :, None] + n * np.arange(group)).reshape(R, k * group)
+    if n * group < N:  # the last N mod group columns belong to no group: candidates too
+        candidates = np.concatenate([candidates, np.broadcast_to(np.arange(n * group, N), (R, N - n * group))], axis=1)
+    values = np.take_along_axis(scores, candidates, axis=1)
+    chosen = np.argpartition(values, values.shape[1] - k, axis=1)[:, values.shape[1] - k:]
+    return np.take_along_axis(candidates, chosen, axis=1)
 
 
 def top_k_indices(scores: np.ndarray, k: int) -> np.ndarray:
     """Indices of the k largest scores of each row, largest first: (R, N) -> (R, min(k, N))."""
-    if k < scores.shape[1]:
-        candidates = np.argpartition(-scores, k - 1, axis=1)[:, :k]  # the top k, unordered
-    else:
-        candidates = np.broadcast_to(np.arange(scores.shape[1]), scores.shape)
+    candidates = largest_indices(scores, k)
     order = np.argsort(-np.take_along_axis(scores, candidates, axis=1), axis=1, kind="stable")
     return np.take_along_axis(candidates, order, axis=1)
 
@@ -257,11 +289,13 @@ def generate_token_by_token(backend: Backend, prompts: Sequence[Sequence[int]],
     active = np.arange(n)  # the prompts still generating, in the backend's row order
     logits = prefill(backend, input_ids, attention_mask, positions)
     for t in range(steps):
-        log_probs = log_softmax(logits)  # the model's own, before any ban, for the score
+        top, log_sum = log_softmax_terms(logits)  # the model's own, before any ban, for the score
+        model_logits = logits.copy() if no_repeat_ngram_size else logits  # the ban writes -inf into logits
         if no_repeat_ngram_size:
             ban_repeated_ngrams(logits, history[active, :width + t], no_repeat_ngram_size)
-        tokens = choose(logits, active)  # (R,)
-        scores[active] += np.take_along_axis(log_probs, tokens[:, None], axis=1)[:, 0]
+        tokens = choose(logits, active)  # (R,); the strategies' choose() leaves the logits as they are
+        # log_softmax at the chosen tokens alone, the same float32 values as the whole array's
+        scores[active] += ((np.take_along_axis(model_logits, tokens[:, None], axis=1) - top) - log_sum)[:, 0]
         history[active, width + t] = tokens
         generated = history[active, width:width + t + 1]  # (R, t + 1)
         ends_with_eos = tokens == eos_id if eos_id is not None else np.zeros(len(active), dtype=np.bool_)

@@ -20,17 +20,44 @@ def grow(past: Tensor, n: int, dim: int) -> Tensor:
     Beam search's reorder (index_select) makes new tensors, which the next step copies once.
     """
     P = past.size(dim)
-    # The buffer rides on the view as an attribute: under inference mode a view does not know its base.
     base = getattr(past, "_lmkit_buffer", None)
     if base is None or base._lmkit_filled != P or base.size(dim) < P + n:
         shape = list(past.shape)
         shape[dim] = max(2 * (P + n), 16)
         base = past.new_empty(shape)
         base.narrow(dim, 0, P).copy_(past)
+        base._lmkit_dim = dim
     base._lmkit_filled = P + n
-    grown = base.narrow(dim, 0, P + n)
-    grown._lmkit_buffer = base
-    return grown
+    return _front(base, dim, P + n)
+
+
+def select_rows(past: Tensor, dim: int, rows: Tensor) -> Tensor:
+    """past.index_select(dim, rows), keeping the room a tensor from `grow` has for positions to come.
+
+    The filled positions are copied row by row into a new buffer of the same size: gathering them in one
+    index_select is a strided copy, and gathering the whole buffer copies its empty half too (T5-small,
+    32 beams at 33 of 68 positions: 838 us row by row, 2044 strided, 3249 whole). Any other tensor is
+    index_select'ed as it is.
+    """
+    base = getattr(past, "_lmkit_buffer", None)
+    if base is None:
+        return past.index_select(dim, rows)
+    along, P = base._lmkit_dim, past.size(base._lmkit_dim)
+    shape = list(base.shape)
+    shape[dim] = rows.numel()
+    selected = base.new_empty(shape)
+    front = selected.narrow(along, 0, P)
+    for row, source in enumerate(rows.tolist()):
+        front.select(dim, row).copy_(past.select(dim, source))
+    selected._lmkit_filled, selected._lmkit_dim = P, along
+    return _front(selected, along, P)
+
+
+def _front(base: Tensor, dim: int, length: int) -> Tensor:
+    """The first `length` positions of a buffer along `dim`, a view that knows its buffer (grow, select_rows)."""
+    front = base.narrow(dim, 0, length)
+    front._lmkit_buffer = base  # an attribute: under inference mode a view does not know its base
+    return front
 
 
 class KVCache:

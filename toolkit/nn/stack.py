@@ -13,6 +13,7 @@ from torch import Tensor, nn
 
 from ..contract import EncoderOutput
 from ..errors import SpecError
+from .cache import select_rows
 
 
 def _no_options(stack: nn.Module, options: dict) -> None:
@@ -107,7 +108,7 @@ class Seq2SeqDecoderStack(_Stack):
         return start
 
     def reorder(self, state: dict[str, Tensor], rows: Tensor) -> dict[str, Tensor]:
-        return {name: value.index_select(self.STATE_ROWS[name], rows) for name, value in state.items()}
+        return {name: select_rows(value, self.STATE_ROWS[name], rows) for name, value in state.items()}
 
     def features(self, input_ids: Tensor, attention_mask: Tensor | None = None, **options) -> EncoderOutput:
         raise SpecError("an encoder-decoder model embeds with its encoder; lmkit embed uses it")
