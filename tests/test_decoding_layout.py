@@ -88,3 +88,7 @@ def test_tied_head_few_rows_equals_the_embedding_product():
             h = torch.randn(*shape)
             torch.testing.assert_close(head(h, embedding), h @ embedding.t(), rtol=1e-5, atol=1e-5)
         assert head._copy is not None
+        # 9 to 64 rows (beams of a batch): the tall product, same logits, same shape
+        for shape in ((32, 1, 12), (4, 4, 12), (64, 12), (65, 12)):
+            h = torch.randn(*shape)
+            torch.testing.assert_close(head(h, embedding), h @ embedding.t(), rtol=1e-5, atol=1e-5)
