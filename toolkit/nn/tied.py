@@ -12,9 +12,9 @@ class TiedOutputProjection:
     On the CPU under inference mode, the product of a few rows (decoding a token at a time) is laid
     out for MKL, measured at 2 threads (benchmarks/bench_layout.py and the notes of issue #21):
 
-    - up to 8 rows: against a contiguous (d_model, vocab) copy, which MKL's kernels stream about
-      twice as fast as the embedding itself (GPT-2's 50257 x 768: 6.4 against 12.5 ms at one row;
-      T5's 32128 x 512 at 8 rows: 2.5 against 4.6 ms);
+    - up to 8 rows: against a contiguous (d_model, vocab) copy, which MKL's kernels stream faster
+      than the embedding itself from 4 rows on (T5's 32128 x 512 at 8 rows: 2.5 against 4.6 ms;
+      GPT-2's 50257 x 768: 9.3 against 11.7 ms), and about as fast at one row;
     - 9 to 64 rows (beams of a batch): as (embedding @ h.T).T, a tall product whose small side MKL
       packs once, where h @ embedding.T packs the whole embedding (T5's at 32 rows: 4.4 against 9.1 ms).
 
