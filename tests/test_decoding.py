@@ -316,3 +316,51 @@ def test_the_strategies_do_not_import_torch():
             "print('torch' in sys.modules)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("shape, k", [((3, 10000), 8), ((2, 50257), 16), ((4, 300), 8), ((2, 5), 8), ((5, 4097), 3)])
+def test_largest_indices_are_the_k_largest(shape, k):
+    from lmkit.decoding.common import largest_indices
+
+    rng = np.random.default_rng(0)
+    scores = rng.standard_normal(shape).astype(np.float32)
+    scores[0, :: 7] = -np.inf  # masked entries
+    scores[-1, 100:200] = 3.0  # ties among the largest
+    got = largest_indices(scores, k)
+    kept = min(k, shape[1])
+    assert got.shape == (shape[0], kept)
+    for row, indices in zip(scores, got):
+        assert len(set(indices.tolist())) == kept
+        assert np.array_equal(np.sort(row[indices]), np.sort(row)[shape[1] - kept:])  # the k largest values
+
+
+@pytest.mark.parametrize("rows_per_prompt, ban", [(1, 0), (4, 0), (4, 2)])
+def test_beam_expand_scores_candidates_as_the_whole_vocabulary_would(rows_per_prompt, ban):
+    """Scoring only each row's 2K best tokens gives the candidates that ranking all K * V continuations gives."""
+    from lmkit.decoding.beam import _Search
+    from lmkit.decoding.common import ban_repeated_ngrams, log_softmax, top_k_indices
+    from lmkit.decoding.options import BeamSearchOptions
+
+    rng = np.random.default_rng(1)
+    n, K, V, P = 3, 4, 9000, 5
+    input_ids = rng.integers(0, V, (n, P))
+    search = _Search(BeamSearchOptions(num_beams=K, max_new_tokens=4, no_repeat_ngram_size=ban), input_ids,
+                     np.ones((n, P), dtype=np.bool_), np.full(n, 4), None, [])
+    search.rows_per_prompt = rows_per_prompt
+    if rows_per_prompt > 1:
+        search.running_scores[:] = rng.standard_normal((n, K)).astype(np.float32)
+    logits = rng.standard_normal((n * rows_per_prompt, V)).astype(np.float32)
+    if ban:  # make some bans bite: the last prompt token repeats a bigram start
+        search.running[:, :, P - 1] = search.running[:, :, 0]
+        logits[:, search.running[0, 0, 1]] *= 0
+        logits[:, search.running[0, 0, 1]] += 50
+    # the whole-vocabulary computation
+    log_probs = log_softmax(logits)
+    if ban:
+        ban_repeated_ngrams(log_probs, search.running[:, :rows_per_prompt, :P].reshape(-1, P), ban)
+    scores = (search.running_scores[:, :, None] + log_probs.reshape(n, rows_per_prompt, V)).reshape(n, K * V)
+    best = top_k_indices(scores, 2 * K)
+    candidates = search.expand(logits.copy(), 0)
+    np.testing.assert_array_equal(candidates.scores, np.take_along_axis(scores, best, axis=1))
+    np.testing.assert_array_equal(candidates.beams, best // V)
+    np.testing.assert_array_equal(candidates.tokens, best % V)

@@ -92,3 +92,33 @@ def test_tied_head_few_rows_equals_the_embedding_product():
         for shape in ((32, 1, 12), (4, 4, 12), (64, 12), (65, 12)):
             h = torch.randn(*shape)
             torch.testing.assert_close(head(h, embedding), h @ embedding.t(), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("inference", [False, True])
+def test_grown_cache_equals_concatenation_and_never_overwrites_another_continuation(inference):
+    from lmkit.nn.cache import grow, select_rows
+
+    torch.manual_seed(0)
+    with torch.inference_mode(inference):
+        past = torch.randn(2, 3, 4, 5)  # (L, B, P, hs), positions on dim 2
+        first = grow(past, 1, dim=2)
+        first[:, :, 4:] = 1.0
+        second = grow(first, 2, dim=2)  # in place, in first's buffer
+        second[:, :, 5:] = 2.0
+        assert second.data_ptr() == first.data_ptr()
+        expected = torch.cat([past, torch.ones(2, 3, 1, 5), torch.full((2, 3, 2, 5), 2.0)], dim=2)
+        assert torch.equal(second, expected)
+        other = grow(first, 2, dim=2)  # first continued a second time: a copy, second keeps its values
+        other[:, :, 5:] = 3.0
+        assert other.data_ptr() != first.data_ptr() and torch.equal(second, expected)
+        assert torch.equal(other[:, :, :5], expected[:, :, :5])
+        for _ in range(40):  # past the buffer's room: it doubles, values stay
+            second = grow(second, 1, dim=2)
+            second[:, :, -1:] = 5.0
+        assert torch.equal(second[:, :, :7], expected) and second.shape[2] == 47
+        rows = torch.tensor([2, 2, 0])
+        selected = select_rows(second, 1, rows)
+        assert torch.equal(selected, second.index_select(1, rows))
+        grown = grow(selected, 1, dim=2)  # the selection kept room: in place again
+        assert grown.data_ptr() == selected.data_ptr()
+        assert torch.equal(select_rows(past, 1, rows), past.index_select(1, rows))  # a plain tensor
