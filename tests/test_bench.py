@@ -58,5 +58,42 @@ def test_what_it_refuses(run, tiny_gpt2, tiny_gpt2_export, trained_nmt, tmp_path
     assert "Traceback" not in too_long.err and len(too_long.err.strip().splitlines()) == 1
     missing = run("bench", str(tmp_path / "nowhere"))
     assert missing.code != 0 and "Traceback" not in missing.err
-    seq2seq = run("bench", trained_nmt[0], "--repeats", "1")
-    assert seq2seq.code != 0 and "encoder-decoder" in seq2seq.err
+    long_source = run("bench", trained_nmt[0], "--prompt-tokens", "100000", "--repeats", "1")
+    assert long_source.code != 0 and "positions" in long_source.err and "Traceback" not in long_source.err
+
+
+def test_an_encoder_decoder_and_its_export_are_timed_as_a_generation(run, trained_nmt, tmp_path, monkeypatch):
+    exported = str(tmp_path / "nmt-export")
+    assert run("export", trained_nmt[0], "--out", exported).code == 0
+    result = run("bench", trained_nmt[0], exported, "--prompt-tokens", "6", "--new-tokens", "3", "--repeats", "1",
+                 "--batch-size", "2", "--threads", "1", "--json")
+    assert result.code == 0, result.err
+    for speed in json.loads(result.out)["models"]:
+        assert speed["kind"] == "encoder-decoder" and speed["prefill_ms"] > 0 and speed["decode_ms_per_step"] > 0
+        assert speed["decode_tokens_per_s"] == pytest.approx(2 / (speed["decode_ms_per_step"] / 1e3))
+    # The steps feed back the argmax after each source's start token: a greedy translation of the sources.
+    opened = open_model(trained_nmt[0], device="cpu")
+    fed: list[list[int]] = []
+    make_backend = opened.backend
+
+    def recording_backend(*args, **kwargs):
+        backend = make_backend(*args, **kwargs)
+        step = backend.step
+
+        def record(tokens, rows=None):
+            fed.append(tokens.tolist())
+            return step(tokens, rows)
+
+        backend.step = record
+        return backend
+
+    monkeypatch.setattr(opened, "backend", recording_backend)
+    measure([opened], prompt_tokens=5, new_tokens=4, batch_size=2, repeats=1)
+    sources = np.random.default_rng(0).integers(8, opened.tokenizer.vocab_size, size=(2, 5)).tolist()
+    from lmkit.decoding.greedy import Greedy
+    from lmkit.decoding.options import GreedyOptions
+    from lmkit.seq2seq import Seq2SeqGenerator
+
+    greedy = Seq2SeqGenerator(make_backend(4), opened.decoder_start, None, 0).generate(
+        Greedy(GreedyOptions(max_new_tokens=4)), sources)
+    assert [list(row) for row in zip(*fed[4:])] == [list(g.tokens) for g in greedy]

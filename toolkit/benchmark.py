@@ -3,8 +3,10 @@
 A decoder (or an export of one) is timed as a generation is: one prefill of B prompts of P tokens
 (ms, and prompt tokens per second), then N decoding steps of one token per row through the same
 lmkit.decoding Backend the strategies use (ms per step, and new tokens per second). An encoder is
-timed as one forward pass over B texts of P tokens. The inputs are random token ids, the same for
-every model of the same vocabulary (seeded), so nothing depends on a tokenizer's speed.
+timed as one forward pass over B texts of P tokens; an encoder-decoder (T5, the LSTM translation
+models) as a generation from B sources of P tokens, whose prefill encodes them and feeds the start
+token. The inputs are random token ids, the same for every model of the same vocabulary (seeded), so
+nothing depends on a tokenizer's speed.
 
 The models take turns (one run each per round, in a seeded shuffled order), so a slow spell of a
 shared machine hits them all alike; each figure is the median over the rounds. Nothing here
@@ -59,10 +61,7 @@ def _vocab_size(opened) -> int:
 def _runner(opened, *, prompt_tokens: int, new_tokens: int, batch_size: int, seed: int):
     """A function that runs the model once and returns (prefill seconds, decode seconds or None)."""
     kind = opened.kind
-    if kind == "encoder-decoder":
-        raise LmkitError(f"{opened.directory} is an encoder-decoder; lmkit bench times decoders and encoders "
-                         "(give a decoder-only or encoder model or export)")
-    limit = opened.max_positions
+    limit = opened.max_positions  # an encoder-decoder's: of a source
     needed = prompt_tokens + (new_tokens if kind == "decoder" else 0)
     if limit is not None and needed > limit:
         raise LmkitError(f"{opened.directory} reads at most {limit} positions; --prompt-tokens {prompt_tokens}"
@@ -78,6 +77,23 @@ def _runner(opened, *, prompt_tokens: int, new_tokens: int, batch_size: int, see
             start = time.perf_counter()
             opened.features(input_ids, attention_mask)
             return time.perf_counter() - start, None
+
+        return run
+    if kind == "encoder-decoder":
+        # The prompts are the sources; the prefill encodes them and feeds each row's start token, each step
+        # one token per row, as lmkit translate / generate run it (Seq2SeqGenerator).
+        sources = input_ids.tolist()
+        starts = np.full((batch_size, 1), opened.decoder_start, dtype=np.int64)
+
+        def run() -> tuple[float, float]:
+            backend = opened.backend(new_tokens)
+            start = time.perf_counter()
+            backend.set_sources(sources)
+            logits = backend.prefill(starts, np.ones_like(starts, dtype=np.bool_))
+            prefilled = time.perf_counter()
+            for _ in range(new_tokens):
+                logits = backend.step(logits.argmax(-1).astype(np.int64))
+            return prefilled - start, time.perf_counter() - prefilled
 
         return run
     if opened.generator is not None:
@@ -100,8 +116,8 @@ def measure(models: list, *, prompt_tokens: int = 128, new_tokens: int = 32, bat
             repeats: int = 5, seed: int = 0, progress=None) -> list[Speed]:
     """The speed of each opened model (lmkit.open_model), timed in turns; see the module docstring.
 
-    Raises LmkitError (one line) for a model it cannot time: an encoder-decoder, a prompt beyond the
-    context, a model without a tokenizer.
+    Raises LmkitError (one line) for a model it cannot time: a prompt (an encoder-decoder's source) beyond
+    the context, a model without a tokenizer, a family with a generator of its own (GLM's blank filling).
     """
     runners = [_runner(m, prompt_tokens=prompt_tokens, new_tokens=new_tokens, batch_size=batch_size, seed=seed)
                for m in models]
