@@ -364,3 +364,34 @@ def test_beam_expand_scores_candidates_as_the_whole_vocabulary_would(rows_per_pr
     np.testing.assert_array_equal(candidates.scores, np.take_along_axis(scores, best, axis=1))
     np.testing.assert_array_equal(candidates.beams, best // V)
     np.testing.assert_array_equal(candidates.tokens, best % V)
+
+
+def test_beams_are_relabelled_and_only_a_second_child_is_copied(decoder, monkeypatch):
+    from lmkit.nn import KVCache
+
+    copied, steps = [], []
+    reorder = KVCache.reorder
+
+    def counting(self, rows):
+        if rows.numel() == self.batch_size:
+            copied.append(sum(1 for row, source in enumerate(rows.tolist()) if source != row))
+        return reorder(self, rows)
+
+    class Rows(Recording):
+        def step(self, tokens, rows=None):
+            steps.append(None if rows is None else rows.copy())
+            return super().step(tokens, rows)
+
+    monkeypatch.setattr(KVCache, "reorder", counting)
+    strategy = BeamSearch(BeamSearchOptions(max_new_tokens=10, num_beams=6))
+    cached, reference = Rows(TorchBackend(decoder, 10)), Recording(FullSequenceBackend(decoder))
+    prompts = [[5, 3, 9, 2]]
+    assert tokens(strategy.generate(cached, prompts, eos_id=None, pad_id=0)) == \
+        tokens(strategy.generate(reference, prompts, eos_id=None, pad_id=0))
+    for ours, theirs in zip(cached.logits, reference.logits):
+        np.testing.assert_allclose(ours, theirs, atol=1e-5, rtol=0)
+    # After the first step (1 row -> 6 beams), each step copies one row per beam whose parent another
+    # beam continues already: 6 minus the distinct parents, not every beam that changed rows.
+    same_size = [rows for rows in steps[1:] if rows is not None]
+    assert copied and sum(copied) < sum(int((rows != np.arange(len(rows))).sum()) for rows in same_size)
+    assert copied == [len(rows) - len(set(rows.tolist())) for rows in same_size if len(set(rows.tolist())) < len(rows)]

