@@ -151,25 +151,23 @@ class TorchBackend:
             self.slots = None if np.array_equal(slots, np.arange(len(slots))) else slots
         else:
             order, self.slots = parents, None
-        if np.array_equal(order, np.arange(len(order))) and len(order) == self.cache.batch_size:
-            return
+        if not (np.array_equal(order, np.arange(len(order))) and len(order) == self.cache.batch_size):
+            self._take_cache_rows(order)
+
+    def _in_row_order(self) -> None:
+        """Move the cache's rows back into row order (before rows join it: Backend.merge)."""
+        if self.slots is not None:
+            slots, self.slots = self.slots, None
+            self._take_cache_rows(slots)
+
+    def _take_cache_rows(self, order: np.ndarray) -> None:
+        """Cache row j (and its mask and position) becomes what row order[j] held."""
         order = torch.from_numpy(order).to(self.device)
         self.cache.reorder(order)
         if self.attention_mask is not None:
             self.attention_mask = self.attention_mask[order]
         if self.positions is not None:
             self.positions = self.positions[order]
-
-    def _in_row_order(self) -> None:
-        """Move the cache's rows back into row order (before rows join it: Backend.merge)."""
-        if self.slots is not None:
-            slots, self.slots = self.slots, None
-            order = torch.from_numpy(slots).to(self.device)
-            self.cache.reorder(order)
-            if self.attention_mask is not None:
-                self.attention_mask = self.attention_mask[order]
-            if self.positions is not None:
-                self.positions = self.positions[order]
 
     @torch.inference_mode()
     def merge(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
