@@ -61,6 +61,17 @@ def by_hand(decoder, part_a: list[int], word: list[int]) -> list[float]:
 ROWS = [[10, 11, 12, M], [20, M, 21, 22, 23, 24, 25]]  # two Part As of other lengths, the blank in other places
 
 
+def compose_glm_tiny(root) -> dict:
+    """A wordpiece tokenizer trained on root/docs.txt and a glm-tiny composed with it; the task's files
+    (root/train.jsonl, root/dev.jsonl) by name."""
+    tok, glm = str(root / "tok"), str(root / "glm")
+    for args in (("tokenizer", "train", "--kind", "wordpiece", "--vocab-size", 120, root / "docs.txt", "--out", tok),
+                 ("compose", "glm-tiny", "--set", f"tokenizer={tok}", "--out", glm)):
+        result = run_cli(*args)
+        assert result.code == 0, result.err
+    return {"root": root, "glm": glm, "train": str(root / "train.jsonl"), "dev": str(root / "dev.jsonl")}
+
+
 def test_positions_of_a_cloze_row():
     ids = torch.tensor([[10, 11, M, 13, S, 40, 41, 0]])
     positions = cloze_positions(ids, M, torch.tensor([4]))
@@ -164,12 +175,7 @@ def made(tmp_path_factory):
         labels = rng.permutation([0, 1] * (n // 2))
         (root / f"{name}.jsonl").write_text("".join(json.dumps({"text": sentence(rng, int(y)), "label": str(y)}) + "\n"
                                                     for y in labels))
-    tok, glm = str(root / "tok"), str(root / "glm")
-    for args in (("tokenizer", "train", "--kind", "wordpiece", "--vocab-size", 120, root / "docs.txt", "--out", tok),
-                 ("compose", "glm-tiny", "--set", f"tokenizer={tok}", "--out", glm)):
-        result = run_cli(*args)
-        assert result.code == 0, result.err
-    return {"root": root, "glm": glm, "train": str(root / "train.jsonl"), "dev": str(root / "dev.jsonl")}
+    return compose_glm_tiny(root)
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from conftest import NO_TORCH, run_cli  # noqa: E402
-from test_glm_cloze import M, S, by_hand, tiny  # noqa: E402
+from test_glm_cloze import M, S, by_hand, compose_glm_tiny, tiny  # noqa: E402
 
 from lmkit.plugins.glm.cloze import ClozeInputs, ClozeOptions, GLMClozeRecipe  # noqa: E402
 
@@ -91,12 +91,7 @@ def made(tmp_path_factory):
     for name, n in (("train", 96), ("dev", 48)):
         keys = rng.permutation(["good", "bad"] * (n // 2))
         (root / f"{name}.jsonl").write_text("".join(json.dumps(item(rng, key)) + "\n" for key in keys))
-    tok, glm = str(root / "tok"), str(root / "glm")
-    for args in (("tokenizer", "train", "--kind", "wordpiece", "--vocab-size", 120, root / "docs.txt", "--out", tok),
-                 ("compose", "glm-tiny", "--set", f"tokenizer={tok}", "--out", glm)):
-        result = run_cli(*args)
-        assert result.code == 0, result.err
-    return {"root": root, "glm": glm, "train": str(root / "train.jsonl"), "dev": str(root / "dev.jsonl")}
+    return compose_glm_tiny(root)
 
 
 def test_multiple_choice_as_cloze_learns_and_predicts(made):
