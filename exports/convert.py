@@ -74,8 +74,11 @@ def _export_legacy(graph: Graph, path: str, opset: int) -> None:
 
     axes = {t.name: {axis: size for axis, size in enumerate(t.shape) if isinstance(size, str)}
             for t in [*graph.inputs, *graph.outputs]}
+    symbolics = graph.translations or {}
     with contextlib.redirect_stdout(io.StringIO()), quiet_loggers("torch.onnx"), warnings.catch_warnings():
         warnings.simplefilter("ignore")
+        for name, symbolic in symbolics.items():
+            torch.onnx.register_custom_op_symbolic(name, symbolic, opset)
         try:
             torch.onnx.export(graph.module, graph.example, path, dynamo=False, opset_version=opset,
                               input_names=[t.name for t in graph.inputs], output_names=[t.name for t in graph.outputs],
@@ -84,6 +87,9 @@ def _export_legacy(graph: Graph, path: str, opset: int) -> None:
             message = " ".join(str(error).split("\n", 1)[0].split())[:300]
             raise ExportError(f"torch.onnx (legacy) could not export graph '{graph.name}': {type(error).__name__}: "
                               f"{message}") from error
+        finally:
+            for name in symbolics:
+                torch.onnx.unregister_custom_op_symbolic(name, opset)
 
 
 @contextlib.contextmanager

@@ -29,6 +29,9 @@ SEQUENCE = "sequence_length"
 PAST = "past_sequence_length"
 TOTAL = f"{PAST} + {SEQUENCE}"
 SOURCE = "source_length"  # an encoder-decoder's source positions (optimum: encoder_sequence_length)
+# A cache buffer's positions, of which the first past + new are filled (an encoder-decoder's buffer layout):
+# the runtime sizes it (its own past included) and binds it as the input and the output of its layer.
+CAPACITY = "max_sequence_length"
 
 # Tensor element types, as numpy spells them.
 DTYPES = ("int64", "int32", "bool", "float32", "float16")
@@ -100,8 +103,9 @@ class Graph:
     # Operator types kept in fp32 when the graph is converted to fp16, beside lmkit.exports.precision.FP32_OPS:
     # where fp16 is unsafe for this graph or an onnxruntime optimizer breaks on it (the exporter says why).
     fp32_ops: tuple[str, ...] = ()
-    # torch.onnx's custom_translation_table: custom torch ops the module calls, as ONNX nodes
-    # (lmkit.exports.fused_attention's fused attention).
+    # Custom torch ops the module calls, as ONNX nodes (lmkit.exports.fused_attention's fused attention): for
+    # dynamo, torch.onnx's custom_translation_table; for legacy, {"namespace::op": symbolic function}, registered
+    # with torch.onnx.register_custom_op_symbolic while the graph is exported.
     translations: dict | None = None
     # Each cache output is written into its input's memory when the runtime binds one buffer as both
     # (onnxruntime's past_present_share_buffer): validation runs the graph that way too.
@@ -118,7 +122,9 @@ class Graph:
 
 
 # Where a decoder input's value comes from before the first step (EncoderDecoderLayout.feeds).
-FEED_SOURCES = ("encoder", "source_mask", "zeros")
+FEED_SOURCES = ("encoder", "source_mask", "zeros", "target_mask")
+# How an encoder-decoder's self-attention cache goes from step to step (EncoderDecoderLayout.cache_layout).
+SEQ2SEQ_CACHE_LAYOUTS = ("concat", "buffer")
 # How the encoder graph reads a batch of sources (EncoderDecoderLayout.batching).
 BATCHINGS = ("padded", "one-by-one")
 
@@ -130,7 +136,10 @@ class Feed:
     source: "encoder": the encoder graph's output `output` (constant for the whole generation, unless
         the decoder graph's cache feeds it back); "source_mask": the sources' mask (B, S), 1 at real
         tokens, in the input's dtype; "zeros": zeros of the input's shape, with the batch axis the
-        batch size and the past axis (past_sequence_length) 0 (an empty key/value cache, a zero state).
+        batch size and the past axis (past_sequence_length) 0 (an empty key/value cache, a zero state);
+        in the buffer layout, a buffer's max_sequence_length axis is sized by the runtime; "target_mask":
+        int64 ones (B, P + t) over the target positions so far, the new one included (P: a prefix's),
+        given anew at every step (the fused attention reads the cache's length from it).
     """
 
     input: str
@@ -158,6 +167,11 @@ class EncoderDecoderLayout:
         every one of them along the axis its shape names batch_size.
     prefix_cache: the decoder inputs (keys, values), each (layers, batch, heads, past, head_dim), of the
         self-attention cache a prefix (lmkit.prefix) starts instead of empty; None: the export takes none.
+        In the buffer layout, the first inputs of layer 0's keys and values.
+    cache_layout: "concat": each cache output is the input and the new positions, fed back at the next
+        step; "buffer": every cache pair is one buffer (B, heads, max_sequence_length, head_dim) of which
+        the first positions are filled, which onnxruntime's fused attention writes the new positions into
+        when the runtime binds it as both the input and the output (lmkit.exports.fused_attention).
     """
 
     feeds: list[Feed]
@@ -169,13 +183,15 @@ class EncoderDecoderLayout:
     encoder: str = "encoder"  # the graphs' names
     decoder: str = "decoder"
     prefix_cache: tuple[str, str] | None = None
+    cache_layout: str = "concat"
 
     def to_dict(self) -> dict:
         return {"batching": self.batching, "encoder": self.encoder, "decoder": self.decoder,
                 "encoder_ids": self.encoder_ids, "encoder_mask": self.encoder_mask,
                 "decoder_ids": self.decoder_ids, "logits": self.logits,
                 "feeds": [feed.to_dict() for feed in self.feeds],
-                **({"prefix_cache": list(self.prefix_cache)} if self.prefix_cache else {})}
+                **({"prefix_cache": list(self.prefix_cache)} if self.prefix_cache else {}),
+                **({"cache_layout": self.cache_layout} if self.cache_layout != "concat" else {})}
 
 
 @dataclass

@@ -7,7 +7,10 @@ inputs start as zeros (a zero state; an empty key/value cache with a growing pas
 sources' mask, and whether the encoder reads a padded batch or one source at a time. The decoder
 graph's cache pairs say which outputs are fed back as which inputs; each tensor's batch axis is the
 one its shape names batch_size, along which beams are reordered with np.take, as the PyTorch
-backend's reorder does.
+backend's reorder does. In the buffer cache layout (T5's fast export) every cache pair is one buffer
+that onnxruntime's fused attention writes the new position into: on the CPU the runtime binds it as
+both the input and the output, so nothing of the past is copied at a step, and beam search reorders
+only its filled part, in place.
 
     model = lmkit.open_model("exp/nmt")           # or lmkit.exports.load
     model.generate(["a source sentence"])           # any lmkit.decoding strategy, as in PyTorch
@@ -19,7 +22,17 @@ import numpy as np
 from lmkit.errors import ArtifactError, LmkitError
 from lmkit.parallel import pad_sources
 
-from .graphs import BATCHINGS, ENCODER_DECODER, FEED_SOURCES, SOURCE, batch_axis, empty_input
+from .graphs import (
+    BATCH,
+    BATCHINGS,
+    CAPACITY,
+    ENCODER_DECODER,
+    FEED_SOURCES,
+    SEQ2SEQ_CACHE_LAYOUTS,
+    SOURCE,
+    batch_axis,
+    empty_input,
+)
 
 
 def check_layout(directory: str, manifest: dict) -> dict:
@@ -38,6 +51,9 @@ def check_layout(directory: str, manifest: dict) -> dict:
                       f"{', '.join(graphs)}")
     if layout.get("batching") not in BATCHINGS:
         raise damaged(f"has batching {layout.get('batching')!r}, not one of {', '.join(BATCHINGS)}")
+    if layout.get("cache_layout", "concat") not in SEQ2SEQ_CACHE_LAYOUTS:
+        raise damaged(f"has cache layout {layout.get('cache_layout')!r}, not one of {', '.join(SEQ2SEQ_CACHE_LAYOUTS)} "
+                      "(an export made by a newer lmkit: upgrade lmkit)")
     encoder, decoder = graphs[layout["encoder"]], graphs[layout["decoder"]]
     encoder_inputs = {t["name"] for t in encoder["inputs"]}
     encoder_outputs = {t["name"] for t in encoder["outputs"]}
@@ -64,6 +80,13 @@ def check_layout(directory: str, manifest: dict) -> dict:
     if prefix_cache is not None and (not isinstance(prefix_cache, list) or len(prefix_cache) != 2
                                      or not set(prefix_cache) <= decoder_inputs):
         raise damaged(f"names a prefix cache {prefix_cache!r} that is not two of the decoder graph's inputs")
+    if layout.get("cache_layout") == "buffer":
+        shapes = {t["name"]: t["shape"] for t in decoder["inputs"]}
+        odd = [pair["input"] for pair in decoder["cache"]
+               if len(shapes.get(pair["input"], ())) != 4 or shapes[pair["input"]][0::2] != [BATCH, CAPACITY]]
+        if odd:
+            raise damaged(f"has the buffer cache layout, but cache input(s) {', '.join(odd)} are not (batch_size, "
+                          f"heads, {CAPACITY}, head_dim)")
     unfed = decoder_inputs - {layout["decoder_ids"]} - {feed["input"] for feed in feeds}
     if unfed:
         raise damaged(f"gives no first value for decoder input(s) {', '.join(sorted(unfed))}")
@@ -75,22 +98,36 @@ class OrtSeq2SeqBackend:
 
     As lmkit.decoding.seq2seq_backend.Seq2SeqBackend: every prompt is the target side's start token,
     prefill runs the encoder over the sources and the decoder over the prompts, each step feeds one
-    token per row. The state (every decoder input but the tokens) is a dict of numpy arrays.
+    token per row. The state (every decoder input but the tokens and the target mask) is a dict of
+    numpy arrays.
+
+    capacity: in the buffer layout, the target positions the buffers hold at first after a prefix's (the
+    start token's included); they double when a step needs more.
     """
 
     max_length = None  # the decoder reads its state, not a window of positions; max_new_tokens bounds it
 
-    def __init__(self, encoder, decoder, graphs: dict, layout: dict, pad_id: int = 0, prefix=None):
+    def __init__(self, encoder, decoder, graphs: dict, layout: dict, pad_id: int = 0, prefix=None,
+                 capacity: int = 64):
         self.encoder, self.decoder = encoder, decoder
         self.layout = layout
         self.encoder_outputs = {t["name"]: t for t in graphs[layout["encoder"]]["outputs"]}
         self.encoder_inputs = {t["name"]: t for t in graphs[layout["encoder"]]["inputs"]}
         self.decoder_inputs = {t["name"]: t for t in graphs[layout["decoder"]]["inputs"]}
+        self.logits_shape = next(t["shape"] for t in graphs[layout["decoder"]]["outputs"] if t["name"] == layout["logits"])
         self.cache = [(pair["input"], pair["output"]) for pair in graphs[layout["decoder"]]["cache"]]
         self.output_names = [layout["logits"], *(output for _, output in self.cache)]
         self.pad_id = pad_id
         self.sources: list[list[int]] | None = None
         self.state: dict[str, np.ndarray] = {}
+        self.target_masks = [feed["input"] for feed in layout["feeds"] if feed["source"] == "target_mask"]
+        self.positions = 0  # target positions in the self-attention cache so far, a prefix's included
+        self.buffered = layout.get("cache_layout") == "buffer"
+        self.capacity = capacity
+        # Each buffer is its layer's input and output, the same numpy memory bound to both (CPU only: elsewhere
+        # the outputs come back as new arrays, fed in at the next step).
+        self.shared = self.buffered and decoder.get_providers()[0] == "CPUExecutionProvider"
+        self.binding = decoder.io_binding() if self.shared else None
         # Inputs made from the source alone (fed from the encoder or the source mask, never a cache the decoder
         # updates): alike in every row of one source, so a reorder among a source's own rows (beams) keeps them.
         updated = {name for name, _ in self.cache}
@@ -109,6 +146,13 @@ class OrtSeq2SeqBackend:
             raise LmkitError("a prefix starts a decoder's self-attention cache, and this export names none "
                              "(a recurrent decoder, or an export made before lmkit took prefixes there: export it "
                              "again)")
+        if self.buffered:  # per layer: keys then values, layer by layer (the cache pairs' order)
+            shape = self.decoder_inputs[names[0]]["shape"]  # (batch, heads, max_sequence_length, head_dim)
+            prefix.check_fits(len(self.cache) // 2, shape[1], shape[3], "this export")
+            for index, (name, _) in enumerate(self.cache):
+                layer, part = divmod(index, 2)
+                self.prefix[name] = prefix.keys_values[layer, part][None]  # (1, nh, P, hs)
+            return
         shape = self.decoder_inputs[names[0]]["shape"]  # (layers, batch, heads, past, head_dim)
         prefix.check_fits(shape[0], shape[2], shape[4], "this export")
         for part, name in enumerate(names):
@@ -125,17 +169,27 @@ class OrtSeq2SeqBackend:
         if not attention_mask.all():
             raise ValueError("every target prefix must have the same length (the start token)")
         encoded, mask = self._encode()
+        batch = len(self.sources)
+        P = next((value.shape[-2] for value in self.prefix.values()), 0)
+        self.positions = P
         state = {}
         for feed in self.layout["feeds"]:
             tensor = self.decoder_inputs[feed["input"]]
+            if feed["source"] == "target_mask":  # made anew at every step
+                continue
             if feed["source"] == "encoder":
                 value = encoded[feed["output"]]
             elif feed["source"] == "source_mask":
                 value = mask
+            elif CAPACITY in tensor["shape"]:  # a buffer of the whole target, the prefix's positions first
+                value = np.zeros(self._buffer_shape(tensor, batch, P + max(self.capacity, input_ids.shape[1])),
+                                 dtype=tensor["dtype"])
+                if feed["input"] in self.prefix:
+                    value[:, :, :P] = self.prefix[feed["input"]]
             elif feed["input"] in self.prefix:  # the prefix's P positions before the start token
-                value = np.repeat(self.prefix[feed["input"]], len(self.sources), axis=batch_axis(tensor))
+                value = np.repeat(self.prefix[feed["input"]], batch, axis=batch_axis(tensor))
             else:  # zeros: a zero state, or an empty cache whose past axis grows
-                value = empty_input(tensor, len(self.sources))
+                value = empty_input(tensor, batch)
             state[feed["input"]] = np.ascontiguousarray(value, dtype=tensor["dtype"])
         self.state = state
         self.row_sources = np.arange(len(self.sources))
@@ -148,10 +202,21 @@ class OrtSeq2SeqBackend:
         if rows is not None:
             stay = len(rows) == len(self.row_sources) and np.array_equal(self.row_sources[rows], self.row_sources)
             self.row_sources = self.row_sources[rows]
-            self.state = {name: value if stay and name in self.source_inputs
-                          else np.take(value, rows, axis=batch_axis(self.decoder_inputs[name]))
-                          for name, value in self.state.items()}
+            self.state = {name: self._reordered(name, value, rows, stay) for name, value in self.state.items()}
         return self._run(np.asarray(tokens, dtype=np.int64)[:, None])
+
+    def _reordered(self, name: str, value: np.ndarray, rows: np.ndarray, stay: bool) -> np.ndarray:
+        """`value` with its rows in the order `rows` gives. stay: every row keeps its source (beams among
+        themselves), so an input made from the source alone is left as it is."""
+        if stay and name in self.source_inputs:
+            return value
+        if self.shared and len(rows) == len(value) and CAPACITY in self.decoder_inputs[name]["shape"]:
+            value[:, :, :self.positions] = value[rows, :, :self.positions]  # the filled part, in place
+            return value
+        return np.take(value, rows, axis=batch_axis(self.decoder_inputs[name]))
+
+    def _buffer_shape(self, tensor: dict, batch: int, capacity: int) -> tuple[int, ...]:
+        return tuple(batch if size == BATCH else capacity if size == CAPACITY else size for size in tensor["shape"])
 
     def _encode(self) -> tuple[dict[str, np.ndarray], np.ndarray]:
         """The encoder's outputs for the sources as one batch, and the sources' mask (B, S), True at tokens."""
@@ -186,13 +251,59 @@ class OrtSeq2SeqBackend:
         return feeds
 
     def _run(self, input_ids: np.ndarray) -> np.ndarray:
-        outputs = dict(zip(self.output_names,
-                           self.decoder.run(self.output_names, {self.layout["decoder_ids"]: input_ids, **self.state})))
+        batch, new = input_ids.shape
+        if self.buffered:
+            self._make_room(self.positions + new)
+        feeds = {self.layout["decoder_ids"]: input_ids, **self.state}
+        for name in self.target_masks:
+            feeds[name] = np.ones((batch, self.positions + new), dtype=self.decoder_inputs[name]["dtype"])
+        if self.shared:
+            logits = self._run_shared(feeds)
+        else:
+            outputs = dict(zip(self.output_names, self.decoder.run(self.output_names, feeds)))
+            for name, output in self.cache:
+                self.state[name] = outputs[output]
+            # A copy: the strategies may change the logits in place, and they are onnxruntime's buffer.
+            logits = np.array(outputs[self.layout["logits"]], dtype=np.float32)
+        self.positions += new
+        return logits[:, -1] if logits.ndim == 3 else logits
+
+    def _make_room(self, needed: int) -> None:
+        """Buffers of at least `needed` positions: twice as many, their filled part copied, when they are short."""
+        for name, _ in self.cache:
+            buffer = self.state[name]
+            if buffer.shape[2] < needed:
+                tensor = self.decoder_inputs[name]
+                grown = np.zeros(self._buffer_shape(tensor, len(buffer), max(needed, 2 * buffer.shape[2])),
+                                 dtype=buffer.dtype)
+                grown[:, :, :self.positions] = buffer[:, :, :self.positions]
+                self.state[name] = grown
+
+    def _run_shared(self, feeds: dict) -> np.ndarray:
+        """One run with each cache buffer bound as both its input and its output; the logits, in an array of ours.
+
+        Everything is bound as OrtValues over numpy memory, so nothing is copied on the way in or out.
+        """
+        from onnxruntime import OrtValue
+
+        binding = self.binding
+        binding.clear_binding_inputs()
+        binding.clear_binding_outputs()
+        batch = len(feeds[self.layout["decoder_ids"]])
+        logits = np.empty([batch if size == BATCH else 1 if isinstance(size, str) else size
+                           for size in self.logits_shape], dtype=np.float32)
+        values = []  # kept alive through the run
+        for name, value in feeds.items():
+            values.append(OrtValue.ortvalue_from_numpy(np.ascontiguousarray(value)))
+            binding.bind_ortvalue_input(name, values[-1])
+        values.append(OrtValue.ortvalue_from_numpy(logits))
+        binding.bind_ortvalue_output(self.layout["logits"], values[-1])
         for name, output in self.cache:
-            self.state[name] = outputs[output]
-        logits = outputs[self.layout["logits"]]
-        # A copy: the strategies may change the logits in place, and they are onnxruntime's buffer.
-        return np.array(logits[:, -1] if logits.ndim == 3 else logits, dtype=np.float32)
+            values.append(OrtValue.ortvalue_from_numpy(self.state[name]))  # the buffer's own memory
+            binding.bind_ortvalue_input(name, values[-1])
+            binding.bind_ortvalue_output(output, values[-1])
+        self.decoder.run_with_iobinding(binding)
+        return logits
 
 
 class EncoderDecoderRuntime:
@@ -208,12 +319,16 @@ class EncoderDecoderRuntime:
         self.max_positions = export.manifest.get("dimensions", {}).get("max_positions")  # of a source
 
     def backend(self, max_new_tokens: int | None = None, prefix=None) -> OrtSeq2SeqBackend:
-        """A fresh backend over the two sessions; its state grows as it needs, so max_new_tokens is not needed.
-        prefix: a lmkit.prefix.CachePrefix the decoder's self-attention cache starts from (the layout's prefix_cache)."""
+        """A fresh backend over the two sessions. max_new_tokens sizes the buffer layout's cache buffers (they double
+        when a generation outlasts them; None: room for 64 positions first); the concat layout's state grows as it
+        needs. prefix: a lmkit.prefix.CachePrefix the decoder's self-attention cache starts from (the layout's
+        prefix_cache)."""
         pad = self.export.manifest.get("special_tokens", {}).get("pad")
+        # Buffers for the start token and max_new_tokens after it (a prefix's positions are added to it).
+        capacity = 1 + max_new_tokens if max_new_tokens else 64
         return OrtSeq2SeqBackend(self.encoder, self.decoder, self.export.manifest["graphs"], self.layout,
                                  pad_id=pad if pad is not None else 0,  # masked out, so any source id will do
-                                 prefix=prefix)
+                                 prefix=prefix, capacity=capacity)
 
     def features(self, input_ids: np.ndarray, attention_mask: np.ndarray, token_type_ids=None) -> dict:
         raise LmkitError(f"{self.export.directory} is an {ENCODER_DECODER} export, whose encoder graph gives the "

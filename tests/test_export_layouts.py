@@ -58,8 +58,8 @@ def test_the_fast_layout_is_chosen_from_the_plan_and_written_in_the_manifest(tin
     assert "cache_layout" not in concat.dimensions and not concat.graphs[0].shared_cache
 
 
-def onnxruntime_gqa(num_heads: int, head_dim: int):
-    """An onnxruntime session of one GroupQueryAttention node, as the fast graph has it."""
+def onnxruntime_gqa(num_heads: int, head_dim: int, scale: float = 0.0):
+    """An onnxruntime session of one GroupQueryAttention node, as the fast graphs have it."""
     from onnx import TensorProto, helper
 
     C = num_heads * head_dim
@@ -69,11 +69,11 @@ def onnxruntime_gqa(num_heads: int, head_dim: int):
     node = helper.make_node("GroupQueryAttention", ["query", "key", "value", "past_key", "past_value", "seqlens_k",
                                                     "total", "", "", "", "bias"], ["output", "present_key",
                                                                                    "present_value"],
-                            domain="com.microsoft", num_heads=num_heads, kv_num_heads=num_heads)
+                            domain="com.microsoft", num_heads=num_heads, kv_num_heads=num_heads, scale=scale)
     graph = helper.make_graph([node], "gqa", [
         *float_input, helper.make_tensor_value_info("seqlens_k", TensorProto.INT32, ["B"]),
         helper.make_tensor_value_info("total", TensorProto.INT32, []),
-        helper.make_tensor_value_info("bias", TensorProto.FLOAT, ["B", 1, "T", "S"])], [
+        helper.make_tensor_value_info("bias", TensorProto.FLOAT, ["b", "h", "T", "S"])], [
         helper.make_tensor_value_info("output", TensorProto.FLOAT, ["B", "T", C]),
         *(helper.make_tensor_value_info(name, TensorProto.FLOAT, ["B", num_heads, "M", head_dim])
           for name in ("present_key", "present_value"))])
@@ -81,10 +81,12 @@ def onnxruntime_gqa(num_heads: int, head_dim: int):
     return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
 
 
-@pytest.mark.parametrize("batch, new, past", [(3, 5, 0), (3, 1, 6), (1, 4, 6)])
-def test_the_custom_op_computes_what_onnxruntime_does(batch, new, past):
-    """The torch op the export traces and onnxruntime's node agree: causal attention, the padding bias, the
-    new keys/values at their offset and the buffers beyond left as they were."""
+@pytest.mark.parametrize("batch, new, past, t5", [(3, 5, 0, False), (3, 1, 6, False), (1, 4, 6, False),
+                                                  (3, 1, 6, True), (2, 3, 0, True)])
+def test_the_custom_op_computes_what_onnxruntime_does(batch, new, past, t5):
+    """The torch op the export traces and onnxruntime's node agree: causal attention, the bias, the scale, the
+    new keys/values at their offset and the buffers beyond left as they were. GPT's graphs give a padding bias
+    (B, 1, T, total) and the default scale; T5's, a bias per head (1, nh, T, total) and scale 1."""
     heads, head_dim, capacity = 2, 8, 16
     rng = np.random.default_rng(0)
     total = past + new
@@ -92,13 +94,18 @@ def test_the_custom_op_computes_what_onnxruntime_does(batch, new, past):
     past_key, past_value = (rng.standard_normal((batch, heads, capacity, head_dim)).astype(np.float32)
                             for _ in range(2))
     mask = np.ones((batch, total), dtype=bool)
-    mask[0, :2] = False  # a left-padded row
-    bias = np.where(mask, 0.0, np.finfo(np.float32).min).astype(np.float32)[:, None, None, :].repeat(new, axis=2)
-    bias[:, 0, np.arange(new), np.arange(past, total)] = 0.0  # a padded query sees itself (as in PyTorch)
+    if t5:  # T5's relative position bias, one per head, no padding; unscaled
+        bias = rng.standard_normal((1, heads, new, total)).astype(np.float32)
+        scale = 1.0
+    else:
+        mask[0, :2] = False  # a left-padded row
+        bias = np.where(mask, 0.0, np.finfo(np.float32).min).astype(np.float32)[:, None, None, :].repeat(new, axis=2)
+        bias[:, 0, np.arange(new), np.arange(past, total)] = 0.0  # a padded query sees itself (as in PyTorch)
+        scale = 0.0
     seqlens = np.full(batch, total - 1, dtype=np.int32)
     inputs = dict(query=q, key=k, value=v, past_key=past_key, past_value=past_value, seqlens_k=seqlens,
                   total=np.array(total, dtype=np.int32), bias=bias)
-    session = onnxruntime_gqa(heads, head_dim)
+    session = onnxruntime_gqa(heads, head_dim, scale)
     binding = session.io_binding()  # the buffers shared, as lmkit's runtime runs the graph
     shared = {name: ort.OrtValue.ortvalue_from_numpy(inputs[name].copy()) for name in ("past_key", "past_value")}
     for name, value in inputs.items():
@@ -112,7 +119,7 @@ def test_the_custom_op_computes_what_onnxruntime_does(batch, new, past):
     session.run_with_iobinding(binding)
     output = binding.get_outputs()[0].numpy()
     expected = group_query_attention(*(torch.from_numpy(inputs[name]) for name in (
-        "query", "key", "value", "past_key", "past_value", "seqlens_k", "total", "bias")), heads)
+        "query", "key", "value", "past_key", "past_value", "seqlens_k", "total", "bias")), heads, scale)
     real = mask[:, past:]  # a padded query's output is never used
     np.testing.assert_allclose(output[real], expected[0].numpy()[real], atol=1e-5)
     np.testing.assert_allclose(shared["past_key"].numpy(), expected[1].numpy(), atol=1e-6)

@@ -51,15 +51,27 @@ def without_torch(*args) -> str:
     return done.stdout
 
 
-@pytest.mark.parametrize("search", [["--strategy", "greedy"], ["--strategy", "beam", "--num-beams", "4"]])
-def test_tokens_identical_to_pytorch_without_torch(checkpoint, imported, tmp_path_factory, search):
-    exported = str(tmp_path_factory.getbasetemp() / "t5-export")
+@pytest.mark.parametrize("layout, search", [("fast", ["--strategy", "greedy"]),
+                                            ("fast", ["--strategy", "beam", "--num-beams", "4"]),
+                                            ("genai", ["--strategy", "beam", "--num-beams", "4"])])
+def test_tokens_identical_to_pytorch_without_torch(checkpoint, imported, tmp_path_factory, layout, search):
+    exported = str(tmp_path_factory.getbasetemp() / f"t5-export-{layout}")
     if not os.path.isdir(exported):
-        cli("export", imported, "--out", exported)
+        cli("export", imported, "--out", exported, "--layout", layout)
     manifest = json.load(open(os.path.join(exported, "lmkit-onnx.json")))
     assert manifest["validation"]["max_abs_diff"] < 1e-4
-    feeds = {feed["input"]: feed for feed in manifest["encoder_decoder"]["feeds"]}
-    assert feeds["cross_k"]["source"] == "encoder" and feeds["self_k"]["source"] == "zeros"  # cross k/v once
+    wiring = manifest["encoder_decoder"]
+    feeds = {feed["input"]: feed for feed in wiring["feeds"]}
+    if layout == "fast":  # per layer: a buffer written in place, the cross-attention keys/values from the encoder once
+        assert wiring["cache_layout"] == "buffer" and feeds["decoder_attention_mask"]["source"] == "target_mask"
+        assert feeds["cross_k.1"]["source"] == "encoder" and feeds["self_k.1"]["source"] == "zeros"
+        decoder = manifest["graphs"]["decoder"]
+        assert {"input": "self_v.1", "output": "present_v.1"} in decoder["cache"]
+        nodes = {node.op_type for node in __import__("onnx").load(os.path.join(exported, decoder["file"])).graph.node}
+        assert "GroupQueryAttention" in nodes and "Split" not in nodes  # nothing of the cache split out or copied
+    else:  # every layer's in one tensor, the past concatenated
+        assert "cache_layout" not in wiring
+        assert feeds["cross_k"]["source"] == "encoder" and feeds["self_k"]["source"] == "zeros"
     args = [x for text in SOURCES for x in ("--text", text)] + [*search, "--max-new-tokens", "14", "--json"]
     in_torch = [r["tokens"] for r in json.loads(cli("translate", imported, *args).out)]
     in_ort = [r["tokens"] for r in json.loads(without_torch("translate", exported, *args))]
@@ -73,6 +85,30 @@ def test_tokens_identical_to_pytorch_without_torch(checkpoint, imported, tmp_pat
                                                             **({"early_stopping": False} if beams > 1 else {}))]
     assert in_torch == expected
     assert any(len(tokens) < 14 for tokens in in_torch) or search[1] == "greedy"  # eos reached inside the beams
+
+
+def test_cache_buffers_grow_when_a_generation_outlasts_them(checkpoint, imported, tmp_path_factory):
+    """A backend whose buffers hold 3 positions at first generates 14 tokens by doubling them, beams reordering
+    their filled part in place: the same tokens as buffers sized for the whole generation, and as PyTorch."""
+    from lmkit.decoding.beam import BeamSearch
+    from lmkit.decoding.options import BeamSearchOptions
+    from lmkit.opening import open_model
+    from lmkit.seq2seq import Seq2SeqGenerator
+
+    exported = str(tmp_path_factory.getbasetemp() / "t5-export-fast")
+    if not os.path.isdir(exported):
+        cli("export", imported, "--out", exported)
+    sources = [checkpoint[2](text)["input_ids"] for text in SOURCES]
+    beam = BeamSearch(BeamSearchOptions(max_new_tokens=14, num_beams=4))
+    tokens = {}
+    for directory, room in ((exported, 2), (exported, 14), (imported, 14)):
+        opened = open_model(directory, device="cpu") if directory == imported else open_model(directory)
+        backend = opened.backend(room)
+        generator = Seq2SeqGenerator.for_tokenizer(backend, opened.decoder_start, opened.output_tokenizer)
+        tokens[directory, room] = [r.tokens for r in generator.generate(beam, sources)]
+        if room == 2:
+            assert backend.capacity == 3 and backend.state["self_k.0"].shape[2] == 24  # 3 -> 6 -> 12 -> 24
+    assert tokens[exported, 2] == tokens[exported, 14] == tokens[imported, 14]
 
 
 @pytest.mark.parametrize("precision", [["--dtype", "fp16"], ["--quantize", "int8"]])

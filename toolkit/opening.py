@@ -201,7 +201,8 @@ class OpenedModel:
 
             if stop:
                 raise LmkitError("stop sequences apply to decoder-only models; an encoder-decoder ends at </s>")
-            backend = self.backend() if prefix is None else self._prefixed_backend(None, prefix)
+            room = decoding.options.max_new_tokens  # an export's cache buffers are sized for it
+            backend = self.backend(room) if prefix is None else self._prefixed_backend(room, prefix)
             generator = Seq2SeqGenerator.for_tokenizer(backend, self.decoder_start, self.output_tokenizer)
             return generator.generate(decoding, [list(source) for source in inputs], batch_size)
         if self.generator is not None:  # the family's own way with prompts (GLM: fill the blanks)

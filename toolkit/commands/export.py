@@ -19,8 +19,9 @@ import click
               help="An export directory, or a Triton model repository (NAME/config.pbtxt, NAME/1/model.onnx).")
 @click.option("--layout", "cache_layout", type=click.Choice(["fast", "genai"]), default="fast", show_default=True,
               help="A decoder's key/value cache: fast, onnxruntime's fused attention over buffers written in place "
-                   "(where the model allows it: plain causal attention, head size a multiple of 8); genai, the "
-                   "layout onnxruntime-genai runs (genai_config.json), which copies the past at every step.")
+                   "(where the model allows it: GPT's plain causal attention and T5's decoder, head size a multiple "
+                   "of 8); genai, the concatenating layout onnxruntime-genai runs (genai_config.json, for a "
+                   "decoder-only model), which copies the past at every step.")
 @click.option("--name", help="Triton model name  [default: the name of MODEL_DIR]")
 @click.option("--opset", type=click.IntRange(min=18), help="ONNX opset  [default: 18]")
 @click.option("--atol", type=click.FloatRange(min=0), help="Largest difference from PyTorch an fp32 export may "
