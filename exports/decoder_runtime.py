@@ -67,13 +67,14 @@ class OrtBackend:
     On the CPU each buffer is a numpy array bound through IO binding as both the input and the output
     of its layer, so onnxruntime's fused attention writes the new positions into it and nothing of
     the past is copied; beam search reorders the filled part of the rows in place. (On another
-    device the buffers go from output to input as above: the operator then copies them.) The
+    device, or with share_buffers=False, the buffers go from output to input as above: the operator
+    then copies them.) The
     operator takes one row at a time for a prompt after a prefix, so such a batch is prefilled row
     by row, each into its own rows of the buffers.
     """
 
     def __init__(self, session, graph: dict, max_length: int | None, io_binding: bool | None = None,
-                 prefix=None, buffered: bool = False):
+                 prefix=None, buffered: bool = False, share_buffers: bool | None = None):
         self.session = session
         self.max_length = max_length
         self.inputs = {tensor["name"]: tensor for tensor in graph["inputs"]}
@@ -90,7 +91,8 @@ class OrtBackend:
         self.device_id = int(session.get_provider_options().get(provider, {}).get("device_id", 0) or 0)
         if io_binding is None:
             io_binding = self.device != "cpu"
-        self.shared = buffered and self.device == "cpu"  # one numpy buffer is each cache input and output
+        # One numpy buffer is each cache input and output (share_buffers None: on the CPU).
+        self.shared = buffered and (self.device == "cpu" if share_buffers is None else share_buffers)
         self.binding = session.io_binding() if io_binding or self.shared else None
         self.past: dict = {}  # cache input name -> numpy array, or OrtValue on self.device with IO binding
         self.attention_mask = np.zeros((0, 0), dtype=np.int64)  # (B, positions so far), 0 at padding

@@ -102,13 +102,15 @@ class OrtSeq2SeqBackend:
     numpy arrays.
 
     capacity: in the buffer layout, the target positions the buffers hold at first after a prefix's (the
-    start token's included); they double when a step needs more.
+    start token's included); they double when a step needs more. share_buffers: bind each buffer as its
+    layer's input and output (None: on the CPU); else the outputs are fed back as inputs, the operator
+    copying the buffers.
     """
 
     max_length = None  # the decoder reads its state, not a window of positions; max_new_tokens bounds it
 
     def __init__(self, encoder, decoder, graphs: dict, layout: dict, pad_id: int = 0, prefix=None,
-                 capacity: int = 64):
+                 capacity: int = 64, share_buffers: bool | None = None):
         self.encoder, self.decoder = encoder, decoder
         self.layout = layout
         self.encoder_outputs = {t["name"]: t for t in graphs[layout["encoder"]]["outputs"]}
@@ -124,9 +126,10 @@ class OrtSeq2SeqBackend:
         self.positions = 0  # target positions in the self-attention cache so far, a prefix's included
         self.buffered = layout.get("cache_layout") == "buffer"
         self.capacity = capacity
-        # Each buffer is its layer's input and output, the same numpy memory bound to both (CPU only: elsewhere
+        # Each buffer is its layer's input and output, the same numpy memory bound to both (on the CPU: elsewhere
         # the outputs come back as new arrays, fed in at the next step).
-        self.shared = self.buffered and decoder.get_providers()[0] == "CPUExecutionProvider"
+        on_cpu = decoder.get_providers()[0] == "CPUExecutionProvider"
+        self.shared = self.buffered and (on_cpu if share_buffers is None else share_buffers)
         self.binding = decoder.io_binding() if self.shared else None
         # Inputs made from the source alone (fed from the encoder or the source mask, never a cache the decoder
         # updates): alike in every row of one source, so a reorder among a source's own rows (beams) keeps them.

@@ -217,15 +217,22 @@ def test_onnx_and_torch_backends_generate_the_same_tokens(exported, tiny_gpt2_ge
 
 
 @pytest.mark.parametrize("io_binding", [False, True], ids=["session-run", "io-binding"])
-@pytest.mark.parametrize("layout", ["fast", "genai"])
+@pytest.mark.parametrize("layout", ["fast", "fast-fed-back", "genai"])
 def test_ort_backend_logits_follow_torch_through_prefill_steps_and_reorders(exported, tiny_gpt2_genai_export,
                                                                              torch_model, io_binding, layout):
+    """fast-fed-back: the fast layout's buffers not bound as both input and output, but fed back from the outputs,
+    as on a GPU (the operator then copies them)."""
     model, tokenizer = torch_model
     from lmkit.decoding.common import left_pad
 
     input_ids, mask = left_pad([tokenizer.encode(text) for text in PROMPTS], pad_id=0)
-    ort_backend = lmkit.exports.load(exported if layout == "fast" else tiny_gpt2_genai_export).backend(
-        io_binding=io_binding)
+    runtime = lmkit.exports.load(exported if layout.startswith("fast") else tiny_gpt2_genai_export).runtime
+    if layout == "fast-fed-back":
+        ort_backend = lmkit.exports.OrtBackend(runtime.session, runtime.graph, runtime.max_positions, io_binding,
+                                               buffered=True, share_buffers=False)
+        assert not ort_backend.shared and ort_backend.buffered
+    else:
+        ort_backend = runtime.backend(io_binding=io_binding)
     torch_backend = TorchBackend(model.decoder, 8)
     steps = [(np.array([5, 6, 7]), None), (np.array([8, 9, 10, 11]), np.array([2, 0, 0, 1])),
              (np.array([12, 13]), np.array([3, 1])), (np.array([14, 15]), np.array([1, 1])),
