@@ -107,7 +107,10 @@ def export_model(model_dir: str, out: str, *, precision: str = "fp32", layout: s
 
     head = validation_head(model, config["spec"])  # before anything is written: a head it cannot export stops here
     # The Triton configuration is made before anything is written: a plan it cannot lay out stops here.
-    config_pbtxt = triton.config_pbtxt(name, plan.graphs, precision) if name else None
+    config_pbtxt = None
+    if name:  # an encoder-decoder's model is lmkit's loop over its two graphs (lmkit.exports.triton_python)
+        config_pbtxt = (triton_python.config_pbtxt(name, ".", translation=True) if plan.layout is not None
+                        else triton.config_pbtxt(name, plan.graphs, precision))
     layers = layers_graph(model, config["spec"], plan)  # a task model between the encoder and the head's layer
     if layers is not None:
         plan.graphs = [*plan.graphs, layers]
@@ -145,7 +148,9 @@ def export_model(model_dir: str, out: str, *, precision: str = "fp32", layout: s
         if config_pbtxt:
             with atomic_write(os.path.join(root, "config.pbtxt")) as handle:
                 handle.write(config_pbtxt)
-            if _continues_prompts(model, config["spec"], host):  # beside the raw graph: lmkit's own loop as a model
+            if plan.layout is not None:
+                triton_python.write_model_py(root)
+            elif _continues_prompts(model, config["spec"], host):  # beside the raw graph: lmkit's own loop as a model
                 triton_python.write_text_model(stage, name)
         manifest = {
             "format": FORMAT,

@@ -2,7 +2,11 @@
 
 `lmkit export --format triton` writes, beside the raw-graph model `<name>` (onnxruntime backend),
 a model `<name>_text` whose `1/model.py` imports TritonPythonModel from here, and whose
-config.pbtxt points it at the export in `../<name>`. Triton's python backend runs it in the
+config.pbtxt points it at the export in `../<name>`. An encoder-decoder (T5, the LSTM translation
+models) has two graphs and a decoding loop between them, which no onnxruntime-backend model runs:
+its `<name>` is this python-backend model itself, translating TEXT (its sources) into COMPLETION
+(their targets), its export in its own folder (config.pbtxt, manifest, tokenizer) and its graphs
+in `1/` beside `model.py`. Triton's python backend runs it in the
 Python environment its stub starts in: the stub embeds the libpython found on LD_LIBRARY_PATH and
 takes its environment from the `python3` first on PATH (it does not read PYTHONPATH), so start
 Triton with the bin folder of an environment that has lmkit's `serve` extra first on PATH and its
@@ -21,6 +25,13 @@ Output:
 A request's optional inputs are read from its first row. Every prompt of every request in one
 execute() call is decoded in one continuous batch (lmkit.serving.engine), each with its own
 settings and seed, so a request gives the text `lmkit generate` gives, whatever it is batched with.
+
+An encoder-decoder's model also takes NUM_BEAMS (TYPE_INT32, optional: above 1, beam search with that
+many beams; 1, greedy). Its strategy: sampling when TEMPERATURE is above 0, else beam search when
+NUM_BEAMS is above 1, else greedy when either is given, else the export's own settings (`lmkit
+translate`'s default); MAX_TOKENS sets max_new_tokens. The requests of one execute() call that ask for
+the same settings are translated as one batch (translation does not depend on what a source is
+batched with), and each gives `lmkit translate`'s text for its settings and seed.
 """
 from __future__ import annotations
 
@@ -30,7 +41,31 @@ import threading
 
 import numpy as np
 
+from .graphs import ENCODER_DECODER
+
 OPTIONAL_INPUTS = {"MAX_TOKENS": "max_tokens", "TEMPERATURE": "temperature", "TOP_P": "top_p", "SEED": "seed"}
+TRANSLATION_INPUTS = {**OPTIONAL_INPUTS, "NUM_BEAMS": "num_beams"}
+
+
+def translation_settings(body: dict) -> tuple[str | None, dict]:
+    """(strategy, options) of a translation request's body (see the module's docstring); None: the export's own."""
+    temperature, beams = body.get("temperature"), body.get("num_beams")
+    if temperature is not None and temperature > 0:
+        strategy = "sample"
+    elif beams is not None and beams > 1:
+        strategy = "beam"
+    elif temperature is not None or beams is not None:
+        strategy = "greedy"
+    else:
+        strategy = None
+    options = {key: body[key] for key in ("top_p", "seed") if key in body}
+    if strategy == "sample":
+        options["temperature"] = temperature
+    if strategy == "beam":
+        options["num_beams"] = beams
+    if "max_tokens" in body:
+        options["max_new_tokens"] = body["max_tokens"]
+    return strategy, options
 
 
 class TritonPythonModel:
@@ -45,6 +80,12 @@ class TritonPythonModel:
         config = json.loads(args["model_config"])
         parameters = {key: value["string_value"] for key, value in config.get("parameters", {}).items()}
         export = os.path.normpath(os.path.join(args["model_repository"], parameters.get("export", "")))
+        self.translator = None
+        if _architecture(export) == ENCODER_DECODER:
+            from lmkit.opening import open_model
+
+            self.translator = open_model(export, device=parameters.get("device", "cpu"))
+            return
         self.service = open_service(export, name=args["model_name"], max_batch=int(parameters.get("max_batch", 32)),
                                     device=parameters.get("device", "cpu"))
         if self.service.engine is None:
@@ -54,6 +95,8 @@ class TritonPythonModel:
     def execute(self, requests: list) -> list:
         from lmkit.serving.api import RequestError
 
+        if self.translator is not None:
+            return self._translate(requests)
         pb_utils = self.pb_utils
         completions: list = []
         errors: dict[int, str] = {}
@@ -91,19 +134,57 @@ class TritonPythonModel:
             responses.append(pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor("COMPLETION", output)]))
         return responses
 
-    def _body(self, request) -> dict:
-        """The request as lmkit.serving.api's completion body."""
+    def _translate(self, requests: list) -> list:
+        """An encoder-decoder's execute(): each request's sources translated, one batch per setting asked for."""
+        from lmkit.errors import LmkitError
+
+        pb_utils = self.pb_utils
+        outcomes: list = [None] * len(requests)  # per request: its texts, or why it failed
+        groups: dict = {}  # (strategy, options) -> [(request index, its sources)]
+        for i, request in enumerate(requests):
+            body = self._body(request, TRANSLATION_INPUTS)
+            strategy, options = translation_settings(body)
+            groups.setdefault((strategy, tuple(sorted(options.items()))), []).append((i, body["prompt"]))
+        for (strategy, options), members in groups.items():
+            sources = [text for _, texts in members for text in texts]
+            try:
+                targets = iter(self.translator.generate(sources, strategy, **dict(options)))
+            except (LmkitError, ValueError) as problem:
+                for i, _ in members:
+                    outcomes[i] = str(problem)
+                continue
+            for i, texts in members:
+                outcomes[i] = [next(targets) for _ in texts]
+        responses = []
+        for outcome in outcomes:
+            if isinstance(outcome, str):
+                responses.append(pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(outcome)))
+                continue
+            output = np.array([[text.encode("utf-8")] for text in outcome], dtype=np.object_)
+            responses.append(pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor("COMPLETION", output)]))
+        return responses
+
+    def _body(self, request, inputs: dict = OPTIONAL_INPUTS) -> dict:
+        """The request as lmkit.serving.api's completion body: {"prompt": texts, option: value}."""
         pb_utils = self.pb_utils
         texts = pb_utils.get_input_tensor_by_name(request, "TEXT").as_numpy().reshape(-1)
         body: dict = {"prompt": [t.decode("utf-8") if isinstance(t, bytes) else str(t) for t in texts]}
-        for name, key in OPTIONAL_INPUTS.items():
+        for name, key in inputs.items():
             tensor = pb_utils.get_input_tensor_by_name(request, name)
             if tensor is not None:
                 body[key] = tensor.as_numpy().reshape(-1)[0].item()
         return body
 
     def finalize(self) -> None:
-        self.service.engine.stop()
+        if self.translator is None:
+            self.service.engine.stop()
+
+
+def _architecture(export: str) -> str | None:
+    from .manifest import MANIFEST
+
+    with open(os.path.join(export, MANIFEST)) as handle:
+        return json.load(handle).get("architecture")
 
 
 MODEL_PY = '''"""lmkit's text-in, text-out model for Triton's python backend (written by lmkit export --format triton)."""
@@ -111,8 +192,10 @@ from lmkit.exports.triton_python import TritonPythonModel  # noqa: F401
 '''
 
 
-def config_pbtxt(name: str, export: str, max_batch: int = 32) -> str:
-    """The python-backend model's configuration: `export` is the export's folder, relative to this model's."""
+def config_pbtxt(name: str, export: str, max_batch: int = 32, translation: bool = False) -> str:
+    """The python-backend model's configuration: `export` is the export's folder, relative to this model's.
+    translation: an encoder-decoder's model, which also takes NUM_BEAMS."""
+    beams = ['  { name: "NUM_BEAMS" data_type: TYPE_INT32 dims: [ 1 ] optional: true },'] if translation else []
     lines = [
         f'name: "{name}"',
         'backend: "python"',
@@ -122,6 +205,7 @@ def config_pbtxt(name: str, export: str, max_batch: int = 32) -> str:
         "input [",
         '  { name: "TEXT" data_type: TYPE_STRING dims: [ 1 ] },',
         '  { name: "MAX_TOKENS" data_type: TYPE_INT32 dims: [ 1 ] optional: true },',
+        *beams,
         '  { name: "TEMPERATURE" data_type: TYPE_FP32 dims: [ 1 ] optional: true },',
         '  { name: "TOP_P" data_type: TYPE_FP32 dims: [ 1 ] optional: true },',
         '  { name: "SEED" data_type: TYPE_INT64 dims: [ 1 ] optional: true }',
@@ -136,6 +220,15 @@ def config_pbtxt(name: str, export: str, max_batch: int = 32) -> str:
     return "\n".join(lines) + "\n"
 
 
+def write_model_py(folder: str) -> None:
+    """`folder/1/model.py`, the python backend's entry point."""
+    from lmkit.artifacts import atomic_write
+
+    os.makedirs(os.path.join(folder, "1"), exist_ok=True)
+    with atomic_write(os.path.join(folder, "1", "model.py")) as handle:
+        handle.write(MODEL_PY)
+
+
 def write_text_model(repository: str, name: str) -> str:
     """Write the python-backend model `<name>_text` beside the export `<name>` in `repository`; its name."""
     from lmkit.artifacts import atomic_write
@@ -145,6 +238,5 @@ def write_text_model(repository: str, name: str) -> str:
     os.makedirs(os.path.join(folder, "1"), exist_ok=True)
     with atomic_write(os.path.join(folder, "config.pbtxt")) as handle:
         handle.write(config_pbtxt(text_name, f"../{name}"))
-    with atomic_write(os.path.join(folder, "1", "model.py")) as handle:
-        handle.write(MODEL_PY)
+    write_model_py(folder)
     return text_name
