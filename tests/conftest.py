@@ -1,5 +1,6 @@
 import contextlib
 import io
+import json
 import os
 import subprocess
 import sys
@@ -123,3 +124,52 @@ def trained_nmt(translation_task) -> tuple:
     from test_seq2seq import train_nmt
 
     return train_nmt(translation_task)
+
+
+# -- Triton's python backend, stood in for (lmkit.exports.triton_python) -------------------------------
+
+
+class TritonStandIn:
+    """What lmkit's python-backend model calls of Triton's triton_python_backend_utils."""
+
+    class Tensor:
+        def __init__(self, name, array):
+            self.name, self.array = name, array
+
+        def as_numpy(self):
+            return self.array
+
+    class InferenceResponse:
+        def __init__(self, output_tensors, error=None):
+            self.output_tensors, self.error = output_tensors, error
+
+    class TritonError:
+        def __init__(self, message):
+            self.message = message
+
+    @staticmethod
+    def get_input_tensor_by_name(request, name):
+        return request.get(name)
+
+
+def triton_request(texts, **options) -> dict:
+    """A request as the stand-in hands it over: TEXT (b, 1) and each option (b, 1) in its Triton type."""
+    import numpy as np
+
+    kinds = {"MAX_TOKENS": np.int32, "NUM_BEAMS": np.int32, "TEMPERATURE": np.float32, "TOP_P": np.float32,
+             "SEED": np.int64}
+    fields = {"TEXT": TritonStandIn.Tensor("TEXT", np.array([[t.encode()] for t in texts], dtype=np.object_))}
+    for name, value in options.items():
+        fields[name] = TritonStandIn.Tensor(name, np.full((len(texts), 1), value, dtype=kinds[name]))
+    return fields
+
+
+def triton_text_model(folder, monkeypatch, export: str = "."):
+    """lmkit's TritonPythonModel of the model folder `folder`, initialized under the stand-in."""
+    from lmkit.exports.triton_python import TritonPythonModel
+
+    monkeypatch.setitem(sys.modules, "triton_python_backend_utils", TritonStandIn)
+    model = TritonPythonModel()
+    model.initialize({"model_config": json.dumps({"parameters": {"export": {"string_value": export}}}),
+                      "model_repository": str(folder), "model_name": os.path.basename(str(folder))})
+    return model

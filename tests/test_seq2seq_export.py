@@ -89,3 +89,21 @@ def test_translating_an_export_needs_no_torch(exported):
     sources = encode_sources(translator.tokenizer, [source], None)
     result = translator.generate_ids(sources, BeamSearch(BeamSearchOptions(num_beams=4, max_new_tokens=100)))[0]
     assert done.stdout.strip() == translator.output_tokenizer.decode(result.tokens, skip_special_tokens=True).strip()
+
+
+def test_the_triton_repository_translates_as_lmkit_translate(run, exported, tmp_path, monkeypatch):
+    """An LSTM encoder-decoder's Triton model is lmkit's loop over its graphs, as T5's (test_t5_export)."""
+    from conftest import triton_request, triton_text_model
+
+    model_dir, _ = exported["nmt"]
+    with one_thread():
+        done = run("export", model_dir, "--out", tmp_path / "triton", "--format", "triton", "--name", "nmt")
+    assert done.code == 0, done.err
+    sources = [s for s, _ in TASK.pairs(3, seed=8)]
+    model = triton_text_model(tmp_path / "triton" / "nmt", monkeypatch)
+    [response] = model.execute([triton_request(sources, NUM_BEAMS=4, MAX_TOKENS=40)])
+    with one_thread():
+        want = run("translate", model_dir, *[a for s in sources for a in ("--text", s)], "--strategy", "beam",
+                   "--num-beams", "4", "--max-new-tokens", 40, "--json")
+    assert [row[0].decode() for row in response.output_tensors[0].as_numpy()] == [
+        r["text"] for r in json.loads(want.out)]

@@ -11,7 +11,7 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from conftest import NO_TORCH, run_cli  # noqa: E402
+from conftest import NO_TORCH, run_cli, triton_request, triton_text_model  # noqa: E402
 from test_t5_hf import SOURCES, hf_generate, hf_model, t5_tokenizer  # noqa: E402
 
 from lmkit.commands.import_hf import import_hf  # noqa: E402
@@ -149,57 +149,18 @@ def test_fp16_export_of_a_model_that_overflows_is_refused(imported, tmp_path):
     print("\n" + error)
 
 
-class _TritonStandIn:
-    """What lmkit's python-backend model calls of Triton's triton_python_backend_utils, recorded."""
-
-    class Tensor:
-        def __init__(self, name, array):
-            self.name, self.array = name, array
-
-        def as_numpy(self):
-            return self.array
-
-    class InferenceResponse:
-        def __init__(self, output_tensors, error=None):
-            self.output_tensors, self.error = output_tensors, error
-
-    class TritonError:
-        def __init__(self, message):
-            self.message = message
-
-    @staticmethod
-    def get_input_tensor_by_name(request, name):
-        return request.get(name)
-
-
 def test_triton_repository_translates_as_lmkit_translate(imported, tmp_path, monkeypatch):
     """--format triton: an encoder-decoder's model folder is its export and a python-backend model that runs
     lmkit's loop over both graphs (no onnxruntime-backend model can). Its execute(), under a stand-in for
     Triton's pb_utils, answers each request with `lmkit translate`'s text for its settings (greedy, beam,
     sampling with a seed), and a setting the strategy does not take with an error for that request alone."""
-    import numpy as np
-
-    from lmkit.exports.triton_python import TritonPythonModel
-
     repository = tmp_path / "triton"
     cli("export", imported, "--out", repository, "--format", "triton", "--name", "t5")
     assert sorted(os.listdir(repository)) == ["t5"]  # no raw-graph model beside it: the graphs are in t5/1/
     assert sorted(os.listdir(repository / "t5" / "1")) == ["decoder.onnx", "encoder.onnx", "model.py"]
     config = (repository / "t5" / "config.pbtxt").read_text()
     assert 'backend: "python"' in config and '"NUM_BEAMS"' in config and 'string_value: "."' in config
-    monkeypatch.setitem(sys.modules, "triton_python_backend_utils", _TritonStandIn)
-
-    def request(texts, **options):
-        kinds = {"MAX_TOKENS": np.int32, "NUM_BEAMS": np.int32, "TEMPERATURE": np.float32, "TOP_P": np.float32,
-                 "SEED": np.int64}
-        fields = {"TEXT": _TritonStandIn.Tensor("TEXT", np.array([[t.encode()] for t in texts], dtype=np.object_))}
-        for name, value in options.items():
-            fields[name] = _TritonStandIn.Tensor(name, np.full((len(texts), 1), value, dtype=kinds[name]))
-        return fields
-
-    model = TritonPythonModel()
-    model.initialize({"model_config": json.dumps({"parameters": {"export": {"string_value": "."}}}),
-                      "model_repository": str(repository / "t5"), "model_name": "t5"})
+    model = triton_text_model(repository / "t5", monkeypatch)
     asks = [(SOURCES, {"MAX_TOKENS": 8, "NUM_BEAMS": 1}, ["--strategy", "greedy", "--max-new-tokens", "8"]),
             (SOURCES[:2], {"MAX_TOKENS": 8, "NUM_BEAMS": 4}, ["--strategy", "beam", "--num-beams", "4",
                                                               "--max-new-tokens", "8"]),
@@ -207,7 +168,7 @@ def test_triton_repository_translates_as_lmkit_translate(imported, tmp_path, mon
              ["--strategy", "sample", "--temperature", "0.8", "--seed", "3", "--max-new-tokens", "6"]),
             (SOURCES[:1], {"MAX_TOKENS": 8, "NUM_BEAMS": 1}, ["--strategy", "greedy", "--max-new-tokens", "8"]),
             (SOURCES[:1], {"NUM_BEAMS": 2, "TOP_P": 0.5}, None)]
-    responses = model.execute([request(texts, **options) for texts, options, _ in asks])
+    responses = model.execute([triton_request(texts, **options) for texts, options, _ in asks])
     for (texts, _, flags), response in zip(asks, responses):
         if flags is None:  # top_p is sampling's: this request fails, the others in its execute() do not
             assert response.output_tensors == [] and "top_p" in response.error.message
