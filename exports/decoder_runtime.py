@@ -14,7 +14,7 @@ from lmkit.errors import LmkitError
 
 from .encoder_runtime import single_graph
 from .graphs import DECODER_ONLY, PAST, batch_axis, empty_input
-from .providers import BINDING_DEVICES
+from .providers import BINDING_DEVICES, HostBinding
 
 
 class DecoderOnlyRuntime:
@@ -93,7 +93,7 @@ class OrtBackend:
             io_binding = self.device != "cpu"
         # One numpy buffer is each cache input and output (share_buffers None: on the CPU).
         self.shared = buffered and (self.device == "cpu" if share_buffers is None else share_buffers)
-        self.binding = session.io_binding() if io_binding or self.shared else None
+        self.binding = (HostBinding(session) if self.shared else session.io_binding() if io_binding else None)
         self.past: dict = {}  # cache input name -> numpy array, or OrtValue on self.device with IO binding
         self.attention_mask = np.zeros((0, 0), dtype=np.int64)  # (B, positions so far), 0 at padding
         # The tokens fed so far (B, positions so far), to run the rows again without the padding they
@@ -246,26 +246,20 @@ class OrtBackend:
         """One run with each cache buffer's `rows` bound as both its input and its output; the logits.
 
         Everything is bound as OrtValues over numpy memory, the logits included (allocated here), so
-        nothing is copied on the way in or out (get_outputs would wrap every output again).
+        nothing is copied on the way in or out (get_outputs would wrap every output again); a buffer
+        stays bound from step to step while it is the same array (lmkit.exports.providers.HostBinding).
         """
-        from onnxruntime import OrtValue
-
         binding = self.binding
-        binding.clear_binding_inputs()
-        binding.clear_binding_outputs()
-        values = [OrtValue.ortvalue_from_numpy(value) for value in feeds.values()]  # kept alive through the run
-        for name, value in zip(feeds, values):
-            binding.bind_ortvalue_input(name, value)
+        for name, value in feeds.items():
+            binding.input(name, value)
         input_ids = feeds["input_ids"]
         logits = np.empty((*input_ids.shape, self.vocab_size), dtype=np.float32)
-        values.append(OrtValue.ortvalue_from_numpy(logits))
-        binding.bind_ortvalue_output("logits", values[-1])
+        binding.output("logits", logits)
+        whole = rows == slice(None)
         for name, output in self.cache:
-            value = OrtValue.ortvalue_from_numpy(self.past[name][rows])  # a view: the buffer's own memory
-            values.append(value)
-            binding.bind_ortvalue_input(name, value)
-            binding.bind_ortvalue_output(output, value)
-        self.session.run_with_iobinding(binding)
+            # The buffer itself, or a view of its rows (a contiguous view: onnxruntime writes into its memory).
+            binding.shared(name, output, self.past[name] if whole else self.past[name][rows])
+        binding.run()
         return logits
 
     def _run_bound(self, feeds: dict) -> list:

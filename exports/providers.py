@@ -165,3 +165,50 @@ def open_session(directory: str, manifest: dict, graph_name: str, opsets: dict[s
                              + ("; check the CUDA and cuDNN libraries it needs" if first == CUDA else ""))
         log.warning("onnxruntime could not start %s; running %s on %s", first, path, running)
     return session
+
+
+class HostBinding:
+    """An IO binding over numpy memory on the CPU whose values stay bound from run to run: each run binds only
+    the arrays that changed, by identity (a cache buffer written in place stays bound; a new array is bound).
+
+    Binding a value makes an OrtValue over the array's memory (no copy), which this object keeps alive with
+    the array. Against binding every value anew at every step, in turns: gpt-mini greedy 1.04x, T5-small
+    1.00-1.06x (its 40 decoder inputs and outputs, most of them the same arrays at every step).
+    """
+
+    def __init__(self, session):
+        self.session = session
+        self.binding = session.io_binding()
+        self.bound: dict[tuple[str, str], tuple] = {}  # (kind, name) -> (array, OrtValue)
+
+    def _value(self, kind: str, name: str, array):
+        held = self.bound.get((kind, name))
+        if held is not None and held[0] is array:
+            return None
+        from onnxruntime import OrtValue
+
+        value = OrtValue.ortvalue_from_numpy(array)
+        self.bound[kind, name] = (array, value)
+        return value
+
+    def input(self, name: str, array) -> None:
+        """Bind `array` (C-contiguous) as input `name`, unless it already is."""
+        value = self._value("input", name, array)
+        if value is not None:
+            self.binding.bind_ortvalue_input(name, value)
+
+    def output(self, name: str, array) -> None:
+        """Let output `name` be written into `array` (C-contiguous, of the output's shape and type)."""
+        value = self._value("output", name, array)
+        if value is not None:
+            self.binding.bind_ortvalue_output(name, value)
+
+    def shared(self, input_name: str, output_name: str, array) -> None:
+        """Bind `array` as both `input_name` and `output_name`: the graph writes its output into its input's memory."""
+        value = self._value("shared", input_name, array)
+        if value is not None:
+            self.binding.bind_ortvalue_input(input_name, value)
+            self.binding.bind_ortvalue_output(output_name, value)
+
+    def run(self) -> None:
+        self.session.run_with_iobinding(self.binding)

@@ -33,6 +33,7 @@ from .graphs import (
     batch_axis,
     empty_input,
 )
+from .providers import HostBinding
 
 
 def check_layout(directory: str, manifest: dict) -> dict:
@@ -130,7 +131,7 @@ class OrtSeq2SeqBackend:
         # the outputs come back as new arrays, fed in at the next step).
         on_cpu = decoder.get_providers()[0] == "CPUExecutionProvider"
         self.shared = self.buffered and (on_cpu if share_buffers is None else share_buffers)
-        self.binding = decoder.io_binding() if self.shared else None
+        self.binding = HostBinding(decoder) if self.shared else None
         # Inputs made from the source alone (fed from the encoder or the source mask, never a cache the decoder
         # updates): alike in every row of one source, so a reorder among a source's own rows (beams) keeps them.
         updated = {name for name, _ in self.cache}
@@ -285,27 +286,22 @@ class OrtSeq2SeqBackend:
     def _run_shared(self, feeds: dict) -> np.ndarray:
         """One run with each cache buffer bound as both its input and its output; the logits, in an array of ours.
 
-        Everything is bound as OrtValues over numpy memory, so nothing is copied on the way in or out.
+        Values are bound as OrtValues over numpy memory, so nothing is copied on the way in or out, and stay
+        bound from step to step: a step binds its tokens, its target mask and the logits, and an input only
+        when its array changed (a reorder or a buffer's growth).
         """
-        from onnxruntime import OrtValue
-
         binding = self.binding
-        binding.clear_binding_inputs()
-        binding.clear_binding_outputs()
         batch = len(feeds[self.layout["decoder_ids"]])
         logits = np.empty([batch if size == BATCH else 1 if isinstance(size, str) else size
                            for size in self.logits_shape], dtype=np.float32)
-        values = []  # kept alive through the run
+        binding.output(self.layout["logits"], logits)
+        cache = dict(self.cache)
         for name, value in feeds.items():
-            values.append(OrtValue.ortvalue_from_numpy(np.ascontiguousarray(value)))
-            binding.bind_ortvalue_input(name, values[-1])
-        values.append(OrtValue.ortvalue_from_numpy(logits))
-        binding.bind_ortvalue_output(self.layout["logits"], values[-1])
-        for name, output in self.cache:
-            values.append(OrtValue.ortvalue_from_numpy(self.state[name]))  # the buffer's own memory
-            binding.bind_ortvalue_input(name, values[-1])
-            binding.bind_ortvalue_output(output, values[-1])
-        self.decoder.run_with_iobinding(binding)
+            if name in cache:
+                binding.shared(name, cache[name], value)  # the buffer's own memory, written in place
+            else:
+                binding.input(name, np.ascontiguousarray(value))
+        binding.run()
         return logits
 
 
