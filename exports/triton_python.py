@@ -146,15 +146,19 @@ class TritonPythonModel:
             strategy, options = translation_settings(body)
             groups.setdefault((strategy, tuple(sorted(options.items()))), []).append((i, body["prompt"]))
         for (strategy, options), members in groups.items():
-            sources = [text for _, texts in members for text in texts]
             try:
-                targets = iter(self.translator.generate(sources, strategy, **dict(options)))
-            except (LmkitError, ValueError) as problem:
-                for i, _ in members:
-                    outcomes[i] = str(problem)
-                continue
-            for i, texts in members:
-                outcomes[i] = [next(targets) for _ in texts]
+                targets = iter(self.translator.generate([t for _, texts in members for t in texts], strategy,
+                                                        **dict(options)))
+                for i, texts in members:
+                    outcomes[i] = [next(targets) for _ in texts]
+            except (LmkitError, ValueError):
+                # One request's input (a source too long, an empty one) must not fail the others it was batched
+                # with, nor be named by its place in their batch: each request again, alone.
+                for i, texts in members:
+                    try:
+                        outcomes[i] = self.translator.generate(texts, strategy, **dict(options))
+                    except (LmkitError, ValueError) as problem:
+                        outcomes[i] = str(problem)
         responses = []
         for outcome in outcomes:
             if isinstance(outcome, str):

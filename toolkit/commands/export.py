@@ -16,7 +16,8 @@ import click
 @click.option("--int4-embeddings", is_flag=True, help="With --quantize int4: the token and position embeddings "
               "in 4 bits too.")
 @click.option("--format", "layout", type=click.Choice(["onnx", "triton"]), default="onnx", show_default=True,
-              help="An export directory, or a Triton model repository (NAME/config.pbtxt, NAME/1/model.onnx).")
+              help="An export directory, or a Triton model repository (NAME/config.pbtxt, NAME/1/model.onnx; an "
+                   "encoder-decoder's NAME is a python-backend model over NAME/1/encoder.onnx and decoder.onnx).")
 @click.option("--layout", "cache_layout", type=click.Choice(["fast", "genai"]), default="fast", show_default=True,
               help="A decoder's key/value cache: fast, onnxruntime's fused attention over buffers written in place "
                    "(where the model allows it: GPT's plain causal attention and T5's decoder, head size a multiple "

@@ -169,8 +169,10 @@ class Unigram(_TokenizerKind):
     @classmethod
     def _blank(cls, options: UnigramOptions, progress: bool):
         hf_tokenizer = HFTokenizer(models.Unigram())
-        steps = [normalizers.NFKC()] + ([normalizers.Lowercase()] if options.lowercase else [])
-        hf_tokenizer.normalizer = normalizers.Sequence(steps)
+        # SentencePiece's nmt_nfkc with remove_extra_whitespaces: any run of whitespace (newlines, tabs) is one
+        # space and the ends are stripped, so no piece spans a line break (a .txt file is read as one text).
+        steps = [normalizers.NFKC(), normalizers.Replace(Regex(r"\s+"), " "), normalizers.Strip()]
+        hf_tokenizer.normalizer = normalizers.Sequence(steps + ([normalizers.Lowercase()] if options.lowercase else []))
         hf_tokenizer.pre_tokenizer = pre_tokenizers.Metaspace()
         hf_tokenizer.decoder = decoders.Metaspace()
         trainer = trainers.UnigramTrainer(
