@@ -42,6 +42,7 @@ import threading
 import numpy as np
 
 from .graphs import ENCODER_DECODER
+from .manifest import read_manifest
 
 OPTIONAL_INPUTS = {"MAX_TOKENS": "max_tokens", "TEMPERATURE": "temperature", "TOP_P": "top_p", "SEED": "seed"}
 TRANSLATION_INPUTS = {**OPTIONAL_INPUTS, "NUM_BEAMS": "num_beams"}
@@ -81,7 +82,7 @@ class TritonPythonModel:
         parameters = {key: value["string_value"] for key, value in config.get("parameters", {}).items()}
         export = os.path.normpath(os.path.join(args["model_repository"], parameters.get("export", "")))
         self.translator = None
-        if _architecture(export) == ENCODER_DECODER:
+        if read_manifest(export).get("architecture") == ENCODER_DECODER:
             from lmkit.opening import open_model
 
             self.translator = open_model(export, device=parameters.get("device", "cpu"))
@@ -183,12 +184,6 @@ class TritonPythonModel:
         if self.translator is None:
             self.service.engine.stop()
 
-
-def _architecture(export: str) -> str | None:
-    from .manifest import MANIFEST
-
-    with open(os.path.join(export, MANIFEST)) as handle:
-        return json.load(handle).get("architecture")
 
 
 MODEL_PY = '''"""lmkit's text-in, text-out model for Triton's python backend (written by lmkit export --format triton)."""

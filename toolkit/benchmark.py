@@ -85,25 +85,23 @@ def _runner(opened, *, prompt_tokens: int, new_tokens: int, batch_size: int, see
         sources = input_ids.tolist()
         starts = np.full((batch_size, 1), opened.decoder_start, dtype=np.int64)
 
-        def run() -> tuple[float, float]:
-            backend = opened.backend(new_tokens)
-            start = time.perf_counter()
+        def prefill(backend) -> np.ndarray:
             backend.set_sources(sources)
-            logits = backend.prefill(starts, np.ones_like(starts, dtype=np.bool_))
-            prefilled = time.perf_counter()
-            for _ in range(new_tokens):
-                logits = backend.step(logits.argmax(-1).astype(np.int64))
-            return prefilled - start, time.perf_counter() - prefilled
+            return backend.prefill(starts, np.ones_like(starts, dtype=np.bool_))
 
-        return run
+        return _generation(opened, prefill, new_tokens)
     if opened.generator is not None:
         raise LmkitError(f"{opened.directory} generates its own way (its family's generator, e.g. GLM's blank "
                          "filling), which lmkit bench does not time yet; give a model that continues prompts")
+    return _generation(opened, lambda backend: backend.prefill(input_ids, attention_mask), new_tokens)
 
+
+def _generation(opened, prefill, new_tokens: int):
+    """A run of a fresh backend: prefill(backend) -> logits, then new_tokens greedy steps; (prefill s, decode s)."""
     def run() -> tuple[float, float]:
         backend = opened.backend(new_tokens)
         start = time.perf_counter()
-        logits = backend.prefill(input_ids, attention_mask)
+        logits = prefill(backend)
         prefilled = time.perf_counter()
         for _ in range(new_tokens):
             logits = backend.step(logits.argmax(-1).astype(np.int64))

@@ -56,10 +56,9 @@ class EncoderGraph(nn.Module):
         self.encoder, self.decoder, self.per_layer = encoder, decoder, per_layer
 
     def forward(self, input_ids, attention_mask):
-        encoded = self.encoder(input_ids, attention_mask.bool())
-        if self.per_layer:
-            return tuple(t for block in self.decoder.block for t in block.cross_key_values(encoded.last_hidden_state))
-        state = self.decoder.start(encoded)
+        state = self.decoder.start(self.encoder(input_ids, attention_mask.bool()))
+        if self.per_layer:  # cross_k.0, cross_v.0, cross_k.1, ...: once per source, so the stacking costs nothing
+            return tuple(t for k, v in zip(state["cross_k"], state["cross_v"]) for t in (k, v))
         return state["cross_k"], state["cross_v"]
 
 

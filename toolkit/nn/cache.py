@@ -171,8 +171,8 @@ class KVCache:
         row's positions of one layer and head lie together, so every copy streams): nothing when no row
         moves; in place, the moved rows alone, when no moved row is another's source or fewer than half
         move; else every row into a second buffer, which becomes the cache (the old one is the next
-        reorder's spare). Another B' (e.g.
-        expanding each prompt into its beams after the prefill) reallocates the cache.
+        reorder's spare). Another B' (e.g. expanding each prompt into its beams after the prefill)
+        reallocates the cache.
         """
         if rows.numel() != self.batch_size:
             rows = rows.to(self.keys.device)
