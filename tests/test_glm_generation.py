@@ -293,3 +293,55 @@ def test_eval_honours_the_stride(made, tmp_path):
     result = run_cli("eval", made["model"], "--data", data, "--stride", 63)
     assert result.code != 0 and "--stride 63" in result.err and "62 or less" in result.err
     assert len(result.err.strip().splitlines()) == 1
+
+
+def logits_seen(opened, call, monkeypatch) -> list[np.ndarray]:
+    """The logits of every prefill and step that call() runs on opened's backends, in order."""
+    seen: list[np.ndarray] = []
+    make_backend = opened.backend
+
+    def recording_backend(*args, **kwargs):
+        backend = make_backend(*args, **kwargs)
+        prefill, step = backend.prefill, backend.step
+        backend.prefill = lambda *a, **k: seen.append(prefill(*a, **k)) or seen[-1]
+        backend.step = lambda *a, **k: seen.append(step(*a, **k)) or seen[-1]
+        return backend
+
+    monkeypatch.setattr(opened, "backend", recording_backend)
+    call()
+    monkeypatch.undo()
+    return seen
+
+
+def test_lmkit_bench_times_writing_on_after_a_text(made, run):
+    result = run("bench", made["model"], made["export"](), "--prompt-tokens", "6", "--new-tokens", "4",
+                 "--repeats", "1", "--batch-size", "2", "--threads", "1", "--json")
+    assert result.code == 0, result.err
+    for speed in json.loads(result.out)["models"]:
+        assert speed["kind"] == "decoder" and speed["prefill_ms"] > 0 and speed["decode_ms_per_step"] > 0
+
+
+@pytest.mark.parametrize("which", ["model", "export"])
+def test_lmkit_bench_sees_the_logits_of_blank_filling(made, which, monkeypatch):
+    # GLM is timed as it fills a [gMASK] after each random prompt: its prefill is Part A and [S] at the 2-D
+    # positions, and each timed step feeds back the argmax. So every logit the bench sees is one that greedy
+    # blank filling of the same prompts sees.
+    from lmkit.benchmark import measure
+    from lmkit.opening import open_model
+
+    opened = open_model(made["model"] if which == "model" else made["export"](), device="cpu")
+    timed = logits_seen(opened, lambda: measure([opened], prompt_tokens=6, new_tokens=4, batch_size=2, repeats=1),
+                        monkeypatch)
+    texts = np.random.default_rng(0).integers(8, opened.tokenizer.vocab_size, size=(2, 6)).tolist()
+    gmask = opened.tokenizer.token_to_id("[gMASK]")
+    prompts = [[*text, gmask] for text in texts]
+    filled = logits_seen(opened, lambda: opened.generate_ids(prompts, opened.decoding("greedy", max_new_tokens=5)),
+                         monkeypatch)
+    assert len(timed) == 10 and len(filled) == 5  # (the warm-up and the timed run) x (prefill and 4 steps)
+    for ours, reference in zip(timed[5:], filled):
+        np.testing.assert_allclose(ours, reference, atol=1e-5)
+
+
+def test_lmkit_bench_refuses_a_glm_prompt_beyond_its_context(glm, run):
+    result = run("bench", glm, "--prompt-tokens", "100000", "--repeats", "1")
+    assert result.code != 0 and "positions" in result.err and "Traceback" not in result.err

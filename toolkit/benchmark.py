@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from .decoding.common import prefill as prefill_at_positions
 from .errors import LmkitError
 
 
@@ -90,10 +91,23 @@ def _runner(opened, *, prompt_tokens: int, new_tokens: int, batch_size: int, see
             return backend.prefill(starts, np.ones_like(starts, dtype=np.bool_))
 
         return _generation(opened, prefill, new_tokens)
-    if opened.generator is not None:
-        raise LmkitError(f"{opened.directory} generates its own way (its family's generator, e.g. GLM's blank "
-                         "filling), which lmkit bench does not time yet; give a model that continues prompts")
-    return _generation(opened, lambda backend: backend.prefill(input_ids, attention_mask), new_tokens)
+    generator = opened.generator
+    if generator is None:
+        return _generation(opened, lambda backend: backend.prefill(input_ids, attention_mask), new_tokens)
+    # A family that generates its own way (GLM fills blanks): the prompts as it asks for a target (GLM: the
+    # text, then [gMASK]), fed as its generation's first prefill (Part A and [S], at GLM's 2-D positions).
+    inputs = getattr(generator, "prefill_inputs", None)
+    if inputs is None:
+        raise LmkitError(f"{opened.directory} generates its own way and its family's generator does not say how "
+                         "its generation starts (prefill_inputs), so lmkit bench cannot time it")
+    rows, positions = inputs([generator.source_prompt(row) for row in input_ids.tolist()])
+    fed = len(rows[0])
+    if limit is not None and fed + new_tokens - 1 > limit:
+        raise LmkitError(f"{opened.directory} reads at most {limit} positions; --prompt-tokens {prompt_tokens} is fed "
+                         f"as {fed}, and with --new-tokens {new_tokens} they do not fit: lower them")
+    ids = np.array(rows, dtype=np.int64)
+    return _generation(opened, lambda backend: prefill_at_positions(backend, ids, np.ones_like(ids, dtype=np.bool_), positions),
+                       new_tokens)
 
 
 def _generation(opened, prefill, new_tokens: int):
@@ -115,7 +129,7 @@ def measure(models: list, *, prompt_tokens: int = 128, new_tokens: int = 32, bat
     """The speed of each opened model (lmkit.open_model), timed in turns; see the module docstring.
 
     Raises LmkitError (one line) for a model it cannot time: a prompt (an encoder-decoder's source) beyond
-    the context, a model without a tokenizer, a family with a generator of its own (GLM's blank filling).
+    the context, a model without a tokenizer, a family generator that does not say how its generation starts.
     """
     runners = [_runner(m, prompt_tokens=prompt_tokens, new_tokens=new_tokens, batch_size=batch_size, seed=seed)
                for m in models]

@@ -412,6 +412,11 @@ class Generator(Protocol):
         """The prompt that asks for the target of a source's ids, as text-to-text fine-tuning writes it (GLM: the
         source then [gMASK]); generate_ids() of it gives the target as its `tokens`."""
 
+    def prefill_inputs(self, prompts: list[list[int]]) -> tuple[list[list[int]], Any]:
+        """The rows, and their lmkit.decoding.common.Positions (None: 0, 1, 2, ...), of the first prefill that
+        generate_ids() of prompts makes (GLM: Part A and the first blank's [S]). lmkit bench times that prefill
+        and greedy steps after it; a generator without this method is not timed."""
+
     def score_documents(self, documents: list[list[int]], context: int, batch_size: int = 8,
                         stride: int | None = None) -> tuple[float, int]:
         """(NLL in nats, tokens predicted) of the documents written left to right the family's way, each

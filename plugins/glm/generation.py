@@ -89,12 +89,10 @@ class BlankFilling:
             rows = [i for i, p in enumerate(places) if len(p) > k]
             ids, positions = [], []
             for i in rows:
-                part_b = [(places[i][j], spans[i][j].tokens) for j in range(k)] + [(places[i][k], [])]
-                ids.append(list(prompts[i]) + [t for _, span in part_b for t in (self.start, *span)])
-                pos1 = list(range(len(prompts[i]))) + [m for m, span in part_b for _ in range(len(span) + 1)]
-                pos2 = [0] * len(prompts[i]) + [p for _, span in part_b for p in range(1, len(span) + 2)]
-                positions.append(np.array([[P + p for p in pos1], pos2], dtype=np.int64))
-                if limit is not None and len(ids[-1]) > limit:
+                row, where = self._span_input(prompts[i], places[i][:k + 1], [span.tokens for span in spans[i]], P)
+                ids.append(row)
+                positions.append(where)
+                if limit is not None and len(row) > limit:
                     raise LmkitError(f"the blanks before blank {k + 1} of prompt {i + 1} filled the model's context "
                                      f"of {limit} positions; ask for fewer new tokens per blank (--max-new-tokens)")
             backend = self.opened.backend(decoding.options.max_new_tokens, **({} if prefix is None else {"prefix": prefix}))
@@ -103,6 +101,24 @@ class BlankFilling:
             for i, result in zip(rows, results):
                 spans[i].append(result)
         return [self._filled(prompt, where, found) for prompt, where, found in zip(prompts, places, spans)]
+
+    def prefill_inputs(self, prompts: list[list[int]]) -> tuple[list[list[int]], Positions]:
+        """The rows, and their positions, whose prefill starts filling each prompt's first blank: Part A and
+        the blank's [S] (lmkit bench times that prefill and the steps after it). One-line LmkitError for a
+        prompt without a blank."""
+        places = self.blanks(prompts)
+        rows = [self._span_input(prompt, where[:1], [], 0) for prompt, where in zip(prompts, places)]
+        return [ids for ids, _ in rows], Positions([where for _, where in rows], step=(0, 1))
+
+    def _span_input(self, prompt: list[int], places: list[int], filled: list[list[int]],
+                    offset: int) -> tuple[list[int], np.ndarray]:
+        """Part A, the spans `filled` of the blanks at places[:-1] and the [S] of the blank at places[-1]: the
+        ids, and their positions (2, n) (pos1 counting from `offset`, a prefix's length; pos2)."""
+        part_b = [*zip(places, filled), (places[-1], [])]
+        ids = list(prompt) + [t for _, span in part_b for t in (self.start, *span)]
+        pos1 = list(range(len(prompt))) + [m for m, span in part_b for _ in range(len(span) + 1)]
+        pos2 = [0] * len(prompt) + [p for _, span in part_b for p in range(1, len(span) + 2)]
+        return ids, np.array([[offset + p for p in pos1], pos2], dtype=np.int64)
 
     def score_documents(self, documents: list[list[int]], context: int, batch_size: int = 8,
                         stride: int | None = None) -> tuple[float, int]:
