@@ -726,3 +726,41 @@ def test_a_third_party_decoder_without_an_exporter_says_which_and_whose(third_pa
     message = str(error.value)
     assert "the decoder 'bigram' of plugin 'example' (lmkit-example 0.3.1) cannot be exported yet" in message
     assert "exporters available: " in message and "decoder.gpt, " in message and "\n" not in message
+
+
+def test_a_weight_stored_also_transposed_is_stored_once():
+    # What the TorchScript tracer writes for a tied embedding: the table for a Gather and its transpose, folded
+    # into a second initializer, for the head's MatMul. Afterwards the copy is Transpose(table), the outputs
+    # are the same, and a square matrix or an unrelated one of the transposed shape is left alone.
+    import onnx
+    import onnxruntime
+    from onnx import TensorProto, helper, numpy_helper
+
+    from lmkit.exports.convert import share_transposed_initializers
+
+    rng = np.random.default_rng(0)
+    table, square, other = rng.normal(size=(7, 3)), rng.normal(size=(3, 3)), rng.normal(size=(3, 7))
+    initializers = [numpy_helper.from_array(a.astype(np.float32), name) for a, name in
+                    ((table, "table"), (table.T.copy(), "table_t"), (square, "square"), (square.T.copy(), "square_t"),
+                     (other, "other"))]
+    nodes = [helper.make_node("Gather", ["table", "ids"], ["x"]),
+             helper.make_node("MatMul", ["x", "square"], ["y"]), helper.make_node("MatMul", ["y", "square_t"], ["z"]),
+             helper.make_node("MatMul", ["z", "table_t"], ["logits"]),
+             helper.make_node("MatMul", ["z", "other"], ["more"])]
+    graph = helper.make_graph(nodes, "tied", [helper.make_tensor_value_info("ids", TensorProto.INT64, [2])],
+                              [helper.make_tensor_value_info(name, TensorProto.FLOAT, [2, 7]) for name in ("logits", "more")],
+                              initializers)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+
+    def run(model):
+        session = onnxruntime.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+        return session.run(None, {"ids": np.array([1, 5])})
+
+    before = run(model)
+    assert share_transposed_initializers(model) == 1
+    onnx.checker.check_model(model)
+    assert sorted(init.name for init in model.graph.initializer) == ["other", "square", "square_t", "table"]
+    assert [(n.op_type, list(n.input)) for n in model.graph.node if n.op_type == "Transpose"] == [("Transpose", ["table"])]
+    for ours, reference in zip(run(model), before):
+        np.testing.assert_array_equal(ours, reference)
+    assert share_transposed_initializers(model) == 0

@@ -169,6 +169,16 @@ def test_classification_prefix_is_stored_and_predict_generates_text(tmp_path):
     assert "exact_match" not in result.err
     exported = tmp_path / "exp"
     assert run_cli("export", tuned, "--out", exported).code == 0
+    # The tied embedding is stored once in the decoder graph: read by its Gather and, transposed, by the head.
+    import onnx
+
+    decoder = onnx.load(str(exported / "decoder.onnx")).graph
+    shapes = {init.name: tuple(init.dims) for init in decoder.initializer}
+    tables = [node.input[0] for node in decoder.node if node.op_type == "Gather" and node.input[0] in shapes]
+    embedding = max(tables, key=lambda name: shapes[name][0] * shapes[name][1])  # the others: the relative bias, indices
+    vocab, d_model = shapes[embedding]
+    assert (d_model, vocab) not in shapes.values()
+    assert any(node.op_type == "Transpose" and node.input[0] == embedding for node in decoder.node)
     done = subprocess.run([sys.executable, "-c", NO_TORCH + "from lmkit.cli import main\nmain()\n", "predict",
                            str(exported), "--data", str(dev)], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
