@@ -79,19 +79,35 @@ def test_kv_cache_reorder_to_another_batch_size():
     assert cache.keys[0, :, 0, 0].tolist() == [[2.0, 3.0], [2.0, 3.0], [0.0, 1.0]]
 
 
-def test_tied_head_few_rows_equals_the_embedding_product():
+@pytest.mark.parametrize("packing", [True, False])
+def test_tied_head_few_rows_equals_the_embedding_product(packing, monkeypatch):
+    # With oneDNN, 2 to 64 rows run against a packed copy; without it (packing=False: as a torch built without
+    # oneDNN), 2 to 8 against a contiguous transposed copy and 9 to 64 as a tall product. Same logits each way.
+    import lmkit.nn.tied as tied
+
+    if not packing:
+        monkeypatch.setattr(tied, "_packed", lambda weight, rows: None)
+    elif not torch.backends.mkldnn.is_available():
+        pytest.skip("this torch has no oneDNN")
     torch.manual_seed(0)
-    embedding = torch.randn(50, 12)  # made outside inference mode, so the head keeps its transposed copy
+    embedding = torch.randn(50, 12)  # made outside inference mode, so the head keeps its copy
     head = TiedOutputProjection()
     with torch.inference_mode():
-        for shape in ((8, 1, 12), (3, 12), (2, 2, 12)):
+        for shape in ((8, 1, 12), (3, 12), (2, 2, 12), (1, 1, 12), (32, 1, 12), (4, 4, 12), (64, 12), (65, 12)):
             h = torch.randn(*shape)
-            torch.testing.assert_close(head(h, embedding), h @ embedding.t(), rtol=1e-5, atol=1e-5)
-        assert head._copy is not None
-        # 9 to 64 rows (beams of a batch): the tall product, same logits, same shape
-        for shape in ((32, 1, 12), (4, 4, 12), (64, 12), (65, 12)):
-            h = torch.randn(*shape)
-            torch.testing.assert_close(head(h, embedding), h @ embedding.t(), rtol=1e-5, atol=1e-5)
+            logits = head(h, embedding)
+            assert logits.shape == (*shape[:-1], 50)
+            torch.testing.assert_close(logits, h @ embedding.t(), rtol=1e-5, atol=1e-5)
+        assert head._copy is not None and head._packed == packing
+        copy = head._copy
+        head(torch.randn(4, 12), embedding)
+        assert head._copy is copy  # kept while the embedding is unchanged...
+    with torch.no_grad():
+        embedding.mul_(2)  # ...and made again once it changes (an optimizer step, load_state_dict)
+    with torch.inference_mode():
+        h = torch.randn(4, 12)
+        torch.testing.assert_close(head(h, embedding), h @ embedding.t(), rtol=1e-5, atol=1e-5)
+        assert head._copy is not copy
 
 
 @pytest.mark.parametrize("inference", [False, True])
