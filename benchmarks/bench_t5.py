@@ -1,8 +1,7 @@
-"""T5 decoding and training speed (issue #13 part 10): lmkit on PyTorch (eager, and through torch.compile) and on
-onnxruntime (fp32, int8) against transformers' T5ForConditionalGeneration (eager, as generate() runs by default),
-the same random t5-small-sized weights, side by side in one run.
+"""T5 decoding and training speed (issue #13 part 10): lmkit on PyTorch and on onnxruntime (fp32, int8) against
+transformers' T5ForConditionalGeneration, the same random t5-small-sized weights, side by side in one run.
 
-    python benchmarks/bench_t5.py [--threads 2] [--repeats 3] [--new-tokens 32] [--source 32] [--quick] [--no-compile]
+    python benchmarks/bench_t5.py [--threads 2] [--repeats 3] [--new-tokens 32] [--source 32] [--quick]
 
 The checkpoint is made by transformers (t5-small's sizes: 6+6 layers x 512, 8 heads, d_ff 2048, vocab
 32,128, random weights), saved, imported with `lmkit import-hf` and exported with `lmkit export` (fp32 and
@@ -55,8 +54,6 @@ def main() -> None:
     parser.add_argument("--source", type=int, default=32)
     parser.add_argument("--quick", action="store_true", help="a smaller model (4+4 x 256), fewer settings")
     parser.add_argument("--out", help="keep the checkpoint, model and exports here")
-    parser.add_argument("--no-compile", action="store_true",
-                        help="leave out lmkit's decoding through torch.compile (lmkit translate --compile)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     import onnxruntime
@@ -89,8 +86,6 @@ def main() -> None:
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads, options.inter_op_num_threads = args.threads, 1
     contenders = {"lmkit torch": open_model(model_dir, device="cpu")}
-    if not args.no_compile:  # each setting's warm-up run compiles its shapes (about a minute each on 2 cores)
-        contenders["lmkit compiled"] = open_model(model_dir, device="cpu", compile=True)
     for precision, directory in exports.items():
         contenders[f"lmkit ort {precision}"] = open_model(directory, device="cpu", session_options=options)
     N, S = args.new_tokens, args.source

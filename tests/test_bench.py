@@ -97,16 +97,3 @@ def test_an_encoder_decoder_and_its_export_are_timed_as_a_generation(run, traine
     greedy = Seq2SeqGenerator(make_backend(4), opened.decoder_start, None, 0).generate(
         Greedy(GreedyOptions(max_new_tokens=4)), sources)
     assert [list(row) for row in zip(*fed[4:])] == [list(g.tokens) for g in greedy]
-
-
-def test_compile_is_refused_where_it_cannot_apply(run, tiny_gpt2, tiny_gpt2_export, trained_nmt):
-    # --compile decodes a model directory through its decoder's compiled step (T5's: tests/test_t5_hf.py); a
-    # decoder without one, or an export, gets a one-line error naming the way out.
-    for args in (("bench", tiny_gpt2, "--compile", "--repeats", "1"),
-                 ("generate", tiny_gpt2, "--prompt", "a", "--compile"),
-                 ("translate", trained_nmt[0], "--text", "a b", "--compile")):
-        result = run(*args)
-        assert result.code != 0 and "no compiled decoding step" in result.err and "drop --compile" in result.err
-        assert "Traceback" not in result.err and len(result.err.strip().splitlines()) == 1
-    exported = run("generate", tiny_gpt2_export, "--prompt", "a", "--compile")
-    assert exported.code != 0 and "onnxruntime export" in exported.err and "Traceback" not in exported.err

@@ -3,7 +3,6 @@ T5ForConditionalGeneration (random weights, transformers pinned in constraints.t
 beam-4 tokens identical to its generate(), for v1.0 (relu, tied + rescaled output) and v1.1 (gated-gelu,
 own output layer), tied and untied."""
 import json
-import os
 import random
 
 import pytest
@@ -268,42 +267,3 @@ def test_spiece_model_alone_is_imported_as_t5_tokenizes(tmp_path):
         if "<extra_id" not in text:  # SentencePiece itself knows no sentinels
             assert processor.encode(text) + [1] == expected, text
     assert open_model(str(tmp_path / "out"), device="cpu").encode_sources(texts[:1]) == [reference(texts[0])["input_ids"]]
-
-
-def compiled_generate(directory, tokenizer, backend, strategy, **options) -> list[list[list[int]]]:
-    opened = open_model(directory, device="cpu")
-    opened.model.decoder.compile_decoding(backend=backend)
-    sources = [tokenizer(text)["input_ids"] for text in SOURCES]
-    results = opened.generate_ids(sources, opened.decoding(strategy, max_new_tokens=14, **options))
-    return [[r.tokens, *(a.tokens for a in r.alternatives)] for r in results]
-
-
-def test_compiled_decoding_gives_generates_tokens(checkpoint):
-    # Under torch.compile's aot_eager backend (its tracing and functionalization, without generating C++, which
-    # takes minutes): each step is one graph whatever the cache's length, the cache is written through the
-    # operator that keeps the write in place, and greedy and beam-4 tokens are transformers' still.
-    variant, hf, tokenizer, out = checkpoint
-    if variant != "v1.0":
-        pytest.skip("one variant: the compiled step is the same code for all")
-    torch._dynamo.reset()
-    graphs: list[str] = []
-
-    def recording_aot_eager(graph, example_inputs):
-        graphs.append(graph.code)
-        return torch._dynamo.lookup_backend("aot_eager")(graph, example_inputs)
-
-    assert compiled_generate(out, tokenizer, recording_aot_eager, "greedy") == hf_generate(hf, tokenizer, num_beams=1)
-    assert compiled_generate(out, tokenizer, recording_aot_eager, "beam", num_beams=4, early_stopping=False) == (
-        hf_generate(hf, tokenizer, num_beams=4, early_stopping=False))
-    # A graph for the first step, one for the second, one for every later length; again for rows of beams.
-    assert 1 <= len(graphs) <= 8
-    assert all(code.count("lmkit.write_positions") == 2 * 2 for code in graphs)  # keys and values of 2 layers
-
-
-@pytest.mark.skipif(os.environ.get("LMKIT_SLOW_TESTS") != "1", reason="compiles C++ for a minute; set LMKIT_SLOW_TESTS=1")
-def test_compiled_decoding_with_inductor(checkpoint):
-    variant, hf, tokenizer, out = checkpoint
-    if variant != "v1.1":
-        pytest.skip("one variant")
-    assert compiled_generate(out, tokenizer, "inductor", "beam", num_beams=4, early_stopping=False) == hf_generate(
-        hf, tokenizer, num_beams=4, early_stopping=False)

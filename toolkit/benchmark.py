@@ -45,7 +45,7 @@ class Speed:
 def describe_runtime(opened) -> str:
     manifest = getattr(opened, "manifest", None)
     if manifest is None:
-        return f"torch ({opened.runtime.device}{', compiled' if opened.compiled else ''})"
+        return f"torch ({opened.runtime.device})"
     opened.runtime  # noqa: B018 -- the providers are known once a session is open
     providers = opened.providers or ["?"]
     return f"onnxruntime {manifest.get('dtype', '')} ({providers[0]})".replace("  ", " ")

@@ -215,9 +215,6 @@ class Seq2SeqDecoder(Stack, Protocol):
     def reorder(self, state: dict[str, Tensor], rows: Tensor) -> dict[str, Tensor]:
         """The state of rows `rows` (B',), in that order; `state` may lack the source_state entries."""
 
-    # Optional: compile_decoding() -> None, to decode through torch.compile from then on (open_model(...,
-    # compile=True), lmkit bench/serve --compile). T5's compiles a whole step as one graph.
-
 
 # -- training --------------------------------------------------------------------------------------
 

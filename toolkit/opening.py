@@ -67,20 +67,13 @@ def generation_settings(spec: dict) -> dict:
     return {"strategy": "greedy", "options": options_to_dict(GreedyOptions())}
 
 
-def open_model(path: str, device: str = "auto", provider: str | None = None, session_options=None,
-               compile: bool = False) -> OpenedModel:
+def open_model(path: str, device: str = "auto", provider: str | None = None, session_options=None) -> OpenedModel:
     """A model directory on PyTorch, or an export directory on onnxruntime, as one OpenedModel.
 
     device: auto (CUDA when the backend has it, else the CPU), cpu, cuda or cuda:N. provider and
     session_options: onnxruntime's, for an export directory only (see lmkit.exports.ExportedModel).
-    compile: decode through torch.compile (a model directory whose decoder has compile_decoding(): T5);
-    the first steps of each new shape compile, for about a minute on a CPU. LmkitError (one line) for an
-    export, a decoder without it, or a machine where torch.compile cannot run.
     """
     if is_export(path):
-        if compile:
-            raise LmkitError(f"{path} is an onnxruntime export, which runs compiled graphs already; --compile is for "
-                             "model directories run with PyTorch")
         from .exports.runtime import ExportedModel
 
         return ExportedModel(path, device, provider, session_options)
@@ -92,7 +85,7 @@ def open_model(path: str, device: str = "auto", provider: str | None = None, ses
     require_torch(f"opening the model directory {path}")
     from .torch_runtime import open_model_directory
 
-    return open_model_directory(path, device, compile=compile)
+    return open_model_directory(path, device)
 
 
 class OpenedModel:
@@ -112,13 +105,11 @@ class OpenedModel:
         T5's </s>); empty for other models.
     spec: the resolved spec the model was built from (config.json's, or the export manifest's source), {} when
         unknown; a generator may read how the model was trained from it (GLM: fine-tuned text to text).
-    compiled: its decoder decodes through torch.compile (open_model(compile=True)).
     """
 
     def __init__(self, directory: str, runtime, *, tokenizer, target_tokenizer=None, generation: dict,
                  decoder_start: int | None = None, model=None, decoder_type: str | None = None,
-                 token_inputs: dict | None = None, source_suffix: Sequence[int] = (), spec: dict | None = None,
-                 compiled: bool = False):
+                 token_inputs: dict | None = None, source_suffix: Sequence[int] = (), spec: dict | None = None):
         self.directory = directory
         self.runtime = runtime
         self.tokenizer = tokenizer
@@ -130,7 +121,6 @@ class OpenedModel:
         self.token_inputs = token_inputs
         self.source_suffix = [int(token) for token in source_suffix]
         self.spec = dict(spec or {})
-        self.compiled = compiled
         self._generator = None
 
     @property

@@ -54,9 +54,8 @@ class TorchRuntime:
                 "pooler_output": None if pooled is None else pooled.float().cpu().numpy()}
 
 
-def open_model_directory(directory: str, device: str = "auto", compile: bool = False):
-    """The OpenedModel of a model directory, its model on `device` (auto: CUDA when torch has it); compile:
-    its decoder decodes through torch.compile (lmkit.opening.open_model)."""
+def open_model_directory(directory: str, device: str = "auto"):
+    """The OpenedModel of a model directory, its model on `device` (auto: CUDA when torch has it)."""
     from .model import load_model, load_target_tokenizer
     from .nn import decoding_layout
     from .opening import OpenedModel, generation_settings
@@ -68,8 +67,6 @@ def open_model_directory(directory: str, device: str = "auto", compile: bool = F
     # An opened model runs inference (generate, embed, eval, serve): its linear weights get the memory
     # order in which the CPU's kernels read them fastest at a few rows (lmkit.nn.layout).
     decoding_layout(model)
-    if compile:
-        compile_decoding(model, resolved, directory)
     target_tokenizer = load_target_tokenizer(directory) if model.kind == "encoder-decoder" else None
     start, suffix = None, []
     if model.kind == "encoder-decoder" and (target_tokenizer or tokenizer) is not None:
@@ -83,21 +80,5 @@ def open_model_directory(directory: str, device: str = "auto", compile: bool = F
                          generation=generation_settings(config["spec"]), decoder_start=start, model=model,
                          decoder_type=(config["spec"].get("decoder") or {}).get("type"),
                          token_inputs=None if tokenizer is None else model.feature_stack.token_inputs(tokenizer),
-                         source_suffix=suffix, spec=config["spec"], compiled=compile)
+                         source_suffix=suffix, spec=config["spec"])
     return opened
-
-
-def compile_decoding(model, device, directory: str) -> None:
-    """Have model's decoder decode through torch.compile (its compile_decoding()); LmkitError (one line) where
-    it has none or torch.compile cannot run on `device`."""
-    from .errors import LmkitError
-    from .training.compiling import check_compilable
-
-    decoder = getattr(model, "decoder", None)
-    compile_step = getattr(decoder, "compile_decoding", None)
-    if compile_step is None:
-        family = f"its {type(decoder).__name__}" if decoder is not None else "it has no decoder, and"
-        raise LmkitError(f"{directory} cannot decode through torch.compile: {family} has no compiled decoding step "
-                         "(T5's has); drop --compile")
-    check_compilable(device, LmkitError)
-    compile_step()

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from lmkit.contract import EncoderOutput
 from lmkit.errors import SpecError
 from lmkit.nn import Dropout, TiedOutputProjection
-from lmkit.nn.cache import buffer_of, grow
+from lmkit.nn.cache import grow
 from lmkit.nn.encoder_decoder import DecoderBlock, EncoderBlock, additive_mask, exporting
 from lmkit.nn.norms import RMSNorm
 from lmkit.nn.relative import RelativePositionBias
@@ -125,7 +125,6 @@ class T5Decoder(Seq2SeqDecoderStack):
         else:
             self.lm_head = nn.Linear(c.d_model, c.vocab_size, bias=False)
         init_weights(self, c)
-        self._compiled_step = None  # compile_decoding()'s
 
     @property
     def d_model(self) -> int:
@@ -183,12 +182,18 @@ class T5Decoder(Seq2SeqDecoderStack):
 
     def hidden_states(self, input_ids: Tensor, state: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
         """The final (normed) states (B, T, D) of input_ids after the state, and the state after them."""
+        T = input_ids.shape[1]
         past = state["self_k"].shape[3]
+        x = self.drop(self.token_embedding()(input_ids))  # (B, T, D)
+        # Queries at past..past+T-1 see keys 0..their own position: the relative bias offset by the
+        # cache's length (transformers: compute_bias(past_seen_tokens)) plus the causal mask.
+        query = torch.arange(T, device=x.device)[:, None] + past
+        key = torch.arange(past + T, device=x.device)[None, :]
+        self_bias = self.relative_bias(T, past + T, past) + additive_mask(key <= query, torch.float32)
+        cross_bias = additive_mask(state["encoder_mask"][:, None, None, :], torch.float32)  # (B, 1, 1, S)
         if exporting() or torch.is_grad_enabled():
             # Concatenated, nothing in place: an exported graph takes the past and returns past + new, and
             # autograd keeps each layer's keys, which writing the next layer's into one buffer would change.
-            x = self.drop(self.token_embedding()(input_ids))  # (B, T, D)
-            self_bias, cross_bias = self._biases(input_ids.shape[1], past, state["encoder_mask"])
             keys, values = [], []
             for layer, block in enumerate(self.block):
                 x, (k, v) = block(x, self_bias, cross_bias, (state["self_k"][layer], state["self_v"][layer]),
@@ -199,40 +204,12 @@ class T5Decoder(Seq2SeqDecoderStack):
             return self.drop(self.final_layer_norm(x)), state
         # Room for the T new positions after the past, every layer's written in place (no copy of the past
         # per step, as a cat and a stack of the layers would make).
-        keys, values = grow(state["self_k"], input_ids.shape[1], dim=3), grow(state["self_v"], input_ids.shape[1], dim=3)
-        step = self._compiled_step or self._step
-        hidden = step(input_ids, buffer_of(keys), buffer_of(values), state["cross_k"], state["cross_v"],
-                      state["encoder_mask"], past)
-        return hidden, {**state, "self_k": keys, "self_v": values}
-
-    def _biases(self, T: int, past: int, encoder_mask: Tensor) -> tuple[Tensor, Tensor]:
-        """Self-attention's bias (1, nh, T, past + T) and cross-attention's (B, 1, 1, S)."""
-        # Queries at past..past+T-1 see keys 0..their own position: the relative bias offset by the
-        # cache's length (transformers: compute_bias(past_seen_tokens)) plus the causal mask.
-        query = torch.arange(T, device=encoder_mask.device)[:, None] + past
-        key = torch.arange(past + T, device=encoder_mask.device)[None, :]
-        self_bias = self.relative_bias(T, past + T, past) + additive_mask(key <= query, torch.float32)
-        return self_bias, additive_mask(encoder_mask[:, None, None, :], torch.float32)
-
-    def _step(self, input_ids: Tensor, key_buffer: Tensor, value_buffer: Tensor, cross_k: Tensor, cross_v: Tensor,
-              encoder_mask: Tensor, past: int) -> Tensor:
-        """The final states (B, T, D) of input_ids after `past` positions, their keys and values written into the
-        buffers (L, B, nh, room, hs) at past..: a decoding step, tensors in and out, so torch.compile takes it
-        whole. Whole buffers, not views of their front: a view's strides tell the room, which would make every
-        doubling of the buffers a new graph."""
-        x = self.drop(self.token_embedding()(input_ids))
-        self_bias, cross_bias = self._biases(input_ids.shape[1], past, encoder_mask)
+        keys, values = grow(state["self_k"], T, dim=3), grow(state["self_v"], T, dim=3)  # (L, B, nh, past + T, hs)
         for layer, block in enumerate(self.block):
-            x, _ = block(x, self_bias, cross_bias, (key_buffer[layer], value_buffer[layer]),
-                         (cross_k[layer], cross_v[layer]), cache_position=past)
-        return self.drop(self.final_layer_norm(x))
-
-    def compile_decoding(self, backend: str = "inductor") -> None:
-        """Decode through torch.compile: each step (embedding, biases, every layer, the final norm) as one
-        compiled graph, for any cache length and number of rows (dynamic shapes, which torch specialises
-        for 0 and 1: about six graphs, the first in about a minute on 2 CPU cores, the others faster).
-        The output layer stays eager, so it keeps its layouts (lmkit.nn.tied)."""
-        self._compiled_step = torch.compile(self._step, dynamic=True, fullgraph=True, backend=backend)
+            x, _ = block(x, self_bias, cross_bias, (keys[layer], values[layer]),
+                         (state["cross_k"][layer], state["cross_v"][layer]), cache_position=past)
+        state = {**state, "self_k": keys, "self_v": values}
+        return self.drop(self.final_layer_norm(x)), state
 
     def logits(self, hidden_states: Tensor) -> Tensor:
         """(B, T, D) -> (B, T, V): rescaled by d_model**-0.5 first when rescale_output (v1.0)."""

@@ -5,8 +5,6 @@ import json
 
 import click
 
-from .decoding_cli import compile_flag
-
 
 @click.command("bench")
 @click.argument("models", nargs=-1, required=True, type=click.Path(file_okay=False))
@@ -20,9 +18,7 @@ from .decoding_cli import compile_flag
 @click.option("--threads", type=click.IntRange(min=1), help="Threads for PyTorch and onnxruntime.  [default: theirs]")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N, for every model.")
 @click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON instead of a table.")
-@compile_flag
-def bench_command(models, prompt_tokens, new_tokens, batch_size, repeats, threads, device, as_json,
-                  compile_decoding):
+def bench_command(models, prompt_tokens, new_tokens, batch_size, repeats, threads, device, as_json):
     """Time the prefill and decoding of each of MODELS on this machine, side by side.
 
     Each of MODELS is a model directory (run with PyTorch) or an export directory (run with
@@ -49,9 +45,8 @@ def bench_command(models, prompt_tokens, new_tokens, batch_size, repeats, thread
 
             session_options = onnxruntime.SessionOptions()
             session_options.intra_op_num_threads = threads
-    # --compile: every model directory (an export runs its own compiled graphs); the warm-up run compiles.
-    opened = [open_model(path, device=device, session_options=session_options) if is_export(path)
-              else open_model(path, device=device, compile=compile_decoding) for path in models]
+    opened = [open_model(path, device=device, session_options=session_options if is_export(path) else None)
+              for path in models]
     speeds = measure(opened, prompt_tokens=prompt_tokens, new_tokens=new_tokens, batch_size=batch_size,
                      repeats=repeats, progress=lambda done: click.echo(f"round {done}/{repeats}", err=True))
     if as_json:

@@ -10,12 +10,6 @@ import dataclasses
 
 import click
 
-# `--compile`, as generate, translate and bench take it (lmkit.opening.open_model(compile=True)).
-compile_flag = click.option(
-    "--compile", "compile_decoding", is_flag=True,
-    help="Model directories: decode through torch.compile, faster steps after the first ones of each new shape "
-         "compile (about a minute on a CPU; worth it for many sentences). T5 only; needs a C++ compiler on the CPU.")
-
 # The decoding strategies' options, as `generate` and `translate` both take them; a flag belongs to
 # the strategies whose options have its name (--num-beams: beam).
 DECODING_FLAGS = (

@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from .decoding_cli import compile_flag, decoding_flags, decoding_options
+from .decoding_cli import decoding_flags, decoding_options
 from .translate import echo_translations, generate_from_sources
 
 
@@ -33,9 +33,8 @@ from .translate import echo_translations, generate_from_sources
               help="Export directories only: the onnxruntime execution provider to run on, e.g. "
                    "CPUExecutionProvider or CUDAExecutionProvider, in place of --device; an error if it is not "
                    "the one that runs.")
-@compile_flag
 def generate_command(model_dir, prompts, strategy, stops, stream, as_json, truncate, prefix_path, attribute, device,
-                     provider, compile_decoding, **flags):
+                     provider, **flags):
     """Continue each prompt with the model in MODEL_DIR and print prompt and continuation.
 
     MODEL_DIR is a model directory (run with PyTorch) or an export directory from `lmkit export`
@@ -72,7 +71,7 @@ def generate_command(model_dir, prompts, strategy, stops, stream, as_json, trunc
         from ..errors import require_torch
 
         require_torch("lmkit generate on a model directory")
-    model = open_model(model_dir, device=device, provider=provider, compile=compile_decoding)
+    model = open_model(model_dir, device=device, provider=provider)
     rewrites = model.kind == "decoder" and model.generator is not None  # GLM fills blanks: no continuation to stream
     if stream and rewrites:
         raise click.UsageError("--stream prints a continuation as it is produced; this model fills the blanks of "

@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from .decoding_cli import compile_flag, decoding_flags, decoding_options
+from .decoding_cli import decoding_flags, decoding_options
 
 
 @click.command("translate")
@@ -21,8 +21,7 @@ from .decoding_cli import compile_flag, decoding_flags, decoding_options
 @click.option("--json", "as_json", is_flag=True, help="Print tokens, text and scores as JSON.")
 @click.option("--device", default="auto", show_default=True,
               help="auto (cuda when PyTorch, or onnxruntime for an export, has it), cpu, cuda or cuda:N.")
-@compile_flag
-def translate_command(model_dir, texts, input_path, strategy, batch_size, as_json, device, compile_decoding, **flags):
+def translate_command(model_dir, texts, input_path, strategy, batch_size, as_json, device, **flags):
     """Translate each source sentence with the encoder-decoder model in MODEL_DIR.
 
     MODEL_DIR is a model directory (run with PyTorch) or its export directory (run with
@@ -30,7 +29,7 @@ def translate_command(model_dir, texts, input_path, strategy, batch_size, as_jso
     """
     texts = list(texts) or _read_sources(input_path)
     given = {key: value for key, value in flags.items() if value is not None}
-    model = open_encoder_decoder(model_dir, device, compile=compile_decoding)
+    model = open_encoder_decoder(model_dir, device)
     results = generate_from_sources(model, texts, strategy, given, batch_size=batch_size)
     echo_translations(texts, results, model.output_tokenizer, as_json)
 
@@ -50,7 +49,7 @@ def echo_translations(texts, results, tokenizer, as_json: bool) -> None:
             click.echo(decode(generation.tokens))
 
 
-def open_encoder_decoder(model_dir: str, device: str, provider: str | None = None, compile: bool = False):
+def open_encoder_decoder(model_dir: str, device: str, provider: str | None = None):
     """lmkit.open_model of a model or export directory that must be an encoder-decoder."""
     from ..errors import ArtifactError, require_torch
     from ..opening import is_export, model_kind_of, open_model
@@ -60,7 +59,7 @@ def open_encoder_decoder(model_dir: str, device: str, provider: str | None = Non
     if model_kind_of(model_dir) != "encoder-decoder":  # before torch or onnxruntime loads anything
         raise ArtifactError(f"{model_dir} is not an encoder-decoder model; translate needs an encoder and a "
                             "decoder (e.g. the seq2seq-tiny or nmt-tiny presets); lmkit generate continues text")
-    return open_model(model_dir, device=device, provider=provider, compile=compile)
+    return open_model(model_dir, device=device, provider=provider)
 
 
 def generate_from_sources(model, texts: list[str], strategy: str | None, given: dict, *, batch_size: int = 64,

@@ -53,34 +53,6 @@ def select_rows(past: Tensor, dim: int, rows: Tensor) -> Tensor:
     return _front(selected, along, P)
 
 
-def write_positions(buffer: Tensor, values: Tensor, start: int) -> None:
-    """buffer[..., start:start + T, :] = values, in place, T = values.size(-2): a cache's new positions.
-
-    Under torch.compile it goes through an operator that declares what it writes (lmkit::write_positions),
-    so the write stays in place: the slice assignment it stands for became a copy of the whole buffer
-    there, which made a compiled T5-small step at 32 rows 1.35x slower than eager's.
-    """
-    if torch.compiler.is_compiling():
-        torch.ops.lmkit.write_positions(buffer, values, start)
-    else:
-        buffer.narrow(-2, start, values.size(-2)).copy_(values)
-
-
-@torch.library.custom_op("lmkit::write_positions", mutates_args=("buffer",))
-def _write_positions(buffer: Tensor, values: Tensor, start: int) -> None:
-    buffer.narrow(-2, start, values.size(-2)).copy_(values)
-
-
-@_write_positions.register_fake
-def _(buffer: Tensor, values: Tensor, start: int) -> None:
-    return None
-
-
-def buffer_of(front: Tensor) -> Tensor:
-    """The whole buffer that a tensor from `grow` or `select_rows` is the front of, its room included."""
-    return front._lmkit_buffer
-
-
 def _front(base: Tensor, dim: int, length: int) -> Tensor:
     """The first `length` positions of a buffer along `dim`, a view that knows its buffer (grow, select_rows)."""
     front = base.narrow(dim, 0, length)

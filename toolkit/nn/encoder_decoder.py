@@ -18,7 +18,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .cache import write_positions
 from .dropout import Dropout
 from .norms import RMSNorm
 
@@ -86,8 +85,8 @@ class MultiHeadAttention(nn.Module):
 
         bias: additive, broadcastable to (B, nh, T, S). past: self-attention's cached keys and values,
         (B, nh, P, hs) each, to which x's are appended (S = P + T); the returned pair is the cache after
-        x. With cache_position=P, past is instead buffers (B, nh, R, hs) each, R >= P + T, their first P
-        positions filled (lmkit.nn.cache.grow), and x's are written at P.. in place (write_positions). key_values: cross-attention's, from
+        x. With cache_position=P, past is instead (B, nh, P + T, hs) each, its first P positions filled
+        (lmkit.nn.cache.grow), and x's are written at P.. in place. key_values: cross-attention's, from
         `key_values(memory)`; x's are not used.
         """
         q = self.split(self.q(x))
@@ -96,10 +95,9 @@ class MultiHeadAttention(nn.Module):
         else:
             k, v = self.key_values(x)
             if past is not None and cache_position is not None:
-                write_positions(past[0], k, cache_position)
-                write_positions(past[1], v, cache_position)
-                end = cache_position + k.size(2)
-                k, v = past[0].narrow(2, 0, end), past[1].narrow(2, 0, end)
+                past[0][:, :, cache_position:] = k
+                past[1][:, :, cache_position:] = v
+                k, v = past
             elif past is not None:
                 k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
         bias = None if bias is None else bias.to(q.dtype)

@@ -18,19 +18,19 @@ import torch
 from .arguments import TrainingError
 
 
-def check_compilable(device: torch.device, error: type[Exception] = TrainingError) -> None:
-    """`error` (one line) when torch.compile cannot generate kernels for `device`."""
+def check_compilable(device: torch.device) -> None:
+    """TrainingError when torch.compile cannot generate kernels for `device`."""
     if device.type == "cuda":
         if importlib.util.find_spec("triton") is None:
-            raise error("--compile on CUDA needs Triton (pip install triton); install it or drop --compile")
+            raise TrainingError("--compile on CUDA needs Triton (pip install triton); install it or drop --compile")
         return
     if device.type != "cpu":
-        raise error(f"--compile supports the CPU and CUDA, not {device.type}; drop --compile")
+        raise TrainingError(f"--compile supports the CPU and CUDA, not {device.type}; drop --compile")
     from torch._inductor import config
 
     compiler = config.cpp.cxx[0] if isinstance(config.cpp.cxx, tuple) and config.cpp.cxx[0] else None
     candidates = [compiler] if compiler else ["g++", "c++", "clang++"]
     if not any(shutil.which(name) for name in candidates):
-        raise error("--compile on the CPU needs a C++ compiler (g++ or clang++) on the PATH; install one "
+        raise TrainingError("--compile on the CPU needs a C++ compiler (g++ or clang++) on the PATH; install one "
                             "or drop --compile")
 
