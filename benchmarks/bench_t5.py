@@ -8,7 +8,8 @@ The checkpoint is made by transformers (t5-small's sizes: 6+6 layers x 512, 8 he
 --quantize int8). Decoding: greedy and beam 4 at batch 1 and 8, sources of --source random tokens,
 --new-tokens generated per row with eos never ending a row (lmkit: no eos id; transformers: its eos
 id unset), reported as milliseconds per decoding step (one new token for every row) and the ratio of
-transformers' time to each contender's (above 1: faster than transformers). Training: one AdamW step
+transformers' time to each contender's (above 1: faster than transformers), and under it how many rows each
+contender generated exactly as transformers did (int8 is expected to differ). Training: one AdamW step
 on a batch of 8 pairs of 64 source and 64 target tokens, as target tokens per second. Times are medians
 over --repeats rounds timed in turns (benchmarks/timing.py); nothing is asserted.
 """
@@ -95,6 +96,7 @@ def main() -> None:
     print(f"{'decoding':16} {'batch':>5} " + " ".join(f"{name:>16}" for name in ["transformers", *contenders])
           + "   ratios (transformers / lmkit)")
     settings = [("greedy", 1), ("greedy", 8), ("beam 4", 1), ("beam 4", 8)]
+    tokens: dict[str, list[list[int]]] = {}  # each contender's last generation of a setting, compared below
     for strategy, batch in settings[::3] if args.quick else settings:
         sources = rng.integers(3, 50, size=(batch, S))
         ids, mask = torch.from_numpy(sources), torch.ones(batch, S, dtype=torch.long)
@@ -102,18 +104,22 @@ def main() -> None:
         search = (BeamSearch(BeamSearchOptions(max_new_tokens=N, num_beams=4)) if beams > 1
                   else Greedy(GreedyOptions(max_new_tokens=N)))
 
+        tokens.clear()
+
         def with_transformers(ids=ids, mask=mask, beams=beams):
             with torch.inference_mode():
                 out = hf.generate(input_ids=ids, attention_mask=mask, do_sample=False, num_beams=beams,
                                   max_new_tokens=N, early_stopping=False, pad_token_id=0)
             assert out.shape[1] == N + 1
+            tokens["transformers"] = out[:, 1:].tolist()
 
         functions = {"transformers": with_transformers}
         for name, opened in contenders.items():
-            def run(opened=opened, search=search, sources=sources):
+            def run(opened=opened, search=search, sources=sources, name=name):
                 generator = Seq2SeqGenerator(opened.backend(N), 0, None, 0)  # no eos: every row runs to N
                 results = generator.generate(search, sources.tolist())
                 assert all(len(r.tokens) == N for r in results)
+                tokens[name] = [list(r.tokens) for r in results]
             functions[name] = run
         with torch.inference_mode():
             seconds = interleaved(functions, args.repeats, shuffle=True)
@@ -124,6 +130,10 @@ def main() -> None:
         print(f"{strategy:16} {batch:>5} " + " ".join(f"{ms[name]:13.2f} ms" for name in functions) + "   "
               + "  ".join(f"{name.removeprefix('lmkit ')} {ms['transformers'] / ms[name]:.2f}x"
                           for name in contenders), flush=True)
+        # A time is only worth comparing for the same work: the rows whose tokens are transformers'.
+        print(f"{'':22} rows with transformers' tokens: " + "  ".join(
+            f"{name.removeprefix('lmkit ')} {sum(a == b for a, b in zip(tokens[name], tokens['transformers']))}/"
+            f"{len(tokens['transformers'])}" for name in contenders), flush=True)
 
     # Training: one AdamW step on the same batch, each model its own copy of the same weights.
     model, _, _ = load_model(model_dir)
