@@ -3,6 +3,7 @@ import json
 import subprocess
 import sys
 
+import pytest
 from conftest import run_subprocess
 
 
@@ -170,3 +171,36 @@ def test_usage_errors_are_one_line_too(run):
     result = run("compose", "gpt2-tiny")
     assert result.code == 2
     assert result.err == "error: Missing option '--out'. (see: lmkit compose --help)\n"
+
+
+@pytest.mark.parametrize("name, body", [
+    ("task.jsonl", '{"input": "caf\xe9", "target": "a"}\n'), ("task.tsv", "sentence\tlabel\ncaf\xe9\t1\n"),
+    ("squad.json", '{"data": [{"title": "caf\xe9"}]}'), ("tags.conll", "caf\xe9 NN\n"),
+    ("sources.txt", "caf\xe9\n")])
+def test_every_task_and_input_reader_refuses_text_that_is_not_utf8(name, body, tmp_path):
+    # Each reader of a user's file (task files of every format, --input of translate and embed) says which
+    # file and where, in one line, where a UnicodeDecodeError used to be an internal error.
+    from lmkit.data import read_text
+    from lmkit.errors import DataError
+    from lmkit.tasks.formats import read_task_file
+    from lmkit.tasks.qa import read_squad
+    from lmkit.tasks.text_to_text import read_text_pairs
+    from lmkit.tasks.tokens import read_conll
+
+    path = tmp_path / name
+    path.write_bytes(body.encode("latin-1"))
+    readers = {"task.jsonl": [lambda p: read_task_file(p, "classification"), read_text_pairs],
+               "task.tsv": [lambda p: read_task_file(p, "classification")], "squad.json": [read_squad],
+               "tags.conll": [read_conll], "sources.txt": [read_text]}
+    for read in readers[name]:
+        with pytest.raises(DataError, match=f"{name} is not UTF-8 text"):
+            read(str(path))
+
+
+def test_translate_input_that_is_missing_or_not_utf8_is_a_one_line_error(run, trained_nmt, tmp_path):
+    latin1 = tmp_path / "sources.txt"
+    latin1.write_bytes("caf\xe9\n".encode("latin-1"))
+    for path, says in ((latin1, "is not UTF-8 text"), (tmp_path / "missing.txt", "does not exist")):
+        result = run("translate", trained_nmt[0], "--input", path)
+        assert result.code != 0 and says in result.err and "Traceback" not in result.err
+        assert len(result.err.strip().splitlines()) == 1

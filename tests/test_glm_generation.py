@@ -326,13 +326,15 @@ def test_lmkit_bench_sees_the_logits_of_blank_filling(made, which, monkeypatch):
     # GLM is timed as it fills a [gMASK] after each random prompt: its prefill is Part A and [S] at the 2-D
     # positions, and each timed step feeds back the argmax. So every logit the bench sees is one that greedy
     # blank filling of the same prompts sees.
-    from lmkit.benchmark import measure
+    from lmkit.benchmark import measure, random_prompts
     from lmkit.opening import open_model
 
     opened = open_model(made["model"] if which == "model" else made["export"](), device="cpu")
     timed = logits_seen(opened, lambda: measure([opened], prompt_tokens=6, new_tokens=4, batch_size=2, repeats=1),
                         monkeypatch)
-    texts = np.random.default_rng(0).integers(8, opened.tokenizer.vocab_size, size=(2, 6)).tolist()
+    texts = random_prompts(opened, 2, 6, seed=0).tolist()  # what measure() drew: no special token among them
+    special = {i for i, token in opened.tokenizer.hf_tokenizer.get_added_tokens_decoder().items() if token.special}
+    assert not special & {t for text in texts for t in text}
     gmask = opened.tokenizer.token_to_id("[gMASK]")
     prompts = [[*text, gmask] for text in texts]
     filled = logits_seen(opened, lambda: opened.generate_ids(prompts, opened.decoding("greedy", max_new_tokens=5)),
@@ -343,5 +345,10 @@ def test_lmkit_bench_sees_the_logits_of_blank_filling(made, which, monkeypatch):
 
 
 def test_lmkit_bench_refuses_a_glm_prompt_beyond_its_context(glm, run):
-    result = run("bench", glm, "--prompt-tokens", "100000", "--repeats", "1")
-    assert result.code != 0 and "positions" in result.err and "Traceback" not in result.err
+    # glm-tiny reads 64 positions; a prompt is fed with [gMASK] and [S], two more than --prompt-tokens.
+    for prompt, new in (("100000", "32"), ("32", "31")):
+        result = run("bench", glm, "--prompt-tokens", prompt, "--new-tokens", new, "--repeats", "1")
+        assert result.code != 0 and "positions" in result.err and "lower them" in result.err
+        assert "Traceback" not in result.err and len(result.err.strip().splitlines()) == 1
+    fits = run("bench", glm, "--prompt-tokens", "30", "--new-tokens", "32", "--repeats", "1", "--threads", "1")
+    assert fits.code == 0, fits.err

@@ -65,13 +65,10 @@ def _runner(opened, *, prompt_tokens: int, new_tokens: int, batch_size: int, see
     limit = opened.max_positions  # an encoder-decoder's: of a source
     needed = prompt_tokens + (new_tokens if kind == "decoder" else 0)
     if limit is not None and needed > limit:
-        raise LmkitError(f"{opened.directory} reads at most {limit} positions; --prompt-tokens {prompt_tokens}"
-                         + (f" + --new-tokens {new_tokens}" if kind == "decoder" else "")
-                         + f" = {needed} do not fit: lower them")
-    rng = np.random.default_rng(seed)
-    # Ids above the special tokens' usual place at the start, and below the vocabulary's end.
-    vocab = _vocab_size(opened)
-    input_ids = rng.integers(min(8, vocab - 1), vocab, size=(batch_size, prompt_tokens), dtype=np.int64)
+        asked = (f"--prompt-tokens {prompt_tokens} + --new-tokens {new_tokens} need {needed}: lower them"
+                 if kind == "decoder" else f"--prompt-tokens {prompt_tokens} is more: lower it")
+        raise LmkitError(f"{opened.directory} reads at most {limit} positions, and {asked}")
+    input_ids = random_prompts(opened, batch_size, prompt_tokens, seed)
     attention_mask = np.ones_like(input_ids, dtype=np.bool_)
     if kind == "encoder":
         def run() -> tuple[float, None]:
@@ -102,12 +99,32 @@ def _runner(opened, *, prompt_tokens: int, new_tokens: int, batch_size: int, see
                          "its generation starts (prefill_inputs), so lmkit bench cannot time it")
     rows, positions = inputs([generator.source_prompt(row) for row in input_ids.tolist()])
     fed = len(rows[0])
-    if limit is not None and fed + new_tokens - 1 > limit:
-        raise LmkitError(f"{opened.directory} reads at most {limit} positions; --prompt-tokens {prompt_tokens} is fed "
-                         f"as {fed}, and with --new-tokens {new_tokens} they do not fit: lower them")
+    if limit is not None and fed + new_tokens > limit:
+        raise LmkitError(f"{opened.directory} reads at most {limit} positions, and --prompt-tokens {prompt_tokens} is "
+                         f"fed as {fed} (the family's own tokens added), which with --new-tokens {new_tokens} need "
+                         f"{fed + new_tokens}: lower them")
     ids = np.array(rows, dtype=np.int64)
     return _generation(opened, lambda backend: prefill_at_positions(backend, ids, np.ones_like(ids, dtype=np.bool_), positions),
                        new_tokens)
+
+
+def random_prompts(opened, batch_size: int, length: int, seed: int) -> np.ndarray:
+    """int64 (batch_size, length) random token ids, seeded: above the special tokens' usual place at the start
+    and below the vocabulary's end. For a family that generates its own way, none of its tokenizer's special
+    tokens (GLM's blanks would be read as blanks to fill)."""
+    rng = np.random.default_rng(seed)
+    vocab = _vocab_size(opened)
+    low = min(8, vocab - 1)
+    ids = rng.integers(low, vocab, size=(batch_size, length), dtype=np.int64)
+    if opened.generator is not None:
+        added = opened.tokenizer.hf_tokenizer.get_added_tokens_decoder()
+        special = np.array([i for i, token in added.items() if token.special], dtype=np.int64)
+        if np.isin(np.arange(low, vocab), special).all():
+            raise LmkitError(f"{opened.directory}'s vocabulary above id {low} is all special tokens: nothing to "
+                             "make a random prompt of")
+        while (drawn := np.isin(ids, special)).any():
+            ids[drawn] = rng.integers(low, vocab, size=int(drawn.sum()))
+    return ids
 
 
 def _generation(opened, prefill, new_tokens: int):

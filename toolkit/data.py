@@ -98,6 +98,13 @@ def _not_utf8(path: str, offset: int) -> DataError:
                      "e.g. iconv -f latin1 -t utf-8")
 
 
+def read_text(path: str) -> str:
+    """A user's text file, decoded; DataError (one line) naming the offset when it is not UTF-8. A leading
+    byte-order mark is dropped."""
+    with open(path, "rb") as handle:
+        return _decode(handle.read(), path, 0)
+
+
 def _decode(raw: bytes, path: str, offset: int) -> str:
     try:
         text = raw.decode("utf-8")

@@ -103,6 +103,7 @@ def embed_command(model_dir, texts, input_path, text_field, pooling, with_tokens
 
 
 def _read_texts(path: str | None, text_field: str) -> list[str]:
+    from ..data import read_text
     from ..errors import DataError
 
     if path is None:
@@ -112,8 +113,7 @@ def _read_texts(path: str | None, text_field: str) -> list[str]:
     else:
         if not os.path.isfile(path):
             raise DataError(f"--input {path} does not exist")
-        with open(path, encoding="utf-8", errors="strict") as handle:
-            lines, source = handle.read().splitlines(), path
+        lines, source = read_text(path).splitlines(), path
     texts = []
     for number, line in enumerate(lines, 1):
         if not line.strip():

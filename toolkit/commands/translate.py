@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 import click
@@ -80,8 +81,12 @@ def generate_from_sources(model, texts: list[str], strategy: str | None, given: 
 
 def _read_sources(path: str | None) -> list[str]:
     if path is not None:
-        with open(path, encoding="utf-8") as handle:
-            lines = [line.rstrip("\r\n") for line in handle]
+        from ..data import read_text
+        from ..errors import DataError
+
+        if not os.path.isfile(path):
+            raise DataError(f"--input {path} does not exist; give a file of source sentences, one per line")
+        lines = read_text(path).splitlines()
     elif sys.stdin.isatty():
         raise click.UsageError("give --text SENTENCE, --input FILE, or sentences on stdin, one per line")
     else:

@@ -13,10 +13,12 @@ text_a/text_b, sentence1/sentence2, premise/hypothesis, question/sentence), or t
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 from dataclasses import dataclass
 
+from ..data import read_text
 from ..errors import DataError
 
 TASK_KINDS = ("classification", "similarity", "regression", "multiple-choice")
@@ -102,7 +104,7 @@ def read_task_file(path: str, kind: str, *, text_fields: tuple[str, ...] = (), l
 def _records(path: str):
     """(line number, dict) for each example of the file."""
     if path.endswith(".jsonl"):
-        with open(path, encoding="utf-8") as handle:
+        with io.StringIO(read_text(path)) as handle:
             for number, line in enumerate(handle, 1):
                 if not line.strip():
                     continue
@@ -114,7 +116,7 @@ def _records(path: str):
                     raise DataError(f"{path} line {number} is not a JSON object")
                 yield number, record
     elif path.endswith((".tsv", ".txt")):
-        with open(path, encoding="utf-8", newline="") as handle:
+        with io.StringIO(read_text(path), newline="") as handle:
             rows = csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE)
             header = next(rows, None)
             if header is None:

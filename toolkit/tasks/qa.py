@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..data import read_text
 from ..errors import DataError
 
 MAX_ANSWER_TOKENS = 30  # the longest span considered at prediction (BERT's run_squad.py)
@@ -48,8 +49,7 @@ def read_squad(path: str, require_labels: bool = True) -> QuestionData:
     if not os.path.isfile(path):
         raise DataError(f"task file {path} does not exist")
     try:
-        with open(path, encoding="utf-8") as handle:
-            document = json.load(handle)
+        document = json.loads(read_text(path))
     except json.JSONDecodeError as error:
         raise DataError(f"{path} is not valid JSON (line {error.lineno}: {error.msg})") from None
     if not isinstance(document, dict) or not isinstance(document.get("data"), list):

@@ -11,12 +11,14 @@ target: exact match and token F1 (normalised as SQuAD's official script does) an
 """
 from __future__ import annotations
 
+import io
 import json
 from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
 
+from ..data import read_text
 from ..errors import DataError, LmkitError
 from .qa import answer_f1, exact_match
 
@@ -97,7 +99,7 @@ def task_name(path: str) -> str:
 
 
 def _is_text_to_text(path: str) -> bool:
-    with open(path, encoding="utf-8") as handle:
+    with io.StringIO(read_text(path)) as handle:
         for line in handle:
             if line.strip():
                 try:
@@ -111,7 +113,7 @@ def read_text_pairs(path: str, require_labels: bool = True) -> TextPairs:
     """The examples of a JSONL file; a record without its input (or, when required, its target) is a
     one-line error naming the line."""
     try:
-        handle = open(path, encoding="utf-8")
+        handle = io.StringIO(read_text(path))
     except OSError:
         raise DataError(f"{path} is not a readable file; give a .jsonl file of {{\"input\", \"target\"}} records") \
             from None

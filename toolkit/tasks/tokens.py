@@ -9,11 +9,13 @@ whole word; the other subwords, and special tokens, are not scored (label -100).
 """
 from __future__ import annotations
 
+import io
 import os
 from dataclasses import dataclass
 
 import numpy as np
 
+from ..data import read_text
 from ..errors import DataError
 
 
@@ -41,7 +43,7 @@ def read_conll(path: str, *, tag_column: int = -1, labels: tuple[str, ...] = (),
     if not os.path.isfile(path):
         raise DataError(f"task file {path} does not exist")
     sentences, words, tags, width = [], [], [], None
-    with open(path, encoding="utf-8") as handle:
+    with io.StringIO(read_text(path)) as handle:
         for number, line in enumerate(handle, 1):
             columns = line.split()
             if not columns or columns[0] == "-DOCSTART-":
