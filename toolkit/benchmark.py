@@ -104,8 +104,8 @@ def _runner(opened, *, prompt_tokens: int, new_tokens: int, batch_size: int, see
                          f"fed as {fed} (the family's own tokens added), which with --new-tokens {new_tokens} need "
                          f"{fed + new_tokens}: lower them")
     ids = np.array(rows, dtype=np.int64)
-    return _generation(opened, lambda backend: prefill_at_positions(backend, ids, np.ones_like(ids, dtype=np.bool_), positions),
-                       new_tokens)
+    mask = np.ones_like(ids, dtype=np.bool_)
+    return _generation(opened, lambda backend: prefill_at_positions(backend, ids, mask, positions), new_tokens)
 
 
 def random_prompts(opened, batch_size: int, length: int, seed: int) -> np.ndarray:
@@ -117,8 +117,7 @@ def random_prompts(opened, batch_size: int, length: int, seed: int) -> np.ndarra
     low = min(8, vocab - 1)
     ids = rng.integers(low, vocab, size=(batch_size, length), dtype=np.int64)
     if opened.generator is not None:
-        added = opened.tokenizer.hf_tokenizer.get_added_tokens_decoder()
-        special = np.array([i for i, token in added.items() if token.special], dtype=np.int64)
+        special = np.array(sorted(opened.tokenizer.special_ids()), dtype=np.int64)
         if np.isin(np.arange(low, vocab), special).all():
             raise LmkitError(f"{opened.directory}'s vocabulary above id {low} is all special tokens: nothing to "
                              "make a random prompt of")

@@ -9,8 +9,8 @@ decoder.onnx   input_ids (batch, 1), self_k / self_v (layers, batch, heads, past
 
 The plan's EncoderDecoderLayout wires them for lmkit's generic encoder-decoder runtime: self_k/self_v
 start empty (zeros with no past positions) and are fed back from present_k/present_v, cross_k/cross_v come
-from the encoder once, encoder_mask from the sources; a prefix (lmkit.prefix) is self_k/self_v's first value. The decoder graph reads the cache's length from
-self_k's past axis, so the relative position bias of each new token is offset by it, as in PyTorch.
+from the encoder once, encoder_mask from the sources; a prefix (lmkit.prefix) is self_k/self_v's first
+value. The decoder graph reads the cache's length from self_k's past axis, so the relative position bias of each new token is offset by it, as in PyTorch.
 """
 from __future__ import annotations
 

@@ -270,7 +270,8 @@ def generate_token_by_token(backend: Backend, prompts: Sequence[Sequence[int]],
 
     choose(logits, prompts): float32 logits (R, V) and int64 (R,), the index of the prompt each row
     continues -> int64 tokens (R,); it must leave the logits as they are (the scores read them after).
-    A row that ends (eos, a stop sequence, its own length limit, see new_token_rooms) leaves the batch, so the backend only ever computes rows still generating.
+    A row that ends (eos, a stop sequence, its own length limit, see new_token_rooms) leaves the batch,
+    so the backend only ever computes rows still generating.
     on_token(prompt_index, token_id) sees each token as soon as it cannot be part of a stop sequence.
     positions: the model's own positions of the prompts (Positions), else the backend counts them.
     """

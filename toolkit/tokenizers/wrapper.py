@@ -95,6 +95,10 @@ class Tokenizer:
         """role -> token string, for the roles this tokenizer has."""
         return dict(self._special_tokens)
 
+    def special_ids(self) -> set[int]:
+        """The ids of every token registered as special, whatever its role (GLM's blanks, T5's sentinels)."""
+        return {i for i, token in self.hf_tokenizer.get_added_tokens_decoder().items() if token.special}
+
     def _role_id(self, role: str) -> int | None:
         token = self._special_tokens.get(role)
         return None if token is None else self.hf_tokenizer.token_to_id(token)
