@@ -97,3 +97,20 @@ def test_an_encoder_decoder_and_its_export_are_timed_as_a_generation(run, traine
     greedy = Seq2SeqGenerator(make_backend(4), opened.decoder_start, None, 0).generate(
         Greedy(GreedyOptions(max_new_tokens=4)), sources)
     assert [list(row) for row in zip(*fed[4:])] == [list(g.tokens) for g in greedy]
+
+
+def test_the_default_prompt_fits_a_small_context_and_a_busy_machine_is_named(run, tiny_gpt2, monkeypatch):
+    import os
+
+    limit = open_model(tiny_gpt2, device="cpu").max_positions
+    monkeypatch.setattr(os, "getloadavg", lambda: (0.1, 0.1, 0.1))
+    new = limit - 20  # leaves 12 positions for the prompt, past the 8 spare ones
+    quiet = run("bench", tiny_gpt2, "--new-tokens", new, "--repeats", "1", "--threads", "1", "--json")
+    assert quiet.code == 0, quiet.err
+    report = json.loads(quiet.out)
+    # 128 tokens unless the context leaves less room: then what it leaves after the new tokens and 8 spare.
+    assert report["prompt_tokens"] == 12 and report["busy_machine"] is None
+    assert "warning" not in quiet.err
+    monkeypatch.setattr(os, "getloadavg", lambda: (3.0 * (os.cpu_count() or 1), 1.0, 1.0))
+    busy = run("bench", tiny_gpt2, "--prompt-tokens", "4", "--new-tokens", "2", "--repeats", "1", "--threads", "1")
+    assert busy.code == 0 and "warning: this machine is busy (load average" in busy.err

@@ -101,6 +101,11 @@ def test_tokenizer_train_and_encode(run, tmp_path):
     assert "".join(encoded["tokens"]).replace("Ġ", " ") == "the lazy dog"
     char = run("tokenizer", "train", "--kind", "char", "--vocab-size", "40", corpus, "--out", tmp_path / "chars")
     assert char.code == 0, char.err
+    # Two sentences hold nowhere near 5000 pieces: the trainer stops short, and says so.
+    unigram = run("tokenizer", "train", "--kind", "unigram", "--vocab-size", "5000", corpus, "--out", tmp_path / "uni")
+    assert unigram.code == 0, unigram.err
+    size = json.loads(run("tokenizer", "encode", tmp_path / "uni", "dog", "--json").out)  # it opens and encodes
+    assert size["ids"] and "fewer than the 5000 asked for: the text holds no more pieces" in unigram.err
 
 
 def test_tokenizer_bad_inputs_are_one_line_errors_and_write_nothing(run, tmp_path):

@@ -14,6 +14,7 @@ asserts a time: the figures are for the person at the machine.
 """
 from __future__ import annotations
 
+import os
 import random
 import statistics
 import time
@@ -49,6 +50,39 @@ def describe_runtime(opened) -> str:
     opened.runtime  # noqa: B018 -- the providers are known once a session is open
     providers = opened.providers or ["?"]
     return f"onnxruntime {manifest.get('dtype', '')} ({providers[0]})".replace("  ", " ")
+
+
+DEFAULT_PROMPT_TOKENS = 128
+FAMILY_TOKENS = 8  # room a default prompt leaves for the tokens a family adds to it (GLM: [gMASK], [S])
+
+
+def default_prompt_tokens(models: list, new_tokens: int) -> int:
+    """DEFAULT_PROMPT_TOKENS, or fewer where a model's context leaves less room (a decoder's prompt, new tokens
+    and FAMILY_TOKENS; an encoder's or an encoder-decoder's source): the most every model can take, at least 1."""
+    room = [DEFAULT_PROMPT_TOKENS]
+    for opened in models:
+        limit = opened.max_positions
+        if limit is not None:
+            room.append(limit - new_tokens - FAMILY_TOKENS if opened.kind == "decoder" else limit)
+    return max(1, min(room))
+
+
+def busy_machine(threshold: float = 0.75) -> str | None:
+    """A line saying that the machine is busy, or None: the load average over the last minute against the cores.
+
+    Other processes take the cores and the memory bandwidth from every run, so each time grows, and unevenly
+    (the models take turns, which keeps their ratios closer than their times). None where the platform has
+    no load average (Windows).
+    """
+    try:
+        load = os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return None
+    cores = os.cpu_count() or 1
+    if load < threshold * cores:
+        return None
+    return (f"this machine is busy (load average {load:.1f} over the last minute, {cores} cores): other processes slow "
+            "every run, so read the figures as rough; on a quiet machine they are steadier")
 
 
 def _vocab_size(opened) -> int:

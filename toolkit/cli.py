@@ -150,7 +150,11 @@ def tokenizer_train(files, kind, vocab_size, assignments, text_field, out, force
     with staged_directory(out, force=force) as stage:
         trained = component.load().train(list(files), options, text_field=text_field)
         trained.save(stage)
-    click.echo(f"trained a {kind} tokenizer with {trained.vocab_size} tokens: {out}", err=True)
+    # A small text runs out of pieces (merges, unigram pieces, characters) before the size asked for.
+    trained_size = trained.vocab_size - getattr(options, "sentinels", 0)  # T5's sentinels come on top of it
+    short = (f", fewer than the {options.vocab_size} asked for: the text holds no more pieces (more text gives "
+             "more)" if trained_size < options.vocab_size else "")
+    click.echo(f"trained a {kind} tokenizer with {trained.vocab_size} tokens{short}: {out}", err=True)
     click.echo(out)
 
 

@@ -8,8 +8,9 @@ import click
 
 @click.command("bench")
 @click.argument("models", nargs=-1, required=True, type=click.Path(file_okay=False))
-@click.option("--prompt-tokens", type=click.IntRange(min=1), default=128, show_default=True,
-              help="Tokens of each prompt (an encoder: of each text).")
+@click.option("--prompt-tokens", type=click.IntRange(min=1),
+              help="Tokens of each prompt (an encoder: of each text).  [default: 128, or fewer where a model's "
+                   "context leaves less room]")
 @click.option("--new-tokens", type=click.IntRange(min=1), default=32, show_default=True,
               help="Decoding steps timed after the prefill (decoders).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=1, show_default=True, help="Rows per run.")
@@ -28,7 +29,7 @@ def bench_command(models, prompt_tokens, new_tokens, batch_size, repeats, thread
     """
     import sys
 
-    from ..benchmark import measure, table
+    from ..benchmark import busy_machine, default_prompt_tokens, measure, table
     from ..opening import is_export, open_model
 
     session_options = None
@@ -47,11 +48,17 @@ def bench_command(models, prompt_tokens, new_tokens, batch_size, repeats, thread
             session_options.intra_op_num_threads = threads
     opened = [open_model(path, device=device, session_options=session_options if is_export(path) else None)
               for path in models]
+    if prompt_tokens is None:
+        prompt_tokens = default_prompt_tokens(opened, new_tokens)
+    busy = busy_machine()
+    if busy is not None:
+        click.echo(f"warning: {busy}", err=True)
     speeds = measure(opened, prompt_tokens=prompt_tokens, new_tokens=new_tokens, batch_size=batch_size,
                      repeats=repeats, progress=lambda done: click.echo(f"round {done}/{repeats}", err=True))
     if as_json:
         click.echo(json.dumps({"prompt_tokens": prompt_tokens, "new_tokens": new_tokens, "batch_size": batch_size,
                                "repeats": repeats, "threads": threads, "python": sys.version.split()[0],
+                               "busy_machine": busy,
                                "models": [s.as_dict() for s in speeds]}, indent=2))
         return
     click.echo(f"batch {batch_size}, prompts of {prompt_tokens} tokens, {new_tokens} decoding steps, median of "
