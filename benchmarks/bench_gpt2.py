@@ -10,12 +10,10 @@ baseline a cache has to beat. Nothing here is asserted: the figures are printed 
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import numpy as np
 import torch
-from timing import interleaved, record  # benchmarks/timing.py
+from timing import bandwidth_bytes_per_s, interleaved, record  # benchmarks/timing.py
 
 from lmkit.decoding.beam import BeamSearch
 from lmkit.decoding.greedy import Greedy
@@ -32,17 +30,6 @@ SIZES = {
 }
 
 
-def median_time(function, repeats: int, warmup: int = 1) -> float:
-    for _ in range(warmup):
-        function()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def pair(size: str):
     """(lmkit GPT2Decoder, transformers GPT2LMHeadModel) with identical weights, dropout off."""
     import transformers
@@ -57,13 +44,6 @@ def pair(size: str):
     ours = GPT2Decoder(GPT2Config(**{**config.__dict__, "dropout": 0.0}))
     ours.load_state_dict(state_dict_from_hf(hf.state_dict(), config))
     return ours.eval(), hf
-
-
-def bandwidth_bytes_per_s() -> float:
-    """Memory read bandwidth, from summing a tensor far larger than the caches."""
-    big = torch.ones(64 * 2**20)  # 256 MB of float32
-    seconds = median_time(lambda: big.sum(), repeats=5)
-    return big.numel() * 4 / seconds
 
 
 def bench_training(size: str, batch: int, seq: int, repeats: int) -> dict:

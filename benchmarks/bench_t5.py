@@ -9,7 +9,9 @@ The checkpoint is made by transformers (t5-small's sizes: 6+6 layers x 512, 8 he
 --new-tokens generated per row with eos never ending a row (lmkit: no eos id; transformers: its eos
 id unset), reported as milliseconds per decoding step (one new token for every row) and the ratio of
 transformers' time to each contender's (above 1: faster than transformers), and under it how many rows each
-contender generated exactly as transformers did (int8 is expected to differ). Training: one AdamW step
+contender generated exactly as transformers did (int8 is expected to differ). Greedy search at batch 1 is
+also set against the memory-bandwidth floor: the decoder's weight bytes per step over the read bandwidth of a
+1 GB sum (benchmarks/timing.py). Training: one AdamW step
 on a batch of 8 pairs of 64 source and 64 target tokens, as target tokens per second. Times are medians
 over --repeats rounds timed in turns (benchmarks/timing.py); nothing is asserted.
 """
@@ -21,7 +23,7 @@ import tempfile
 
 import numpy as np
 import torch
-from timing import interleaved, record  # benchmarks/timing.py
+from timing import bandwidth_bytes_per_s, interleaved, record  # benchmarks/timing.py
 
 SMALL = dict(vocab_size=32128, d_model=512, d_kv=64, d_ff=2048, num_layers=6, num_heads=8)
 QUICK = dict(vocab_size=4096, d_model=256, d_kv=32, d_ff=1024, num_layers=4, num_heads=8)
@@ -45,6 +47,18 @@ def checkpoint(directory: str, sizes: dict) -> None:
     config = transformers.T5Config(**sizes, feed_forward_proj="relu", dropout_rate=0.0, decoder_start_token_id=0,
                                    eos_token_id=1, pad_token_id=0)
     transformers.T5ForConditionalGeneration(config).eval().save_pretrained(directory)
+
+
+def decoder_bytes_per_step(model) -> int:
+    """The bytes of weights one T5 decoding step reads: every decoder weight but the cross-attention keys' and
+    values' (computed once per source) and the input embedding (one row looked up), plus the output layer (the
+    shared embedding, when tied)."""
+    decoder = model.decoder
+    weights = [p for name, p in decoder.named_parameters()
+               if not any(part in name for part in ("cross_attn.k.", "cross_attn.v.", "embed_tokens"))]
+    if decoder.config.tie_word_embeddings:
+        weights.append(decoder.token_embedding().weight)
+    return sum(w.numel() * w.element_size() for w in weights)
 
 
 def main() -> None:
@@ -97,6 +111,7 @@ def main() -> None:
           + "   ratios (transformers / lmkit)")
     settings = [("greedy", 1), ("greedy", 8), ("beam 4", 1), ("beam 4", 8)]
     tokens: dict[str, list[list[int]]] = {}  # each contender's last generation of a setting, compared below
+    greedy_one_row: dict[str, float] = {}  # ms per step of greedy search at batch 1, against the floor below
     for strategy, batch in settings[::3] if args.quick else settings:
         sources = rng.integers(3, 50, size=(batch, S))
         ids, mask = torch.from_numpy(sources), torch.ones(batch, S, dtype=torch.long)
@@ -124,6 +139,8 @@ def main() -> None:
         with torch.inference_mode():
             seconds = interleaved(functions, args.repeats, shuffle=True)
         ms = {name: 1000 * value / N for name, value in seconds.items()}
+        if (strategy, batch) == ("greedy", 1):
+            greedy_one_row = ms
         for name in contenders:
             record("bench_t5", f"{strategy}, batch {batch}, {name.removeprefix('lmkit ')}",
                    ms["transformers"] / ms[name])
@@ -134,6 +151,17 @@ def main() -> None:
         print(f"{'':22} rows with transformers' tokens: " + "  ".join(
             f"{name.removeprefix('lmkit ')} {sum(a == b for a, b in zip(tokens[name], tokens['transformers']))}/"
             f"{len(tokens['transformers'])}" for name in contenders), flush=True)
+
+    # What no implementation beats at one row: a step reads every weight it multiplies once, from memory.
+    weight_bytes = decoder_bytes_per_step(contenders["lmkit torch"].model)
+    bandwidth = bandwidth_bytes_per_s()
+    floor_ms = 1e3 * weight_bytes / bandwidth
+    print(f"greedy b1 against the memory-bandwidth floor: a step reads {weight_bytes / 1e6:.0f} MB of fp32 weights, "
+          f"{floor_ms:.2f} ms at {bandwidth / 1e9:.1f} GB/s (a 1 GB sum); ms per step over the floor: " + "  ".join(
+              f"{name.removeprefix('lmkit ')} {greedy_one_row[name] / floor_ms:.2f}x"
+              for name in greedy_one_row if not name.endswith("int8"))
+          + " (int8 reads a quarter of the bytes; each step's time also carries its share of the encoder's)",
+          flush=True)
 
     # Training: one AdamW step on the same batch, each model its own copy of the same weights.
     model, _, _ = load_model(model_dir)

@@ -36,6 +36,25 @@ def interleaved(functions: dict[str, Callable[[], object]], repeats: int, *, shu
     return {name: statistics.median(values) for name, values in times.items()}
 
 
+def bandwidth_bytes_per_s(megabytes: int = 1024, repeats: int = 5) -> float:
+    """Memory read bandwidth in bytes per second: the median time of a sum over `megabytes` of float32.
+
+    The tensor is larger than the last-level cache (300 MB on the 2-core machines these notes measure on, shared
+    with the host), so the sum streams from memory, as a decoding step's weights do. The floor of a step
+    that reads W bytes of weights is W over this.
+    """
+    import torch
+
+    big = torch.ones(megabytes * 2**20 // 4)
+    big.sum()
+    seconds = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        big.sum()
+        seconds.append(time.perf_counter() - start)
+    return big.numel() * 4 / statistics.median(seconds)
+
+
 def record(benchmark: str, measure: str, ratio: float, against: str = "transformers", **figures) -> None:
     """Add one ratio (above 1: lmkit is faster) to the file run_all.py gathers its summary table from.
 
