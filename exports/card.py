@@ -103,7 +103,9 @@ def model_card(manifest: dict, license: str = "other") -> str:
 def _threshold(threshold: dict) -> str:
     parts = []
     if threshold.get("max_abs_diff") is not None:
-        parts.append(f"|difference| at most {threshold['max_abs_diff']:g}")
+        relative = threshold.get("max_rel_diff")
+        parts.append(f"|difference| at most {threshold['max_abs_diff']:g}"
+                     + (f" (or {relative:g} of the output's largest |value|)" if relative else ""))
     if threshold.get("min_top1_agreement") is not None:
         parts.append(f"top-1 agreement at least {threshold['min_top1_agreement']:.0%}")
     return " and ".join(parts) or "none"

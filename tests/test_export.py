@@ -152,7 +152,7 @@ def test_parity_is_measured_on_three_shape_sets_and_within_1e_4(exported):
     assert len(shapes) >= 3
     assert {b for b, _, _ in shapes} == {1, 3} and {n for _, n, _ in shapes} == {1, 17}
     assert {p for _, _, p in shapes} == {0, 9}
-    assert report["threshold"] == {"max_abs_diff": 1e-4}
+    assert report["threshold"] == {"max_abs_diff": 1e-4, "max_rel_diff": 1e-5}
     assert 0 < report["max_abs_diff"] <= 1e-4
     assert report["top1_agreement"] == 1.0
     for shape_set in report["shape_sets"]:
@@ -326,7 +326,26 @@ def test_export_that_misses_its_threshold_writes_nothing(run, model_dir, tmp_pat
     assert result.code == 1
     error = result.err.strip().splitlines()[-1]
     assert error.startswith("error: the fp32 export differs from PyTorch by") and "nothing was written" in error
+    assert "allow more with --atol" in error
     assert os.listdir(tmp_path) == []  # neither the export nor its staging or scratch directories
+
+
+def test_fp32_rounding_is_allowed_in_proportion_to_the_outputs_scale():
+    # Found by a user's trial: a T5 whose logits reach ~240 differed by 3.6e-4 (1.5e-6 of them) and was refused.
+    from lmkit.exports.validation import ValidationError, _check, _Result
+
+    def check(diff: float, scale: float) -> None:
+        result = _Result("decoder", {"batch_size": 4}, {"logits": diff}, None, scale={"logits": scale})
+        _check({"top1_agreement": None}, [result], "fp32", THRESHOLDS["fp32"])
+
+    check(3.6e-4, 240.0)  # large logits: within 1e-5 of their largest value
+    check(9e-5, 0.5)  # small ones: within the absolute 1e-4
+    for diff, scale in ((3e-3, 240.0), (2e-4, 1.0)):
+        with pytest.raises(ValidationError, match=r"more than the .* allowed \(0.0001, or 1e-05 of its largest"):
+            check(diff, scale)
+    with pytest.raises(ValidationError, match=r"allowed \(0.0001\); nothing was written"):  # --atol: absolute alone
+        _check({"top1_agreement": None}, [_Result("d", {}, {"logits": 3.6e-4}, None, scale={"logits": 240.0})],
+               "fp32", Threshold(max_abs_diff=1e-4))
 
 
 def test_export_usage_errors(run, model_dir, tmp_path):

@@ -466,3 +466,21 @@ def test_compiled_training_matches_eager(template, corpus, copy_model):
     train(compiled, corpus, **run, compile=True)
     assert [r["loss"] for r in metrics(compiled)] == pytest.approx([r["loss"] for r in metrics(eager)], rel=1e-4)
     assert_same_tensors(weights(eager), weights(compiled), exact=False, atol=1e-4)
+
+
+@pytest.mark.parametrize("where", ["log", "save"])
+def test_a_run_that_diverges_stops_in_one_line_and_saves_nothing(run, template, corpus, copy_model, tmp_path, where):
+    # Found by a user's trial: --lr 1e6 trained to nan and exited 0 with a checkpoint of nan weights.
+    model_dir = copy_model(template, "model")
+    before = weights(model_dir)
+    out = tmp_path / "out"
+    # where="save": the loss is printed only at the end, so the check before the step-2 checkpoint finds it.
+    log_every = "1" if where == "log" else "1000"
+    result = run("train", model_dir, "--data", corpus, "--steps", "6", "--batch-size", "2", "--seq-len", "16",
+                 "--lr", "1e6", "--warmup", "0", "--eval-every", "0", "--log-every", log_every, "--save-every", "2",
+                 "--out", out)
+    assert result.code != 0 and "Traceback" not in result.err
+    message = result.err.strip().splitlines()[-1]
+    assert message.startswith("error: training diverged: ") and "lower --lr (say 100000)" in message
+    assert not out.exists()
+    assert_same_tensors(weights(model_dir), before)

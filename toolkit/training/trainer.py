@@ -305,6 +305,8 @@ class Trainer:
                     # The first read of a device value since the last record: it waits for the steps.
                     share = steps_in_interval * self.procs.world_size
                     loss = self.procs.sum(self.loss_sum.clone()).item() / share
+                    if not math.isfinite(loss):
+                        self._diverged(f"the training loss is {loss} at step {self.step}")
                     now = time.perf_counter()
                     record = {"step": self.step, "loss": loss, "lr": lr,
                               "tokens_per_s": self.tokens_seen * self.procs.world_size
@@ -326,6 +328,7 @@ class Trainer:
                     steps_in_interval = self.tokens_seen = 0
                     interval_start = time.perf_counter()  # tokens/s leaves evaluation out
                 if finished or (args.save_every and self.step % args.save_every == 0):
+                    self._check_finite()  # a checkpoint never holds weights that went to inf or nan
                     paused = time.perf_counter()
                     self.save(self.elapsed_before + paused - started)
                     interval_start += time.perf_counter() - paused  # and saving
@@ -341,6 +344,19 @@ class Trainer:
             if metrics is not None:
                 metrics.close()
         return self.last_record
+
+    def _check_finite(self) -> None:
+        """TrainingError when a loss since the last record, or a weight, is not finite (one device sync a save)."""
+        if not bool(torch.isfinite(self.loss_sum).all()):
+            self._diverged(f"the training loss is not finite by step {self.step}")
+        for name, parameter in self.model.named_parameters():
+            if not bool(torch.isfinite(parameter).all()):
+                self._diverged(f"the weight {name} is not finite at step {self.step}")
+
+    def _diverged(self, what: str) -> None:
+        lr = self.args.lr
+        raise TrainingError(f"training diverged: {what} (peak learning rate {lr:g}); train again with a lower --lr "
+                            f"(say {lr / 10:g}) or a longer warmup; no checkpoint holds the diverged weights")
 
     def save(self, elapsed: float) -> None:
         """A checkpoint of this step; every process takes part (their RNG states), rank 0 writes."""
