@@ -58,11 +58,16 @@ class ShapeSet:
 
     scored: bool, the shape of the score output's leading axes (B, T): the positions whose top-1
         token counts for agreement (padding does not); None counts every position.
+    filled: for cache outputs that are buffers with room to spare (B, nh, positions, hs), how many positions
+        hold the cache after the step; the rest is compared to nothing. The spare room holds random numbers,
+        which the graph must not read (the other outputs would differ), and may change: an fp16 graph writes
+        its cache through casts into a new buffer, whose spare room is whatever memory it got.
     """
 
     label: dict[str, int]
     inputs: dict[str, np.ndarray]
     scored: np.ndarray | None = None
+    filled: dict[str, int] | None = None
 
 
 def right_padded_shape_set(rng: np.random.Generator, vocab_size: int, batch: int, tokens: int) -> ShapeSet:

@@ -201,6 +201,11 @@ def test_train_prefix_keeps_the_model_bit_identical_and_writes_its_attributes(ti
     code, output = run("train-prefix", tiny_gpt2, "--data", f"{tmp_path / 'up.txt'}:up", "--data",
                        f"{tmp_path / 'down.txt'}:down", "--out", tmp_path / "p", "--steps", 1)
     assert code == 1 and "exists; choose another --out or pass --force" in output
+    code, output = run("train-prefix", tiny_gpt2, "--data", f"{tmp_path / 'up.txt'}:up", "--data",
+                       f"{tmp_path / 'down.txt'}:down", "--out", tmp_path / "nan", "--steps", 3, "--length", 4,
+                       "--lr", "1e30", "--device", "cpu", "--quiet")
+    assert code == 1 and "training diverged: the prefixes are not finite" in output and "Traceback" not in output
+    assert not (tmp_path / "nan").exists()
 
 
 @pytest.mark.parametrize("directory", ["model", "export"])

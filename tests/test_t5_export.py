@@ -124,6 +124,11 @@ def test_reduced_precision_exports_are_validated(imported, tmp_path, precision):
     cli("export", imported, "--out", out, *precision)
     validation = json.load(open(os.path.join(out, "lmkit-onnx.json")))["validation"]
     assert validation["top1_agreement"] >= (0.9 if precision[0] == "--dtype" else 0.5)
+    if precision[0] == "--dtype":
+        # Half precision's rounding, on the cache's positions only: the fp16 graph writes its cache through casts
+        # into a new buffer, whose spare room (never read) used to count as a difference of ~4 (a user's trial).
+        decoder = [s for s in validation["shape_sets"] if s["graph"] == "decoder"]
+        assert decoder and max(max(s["max_abs_diff"].values()) for s in decoder) < 0.05
     print(f"\n{precision[-1]}: top-1 agreement {validation['top1_agreement']:.3f}, "
           f"max |difference| {validation['max_abs_diff']:.2e}")
 

@@ -156,6 +156,11 @@ def train_prefixes(model_dir: str, sources: list[tuple[str, str]], out: str, *, 
             shown = ("kl", "c", "usage") if unsupervised else ("d", "accuracy") if contrast_weight else ()
             log(f"step {step}/{steps}  loss {loss.item():.4f}  lm {metrics['lm']:.4f}"
                 + "".join(f"  {name} {metrics[name]:.4f}" for name in shown))
+    if not bool(torch.isfinite(prefixes.prefixes).all()):  # as lmkit train: nothing diverged is saved
+        from lmkit.training.arguments import TrainingError
+
+        raise TrainingError(f"training diverged: the prefixes are not finite after {steps} steps (learning rate "
+                            f"{lr:g}); train again with a lower --lr (say {lr / 10:g}); nothing was written")
     values = prefixes.prefixes.detach().float().cpu().numpy()
     method = "unsupervised (latent attributes, Gumbel-softmax)" if unsupervised else "supervised"
     settings = {"kl_weight": kl_weight, "margin": margin, "temperature": temperature} if unsupervised else {}

@@ -202,7 +202,7 @@ def _buffer_plan(samples: _Samples) -> ExportPlan:
 
     def step_set(batch: int, length: int, past: int, room: int = 3) -> ShapeSet:
         """One new token after `past`, in buffers with `room` positions to spare (random numbers there: the graph
-        must neither read nor change them)."""
+        must not read them; ShapeSet.filled)."""
         label, next_ids, state = samples.decoded(batch, length, past)
         inputs = {"input_ids": next_ids, "decoder_attention_mask": np.ones((batch, past + 1), np.int64)}
         for layer in range(L):
@@ -214,7 +214,7 @@ def _buffer_plan(samples: _Samples) -> ExportPlan:
             for part in "kv":
                 inputs[f"cross_{part}.{layer}"] = state[f"cross_{part}"][layer]
         inputs["encoder_mask"] = state["encoder_mask"]
-        return ShapeSet(label, inputs)
+        return ShapeSet(label, inputs, filled=dict.fromkeys(present_names, past + 1))
 
     cross = (BATCH, nh, SOURCE, hs)
     buffer = (BATCH, nh, CAPACITY, hs)
