@@ -167,7 +167,15 @@ def test_bad_input_is_one_line_errors(run, task, untrained, tmp_path):
                     "--seq-len", 3)
     assert "pair 1" in message and "more than the maximum of 3" in message
     message = error("translate", untrained, "--text", "the big cat sees the small dog")
-    assert "more than the model's maximum of 6" in message
+    assert "more than the model's maximum of 6" in message and "or pass --truncate to keep its first 6" in message
+    # --truncate keeps a long source's first tokens, in translate and generate alike (generate used to accept the
+    # flag and refuse the source anyway: a user's trial), with a warning.
+    for command in ("translate", "generate"):
+        text = ["--text" if command == "translate" else "--prompt", "the big cat sees the small dog"]
+        cut = run(command, untrained, *text, "--truncate", "--max-new-tokens", 3)
+        assert cut.code == 0 and "warning: kept the first 6 of the 7 tokens of the source" in cut.err, cut.err
+        short = run(command, untrained, *(text[:1] + ["the big cat sees the small"]), "--max-new-tokens", 3)
+        assert cut.out == short.out  # what the first 6 tokens translate to
     message = error("translate", untrained, "--text", "the cat", "--strategy", "beam", "--num-beams", 0)
     assert "num_beams must be at least 1" in message
     message = error("compose", "nmt-tiny", "--set", "decoder.d_encoder=32", "--out", tmp_path / "bad")

@@ -155,9 +155,10 @@ class OpenedModel:
 
     # -- generation -------------------------------------------------------------------------------
 
-    def encode_sources(self, texts: Sequence[str]) -> list[list[int]]:
+    def encode_sources(self, texts: Sequence[str], truncate: bool | None = None) -> list[list[int]]:
         """An encoder-decoder's source ids of `texts`, as it was trained on them (source_suffix appended); an
-        empty or too long source is a one-line DataError (lmkit.seq2seq.encode_sources). A decoder whose family
+        empty or too long source is a one-line DataError, or with truncate, a long one keeps its first tokens
+        (lmkit.seq2seq.encode_sources). A decoder whose family
         writes a target after its source (a generator's source_prompt: GLM's source then [gMASK]) gets those
         prompts, which generate_ids() answers with the targets as `tokens`."""
         from .seq2seq import encode_sources
@@ -166,7 +167,7 @@ class OpenedModel:
             sources = encode_sources(self._needs_tokenizer("encode sources"), list(texts), self.max_positions)
             return [self.generator.source_prompt(ids) for ids in sources]
         return encode_sources(self._needs_tokenizer("encode sources"), list(texts), self.max_positions,
-                              self.source_suffix)
+                              self.source_suffix, truncate)
 
     def backend(self, max_new_tokens: int | None = None, **options):
         """A fresh lmkit.decoding Backend (an encoder-decoder's takes set_sources); LmkitError for an encoder."""

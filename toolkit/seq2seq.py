@@ -8,9 +8,12 @@ BLEU is sacrebleu's corpus BLEU, reported with its signature so scores compare.
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 from .errors import DataError, LmkitError
+
+log = logging.getLogger(__name__)
 
 SUFFIX_ROLES = ("bos", "eos", "pad", "unk")
 
@@ -32,17 +35,28 @@ def source_suffix_ids(encoder, tokenizer) -> list[int]:
     return ids
 
 
-def encode_sources(tokenizer, texts: list[str], limit: int | None, suffix: list[int] | tuple = ()) -> list[list[int]]:
-    """Token ids of each source text, each followed by `suffix` (source_suffix_ids); an empty or too long
-    one (suffix included) is a one-line error naming it."""
+def encode_sources(tokenizer, texts: list[str], limit: int | None, suffix: list[int] | tuple = (),
+                   truncate: bool | None = None) -> list[list[int]]:
+    """Token ids of each source text, each followed by `suffix` (source_suffix_ids); an empty one is a one-line
+    DataError naming it, and so is one longer than `limit` (suffix included) unless `truncate`: then it keeps
+    its first tokens and the suffix, with a warning. truncate=False says the caller offers --truncate (the
+    error names it); None, that it does not."""
     sources = [ids + list(suffix) if ids else ids for ids in tokenizer.encode_batch(texts)]
     label = (lambda i: "the source") if len(texts) == 1 else (lambda i: f"source {i + 1}")
     for i, ids in enumerate(sources):
         if not ids:
             raise DataError(f"{label(i)} is empty; give a sentence to translate")
-        if limit is not None and len(ids) > limit:
-            raise DataError(f"{label(i)} has {len(ids)} tokens, more than the model's maximum of {limit} "
-                            "(encoder.max_positions); split the sentence")
+        if limit is None or len(ids) <= limit:
+            continue
+        keep = limit - len(suffix)
+        if truncate and keep > 0:
+            log.warning("kept the first %d of the %d tokens of %s: the encoder reads %d", keep,
+                        len(ids) - len(suffix), label(i), limit)
+            sources[i] = ids[:keep] + list(suffix)
+            continue
+        hint = f", or pass --truncate to keep its first {keep} tokens" if truncate is False and keep > 0 else ""
+        raise DataError(f"{label(i)} has {len(ids)} tokens, more than the model's maximum of {limit} "
+                        f"(encoder.max_positions); split the sentence{hint}")
     return sources
 
 

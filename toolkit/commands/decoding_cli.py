@@ -7,6 +7,7 @@ Both commands import this module and neither imports the other's, except generat
 from __future__ import annotations
 
 import dataclasses
+import logging
 
 import click
 
@@ -52,3 +53,15 @@ def decoding_options(default: dict, strategy: str | None, given: dict, host):
             hint = f"; it is an option of {', '.join(takers)} (--strategy {takers[0]})" if takers else ""
             raise click.UsageError(f"--{key.replace('_', '-')} does not apply to the {name} strategy{hint}")
     return name, build_options(options_class, {**values, **given}, f"decoding {name}")
+
+
+class _WarningsToStderr(logging.Handler):
+    def emit(self, record: logging.LogRecord) -> None:
+        click.echo(f"warning: {record.getMessage()}", err=True)
+
+
+def show_warnings() -> None:
+    """Print lmkit's warnings (a truncated prompt, a continuation cut by the context) on stderr."""
+    logger = logging.getLogger("lmkit")
+    if not any(isinstance(handler, _WarningsToStderr) for handler in logger.handlers):
+        logger.addHandler(_WarningsToStderr(logging.WARNING))

@@ -2,12 +2,11 @@
 from __future__ import annotations
 
 import json
-import logging
 import sys
 
 import click
 
-from .decoding_cli import decoding_flags, decoding_options
+from .decoding_cli import decoding_flags, decoding_options, show_warnings
 from .translate import echo_translations, generate_from_sources
 
 
@@ -21,7 +20,8 @@ from .translate import echo_translations, generate_from_sources
 @click.option("--stream/--no-stream", default=None,
               help="Print the text as it is produced.  [default: on for a single prompt without --json]")
 @click.option("--json", "as_json", is_flag=True, help="Print tokens, text, score and finish reason as JSON.")
-@click.option("--truncate", is_flag=True, help="Keep the end of a prompt too long for the model's context.")
+@click.option("--truncate", is_flag=True, help="Keep the end of a prompt too long for the model's context (an "
+              "encoder-decoder's source: its first tokens), with a warning.")
 @click.option("--prefix", "prefix_path", type=click.Path(), metavar="DIR",
               help="Start from a trained key/value prefix (the --out of lmkit train-prefix): the cache every "
                    "prompt continues from, for decoder-only models and their exports.")
@@ -65,7 +65,7 @@ def generate_command(model_dir, prompts, strategy, stops, stream, as_json, trunc
     if stream and (as_json or len(texts) > 1):
         raise click.UsageError("--stream prints one prompt's text as it is produced; give a single prompt "
                                "and no --json")
-    _show_warnings()
+    show_warnings()
 
     if not exported:
         from ..errors import require_torch
@@ -80,7 +80,7 @@ def generate_command(model_dir, prompts, strategy, stops, stream, as_json, trunc
     stream = stream if stream is not None else len(texts) == 1 and not as_json and not rewrites
     given = {key: value for key, value in flags.items() if value is not None}
     if model.kind == "encoder-decoder":  # the prompts are source sentences: sequence-to-sequence generation
-        results = generate_from_sources(model, texts, strategy, given, prefix=prefix)
+        results = generate_from_sources(model, texts, strategy, given, prefix=prefix, truncate=truncate)
         echo_translations(texts, results, model.output_tokenizer, as_json)
         return
     if model.kind == "encoder":
@@ -166,15 +166,3 @@ class _TextStream:
         click.echo(self.prompt + text[self.printed:], nl=False)
         sys.stdout.flush()
         self.prompt, self.printed = "", len(text)
-
-
-class _WarningsToStderr(logging.Handler):
-    def emit(self, record: logging.LogRecord) -> None:
-        click.echo(f"warning: {record.getMessage()}", err=True)
-
-
-def _show_warnings() -> None:
-    """Print lmkit's warnings (a truncated prompt, a continuation cut by the context) on stderr."""
-    logger = logging.getLogger("lmkit")
-    if not any(isinstance(handler, _WarningsToStderr) for handler in logger.handlers):
-        logger.addHandler(_WarningsToStderr(logging.WARNING))

@@ -8,7 +8,7 @@ import sys
 
 import click
 
-from .decoding_cli import decoding_flags, decoding_options
+from .decoding_cli import decoding_flags, decoding_options, show_warnings
 
 
 @click.command("translate")
@@ -20,9 +20,11 @@ from .decoding_cli import decoding_flags, decoding_options
 @click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1),
               help="Sentences decoded together.")
 @click.option("--json", "as_json", is_flag=True, help="Print tokens, text and scores as JSON.")
+@click.option("--truncate", is_flag=True,
+              help="Keep the first tokens of a source longer than the encoder reads (with a warning), not fail.")
 @click.option("--device", default="auto", show_default=True,
               help="auto (cuda when PyTorch, or onnxruntime for an export, has it), cpu, cuda or cuda:N.")
-def translate_command(model_dir, texts, input_path, strategy, batch_size, as_json, device, **flags):
+def translate_command(model_dir, texts, input_path, strategy, batch_size, as_json, truncate, device, **flags):
     """Translate each source sentence with the encoder-decoder model in MODEL_DIR.
 
     MODEL_DIR is a model directory (run with PyTorch) or its export directory (run with
@@ -31,7 +33,8 @@ def translate_command(model_dir, texts, input_path, strategy, batch_size, as_jso
     texts = list(texts) or _read_sources(input_path)
     given = {key: value for key, value in flags.items() if value is not None}
     model = open_encoder_decoder(model_dir, device)
-    results = generate_from_sources(model, texts, strategy, given, batch_size=batch_size)
+    show_warnings()
+    results = generate_from_sources(model, texts, strategy, given, batch_size=batch_size, truncate=truncate)
     echo_translations(texts, results, model.output_tokenizer, as_json)
 
 
@@ -64,9 +67,10 @@ def open_encoder_decoder(model_dir: str, device: str, provider: str | None = Non
 
 
 def generate_from_sources(model, texts: list[str], strategy: str | None, given: dict, *, batch_size: int = 64,
-                          prefix=None):
+                          prefix=None, truncate: bool = False):
     """One Generation per source text, from an encoder-decoder OpenedModel (its decoder's cache started from `prefix`,
-    a lmkit.prefix.CachePrefix, when given); `generate` shares it."""
+    a lmkit.prefix.CachePrefix, when given; a source too long for the encoder cut to its first tokens with
+    `truncate`, else refused); `generate` shares it."""
     from ..errors import ArtifactError
     from ..registry import get_host
 
@@ -75,7 +79,7 @@ def generate_from_sources(model, texts: list[str], strategy: str | None, given: 
     host = get_host()
     name, options = decoding_options(model.generation, strategy, given, host)
     decoding = host.component("decoding", name).load()(options)
-    sources = model.encode_sources(texts)
+    sources = model.encode_sources(texts, truncate=truncate)
     return model.generate_ids(sources, decoding, batch_size=batch_size, prefix=prefix)
 
 
