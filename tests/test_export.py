@@ -318,6 +318,11 @@ def test_inspect_describes_the_export(run, exported):
     as_json = json.loads(run("inspect", exported, "--json").out)
     assert as_json["graphs"] == read_manifest(exported)["graphs"]
     assert {entry["status"] for entry in as_json["files"].values()} == {"ok"}
+    # What needs a model directory says what an export is, and what reads one (it said "no config.json").
+    for command in (["show", exported], ["export", exported, "--out", os.path.join(exported, "again")]):
+        refused = run(*command)
+        assert refused.code == 1 and "is an export directory, not a model directory" in refused.err
+        assert "lmkit inspect describes an export" in refused.err and "Traceback" not in refused.err
 
 
 def test_export_that_misses_its_threshold_writes_nothing(run, model_dir, tmp_path, monkeypatch):

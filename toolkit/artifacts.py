@@ -265,6 +265,10 @@ def read_config(directory: str) -> dict:
         raise ArtifactError(f"{directory} is not a directory; give a model directory made by lmkit compose")
     path = os.path.join(directory, CONFIG)
     if not os.path.isfile(path):
+        if os.path.isfile(os.path.join(directory, "lmkit-onnx.json")):  # an export's manifest (lmkit.exports.manifest)
+            raise ArtifactError(f"{directory} is an export directory, not a model directory: this command needs the "
+                                "model it was exported from (lmkit inspect describes an export; generate, translate, "
+                                "embed, eval, bench and serve run it)")
         raise ArtifactError(f"{directory} has no {CONFIG}: it is not an lmkit model directory "
                             "(make one with lmkit compose, or lmkit import-hf for a Hugging Face checkpoint)")
     config = read_json(path, "restore it or recompose the model")

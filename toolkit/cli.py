@@ -151,10 +151,12 @@ def tokenizer_train(files, kind, vocab_size, assignments, text_field, out, force
         trained = component.load().train(list(files), options, text_field=text_field)
         trained.save(stage)
     # A small text runs out of pieces (merges, unigram pieces, characters) before the size asked for.
-    trained_size = trained.vocab_size - getattr(options, "sentinels", 0)  # T5's sentinels come on top of it
-    short = (f", fewer than the {options.vocab_size} asked for: the text holds no more pieces (more text gives "
-             "more)" if trained_size < options.vocab_size else "")
-    click.echo(f"trained a {kind} tokenizer with {trained.vocab_size} tokens{short}: {out}", err=True)
+    sentinels = getattr(options, "sentinels", 0)  # T5's come on top of --vocab-size
+    trained_size = trained.vocab_size - sentinels
+    size = f"{trained.vocab_size} tokens" + (f" ({trained_size} trained, {sentinels} sentinels)" if sentinels else "")
+    short = (f"; {trained_size} is fewer than the {options.vocab_size} asked for: the text holds no more pieces "
+             "(more text gives more)" if trained_size < options.vocab_size else "")
+    click.echo(f"trained a {kind} tokenizer with {size}{short}: {out}", err=True)
     click.echo(out)
 
 

@@ -62,8 +62,9 @@ def _names(value: str | None) -> tuple[str, ...]:
 @click.option("--steps", type=click.IntRange(min=1), help="Optimizer steps, in place of --epochs.")
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1), help="Examples per step.")
 @click.option("--lr", type=float,
-              help="Peak learning rate.  [default: the stack's recipe: 5e-5 for an encoder (BERT), 6.25e-5 for a "
-                   "decoder (GPT), at width 768; times 768/d_model for narrower models]")
+              help="Peak learning rate.  [default: the stack's recipe: 5e-5 for an encoder (BERT) and for "
+                   "text-to-text (T5), 6.25e-5 for a decoder (GPT), at width 768; times 768/d_model for narrower "
+                   "models]")
 @click.option("--warmup-ratio", type=click.FloatRange(0, 1),
               help="Share of the steps spent warming up.  [default: the stack's recipe: 0.1 for an encoder (BERT), "
                    "0.002 for a decoder (GPT)]")
@@ -96,7 +97,8 @@ def finetune_command(pretrained, kind, train_path, dev_path, out, labels, text_f
                      optimizer, optimizer_options, schedule, schedule_options, multitask, label_smoothing, overrides,
                      epochs, steps, batch_size, lr, warmup_ratio, max_length, truncate, dropout, eval_every, seed,
                      device, force, resume, as_json):
-    """Fine-tune PRETRAINED on a labelled task file into OUT, with a linear head on its sequence features.
+    """Fine-tune PRETRAINED on a labelled task file into OUT, with a linear head on its sequence features
+    (--task text-to-text: no head; an encoder-decoder learns to write each target from its input).
 
     The stack's task recipe decides how it reads examples: a decoder (GPT) reads GPT's input transformations
     (start text [delim text] extract) and adds the auxiliary LM loss; an encoder (BERT, or an
