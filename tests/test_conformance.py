@@ -476,6 +476,63 @@ def test_decoder_state_reorder_moves_rows(preset, artifacts):
     torch.testing.assert_close(moved, fresh[:, 3:], rtol=1e-4, atol=1e-4)
 
 
+def serve_three(model, sources: list[list[int]]) -> tuple[list, list]:
+    """lmkit serve's engine over an encoder-decoder's backend (SourcePrompts): two sources asking 3 and 6 tokens,
+    and a third asking 4 that arrives at the first prefill; (the backend's calls, the three sequences)."""
+    import threading
+
+    from lmkit.serving.engine import ContinuousBatcher, Sequence, Settings, SourcePrompts
+
+    calls, finished, done = [], [], threading.Event()
+
+    class Recording(SourcePrompts):
+        def prefill(self, input_ids, attention_mask):
+            calls.append(("prefill", len(input_ids)))
+            if len(calls) == 1:
+                engine.submit([late])  # arrives while the first batch runs: waits for it to end
+            return super().prefill(input_ids, attention_mask)
+
+        def step(self, tokens, rows=None):
+            calls.append(("step", len(tokens)))
+            return super().step(tokens, rows)
+
+    def on_event(sequence, kind, detail):
+        assert kind != "error", detail
+        if kind == "done":
+            finished.append(sequence)
+            if len(finished) == 3:
+                done.set()
+
+    engine = ContinuousBatcher(Recording(model.backend(8), model.decoder_start), eos_id=None, pad_id=0)
+    short, long, late = (Sequence(source, Settings(max_new_tokens=n), on_event=on_event)
+                         for source, n in zip(sources, (3, 6, 4)))
+    engine.submit([short, long])
+    engine.start()
+    assert done.wait(60)
+    engine.stop()
+    return calls, [short, long, late]
+
+
+@pytest.mark.parametrize("preset", by_kind("encoder-decoder"))
+def test_the_server_engine_gives_each_source_its_greedy_target(preset, artifacts, data):
+    """On both backends: rows that end at different steps leave the batch, one that arrives while it runs waits
+    for it to end, and every row's tokens are those of greedy generation from its source alone."""
+    from lmkit.opening import open_model
+    from lmkit.seq2seq import Seq2SeqGenerator
+
+    with open(data["valid.src"], encoding="utf-8") as handle:
+        texts = handle.read().splitlines()[:3]
+    for directory in (artifacts(preset).trained(), artifacts(preset).exported()):
+        model = open_model(directory, device="cpu")
+        sources = model.encode_sources(texts)
+        calls, served = serve_three(model, sources)
+        assert calls == [("prefill", 2), ("step", 2), ("step", 2), ("step", 1), ("step", 1), ("step", 1),
+                         ("prefill", 1), ("step", 1), ("step", 1), ("step", 1)]
+        generator = Seq2SeqGenerator(model.backend(8), model.decoder_start, None, 0)
+        alone = generator.generate(model.decoding("greedy", max_new_tokens=6), sources)
+        assert [s.tokens for s in served] == [alone[0].tokens[:3], alone[1].tokens, alone[2].tokens[:4]]
+
+
 @pytest.mark.parametrize("preset", by_kind("encoder-decoder"))
 def test_eval_reports_bleu(preset, artifacts, data):
     made = artifacts(preset)

@@ -374,6 +374,64 @@ def test_an_encoder_serves_the_vectors_lmkit_embed_gives(tiny_bert):
         assert post(url, {"input": ["the cat " * 200]}, "/v1/embeddings")[0] == 400
 
 
+# -- encoder-decoders: the prompt is the source, the text its target ---------------------------------------
+
+
+@pytest.fixture(scope="module")
+def t5_directories(tmp_path_factory) -> tuple[str, str]:
+    """A T5 v1.1 from transformers (random weights) imported into lmkit, and its export."""
+    transformers = pytest.importorskip("transformers")
+    from test_t5_hf import hf_model, t5_tokenizer
+
+    from lmkit.commands.import_hf import import_hf
+
+    root = tmp_path_factory.mktemp("t5-serve")
+    tokenizer = transformers.PreTrainedTokenizerFast(tokenizer_object=t5_tokenizer(), eos_token="</s>",
+                                                     pad_token="<pad>", unk_token="<unk>")
+    tokenizer.save_pretrained(root / "hf")
+    hf_model("v1.1").save_pretrained(root / "hf")
+    import_hf(str(root / "hf"), str(root / "t5"))
+    assert run_cli("export", root / "t5", "--out", root / "export").code == 0
+    return str(root / "t5"), str(root / "export")
+
+
+@pytest.mark.parametrize("which", ["model-dir", "export"])
+def test_an_encoder_decoder_serves_the_targets_lmkit_generate_gives(t5_directories, which):
+    from test_t5_hf import SOURCES
+
+    directory = t5_directories[which == "export"]
+    service = open_service(directory, name="t5", max_batch=8, device="cpu")
+    with BackgroundServer(create_app(service)) as url:
+        greedy = texts(complete(url, prompt=SOURCES, max_tokens=10, temperature=0))
+        assert [text.strip() for text in greedy] == generated(directory, SOURCES, "--max-new-tokens", "10")
+        sampled = complete(url, prompt=SOURCES[:2], max_tokens=8, temperature=0.9, seed=5, n=2)
+        assert [text.strip() for text in texts(sampled)] == generated(
+            directory, [SOURCES[0]] * 2 + [SOURCES[1]] * 2, "--strategy", "sample", "--max-new-tokens", "8",
+            "--temperature", "0.9", "--seed", "5")
+        streamed = events(url, {"prompt": SOURCES[1], "max_tokens": 10, "temperature": 0})
+        assert "".join(chunk["choices"][0]["text"] for chunk in streamed[:-1]) == greedy[1]
+        with_logprobs = complete(url, prompt=SOURCES[1], max_tokens=10, temperature=0, logprobs=2)["choices"][0]
+        assert with_logprobs["text"] == greedy[1] and len(with_logprobs["logprobs"]["top_logprobs"][0]) == 2
+        # Requests at once: each gets its own source's target, whether it joined a batch or waited for one to end.
+        answers: dict[int, str] = {}
+
+        def ask(i: int) -> None:
+            answers[i] = texts(complete(url, prompt=SOURCES[i % 3], max_tokens=10, temperature=0))[0]
+
+        threads = [threading.Thread(target=ask, args=(i,)) for i in range(7)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert answers == {i: greedy[i % 3] for i in range(7)}
+        for body, message in [({"prompt": SOURCES[0], "echo": True, "logprobs": 1}, "echo with logprobs"),
+                              ({"prompt": ""}, "the prompt: the source is empty"),
+                              ({"prompt": [[99999]]}, "outside the source vocabulary")]:
+            status, answer = post(url, body)
+            assert status == 400 and message in answer["error"]["message"], answer
+        assert texts(complete(url, prompt=SOURCES[2], max_tokens=10, temperature=0)) == greedy[2:]  # still serving
+
+
 def test_tokenizer_endpoints_speak_vllms_protocol(export_server):
     url, service = export_server
     status, info = http_call(url, "GET", "/tokenizer_info")

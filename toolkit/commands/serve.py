@@ -16,7 +16,8 @@ import click
 @click.option("--max-batch", type=click.IntRange(min=1), default=32, show_default=True,
               help="Most sequences decoded together; more wait for a place.")
 @click.option("--max-tokens-limit", type=click.IntRange(min=1),
-              help="Most max_tokens a request may ask for.  [default: the model's context, else 1024]")
+              help="Most max_tokens a request may ask for.  [default: the model's context, else 1024 (an "
+                   "encoder-decoder's target)]")
 @click.option("--device", default="auto", show_default=True,
               help="auto (cuda when PyTorch, or onnxruntime for an export, has it), cpu, cuda or cuda:N.")
 @click.option("--provider", metavar="NAME",
@@ -25,9 +26,10 @@ def serve_command(model_dir, host, port, name, max_batch, max_tokens_limit, devi
     """Serve MODEL_DIR over HTTP with the OpenAI API until interrupted (Ctrl-C).
 
     MODEL_DIR is a model directory (run with PyTorch) or an export directory (run with onnxruntime,
-    without PyTorch). A decoder-only model answers POST /v1/completions, an encoder POST
-    /v1/embeddings; both GET /v1/models and GET /health. Requests that arrive together are decoded
-    together, in one batch that sequences join and leave at every step. See docs/serving.md.
+    without PyTorch). A decoder-only model answers POST /v1/completions, an encoder-decoder too (each
+    prompt is a source, each text its target), an encoder POST /v1/embeddings; all GET /v1/models and
+    GET /health. Requests that arrive together are decoded together, in one batch that sequences join
+    and leave at every step (an encoder-decoder's: when it ends). See docs/serving.md.
     """
     from ..opening import is_export
     from ..serving.api import open_service

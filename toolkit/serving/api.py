@@ -28,12 +28,13 @@ import numpy as np
 
 from ..decoding.sampling import row_generators
 from ..errors import LmkitError
-from .engine import ContinuousBatcher, Sequence, Settings
+from .engine import ContinuousBatcher, Sequence, Settings, SourcePrompts
 
 MAX_LOGPROBS = 20
 MAX_CHOICES = 64
 MAX_STOPS = 16
 UNBOUNDED_PROMPT_LIMIT = 8192  # the longest prompt of a model without a context length (recurrent decoders)
+DEFAULT_TARGET_LIMIT = 1024  # the most max_tokens an encoder-decoder's request may ask, unless the server says
 
 
 class RequestError(LmkitError):
@@ -123,16 +124,25 @@ class Service:
     """An opened model (lmkit.opening.OpenedModel) served under `name`.
 
     max_tokens_limit: the most max_tokens a request may ask for (the engine's backend is sized for it).
-    A decoder-only model serves completions through `engine`; an encoder serves embeddings.
+    A decoder-only model serves completions through `engine`; an encoder serves embeddings. An
+    encoder-decoder (T5, the translation models) serves completions whose prompt is the source and whose
+    text is the target, as `lmkit generate` gives it: the prompt is read by the source tokenizer, with
+    the encoder's suffix (T5's </s>), and the text (stop sequences too) is the target tokenizer's.
     """
 
     def __init__(self, model, name: str, engine: ContinuousBatcher | None, max_tokens_limit: int):
         self.model = model
         self.name = name
         self.engine = engine
-        self.tokenizer = model.tokenizer
+        self.tokenizer = model.tokenizer  # what prompts are read with
+        self.sources = model.kind == "encoder-decoder"  # a prompt is a source, the text a target
+        self.output = model.output_tokenizer if self.sources else model.tokenizer  # what the text is written with
         self.max_tokens_limit = max_tokens_limit
         self.created = int(time.time())
+
+    def text(self, tokens: list[int]) -> str:
+        """Generated tokens as text (an encoder-decoder's target: without its special tokens, as lmkit generate)."""
+        return self.output.decode(tokens, skip_special_tokens=self.sources)
 
     # -- models ------------------------------------------------------------------------------------
 
@@ -175,6 +185,10 @@ class Service:
         echo, stream, ignore_eos = _flag(body, "echo"), _flag(body, "stream"), _flag(body, "ignore_eos")
         stop = self._stops(body.get("stop"))
         temperature, top_k, top_p, seed = self._sampling(body)
+        if self.sources and echo and logprobs is not None:
+            raise RequestError("echo with logprobs scores the prompt's tokens, and an encoder-decoder's prompt is its "
+                               "source, which it reads but does not predict; leave out echo or logprobs",
+                               param="echo")
         settings = Settings(max_new_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
                             stop=stop, logprobs=logprobs, score_prompt=echo and logprobs is not None,
                             ignore_eos=ignore_eos)
@@ -185,6 +199,8 @@ class Service:
                           logprobs, stream)
 
     def _prompts(self, inputs: list) -> tuple[list[list[int]], list[str]]:
+        if self.sources:
+            return self._sources(inputs)
         tokenizer = self.tokenizer
         vocab = tokenizer.vocab_size
         prompts, texts = [], []
@@ -211,6 +227,33 @@ class Service:
             texts.append(item if isinstance(item, str) else tokenizer.decode(ids))
         return prompts, texts
 
+    def _sources(self, inputs: list) -> tuple[list[list[int]], list[str]]:
+        """An encoder-decoder's prompts: text as lmkit generate encodes a source (the encoder's suffix added,
+        one too long for the encoder refused), token ids as they are."""
+        from ..errors import DataError
+
+        vocab, limit = self.tokenizer.vocab_size, self.model.max_positions
+        prompts = []
+        for i, item in enumerate(inputs):
+            label = "the prompt" if len(inputs) == 1 else f"prompt {i}"
+            if isinstance(item, str):
+                try:
+                    [ids] = self.model.encode_sources([item])
+                except DataError as error:
+                    code = "context_length_exceeded" if "more than the model's maximum" in str(error) else None
+                    raise RequestError(f"{label}: {error}", param="prompt", code=code) from None
+            else:
+                bad = [t for t in item if not 0 <= t < vocab]
+                if bad:
+                    raise RequestError(f"{label} has token id {bad[0]}, outside the source vocabulary of {vocab}",
+                                       param="prompt")
+                if limit is not None and len(item) > limit:
+                    raise RequestError(f"{label} has {len(item)} tokens but the encoder reads at most {limit}; "
+                                       "shorten it", param="prompt", code="context_length_exceeded")
+                ids = list(item)
+            prompts.append(ids)
+        return prompts, [item if isinstance(item, str) else self.tokenizer.decode(item) for item in inputs]
+
     def _stops(self, value) -> tuple[tuple[int, ...], ...]:
         if value is None:
             return ()
@@ -219,7 +262,7 @@ class Service:
             raise RequestError("stop must be a non-empty string or a list of them", param="stop")
         if len(values) > MAX_STOPS:
             raise RequestError(f"stop takes at most {MAX_STOPS} sequences, got {len(values)}", param="stop")
-        stops = tuple(tuple(self.tokenizer.encode(v)) for v in values)
+        stops = tuple(tuple(self.output.encode(v)) for v in values)
         return tuple(s for s in stops if s)
 
     def _sampling(self, body: dict) -> tuple[float, int, float, int | None]:
@@ -241,7 +284,7 @@ class Service:
     # -- writing completions -------------------------------------------------------------------------
 
     def _token_text(self, token: int) -> str:
-        return self.tokenizer.decode([token])
+        return self.output.decode([token])
 
     def _logprobs(self, tokens: list[int], logprobs: list, top: list, offset: int) -> dict:
         """OpenAI's logprobs object for these tokens, text offsets counted from `offset`."""
@@ -259,7 +302,7 @@ class Service:
         sequence = completion.sequences[index]
         prompt_index = index // completion.n
         prefix = completion.prompt_texts[prompt_index] if completion.echo else ""
-        text = prefix + self.tokenizer.decode(sequence.tokens)
+        text = prefix + self.text(sequence.tokens)
         logprobs = None
         if completion.logprobs is not None:
             tokens, values, top = list(sequence.tokens), list(sequence.token_logprobs), list(sequence.top_logprobs)
@@ -364,11 +407,16 @@ def open_service(path: str, *, name: str | None = None, max_batch: int = 32, max
     name = name or os.path.basename(os.path.normpath(path))
     if model.tokenizer is None:
         raise LmkitError(f"{path} has no tokenizer to read requests with; compose the model with --set tokenizer=DIR")
-    if model.kind == "encoder-decoder":
-        raise LmkitError(f"{path} is an encoder-decoder model; lmkit serve continues prompts (decoder-only models) "
-                         "and embeds texts (encoders): use lmkit translate for it")
     if model.kind == "encoder":
         return Service(model, name, None, 0)
+    if model.kind == "encoder-decoder":
+        # A target has no context to end in (T5's positions are relative): the limit bounds the requests alone.
+        limit = max_tokens_limit or DEFAULT_TARGET_LIMIT
+        output = model.output_tokenizer
+        pad_id = tokenizer_pad(model.tokenizer)
+        engine = ContinuousBatcher(SourcePrompts(model.backend(limit), model.decoder_start), eos_id=output.eos_id,
+                                   pad_id=pad_id, max_batch=max_batch)
+        return Service(model, name, engine, limit)
     if model.generator is not None:
         raise LmkitError(f"{path} fills the blanks of its prompts rather than continuing them (its decoder has a "
                          "generator of its own); lmkit serve continues prompts: use lmkit generate for it")
@@ -376,9 +424,14 @@ def open_service(path: str, *, name: str | None = None, max_batch: int = 32, max
     if limit < 1:
         raise LmkitError(f"the max_tokens limit must be at least 1, got {limit}")
     tokenizer = model.tokenizer
-    pad_id = tokenizer.pad_id if tokenizer.pad_id is not None else tokenizer.eos_id
+    pad_id = tokenizer_pad(tokenizer)
     # TorchBackend sizes its cache for max_new_tokens positions past a prefill; a sequence that scores its prompt
     # (echo with logprobs) is fed that prompt after the prefill too, so the cache is made as long as the context.
     room = model.max_positions or limit + UNBOUNDED_PROMPT_LIMIT
     engine = ContinuousBatcher(model.backend(room), eos_id=tokenizer.eos_id, pad_id=pad_id, max_batch=max_batch)
     return Service(model, name, engine, limit)
+
+
+def tokenizer_pad(tokenizer) -> int | None:
+    """The id prompts are padded with: the tokenizer's pad, else its eos."""
+    return tokenizer.pad_id if tokenizer.pad_id is not None else tokenizer.eos_id

@@ -2,7 +2,8 @@
 
     GET  /health            {"status": "ok", "model", "engine": the batcher's counters}
     GET  /v1/models         the one model served
-    POST /v1/completions    decoder-only models (see lmkit.serving.api for the fields)
+    POST /v1/completions    decoder-only models, and encoder-decoders (the prompt is the source; see
+                            lmkit.serving.api for the fields)
     POST /v1/embeddings     encoder models
     GET /tokenizer_info, POST /tokenize, POST /detokenize   vLLM's tokenizer endpoints (lm-eval's remote tokenizer)
 
@@ -171,7 +172,6 @@ async def _wait(completion: Completion, events: asyncio.Queue) -> str | None:
 
 async def _events(service: Service, completion: Completion, events: asyncio.Queue):
     """Server-sent events: each choice's text as it becomes whole characters, then `data: [DONE]`."""
-    tokenizer = service.tokenizer
     printed = [0] * len(completion.sequences)  # characters of each choice's continuation sent
     sent = [0] * len(completion.sequences)  # tokens of each choice whose logprobs were sent
 
@@ -191,7 +191,7 @@ async def _events(service: Service, completion: Completion, events: asyncio.Queu
             break
         done = kind == "done"
         end = detail[1] if kind == "tokens" else len(sequence.tokens)
-        text = tokenizer.decode(sequence.tokens[:end])
+        text = service.text(sequence.tokens[:end])
         if not done and text.endswith("\ufffd"):  # the first bytes of a character that spans tokens
             text = text[:printed[i]]
         delta, printed[i] = text[printed[i]:], max(printed[i], len(text))

@@ -115,6 +115,32 @@ class Counters:
         return dict(self.__dict__)
 
 
+class SourcePrompts:
+    """An encoder-decoder's backend (Seq2SeqBackend, or an export's) as the Backend the batcher runs, whose
+    prompts are the sources: a prefill encodes them and feeds each row's start token, a step is the
+    decoder's step, so each row's tokens are those `lmkit generate` gives for its source.
+
+    It has no `merge`: a running batch's decoder cache holds its targets' positions, which rows starting from
+    their start token cannot join, so sequences that arrive while a batch decodes wait until it has ended,
+    and then start together.
+    """
+
+    max_length = None  # the sources are bounded by the encoder (checked when read), the targets by max_tokens
+
+    def __init__(self, backend, start_id: int):
+        self.backend = backend
+        self.start_id = start_id
+
+    def prefill(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        mask = attention_mask.astype(np.bool_)
+        self.backend.set_sources([row[keep].tolist() for row, keep in zip(input_ids, mask)])
+        starts = np.full((len(input_ids), 1), self.start_id, dtype=np.int64)
+        return self.backend.prefill(starts, np.ones_like(starts, dtype=np.bool_))
+
+    def step(self, tokens: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
+        return self.backend.step(tokens, rows)
+
+
 class ContinuousBatcher:
     """The decoding loop every request shares; see the module's docstring.
 
@@ -131,6 +157,8 @@ class ContinuousBatcher:
         self.eos_id = eos_id
         self.pad_id = pad_id
         self.max_batch = max_batch
+        # A backend without merge (SourcePrompts) takes new rows only when none is running.
+        self.joins_running = callable(getattr(backend, "merge", None))
         self.counters = Counters()
         self._waiting: collections.deque[Sequence] = collections.deque()
         self._condition = threading.Condition()
@@ -184,6 +212,8 @@ class ContinuousBatcher:
             if self._stopping:
                 return None
             joining = []
+            if running and not self.joins_running:
+                return joining
             while self._waiting and running + len(joining) < self.max_batch:
                 sequence = self._waiting.popleft()
                 if not sequence.cancelled:
