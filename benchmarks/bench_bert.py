@@ -18,7 +18,7 @@ import time
 
 import numpy as np
 import torch
-from timing import interleaved  # benchmarks/timing.py
+from timing import interleaved, warn_if_busy  # benchmarks/timing.py
 
 SIZES = {  # all-MiniLM-L6-v2's shape, and BERT-Base
     "minilm": dict(num_hidden_layers=6, hidden_size=384, num_attention_heads=12, intermediate_size=1536),
@@ -88,6 +88,7 @@ def contenders(hf, encoder, fp32, int8, ids: np.ndarray, mask: np.ndarray) -> di
 
 
 def main() -> None:
+    warn_if_busy()
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)

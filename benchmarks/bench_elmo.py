@@ -29,7 +29,7 @@ import tempfile
 
 import numpy as np
 import torch
-from timing import interleaved
+from timing import interleaved, warn_if_busy
 
 
 class LSTMBaseline(torch.nn.Module):
@@ -61,6 +61,7 @@ class LSTMBaseline(torch.nn.Module):
 
 
 def main():
+    warn_if_busy()
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--preset", default="elmo-small")
     parser.add_argument("--threads", type=int, default=2)

@@ -16,7 +16,7 @@ import argparse
 
 import numpy as np
 import torch
-from timing import interleaved  # benchmarks/timing.py
+from timing import interleaved, warn_if_busy  # benchmarks/timing.py
 
 from lmkit.decoding.common import Positions
 from lmkit.decoding.greedy import Greedy
@@ -125,6 +125,7 @@ def training(size: str, batch: int, seq_len: int, repeats: int) -> None:
 
 
 def main() -> None:
+    warn_if_busy()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)

@@ -13,7 +13,7 @@ import argparse
 
 import numpy as np
 import torch
-from timing import bandwidth_bytes_per_s, interleaved, record  # benchmarks/timing.py
+from timing import bandwidth_bytes_per_s, interleaved, record, warn_if_busy  # benchmarks/timing.py
 
 from lmkit.decoding.beam import BeamSearch
 from lmkit.decoding.greedy import Greedy
@@ -133,6 +133,7 @@ def show(title: str, row: dict) -> None:
 
 
 def main() -> None:
+    warn_if_busy()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)

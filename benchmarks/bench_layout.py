@@ -20,7 +20,7 @@ import argparse
 
 import torch
 import torch.nn.functional as F
-from timing import interleaved  # benchmarks/timing.py
+from timing import interleaved, warn_if_busy  # benchmarks/timing.py
 
 D, FF, LAYERS, VOCAB = 512, 2048, 6, 32128
 
@@ -54,6 +54,7 @@ def contenders(rows: int, weights: list, embedding: torch.Tensor) -> tuple[dict,
 
 
 def main() -> None:
+    warn_if_busy()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=7)

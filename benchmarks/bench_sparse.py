@@ -26,7 +26,7 @@ import subprocess
 import sys
 
 import torch
-from timing import interleaved  # benchmarks/timing.py
+from timing import interleaved, warn_if_busy  # benchmarks/timing.py
 
 N_EMBD, N_HEAD, BAND = 768, 12, 256
 KINDS = ("dense", "masked", "banded")
@@ -81,6 +81,7 @@ def peak_memory(kind: str, T: int, threads: int) -> int:
 
 
 def main() -> None:
+    warn_if_busy()
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)

@@ -23,7 +23,7 @@ import tempfile
 
 import numpy as np
 import torch
-from timing import bandwidth_bytes_per_s, interleaved, record  # benchmarks/timing.py
+from timing import bandwidth_bytes_per_s, interleaved, record, warn_if_busy  # benchmarks/timing.py
 
 SMALL = dict(vocab_size=32128, d_model=512, d_kv=64, d_ff=2048, num_layers=6, num_heads=8)
 QUICK = dict(vocab_size=4096, d_model=256, d_kv=32, d_ff=1024, num_layers=4, num_heads=8)
@@ -62,6 +62,7 @@ def decoder_bytes_per_step(model) -> int:
 
 
 def main() -> None:
+    warn_if_busy()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)

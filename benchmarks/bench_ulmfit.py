@@ -18,7 +18,7 @@ import tempfile
 
 import numpy as np
 import torch
-from timing import interleaved
+from timing import interleaved, warn_if_busy
 from torch import nn
 
 from lmkit.plugins.ulmfit.config import AWDLSTMConfig
@@ -110,6 +110,7 @@ def classifier_inference(size: dict, repeats: int) -> None:
 
 
 def main() -> None:
+    warn_if_busy()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)

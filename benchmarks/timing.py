@@ -5,6 +5,7 @@ import json
 import os
 import random
 import statistics
+import sys
 import time
 from collections.abc import Callable
 
@@ -13,6 +14,16 @@ from collections.abc import Callable
 # right measure only with one thread per contender (--threads 1): with more, threads that spin while
 # waiting for each other are charged too.
 CLOCK = {"wall": time.perf_counter, "cpu": time.process_time}[os.environ.get("LMKIT_BENCH_CLOCK", "wall")]
+
+
+def warn_if_busy() -> None:
+    """Say on stderr, before anything is timed, when other processes keep the machine busy (lmkit.benchmark's
+    load-average check): their work slows every contender, unevenly, whatever the turns."""
+    from lmkit.benchmark import busy_machine
+
+    busy = busy_machine()
+    if busy is not None:
+        print(f"warning: {busy}", file=sys.stderr, flush=True)
 
 
 def interleaved(functions: dict[str, Callable[[], object]], repeats: int, *, shuffle: bool = False) -> dict[str, float]:
