@@ -67,7 +67,7 @@ def test_a_prefix_is_hugging_face_gpt2_past_key_values(tmp_path):
     for layer in range(2):
         past.update(kv[layer, 0].expand(3, -1, -1, -1), kv[layer, 1].expand(3, -1, -1, -1), layer)
     with torch.no_grad():
-        expected = hf_model(ids, past_key_values=past, attention_mask=torch.ones(3, 7 + 11, dtype=torch.long)).logits
+        expected = hf_model(ids, cache=past, attention_mask=torch.ones(3, 7 + 11, dtype=torch.long)).logits
         cache = decoder.new_cache(3, 7 + 11)
         cache.start_from(kv[:, 0, None], kv[:, 1, None])
         logits = decoder(ids, cache)
