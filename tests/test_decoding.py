@@ -291,8 +291,9 @@ def test_no_repeat_ngram_size_blocks_repeats(strategy):
 def test_options_are_checked_with_one_line_errors():
     with pytest.raises(ValueError, match="num_return_sequences must be between 1 and num_beams"):
         BeamSearchOptions(num_beams=2, num_return_sequences=3)
-    with pytest.raises(ValueError, match="temperature must be positive"):
-        SamplingOptions(temperature=0)
+    for temperature in (0, float("inf")):  # inf draws every token alike (a user's trial sent 1e400)
+        with pytest.raises(ValueError, match="temperature must be a positive finite number"):
+            SamplingOptions(temperature=temperature)
     with pytest.raises(ValueError, match=r"top_p must be in \(0, 1\]"):
         SamplingOptions(top_p=1.5)
     with pytest.raises(ValueError, match="max_new_tokens must be at least 1"):

@@ -42,6 +42,8 @@ def test_safetensors_output_holds_pooled_vectors_and_padded_token_states(run, ti
     (["--out", "x.npy"], "must end in .json, .safetensors or .npz"),
     (["--pool", "none"], "leaves nothing to write"),
     (["--text", "word " * 200], "text 1 is"),
+    # A file in a folder that does not exist (a user's trial: an internal FileNotFoundError).
+    (["--out", "no-such-folder/v.npz"], "the folder"),
 ])
 def test_bad_embed_requests_fail_in_one_line(run, tiny_gpt2, args, message):
     result = run("embed", tiny_gpt2, *args, *(["--text", "hi"] if "--text" not in args else []))

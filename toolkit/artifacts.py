@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
@@ -18,9 +19,19 @@ TOKENIZER = "tokenizer.json"
 
 @contextlib.contextmanager
 def atomic_write(path: str, mode: str = "w") -> Iterator:
-    """Open a temporary file beside `path`; on success it replaces `path` in one rename."""
+    """Open a temporary file beside `path`; on success it replaces `path` in one rename.
+
+    ArtifactError (one line) when the folder does not exist, cannot be written, or the device is full;
+    nothing is left behind then.
+    """
     directory = os.path.dirname(os.path.abspath(path))
-    handle, temporary = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
+    if not os.path.isdir(directory):
+        raise ArtifactError(f"cannot write {path}: the folder {directory} does not exist; create it, or write "
+                            "somewhere else")
+    try:
+        handle, temporary = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
+    except OSError as error:  # a read-only or foreign folder
+        raise ArtifactError(f"cannot write {path}: {error.strerror or error}; write somewhere else") from None
     try:
         with os.fdopen(handle, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as out:
             yield out
@@ -28,9 +39,12 @@ def atomic_write(path: str, mode: str = "w") -> Iterator:
             os.fsync(out.fileno())
         os.chmod(temporary, 0o666 & ~_umask())  # mkstemp makes it private; give it a normal file's mode
         os.replace(temporary, path)
-    except BaseException:
+    except BaseException as error:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temporary)
+        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise ArtifactError(f"cannot write {path}: the device is full ({error.strerror}); free some space, or "
+                                "write somewhere else; nothing was written") from None
         raise
 
 

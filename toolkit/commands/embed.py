@@ -21,7 +21,7 @@ POOLINGS = ("mean", "cls", "last", "none")
                    "token's state, or none.")
 @click.option("--tokens", "with_tokens", is_flag=True, help="Also write each token's state.")
 @click.option("--out", type=click.Path(dir_okay=False),
-              help="Write to this .json or .safetensors file (atomically).  [default: JSON on stdout]")
+              help="Write to this .json, .safetensors or .npz file (atomically).  [default: JSON on stdout]")
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1), help="Texts per forward pass.")
 @click.option("--truncate", is_flag=True, help="Cut texts longer than the model's context instead of failing.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import ipaddress
+import socket
 
 import click
 
@@ -50,6 +51,9 @@ def serve_command(model_dir, host, port, name, max_batch, max_tokens_limit, devi
                            device=device, provider=provider)
     try:
         sock = bind(host, port)
+    except socket.gaierror as problem:  # a host name that resolves to nothing
+        raise click.ClickException(f"cannot listen on {host}:{port} ({problem.strerror or problem}); give --host an "
+                                   "address of this machine (127.0.0.1, the default; 0.0.0.0 for every interface)") from None
     except OSError as problem:
         raise click.ClickException(f"cannot listen on {host}:{port} ({problem.strerror or problem}); "
                                    "pick another --port (0: any free one)") from None

@@ -70,9 +70,9 @@ class SamplingOptions:
 
     def __post_init__(self):
         _check_shared(self)
-        if not self.temperature > 0:
-            raise ValueError(f"temperature must be positive (for deterministic output use the greedy "
-                             f"strategy), got {self.temperature}")
+        if not 0 < self.temperature < float("inf"):  # inf draws every token alike: noise, not sampling
+            raise ValueError(f"temperature must be a positive finite number (for deterministic output use the "
+                             f"greedy strategy), got {self.temperature}")
         if self.top_k < 0:
             raise ValueError(f"top_k must be 0 (off) or a positive number of tokens, got {self.top_k}")
         if not 0 < self.top_p <= 1:

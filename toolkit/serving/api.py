@@ -20,6 +20,7 @@ which lm-evaluation-harness's `local-completions` model and OpenAI's client spea
 from __future__ import annotations
 
 import base64
+import math
 import time
 import uuid
 from dataclasses import dataclass
@@ -74,8 +75,8 @@ def _number(body: dict, name: str, default):
     value = body.get(name, default)
     if value is None:
         return default
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
-        raise RequestError(f"{name} must be a number, got {value!r}", param=name)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise RequestError(f"{name} must be a finite number, got {value!r}", param=name)
     return float(value)
 
 
@@ -141,8 +142,11 @@ class Service:
         self.created = int(time.time())
 
     def text(self, tokens: list[int]) -> str:
-        """Generated tokens as text (an encoder-decoder's target: without its special tokens, as lmkit generate)."""
-        return self.output.decode(tokens, skip_special_tokens=self.sources)
+        """Generated tokens as text; an encoder-decoder's target as lmkit generate prints it: without its special
+        tokens and the spaces at its ends (a streamed target's pieces add up to it: text(more) starts with text(some))."""
+        if self.sources:
+            return self.output.decode(tokens, skip_special_tokens=True).strip()
+        return self.output.decode(tokens)
 
     # -- models ------------------------------------------------------------------------------------
 
@@ -228,11 +232,11 @@ class Service:
         return prompts, texts
 
     def _sources(self, inputs: list) -> tuple[list[list[int]], list[str]]:
-        """An encoder-decoder's prompts: text as lmkit generate encodes a source (the encoder's suffix added,
-        one too long for the encoder refused), token ids as they are."""
+        """An encoder-decoder's prompts: text as lmkit generate encodes a source, token ids as they are; both end
+        with the encoder's suffix (T5's </s>), and one too long for the encoder is refused."""
         from ..errors import DataError
 
-        vocab, limit = self.tokenizer.vocab_size, self.model.max_positions
+        vocab, limit, suffix = self.tokenizer.vocab_size, self.model.max_positions, list(self.model.source_suffix)
         prompts = []
         for i, item in enumerate(inputs):
             label = "the prompt" if len(inputs) == 1 else f"prompt {i}"
@@ -247,10 +251,14 @@ class Service:
                 if bad:
                     raise RequestError(f"{label} has token id {bad[0]}, outside the source vocabulary of {vocab}",
                                        param="prompt")
-                if limit is not None and len(item) > limit:
-                    raise RequestError(f"{label} has {len(item)} tokens but the encoder reads at most {limit}; "
-                                       "shorten it", param="prompt", code="context_length_exceeded")
+                # As a text's: the encoder's suffix (T5's </s>) ends the source, unless the ids end with it already.
                 ids = list(item)
+                if suffix and ids[-len(suffix):] != suffix:
+                    ids += suffix
+                if limit is not None and len(ids) > limit:
+                    raise RequestError(f"{label} has {len(ids)} tokens (the encoder's suffix included) but the encoder "
+                                       f"reads at most {limit}; shorten it", param="prompt",
+                                       code="context_length_exceeded")
             prompts.append(ids)
         return prompts, [item if isinstance(item, str) else self.tokenizer.decode(item) for item in inputs]
 
@@ -356,14 +364,18 @@ class Service:
             raise RequestError("the request body must be a JSON object")
         self.check_model(body)
         if self.model.kind != "encoder":
-            raise RequestError(f"{self.name} is a {self.model.kind} model: it generates (POST /v1/completions); "
+            article = "an" if self.model.kind.startswith("encoder") else "a"
+            raise RequestError(f"{self.name} is {article} {self.model.kind} model: it generates (POST /v1/completions); "
                                "embeddings are served for encoder models", param="model")
         if "input" not in body:
             raise RequestError("input is required: a string or a list of strings", param="input")
-        inputs = _texts_or_ids(body["input"], "input")
-        if not all(isinstance(item, str) for item in inputs):
-            raise RequestError("input must be text (a string or a list of strings); token ids are not taken here",
-                               param="input")
+        inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
+        if not inputs or not all(isinstance(item, str) for item in inputs):
+            raise RequestError("input must be text: a string or a non-empty list of strings (token ids are not taken "
+                               "here)", param="input")
+        if body.get("dimensions") is not None:
+            raise RequestError("dimensions is not supported: the vectors have the model's width; leave it out",
+                               param="dimensions")
         encoding = body.get("encoding_format") or "float"
         if encoding not in ("float", "base64"):
             raise RequestError(f"encoding_format must be float or base64, got {encoding!r}", param="encoding_format")
