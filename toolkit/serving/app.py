@@ -80,7 +80,7 @@ def create_app(service: Service):
             sequence.on_event = on_event
         service.engine.submit(completion.sequences)
         if completion.stream:
-            return _CancellingStream(completion, _events(service, completion, events),
+            return _CancellingStream(completion, _events(service, completion, events, request),
                                      media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
         try:
             failure = await _wait(completion, events)
@@ -170,8 +170,12 @@ async def _wait(completion: Completion, events: asyncio.Queue) -> str | None:
     return None
 
 
-async def _events(service: Service, completion: Completion, events: asyncio.Queue):
-    """Server-sent events: each choice's text as it becomes whole characters, then `data: [DONE]`."""
+async def _events(service: Service, completion: Completion, events: asyncio.Queue, request=None):
+    """Server-sent events: each choice's text as it becomes whole characters, then `data: [DONE]`.
+
+    It ends when `request`'s client has gone: writing on to a closed connection made asyncio log
+    "socket.send() raised exception." for every event (and the stream's sequences leave the batch).
+    """
     printed = [0] * len(completion.sequences)  # characters of each choice's continuation sent
     sent = [0] * len(completion.sequences)  # tokens of each choice whose logprobs were sent
 
@@ -185,6 +189,8 @@ async def _events(service: Service, completion: Completion, events: asyncio.Queu
     left = len(completion.sequences)
     while left:
         i, kind, detail = await events.get()
+        if request is not None and await request.is_disconnected():
+            return
         sequence = completion.sequences[i]
         if kind == "error":
             yield event(error_body(str(detail), "server_error"))
