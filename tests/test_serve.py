@@ -129,6 +129,11 @@ def test_token_prompts_echo_and_usage(export_server, tiny_gpt2_export):
     assert texts(by_text) == [PROMPTS[1] + texts(by_ids)[0]]
     assert by_ids["usage"] == {"prompt_tokens": len(ids), "completion_tokens": 6, "total_tokens": len(ids) + 6}
     assert by_ids["choices"][0]["finish_reason"] == "length" and by_ids["object"] == "text_completion"
+    # An empty prompt is the bos token: echo writes it, so the offsets of the tokens after it point into the text.
+    empty = complete(url, prompt="", max_tokens=3, temperature=0, echo=True, logprobs=1)["choices"][0]
+    pieces = empty["logprobs"]["tokens"]
+    assert empty["text"] == "".join(pieces) and empty["text"].startswith(pieces[0])
+    assert empty["logprobs"]["text_offset"] == [sum(map(len, pieces[:k])) for k in range(len(pieces))]
 
 
 # -- batching -----------------------------------------------------------------------------------------
@@ -231,6 +236,9 @@ def test_streamed_chunks_add_up_to_the_completion(export_server):
         assert all(c["finish_reason"] is None for c in mine[:-1])
         streamed = [lp for c in mine if c["logprobs"] for lp in c["logprobs"]["token_logprobs"]]
         assert streamed == choice["logprobs"]["token_logprobs"]
+        # Offsets into the whole text, as the response's (each chunk's started again at 0: a user's trial).
+        offsets = [offset for c in mine if c["logprobs"] for offset in c["logprobs"]["text_offset"]]
+        assert offsets == choice["logprobs"]["text_offset"]
 
 
 def test_echoed_prompt_log_probabilities_are_the_models(torch_server, tiny_gpt2):

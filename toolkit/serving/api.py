@@ -228,7 +228,8 @@ class Service:
                 raise RequestError(f"{label} has {len(ids)} tokens but the model reads at most {limit}; "
                                    "shorten it", param="prompt", code="context_length_exceeded")
             prompts.append(ids)
-            texts.append(item if isinstance(item, str) else tokenizer.decode(ids))
+            # An empty prompt is the bos token, which echo writes as text too (its logprobs' offsets count it).
+            texts.append(item if isinstance(item, str) and item else tokenizer.decode(ids))
         return prompts, texts
 
     def _sources(self, inputs: list) -> tuple[list[list[int]], list[str]]:

@@ -206,11 +206,17 @@ async def _events(service: Service, completion: Completion, events: asyncio.Queu
             tokens = sequence.tokens[sent[i]:end]
             values = sequence.token_logprobs[sent[i]:end]
             top = sequence.top_logprobs[sent[i]:end]
+            # Offsets count the tokens before these, as the response that does not stream counts them.
+            before = sequence.tokens[:sent[i]]
             if done and completion.echo:
                 prompt = completion.prompts[i // completion.n]
                 tokens, values, top = prompt + tokens, sequence.prompt_logprobs + values, \
                     sequence.prompt_top_logprobs + top
-            logprobs = service._logprobs(tokens, values, top, 0)
+                before = []
+            elif completion.echo:
+                before = completion.prompts[i // completion.n] + before
+            offset = sum(len(service._token_text(token)) for token in before)
+            logprobs = service._logprobs(tokens, values, top, offset)
             sent[i] = end
         if delta or logprobs is not None or done:
             yield event(service.chunk(completion, i, delta, logprobs, "length" if done and
