@@ -446,7 +446,7 @@ def test_an_encoder_decoder_serves_the_targets_lmkit_generate_gives(t5_directori
             thread.join()
         assert answers == {i: greedy[i % 3] for i in range(7)}
         for body, message in [({"prompt": SOURCES[0], "echo": True, "logprobs": 1}, "echo with logprobs"),
-                              ({"prompt": ""}, "the prompt: the source is empty"),
+                              ({"prompt": ""}, "the prompt is empty; give a source to read"),
                               ({"prompt": [[99999]]}, "outside the source vocabulary")]:
             status, answer = post(url, body)
             assert status == 400 and message in answer["error"]["message"], answer

@@ -234,32 +234,24 @@ class Service:
 
     def _sources(self, inputs: list) -> tuple[list[list[int]], list[str]]:
         """An encoder-decoder's prompts: text as lmkit generate encodes a source, token ids as they are; both end
-        with the encoder's suffix (T5's </s>), and one too long for the encoder is refused."""
-        from ..errors import DataError
-
+        with the encoder's suffix (T5's </s>; ids that end with it already keep theirs), and an empty source or
+        one too long for the encoder is refused."""
         vocab, limit, suffix = self.tokenizer.vocab_size, self.model.max_positions, list(self.model.source_suffix)
         prompts = []
         for i, item in enumerate(inputs):
             label = "the prompt" if len(inputs) == 1 else f"prompt {i}"
-            if isinstance(item, str):
-                try:
-                    [ids] = self.model.encode_sources([item])
-                except DataError as error:
-                    code = "context_length_exceeded" if "more than the model's maximum" in str(error) else None
-                    raise RequestError(f"{label}: {error}", param="prompt", code=code) from None
-            else:
-                bad = [t for t in item if not 0 <= t < vocab]
-                if bad:
-                    raise RequestError(f"{label} has token id {bad[0]}, outside the source vocabulary of {vocab}",
-                                       param="prompt")
-                # As a text's: the encoder's suffix (T5's </s>) ends the source, unless the ids end with it already.
-                ids = list(item)
-                if suffix and ids[-len(suffix):] != suffix:
-                    ids += suffix
-                if limit is not None and len(ids) > limit:
-                    raise RequestError(f"{label} has {len(ids)} tokens (the encoder's suffix included) but the encoder "
-                                       f"reads at most {limit}; shorten it", param="prompt",
-                                       code="context_length_exceeded")
+            ids = self.tokenizer.encode(item) if isinstance(item, str) else list(item)
+            if not ids:
+                raise RequestError(f"{label} is empty; give a source to read", param="prompt")
+            bad = [t for t in ids if not 0 <= t < vocab]
+            if bad:
+                raise RequestError(f"{label} has token id {bad[0]}, outside the source vocabulary of {vocab}",
+                                   param="prompt")
+            if isinstance(item, str) or ids[-len(suffix):] != suffix:
+                ids += suffix
+            if limit is not None and len(ids) > limit:
+                raise RequestError(f"{label} has {len(ids)} tokens (the encoder's suffix included) but the encoder "
+                                   f"reads at most {limit}; shorten it", param="prompt", code="context_length_exceeded")
             prompts.append(ids)
         return prompts, [item if isinstance(item, str) else self.tokenizer.decode(item) for item in inputs]
 
