@@ -114,3 +114,16 @@ def test_the_default_prompt_fits_a_small_context_and_a_busy_machine_is_named(run
     monkeypatch.setattr(os, "getloadavg", lambda: (3.0 * (os.cpu_count() or 1), 1.0, 1.0))
     busy = run("bench", tiny_gpt2, "--prompt-tokens", "4", "--new-tokens", "2", "--repeats", "1", "--threads", "1")
     assert busy.code == 0 and "warning: this machine is busy (load average" in busy.err
+
+
+def test_speed_is_compared_within_a_kind():
+    # A user's trial: an encoder's forward pass was set against a decoder's step (0.81x) in one column.
+    from lmkit.benchmark import Speed
+
+    def speed(name, kind, prefill, decode):
+        return Speed(name, "torch (cpu)", kind, prefill, 1.0, decode, None if decode is None else 1.0)
+
+    text = table([speed("gpt", "decoder", 9.0, 2.0), speed("bert", "encoder", 4.0, None),
+                  speed("gpt-export", "decoder", 9.0, 1.0), speed("bert-export", "encoder", 2.0, None)])
+    ratios = [row.rsplit("|", 2)[1].strip() for row in text.splitlines()[2:]]
+    assert ratios == ["1.00x", "1.00x", "2.00x", "2.00x"]

@@ -206,11 +206,15 @@ def measure(models: list, *, prompt_tokens: int = 128, new_tokens: int = 32, bat
 
 
 def table(speeds: list[Speed]) -> str:
-    """The figures as a markdown table, with each model's speed relative to the first one's."""
-    first = speeds[0]
+    """The figures as a markdown table, with each model's speed relative to the first one's of its kind (an
+    encoder's forward pass and a decoder's step are not the same work)."""
+    firsts: dict[str, Speed] = {}
+    for speed in speeds:
+        firsts.setdefault(speed.kind, speed)
     rows = ["| model | runtime | prefill ms | prefill tok/s | decode ms/step | decode tok/s | speed vs first |",
             "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
     for speed in speeds:
+        first = firsts[speed.kind]
         if speed.decode_ms_per_step is not None and first.decode_ms_per_step is not None:
             ratio = first.decode_ms_per_step / speed.decode_ms_per_step  # decoding is what a user waits on
         else:

@@ -25,7 +25,7 @@ def bench_command(models, prompt_tokens, new_tokens, batch_size, repeats, thread
     Each of MODELS is a model directory (run with PyTorch) or an export directory (run with
     onnxruntime): `lmkit bench runs/m0 exp/m0 exp/m0-int8` compares a model with its exports. The
     inputs are random token ids; the models take turns, and the last column is each model's decoding
-    speed relative to the first one's (an encoder's forward pass). Nothing is written.
+    speed (an encoder's forward pass) relative to the first model's of the same kind. Nothing is written.
     """
     import sys
 
@@ -61,6 +61,7 @@ def bench_command(models, prompt_tokens, new_tokens, batch_size, repeats, thread
                                "busy_machine": busy,
                                "models": [s.as_dict() for s in speeds]}, indent=2))
         return
-    click.echo(f"batch {batch_size}, prompts of {prompt_tokens} tokens, {new_tokens} decoding steps, median of "
-               f"{repeats} runs each, in turns")
+    steps = f", {new_tokens} decoding steps" if any(speed.decode_ms_per_step is not None for speed in speeds) else ""
+    click.echo(f"batch {batch_size}, prompts of {prompt_tokens} tokens{steps}, median of {repeats} runs each, in turns"
+               + ("; speed vs the first model of the same kind" if len({speed.kind for speed in speeds}) > 1 else ""))
     click.echo(table(speeds))
