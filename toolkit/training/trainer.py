@@ -346,12 +346,19 @@ class Trainer:
         return self.last_record
 
     def _check_finite(self) -> None:
-        """TrainingError when a loss since the last record, or a weight, is not finite (one device sync a save)."""
-        if not bool(torch.isfinite(self.loss_sum).all()):
+        """TrainingError when a loss since the last record, or a weight (this process's shard of it), is not finite.
+
+        Every process decides alike (the flags are summed over them): one that stopped alone would leave the
+        others waiting in the checkpoint's collectives.
+        """
+        bad = [name for name, parameter in self.model.named_parameters() if not bool(torch.isfinite(parameter).all())]
+        flags = torch.stack([(~torch.isfinite(self.loss_sum)).any(), torch.tensor(bool(bad), device=self.device)])
+        loss_bad, weight_bad = self.procs.sum(flags.float()).tolist()
+        if loss_bad:
             self._diverged(f"the training loss is not finite by step {self.step}")
-        for name, parameter in self.model.named_parameters():
-            if not bool(torch.isfinite(parameter).all()):
-                self._diverged(f"the weight {name} is not finite at step {self.step}")
+        if weight_bad:
+            self._diverged(f"the weight {bad[0] if bad else 'that another process holds'} is not finite at step "
+                           f"{self.step}")
 
     def _diverged(self, what: str) -> None:
         lr = self.args.lr
