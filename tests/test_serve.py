@@ -239,6 +239,13 @@ def test_streamed_chunks_add_up_to_the_completion(export_server):
         # Offsets into the whole text, as the response's (each chunk's started again at 0: a user's trial).
         offsets = [offset for c in mine if c["logprobs"] for offset in c["logprobs"]["text_offset"]]
         assert offsets == choice["logprobs"]["text_offset"]
+    # With echo the prompt's tokens come first, streamed or not, and the offsets run on through the generated ones.
+    whole = complete(url, prompt=PROMPTS[1], max_tokens=16, temperature=0, logprobs=1, echo=True)["choices"][0]
+    chunks = [c["choices"][0] for c in events(url, dict(prompt=PROMPTS[1], max_tokens=16, temperature=0, logprobs=1,
+                                                        echo=True))[:-1]]
+    assert "".join(c["text"] for c in chunks) == whole["text"]
+    for key in ("tokens", "token_logprobs", "text_offset"):
+        assert [value for c in chunks if c["logprobs"] for value in c["logprobs"][key]] == whole["logprobs"][key]
 
 
 def test_echoed_prompt_log_probabilities_are_the_models(torch_server, tiny_gpt2):

@@ -183,7 +183,7 @@ async def _events(service: Service, completion: Completion, events: asyncio.Queu
         return f"data: {json.dumps(payload)}\n\n"
 
     if completion.echo:
-        # The prompt's text first; its log-probabilities (with logprobs) come with the choice's last chunk.
+        # The prompt's text first; its log-probabilities (with logprobs) come with the choice's first chunk of tokens.
         for i in range(len(completion.sequences)):
             yield event(service.chunk(completion, i, completion.prompt_texts[i // completion.n], None, None))
     left = len(completion.sequences)
@@ -206,15 +206,14 @@ async def _events(service: Service, completion: Completion, events: asyncio.Queu
             tokens = sequence.tokens[sent[i]:end]
             values = sequence.token_logprobs[sent[i]:end]
             top = sequence.top_logprobs[sent[i]:end]
-            # Offsets count the tokens before these, as the response that does not stream counts them.
-            before = sequence.tokens[:sent[i]]
-            if done and completion.echo:
-                prompt = completion.prompts[i // completion.n]
+            # In the order, and with the offsets, of the response that does not stream: with echo, the prompt's
+            # tokens come first (scored before the first new token, so with the first chunk that has any).
+            prompt = completion.prompts[i // completion.n] if completion.echo else []
+            before = prompt + sequence.tokens[:sent[i]]
+            if prompt and sent[i] == 0:
                 tokens, values, top = prompt + tokens, sequence.prompt_logprobs + values, \
                     sequence.prompt_top_logprobs + top
                 before = []
-            elif completion.echo:
-                before = completion.prompts[i // completion.n] + before
             offset = sum(len(service._token_text(token)) for token in before)
             logprobs = service._logprobs(tokens, values, top, offset)
             sent[i] = end
