@@ -241,7 +241,9 @@ class OpenedModel:
         decoding = self.decoding(strategy, **options)
         if self.kind == "encoder-decoder":
             results = self.generate_ids(self.encode_sources(texts), decoding, prefix=prefix)
-            return [self.output_tokenizer.decode(r.tokens, skip_special_tokens=True).strip() for r in results]
+            from .seq2seq import target_text
+
+            return [target_text(self.output_tokenizer, r.tokens) for r in results]
         results = self.generate_ids(tokenizer.encode_batch(list(texts)), decoding, prefix=prefix)
         return [tokenizer.decode(result.tokens if result.output is None else result.output) for result in results]
 

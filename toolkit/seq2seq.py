@@ -35,6 +35,12 @@ def source_suffix_ids(encoder, tokenizer) -> list[int]:
     return ids
 
 
+def target_text(tokenizer, ids) -> str:
+    """A generated target as every command shows it (lmkit translate, generate, eval, predict, serve): without the
+    tokenizer's special tokens and the spaces at its ends."""
+    return tokenizer.decode(ids, skip_special_tokens=True).strip()
+
+
 def encode_sources(tokenizer, texts: list[str], limit: int | None, suffix: list[int] | tuple = (),
                    truncate: bool | None = None) -> list[list[int]]:
     """Token ids of each source text, each followed by `suffix` (source_suffix_ids); an empty one is a one-line
@@ -126,5 +132,5 @@ def evaluate_bleu(model, decoding, pairs: list[tuple[str, str]], batch_size: int
     sources = model.encode_sources([s for s, _ in pairs])
     output = model.output_tokenizer
     results = model.generate_ids(sources, decoding, batch_size=batch_size)
-    hypotheses = [output.decode(r.tokens, skip_special_tokens=True).strip() for r in results]
+    hypotheses = [target_text(output, r.tokens) for r in results]
     return corpus_bleu(hypotheses, [t for _, t in pairs]), hypotheses

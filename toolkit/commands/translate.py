@@ -8,6 +8,7 @@ import sys
 
 import click
 
+from ..seq2seq import target_text
 from .decoding_cli import decoding_flags, decoding_options, show_warnings
 
 
@@ -42,7 +43,7 @@ def echo_translations(texts, results, tokenizer, as_json: bool) -> None:
     """One translation per line (alternatives after it), or JSON with tokens and scores."""
 
     def decode(ids):
-        return tokenizer.decode(ids, skip_special_tokens=True).strip()
+        return target_text(tokenizer, ids)
 
     if as_json:
         click.echo(json.dumps([{"source": text, **result.to_dict(decode)} for text, result in zip(texts, results)],
@@ -128,7 +129,7 @@ def evaluate_translation(model_dir: str, paths, decoding: dict, *, device: str, 
     model = open_encoder_decoder(model_dir, device)
     tokenizer = model.output_tokenizer
     results = generate_from_sources(model, [s for s, _ in pairs], strategy, given)
-    hypotheses = [tokenizer.decode(r.tokens, skip_special_tokens=True).strip() for r in results]
+    hypotheses = [target_text(tokenizer, r.tokens) for r in results]
     score = corpus_bleu(hypotheses, [t for _, t in pairs])
     seconds = time.perf_counter() - started
     if as_json:
@@ -170,7 +171,7 @@ def evaluate_text_to_text(model_dir: str, task_path: str, decoding: dict, *, dev
     started = time.perf_counter()
     model = open_encoder_decoder(model_dir, device) if encoder_decoder else _open_writer(model_dir, device)
     results = generate_from_sources(model, [e.source for e in examples], strategy, given)
-    texts = [model.output_tokenizer.decode(r.tokens, skip_special_tokens=True).strip() for r in results]
+    texts = [target_text(model.output_tokenizer, r.tokens) for r in results]
     scores = text_metrics(texts, [e.target for e in examples])
     record = {"task": task_path, "examples": len(examples), **scores, "seconds": time.perf_counter() - started}
     if as_json:

@@ -29,6 +29,7 @@ import numpy as np
 
 from ..decoding.sampling import row_generators
 from ..errors import LmkitError
+from ..seq2seq import target_text
 from .engine import ContinuousBatcher, Sequence, Settings, SourcePrompts
 
 MAX_LOGPROBS = 20
@@ -145,7 +146,7 @@ class Service:
         """Generated tokens as text; an encoder-decoder's target as lmkit generate prints it: without its special
         tokens and the spaces at its ends (a streamed target's pieces add up to it: text(more) starts with text(some))."""
         if self.sources:
-            return self.output.decode(tokens, skip_special_tokens=True).strip()
+            return target_text(self.output, tokens)
         return self.output.decode(tokens)
 
     # -- models ------------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import ArtifactError, LmkitError
+from ..seq2seq import target_text
 from .finetune import TaskOptions
 from .kinds import task_kind
 
@@ -236,7 +237,7 @@ def predict_text_to_text(model_dir: str, path: str, *, batch_size: int = 32,
         raise ArtifactError(f"{model_dir} has no tokenizer.json to read the examples with")
     results = model.generate_ids(model.encode_sources([e.source for e in data.examples]), model.decoding(),
                                  batch_size=batch_size)
-    texts = [model.output_tokenizer.decode(r.tokens, skip_special_tokens=True).strip() for r in results]
+    texts = [target_text(model.output_tokenizer, r.tokens) for r in results]
     lines = data.lines or range(1, len(texts) + 1)
     outputs = [{"line": line, "text": text} for line, text in zip(lines, texts)]
     labelled = all(e.target is not None for e in data.examples)

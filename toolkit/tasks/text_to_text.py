@@ -20,6 +20,7 @@ import numpy as np
 
 from ..data import read_text
 from ..errors import DataError, LmkitError
+from ..seq2seq import target_text
 from .qa import answer_f1, exact_match
 
 INPUT, TARGET, PREFIX = "input", "target", "prefix"
@@ -316,7 +317,7 @@ class TextToTextKind:
         return [r.tokens for r in results]
 
     def metrics(self, predictions: list, batches: list[dict], encoded, data: TextPairs) -> dict[str, float]:
-        texts = [self.tokenizer.decode(tokens, skip_special_tokens=True).strip()
+        texts = [target_text(self.tokenizer, tokens)
                  for predicted in predictions for tokens in predicted]
         return text_metrics(texts, [e.target for e in data.examples[:len(texts)]])
 
@@ -330,7 +331,7 @@ class TextToTextKind:
                 **text_metrics([target] * len(data.examples), [e.target for e in data.examples])}
 
     def outputs(self, scores: list, batches: list[dict], encoded, data: TextPairs) -> list[dict]:
-        texts = [self.tokenizer.decode(tokens, skip_special_tokens=True).strip()
+        texts = [target_text(self.tokenizer, tokens)
                  for predicted in scores for tokens in predicted]
         return [{"line": line, "text": text} for line, text in zip(data.lines or range(1, len(texts) + 1), texts)]
 
