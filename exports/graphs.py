@@ -173,6 +173,9 @@ class EncoderDecoderLayout:
     prefix_cache: the decoder inputs (keys, values), each (layers, batch, heads, past, head_dim), of the
         self-attention cache a prefix (lmkit.prefix) starts instead of empty; None: the export takes none.
         In the buffer layout, the first inputs of layer 0's keys and values.
+    target_padding: the decoder graph hides the target positions its target_mask feed marks 0, so rows whose
+        targets have different lengths decode in one batch, left-padded (rows that join a running batch,
+        lmkit serve); False: the graph reads the mask for its length alone, and every row must be as long.
     cache_layout: "concat": each cache output is the input and the new positions, fed back at the next
         step; "buffer": every cache pair is one buffer (B, heads, max_sequence_length, head_dim) of which
         the first positions are filled, which onnxruntime's fused attention writes the new positions into
@@ -189,6 +192,7 @@ class EncoderDecoderLayout:
     decoder: str = "decoder"
     prefix_cache: tuple[str, str] | None = None
     cache_layout: str = "concat"
+    target_padding: bool = False
 
     def to_dict(self) -> dict:
         return {"batching": self.batching, "encoder": self.encoder, "decoder": self.decoder,
@@ -196,7 +200,8 @@ class EncoderDecoderLayout:
                 "decoder_ids": self.decoder_ids, "logits": self.logits,
                 "feeds": [feed.to_dict() for feed in self.feeds],
                 **({"prefix_cache": list(self.prefix_cache)} if self.prefix_cache else {}),
-                **({"cache_layout": self.cache_layout} if self.cache_layout != "concat" else {})}
+                **({"cache_layout": self.cache_layout} if self.cache_layout != "concat" else {}),
+                **({"target_padding": True} if self.target_padding else {})}
 
 
 @dataclass

@@ -17,6 +17,8 @@ only its filled part, in place.
 """
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 
 from lmkit.errors import ArtifactError, LmkitError
@@ -28,6 +30,7 @@ from .graphs import (
     CAPACITY,
     ENCODER_DECODER,
     FEED_SOURCES,
+    PAST,
     SEQ2SEQ_CACHE_LAYOUTS,
     SOURCE,
     batch_axis,
@@ -125,6 +128,8 @@ class OrtSeq2SeqBackend:
         self.state: dict[str, np.ndarray] = {}
         self.target_masks = [feed["input"] for feed in layout["feeds"] if feed["source"] == "target_mask"]
         self.positions = 0  # target positions in the self-attention cache so far, a prefix's included
+        # (B, positions) bool, False at the left padding of rows that joined a running batch (merge); None: none.
+        self.target_mask: np.ndarray | None = None
         self.buffered = layout.get("cache_layout") == "buffer"
         self.capacity = capacity
         # Each buffer is its layer's input and output, the same numpy memory bound to both (on the CPU: elsewhere
@@ -196,6 +201,7 @@ class OrtSeq2SeqBackend:
                 value = empty_input(tensor, batch)
             state[feed["input"]] = np.ascontiguousarray(value, dtype=tensor["dtype"])
         self.state = state
+        self.target_mask = None
         self.row_sources = np.arange(len(self.sources))
         ids = np.asarray(input_ids, dtype=np.int64)
         for column in range(ids.shape[1]):  # the decoder-step graph reads one token per row
@@ -207,7 +213,65 @@ class OrtSeq2SeqBackend:
             stay = len(rows) == len(self.row_sources) and np.array_equal(self.row_sources[rows], self.row_sources)
             self.row_sources = self.row_sources[rows]
             self.state = {name: self._reordered(name, value, rows, stay) for name, value in self.state.items()}
+            if self.target_mask is not None:
+                self.target_mask = self.target_mask[rows]
         return self._run(np.asarray(tokens, dtype=np.int64)[:, None])
+
+    @property
+    def joins_rows(self) -> bool:
+        """Whether `merge` can take rows into a running batch: no prefix, and a decoder whose state has no target
+        positions (a recurrent state) or whose graph hides a row's padding (the layout's target_padding)."""
+        positional = any(PAST in self.decoder_inputs[name]["shape"] or CAPACITY in self.decoder_inputs[name]["shape"]
+                         for name, _ in self.cache)
+        return not self.prefix and (not positional or bool(self.layout.get("target_padding")))
+
+    def merge(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        """Backend.merge for sources given to set_sources since the running rows' prefill: those sources are
+        encoded and their start tokens decoded alone, then their rows join the running ones, which are not
+        computed again (as lmkit.nn.stack.Seq2SeqDecoderStack.join does in PyTorch): inputs along the source
+        padded at the end to the longer source, the shorter side's target positions right-aligned to the longer
+        side's, the padding before them masked (target_mask). ValueError where `joins_rows` is False."""
+        if not self.state:
+            return self.prefill(input_ids, attention_mask)
+        if not self.joins_rows:
+            raise ValueError("this export cannot take rows into a running batch" + (
+                " after a prefix" if self.prefix else " (its decoder graph reads no target padding: export it again)"))
+        joining = copy.copy(self)  # the sessions and layout, with a state of its own after its prefill
+        if self.shared:
+            joining.binding = HostBinding(self.decoder)
+        logits = joining.prefill(input_ids, attention_mask)
+        self._append_rows(joining)
+        return logits
+
+    def _append_rows(self, other: OrtSeq2SeqBackend) -> None:
+        sides = (self, other)
+        width = max(side.positions for side in sides)
+        state = {}
+        for name, value in self.state.items():
+            tensor = self.decoder_inputs[name]
+            shape, rows = tensor["shape"], batch_axis(tensor)
+            values = [value, other.state[name]]
+            if CAPACITY in shape:  # (B, nh, capacity, hs): each side's filled positions end at `width`
+                capacity = max(width + 1, *(v.shape[2] for v in values))
+                joined = np.zeros((len(values[0]) + len(values[1]), shape[1], capacity, shape[3]), dtype=value.dtype)
+                row = 0
+                for side, v in zip(sides, values):
+                    joined[row:row + len(v), :, width - side.positions:width] = v[:, :, :side.positions]
+                    row += len(v)
+                state[name] = joined
+                continue
+            if SOURCE in shape:  # padded at the end, masked by the source mask
+                values = _padded(values, shape.index(SOURCE), at_end=True)
+            elif PAST in shape:  # left-padded, masked by the target mask
+                values = _padded(values, shape.index(PAST), at_end=False)
+            state[name] = np.ascontiguousarray(np.concatenate(values, axis=rows))
+        if self.target_masks and (width != min(side.positions for side in sides)
+                                  or any(side.target_mask is not None for side in sides)):
+            masks = [np.ones((len(side.row_sources), side.positions), np.bool_) if side.target_mask is None
+                     else side.target_mask for side in sides]
+            self.target_mask = np.concatenate(_padded(masks, 1, at_end=False))
+        self.state, self.positions = state, width
+        self.row_sources = np.concatenate([self.row_sources, other.row_sources + self.row_sources.max(initial=-1) + 1])
 
     def _reordered(self, name: str, value: np.ndarray, rows: np.ndarray, stay: bool) -> np.ndarray:
         """`value` with its rows in the order `rows` gives. stay: every row keeps its source (beams among
@@ -259,8 +323,11 @@ class OrtSeq2SeqBackend:
         if self.buffered:
             self._make_room(self.positions + new)
         feeds = {self.layout["decoder_ids"]: input_ids, **self.state}
+        if self.target_mask is not None:
+            self.target_mask = np.concatenate([self.target_mask, np.ones((batch, new), np.bool_)], axis=1)
         for name in self.target_masks:
-            feeds[name] = np.ones((batch, self.positions + new), dtype=self.decoder_inputs[name]["dtype"])
+            feeds[name] = (np.ones((batch, self.positions + new), dtype=self.decoder_inputs[name]["dtype"])
+                           if self.target_mask is None else self.target_mask.astype(self.decoder_inputs[name]["dtype"]))
         if self.shared:
             logits = self._run_shared(feeds)
         else:
@@ -332,3 +399,10 @@ class EncoderDecoderRuntime:
     def features(self, input_ids: np.ndarray, attention_mask: np.ndarray, token_type_ids=None) -> dict:
         raise LmkitError(f"{self.export.directory} is an {ENCODER_DECODER} export, whose encoder graph gives the "
                          "decoder's starting state, not features; embed with the model directory itself")
+
+
+def _padded(values: list[np.ndarray], axis: int, *, at_end: bool) -> list[np.ndarray]:
+    """Each of `values` padded with zeros along `axis` to the longest's size, after its entries or before."""
+    longest = max(value.shape[axis] for value in values)
+    return [np.pad(value, [((0, longest - value.shape[axis]) if at_end else (longest - value.shape[axis], 0))
+                           if i == axis else (0, 0) for i in range(value.ndim)]) for value in values]

@@ -126,6 +126,25 @@ def trained_nmt(translation_task) -> tuple:
     return train_nmt(translation_task)
 
 
+@pytest.fixture(scope="session")
+def t5_directories(tmp_path_factory) -> tuple[str, str]:
+    """A T5 v1.1 from transformers (random weights) imported into lmkit, and its export; shared by the serving
+    tests."""
+    transformers = pytest.importorskip("transformers")
+    from test_t5_hf import hf_model, t5_tokenizer
+
+    from lmkit.commands.import_hf import import_hf
+
+    root = tmp_path_factory.mktemp("t5-serve")
+    tokenizer = transformers.PreTrainedTokenizerFast(tokenizer_object=t5_tokenizer(), eos_token="</s>",
+                                                     pad_token="<pad>", unk_token="<unk>")
+    tokenizer.save_pretrained(root / "hf")
+    hf_model("v1.1").save_pretrained(root / "hf")
+    import_hf(str(root / "hf"), str(root / "t5"))
+    assert run_cli("export", root / "t5", "--out", root / "export").code == 0
+    return str(root / "t5"), str(root / "export")
+
+
 # -- Triton's python backend, stood in for (lmkit.exports.triton_python) -------------------------------
 
 

@@ -476,7 +476,7 @@ def test_decoder_state_reorder_moves_rows(preset, artifacts):
     torch.testing.assert_close(moved, fresh[:, 3:], rtol=1e-4, atol=1e-4)
 
 
-def serve_three(model, sources: list[list[int]]) -> tuple[list, list]:
+def serve_three(model, sources: list[list[int]], backend=None) -> tuple[list, list]:
     """lmkit serve's engine over an encoder-decoder's backend (SourcePrompts): two sources asking 3 and 6 tokens,
     and a third asking 4 that arrives at the first prefill; (the backend's calls, the three sequences)."""
     import threading
@@ -489,8 +489,12 @@ def serve_three(model, sources: list[list[int]]) -> tuple[list, list]:
         def prefill(self, input_ids, attention_mask):
             calls.append(("prefill", len(input_ids)))
             if len(calls) == 1:
-                engine.submit([late])  # arrives while the first batch runs: waits for it to end
+                engine.submit([late])  # arrives while the first batch runs: joins it, or waits for it to end
             return super().prefill(input_ids, attention_mask)
+
+        def merge(self, input_ids, attention_mask):
+            calls.append(("merge", len(input_ids)))
+            return super().merge(input_ids, attention_mask)
 
         def step(self, tokens, rows=None):
             calls.append(("step", len(tokens)))
@@ -503,7 +507,7 @@ def serve_three(model, sources: list[list[int]]) -> tuple[list, list]:
             if len(finished) == 3:
                 done.set()
 
-    engine = ContinuousBatcher(Recording(model.backend(8), model.decoder_start), eos_id=None, pad_id=0)
+    engine = ContinuousBatcher(Recording(backend or model.backend(8), model.decoder_start), eos_id=None, pad_id=0)
     short, long, late = (Sequence(source, Settings(max_new_tokens=n), on_event=on_event)
                          for source, n in zip(sources, (3, 6, 4)))
     engine.submit([short, long])
@@ -513,24 +517,40 @@ def serve_three(model, sources: list[list[int]]) -> tuple[list, list]:
     return calls, [short, long, late]
 
 
+# A late row joins the running batch: its start token decoded beside the running rows' next step (merge).
+JOINS = [("prefill", 2), ("step", 2), ("merge", 1), ("step", 3), ("step", 2), ("step", 2), ("step", 1)]
+# A late row waits for the running batch to end (a backend that cannot join rows).
+WAITS = [("prefill", 2), ("step", 2), ("step", 2), ("step", 1), ("step", 1), ("step", 1),
+         ("prefill", 1), ("step", 1), ("step", 1), ("step", 1)]
+
+
 @pytest.mark.parametrize("preset", by_kind("encoder-decoder"))
 def test_the_server_engine_gives_each_source_its_greedy_target(preset, artifacts, data):
-    """On both backends: rows that end at different steps leave the batch, one that arrives while it runs waits
-    for it to end, and every row's tokens are those of greedy generation from its source alone."""
+    """On both backends: rows that end at different steps leave the batch, one that arrives while it runs joins
+    it (a shorter source, a shorter target: both padded), and every row's tokens are those of greedy generation
+    from its source alone. An export whose decoder graph reads no target padding (made before lmkit's could)
+    has the late row wait for the batch to end."""
     from lmkit.opening import open_model
     from lmkit.seq2seq import Seq2SeqGenerator
 
     with open(data["valid.src"], encoding="utf-8") as handle:
-        texts = handle.read().splitlines()[:3]
+        texts = sorted(handle.read().splitlines()[:3], key=len)
+    texts = [texts[1], texts[2], texts[0]]  # the late source the shortest, so that the joined sources pad it
     for directory in (artifacts(preset).trained(), artifacts(preset).exported()):
         model = open_model(directory, device="cpu")
         sources = model.encode_sources(texts)
-        calls, served = serve_three(model, sources)
-        assert calls == [("prefill", 2), ("step", 2), ("step", 2), ("step", 1), ("step", 1), ("step", 1),
-                         ("prefill", 1), ("step", 1), ("step", 1), ("step", 1)]
         generator = Seq2SeqGenerator(model.backend(8), model.decoder_start, None, 0)
-        alone = generator.generate(model.decoding("greedy", max_new_tokens=6), sources)
-        assert [s.tokens for s in served] == [alone[0].tokens[:3], alone[1].tokens, alone[2].tokens[:4]]
+        alone = [r.tokens for r in generator.generate(model.decoding("greedy", max_new_tokens=6), sources)]
+        calls, served = serve_three(model, sources)
+        assert calls == JOINS
+        assert [s.tokens for s in served] == [alone[0][:3], alone[1], alone[2][:4]]
+        backend = model.backend(8)
+        if hasattr(backend, "layout"):  # an export: as one made before target_padding was written
+            backend.layout = {**backend.layout, "target_padding": False}
+            assert backend.joins_rows == (not preset.startswith("t5"))  # a recurrent state has no target positions
+            calls, served = serve_three(model, sources, backend)
+            assert calls == (JOINS if backend.joins_rows else WAITS)
+            assert [s.tokens for s in served] == [alone[0][:3], alone[1], alone[2][:4]]
 
 
 @pytest.mark.parametrize("preset", by_kind("encoder-decoder"))

@@ -397,24 +397,6 @@ def test_an_encoder_serves_the_vectors_lmkit_embed_gives(tiny_bert):
 # -- encoder-decoders: the prompt is the source, the text its target ---------------------------------------
 
 
-@pytest.fixture(scope="module")
-def t5_directories(tmp_path_factory) -> tuple[str, str]:
-    """A T5 v1.1 from transformers (random weights) imported into lmkit, and its export."""
-    transformers = pytest.importorskip("transformers")
-    from test_t5_hf import hf_model, t5_tokenizer
-
-    from lmkit.commands.import_hf import import_hf
-
-    root = tmp_path_factory.mktemp("t5-serve")
-    tokenizer = transformers.PreTrainedTokenizerFast(tokenizer_object=t5_tokenizer(), eos_token="</s>",
-                                                     pad_token="<pad>", unk_token="<unk>")
-    tokenizer.save_pretrained(root / "hf")
-    hf_model("v1.1").save_pretrained(root / "hf")
-    import_hf(str(root / "hf"), str(root / "t5"))
-    assert run_cli("export", root / "t5", "--out", root / "export").code == 0
-    return str(root / "t5"), str(root / "export")
-
-
 @pytest.mark.parametrize("which", ["model-dir", "export"])
 def test_an_encoder_decoder_serves_the_targets_lmkit_generate_gives(t5_directories, which):
     from test_t5_hf import SOURCES

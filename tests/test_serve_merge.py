@@ -14,7 +14,7 @@ pytest.importorskip("torch")
 
 from lmkit.decoding.sampling import row_generators  # noqa: E402
 from lmkit.opening import open_model  # noqa: E402
-from lmkit.serving.engine import ContinuousBatcher, Sequence, Settings  # noqa: E402
+from lmkit.serving.engine import ContinuousBatcher, Sequence, Settings, SourcePrompts  # noqa: E402
 
 TEXTS = ["the cat", "a dog sat on the mat and then the cat", "quickly", "far away home the dog ran",
          "on the", "the mat sat on a cat far away from home"]
@@ -25,6 +25,7 @@ class Counting:
 
     def __init__(self, backend, on_call=None):
         self.backend, self.max_length = backend, backend.max_length
+        self.joins_running = getattr(backend, "joins_running", True)
         self.calls, self.given, self.on_call = [], 0, on_call or (lambda n: None)
 
     def _note(self, kind, positions):
@@ -92,7 +93,7 @@ def computed_positions(model):
 
 def staggered(model, sequences, joins, max_new_tokens, prefix=None):
     """Decode `sequences` in one engine, sequences[i] submitted before backend call joins[i]; returns the
-    Counting backend once all are done."""
+    Counting backend once all are done. An encoder-decoder's prompts are its sources (SourcePrompts)."""
     done, finished, errors = threading.Event(), [], []
 
     def on_event(sequence, kind, detail):
@@ -106,8 +107,10 @@ def staggered(model, sequences, joins, max_new_tokens, prefix=None):
 
     for sequence in sequences:
         sequence.on_event = on_event
-    backend = Counting(model.backend(max_new_tokens, **({"prefix": prefix} if prefix else {})),
-                       lambda n: engine.submit([s for s, at in zip(sequences, joins) if at == n and n]))
+    inner = model.backend(max_new_tokens, **({"prefix": prefix} if prefix else {}))
+    if model.kind == "encoder-decoder":
+        inner = SourcePrompts(inner, model.decoder_start)
+    backend = Counting(inner, lambda n: engine.submit([s for s, at in zip(sequences, joins) if at == n and n]))
     engine = ContinuousBatcher(backend, eos_id=None, pad_id=0)
     engine.submit([s for s, at in zip(sequences, joins) if at == 0])
     engine.start()
@@ -183,3 +186,63 @@ def test_merge_logits_are_those_of_a_prefill_of_all_rows(directory):
     np.testing.assert_allclose(merged, everything[2:], atol=1e-4)
     expected = reference.step(np.array([24, 25, 26, 27]))
     np.testing.assert_allclose(after, expected, atol=1e-4)
+
+
+# -- encoder-decoders: the prompts are sources, each row's target starts from the start token ------------------
+
+
+@pytest.fixture(params=["torch", "export"])
+def t5_directory(request, t5_directories):
+    return t5_directories[request.param == "export"]
+
+
+def test_sources_that_join_a_running_batch_get_the_targets_they_get_alone(t5_directory):
+    """T5 (relative positions, a self-attention cache): sources longer and shorter than the running rows' join
+    while those rows are at different target lengths, greedy and seeded sampling; each row's tokens are those
+    `lmkit generate` gives its source alone, and the decoder ran one position per row and step."""
+    model = open_model(t5_directory, device="cpu")
+    sources = model.encode_sources(TEXTS)
+    n = 10
+    settings = [Settings(max_new_tokens=n) if i % 2 else Settings(max_new_tokens=n - i, temperature=0.8)
+                for i in range(len(sources))]
+    sequences = [Sequence(list(source), s, row_generators(7, [source])[0] if s.temperature else None)
+                 for source, s in zip(sources, settings)]
+    backend = staggered(model, sequences, [0, 0, 2, 3, 3, 7], n)
+    assert backend.calls.count("merge") == 3 and backend.calls.count("prefill") == 1
+    assert all(len(s.tokens) == s.settings.max_new_tokens for s in sequences)
+    eos = model.tokenizer.eos_id  # the engine here runs every row to its max_new_tokens; generate stops at </s>
+    for sequence, source in zip(sequences, sources):
+        s = sequence.settings
+        decoding = (model.decoding("sample", max_new_tokens=s.max_new_tokens, temperature=0.8, seed=7)
+                    if s.temperature else model.decoding("greedy", max_new_tokens=s.max_new_tokens))
+        served = sequence.tokens[:sequence.tokens.index(eos)] if eos in sequence.tokens else sequence.tokens
+        assert served == model.generate_ids([source], decoding)[0].tokens
+
+
+def test_a_running_batch_with_a_prefix_takes_no_sources_and_says_why(t5_directory, t5_directories):
+    """A prefix sits before every target, and a padded row's queries would be further from it than its own
+    queries are: such a backend says it cannot join rows, merge refuses in one line, and the engine has late
+    sources wait for the batch to end (the tokens still each source's own)."""
+    from lmkit.plugins.prefixes.model import cache_geometry
+    from lmkit.prefix import CachePrefix
+
+    model = open_model(t5_directory, device="cpu")
+    n_layers, n_heads, head_dim = cache_geometry(open_model(t5_directories[0], device="cpu").model)
+    rng = np.random.default_rng(0)
+    prefix = CachePrefix(rng.standard_normal((n_layers, 2, n_heads, 3, head_dim)).astype(np.float32), "a", "test")
+    backend = model.backend(6, prefix=prefix)
+    assert not backend.joins_rows and not SourcePrompts(backend, model.decoder_start).joins_running
+    sources = model.encode_sources(TEXTS[:3])
+    backend.set_sources(sources[:2])
+    start = np.full((2, 1), model.decoder_start, np.int64)
+    backend.prefill(start, np.ones_like(start, np.bool_))
+    backend.set_sources(sources[2:])
+    with pytest.raises(ValueError, match="after a prefix"):
+        backend.merge(start[:1], np.ones((1, 1), np.bool_))
+    sequences = [Sequence(list(source), Settings(max_new_tokens=6)) for source in sources]
+    counted = staggered(model, sequences, [0, 0, 1], 6, prefix)
+    assert "merge" not in counted.calls and counted.calls.count("prefill") == 2
+    alone = model.generate_ids(sources, model.decoding("greedy", max_new_tokens=6), prefix=prefix)
+    eos = model.tokenizer.eos_id
+    assert [s.tokens[:s.tokens.index(eos)] if eos in s.tokens else s.tokens for s in sequences] == [
+        g.tokens for g in alone]

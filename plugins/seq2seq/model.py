@@ -117,6 +117,7 @@ class LSTMDecoder(Seq2SeqDecoderStack):
 
     STATE_ROWS = {"h": 1, "c": 1, "feed": 0, "memory": 0, "keys": 0, "mask": 0}  # the batch dimension of each
     source_state = ("memory", "keys", "mask")  # the encoder's, alike in a source's beams
+    SOURCE_AXES = {"memory": 1, "keys": 1, "mask": 1}
 
     def __init__(self, config: LSTMDecoderConfig):
         super().__init__()

@@ -101,11 +101,14 @@ class DecoderStepBuffers(nn.Module):
         T = input_ids.shape[1]
         past = decoder_attention_mask.shape[1] - T
         if not exporting():
-            return self._reference(input_ids, past, buffers, cross, encoder_mask)
+            return self._reference(input_ids, past, buffers, cross, encoder_mask, decoder_attention_mask)
         seqlens_k, total_length = sequence_lengths(decoder_attention_mask)
         decoder = self.decoder
         x = decoder.drop(self.embedding(input_ids))
-        self_bias = decoder.relative_bias(T, past + T, past)  # (1, nh, T, past + T); the operator adds causality
+        # (B, nh, T, past + T): the relative bias, and the rows' left padding (rows that joined a running batch,
+        # EncoderDecoderLayout.target_padding); the operator adds causality.
+        self_bias = decoder.relative_bias(T, past + T, past) + additive_mask(
+            decoder_attention_mask[:, None, None, :].bool(), torch.float32)
         cross_bias = additive_mask(encoder_mask[:, None, None, :], torch.float32)
         presents = []
         for layer, block in enumerate(self.fused_blocks):
@@ -115,10 +118,11 @@ class DecoderStepBuffers(nn.Module):
         logits = decoder.logits(decoder.drop(decoder.final_layer_norm(x)))
         return (logits[:, -1], *presents)
 
-    def _reference(self, input_ids, past, buffers, cross, encoder_mask):
+    def _reference(self, input_ids, past, buffers, cross, encoder_mask, decoder_attention_mask):
         state = {"self_k": torch.stack([k[:, :, :past] for k in buffers[0::2]]),
                  "self_v": torch.stack([v[:, :, :past] for v in buffers[1::2]]),
-                 "cross_k": torch.stack(cross[0::2]), "cross_v": torch.stack(cross[1::2]), "encoder_mask": encoder_mask}
+                 "cross_k": torch.stack(cross[0::2]), "cross_v": torch.stack(cross[1::2]), "encoder_mask": encoder_mask,
+                 "target_mask": decoder_attention_mask[:, :past].bool()}
         logits, state = self.decoder(input_ids, state)
         filled = state["self_k"].shape[3]
         presents = []
@@ -205,6 +209,8 @@ def _buffer_plan(samples: _Samples) -> ExportPlan:
         must not read them; ShapeSet.filled)."""
         label, next_ids, state = samples.decoded(batch, length, past)
         inputs = {"input_ids": next_ids, "decoder_attention_mask": np.ones((batch, past + 1), np.int64)}
+        if batch > 1 and past > 1:
+            inputs["decoder_attention_mask"][-1, :2] = 0  # a row that joined later: its first positions padding
         for layer in range(L):
             for part in "kv":
                 buffer = samples.rng.standard_normal((batch, nh, past + 1 + room, hs)).astype(np.float32)
@@ -238,7 +244,7 @@ def _buffer_plan(samples: _Samples) -> ExportPlan:
         [Feed("decoder_attention_mask", "target_mask"), *(Feed(name, "zeros") for name in self_names),
          *(Feed(name, "encoder", name) for name in cross_names), Feed("encoder_mask", "source_mask")],
         batching="padded", encoder_mask="attention_mask", prefix_cache=("self_k.0", "self_v.0"),
-        cache_layout="buffer")
+        cache_layout="buffer", target_padding=True)
     return ExportPlan(ENCODER_DECODER, [encoder_graph, decoder_graph], layout=layout,
                       dimensions={**_dimensions(c), "max_positions": samples.limit, "cache_layout": "buffer"})
 

@@ -13,6 +13,8 @@ The decoder's state (lmkit.contract.Seq2SeqDecoder) holds tensors with the batch
     self_k, self_v    (L, B, nh, P, hs)  self-attention keys/values of the P target tokens so far
     cross_k, cross_v  (L, B, nh, S, hs)  cross-attention keys/values of the source, computed once
     encoder_mask      (B, S) bool        True at real source tokens
+    target_mask       (B, P) bool        only after rows joined a running batch (Seq2SeqDecoderStack.join):
+                                         False at the left padding of the rows that had fewer target tokens
 """
 from __future__ import annotations
 
@@ -100,7 +102,8 @@ class T5Decoder(Seq2SeqDecoderStack):
     """Target tokens (B, T) after a state -> logits (B, T, V): causal self-attention with a cache,
     cross-attention over the encoder's keys/values, the output layer (tied and rescaled, or its own)."""
 
-    STATE_ROWS = {"self_k": 1, "self_v": 1, "cross_k": 1, "cross_v": 1, "encoder_mask": 0}
+    STATE_ROWS = {"self_k": 1, "self_v": 1, "cross_k": 1, "cross_v": 1, "encoder_mask": 0, "target_mask": 0}
+    SOURCE_AXES = {"cross_k": 3, "cross_v": 3, "encoder_mask": 1}
     # A prefix is P self-attention positions before the start token: the relative bias then offsets every
     # query by the cache's length, P included, as if P target tokens had come first.
     self_attention_cache = ("self_k", "self_v")
@@ -189,7 +192,13 @@ class T5Decoder(Seq2SeqDecoderStack):
         # cache's length (transformers: compute_bias(past_seen_tokens)) plus the causal mask.
         query = torch.arange(T, device=x.device)[:, None] + past
         key = torch.arange(past + T, device=x.device)[None, :]
-        self_bias = self.relative_bias(T, past + T, past) + additive_mask(key <= query, torch.float32)
+        allowed = key <= query  # (T, past + T)
+        target_mask = state.get("target_mask")
+        if target_mask is not None:  # rows that joined a batch: their padding is seen by no query, (B, 1, T, past + T)
+            target_mask = torch.cat([target_mask, target_mask.new_ones(target_mask.shape[0], T)], dim=1)
+            allowed = allowed & target_mask[:, None, None, :]
+            state = {**state, "target_mask": target_mask}
+        self_bias = self.relative_bias(T, past + T, past) + additive_mask(allowed, torch.float32)
         cross_bias = additive_mask(state["encoder_mask"][:, None, None, :], torch.float32)  # (B, 1, 1, S)
         if exporting() or torch.is_grad_enabled():
             # Concatenated, nothing in place: an exported graph takes the past and returns past + new, and

@@ -12,6 +12,8 @@ state)` and `reorder(state, rows) -> state`; the encoder `forward(input_ids, att
 """
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import torch
 
@@ -91,6 +93,29 @@ class Seq2SeqBackend:
         ids = torch.from_numpy(tokens).to(self.device)[:, None]  # (B', 1)
         logits, self.state = self.decoder(ids, self.state)
         return self._to_host(logits[:, -1])
+
+    @property
+    def joins_rows(self) -> bool:
+        """Whether `merge` can take rows into a running batch: the decoder joins states (Seq2SeqDecoderStack.join),
+        and no prefix sits before the targets (its positions would move apart from the queries of padded rows)."""
+        return callable(getattr(self.decoder, "join", None)) and not self.prefix
+
+    @torch.inference_mode()
+    def merge(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        """Backend.merge for sources given to set_sources since the running rows' prefill: those sources are
+        encoded and their start tokens decoded alone, then their state joins the running rows' (the decoder's
+        `join`), so no running row is computed again. ValueError where `joins_rows` is False."""
+        if self.state is None:
+            return self.prefill(input_ids, attention_mask)
+        if not self.joins_rows:
+            raise ValueError(f"{type(self.decoder).__name__} cannot take rows into a running batch"
+                             + (" after a prefix" if self.prefix else " (it has no join)"))
+        joining = copy.copy(self)  # the model and prefix, with a state of its own after its prefill
+        logits = joining.prefill(input_ids, attention_mask)
+        self.state = self.decoder.join(self.state, joining.state)
+        # Distinct source numbers, so a reorder among one source's rows (beams) is still told from any other.
+        self.row_sources = np.concatenate([self.row_sources, joining.row_sources + self.row_sources.max(initial=-1) + 1])
+        return logits
 
     @staticmethod
     def _to_host(logits: torch.Tensor) -> np.ndarray:

@@ -95,6 +95,9 @@ class Seq2SeqDecoderStack(_Stack):
     # None for a decoder without such a cache (the LSTM decoders), which takes no prefix.
     self_attention_cache: ClassVar[tuple[str, str] | None] = None
     source_state: ClassVar[tuple[str, ...]] = ()
+    # The source-length axis of each state tensor that runs along the source (the encoder's states, keys,
+    # values, mask), which `join` pads; a family fills in its own.
+    SOURCE_AXES: ClassVar[dict[str, int]] = {}
 
     def tie_to_encoder(self, encoder) -> None:
         """Nothing shared with the encoder by default (T5's decoder reads the encoder's embedding)."""
@@ -110,5 +113,56 @@ class Seq2SeqDecoderStack(_Stack):
     def reorder(self, state: dict[str, Tensor], rows: Tensor) -> dict[str, Tensor]:
         return {name: select_rows(value, self.STATE_ROWS[name], rows) for name, value in state.items()}
 
+    def join(self, state: dict[str, Tensor], other: dict[str, Tensor]) -> dict[str, Tensor]:
+        """The state of `state`'s rows followed by `other`'s: rows that join a running batch (lmkit serve), with
+        neither side computed again.
+
+        Entries along the source (SOURCE_AXES) are padded at the end to the longer source, with zeros (False in
+        a mask), which the source mask hides. A self-attention cache (self_attention_cache, (L, B, nh, P, hs))
+        is left-padded to the longer side's P, and `target_mask` (B, P), False at that padding, tells the
+        decoder which positions no query may see: every row's positions end at the same column, so the
+        distance from a query to each real key (all a relative position bias reads) is unchanged. A decoder
+        that keeps a cache must then read state["target_mask"] where present (T5 does); a recurrent state
+        joins its rows alone.
+        """
+        sides = (state, other)
+        cache = self.self_attention_cache or ()
+        lengths = [side[cache[0]].shape[3] if cache else 0 for side in sides]
+        joined = {}
+        for name in state:
+            if name == "target_mask":
+                continue
+            values = [side[name] for side in sides]
+            if name in self.SOURCE_AXES:
+                values = _padded_to_longest(values, self.SOURCE_AXES[name], at_end=True)
+            elif name in cache:
+                values = _padded_to_longest(values, 3, at_end=False)
+            joined[name] = torch.cat(values, dim=self.STATE_ROWS[name])
+        if cache and (lengths[0] != lengths[1] or any("target_mask" in side for side in sides)):
+            masks = []
+            for side, length in zip(sides, lengths):
+                B = side[cache[0]].shape[1]
+                mask = side.get("target_mask")
+                if mask is None:
+                    mask = torch.ones(B, length, dtype=torch.bool, device=side[cache[0]].device)
+                masks.append(mask)
+            joined["target_mask"] = torch.cat(_padded_to_longest(masks, 1, at_end=False), dim=0)
+        return joined
+
     def features(self, input_ids: Tensor, attention_mask: Tensor | None = None, **options) -> EncoderOutput:
         raise SpecError("an encoder-decoder model embeds with its encoder; lmkit embed uses it")
+
+
+def _padded_to_longest(values: list[Tensor], axis: int, *, at_end: bool) -> list[Tensor]:
+    """Each of `values` padded with zeros (False) along `axis` to the longest's size, after its entries or before."""
+    longest = max(value.shape[axis] for value in values)
+    padded = []
+    for value in values:
+        missing = longest - value.shape[axis]
+        if missing:
+            shape = list(value.shape)
+            shape[axis] = missing
+            zeros = value.new_zeros(shape)
+            value = torch.cat([value, zeros] if at_end else [zeros, value], dim=axis)
+        padded.append(value)
+    return padded

@@ -120,9 +120,11 @@ class SourcePrompts:
     prompts are the sources: a prefill encodes them and feeds each row's start token, a step is the
     decoder's step, so each row's tokens are those `lmkit generate` gives for its source.
 
-    It has no `merge`: a running batch's decoder cache holds its targets' positions, which rows starting from
-    their start token cannot join, so sequences that arrive while a batch decodes wait until it has ended,
-    and then start together.
+    Sequences that arrive while a batch decodes join it (`merge`): their sources are encoded and their start
+    tokens decoded, and their state joins the running rows' (the backend's merge: sources padded to the
+    longest, the shorter targets' self-attention caches left-padded and masked). Where the backend cannot
+    (`joins_running` False: a decoder without `join`, an export made before lmkit's exports could, a prefix),
+    they wait until the batch has ended, and then start together.
     """
 
     max_length = None  # the sources are bounded by the encoder (checked when read), the targets by max_tokens
@@ -130,12 +132,20 @@ class SourcePrompts:
     def __init__(self, backend, start_id: int):
         self.backend = backend
         self.start_id = start_id
+        self.joins_running = bool(getattr(backend, "joins_rows", False))
 
-    def prefill(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+    def _starts(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Give the backend the prompts (sources, left-padded) and return the start tokens and their mask."""
         mask = attention_mask.astype(np.bool_)
         self.backend.set_sources([row[keep].tolist() for row, keep in zip(input_ids, mask)])
         starts = np.full((len(input_ids), 1), self.start_id, dtype=np.int64)
-        return self.backend.prefill(starts, np.ones_like(starts, dtype=np.bool_))
+        return starts, np.ones_like(starts, dtype=np.bool_)
+
+    def prefill(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        return self.backend.prefill(*self._starts(input_ids, attention_mask))
+
+    def merge(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        return self.backend.merge(*self._starts(input_ids, attention_mask))
 
     def step(self, tokens: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
         return self.backend.step(tokens, rows)
@@ -157,8 +167,8 @@ class ContinuousBatcher:
         self.eos_id = eos_id
         self.pad_id = pad_id
         self.max_batch = max_batch
-        # A backend without merge (SourcePrompts) takes new rows only when none is running.
-        self.joins_running = callable(getattr(backend, "merge", None))
+        # A backend without merge (or whose joins_running says it cannot now) takes new rows only when none is running.
+        self.joins_running = getattr(backend, "joins_running", callable(getattr(backend, "merge", None)))
         self.counters = Counters()
         self._waiting: collections.deque[Sequence] = collections.deque()
         self._condition = threading.Condition()
