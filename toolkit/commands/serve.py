@@ -30,7 +30,7 @@ def serve_command(model_dir, host, port, name, max_batch, max_tokens_limit, devi
     without PyTorch). A decoder-only model answers POST /v1/completions, an encoder-decoder too (each
     prompt is a source, each text its target), an encoder POST /v1/embeddings; all GET /v1/models and
     GET /health. Requests that arrive together are decoded together, in one batch that sequences join
-    and leave at every step (an encoder-decoder's: when it ends). See docs/serving.md.
+    and leave at every step. See docs/serving.md.
     """
     from ..opening import is_export
     from ..serving.api import open_service
