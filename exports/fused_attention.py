@@ -34,6 +34,7 @@ from lmkit.nn.attention import SelfAttention
 
 DOMAIN = "com.microsoft"
 OP = "GroupQueryAttention"
+CROSS_OP = "MultiHeadAttention"
 
 
 @torch.library.custom_op("lmkit::group_query_attention", mutates_args=())
@@ -74,6 +75,27 @@ def _(query, key, value, past_key, past_value, seqlens_k, total_length, attentio
     B, T, C = query.shape
     output = query.new_empty(B, T, C if key is not None else C // 3)
     return output, torch.empty_like(past_key), torch.empty_like(past_value)
+
+
+@torch.library.custom_op("lmkit::cross_attention", mutates_args=())
+def cross_attention(query: Tensor, key: Tensor, value: Tensor, attention_bias: Tensor, num_heads: int,
+                    scale: float) -> Tensor:
+    """onnxruntime's MultiHeadAttention over keys and values computed once per source: (B, T, C) out.
+
+    query: (B, T, C), C = num_heads * hs. key/value: (B, nh, S, hs) (BNSH, as an encoder-decoder's state keeps
+    them). attention_bias: (B or 1, 1 or nh, T or 1, S), added to the scaled scores (the source's padding).
+    scale: multiplies q.k; 0 means 1/sqrt(hs). One node where the attention written out was eight (two
+    reshapes, two transposes, two products, the bias and the softmax), each with its fixed cost at one row.
+    """
+    B, T, C = query.shape
+    q = query.reshape(B, T, num_heads, C // num_heads).transpose(1, 2)
+    y = torch.nn.functional.scaled_dot_product_attention(q, key, value, attn_mask=attention_bias, scale=scale or None)
+    return y.transpose(1, 2).reshape(B, T, C)
+
+
+@cross_attention.register_fake
+def _(query, key, value, attention_bias, num_heads, scale):
+    return torch.empty_like(query)
 
 
 def _register_schema() -> None:
@@ -136,7 +158,15 @@ def legacy_symbolics() -> dict:
             output.setType(like)  # infer a contrib op's types
         return outputs
 
-    return {"lmkit::group_query_attention": to_onnx}
+    @symbolic_helper.parse_args("v", "v", "v", "v", "i", "f")
+    def cross_to_onnx(g, query, key, value, attention_bias, num_heads, scale):
+        absent = [symbolic_helper._optional_input_placeholder_tensor(g) for _ in range(2)]  # no bias, no padding mask
+        output = g.op(f"{DOMAIN}::{CROSS_OP}", query, key, value, *absent, attention_bias, num_heads_i=num_heads,
+                      scale_f=scale)
+        output.setType(query.type())
+        return output
+
+    return {"lmkit::group_query_attention": to_onnx, "lmkit::cross_attention": cross_to_onnx}
 
 
 def sequence_lengths(attention_mask: Tensor) -> tuple[Tensor, Tensor]:
@@ -232,6 +262,26 @@ class FusedMultiHeadAttention(nn.Module):
             qkv, None, None, past.key, past.value, past.seqlens_k, past.total_length, bias.to(x.dtype),
             a.n_heads, 0.0 if a.scale is None else float(a.scale))
         return a.o(y), (present_key, present_value)
+
+
+class FusedCrossAttention(nn.Module):
+    """lmkit.nn.encoder_decoder.MultiHeadAttention as cross-attention by onnxruntime's MultiHeadAttention operator.
+
+    Same parameters (the wrapped module's), same call as its cross-attention: forward(x, bias, key_values=(keys,
+    values)) with keys/values (B, nh, S, hs) -> (output (B, T, d_model), (keys, values)).
+    """
+
+    def __init__(self, attention: nn.Module):
+        super().__init__()
+        self.attention = attention
+
+    def forward(self, x: Tensor, bias: Tensor, past=None, key_values=None,
+                cache_position=None) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        a = self.attention
+        keys, values = key_values
+        y = torch.ops.lmkit.cross_attention(a.q(x), keys, values, bias.to(x.dtype), a.n_heads,
+                                            0.0 if a.scale is None else float(a.scale))
+        return a.o(y), (keys, values)
 
 
 def fusable(decoder: nn.Module, n_layers: int) -> bool:

@@ -246,3 +246,13 @@ def test_a_running_batch_with_a_prefix_takes_no_sources_and_says_why(t5_director
     eos = model.tokenizer.eos_id
     assert [s.tokens[:s.tokens.index(eos)] if eos in s.tokens else s.tokens for s in sequences] == [
         g.tokens for g in alone]
+
+
+def test_a_decoder_with_a_cache_that_reads_no_target_padding_takes_no_rows(t5_directories, monkeypatch):
+    """Seq2SeqDecoderStack.join would left-pad a self-attention cache that such a decoder would then attend to: a
+    decoder joins rows only when it lists target_mask among its STATE_ROWS (T5 does)."""
+    model = open_model(t5_directories[0], device="cpu")
+    assert model.backend(4).joins_rows
+    decoder = type(model.model.decoder)
+    monkeypatch.setattr(decoder, "STATE_ROWS", {k: v for k, v in decoder.STATE_ROWS.items() if k != "target_mask"})
+    assert not model.backend(4).joins_rows

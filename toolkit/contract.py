@@ -188,8 +188,9 @@ class Seq2SeqDecoder(Stack, Protocol):
     Optional: `join(state, other) -> state`, `state`'s rows followed by `other`'s, which `lmkit serve` uses to
     take new sources into a running batch (without it they wait for the batch to end).
     lmkit.nn.stack.Seq2SeqDecoderStack.join does it for any state from STATE_ROWS and SOURCE_AXES; a decoder
-    with a self-attention cache then reads state["target_mask"] (B, P) bool, where present: False at the
-    left padding of rows that joined with fewer target positions, which no query may see.
+    with a self-attention cache joins only if it reads state["target_mask"] (B, P) bool, where present: False
+    at the left padding of rows that joined with fewer target positions, which no query may see. It says so
+    by listing "target_mask" in its STATE_ROWS (T5 does).
     """
 
     # The names of the state's self-attention keys and values, each (L, B, nh, P, hs) after P target positions,

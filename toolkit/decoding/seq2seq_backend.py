@@ -96,9 +96,13 @@ class Seq2SeqBackend:
 
     @property
     def joins_rows(self) -> bool:
-        """Whether `merge` can take rows into a running batch: the decoder joins states (Seq2SeqDecoderStack.join),
-        and no prefix sits before the targets (its positions would move apart from the queries of padded rows)."""
-        return callable(getattr(self.decoder, "join", None)) and not self.prefix
+        """Whether `merge` can take rows into a running batch: the decoder joins states (Seq2SeqDecoderStack.join)
+        and, if it keeps a self-attention cache, reads the target padding (it lists "target_mask" in its
+        STATE_ROWS), and no prefix sits before the targets (a padded row's queries would be further from it)."""
+        decoder = self.decoder
+        reads_padding = (not getattr(decoder, "self_attention_cache", None)
+                         or "target_mask" in getattr(decoder, "STATE_ROWS", {}))
+        return callable(getattr(decoder, "join", None)) and reads_padding and not self.prefix
 
     @torch.inference_mode()
     def merge(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
