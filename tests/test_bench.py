@@ -114,6 +114,9 @@ def test_the_default_prompt_fits_a_small_context_and_a_busy_machine_is_named(run
     monkeypatch.setattr(os, "getloadavg", lambda: (3.0 * (os.cpu_count() or 1), 1.0, 1.0))
     busy = run("bench", tiny_gpt2, "--prompt-tokens", "4", "--new-tokens", "2", "--repeats", "1", "--threads", "1")
     assert busy.code == 0 and "warning: this machine is busy (load average" in busy.err
+    # Settings it refuses are refused in their one line alone, busy or not (CI under load saw a second line).
+    refused = run("bench", tiny_gpt2, "--prompt-tokens", "100000")
+    assert refused.code != 0 and len(refused.err.strip().splitlines()) == 1 and "lower them" in refused.err
 
 
 def test_speed_is_compared_within_a_kind():

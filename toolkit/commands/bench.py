@@ -50,11 +50,11 @@ def bench_command(models, prompt_tokens, new_tokens, batch_size, repeats, thread
               for path in models]
     if prompt_tokens is None:
         prompt_tokens = default_prompt_tokens(opened, new_tokens)
-    busy = busy_machine()
-    if busy is not None:
-        click.echo(f"warning: {busy}", err=True)
+    busy = busy_machine()  # before the run, which loads the machine itself
     speeds = measure(opened, prompt_tokens=prompt_tokens, new_tokens=new_tokens, batch_size=batch_size,
                      repeats=repeats, progress=lambda done: click.echo(f"round {done}/{repeats}", err=True))
+    if busy is not None:  # after it: settings it refuses get their one-line error alone
+        click.echo(f"warning: {busy}", err=True)
     if as_json:
         click.echo(json.dumps({"prompt_tokens": prompt_tokens, "new_tokens": new_tokens, "batch_size": batch_size,
                                "repeats": repeats, "threads": threads, "python": sys.version.split()[0],
