@@ -34,24 +34,19 @@ from lmkit.nn.attention import SelfAttention
 
 DOMAIN = "com.microsoft"
 OP = "GroupQueryAttention"
-CROSS_OP = "MultiHeadAttention"
 
 
 @torch.library.custom_op("lmkit::group_query_attention", mutates_args=())
-def group_query_attention(query: Tensor, key: Tensor | None, value: Tensor | None, past_key: Tensor,
-                          past_value: Tensor, seqlens_k: Tensor, total_length: Tensor, attention_bias: Tensor,
+def group_query_attention(query: Tensor, key: Tensor, value: Tensor, past_key: Tensor, past_value: Tensor,
+                          seqlens_k: Tensor, total_length: Tensor, attention_bias: Tensor,
                           num_heads: int, scale: float) -> tuple[Tensor, Tensor, Tensor]:
     """(output (B, T, C), present_key, present_value (B, nh, capacity, hs)), as onnxruntime computes them.
 
-    query/key/value: (B, T, C), C = num_heads * hs; or key and value None and query packed, (B, T, 3C): the
-    queries, keys and values side by side, as one matrix product gives them (one MatMul node where three
-    were: at one row each product's fixed cost is a good part of its time). past_key/past_value:
-    (B, nh, capacity, hs), the first total - T positions filled. seqlens_k: int32 (B,), total - 1 in every
-    row. total_length: int32 scalar. attention_bias: (B or 1, 1 or nh, T, total), added to the scores
-    before the causal mask. scale: multiplies q.k; 0 means 1/sqrt(hs), as onnxruntime's attribute does.
+    query/key/value: (B, T, C), C = num_heads * hs. past_key/past_value: (B, nh, capacity, hs), the
+    first total - T positions filled. seqlens_k: int32 (B,), total - 1 in every row. total_length:
+    int32 scalar. attention_bias: (B or 1, 1 or nh, T, total), added to the scores before the causal mask.
+    scale: multiplies q.k; 0 means 1/sqrt(hs), as onnxruntime's attribute does.
     """
-    if key is None or value is None:
-        query, key, value = query.chunk(3, dim=-1)
     B, T, C = query.shape
     hs = C // num_heads
     total = int(total_length)
@@ -72,30 +67,7 @@ def group_query_attention(query: Tensor, key: Tensor | None, value: Tensor | Non
 
 @group_query_attention.register_fake
 def _(query, key, value, past_key, past_value, seqlens_k, total_length, attention_bias, num_heads, scale):
-    B, T, C = query.shape
-    output = query.new_empty(B, T, C if key is not None else C // 3)
-    return output, torch.empty_like(past_key), torch.empty_like(past_value)
-
-
-@torch.library.custom_op("lmkit::cross_attention", mutates_args=())
-def cross_attention(query: Tensor, key: Tensor, value: Tensor, attention_bias: Tensor, num_heads: int,
-                    scale: float) -> Tensor:
-    """onnxruntime's MultiHeadAttention over keys and values computed once per source: (B, T, C) out.
-
-    query: (B, T, C), C = num_heads * hs. key/value: (B, nh, S, hs) (BNSH, as an encoder-decoder's state keeps
-    them). attention_bias: (B or 1, 1 or nh, T or 1, S), added to the scaled scores (the source's padding).
-    scale: multiplies q.k; 0 means 1/sqrt(hs). One node where the attention written out was eight (two
-    reshapes, two transposes, two products, the bias and the softmax), each with its fixed cost at one row.
-    """
-    B, T, C = query.shape
-    q = query.reshape(B, T, num_heads, C // num_heads).transpose(1, 2)
-    y = torch.nn.functional.scaled_dot_product_attention(q, key, value, attn_mask=attention_bias, scale=scale or None)
-    return y.transpose(1, 2).reshape(B, T, C)
-
-
-@cross_attention.register_fake
-def _(query, key, value, attention_bias, num_heads, scale):
-    return torch.empty_like(query)
+    return torch.empty_like(query), torch.empty_like(past_key), torch.empty_like(past_value)
 
 
 def _register_schema() -> None:
@@ -146,27 +118,13 @@ def legacy_symbolics() -> dict:
     def to_onnx(g, query, key, value, past_key, past_value, seqlens_k, total_length, attention_bias, num_heads,
                 scale):
         absent = [symbolic_helper._optional_input_placeholder_tensor(g) for _ in range(3)]  # no rotary, no position_ids
-        output_type = query.type()
-        if symbolic_helper._is_none(key):  # packed: query holds q, k and v side by side; the output is a third
-            key, value = (symbolic_helper._optional_input_placeholder_tensor(g) for _ in range(2))
-            sizes = output_type.varyingSizes()
-            if sizes and sizes[-1] is not None:
-                output_type = output_type.with_sizes([*sizes[:-1], sizes[-1] // 3])
         outputs = g.op(f"{DOMAIN}::{OP}", query, key, value, past_key, past_value, seqlens_k, total_length, *absent,
                        attention_bias, num_heads_i=num_heads, kv_num_heads_i=num_heads, scale_f=scale, outputs=3)
-        for output, like in zip(outputs, (output_type, past_key.type(), past_value.type())):  # the tracer cannot
-            output.setType(like)  # infer a contrib op's types
+        for output, like in zip(outputs, (query, past_key, past_value)):  # the tracer cannot infer a contrib op's
+            output.setType(like.type())
         return outputs
 
-    @symbolic_helper.parse_args("v", "v", "v", "v", "i", "f")
-    def cross_to_onnx(g, query, key, value, attention_bias, num_heads, scale):
-        absent = [symbolic_helper._optional_input_placeholder_tensor(g) for _ in range(2)]  # no bias, no padding mask
-        output = g.op(f"{DOMAIN}::{CROSS_OP}", query, key, value, *absent, attention_bias, num_heads_i=num_heads,
-                      scale_f=scale)
-        output.setType(query.type())
-        return output
-
-    return {"lmkit::group_query_attention": to_onnx, "lmkit::cross_attention": cross_to_onnx}
+    return {"lmkit::group_query_attention": to_onnx}
 
 
 def sequence_lengths(attention_mask: Tensor) -> tuple[Tensor, Tensor]:
@@ -179,8 +137,8 @@ def sequence_lengths(attention_mask: Tensor) -> tuple[Tensor, Tensor]:
 class BufferCache:
     """The cache a fused graph's attention layers see: per layer, a buffer in and its present out.
 
-    attend(layer, qkv, n_heads) takes the layer's queries, keys and values side by side (B, T, 3C) and returns
-    its attention output (B, T, C), recording the layer's present buffers. length: the past's (symbolic) length.
+    attend(layer, q, k, v) takes the layer's heads (B, nh, T, hs) and returns its attention output
+    (B, nh, T, hs), recording the layer's present buffers. length: the past's (symbolic) length.
     """
 
     def __init__(self, buffers: list[tuple[Tensor, Tensor]], attention_mask: Tensor, length):
@@ -199,14 +157,18 @@ class BufferCache:
         zero = torch.zeros((), dtype=torch.float32, device=attention_mask.device)
         self.attention_bias = torch.where(allowed, zero, torch.finfo(torch.float32).min)
 
-    def attend(self, layer: int, qkv: Tensor, n_heads: int) -> Tensor:
-        """qkv (B, T, 3C), the queries, keys and values side by side, -> the attention's output (B, T, C)."""
+    def attend(self, layer: int, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        B, nh, T, hs = q.shape
         past_key, past_value = self.buffers[layer]
+
+        def merge(x: Tensor) -> Tensor:
+            return x.transpose(1, 2).reshape(B, T, nh * hs)
+
         y, present_key, present_value = torch.ops.lmkit.group_query_attention(
-            qkv, None, None, past_key, past_value, self.seqlens_k, self.total_length,
-            self.attention_bias.to(qkv.dtype), n_heads, 0.0)
+            merge(q), merge(k), merge(v), past_key, past_value, self.seqlens_k, self.total_length,
+            self.attention_bias.to(q.dtype), nh, 0.0)
         self.presents[layer] = (present_key, present_value)
-        return y
+        return y.reshape(B, T, nh, hs).transpose(1, 2)
 
     def advance(self, n: int) -> None:
         """The length is the past's, known from the inputs; nothing to count."""
@@ -224,9 +186,8 @@ class FusedSelfAttention(nn.Module):
 
     def forward(self, x: Tensor, mask: Tensor | None = None, cache: BufferCache | None = None,
                 layer: int = 0) -> Tensor:
-        a = self.attention
-        y = cache.attend(layer, a.c_attn(x), a.n_heads)  # c_attn's output is the operator's packed q, k, v
-        return a.resid_dropout(a.c_proj(y))
+        q, k, v = self.attention.heads(x)  # 3 x (B, nh, T, hs)
+        return self.attention.output(cache.attend(layer, q, k, v))
 
 
 class BufferSlot(NamedTuple):
@@ -254,34 +215,10 @@ class FusedMultiHeadAttention(nn.Module):
     def forward(self, x: Tensor, bias: Tensor, past: BufferSlot, key_values=None,
                 cache_position=None) -> tuple[Tensor, tuple[Tensor, Tensor]]:
         a = self.attention
-        # q, k and v in one product (the exporter folds the three weights into one initializer).
-        biases = [a.q.bias, a.k.bias, a.v.bias]
-        qkv = torch.nn.functional.linear(x, torch.cat([a.q.weight, a.k.weight, a.v.weight]),
-                                         None if biases[0] is None else torch.cat(biases))
         y, present_key, present_value = torch.ops.lmkit.group_query_attention(
-            qkv, None, None, past.key, past.value, past.seqlens_k, past.total_length, bias.to(x.dtype),
+            a.q(x), a.k(x), a.v(x), past.key, past.value, past.seqlens_k, past.total_length, bias.to(x.dtype),
             a.n_heads, 0.0 if a.scale is None else float(a.scale))
         return a.o(y), (present_key, present_value)
-
-
-class FusedCrossAttention(nn.Module):
-    """lmkit.nn.encoder_decoder.MultiHeadAttention as cross-attention by onnxruntime's MultiHeadAttention operator.
-
-    Same parameters (the wrapped module's), same call as its cross-attention: forward(x, bias, key_values=(keys,
-    values)) with keys/values (B, nh, S, hs) -> (output (B, T, d_model), (keys, values)).
-    """
-
-    def __init__(self, attention: nn.Module):
-        super().__init__()
-        self.attention = attention
-
-    def forward(self, x: Tensor, bias: Tensor, past=None, key_values=None,
-                cache_position=None) -> tuple[Tensor, tuple[Tensor, Tensor]]:
-        a = self.attention
-        keys, values = key_values
-        y = torch.ops.lmkit.cross_attention(a.q(x), keys, values, bias.to(x.dtype), a.n_heads,
-                                            0.0 if a.scale is None else float(a.scale))
-        return a.o(y), (keys, values)
 
 
 def fusable(decoder: nn.Module, n_layers: int) -> bool:

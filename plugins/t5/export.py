@@ -20,10 +20,8 @@ from torch import nn
 
 from lmkit.contract import EncoderOutput
 from lmkit.exports.fused_attention import (
-    CROSS_OP,
     OP,
     BufferSlot,
-    FusedCrossAttention,
     FusedMultiHeadAttention,
     legacy_symbolics,
     sequence_lengths,
@@ -81,8 +79,7 @@ class DecoderStepBuffers(nn.Module):
     """The buffer layout's decoder step: forward(input_ids, decoder_attention_mask, self_k.0, self_v.0, ...,
     cross_k.0, cross_v.0, ..., encoder_mask) -> (logits, present_k.0, present_v.0, ...).
 
-    Exported, each block's self-attention is the fused operator over its buffers (FusedMultiHeadAttention), its
-    cross-attention onnxruntime's MultiHeadAttention over the source's keys and values (FusedCrossAttention),
+    Exported, each block's self-attention is the fused operator over its buffers (FusedMultiHeadAttention),
     and the rest of the block is the model's own. Run eagerly, as validation's reference, it is the model
     itself over the filled part of the buffers, its new keys/values written into copies of them: what
     onnxruntime must reproduce is T5Decoder.forward.
@@ -94,9 +91,8 @@ class DecoderStepBuffers(nn.Module):
         self.embedding = decoder.token_embedding()  # registered here, so the exporter sees it as a weight
         self.n_layers = len(decoder.block)
         # Not registered children: their parameters are the decoder's, and are named so.
-        fused = [with_fused_attention(block, lambda m, block=block: FusedMultiHeadAttention(m) if m is block.attn
-                                      else FusedCrossAttention(m) if m is block.cross_attn else None)
-                 for block in decoder.block]
+        fused = [with_fused_attention(block, lambda m, attn=block.attn: FusedMultiHeadAttention(m) if m is attn
+                                      else None) for block in decoder.block]
         object.__setattr__(self, "fused_blocks", fused)
 
     def forward(self, input_ids, decoder_attention_mask, *tensors):
@@ -242,8 +238,8 @@ def _buffer_plan(samples: _Samples) -> ExportPlan:
         example=tuple(torch.from_numpy(example.inputs[t.name]) for t in inputs),
         validation=[step_set(*shape) for shape in STEP_SHAPES],
         cache=list(zip(self_names, present_names)), exporter=EXPORTER,
-        # fp16: the operators' biases hold float32's lowest value; they compute in fp32 between casts.
-        translations=legacy_symbolics(), shared_cache=True, fp32_ops=(OP, CROSS_OP))
+        # fp16: the operator's bias holds float32's lowest value; it computes in fp32 between casts.
+        translations=legacy_symbolics(), shared_cache=True, fp32_ops=(OP,))
     layout = EncoderDecoderLayout(
         [Feed("decoder_attention_mask", "target_mask"), *(Feed(name, "zeros") for name in self_names),
          *(Feed(name, "encoder", name) for name in cross_names), Feed("encoder_mask", "source_mask")],
