@@ -430,6 +430,20 @@ def test_eval_reports_perplexity(preset, artifacts, data):
     assert np.isfinite(record["perplexity"]) and record["perplexity"] > 1
 
 
+@pytest.mark.parametrize("preset", by_kind("encoder"))
+def test_eval_of_text_on_an_encoder_scores_it_or_says_why_not(preset, artifacts, data):
+    """An encoder whose objectives score text (ELMo's biLM) gives a perplexity; any other a one-line refusal. A
+    user's trial: `lmkit eval --data` on RoBERTa was `internal error: ZeroDivisionError` (masked LM scores only the
+    tokens it masks), on BERT a demand for an end-of-text token that then led to the same crash."""
+    made = artifacts(preset)
+    result = run_cli("eval", made.trained(), "--data", data["valid.src"], "--json")
+    if result.code == 0:
+        assert preset == "elmo-tiny" and np.isfinite(json.loads(result.out)["perplexity"])
+    else:
+        assert "Traceback" not in result.err and "internal error" not in result.err
+        assert len(result.err.strip().splitlines()) == 1 and "no decoder" in result.err, result.err
+
+
 # -- encoders -------------------------------------------------------------------------------------
 
 

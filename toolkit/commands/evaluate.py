@@ -99,13 +99,25 @@ def _load(model_dir, device, what, decoder: bool = True, opened_too: bool = Fals
     require_torch("lmkit eval")
     opened = open_model(model_dir, device=device)
     model, tokenizer = opened.model, opened.tokenizer
-    if model.decoder is None and (decoder or not any(o.models_language for o in model.objectives.values())):
+    if model.decoder is None and (decoder or not any(_scores_text(o) for o in model.objectives.values())):
+        # Masked LM models language but scores only the tokens it masked: no perplexity of a text (a trial's
+        # `lmkit eval --data` on a RoBERTa divided by zero tokens scored).
         raise ArtifactError(f"{model_dir} has no decoder; {what} needs a left-to-right language model"
-                            + ("" if decoder else " or an objective that scores text (ELMo's biLM)"))
+                            + ("" if decoder else " or an objective that scores text (ELMo's biLM), and "
+                               f"{' and '.join(model.objectives) or 'no objective'} does not; score a fine-tuned "
+                               "model on its task with lmkit eval --task"))
     if tokenizer is None:
         raise ArtifactError(f"{model_dir} has no tokenizer.json to read the text with")
     model.eval()
     return (model, tokenizer, opened.runtime.device) + ((opened,) if opened_too else ())
+
+
+def _scores_text(objective) -> bool:
+    """Whether an objective scores a text's every token (lmkit.contract.Objective.score_text is its own)."""
+    from ..objectives.base import ObjectiveModule
+
+    method = getattr(type(objective), "score_text", None)
+    return method is not None and method is not ObjectiveModule.score_text
 
 
 RECURRENT_WINDOW = 1024  # tokens per window for a decoder without a position limit, unless --context says
@@ -205,6 +217,9 @@ def _evaluate_without_decoder(model, tokenizer, device, paths, *, context, strid
         inputs = lambda starts, width: window_inputs(token_inputs, tokenizer, tokens, spellings, starts, width)  # noqa: E731
     scores = score_with_objectives(model, tokens, context, batch_size=batch_size, device=str(device), inputs=inputs)
     nll, count = sum(s.nll for s in scores.values()), sum(s.tokens for s in scores.values())
+    if not count:
+        raise LmkitError(f"the model's objectives ({', '.join(model.objectives)}) scored no token of "
+                         "the text; perplexity needs a left-to-right language model or an objective that scores text")
     result = {"perplexity": math.exp(nll / count), **{f"{name}_perplexity": s.perplexity for name, s in scores.items()},
               "tokens": count, "documents": stream.documents, "context": context,
               "scores": {name: s.as_dict() for name, s in scores.items()}}
