@@ -248,9 +248,16 @@ class Trainer:
         language-modelling objective(s) alone (never of a sum with NSP or a task head's loss)."""
         types = self.objective_types
         total = torch.zeros(2 + len(types), device=self.device)  # loss summed over rows, rows, each objective's
+        world = self.procs.world_size
+        share = [(batch, 1) for batch in self.eval_batches[self.procs.rank::world]]
+        if self.args.shard and self.eval_batches:
+            # A sharded model gathers its weights in every forward pass, all processes together: one process with a
+            # pass more than another would wait for it forever (a trial's hang: 1 validation batch on 2
+            # processes). The short ones run their first batch again, counted for nothing.
+            share += [(self.eval_batches[0], 0)] * (math.ceil(len(self.eval_batches) / world) - len(share))
         self.model.eval()
-        for batch in self.eval_batches[self.procs.rank::self.procs.world_size]:
-            rows = len(next(iter(batch.values())))
+        for batch, counted in share:
+            rows = len(next(iter(batch.values()))) * counted
             with self._autocast():  # through the loss module: a sharded model gathers its weights in its forward
                 loss = self.objective_loss(self._to_device(batch))
                 parts = self.objective_loss.parts
