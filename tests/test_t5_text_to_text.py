@@ -187,3 +187,28 @@ def test_classification_prefix_is_stored_and_predict_generates_text(tmp_path):
 
     assert stored_prefix(str(tuned)) == stored_prefix(str(exported)) == "rte"
     assert read_task(str(dev), prefix="rte").examples[0].source == sources[0]
+
+
+def test_dev_targets_are_generated_as_predict_and_eval_generate_them(t5_directories, tmp_path):
+    """Fine-tuning scores its dev set on the targets the model's own decoding settings give, as `lmkit predict` and
+    `lmkit eval --task` do. A trial found the recorded scores apart from theirs: fine-tuning generated at most twice
+    the batch's longest gold target, so a model that loops was cut elsewhere (and the length hung on the answers)."""
+    import torch
+
+    from lmkit.opening import open_model
+    from lmkit.tasks.text_to_text import TextToTextKind, read_task
+
+    opened = open_model(t5_directories[0], device="cpu")  # random weights: its targets run on past any gold one
+    task = tmp_path / "dev.jsonl"
+    task.write_text("".join(json.dumps({"input": text, "target": "a b"}) + "\n"
+                            for text in ("red dog", "the cat sat", "blue", "green tree moon")))
+    data = read_task(str(task), True, "")
+    kind = TextToTextKind("text-to-text", None)
+    start = kind.reader(opened.model, opened.tokenizer)
+    encoded, _ = kind.encode(data, opened.tokenizer, 512, start)
+    batch = {name: torch.from_numpy(value) for name, value in kind.collate(encoded, 0).items()}
+    with torch.no_grad():
+        predicted = kind.predict(opened.model, batch)
+    alone = opened.generate_ids(opened.encode_sources([e.source for e in data.examples]), opened.decoding())
+    assert predicted == [r.tokens for r in alone]
+    assert max(map(len, predicted)) > 16  # past the old rule's max(2 x 3 gold tokens, 16)

@@ -274,47 +274,49 @@ class TextToTextKind:
         return batch
 
     def predict(self, model, batch) -> list[list[int]]:
-        """Greedy decoding of the batch's sources with the model's decoder (lmkit.seq2seq.Seq2SeqGenerator)."""
-        from ..decoding.greedy import Greedy
-        from ..decoding.options import GreedyOptions
+        """The batch's targets as generated with the model's own decoding settings (its spec's [decoding]), as
+        `lmkit predict` and `lmkit eval --task` generate them, so the dev scores a fine-tuning run records are
+        theirs. (They used to be greedy with at most twice the batch's longest gold target: a length that depended
+        on the answers and on the batch, and a looping output scored otherwise than predict scores it.)"""
         from ..decoding.seq2seq_backend import Seq2SeqBackend
         from ..seq2seq import Seq2SeqGenerator
 
-        if self.writer is not None:
-            return self._predict_decoder(model, batch)
-        source_ids, mask = batch["source_ids"].cpu().numpy(), batch["source_mask"].cpu().numpy()
-        sources = [row[m].tolist() for row, m in zip(source_ids, mask)]
-        start, eos = int(batch["target_ids"][0, 0]), self.tokenizer.eos_id
-        longest = int((batch["labels"] != -100).sum(1).max())
-        backend = Seq2SeqBackend(model, pad_id=0)
-        generator = Seq2SeqGenerator(backend, start, eos, eos)
+        decoding = self._decoding(model)
         was_training = model.training
-        results = generator.generate(Greedy(GreedyOptions(max_new_tokens=max(2 * longest, 16))), sources)
+        if self.writer is not None:
+            results = self._predict_decoder(model, batch, decoding)
+        else:
+            source_ids, mask = batch["source_ids"].cpu().numpy(), batch["source_mask"].cpu().numpy()
+            sources = [row[m].tolist() for row, m in zip(source_ids, mask)]
+            start, eos = int(batch["target_ids"][0, 0]), self.tokenizer.eos_id
+            generator = Seq2SeqGenerator(Seq2SeqBackend(model, pad_id=0), start, eos, eos)
+            results = generator.generate(decoding, sources)
         model.train(was_training)
         return [r.tokens for r in results]
 
-    def _predict_decoder(self, model, batch) -> list[list[int]]:
-        """Greedy generation by the decoder family's generator (GLM fills the [gMASK] after each source), over the
-        model being fine-tuned, as lmkit.opening runs a model directory."""
-        from ..decoding.greedy import Greedy
-        from ..decoding.options import GreedyOptions
+    @staticmethod
+    def _decoding(model):
+        """The decoding strategy of the model's spec, as lmkit.opening.OpenedModel.decoding() builds it."""
+        from ..opening import generation_settings
+        from ..options import build_options
+        from ..registry import get_host
+
+        settings = generation_settings(model.spec.to_dict())
+        component = get_host().component("decoding", settings["strategy"])
+        return component.load()(build_options(component.options_class(), settings["options"],
+                                              f"decoding {settings['strategy']}"))
+
+    def _predict_decoder(self, model, batch, decoding) -> list:
+        """Generation by the decoder family's generator (GLM fills the [gMASK] after each source), over the model
+        being fine-tuned, as lmkit.opening runs a model directory."""
         from ..opening import OpenedModel
         from ..torch_runtime import TorchRuntime
 
-        prompts = self.writer.prompts(batch)
-        longest = int((batch["labels"] != -100).sum(1).max())
-        room = model.decoder.max_positions
-        new = max(2 * longest, 16)
-        if room is not None:  # the blank's [S] and what it writes after the longest prompt
-            new = max(1, min(new, room - max(map(len, prompts)) - 1))
         device = next(model.parameters()).device
         where = "the model being fine-tuned"
         opened = OpenedModel(where, TorchRuntime(model, device, where), tokenizer=self.tokenizer, generation={},
                              model=model, decoder_type=model.spec.decoder.type)
-        was_training = model.training
-        results = opened.generate_ids(prompts, Greedy(GreedyOptions(max_new_tokens=new)))
-        model.train(was_training)
-        return [r.tokens for r in results]
+        return opened.generate_ids(self.writer.prompts(batch), decoding)
 
     def metrics(self, predictions: list, batches: list[dict], encoded, data: TextPairs) -> dict[str, float]:
         texts = [target_text(self.tokenizer, tokens)
