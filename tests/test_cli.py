@@ -43,6 +43,8 @@ def test_plugins_lists_the_built_ins(run):
     assert plugins["gpt"]["status"] == "ok" and "decoder:gpt2" in plugins["gpt"]["components"]
     assert plugins["core"]["distribution"] == "lmkit-toolkit"
     assert "register_decoders" in plugins["gpt"]["hooks"]
+    # Commands too (a trial's plugin registered one that worked and was not listed).
+    assert plugins["neurons"]["components"] == ["command:neurons"]
     table = run("plugins")
     assert table.out.splitlines()[0].split() == ["NAME", "VERSION", "STATUS", "REGISTERS"]
 

@@ -21,7 +21,7 @@ def test_plugins_shows_both_with_versions_and_the_error(lmkit_with):
     assert (example["distribution"], example["version"], example["status"]) == ("lmkit-example", "0.3.1", "ok")
     assert example["components"] == [
         "decoder:bigram", "exporter:decoder.bigram", "export-runtime:last-token", "importer:bigram",
-        "optimizer:adagrad", "schedule:constant", "task-recipe:mean-pool", "preset:bigram-tiny"]
+        "optimizer:adagrad", "schedule:constant", "task-recipe:mean-pool", "preset:bigram-tiny", "command:bigram-top"]
     assert (broken["distribution"], broken["status"]) == ("lmkit-broken", "error")
     assert broken["error"] == "ModuleNotFoundError: No module named 'lmkit_missing_dependency'"
     assert plugins["gpt"]["status"] == "ok"

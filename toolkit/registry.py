@@ -302,13 +302,25 @@ class PluginHost:
         """Let every loaded plugin add its subcommands; a plugin that raises is recorded."""
         for impl in self.pm.hook.register_commands.get_hookimpls():
             info = self.plugins.get(impl.plugin_name)
+            added: list[str] = []
+            add_command = cli.add_command
+
+            def recording(command, name=None, added=added, add_command=add_command):  # what @cli.command() and
+                added.append(name or command.name)  # cli.add_command both call
+                add_command(command, name)
+
+            cli.add_command = recording
             try:
                 impl.function(cli=cli)
+                if info is not None:  # listed with the rest of what it registered (lmkit plugins)
+                    info.components.extend(f"command:{name}" for name in added)
             except Exception as error:  # noqa: BLE001
                 if self.strict:
                     raise
                 if info is not None:
                     info.status, info.error = "error", f"register_commands: {_one_line(error)}"
+            finally:
+                del cli.add_command  # the group's own method again
 
 
 _host: PluginHost | None = None
