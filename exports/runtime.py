@@ -105,9 +105,14 @@ class ExportedModel(OpenedModel):
     """
 
     def __init__(self, directory: str, device: str = "auto", provider: str | None = None, session_options=None):
+        from lmkit.registry import check_components, get_host
+
         export = ExportDirectory(directory, device, provider, session_options)
         runtime = find_runtime(export.architecture, directory)(export)
         manifest = export.manifest
+        # Its decoding strategy may be a plugin's: name the plugin to install, as a model directory does (a trial
+        # got "unknown decoding 'second-best'", and lmkit serve decoded greedily without a word).
+        check_components(manifest.get("source") or {}, directory, get_host(), kinds={"decoding"})
         super().__init__(directory, runtime, tokenizer=export.tokenizer(),
                          target_tokenizer=export.tokenizer("target_tokenizer"), generation=manifest["generation"],
                          decoder_start=manifest.get("special_tokens", {}).get("decoder_start"),

@@ -788,3 +788,28 @@ def test_a_weight_stored_also_transposed_is_stored_once():
     for ours, reference in zip(run(model), before):
         np.testing.assert_array_equal(ours, reference)
     assert share_transposed_initializers(model) == 0
+
+
+def test_an_export_whose_strategy_is_a_missing_plugins_names_the_plugin(run, exported, tmp_path):
+    """A model composed with a third party's decoding strategy, exported, then opened where that plugin is not
+    installed: generate and serve refuse in one line naming the plugin to install, as a model directory does (a
+    trial got "unknown decoding 'second-best'" from generate, and lmkit serve decoded greedily without a word)."""
+    import shutil
+
+    from lmkit.errors import PluginError
+    from lmkit.serving.api import open_service
+
+    copy = tmp_path / "copy"
+    shutil.copytree(exported, copy)
+    manifest_path = copy / "lmkit-onnx.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["source"]["components"]["decoding"] = {"type": "second-best", "plugin": "myplugin"}
+    manifest["source"]["plugins"]["myplugin"] = {"module": "lmkit_myplugin", "distribution": "lmkit-myplugin",
+                                                 "version": "0.0.1"}
+    manifest["generation"] = {"strategy": "second-best", "options": {}}
+    manifest_path.write_text(json.dumps(manifest))
+    result = run("generate", copy, "--prompt", "the")
+    assert result.code != 0 and len(result.err.strip().splitlines()) == 1, result.err
+    assert "decoding 'second-best' from plugin 'myplugin'" in result.err and "pip install lmkit-myplugin" in result.err
+    with pytest.raises(PluginError, match="pip install lmkit-myplugin"):
+        open_service(str(copy), name="m")

@@ -15,7 +15,7 @@ from .artifacts import (
 )
 from .contract import EncoderOutput, model_kind
 from .errors import ArtifactError, LmkitError, PluginError, SpecError, require_torch
-from .registry import PluginHost, get_host
+from .registry import PluginHost, check_components, get_host
 from .spec import ModelSpec, Part, resolve
 
 torch = require_torch("building a model")
@@ -182,24 +182,7 @@ def save_model(directory: str, model: ComposedModel, host: PluginHost, tokenizer
 
 def spec_from_config(config: dict, directory: str, host: PluginHost) -> ModelSpec:
     """Rebuild the spec of a model directory, naming the plugin to install when one is missing."""
-    for key, origin in config.get("components", {}).items():
-        kind = "objective" if key.startswith("objectives.") else key
-        if origin.get("type") in host.components.get(kind, {}):
-            continue
-        plugin = config.get("plugins", {}).get(origin.get("plugin"), {})
-        loaded = host.plugins.get(origin.get("plugin", ""))
-        if loaded is not None and loaded.status == "error":
-            raise PluginError(f"{directory} needs {kind} '{origin.get('type')}' from plugin '{loaded.name}', "
-                              f"which failed to load: {loaded.error}")
-        if loaded is not None and loaded.status == "skipped":
-            raise PluginError(f"{directory} needs {kind} '{origin.get('type')}' from plugin '{loaded.name}', "
-                              "which LMKIT_LOAD_PLUGINS leaves out; add it there")
-        distribution = plugin.get("distribution") or origin.get("plugin")
-        raise PluginError(
-            f"{directory} needs {kind} '{origin.get('type')}' from plugin '{origin.get('plugin')}' "
-            f"({distribution} {plugin.get('version', '')}".rstrip() + f"), which is not installed; "
-            f"install it with: pip install {distribution}"
-        )
+    check_components(config, directory, host)
     spec_table = dict(config["spec"])
     tokenizer = spec_table.pop("tokenizer", None)
     try:

@@ -323,6 +323,30 @@ class PluginHost:
                 del cli.add_command  # the group's own method again
 
 
+def check_components(record: dict, directory: str, host: PluginHost, kinds: set[str] | None = None) -> None:
+    """PluginError naming the plugin to install (or why it did not load) for the first component `record` (a model
+    directory's config.json, an export's manifest "source") names that is not registered; kinds: only these
+    (an export decodes with its strategy, and runs its graphs without the model's classes)."""
+    for key, origin in record.get("components", {}).items():
+        kind = "objective" if key.startswith("objectives.") else key
+        if kinds is not None and kind not in kinds or origin.get("type") in host.components.get(kind, {}):
+            continue
+        plugin = record.get("plugins", {}).get(origin.get("plugin"), {})
+        loaded = host.plugins.get(origin.get("plugin", ""))
+        if loaded is not None and loaded.status == "error":
+            raise PluginError(f"{directory} needs {kind} '{origin.get('type')}' from plugin '{loaded.name}', "
+                              f"which failed to load: {loaded.error}")
+        if loaded is not None and loaded.status == "skipped":
+            raise PluginError(f"{directory} needs {kind} '{origin.get('type')}' from plugin '{loaded.name}', "
+                              "which LMKIT_LOAD_PLUGINS leaves out; add it there")
+        distribution = plugin.get("distribution") or origin.get("plugin")
+        raise PluginError(
+            f"{directory} needs {kind} '{origin.get('type')}' from plugin '{origin.get('plugin')}' "
+            f"({distribution} {plugin.get('version', '')}".rstrip() + f"), which is not installed; "
+            f"install it with: pip install {distribution}"
+        )
+
+
 _host: PluginHost | None = None
 
 
