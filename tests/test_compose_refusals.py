@@ -49,6 +49,18 @@ def test_a_language_model_on_a_tokenizer_without_end_of_text_is_refused(tokenize
     assert ok.code == 0, ok.err
 
 
+@pytest.mark.parametrize("preset", ["bert-tiny", "albert-tiny", "roberta-tiny"])
+def test_masked_lm_on_a_tokenizer_without_its_special_tokens_is_refused(tokenizers, tmp_path, preset):
+    """A trial's unigram tokenizer without [CLS] [SEP] [MASK] was composed into an ALBERT and refused only by train,
+    which advised a wordpiece tokenizer (albert.md says unigram): now compose refuses it, naming the tokens and the
+    command for a tokenizer of the same kind."""
+    error = refused(tmp_path, preset, "--set", f"tokenizer={tokenizers['unigram']}")
+    assert "masked-lm needs a tokenizer with cls, sep, mask and pad" in error and "unigram tokenizer has no" in error
+    assert "lmkit tokenizer train --kind unigram --set 'special_tokens=" in error
+    ok = run_cli("compose", preset, "--set", f"tokenizer={tokenizers['wordpiece']}", "--out", str(tmp_path / "ok"))
+    assert ok.code == 0, ok.err
+
+
 def test_span_corruption_on_a_tokenizer_without_sentinels_is_refused(tokenizers, tmp_path):
     error = refused(tmp_path, "t5-tiny", "--set", f"tokenizer={tokenizers['bpe']}",
                     "--set", "objectives.0.type=span-corruption")

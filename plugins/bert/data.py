@@ -28,6 +28,24 @@ from lmkit.training.arguments import TrainingError
 
 from .config import MaskedLMOptions
 
+ROLES = ("cls", "sep", "mask", "pad")
+
+
+def missing_special_tokens(tokenizer) -> str | None:
+    """Why `tokenizer` cannot make masked-LM examples (no cls, sep, mask or pad token), with the command that trains
+    one of its kind that can; None when it can (or when there is no tokenizer yet to check)."""
+    if tokenizer is None:
+        return None
+    missing = [role for role in ROLES if getattr(tokenizer, f"{role}_id", None) is None]
+    if not missing:
+        return None
+    kind = getattr(tokenizer, "kind", "wordpiece")
+    tokens = ('["<s>","<pad>","</s>","<unk>","<mask>"]' if kind in ("bytelevel-bpe", "bpe")
+              else '["[PAD]","[UNK]","[CLS]","[SEP]","[MASK]"]')
+    return (f"masked-lm needs a tokenizer with cls, sep, mask and pad tokens ([CLS] [SEP] [MASK] [PAD], or "
+            f"RoBERTa's <s> </s> <mask> <pad>); this {kind} tokenizer has no {', '.join(missing)}: train it again "
+            f"with them, lmkit tokenizer train --kind {kind} --set 'special_tokens={tokens}' ...")
+
 PAIR_OBJECTIVES = {"next-sentence": "nsp", "sentence-order": "sop"}
 IGNORE = -100  # label of positions that are not predicted (PyTorch's cross-entropy ignore_index)
 
@@ -262,12 +280,10 @@ class PretrainingBatches:
         if args.seq_len < 8:
             raise TrainingError(f"--seq-len {args.seq_len} is too short for [CLS] A [SEP] B [SEP]; use 8 or more")
         tokenizer = context.tokenizer
-        self.ids = {role: getattr(tokenizer, f"{role}_id") for role in ("cls", "sep", "mask", "pad")}
-        missing = [role for role, value in self.ids.items() if value is None]
-        if missing:
-            raise TrainingError(f"masked-lm needs a tokenizer with cls, sep, mask and pad tokens ([CLS] [SEP] [MASK] "
-                                f"[PAD], or RoBERTa's <s> </s> <mask> <pad>); this one has no {', '.join(missing)}: "
-                                "train one with lmkit tokenizer train --kind wordpiece")
+        reason = missing_special_tokens(tokenizer)
+        if reason:
+            raise TrainingError(reason)
+        self.ids = {role: getattr(tokenizer, f"{role}_id") for role in ROLES}
         encoder = model.encoder
         pad = getattr(encoder.config, "pad_token_id", None)
         if pad is not None and pad != self.ids["pad"]:

@@ -18,6 +18,7 @@ from lmkit.objectives.base import ObjectiveModule
 from lmkit.objectives.states import stack_output
 
 from .config import MaskedLMOptions, SentencePairOptions
+from .data import missing_special_tokens
 
 
 def _encoder(model):
@@ -46,6 +47,14 @@ class MaskedLM(ObjectiveModule):
         self.bias = nn.Parameter(torch.zeros(vocab_size))
         nn.init.trunc_normal_(self.dense.weight, std=0.02, a=-0.04, b=0.04)
         nn.init.zeros_(self.dense.bias)
+
+    @classmethod
+    def check_composition(cls, options, spec, tokenizer) -> None:
+        """SpecError at compose time for a tokenizer without [CLS] [SEP] [MASK] [PAD] (a trial's unigram tokenizer
+        was accepted by compose and refused only by train)."""
+        reason = missing_special_tokens(tokenizer)
+        if reason:
+            raise SpecError(reason)
 
     @classmethod
     def for_model(cls, options: MaskedLMOptions, model) -> MaskedLM:
