@@ -106,8 +106,10 @@ def tokenizers(tmp_path_factory):
     corpus = root / "corpus.txt"
     corpus.write_text("the cat sat on the mat and the dog ran to the park\n" * 50)
     made = {}
-    for name, size in (("small", 280), ("target", 300)):
-        ByteLevelBPE.train([str(corpus)], ByteLevelBPEOptions(vocab_size=size), progress=False).save(str(root / name))
+    for name, size, specials in (("small", 280, None), ("target", 300, None),
+                                 ("roberta", 290, ["<s>", "<pad>", "</s>", "<unk>", "<mask>"])):
+        options = ByteLevelBPEOptions(vocab_size=size, **({"special_tokens": specials} if specials else {}))
+        ByteLevelBPE.train([str(corpus)], options, progress=False).save(str(root / name))
         made[name] = str(root / name)
     return made
 
@@ -146,8 +148,10 @@ def test_compose_sizes_every_stack_and_the_decoder_to_the_target_tokenizer(run, 
     assert (spec["encoder"]["vocab_size"], spec["decoder"]["vocab_size"]) == (source, target)
     assert "the target tokenizer's" in result.err
 
-    bert = run("compose", "bert-tiny", "--set", f"tokenizer={tokenizers['small']}", "--out", tmp_path / "bert")
-    assert bert.code == 0 and _spec(tmp_path / "bert")["encoder"]["vocab_size"] == source
+    # An encoder too (with the special tokens its masked LM needs, which compose checks).
+    roberta = run("compose", "roberta-tiny", "--set", f"tokenizer={tokenizers['roberta']}", "--out", tmp_path / "rob")
+    assert roberta.code == 0, roberta.err
+    assert _spec(tmp_path / "rob")["encoder"]["vocab_size"] == load_tokenizer(tokenizers["roberta"]).vocab_size
 
 
 def test_a_spec_file_that_sets_vocab_size_keeps_it(run, tokenizers, tmp_path):

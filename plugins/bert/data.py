@@ -40,8 +40,9 @@ def missing_special_tokens(tokenizer) -> str | None:
     if not missing:
         return None
     kind = getattr(tokenizer, "kind", "wordpiece")
-    tokens = ('["<s>","<pad>","</s>","<unk>","<mask>"]' if kind in ("bytelevel-bpe", "bpe")
-              else '["[PAD]","[UNK]","[CLS]","[SEP]","[MASK]"]')
+    tokens = {"bytelevel-bpe": '["<s>","<pad>","</s>","<unk>","<mask>"]',  # RoBERTa's, in fairseq's order
+              "unigram": '["<pad>","<unk>","[CLS]","[SEP]","[MASK]"]'}.get(  # ALBERT's (albert.md)
+        kind, '["[PAD]","[UNK]","[CLS]","[SEP]","[MASK]"]')
     return (f"masked-lm needs a tokenizer with cls, sep, mask and pad tokens ([CLS] [SEP] [MASK] [PAD], or "
             f"RoBERTa's <s> </s> <mask> <pad>); this {kind} tokenizer has no {', '.join(missing)}: train it again "
             f"with them, lmkit tokenizer train --kind {kind} --set 'special_tokens={tokens}' ...")
