@@ -216,3 +216,22 @@ def test_translate_input_that_is_missing_or_not_utf8_is_a_one_line_error(run, tr
         result = run("translate", trained_nmt[0], "--input", path)
         assert result.code != 0 and says in result.err and "Traceback" not in result.err
         assert len(result.err.strip().splitlines()) == 1
+
+
+def test_generate_prints_a_continuation_as_it_reads_after_the_prompt(run, tmp_path):
+    """A word-end BPE tokenizer (GPT's, ULMFiT's): the printed text is the prompt's and continuation's tokens decoded
+    together, streamed or not. A trial's ULMFiT printed "the redthe the": the continuation decoded alone."""
+    import random
+
+    from lmkit.tokenizers import load_tokenizer
+
+    words, rng = "the red cat sat on a mat and dog ran far away home".split(), random.Random(0)
+    (tmp_path / "c.txt").write_text("\n".join(" ".join(rng.choice(words) for _ in range(8)) for _ in range(300)))
+    assert run("tokenizer", "train", "--kind", "bpe", "--vocab-size", 120, tmp_path / "c.txt",
+               "--out", tmp_path / "tok").code == 0
+    assert run("compose", "gpt-tiny", "--set", f"tokenizer={tmp_path / 'tok'}", "--out", tmp_path / "m").code == 0
+    args = ("generate", tmp_path / "m", "--prompt", "the red", "--max-new-tokens", 5)
+    tokens = json.loads(run(*args, "--json").out)[0]["tokens"]
+    tokenizer = load_tokenizer(str(tmp_path / "tok"))
+    expected = tokenizer.decode(tokenizer.encode("the red") + tokens)
+    assert run(*args).out.strip() == expected and run(*args, "--stream").out.strip() == expected

@@ -384,3 +384,17 @@ def test_gpt_style_vocab_and_merges_load_as_word_bpe(tmp_path):
     for text in ("the cat sat on the mat", "The dog ran far, far away!"):
         assert loaded.encode(text) == trained.encode(text)
         assert loaded.decode(loaded.encode(text)) == trained.decode(trained.encode(text))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_continuation_reads_as_it_does_after_its_prompt(trained, kind, corpus):
+    """Tokenizer.continuation: what tokens add after a prompt, for every kind, is the whole text less the prompt's.
+    A trial: `lmkit generate` printed prompt + decode(continuation), which a word-end BPE (GPT, ULMFiT) glued into
+    "the redthe the"; the CLI now prints that whole text, streamed or not."""
+    tokenizer = trained[kind]
+    words = open(os.path.join(corpus, "a.txt"), encoding="utf-8").readline().split()  # words it has learnt
+    prompt, continuation = tokenizer.encode_batch([" ".join(words[:3]), " ".join(words[3:6])])
+    whole = tokenizer.decode(prompt + continuation)
+    assert tokenizer.decode(prompt) + tokenizer.continuation(prompt, continuation) == whole
+    if kind == "bpe":  # decoded alone, the first word loses its space: the fault this guards against
+        assert tokenizer.decode(prompt) + tokenizer.decode(continuation) != whole

@@ -111,7 +111,7 @@ def generate_command(model_dir, prompts, strategy, stops, stream, as_json, trunc
         room = None if model.max_positions is None else model.max_positions - (prefix.length if prefix else 0)
         ids = fit_prompts(ids, room, options.max_new_tokens, truncate=True)
 
-    printer = _TextStream(tokenizer, texts[0]) if stream else None
+    printer = _TextStream(tokenizer, texts[0], ids[0]) if stream else None
     results = model.generate_ids(ids, decoding, stop=stop, on_token=printer, prefix=prefix)
     if printer is not None:
         printer.finish()
@@ -122,7 +122,7 @@ def generate_command(model_dir, prompts, strategy, stops, stream, as_json, trunc
         return
     # A backward model's tokens come before the prompt: decoded with it, in reading order.
     outputs = [tokenizer.decode(prompt + generation.tokens) if backward and generation.output is None
-               else text + tokenizer.decode(generation.tokens) if generation.output is None
+               else text + tokenizer.continuation(prompt, generation.tokens) if generation.output is None
                else tokenizer.decode(generation.output)
                for text, prompt, result in zip(texts, ids, results) for generation in [result] + result.alternatives]
     if printer is not None:
@@ -145,9 +145,10 @@ def _stdin_prompts() -> list[str]:
 class _TextStream:
     """on_token for one prompt: prints the prompt, then new text as soon as it is whole characters."""
 
-    def __init__(self, tokenizer, prompt: str):
+    def __init__(self, tokenizer, prompt: str, prompt_ids: list[int]):
         self.tokenizer = tokenizer
         self.prompt = prompt  # printed with the first text, so an error before it prints nothing
+        self.prompt_ids = prompt_ids  # what the continuation's first token is decoded after (Tokenizer.continuation)
         self.tokens: list[int] = []
         self.printed = 0  # characters of the continuation printed so far
 
@@ -160,7 +161,7 @@ class _TextStream:
         click.echo()
 
     def _print(self, final: bool) -> None:
-        text = self.tokenizer.decode(self.tokens)
+        text = self.tokenizer.continuation(self.prompt_ids, self.tokens)
         if not final and text.endswith("\ufffd"):  # the first bytes of a character that spans tokens
             return
         click.echo(self.prompt + text[self.printed:], nl=False)

@@ -142,12 +142,13 @@ class Service:
         self.max_tokens_limit = max_tokens_limit
         self.created = int(time.time())
 
-    def text(self, tokens: list[int]) -> str:
-        """Generated tokens as text; an encoder-decoder's target as lmkit generate prints it: without its special
-        tokens and the spaces at its ends (a streamed target's pieces add up to it: text(more) starts with text(some))."""
+    def text(self, tokens: list[int], prompt: list[int] = ()) -> str:
+        """Generated tokens as text: a continuation as it reads after its prompt (Tokenizer.continuation: a word-end
+        BPE's space kept); an encoder-decoder's target as lmkit generate prints it, without its special tokens and
+        the spaces at its ends (a streamed target's pieces add up to it: text(more) starts with text(some))."""
         if self.sources:
             return target_text(self.output, tokens)
-        return self.output.decode(tokens)
+        return self.output.continuation(prompt, tokens)
 
     # -- models ------------------------------------------------------------------------------------
 
@@ -304,7 +305,7 @@ class Service:
         sequence = completion.sequences[index]
         prompt_index = index // completion.n
         prefix = completion.prompt_texts[prompt_index] if completion.echo else ""
-        text = prefix + self.text(sequence.tokens)
+        text = prefix + self.text(sequence.tokens, sequence.prompt)
         logprobs = None
         if completion.logprobs is not None:
             tokens, values, top = list(sequence.tokens), list(sequence.token_logprobs), list(sequence.top_logprobs)

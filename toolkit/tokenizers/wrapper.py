@@ -80,6 +80,15 @@ class Tokenizer:
         # `tokenizers` skips special tokens unless told otherwise; lmkit shows them unless told.
         return self.hf_tokenizer.decode(ids[::-1] if self.reverse else ids, skip_special_tokens=skip_special_tokens)
 
+    def continuation(self, prompt: Iterable[int], ids: Iterable[int]) -> str:
+        """The text `ids` add after `prompt`: decode(prompt + ids) less decode(prompt)'s text. Decoded alone, ids
+        lose what their first token owes to the one before: the space after a word-end BPE's `</w>` (GPT,
+        ULMFiT's "the red" + "the" read "the redthe"), a WordPiece "##" join, a Metaspace word start.
+        Byte-level BPE decodes the same either way."""
+        prompt, ids = list(prompt), list(ids)
+        head, whole = self.decode(prompt), self.decode(prompt + ids)
+        return whole[len(head):] if whole.startswith(head) else self.decode(ids)
+
     @property
     def vocab_size(self) -> int:
         return self.hf_tokenizer.get_vocab_size(with_added_tokens=True)
