@@ -105,7 +105,7 @@ def _load(model_dir, device, what, decoder: bool = True, opened_too: bool = Fals
         raise ArtifactError(f"{model_dir} has no decoder; {what} needs a left-to-right language model"
                             + ("" if decoder else " or an objective that scores text (ELMo's biLM), and "
                                f"{' and '.join(model.objectives) or 'no objective'} does not; score a fine-tuned "
-                               "model on its task with lmkit eval --task"))
+                               "model on its task with lmkit predict MODEL --data FILE"))
     if tokenizer is None:
         raise ArtifactError(f"{model_dir} has no tokenizer.json to read the text with")
     model.eval()
@@ -179,7 +179,7 @@ def _evaluate_text(model_dir, paths, *, stride, context, batch_size, text_field,
     click.echo(f"perplexity      {score.perplexity:.4f}")
     click.echo(f"bits per token  {score.bits_per_token:.4f}")
     click.echo(f"bits per byte   {score.bits_per_byte:.4f}")
-    click.echo(f"tokens          {score.tokens:,} in {n_documents:,} documents "
+    click.echo(f"tokens          {score.tokens:,} in {n_documents:,} document{'s' if n_documents != 1 else ''} "
                f"(window {context}, stride {stride})")
 
 
