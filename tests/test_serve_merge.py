@@ -120,6 +120,21 @@ def staggered(model, sequences, joins, max_new_tokens, prefix=None):
     return backend
 
 
+def greedy_and_sampled(prompts, n: int) -> list[Sequence]:
+    """A sequence per prompt: every other one greedy for n tokens, the rest sampled (temperature 0.8, lmkit generate's
+    seed 7) for n - i."""
+    settings = [Settings(max_new_tokens=n) if i % 2 else Settings(max_new_tokens=n - i, temperature=0.8)
+                for i in range(len(prompts))]
+    return [Sequence(list(p), s, row_generators(7, [p])[0] if s.temperature else None) for p, s in zip(prompts, settings)]
+
+
+def decoding_alone(model, settings: Settings):
+    """The decoding that gives a sequence of greedy_and_sampled its tokens alone (lmkit generate's)."""
+    if settings.temperature:
+        return model.decoding("sample", max_new_tokens=settings.max_new_tokens, temperature=0.8, seed=7)
+    return model.decoding("greedy", max_new_tokens=settings.max_new_tokens)
+
+
 @pytest.fixture(params=["torch", "export"])
 def directory(request, tiny_gpt2, tiny_gpt2_export):
     return tiny_gpt2 if request.param == "torch" else tiny_gpt2_export
@@ -130,10 +145,7 @@ def test_staggered_joins_give_each_sequence_its_own_tokens_and_compute_no_runnin
     count = computed_positions(model)
     prompts = model.tokenizer.encode_batch(TEXTS)
     n = 10
-    settings = [Settings(max_new_tokens=n) if i % 2 else Settings(max_new_tokens=n - i, temperature=0.8)
-                for i in range(len(prompts))]
-    sequences = [Sequence(list(p), s, row_generators(7, [p])[0] if s.temperature else None)
-                 for p, s in zip(prompts, settings)]
+    sequences = greedy_and_sampled(prompts, n)
     # joins between steps, with prompts shorter and longer than the running rows; some while others leave
     backend = staggered(model, sequences, [0, 0, 2, 3, 3, 7], n)
     assert backend.calls.count("merge") == 3 and backend.calls.count("prefill") == 1
@@ -143,9 +155,7 @@ def test_staggered_joins_give_each_sequence_its_own_tokens_and_compute_no_runnin
     generated = sum(len(s.tokens) for s in sequences)
     assert backend.given < prompt_positions + generated + 4 * max(map(len, prompts))  # padding of 4 joins at most
     for sequence, prompt in zip(sequences, prompts):
-        s = sequence.settings
-        decoding = (model.decoding("sample", max_new_tokens=s.max_new_tokens, temperature=0.8, seed=7)
-                    if s.temperature else model.decoding("greedy", max_new_tokens=s.max_new_tokens))
+        decoding = decoding_alone(model, sequence.settings)
         assert sequence.tokens == model.generate_ids([prompt], decoding)[0].tokens
 
 
@@ -199,22 +209,17 @@ def t5_directory(request, t5_directories):
 def test_sources_that_join_a_running_batch_get_the_targets_they_get_alone(t5_directory):
     """T5 (relative positions, a self-attention cache): sources longer and shorter than the running rows' join
     while those rows are at different target lengths, greedy and seeded sampling; each row's tokens are those
-    `lmkit generate` gives its source alone, and the decoder ran one position per row and step."""
+    `lmkit generate` gives its source alone."""
     model = open_model(t5_directory, device="cpu")
     sources = model.encode_sources(TEXTS)
     n = 10
-    settings = [Settings(max_new_tokens=n) if i % 2 else Settings(max_new_tokens=n - i, temperature=0.8)
-                for i in range(len(sources))]
-    sequences = [Sequence(list(source), s, row_generators(7, [source])[0] if s.temperature else None)
-                 for source, s in zip(sources, settings)]
+    sequences = greedy_and_sampled(sources, n)
     backend = staggered(model, sequences, [0, 0, 2, 3, 3, 7], n)
     assert backend.calls.count("merge") == 3 and backend.calls.count("prefill") == 1
     assert all(len(s.tokens) == s.settings.max_new_tokens for s in sequences)
     eos = model.tokenizer.eos_id  # the engine here runs every row to its max_new_tokens; generate stops at </s>
     for sequence, source in zip(sequences, sources):
-        s = sequence.settings
-        decoding = (model.decoding("sample", max_new_tokens=s.max_new_tokens, temperature=0.8, seed=7)
-                    if s.temperature else model.decoding("greedy", max_new_tokens=s.max_new_tokens))
+        decoding = decoding_alone(model, sequence.settings)
         served = sequence.tokens[:sequence.tokens.index(eos)] if eos in sequence.tokens else sequence.tokens
         assert served == model.generate_ids([source], decoding)[0].tokens
 

@@ -67,6 +67,20 @@ def generation_settings(spec: dict) -> dict:
     return {"strategy": "greedy", "options": options_to_dict(GreedyOptions())}
 
 
+def build_decoding(settings: dict, strategy: str | None = None, **options):
+    """The decoding strategy of `settings` ({"strategy", "options"}: generation_settings), unless `strategy` names
+    another, `options` overriding."""
+    from .options import build_options
+    from .registry import get_host
+
+    if strategy is None or strategy == settings["strategy"]:
+        strategy, values = settings["strategy"], {**settings["options"], **options}
+    else:
+        values = options
+    component = get_host().component("decoding", strategy)
+    return component.load()(build_options(component.options_class(), values, f"decoding {strategy}"))
+
+
 def open_model(path: str, device: str = "auto", provider: str | None = None, session_options=None) -> OpenedModel:
     """A model directory on PyTorch, or an export directory on onnxruntime, as one OpenedModel.
 
@@ -175,16 +189,7 @@ class OpenedModel:
 
     def decoding(self, strategy: str | None = None, **options):
         """The decoding strategy to generate with: the model's settings unless told another, options overriding."""
-        from .options import build_options
-        from .registry import get_host
-
-        settings = self.generation
-        if strategy is None or strategy == settings["strategy"]:
-            strategy, values = settings["strategy"], {**settings["options"], **options}
-        else:
-            values = options
-        component = get_host().component("decoding", strategy)
-        return component.load()(build_options(component.options_class(), values, f"decoding {strategy}"))
+        return build_decoding(self.generation, strategy, **options)
 
     def generate_ids(self, inputs: Sequence[Sequence[int]], decoding=None, *, stop: list[list[int]] | None = None,
                      on_token: Callable[[int, int], None] | None = None, batch_size: int = 64,

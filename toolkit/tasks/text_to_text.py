@@ -279,9 +279,10 @@ class TextToTextKind:
         theirs. (They used to be greedy with at most twice the batch's longest gold target: a length that depended
         on the answers and on the batch, and a looping output scored otherwise than predict scores it.)"""
         from ..decoding.seq2seq_backend import Seq2SeqBackend
+        from ..opening import build_decoding, generation_settings
         from ..seq2seq import Seq2SeqGenerator
 
-        decoding = self._decoding(model)
+        decoding = build_decoding(generation_settings(model.spec.to_dict()))  # what OpenedModel.decoding() gives
         was_training = model.training
         if self.writer is not None:
             results = self._predict_decoder(model, batch, decoding)
@@ -293,18 +294,6 @@ class TextToTextKind:
             results = generator.generate(decoding, sources)
         model.train(was_training)
         return [r.tokens for r in results]
-
-    @staticmethod
-    def _decoding(model):
-        """The decoding strategy of the model's spec, as lmkit.opening.OpenedModel.decoding() builds it."""
-        from ..opening import generation_settings
-        from ..options import build_options
-        from ..registry import get_host
-
-        settings = generation_settings(model.spec.to_dict())
-        component = get_host().component("decoding", settings["strategy"])
-        return component.load()(build_options(component.options_class(), settings["options"],
-                                              f"decoding {settings['strategy']}"))
 
     def _predict_decoder(self, model, batch, decoding) -> list:
         """Generation by the decoder family's generator (GLM fills the [gMASK] after each source), over the model
