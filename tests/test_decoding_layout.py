@@ -4,44 +4,111 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from lmkit.nn import KVCache, TiedOutputProjection, decoding_layout
 
+needs_onednn = pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="this torch has no oneDNN")
 
-def test_decoding_layout_keeps_values_shapes_and_state_dict():
+
+def small_model() -> nn.Sequential:
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(16, 48), nn.GELU(), nn.Linear(48, 16, bias=False), nn.Embedding(10, 16))
+    return nn.Sequential(nn.Linear(16, 48), nn.GELU(), nn.Linear(48, 16, bias=False), nn.Embedding(10, 16))
+
+
+@needs_onednn
+def test_packed_layout_keeps_values_shapes_and_state_dict():
+    from lmkit.nn.layout import PackedLinear
+
+    model = small_model()
     before = {name: tensor.clone() for name, tensor in model.state_dict().items()}
-    x = torch.randn(8, 3, 16)
-    expected = model[:3](x)
+    inputs = torch.randn(8, 3, 16)
+    expected = model[:3](inputs)
     assert decoding_layout(model) == 2  # the two Linear layers, not the embedding
+    assert isinstance(model[0], PackedLinear) and isinstance(model[0], nn.Linear)
+    assert model[0].weight_copy.packed is not None  # packed now, not at the first step
+    assert list(model.state_dict()) == list(before)
     for name, tensor in model.state_dict().items():
         assert tensor.shape == before[name].shape and torch.equal(tensor, before[name])
-    assert model[0].weight.t().is_contiguous() and not model[0].weight.is_contiguous()
-    assert model[3].weight.is_contiguous()
-    torch.testing.assert_close(model[:3](x), expected, rtol=1e-5, atol=1e-6)
-    assert decoding_layout(model) == 0  # already laid out: nothing moves again
+    with torch.inference_mode():
+        for shape in ((8, 3, 16), (1, 16), (1, 1, 16), (64, 16)):  # a prefill, one row, beams
+            x = torch.randn(*shape)
+            torch.testing.assert_close(model[:3](x), _plain(model, x), rtol=1e-5, atol=1e-6)
+    assert torch.equal(model[:3](inputs), expected)  # outside inference mode it is nn.Linear
+    assert decoding_layout(model) == 0  # already laid out: nothing changes again
 
 
-def test_decoding_layout_leaves_other_dtypes_alone():
-    model = nn.Linear(4, 6).to(torch.bfloat16)
-    assert decoding_layout(model) == 0 and model.weight.is_contiguous()
+def _plain(model: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
+    first, second = model[0], model[2]
+    return F.linear(F.gelu(F.linear(x, first.weight, first.bias)), second.weight)
 
 
-def test_layout_survives_training_and_saving(tmp_path):
+@needs_onednn
+def test_packed_copy_is_made_again_when_the_weight_changes_and_not_kept_by_copies(tmp_path):
+    import copy
+
     from safetensors.torch import load_file
 
     from lmkit.model import save_weights
 
     model = nn.Linear(8, 4)
     decoding_layout(model)
+    x = torch.randn(5, 8)
+    with torch.inference_mode():
+        model(x)
+    packed = model.weight_copy.packed
     optimizer = torch.optim.AdamW(model.parameters(), lr=0.1)
-    model(torch.randn(5, 8)).square().sum().backward()
+    model(x).square().sum().backward()
     optimizer.step()
+    with torch.inference_mode():
+        torch.testing.assert_close(model(x), F.linear(x, model.weight, model.bias), rtol=1e-5, atol=1e-6)
+    assert model.weight_copy.packed is not packed
+    twin = copy.deepcopy(model)
+    with torch.no_grad():
+        twin.weight.mul_(3)
+    with torch.inference_mode():
+        torch.testing.assert_close(twin(x), F.linear(x, twin.weight, twin.bias), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(model(x), F.linear(x, model.weight, model.bias), rtol=1e-5, atol=1e-6)
     save_weights(model, str(tmp_path / "w.safetensors"))
-    loaded = load_file(str(tmp_path / "w.safetensors"))
-    assert torch.equal(loaded["weight"], model.weight.detach())
+    assert torch.equal(load_file(str(tmp_path / "w.safetensors"))["weight"], model.weight.detach())
+
+
+@needs_onednn
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch.jit.trace's: the tracer is what is tested
+def test_a_trace_under_inference_mode_records_the_plain_product():
+    model = nn.Linear(8, 4)
+    decoding_layout(model)
+    with torch.inference_mode():
+        graph = str(torch.jit.trace(model, torch.randn(2, 8)).graph)
+    assert "mkldnn" not in graph and "linear" in graph
+
+
+@pytest.mark.parametrize("why", ["no oneDNN", "too little memory"])
+def test_without_packing_weights_get_the_in_out_memory_order(why, monkeypatch):
+    import lmkit.nn.layout as layout
+
+    if why == "no oneDNN":
+        monkeypatch.setattr(layout, "packed_weight", lambda weight: None)
+    else:
+        monkeypatch.setattr(layout, "_memory_bytes", lambda: 4 * 1000)  # 1 kB for the copies; they need 6.1
+    model = small_model()
+    before = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+    x = torch.randn(8, 3, 16)
+    expected = model[:3](x)
+    assert decoding_layout(model) == 2
+    assert type(model[0]) is nn.Linear
+    for name, tensor in model.state_dict().items():
+        assert tensor.shape == before[name].shape and torch.equal(tensor, before[name])
+    assert model[0].weight.t().is_contiguous() and not model[0].weight.is_contiguous()
+    assert model[3].weight.is_contiguous()
+    torch.testing.assert_close(model[:3](x), expected, rtol=1e-5, atol=1e-6)
+    assert decoding_layout(model) == 0
+
+
+def test_decoding_layout_leaves_other_dtypes_alone():
+    model = nn.Linear(4, 6).to(torch.bfloat16)
+    assert decoding_layout(model) == 0 and model.weight.is_contiguous() and type(model) is nn.Linear
 
 
 def reference_reorder(tensor: torch.Tensor, rows: torch.Tensor, length: int) -> torch.Tensor:
@@ -80,13 +147,14 @@ def test_kv_cache_reorder_to_another_batch_size():
 
 
 @pytest.mark.parametrize("packing", [True, False])
-def test_tied_head_few_rows_equals_the_embedding_product(packing, monkeypatch):
-    # With oneDNN, 2 to 64 rows run against a packed copy; without it (packing=False: as a torch built without
-    # oneDNN), 2 to 8 against a contiguous transposed copy and 9 to 64 as a tall product. Same logits each way.
-    import lmkit.nn.tied as tied
+def test_tied_head_equals_the_embedding_product(packing, monkeypatch):
+    # With oneDNN, every row count runs against a packed copy; without it (packing=False: as a torch built
+    # without oneDNN), 1 to 8 rows against a contiguous transposed copy, 9 to 64 as a tall product and more
+    # against the embedding itself. Same logits each way.
+    import lmkit.nn.layout as layout
 
     if not packing:
-        monkeypatch.setattr(tied, "_packed", lambda weight, rows: None)
+        monkeypatch.setattr(layout, "packed_weight", lambda weight: None)
     elif not torch.backends.mkldnn.is_available():
         pytest.skip("this torch has no oneDNN")
     torch.manual_seed(0)
@@ -98,16 +166,19 @@ def test_tied_head_few_rows_equals_the_embedding_product(packing, monkeypatch):
             logits = head(h, embedding)
             assert logits.shape == (*shape[:-1], 50)
             torch.testing.assert_close(logits, h @ embedding.t(), rtol=1e-5, atol=1e-5)
-        assert head._copy is not None and head._packed == packing
-        copy = head._copy
+        copy = head._packed.packed if packing else head._copy
+        assert copy is not None and (head._copy is None) == packing
         head(torch.randn(4, 12), embedding)
-        assert head._copy is copy  # kept while the embedding is unchanged...
+        assert (head._packed.packed if packing else head._copy) is copy  # kept while the embedding is unchanged...
     with torch.no_grad():
         embedding.mul_(2)  # ...and made again once it changes (an optimizer step, load_state_dict)
     with torch.inference_mode():
         h = torch.randn(4, 12)
         torch.testing.assert_close(head(h, embedding), h @ embedding.t(), rtol=1e-5, atol=1e-5)
-        assert head._copy is not copy
+        assert (head._packed.packed if packing else head._copy) is not copy
+    h = torch.randn(4, 12, requires_grad=True)  # training: the embedding itself, gradients flow
+    head(h, embedding).sum().backward()
+    torch.testing.assert_close(h.grad, embedding.sum(0).expand(4, 12))
 
 
 @pytest.mark.parametrize("inference", [False, True])
