@@ -113,9 +113,11 @@ def session_options(threads: int):
 
 def contenders(hf, model_dir: str, exports: dict, new_tokens: int, threads: int) -> dict:
     from lmkit.model import load_model
+    from lmkit.nn import decoding_layout
 
     greedy = Greedy(GreedyOptions(max_new_tokens=new_tokens))
     decoder = load_model(model_dir)[0].eval().decoder
+    decoding_layout(decoder)  # as lmkit's opened models have it (lmkit.nn.layout)
 
     def on_export(directory):
         exported = lmkit.exports.load(directory, device="cpu", session_options=session_options(threads))

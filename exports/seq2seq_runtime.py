@@ -279,7 +279,8 @@ class OrtSeq2SeqBackend:
         if stay and name in self.source_inputs:
             return value
         if self.shared and len(rows) == len(value) and CAPACITY in self.decoder_inputs[name]["shape"]:
-            value[:, :, :self.positions] = value[rows, :, :self.positions]  # the filled part, in place
+            moved = np.flatnonzero(rows != np.arange(len(rows)))  # a beam that stays keeps its row as it is
+            value[moved, :, :self.positions] = value[rows[moved], :, :self.positions]  # the filled part, in place
             return value
         return np.take(value, rows, axis=batch_axis(self.decoder_inputs[name]))
 
