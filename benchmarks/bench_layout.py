@@ -8,9 +8,10 @@ time to each layout's (above 1: faster than F.linear):
 
 - layers: every product of a T5-small decoder's six layers (512 x 512, 512 x 2048, 2048 x 512), one
   after another so that no weight is in the cache when it is read, as F.linear(x, W) with W (out, in)
-  row-major, with W as (in, out) memory (lmkit.nn.decoding_layout), and against a oneDNN-packed copy;
+  row-major, with W as (in, out) memory, and against a oneDNN-packed copy (lmkit.nn.decoding_layout: the
+  packed copy, or the (in, out) order where torch has no oneDNN);
 - head: T5's tied output layer, 32128 x 512, as F.linear(h, E), h @ E.T copied contiguous,
-  (E @ h.T).T, and against a oneDNN-packed copy (what TiedOutputProjection uses from 2 rows on).
+  (E @ h.T).T, and against a oneDNN-packed copy (what TiedOutputProjection uses).
 
 Timed in turns (benchmarks/timing.py); nothing is asserted.
 """
@@ -22,33 +23,27 @@ import torch
 import torch.nn.functional as F
 from timing import interleaved, warn_if_busy  # benchmarks/timing.py
 
+from lmkit.nn.layout import packed_product, packed_weight
+
 D, FF, LAYERS, VOCAB = 512, 2048, 6, 32128
-
-
-def packed(weight: torch.Tensor, rows: int) -> torch.Tensor:
-    return torch.ops.mkldnn._reorder_linear_weight(weight, rows)
-
-
-def linear_packed(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    return torch.ops.mkldnn._linear_pointwise(x, weight, None, "none", [], "")
 
 
 def contenders(rows: int, weights: list, embedding: torch.Tensor) -> tuple[dict, dict]:
     """The layers' and the head's contenders at `rows` rows; the head's run its product 10 times a call."""
     inputs = {D: torch.randn(rows, D), FF: torch.randn(rows, FF)}
     input_major = [w.t().contiguous().t() for w in weights]
-    packs = [packed(w, rows) for w in weights]
-    h, embedding_t, head_pack = inputs[D], embedding.t().contiguous(), packed(embedding, max(rows, 8))
+    packs = [packed_weight(w) for w in weights]  # as lmkit packs them, for any row count
+    h, embedding_t, head_pack = inputs[D], embedding.t().contiguous(), packed_weight(embedding)
     layers = {
         "F.linear": lambda: [F.linear(inputs[w.size(1)], w) for w in weights],
         "(in, out) memory": lambda: [F.linear(inputs[w.size(1)], w) for w in input_major],
-        "oneDNN packed": lambda: [linear_packed(inputs[w.size(1)], p) for w, p in zip(weights, packs)],
+        "oneDNN packed": lambda: [packed_product(inputs[w.size(1)], p) for w, p in zip(weights, packs)],
     }
     head = {
         "F.linear": lambda: [F.linear(h, embedding) for _ in range(10)],
         "contiguous (d, vocab)": lambda: [h @ embedding_t for _ in range(10)],
         "(E @ h.T).T": lambda: [(embedding @ h.t()).t() for _ in range(10)],
-        "oneDNN packed": lambda: [linear_packed(h, head_pack) for _ in range(10)],
+        "oneDNN packed": lambda: [packed_product(h, head_pack) for _ in range(10)],
     }
     return layers, head
 
