@@ -61,7 +61,8 @@ def bench_training(size: str, batch: int, seq: int, repeats: int) -> dict:
     model.train(), hf.train()
     args = TrainingArguments(data=("unused",), steps=1, batch_size=batch, seq_len=seq)
     ours_optimizer = build_optimizer(model, args, torch.device("cpu"))
-    hf_optimizer = torch.optim.AdamW(hf.parameters(), lr=args.lr, betas=(args.beta1, args.beta2), foreach=True)
+    # transformers' Trainer uses torch's fused AdamW by default from torch 2.8 on (optim="adamw_torch_fused")
+    hf_optimizer = torch.optim.AdamW(hf.parameters(), lr=args.lr, betas=(args.beta1, args.beta2), fused=True)
     ids = torch.randint(0, SIZES[size]["vocab_size"], (batch, seq + 1))
 
     def step(module, optimizer, loss_of):
@@ -151,6 +152,7 @@ def main() -> None:
     show("greedy gpt-mini b1, 240 tokens (context 256)", bench_decoding("gpt-mini", max(1, repeats // 2), 240, eager=False))
     if args.quick:
         return
+    show("train gpt2-small 4x256 (fwd+bwd+AdamW)", bench_training("gpt2-small", 4, 256, 3))
     small = bench_decoding("gpt2-small", repeats, 32, eager=False)
     weights = sum(p.numel() * p.element_size() for p in pair("gpt2-small")[0].parameters())
     floor_ms = 1e3 * weights / bandwidth_bytes_per_s()
