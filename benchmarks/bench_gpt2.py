@@ -77,8 +77,12 @@ def bench_training(size: str, batch: int, seq: int, repeats: int) -> dict:
         # transformers shifts the labels itself
         "transformers": lambda: step(hf, hf_optimizer, lambda: hf(ids[:, :-1], labels=ids[:, :-1]).loss),
     }, repeats)
+    # Model FLOPs as lmkit train's progress line counts them (6 per weight per token); a CPU has no known
+    # peak to give them as MFU.
+    flops_per_token = 6 * sum(p.numel() for p in model.parameters() if p.requires_grad)
     return {"lmkit tok/s": tokens / seconds["lmkit"], "transformers tok/s": tokens / seconds["transformers"],
-            "ratio": seconds["transformers"] / seconds["lmkit"]}
+            "ratio": seconds["transformers"] / seconds["lmkit"],
+            "lmkit TFLOP/s": tokens / seconds["lmkit"] * flops_per_token / 1e12}
 
 
 def lmkit_generate(decoder, prompt: list[int], new_tokens: int, beams: int = 1):
