@@ -11,7 +11,7 @@ id unset), reported as milliseconds per decoding step (one new token for every r
 transformers' time to each contender's (above 1: faster than transformers), and under it how many rows each
 contender generated exactly as transformers did (int8 is expected to differ). Greedy search at batch 1 is
 also set against the memory-bandwidth floor: the decoder's weight bytes per step over the read bandwidth of a
-1 GB sum (benchmarks/timing.py). Training: one AdamW step
+1 GB sum (benchmarks/timing.py). Training: one fused AdamW step
 on a batch of 8 pairs of 64 source and 64 target tokens, as target tokens per second. Times are medians
 over --repeats rounds timed in turns (benchmarks/timing.py); nothing is asserted.
 """
@@ -171,7 +171,8 @@ def main() -> None:
     pairs = [(rng.integers(3, 50, 64).tolist(), rng.integers(3, 50, 63).tolist()) for _ in range(8)]
     batch = {k: torch.from_numpy(v) for k, v in make_batch(pairs, 0, 1, 0).items()}
     objective = next(iter(model.objectives.values()))
-    ours, theirs = (torch.optim.AdamW(m.parameters(), lr=1e-5) for m in (model, hf))
+    # Fused AdamW for both: lmkit's Trainer and transformers' (its default from torch 2.8 on) use it.
+    ours, theirs = (torch.optim.AdamW(m.parameters(), lr=1e-5, fused=True) for m in (model, hf))
 
     def step_lmkit():
         ours.zero_grad(set_to_none=True)
