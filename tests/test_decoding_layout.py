@@ -35,6 +35,8 @@ def test_packed_layout_keeps_values_shapes_and_state_dict():
         for shape in ((8, 3, 16), (1, 16), (1, 1, 16), (64, 16)):  # a prefill, one row, beams
             x = torch.randn(*shape)
             torch.testing.assert_close(model[:3](x), _plain(model, x), rtol=1e-5, atol=1e-6)
+        last = torch.randn(4, 5, 16)[:, -1:]  # rows that are not contiguous (a prefill's last positions)
+        torch.testing.assert_close(model[:3](last), _plain(model, last), rtol=1e-5, atol=1e-6)
     assert torch.equal(model[:3](inputs), expected)  # outside inference mode it is nn.Linear
     assert decoding_layout(model) == 0  # already laid out: nothing changes again
 
