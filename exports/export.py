@@ -15,7 +15,7 @@ import tempfile
 from collections.abc import Callable
 
 from lmkit import __version__
-from lmkit.artifacts import atomic_write, atomic_write_json, staged_directory
+from lmkit.artifacts import atomic_write, atomic_write_json, check_out, staged_directory
 from lmkit.errors import LmkitError, MissingDependency, PluginError
 from lmkit.opening import generation_settings
 from lmkit.registry import Component, PluginHost, get_host
@@ -78,6 +78,7 @@ def export_model(model_dir: str, out: str, *, precision: str = "fp32", layout: s
         raise LmkitError(f"unknown format '{layout}'; choose one of {', '.join(LAYOUTS)}")
     if cache_layout not in CACHE_LAYOUTS:
         raise LmkitError(f"unknown cache layout '{cache_layout}'; choose one of {', '.join(CACHE_LAYOUTS)}")
+    check_out(out, force, inputs=(model_dir,))  # refused before the minutes an export takes, not after
     host = host or get_host()
     name = triton.check_name(name or _default_name(model_dir)) if layout == "triton" else None
     model, tokenizer, config = load_model(model_dir, host)
@@ -115,7 +116,7 @@ def export_model(model_dir: str, out: str, *, precision: str = "fp32", layout: s
     if layers is not None:
         plan.graphs = [*plan.graphs, layers]
 
-    with staged_directory(out, force=force) as stage:
+    with staged_directory(out, force=force, inputs=(model_dir,)) as stage:
         root = os.path.join(stage, name) if name else stage
         files = {graph.name: triton.graph_file(graph) if name else f"{graph.name}.onnx" for graph in plan.graphs}
         with tempfile.TemporaryDirectory(prefix=".lmkit-export-", dir=os.path.dirname(stage)) as work:

@@ -27,6 +27,7 @@ manifest's `top1_graphs` names the graphs the figure was measured on.
 from __future__ import annotations
 
 import contextlib
+import math
 import re
 from dataclasses import asdict, dataclass, field
 
@@ -125,6 +126,13 @@ def validate(graphs: list[tuple[Graph, str]], precision: str, threshold: Thresho
 
 
 FP16_MAX = 65504.0
+
+
+def _past(diff: float, allowed: float) -> float:
+    """How many times the allowed difference `diff` is (above 1: too far); --atol 0 allows none at all."""
+    if allowed > 0:
+        return diff / allowed
+    return math.inf if diff > 0 else 0.0
 
 
 def _run_shared(session, graph: Graph, names: list[str], inputs: dict) -> list[np.ndarray]:
@@ -240,7 +248,7 @@ def _check(report: dict, results: list[_Result], precision: str, threshold: Thre
             f"precision's range{limit}; export in fp32 (or int8); nothing was written")
     if threshold.max_abs_diff is not None:
         # The output furthest past what it may differ by (its share of its largest value, where that allows more).
-        over, result, output = max(((diff / threshold.allowed(r.scale.get(name, 0.0)), r, name)
+        over, result, output = max(((_past(diff, threshold.allowed(r.scale.get(name, 0.0))), r, name)
                                     for r in results for name, diff in r.max_abs_diff.items()), key=lambda t: t[0])
         if over > 1:
             diff, allowed = result.max_abs_diff[output], threshold.allowed(result.scale.get(output, 0.0))

@@ -270,3 +270,63 @@ def test_demo_leaves_no_out_when_it_fails_and_keeps_the_one_force_replaces(run, 
     assert run("demo", "--out", out, "--steps", "1", "--force").code == 130
     assert snapshot(out) == before
     assert_clean(tmp_path, {"demo"})
+
+
+# -- an --out that would delete what the command reads, or cannot be made ----------------------------
+
+
+def test_out_may_not_be_or_hold_what_the_command_reads(run, tiny_gpt2, tmp_path):
+    # A trial's `lmkit export runs/g --out runs/g --force` replaced the trained model with its export.
+    pytest.importorskip("onnxruntime")
+    model = tmp_path / "work" / "model"
+    shutil.copytree(tiny_gpt2, model)
+    corpus = tmp_path / "work" / "corpus"
+    corpus.mkdir()
+    (corpus / "a.txt").write_text("the cat sat on the mat\n" * 50)
+    hf = tmp_path / "work" / "hf"
+    assert run("export-hf", model, "--out", hf).code == 0
+    before = snapshot(tmp_path / "work")
+    commands = [
+        ("export", model, "--out", model),  # the model itself
+        ("export", model, "--out", tmp_path / "work"),  # a folder that holds it
+        ("export-hf", model, "--out", model),
+        ("import-hf", hf, "--out", hf),
+        ("train", model, "--data", corpus, "--steps", "1", "--batch-size", "2", "--seq-len", "8", "--out", corpus),
+        ("tokenizer", "train", corpus, "--kind", "char", "--out", corpus),
+        ("compose", "gpt2-tiny", "--set", f"tokenizer={model}", "--out", tmp_path / "work"),
+    ]
+    for command in commands:
+        result = run(*command, "--force")
+        assert result.code == 1, (command, result.out, result.err)
+        assert len(result.err.strip().splitlines()) == 1 and "this command reads" in result.err, result.err
+        assert snapshot(tmp_path / "work") == before, command
+    assert_clean(tmp_path / "work", {"model", "corpus", "hf"})
+
+
+def test_an_out_that_cannot_be_made_is_one_line(run, tiny_gpt2, tmp_path):
+    pytest.importorskip("onnxruntime")
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not a folder\n")
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("the cat sat on the mat\n" * 50)
+    for command in (("export", tiny_gpt2), ("compose", "gpt2-tiny"), ("tokenizer", "train", corpus, "--kind", "char")):
+        result = run(*command, "--out", notes / "sub" / "out")
+        assert result.code == 1, (command, result.err)
+        assert result.err.strip().splitlines() == [f"error: {notes} is a file, so --out {notes / 'sub' / 'out'} "
+                                                   "cannot be made under it; choose another --out"]
+    if os.path.isdir("/proc/self") and os.geteuid() != 0:  # a folder no one may create anything in
+        result = run("compose", "gpt2-tiny", "--out", "/proc/lmkit-out")
+        assert result.code == 1 and len(result.err.strip().splitlines()) == 1 and "cannot write" in result.err
+    assert_clean(tmp_path, {"notes.txt", "corpus.txt"})
+
+
+def test_an_export_held_to_no_difference_at_all_is_validated(run, tiny_gpt2, tmp_path):
+    # --atol 0 divided by the allowed difference (a trial's ZeroDivisionError): it asks for PyTorch's values exactly.
+    pytest.importorskip("onnxruntime")
+    result = run("export", tiny_gpt2, "--out", tmp_path / "out", "--atol", "0")
+    if result.code == 0:  # onnxruntime computed every value exactly as PyTorch did
+        assert "lmkit-onnx.json" in os.listdir(tmp_path / "out")
+    else:
+        assert result.code == 1 and "internal error" not in result.err
+        assert "more than the 0 allowed (0)" in result.err.strip().splitlines()[-1], result.err
+        assert_clean(tmp_path, set())

@@ -107,7 +107,7 @@ def test_tokenizer_train_and_encode(run, tmp_path):
     unigram = run("tokenizer", "train", "--kind", "unigram", "--vocab-size", "5000", corpus, "--out", tmp_path / "uni")
     assert unigram.code == 0, unigram.err
     size = json.loads(run("tokenizer", "encode", tmp_path / "uni", "dog", "--json").out)  # it opens and encodes
-    assert size["ids"] and "is fewer than the 5000 asked for: the text holds no more pieces" in unigram.err
+    assert size["ids"] and "is fewer than the 5000 asked for: the trainer found no more pieces" in unigram.err
     # T5's sentinels come on top of --vocab-size: the shortfall counts the trained tokens alone (a user's trial).
     t5 = run("tokenizer", "train", "--kind", "unigram", "--vocab-size", "5000", "--set", "sentinels=100", corpus,
              "--out", tmp_path / "t5")

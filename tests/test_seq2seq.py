@@ -176,6 +176,11 @@ def test_bad_input_is_one_line_errors(run, task, untrained, tmp_path):
         assert cut.code == 0 and "warning: kept the first 6 of the 7 tokens of the source" in cut.err, cut.err
         short = run(command, untrained, *(text[:1] + ["the big cat sees the small"]), "--max-new-tokens", 3)
         assert cut.out == short.out  # what the first 6 tokens translate to
+    # lmkit eval has no --truncate: its refusal names what to do there (a trial was told to pass --truncate)
+    long_pairs = tmp_path / "long.tsv"
+    long_pairs.write_text("the big cat sees the small dog\tlo x\n", encoding="utf-8")
+    message = error("eval", untrained, "--data", long_pairs)
+    assert "more than the model's maximum of 6" in message and "--truncate" not in message
     message = error("translate", untrained, "--text", "the cat", "--strategy", "beam", "--num-beams", 0)
     assert "num_beams must be at least 1" in message
     message = error("compose", "nmt-tiny", "--set", "decoder.d_encoder=32", "--out", tmp_path / "bad")

@@ -187,3 +187,23 @@ def test_triton_repository_translates_as_lmkit_translate(imported, tmp_path, mon
         expected = [r["text"] for r in json.loads(cli("translate", imported, *sources, *flags, "--json").out)]
         assert [row[0].decode() for row in response.output_tensors[0].as_numpy()] == expected
     model.finalize()
+
+
+def test_stop_ends_an_encoder_decoders_target_on_the_model_and_its_export(t5_directories):
+    # A trial's `lmkit generate runs/t5 --stop what` ignored --stop: encoder-decoders never received it.
+    from lmkit.tokenizers import load_tokenizer
+
+    model_dir, export_dir = t5_directories
+    tokenizer = load_tokenizer(model_dir)
+    for directory in (model_dir, export_dir):
+        whole = run_cli("generate", directory, "--prompt", "the quick brown fox", "--max-new-tokens", "12", "--json")
+        assert whole.code == 0, whole.err
+        tokens = json.loads(whole.out)[0]["tokens"]
+        # a token that is its own text's one token and appears first at position k: the stop ends the target there
+        k = next(k for k in range(1, len(tokens)) if tokens[k] not in tokens[:k]
+                 and tokenizer.encode(tokenizer.decode([tokens[k]])) == [tokens[k]])
+        stopped = run_cli("generate", directory, "--prompt", "the quick brown fox", "--max-new-tokens", "12",
+                          "--stop", tokenizer.decode([tokens[k]]), "--json")
+        assert stopped.code == 0, stopped.err
+        result = json.loads(stopped.out)[0]
+        assert result["tokens"] == tokens[:k] and result["finish_reason"] == "stop", (directory, k, tokens, result)

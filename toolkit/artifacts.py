@@ -60,14 +60,42 @@ def atomic_write_json(path: str, data) -> None:
         out.write("\n")
 
 
-def _check_out(out: str, force: bool) -> str:
-    """`out` as an absolute path, after checking that it may be written (one-line errors if not)."""
+def check_out(out: str, force: bool, inputs: tuple = ()) -> str:
+    """`out` as an absolute path, after checking that it may be written (one-line errors if not).
+
+    inputs: the paths the command reads. `out` may be none of them, nor a folder that holds one: --force
+    replaces `out` whole, and would delete what the command was made from.
+    """
     out = os.path.abspath(out)
     if os.path.isfile(out):
         raise ArtifactError(f"{out} is a file; give a directory path for --out")
+    ancestor = os.path.dirname(out)
+    while not os.path.exists(ancestor) and os.path.dirname(ancestor) != ancestor:
+        ancestor = os.path.dirname(ancestor)
+    if not os.path.isdir(ancestor):
+        raise ArtifactError(f"{ancestor} is a file, so --out {out} cannot be made under it; choose another --out")
+    real = os.path.realpath(out)
+    for path in inputs:
+        source = os.path.realpath(os.fspath(path))
+        if source == real or source.startswith(real.rstrip(os.sep) + os.sep):
+            what = "is what" if source == real else f"holds {path}, which"
+            raise ArtifactError(f"--out {out} {what} this command reads; choose another --out (replacing it "
+                                "would delete what the output is made from)")
     if os.path.isdir(out) and os.listdir(out) and not force:
         raise ArtifactError(f"{out} exists and is not empty; choose another --out or pass --force to replace it")
     return out
+
+
+def _make_stage(out: str) -> str:
+    """A new empty folder beside `out` (its parent made first), named after it; one-line errors."""
+    parent = os.path.dirname(out)
+    try:
+        os.makedirs(parent, exist_ok=True)
+        path = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.", suffix=".partial", dir=parent)
+    except OSError as error:  # a read-only or foreign folder (/proc), no permission
+        raise ArtifactError(f"cannot write {out}: {error.strerror or error}; choose another --out") from None
+    os.chmod(path, 0o777 & ~_umask())
+    return path
 
 
 class StagedRun:
@@ -78,13 +106,10 @@ class StagedRun:
     (finetune) commits at its first checkpoint: from then on `out` holds a run that --resume continues.
     """
 
-    def __init__(self, out: str, force: bool = False):
-        self.out = _check_out(out, force)
-        self.force = force
-        parent = os.path.dirname(self.out)
-        os.makedirs(parent, exist_ok=True)
-        self.path = tempfile.mkdtemp(prefix=f".{os.path.basename(self.out)}.", suffix=".partial", dir=parent)
-        os.chmod(self.path, 0o777 & ~_umask())
+    def __init__(self, out: str, force: bool = False, inputs: tuple = ()):
+        self.out = check_out(out, force, inputs)
+        self.force, self.inputs = force, inputs
+        self.path = _make_stage(self.out)
         self.committed = False
 
     def commit(self) -> str:
@@ -92,7 +117,7 @@ class StagedRun:
         if self.committed:
             return self.out
         out, parent = self.out, os.path.dirname(self.out)
-        _check_out(out, self.force)  # something may have appeared there while the command ran
+        check_out(out, self.force, self.inputs)  # something may have appeared there while the command ran
         if os.path.isdir(out):
             retired = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.", suffix=".old", dir=parent)
             os.replace(out, os.path.join(retired, "old"))
@@ -109,14 +134,15 @@ class StagedRun:
 
 
 @contextlib.contextmanager
-def staged_run(out: str, force: bool = False, resumable: Callable[[str], bool] | None = None) -> Iterator[StagedRun]:
+def staged_run(out: str, force: bool = False, resumable: Callable[[str], bool] | None = None,
+               inputs: tuple = ()) -> Iterator[StagedRun]:
     """A StagedRun that is committed when the block succeeds and discarded when it fails before a commit.
 
     A failure after a commit (a long run interrupted after its first checkpoint) leaves `out` as the
     last checkpoint made it; so does a failure before the commit when `resumable(stage)` says the stage
-    already holds a checkpoint to go on from.
+    already holds a checkpoint to go on from. inputs: the paths the command reads, which `out` may not be or hold.
     """
-    run = StagedRun(out, force)
+    run = StagedRun(out, force, inputs)
     try:
         yield run
     except BaseException:
@@ -129,13 +155,14 @@ def staged_run(out: str, force: bool = False, resumable: Callable[[str], bool] |
 
 
 @contextlib.contextmanager
-def staged_directory(out: str, force: bool = False) -> Iterator[str]:
+def staged_directory(out: str, force: bool = False, inputs: tuple = ()) -> Iterator[str]:
     """A temporary directory that becomes `out` only if the block succeeds.
 
     `out` must not exist or be empty, unless `force` is set, in which case its old contents are
-    replaced at the end: a failure at any point leaves `out` as it was.
+    replaced at the end: a failure at any point leaves `out` as it was. inputs: the paths the command
+    reads; `out` may not be one of them or a folder that holds one (one-line ArtifactError).
     """
-    with staged_run(out, force) as run:
+    with staged_run(out, force, inputs=inputs) as run:
         yield run.path
 
 
@@ -146,9 +173,12 @@ def claimed_directory(out: str, force: bool = False) -> Iterator[str]:
     A failure removes what the block wrote and puts back the directory --force was replacing; on
     success that old directory is deleted.
     """
-    out = _check_out(out, force)
+    out = check_out(out, force)
     parent = os.path.dirname(out)
-    os.makedirs(parent, exist_ok=True)
+    try:
+        os.makedirs(parent, exist_ok=True)
+    except OSError as error:
+        raise ArtifactError(f"cannot write {out}: {error.strerror or error}; choose another --out") from None
     retired = None
     if os.path.isdir(out):
         retired = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.", suffix=".old", dir=parent)
@@ -282,7 +312,7 @@ def read_config(directory: str) -> dict:
         if os.path.isfile(os.path.join(directory, "lmkit-onnx.json")):  # an export's manifest (lmkit.exports.manifest)
             raise ArtifactError(f"{directory} is an export directory, not a model directory: this command needs the "
                                 "model it was exported from (lmkit inspect describes an export; generate, translate, "
-                                "embed, eval, bench and serve run it)")
+                                "embed, predict, bench and serve run it, and eval an encoder-decoder's)")
         raise ArtifactError(f"{directory} has no {CONFIG}: it is not an lmkit model directory "
                             "(make one with lmkit compose, or lmkit import-hf for a Hugging Face checkpoint)")
     config = read_json(path, "restore it or recompose the model")

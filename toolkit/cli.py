@@ -147,15 +147,16 @@ def tokenizer_train(files, kind, vocab_size, assignments, text_field, out, force
     if vocab_size is not None:
         values["vocab_size"] = vocab_size
     options = build_options(component.options_class(), values, f"tokenizer {kind}")
-    with staged_directory(out, force=force) as stage:
+    with staged_directory(out, force=force, inputs=files) as stage:
         trained = component.load().train(list(files), options, text_field=text_field)
         trained.save(stage)
     # A small text runs out of pieces (merges, unigram pieces, characters) before the size asked for.
     sentinels = getattr(options, "sentinels", 0)  # T5's come on top of --vocab-size
     trained_size = trained.vocab_size - sentinels
     size = f"{trained.vocab_size} tokens" + (f" ({trained_size} trained, {sentinels} sentinels)" if sentinels else "")
-    short = (f"; {trained_size} is fewer than the {options.vocab_size} asked for: the text holds no more pieces "
-             "(more text gives more)" if trained_size < options.vocab_size else "")
+    asked = "asked for" if vocab_size is not None else "of the kind's default --vocab-size"
+    short = (f"; {trained_size} is fewer than the {options.vocab_size} {asked}: the trainer found no more pieces in "
+             "this text (more text gives more)" if trained_size < options.vocab_size else "")
     click.echo(f"trained a {kind} tokenizer with {size}{short}: {out}", err=True)
     click.echo(out)
 

@@ -392,8 +392,8 @@ def load_tokens(paths: str | Iterable[str], tokenizer, *, text_field: str = "tex
             n_documents += sum(ends for _, ends in batch)
             bar.update(sum(len(text.encode("utf-8")) for text, _ in batch))
         if n_documents == 0:
-            which = f"{files[0].path} holds" if len(files) == 1 else f"none of its {len(files)} files holds"
-            raise DataError(f"the {what} is empty: {which} any text; give files that contain text")
+            which = f"{files[0].path} holds no text" if len(files) == 1 else f"none of its {len(files)} files holds text"
+            raise DataError(f"the {what} is empty: {which}; give files that contain text")
     atomic_write_json(meta_path, {
         "format": CACHE_FORMAT, "dtype": dtype.str, "tokens": n_tokens, "documents": n_documents,
         "eos_id": eos, "tokenizer": tokenizer.kind, "vocab_size": tokenizer.vocab_size,

@@ -305,6 +305,12 @@ def _size_vocabularies(spec: ModelSpec, raw: dict, explicit: set[str], say) -> b
     return changed
 
 
+def _composed_from(spec: ModelSpec, weights: str | None) -> tuple[str, ...]:
+    """The paths a composed model is made from: its weights and its tokenizers' folders."""
+    tokenizers = [(spec.tokenizer or {}).get(key) for key in ("path", "target")]
+    return tuple(path for path in (weights, *tokenizers) if isinstance(path, str))
+
+
 def attach_tokenizers(spec: ModelSpec):
     """(tokenizer, target tokenizer or None): `tokenizer.target` names the target side's own tokenizer
     for an encoder-decoder model; the decoder's vocabulary must then fit it, the encoder's the other."""
@@ -350,7 +356,7 @@ def compose(source: str, overrides: list[str], out: str, *, force: bool = False,
     each. A composition that changes a preset keeps a name of its own (the --out folder's) and records
     the preset as `based_on`.
     """
-    from .artifacts import staged_directory
+    from .artifacts import check_out, staged_directory
     from .spec import apply_overrides, load_source, read_toml
 
     host = host or get_host()
@@ -366,6 +372,7 @@ def compose(source: str, overrides: list[str], out: str, *, force: bool = False,
             raw["name"] = os.path.basename(os.path.normpath(out)) or preset
         raw["based_on"] = preset
     spec = resolve(raw, host)
+    check_out(out, force, inputs=_composed_from(spec, weights))  # before the notes below, which a refusal would follow
     explicit = {key for key in ("encoder", "decoder")
                 if f"{key}.vocab_size" in given or "vocab_size" in (own.get(key) or {})}
     if _size_vocabularies(spec, raw, explicit, say):
@@ -382,6 +389,6 @@ def compose(source: str, overrides: list[str], out: str, *, force: bool = False,
             stack.bind_tokenizer(side)  # lmkit.contract.Stack: what a stack derives from its vocabulary
     if weights is not None:
         load_weights(model, weights)
-    with staged_directory(out, force=force) as stage:
+    with staged_directory(out, force=force, inputs=_composed_from(spec, weights)) as stage:
         save_model(stage, model, host, tokenizer, target_tokenizer)
     return describe_build(spec, host, tokenizer, target_tokenizer)

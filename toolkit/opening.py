@@ -196,7 +196,8 @@ class OpenedModel:
                      prefix=None) -> list:
         """One lmkit.decoding Generation per input: a prompt's continuation, or a source's target sequence.
 
-        decoding: a strategy (decoding()), by default the model's. stop and on_token: decoder-only models.
+        decoding: a strategy (decoding()), by default the model's. stop: token sequences (of the output tokenizer)
+            that end a continuation or target where it produces one, left out of it. on_token: decoder-only models.
         prefix: a lmkit.prefix.CachePrefix (lmkit.prefix.load_prefix) every prompt's key/value cache starts from
             (an encoder-decoder's decoder self-attention cache; a Generator's, GLM's, places it itself); None: none.
         """
@@ -205,12 +206,10 @@ class OpenedModel:
         if self.kind == "encoder-decoder":
             from .seq2seq import Seq2SeqGenerator
 
-            if stop:
-                raise LmkitError("stop sequences apply to decoder-only models; an encoder-decoder ends at </s>")
             room = decoding.options.max_new_tokens  # an export's cache buffers are sized for it
             backend = self.backend(room) if prefix is None else self._prefixed_backend(room, prefix)
             generator = Seq2SeqGenerator.for_tokenizer(backend, self.decoder_start, self.output_tokenizer)
-            return generator.generate(decoding, [list(source) for source in inputs], batch_size)
+            return generator.generate(decoding, [list(source) for source in inputs], batch_size, stop=stop)
         if self.generator is not None:  # the family's own way with prompts (GLM: fill the blanks)
             options = {} if prefix is None else {"prefix": prefix}  # a Generator places the prefix's positions
             if on_token is not None or len(inputs) <= batch_size:

@@ -87,8 +87,10 @@ class Seq2SeqGenerator:
         _, eos, pad = special_ids(tokenizer)
         return cls(backend, start_id, eos, pad)
 
-    def generate(self, decoding, sources: list[list[int]], batch_size: int = 64) -> list:
-        """One Generation per source, in order, generated batch_size sources at a time.
+    def generate(self, decoding, sources: list[list[int]], batch_size: int = 64,
+                 stop: list[list[int]] | None = None) -> list:
+        """One Generation per source, in order, generated batch_size sources at a time; a target ends at eos or
+        where it produces one of the `stop` token sequences (left out of it).
 
         Every prompt is the same start token, so the sources are the keys that seed sampling's rows: a
         sentence samples the same target in any batch, in any position (see lmkit.decoding.sampling).
@@ -98,7 +100,7 @@ class Seq2SeqGenerator:
             chunk = sources[start:start + batch_size]
             self.backend.set_sources(chunk)
             results.extend(decoding.generate(self.backend, [[self.start_id]] * len(chunk), eos_id=self.eos_id,
-                                             pad_id=self.pad_id, keys=chunk))
+                                             pad_id=self.pad_id, stop=stop, keys=chunk))
         return results
 
 

@@ -383,7 +383,9 @@ def finetune_multitask(pretrained: str, out: str, tasks: dict[str, str], dev_pat
     tokenizer = load_tokenizer(pretrained)
     host = get_host()
     # a failure after the first checkpoint was written leaves a run to --resume, as lmkit finetune does
-    with staged_run(out, force=force, resumable=lambda path: os.path.isfile(os.path.join(path, STATE))) as stage:
+    inputs = (pretrained, *tasks.values(), *dev_paths.values())
+    with staged_run(out, force=force, resumable=lambda path: os.path.isfile(os.path.join(path, STATE)),
+                    inputs=inputs) as stage:
         model = build_model(resolve(spec, host), seed)
         transfer_weights(model, find_weights(pretrained))
         model.provenance = provenance(config)

@@ -171,6 +171,6 @@ def import_bilm(options_path: str, weights_path: str, vocab_path: str, out: str,
     for name in ("scalar_parameters", "gamma"):
         state[f"encoder.scalar_mix.{name}"] = getattr(model.encoder.scalar_mix, name).detach()
     model.load_state_dict(state, strict=True)
-    with staged_directory(out, force=force) as stage:
+    with staged_directory(out, force=force, inputs=(options_path, weights_path, vocab_path)) as stage:
         save_model(stage, model, host, tokenizer)
     return describe_build(spec, host, tokenizer)

@@ -248,8 +248,9 @@ def _evaluate_task(model_dir, task_path, *, shots, examples_path, seed, limit, s
     pool = items if same_file else fewshot.read_items(examples_path, what="examples file")
     available = len(pool) - 1 if same_file else len(pool)
     if shots > available:
-        source = f"{task_path} has only {available} other items" if same_file else \
-            f"{examples_path} has only {available} items"
+        items_word = "item" if available == 1 else "items"
+        source = f"{task_path} has only {available} other {items_word}" if same_file else \
+            f"{examples_path} has only {available} {items_word}"
         raise LmkitError(f"--shots {shots} needs {shots} in-context examples but {source}; "
                          "give fewer --shots or a larger --examples file")
     scored_items = items[:limit] if limit else items

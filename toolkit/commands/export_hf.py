@@ -61,7 +61,7 @@ def export_hf(model_dir: str, out: str, *, force: bool = False, host=None) -> di
             if token is not None and not (role == "pad" and token == tokenizer.eos_id):
                 config.setdefault(f"{role}_token_id", token)
     config.setdefault("dtype", "float32")
-    with staged_directory(out, force=force) as stage:
+    with staged_directory(out, force=force, inputs=(model_dir,)) as stage:
         # One storage per tensor: safetensors refuses views and shared storage.
         save_file({name: tensor.detach().to("cpu").contiguous().clone() for name, tensor in tensors.items()},
                   os.path.join(stage, "model.safetensors"), metadata={"format": "pt"})

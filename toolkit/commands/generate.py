@@ -16,7 +16,8 @@ from .translate import echo_translations, generate_from_sources
               help="A prompt; repeat for a batch.  [default: one prompt per line of stdin]")
 @decoding_flags
 @click.option("--stop", "stops", multiple=True, metavar="TEXT",
-              help="End a continuation where it produces this text's tokens (left out); repeatable.")
+              help="End a continuation (an encoder-decoder's target too) where it produces this text's tokens "
+                   "(left out); repeatable.")
 @click.option("--stream/--no-stream", default=None,
               help="Print the text as it is produced.  [default: on for a single prompt without --json]")
 @click.option("--json", "as_json", is_flag=True, help="Print tokens, text, score and finish reason as JSON.")
@@ -79,8 +80,12 @@ def generate_command(model_dir, prompts, strategy, stops, stream, as_json, trunc
     asked_to_stream = stream
     stream = stream if stream is not None else len(texts) == 1 and not as_json and not rewrites
     given = {key: value for key, value in flags.items() if value is not None}
+    if any(not text for text in stops):
+        raise click.UsageError("--stop needs a non-empty text")
     if model.kind == "encoder-decoder":  # the prompts are source sentences: sequence-to-sequence generation
-        results = generate_from_sources(model, texts, strategy, given, prefix=prefix, truncate=truncate)
+        output = model.output_tokenizer  # what the decoder writes (None: refused below, with what to do)
+        stop = [output.encode(text) for text in stops] if output is not None else []
+        results = generate_from_sources(model, texts, strategy, given, prefix=prefix, truncate=truncate, stop=stop)
         echo_translations(texts, results, model.output_tokenizer, as_json)
         return
     if model.kind == "encoder":
@@ -100,11 +105,7 @@ def generate_command(model_dir, prompts, strategy, stops, stream, as_json, trunc
     name, options = decoding_options(model.generation, strategy, given, host)
     decoding = host.component("decoding", name).load()(options)
 
-    stop = []
-    for text in stops:
-        if not text:
-            raise click.UsageError("--stop needs a non-empty text")
-        stop.append(tokenizer.encode(text))
+    stop = [tokenizer.encode(text) for text in stops]
     ids = tokenizer.encode_batch(texts)
     if truncate:
         ids = [row or ([tokenizer.bos_id] if tokenizer.bos_id is not None else []) for row in ids]

@@ -40,7 +40,7 @@ def import_hf(src: str, out: str, *, force: bool = False, host=None) -> dict:
     importer = host.component("importer", hf_config["model_type"]).load()
     path = _tokenizer_path(src)
     tokenizer = load_tokenizer(path) if path != SPIECE else _convert_spiece(src, importer)
-    with staged_directory(out, force=force) as stage:
+    with staged_directory(out, force=force, inputs=(src,)) as stage:
         tensors = {}
         for path in weights:
             read_safetensors_header(path)  # whole, and not a pickle in disguise

@@ -68,10 +68,12 @@ def open_encoder_decoder(model_dir: str, device: str, provider: str | None = Non
 
 
 def generate_from_sources(model, texts: list[str], strategy: str | None, given: dict, *, batch_size: int = 64,
-                          prefix=None, truncate: bool = False):
+                          prefix=None, truncate: bool | None = None, stop: list[list[int]] | None = None):
     """One Generation per source text, from an encoder-decoder OpenedModel (its decoder's cache started from `prefix`,
     a lmkit.prefix.CachePrefix, when given; a source too long for the encoder cut to its first tokens with
-    `truncate`, else refused); `generate` shares it."""
+    `truncate`, else refused, naming --truncate where the command offers it (truncate=False; None: it does not); a
+    target ending where it produces one of the `stop` token sequences); `generate`
+    shares it."""
     from ..errors import ArtifactError
     from ..registry import get_host
 
@@ -81,7 +83,7 @@ def generate_from_sources(model, texts: list[str], strategy: str | None, given: 
     name, options = decoding_options(model.generation, strategy, given, host)
     decoding = host.component("decoding", name).load()(options)
     sources = model.encode_sources(texts, truncate=truncate)
-    return model.generate_ids(sources, decoding, batch_size=batch_size, prefix=prefix)
+    return model.generate_ids(sources, decoding, batch_size=batch_size, prefix=prefix, stop=stop)
 
 
 def _read_sources(path: str | None) -> list[str]:

@@ -347,7 +347,8 @@ def finetune(pretrained: str, out: str, train_path: str, dev_path: str | None, o
                         f"{len(train.examples[0].choices)}; give both files the same number")
     # The run is written under a temporary name beside `out` until its first checkpoint (see
     # FineTuner.after_checkpoint): a failure before then, bad arguments included, leaves no `out`.
-    with staged_run(out, force=force, resumable=_has_checkpoint) as stage:
+    inputs = tuple(path for path in (pretrained, train_path, dev_path) if path is not None)
+    with staged_run(out, force=force, resumable=_has_checkpoint, inputs=inputs) as stage:
         from .recipes import default_learning_rate
 
         recipe, context, width = prepare(pretrained, stage.path, kind, train, options, seed=seed)

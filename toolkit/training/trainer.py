@@ -582,10 +582,11 @@ def _train_into(model_dir: str, out: str, force: bool, procs, args: TrainingArgu
     """train(out=...): the arguments are checked before anything is written."""
     from ..artifacts import StagedRun, staged_directory, staged_run
 
+    inputs = (model_dir, *args.data, *args.val_data, *args.unlabeled)
     if procs.distributed:  # the processes must agree on one directory: the copy is made first, at `out`
         with procs.main_first():
             if procs.is_main:
-                with staged_directory(out, force=force) as stage:
+                with staged_directory(out, force=force, inputs=inputs) as stage:
                     copy_model(model_dir, stage)
         return Trainer(out, args, procs, progress=progress).train()
 
@@ -599,7 +600,8 @@ def _train_into(model_dir: str, out: str, force: bool, procs, args: TrainingArgu
             if not self.stage.committed:
                 self.model_dir = self.stage.commit()
 
-    with staged_run(out, force=force, resumable=lambda path: os.path.isfile(os.path.join(path, STATE))) as stage:
+    with staged_run(out, force=force, resumable=lambda path: os.path.isfile(os.path.join(path, STATE)),
+                    inputs=inputs) as stage:
         copy_model(model_dir, stage.path)
         return StagedTrainer(stage.path, args, procs, progress=progress, stage=stage).train()
 
