@@ -56,6 +56,10 @@ def test_what_it_refuses(run, tiny_gpt2, tiny_gpt2_export, trained_nmt, tmp_path
     too_long = run("bench", tiny_gpt2, "--prompt-tokens", "100000")
     assert too_long.code != 0 and "positions" in too_long.err and "lower them" in too_long.err
     assert "Traceback" not in too_long.err and len(too_long.err.strip().splitlines()) == 1
+    # more new tokens than the context, no --prompt-tokens given: said so, not as "--prompt-tokens 1 + ..." (a trial)
+    no_room = run("bench", tiny_gpt2, "--new-tokens", "100000")
+    assert no_room.code != 0 and len(no_room.err.strip().splitlines()) == 1, no_room.err
+    assert "--new-tokens 100000 leaves none for a prompt; ask for at most" in no_room.err, no_room.err
     missing = run("bench", str(tmp_path / "nowhere"))
     assert missing.code != 0 and "Traceback" not in missing.err
     long_source = run("bench", trained_nmt[0], "--prompt-tokens", "100000", "--repeats", "1")

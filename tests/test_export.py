@@ -813,3 +813,16 @@ def test_an_export_whose_strategy_is_a_missing_plugins_names_the_plugin(run, exp
     assert "decoding 'second-best' from plugin 'myplugin'" in result.err and "pip install lmkit-myplugin" in result.err
     with pytest.raises(PluginError, match="pip install lmkit-myplugin"):
         open_service(str(copy), name="m")
+
+
+def test_a_model_or_export_without_a_tokenizer_says_what_to_do_for_its_kind(run, tmp_path):
+    # A trial was told to "compose the model with --set tokenizer=DIR" of an export, which cannot be composed.
+    model, export = tmp_path / "m", tmp_path / "e"
+    assert run("compose", "gpt2-tiny", "--out", model).code == 0
+    assert run("export", model, "--out", export).code == 0
+    for directory, advice in ((model, "compose the model with --set tokenizer=DIR"),
+                              (export, "export it again from a model directory that has one")):
+        for command in (("generate", directory, "--prompt", "x"), ("bench", directory, "--repeats", "1")):
+            result = run(*command)
+            assert result.code == 1 and len(result.err.strip().splitlines()) == 1, result.err
+            assert f"{directory} has no tokenizer to " in result.err and advice in result.err, result.err

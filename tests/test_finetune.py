@@ -324,3 +324,18 @@ def test_an_interrupted_finetuning_run_resumes_bit_for_bit(run, pretrained, tmp_
     assert timeless[0] == timeless[1]  # the resumed run kept (or beat) the best step from before the interruption
     wrong = run("finetune", pretrained, "--resume", "--out", tmp_path / "resumed")
     assert wrong.code == 2 and "leave PRETRAINED, --task, --train and --dev out" in wrong.err
+
+
+def test_a_task_file_without_examples_says_why(tmp_path):
+    # A trial's one-line .tsv "held no examples": its line was the header, which the message now says.
+    from lmkit.errors import DataError
+    from lmkit.tasks.formats import read_task_file
+
+    one_line = tmp_path / "one.tsv"
+    one_line.write_text("the cat sat\tpositive\n")
+    with pytest.raises(DataError, match=r"one.tsv holds no examples; a .tsv file's first line is its column header"):
+        read_task_file(str(one_line), "classification")
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n")
+    with pytest.raises(DataError, match=r"empty.jsonl holds no examples$"):
+        read_task_file(str(empty), "classification")

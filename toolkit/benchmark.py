@@ -58,12 +58,17 @@ FAMILY_TOKENS = 8  # room a default prompt leaves for the tokens a family adds t
 
 def default_prompt_tokens(models: list, new_tokens: int) -> int:
     """DEFAULT_PROMPT_TOKENS, or fewer where a model's context leaves less room (a decoder's prompt, new tokens
-    and FAMILY_TOKENS; an encoder's or an encoder-decoder's source): the most every model can take, at least 1."""
+    and FAMILY_TOKENS; an encoder's or an encoder-decoder's source): the most every model can take. LmkitError
+    when a decoder's context leaves no room for a prompt after --new-tokens."""
     room = [DEFAULT_PROMPT_TOKENS]
     for opened in models:
         limit = opened.max_positions
-        if limit is not None:
-            room.append(limit - new_tokens - FAMILY_TOKENS if opened.kind == "decoder" else limit)
+        if limit is None:
+            continue
+        if opened.kind == "decoder" and limit - new_tokens < 1:
+            raise LmkitError(f"{opened.directory} reads at most {limit} positions, and --new-tokens {new_tokens} "
+                             f"leaves none for a prompt; ask for at most {limit - 1}")
+        room.append(limit - new_tokens - FAMILY_TOKENS if opened.kind == "decoder" else limit)
     return max(1, min(room))
 
 
@@ -88,8 +93,9 @@ def busy_machine(threshold: float = 0.75) -> str | None:
 def _vocab_size(opened) -> int:
     tokenizer = opened.tokenizer
     if tokenizer is None:
-        raise LmkitError(f"{opened.directory} has no tokenizer, whose vocabulary the benchmark draws its "
-                         "random prompts from; compose the model with --set tokenizer=DIR")
+        from .opening import no_tokenizer
+
+        raise no_tokenizer(opened.directory, "draw the benchmark's random prompts from")
     return tokenizer.vocab_size
 
 

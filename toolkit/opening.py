@@ -25,6 +25,16 @@ EXPORT_MANIFEST = "lmkit-onnx.json"  # an export directory's manifest (lmkit.exp
 MODEL_CONFIG = "config.json"  # = lmkit.artifacts.CONFIG
 
 
+def no_tokenizer(directory: str, purpose: str) -> ArtifactError:
+    """The one-line error for a model or export directory that has no tokenizer to `purpose` with, saying what
+    to do for its kind: a model directory is composed with one; an export is made again from such a model."""
+    if os.path.isfile(os.path.join(directory, EXPORT_MANIFEST)):
+        advice = "export it again from a model directory that has one (lmkit compose --set tokenizer=DIR gives one)"
+    else:
+        advice = "compose the model with --set tokenizer=DIR (a tokenizer from lmkit tokenizer train)"
+    return ArtifactError(f"{directory} has no tokenizer to {purpose}; {advice}")
+
+
 def is_export(directory: str) -> bool:
     """True for an export directory (lmkit export), False for a model directory; a one-line error otherwise."""
     if not os.path.isdir(directory):

@@ -107,7 +107,9 @@ def _load(model_dir, device, what, decoder: bool = True, opened_too: bool = Fals
                                f"{' and '.join(model.objectives) or 'no objective'} does not; score a fine-tuned "
                                "model on its task with lmkit predict MODEL --data FILE"))
     if tokenizer is None:
-        raise ArtifactError(f"{model_dir} has no tokenizer.json to read the text with")
+        from ..opening import no_tokenizer
+
+        raise no_tokenizer(model_dir, "read the text with")
     model.eval()
     return (model, tokenizer, opened.runtime.device) + ((opened,) if opened_too else ())
 

@@ -92,10 +92,9 @@ def generate_command(model_dir, prompts, strategy, stops, stream, as_json, trunc
         model.backend()  # says, in one line, that this model (or export) embeds but does not generate
     tokenizer = model.tokenizer
     if tokenizer is None:
-        from ..errors import ArtifactError
+        from ..opening import no_tokenizer
 
-        raise ArtifactError(f"{model_dir} has no tokenizer to read prompts with; compose the model with "
-                            "--set tokenizer=DIR")
+        raise no_tokenizer(model_dir, "read prompts with")
     backward = tokenizer.reverse  # a backward LM writes the text before its prompt, right to left
     if asked_to_stream and backward:
         raise click.UsageError("--stream prints text left to right as it is produced; this model writes what comes "

@@ -413,7 +413,9 @@ def open_service(path: str, *, name: str | None = None, max_batch: int = 32, max
     model = open_model(path, device=device, provider=provider)
     name = name or os.path.basename(os.path.normpath(path))
     if model.tokenizer is None:
-        raise LmkitError(f"{path} has no tokenizer to read requests with; compose the model with --set tokenizer=DIR")
+        from ..opening import no_tokenizer
+
+        raise no_tokenizer(path, "read requests with")
     if model.kind == "encoder":
         return Service(model, name, None, 0)
     if model.kind == "encoder-decoder":

@@ -54,7 +54,9 @@ def read_task_file(path: str, kind: str, *, text_fields: tuple[str, ...] = (), l
         raise DataError(f"task file {path} does not exist")
     records = list(_records(path))
     if not records:
-        raise DataError(f"{path} holds no examples")
+        header = ("; a .tsv file's first line is its column header (GLUE's: sentence, label), the examples follow it"
+                  if path.endswith((".tsv", ".txt")) and read_text(path).strip() else "")
+        raise DataError(f"{path} holds no examples{header}")
     fields = text_fields or _guess_text_fields(records[0][1], kind, path)
     lines = tuple(line for line, _ in records)  # one example per record
     raw_labels = []
