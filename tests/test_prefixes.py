@@ -211,6 +211,7 @@ def test_train_prefix_keeps_the_model_bit_identical_and_writes_its_attributes(ti
 @pytest.mark.parametrize("directory", ["model", "export"])
 def test_generate_refuses_bad_prefixes_in_one_line(tiny_gpt2, tiny_gpt2_export, prefix_dir, directory):
     model = tiny_gpt2 if directory == "model" else tiny_gpt2_export
+    (prefix_dir / "notes.txt").write_text("the cat sat on the mat\n" * 40)
     cases = [
         (["--prefix", prefix_dir / "good", "--attribute", "positve"],
          "has no prefix for the attribute 'positve' (did you mean 'positive'?); it has positive, negative"),
@@ -219,6 +220,8 @@ def test_generate_refuses_bad_prefixes_in_one_line(tiny_gpt2, tiny_gpt2_export, 
                                              "(width 64), but this"),
         (["--prefix", prefix_dir], "holds no prefix file (prefixes.safetensors)"),
         (["--prefix", prefix_dir / "none"], "none does not exist; give the --out directory of lmkit train-prefix"),
+        (["--prefix", prefix_dir / "notes.txt"], "notes.txt is not a prefix file (not safetensors); give the --out "
+                                                 "directory of lmkit train-prefix"),  # a trial's text file
         (["--attribute", "positive"], "--attribute picks one of a prefix file's prefixes; give the file with --prefix"),
     ]
     for flags, message in cases:

@@ -92,7 +92,13 @@ def read_prefix_info(path: str) -> dict:
     from .artifacts import read_safetensors_header
 
     file = prefix_path(path)
-    header = read_safetensors_header(file)  # whole, and not a pickle, before safetensors reads it
+    try:
+        header = read_safetensors_header(file)  # whole, and not a pickle, before safetensors reads it
+    except ArtifactError:
+        if file == path:  # a file given in place of the directory: say what is wanted, not how its bytes are wrong
+            raise ArtifactError(f"{path} is not a prefix file (not safetensors); give the --out directory of lmkit "
+                                "train-prefix") from None
+        raise
     with safe_open(file, framework="numpy") as tensors:
         metadata = tensors.metadata() or {}
     try:
