@@ -324,6 +324,11 @@ def test_an_interrupted_finetuning_run_resumes_bit_for_bit(run, pretrained, tmp_
     assert timeless[0] == timeless[1]  # the resumed run kept (or beat) the best step from before the interruption
     wrong = run("finetune", pretrained, "--resume", "--out", tmp_path / "resumed")
     assert wrong.code == 2 and "leave PRETRAINED, --task, --train and --dev out" in wrong.err
+    # settings the run was started with are its own: a trial's --lr and --batch-size were dropped without a word
+    changed = run("finetune", "--resume", "--out", tmp_path / "resumed", "--lr", "1", "--batch-size", "64",
+                  "--steps", "99")
+    assert changed.code == 2 and len(changed.err.strip().splitlines()) == 1, changed.err
+    assert "only --steps (raised) and --device may change: leave --lr, --batch-size out" in changed.err, changed.err
 
 
 def test_a_task_file_without_examples_says_why(tmp_path):

@@ -4,10 +4,13 @@ from __future__ import annotations
 import json
 
 import click
+from click.core import ParameterSource
 
 from ..tasks.chunks import SCHEMES
 from .optimizer_cli import optimizer_flags
 
+# What a --resume may give besides --out: the rest are the run's own, saved with it.
+RESUME_MAY_GIVE = {"out", "resume", "steps", "device", "as_json"}
 TASK_KINDS = ("classification", "similarity", "regression", "multiple-choice", "token-classification",
               "question-answering", "text-to-text")
 
@@ -122,6 +125,14 @@ def finetune_command(pretrained, kind, train_path, dev_path, out, labels, text_f
                 or overrides or label_smoothing is not None or multitask or pattern or verbalizer or multi_token):
             raise click.UsageError("--resume goes on with the run in --out, with its own model and task files; "
                                    "leave PRETRAINED, --task, --train and --dev out")
+        # Any other setting given goes with the run's own (a trial's --lr and --batch-size were dropped unsaid).
+        context = click.get_current_context()
+        given = [f"--{name.replace('_', '-')}" for name in context.params
+                 if name not in RESUME_MAY_GIVE
+                 and context.get_parameter_source(name) in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)]
+        if given:
+            raise click.UsageError(f"--resume goes on with the settings the run was started with; only --steps (raised) "
+                                   f"and --device may change: leave {', '.join(given)} out")
         record = resume_run(out, steps=steps, device=None if device == "auto" else device)
         _report(record, out, as_json)
         return
