@@ -143,6 +143,19 @@ def tagger(composed):
     return out
 
 
+@pytest.mark.parametrize("recipe", ["elmo-bilstm", "elmo-bilstm-output", "word-bilstm"])
+def test_the_tagger_recipes_refuse_other_tasks(composed, recipe, tmp_path):
+    # A trial's `--task classification --recipe elmo-bilstm` trained the plain classifier and recorded the recipe.
+    train = tmp_path / "train.tsv"
+    train.write_text("sentence\tlabel\n" + "".join(f"{s}\t{'a' if 'cat' in s else 'b'}\n" for s in SENTENCES))
+    result = run_cli("finetune", composed["model"], "--task", "classification", "--recipe", recipe, "--train",
+                     str(train), "--out", str(tmp_path / "out"), "--steps", 1)
+    assert result.code == 1 and result.err.strip().splitlines() == [
+        f"error: the {recipe} recipe fine-tunes token-classification, not classification: give --task "
+        "token-classification, or leave --recipe out"], result.err
+    assert not (tmp_path / "out").exists()
+
+
 def test_the_bilstm_tagger_recipes_freeze_the_bilm_and_read_elmo_as_asked(composed, tagger, tmp_path):
     from safetensors.torch import load_file
 

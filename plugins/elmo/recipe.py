@@ -33,6 +33,7 @@ class ELMoBiLSTMRecipe(ELMoRecipe):
     Sequences are read as the elmo recipe reads them."""
 
     name = "elmo-bilstm"
+    task_kinds = ("token-classification",)  # a tagger: the BiLSTM's states are read per token
     elmo_input, elmo_output = True, False
 
     def token_layers(self, stack):

@@ -108,6 +108,10 @@ def prepare(pretrained: str, out: str, kind, train, options: TaskOptions, *, see
         raise LmkitError(f"--pattern and --verbalizer are read by a cloze recipe; the {name} recipe is not one: "
                          "leave --recipe out")
     recipe = host.instantiate("task-recipe", name, recipe_options)
+    served = getattr(recipe, "task_kinds", None)  # lmkit.contract.TaskRecipe: None serves every --task
+    if served is not None and kind.name not in served:
+        raise LmkitError(f"the {recipe.name} recipe fine-tunes {' and '.join(served)}, not {kind.name}: give "
+                         f"--task {served[0]}, or leave --recipe out")
     # Text to text trains the model's own way of writing (no head, so no recipe's markers in the vocabulary).
     objective = kind.objective_for(key, stack["type"], stack_class) if kind.keeps_decoder else None
     grew = objective is None and recipe.prepare(tokenizer)
