@@ -28,6 +28,28 @@ def test_bad_conll_files_are_named_by_line(tmp_path, text, message):
         tokens.read_conll(str(path), labels=("B-PER", "O") if "runs" in text else ())
 
 
+def test_predicting_names_what_predict_can_do_and_refuses_json(tmp_path):
+    # A trial's `lmkit predict TAGGER --data x.conll` was told to declare tags with --labels, which predict lacks;
+    # and a .jsonl file was read as CoNLL, its last word a "tag".
+    from lmkit.tasks.formats import read_task_file
+
+    path = tmp_path / "dev.conll"
+    path.write_text("John B-ORG\nruns O\n")
+    with pytest.raises(DataError, match='tag "B-ORG" .*; the model was fine-tuned on those; fix the tag, or leave '
+                                        'the tags out to predict alone$'):
+        tokens.read_conll(str(path), labels=("B-PER", "O"), require_labels=False)
+    jsonl = tmp_path / "test.jsonl"
+    jsonl.write_text('{"text": "the cat", "label": "neg"}\n')
+    with pytest.raises(DataError, match="test.jsonl is JSON; token classification reads CoNLL files"):
+        tokens.read_conll(str(jsonl), labels=("B-PER", "O"), require_labels=False)
+    tsv = tmp_path / "dev.tsv"
+    tsv.write_text("sentence\tlabel\nthe cat\tpositive\n")
+    with pytest.raises(DataError, match="the model was fine-tuned on those; fix the label, or leave the labels out"):
+        read_task_file(str(tsv), "classification", labels=("neg", "pos"), require_labels=False)
+    with pytest.raises(DataError, match=r"declare it \(--labels, or a word for it in --verbalizer\)$"):
+        read_task_file(str(tsv), "classification", labels=("neg", "pos"))
+
+
 def squad(questions, context="The cat sat on the mat in Paris."):
     return {"data": [{"title": "t", "paragraphs": [{"context": context, "qas": questions}]}]}
 

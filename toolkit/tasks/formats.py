@@ -94,8 +94,9 @@ def read_task_file(path: str, kind: str, *, text_fields: tuple[str, ...] = (), l
             continue
         name = _label_name(value)
         if name not in index:
-            raise DataError(f'{where}: label "{name}" is not one of the declared labels ({", ".join(names)}); '
-                            "fix the label or declare it (--labels, or a word for it in --verbalizer)")
+            advice = ("fix the label or declare it (--labels, or a word for it in --verbalizer)" if require_labels else
+                      "the model was fine-tuned on those; fix the label, or leave the labels out to predict alone")
+            raise DataError(f'{where}: label "{name}" is not one of the declared labels ({", ".join(names)}); {advice}')
         ids.append(index[name])
     if len(names) < 2 and require_labels:
         raise DataError(f"{path} has a single label ({names[0]}); a classifier needs at least two, declare them "

@@ -42,6 +42,9 @@ def read_conll(path: str, *, tag_column: int = -1, labels: tuple[str, ...] = (),
     """
     if not os.path.isfile(path):
         raise DataError(f"task file {path} does not exist")
+    if path.endswith((".jsonl", ".json")):  # read as CoNLL, a record's last word became its "tag" (a trial's)
+        raise DataError(f"{path} is JSON; token classification reads CoNLL files: a word and its tag per line, "
+                        "a blank line between sentences")
     sentences, words, tags, width = [], [], [], None
     with io.StringIO(read_text(path)) as handle:
         for number, line in enumerate(handle, 1):
@@ -74,8 +77,10 @@ def read_conll(path: str, *, tag_column: int = -1, labels: tuple[str, ...] = (),
     for words, tags, _ in sentences:
         for tag, number in tags:
             if tag is not None and tag not in index:
+                advice = ("fix it or declare it with --labels" if require_labels else
+                          "the model was fine-tuned on those; fix the tag, or leave the tags out to predict alone")
                 raise DataError(f'{path} line {number}: tag "{tag}" is not one of the declared tags '
-                                f'({", ".join(names)}); fix it or declare it with --labels')
+                                f'({", ".join(names)}); {advice}')
         examples.append(TaggedSentence(words, tuple(-1 if tag is None else index[tag] for tag, _ in tags)))
     return TaggedData("token-classification", examples, names, path,
                       tuple(tags[0][1] for _, tags, _ in sentences))
