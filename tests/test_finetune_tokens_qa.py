@@ -106,3 +106,13 @@ def test_question_answering_needs_an_encoder(run, tiny_gpt2, tmp_path):
     result = run("finetune", tiny_gpt2, "--task", "question-answering", "--train", path, "--out", tmp_path / "o",
                  "--steps", "1")
     assert result.code == 1 and "needs" not in result.err.split(":")[0] and "encoder (BERT family)" in result.err
+
+
+def test_a_refused_average_names_each_models_task():
+    # A trial's tagger was described as "classification with labels B-LOC, ..." beside a classifier.
+    from lmkit.tasks.predict import _describe
+
+    assert _describe({"type": "token-head", "labels": ["B-LOC", "O"]}) == "token-classification with labels B-LOC, O"
+    assert _describe({"type": "span-head"}) == "question-answering"
+    assert _describe({"type": "sequence-head", "task": "regression"}) == "regression"
+    assert _describe({"type": "sequence-head", "labels": ["neg", "pos"]}) == "classification with labels neg, pos"

@@ -170,8 +170,13 @@ def _head_part(model_dir: str) -> dict | None:
     return next((o for o in spec.get("objectives", []) if o["type"] in HEADS), None)
 
 
+# The task a head without a "task" entry does: a sequence head records its own (classification, regression, ...).
+HEAD_TASKS = {"token-head": "token-classification", "span-head": "question-answering"}
+
+
 def _task_of(part: dict) -> tuple:
-    return part["type"], part.get("task", "classification"), list(part.get("labels", ()))
+    task = part.get("task") or HEAD_TASKS.get(part["type"], "classification")
+    return part["type"], task, list(part.get("labels", ()))
 
 
 def _describe(part: dict) -> str:
