@@ -216,8 +216,10 @@ def task(tmp_path_factory):
 
 def test_finetune_with_unlabeled_text_then_predict_and_export(task, tmp_path):
     out = tmp_path / "ner"
-    cli("finetune", task["model"], "--task", "token-classification", "--recipe", "cvt", "--train", task["train"],
-        "--unlabeled", task["unlabeled"], "--dev", task["dev"], "--out", out, "--steps", 6, "--batch-size", 8)
+    tuned = cli("finetune", task["model"], "--task", "token-classification", "--recipe", "cvt", "--train",
+                task["train"], "--unlabeled", task["unlabeled"], "--dev", task["dev"], "--out", out, "--steps", 6,
+                "--batch-size", 8)
+    assert "lr 0.001: the cvt recipe's 0.001 (--lr to choose)" in tuned.err  # no "at width 1" (a trial's)
     config = json.loads((out / "best" / "config.json").read_text())
     assert [o["type"] for o in config["spec"]["objectives"]] == ["token-head", "cvt"]
     head, cvt = config["spec"]["objectives"]
@@ -393,3 +395,12 @@ def test_the_harder_synthetic_task_holds_out_names_and_types_bare_mentions(tmp_p
                 assert data.labels[tag][2:] == name_type(word)  # a name keeps its type
                 bare += s.words[i - 1] not in TRIGGERS
     assert bare > 50
+
+
+def test_lmkit_train_on_a_model_without_objectives_says_to_fine_tune(task):
+    # A trial's `lmkit train` of cvt-tiny was told to add an objective "that says what data it trains on".
+    result = run_cli("train", task["model"], "--data", task["unlabeled"], "--steps", 1, "--batch-size", 2,
+                     "--seq-len", 8)
+    assert result.code == 1 and result.err.strip().splitlines() == [
+        "error: this model has no training objective (its spec lists none): train it on a task with lmkit "
+        "finetune, or compose it with an objective to pre-train with lmkit train"], result.err

@@ -376,8 +376,10 @@ def finetune(pretrained: str, out: str, train_path: str, dev_path: str | None, o
             **{key: value for key, value in (optimizer or {}).items() if value}})
         if chosen_lr is None and progress:  # once the arguments have been checked
             scaled = "" if lr == recipe.default_lr else f", scaled by {recipe.reference_width}/{width} to this model's width"
-            print(f"lr {lr:.3g}: the {recipe.name} recipe's {recipe.default_lr:g} at width {recipe.reference_width}"
-                  f"{scaled} (--lr to choose)", file=sys.stderr)
+            # A recipe whose rate does not scale with the width (reference_width 1: CVT's) has no width to name.
+            at = f" at width {recipe.reference_width}" if recipe.reference_width > 1 else ""
+            print(f"lr {lr:.3g}: the {recipe.name} recipe's {recipe.default_lr:g}{at}{scaled} (--lr to choose)",
+                  file=sys.stderr)
         atomic_write_json(os.path.join(stage.path, TASK), dataclasses.asdict(options))
         return _run(stage.path, args, kind, train, dev, options, state=None, progress=progress, stage=stage)
 

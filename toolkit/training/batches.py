@@ -65,6 +65,9 @@ def batches_for(context: DataContext) -> Batches:
         raise TrainingError(f"objectives {names[0]} and {names[1]} read different kinds of data and cannot be "
                             "trained together; keep one of them")
     batches = next(iter(makers)).batches(context) if makers else None
+    if batches is None and not context.objectives:  # a stack composed for fine-tuning alone (CVT's presets)
+        raise TrainingError("this model has no training objective (its spec lists none): train it on a task with "
+                            "lmkit finetune, or compose it with an objective to pre-train with lmkit train")
     if batches is None:
         raise TrainingError(f"none of the objectives ({', '.join(context.objectives) or 'none'}) says what data "
                             "it trains on; add one that does, e.g. causal-lm")
