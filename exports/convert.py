@@ -58,6 +58,7 @@ def export_graph(graph: Graph, path: str, opset: int = DEFAULT_OPSET) -> None:
                 dynamic_shapes=dynamic, verbose=False, custom_translation_table=graph.translations,
             )
         except Exception as error:  # noqa: BLE001 - torch.export raises many kinds; all mean the same here
+            _raise_if_interrupted(error)
             cause = error.__cause__ or error  # torch.onnx wraps torch.export's error in advice
             message = " ".join(str(cause).split("\n", 1)[0].split())[:300]
             raise ExportError(f"torch.onnx could not export graph '{graph.name}': {type(cause).__name__}: "
@@ -67,6 +68,17 @@ def export_graph(graph: Graph, path: str, opset: int = DEFAULT_OPSET) -> None:
     name_dimensions(model, graph)
     strip_node_metadata(model)
     onnx.save(model, path)  # external tensors, if any, stay as references to the data file written above
+
+
+def _raise_if_interrupted(error: BaseException) -> None:
+    """Ctrl-C inside torch.onnx can surface as another error (a trial's: an AttributeError of a module whose
+    import it cut short): an interrupt anywhere in the chain is the interrupt, not a failed export."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, KeyboardInterrupt):
+            raise KeyboardInterrupt from None
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
 
 
 def _export_legacy(graph: Graph, path: str, opset: int) -> None:
@@ -85,6 +97,7 @@ def _export_legacy(graph: Graph, path: str, opset: int) -> None:
                               input_names=[t.name for t in graph.inputs], output_names=[t.name for t in graph.outputs],
                               dynamic_axes=axes, do_constant_folding=True)
         except Exception as error:  # noqa: BLE001
+            _raise_if_interrupted(error)
             message = " ".join(str(error).split("\n", 1)[0].split())[:300]
             raise ExportError(f"torch.onnx (legacy) could not export graph '{graph.name}': {type(error).__name__}: "
                               f"{message}") from error

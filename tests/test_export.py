@@ -826,3 +826,20 @@ def test_a_model_or_export_without_a_tokenizer_says_what_to_do_for_its_kind(run,
             result = run(*command)
             assert result.code == 1 and len(result.err.strip().splitlines()) == 1, result.err
             assert f"{directory} has no tokenizer to " in result.err and advice in result.err, result.err
+
+
+def test_ctrl_c_inside_torch_onnx_is_an_interrupt_not_a_failed_export(run, tiny_gpt2, tmp_path, monkeypatch):
+    # A trial's Ctrl-C cut short an import inside torch.onnx, whose handler then raised an AttributeError:
+    # reported as "torch.onnx could not export graph". An interrupt in the chain is the interrupt (exit 130).
+    import torch
+
+    def interrupted(*args, **kwargs):
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt:
+            raise AttributeError("module 'torch._dynamo' has no attribute 'exc'") from None
+
+    monkeypatch.setattr(torch.onnx, "export", interrupted)
+    result = run("export", tiny_gpt2, "--out", tmp_path / "out")
+    assert result.code == 130 and "could not export" not in result.err, result.err
+    assert not (tmp_path / "out").exists()
