@@ -207,7 +207,11 @@ def test_finetune_interrupted_after_its_first_checkpoint_is_out_and_resumes(run,
     monkeypatch.setattr(trainer_module.Trainer, "save", save_then_interrupt)
     args = ["finetune", tiny_gpt2, "--task", "classification", "--train", task_file, "--out", out,
             "--steps", "2", "--batch-size", "4", "--eval-every", "1"]
-    assert run(*args).code == 130
+    interrupted = run(*args)
+    assert interrupted.code == 130
+    # says how to go on (a trial's interrupted finetune printed "aborted" alone)
+    assert interrupted.err.strip().splitlines()[-1] == (f"aborted; lmkit finetune --resume --out {out} goes on from "
+                                                        "the last checkpoint"), interrupted.err
     assert json.loads((out / "trainer_state.json").read_text())["step"] == 1
     assert_clean(tmp_path, {"out", "train.jsonl"})
     monkeypatch.undo()
@@ -240,7 +244,8 @@ def test_train_that_fails_before_its_first_checkpoint_leaves_the_model_as_it_was
         return step(self)
 
     monkeypatch.setattr(trainer_module.Trainer, "_train_step", interrupt_at_step_three)
-    assert run(*args).code == 130
+    interrupted = run(*args)
+    assert interrupted.code == 130 and interrupted.err.strip().splitlines()[-1] == "aborted"  # nothing to go on from
     assert snapshot(model) == before  # no metrics.jsonl of steps no checkpoint holds
 
     monkeypatch.undo()
@@ -249,6 +254,16 @@ def test_train_that_fails_before_its_first_checkpoint_leaves_the_model_as_it_was
     state = json.loads((model / "trainer_state.json").read_text())
     assert state["step"] == 4 and state["arguments"]["beta2"] == 0.98
     assert len((model / "metrics.jsonl").read_text().splitlines()) == 4
+
+    def interrupt_at_step_five(self):
+        if self.step == 4:
+            raise KeyboardInterrupt
+        return step(self)
+
+    monkeypatch.setattr(trainer_module.Trainer, "_train_step", interrupt_at_step_five)
+    interrupted = run("train", model, "--resume", "--steps", "6")  # a checkpoint to go on from: said how
+    assert interrupted.code == 130
+    assert interrupted.err.strip().splitlines()[-1] == f"aborted; lmkit train {model} --resume goes on from the last checkpoint"
 
 
 # -- lmkit demo ------------------------------------------------------------------------------------

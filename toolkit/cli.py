@@ -289,8 +289,10 @@ def main(argv: list[str] | None = None) -> None:
         cli.main(args=argv, prog_name="lmkit", standalone_mode=False)
     except click.exceptions.Exit as done:
         sys.exit(done.exit_code)
-    except click.Abort:
-        click.echo("aborted", err=True)
+    except click.Abort as abort:
+        # click turns Ctrl-C into Abort; a run with a checkpoint says how to go on (lmkit.training.InterruptedRun)
+        hint = getattr(abort.__cause__ or abort.__context__, "hint", None)
+        click.echo(f"aborted; {hint}" if hint else "aborted", err=True)
         sys.exit(130)
     except click.UsageError as error:  # exit 2, in one line like every other error
         if debug():

@@ -75,6 +75,14 @@ def build_optimizer(model: nn.Module, args: TrainingArguments, device: torch.dev
     return args.build_optimizer().build(model, args, device)
 
 
+class InterruptedRun(KeyboardInterrupt):
+    """Ctrl-C during a run that has a checkpoint to go on from; `hint` says how (the CLI prints it)."""
+
+    def __init__(self, hint: str):
+        super().__init__(hint)
+        self.hint = hint
+
+
 class Trainer:
     """One training run of the model in a model directory: a fresh one, or one resumed from its checkpoint."""
 
@@ -339,12 +347,14 @@ class Trainer:
                     paused = time.perf_counter()
                     self.save(self.elapsed_before + paused - started)
                     interval_start += time.perf_counter() - paused  # and saving
-        except BaseException:
+        except BaseException as error:
             if metrics is not None and self._checkpoint_signature() == checkpoint_before:
                 # No checkpoint of this invocation: put metrics.jsonl back as it was, so that a failed run
                 # leaves the model directory as it found it (its records name steps no checkpoint holds).
                 metrics.close()
                 self._restore_metrics(metrics_before)
+            if isinstance(error, KeyboardInterrupt) and self._checkpoint_signature() is not None:
+                raise InterruptedRun(f"{self.resume_command()} goes on from the last checkpoint") from error
             raise
         finally:
             bar.close()
@@ -411,6 +421,10 @@ class Trainer:
 
     def after_checkpoint(self) -> None:
         """Called on the main process after each checkpoint (fine-tuning moves its run to --out at the first)."""
+
+    def resume_command(self) -> str:
+        """The command that goes on with this run from its last checkpoint (told after a Ctrl-C)."""
+        return f"lmkit train {self.model_dir} --resume"
 
     # -- output --------------------------------------------------------------------------------------
 
@@ -594,6 +608,9 @@ def _train_into(model_dir: str, out: str, force: bool, procs, args: TrainingArgu
         def __init__(self, *args, stage: StagedRun, **kwargs):
             self.stage = stage
             super().__init__(*args, **kwargs)
+
+        def resume_command(self) -> str:
+            return f"lmkit train {self.stage.out} --resume"
 
         def after_checkpoint(self) -> None:
             # The first checkpoint makes the run resumable: the stage becomes `out` (as lmkit finetune's does).
