@@ -73,6 +73,8 @@ def model_card(manifest: dict, license: str = "other") -> str:
                  f"{validation.get('runtime', 'onnxruntime')}, at {len(validation.get('shape_sets', []))} shape sets "
                  f"(batch size, new and past tokens): largest |difference| {validation.get('max_abs_diff', 0):.3g}"
                  + (f", top-1 agreement {agreement:.1%}" if agreement is not None else "")
+                 + (f", least feature cosine {validation['feature_cosine']:.4f}"
+                    if agreement is None and validation.get("feature_cosine") is not None else "")
                  + f"; required: {_threshold(threshold)}.")
     lines += ["", "## Quantization", ""]
     if quantization:
@@ -108,6 +110,8 @@ def _threshold(threshold: dict) -> str:
                      + (f" (or {relative:g} of the output's largest |value|)" if relative else ""))
     if threshold.get("min_top1_agreement") is not None:
         parts.append(f"top-1 agreement at least {threshold['min_top1_agreement']:.0%}")
+    if threshold.get("min_feature_cosine") is not None:
+        parts.append(f"the features' cosine to PyTorch's at least {threshold['min_feature_cosine']:g} at every position")
     return " and ".join(parts) or "none"
 
 

@@ -46,6 +46,9 @@ class Threshold:
     max_abs_diff: float | None = None
     max_rel_diff: float | None = None
     min_top1_agreement: float | None = None
+    # Where there is no top-1 to take (a feature encoder): the least cosine of any real position's features
+    # (last_hidden_state) to PyTorch's, held to this instead.
+    min_feature_cosine: float | None = None
 
     def allowed(self, scale: float) -> float:
         """The largest difference an output whose largest |value| is `scale` may have."""
@@ -54,9 +57,9 @@ class Threshold:
 
 THRESHOLDS = {
     "fp32": Threshold(max_abs_diff=1e-4, max_rel_diff=1e-5),
-    "fp16": Threshold(min_top1_agreement=0.9),
-    "int8": Threshold(min_top1_agreement=0.5),
-    "int4": Threshold(min_top1_agreement=0.5),
+    "fp16": Threshold(min_top1_agreement=0.9, min_feature_cosine=0.99),
+    "int8": Threshold(min_top1_agreement=0.5, min_feature_cosine=0.99),
+    "int4": Threshold(min_top1_agreement=0.5, min_feature_cosine=0.99),
 }
 
 
@@ -103,6 +106,9 @@ def validate(graphs: list[tuple[Graph, str]], precision: str, threshold: Thresho
                 expected, actual = ([value[:, :, :shape_set.filled[name]] if name in shape_set.filled else value
                                      for name, value in zip(names, values)] for values in (expected, actual))
             result = _compare(graph, shape_set, names, expected, actual)
+            if FEATURES in names:
+                at = names.index(FEATURES)
+                result.cosine = _least_cosine(expected[at], actual[at], shape_set.inputs.get("attention_mask"))
             reads_head = graph.name == head_graph if head_graph else {"pooler_output", "last_hidden_state"} <= set(names)
             if head is not None and reads_head:
                 want, got = (head(dict(zip(names, outputs)), shape_set.inputs) for outputs in (expected, actual))
@@ -115,9 +121,12 @@ def validate(graphs: list[tuple[Graph, str]], precision: str, threshold: Thresho
     report = {
         "reference": f"PyTorch {torch.__version__} fp32",
         "runtime": f"onnxruntime {ort.__version__} CPUExecutionProvider",
-        "threshold": {key: value for key, value in asdict(threshold).items() if value is not None},
+        # the floors that apply (min_feature_cosine only where no top-1 is measured: _check puts it in then)
+        "threshold": {key: value for key, value in asdict(threshold).items()
+                      if value is not None and key != "min_feature_cosine"},
         "max_abs_diff": max(r.worst for r in results),
         "top1_agreement": agreed / counted if counted else None,
+        "feature_cosine": min((r.cosine for r in results if r.cosine is not None), default=None),
         "top1_graphs": sorted({r.graph for r in results if r.agreement and r.agreement[1]}),
         "shape_sets": [r.to_dict() for r in results],
     }
@@ -126,6 +135,19 @@ def validate(graphs: list[tuple[Graph, str]], precision: str, threshold: Thresho
 
 
 FP16_MAX = 65504.0
+FEATURES = "last_hidden_state"  # a feature encoder's output, whose cosine to PyTorch's stands in for top-1
+
+
+def _least_cosine(want: np.ndarray, got: np.ndarray, mask: np.ndarray | None) -> float | None:
+    """The least cosine between PyTorch's and onnxruntime's vector at any real position: (B, T, D) each, mask
+    (B, T) nonzero at real tokens; None when there is no real position with a nonzero vector."""
+    want, got = want.astype(np.float64).reshape(-1, want.shape[-1]), got.astype(np.float64).reshape(-1, got.shape[-1])
+    real = np.ones(len(want), dtype=bool) if mask is None else np.asarray(mask).reshape(-1) != 0
+    norms = np.linalg.norm(want, axis=1) * np.linalg.norm(got, axis=1)
+    keep = real & (norms > 0)
+    if not keep.any():
+        return None
+    return float(((want[keep] * got[keep]).sum(1) / norms[keep]).min())
 
 
 def _past(diff: float, allowed: float) -> float:
@@ -197,6 +219,7 @@ class _Result:
     max_abs_diff: dict[str, float]  # by output, those that differ only by a layer number together
     agreement: tuple[int, int] | None  # (positions whose top-1 token agrees, positions counted)
     overflow: str | None = None  # the first output with inf/NaN where PyTorch's is finite
+    cosine: float | None = None  # the least cosine of a real position's features to PyTorch's (FEATURES)
     scale: dict[str, float] = field(default_factory=dict)  # by output as above: PyTorch's largest |value|
 
     @property
@@ -259,10 +282,21 @@ def _check(report: dict, results: list[_Result], precision: str, threshold: Thre
                 f"than the {allowed:.3g} allowed ({threshold.max_abs_diff:g}{relative}); nothing was written; if the "
                 "PyTorch model is right and this much rounding is expected of it, allow more with --atol")
     agreement = report["top1_agreement"]
+    cosine = report.get("feature_cosine")
+    if threshold.min_top1_agreement is not None and agreement is None and threshold.min_feature_cosine is not None \
+            and cosine is not None:
+        # A feature encoder: what it gives is its features, held to PyTorch's by their cosine.
+        report["threshold"] = {"min_feature_cosine": threshold.min_feature_cosine}
+        if cosine < threshold.min_feature_cosine:
+            raise ValidationError(
+                f"the {precision} export's features point away from PyTorch's: a cosine of {cosine:.4f} at the worst "
+                f"position, below the {threshold.min_feature_cosine:g} required; nothing was written; export fp32")
+        return
     if threshold.min_top1_agreement is not None and agreement is None:
         raise ValidationError(
             f"the {precision} export has no output whose top-1 choice can be compared with PyTorch's (no "
-            "language-model logits or classifying task head: a feature encoder, or a regression head), so its "
+            "language-model logits or classifying task head) and no features to compare by cosine (a regression "
+            "head; or --min-top1 asked for top-1), so its "
             f"{threshold.min_top1_agreement:.0%} top-1 floor cannot be checked; export fp32, held to "
             f"{THRESHOLDS['fp32'].max_abs_diff:g} of PyTorch; nothing was written")
     if threshold.min_top1_agreement is not None:

@@ -1,6 +1,7 @@
 """A BERT-family encoder exported to ONNX: validated at export, and `lmkit embed` on the export
 directory runs without torch and gives the model's vectors (fp32 within 1e-4; int8 close in cosine)."""
 import json
+import os
 import subprocess
 import sys
 
@@ -80,6 +81,25 @@ def test_int8_export_keeps_sentence_vectors(bert, tmp_path):
     assert manifest["quantization"]["per_channel"] is True
     quantized, _, _ = load(out, device="cpu").embed(TEXTS, pooling="mean")
     reference = torch_vectors(bert, "mean")
+    cosine = (quantized * reference).sum(1) / np.linalg.norm(quantized, axis=1) / np.linalg.norm(reference, axis=1)
+    assert cosine.min() > 0.98, cosine
+
+
+def test_a_feature_encoder_exports_in_int8_held_to_its_features_cosine(bert, run, tmp_path):
+    # Without a masked-LM head there is no top-1 to take: int8 was refused; its features' cosine now holds it.
+    from lmkit.exports import load
+
+    bare = tmp_path / "bare"
+    tokenizer = os.path.join(os.path.dirname(bert), "tok")
+    assert run("compose", "bert-tiny", "--set", f"tokenizer={tokenizer}", "--set", "encoder.n_layers=1", "--set",
+               "encoder.d_model=32", "--set", "encoder.d_ff=64", "--set", "objectives=[]", "--out", bare).code == 0
+    result = run("export", bare, "--out", tmp_path / "int8", "--quantize", "int8")
+    assert result.code == 0, result.err
+    manifest = json.loads((tmp_path / "int8" / "lmkit-onnx.json").read_text())
+    assert manifest["validation"]["threshold"] == {"min_feature_cosine": 0.99}
+    assert manifest["validation"]["feature_cosine"] >= 0.99
+    quantized, _, _ = load(str(tmp_path / "int8"), device="cpu").embed(TEXTS, pooling="mean")
+    reference = torch_vectors(str(bare), "mean")
     cosine = (quantized * reference).sum(1) / np.linalg.norm(quantized, axis=1) / np.linalg.norm(reference, axis=1)
     assert cosine.min() > 0.98, cosine
 

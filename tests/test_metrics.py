@@ -285,6 +285,22 @@ def test_a_top1_floor_with_nothing_to_measure_is_refused():
             _check({"top1_agreement": None}, [], precision, THRESHOLDS[precision])
 
 
+def test_a_feature_encoder_is_held_to_its_features_cosine():
+    import numpy as np
+
+    from lmkit.exports.validation import THRESHOLDS, ValidationError, _check, _least_cosine
+
+    report = {"top1_agreement": None, "feature_cosine": 0.995, "threshold": {"min_top1_agreement": 0.5}}
+    _check(report, [], "int8", THRESHOLDS["int8"])  # no top-1 to take: the features' cosine instead
+    assert report["threshold"] == {"min_feature_cosine": 0.99}
+    with pytest.raises(ValidationError, match="a cosine of 0.9000 at the worst position, below the 0.99 required"):
+        _check({"top1_agreement": None, "feature_cosine": 0.9}, [], "int8", THRESHOLDS["int8"])
+    want = np.array([[[1.0, 0.0], [0.0, 1.0], [5.0, 5.0]]])
+    got = np.array([[[1.0, 0.1], [1.0, 1.0], [-5.0, 5.0]]])  # the last position is padding: not counted
+    assert _least_cosine(want, got, np.array([[1, 1, 0]])) == pytest.approx(2 ** -0.5)
+    assert _least_cosine(want, got, None) == pytest.approx(0.0, abs=1e-12)
+
+
 def test_task_heads_give_top1_choices_for_validation():
     from lmkit.exports.heads import head_choices
 
