@@ -211,3 +211,17 @@ def test_grown_cache_equals_concatenation_and_never_overwrites_another_continuat
         grown = grow(selected, 1, dim=2)  # the selection kept room: in place again
         assert grown.data_ptr() == selected.data_ptr()
         assert torch.equal(select_rows(past, 1, rows), past.index_select(1, rows))  # a plain tensor
+
+
+def test_a_torch_that_packs_but_cannot_multiply_gets_the_in_out_order(monkeypatch):
+    # Another CPU architecture's oneDNN may pack a weight and then fail the product: found before the first step.
+    import lmkit.nn.layout as layout
+
+    def broken(x, packed, bias=None):
+        raise RuntimeError("mkldnn linear is not supported on this platform")
+
+    monkeypatch.setattr(layout, "packed_product", broken)
+    model = nn.Linear(8, 4)
+    assert decoding_layout(model) == 1 and type(model) is nn.Linear and model.weight.t().is_contiguous()
+    with torch.inference_mode():
+        model(torch.randn(2, 8))

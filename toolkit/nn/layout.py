@@ -117,7 +117,7 @@ def decoding_layout(module: nn.Module) -> int:
     linears = [linear for linear in module.modules() if type(linear) is nn.Linear and not linear.weight.is_inference()
                and linear.weight.device.type == "cpu" and linear.weight.dtype == torch.float32]
     weight_bytes = sum(linear.weight.numel() * 4 for linear in linears)
-    pack = weight_bytes <= _memory_bytes() // 4 and packed_weight(torch.zeros(1, 1)) is not None
+    pack = weight_bytes <= _memory_bytes() // 4 and _packing_works()
     changed = 0
     with torch.no_grad():
         for linear in linears:
@@ -130,6 +130,20 @@ def decoding_layout(module: nn.Module) -> int:
                 linear.weight.data = linear.weight.data.t().contiguous().t()
                 changed += 1
     return changed
+
+
+def _packing_works() -> bool:
+    """Whether this torch packs a weight and multiplies by it correctly: a build whose oneDNN packs but cannot
+    run the product (another CPU architecture) gets the (in, out) order instead of an error at the first step."""
+    weight, x = torch.arange(12.0).view(3, 4) / 7, torch.arange(8.0).view(2, 4) / 5
+    packed = packed_weight(weight)
+    if packed is None:
+        return False
+    try:
+        with torch.inference_mode():
+            return bool(torch.allclose(packed_product(x, packed), F.linear(x, weight), rtol=1e-4, atol=1e-5))
+    except (AttributeError, RuntimeError):
+        return False
 
 
 def _memory_bytes() -> int:
