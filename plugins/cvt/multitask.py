@@ -266,8 +266,7 @@ def _tuner_class():
 
                 self.best = read_json(best, "delete the best/ folder to let the resumed run choose again")
 
-        def resume_command(self) -> str:
-            return f"lmkit finetune --resume --out {self.stage.out if self.stage is not None else self.model_dir}"
+        RESUME = "lmkit finetune --resume --out {}"
 
         @torch.no_grad()
         def validation_metrics(self) -> dict[str, float]:

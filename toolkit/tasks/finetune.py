@@ -309,9 +309,7 @@ def _fine_tuner_class():
                 save_model(stage, self.model, get_host(), self.tokenizer)
                 atomic_write_json(os.path.join(stage, RESULTS), {"metric": metric, **self.best})
 
-        def resume_command(self) -> str:
-            out = self.stage.out if self.stage is not None else self.model_dir
-            return f"lmkit finetune --resume --out {out}"
+        RESUME = "lmkit finetune --resume --out {}"
 
         def after_checkpoint(self) -> None:
             # The first checkpoint makes the run resumable: the stage becomes --out (replacing what

@@ -422,9 +422,13 @@ class Trainer:
     def after_checkpoint(self) -> None:
         """Called on the main process after each checkpoint (fine-tuning moves its run to --out at the first)."""
 
+    # The command that goes on with a run from its last checkpoint (told after a Ctrl-C); {} is its directory.
+    RESUME = "lmkit train {} --resume"
+
     def resume_command(self) -> str:
-        """The command that goes on with this run from its last checkpoint (told after a Ctrl-C)."""
-        return f"lmkit train {self.model_dir} --resume"
+        """RESUME for this run's directory: its --out where the run is staged (StagedRun), else model_dir."""
+        stage = getattr(self, "stage", None)
+        return self.RESUME.format(stage.out if stage is not None else self.model_dir)
 
     # -- output --------------------------------------------------------------------------------------
 
@@ -608,9 +612,6 @@ def _train_into(model_dir: str, out: str, force: bool, procs, args: TrainingArgu
         def __init__(self, *args, stage: StagedRun, **kwargs):
             self.stage = stage
             super().__init__(*args, **kwargs)
-
-        def resume_command(self) -> str:
-            return f"lmkit train {self.stage.out} --resume"
 
         def after_checkpoint(self) -> None:
             # The first checkpoint makes the run resumable: the stage becomes `out` (as lmkit finetune's does).
