@@ -78,8 +78,10 @@ def test_regression_reports_pearson_and_spearman(run, pretrained, tmp_path):
             for a, b, good in (mood_pair(rng) for _ in range(n)):
                 out.write(json.dumps({"sentence1": a, "sentence2": b, "label": good / 5 * 4}) + "\n")
     record = finetune(run, pretrained, tmp_path, "regression", tmp_path / "train.jsonl", tmp_path / "dev.jsonl",
-                      "--epochs", "4")
-    assert record["pearson"] > 0.3 and record["spearman"] > 0.3, record  # chance: 0
+                      "--epochs", "8")
+    # 4 epochs gave 0.16-0.62 over seeds 0-4, as much a matter of the tokenizer's ids as of the seed; 8 give
+    # 0.94-0.97 with each of them.
+    assert record["pearson"] > 0.6 and record["spearman"] > 0.6, record  # chance: 0
 
 
 def test_multiple_choice(run, pretrained, tmp_path):

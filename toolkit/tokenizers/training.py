@@ -5,6 +5,7 @@ kind up in that registry (lmkit.registry), the one list of kinds, which plugins 
 """
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import Iterator
 from typing import ClassVar
@@ -95,6 +96,7 @@ class _TokenizerKind:
                 raise
             raise SpecError(f"vocab_size={trainer.vocab_size} is too small for this training text: it "
                             "cannot hold every character; raise vocab_size") from None
+        hf_tokenizer = fixed_order(hf_tokenizer)
         # BPE and WordPiece keep every character however small the vocabulary asked for.
         if hf_tokenizer.get_vocab_size() > trainer.vocab_size:
             raise SpecError(f"vocab_size={trainer.vocab_size} is too small for this training text: its "
@@ -102,6 +104,70 @@ class _TokenizerKind:
         # The template names special tokens by id, known only once trained.
         apply_template(hf_tokenizer, options.template, options.template_pair, cls.family_template)
         return Tokenizer(hf_tokenizer, cls.name, infer_roles(hf_tokenizer, cls.name))
+
+
+SCORE_DIGITS = 9  # Unigram scores closer than this are one score: parallel sums differ in the last digits
+PENALTY_STEP = 1e-4  # what tokenizers' Unigram trainer adds per required character missing from its model
+
+
+def fixed_order(hf_tokenizer: HFTokenizer) -> HFTokenizer:
+    """The trained tokenizer with its ids in an order that depends only on the training text and options.
+
+    tokenizers' trainers number some tokens as a hash map happens to iterate, so the same text gives "w"
+    id 17 in one process and "b" the next: a BPE's alphabet, a WordPiece's tokens of equal count, the
+    Unigram pieces of equal score and the characters its trainer adds last (each PENALTY_STEP above the
+    least score, in set order; SentencePiece's trainer_interface.cc adds them in a sorted order). Here
+    the alphabet comes sorted, then a BPE's merges in the order they were learnt; a Unigram's pieces by
+    score, ties by text, with the added characters' scores dealt out in the order of their text. Special
+    tokens keep their ids. The pieces, merges and how any text is split are unchanged.
+
+    What stays up to the trainer: a BPE or WordPiece trainer breaks ties between pairs of equal count by
+    those hash-ordered ids, so on a small text two runs can learn different merges (tokenizers issue
+    #1794); a Unigram's scores are sums in parallel, equal to about 1e-15.
+    """
+    state = json.loads(hf_tokenizer.to_str())
+    model = state["model"]
+    special = {token["content"] for token in state["added_tokens"]}
+    if model["type"] == "BPE":
+        learnt = {"".join(pair) if isinstance(pair, list) else pair.replace(" ", "", 1): i
+                  for i, pair in reversed(list(enumerate(model["merges"])))}
+        model["vocab"] = _renumber(model["vocab"], special, key=lambda token: (learnt.get(token, -1), token))
+    elif model["type"] == "WordPiece":
+        model["vocab"] = _renumber(model["vocab"], special, key=lambda token: (len(token.removeprefix("##")) > 1, token))
+    elif model["type"] == "Unigram":
+        pieces = [piece for piece in model["vocab"] if piece[0] not in special]
+        _deal_penalties(pieces)
+        pieces.sort(key=lambda piece: (-round(piece[1], SCORE_DIGITS), piece[0]))
+        dealt = iter(pieces)
+        model["vocab"] = [piece if piece[0] in special else next(dealt) for piece in model["vocab"]]
+    return HFTokenizer.from_str(json.dumps(state))
+
+
+def _renumber(vocab: dict[str, int], special: set[str], key) -> dict[str, int]:
+    """`vocab` with the ids that are not special tokens' given out again in the order of `key`."""
+    free = sorted(i for token, i in vocab.items() if token not in special)
+    ordered = sorted((token for token in vocab if token not in special), key=key)
+    renumbered = {token: i for token, i in vocab.items() if token in special}
+    renumbered.update(zip(ordered, free))
+    return renumbered
+
+
+def _deal_penalties(pieces: list[list]) -> None:
+    """Give the scores of the characters the Unigram trainer added after training (the least score plus
+    0, 1, 2... PENALTY_STEP, in its set's order) to those characters in the order of their text."""
+    least = min(score for _, score in pieces)
+    at_step: dict[int, list[int]] = {}
+    for i, (piece, score) in enumerate(pieces):
+        step = (score - least) / PENALTY_STEP
+        if len(piece) == 1 and abs(step - round(step)) < 1e-6:
+            at_step.setdefault(round(step), []).append(i)
+    added, step = [], 0
+    while step in at_step:  # the run 0, 1, 2... steps above the least score; a later step is a coincidence
+        added += at_step[step]
+        step += 1
+    scores = sorted(pieces[i][1] for i in added)
+    for i, score in zip(sorted(added, key=lambda i: pieces[i][0]), scores):
+        pieces[i][1] = score
 
 
 class ByteLevelBPE(_TokenizerKind):
