@@ -213,6 +213,28 @@ def test_grown_cache_equals_concatenation_and_never_overwrites_another_continuat
         assert torch.equal(select_rows(past, 1, rows), past.index_select(1, rows))  # a plain tensor
 
 
+@pytest.mark.parametrize("rows", [[0, 1, 2, 3], [1, 0, 2, 3], [0, 0, 1, 1], [3, 2, 1, 0], [2, 2, 2, 0]])
+def test_reorder_in_place_equals_index_select_and_copies_only_moved_rows(rows):
+    # Beam search's reorder of an encoder-decoder's cache: rows that are others' sources are taken out first.
+    from lmkit.nn.cache import grow, reorder_rows
+
+    torch.manual_seed(0)
+    with torch.inference_mode():
+        past = grow(torch.randn(2, 4, 3, 5), 1, dim=2)  # (L, B, P, hs), room for more positions
+        past[:, :, 3:] = 7.0
+        expected = past.index_select(1, torch.tensor(rows))
+        reordered = reorder_rows(past, 1, torch.tensor(rows))
+        assert torch.equal(reordered, expected)
+        assert reordered.data_ptr() == past.data_ptr()  # in the same buffer, which keeps its room
+        assert grow(reordered, 1, dim=2).data_ptr() == past.data_ptr()
+        plain = torch.randn(2, 4, 3)  # not from grow: a new tensor, the input untouched
+        kept = plain.clone()
+        assert torch.equal(reorder_rows(plain, 1, torch.tensor(rows)), kept.index_select(1, torch.tensor(rows)))
+        assert torch.equal(plain, kept)
+    fewer = torch.tensor(rows[:2])  # finished rows dropped: fewer rows, a new buffer
+    assert torch.equal(reorder_rows(reordered, 1, fewer), reordered.index_select(1, fewer))
+
+
 def test_a_torch_that_packs_but_cannot_multiply_gets_the_in_out_order(monkeypatch):
     # Another CPU architecture's oneDNN may pack a weight and then fail the product: found before the first step.
     import lmkit.nn.layout as layout

@@ -220,7 +220,8 @@ class Seq2SeqDecoder(Stack, Protocol):
         """Target tokens (B, T) after the state -> logits (B, T, V) and the state after them."""
 
     def reorder(self, state: dict[str, Tensor], rows: Tensor) -> dict[str, Tensor]:
-        """The state of rows `rows` (B',), in that order; `state` may lack the source_state entries."""
+        """The state of rows `rows` (B',), in that order; `state` may lack the source_state entries. The caller
+        drops `state`, so its tensors may be reordered in place (as Cache.reorder is)."""
 
 
 # -- training --------------------------------------------------------------------------------------

@@ -53,6 +53,23 @@ def select_rows(past: Tensor, dim: int, rows: Tensor) -> Tensor:
     return _front(selected, along, P)
 
 
+def reorder_rows(past: Tensor, dim: int, rows: Tensor) -> Tensor:
+    """select_rows(past, dim, rows) for a caller that drops `past`: as many rows as it has, in place.
+
+    Beam search keeps most beams where they are, so only the rows whose source moved are copied, each
+    taken out first (one row may be another's source). T5-small, 4 beams of 8 rows: the decoder's cache
+    copied at every step cost about a sixth of the step. Anything else goes through select_rows.
+    """
+    base = getattr(past, "_lmkit_buffer", None)
+    if base is None or rows.numel() != past.size(dim):
+        return select_rows(past, dim, rows)
+    moved = [(row, source) for row, source in enumerate(rows.tolist()) if row != source]
+    taken = [past.select(dim, source).clone() for _, source in moved]
+    for (row, _), values in zip(moved, taken):
+        past.select(dim, row).copy_(values)
+    return past
+
+
 def _front(base: Tensor, dim: int, length: int) -> Tensor:
     """The first `length` positions of a buffer along `dim`, a view that knows its buffer (grow, select_rows)."""
     front = base.narrow(dim, 0, length)

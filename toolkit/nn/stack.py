@@ -13,7 +13,7 @@ from torch import Tensor, nn
 
 from ..contract import EncoderOutput
 from ..errors import SpecError
-from .cache import select_rows
+from .cache import reorder_rows
 
 
 def _no_options(stack: nn.Module, options: dict) -> None:
@@ -111,7 +111,7 @@ class Seq2SeqDecoderStack(_Stack):
         return start
 
     def reorder(self, state: dict[str, Tensor], rows: Tensor) -> dict[str, Tensor]:
-        return {name: select_rows(value, self.STATE_ROWS[name], rows) for name, value in state.items()}
+        return {name: reorder_rows(value, self.STATE_ROWS[name], rows) for name, value in state.items()}
 
     def join(self, state: dict[str, Tensor], other: dict[str, Tensor]) -> dict[str, Tensor]:
         """The state of `state`'s rows followed by `other`'s: rows that join a running batch (lmkit serve), with
