@@ -35,6 +35,7 @@ SPEED = {
     "bench_glm": (["--quick", "--threads", "{threads}"], ["--threads", "{threads}"]),
     "bench_elmo": (["--preset", "elmo-tiny", "--threads", "{threads}"], ["--threads", "{threads}"]),
     "bench_ulmfit": (["--size", "tiny", "--threads", "{threads}"], ["--threads", "{threads}"]),
+    "bench_floor": (["--repeats", "5", "--threads", "{threads}"], ["--threads", "{threads}"]),
 }
 CLAIMS = {
     "bench_seq2seq_reversal": [],

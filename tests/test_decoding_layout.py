@@ -213,6 +213,28 @@ def test_grown_cache_equals_concatenation_and_never_overwrites_another_continuat
         assert torch.equal(select_rows(past, 1, rows), past.index_select(1, rows))  # a plain tensor
 
 
+@pytest.mark.parametrize("optimizer", ["fused", "foreach", "for-loop"])
+def test_copies_follow_every_optimizer_step(optimizer):
+    # torch's fused AdamW updates its parameters without bumping their version counters: a GLM fine-tune
+    # scored every dev evaluation after the first with the output layer of the first.
+    torch.manual_seed(0)
+    embedding = nn.Embedding(50, 12)
+    model = nn.Sequential(nn.Linear(12, 12), nn.Tanh())
+    decoding_layout(model)
+    head = TiedOutputProjection()
+    options = {"fused": {"fused": True}, "foreach": {"foreach": True}, "for-loop": {"foreach": False}}[optimizer]
+    adamw = torch.optim.AdamW([*model.parameters(), *embedding.parameters()], lr=0.1, **options)
+    x = torch.randn(3, 12)
+    for _ in range(3):  # evaluate (the copies are made), train a step, evaluate again
+        with torch.inference_mode():
+            h = model(x)
+            torch.testing.assert_close(h, torch.tanh(F.linear(x, model[0].weight, model[0].bias)))
+            torch.testing.assert_close(head(h, embedding.weight), F.linear(h, embedding.weight))
+        head(model(x), embedding.weight).logsumexp(-1).sum().backward()
+        adamw.step()
+        adamw.zero_grad()
+
+
 @pytest.mark.parametrize("rows", [[0, 1, 2, 3], [1, 0, 2, 3], [0, 0, 1, 1], [3, 2, 1, 0], [2, 2, 2, 0]])
 def test_reorder_in_place_equals_index_select_and_copies_only_moved_rows(rows):
     # Beam search's reorder of an encoder-decoder's cache: rows that are others' sources are taken out first.

@@ -55,6 +55,34 @@ def packed_product(x: Tensor, packed: Tensor, bias: Tensor | None = None) -> Ten
     return out.view(*x.shape[:-1], out.size(-1))
 
 
+def weight_identity(weight: Tensor) -> tuple:
+    """What tells a weight's values apart from what they were: its storage, version counter, dtype and shape.
+
+    The version counter is what in-place changes bump, but torch's fused optimizers (AdamW(fused=True), as
+    lmkit trains with on the CPU and CUDA) update their parameters without bumping it (torch 2.13): a copy
+    kept by it alone went stale, and a GLM fine-tune scored its dev set with the step-16 output layer at
+    every later evaluation. So the first copy kept by it makes every fused step bump its parameters'
+    counters (a global optimizer post-step hook).
+    """
+    global _bumping_fused_steps
+    if not _bumping_fused_steps:
+        from torch.optim.optimizer import register_optimizer_step_post_hook
+
+        register_optimizer_step_post_hook(_bump_fused_parameters)
+        _bumping_fused_steps = True
+    return weight.data_ptr(), weight._version, weight.dtype, tuple(weight.shape)
+
+
+_bumping_fused_steps = False
+
+
+def _bump_fused_parameters(optimizer, args, kwargs) -> None:
+    for group in optimizer.param_groups:
+        if group.get("fused"):
+            for parameter in group["params"]:
+                torch.autograd.graph.increment_version(parameter)
+
+
 class PackedCopy:
     """A weight's oneDNN-packed copy, kept while the weight is unchanged and made again when it changes.
 
@@ -77,7 +105,7 @@ class PackedCopy:
 
     def of(self, weight: Tensor) -> Tensor | None:
         """The packed copy of `weight` (made now if it changed since), or None where it cannot be packed."""
-        source = (weight.data_ptr(), weight._version, weight.dtype, tuple(weight.shape))
+        source = weight_identity(weight)
         if source != self._made_from:
             self.packed, self._made_from = packed_weight(weight), source
         return self.packed

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .layout import PackedCopy, packed_product
+from .layout import PackedCopy, packed_product, weight_identity
 
 
 class TiedOutputProjection:
@@ -18,9 +18,9 @@ class TiedOutputProjection:
     product (embedding @ h.T).T, the orders MKL streams fastest there; more rows use the embedding as it is.
 
     The copy is kept while the embedding is unchanged and made again when it changes (its version
-    counter, which an optimizer step or load_state_dict bumps); training, other devices, other dtypes
-    and inference tensors (no version counter) use the embedding as it is. It is a plain object, not a
-    Module, so the copy is never part of the state dict.
+    counter, which an optimizer step or load_state_dict bumps: lmkit.nn.layout.weight_identity); training,
+    other devices, other dtypes and inference tensors (no version counter) use the embedding as it is. It
+    is a plain object, not a Module, so the copy is never part of the state dict.
     """
 
     FEW_ROWS = 8
@@ -41,7 +41,7 @@ class TiedOutputProjection:
             return F.linear(h, embedding)
         flat = h.reshape(rows, h.size(-1))  # as one 2-D product: a (B, 1, C) matmul runs as B products, 2x slower
         if rows <= self.FEW_ROWS:
-            source = (embedding.data_ptr(), embedding._version, embedding.dtype)
+            source = weight_identity(embedding)
             if source != self._made_from:
                 self._copy, self._made_from = embedding.detach().t().contiguous(), source
             logits = flat @ self._copy
