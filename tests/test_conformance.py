@@ -615,3 +615,20 @@ def test_prefix_runs_token_identically_on_the_export(preset, artifacts):
             runs.append([r.tokens for r in opened.generate_ids(ids, decoding, prefix=prefix)])
         outputs.append(runs)
     assert outputs[0] == outputs[1]
+
+
+def test_a_recipe_refuses_a_stack_it_does_not_read(host, tiny_gpt2, tmp_path):
+    # A trial's `--recipe cvt` on a GLM, an AWD-LSTM, a T5 or an ELMo model ended in "internal error:
+    # AttributeError" from deep in the recipe: every recipe that names the stacks it reads refuses others first.
+    train = tmp_path / "train.conll"
+    train.write_text("the O\ncat X\n\na O\ndog X\n")
+    recipes = [name for name in host.components["task-recipe"] if getattr(host.component("task-recipe", name).load(),
+                                                                           "stacks", None)]
+    assert {"cvt", "elmo", "elmo-bilstm", "ulmfit"} <= set(recipes)
+    for name in recipes:
+        out = tmp_path / name
+        result = run_cli("finetune", tiny_gpt2, "--task", "token-classification", "--recipe", name, "--train",
+                         str(train), "--out", str(out), "--steps", 1)
+        lines = result.err.strip().splitlines()
+        assert result.code == 1 and len(lines) == 1 and "this model's decoder is gpt2" in lines[0], (name, result.err)
+        assert not out.exists()

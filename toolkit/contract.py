@@ -307,6 +307,9 @@ class TaskRecipe(Protocol):
     # Optional: the --task kinds it fine-tunes (ELMo's BiLSTM taggers: token-classification); absent or None:
     # every kind, and lmkit finetune refuses the others in one line.
     # task_kinds: tuple[str, ...] | None
+    # Optional: the stack types it reads (CVT's recipe: cvt-tagger); absent or None: any stack, and lmkit finetune
+    # refuses the others in one line before anything is built.
+    # stacks: tuple[str, ...] | None
     default_lr: float  # the peak learning rate its papers fine-tune with
     reference_width: int  # the d_model default_lr was chosen at; narrower stacks get it scaled up
     default_warmup_ratio: float  # the share of the steps its papers warm up over

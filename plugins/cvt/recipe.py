@@ -16,6 +16,7 @@ from lmkit.tasks.recipes import EncoderRecipe
 
 class CVTRecipe(EncoderRecipe):
     name = "cvt"
+    stacks = ("cvt-tagger",)  # the auxiliary modules read its forward and backward LSTMs
     default_lr = 1e-3  # Adam (the paper's SGD at 0.5 is `--optimizer sgd --schedule cvt` under lmkit train)
     reference_width = 1  # the rate does not scale with the model's width
     default_warmup_ratio = 0.0

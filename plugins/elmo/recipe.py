@@ -14,6 +14,7 @@ from lmkit.tasks.recipes import EncoderRecipe
 
 class ELMoRecipe(EncoderRecipe):
     name = "elmo"
+    stacks = ("elmo-bilm",)
     default_lr = 1e-3  # Adam at 0.001 for the task models (allennlp's ELMo configurations)
     reference_width = 1024  # 2 x 512: elmo-original's layers
     default_warmup_ratio = 0.0

@@ -108,6 +108,13 @@ def prepare(pretrained: str, out: str, kind, train, options: TaskOptions, *, see
         raise LmkitError(f"--pattern and --verbalizer are read by a cloze recipe; the {name} recipe is not one: "
                          "leave --recipe out")
     recipe = host.instantiate("task-recipe", name, recipe_options)
+    reads = getattr(recipe, "stacks", None)  # lmkit.contract.TaskRecipe: None reads any stack
+    if reads is not None and stack["type"] not in reads:
+        presets = [name for name, preset in host.presets.items()
+                   if any(preset.spec.get(part, {}).get("type") in reads for part in ("encoder", "decoder"))]
+        raise LmkitError(f"the {recipe.name} recipe fine-tunes {' or '.join(reads)} stacks, and this model's {key} is "
+                         f"{stack['type']}: leave --recipe out, or fine-tune a model composed from "
+                         f"{' or '.join(presets) or 'one'}")
     served = getattr(recipe, "task_kinds", None)  # lmkit.contract.TaskRecipe: None serves every --task
     if served is not None and kind.name not in served:
         raise LmkitError(f"the {recipe.name} recipe fine-tunes {' and '.join(served)}, not {kind.name}: give "
