@@ -287,8 +287,20 @@ def test_bad_unlabeled_text_is_a_one_line_error(task, tmp_path):
     sentences.write_text("".join(json.dumps({"text": "mr bobe said", "label": label}) + "\n" for label in "abab"))
     one_line_error(run_cli("finetune", task["model"], "--task", "classification", "--train", sentences,
                            "--unlabeled", task["unlabeled"], "--out", tmp_path / "d"), "token classification only")
-    for name in ("a", "b", "c", "d"):
+    records = tmp_path / "records.jsonl"  # a trial's --unlabeled dev.jsonl was read as text, braces and all
+    records.write_text(json.dumps({"input": "mr bobe said", "target": "x"}) + "\n")
+    one_line_error(run_cli(*finetune_args(task, tmp_path / "e", "--unlabeled", records)), "records.jsonl:1",
+                   'no \'text\' field', 'records with a "text" string')
+    for name in ("a", "b", "c", "d", "e"):
         assert not os.path.exists(tmp_path / name)
+
+
+def test_unlabeled_jsonl_gives_the_lines_of_its_texts(tmp_path):
+    from lmkit.tasks.unlabeled import read_unlabeled
+
+    records = tmp_path / "raw.jsonl"
+    records.write_text(json.dumps({"text": "mr bobe said"}) + "\n\n" + json.dumps({"text": "so  it\nwent on"}) + "\n")
+    assert read_unlabeled(str(records)) == [("mr", "bobe", "said"), ("so", "it"), ("went", "on")]
 
 
 def test_bad_conll_files_are_one_line_errors(task, tmp_path):

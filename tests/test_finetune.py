@@ -344,3 +344,18 @@ def test_a_task_file_without_examples_says_why(tmp_path):
     empty.write_text("\n")
     with pytest.raises(DataError, match=r"empty.jsonl holds no examples$"):
         read_task_file(str(empty), "classification")
+
+
+@pytest.mark.parametrize("task, name, text, message", [
+    # A trial's plain-text heldout.txt: its first sentence was taken for the column names, and the error listed them.
+    ("classification", "heldout.txt", "quickly red slowly door\nthe red sat a\n", 'names one column ("quickly red'),
+    ("text-to-text", "heldout.txt", "quickly red slowly door\nthe red sat a\n", '{"input": ..., "target": ...}'),
+    # A classification TSV given to a tagger: its rows' word counts were reported as column counts alone.
+    ("token-classification", "dev.tsv", "sentence\tlabel\nthe cat sat on it\ta\n", "reads CoNLL files"),
+])
+def test_a_task_file_of_another_format_is_named_for_what_it_is(run, pretrained, tmp_path, task, name, text, message):
+    path = tmp_path / name
+    path.write_text(text)
+    result = run("finetune", pretrained, "--task", task, "--train", path, "--out", tmp_path / "out")
+    assert result.code == 1 and message in result.err and len(result.err.strip().splitlines()) == 1, result.err
+    assert not (tmp_path / "out").exists()

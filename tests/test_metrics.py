@@ -247,6 +247,24 @@ def test_bleu_is_sacrebleus_corpus_bleu_with_its_signature():
         corpus_bleu(["a", "b"], ["a"])
 
 
+def test_bleu_of_hypotheses_shorter_than_four_tokens_uses_the_orders_they_have():
+    # A trial's text-to-text eval printed exact match 100% and BLEU 0.00: three-word answers have no 4-grams.
+    import sacrebleu
+
+    from lmkit.seq2seq import corpus_bleu
+
+    exact = corpus_bleu(["sun cat red", "dog moon"], ["sun cat red", "dog moon"])
+    assert exact.score == pytest.approx(100.0) and "|eff:yes|" in exact.signature
+    partly = corpus_bleu(["sun cat red", "dog moon"], ["sun cat blue", "dog moon"])
+    expected = sacrebleu.metrics.BLEU(effective_order=True).corpus_score(["sun cat red", "dog moon"],
+                                                                          [["sun cat blue", "dog moon"]])
+    assert partly.score == pytest.approx(expected.score) and 0 < partly.score < 100
+    # One hypothesis of four tokens is enough for standard BLEU (its unmatched 4-gram smoothed).
+    standard = corpus_bleu(["sun cat red tree", "dog"], ["sun cat blue tree", "dog"])
+    assert "|eff:no|" in standard.signature and standard.score == pytest.approx(
+        sacrebleu.corpus_bleu(["sun cat red tree", "dog"], [["sun cat blue tree", "dog"]]).score)
+
+
 # -- the task kind reports what chunks and qa compute ---------------------------------------------------
 
 

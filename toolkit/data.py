@@ -148,8 +148,9 @@ def _text_segments(path: str) -> Iterator[str]:
         yield _decode(pending, path, offset)
 
 
-def _jsonl_documents(path: str, text_field: str) -> Iterator[str]:
-    """The text field of each record; blank lines are skipped."""
+def _jsonl_documents(path: str, text_field: str,
+                     advice: str = "pass --text-field with the field that holds the text") -> Iterator[str]:
+    """The text field of each record; blank lines are skipped. `advice` ends the error for a record without it."""
     offset = 0
     try:
         with open(path, "rb") as handle:
@@ -166,11 +167,11 @@ def _jsonl_documents(path: str, text_field: str) -> Iterator[str]:
                 if not isinstance(record, dict) or text_field not in record:
                     keys = ", ".join(map(str, record)) if isinstance(record, dict) else type(record).__name__
                     raise DataError(f"{path}:{number} has no '{text_field}' field (it has: {keys or 'nothing'}); "
-                                    "pass --text-field with the field that holds the text")
+                                    f"{advice}")
                 text = record[text_field]
                 if not isinstance(text, str):
                     raise DataError(f"{path}:{number}: '{text_field}' is a {type(text).__name__}, not a string; "
-                                    "pass --text-field with the field that holds the text")
+                                    f"{advice}")
                 yield text
     except OSError as error:
         raise DataError(f"{path} cannot be read ({error.strerror}); check that it is a readable file") from None

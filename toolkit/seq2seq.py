@@ -118,13 +118,21 @@ class BleuScore:
 
 
 def corpus_bleu(hypotheses: list[str], references: list[str]) -> BleuScore:
-    """sacrebleu's corpus BLEU (13a tokenisation, exp smoothing) with its signature."""
+    """sacrebleu's corpus BLEU (13a tokenisation, exp smoothing) with its signature.
+
+    Where no hypothesis has four tokens (short answers: a class name, three words), 4-gram BLEU is 0 whatever
+    they are, so the score then stops at the longest order the hypotheses have (sacrebleu's effective order,
+    "eff:yes" in the signature); any other corpus gets standard BLEU.
+    """
     from sacrebleu.metrics import BLEU
 
     if len(hypotheses) != len(references):
         raise LmkitError(f"{len(hypotheses)} translations for {len(references)} references")
     metric = BLEU()
     result = metric.corpus_score(hypotheses, [references])
+    if result.totals[-1] == 0 and result.sys_len > 0:  # not one 4-gram among the hypotheses
+        metric = BLEU(effective_order=True)
+        result = metric.corpus_score(hypotheses, [references])
     return BleuScore(result.score, str(metric.get_signature()), [float(p) for p in result.precisions],
                      float(result.bp), len(hypotheses))
 

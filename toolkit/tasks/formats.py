@@ -142,6 +142,10 @@ def _guess_text_fields(record: dict, kind: str, path: str) -> tuple[str, ...]:
     for fields in TEXT_FIELDS:
         if all(name in record for name in fields):
             return fields
+    if len(record) == 1 and path.endswith((".tsv", ".txt")):  # plain text, its first line taken for a header
+        raise DataError(f'{path}: its first line, read as a .tsv header, names one column ("{next(iter(record))[:40]}"); '
+                        "a task file starts with a header row such as sentence<TAB>label, or is .jsonl records "
+                        '({"text": ..., "label": ...}; text to text: {"input": ..., "target": ...})')
     raise DataError(f"{path}: found none of the usual text fields (text, sentence, text_a and text_b, sentence1 "
                     f"and sentence2, ...) among {', '.join(sorted(record)) or 'no fields'}; name them with "
                     "--text-fields")

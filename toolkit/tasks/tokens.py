@@ -60,7 +60,8 @@ def read_conll(path: str, *, tag_column: int = -1, labels: tuple[str, ...] = (),
                     raise DataError(f"{path} line {number} has one column; CoNLL lines hold a word and its tag")
             if len(columns) != width:
                 raise DataError(f"{path} line {number} has {len(columns)} columns, the lines before have {width}; "
-                                "every line needs the same columns")
+                                "token classification reads CoNLL files, a word and its tag on every line and a "
+                                "blank line between sentences")
             try:
                 tag = columns[tag_column] if width > 1 else None
             except IndexError:
