@@ -624,7 +624,7 @@ def test_a_recipe_refuses_a_stack_it_does_not_read(host, tiny_gpt2, tmp_path):
     train.write_text("the O\ncat X\n\na O\ndog X\n")
     recipes = [name for name in host.components["task-recipe"] if getattr(host.component("task-recipe", name).load(),
                                                                            "stacks", None)]
-    assert {"cvt", "elmo", "elmo-bilstm", "ulmfit"} <= set(recipes)
+    assert {"cvt", "elmo", "elmo-bilstm"} <= set(recipes)  # ulmfit's refuses in words of its own
     for name in recipes:
         out = tmp_path / name
         result = run_cli("finetune", tiny_gpt2, "--task", "token-classification", "--recipe", name, "--train",

@@ -37,7 +37,6 @@ class ULMFiTInputs:
 
 class ULMFiTRecipe:
     name = "ulmfit"
-    stacks = ("awd-lstm",)
     default_lr = 0.01  # §4: the classifier's rate
     reference_width = 400  # AWD-LSTM's d_embed
     default_warmup_ratio = 0.0  # STLR rises on its own

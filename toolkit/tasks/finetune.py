@@ -108,7 +108,7 @@ def prepare(pretrained: str, out: str, kind, train, options: TaskOptions, *, see
         raise LmkitError(f"--pattern and --verbalizer are read by a cloze recipe; the {name} recipe is not one: "
                          "leave --recipe out")
     recipe = host.instantiate("task-recipe", name, recipe_options)
-    reads = getattr(recipe, "stacks", None)  # lmkit.contract.TaskRecipe: None reads any stack
+    reads = getattr(recipe, "stacks", None)  # lmkit.contract.TaskRecipe: None reads any stack (or checks it itself)
     if reads is not None and stack["type"] not in reads:
         presets = [name for name, preset in host.presets.items()
                    if any(preset.spec.get(part, {}).get("type") in reads for part in ("encoder", "decoder"))]
