@@ -209,6 +209,47 @@ def test_eos_ends_a_row_without_the_eos_token(decoder):
     assert plain.finish_reason == "length" and len(plain.tokens) == 10
 
 
+PIECES = {0: "<eos>", 1: "\n", 2: "\n\n", 3: " what", 4: "wh", 5: "at", 6: " the", 7: "?", 8: "Q"}
+
+
+def _decode(ids):
+    return "".join(PIECES[i] for i in ids)
+
+
+def test_stop_texts_match_the_text_whatever_tokens_write_it():
+    from lmkit.decoding.common import StopTexts, partial_stop_length, stop_lengths
+
+    stop = StopTexts(("\n\n", "what"), _decode, ((2,), (4, 5)))
+    generated = np.array([[6, 1, 1],    # "\n\n" as two "\n": both go
+                          [6, 6, 2],    # as its own token
+                          [6, 6, 3],    # "what" inside " what": the token goes, its space with it
+                          [6, 4, 5],    # "what" as its own tokens
+                          [6, 7, 1]])   # no stop yet
+    assert stop_lengths(generated, stop).tolist() == [2, 1, 1, 2, 0]
+    # streaming holds back what could begin a stop: "\n" (of "\n\n"), "wh" (of "what"), nothing after "?"
+    assert [partial_stop_length(np.array(tokens), stop) for tokens in ([6, 1], [6, 4], [6, 7], [6, 8])] == [1, 1, 0, 0]
+    special = StopTexts(("<eos>",), _decode, ((0,),))
+    assert stop_lengths(np.array([[6, 0]]), special).tolist() == [1]
+    long = np.array([[6, 7] * 100 + [1, 1], [6, 7] * 100 + [6, 3]])  # only the last tokens' text is read
+    assert stop_lengths(long, stop).tolist() == [2, 1]
+    assert partial_stop_length(long[0, :-1], stop) == 1
+
+
+@pytest.mark.parametrize("strategy", [Greedy(GreedyOptions(max_new_tokens=10)),
+                                      BeamSearch(BeamSearchOptions(max_new_tokens=10, num_beams=2))], ids=["greedy", "beam"])
+def test_stop_texts_end_a_generation_where_its_tokens_would_not(decoder, strategy):
+    from lmkit.decoding.common import StopTexts
+
+    plain = generate(strategy, decoder)
+    tokens = plain[1].tokens
+    text_of = {t: f"<{t:02d}>" for t in range(64)}  # every token its own text, so a stop can begin mid-token
+    decode = lambda ids: "".join(text_of[i] for i in ids)  # noqa: E731
+    stop = StopTexts((f"{tokens[5]:02d}>",), decode)  # the end of the sixth token's text: no token sequence writes it
+    results = generate(strategy, decoder, stop=stop)
+    first = tokens.index(tokens[5])
+    assert results[1].finish_reason == "stop" and results[1].tokens == tokens[:first]
+
+
 @pytest.mark.parametrize("strategy", [Greedy(GreedyOptions(max_new_tokens=10)),
                                       Sampling(SamplingOptions(max_new_tokens=10, seed=4)),
                                       BeamSearch(BeamSearchOptions(max_new_tokens=10, num_beams=1))],

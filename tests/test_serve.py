@@ -119,6 +119,15 @@ def test_greedy_sampled_and_stopped_text_equal_lmkit_generate(which, request, ti
     stopped = complete(url, prompt=PROMPTS[0], max_tokens=12, temperature=0, stop=[stop])
     assert texts(stopped) == generated(directory, PROMPTS[:1], "--max-new-tokens", "12", "--stop", stop)
     assert stopped["choices"][0]["finish_reason"] == "stop"
+    # A stop string that begins inside a token: matched on the text, as OpenAI's API matches it (a trial's
+    # "\n\n" came as two "\n" tokens, and token matching never stopped it).
+    k = next(k for k, token in enumerate(greedy["tokens"]) if token.strip().isalpha() and len(token.strip()) > 2)
+    inside = greedy["tokens"][k].strip()[1:]
+    assert service.tokenizer.encode(inside) != service.tokenizer.encode(greedy["tokens"][k])  # not its tokens
+    stopped = complete(url, prompt=PROMPTS[0], max_tokens=12, temperature=0, stop=[inside])
+    assert stopped["choices"][0]["finish_reason"] == "stop"
+    assert stopped["usage"]["completion_tokens"] == k  # it ends before the token the stop begins in
+    assert texts(stopped) == generated(directory, PROMPTS[:1], "--max-new-tokens", "12", "--stop", inside)
 
 
 def test_token_prompts_echo_and_usage(export_server, tiny_gpt2_export):

@@ -420,7 +420,8 @@ class Generator(Protocol):
                      on_token=None, prefix=None) -> list:
         """One lmkit.decoding Generation per prompt, its `output` the whole text's ids and its `spans` the parts
         generated; a prompt it cannot take is a one-line LmkitError. prefix: a lmkit.prefix.CachePrefix to hand to
-        opened.backend(..., prefix=), the positions it gives counting the prefix's P first (GLM: pos1 from P)."""
+        opened.backend(..., prefix=), the positions it gives counting the prefix's P first (GLM: pos1 from P).
+        stop: token sequences or lmkit.decoding.common.StopTexts, for the strategy's generate() as they are."""
 
     def source_prompt(self, source: list[int]) -> list[int]:
         """The prompt that asks for the target of a source's ids, as text-to-text fine-tuning writes it (GLM: the

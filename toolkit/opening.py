@@ -207,7 +207,8 @@ class OpenedModel:
         """One lmkit.decoding Generation per input: a prompt's continuation, or a source's target sequence.
 
         decoding: a strategy (decoding()), by default the model's. stop: token sequences (of the output tokenizer)
-            that end a continuation or target where it produces one, left out of it. on_token: decoder-only models.
+            that end a continuation or target where it produces one, left out of it, or StopTexts (stop_texts()),
+            matched on the text. on_token: decoder-only models.
         prefix: a lmkit.prefix.CachePrefix (lmkit.prefix.load_prefix) every prompt's key/value cache starts from
             (an encoder-decoder's decoder self-attention cache; a Generator's, GLM's, places it itself); None: none.
         """

@@ -16,8 +16,8 @@ from .translate import echo_translations, generate_from_sources
               help="A prompt; repeat for a batch.  [default: one prompt per line of stdin]")
 @decoding_flags
 @click.option("--stop", "stops", multiple=True, metavar="TEXT",
-              help="End a continuation (an encoder-decoder's target too) where it produces this text's tokens "
-                   "(left out); repeatable.")
+              help="End a continuation (an encoder-decoder's target too) where its text comes to hold this text, "
+                   "before the token it begins in; repeatable.")
 @click.option("--stream/--no-stream", default=None,
               help="Print the text as it is produced.  [default: on for a single prompt without --json]")
 @click.option("--json", "as_json", is_flag=True, help="Print tokens, text, score and finish reason as JSON.")
@@ -44,7 +44,7 @@ def generate_command(model_dir, prompts, strategy, stops, stream, as_json, trunc
     The decoding flags override the model's decoding settings; each one belongs to the strategies
     whose options have its name (--num-beams: beam).
     """
-    from ..decoding.common import fit_prompts
+    from ..decoding.common import fit_prompts, stop_texts
     from ..opening import is_export, open_model
     from ..registry import get_host
 
@@ -84,7 +84,7 @@ def generate_command(model_dir, prompts, strategy, stops, stream, as_json, trunc
         raise click.UsageError("--stop needs a non-empty text")
     if model.kind == "encoder-decoder":  # the prompts are source sentences: sequence-to-sequence generation
         output = model.output_tokenizer  # what the decoder writes (None: refused below, with what to do)
-        stop = [output.encode(text) for text in stops] if output is not None else []
+        stop = stop_texts(stops, output) if output is not None else []
         results = generate_from_sources(model, texts, strategy, given, prefix=prefix, truncate=truncate, stop=stop)
         echo_translations(texts, results, model.output_tokenizer, as_json)
         return
@@ -104,7 +104,7 @@ def generate_command(model_dir, prompts, strategy, stops, stream, as_json, trunc
     name, options = decoding_options(model.generation, strategy, given, host)
     decoding = host.component("decoding", name).load()(options)
 
-    stop = [tokenizer.encode(text) for text in stops]
+    stop = stop_texts(stops, tokenizer)
     ids = tokenizer.encode_batch(texts)
     if truncate:
         ids = [row or ([tokenizer.bos_id] if tokenizer.bos_id is not None else []) for row in ids]

@@ -40,6 +40,7 @@ from .common import (
     new_token_rooms,
     prefill,
     stop_lengths,
+    token_sequences,
     top_k_indices,
 )
 from .options import BeamSearchOptions
@@ -61,7 +62,7 @@ class BeamSearch:
         keys: ignored (beam search draws nothing); taken so every strategy is called alike.
         positions: the model's own positions of the prompts (lmkit.decoding.common.Positions).
         """
-        stop = [list(map(int, sequence)) for sequence in stop or () if len(sequence)]
+        stop = token_sequences(stop)
         prompts = fit_prompts(prompts, backend.max_length, self.options.max_new_tokens)
         input_ids, attention_mask = left_pad(prompts, pad_id)
         search = _Search(self.options, input_ids, attention_mask,

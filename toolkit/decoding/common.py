@@ -236,8 +236,76 @@ def ban_repeated_ngrams(scores: np.ndarray, history: np.ndarray, n: int) -> None
     scores[rows, windows[rows, starts, -1]] = -np.inf
 
 
-def stop_lengths(generated: np.ndarray, stop: list[list[int]] | None) -> np.ndarray:
+@dataclass(frozen=True)
+class StopTexts:
+    """Stop strings matched on the text of each row's new tokens, as OpenAI's API and vLLM match them.
+
+    A model writes a text in many ways: GPT-2 writes "\n\n" as one token or as two "\n", "what" inside
+    " what", so the stop's own tokens (`sequences`, encode(text)) alone miss most of its appearances.
+    Here a row stops at the first of the texts to appear in the decoded text of its new tokens, and keeps
+    the tokens before the one in which that text begins (a stop that begins inside a token takes the
+    token's text before it along: the output ends at a token). Token sequences match too (a special
+    token whose text decoding leaves out). Pass one as `stop` wherever token sequences are taken: the
+    strategies and lmkit serve's engine read it through stop_lengths and partial_stop_length.
+
+    texts: the stop strings; decode: the output tokenizer's ids -> text (special tokens shown);
+    sequences: token sequences that stop as well (encode(text) of each, in lmkit generate and serve).
+    """
+
+    texts: tuple[str, ...]
+    decode: Callable[[list[int]], str] = field(compare=False, repr=False)
+    sequences: tuple[tuple[int, ...], ...] = ()
+
+    def lengths(self, generated: np.ndarray) -> np.ndarray:
+        """(R, t) new tokens -> (R,): how many of the last tokens a stop takes (0: none appeared).
+
+        Called after every new token, so a stop can only end in the last one: the text of the last
+        `window` tokens is enough, however long the row.
+        """
+        lengths = stop_lengths(generated, [list(s) for s in self.sequences])
+        for row in np.flatnonzero(lengths == 0):
+            tokens = generated[row, -self.window:].tolist()
+            text = self.decode(tokens)
+            starts = [i for i in (text.find(stop) for stop in self.texts) if i >= 0]
+            if starts:
+                lengths[row] = len(tokens) - self._tokens_within(tokens, min(starts))
+        return lengths
+
+    @property
+    def window(self) -> int:
+        """Tokens enough to hold any stop text: a character may take 4 byte-level tokens, and a few more for
+        tokens that write nothing."""
+        return 4 * max(map(len, self.texts)) + 4
+
+    def partial(self, tokens: np.ndarray) -> int:
+        """How many of the last tokens could begin a stop (their text ends with the start of one)."""
+        tokens = list(map(int, tokens[-self.window:]))
+        text = self.decode(tokens)
+        held = max((n for stop in self.texts for n in range(min(len(stop) - 1, len(text)), 0, -1)
+                    if text.endswith(stop[:n])), default=0)
+        by_text = len(tokens) - self._tokens_within(tokens, len(text) - held) if held else 0
+        return max(by_text, partial_stop_length(np.array(tokens, dtype=np.int64), [list(s) for s in self.sequences]))
+
+    def _tokens_within(self, tokens: list[int], chars: int) -> int:
+        """The most leading tokens whose text is no longer than `chars` characters."""
+        k = len(tokens)
+        while k and len(self.decode(tokens[:k])) > chars:
+            k -= 1
+        return k
+
+
+def stop_texts(texts: Sequence[str], tokenizer) -> StopTexts | list:
+    """StopTexts for the output tokenizer `tokenizer` (an lmkit Tokenizer), or [] for no texts."""
+    texts = tuple(text for text in texts if text)
+    if not texts:
+        return []
+    return StopTexts(texts, tokenizer.decode, tuple(tuple(tokenizer.encode(text)) for text in texts))
+
+
+def stop_lengths(generated: np.ndarray, stop: list[list[int]] | StopTexts | None) -> np.ndarray:
     """For each row of new tokens (R, t), the length of the stop sequence it ends with, or 0."""
+    if isinstance(stop, StopTexts):
+        return stop.lengths(generated)
     lengths = np.zeros(generated.shape[0], dtype=np.int64)
     for sequence in stop or ():
         m = len(sequence)
@@ -247,8 +315,10 @@ def stop_lengths(generated: np.ndarray, stop: list[list[int]] | None) -> np.ndar
     return lengths
 
 
-def partial_stop_length(tokens: np.ndarray, stop: list[list[int]] | None) -> int:
+def partial_stop_length(tokens: np.ndarray, stop: list[list[int]] | StopTexts | None) -> int:
     """How many of the last tokens could be the start of a stop sequence (so must not be streamed yet)."""
+    if isinstance(stop, StopTexts):
+        return stop.partial(tokens)
     longest = 0
     for sequence in stop or ():
         for k in range(min(len(sequence) - 1, len(tokens)), longest, -1):
@@ -256,6 +326,13 @@ def partial_stop_length(tokens: np.ndarray, stop: list[list[int]] | None) -> int
                 longest = k
                 break
     return longest
+
+
+def token_sequences(stop) -> list[list[int]] | StopTexts:
+    """`stop` as the strategies read it: StopTexts as it is, token sequences as lists of ints (empty ones left out)."""
+    if isinstance(stop, StopTexts):
+        return stop
+    return [list(map(int, sequence)) for sequence in stop or () if len(sequence)]
 
 
 # -- the loop greedy search and sampling share -------------------------------------------------------
@@ -275,7 +352,7 @@ def generate_token_by_token(backend: Backend, prompts: Sequence[Sequence[int]],
     on_token(prompt_index, token_id) sees each token as soon as it cannot be part of a stop sequence.
     positions: the model's own positions of the prompts (Positions), else the backend counts them.
     """
-    stop = [list(map(int, sequence)) for sequence in stop or () if len(sequence)]
+    stop = token_sequences(stop)
     prompts = fit_prompts(prompts, backend.max_length, max_new_tokens)
     input_ids, attention_mask = left_pad(prompts, pad_id)
     n, width = input_ids.shape

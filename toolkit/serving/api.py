@@ -257,7 +257,8 @@ class Service:
             prompts.append(ids)
         return prompts, [item if isinstance(item, str) else self.tokenizer.decode(item) for item in inputs]
 
-    def _stops(self, value) -> tuple[tuple[int, ...], ...]:
+    def _stops(self, value):
+        """The request's stop strings, matched on the text (lmkit.decoding.common.StopTexts), or ()."""
         if value is None:
             return ()
         values = [value] if isinstance(value, str) else value
@@ -265,8 +266,9 @@ class Service:
             raise RequestError("stop must be a non-empty string or a list of them", param="stop")
         if len(values) > MAX_STOPS:
             raise RequestError(f"stop takes at most {MAX_STOPS} sequences, got {len(values)}", param="stop")
-        stops = tuple(tuple(self.output.encode(v)) for v in values)
-        return tuple(s for s in stops if s)
+        from ..decoding.common import stop_texts
+
+        return stop_texts(values, self.output) or ()
 
     def _sampling(self, body: dict) -> tuple[float, int, float, int | None]:
         """(temperature, top_k, top_p, seed): the request's, else the model's own decoding settings."""

@@ -32,7 +32,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..decoding.common import left_pad, log_softmax, partial_stop_length, stop_lengths, top_k_indices
+from ..decoding.common import (
+    StopTexts,
+    left_pad,
+    log_softmax,
+    partial_stop_length,
+    stop_lengths,
+    top_k_indices,
+)
 from ..decoding.options import SamplingOptions
 from ..decoding.sampling import Sampling
 
@@ -46,7 +53,8 @@ class Settings:
     max_new_tokens: most tokens to generate (fewer when the prompt leaves less room in the context).
     temperature: 0 for greedy search, else sampling at this temperature, with top_k (0: off) and
         top_p (1: off) as lmkit.decoding.options.SamplingOptions.
-    stop: token sequences that end the generation and are left out of it.
+    stop: what ends the generation, left out of it: token sequences, or StopTexts (the request's strings,
+        matched on the text, as OpenAI's API matches them).
     logprobs: None for no log-probabilities; k >= 0 for each token's own and those of the k most likely.
     score_prompt: the prompt tokens' log-probabilities too (every one but the first).
     ignore_eos: go on past the end-of-text token (benchmarks: every sequence gets max_new_tokens).
@@ -56,7 +64,7 @@ class Settings:
     temperature: float = 0.0
     top_k: int = 0
     top_p: float = 1.0
-    stop: tuple[tuple[int, ...], ...] = ()
+    stop: tuple[tuple[int, ...], ...] | StopTexts = ()
     logprobs: int | None = None
     score_prompt: bool = False
     ignore_eos: bool = False
