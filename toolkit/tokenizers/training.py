@@ -116,7 +116,7 @@ def fixed_order(hf_tokenizer: HFTokenizer) -> HFTokenizer:
     tokenizers' trainers number some tokens as a hash map happens to iterate, so the same text gives "w"
     id 17 in one process and "b" the next: a BPE's alphabet, a WordPiece's tokens of equal count, the
     Unigram pieces of equal score and the characters its trainer adds last (each PENALTY_STEP above the
-    least score, in set order; SentencePiece's trainer_interface.cc adds them in a sorted order). Here
+    least score, in set order, where SentencePiece's trainer adds them in a fixed order). Here
     the alphabet comes sorted, then a BPE's merges in the order they were learnt; a Unigram's pieces by
     score, ties by text, with the added characters' scores dealt out in the order of their text. Special
     tokens keep their ids. The pieces, merges and how any text is split are unchanged.
