@@ -275,7 +275,7 @@ class StopTexts:
     def window(self) -> int:
         """Tokens enough to hold any stop text: a character may take 4 byte-level tokens, and a few more for
         tokens that write nothing."""
-        return 4 * max(map(len, self.texts)) + 4
+        return 4 * max(map(len, self.texts), default=0) + 4
 
     def partial(self, tokens: np.ndarray) -> int:
         """How many of the last tokens could begin a stop (their text ends with the start of one)."""
