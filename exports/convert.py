@@ -76,7 +76,7 @@ def _raise_if_interrupted(error: BaseException) -> None:
     seen = set()
     while error is not None and id(error) not in seen:
         if isinstance(error, KeyboardInterrupt):
-            raise KeyboardInterrupt from None
+            raise error from None  # the same interrupt: Ctrl-C, or SIGTERM (lmkit.cli.Terminated)
         seen.add(id(error))
         error = error.__cause__ or error.__context__
 

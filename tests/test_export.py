@@ -843,3 +843,22 @@ def test_ctrl_c_inside_torch_onnx_is_an_interrupt_not_a_failed_export(run, tiny_
     result = run("export", tiny_gpt2, "--out", tmp_path / "out")
     assert result.code == 130 and "could not export" not in result.err, result.err
     assert not (tmp_path / "out").exists()
+
+
+def test_sigterm_ends_an_export_as_ctrl_c_does_leaving_nothing_behind(tiny_gpt2, tmp_path):
+    # A trial's `kill -TERM` of an export left .out.*.partial and .lmkit-export-* directories beside --out for
+    # good: the default action killed the process before any cleanup ran. SIGTERM is what timeout, docker
+    # stop and systemd send.
+    import signal
+    import subprocess
+    import sys
+
+    out = tmp_path / "parent" / "out"
+    out.parent.mkdir()
+    process = subprocess.Popen([sys.executable, "-m", "lmkit", "export", tiny_gpt2, "--out", str(out)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    assert process.stderr.readline().startswith("exporting")  # under way: the model is read and tracing
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 128 + signal.SIGTERM and err.strip().splitlines()[-1] == "terminated", err
+    assert os.listdir(out.parent) == []

@@ -133,3 +133,12 @@ def test_squad_question_answering_with_no_answer_questions(run, pretrained, tmp_
     _, _, config = load_model(str(tmp_path / "tuned" / "best"))
     assert config["spec"]["objectives"][0] == {"type": "span-head", "weight": 1.0, "recipe": "encoder",
                                                "allow_no_answer": True, "dropout": 0.1}
+
+
+def test_text_to_text_on_an_encoder_alone_is_refused_in_one_line(run, pretrained, tmp_path):
+    # A trial's `finetune runs/bert --task text-to-text` ended in "internal error: AttributeError".
+    train = tmp_path / "t2t.jsonl"
+    train.write_text(json.dumps({"input": "sun joy", "target": "good"}) + "\n")
+    result = run("finetune", pretrained, "--task", "text-to-text", "--train", train, "--out", tmp_path / "out")
+    assert result.code == 1 and len(result.err.strip().splitlines()) == 1, result.err
+    assert "has no decoder to write with" in result.err and not (tmp_path / "out").exists()

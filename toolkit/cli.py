@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
+import threading
 
 import click
 
@@ -282,8 +284,26 @@ cli.add_command(export_hf_command)
 # -- entry point -----------------------------------------------------------------------------------
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (timeout, docker stop, systemd), raised where Ctrl-C's KeyboardInterrupt is, so a command ends the
+    same way: the half-written --out removed (lmkit.artifacts), a run's checkpoint kept and its resume command
+    named. The default action killed the process and left staging directories behind."""
+
+
+def _terminate(signum, frame) -> None:
+    raise Terminated()
+
+
+def _chain(error: BaseException | None):
+    while error is not None:
+        yield error
+        error = error.__cause__ or error.__context__
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI: plugin commands added, errors turned into one line and an exit status."""
+    if threading.current_thread() is threading.main_thread():  # only the main thread may set a handler
+        signal.signal(signal.SIGTERM, _terminate)
     try:
         get_host().add_commands(cli)
         cli.main(args=argv, prog_name="lmkit", standalone_mode=False)
@@ -292,8 +312,10 @@ def main(argv: list[str] | None = None) -> None:
     except click.Abort as abort:
         # click turns Ctrl-C into Abort; a run with a checkpoint says how to go on (lmkit.training.InterruptedRun)
         hint = getattr(abort.__cause__ or abort.__context__, "hint", None)
-        click.echo(f"aborted; {hint}" if hint else "aborted", err=True)
-        sys.exit(130)
+        terminated = any(isinstance(error, Terminated) for error in _chain(abort))
+        word = "terminated" if terminated else "aborted"
+        click.echo(f"{word}; {hint}" if hint else word, err=True)
+        sys.exit(128 + signal.SIGTERM if terminated else 130)
     except click.UsageError as error:  # exit 2, in one line like every other error
         if debug():
             raise
@@ -310,9 +332,10 @@ def main(argv: list[str] | None = None) -> None:
             raise
         click.echo(f"error: {error}", err=True)
         sys.exit(1)
-    except KeyboardInterrupt:
-        click.echo("interrupted", err=True)
-        sys.exit(130)
+    except KeyboardInterrupt as interrupt:
+        terminated = isinstance(interrupt, Terminated)
+        click.echo("terminated" if terminated else "interrupted", err=True)
+        sys.exit(128 + signal.SIGTERM if terminated else 130)
     except Exception as error:  # noqa: BLE001
         if debug():
             raise

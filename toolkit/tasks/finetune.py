@@ -120,6 +120,10 @@ def prepare(pretrained: str, out: str, kind, train, options: TaskOptions, *, see
         raise LmkitError(f"the {recipe.name} recipe fine-tunes {' and '.join(served)}, not {kind.name}: give "
                          f"--task {served[0]}, or leave --recipe out")
     # Text to text trains the model's own way of writing (no head, so no recipe's markers in the vocabulary).
+    if kind.keeps_decoder and key == "encoder" and not spec.get("decoder"):  # a BERT: reads text, writes none
+        raise LmkitError(f"--task {kind.name} trains a model to write its targets, and this model's {stack['type']} "
+                         "encoder has no decoder to write with: fine-tune an encoder-decoder (T5) or a GLM, or use "
+                         "another --task")
     objective = kind.objective_for(key, stack["type"], stack_class) if kind.keeps_decoder else None
     grew = objective is None and recipe.prepare(tokenizer)
     if grew and stack.get("vocab_size", tokenizer.vocab_size) < tokenizer.vocab_size:
