@@ -18,7 +18,7 @@ import time
 
 import numpy as np
 import torch
-from timing import interleaved, warn_if_busy  # benchmarks/timing.py
+from timing import interleaved, session_options, warn_if_busy  # benchmarks/timing.py
 
 SIZES = {  # all-MiniLM-L6-v2's shape, and BERT-Base
     "minilm": dict(num_hidden_layers=6, hidden_size=384, num_attention_heads=12, intermediate_size=1536),
@@ -59,11 +59,7 @@ def build(size: str, work: str, threads: int):
             report = manifest["validation"]
             print(f"  exported {size} {precision} in {time.perf_counter() - start:.0f} s, max |difference| "
                   f"{report['max_abs_diff']:.2g}", flush=True)
-        options = __import__("onnxruntime").SessionOptions()
-        options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
-        # onnxruntime's idle threads spin for a while after each run, which would slow down whichever
-        # contender runs next in the interleaved order; they sleep instead.
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options = session_options(threads)
         exports[precision] = lmkit.exports.load(out, device="cpu", session_options=options)
     encoder = load_model(model_dir)[0].encoder
     decoding_layout(encoder)  # as lmkit embed's opened models have it (lmkit.nn.layout)

@@ -29,7 +29,7 @@ import tempfile
 
 import numpy as np
 import torch
-from timing import interleaved, warn_if_busy
+from timing import interleaved, session_options, warn_if_busy
 
 
 class LSTMBaseline(torch.nn.Module):
@@ -105,8 +105,7 @@ def main():
     encoder = model.encoder.eval()
     baseline = LSTMBaseline(encoder).eval()
     table = encoder.char_table.numpy()
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = args.threads
+    options = session_options(args.threads)
     sessions = {name: ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
                 for name, path in (("ort-fp32", os.path.join(exported, "model.onnx")), ("ort-int8", int8_path))}
 

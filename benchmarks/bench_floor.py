@@ -26,7 +26,7 @@ import tempfile
 import numpy as np
 import torch
 import torch.nn.functional as F
-from timing import bandwidth_bytes_per_s, interleaved, warn_if_busy  # benchmarks/timing.py
+from timing import bandwidth_bytes_per_s, interleaved, session_options, warn_if_busy  # benchmarks/timing.py
 
 from lmkit.nn.layout import packed_product, packed_weight
 
@@ -51,11 +51,7 @@ def mlas_products(weights: list[np.ndarray], rows: int, threads: int, directory:
     path = os.path.join(directory, f"products-{rows}.onnx")
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path,
               save_as_external_data=True, location=f"products-{rows}.data")
-    options = onnxruntime.SessionOptions()
-    options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
-    # Its threads would otherwise spin on after each run, taking the cores from the contender timed next.
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    session = onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    session = onnxruntime.InferenceSession(path, session_options(threads), providers=["CPUExecutionProvider"])
     feeds = {f"x{k}": np.random.randn(rows, weight.shape[1]).astype(np.float32) for k, weight in enumerate(weights)}
     return lambda: session.run(None, feeds)
 

@@ -42,6 +42,7 @@ import time
 
 import numpy as np
 import torch
+from timing import PAUSE_S, session_options  # benchmarks/timing.py
 
 import lmkit.exports
 from lmkit.decoding.greedy import Greedy
@@ -102,15 +103,6 @@ def build(size: str, work: str, precisions: tuple[str, ...] = tuple(PRECISIONS))
     return hf, model_dir, exports
 
 
-def session_options(threads: int):
-    import onnxruntime
-
-    options = onnxruntime.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    return options
-
-
 def contenders(hf, model_dir: str, exports: dict, new_tokens: int, threads: int) -> dict:
     from lmkit.model import load_model
     from lmkit.nn import decoding_layout
@@ -151,6 +143,7 @@ def time_per_token(runs: dict, prompt: list[int], new_tokens: int, repeats: int)
             start = time.perf_counter()
             run(prompt)
             times[name].append(1e3 * (time.perf_counter() - start) / new_tokens)
+            time.sleep(PAUSE_S)  # for the idle threads to stop spinning before the next contender
     return {name: statistics.median(values) for name, values in times.items()}
 
 

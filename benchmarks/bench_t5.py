@@ -23,7 +23,13 @@ import tempfile
 
 import numpy as np
 import torch
-from timing import bandwidth_bytes_per_s, interleaved, record, warn_if_busy  # benchmarks/timing.py
+from timing import (  # benchmarks/timing.py
+    bandwidth_bytes_per_s,
+    interleaved,
+    record,
+    session_options,
+    warn_if_busy,
+)
 
 SMALL = dict(vocab_size=32128, d_model=512, d_kv=64, d_ff=2048, num_layers=6, num_heads=8)
 QUICK = dict(vocab_size=4096, d_model=256, d_kv=32, d_ff=1024, num_layers=4, num_heads=8)
@@ -99,8 +105,7 @@ def main() -> None:
             export_model(model_dir, exports[precision], precision=precision)
     hf = transformers.T5ForConditionalGeneration.from_pretrained(hf_dir).eval()
     hf.generation_config.eos_token_id = None  # every row runs to --new-tokens, as lmkit's do below
-    options = onnxruntime.SessionOptions()
-    options.intra_op_num_threads, options.inter_op_num_threads = args.threads, 1
+    options = session_options(args.threads)
     contenders = {"lmkit torch": open_model(model_dir, device="cpu")}
     for precision, directory in exports.items():
         contenders[f"lmkit ort {precision}"] = open_model(directory, device="cpu", session_options=options)

@@ -26,6 +26,19 @@ def warn_if_busy() -> None:
         print(f"warning: {busy}", file=sys.stderr, flush=True)
 
 
+def session_options(threads: int):
+    """onnxruntime SessionOptions with `threads` intra-op threads and one inter-op thread, otherwise its defaults
+    (its idle threads spin, as in serving; interleaved() pauses between turns so they do not slow the next)."""
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+    return options
+
+
+PAUSE_S = 0.1  # after each turn, for the idle threads of the one timed to stop spinning (lmkit.benchmark.PAUSE_S)
+
+
 def interleaved(functions: dict[str, Callable[[], object]], repeats: int, *, shuffle: bool = False) -> dict[str, float]:
     """Median seconds of each function, timed in turns (a, b, c, a, b, c, ...) after one warm-up each,
     so that a change in the machine's load while the benchmark runs hits all of them alike.
@@ -44,6 +57,7 @@ def interleaved(functions: dict[str, Callable[[], object]], repeats: int, *, shu
             start = CLOCK()
             function()
             times[name].append(CLOCK() - start)
+            time.sleep(PAUSE_S)
     return {name: statistics.median(values) for name, values in times.items()}
 
 

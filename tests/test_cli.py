@@ -235,3 +235,11 @@ def test_generate_prints_a_continuation_as_it_reads_after_the_prompt(run, tmp_pa
     tokenizer = load_tokenizer(str(tmp_path / "tok"))
     expected = tokenizer.decode(tokenizer.encode("the red") + tokens)
     assert run(*args).out.strip() == expected and run(*args, "--stream").out.strip() == expected
+
+
+def test_stop_and_separator_texts_take_backslash_escapes():
+    # A trial's `lmkit generate ... --stop '\n'` passed backslash and n, which no text ever held.
+    from lmkit.commands.decoding_cli import unescape
+
+    assert unescape("\\n") == "\n" and unescape("\\n\\n") == "\n\n" and unescape("a\\tb") == "a\tb"
+    assert unescape("\\\\n") == "\\n"  # an escaped backslash stays one

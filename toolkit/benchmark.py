@@ -180,6 +180,12 @@ def _generation(opened, prefill, new_tokens: int):
     return run
 
 
+# Between turns: each runtime's idle threads spin on after a run (onnxruntime's pool, torch's OpenMP), taking
+# the cores from the model timed next. Measured on gpt-mini, 16 new tokens, 2 threads: PyTorch after an export
+# 120 ms with no pause, 104 after 10 ms, 71 after 100 (67-70 alone); the export after PyTorch 47, 36, 33.
+PAUSE_S = 0.1
+
+
 def measure(models: list, *, prompt_tokens: int = 128, new_tokens: int = 32, batch_size: int = 1,
             repeats: int = 5, seed: int = 0, progress=None) -> list[Speed]:
     """The speed of each opened model (lmkit.open_model), timed in turns; see the module docstring.
@@ -197,6 +203,8 @@ def measure(models: list, *, prompt_tokens: int = 128, new_tokens: int = 32, bat
         random.Random(round_).shuffle(order)
         for index in order:
             times[index].append(runners[index]())
+            if len(models) > 1:
+                time.sleep(PAUSE_S)
         if progress is not None:
             progress(round_ + 1)
     speeds = []

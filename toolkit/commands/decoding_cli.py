@@ -65,3 +65,9 @@ def show_warnings() -> None:
     logger = logging.getLogger("lmkit")
     if not any(isinstance(handler, _WarningsToStderr) for handler in logger.handlers):
         logger.addHandler(_WarningsToStderr(logging.WARNING))
+
+
+def unescape(text: str) -> str:
+    r"""`\n`, `\t` and `\\` typed on a command line, as the characters they stand for (eval --separator, generate
+    --stop: a trial's `--stop '\n'` was the two characters, and never matched)."""
+    return text.replace("\\\\", "\0").replace("\\n", "\n").replace("\\t", "\t").replace("\0", "\\")

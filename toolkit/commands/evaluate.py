@@ -1,6 +1,8 @@
 """`lmkit eval`: perplexity of held-out text, or zero-/few-shot accuracy on a task file (click only at import)."""
 import click
 
+from .decoding_cli import unescape
+
 # Options that belong to one of the two modes; giving one in the other mode is an error, not a no-op.
 TEXT_ONLY = ("stride", "text_field")
 TASK_ONLY = ("shots", "examples", "seed", "limit", "separator", "delimiter")
@@ -76,16 +78,11 @@ def eval_command(ctx, model_dir, paths, task_path, shots, examples_path, seed, l
         return
     if task_path:
         _evaluate_task(model_dir, task_path, shots=shots, examples_path=examples_path, seed=seed, limit=limit,
-                       separator=_unescape(separator), delimiter=_unescape(delimiter), context=context,
+                       separator=unescape(separator), delimiter=unescape(delimiter), context=context,
                        batch_size=batch_size, device=device, as_json=as_json)
     else:
         _evaluate_text(model_dir, paths, stride=stride, context=context, batch_size=batch_size,
                        text_field=text_field, device=device, as_json=as_json)
-
-
-def _unescape(text: str) -> str:
-    r"""`\n`, `\t` and `\\` typed on a command line, as the characters they stand for."""
-    return text.replace("\\\\", "\0").replace("\\n", "\n").replace("\\t", "\t").replace("\0", "\\")
 
 
 def _load(model_dir, device, what, decoder: bool = True, opened_too: bool = False):

@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from .decoding_cli import decoding_flags, decoding_options, show_warnings
+from .decoding_cli import decoding_flags, decoding_options, show_warnings, unescape
 from .translate import echo_translations, generate_from_sources
 
 
@@ -17,7 +17,7 @@ from .translate import echo_translations, generate_from_sources
 @decoding_flags
 @click.option("--stop", "stops", multiple=True, metavar="TEXT",
               help="End a continuation (an encoder-decoder's target too) where its text comes to hold this text, "
-                   "before the token it begins in; repeatable.")
+                   "before the token it begins in (backslash escapes allowed: \\n); repeatable.")
 @click.option("--stream/--no-stream", default=None,
               help="Print the text as it is produced.  [default: on for a single prompt without --json]")
 @click.option("--json", "as_json", is_flag=True, help="Print tokens, text, score and finish reason as JSON.")
@@ -82,6 +82,7 @@ def generate_command(model_dir, prompts, strategy, stops, stream, as_json, trunc
     given = {key: value for key, value in flags.items() if value is not None}
     if any(not text for text in stops):
         raise click.UsageError("--stop needs a non-empty text")
+    stops = [unescape(text) for text in stops]
     if model.kind == "encoder-decoder":  # the prompts are source sentences: sequence-to-sequence generation
         output = model.output_tokenizer  # what the decoder writes (None: refused below, with what to do)
         stop = stop_texts(stops, output) if output is not None else []

@@ -106,7 +106,7 @@ class _TokenizerKind:
         return Tokenizer(hf_tokenizer, cls.name, infer_roles(hf_tokenizer, cls.name))
 
 
-SCORE_DIGITS = 9  # Unigram scores closer than this are one score: parallel sums differ in the last digits
+SCORE_DIGITS = 9  # Unigram scores are rounded to this: parallel sums differ from run to run by up to 1e-10
 PENALTY_STEP = 1e-4  # what tokenizers' Unigram trainer adds per required character missing from its model
 
 
@@ -118,12 +118,13 @@ def fixed_order(hf_tokenizer: HFTokenizer) -> HFTokenizer:
     Unigram pieces of equal score and the characters its trainer adds last (each PENALTY_STEP above the
     least score, in set order, where SentencePiece's trainer adds them in a fixed order). Here
     the alphabet comes sorted, then a BPE's merges in the order they were learnt; a Unigram's pieces by
-    score, ties by text, with the added characters' scores dealt out in the order of their text. Special
-    tokens keep their ids. The pieces, merges and how any text is split are unchanged.
+    score, ties by text, with the added characters' scores dealt out in the order of their text and every
+    score rounded to SCORE_DIGITS decimals. Special tokens keep their ids. The pieces and merges are unchanged,
+    and so is how any text is split, but for splits whose scores tie to 1e-9.
 
     What stays up to the trainer: a BPE or WordPiece trainer breaks ties between pairs of equal count by
     those hash-ordered ids, so on a small text two runs can learn different merges (tokenizers issue
-    #1794); a Unigram's scores are sums in parallel, equal to about 1e-15.
+    #1794).
     """
     state = json.loads(hf_tokenizer.to_str())
     model = state["model"]
@@ -137,7 +138,9 @@ def fixed_order(hf_tokenizer: HFTokenizer) -> HFTokenizer:
     elif model["type"] == "Unigram":
         pieces = [piece for piece in model["vocab"] if piece[0] not in special]
         _deal_penalties(pieces)
-        pieces.sort(key=lambda piece: (-round(piece[1], SCORE_DIGITS), piece[0]))
+        for piece in pieces:  # the same file from the same text: parallel sums differ in the last digits
+            piece[1] = round(piece[1], SCORE_DIGITS)
+        pieces.sort(key=lambda piece: (-piece[1], piece[0]))
         dealt = iter(pieces)
         model["vocab"] = [piece if piece[0] in special else next(dealt) for piece in model["vocab"]]
     return HFTokenizer.from_str(json.dumps(state))
