@@ -253,9 +253,10 @@ def _architecture(model, family: str) -> tuple[str, set[str]]:
     objectives = tuple(sorted(model.objectives))
     classes = HEADS[family]
     if objectives not in classes:
-        raise ValueError(f"transformers has no {family} class with heads for the objectives "
-                         f"{', '.join(objectives) or 'none'} (it has: "
-                         f"{'; '.join(', '.join(k) or 'none' for k in classes)})")
+        writes = " / ".join(" + ".join(k) or "no head" for k in classes)
+        raise ValueError(f"lmkit writes {family} for transformers with these heads: {writes}; this model's are "
+                         f"{' + '.join(objectives) or 'none'} (a fine-tuned task head is not among them): export "
+                         "the pretrained model, or use lmkit export for ONNX")
     return classes[objectives], set(objectives)
 
 
