@@ -279,7 +279,8 @@ def _check(report: dict, results: list[_Result], precision: str, threshold: Thre
                         if threshold.max_rel_diff else "")
             raise ValidationError(
                 f"the {precision} export differs from PyTorch by {diff:.3g} on {output} ({result.describe()}), more "
-                f"than the {allowed:.3g} allowed ({threshold.max_abs_diff:g}{relative}); nothing was written; if the "
+                f"than the {allowed:.3g} allowed"
+                + (f" ({threshold.max_abs_diff:g}{relative})" if relative else "") + "; nothing was written; if the "
                 "PyTorch model is right and this much rounding is expected of it, allow more with --atol")
     agreement = report["top1_agreement"]
     cosine = report.get("feature_cosine")

@@ -243,3 +243,16 @@ def test_stop_and_separator_texts_take_backslash_escapes():
 
     assert unescape("\\n") == "\n" and unescape("\\n\\n") == "\n\n" and unescape("a\\tb") == "a\tb"
     assert unescape("\\\\n") == "\\n"  # an escaped backslash stays one
+
+
+def test_the_summary_names_the_objective_a_perplexity_is_of():
+    # A trial read "val_loss 6.4844 (perplexity 327.09)" as exp(6.48): the loss was masked-LM plus NSP.
+    import math
+
+    from lmkit.commands.train import _perplexity_label
+
+    bert = {"val_loss": 6.4844, "val_loss_masked-lm": 5.79, "val_loss_next-sentence": 0.69,
+            "val_ppl": math.exp(min(5.79, 700.0))}
+    assert _perplexity_label("val_ppl", bert["val_ppl"], bert) == "masked-lm perplexity"
+    assert _perplexity_label("val_ppl", math.exp(3.0), {"val_loss": 3.0, "val_ppl": math.exp(3.0)}) == "perplexity"
+    assert _perplexity_label("val_ppl_causal-lm", 20.0, {}) == "causal-lm perplexity"

@@ -208,3 +208,17 @@ def test_a_safetensors_file_whose_header_length_looks_like_a_pickle_opcode_loads
     assert path.read_bytes()[:2] == b"\x80\x02"
     assert read_safetensors_header(str(path)) == {"x": {"dtype": "F32", "shape": [1]}}
     assert load_file(str(path))["x"].item() == 1.5
+
+
+def test_a_spec_files_tokenizer_path_is_read_from_the_files_directory(tokenizer_dir, tmp_path, monkeypatch):
+    # A trial's `cd sub && lmkit compose ../good.toml` looked for the file's "tok/" in sub/.
+    import shutil
+
+    from lmkit.model import compose
+
+    shutil.copytree(tokenizer_dir, tmp_path / "tok")
+    (tmp_path / "good.toml").write_text('preset = "gpt2-tiny"\n[tokenizer]\npath = "tok/"\n[decoder]\nn_layers = 1\n')
+    (tmp_path / "sub").mkdir()
+    monkeypatch.chdir(tmp_path / "sub")
+    compose("../good.toml", [], str(tmp_path / "m"))
+    assert load_model(str(tmp_path / "m"))[1].vocab_size > 0

@@ -119,6 +119,7 @@ def load_source(source: str, host: PluginHost) -> dict:
     if not os.path.isfile(source):
         raise SpecError(f"spec file {source} does not exist")
     raw = read_toml(source)
+    _paths_from(raw, os.path.dirname(os.path.abspath(source)))
     base = raw.pop("preset", None)
     if base is not None:
         if not isinstance(base, str):
@@ -126,6 +127,18 @@ def load_source(source: str, host: PluginHost) -> dict:
         raw = merge(copy.deepcopy(host.preset(base).spec), raw)
         raw.setdefault("name", base)
     return raw
+
+
+def _paths_from(raw: dict, directory: str) -> None:
+    """A spec file's tokenizer paths, read from the file's directory as a compose file's are (a trial's
+    `cd sub && lmkit compose ../spec.toml` looked for its "tok/" in sub/); absolute paths stay as they are."""
+    tokenizer = raw.get("tokenizer")
+    if isinstance(tokenizer, str):
+        raw["tokenizer"] = os.path.join(directory, tokenizer)
+    elif isinstance(tokenizer, dict):
+        for key in ("path", "target"):
+            if isinstance(tokenizer.get(key), str):
+                tokenizer[key] = os.path.join(directory, tokenizer[key])
 
 
 def merge(base: dict, update: dict) -> dict:

@@ -98,8 +98,9 @@ def train_prefixes(model_dir: str, sources: list[tuple[str, str]], out: str, *, 
     decoder = model.decoder
     room = decoder.max_positions - length if decoder.max_positions is not None else max_tokens
     if room < 2:
-        raise LmkitError(f"a prefix of {length} positions leaves {room} of the model's {decoder.max_positions} "
-                         "for a text; give a shorter --length")
+        raise LmkitError(f"a prefix of {length} positions leaves {max(room, 0)} of the model's "
+                         f"{decoder.max_positions} for a text, and a text needs 2 or more; give a --length of at most "
+                         f"{decoder.max_positions - 2}")
     max_tokens = min(max_tokens, room)
 
     attributes = ([f"z{k}" for k in range(unsupervised)] if unsupervised

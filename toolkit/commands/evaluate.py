@@ -101,7 +101,8 @@ def _load(model_dir, device, what, decoder: bool = True, opened_too: bool = Fals
         # `lmkit eval --data` on a RoBERTa divided by zero tokens scored).
         raise ArtifactError(f"{model_dir} has no decoder; {what} needs a left-to-right language model"
                             + ("" if decoder else " or an objective that scores text (ELMo's biLM), and "
-                               f"{' and '.join(model.objectives) or 'no objective'} does not; score a fine-tuned "
+                               f"{' and '.join(model.objectives) or 'no objective'} "
+                               f"{'do' if len(model.objectives) > 1 else 'does'} not; score a fine-tuned "
                                "model on its task with lmkit predict MODEL --data FILE"))
     if tokenizer is None:
         from ..opening import no_tokenizer

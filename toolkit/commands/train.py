@@ -86,7 +86,18 @@ def train_command(model_dir, resume, out, force, **options):
         if "val_loss" in record:
             summary += f", val_loss {record['val_loss']:.4f}"
             perplexities = [(key, value) for key, value in record.items() if key.startswith("val_ppl")]
-            summary += "".join(f" ({'perplexity' if key == 'val_ppl' else key[len('val_ppl_'):] + ' perplexity'} "
-                               f"{value:.2f})" for key, value in perplexities)
+            summary += "".join(f" ({_perplexity_label(key, value, record)} {value:.2f})" for key, value in perplexities)
         click.echo(f"trained {summary}, {record['tokens_per_s']:,.0f} tokens/s: {model_dir}", err=True)
     click.echo(model_dir)
+
+
+def _perplexity_label(key: str, value: float, record: dict) -> str:
+    """"perplexity", or "masked-lm perplexity" where the loss beside it sums several objectives (BERT's masked-LM
+    and next-sentence: a trial read exp(val_loss) into a perplexity that is the masked-LM loss's alone)."""
+    import math
+
+    if key != "val_ppl":
+        return f"{key[len('val_ppl_'):]} perplexity"
+    of = [name[len("val_loss_"):] for name, loss in record.items()
+          if name.startswith("val_loss_") and math.isclose(math.exp(min(loss, 700.0)), value, rel_tol=1e-9)]
+    return f"{of[0]} perplexity" if of else "perplexity"

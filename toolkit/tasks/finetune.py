@@ -447,6 +447,8 @@ def resume(out: str, *, steps: int | None = None, device: str | None = None, pro
     from ..training.arguments import TrainingArguments
     from ..training.checkpoint import read_trainer_state
 
+    if not os.path.isdir(out):
+        raise LmkitError(f"{out} does not exist; give the --out of the fine-tuning run to go on with")
     if not os.path.isfile(os.path.join(out, TASK)):
         raise LmkitError(f"{out} is not a fine-tuning run (no {TASK}); resume a plain training run with lmkit train "
                          "--resume")

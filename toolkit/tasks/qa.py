@@ -51,7 +51,8 @@ def read_squad(path: str, require_labels: bool = True) -> QuestionData:
     try:
         document = json.loads(read_text(path))
     except json.JSONDecodeError as error:
-        raise DataError(f"{path} is not valid JSON (line {error.lineno}: {error.msg})") from None
+        raise DataError(f"{path} is not valid JSON (line {error.lineno}: {error.msg}); question answering reads a "
+                        'SQuAD file, one JSON document: {"data": [{"paragraphs": [...]}]}') from None
     if not isinstance(document, dict) or not isinstance(document.get("data"), list):
         raise DataError(f'{path} is not a SQuAD file: it needs {{"data": [{{"paragraphs": [...]}}]}}')
     questions = []

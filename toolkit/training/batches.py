@@ -178,7 +178,8 @@ def _load_spelled_split(context: DataContext, spellings: bool = False):
     def load(paths, what: str):
         stream = load_tokens(paths, context.tokenizer, text_field=args.text_field, progress=context.progress,
                              what=what, spellings=spellings)
-        context.say(f"{what}: {len(stream.tokens):,} tokens in {stream.documents:,} documents"
+        context.say(f"{what}: {len(stream.tokens):,} tokens in {stream.documents:,} "
+                    f"document{'s' if stream.documents != 1 else ''}"
                     f"{' (cached)' if stream.from_cache else ''}")
         return stream
 
@@ -198,6 +199,6 @@ def _load_spelled_split(context: DataContext, spellings: bool = False):
     needed = args.global_batch * (args.seq_len + 1)
     if len(train) < needed:
         raise DataError(f"a batch needs batch_size*grad_accum*(seq_len+1) = {args.global_batch}*"
-                        f"{args.seq_len + 1} = {needed:,} tokens but the training split has {len(train):,}; "
-                        "lower --batch-size/--seq-len or add data")
+                        f"{args.seq_len + 1} = {needed:,} tokens but the training split has {len(train):,} of the "
+                        f"{len(stream.tokens):,} read; lower --batch-size/--seq-len or add data")
     return (train, train_spelled), (val, val_spelled)
