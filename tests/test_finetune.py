@@ -359,3 +359,9 @@ def test_a_task_file_of_another_format_is_named_for_what_it_is(run, pretrained, 
     result = run("finetune", pretrained, "--task", task, "--train", path, "--out", tmp_path / "out")
     assert result.code == 1 and message in result.err and len(result.err.strip().splitlines()) == 1, result.err
     assert not (tmp_path / "out").exists()
+
+
+def test_resume_of_a_run_that_does_not_exist_says_so(run, tmp_path):
+    # A trial's `finetune --resume --out runs/nope` was told runs/nope "is not a fine-tuning run (no task.json)".
+    result = run("finetune", "--resume", "--out", tmp_path / "nope")
+    assert result.code == 1 and "nope does not exist" in result.err and len(result.err.strip().splitlines()) == 1
