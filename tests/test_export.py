@@ -348,7 +348,7 @@ def test_fp32_rounding_is_allowed_in_proportion_to_the_outputs_scale():
     for diff, scale in ((3e-3, 240.0), (2e-4, 1.0)):
         with pytest.raises(ValidationError, match=r"more than the .* allowed \(0.0001, or 1e-05 of its largest"):
             check(diff, scale)
-    with pytest.raises(ValidationError, match=r"allowed \(0.0001\); nothing was written"):  # --atol: absolute alone
+    with pytest.raises(ValidationError, match=r"the 0.0001 allowed; nothing was written"):  # --atol: absolute alone
         _check({"top1_agreement": None}, [_Result("d", {}, {"logits": 3.6e-4}, None, scale={"logits": 240.0})],
                "fp32", Threshold(max_abs_diff=1e-4))
 
