@@ -235,10 +235,7 @@ def test_two_processes_train_like_one(template, corpus, copy_model):
     one = copy_model(template, "one")
     train(one, corpus, **{**QUICK, "steps": 4, "grad_accum": 2, "eval_every": 2})
     two = copy_model(template, "two")
-    environment = {k: v for k, v in os.environ.items() if not k.startswith("LMKIT_")}
-    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                           "-m", "lmkit", "train", two, *arguments],
-                          capture_output=True, text=True, env=environment, timeout=300)
+    done = torchrun("-m", "lmkit", "train", two, *arguments)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.splitlines() == [two]  # only the first process reports
     state = json.load(open(os.path.join(two, "trainer_state.json")))
@@ -256,11 +253,20 @@ def test_two_processes_train_like_one(template, corpus, copy_model):
 STEP = {**QUICK, "batch_size": 2, "grad_accum": 4, "eval_every": 0}
 
 
-def torchrun_train(model_dir: str, corpus: str, *arguments: str) -> None:
+def torchrun(*arguments: str) -> subprocess.CompletedProcess:
+    """`torchrun --standalone --nproc-per-node 2 ARGUMENTS`, without LMKIT_ settings. Run again once where its
+    rendezvous lost the port it picked to another process (torchrun picks a free port, then binds it)."""
     environment = {k: v for k, v in os.environ.items() if not k.startswith("LMKIT_")}
-    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                           "-m", "lmkit", "train", model_dir, *arguments],
-                          capture_output=True, text=True, env=environment, timeout=300)
+    for _ in range(2):
+        done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                               *arguments], capture_output=True, text=True, env=environment, timeout=300)
+        if done.returncode == 0 or "address already in use" not in done.stderr.lower():
+            break
+    return done
+
+
+def torchrun_train(model_dir: str, corpus: str, *arguments: str) -> None:
+    done = torchrun("-m", "lmkit", "train", model_dir, *arguments)
     assert done.returncode == 0, done.stderr[-3000:]
 
 
@@ -347,8 +353,7 @@ def test_blocks_work_with_torch_tensor_parallel(two_block_template, tmp_path):
     # that runs on CPU (gloo): the MLPs split over 2 processes give the same outputs and gradients.
     script = tmp_path / "tensor_parallel.py"
     script.write_text(TENSOR_PARALLEL)
-    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                           str(script), two_block_template], capture_output=True, text=True, timeout=300)
+    done = torchrun(str(script), two_block_template)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count("ok") == 2  # both processes (their lines may interleave)
 
