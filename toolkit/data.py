@@ -148,7 +148,7 @@ def _text_segments(path: str) -> Iterator[str]:
         yield _decode(pending, path, offset)
 
 
-def _jsonl_documents(path: str, text_field: str,
+def jsonl_documents(path: str, text_field: str,
                      advice: str = "pass --text-field with the field that holds the text") -> Iterator[str]:
     """The text field of each record; blank lines are skipped. `advice` ends the error for a record without it."""
     offset = 0
@@ -181,7 +181,7 @@ def read_texts(files: list[DataFile], text_field: str = "text") -> Iterator[tupl
     """(text, ends a document) for all the data, in order; a document of only whitespace is left out."""
     for file in files:
         if file.jsonl:
-            for text in _jsonl_documents(file.path, text_field):
+            for text in jsonl_documents(file.path, text_field):
                 if text.strip():
                     yield text, True
             continue

@@ -88,9 +88,9 @@ class Seq2SeqGenerator:
         return cls(backend, start_id, eos, pad)
 
     def generate(self, decoding, sources: list[list[int]], batch_size: int = 64,
-                 stop: list[list[int]] | None = None) -> list:
+                 stop=None) -> list:
         """One Generation per source, in order, generated batch_size sources at a time; a target ends at eos or
-        where it produces one of the `stop` token sequences (left out of it).
+        at a stop, left out of it (`stop`: token sequences, or lmkit.decoding.common.StopTexts).
 
         Every prompt is the same start token, so the sources are the keys that seed sampling's rows: a
         sentence samples the same target in any batch, in any position (see lmkit.decoding.sampling).

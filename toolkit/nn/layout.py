@@ -33,6 +33,7 @@ import os
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
 PACKED_FOR_ROWS = 8  # oneDNN packs for a row count; measured: 8 to 64 alike, 1 slower at 8 rows and more
 
@@ -61,26 +62,20 @@ def weight_identity(weight: Tensor) -> tuple:
     The version counter is what in-place changes bump, but torch's fused optimizers (AdamW(fused=True), as
     lmkit trains with on the CPU and CUDA) update their parameters without bumping it (torch 2.13): a copy
     kept by it alone went stale, and a GLM fine-tune scored its dev set with the step-16 output layer at
-    every later evaluation. So the first copy kept by it makes every fused step bump its parameters'
-    counters (a global optimizer post-step hook).
+    every later evaluation. So every fused step bumps its parameters' counters (_bump_fused_parameters).
     """
-    global _bumping_fused_steps
-    if not _bumping_fused_steps:
-        from torch.optim.optimizer import register_optimizer_step_post_hook
-
-        register_optimizer_step_post_hook(_bump_fused_parameters)
-        _bumping_fused_steps = True
     return weight.data_ptr(), weight._version, weight.dtype, tuple(weight.shape)
 
 
-_bumping_fused_steps = False
-
-
 def _bump_fused_parameters(optimizer, args, kwargs) -> None:
+    """An optimizer post-step hook, for every optimizer in the process: a fused step's parameters changed."""
     for group in optimizer.param_groups:
         if group.get("fused"):
             for parameter in group["params"]:
                 torch.autograd.graph.increment_version(parameter)
+
+
+register_optimizer_step_post_hook(_bump_fused_parameters)
 
 
 class PackedCopy:

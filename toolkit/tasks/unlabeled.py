@@ -14,10 +14,10 @@ def read_unlabeled(path: str) -> list[tuple[str, ...]]:
     if not os.path.isfile(path):
         raise DataError(f"--unlabeled {path} does not exist")
     if path.endswith(".jsonl"):  # read as text, its records' braces and field names became words (a trial's)
-        from ..data import _jsonl_documents
+        from ..data import jsonl_documents
 
         advice = 'give records with a "text" string, or a text file of one sentence per line'
-        lines = [line for text in _jsonl_documents(path, "text", advice) for line in text.splitlines()]
+        lines = [line for text in jsonl_documents(path, "text", advice) for line in text.splitlines()]
         return _sentences(lines, path)
     with open(path, "rb") as handle:
         raw = handle.read()
