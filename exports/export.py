@@ -24,7 +24,7 @@ from . import triton, triton_python
 from .convert import DEFAULT_OPSET, export_graph
 from .graphs import ExportPlan
 from .manifest import FORMAT, FORMAT_VERSION, MANIFEST, describe_files
-from .precision import PRECISIONS, Int4Options, to_fp16, to_int4, to_int8
+from .precision import PRECISIONS, Int4Options, int8_description, to_fp16, to_int4, to_int8
 from .validation import THRESHOLDS, Threshold, validate
 
 LAYOUTS = ("onnx", "triton")
@@ -34,8 +34,6 @@ LAYOUTS = ("onnx", "triton")
 CACHE_LAYOUTS = {"fast": "buffer", "genai": "concat"}
 # What exporting imports (module and distribution names alike); the `torch` extra brings all of them.
 EXPORT_NEEDS = ("torch", "onnx", "onnxruntime", "onnxscript")
-QUANTIZATION = {"method": "dynamic", "weights": "int8", "per_channel": True,
-                "activations": "uint8, quantized at run time", "tool": "onnxruntime.quantization.quantize_dynamic"}
 
 
 def find_exporter(spec, host: PluginHost) -> Component:
@@ -60,7 +58,7 @@ def export_model(model_dir: str, out: str, *, precision: str = "fp32", layout: s
                  license: str = "other", cache_layout: str = "fast") -> dict:
     """Export the model in `model_dir` to `out`; returns the manifest that was written.
 
-    precision: fp32, fp16, int8 (dynamic quantization) or int4 (weight-only, blockwise; `int4` says
+    precision: fp32, fp16, int8 or int4 (weight-only, blockwise, 8 or 4 bits; `int4` says
     what else is quantized, by default Int4Options()). layout: onnx (an export directory) or
     triton (a model repository whose model folder `name` is the export directory). threshold: the
     parity the export must reach, by default THRESHOLDS[precision]. progress: told, in one line,
@@ -119,11 +117,12 @@ def export_model(model_dir: str, out: str, *, precision: str = "fp32", layout: s
     with staged_directory(out, force=force, inputs=(model_dir,)) as stage:
         root = os.path.join(stage, name) if name else stage
         files = {graph.name: triton.graph_file(graph) if name else f"{graph.name}.onnx" for graph in plan.graphs}
+        dynamic: list[str] = []  # nodes an int8 export quantized dynamically (precision.to_int8)
         with tempfile.TemporaryDirectory(prefix=".lmkit-export-", dir=os.path.dirname(stage)) as work:
             for graph in plan.graphs:
                 target = os.path.join(root, files[graph.name])
                 os.makedirs(os.path.dirname(target), exist_ok=True)
-                _write_graph(graph, target, precision, opset, work, int4 or Int4Options())
+                dynamic += _write_graph(graph, target, precision, opset, work, int4 or Int4Options())
         report = validate([(graph, os.path.join(root, files[graph.name])) for graph in plan.graphs],
                           precision, threshold or THRESHOLDS[precision], head=head,
                           head_graph=None if layers is None else layers.name)
@@ -164,7 +163,7 @@ def export_model(model_dir: str, out: str, *, precision: str = "fp32", layout: s
             "architecture": plan.architecture,
             "opset": opset,
             "dtype": precision,
-            "quantization": {"int8": QUANTIZATION, "int4": (int4 or Int4Options()).describe()}.get(precision),
+            "quantization": {"int8": int8_description(dynamic), "int4": (int4 or Int4Options()).describe()}.get(precision),
             "dimensions": plan.dimensions,
             "graphs": {graph.name: graph.describe(files[graph.name]) for graph in plan.graphs},
             **({"encoder_decoder": plan.layout.to_dict()} if plan.layout is not None else {}),
@@ -232,11 +231,12 @@ def _require(*modules: str) -> None:
                                 "pip install -c constraints.txt 'lmkit-toolkit[torch]'")
 
 
-def _write_graph(graph, target: str, precision: str, opset: int, work: str, int4: Int4Options) -> None:
-    """Export `graph` to `target` in `precision`; an fp16, int8 or int4 graph is converted from fp32 in `work`."""
+def _write_graph(graph, target: str, precision: str, opset: int, work: str, int4: Int4Options) -> list[str]:
+    """Export `graph` to `target` in `precision`; an fp16, int8 or int4 graph is converted from fp32 in `work`.
+    Returns the nodes an int8 conversion quantized dynamically (precision.to_int8)."""
     if precision == "fp32":
         export_graph(graph, target, opset)
-        return
+        return []
     fp32 = os.path.join(work, f"{graph.name}.fp32.onnx")
     export_graph(graph, fp32, opset)
     if precision == "fp16":
@@ -244,7 +244,8 @@ def _write_graph(graph, target: str, precision: str, opset: int, work: str, int4
     elif precision == "int4":
         to_int4(fp32, target, int4)
     else:
-        to_int8(fp32, target)
+        return to_int8(fp32, target)
+    return []
 
 
 def _default_name(model_dir: str) -> str:

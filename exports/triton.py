@@ -33,7 +33,8 @@ def config_pbtxt(name: str, graphs: list[Graph], precision: str) -> str:
         raise LmkitError(f"this export has {len(graphs)} graphs; a Triton layout of more than one (an "
                          "ensemble) is not supported yet: export with --format onnx")
     graph = graphs[0]
-    # An int8 graph runs MatMulInteger, which is fast on CPUs; fp32 and fp16 are for GPU serving.
+    # An int8 graph's products (MatMulNBits at accuracy level 4) compute in int8 on CPUs; fp32 and fp16
+    # are for GPU serving.
     kind = "KIND_CPU" if precision == "int8" else "KIND_GPU"
     lines = [
         f'name: "{name}"',

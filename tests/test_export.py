@@ -255,6 +255,13 @@ def test_generate_uses_the_manifest_settings_and_options(exported, torch_model):
 # -- precision and layouts ---------------------------------------------------------------------
 
 
+@pytest.fixture(scope="module")
+def int8_export(model_dir, tmp_path_factory) -> str:
+    out = str(tmp_path_factory.mktemp("int8") / "int8")
+    export_model(model_dir, out, precision="int8")
+    return out
+
+
 def test_int8_export_is_smaller_and_reports_top1_agreement(run, model_dir, exported, tmp_path):
     out = tmp_path / "int8"
     result = run("export", model_dir, "--out", out, "--quantize", "int8")
@@ -262,21 +269,50 @@ def test_int8_export_is_smaller_and_reports_top1_agreement(run, model_dir, expor
     assert result.out.strip() == str(out)
     assert "top-1 agreement" in result.err
     manifest = read_manifest(out)
-    assert manifest["dtype"] == "int8" and manifest["quantization"]["per_channel"] is True
+    assert manifest["dtype"] == "int8" and manifest["quantization"]["method"] == "weight-only, blockwise"
     report = manifest["validation"]
     assert report["threshold"] == {"min_top1_agreement": 0.5}
     assert 0.5 <= report["top1_agreement"] <= 1 and report["max_abs_diff"] > 0
     assert os.path.getsize(out / "model.onnx") < 0.5 * os.path.getsize(os.path.join(exported, "model.onnx"))
     graph = onnx.load(str(out / "model.onnx")).graph
-    assert {"MatMulInteger", "DynamicQuantizeLinear"} <= {node.op_type for node in graph.node}
-    # The tied embedding's lookup dequantizes the rows it gathers; the output projection is a quantized
-    # product of its own (per channel), not the whole (vocab, width) table dequantized at every step.
-    initializers = {t.name: list(t.dims) for t in graph.initializer}
+    ops = {node.op_type for node in graph.node}
+    assert "MatMulNBits" in ops and not ops & {"MatMulInteger", "DynamicQuantizeLinear", "MatMul"}
+    products = [node for node in graph.node if node.op_type == "MatMulNBits"]
+    assert {onnx.helper.get_attribute_value(a) for n in products for a in n.attribute if a.name == "bits"} == {8}
+    # The tied embedding's lookups read an int8 table with a scale per row; the output projection is a
+    # product of its own, not the whole (vocab, width) table dequantized at every step.
+    initializers = {t.name: t for t in graph.initializer}
     vocab = manifest["dimensions"]["vocab_size"]
-    tables = {name for name, dims in initializers.items() if vocab in dims and len(dims) == 2}
-    assert not [n for n in graph.node if n.op_type == "DequantizeLinear" and n.input[0] in tables]
-    (head,) = [n for n in graph.node if n.op_type == "MatMulInteger" and set(n.input) & tables]
-    assert initializers[head.input[1]] == [64, vocab] and initializers[head.input[3]] == [vocab]
+    assert not [t for t in graph.initializer if t.data_type == onnx.TensorProto.FLOAT
+                and sorted(t.dims) == sorted([vocab, 64])]
+    tables = [initializers[n.input[0]] for n in graph.node if n.op_type == "Gather" and n.input[0] in initializers]
+    assert tables and {t.data_type for t in tables if list(t.dims)[1:] == [64]} == {onnx.TensorProto.INT8}
+    (head,) = [n for n in products if any(a.name == "N" and a.i == vocab for a in n.attribute)]
+    assert {a.name: a.i for a in head.attribute}["K"] == 64
+
+
+@pytest.mark.parametrize("rows", [[0], [2, 0], [1, 2, 0]])
+def test_an_int8_rows_logits_do_not_depend_on_its_batch(int8_export, model_dir, rows):
+    """Dynamic quantization (int8's method before the blockwise one) scaled a product's activations by the whole batch's range,
+    padding included: a served request's tokens changed with what it was batched with (docs/serving.md).
+    Here a prompt's logits in any batch are its logits alone, through the prefill and the steps after it,
+    within fp32's rounding of padded attention."""
+    from lmkit.decoding.common import left_pad
+    from lmkit.tokenizers import load_tokenizer
+
+    tokenizer = load_tokenizer(model_dir)
+    runtime = lmkit.exports.load(int8_export).runtime
+    encoded = [tokenizer.encode(text) for text in PROMPTS]
+    last = rows[-1]  # the row compared with the prompt run alone
+
+    def run(prompts):
+        backend = runtime.backend()
+        outputs = [backend.prefill(*left_pad(prompts, pad_id=0))[-1]]
+        for token in (5, 6, 7):
+            outputs.append(backend.step(np.full(len(prompts), token), None)[-1])
+        return np.stack(outputs)
+
+    np.testing.assert_allclose(run([encoded[row] for row in rows]), run([encoded[last]]), atol=1e-4, rtol=0)
 
 
 def test_fp16_triton_repository(run, model_dir, tmp_path):
@@ -862,3 +898,31 @@ def test_sigterm_ends_an_export_as_ctrl_c_does_leaving_nothing_behind(tiny_gpt2,
     _, err = process.communicate(timeout=120)
     assert process.returncode == 128 + signal.SIGTERM and err.strip().splitlines()[-1] == "terminated", err
     assert os.listdir(out.parent) == []
+
+
+@pytest.mark.parametrize("also_read", [False, True])
+def test_an_embedding_table_in_int8_keeps_each_row_within_half_a_step(also_read, tmp_path):
+    """precision.quantize_embedding_tables on a graph of one unnamed lookup (as a hand-built graph has): each row
+    within half of its own scale, an all-zero row exact, and the fp32 table kept only where another node reads it."""
+    import onnxruntime
+    from onnx import TensorProto, helper, numpy_helper
+
+    from lmkit.exports.precision import quantize_embedding_tables
+
+    table = np.random.default_rng(0).normal(size=(6, 5)).astype(np.float32) * np.arange(6, dtype=np.float32)[:, None]
+    nodes = [helper.make_node("Gather", ["table", "ids"], ["rows"])]
+    outputs = [helper.make_tensor_value_info("rows", TensorProto.FLOAT, [None, 5])]
+    if also_read:
+        nodes.append(helper.make_node("Identity", ["table"], ["table_out"]))
+        outputs.append(helper.make_tensor_value_info("table_out", TensorProto.FLOAT, [6, 5]))
+    graph = helper.make_graph(nodes, "lookup", [helper.make_tensor_value_info("ids", TensorProto.INT64, [None])],
+                              outputs, [numpy_helper.from_array(table, "table")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    assert quantize_embedding_tables(model) == 1
+    onnx.checker.check_model(model)
+    assert ("table" in {t.name for t in model.graph.initializer}) == also_read
+    session = onnxruntime.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    rows = session.run(["rows"], {"ids": np.array([5, 0, 3, 3])})[0]
+    step = np.abs(table).max(axis=1) / 127
+    np.testing.assert_array_equal(rows[1], 0)
+    assert (np.abs(rows - table[[5, 0, 3, 3]]) <= step[[5, 0, 3, 3], None] / 2 + 1e-7).all()

@@ -40,11 +40,11 @@ def test_heldout_perplexity_is_within_5_percent_above_the_entropy_floor(trained)
     assert math.exp(-noise) <= ratio <= 1.05, (score.perplexity, floor)
 
 
-def test_int4_keeps_the_trained_models_top1_and_perplexity(trained, tmp_path):
-    """--quantize int4 on a trained model (blocks in 4 bits, output projection in 8), and everything in 4 bits:
-    top-1 agreement with PyTorch and perplexity on held-out text (benchmarks/quantized_quality.py measures a
-    larger model). Measured: int4 top-1 0.984, perplexity x 1.0004; all in 4 bits 0.932, x 1.0018. A broken
-    quantization (a weight transposed, a wrong scale) lands near chance."""
+def test_int8_and_int4_keep_the_trained_models_top1_and_perplexity(trained, tmp_path):
+    """--quantize int8, int4 on a trained model (blocks in 4 bits, output projection in 8), and everything in 4
+    bits: top-1 agreement with PyTorch and perplexity on held-out text (benchmarks/quantized_quality.py measures
+    a larger model). Measured: int8 top-1 0.988, perplexity x 1.0000; int4 0.984, x 1.0004; all in 4 bits
+    0.932, x 1.0018. A broken quantization (a weight transposed, a wrong scale) lands near chance."""
     import json
 
     pytest.importorskip("onnxscript")
@@ -53,7 +53,7 @@ def test_int4_keeps_the_trained_models_top1_and_perplexity(trained, tmp_path):
 
     from lmkit.decoding.common import log_softmax
     from lmkit.exports.export import export_model
-    from lmkit.exports.precision import Int4Options, to_int4
+    from lmkit.exports.precision import Int4Options, to_int4, to_int8
 
     model_dir, valid_file, _ = trained
     model, tokenizer, _ = load_model(model_dir)
@@ -83,11 +83,12 @@ def test_int4_keeps_the_trained_models_top1_and_perplexity(trained, tmp_path):
 
     base = math.exp(-sum(float(lp[np.arange(len(ids) - 1), ids[1:]].sum()) for lp, ids in zip(reference, documents))
                     / sum(len(ids) - 1 for ids in documents))
-    for name, options, min_top1, max_ratio in (("int4", Int4Options(), 0.95, 1.02),
-                                                ("int4-all", Int4Options(output_bits=4, embeddings=True), 0.90, 1.05)):
+    for name, convert, min_top1, max_ratio in (
+            ("int8", to_int8, 0.97, 1.01), ("int4", lambda *paths: to_int4(*paths, Int4Options()), 0.95, 1.02),
+            ("int4-all", lambda *paths: to_int4(*paths, Int4Options(output_bits=4, embeddings=True)), 0.90, 1.05)):
         graph = tmp_path / name / "model.onnx"
         graph.parent.mkdir()
-        to_int4(str(fp32 / "model.onnx"), str(graph), options)
+        convert(str(fp32 / "model.onnx"), str(graph))
         top1, perplexity = scores(str(graph))
         print(f"{name}: top-1 {top1:.4f}, perplexity {perplexity:.4f} against {base:.4f} (x {perplexity / base:.4f})")
         assert top1 >= min_top1 and perplexity / base <= max_ratio, (name, top1, perplexity, base)

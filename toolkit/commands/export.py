@@ -10,8 +10,8 @@ import click
 @click.option("--dtype", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True,
               help="Precision of the weights; fp16 is for GPU serving (inputs and outputs stay fp32).")
 @click.option("--quantize", type=click.Choice(["int8", "int4"]),
-              help="int8: dynamic quantization, weights per channel: a smaller model for CPUs. int4: weight-only, "
-                   "blockwise (MatMulNBits): the transformer blocks in 4 bits, the output projection in 8.")
+              help="int8: weight-only, blockwise (MatMulNBits), embeddings with a scale per row: a smaller model for "
+                   "CPUs. int4: blockwise, the transformer blocks in 4 bits, the output projection in 8.")
 @click.option("--int4-output", is_flag=True, help="With --quantize int4: the output projection in 4 bits too.")
 @click.option("--int4-embeddings", is_flag=True, help="With --quantize int4: the token and position embeddings "
               "in 4 bits too.")
