@@ -7,8 +7,9 @@ step at batch 1 reads each weight once (memory bandwidth), a training step multi
 - decoding: gpt2-small's 49 weight matrices (12 layers of 768 x 2304, 768 x 768, 768 x 3072, 3072 x 768
   and the 50257 x 768 output layer: 498 MB of float32), multiplied one after another by `rows` rows, as
   a step does, through F.linear (MKL, the weight as nn.Linear holds it), oneDNN's packed copy as lmkit
-  packs it (lmkit.nn.layout, for 8 rows) and packed for one row, and onnxruntime's MLAS (one graph of
-  the same products, the kernels an export runs). Each in GB/s of weights read and as a multiple of the
+  packs it (lmkit.nn.layout, for 8 rows) and packed for one row, lmkit's own kernel for one and two rows
+  (lmkit.nn.gemv, where it builds) and onnxruntime's MLAS (one graph of the same products, the kernels
+  an export runs). Each in GB/s of weights read and as a multiple of the
   floor: the weights' bytes over the bandwidth of a plain sum over 1 GB (benchmarks/timing.py).
 - training: a float32 matrix product of 2048 x 2048 x 2048, in GFLOP/s, what the products of a
   training step (three quarters of one, in torch's profiler) run at best.
@@ -28,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from timing import bandwidth_bytes_per_s, interleaved, session_options, warn_if_busy  # benchmarks/timing.py
 
+from lmkit.nn import gemv
 from lmkit.nn.layout import packed_product, packed_weight
 
 D, FF, LAYERS, VOCAB = 768, 3072, 12, 50257
@@ -67,13 +69,17 @@ def decoding(rows: int, weights: list[torch.Tensor], threads: int, repeats: int,
                                                        for w, p in zip(weights, packed)]
         contenders["oneDNN packed for 1 row"] = lambda: [packed_product(inputs[w.size(1)], p)
                                                          for w, p in zip(weights, packed_one)]
+    if rows <= gemv.MAX_ROWS and gemv.available():
+        blocked = [gemv.blocked_weight(w) for w in weights]
+        contenders["lmkit's kernel (lmkit.nn.gemv)"] = lambda: [gemv.blocked_product(inputs[w.size(1)], b, w.size(0))
+                                                              for w, b in zip(weights, blocked)]
     contenders["onnxruntime MLAS"] = mlas_products([w.numpy() for w in weights], rows, threads, directory)
     with torch.inference_mode():
         seconds = interleaved(contenders, repeats)
     megabytes = sum(w.numel() * 4 for w in weights) / 1e6
     for name, value in seconds.items():
         ms = 1e3 * value
-        print(f"  {rows} row{'s' if rows > 1 else ' '}  {name:26} {ms:7.2f} ms  {megabytes / ms:5.1f} GB/s  "
+        print(f"  {rows} row{'s' if rows > 1 else ' '}  {name:30} {ms:7.2f} ms  {megabytes / ms:5.1f} GB/s  "
               f"{ms / floor_ms:4.2f}x the floor", flush=True)
 
 
@@ -88,7 +94,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=7)
-    parser.add_argument("--rows", type=int, nargs="+", default=[1, 4])
+    parser.add_argument("--rows", type=int, nargs="+", default=[1, 2, 4])
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)

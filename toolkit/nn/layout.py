@@ -19,7 +19,10 @@ ran 1 to 512 rows as fast as one packed for each). So `decoding_layout` gives ea
 model opened for inference such a copy (`PackedLinear`), and `TiedOutputProjection` keeps one of the
 embedding it multiplies by. The copy doubles the memory those weights take; where that would pass a
 quarter of the machine's memory, or where torch has no oneDNN, the weights are instead laid out as
-(in, out) memory in place (MKL's second-best order above, which costs nothing).
+(in, out) memory in place (MKL's second-best order above, which costs nothing). For one and two rows
+(greedy decoding at batch 1 and 2) lmkit's own kernel reads a second, blocked copy faster than oneDNN
+does (lmkit.nn.gemv, where it can be built; the copies then take three times the weights' memory, and
+the kernel's are left out where they would pass the quarter).
 
 A copy is used under torch.inference_mode() only, for float32 on the CPU, and made again when its weight
 changes (an optimizer step or load_state_dict bumps the weight's version counter); training, tracing for
@@ -34,6 +37,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.optim.optimizer import register_optimizer_step_post_hook
+
+from . import gemv
 
 PACKED_FOR_ROWS = 8  # oneDNN packs for a row count; measured: 8 to 64 alike, 1 slower at 8 rows and more
 
@@ -79,41 +84,54 @@ register_optimizer_step_post_hook(_bump_fused_parameters)
 
 
 class PackedCopy:
-    """A weight's oneDNN-packed copy, kept while the weight is unchanged and made again when it changes.
+    """A weight's copies laid out for the CPU's kernels, kept while the weight is unchanged and made again
+    when it changes: oneDNN's packed copy, and, with `blocked`, the copy lmkit's one- and two-row kernel
+    reads (lmkit.nn.gemv) where that kernel is available.
 
-    `for_input(x, weight)` is the copy to multiply x by, or None where the weight itself is to be used:
+    `product(x, weight, bias)` multiplies through them, or is None where the weight itself is to be used:
     outside inference mode, off the CPU, a dtype other than float32, while tracing or compiling (the
-    copy is no part of a graph), or for an inference tensor (a model built or loaded under
+    copies are no part of a graph), or for an inference tensor (a model built or loaded under
     torch.inference_mode(), whose parameters have no version counter to tell a change by).
     """
 
-    def __init__(self):
+    def __init__(self, blocked: bool = True):
         self.packed: Tensor | None = None
+        self.blocked: Tensor | None = None
+        self.wants_blocked = blocked
         self._made_from: tuple | None = None
 
-    def for_input(self, x: Tensor, weight: Tensor) -> Tensor | None:
+    def product(self, x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor | None:
+        """x (..., in) @ weight.T (+ bias) -> (..., out) through a copy, or None (see the class docstring)."""
         if (not torch.is_inference_mode_enabled() or x.device.type != "cpu" or x.dtype != torch.float32
                 or weight.dtype != torch.float32 or weight.is_inference() or torch.jit.is_tracing()
                 or torch.compiler.is_compiling()):
             return None
-        return self.of(weight)
+        self.of(weight)
+        rows = x.numel() // max(x.size(-1), 1)
+        if self.blocked is not None and 1 <= rows <= gemv.MAX_ROWS:
+            return gemv.blocked_product(x, self.blocked, weight.size(0), bias)
+        if self.packed is not None:
+            return packed_product(x, self.packed, bias)
+        return None
 
     def of(self, weight: Tensor) -> Tensor | None:
-        """The packed copy of `weight` (made now if it changed since), or None where it cannot be packed."""
+        """The packed copy of `weight` (the copies made now if it changed since), or None where it cannot be packed."""
         source = weight_identity(weight)
         if source != self._made_from:
-            self.packed, self._made_from = packed_weight(weight), source
+            self.packed = packed_weight(weight)
+            self.blocked = gemv.blocked_weight(weight) if self.wants_blocked and gemv.available() else None
+            self._made_from = source
         return self.packed
 
     def __deepcopy__(self, memo) -> PackedCopy:
-        return PackedCopy()  # a copied module's weight is another tensor: the copy is made again for it
+        return PackedCopy(self.wants_blocked)  # a copied module's weight is another tensor: copies are made again
 
     def __getstate__(self) -> dict:
-        return {"packed": None, "_made_from": None}
+        return {"packed": None, "blocked": None, "wants_blocked": self.wants_blocked, "_made_from": None}
 
 
 class PackedLinear(nn.Linear):
-    """nn.Linear that multiplies by a oneDNN-packed copy of its weight under inference mode on the CPU.
+    """nn.Linear that multiplies by laid-out copies of its weight under inference mode on the CPU (PackedCopy).
 
     Made from an nn.Linear by `decoding_layout` (the same module, its class changed): parameters, names and
     state dict stay nn.Linear's, and outside inference mode it is nn.Linear. x (..., in_features) ->
@@ -123,10 +141,8 @@ class PackedLinear(nn.Linear):
     weight_copy: PackedCopy
 
     def forward(self, x: Tensor) -> Tensor:
-        packed = self.weight_copy.for_input(x, self.weight)
-        if packed is None:
-            return F.linear(x, self.weight, self.bias)
-        return packed_product(x, packed, self.bias)
+        product = self.weight_copy.product(x, self.weight, self.bias)
+        return F.linear(x, self.weight, self.bias) if product is None else product
 
 
 def decoding_layout(module: nn.Module) -> int:
@@ -140,13 +156,15 @@ def decoding_layout(module: nn.Module) -> int:
     linears = [linear for linear in module.modules() if type(linear) is nn.Linear and not linear.weight.is_inference()
                and linear.weight.device.type == "cpu" and linear.weight.dtype == torch.float32]
     weight_bytes = sum(linear.weight.numel() * 4 for linear in linears)
-    pack = weight_bytes <= _memory_bytes() // 4 and _packing_works()
+    budget = _memory_bytes() // 4
+    pack = weight_bytes <= budget and _packing_works()
+    blocked = 2 * weight_bytes <= budget  # the one- and two-row kernel's copies too (lmkit.nn.gemv)
     changed = 0
     with torch.no_grad():
         for linear in linears:
             if pack:
                 linear.__class__ = PackedLinear
-                linear.weight_copy = PackedCopy()
+                linear.weight_copy = PackedCopy(blocked)
                 linear.weight_copy.of(linear.weight)
                 changed += 1
             elif not linear.weight.t().is_contiguous():

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .layout import PackedCopy, packed_product, weight_identity
+from .layout import PackedCopy, weight_identity
 
 
 class TiedOutputProjection:
@@ -32,9 +32,9 @@ class TiedOutputProjection:
         self._made_from: tuple | None = None
 
     def __call__(self, h: Tensor, embedding: Tensor) -> Tensor:
-        packed = self._packed.for_input(h, embedding)
-        if packed is not None:
-            return packed_product(h, packed)
+        product = self._packed.product(h, embedding)
+        if product is not None:
+            return product
         rows = h.numel() // h.size(-1)
         if (rows > self.TALL_ROWS or h.device.type != "cpu" or not torch.is_inference_mode_enabled()
                 or embedding.is_inference() or h.dtype != embedding.dtype):
