@@ -226,6 +226,8 @@ def test_stop_texts_match_the_text_whatever_tokens_write_it():
                           [6, 4, 5],    # "what" as its own tokens
                           [6, 7, 1]])   # no stop yet
     assert stop_lengths(generated, stop).tolist() == [2, 1, 1, 2, 0]
+    # what the stop's tokens write before it stays in the text: the space of " what"
+    assert [stop.text_before(row, cut) for row, cut in zip(generated, [2, 1, 1, 2])] == ["", "", " ", ""]
     # streaming holds back what could begin a stop: "\n" (of "\n\n"), "wh" (of "what"), nothing after "?"
     assert [partial_stop_length(np.array(tokens), stop) for tokens in ([6, 1], [6, 4], [6, 7], [6, 8])] == [1, 1, 0, 0]
     special = StopTexts(("<eos>",), _decode, ((0,),))
@@ -248,6 +250,9 @@ def test_stop_texts_end_a_generation_where_its_tokens_would_not(decoder, strateg
     results = generate(strategy, decoder, stop=stop)
     first = tokens.index(tokens[5])
     assert results[1].finish_reason == "stop" and results[1].tokens == tokens[:first]
+    # the text is cut at the stop, as OpenAI's API cuts it: the token's "<" before it stays (Generation.tail)
+    assert results[1].tail == "<"
+    assert results[1].to_dict(decode)["text"] == decode(tokens).split(stop.texts[0])[0]
 
 
 @pytest.mark.parametrize("strategy", [Greedy(GreedyOptions(max_new_tokens=10)),

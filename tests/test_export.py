@@ -490,6 +490,20 @@ def test_lmkit_generate_on_an_export_matches_the_model_directory(run, exported, 
     assert tokens[0] == tokens[1] and all(len(t) > 0 for t in tokens[0])
 
 
+@pytest.mark.parametrize("flags", [[], ["--stream"], ["--strategy", "beam", "--num-beams", "2"]])
+def test_generate_cuts_the_text_at_a_stop_that_begins_inside_a_token(run, model_dir, flags):
+    # The text ends where the stop string begins, as OpenAI's API cuts it: a token's text before the stop stays.
+    args = ["--prompt", PROMPTS[0], "--max-new-tokens", "8", *flags]
+    whole = run("generate", model_dir, *args)
+    assert whole.code == 0, whole.err
+    text = whole.out.rstrip("\n")
+    continuation = text[len(PROMPTS[0]):]
+    inside = next(word[1:3] for word in continuation.split() if len(word) >= 4)  # letters inside a token
+    stopped = run("generate", model_dir, *args, "--stop", inside)
+    assert stopped.code == 0, stopped.err
+    assert stopped.out.rstrip("\n") == text[:text.index(inside, len(PROMPTS[0]))]
+
+
 # -- execution providers -----------------------------------------------------------------------
 
 

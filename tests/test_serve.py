@@ -127,6 +127,9 @@ def test_greedy_sampled_and_stopped_text_equal_lmkit_generate(which, request, ti
     stopped = complete(url, prompt=PROMPTS[0], max_tokens=12, temperature=0, stop=[inside])
     assert stopped["choices"][0]["finish_reason"] == "stop"
     assert stopped["usage"]["completion_tokens"] == k  # it ends before the token the stop begins in
+    # ... and its text at the stop, as OpenAI's API cuts it: the token's text before the stop stays
+    whole = texts(complete(url, prompt=PROMPTS[0], max_tokens=12, temperature=0))[0]
+    assert texts(stopped) == [whole[:whole.index(inside)]]
     assert texts(stopped) == generated(directory, PROMPTS[:1], "--max-new-tokens", "12", "--stop", inside)
 
 

@@ -17,7 +17,7 @@ from .translate import echo_translations, generate_from_sources
 @decoding_flags
 @click.option("--stop", "stops", multiple=True, metavar="TEXT",
               help="End a continuation (an encoder-decoder's target too) where its text comes to hold this text, "
-                   "before the token it begins in (backslash escapes allowed: \\n); repeatable.")
+                   "the text cut where it begins (backslash escapes allowed: \\n); repeatable.")
 @click.option("--stream/--no-stream", default=None,
               help="Print the text as it is produced.  [default: on for a single prompt without --json]")
 @click.option("--json", "as_json", is_flag=True, help="Print tokens, text, score and finish reason as JSON.")
@@ -115,7 +115,7 @@ def generate_command(model_dir, prompts, strategy, stops, stream, as_json, trunc
     printer = _TextStream(tokenizer, texts[0], ids[0]) if stream else None
     results = model.generate_ids(ids, decoding, stop=stop, on_token=printer, prefix=prefix)
     if printer is not None:
-        printer.finish()
+        printer.finish(results[0].tail)
 
     if as_json:
         click.echo(json.dumps([{"prompt": text, **result.to_dict(tokenizer.decode)}
@@ -123,7 +123,7 @@ def generate_command(model_dir, prompts, strategy, stops, stream, as_json, trunc
         return
     # A backward model's tokens come before the prompt: decoded with it, in reading order.
     outputs = [tokenizer.decode(prompt + generation.tokens) if backward and generation.output is None
-               else text + tokenizer.continuation(prompt, generation.tokens) if generation.output is None
+               else text + tokenizer.continuation(prompt, generation.tokens) + generation.tail if generation.output is None
                else tokenizer.decode(generation.output)
                for text, prompt, result in zip(texts, ids, results) for generation in [result] + result.alternatives]
     if printer is not None:
@@ -157,12 +157,13 @@ class _TextStream:
         self.tokens.append(token)
         self._print(final=False)
 
-    def finish(self) -> None:
-        self._print(final=True)
+    def finish(self, tail: str = "") -> None:
+        """tail: the text a stop that began inside a token left before it (Generation.tail)."""
+        self._print(final=True, tail=tail)
         click.echo()
 
-    def _print(self, final: bool) -> None:
-        text = self.tokenizer.continuation(self.prompt_ids, self.tokens)
+    def _print(self, final: bool, tail: str = "") -> None:
+        text = self.tokenizer.continuation(self.prompt_ids, self.tokens) + tail
         if not final and text.endswith("\ufffd"):  # the first bytes of a character that spans tokens
             return
         click.echo(self.prompt + text[self.printed:], nl=False)

@@ -51,7 +51,7 @@ def echo_translations(texts, results, tokenizer, as_json: bool) -> None:
         return
     for result in results:
         for generation in [result] + result.alternatives:
-            click.echo(decode(generation.tokens))
+            click.echo(decode(generation.tokens) + generation.tail)
 
 
 def open_encoder_decoder(model_dir: str, device: str, provider: str | None = None):

@@ -40,6 +40,7 @@ from .common import (
     new_token_rooms,
     prefill,
     stop_lengths,
+    stop_tail,
     token_sequences,
     top_k_indices,
 )
@@ -121,6 +122,7 @@ class _Search:
             "score": np.full((B, K), -np.inf, dtype=np.float32),  # sum_logprob / length ** length_penalty
             "logprob": np.zeros((B, K), dtype=np.float32),
             "kept": np.zeros((B, K), dtype=np.int64),  # new tokens without the eos or stop sequence
+            "length": np.zeros((B, K), dtype=np.int64),  # new tokens with it
             "reason": np.zeros((B, K), dtype=np.int64),  # index into FINISH_REASONS
         }
         self.improvable = np.ones(B, dtype=np.bool_)  # could a running beam still beat a finished one?
@@ -182,6 +184,7 @@ class _Search:
             "score": np.where(new, normalized, -np.inf),
             "logprob": c.scores,
             "kept": c.length - np.where(c.ends_with_eos, 1, c.stop_length),
+            "length": np.full(c.ends.shape, c.length, dtype=np.int64),
             "reason": np.select([c.ends_with_eos, c.stop_length > 0], [EOS, STOP], LENGTH),
         }
         order = top_k_indices(np.concatenate([finished["score"][live], arriving["score"]], axis=1), K)
@@ -224,11 +227,14 @@ class _Search:
             Generation(tokens=finished["tokens"][b, j, P:P + finished["kept"][b, j]].tolist(),
                        score=float(finished["logprob"][b, j]),
                        finish_reason=FINISH_REASONS[finished["reason"][b, j]],
+                       tail=stop_tail(finished["tokens"][b, j, P:P + finished["length"][b, j]],
+                                      int(finished["length"][b, j] - finished["kept"][b, j]), self.stop)
+                       if finished["reason"][b, j] == STOP else "",
                        normalized_score=float(finished["score"][b, j]))
             for j in range(self.options.num_return_sequences) if np.isfinite(finished["score"][b, j])
         ]
         if not hypotheses:  # every continuation was banned (no_repeat_ngram_size over a tiny vocabulary)
-            return Generation([], float("-inf"), "length", float("-inf"))
+            return Generation([], float("-inf"), "length", normalized_score=float("-inf"))
         best, *alternatives = hypotheses
         best.alternatives = alternatives
         return best

@@ -30,6 +30,9 @@ class Generation:
     tokens: list[int]  # the new tokens, without the eos or stop sequence that ended them
     score: float  # sum of the new tokens' log-probabilities (the ending eos or stop tokens included)
     finish_reason: str  # "eos", "stop" (a stop sequence) or "length" (max_new_tokens or the context)
+    # A stop string that began inside a token: that token's text before it (decode(tokens) + tail is the
+    # output's text, as OpenAI's API cuts it at the stop string; StopTexts.text_before).
+    tail: str = ""
     # Beam search only: score / generated_length ** length_penalty, what hypotheses are ranked by...
     normalized_score: float | None = None
     # ...and the next best hypotheses, best first, when more than one is asked for.
@@ -43,7 +46,7 @@ class Generation:
         """Plain JSON values; with `decode` (a tokenizer's), the text of the tokens (or of the output) too."""
         out = {"tokens": self.tokens, "score": self.score, "finish_reason": self.finish_reason}
         if decode is not None:
-            out = {"text": decode(self.tokens if self.output is None else self.output), **out}
+            out = {"text": decode(self.tokens) + self.tail if self.output is None else decode(self.output), **out}
         if self.spans:
             out["spans"] = [span.to_dict(decode) for span in self.spans]
         if self.normalized_score is not None:
@@ -243,8 +246,9 @@ class StopTexts:
     A model writes a text in many ways: GPT-2 writes "\n\n" as one token or as two "\n", "what" inside
     " what", so the stop's own tokens (`sequences`, encode(text)) alone miss most of its appearances.
     Here a row stops at the first of the texts to appear in the decoded text of its new tokens, and keeps
-    the tokens before the one in which that text begins (a stop that begins inside a token takes the
-    token's text before it along: the output ends at a token). Token sequences match too (a special
+    the tokens before the one in which that text begins; where the stop begins inside a token, that
+    token's text before it is the generation's `tail` (text_before), so the output's text ends exactly
+    where the stop begins, as OpenAI's API cuts it. Token sequences match too (a special
     token whose text decoding leaves out). Pass one as `stop` wherever token sequences are taken: the
     strategies and lmkit serve's engine read it through stop_lengths and partial_stop_length.
 
@@ -270,6 +274,17 @@ class StopTexts:
             if starts:
                 lengths[row] = len(tokens) - self._tokens_within(tokens, min(starts))
         return lengths
+
+    def text_before(self, generated: Sequence[int], cut: int) -> str:
+        """The text the last `cut` of a row's new tokens write before the stop that `lengths` found in them:
+        the part of a token that a stop beginning inside it leaves (\"\" where it begins at a token)."""
+        tokens = list(map(int, generated[-self.window:]))
+        text = self.decode(tokens)
+        starts = [i for i in (text.find(stop) for stop in self.texts) if i >= 0]
+        kept = self.decode(tokens[:len(tokens) - cut])
+        if not starts or not text.startswith(kept):
+            return ""
+        return text[len(kept):min(starts)]
 
     @property
     def window(self) -> int:
@@ -300,6 +315,11 @@ def stop_texts(texts: Sequence[str], tokenizer) -> StopTexts | list:
     if not texts:
         return []
     return StopTexts(texts, tokenizer.decode, tuple(tuple(tokenizer.encode(text)) for text in texts))
+
+
+def stop_tail(generated: Sequence[int], cut: int, stop: list[list[int]] | StopTexts | None) -> str:
+    """Generation.tail of a row whose last `cut` new tokens a stop took ("" for token sequences)."""
+    return stop.text_before(generated, cut) if isinstance(stop, StopTexts) and cut else ""
 
 
 def stop_lengths(generated: np.ndarray, stop: list[list[int]] | StopTexts | None) -> np.ndarray:
@@ -382,7 +402,8 @@ def generate_token_by_token(backend: Backend, prompts: Sequence[Sequence[int]],
         for i in np.flatnonzero(done):
             kept = t + 1 - (1 if ends_with_eos[i] else stop_length[i])
             reason = "eos" if ends_with_eos[i] else "stop" if stop_length[i] else "length"
-            results[active[i]] = Generation(generated[i, :kept].tolist(), float(scores[active[i]]), reason)
+            results[active[i]] = Generation(generated[i, :kept].tolist(), float(scores[active[i]]), reason,
+                                            stop_tail(generated[i], int(stop_length[i]), stop))
         if on_token is not None:
             for i, prompt in enumerate(active):
                 ready = len(results[prompt].tokens) if done[i] else t + 1 - partial_stop_length(generated[i], stop)

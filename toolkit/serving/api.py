@@ -307,7 +307,7 @@ class Service:
         sequence = completion.sequences[index]
         prompt_index = index // completion.n
         prefix = completion.prompt_texts[prompt_index] if completion.echo else ""
-        text = prefix + self.text(sequence.tokens, sequence.prompt)
+        text = prefix + self.text(sequence.tokens, sequence.prompt) + sequence.tail
         logprobs = None
         if completion.logprobs is not None:
             tokens, values, top = list(sequence.tokens), list(sequence.token_logprobs), list(sequence.top_logprobs)

@@ -197,7 +197,7 @@ async def _events(service: Service, completion: Completion, events: asyncio.Queu
             break
         done = kind == "done"
         end = detail[1] if kind == "tokens" else len(sequence.tokens)
-        text = service.text(sequence.tokens[:end], sequence.prompt)
+        text = service.text(sequence.tokens[:end], sequence.prompt) + (sequence.tail if done else "")
         if not done and text.endswith("\ufffd"):  # the first bytes of a character that spans tokens
             text = text[:printed[i]]
         delta, printed[i] = text[printed[i]:], max(printed[i], len(text))

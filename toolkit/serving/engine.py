@@ -38,6 +38,7 @@ from ..decoding.common import (
     log_softmax,
     partial_stop_length,
     stop_lengths,
+    stop_tail,
     top_k_indices,
 )
 from ..decoding.options import SamplingOptions
@@ -97,6 +98,7 @@ class Sequence:
     prompt_logprobs: list[float | None] = field(default_factory=list)  # with score_prompt: one per prompt token
     prompt_top_logprobs: list[list[tuple[int, float]] | None] = field(default_factory=list)
     finish_reason: str | None = None  # "eos", "stop" or "length", as lmkit.decoding.common.Generation
+    tail: str = ""  # the text a stop that began inside a token left before it (Generation.tail)
     cancelled: bool = False  # set by anyone (a client that went away): the sequence leaves at the next step
     room: int = 0  # new tokens it may have: max_new_tokens, or fewer where the context ends
     fed: list[int] = field(default_factory=list)  # the tokens the backend has read for it
@@ -333,6 +335,7 @@ class ContinuousBatcher:
                 reason = "stop" if cut else "length" if len(sequence.tokens) == sequence.room else None
             if reason is not None:
                 if cut:
+                    sequence.tail = stop_tail(sequence.tokens, cut, settings.stop) if reason == "stop" else ""
                     del sequence.tokens[len(sequence.tokens) - cut:]
                     del sequence.token_logprobs[len(sequence.tokens):]
                     del sequence.top_logprobs[len(sequence.tokens):]
