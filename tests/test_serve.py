@@ -392,6 +392,9 @@ def test_an_encoder_serves_the_vectors_lmkit_embed_gives(tiny_bert):
         assert status == 200, answer
         np.testing.assert_allclose([item["embedding"] for item in answer["data"]], expected, atol=1e-5)
         assert [item["index"] for item in answer["data"]] == [0, 1] and answer["usage"]["prompt_tokens"] > 0
+        # /tokenize counts the tokens the encoder reads, [CLS] and [SEP] too (a trial's counts were 2 short)
+        counts = [post(url, {"prompt": text}, "/tokenize")[1]["count"] for text in texts_in]
+        assert sum(counts) == answer["usage"]["prompt_tokens"]
         status, packed = post(url, {"input": texts_in[1], "encoding_format": "base64"}, "/v1/embeddings")
         import base64
 
@@ -430,6 +433,8 @@ def test_an_encoder_decoder_serves_the_targets_lmkit_generate_gives(t5_directori
         ids = service.tokenizer.encode(SOURCES[0])
         for prompt in (ids, ids + [service.tokenizer.eos_id]):
             assert texts(complete(url, prompt=prompt, max_tokens=10, temperature=0)) == greedy[:1]
+        one = complete(url, prompt=SOURCES[0], max_tokens=10, temperature=0)
+        assert post(url, {"prompt": SOURCES[0]}, "/tokenize")[1]["count"] == one["usage"]["prompt_tokens"]
         streamed = events(url, {"prompt": SOURCES[1], "max_tokens": 10, "temperature": 0})
         assert "".join(chunk["choices"][0]["text"] for chunk in streamed[:-1]) == greedy[1]
         with_logprobs = complete(url, prompt=SOURCES[1], max_tokens=10, temperature=0, logprobs=2)["choices"][0]
@@ -460,6 +465,8 @@ def test_tokenizer_endpoints_speak_vllms_protocol(export_server):
     assert status == 200 and info["eos_token"] == service.tokenizer.special_tokens.get("eos")
     status, tokens = post(url, {"prompt": PROMPTS[1], "add_special_tokens": False}, "/tokenize")
     assert tokens["tokens"] == service.tokenizer.encode(PROMPTS[1]) and tokens["max_model_len"] == 64
+    usage = complete(url, prompt=PROMPTS[1], max_tokens=2, temperature=0)["usage"]
+    assert post(url, {"prompt": PROMPTS[1]}, "/tokenize")[1]["count"] == usage["prompt_tokens"]
     assert post(url, {"tokens": tokens["tokens"]}, "/detokenize")[1] == {"prompt": PROMPTS[1]}
     assert post(url, {"tokens": [-1]}, "/detokenize")[0] == 400
 

@@ -341,9 +341,22 @@ class Service:
                 "model_max_length": self.model.max_positions, "vocab_size": self.tokenizer.vocab_size}
 
     def tokenize(self, body) -> dict:
+        """The prompt's tokens: without add_special_tokens, those the model reads for it, so that `count` is the
+        prompt_tokens of its usage (an encoder's with [CLS] and [SEP], an encoder-decoder's source with its
+        suffix, a decoder's as they are); with it, the tokenizer's encoding with or without its special tokens."""
         if not isinstance(body, dict) or not isinstance(body.get("prompt"), str):
             raise RequestError("tokenize takes {\"prompt\": TEXT}", param="prompt")
-        tokens = self.tokenizer.encode(body["prompt"], add_special_tokens=_flag(body, "add_special_tokens"))
+        text = body["prompt"]
+        if body.get("add_special_tokens") is not None:
+            tokens = self.tokenizer.encode(text, add_special_tokens=_flag(body, "add_special_tokens"))
+        elif self.model.kind == "encoder":
+            from ..embedding import token_ids
+
+            tokens = token_ids(self.tokenizer, [text])[0]
+        elif self.sources:
+            tokens = self.tokenizer.encode(text) + list(self.model.source_suffix)
+        else:
+            tokens = self.tokenizer.encode(text)
         return {"tokens": tokens, "count": len(tokens), "max_model_len": self.model.max_positions}
 
     def detokenize(self, body) -> dict:
