@@ -129,6 +129,27 @@ def bench_decoding(size: str, repeats: int, new_tokens: int, beams: int = 1, eag
     return row
 
 
+def bench_step(size: str, repeats: int, short: int = 8, long: int = 40) -> dict:
+    """A decoding step's own cost at batch 1, without the prefill's share: the time of `long` new tokens less that
+    of `short`, over long - short, for lmkit and transformers, and lmkit's against the bandwidth floor (the
+    weights' bytes over a 1 GB sum's speed, measured in the same run)."""
+    ours, hf = pair(size)
+    decoding_layout(ours)
+    prompt = torch.randint(0, SIZES[size]["vocab_size"], (16,)).tolist()
+    seconds = interleaved({
+        f"lmkit {short}": lambda: lmkit_generate(ours, prompt, short),
+        f"lmkit {long}": lambda: lmkit_generate(ours, prompt, long),
+        f"transformers {short}": lambda: hf_generate(hf, prompt, short),
+        f"transformers {long}": lambda: hf_generate(hf, prompt, long),
+    }, repeats)
+    step = {name: 1e3 * (seconds[f"{name} {long}"] - seconds[f"{name} {short}"]) / (long - short)
+            for name in ("lmkit", "transformers")}
+    floor_ms = 1e3 * sum(p.numel() * p.element_size() for p in ours.parameters()) / bandwidth_bytes_per_s()
+    return {"lmkit ms/step": step["lmkit"], "transformers ms/step": step["transformers"],
+            "ratio": step["transformers"] / step["lmkit"], "bandwidth floor ms": floor_ms,
+            "lmkit / floor": step["lmkit"] / floor_ms}
+
+
 def show(title: str, row: dict) -> None:
     cells = [f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()]
     print(f"{title:<44} " + " | ".join(cells), flush=True)
@@ -163,6 +184,7 @@ def main() -> None:
     small["bandwidth floor ms/token"] = floor_ms
     small["lmkit / floor"] = small["lmkit ms/token"] / floor_ms
     show("greedy gpt2-small b1, 32 tokens", small)
+    show("greedy gpt2-small b1, one step (40 less 8 tokens)", bench_step("gpt2-small", repeats))
 
 
 if __name__ == "__main__":
