@@ -207,7 +207,8 @@ def _write_serving_files(root: str, manifest: dict, runtime: Component | None, p
         config, reason = genai_config(manifest)
         if config is not None:
             atomic_write_json(os.path.join(root, GENAI_CONFIG), config)
-        elif progress is not None:
+        elif progress is not None and manifest.get("dimensions", {}).get("cache_layout") != "buffer":
+            # The default fast layout is not genai's by choice (--layout genai is); other reasons are news.
             progress(f"no {GENAI_CONFIG}: onnxruntime-genai cannot run this export: {reason}")
         manifest["genai"] = {"config": GENAI_CONFIG if config is not None else None,
                              **({"reason": reason} if reason else {})}

@@ -20,7 +20,7 @@ import re
 from collections.abc import Iterator
 
 from lmkit.errors import ArtifactError, MissingDependency
-from lmkit.opening import EXPORT_MANIFEST
+from lmkit.opening import EXPORT_MANIFEST, exports_inside_hint
 
 from .graphs import DTYPES
 
@@ -77,13 +77,10 @@ def read_manifest(directory: str) -> dict:
         raise ArtifactError(f"{directory} is not a directory; give an export directory made by lmkit export")
     path = os.path.join(directory, MANIFEST)
     if not os.path.isfile(path):
-        hint = ""
-        models = [name for name in sorted(os.listdir(directory))
-                  if os.path.isfile(os.path.join(directory, name, MANIFEST))]
-        if models:  # a Triton repository: the manifest sits in the model's folder
-            hint = f" (it looks like a Triton repository; give {os.path.join(directory, models[0])})"
-        elif os.path.isfile(os.path.join(directory, "config.json")):
+        if os.path.isfile(os.path.join(directory, "config.json")):
             hint = f" (it is a model directory: lmkit export {directory} --out DIR makes an export of it)"
+        else:
+            hint = exports_inside_hint(directory)
         raise ArtifactError(f"{directory} has no {MANIFEST}: it is not an lmkit export{hint}")
     try:
         with open(path, encoding="utf-8") as handle:

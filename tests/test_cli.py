@@ -67,10 +67,18 @@ def test_presets(run):
     assert "decoder=gpt2" in run("presets").out
 
 
-def test_usage_errors_exit_2(run):
+def test_usage_errors_exit_2(run, tmp_path):
     result = run("components", "--kind", "decodr")
     assert result.code == 2 and "Invalid value for '--kind'" in result.err
     assert run("no-such-command").code == 2
+    # lmkit's own checks of the command line's form exit 2 too (a trial found them exiting 1)
+    malformed = run("compose", "gpt2-tiny", "--out", tmp_path / "m", "--set", "foo")
+    assert malformed.code == 2 and malformed.err == "error: --set 'foo': expected key=value, e.g. --set " \
+        "decoder.n_layers=4\n" and not (tmp_path / "m").exists()
+    assert run("compose", "gpt2-tiny", "--out", tmp_path / "m").code == 0
+    (tmp_path / "t.txt").write_text("the cat sat\n")
+    missing = run("train", tmp_path / "m", "--data", tmp_path / "t.txt", "--steps", "2")
+    assert missing.code == 2 and "--batch-size, --seq-len are needed to start a training run" in missing.err
 
 
 def test_errors_are_one_line_with_exit_1(run):
@@ -239,10 +247,18 @@ def test_generate_prints_a_continuation_as_it_reads_after_the_prompt(run, tmp_pa
 
 def test_stop_and_separator_texts_take_backslash_escapes():
     # A trial's `lmkit generate ... --stop '\n'` passed backslash and n, which no text ever held.
+    import click
+
     from lmkit.commands.decoding_cli import unescape
 
-    assert unescape("\\n") == "\n" and unescape("\\n\\n") == "\n\n" and unescape("a\\tb") == "a\tb"
-    assert unescape("\\\\n") == "\\n"  # an escaped backslash stays one
+    assert unescape("\\n", "--stop") == "\n" and unescape("\\n\\n", "--stop") == "\n\n"
+    assert unescape("a\\tb", "--stop") == "a\tb" and unescape("\\r", "--stop") == "\r"
+    assert unescape("\\\\n", "--stop") == "\\n"  # an escaped backslash stays one
+    assert unescape("\\x65\\u00e9", "--stop") == "e\u00e9" and unescape("café", "--stop") == "café"
+    # Any other backslash was taken as it was typed, and a stop like that never matched: now a usage error.
+    for typed in ("\\145", "e\\", "\\", "\\x6", "\\q"):
+        with pytest.raises(click.BadParameter, match="which is no escape lmkit reads; use"):
+            unescape(typed, "--stop")
 
 
 def test_the_summary_names_the_objective_a_perplexity_is_of():

@@ -149,16 +149,19 @@ def test_data_errors_are_one_line_and_say_where(tmp_path, tokenizer):
     bad.write_bytes(b"caf" + "é au lait".encode("latin-1"))
     assert error_message(lambda: load_tokens(bad, tokenizer)).startswith(f"{bad} is not UTF-8 text (invalid byte at offset 3)")
 
-    blank = tmp_path / "blank.txt"
+    blank_dir = tmp_path / "blank"
+    blank_dir.mkdir()
+    blank = blank_dir / "blank.txt"
     blank.write_text("  \n\n ")
     assert "is empty" in error_message(lambda: load_tokens(blank, tokenizer))
+    assert os.listdir(blank_dir) == ["blank.txt"]  # no empty .lmkit-cache left beside it (a trial's)
 
     broken = tmp_path / "broken.jsonl"
     broken.write_text(json.dumps({"text": "fine"}) + "\n{not json\n")
     assert error_message(lambda: load_tokens(broken, tokenizer)).startswith(f"{broken}:2 is not JSON")
     assert f"{broken}:1 has no 'body' field (it has: text)" in error_message(
         lambda: load_tokens(broken, tokenizer, text_field="body"))
-    assert os.listdir(tmp_path / ".lmkit-cache") == []  # failed tokenizations leave nothing behind
+    assert not (tmp_path / ".lmkit-cache").exists()  # failed tokenizations leave nothing behind, not even it
 
 
 def test_a_tokenizer_without_eos_is_refused(tmp_path):

@@ -740,11 +740,17 @@ def test_a_directory_that_is_neither_export_nor_model_is_refused(run, tmp_path, 
     assert "is neither an export directory (no lmkit-onnx.json) nor a model directory (no config.json)" in error
     repo = tmp_path / "repo"
     shutil.copytree(exported, repo / "m0")
+    assert f"it holds an export in m0/: give {repo / 'm0'}" in one_line_error(run("generate", repo, *GENERATE))
+    (repo / "m0" / "config.pbtxt").write_text('name: "m0"\n')  # Triton's model folder
     assert f"it looks like a Triton repository: give {repo / 'm0'}" in one_line_error(run("generate", repo, *GENERATE))
     assert "is not a directory" in one_line_error(run("generate", tmp_path / "nothing", *GENERATE))
     assert "has no lmkit-onnx.json: it is not an lmkit export" in one_line_error(run("inspect", tmp_path / "notes"))
     model = tmp_path / "model"
     shutil.copytree(model_dir, model)
+    assert f"(it is a model directory: lmkit export {model} --out DIR makes an export of it)" in \
+        one_line_error(run("inspect", model))
+    # a model directory with an export written inside it is still a model directory (a trial was told "Triton")
+    shutil.copytree(exported, model / "exp")
     assert f"(it is a model directory: lmkit export {model} --out DIR makes an export of it)" in \
         one_line_error(run("inspect", model))
 

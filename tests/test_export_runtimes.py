@@ -283,5 +283,6 @@ def test_is_export_is_one_function_with_one_line_errors(tiny_gpt2, tiny_gpt2_exp
     assert is_export(tiny_gpt2_export) and not is_export(tiny_gpt2)
     (tmp_path / "repo" / "m0").mkdir(parents=True)
     shutil.copy(os.path.join(tiny_gpt2_export, "lmkit-onnx.json"), tmp_path / "repo" / "m0")
+    (tmp_path / "repo" / "m0" / "config.pbtxt").write_text('name: "m0"\n')
     with pytest.raises(ArtifactError, match="looks like a Triton repository: give .*m0"):
         is_export(str(tmp_path / "repo"))

@@ -331,7 +331,7 @@ def main(argv: list[str] | None = None) -> None:
         if debug():
             raise
         click.echo(f"error: {error}", err=True)
-        sys.exit(1)
+        sys.exit(error.exit_code)
     except KeyboardInterrupt as interrupt:
         terminated = isinstance(interrupt, Terminated)
         click.echo("terminated" if terminated else "interrupted", err=True)

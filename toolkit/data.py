@@ -21,6 +21,7 @@ Nothing here imports torch: batches are numpy arrays.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import glob
 import hashlib
@@ -285,6 +286,19 @@ def _cache_directory(first_path: str) -> str:
     return fallback
 
 
+@contextlib.contextmanager
+def removed_if_left_empty(directory: str):
+    """Around filling a cache directory: where that fails and leaves .lmkit-cache empty, it goes too (a failed
+    command leaves nothing behind: a trial's empty training file left an empty .lmkit-cache beside it)."""
+    try:
+        yield
+    except BaseException:
+        if os.path.basename(directory) == CACHE_DIRECTORY:
+            with contextlib.suppress(OSError):
+                os.rmdir(directory)  # only if empty
+        raise
+
+
 def _open_cached(tokens_path: str, meta_path: str) -> TokenStream | None:
     """The cached stream, if it is complete: the .json is written only after the .tokens file."""
     try:
@@ -368,8 +382,9 @@ def load_tokens(paths: str | Iterable[str], tokenizer, *, text_field: str = "tex
     unknown: list[tuple[int, int]] = []
     words: dict[str, int] = {}
     # disable=None: the bar is drawn only on a terminal.
-    with tqdm(total=total_bytes, desc="tokenizing", unit="B", unit_scale=True, leave=False, file=sys.stderr,
-              disable=None if progress else True) as bar, atomic_write(tokens_path, "wb") as out:
+    with removed_if_left_empty(directory), tqdm(total=total_bytes, desc="tokenizing", unit="B", unit_scale=True,
+                                                leave=False, file=sys.stderr, disable=None if progress else True
+                                                ) as bar, atomic_write(tokens_path, "wb") as out:
         for batch in _batched_by_size(read_texts(files, text_field), ENCODE_BATCH_BYTES):
             if spellings:
                 encodings = tokenizer.hf_tokenizer.encode_batch([text for text, _ in batch], add_special_tokens=False)

@@ -55,9 +55,12 @@ def run_demo(out: str, size: DemoSize = DemoSize(), seed: int = 0, force: bool =
         facts = write_corpus(corpus, source, size.train_documents, size.valid_documents, seed=seed)
         say(f"     true entropy rate: {facts['entropy_rate_nats_per_symbol']:.3f} nats per word")
 
-        say(f"2/5  training a byte-level BPE tokenizer ({size.vocab_size} tokens)")
-        ByteLevelBPE.train([os.path.join(corpus, "train.jsonl")],
-                           ByteLevelBPEOptions(vocab_size=size.vocab_size), progress=False).save(tokenizer_dir)
+        say(f"2/5  training a byte-level BPE tokenizer (up to {size.vocab_size} tokens)")
+        tokenizer = ByteLevelBPE.train([os.path.join(corpus, "train.jsonl")],
+                                       ByteLevelBPEOptions(vocab_size=size.vocab_size), progress=False)
+        tokenizer.save(tokenizer_dir)
+        if tokenizer.vocab_size < size.vocab_size:  # a small vocabulary of words runs out of merges first
+            say(f"     {tokenizer.vocab_size} tokens: every merge the corpus has")
 
         say(f"3/5  training a GPT-2 ({size.n_layers} layers, {size.d_model} wide) for {size.steps} steps")
         # Sized to the tokenizer by compose; named for what it is, based on gpt-mini (lmkit show says both).

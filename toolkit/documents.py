@@ -82,7 +82,13 @@ def load_corpus(paths, tokenizer, text_field: str = "text") -> Corpus:
     the files' bytes and the tokenizer, as lmkit.data keys its token streams.
     """
     from .artifacts import atomic_write
-    from .data import _cache_directory, _content_key, find_data_files, tokenizer_fingerprint
+    from .data import (
+        _cache_directory,
+        _content_key,
+        find_data_files,
+        removed_if_left_empty,
+        tokenizer_fingerprint,
+    )
 
     paths = [paths] if isinstance(paths, str) else list(paths)
     files = find_data_files(paths)
@@ -93,9 +99,10 @@ def load_corpus(paths, tokenizer, text_field: str = "text") -> Corpus:
             return Corpus(**{name: cached[name] for name in ("tokens", "word_start", "offsets", "doc_starts")})
     except (OSError, ValueError, KeyError):
         pass  # none yet, or cut short: tokenize again
-    corpus = tokenize_documents(read_documents(paths, text_field), tokenizer)
-    with atomic_write(path, "wb") as out:
-        np.savez(out, **dataclasses.asdict(corpus))
+    with removed_if_left_empty(os.path.dirname(path)):
+        corpus = tokenize_documents(read_documents(paths, text_field), tokenizer)
+        with atomic_write(path, "wb") as out:
+            np.savez(out, **dataclasses.asdict(corpus))
     return corpus
 
 

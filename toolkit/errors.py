@@ -1,8 +1,9 @@
 """The errors lmkit raises on purpose.
 
 Each one carries a message that fits on one line and says what is wrong and what to do. The CLI
-prints it as `error: <message>` and exits 1; everything else is a bug and shows as an internal
-error (with the traceback under LMKIT_DEBUG=1).
+prints it as `error: <message>` and exits 1 (2, as for click's usage errors, where the command line
+itself has the wrong form: `exit_code`); everything else is a bug and shows as an internal error
+(with the traceback under LMKIT_DEBUG=1).
 """
 from __future__ import annotations
 
@@ -13,9 +14,17 @@ from collections.abc import Iterable
 class LmkitError(Exception):
     """A problem with the user's input or environment, explained in one line."""
 
+    exit_code = 1
+
 
 class SpecError(LmkitError):
     """A spec (TOML file, preset or --set override) names something that does not exist or fits."""
+
+
+class AssignmentError(SpecError):
+    """A KEY=VALUE flag (--set, --schedule-set, ...) that is not KEY=VALUE: a usage error."""
+
+    exit_code = 2
 
 
 class PluginError(LmkitError):

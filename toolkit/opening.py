@@ -44,11 +44,22 @@ def is_export(directory: str) -> bool:
         return True
     if os.path.isfile(os.path.join(directory, MODEL_CONFIG)):
         return False
-    models = [name for name in sorted(os.listdir(directory))
-              if os.path.isfile(os.path.join(directory, name, EXPORT_MANIFEST))]
-    hint = f" (it looks like a Triton repository: give {os.path.join(directory, models[0])})" if models else ""
+    hint = exports_inside_hint(directory)
     raise ArtifactError(f"{directory} is neither an export directory (no {EXPORT_MANIFEST}) nor a model directory "
                         f"(no {MODEL_CONFIG}){hint}; make one with lmkit export, or lmkit compose")
+
+
+def exports_inside_hint(directory: str) -> str:
+    """" (...; give DIR/NAME)" where a folder of `directory` is an export, else "": a Triton repository (the
+    export's folder has a config.pbtxt) or an export written inside another folder."""
+    inside = [name for name in sorted(os.listdir(directory))
+              if os.path.isfile(os.path.join(directory, name, EXPORT_MANIFEST))]
+    if not inside:
+        return ""
+    where = os.path.join(directory, inside[0])
+    if os.path.isfile(os.path.join(where, "config.pbtxt")):
+        return f" (it looks like a Triton repository: give {where})"
+    return f" (it holds an export in {inside[0]}/: give {where})"
 
 
 def model_kind_of(directory: str) -> str:

@@ -14,7 +14,7 @@ from typing import Any, Literal, Union
 
 import tomllib
 
-from .errors import SpecError, did_you_mean, one_of
+from .errors import AssignmentError, SpecError, did_you_mean, one_of
 
 
 def parse_value(text: str) -> Any:
@@ -31,7 +31,7 @@ def parse_assignments(assignments, flag: str) -> dict:
     for assignment in assignments:
         key, sep, text = assignment.partition("=")
         if not sep or not key.strip():
-            raise SpecError(f"{flag} {assignment!r}: expected key=value, e.g. {flag} name=4")
+            raise AssignmentError(f"{flag} {assignment!r}: expected key=value, e.g. {flag} name=4")
         values[key.strip()] = parse_value(text.strip())
     return values
 

@@ -27,7 +27,7 @@ from typing import Any
 
 import tomllib
 
-from .errors import LmkitError, SpecError, did_you_mean, one_of
+from .errors import AssignmentError, LmkitError, SpecError, did_you_mean, one_of
 from .options import build_options, options_to_dict, parse_value
 from .registry import Component, PluginHost
 
@@ -157,7 +157,7 @@ def apply_overrides(raw: dict, assignments: list[str]) -> dict:
         key, sep, text = assignment.partition("=")
         key = key.strip()
         if not sep or not key:
-            raise SpecError(f"--set {assignment!r}: expected key=value, e.g. --set decoder.n_layers=4")
+            raise AssignmentError(f"--set {assignment!r}: expected key=value, e.g. --set decoder.n_layers=4")
         value = parse_value(text.strip())
         path = key.split(".")
         if path[0] not in TOP_LEVEL or path[0] == "preset":

@@ -67,7 +67,26 @@ def show_warnings() -> None:
         logger.addHandler(_WarningsToStderr(logging.WARNING))
 
 
-def unescape(text: str) -> str:
-    r"""`\n`, `\t` and `\\` typed on a command line, as the characters they stand for (eval --separator, generate
-    --stop: a trial's `--stop '\n'` was the two characters, and never matched)."""
-    return text.replace("\\\\", "\0").replace("\\n", "\n").replace("\\t", "\t").replace("\0", "\\")
+ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "\\": "\\"}
+
+
+def unescape(text: str, option: str) -> str:
+    r"""Backslash escapes typed on a command line as the characters they stand for: `\n`, `\t`, `\r`, `\\`,
+    `\xHH`, `\uHHHH` (eval --separator, generate --stop: a trial's `--stop '\n'` was the two characters, and
+    never matched). Any other backslash is a usage error naming `option`: a stop that is taken literally
+    instead never matches, and nothing says why."""
+    import re
+
+    def replace(match: re.Match) -> str:
+        escape = match.group(1)
+        if escape in ESCAPES:
+            return ESCAPES[escape]
+        return chr(int(escape[1:], 16))
+
+    known = r"\\([ntr\\]|x[0-9a-fA-F]{2}|u[0-9a-fA-F]{4})"
+    leftover = re.sub(known, "", text)
+    if "\\" in leftover:
+        bad = leftover[leftover.index("\\"):][:2]
+        raise click.BadParameter(f"'{text}' holds {bad}, which is no escape lmkit reads; use \\n, \\t, \\r, "
+                                 "\\\\ (a backslash), \\xHH or \\uHHHH", param_hint=option)
+    return re.sub(known, replace, text)

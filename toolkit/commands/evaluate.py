@@ -78,7 +78,8 @@ def eval_command(ctx, model_dir, paths, task_path, shots, examples_path, seed, l
         return
     if task_path:
         _evaluate_task(model_dir, task_path, shots=shots, examples_path=examples_path, seed=seed, limit=limit,
-                       separator=unescape(separator), delimiter=unescape(delimiter), context=context,
+                       separator=unescape(separator, "--separator"),
+                       delimiter=unescape(delimiter, "--delimiter"), context=context,
                        batch_size=batch_size, device=device, as_json=as_json)
     else:
         _evaluate_text(model_dir, paths, stride=stride, context=context, batch_size=batch_size,

@@ -17,10 +17,12 @@ from .translate import echo_translations, generate_from_sources
 @decoding_flags
 @click.option("--stop", "stops", multiple=True, metavar="TEXT",
               help="End a continuation (an encoder-decoder's target too) where its text comes to hold this text, "
-                   "the text cut where it begins (backslash escapes allowed: \\n); repeatable.")
+                   "the text cut where it begins (backslash escapes: \\n \\t \\r \\\\ \\xHH \\uHHHH); repeatable.")
 @click.option("--stream/--no-stream", default=None,
               help="Print the text as it is produced.  [default: on for a single prompt without --json]")
-@click.option("--json", "as_json", is_flag=True, help="Print tokens, text, score and finish reason as JSON.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print tokens, text, score and finish reason as JSON. score is the log-probability of the "
+                   "tokens and of the eos or stop tokens that ended them (as transformers scores a beam's eos).")
 @click.option("--truncate", is_flag=True, help="Keep the end of a prompt too long for the model's context (an "
               "encoder-decoder's source: its first tokens), with a warning.")
 @click.option("--prefix", "prefix_path", type=click.Path(), metavar="DIR",
@@ -82,7 +84,7 @@ def generate_command(model_dir, prompts, strategy, stops, stream, as_json, trunc
     given = {key: value for key, value in flags.items() if value is not None}
     if any(not text for text in stops):
         raise click.UsageError("--stop needs a non-empty text")
-    stops = [unescape(text) for text in stops]
+    stops = [unescape(text, "--stop") for text in stops]
     if model.kind == "encoder-decoder":  # the prompts are source sentences: sequence-to-sequence generation
         output = model.output_tokenizer  # what the decoder writes (None: refused below, with what to do)
         stop = stop_texts(stops, output) if output is not None else []

@@ -12,6 +12,12 @@ class TrainingError(LmkitError):
     """A training run cannot start or resume as asked."""
 
 
+class MissingArguments(TrainingError):
+    """A training run started without the flags it needs: a usage error."""
+
+    exit_code = 2
+
+
 def flag(name: str) -> str:
     """The command-line spelling of an argument, which is how messages name it."""
     return "--" + name.replace("_", "-")
@@ -135,7 +141,7 @@ class TrainingArguments:
                                     f"allowed: {one_of(names, limit=len(names))}")
         missing = [flag(name) for name in ("data", "steps", "batch_size", "seq_len") if values.get(name) is None]
         if missing:
-            raise TrainingError(f"{', '.join(missing)} {'is' if len(missing) == 1 else 'are'} needed to start "
+            raise MissingArguments(f"{', '.join(missing)} {'is' if len(missing) == 1 else 'are'} needed to start "
                                 "a training run")
         return cls(**values)
 
