@@ -1,5 +1,6 @@
 """CLI conventions: fast start without torch, listings with --json, one-line errors and exit codes."""
 import json
+import re
 import subprocess
 import sys
 
@@ -255,9 +256,14 @@ def test_stop_and_separator_texts_take_backslash_escapes():
     assert unescape("a\\tb", "--stop") == "a\tb" and unescape("\\r", "--stop") == "\r"
     assert unescape("\\\\n", "--stop") == "\\n"  # an escaped backslash stays one
     assert unescape("\\x65\\u00e9", "--stop") == "e\u00e9" and unescape("café", "--stop") == "café"
-    # Any other backslash was taken as it was typed, and a stop like that never matched: now a usage error.
-    for typed in ("\\145", "e\\", "\\", "\\x6", "\\q"):
-        with pytest.raises(click.BadParameter, match="which is no escape lmkit reads; use"):
+    assert unescape("\\ud83d\\ude00", "--stop") == unescape("\\U0001F600", "--stop") == "\U0001F600"  # a pair: one
+    # Any other backslash was taken as it was typed, and a stop like that never matched; half a surrogate pair
+    # reached the tokenizer and crashed it: now each is a usage error that says what is wrong.
+    for typed, problem in (("\\145", "holds \\1, which is no escape"), ("\\q", "holds \\q, which is no escape"),
+                           ("e\\", "ends with a lone backslash"), ("\\", "ends with a lone backslash"),
+                           ("\\x6", "has \\x without the 2 hex digits"), ("\\u12g4", "has \\u without the 4"),
+                           ("\\ud800", "half of a UTF-16 surrogate pair"), ("\\U00110000", "past the last Unicode")):
+        with pytest.raises(click.BadParameter, match=re.escape(problem)):
             unescape(typed, "--stop")
 
 

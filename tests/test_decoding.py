@@ -228,6 +228,11 @@ def test_stop_texts_match_the_text_whatever_tokens_write_it():
     assert stop_lengths(generated, stop).tolist() == [2, 1, 1, 2, 0]
     # what the stop's tokens write before it stays in the text: the space of " what"
     assert [stop.text_before(row, cut) for row, cut in zip(generated, [2, 1, 1, 2])] == ["", "", " ", ""]
+    # the first byte of a character decodes to U+FFFD until the rest comes: no stop matches it meanwhile
+    halves = {1: b"\xc3", 2: b"\xa9", 3: b"x"}
+    replacement = StopTexts(("\ufffd",), lambda ids: b"".join(halves[i] for i in ids).decode("utf-8", "replace"))
+    assert stop_lengths(np.array([[3, 1]]), replacement).tolist() == [0]  # "x" and half of "é"
+    assert stop_lengths(np.array([[1, 3]]), replacement).tolist() == [2]  # a byte that is no character: a real one
     # streaming holds back what could begin a stop: "\n" (of "\n\n"), "wh" (of "what"), nothing after "?"
     assert [partial_stop_length(np.array(tokens), stop) for tokens in ([6, 1], [6, 4], [6, 7], [6, 8])] == [1, 1, 0, 0]
     special = StopTexts(("<eos>",), _decode, ((0,),))

@@ -270,6 +270,7 @@ def test_int8_export_is_smaller_and_reports_top1_agreement(run, model_dir, expor
     assert "top-1 agreement" in result.err
     manifest = read_manifest(out)
     assert manifest["dtype"] == "int8" and manifest["quantization"]["method"] == "weight-only, blockwise"
+    assert "quantization: weight-only, blockwise, weights int8, block 32\n" in run("inspect", out).out
     report = manifest["validation"]
     assert report["threshold"] == {"min_top1_agreement": 0.5}
     assert 0.5 <= report["top1_agreement"] <= 1 and report["max_abs_diff"] > 0

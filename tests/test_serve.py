@@ -467,6 +467,14 @@ def test_tokenizer_endpoints_speak_vllms_protocol(export_server):
     assert tokens["tokens"] == service.tokenizer.encode(PROMPTS[1]) and tokens["max_model_len"] == 64
     usage = complete(url, prompt=PROMPTS[1], max_tokens=2, temperature=0)["usage"]
     assert post(url, {"prompt": PROMPTS[1]}, "/tokenize")[1]["count"] == usage["prompt_tokens"]
+    empty = complete(url, prompt="", max_tokens=2, temperature=0)["usage"]  # the bos token, both ways
+    assert post(url, {"prompt": ""}, "/tokenize")[1]["count"] == empty["prompt_tokens"] == 1
+    # JSON's \\ud800 is half a surrogate pair, no character: a 400 that says so, not a tokenizer's 500
+    for body, path in (({"prompt": "a", "stop": ["ok", "\ud800"]}, "/v1/completions"),
+                       ({"prompt": "x\ud800"}, "/tokenize")):
+        status, answer = post(url, body, path)
+        assert status == 400 and "half of a UTF-16 surrogate pair" in answer["error"]["message"], answer
+    assert "stop[1] holds" in post(url, {"prompt": "a", "stop": ["ok", "\ud800"]})[1]["error"]["message"]
     assert post(url, {"tokens": tokens["tokens"]}, "/detokenize")[1] == {"prompt": PROMPTS[1]}
     assert post(url, {"tokens": [-1]}, "/detokenize")[0] == 400
 

@@ -72,21 +72,39 @@ ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "\\": "\\"}
 
 def unescape(text: str, option: str) -> str:
     r"""Backslash escapes typed on a command line as the characters they stand for: `\n`, `\t`, `\r`, `\\`,
-    `\xHH`, `\uHHHH` (eval --separator, generate --stop: a trial's `--stop '\n'` was the two characters, and
-    never matched). Any other backslash is a usage error naming `option`: a stop that is taken literally
-    instead never matches, and nothing says why."""
+    `\xHH`, `\uHHHH`, `\UHHHHHHHH` (a surrogate pair of `\u` escapes is one character) (eval --separator,
+    generate --stop: a trial's `--stop '\n'` was the two characters, and never matched). Anything else after
+    a backslash, or a lone surrogate, is a usage error naming `option`: a stop taken literally never matches,
+    and nothing says why."""
     import re
 
-    def replace(match: re.Match) -> str:
-        escape = match.group(1)
-        if escape in ESCAPES:
-            return ESCAPES[escape]
-        return chr(int(escape[1:], 16))
+    def usage(problem: str):
+        return click.BadParameter(f"'{text}' {problem}; escapes are \\n, \\t, \\r, \\\\ (a backslash), \\xHH, "
+                                  "\\uHHHH and \\UHHHHHHHH", param_hint=option)
 
-    known = r"\\([ntr\\]|x[0-9a-fA-F]{2}|u[0-9a-fA-F]{4})"
-    leftover = re.sub(known, "", text)
-    if "\\" in leftover:
-        bad = leftover[leftover.index("\\"):][:2]
-        raise click.BadParameter(f"'{text}' holds {bad}, which is no escape lmkit reads; use \\n, \\t, \\r, "
-                                 "\\\\ (a backslash), \\xHH or \\uHHHH", param_hint=option)
-    return re.sub(known, replace, text)
+    digits = {"x": 2, "u": 4, "U": 8}
+    pieces, i = [], 0
+    while i < len(text):
+        char = text[i]
+        if char != "\\":
+            pieces.append(char)
+            i += 1
+            continue
+        escape = text[i + 1:i + 2]
+        if escape in ESCAPES:
+            pieces.append(ESCAPES[escape])
+            i += 2
+        elif escape in digits:
+            number = text[i + 2:i + 2 + digits[escape]]
+            if not re.fullmatch(f"[0-9a-fA-F]{{{digits[escape]}}}", number):
+                raise usage(f"has \\{escape} without the {digits[escape]} hex digits it takes")
+            if int(number, 16) > 0x10FFFF:
+                raise usage(f"has \\{escape}{number}, past the last Unicode character")
+            pieces.append(chr(int(number, 16)))
+            i += 2 + digits[escape]
+        else:
+            raise usage(f"holds \\{escape}, which is no escape lmkit reads" if escape else "ends with a lone backslash")
+    try:  # a pair of \\u surrogates is one character; half of one is none
+        return "".join(pieces).encode("utf-16", "surrogatepass").decode("utf-16")
+    except UnicodeDecodeError:
+        raise usage("holds half of a UTF-16 surrogate pair, which is no character") from None

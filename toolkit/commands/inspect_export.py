@@ -37,6 +37,13 @@ def _describe(directory: str, manifest: dict, problems: dict) -> None:
                f"from plugin {exporter.get('plugin')})")
     click.echo(f"  architecture: {manifest.get('architecture')}   dtype: {manifest.get('dtype')}   "
                f"opset: {manifest.get('opset')}")
+    quantization = manifest.get("quantization")
+    if quantization:  # whether a row depends on its batch follows from it (docs/export.md)
+        described = [quantization.get("method"), f"weights {quantization.get('weights')}",
+                     f"block {quantization['block_size']}" if "block_size" in quantization else None,
+                     f"{quantization['dynamic'].get('nodes')} nodes dynamic"
+                     if isinstance(quantization.get("dynamic"), dict) else None]
+        click.echo("  quantization: " + ", ".join(part for part in described if part))
     if manifest.get("triton"):
         click.echo(f"  triton model: {manifest['triton']['name']} ({manifest['triton']['config']})")
     dimensions = manifest.get("dimensions") or {}

@@ -269,7 +269,7 @@ class StopTexts:
         lengths = stop_lengths(generated, [list(s) for s in self.sequences])
         for row in np.flatnonzero(lengths == 0):
             tokens = generated[row, -self.window:].tolist()
-            text = self.decode(tokens)
+            text = self._whole_characters(tokens)
             starts = [i for i in (text.find(stop) for stop in self.texts) if i >= 0]
             if starts:
                 lengths[row] = len(tokens) - self._tokens_within(tokens, min(starts))
@@ -279,7 +279,7 @@ class StopTexts:
         """The text the last `cut` of a row's new tokens write before the stop that `lengths` found in them:
         the part of a token that a stop beginning inside it leaves (\"\" where it begins at a token)."""
         tokens = list(map(int, generated[-self.window:]))
-        text = self.decode(tokens)
+        text = self._whole_characters(tokens)
         starts = [i for i in (text.find(stop) for stop in self.texts) if i >= 0]
         kept = self.decode(tokens[:len(tokens) - cut])
         if not starts or not text.startswith(kept):
@@ -300,6 +300,11 @@ class StopTexts:
                     if text.endswith(stop[:n])), default=0)
         by_text = len(tokens) - self._tokens_within(tokens, len(text) - held) if held else 0
         return max(by_text, partial_stop_length(np.array(tokens, dtype=np.int64), [list(s) for s in self.sequences]))
+
+    def _whole_characters(self, tokens: list[int]) -> str:
+        """The tokens' text without the U+FFFD that the first bytes of a character not yet complete decode to
+        (a stop holding U+FFFD matched half a character of a random model's output: a trial's)."""
+        return self.decode(tokens).rstrip("\ufffd")
 
     def _tokens_within(self, tokens: list[int], chars: int) -> int:
         """The most leading tokens whose text is no longer than `chars` characters."""

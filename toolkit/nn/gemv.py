@@ -24,7 +24,9 @@ import hashlib
 import logging
 import os
 import platform
+import shutil
 import threading
+import warnings
 
 import torch
 from torch import Tensor
@@ -52,17 +54,28 @@ def available() -> bool:
 def _load() -> bool:
     if os.environ.get("LMKIT_KERNELS", "1") == "0" or not _cpu_runs_it():
         return False
+    if shutil.which(os.environ.get("CXX", "c++")) is None:  # torch would warn at length, at every run
+        logger.info("no C++ compiler: lmkit's decoding kernel is not built; using oneDNN's")
+        return False
+    # torch's checks of the compiler warn on the root logger and through warnings: a fallback stays quiet
+    torch_logger = logging.getLogger("torch.utils.cpp_extension")
+    level = torch_logger.level
+    torch_logger.setLevel(logging.ERROR)
     try:
         from torch.utils import cpp_extension
 
         with open(SOURCE, "rb") as source:
             digest = hashlib.sha256(source.read() + " ".join(FLAGS).encode() + torch.__version__.encode())
-        cpp_extension.load(f"lmkit_gemv_{digest.hexdigest()[:12]}", [SOURCE], extra_cflags=list(FLAGS),
-                           is_python_module=False, verbose=False)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            cpp_extension.load(f"lmkit_gemv_{digest.hexdigest()[:12]}", [SOURCE], extra_cflags=list(FLAGS),
+                               is_python_module=False, verbose=False)
         return hasattr(torch.ops.lmkit_gemv, "blocked_linear")
-    except Exception as error:  # no compiler, no ninja, a failed build: oneDNN serves instead
+    except Exception as error:  # no ninja, a compiler that fails, a read-only cache: oneDNN serves instead
         logger.info("lmkit's decoding kernel is not available (%s); using oneDNN's", str(error).splitlines()[0])
         return False
+    finally:
+        torch_logger.setLevel(level)
 
 
 def _cpu_runs_it() -> bool:

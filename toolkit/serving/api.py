@@ -81,6 +81,24 @@ def _number(body: dict, name: str, default):
     return float(value)
 
 
+def check_unicode(value, where: str = "the request") -> None:
+    """Refuse a string (anywhere in a parsed JSON body) that holds a lone UTF-16 surrogate: JSON's "\\ud800"
+    escapes make one, and no tokenizer takes it. Raises RequestError."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as problem:
+            char = value[problem.start]
+            raise RequestError(f"{where} holds \\u{ord(char):04x}, half of a UTF-16 surrogate pair, which is no "
+                               "character; send text (a pair of \\u escapes must be high then low)") from None
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            check_unicode(item, key if where == "the request" else f"{where}.{key}")
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            check_unicode(item, f"{where}[{index}]")
+
+
 def _flag(body: dict, name: str) -> bool:
     value = body.get(name, False)
     if value is None:
@@ -355,8 +373,9 @@ class Service:
             tokens = token_ids(self.tokenizer, [text])[0]
         elif self.sources:
             tokens = self.tokenizer.encode(text) + list(self.model.source_suffix)
-        else:
-            tokens = self.tokenizer.encode(text)
+        else:  # an empty prompt is the bos token, as completions read it (_prompts)
+            tokens = self.tokenizer.encode(text) or ([self.tokenizer.bos_id] if self.tokenizer.bos_id is not None
+                                                     else [])
         return {"tokens": tokens, "count": len(tokens), "max_model_len": self.model.max_positions}
 
     def detokenize(self, body) -> dict:

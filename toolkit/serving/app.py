@@ -22,7 +22,7 @@ import socket
 import threading
 
 from ..errors import MissingDependency
-from .api import Completion, RequestError, Service, error_body
+from .api import Completion, RequestError, Service, check_unicode, error_body
 
 log = logging.getLogger(__name__)
 
@@ -50,9 +50,12 @@ def create_app(service: Service):
     async def read_json(request: Request):
         raw = await request.body()
         try:
-            return json.loads(raw)
+            body = json.loads(raw)
         except (json.JSONDecodeError, UnicodeDecodeError) as problem:
             raise RequestError(f"the request body is not valid JSON ({problem}); send a JSON object") from None
+        # JSON's \\uD800 escapes give strings no tokenizer takes (a trial's "stop": "\\ud800" was a 500)
+        check_unicode(body)
+        return body
 
     async def health(request: Request) -> JSONResponse:
         engine = service.engine.counters.to_dict() if service.engine is not None else None
