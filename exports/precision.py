@@ -64,7 +64,7 @@ def loose_loop_state_shapes(graph) -> int:
 
 
 # What `--quantize int8` does, for the manifest. Products and lookups quantize their weights alone, so a
-# row's values never depend on the other rows of its batch; what is quantized dynamically is named.
+# row's values never depend on the other rows of its batch; what is quantized dynamically is counted.
 INT8 = {"method": "weight-only, blockwise", "weights": "int8", "block_size": 32, "symmetric": False,
         "accuracy_level": 4, "activations": "int8 per row and block at run time (MatMulNBits accuracy_level 4)",
         "embeddings": "int8, one scale per row",
