@@ -32,8 +32,10 @@ def _require_server_library():
         import starlette  # noqa: F401
         import uvicorn  # noqa: F401
     except ImportError:
+        # An edge machine has the wheel and no clone, so no constraints.txt (a trial's hint named one it lacked)
         raise MissingDependency("lmkit serve needs starlette and uvicorn, which are not installed; install them "
-                                "with: pip install -c constraints.txt 'lmkit-toolkit[serve]'") from None
+                                "with: pip install 'lmkit-toolkit[serve]' (in a clone, add -c constraints.txt)"
+                                ) from None
 
 
 def create_app(service: Service):
