@@ -125,10 +125,10 @@ def blockwise_products(model, bits: int, block_size: int, **options):
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
     root.handlers[:], root.level = handlers, level
+    options.setdefault("op_types_to_quantize", ("MatMul",))
     with quiet_loggers("", "onnxruntime"):
         quantizer = MatMulNBitsQuantizer(model, bits=bits, block_size=block_size, is_symmetric=False,
-                                         accuracy_level=ACCURACY_LEVEL, **{"op_types_to_quantize": ("MatMul",),
-                                                                           **options})
+                                         accuracy_level=ACCURACY_LEVEL, **options)
         quantizer.process()
     return quantizer.model.model
 

@@ -269,22 +269,20 @@ class StopTexts:
         lengths = stop_lengths(generated, [list(s) for s in self.sequences])
         for row in np.flatnonzero(lengths == 0):
             tokens = generated[row, -self.window:].tolist()
-            text = self._whole_characters(tokens)
-            starts = [i for i in (text.find(stop) for stop in self.texts) if i >= 0]
-            if starts:
-                lengths[row] = len(tokens) - self._tokens_within(tokens, min(starts))
+            _, start = self._first_stop(tokens)
+            if start is not None:
+                lengths[row] = len(tokens) - self._tokens_within(tokens, start)
         return lengths
 
     def text_before(self, generated: Sequence[int], cut: int) -> str:
         """The text the last `cut` of a row's new tokens write before the stop that `lengths` found in them:
         the part of a token that a stop beginning inside it leaves (\"\" where it begins at a token)."""
         tokens = list(map(int, generated[-self.window:]))
-        text = self._whole_characters(tokens)
-        starts = [i for i in (text.find(stop) for stop in self.texts) if i >= 0]
+        text, start = self._first_stop(tokens)
         kept = self.decode(tokens[:len(tokens) - cut])
-        if not starts or not text.startswith(kept):
+        if start is None or not text.startswith(kept):
             return ""
-        return text[len(kept):min(starts)]
+        return text[len(kept):start]
 
     @property
     def window(self) -> int:
@@ -301,10 +299,13 @@ class StopTexts:
         by_text = len(tokens) - self._tokens_within(tokens, len(text) - held) if held else 0
         return max(by_text, partial_stop_length(np.array(tokens, dtype=np.int64), [list(s) for s in self.sequences]))
 
-    def _whole_characters(self, tokens: list[int]) -> str:
-        """The tokens' text without the U+FFFD that the first bytes of a character not yet complete decode to
-        (a stop holding U+FFFD matched half a character of a random model's output: a trial's)."""
-        return self.decode(tokens).rstrip("\ufffd")
+    def _first_stop(self, tokens: list[int]) -> tuple[str, int | None]:
+        """(the tokens' text, where the first stop text begins in it or None). The text leaves out the U+FFFD that
+        the first bytes of a character still coming decode to (a stop holding U+FFFD matched half a character
+        of a random model's output: a trial's)."""
+        text = self.decode(tokens).rstrip("\ufffd")
+        starts = [i for i in (text.find(stop) for stop in self.texts) if i >= 0]
+        return text, min(starts) if starts else None
 
     def _tokens_within(self, tokens: list[int], chars: int) -> int:
         """The most leading tokens whose text is no longer than `chars` characters."""
