@@ -7,10 +7,11 @@ step at batch 1 reads each weight once (memory bandwidth), a training step multi
 - decoding: gpt2-small's 49 weight matrices (12 layers of 768 x 2304, 768 x 768, 768 x 3072, 3072 x 768
   and the 50257 x 768 output layer: 498 MB of float32), multiplied one after another by `rows` rows, as
   a step does, through F.linear (MKL, the weight as nn.Linear holds it), oneDNN's packed copy as lmkit
-  packs it (lmkit.nn.layout, for 8 rows) and packed for one row, lmkit's own kernel for one and two rows
+  packs it (lmkit.nn.layout, for 8 rows) and packed for one row, lmkit's own kernel up to its rows
   (lmkit.nn.gemv, where it builds) and onnxruntime's MLAS (one graph of the same products, the kernels
-  an export runs). Each in GB/s of weights read and as a multiple of the
-  floor: the weights' bytes over the bandwidth of a plain sum over 1 GB (benchmarks/timing.py).
+  an export runs). Each in GB/s of weights read and as a multiple of the floor: the weights' bytes at
+  the speed of a sum over 1 GB, timed in turns with the products (that speed moves by 2x from run to
+  run on the test machine; timed apart, the ratios would compare different machines).
 - training: a float32 matrix product of 2048 x 2048 x 2048, in GFLOP/s, what the products of a
   training step (three quarters of one, in torch's profiler) run at best.
 
@@ -27,7 +28,7 @@ import tempfile
 import numpy as np
 import torch
 import torch.nn.functional as F
-from timing import bandwidth_bytes_per_s, interleaved, session_options, warn_if_busy  # benchmarks/timing.py
+from timing import interleaved, session_options, warn_if_busy  # benchmarks/timing.py
 
 from lmkit.nn import gemv
 from lmkit.nn.layout import packed_product, packed_weight
@@ -58,12 +59,14 @@ def mlas_products(weights: list[np.ndarray], rows: int, threads: int, directory:
     return lambda: session.run(None, feeds)
 
 
-def decoding(rows: int, weights: list[torch.Tensor], threads: int, repeats: int, floor_ms: float, directory: str) -> None:
+def decoding(rows: int, weights: list[torch.Tensor], big: torch.Tensor, threads: int, repeats: int,
+             directory: str) -> None:
     inputs = {D: torch.randn(rows, D), FF: torch.randn(rows, FF)}
     packed = [packed_weight(w) for w in weights]
     packed_one = ([torch.ops.mkldnn._reorder_linear_weight(w, 1) for w in weights]
                   if packed[0] is not None else [None] * len(weights))
-    contenders = {"F.linear (MKL)": lambda: [F.linear(inputs[w.size(1)], w) for w in weights]}
+    contenders = {"a sum over 1 GB": big.sum,
+                  "F.linear (MKL)": lambda: [F.linear(inputs[w.size(1)], w) for w in weights]}
     if packed[0] is not None:
         contenders["oneDNN packed (lmkit)"] = lambda: [packed_product(inputs[w.size(1)], p)
                                                        for w, p in zip(weights, packed)]
@@ -77,6 +80,9 @@ def decoding(rows: int, weights: list[torch.Tensor], threads: int, repeats: int,
     with torch.inference_mode():
         seconds = interleaved(contenders, repeats)
     megabytes = sum(w.numel() * 4 for w in weights) / 1e6
+    bandwidth = big.numel() * 4 / seconds.pop("a sum over 1 GB")
+    floor_ms = 1e3 * megabytes * 1e6 / bandwidth
+    print(f"  {rows} row{'s' if rows > 1 else ' '}  the floor: {floor_ms:.2f} ms (a sum streams {bandwidth / 1e9:.1f} GB/s)")
     for name, value in seconds.items():
         ms = 1e3 * value
         print(f"  {rows} row{'s' if rows > 1 else ' '}  {name:30} {ms:7.2f} ms  {megabytes / ms:5.1f} GB/s  "
@@ -99,13 +105,12 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     weights = [torch.randn(shape) * 0.02 for shape in SHAPES]
-    bandwidth = bandwidth_bytes_per_s()
-    floor_ms = 1e3 * sum(w.numel() * 4 for w in weights) / bandwidth
-    print(f"torch {torch.__version__}, {args.threads} threads; a sum streams {bandwidth / 1e9:.1f} GB/s, so reading "
-          f"gpt2-small's {len(weights)} matrices takes at least {floor_ms:.2f} ms (the floor)")
+    big = torch.ones(2**28)  # 1 GB, past the last-level cache
+    print(f"torch {torch.__version__}, {args.threads} threads; the floor: gpt2-small's {len(weights)} matrices "
+          f"read at the speed of a sum over 1 GB, timed in turns with the products")
     with tempfile.TemporaryDirectory(prefix="lmkit-bench-floor-") as directory:
         for rows in args.rows:
-            decoding(rows, weights, args.threads, args.repeats, floor_ms, directory)
+            decoding(rows, weights, big, args.threads, args.repeats, directory)
     print(f"float32 matrix product 2048 x 2048 x 2048: {arithmetic(args.repeats):.0f} GFLOP/s", flush=True)
 
 

@@ -150,13 +150,15 @@ def test_kv_cache_reorder_to_another_batch_size():
 
 @pytest.mark.parametrize("packing", [True, False])
 def test_tied_head_equals_the_embedding_product(packing, monkeypatch):
-    # With oneDNN, every row count runs against a packed copy; without it (packing=False: as a torch built
-    # without oneDNN), 1 to 8 rows against a contiguous transposed copy, 9 to 64 as a tall product and more
-    # against the embedding itself. Same logits each way.
+    # With oneDNN, every row count runs against a packed copy (or lmkit's kernel's, up to its rows); without
+    # either (packing=False: as a torch built without oneDNN where the kernel cannot be built), 1 to 8 rows
+    # against a contiguous transposed copy, 9 to 64 as a tall product and more against the embedding itself.
+    # Same logits each way.
     import lmkit.nn.layout as layout
 
     if not packing:
         monkeypatch.setattr(layout, "packed_weight", lambda weight: None)
+        monkeypatch.setattr(layout.gemv, "available", lambda: False)
     elif not torch.backends.mkldnn.is_available():
         pytest.skip("this torch has no oneDNN")
     torch.manual_seed(0)

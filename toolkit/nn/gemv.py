@@ -1,15 +1,19 @@
-"""A matrix-vector kernel for decoding one or two rows on x86 CPUs, compiled the first time it is needed.
+"""A matrix-vector kernel for decoding one to eight rows on x86 CPUs, compiled the first time it is needed.
 
 A decoding step at batch 1 reads every weight once, so its speed is the memory bandwidth its matrix
-products reach. On the 2-core test machine (AVX-512, torch 2.13), a plain sum over 1 GB read 31-33 GB/s;
-oneDNN's packed products (lmkit.nn.layout) read a 3072 x 768 weight at 23.6 GB/s for one row and 21.6 for
-two; this kernel (gemv.cpp) reads it at 29-31 and 26-27 (3 passes over 60 such weights, 2 threads). From
-four rows on, oneDNN is faster (27.9 against 24.1 GB/s at four) and keeps them.
+products reach. gpt2-small's 49 weight matrices (498 MB) on the 2-core test machine (AVX-512, torch 2.13,
+2 threads, `python benchmarks/bench_floor.py`, Nov 30, in turns with a sum over 1 GB that streamed
+33-34 GB/s): this kernel (gemv.cpp) read them in 1.04x the sum's time at one row, 1.01x at two and 1.04x at
+four; oneDNN's packed products (lmkit.nn.layout) in 1.60x, 1.60x and 1.33x; onnxruntime's MLAS in 1.12x,
+1.29x and 1.31x. At eight rows the kernel was still ahead of oneDNN (17.9 against 19.2 ms); at sixteen,
+oneDNN is as fast or faster, so from nine rows on it keeps the products (MAX_ROWS).
 
 The kernel reads a copy of the weight blocked as (ceil(out / 16), in, 16), `blocked_weight`: each thread
-streams its blocks front to back and keeps a row's 16 sums in registers. It runs on torch's own thread
-pool (at::parallel_for), so it does not compete with torch's threads as a second BLAS would (numpy's
-OpenBLAS, called between torch's operators, ran a gpt2-small step 5x slower for that reason).
+streams its blocks front to back and keeps a row's 16 sums in registers; rows go four at a time, so a
+block is read from memory once and from the core's cache for rows five to eight. It runs on torch's own
+thread pool (at::parallel_for, whose OpenMP pragmas are compiled into it: hence -fopenmp, without which it
+ran on one thread), so it does not compete with torch's threads as a second BLAS would (numpy's OpenBLAS,
+called between torch's operators, ran a gpt2-small step 5x slower for that reason).
 
 It is C++, built with torch.utils.cpp_extension (-O3 -mavx2 -mfma) once per machine and torch version,
 about 10 s, then loaded from torch's extensions directory (TORCH_EXTENSIONS_DIR, default
@@ -32,8 +36,10 @@ import torch
 from torch import Tensor
 
 LANES = 16  # outputs per block: two AVX registers of sums per row
-MAX_ROWS = 2  # from four rows on oneDNN's packed products are faster (see the module docstring)
+MAX_ROWS = 8  # from 9 rows on, oneDNN's packed products (see the module docstring)
 FLAGS = ("-O3", "-mavx2", "-mfma")
+# at::parallel_for's OpenMP pragmas are compiled into the kernel: without the flag it runs on one thread
+OPENMP_FLAGS = ("-fopenmp",) if torch.backends.openmp.is_available() else ()
 SOURCE = os.path.join(os.path.dirname(__file__), "gemv.cpp")
 
 logger = logging.getLogger(__name__)
@@ -65,11 +71,12 @@ def _load() -> bool:
         from torch.utils import cpp_extension
 
         with open(SOURCE, "rb") as source:
-            digest = hashlib.sha256(source.read() + " ".join(FLAGS).encode() + torch.__version__.encode())
+            flags = FLAGS + OPENMP_FLAGS
+            digest = hashlib.sha256(source.read() + " ".join(flags).encode() + torch.__version__.encode())
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            cpp_extension.load(f"lmkit_gemv_{digest.hexdigest()[:12]}", [SOURCE], extra_cflags=list(FLAGS),
-                               is_python_module=False, verbose=False)
+            cpp_extension.load(f"lmkit_gemv_{digest.hexdigest()[:12]}", [SOURCE], extra_cflags=list(flags),
+                               extra_ldflags=list(OPENMP_FLAGS), is_python_module=False, verbose=False)
         return hasattr(torch.ops.lmkit_gemv, "blocked_linear")
     except Exception as error:  # no ninja, a compiler that fails, a read-only cache: oneDNN serves instead
         logger.info("lmkit's decoding kernel is not available (%s); using oneDNN's", str(error).splitlines()[0])

@@ -19,10 +19,10 @@ ran 1 to 512 rows as fast as one packed for each). So `decoding_layout` gives ea
 model opened for inference such a copy (`PackedLinear`), and `TiedOutputProjection` keeps one of the
 embedding it multiplies by. The copy doubles the memory those weights take; where that would pass a
 quarter of the machine's memory, or where torch has no oneDNN, the weights are instead laid out as
-(in, out) memory in place (MKL's second-best order above, which costs nothing). For one and two rows
-(greedy decoding at batch 1 and 2) lmkit's own kernel reads a second, blocked copy faster than oneDNN
-does (lmkit.nn.gemv, where it can be built; the copies then take three times the weights' memory, and
-the kernel's are left out where they would pass the quarter).
+(in, out) memory in place (MKL's second-best order above, which costs nothing). For one to eight rows
+(greedy decoding at batch 1 to 8, beams of one source) lmkit's own kernel reads a second, blocked copy
+faster than oneDNN does (lmkit.nn.gemv, where it can be built; the copies then take three times the
+weights' memory, and the kernel's are left out where they would pass the quarter).
 
 A copy is used under torch.inference_mode() only, for float32 on the CPU, and made again when its weight
 changes (an optimizer step or load_state_dict bumps the weight's version counter); training, tracing for
@@ -85,7 +85,7 @@ register_optimizer_step_post_hook(_bump_fused_parameters)
 
 class PackedCopy:
     """A weight's copies laid out for the CPU's kernels, kept while the weight is unchanged and made again
-    when it changes: oneDNN's packed copy, and, with `blocked`, the copy lmkit's one- and two-row kernel
+    when it changes: oneDNN's packed copy, and, with `blocked`, the copy lmkit's few-row kernel
     reads (lmkit.nn.gemv) where that kernel is available.
 
     `product(x, weight, bias)` multiplies through them, or is None where the weight itself is to be used:
@@ -158,7 +158,7 @@ def decoding_layout(module: nn.Module) -> int:
     weight_bytes = sum(linear.weight.numel() * 4 for linear in linears)
     budget = _memory_bytes() // 4
     pack = weight_bytes <= budget and _packing_works()
-    blocked = 2 * weight_bytes <= budget  # the one- and two-row kernel's copies too (lmkit.nn.gemv)
+    blocked = 2 * weight_bytes <= budget  # the few-row kernel's copies too (lmkit.nn.gemv)
     changed = 0
     with torch.no_grad():
         for linear in linears:
