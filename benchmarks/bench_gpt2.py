@@ -49,6 +49,7 @@ def pair(size: str):
 def bench_training(size: str, batch: int, seq: int, repeats: int) -> dict:
     """One optimizer step as lmkit's Trainer takes it (objective, clipping, its AdamW) and as HF's model does."""
     from lmkit.model import ComposedModel
+    from lmkit.nn import training_layout
     from lmkit.registry import get_host
     from lmkit.spec import resolve
     from lmkit.training import TrainingArguments, build_optimizer
@@ -58,6 +59,7 @@ def bench_training(size: str, batch: int, seq: int, repeats: int) -> dict:
                     "objectives": [{"type": "causal-lm"}]}, get_host())
     model = ComposedModel(spec)
     model.decoder.load_state_dict(ours.state_dict())
+    training_layout(model)  # as the Trainer lays out a model it trains on the CPU (lmkit.nn.onednn)
     model.train(), hf.train()
     args = TrainingArguments(data=("unused",), steps=1, batch_size=batch, seq_len=seq)
     ours_optimizer = build_optimizer(model, args, torch.device("cpu"))

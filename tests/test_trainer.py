@@ -218,6 +218,19 @@ def test_a_crash_while_saving_leaves_the_last_checkpoint(template, corpus, copy_
     assert not [name for name in os.listdir(crashed) if name.startswith(".checkpoint")]
 
 
+def test_training_on_the_cpu_runs_its_products_in_onednn(template, corpus, copy_model, monkeypatch):
+    from lmkit.nn import onednn
+
+    if not onednn._works():
+        pytest.skip("this torch has no working oneDNN linear")
+    calls = []
+    apply = onednn._Product.apply
+    monkeypatch.setattr(onednn._Product, "apply", lambda *args: calls.append(args[1].shape) or apply(*args))
+    train(copy_model(template, "onednn"), corpus, **{**QUICK, "steps": 1})
+    shapes = {tuple(shape) for shape in calls}  # the block's four layers and the tied output layer (vocab, 64)
+    assert {(192, 64), (64, 64), (256, 64), (64, 256)} < shapes and len(shapes) == 5
+
+
 def test_gradient_accumulation_equals_a_bigger_batch(template, corpus, copy_model):
     whole = copy_model(template, "whole")
     train(whole, corpus, **{**QUICK, "steps": 3, "batch_size": 8})

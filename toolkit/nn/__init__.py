@@ -13,6 +13,7 @@ _WHERE = {
     "banded_attention": "banded", "symmetric_band_mask": "banded",
     "MLP": "blocks", "Activation": "blocks", "Block": "blocks", "activation_module": "blocks",
     "KVCache": "cache", "TiedOutputProjection": "tied", "decoding_layout": "layout",
+    "OneDNNLinear": "onednn", "training_layout": "onednn",
     "BlockStack": "sharing", "SharedBlocks": "sharing",
     "Dropout": "dropout", "embedding_dropout": "dropout", "locked_dropout": "dropout", "locked_mask": "dropout", "weight_drop": "dropout",
     "RecurrentCache": "recurrent", "lstm_layer": "recurrent", "masked_steps": "recurrent",

@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
+from . import onednn
 from .layout import PackedCopy, weight_identity
 
 
@@ -19,8 +19,9 @@ class TiedOutputProjection:
 
     The copy is kept while the embedding is unchanged and made again when it changes (its version
     counter, which an optimizer step or load_state_dict bumps: lmkit.nn.layout.weight_identity); training,
-    other devices, other dtypes and inference tensors (no version counter) use the embedding as it is. It
-    is a plain object, not a Module, so the copy is never part of the state dict.
+    other devices, other dtypes and inference tensors (no version counter) use the embedding as it is
+    (training's product through lmkit.nn.onednn.linear). It is a plain object, not a Module, so the copy
+    is never part of the state dict.
     """
 
     FEW_ROWS = 8
@@ -38,7 +39,7 @@ class TiedOutputProjection:
         rows = h.numel() // h.size(-1)
         if (rows > self.TALL_ROWS or h.device.type != "cpu" or not torch.is_inference_mode_enabled()
                 or embedding.is_inference() or h.dtype != embedding.dtype):
-            return F.linear(h, embedding)
+            return onednn.linear(h, embedding)  # training's products: F.linear's, in oneDNN on the CPU
         flat = h.reshape(rows, h.size(-1))  # as one 2-D product: a (B, 1, C) matmul runs as B products, 2x slower
         if rows <= self.FEW_ROWS:
             source = weight_identity(embedding)
