@@ -113,3 +113,29 @@ def test_the_kernel_runs_on_torchs_threads():
         assert torch.ops.lmkit_gemv.threads_used(64) == 1
     finally:
         torch.set_num_threads(threads)
+
+
+@needs_kernel
+def test_a_build_lock_left_by_a_killed_build_does_not_hang_later_processes(monkeypatch):
+    # torch waits on its build lock without end; a build killed with -9 left one, and every later
+    # lmkit generate hung without a word. A fresh lock (a build going on now) means oneDNN for this
+    # process; a stale one is removed and the kernel loads.
+    import os
+    import time
+
+    from torch.utils import cpp_extension
+
+    assert gemv.available()  # built and cached: a load below takes no build
+    lock = os.path.join(cpp_extension._get_build_directory(gemv.extension_name(), verbose=False), "lock")
+    try:
+        open(lock, "w").close()
+        started = time.monotonic()
+        assert gemv._load() is False
+        assert time.monotonic() - started < 5 and os.path.exists(lock)
+        old = time.time() - gemv.STALE_LOCK_S - 1
+        os.utime(lock, (old, old))
+        assert gemv._load() is True
+        assert not os.path.exists(lock)
+    finally:
+        if os.path.exists(lock):
+            os.remove(lock)

@@ -24,12 +24,14 @@ float rounding (about 1e-7 relative), not bit for bit.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
 import platform
 import shutil
 import threading
+import time
 import warnings
 
 import torch
@@ -70,12 +72,13 @@ def _load() -> bool:
     try:
         from torch.utils import cpp_extension
 
-        with open(SOURCE, "rb") as source:
-            flags = FLAGS + OPENMP_FLAGS
-            digest = hashlib.sha256(source.read() + " ".join(flags).encode() + torch.__version__.encode())
+        name = extension_name()
+        if not _build_lock_cleared(cpp_extension._get_build_directory(name, verbose=False)):
+            logger.info("another process is building lmkit's decoding kernel; using oneDNN's in this one")
+            return False
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            cpp_extension.load(f"lmkit_gemv_{digest.hexdigest()[:12]}", [SOURCE], extra_cflags=list(flags),
+            cpp_extension.load(name, [SOURCE], extra_cflags=list(FLAGS + OPENMP_FLAGS),
                                extra_ldflags=list(OPENMP_FLAGS), is_python_module=False, verbose=False)
         return hasattr(torch.ops.lmkit_gemv, "blocked_linear")
     except Exception as error:  # no ninja, a compiler that fails, a read-only cache: oneDNN serves instead
@@ -83,6 +86,36 @@ def _load() -> bool:
         return False
     finally:
         torch_logger.setLevel(level)
+
+
+def extension_name() -> str:
+    """The kernel's name in torch's extensions directory: one per source, flags and torch version."""
+    with open(SOURCE, "rb") as source:
+        digest = hashlib.sha256(source.read() + " ".join(FLAGS + OPENMP_FLAGS).encode() + torch.__version__.encode())
+    return f"lmkit_gemv_{digest.hexdigest()[:12]}"
+
+
+STALE_LOCK_S = 120  # a build takes about 10 s; a lock this old was left by a process killed while building
+
+
+def _build_lock_cleared(directory: str) -> bool:
+    """Whether torch may build or load in `directory` without waiting on another process's lock.
+
+    torch waits for a build's lock file without end, and a process killed mid-build (kill -9, a closed
+    terminal, the OOM killer) leaves its lock behind: every later process hung, silently. A lock older
+    than STALE_LOCK_S is removed; a younger one is another process building now, and this process
+    decodes with oneDNN rather than wait for it.
+    """
+    lock = os.path.join(directory, "lock")
+    try:
+        age = time.time() - os.path.getmtime(lock)
+    except OSError:  # no lock
+        return True
+    if age < STALE_LOCK_S:
+        return False
+    with contextlib.suppress(OSError):
+        os.remove(lock)
+    return True
 
 
 def _cpu_runs_it() -> bool:
