@@ -125,7 +125,7 @@ def export_model(model_dir: str, out: str, *, precision: str = "fp32", layout: s
                 dynamic += _write_graph(graph, target, precision, opset, work, int4 or Int4Options())
         report = validate([(graph, os.path.join(root, files[graph.name])) for graph in plan.graphs],
                           precision, threshold or THRESHOLDS[precision], head=head,
-                          head_graph=None if layers is None else layers.name)
+                          head_graph=None if layers is None else layers.name, opset=opset)
         if tokenizer is not None:
             tokenizer.save(root)
         from lmkit.model import TARGET_TOKENIZER, load_target_tokenizer

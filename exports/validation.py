@@ -35,6 +35,7 @@ import numpy as np
 
 from lmkit.errors import LmkitError
 
+from .convert import DEFAULT_OPSET
 from .graphs import Graph, ShapeSet
 
 
@@ -68,21 +69,22 @@ class ValidationError(LmkitError):
 
 
 def validate(graphs: list[tuple[Graph, str]], precision: str, threshold: Threshold, head=None,
-             head_graph: str | None = None) -> dict:
+             head_graph: str | None = None, opset: int = DEFAULT_OPSET) -> dict:
     """Run each (graph, onnx file) on its shape sets; the report for the manifest, or ValidationError.
 
     head: a task head's choices (lmkit.exports.heads.head_choices), applied to the outputs of every
     graph that has the features it reads, in PyTorch and in onnxruntime: its top-1 choices count
     towards top-1 agreement, as a graph's own scores do; head_graph: the one graph whose outputs it reads
     (a task model's between the encoder and the head: lmkit.exports.heads.layers_graph). Every figure the threshold names must be
-    measured: an fp16 or int8 export with nothing to take a top-1 of is refused.
+    measured: an fp16 or int8 export with nothing to take a top-1 of is refused. opset: the one the graphs
+    were exported at, named in the error where onnxruntime cannot load them.
     """
     import onnxruntime as ort
     import torch
 
     results = []
     for graph, path in graphs:
-        with _onnxruntime_errors(graph.name, precision):
+        with _onnxruntime_errors(graph.name, precision, opset):
             session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
         names = [t.name for t in graph.outputs]
         for shape_set in graph.validation:
@@ -98,7 +100,7 @@ def validate(graphs: list[tuple[Graph, str]], precision: str, threshold: Thresho
                     "was written")
             if isinstance(expected, torch.Tensor):  # a graph of one output may return it bare
                 expected = (expected,)
-            with _onnxruntime_errors(graph.name, precision):
+            with _onnxruntime_errors(graph.name, precision, opset):
                 actual = (_run_shared(session, graph, names, shape_set.inputs) if graph.shared_cache
                           else session.run(names, shape_set.inputs))
             expected = [e.numpy() for e in expected]
@@ -202,14 +204,25 @@ def _largest_products(module, precision: str):
 
 
 @contextlib.contextmanager
-def _onnxruntime_errors(graph: str, precision: str):
-    """A graph onnxruntime cannot load or run becomes a one-line ValidationError, not an internal error."""
+def _onnxruntime_errors(graph: str, precision: str, opset: int):
+    """A graph onnxruntime cannot load or run becomes a one-line ValidationError, not an internal error,
+    whose advice fits what was asked: another opset than the default, another precision than fp32."""
     try:
         yield
     except Exception as error:  # onnxruntime raises its own types (Fail, InvalidGraph, NotImplemented, ...)
+        import torch
+
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ValidationError(f"onnxruntime cannot run the {precision} graph '{graph}' ({reason}); export it in fp32, "
-                              "or in another precision the model supports") from None
+        # onnxruntime's code and the staging folder's path say nothing to the user
+        reason = re.sub(r"^\[ONNXRuntimeError\] : \d+ : \w+ : (Load model from \S+ failed:)?", "", reason)
+        if opset != DEFAULT_OPSET:  # torch 2.13 wrote opset 18's Gelu into graphs asked for at 26 to 28
+            fix = (f"export it again with a lower --opset (the default is {DEFAULT_OPSET}): at opset {opset}, "
+                   f"torch {torch.__version__.split('+')[0]}'s exporter can write ops the graph's opset lacks")
+        elif precision != "fp32":
+            fix = "export it in fp32, or in another precision the model supports"
+        else:
+            fix = "this is a fault in lmkit's export of this model: please report it with the command that made it"
+        raise ValidationError(f"onnxruntime cannot run the {precision} graph '{graph}' ({reason}); {fix}") from None
 
 
 @dataclass

@@ -390,6 +390,33 @@ def test_fp32_rounding_is_allowed_in_proportion_to_the_outputs_scale():
                "fp32", Threshold(max_abs_diff=1e-4))
 
 
+def test_an_opset_the_exporter_gets_wrong_is_refused_with_advice_about_the_opset(run, model_dir, tmp_path):
+    # Found by a user's trial: at --opset 28, torch 2.13 wrote opset 18's Gelu into the graph, and the
+    # error told them to export in fp32, which they were doing.
+    result = run("export", model_dir, "--out", tmp_path / "exp", "--opset", "28")
+    if result.code == 0:
+        pytest.skip("this torch exports opset 28 correctly")
+    error = result.err.strip().splitlines()[-1]
+    assert result.code == 1 and "export it again with a lower --opset (the default is 18)" in error
+    assert "export it in fp32" not in error and ".partial" not in error
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("precision, opset, advice", [
+    ("fp32", 24, "export it again with a lower --opset (the default is 18): at opset 24"),
+    ("int8", 18, "export it in fp32, or in another precision the model supports"),
+    ("fp32", 18, "this is a fault in lmkit's export of this model: please report it"),
+])
+def test_a_graph_onnxruntime_cannot_load_gets_advice_that_fits_what_was_asked(precision, opset, advice):
+    from lmkit.exports.validation import ValidationError, _onnxruntime_errors
+
+    with pytest.raises(ValidationError) as caught, _onnxruntime_errors("model", precision, opset):
+        raise RuntimeError("[ONNXRuntimeError] : 10 : INVALID_GRAPH : Load model from /tmp/.x.partial/model.onnx "
+                           "failed:This is an invalid model.")
+    assert str(caught.value).startswith(
+        f"onnxruntime cannot run the {precision} graph 'model' (This is an invalid model.); {advice}")
+
+
 def test_export_usage_errors(run, model_dir, tmp_path):
     assert run("export", model_dir, "--out", tmp_path / "x", "--dtype", "fp16", "--quantize", "int8").code == 2
     assert run("export", model_dir, "--out", tmp_path / "x", "--name", "m").code == 2

@@ -110,6 +110,8 @@ def build_options(cls: type, values: dict, where: str):
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     for key in values:
+        if not fields:
+            raise SpecError(f"{where} takes no options; drop '{key}'")
         if key not in fields:
             raise SpecError(
                 f"{where}: unknown option '{key}'{did_you_mean(key, fields)}; "
