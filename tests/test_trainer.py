@@ -405,6 +405,9 @@ def test_resume_refuses_what_would_not_continue_the_run(template, corpus, copy_m
     (["--seq-len", "65"], "error: --seq-len 65 is beyond the model's context of 64 positions"),
     (["--batch-size", "4000"], "error: a batch needs batch_size*grad_accum*(seq_len+1) = 4000*17"),
     (["--device", "tpu:9"], "error: --device 'tpu:9' is not a device"),
+    (["--device", "cpu:1"], "error: --device cpu:1: the CPU is one device"),
+    (["--optimizer-set", "momentum=0.9"], "error: --optimizer adamw takes no options; drop 'momentum'"),
+    (["--schedule-set", "warmup_steps=9"], "error: --schedule cosine takes no options; drop 'warmup_steps'"),
 ])
 def test_bad_arguments_are_one_line_errors(run, template, corpus, copy_model, arguments, message):
     model_dir = copy_model(template, "model")
@@ -454,8 +457,10 @@ def test_plot_writes_a_png(run, tmp_path):
     assert custom.code == 0 and os.path.getsize(tmp_path / "curves.png") > 1000
 
 
-def test_plot_errors(run, tmp_path, monkeypatch):
-    assert run("plot", str(tmp_path)).err.startswith("error: ") and "has no metrics.jsonl" in run("plot", str(tmp_path)).err
+def test_plot_errors(run, template, tmp_path, monkeypatch):
+    assert run("plot", template).err.strip() == f"error: {template} has no metrics.jsonl; train it with lmkit train first"
+    assert "is not a directory" in run("plot", str(tmp_path / "missing")).err  # not "train it first"
+    assert "has no config.json: it is not an lmkit model directory" in run("plot", str(tmp_path)).err
     write_metrics(str(tmp_path))
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if it were not installed
     result = run("plot", str(tmp_path))

@@ -9,10 +9,12 @@ import click
 
 def read_metrics(model_dir: str) -> list[dict]:
     """The records of metrics.jsonl; a last line cut short by a crash is left out."""
+    from ..artifacts import read_config
     from ..errors import ArtifactError
 
     path = os.path.join(model_dir, "metrics.jsonl")
     if not os.path.isfile(path):
+        read_config(model_dir)  # not a directory, an export directory: said as every command says it
         raise ArtifactError(f"{model_dir} has no metrics.jsonl; train it with lmkit train first")
     with open(path, encoding="utf-8") as handle:
         lines = [line for line in handle.read().splitlines() if line.strip()]

@@ -25,6 +25,9 @@ def resolve_device(choice: str, local_rank: int = 0) -> torch.device:
         device = torch.device(choice)
     except RuntimeError:
         raise TrainingError(f"--device {choice!r} is not a device; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cpu" and device.index not in (None, 0):  # torch takes cpu:1 and ignores the index
+        raise TrainingError(f"--device {choice}: the CPU is one device, whose cores torch uses together; "
+                            "use --device cpu")
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise TrainingError(f"--device {choice} asks for CUDA, which this machine does not have; "

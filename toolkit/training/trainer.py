@@ -488,7 +488,7 @@ class Trainer:
         metrics.write(json.dumps(record) + "\n")
         metrics.flush()
         shown = {"loss": f"{record['loss']:.4f}", "lr": f"{record['lr']:.2e}",
-                 "tok/s": f"{record['tokens_per_s']:,.0f}", "TFLOP/s": f"{record['tflops']:.3g}"}
+                 "tok/s": f"{record['tokens_per_s']:,.0f}", "TFLOP/s": _tflops(record["tflops"])}
         if "mfu" in record:
             shown["MFU"] = f"{record['mfu']:.1%}"
         if "val_loss" in record:
@@ -499,6 +499,11 @@ class Trainer:
 
 
 # Dense peak FLOP/s of common accelerators (vendors' data sheets), by a fragment of torch's device
+def _tflops(value: float) -> str:
+    """TFLOP/s at a steady width from line to line (.3g wrote 0.0926, then 0.092, then 0.09)."""
+    return f"{value:.3f}" if value < 10 else f"{value:.1f}"
+
+
 # name: (bf16 tensor cores, fp32 without TF32). Other devices report TFLOP/s without MFU.
 PEAK_FLOPS = {"H200": (989e12, 67e12), "H100": (989e12, 67e12), "A100": (312e12, 19.5e12),
               "L40S": (362e12, 91.6e12), "A10G": (70e12, 31.2e12), "L4": (121e12, 30.3e12),
