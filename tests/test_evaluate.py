@@ -79,3 +79,19 @@ def test_eval_of_empty_or_missing_data(run, model_dir, tmp_path):
     for path in (empty, tmp_path / "missing.txt"):
         result = run("eval", model_dir, "--data", path)
         assert result.code == 1 and result.err.startswith("error: ") and result.err.count("\n") == 1
+
+
+def test_the_default_window_is_the_length_the_model_was_trained_on(run, model_dir, heldout, tmp_path):
+    # Found by a user's trial: trained at --seq-len 128 of 256 positions, the default windows reached
+    # positions never trained, and eval gave perplexity 3.43 where the model's own length gave 2.59.
+    import shutil
+
+    trained = shutil.copytree(model_dir, tmp_path / "trained")
+    result = run("train", trained, "--data", heldout, "--steps", "1", "--batch-size", "2", "--seq-len", "16")
+    assert result.code == 0, result.err
+    result = run("eval", trained, "--data", heldout, "--json")
+    assert result.code == 0, result.err
+    assert json.loads(result.out)["context"] == 16 and json.loads(result.out)["stride"] == 8
+    assert "note: windows of 16 tokens, the length" in result.err
+    result = run("eval", trained, "--data", heldout, "--json", "--context", "32")  # asked for: no note
+    assert json.loads(result.out)["context"] == 32 and "note:" not in result.err

@@ -30,7 +30,8 @@ TASK_ONLY = ("shots", "examples", "seed", "limit", "separator", "delimiter")
               help="Tokens between windows; each scored token sees at least context - stride before it.  "
                    "[default: half the context]")
 @click.option("--context", type=click.IntRange(min=2),
-              help="Tokens per window, or per task prompt and answer.  [default: the model's context]")
+              help="Tokens per window, or per task prompt and answer.  [default: the --seq-len the model was "
+                   "trained at, else the model's context]")
 @click.option("--batch-size", default=8, show_default=True, type=click.IntRange(min=1),
               help="Windows, or task answers, per forward pass.")
 @click.option("--text-field", default="text", show_default=True, help="The field of .jsonl records to read.")
@@ -124,7 +125,7 @@ def _scores_text(objective) -> bool:
 RECURRENT_WINDOW = 1024  # tokens per window for a decoder without a position limit, unless --context says
 
 
-def _window(model, context) -> int:
+def _window(model, context, model_dir: str) -> int:
     from ..errors import LmkitError
 
     limit = model.decoder.max_positions
@@ -132,7 +133,29 @@ def _window(model, context) -> int:
         return context or RECURRENT_WINDOW
     if context and context > limit:
         raise LmkitError(f"--context {context} is beyond the model's {limit} positions; give at most {limit}")
-    return context or limit
+    if context:
+        return context
+    trained = trained_length(model_dir)
+    if trained is not None and trained < limit:
+        # Positions past the trained length were never trained: windows reaching them scored a model
+        # trained at 128 of 256 positions at perplexity 3.43 where its own length gave 2.59 (a user's trial).
+        click.echo(f"note: windows of {trained} tokens, the length {model_dir} was trained on (its "
+                   f"trainer_state.json); --context sets another, up to the model's {limit}", err=True)
+        return trained
+    return limit
+
+
+def trained_length(model_dir: str) -> int | None:
+    """The --seq-len of the training run that last wrote `model_dir`'s checkpoint, or None (no run, or unreadable)."""
+    import json
+    import os
+
+    try:
+        with open(os.path.join(model_dir, "trainer_state.json"), encoding="utf-8") as handle:
+            seq_len = json.load(handle)["arguments"]["seq_len"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return seq_len if isinstance(seq_len, int) and seq_len >= 2 else None
 
 
 def _evaluate_text(model_dir, paths, *, stride, context, batch_size, text_field, device, as_json):
@@ -150,7 +173,7 @@ def _evaluate_text(model_dir, paths, *, stride, context, batch_size, text_field,
         return
     from ..evaluation import Score, score_tokens
 
-    context = _window(model, context)
+    context = _window(model, context, model_dir)
     stride = stride or max(context // 2, 1)
     if stride >= context:
         raise LmkitError(f"--stride {stride} must be smaller than --context {context}, so windows overlap")
@@ -257,7 +280,7 @@ def _evaluate_task(model_dir, task_path, *, shots, examples_path, seed, limit, s
     scored_items = items[:limit] if limit else items
 
     model, tokenizer, device = _load(model_dir, device, "task evaluation")
-    window = _window(model, context)
+    window = _window(model, context, model_dir)
     prompted = fewshot.build_prompts(scored_items, tokenizer, window, examples=pool, shots=shots, seed=seed,
                                      exclude_self=same_file, separator=separator, delimiter=delimiter)
     scores = fewshot.score(model.decoder, prompted, batch_size=batch_size, device=str(device), progress=True)
