@@ -3,6 +3,7 @@ match one process, and a run resumes on another number of processes, sharded or 
 import json
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -424,6 +425,9 @@ def test_the_command_trains_and_resumes(run, template, corpus, copy_model):
                 "--eval-every", "0", "--log-every", "1")
     assert first.code == 0 and first.out == model_dir + "\n"
     assert first.err.splitlines()[-1].startswith("trained step 3: loss ")
+    lines = [line for line in first.err.splitlines() if line.startswith("step ")]  # no terminal: a line a record
+    assert [line.split()[1] for line in lines] == ["1/3", "2/3", "3/3"]
+    assert re.search(r"tok/s [\d,]+  TFLOP/s \d\.\d{3}  eta \d\d:\d\d$", lines[0]), lines[0]
     again = run("train", model_dir, "--resume", "--steps", "5")
     assert again.code == 0, again.err
     assert [r["step"] for r in metrics(model_dir)] == [1, 2, 3, 4, 5]

@@ -311,6 +311,7 @@ class Trainer:
         print_lines = self.progress and bar.disable
         self.model.train()
         started = interval_start = time.perf_counter()
+        self._run_start = (started, self.step)  # the ETA of printed lines: this invocation's pace
         steps_in_interval = 0
         try:
             while self.step < args.steps:
@@ -494,7 +495,11 @@ class Trainer:
         if "val_loss" in record:
             shown["val"] = f"{record['val_loss']:.4f}"
         bar.set_postfix(shown, refresh=False)
-        if print_lines:
+        if print_lines:  # the bar's ETA, for a log file or a pipe, where there is no bar
+            since, first_step = self._run_start
+            done = record["step"] - first_step
+            eta = (time.perf_counter() - since) / done * (self.args.steps - record["step"]) if done > 0 else None
+            shown["eta"] = "?" if eta is None else bar.format_interval(eta)
             self._say(f"step {record['step']}/{self.args.steps}  " + "  ".join(f"{k} {v}" for k, v in shown.items()))
 
 
