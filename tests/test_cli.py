@@ -246,6 +246,26 @@ def test_generate_prints_a_continuation_as_it_reads_after_the_prompt(run, tmp_pa
     assert run(*args).out.strip() == expected and run(*args, "--stream").out.strip() == expected
 
 
+def test_generate_reads_a_batch_of_prompts_from_input(run, tmp_path):
+    # A trial: translate and embed read --input FILE, generate only --prompt or stdin.
+    (tmp_path / "c.txt").write_text("the cat sat on the mat and the dog ran home\n" * 50)
+    assert run("tokenizer", "train", "--kind", "bpe", "--vocab-size", 60, tmp_path / "c.txt",
+               "--out", tmp_path / "tok").code == 0
+    assert run("compose", "gpt-tiny", "--set", f"tokenizer={tmp_path / 'tok'}", "--out", tmp_path / "m").code == 0
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("the cat\n\nthe dog sat\n")  # a blank line is skipped, as on stdin
+    args = ("generate", tmp_path / "m", "--max-new-tokens", 3, "--json")
+    from_file = run(*args, "--input", prompts)
+    assert from_file.code == 0, from_file.err
+    from_flags = run(*args, "--prompt", "the cat", "--prompt", "the dog sat")
+    assert json.loads(from_file.out) == json.loads(from_flags.out) and len(json.loads(from_file.out)) == 2
+    missing = run(*args, "--input", tmp_path / "missing.txt")
+    assert missing.code == 1 and missing.err.strip().endswith("does not exist; give a file of prompts, one per line")
+    (tmp_path / "blank.txt").write_text("\n  \n")
+    assert "holds no prompts" in run(*args, "--input", tmp_path / "blank.txt").err
+    assert run(*args, "--input", prompts, "--prompt", "x").code == 2
+
+
 def test_stop_and_separator_texts_take_backslash_escapes():
     # A trial's `lmkit generate ... --stop '\n'` passed backslash and n, which no text ever held.
     import click

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 import click
@@ -13,7 +14,9 @@ from .translate import echo_translations, generate_from_sources
 @click.command("generate")
 @click.argument("model_dir", type=click.Path(file_okay=False))
 @click.option("--prompt", "prompts", multiple=True, metavar="TEXT",
-              help="A prompt; repeat for a batch.  [default: one prompt per line of stdin]")
+              help="A prompt; repeat for a batch.  [default: --input, else one prompt per line of stdin]")
+@click.option("--input", "input_path", type=click.Path(dir_okay=False),
+              help="A file of prompts, one per line (blank lines skipped), generated as one batch.")
 @decoding_flags
 @click.option("--stop", "stops", multiple=True, metavar="TEXT",
               help="End a continuation (an encoder-decoder's target too) where its text comes to hold this text, "
@@ -36,8 +39,8 @@ from .translate import echo_translations, generate_from_sources
               help="Export directories only: the onnxruntime execution provider to run on, e.g. "
                    "CPUExecutionProvider or CUDAExecutionProvider, in place of --device; an error if it is not "
                    "the one that runs.")
-def generate_command(model_dir, prompts, strategy, stops, stream, as_json, truncate, prefix_path, attribute, device,
-                     provider, **flags):
+def generate_command(model_dir, prompts, input_path, strategy, stops, stream, as_json, truncate, prefix_path,
+                     attribute, device, provider, **flags):
     """Continue each prompt with the model in MODEL_DIR and print prompt and continuation.
 
     MODEL_DIR is a model directory (run with PyTorch) or an export directory from `lmkit export`
@@ -64,7 +67,9 @@ def generate_command(model_dir, prompts, strategy, stops, stream, as_json, trunc
         from ..prefix import load_prefix
 
         prefix = load_prefix(prefix_path, attribute)
-    texts = list(prompts) or _stdin_prompts()
+    if prompts and input_path is not None:
+        raise click.UsageError("give --prompt or --input, not both")
+    texts = list(prompts) or _read_prompts(input_path)
     if stream and (as_json or len(texts) > 1):
         raise click.UsageError("--stream prints one prompt's text as it is produced; give a single prompt "
                                "and no --json")
@@ -136,12 +141,21 @@ def generate_command(model_dir, prompts, strategy, stops, stream, as_json, trunc
         click.echo("\n\n".join(outputs))
 
 
-def _stdin_prompts() -> list[str]:
-    if sys.stdin.isatty():
-        raise click.UsageError("give --prompt TEXT, or prompts on stdin, one per line")
-    texts = [line.rstrip("\r\n") for line in sys.stdin if line.strip()]
+def _read_prompts(path: str | None) -> list[str]:
+    """The non-blank lines of --input, else of stdin."""
+    if path is not None:
+        from ..data import read_text
+        from ..errors import DataError
+
+        if not os.path.isfile(path):
+            raise DataError(f"--input {path} does not exist; give a file of prompts, one per line")
+        texts, where = [line for line in read_text(path).splitlines() if line.strip()], f"--input {path}"
+    elif sys.stdin.isatty():
+        raise click.UsageError("give --prompt TEXT, --input FILE, or prompts on stdin, one per line")
+    else:
+        texts, where = [line.rstrip("\r\n") for line in sys.stdin if line.strip()], "stdin"
     if not texts:
-        raise click.UsageError("stdin holds no prompts; give one per line, or use --prompt TEXT")
+        raise click.UsageError(f"{where} holds no prompts; give one per line, or use --prompt TEXT")
     return texts
 
 
