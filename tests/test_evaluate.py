@@ -95,3 +95,8 @@ def test_the_default_window_is_the_length_the_model_was_trained_on(run, model_di
     assert "note: windows of 16 tokens, the length" in result.err
     result = run("eval", trained, "--data", heldout, "--json", "--context", "32")  # asked for: no note
     assert json.loads(result.out)["context"] == 32 and "note:" not in result.err
+    # generate says so when a continuation reaches past the trained length, and only then
+    result = run("generate", trained, "--prompt", "the cat", "--max-new-tokens", "20", "--no-stream")
+    assert result.code == 0 and "was trained on 16-token windows" in result.err and "text past 16" in result.err
+    result = run("generate", trained, "--prompt", "the cat", "--max-new-tokens", "4", "--no-stream")
+    assert result.code == 0 and "note:" not in result.err

@@ -319,3 +319,13 @@ def read_config(directory: str) -> dict:
     if not isinstance(config, dict) or not isinstance(config.get("spec"), dict):
         raise ArtifactError(f"{path} has no 'spec' table: it was not written by lmkit")
     return config
+
+
+def trained_length(model_dir: str) -> int | None:
+    """The --seq-len of the training run that last wrote `model_dir`'s checkpoint, or None (no run, or unreadable)."""
+    try:
+        with open(os.path.join(model_dir, "trainer_state.json"), encoding="utf-8") as handle:
+            seq_len = json.load(handle)["arguments"]["seq_len"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return seq_len if isinstance(seq_len, int) and seq_len >= 2 else None

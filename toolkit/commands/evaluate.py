@@ -135,6 +135,8 @@ def _window(model, context, model_dir: str) -> int:
         raise LmkitError(f"--context {context} is beyond the model's {limit} positions; give at most {limit}")
     if context:
         return context
+    from ..artifacts import trained_length
+
     trained = trained_length(model_dir)
     if trained is not None and trained < limit:
         # Positions past the trained length were never trained: windows reaching them scored a model
@@ -144,18 +146,6 @@ def _window(model, context, model_dir: str) -> int:
         return trained
     return limit
 
-
-def trained_length(model_dir: str) -> int | None:
-    """The --seq-len of the training run that last wrote `model_dir`'s checkpoint, or None (no run, or unreadable)."""
-    import json
-    import os
-
-    try:
-        with open(os.path.join(model_dir, "trainer_state.json"), encoding="utf-8") as handle:
-            seq_len = json.load(handle)["arguments"]["seq_len"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    return seq_len if isinstance(seq_len, int) and seq_len >= 2 else None
 
 
 def _evaluate_text(model_dir, paths, *, stride, context, batch_size, text_field, device, as_json):

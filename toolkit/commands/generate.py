@@ -118,6 +118,8 @@ def generate_command(model_dir, prompts, input_path, strategy, stops, stream, as
         ids = [row or ([tokenizer.bos_id] if tokenizer.bos_id is not None else []) for row in ids]
         room = None if model.max_positions is None else model.max_positions - (prefix.length if prefix else 0)
         ids = fit_prompts(ids, room, options.max_new_tokens, truncate=True)
+    _note_untrained_positions(model_dir, model.max_positions, max(map(len, ids)) + options.max_new_tokens
+                              + (prefix.length if prefix else 0))
 
     printer = _TextStream(tokenizer, texts[0], ids[0]) if stream else None
     results = model.generate_ids(ids, decoding, stop=stop, on_token=printer, prefix=prefix)
@@ -139,6 +141,18 @@ def generate_command(model_dir, prompts, input_path, strategy, stops, stream, as
         if printer is not None:
             click.echo()
         click.echo("\n\n".join(outputs))
+
+
+def _note_untrained_positions(model_dir: str, max_positions: int | None, reach: int) -> None:
+    """A note on stderr when a generation reaches positions its model was never trained at: a model trained on
+    128-token windows of 256 positions wrote incoherent text from about position 128 on (a user's trial)."""
+    from ..artifacts import trained_length
+
+    trained = trained_length(model_dir)  # an export has no training state: no note
+    if trained is not None and max_positions is not None and trained < max_positions and reach > trained:
+        click.echo(f"note: {model_dir} was trained on {trained}-token windows (its trainer_state.json) and this "
+                   f"generation reaches position {min(reach, max_positions)}: text past {trained} may lose its "
+                   f"way; train with a longer --seq-len, or ask for fewer tokens", err=True)
 
 
 def _read_prompts(path: str | None) -> list[str]:
