@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
-import sys
 
 import click
 
@@ -103,17 +101,10 @@ def embed_command(model_dir, texts, input_path, text_field, pooling, with_tokens
 
 
 def _read_texts(path: str | None, text_field: str) -> list[str]:
-    from ..data import read_text
     from ..errors import DataError
+    from .inputs import input_lines
 
-    if path is None:
-        if sys.stdin.isatty():
-            raise click.UsageError("give --text TEXT, --input FILE, or texts on stdin, one per line")
-        lines, source = sys.stdin.read().splitlines(), "stdin"
-    else:
-        if not os.path.isfile(path):
-            raise DataError(f"--input {path} does not exist")
-        lines, source = read_text(path).splitlines(), path
+    lines, source = input_lines(path, "--text TEXT", "texts")
     texts = []
     for number, line in enumerate(lines, 1):
         if not line.strip():

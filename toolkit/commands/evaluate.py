@@ -147,7 +147,6 @@ def _window(model, context, model_dir: str) -> int:
     return limit
 
 
-
 def _evaluate_text(model_dir, paths, *, stride, context, batch_size, text_field, device, as_json):
     import json
 

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 
 import click
@@ -157,19 +156,13 @@ def _note_untrained_positions(model_dir: str, max_positions: int | None, reach: 
 
 def _read_prompts(path: str | None) -> list[str]:
     """The non-blank lines of --input, else of stdin."""
-    if path is not None:
-        from ..data import read_text
-        from ..errors import DataError
+    from .inputs import input_lines
 
-        if not os.path.isfile(path):
-            raise DataError(f"--input {path} does not exist; give a file of prompts, one per line")
-        texts, where = [line for line in read_text(path).splitlines() if line.strip()], f"--input {path}"
-    elif sys.stdin.isatty():
-        raise click.UsageError("give --prompt TEXT, --input FILE, or prompts on stdin, one per line")
-    else:
-        texts, where = [line.rstrip("\r\n") for line in sys.stdin if line.strip()], "stdin"
+    lines, where = input_lines(path, "--prompt TEXT", "prompts")
+    texts = [line for line in lines if line.strip()]
     if not texts:
-        raise click.UsageError(f"{where} holds no prompts; give one per line, or use --prompt TEXT")
+        raise click.UsageError(f"{where if where == 'stdin' else '--input ' + where} holds no prompts; "
+                               "give one per line, or use --prompt TEXT")
     return texts
 
 

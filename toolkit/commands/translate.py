@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import sys
 
 import click
 
@@ -87,17 +85,9 @@ def generate_from_sources(model, texts: list[str], strategy: str | None, given: 
 
 
 def _read_sources(path: str | None) -> list[str]:
-    if path is not None:
-        from ..data import read_text
-        from ..errors import DataError
+    from .inputs import input_lines
 
-        if not os.path.isfile(path):
-            raise DataError(f"--input {path} does not exist; give a file of source sentences, one per line")
-        lines = read_text(path).splitlines()
-    elif sys.stdin.isatty():
-        raise click.UsageError("give --text SENTENCE, --input FILE, or sentences on stdin, one per line")
-    else:
-        lines = [line.rstrip("\r\n") for line in sys.stdin]
+    lines, _ = input_lines(path, "--text SENTENCE", "source sentences")
     for number, line in enumerate(lines, 1):
         if not line.strip():
             raise click.UsageError(f"line {number} of the input is empty; give one sentence per line")

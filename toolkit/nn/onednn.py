@@ -60,6 +60,9 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     return F.linear(x, weight, bias)
 
 
+_PLAIN = (Tensor, nn.Parameter)  # not tensor subclasses such as FSDP2's DTensor shards
+
+
 def _applies(x: Tensor, weight: Tensor, bias: Tensor | None) -> bool:
     # graphs first: while tracing, x.numel() would be read as a constant (and warned about)
     return (not torch.jit.is_tracing() and not torch.compiler.is_compiling() and not torch.onnx.is_in_onnx_export()
@@ -68,8 +71,6 @@ def _applies(x: Tensor, weight: Tensor, bias: Tensor | None) -> bool:
             and (bias is None or (bias.dtype == torch.float32 and type(bias) in _PLAIN))
             and not torch.is_autocast_enabled("cpu") and _works())
 
-
-_PLAIN = (Tensor, nn.Parameter)
 
 
 @functools.cache
